@@ -1,0 +1,49 @@
+"""Build script: the pure-Python package always; the CUDA extension in csrc/ only where a
+CUDA build of torch and nvcc are both present (set ZF_KERNELS_SKIP_CUDA_BUILD=1 to skip it,
+ZF_KERNELS_FORCE_CUDA_BUILD=1 to demand it)."""
+import os
+import shutil
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).parent
+
+
+def _cuda_extensions():
+    if os.environ.get("ZF_KERNELS_SKIP_CUDA_BUILD") == "1":
+        print("zf_kernels: ZF_KERNELS_SKIP_CUDA_BUILD=1, skipping the CUDA extension")
+        return [], {}
+    force = os.environ.get("ZF_KERNELS_FORCE_CUDA_BUILD") == "1"
+    sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.c*"))
+    try:
+        import torch
+        from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+    except ImportError:
+        torch = None
+    reason = None
+    if not sources:
+        reason = "no sources in csrc/"
+    elif torch is None:
+        reason = "torch is not importable at build time"
+    elif torch.version.cuda is None:
+        reason = "torch is a CPU-only build"
+    elif shutil.which("nvcc") is None and not os.environ.get("CUDA_HOME"):
+        reason = "nvcc not found"
+    if reason is not None:
+        if force:
+            raise RuntimeError(f"zf_kernels: CUDA extension requested but cannot be built: {reason}")
+        print(f"zf_kernels: skipping the CUDA extension ({reason}); backend='cuda' will be unavailable")
+        return [], {}
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "9.0")
+    os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+    ext = CUDAExtension(
+        name="zf_kernels._C",
+        sources=sources,
+        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]},
+    )
+    return [ext], {"build_ext": BuildExtension}
+
+
+ext_modules, cmdclass = _cuda_extensions()
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

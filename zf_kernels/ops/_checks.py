@@ -1,0 +1,56 @@
+"""Argument checks shared by the public ops: each raises a ValueError/TypeError that names
+the offending argument and says what was expected, before any kernel runs."""
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_tensor(name: str, t, *, ndim: int | None = None, min_ndim: int | None = None,
+                 floating: bool = True) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    if min_ndim is not None and t.dim() < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {tuple(t.shape)}")
+    if floating and t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating tensor (float16/bfloat16/float32/float64), got {t.dtype}")
+    return t
+
+
+def check_shape(name: str, t: torch.Tensor, shape) -> None:
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+
+
+def check_same(names_and_tensors, *, dtype: bool = True) -> None:
+    """All tensors on one device and (optionally) of one dtype."""
+    items = [(n, t) for n, t in names_and_tensors if t is not None]
+    n0, t0 = items[0]
+    for n, t in items[1:]:
+        if t.device != t0.device:
+            raise ValueError(f"{n} is on {t.device} but {n0} is on {t0.device}; put all arguments on one device")
+        if dtype and t.dtype != t0.dtype:
+            raise TypeError(f"{n} has dtype {t.dtype} but {n0} has dtype {t0.dtype}; use one dtype for all arguments")
+
+
+def check_mask(mask, lead_shape, ref: torch.Tensor, name: str = "mask"):
+    """A mask multiplies per-position results: it must broadcast to ``lead_shape``."""
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(mask).__name__}")
+    if mask.device != ref.device:
+        raise ValueError(f"{name} is on {mask.device} but the data is on {ref.device}")
+    try:
+        shape = torch.broadcast_shapes(mask.shape, tuple(lead_shape))
+    except RuntimeError:
+        shape = None
+    if shape != torch.Size(lead_shape):
+        raise ValueError(f"{name} must broadcast to the leading shape {tuple(lead_shape)} "
+                         f"(the input shape without its last dim), got {tuple(mask.shape)}")
+    if mask.dtype == torch.bool or not mask.dtype.is_floating_point:
+        mask = mask.to(ref.dtype if ref.dtype.is_floating_point else torch.float32)
+    return mask

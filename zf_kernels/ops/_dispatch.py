@@ -1,0 +1,107 @@
+"""Backend selection for the public ops.
+
+Every op has a plain-PyTorch reference ("torch"); fused versions ("triton", "cuda") are
+registered per op as importable ``module:attribute`` paths, imported lazily so the package
+works where Triton or the CUDA extension is missing. ``backend="auto"`` picks the fastest
+one usable for the given tensors and never fails where "torch" works; ``explain()`` says why
+it chose what it chose (the reason is also logged once per op and reason).
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from typing import Callable
+
+import torch
+
+BACKENDS = ("auto", "torch", "triton", "cuda")
+log = logging.getLogger("zf_kernels.ops")
+
+# op name -> backend -> "module:attribute" of a function with the op's exact signature
+# (without ``backend``).
+_REGISTRY: dict[str, dict[str, str]] = {}
+_logged: set[tuple[str, str]] = set()
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot run these arguments; the message says why."""
+
+
+def register(op: str, backend: str, target: str) -> None:
+    if backend not in BACKENDS[1:]:
+        raise ValueError(f"unknown backend {backend!r}")
+    _REGISTRY.setdefault(op, {})[backend] = target
+
+
+def _load(target: str) -> Callable:
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _why_not(op: str, backend: str, tensors) -> str | None:
+    """None if ``backend`` can run ``op`` on ``tensors``, else the reason it cannot."""
+    if backend == "torch":
+        return None
+    target = _REGISTRY.get(op, {}).get(backend)
+    if target is None:
+        return f"op {op!r} has no {backend} implementation yet"
+    devices = {t.device.type for t in tensors if isinstance(t, torch.Tensor)}
+    if backend == "triton":
+        try:
+            import triton  # noqa: F401
+        except ImportError as exc:
+            return f"triton is not importable ({exc})"
+        if devices != {"cuda"} and not _interpreting():
+            return f"Triton kernels need CUDA tensors (got {sorted(devices)}) or TRITON_INTERPRET=1"
+        if devices == {"cuda"} and _interpreting():
+            return "TRITON_INTERPRET=1 is set but the tensors are on CUDA"
+    if backend == "cuda":
+        if devices != {"cuda"}:
+            return f"the CUDA extension needs CUDA tensors (got {sorted(devices)})"
+    try:
+        _load(target)
+    except ImportError as exc:
+        hint = " (rebuild with `pip install -e .` on a machine with nvcc and a CUDA torch)" if backend == "cuda" else ""
+        return f"cannot import the {backend} implementation of {op!r}: {exc}{hint}"
+    return None
+
+
+def _auto_choice(op: str, tensors) -> tuple[str, str]:
+    reasons = []
+    on_cuda = all(t.device.type == "cuda" for t in tensors if isinstance(t, torch.Tensor))
+    if not on_cuda:
+        return "torch", "tensors are not on CUDA: the fused kernels only pay off on a GPU"
+    for candidate in ("cuda", "triton"):
+        why = _why_not(op, candidate, tensors)
+        if why is None:
+            return candidate, f"{candidate} is available for {op!r}"
+        reasons.append(f"{candidate}: {why}")
+    return "torch", "falling back to torch; " + "; ".join(reasons)
+
+
+def explain(op: str, *tensors, backend: str = "auto") -> tuple[str, str]:
+    """Return ``(backend, reason)``: what ``backend`` resolves to for ``op`` on ``tensors``."""
+    if op not in _REGISTRY:
+        raise ValueError(f"unknown op {op!r}; known ops: {sorted(_REGISTRY)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return _auto_choice(op, tensors)
+    why = _why_not(op, backend, tensors)
+    return backend, ("requested" if why is None else why)
+
+
+def resolve(op: str, backend: str, *tensors) -> Callable:
+    """The implementation of ``op`` to call for ``backend`` on ``tensors``."""
+    chosen, reason = explain(op, *tensors, backend=backend)
+    if backend != "auto" and reason != "requested":
+        raise BackendUnavailableError(f"backend={backend!r} cannot run {op}: {reason}")
+    if backend == "auto" and (op, reason) not in _logged:
+        _logged.add((op, reason))
+        log.info("zf_kernels.ops.%s: backend='auto' -> %s (%s)", op, chosen, reason)
+    return _load(_REGISTRY[op][chosen])

@@ -1,0 +1,63 @@
+"""Plain-PyTorch reference for the Z-forcing recurrent chain (DESIGN section 2).
+
+Only what depends on h_{t-1} runs inside the loop: the posterior MLP's h half, the sample,
+g(z) and the LSTM cell. Everything that can be batched over time arrives precomputed.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+# MLP hidden nonlinearity of the model: LeakyReLU(1/3) clamped to [-3, 3].
+LEAKY_SLOPE = 1.0 / 3.0
+ACT_CLAMP = 3.0
+# Every distribution parameter is clamped to [-PARAM_CLAMP, PARAM_CLAMP].
+PARAM_CLAMP = 8.0
+
+
+class ChainOutput(NamedTuple):
+    h: torch.Tensor          # (T, B, H)  h_1 .. h_T
+    c: torch.Tensor          # (T, B, H)  c_1 .. c_T
+    z: torch.Tensor          # (T, B, Z)  posterior samples
+    mu_q: torch.Tensor       # (T, B, Z)
+    logvar_q: torch.Tensor   # (T, B, Z)
+
+
+def mlp_act(x):
+    return torch.clamp(F.leaky_relu(x, LEAKY_SLOPE), -ACT_CLAMP, ACT_CLAMP)
+
+
+def zforcing_chain_ref(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2,
+                       weight_gz, bias_gz, weight_iz, weight_hh) -> ChainOutput:
+    """Run the chain for t = 1..T:
+
+        a_t      = act(h_{t-1} @ weight_qh.T + post_x[t])        # posterior hidden layer
+        mu, lv   = clamp(a_t @ weight_q2.T + bias_q2, -8, 8).chunk(2)
+        z_t      = mu + exp(0.5 lv) * eps[t]
+        g_t      = z_t @ weight_gz.T + bias_gz                   # g(z)
+        gates    = gates_x[t] + g_t @ weight_iz.T + h_{t-1} @ weight_hh.T
+        h_t, c_t = LSTM cell(gates, c_{t-1})                     # gate order i, f, g, o
+    """
+    T = gates_x.shape[0]
+    h, c = h0, c0
+    hs, cs, zs, mus, lvs = [], [], [], [], []
+    for t in range(T):
+        a = mlp_act(torch.addmm(post_x[t], h, weight_qh.t()))
+        params = torch.clamp(torch.addmm(bias_q2, a, weight_q2.t()), -PARAM_CLAMP, PARAM_CLAMP)
+        mu, lv = params.chunk(2, dim=-1)
+        z = mu + torch.exp(0.5 * lv) * eps[t]
+        g = torch.addmm(bias_gz, z, weight_gz.t())
+        gates = gates_x[t] + g @ weight_iz.t() + h @ weight_hh.t()
+        i, f, gg, o = gates.chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(gg)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        hs.append(h); cs.append(c); zs.append(z); mus.append(mu); lvs.append(lv)
+    if T == 0:
+        B, H = h0.shape
+        Z = eps.shape[-1]
+        e = gates_x.new_zeros
+        return ChainOutput(e(0, B, H), e(0, B, H), e(0, B, Z), e(0, B, Z), e(0, B, Z))
+    st = lambda xs: torch.stack(xs, 0)  # noqa: E731
+    return ChainOutput(st(hs), st(cs), st(zs), st(mus), st(lvs))
