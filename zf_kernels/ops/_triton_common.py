@@ -27,7 +27,8 @@ def leaky_clamp(x, slope: tl.constexpr, bound: tl.constexpr):
 
 @triton.jit
 def leaky_clamp_grad(x, slope: tl.constexpr, bound: tl.constexpr):
-    """d/dx of leaky_clamp at x (0 where the clamp is active, as torch.clamp's gradient)."""
+    """d/dx of leaky_clamp at x, matching autograd of torch.clamp(F.leaky_relu(x)):
+    the clamp passes the gradient on its closed interval, leaky_relu uses slope at x <= 0."""
     y = tl.where(x >= 0, x, x * slope)
-    g = tl.where(x >= 0, 1.0, slope)
-    return tl.where((y > -bound) & (y < bound), g, 0.0)
+    g = tl.where(x > 0, 1.0, slope)
+    return tl.where((y >= -bound) & (y <= bound), g, 0.0)
