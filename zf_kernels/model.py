@@ -1,0 +1,357 @@
+"""The Z-Forcing model (Goyal et al., NIPS 2017): DESIGN section 1.
+
+Time-major throughout: ``y (T, B, D)`` (or ``(T, B)`` token ids). The forward network reads
+``u_t = y_{t-1}`` (``u_1`` = zeros, or a start token) and predicts ``y_t``.
+
+Only the recurrent chain (posterior on h, sample, g(z), LSTM cell) runs step by step, through
+``ops.zforcing_chain``; the embedding, the whole backward LSTM, the input projections, the
+prior, the auxiliary MLP, the output heads and every loss reduction are batched over time.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import ops
+from .ops._checks import check_tensor
+from .ops.recurrence.naive import PARAM_CLAMP, ChainOutput, mlp_act
+
+OUTPUT_TYPES = ("gaussian", "bernoulli", "categorical")
+# cond_ln: the gain and bias that g(z) gives the recurrent projection are clamped to this.
+COND_CLAMP = 3.0
+
+
+class MLP(nn.Module):
+    """Linear -> LeakyReLU(1/3) clamped to [-3, 3] -> Linear, as in the authors' code."""
+
+    def __init__(self, d_in: int, d_hidden: int, d_out: int):
+        super().__init__()
+        self.fc1 = nn.Linear(d_in, d_hidden)
+        self.fc2 = nn.Linear(d_hidden, d_out)
+
+    def forward(self, x):
+        return self.fc2(mlp_act(self.fc1(x)))
+
+
+@dataclass
+class LossTerms:
+    """Per-sequence terms, each ``(B,)``, summed over the (masked) time steps."""
+    nll: torch.Tensor       # -sum_t log p(y_t | h_t)
+    kl: torch.Tensor        # sum_t KL(q_t || p_t)
+    aux: torch.Tensor       # -sum_t log p_xi(sg(b_t) | z_t)
+    bwd_nll: torch.Tensor   # -sum_t log p_bwd(u_t | b_t)
+
+    @property
+    def neg_elbo(self):
+        return self.nll + self.kl
+
+
+def training_loss(terms: LossTerms, kl_weight: float, aux_weight: float, bwd_weight: float):
+    """``nll + kl_w kl + aux_w aux + bwd_w bwd_nll``, mean over the batch; the backward
+    network's reverse-prediction cost counts only while ``aux_w > 0`` (as the authors)."""
+    loss = terms.nll + kl_weight * terms.kl
+    if aux_weight > 0:
+        loss = loss + aux_weight * terms.aux + bwd_weight * terms.bwd_nll
+    return loss.mean()
+
+
+def _split_gaussian(params):
+    mu, logvar = torch.clamp(params, -PARAM_CLAMP, PARAM_CLAMP).chunk(2, dim=-1)
+    return mu, logvar
+
+
+class ZForcing(nn.Module):
+    """Z-Forcing stochastic recurrent network.
+
+    Args:
+        input_dim: features per step D (vocabulary size for ``output_type="categorical"``).
+        output_type: "gaussian" (speech frames), "bernoulli" (binary pixels), "categorical" (tokens).
+        emb_dim, rnn_dim, z_dim, mlp_dim: sizes (the authors' TIMIT setting is 512, 1024, 256, 512).
+        cond_ln: condition the forward LSTM on z through a gain and bias of its layer-normalised
+            recurrent projection instead of feeding g(z) as input.
+        z_force: zero the h input of the auxiliary network, so b_t must be predicted from z_t.
+        backend: backend of every fused op ("auto", "torch", "triton", "cuda").
+    """
+
+    def __init__(self, input_dim: int, output_type: str = "gaussian", emb_dim: int = 512,
+                 rnn_dim: int = 1024, z_dim: int = 256, mlp_dim: int = 512, cond_ln: bool = False,
+                 z_force: bool = False, backend: str = "auto"):
+        super().__init__()
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        for name, v in (("input_dim", input_dim), ("emb_dim", emb_dim), ("rnn_dim", rnn_dim),
+                        ("z_dim", z_dim), ("mlp_dim", mlp_dim)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if backend not in ops.BACKENDS:
+            raise ValueError(f"backend must be one of {ops.BACKENDS}, got {backend!r}")
+        self.config = dict(input_dim=input_dim, output_type=output_type, emb_dim=emb_dim,
+                           rnn_dim=rnn_dim, z_dim=z_dim, mlp_dim=mlp_dim, cond_ln=cond_ln,
+                           z_force=z_force)
+        self.input_dim, self.output_type = input_dim, output_type
+        self.rnn_dim, self.z_dim, self.mlp_dim = rnn_dim, z_dim, mlp_dim
+        self.cond_ln, self.z_force, self.backend = cond_ln, z_force, backend
+        H, E, M, Z = rnn_dim, emb_dim, mlp_dim, z_dim
+
+        if output_type == "categorical":
+            # one extra row: the start token read at t = 1
+            self.emb = nn.Embedding(input_dim + 1, E)
+            out_dim, bwd_out_dim = input_dim, input_dim + 1
+        else:
+            self.emb = nn.Linear(input_dim, E)
+            out_dim = bwd_out_dim = 2 * input_dim if output_type == "gaussian" else input_dim
+
+        self.bwd_lstm = nn.LSTM(E, H)
+        self.bwd_out = nn.Linear(H, bwd_out_dim)
+        self.prior = MLP(H, M, 2 * Z)
+        self.posterior = MLP(2 * H, M, 2 * Z)     # on [h_{t-1}, b_t]
+        self.aux = MLP(H + Z, M, 2 * H)           # on [h_{t-1} (zeroed by z_force), z_t]
+        self.out = nn.Linear(H, out_dim)
+        if cond_ln:
+            self.gen = MLP(Z, M, 8 * H)           # -> gain and bias of LN(W_hh h)
+            self.fwd_weight_ih = nn.Parameter(torch.empty(4 * H, E))
+            self.ln_ih = nn.LayerNorm(4 * H)
+        else:
+            self.gen = nn.Linear(Z, M)            # g(z)
+            # input of the forward LSTM is [g(z_t), e_t]
+            self.fwd_weight_ih = nn.Parameter(torch.empty(4 * H, M + E))
+            self.fwd_bias_ih = nn.Parameter(torch.zeros(4 * H))
+            self.fwd_bias_hh = nn.Parameter(torch.zeros(4 * H))
+        self.fwd_weight_hh = nn.Parameter(torch.empty(4 * H, H))
+        self.reset_lstm_parameters()
+
+    def reset_lstm_parameters(self):
+        """The authors' initialisation: uniform input weights, orthogonal recurrent weights."""
+        bound = 1.0 / math.sqrt(self.rnn_dim)
+        nn.init.uniform_(self.fwd_weight_ih, -bound, bound)
+        nn.init.orthogonal_(self.fwd_weight_hh)
+        nn.init.orthogonal_(self.bwd_lstm.weight_hh_l0)
+
+    # ----------------------------------------------------------------- pieces
+    @property
+    def _w_iz(self):
+        return self.fwd_weight_ih[:, : self.mlp_dim]
+
+    @property
+    def _w_ie(self):
+        return self.fwd_weight_ih if self.cond_ln else self.fwd_weight_ih[:, self.mlp_dim:]
+
+    def _check_batch(self, y, u, mask):
+        if self.output_type == "categorical":
+            check_tensor("y", y, ndim=2, floating=False)
+            if y.dtype.is_floating_point or y.dtype == torch.bool:
+                raise TypeError(f"y must hold integer token ids for categorical output, got {y.dtype}")
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.input_dim):
+                raise ValueError(f"y token ids must lie in [0, {self.input_dim - 1}], "
+                                 f"got [{int(y.min())}, {int(y.max())}]")
+        else:
+            check_tensor("y", y, ndim=3)
+            if y.shape[-1] != self.input_dim:
+                raise ValueError(f"y must have shape (T, B, {self.input_dim}), got {tuple(y.shape)}")
+            if not torch.isfinite(y).all():
+                raise ValueError("y contains NaN or Inf values")
+        if y.shape[0] < 1 or y.shape[1] < 1:
+            raise ValueError(f"y must have at least one step and one sequence, got shape {tuple(y.shape)}")
+        if u is not None and u.shape != y.shape:
+            raise ValueError(f"u must have the shape of y {tuple(y.shape)}, got {tuple(u.shape)}")
+        if u is not None and u.dtype.is_floating_point and not torch.isfinite(u).all():
+            raise ValueError("u contains NaN or Inf values")
+        if mask is not None:
+            check_tensor("mask", mask, ndim=2, floating=False)
+            if tuple(mask.shape) != tuple(y.shape[:2]):
+                raise ValueError(f"mask must have shape (T, B) = {tuple(y.shape[:2])}, got {tuple(mask.shape)}")
+            m = mask.float()
+            if ((m != 0) & (m != 1)).any():
+                raise ValueError("mask must hold only 0 and 1")
+            if (m[1:] > m[:-1]).any():
+                raise ValueError("mask must be right-padded: each column 1s then 0s")
+
+    def shift_inputs(self, y):
+        """``u_t = y_{t-1}``, with a zero frame (or the start token) at t = 1."""
+        if self.output_type == "categorical":
+            start = torch.full_like(y[:1], self.input_dim)
+        else:
+            start = torch.zeros_like(y[:1])
+        return torch.cat([start, y[:-1]], 0)
+
+    def _embed(self, x):
+        return self.emb(x.long()) if self.output_type == "categorical" else self.emb(x)
+
+    def backward_states(self, y, mask=None):
+        """``b_t = LSTM_bwd(emb(y_t), b_{t+1})``; with a padding mask each sequence is read
+        from its own last valid step, so padding never leaks into b_t of valid steps."""
+        e_y = self._embed(y)
+        w = self.bwd_lstm
+        args = (w.weight_ih_l0, w.weight_hh_l0, w.bias_ih_l0, w.bias_hh_l0)
+        if mask is None or bool((mask != 0).all()):
+            out, _ = ops.lstm(e_y, *args, reverse=True, backend=self.backend)
+            return out
+        T = y.shape[0]
+        lengths = (mask != 0).sum(0)                                   # (B,)
+        t = torch.arange(T, device=y.device).unsqueeze(1)               # (T, 1)
+        flip = torch.where(t < lengths, lengths - 1 - t, t)             # an involution
+        idx = flip.unsqueeze(-1).expand_as(e_y)
+        out, _ = ops.lstm(e_y.gather(0, idx), *args, reverse=False, backend=self.backend)
+        return out.gather(0, flip.unsqueeze(-1).expand_as(out))
+
+    def _head_nll(self, target, params, mask):
+        """-log p(target | params) per step for this model's output type."""
+        if self.output_type == "gaussian":
+            mu, logvar = _split_gaussian(params)
+            return ops.gaussian_nll(target, mu, logvar, mask, backend=self.backend)
+        if self.output_type == "bernoulli":
+            return ops.bernoulli_nll(target, params, mask, backend=self.backend)
+        return ops.categorical_nll(target.long(), params, mask, backend=self.backend)
+
+    def _chain(self, gates_x, post_x, eps, h0, c0) -> ChainOutput:
+        w_q1 = self.posterior.fc1.weight
+        if not self.cond_ln:
+            return ops.zforcing_chain(
+                gates_x, post_x, eps, h0, c0, w_q1[:, : self.rnn_dim],
+                self.posterior.fc2.weight, self.posterior.fc2.bias, self.gen.weight, self.gen.bias,
+                self._w_iz, self.fwd_weight_hh, backend=self.backend)
+        # cond_ln has no fused chain yet: a plain loop over the same four stages.
+        h, c = h0, c0
+        outs = []
+        for t in range(gates_x.shape[0]):
+            a = mlp_act(F.linear(h, w_q1[:, : self.rnn_dim]) + post_x[t])
+            mu, logvar = _split_gaussian(self.posterior.fc2(a))
+            z = mu + torch.exp(0.5 * logvar) * eps[t]
+            h, c = self._cond_ln_cell(gates_x[t], h, c, z)
+            outs.append((h, c, z, mu, logvar))
+        return ChainOutput(*(torch.stack(xs, 0) for xs in zip(*outs)))
+
+    def _cond_ln_cell(self, gates_x, h, c, z):
+        gain, bias = torch.clamp(self.gen(z), -COND_CLAMP, COND_CLAMP).chunk(2, dim=-1)
+        hh = F.layer_norm(F.linear(h, self.fwd_weight_hh), (4 * self.rnn_dim,))
+        gates = gates_x + hh * (1.0 + gain) + bias
+        i, f, g, o = gates.chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+    def _input_gates(self, e_u):
+        """Everything of the forward LSTM's gates that does not depend on h or z."""
+        if self.cond_ln:
+            return self.ln_ih(F.linear(e_u, self._w_ie))
+        return F.linear(e_u, self._w_ie, self.fwd_bias_ih + self.fwd_bias_hh)
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, y, u=None, mask=None, eps=None, generator: torch.Generator | None = None,
+                return_latents: bool = False):
+        """Per-sequence loss terms for targets ``y`` (inputs ``u`` default to ``y`` shifted).
+
+        ``eps (T, B, z_dim)`` is the posterior noise (drawn from ``generator`` when omitted).
+        Returns ``LossTerms``; with ``return_latents`` also a dict of per-step tensors
+        (z, mu_q, logvar_q, mu_p, logvar_p, h) for the importance-weighted bound and analysis.
+        """
+        self._check_batch(y, u, mask)
+        T, B = y.shape[:2]
+        if u is None:
+            u = self.shift_inputs(y)
+        if mask is not None:
+            mask = mask.to(self.fwd_weight_hh.dtype)
+        H, Z = self.rnn_dim, self.z_dim
+        dtype, device = self.fwd_weight_hh.dtype, self.fwd_weight_hh.device
+        if eps is None:
+            eps = torch.randn(T, B, Z, generator=generator, device=device, dtype=dtype)
+        elif tuple(eps.shape) != (T, B, Z):
+            raise ValueError(f"eps must have shape (T, B, z_dim) = {(T, B, Z)}, got {tuple(eps.shape)}")
+
+        b = self.backward_states(y, mask)                             # (T, B, H)
+        bwd_nll = self._head_nll(u, self.bwd_out(b), mask).sum(0)
+
+        gates_x = self._input_gates(self._embed(u))                   # (T, B, 4H)
+        w_q1 = self.posterior.fc1.weight
+        post_x = F.linear(b, w_q1[:, H:], self.posterior.fc1.bias)    # (T, B, M)
+        h0 = torch.zeros(B, H, device=device, dtype=dtype)
+        chain = self._chain(gates_x, post_x, eps, h0, torch.zeros_like(h0))
+        h_prev = torch.cat([h0.unsqueeze(0), chain.h[:-1]], 0)        # h_0 .. h_{T-1}
+
+        mu_p, logvar_p = _split_gaussian(self.prior(h_prev))
+        kl = ops.gaussian_kl(chain.mu_q, chain.logvar_q, mu_p, logvar_p, mask, backend=self.backend).sum(0)
+
+        if self.z_force:   # the h half of the input is zero: only the z columns contribute
+            a = F.linear(chain.z, self.aux.fc1.weight[:, H:], self.aux.fc1.bias)
+        else:
+            a = self.aux.fc1(torch.cat([h_prev, chain.z], -1))
+        mu_a, logvar_a = _split_gaussian(self.aux.fc2(mlp_act(a)))
+        aux = ops.gaussian_nll(b.detach(), torch.tanh(mu_a), logvar_a, mask, backend=self.backend).sum(0)
+
+        nll = self._head_nll(y, self.out(chain.h), mask).sum(0)
+        terms = LossTerms(nll=nll, kl=kl, aux=aux, bwd_nll=bwd_nll)
+        if not return_latents:
+            return terms
+        return terms, dict(z=chain.z, mu_q=chain.mu_q, logvar_q=chain.logvar_q, mu_p=mu_p,
+                           logvar_p=logvar_p, h=chain.h)
+
+    # ------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def neg_elbo(self, y, u=None, mask=None, generator=None):
+        """-ELBO = nll + KL per sequence (nats), one posterior sample, analytic KL."""
+        return self(y, u, mask, generator=generator).neg_elbo
+
+    @torch.no_grad()
+    def log_weights(self, y, u=None, mask=None, k: int = 1, generator=None):
+        """``log p(y, z) - log q(z | y)`` for ``k`` posterior samples -> ``(k, B)``."""
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        T, B = y.shape[:2]
+        rep = lambda x: None if x is None else x.repeat_interleave(k, dim=1)  # noqa: E731
+        terms, lat = self(rep(y), rep(u), rep(mask), generator=generator, return_latents=True)
+        m = None if mask is None else rep(mask).to(lat["z"].dtype)
+        log_pz = -ops.gaussian_nll(lat["z"], lat["mu_p"], lat["logvar_p"], m, backend=self.backend).sum(0)
+        log_qz = -ops.gaussian_nll(lat["z"], lat["mu_q"], lat["logvar_q"], m, backend=self.backend).sum(0)
+        return (-terms.nll + log_pz - log_qz).view(B, k).t()
+
+    @torch.no_grad()
+    def iwae_bound(self, y, u=None, mask=None, k: int = 16, generator=None, chunk: int | None = None):
+        """Importance-weighted bound with ``k`` samples, as a negative log-likelihood per
+        sequence (nats): ``-log mean_k w_k`` >= -log p(y); never above the -ELBO in expectation."""
+        chunk = chunk or k
+        logw = torch.cat([self.log_weights(y, u, mask, min(chunk, k - i), generator)
+                          for i in range(0, k, chunk)], 0)
+        return -(torch.logsumexp(logw.double(), 0) - math.log(k)).to(logw.dtype)
+
+    # --------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample(self, steps: int, batch_size: int, temperature: float = 1.0, generator=None):
+        """Generate from the prior. Returns ``(samples, means)``: ``samples`` as data (binary
+        pixels, frames, token ids) and ``means`` the output distribution's mean per step."""
+        if steps < 1 or batch_size < 1:
+            raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
+        H = self.rnn_dim
+        dtype, device = self.fwd_weight_hh.dtype, self.fwd_weight_hh.device
+        h = torch.zeros(batch_size, H, device=device, dtype=dtype)
+        c = torch.zeros_like(h)
+        if self.output_type == "categorical":
+            u = torch.full((batch_size,), self.input_dim, device=device, dtype=torch.long)
+        else:
+            u = torch.zeros(batch_size, self.input_dim, device=device, dtype=dtype)
+        randn = lambda *s: torch.randn(*s, generator=generator, device=device, dtype=dtype)  # noqa: E731
+        samples, means = [], []
+        for _ in range(steps):
+            mu_p, logvar_p = _split_gaussian(self.prior(h))
+            z = mu_p + torch.exp(0.5 * logvar_p) * randn(batch_size, self.z_dim) * temperature
+            gx = self._input_gates(self._embed(u))
+            if self.cond_ln:
+                h, c = self._cond_ln_cell(gx, h, c, z)
+            else:
+                gx = gx + F.linear(self.gen(z), self._w_iz)
+                h, c = ops.lstm_cell(gx, h, c, self.fwd_weight_hh, backend=self.backend)
+            params = self.out(h)
+            if self.output_type == "gaussian":
+                mu, logvar = _split_gaussian(params)
+                mean, u = mu, mu + torch.exp(0.5 * logvar) * randn(*mu.shape) * temperature
+            elif self.output_type == "bernoulli":
+                mean = torch.sigmoid(params)
+                u = torch.bernoulli(mean, generator=generator)
+            else:
+                mean = torch.softmax(params / max(temperature, 1e-6), -1)
+                u = torch.multinomial(mean, 1, generator=generator).squeeze(-1)
+            samples.append(u)
+            means.append(mean)
+        return torch.stack(samples, 0), torch.stack(means, 0)
