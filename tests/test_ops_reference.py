@@ -1,0 +1,171 @@
+"""The reference ("torch") ops against independent implementations: torch.nn.LSTM /
+LSTMCell, torch.distributions, torch.nn.functional; float64 gradcheck; masks; bad input."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.distributions import Bernoulli, Normal, kl_divergence
+
+from zf_kernels import ops
+
+SHAPES = [(1,), (3, 7), (2, 3, 5), (1, 1, 1)]
+
+
+def _lstm_module(I, H, bias=True, dtype=torch.float64):
+    torch.manual_seed(0)
+    return torch.nn.LSTM(I, H, bias=bias).to(dtype)
+
+
+@pytest.mark.parametrize("T,B,I,H", [(1, 1, 1, 1), (5, 3, 4, 7), (9, 2, 6, 3)])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_lstm_matches_nn_lstm(T, B, I, H, reverse, bias):
+    m = _lstm_module(I, H, bias)
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(B, H, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(B, H, dtype=torch.float64, requires_grad=True)
+    b = (m.bias_ih_l0, m.bias_hh_l0) if bias else (None, None)
+    out, (hT, cT) = ops.lstm(x, m.weight_ih_l0, m.weight_hh_l0, *b, h0, c0, reverse=reverse, backend="torch")
+    xin = x.flip(0) if reverse else x
+    ref, (rh, rc) = m(xin, (h0.unsqueeze(0), c0.unsqueeze(0)))
+    ref = ref.flip(0) if reverse else ref
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(hT, rh[0])
+    torch.testing.assert_close(cT, rc[0])
+    # one backward through every output, with non-uniform upstream gradients
+    g = [torch.randn_like(t) for t in (out, hT, cT)]
+    grads = torch.autograd.grad((out, hT, cT), (x, h0, c0, m.weight_ih_l0, m.weight_hh_l0), g)
+    rgrads = torch.autograd.grad((ref, rh[0], rc[0]), (x, h0, c0, m.weight_ih_l0, m.weight_hh_l0), g)
+    for a, r in zip(grads, rgrads):
+        torch.testing.assert_close(a, r)
+
+
+def test_lstm_default_states_are_zero():
+    m = _lstm_module(3, 4, dtype=torch.float32)
+    x = torch.randn(4, 2, 3)
+    out, _ = ops.lstm(x, m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0)
+    torch.testing.assert_close(out, m(x)[0])
+
+
+def test_lstm_cell_matches_nn_lstmcell():
+    torch.manual_seed(1)
+    cell = torch.nn.LSTMCell(5, 6).double()
+    x = torch.randn(3, 5, dtype=torch.float64)
+    h, c = torch.randn(3, 6, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64)
+    gx = x @ cell.weight_ih.t() + cell.bias_ih
+    h1, c1 = ops.lstm_cell(gx, h, c, cell.weight_hh, cell.bias_hh)
+    rh, rc = cell(x, (h, c))
+    torch.testing.assert_close(h1, rh)
+    torch.testing.assert_close(c1, rc)
+
+
+def test_lstm_gradcheck_float64():
+    m = _lstm_module(2, 3)
+    x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    fn = lambda x, wi, wh, h0: ops.lstm(x, wi, wh, None, None, h0, None, reverse=True)[0]  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, m.weight_ih_l0, m.weight_hh_l0, h0))
+
+
+def _normal_params(shape, dtype=torch.float64):
+    return [torch.randn(shape, dtype=dtype, requires_grad=True) for _ in range(4)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gaussian_kl_matches_distributions(shape):
+    mq, lq, mp, lp = _normal_params(shape)
+    ours = ops.gaussian_kl(mq, lq, mp, lp)
+    ref = kl_divergence(Normal(mq, (0.5 * lq).exp()), Normal(mp, (0.5 * lp).exp())).sum(-1)
+    torch.testing.assert_close(ours, ref)
+    assert torch.autograd.gradcheck(ops.gaussian_kl, (mq, lq, mp, lp))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gaussian_nll_matches_distributions(shape):
+    x, mu, lv, _ = _normal_params(shape)
+    ref = -Normal(mu, (0.5 * lv).exp()).log_prob(x).sum(-1)
+    torch.testing.assert_close(ops.gaussian_nll(x, mu, lv), ref)
+    assert torch.autograd.gradcheck(ops.gaussian_nll, (x, mu, lv))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_bernoulli_nll_matches_distributions(shape):
+    x = torch.bernoulli(torch.full(shape, 0.5, dtype=torch.float64))
+    logits = (5 * torch.randn(shape, dtype=torch.float64)).requires_grad_()
+    ref = -Bernoulli(logits=logits).log_prob(x).sum(-1)
+    torch.testing.assert_close(ops.bernoulli_nll(x, logits), ref)
+    assert torch.autograd.gradcheck(lambda lg: ops.bernoulli_nll(x, lg), (logits,))
+
+
+def test_bernoulli_nll_is_stable_for_huge_logits():
+    x = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
+    logits = torch.tensor([[1e4, -1e4, -1e4, 1e4]])
+    torch.testing.assert_close(ops.bernoulli_nll(x, logits), torch.tensor([2e4]))
+
+
+@pytest.mark.parametrize("lead", [(1,), (4, 3), (2, 1, 5)])
+def test_categorical_nll_matches_cross_entropy(lead):
+    C = 11
+    logits = torch.randn(*lead, C, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, C, lead)
+    ref = F.cross_entropy(logits.reshape(-1, C), targets.reshape(-1), reduction="none").view(lead)
+    torch.testing.assert_close(ops.categorical_nll(targets, logits), ref)
+    assert torch.autograd.gradcheck(lambda lg: ops.categorical_nll(targets, lg), (logits,))
+
+
+def test_reparameterize_and_gradcheck():
+    mu, lv, eps, _ = _normal_params((3, 4))
+    torch.testing.assert_close(ops.reparameterize(mu, lv, eps), mu + (0.5 * lv).exp() * eps)
+    assert torch.autograd.gradcheck(ops.reparameterize, (mu, lv, eps))
+
+
+def test_masks_multiply_per_position_and_broadcast():
+    mq, lq, mp, lp = _normal_params((4, 3, 5))
+    full = ops.gaussian_kl(mq, lq, mp, lp)
+    mask = torch.tensor([1.0, 1.0, 0.0, 1.0]).view(4, 1)
+    torch.testing.assert_close(ops.gaussian_kl(mq, lq, mp, lp, mask=mask), full * mask)
+    bool_mask = torch.rand(4, 3) > 0.5
+    torch.testing.assert_close(ops.gaussian_nll(mq, mp, lp, mask=bool_mask),
+                               ops.gaussian_nll(mq, mp, lp) * bool_mask)
+
+
+def test_half_precision_inputs_are_computed_in_float32():
+    mq, lq, mp, lp = [t.detach() for t in _normal_params((6, 9), torch.float32)]
+    ref = ops.gaussian_kl(mq, lq, mp, lp)
+    out = ops.gaussian_kl(*(t.bfloat16() for t in (mq, lq, mp, lp)))
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: ops.gaussian_kl(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 4), torch.zeros(2, 3)), "mu_p"),
+    (lambda: ops.gaussian_nll(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 3), mask=torch.ones(3)), "mask"),
+    (lambda: ops.reparameterize(torch.zeros(2), torch.zeros(2, dtype=torch.float64), torch.zeros(2)), "logvar"),
+    (lambda: ops.categorical_nll(torch.tensor([0, 5]), torch.zeros(2, 5)), "targets"),
+    (lambda: ops.categorical_nll(torch.zeros(2), torch.zeros(2, 5)), "targets"),
+    (lambda: ops.bernoulli_nll(torch.zeros(2, 3), [1, 2]), "logits"),
+    (lambda: ops.lstm(torch.zeros(3, 2, 4), torch.zeros(12, 5), torch.zeros(12, 3)), "weight_ih"),
+    (lambda: ops.lstm(torch.zeros(3, 2), torch.zeros(12, 4), torch.zeros(12, 3)), "x"),
+    (lambda: ops.lstm(torch.zeros(3, 2, 4), torch.zeros(12, 4), torch.zeros(12, 3), h0=torch.zeros(3, 3)), "h0"),
+    (lambda: ops.lstm_cell(torch.zeros(2, 12), torch.zeros(2, 3), torch.zeros(2, 4), torch.zeros(12, 3)), "c"),
+    (lambda: ops.gaussian_kl(*[torch.zeros(2)] * 4, backend="fastest"), "backend"),
+    (lambda: ops.gaussian_kl(*[torch.zeros(2, dtype=torch.int32)] * 4), "mu_q"),
+])
+def test_bad_input_names_the_argument(call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call()
+
+
+def test_explicit_unavailable_backend_raises_with_reason(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x = torch.zeros(2, 3)
+    with pytest.raises(ops.BackendUnavailableError, match="cuda"):
+        ops.gaussian_nll(x, x, x, backend="cuda")
+    with pytest.raises(ops.BackendUnavailableError, match="CUDA tensors"):
+        ops.gaussian_nll(x, x, x, backend="triton")
+
+
+def test_auto_on_cpu_picks_torch_and_says_why():
+    x = torch.zeros(2, 3)
+    backend, reason = ops.explain("gaussian_nll", x, x, x)
+    assert backend == "torch" and "not on CUDA" in reason
+    torch.testing.assert_close(ops.gaussian_nll(x, x, x, backend="auto"), ops.gaussian_nll(x, x, x, backend="torch"))
