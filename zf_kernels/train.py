@@ -1,0 +1,348 @@
+"""Train Z-Forcing: ``python -m zf_kernels.train [--preset NAME] [flags]``.
+
+With no arguments it trains a small model on the built-in synthetic data for a couple of
+minutes on the CPU and writes everything under ``runs/synthetic``. Every hyper-parameter is a
+flag (see ``--help``); ``--preset`` only changes their defaults. Also callable from Python:
+``train(make_config("synthetic", max_steps=100))``.
+
+The run directory receives ``last.pt`` (resumable, written atomically every
+``--checkpoint-every`` steps and at the end), ``best.pt`` (best validation -ELBO),
+``metrics.jsonl`` (or ``.csv``), ``config.json``, ``results.json``, ``curves.png`` and samples
+(``samples.png`` for images, ``sample_*.wav`` for speech, ``samples_plot.png`` otherwise).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .data import iterate_batches, load_dataset, num_batches
+from .evaluate import evaluate
+from .model import ZForcing, training_loss
+from .training import report
+from .training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .training.presets import PRESET_DATA, PRESETS, TrainConfig, config_fields, make_config
+from .training.schedules import LossWeights, PlateauHalving
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+TERMS = ("loss", "nll", "kl", "aux", "bwd_nll")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return dev
+
+
+def limit_split(split, n):
+    """The first ``n`` sequences of a split (all of it when ``n`` is None)."""
+    if n is None or n >= len(split):
+        return split
+    cut = lambda x: None if x is None else x[:n]  # noqa: E731
+    return dataclasses.replace(split, y=split.y[:n], u=cut(split.u), mask=cut(split.mask))
+
+
+def load_data(cfg: TrainConfig):
+    bundle = load_dataset(PRESET_DATA[cfg.preset], cfg.data, seed=cfg.seed)
+    bundle = dataclasses.replace(
+        bundle, train=limit_split(bundle.train, cfg.train_limit),
+        valid=limit_split(bundle.valid, cfg.eval_limit), test=limit_split(bundle.test, cfg.eval_limit))
+    for name in ("train", "valid", "test"):
+        if len(getattr(bundle, name)) == 0:
+            raise ValueError(f"the {name} split of {bundle.name!r} is empty")
+    return bundle
+
+
+def build_model(cfg: TrainConfig, bundle) -> ZForcing:
+    return ZForcing(bundle.input_dim, bundle.output_type, emb_dim=cfg.emb_dim, rnn_dim=cfg.rnn_dim,
+                    z_dim=cfg.z_dim, mlp_dim=cfg.mlp_dim, cond_ln=cfg.cond_ln, z_force=cfg.z_force,
+                    backend=cfg.backend)
+
+
+def _batch_to(batch, device, dtype):
+    mv = lambda x: None if x is None else x.to(  # noqa: E731
+        device=device, dtype=dtype if x.dtype.is_floating_point else x.dtype, non_blocking=True)
+    return mv(batch.y), mv(batch.u), mv(batch.mask)
+
+
+class Run:
+    """One training run: its state, the loop, checkpoints and reports."""
+
+    def __init__(self, cfg: TrainConfig, log=print):
+        self.cfg, self.log = cfg, log
+        self.out = Path(cfg.out or f"runs/{cfg.preset}")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.device, self.dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
+        torch.manual_seed(cfg.seed)
+        self.data = load_data(cfg)
+        self.model = build_model(cfg, self.data).to(self.device, self.dtype)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+        self.weights = LossWeights.from_config(cfg)
+        self.plateau = PlateauHalving(cfg.lr_decay, cfg.lr_min, cfg.patience)
+        self.eps_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
+        self.step = self.epoch = self.next_batch = 0
+        self.skipped = {"non_finite_loss": 0, "non_finite_grad": 0}
+        self.train_seconds = 0.0
+        self.window = {k: 0.0 for k in TERMS} | {"n": 0, "grad_norm": 0.0}
+        self.finished = False
+        ext = "jsonl" if cfg.metrics_format == "jsonl" else "csv"
+        self.metrics = report.MetricsLog(self.out / f"metrics.{ext}", cfg.metrics_format)
+        self.drop_last = len(self.data.train) >= cfg.batch_size
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self):
+        return dict(config=self.cfg.to_dict(), model_config=self.model.config,
+                    model=self.model.state_dict(), optimizer=self.opt.state_dict(),
+                    step=self.step, epoch=self.epoch, next_batch=self.next_batch,
+                    weights=self.weights.state_dict(), plateau=self.plateau.state_dict(),
+                    eps_generator=self.eps_gen.get_state(), skipped=dict(self.skipped),
+                    train_seconds=self.train_seconds, window=dict(self.window),
+                    finished=self.finished, data_meta=self.data.meta)
+
+    def load_state_dict(self, state, path):
+        if state["model_config"] != self.model.config:
+            raise CheckpointError(f"checkpoint {path} holds a model {state['model_config']}, "
+                                  f"but this run builds {self.model.config}; use the same size flags")
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])   # with its (possibly decayed) lr
+        self.step, self.epoch, self.next_batch = state["step"], state["epoch"], state["next_batch"]
+        self.weights = LossWeights(**state["weights"])
+        self.plateau = PlateauHalving(**state["plateau"])
+        self.eps_gen.set_state(state["eps_generator"])
+        self.skipped, self.train_seconds = state["skipped"], state["train_seconds"]
+        self.window, self.finished = state["window"], state["finished"]
+
+    def save(self, name="last.pt"):
+        save_checkpoint(self.state_dict(), self.out / name)
+
+    def try_resume(self):
+        path = self.out / "last.pt"
+        if not path.exists():
+            self.log(f"--resume: no checkpoint at {path}, starting a new run")
+            self.metrics.path.unlink(missing_ok=True)
+            return
+        self.load_state_dict(load_checkpoint(path, map_location=self.device), path)
+        self.metrics.truncate_after(self.step)
+        self.log(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.next_batch})")
+
+    # ----------------------------------------------------------------- steps
+    def train_step(self, batch):
+        y, u, mask = _batch_to(batch, self.device, self.dtype)
+        terms = self.model(y, u, mask, generator=self.eps_gen)
+        loss = training_loss(terms, self.weights.kl, self.weights.aux, self.cfg.bwd)
+        self.weights.advance()
+        self.step += 1
+        if not torch.isfinite(loss):
+            self.skipped["non_finite_loss"] += 1
+            return
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
+        if not torch.isfinite(grad_norm):
+            self.skipped["non_finite_grad"] += 1
+            return
+        self.opt.step()
+        w = self.window
+        w["n"] += 1
+        w["grad_norm"] += float(grad_norm)
+        w["loss"] += float(loss.detach())
+        for k in TERMS[1:]:
+            w[k] += float(getattr(terms, k).detach().double().mean())
+
+    def flush_window(self, bar=None):
+        w, n = self.window, max(self.window["n"], 1)
+        rec = {"kind": "train", "step": self.step, "epoch": self.epoch}
+        rec |= {k: w[k] / n for k in TERMS} | {"grad_norm": w["grad_norm"] / n}
+        rec |= {"kl_weight": self.weights.kl, "aux_weight": self.weights.aux,
+                "lr": self.opt.param_groups[0]["lr"], "skipped": sum(self.skipped.values()),
+                "train_seconds": round(self.train_seconds, 3)}
+        self.metrics.write(rec)
+        if bar is not None:
+            bar.set_postfix({k: f"{rec[k]:.2f}" for k in TERMS} | {"kl_w": f"{self.weights.kl:.3f}"})
+        self.window = {k: 0.0 for k in TERMS} | {"n": 0, "grad_norm": 0.0}
+
+    def validate(self):
+        res = evaluate(self.model, self.data.valid, batch_size=self.cfg.eval_batch_size,
+                       seed=self.cfg.seed)
+        best, decayed = self.plateau.update(res["neg_elbo"], self.opt)
+        self.metrics.write({"kind": "valid", "step": self.step, "epoch": self.epoch, **res,
+                            "lr": self.opt.param_groups[0]["lr"], "new_best": best})
+        if decayed:
+            self.log(f"valid -ELBO did not improve: learning rate -> {self.opt.param_groups[0]['lr']:g}")
+        if best:
+            self.save("best.pt")
+        return res
+
+    def out_of_budget(self):
+        cfg = self.cfg
+        return ((cfg.max_steps is not None and self.step >= cfg.max_steps)
+                or (cfg.time_budget is not None and self.train_seconds >= cfg.time_budget))
+
+    # ------------------------------------------------------------------ loop
+    def fit(self):
+        cfg = self.cfg
+        n_batches = num_batches(self.data.train, cfg.batch_size, drop_last=self.drop_last)
+        total = cfg.max_steps or cfg.epochs * n_batches
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, initial=min(self.step, total), disable=not cfg.progress,
+                   desc=f"{cfg.preset}", unit="step", dynamic_ncols=True)
+        try:
+            while self.epoch < cfg.epochs and not self.out_of_budget():
+                batches = iterate_batches(self.data.train, cfg.batch_size, shuffle=True, seed=cfg.seed,
+                                          epoch=self.epoch, start_batch=self.next_batch,
+                                          drop_last=self.drop_last)
+                for batch in batches:
+                    t0 = time.perf_counter()
+                    self.train_step(batch)
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                    self.train_seconds += time.perf_counter() - t0
+                    self.next_batch += 1
+                    bar.update(1)
+                    if self.step % cfg.log_every == 0:
+                        self.flush_window(bar)
+                    if cfg.eval_every and self.step % cfg.eval_every == 0:
+                        self.validate()
+                    if self.step % cfg.checkpoint_every == 0:
+                        self.save()
+                    if self.out_of_budget():
+                        break
+                else:   # the epoch ran to its end
+                    self.epoch, self.next_batch = self.epoch + 1, 0
+                    self.validate()
+                    self.save()
+        finally:
+            bar.close()
+        if self.window["n"]:
+            self.flush_window()
+        self.save()
+
+    # ---------------------------------------------------------------- finish
+    def finish(self):
+        """Final evaluation (best checkpoint if any), IWAE on test, samples and plots."""
+        cfg = self.cfg
+        best = self.out / "best.pt"
+        if best.exists():
+            self.model.load_state_dict(load_checkpoint(best, map_location=self.device)["model"])
+        kw = dict(batch_size=cfg.eval_batch_size, seed=cfg.seed)
+        valid = evaluate(self.model, self.data.valid, **kw)
+        test = evaluate(self.model, self.data.test, iwae_k=cfg.iwae_k, **kw)
+        results = {"preset": cfg.preset, "data": self.data.name, "steps": self.step,
+                   "epochs_completed": self.epoch, "train_seconds": round(self.train_seconds, 1),
+                   "skipped_batches": self.skipped, "model": self.model.config,
+                   "parameters": sum(p.numel() for p in self.model.parameters()),
+                   "checkpoint": str(best if best.exists() else self.out / "last.pt"),
+                   "valid": valid, "test": test, "iwae_k": cfg.iwae_k,
+                   "device": str(self.device), "dtype": cfg.dtype}
+        self.metrics.write({"kind": "test", "step": self.step, "epoch": self.epoch, **test})
+        with open(self.out / "results.json", "w") as f:
+            json.dump(results, f, indent=2)
+        report.plot_curves(self.metrics.read(), self.out / "curves.png")
+        results["samples"] = self.write_samples()
+        self.finished = True
+        self.save()
+        return results
+
+    def write_samples(self):
+        n = self.cfg.num_samples
+        if n == 0:
+            return []
+        T = self.data.train.y.shape[1]
+        gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 2)
+        samples, means = self.model.sample(T, n, generator=gen)
+        meta = self.data.meta
+        if "image_shape" in meta:
+            h, w = meta["image_shape"]
+            imgs = means.float().permute(1, 0, 2).reshape(n, h, w).cpu().numpy()
+            path = self.out / "samples.png"
+            report.save_image_grid(imgs, path)
+            return [str(path)]
+        seqs = samples.float().permute(1, 0, *range(2, samples.dim())).cpu().numpy()
+        if "mean" in meta and "std" in meta:   # speech: undo the normalisation, write WAVs
+            paths = []
+            for i in range(min(n, 4)):
+                path = self.out / f"sample_{i}.wav"
+                report.write_wav(seqs[i] * meta["std"] + meta["mean"], path, meta.get("sample_rate", 16000))
+                paths.append(str(path))
+            return paths
+        if seqs.ndim == 2:   # token ids
+            path = self.out / "samples.txt"
+            path.write_text("\n".join(" ".join(map(str, s.astype(int))) for s in seqs))
+            return [str(path)]
+        path = self.out / "samples_plot.png"
+        report.plot_sequences(seqs, path)
+        return [str(path)]
+
+
+def train(cfg: TrainConfig, log=print) -> dict:
+    """Run (or resume) training as configured; returns the final results dict."""
+    run = Run(cfg, log)
+    with open(run.out / "config.json", "w") as f:
+        json.dump(cfg.to_dict(), f, indent=2)
+    if cfg.resume:
+        run.try_resume()
+    else:
+        run.metrics.path.unlink(missing_ok=True)
+    n_params = sum(p.numel() for p in run.model.parameters())
+    log(f"zf_kernels.train: preset {cfg.preset!r}, data {run.data.name!r} "
+        f"({len(run.data.train)} train / {len(run.data.valid)} valid / {len(run.data.test)} test sequences, "
+        f"T={run.data.train.y.shape[1]}), model {n_params:,} parameters, device {run.device}, "
+        f"dtype {cfg.dtype}, backend {cfg.backend}")
+    run.fit()
+    results = run.finish()
+    t = results["test"]
+    log(f"done: {results['steps']} steps in {results['train_seconds']} s of training; "
+        f"test -ELBO {t['neg_elbo']:.3f} nats/sequence, IWAE(k={cfg.iwae_k}) {t['iwae']:.3f}, "
+        f"KL {t['kl']:.3f}; skipped batches {sum(results['skipped_batches'].values())}")
+    files = ["results.json", run.metrics.path.name, "curves.png"]
+    files += [Path(p).name for p in results["samples"]]
+    files += [n for n in ("best.pt", "last.pt") if (run.out / n).exists()]
+    log(f"results in {run.out}/: " + ", ".join(files))
+    return results
+
+
+# ------------------------------------------------------------------------ CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m zf_kernels.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="synthetic", choices=sorted(PRESETS),
+                   help="hyper-parameter defaults and data set (default: synthetic)")
+    defaults = TrainConfig()
+    for f in config_fields():
+        if f.name == "preset":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        typ = f.type if isinstance(f.type, str) else f.type.__name__
+        if "bool" in typ:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"(default: {default}, or the preset's)")
+        else:
+            cast = int if "int" in typ else float if "float" in typ else str
+            p.add_argument(flag, type=cast, default=None, metavar=f.name.upper(),
+                           help=f"(default: {default}, or the preset's)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k != "preset"}
+    try:
+        cfg = make_config(args.preset, **overrides)
+        train(cfg)
+    except (ValueError, CheckpointError, FileNotFoundError) as exc:
+        print(f"zf_kernels.train: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Pieces of the trainer: presets, schedules, checkpoints, evaluation and reports."""

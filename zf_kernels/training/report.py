@@ -1,0 +1,131 @@
+"""What a run leaves for people: the metrics file, training-curve plots, samples as pictures
+(image data), WAV files (speech) or line plots (other sequences)."""
+from __future__ import annotations
+
+import csv
+import json
+import wave
+from pathlib import Path
+
+import numpy as np
+
+
+class MetricsLog:
+    """Append-only JSONL or CSV log of dict records, each with a ``step``."""
+
+    def __init__(self, path, fmt: str = "jsonl"):
+        self.path, self.fmt = Path(path), fmt
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        if self.fmt == "jsonl":
+            with open(self.path) as f:
+                return [json.loads(line) for line in f if line.strip()]
+        with open(self.path, newline="") as f:
+            return [{k: _parse(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records of steps a resumed run will redo (written after its checkpoint)."""
+        records = [r for r in self.read() if r.get("step", 0) <= step]
+        self.path.unlink(missing_ok=True)
+        for r in records:
+            self.write(r)
+
+    def write(self, record: dict) -> None:
+        if self.fmt == "jsonl":
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            return
+        # CSV: a record with new keys rewrites the file with the union of the columns
+        records = self.read() + [record]
+        keys = list(dict.fromkeys(k for r in records for k in r))
+        with open(self.path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(records)
+
+
+def _parse(v: str):
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+def plot_curves(records: list[dict], path) -> None:
+    """Training loss terms against steps, and the valid/test -ELBO at each evaluation."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if r.get("kind") == "train"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for key in ("loss", "nll", "kl", "aux", "bwd_nll"):
+        pts = [(r["step"], r[key]) for r in train if key in r]
+        if pts:
+            axes[0].plot(*zip(*pts), label=key)
+    axes[0].set(title="training terms (per sequence)", xlabel="step", yscale="symlog")
+    axes[0].legend()
+    for kind in ("valid", "test"):
+        pts = [(r["step"], r["neg_elbo"]) for r in records if r.get("kind") == kind]
+        if pts:
+            axes[1].plot(*zip(*pts), marker="o", label=f"{kind} -ELBO")
+    axes[1].set(title="evaluation (nats per sequence)", xlabel="step")
+    axes[1].legend()
+    for key in ("kl_weight", "aux_weight", "lr"):
+        pts = [(r["step"], r[key]) for r in train if key in r]
+        if pts:
+            axes[2].plot(*zip(*pts), label=key)
+    axes[2].set(title="schedules", xlabel="step", yscale="log")
+    axes[2].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def save_image_grid(images: np.ndarray, path, ncols: int = 8) -> None:
+    """``images (N, H, W)`` in [0, 1] as a grid PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n, h, w = images.shape
+    nrows = max(1, -(-n // ncols))
+    grid = np.ones((nrows * (h + 2), ncols * (w + 2)))
+    for i, img in enumerate(images):
+        r, c = divmod(i, ncols)
+        grid[r * (h + 2) + 1: r * (h + 2) + 1 + h, c * (w + 2) + 1: c * (w + 2) + 1 + w] = img
+    plt.imsave(path, grid, cmap="gray", vmin=0.0, vmax=1.0)
+
+
+def plot_sequences(seqs: np.ndarray, path, n: int = 8) -> None:
+    """``seqs (N, T, D)``: the first ``n`` sequences, one panel each."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = min(n, len(seqs))
+    fig, axes = plt.subplots(n, 1, figsize=(8, 1.5 * n), squeeze=False)
+    for ax, s in zip(axes[:, 0], seqs[:n]):
+        ax.plot(s)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def write_wav(frames: np.ndarray, path, sample_rate: int = 16000) -> None:
+    """A waveform (any shape, flattened) as 16-bit mono WAV, scaled to the int16 range if needed."""
+    x = np.asarray(frames, dtype=np.float64).reshape(-1)
+    peak = np.abs(x).max() if x.size else 0.0
+    if 0 < peak <= 1.0:          # float audio in [-1, 1]
+        x = x * 32767
+    elif peak > 32767:
+        x = x / peak * 32767
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(np.clip(np.round(x), -32768, 32767).astype("<i2").tobytes())
