@@ -13,6 +13,7 @@ The run directory receives ``last.pt`` (resumable, written atomically every
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import sys
@@ -92,7 +93,6 @@ class Run:
         self.skipped = {"non_finite_loss": 0, "non_finite_grad": 0}
         self.train_seconds = 0.0
         self.window = {k: 0.0 for k in TERMS} | {"n": 0, "grad_norm": 0.0}
-        self.finished = False
         ext = "jsonl" if cfg.metrics_format == "jsonl" else "csv"
         self.metrics = report.MetricsLog(self.out / f"metrics.{ext}", cfg.metrics_format)
         self.drop_last = len(self.data.train) >= cfg.batch_size
@@ -105,7 +105,7 @@ class Run:
                     weights=self.weights.state_dict(), plateau=self.plateau.state_dict(),
                     eps_generator=self.eps_gen.get_state(), skipped=dict(self.skipped),
                     train_seconds=self.train_seconds, window=dict(self.window),
-                    finished=self.finished, data_meta=self.data.meta)
+                    data_meta=self.data.meta)
 
     def load_state_dict(self, state, path):
         if state["model_config"] != self.model.config:
@@ -118,7 +118,7 @@ class Run:
         self.plateau = PlateauHalving(**state["plateau"])
         self.eps_gen.set_state(state["eps_generator"])
         self.skipped, self.train_seconds = state["skipped"], state["train_seconds"]
-        self.window, self.finished = state["window"], state["finished"]
+        self.window = state["window"]
 
     def save(self, name="last.pt"):
         save_checkpoint(self.state_dict(), self.out / name)
@@ -221,8 +221,8 @@ class Run:
                     self.save()
         finally:
             bar.close()
-        if self.window["n"]:
-            self.flush_window()
+        # a partly filled log window stays in the checkpoint, so a resumed run logs exactly
+        # what an uninterrupted one would
         self.save()
 
     # ---------------------------------------------------------------- finish
@@ -230,11 +230,13 @@ class Run:
         """Final evaluation (best checkpoint if any), IWAE on test, samples and plots."""
         cfg = self.cfg
         best = self.out / "best.pt"
-        if best.exists():
-            self.model.load_state_dict(load_checkpoint(best, map_location=self.device)["model"])
+        model = self.model
+        if best.exists():   # evaluate a copy: the run itself (and last.pt) keeps training weights
+            model = copy.deepcopy(self.model)
+            model.load_state_dict(load_checkpoint(best, map_location=self.device)["model"])
         kw = dict(batch_size=cfg.eval_batch_size, seed=cfg.seed)
-        valid = evaluate(self.model, self.data.valid, **kw)
-        test = evaluate(self.model, self.data.test, iwae_k=cfg.iwae_k, **kw)
+        valid = evaluate(model, self.data.valid, **kw)
+        test = evaluate(model, self.data.test, iwae_k=cfg.iwae_k, **kw)
         results = {"preset": cfg.preset, "data": self.data.name, "steps": self.step,
                    "epochs_completed": self.epoch, "train_seconds": round(self.train_seconds, 1),
                    "skipped_batches": self.skipped, "model": self.model.config,
@@ -246,18 +248,16 @@ class Run:
         with open(self.out / "results.json", "w") as f:
             json.dump(results, f, indent=2)
         report.plot_curves(self.metrics.read(), self.out / "curves.png")
-        results["samples"] = self.write_samples()
-        self.finished = True
-        self.save()
+        results["samples"] = self.write_samples(model)
         return results
 
-    def write_samples(self):
+    def write_samples(self, model):
         n = self.cfg.num_samples
         if n == 0:
             return []
         T = self.data.train.y.shape[1]
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 2)
-        samples, means = self.model.sample(T, n, generator=gen)
+        samples, means = model.sample(T, n, generator=gen)
         meta = self.data.meta
         if "image_shape" in meta:
             h, w = meta["image_shape"]

@@ -26,8 +26,9 @@ class MetricsLog:
             return [{k: _parse(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
 
     def truncate_after(self, step: int) -> None:
-        """Drop records of steps a resumed run will redo (written after its checkpoint)."""
-        records = [r for r in self.read() if r.get("step", 0) <= step]
+        """Drop what a resumed run will redo: records of steps after its checkpoint, and the
+        end-of-run test summary of the interrupted run."""
+        records = [r for r in self.read() if r.get("step", 0) <= step and r.get("kind") != "test"]
         self.path.unlink(missing_ok=True)
         for r in records:
             self.write(r)
@@ -68,19 +69,19 @@ def plot_curves(records: list[dict], path) -> None:
         if pts:
             axes[0].plot(*zip(*pts), label=key)
     axes[0].set(title="training terms (per sequence)", xlabel="step", yscale="symlog")
-    axes[0].legend()
     for kind in ("valid", "test"):
         pts = [(r["step"], r["neg_elbo"]) for r in records if r.get("kind") == kind]
         if pts:
             axes[1].plot(*zip(*pts), marker="o", label=f"{kind} -ELBO")
     axes[1].set(title="evaluation (nats per sequence)", xlabel="step")
-    axes[1].legend()
     for key in ("kl_weight", "aux_weight", "lr"):
         pts = [(r["step"], r[key]) for r in train if key in r]
         if pts:
             axes[2].plot(*zip(*pts), label=key)
     axes[2].set(title="schedules", xlabel="step", yscale="log")
-    axes[2].legend()
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

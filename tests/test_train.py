@@ -1,0 +1,134 @@
+"""The trainer: learning on synthetic data, exact resume, the CLI, schedules, plateau
+halving, checkpoints, skipping non-finite batches."""
+import json
+
+import pytest
+import torch
+
+from zf_kernels import train as train_mod
+from zf_kernels.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from zf_kernels.training.presets import make_config
+from zf_kernels.training.schedules import LossWeights, PlateauHalving
+
+SMALL = dict(emb_dim=16, rnn_dim=24, z_dim=4, mlp_dim=16, batch_size=16, train_limit=160,
+             eval_limit=32, iwae_k=4, num_samples=4, progress=False, log_every=5,
+             checkpoint_every=7, time_budget=None)
+
+
+def quiet(*_):
+    pass
+
+
+def cfg_for(tmp_path, name="run", **kw):
+    return make_config("synthetic", out=str(tmp_path / name), **(SMALL | kw))
+
+
+def read_metrics(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def test_training_reduces_the_loss_on_synthetic_data(tmp_path):
+    cfg = cfg_for(tmp_path, max_steps=120, epochs=100, eval_every=40)
+    results = train_mod.train(cfg, log=quiet)
+    rec = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    train_nll = [r["nll"] for r in rec if r["kind"] == "train"]
+    assert train_nll[-1] < 0.8 * train_nll[0]
+    valid = [r["neg_elbo"] for r in rec if r["kind"] == "valid"]
+    assert valid[-1] < valid[0]
+    assert results["test"]["iwae"] <= results["test"]["neg_elbo"] + 1.0
+    for name in ("best.pt", "last.pt", "curves.png", "samples_plot.png", "results.json", "config.json"):
+        assert (tmp_path / "run" / name).exists(), name
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path):
+    # 25 steps straight vs 11 steps, stop, resume to 25: same parameters, same metrics.
+    # 11 and 25 are off the checkpoint grid (every 7) and the log grid (every 5); the
+    # 10-batch epochs put an epoch boundary (and a validation) inside both halves.
+    full = cfg_for(tmp_path, "full", max_steps=25, epochs=50)
+    train_mod.train(full, log=quiet)
+    part = cfg_for(tmp_path, "part", max_steps=11, epochs=50)
+    train_mod.train(part, log=quiet)
+    resumed = cfg_for(tmp_path, "part", max_steps=25, epochs=50, resume=True)
+    train_mod.train(resumed, log=quiet)
+    a = load_checkpoint(tmp_path / "full" / "last.pt")
+    b = load_checkpoint(tmp_path / "part" / "last.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    ma = [r for r in read_metrics(tmp_path / "full" / "metrics.jsonl") if r["kind"] != "test"]
+    mb = [r for r in read_metrics(tmp_path / "part" / "metrics.jsonl") if r["kind"] != "test"]
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "train_seconds"} for r in rs]  # noqa: E731
+    assert strip(ma) == strip(mb)
+
+
+def test_cli_smoke_run_writes_everything(tmp_path, capsys):
+    out = tmp_path / "cli"
+    rc = train_mod.main(["--max-steps", "6", "--out", str(out), "--no-progress", "--train-limit", "64",
+                         "--eval-limit", "16", "--iwae-k", "2", "--rnn-dim", "16", "--num-samples", "2",
+                         "--metrics-format", "csv", "--seed", "3"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "done: 6 steps" in text and str(out) in text
+    assert (out / "metrics.csv").exists() and (out / "last.pt").exists()
+    assert json.loads((out / "results.json").read_text())["steps"] == 6
+
+
+def test_cli_rejects_bad_flags(tmp_path, capsys):
+    assert train_mod.main(["--lr", "-1", "--out", str(tmp_path)]) == 2
+    assert "--lr must be > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_mod.main(["--preset", "nope"])
+
+
+def test_kl_and_aux_schedules():
+    cfg = make_config("synthetic", kl_start=0.2, kl_step=0.3, aux_start=0.0, aux_end=0.5, aux_step=0.2)
+    w = LossWeights.from_config(cfg)
+    seen = []
+    for _ in range(5):
+        seen.append((round(w.kl, 6), round(w.aux, 6)))
+        w.advance()
+    assert seen == [(0.2, 0.0), (0.5, 0.2), (0.8, 0.4), (1.0, 0.5), (1.0, 0.5)]
+    down = LossWeights(kl=1.0, aux=1.0, kl_step=0.0, aux_step=0.4, aux_end=0.0)
+    down.advance(), down.advance(), down.advance()
+    assert down.aux == 0.0
+
+
+def test_plateau_halving_fires_and_respects_the_floor():
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    rule = PlateauHalving(decay=0.5, lr_min=3e-4, patience=1)
+    assert rule.update(10.0, opt) == (True, False)
+    assert rule.update(11.0, opt) == (False, True) and opt.param_groups[0]["lr"] == 5e-4
+    assert rule.update(9.0, opt) == (True, False)
+    assert rule.update(9.5, opt) == (False, True) and opt.param_groups[0]["lr"] == 3e-4
+    assert rule.update(9.5, opt) == (False, False) and opt.param_groups[0]["lr"] == 3e-4
+
+
+def test_corrupt_or_foreign_checkpoint_gives_a_clear_error(tmp_path):
+    good = tmp_path / "good.pt"
+    save_checkpoint({"x": torch.ones(3)}, good)
+    assert torch.equal(load_checkpoint(good)["x"], torch.ones(3))
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(bad)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": 1}, foreign)
+    with pytest.raises(CheckpointError, match="not a zf_kernels checkpoint"):
+        load_checkpoint(foreign)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_non_finite_batches_are_skipped_and_counted(tmp_path, monkeypatch):
+    real = train_mod.training_loss
+    calls = {"n": 0}
+
+    def sometimes_nan(*a, **k):
+        calls["n"] += 1
+        loss = real(*a, **k)
+        return loss * float("nan") if calls["n"] in (2, 5) else loss
+
+    monkeypatch.setattr(train_mod, "training_loss", sometimes_nan)
+    results = train_mod.train(cfg_for(tmp_path, max_steps=8, epochs=10), log=quiet)
+    assert results["skipped_batches"]["non_finite_loss"] == 2
+    params = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    assert all(torch.isfinite(v).all() for v in params.values())
