@@ -62,10 +62,23 @@ def load_data(cfg: TrainConfig):
     return bundle
 
 
-def build_model(cfg: TrainConfig, bundle) -> ZForcing:
+def build_zforcing(cfg: TrainConfig, bundle) -> ZForcing:
     return ZForcing(bundle.input_dim, bundle.output_type, emb_dim=cfg.emb_dim, rnn_dim=cfg.rnn_dim,
                     z_dim=cfg.z_dim, mlp_dim=cfg.mlp_dim, cond_ln=cfg.cond_ln, z_force=cfg.z_force,
                     backend=cfg.backend)
+
+
+# ``--model NAME`` -> factory(cfg, data bundle) -> nn.Module. Other sequence VAEs register
+# here (see python/train.py). A model must offer what ZForcing offers the trainer:
+# ``forward(y, u, mask, generator=) -> LossTerms``, ``iwae_bound``, ``sample`` and a
+# JSON-serialisable ``config`` dict.
+MODELS = {"zforcing": build_zforcing}
+
+
+def build_model(cfg: TrainConfig, bundle):
+    if cfg.model not in MODELS:
+        raise ValueError(f"--model must be one of {sorted(MODELS)}, got {cfg.model!r}")
+    return MODELS[cfg.model](cfg, bundle)
 
 
 def _batch_to(batch, device, dtype):
@@ -292,7 +305,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     else:
         run.metrics.path.unlink(missing_ok=True)
     n_params = sum(p.numel() for p in run.model.parameters())
-    log(f"zf_kernels.train: preset {cfg.preset!r}, data {run.data.name!r} "
+    log(f"zf_kernels.train: model {cfg.model!r}, preset {cfg.preset!r}, data {run.data.name!r} "
         f"({len(run.data.train)} train / {len(run.data.valid)} valid / {len(run.data.test)} test sequences, "
         f"T={run.data.train.y.shape[1]}), model {n_params:,} parameters, device {run.device}, "
         f"dtype {cfg.dtype}, backend {cfg.backend}")

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields
 class TrainConfig:
     # what and where
     preset: str = "synthetic"
+    model: str = "zforcing"              # a name in zf_kernels.train.MODELS
     data: str | None = None              # file/folder of the data set (ignored by synthetic)
     out: str | None = None               # default: runs/<preset>
     seed: int = 1234
