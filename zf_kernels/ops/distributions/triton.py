@@ -1,0 +1,600 @@
+"""Fused Triton kernels for the sampling and likelihood ops.
+
+Same signatures and numbers as :mod:`zf_kernels.ops.distributions.naive` (the public
+wrapper in ``__init__`` has already checked shapes, devices and dtypes and turned a bool
+or integer ``mask`` into a floating one that broadcasts to the leading shape).
+
+Layout: every input is viewed as ``(N, D)`` (``N`` = product of the leading dims, ``D`` =
+last dim); inputs that are not contiguous are copied once. Each op is one autograd
+Function with one forward and one backward kernel:
+
+* ``reparameterize`` is elementwise: a 1-D grid of ``_EW_BLOCK``-element programs.
+* The reductions (``gaussian_kl``, ``gaussian_nll``, ``bernoulli_nll``,
+  ``categorical_nll``) use a 1-D grid over blocks of ``BLOCK_N`` rows; each program walks
+  the last dim in ``BLOCK_D``-wide slices (``BLOCK_D = min(next_pow2(D), 1024)``, so any
+  ``D`` works: 1, odd, or 10k classes) and keeps ``BLOCK_N * BLOCK_D <= 4096``.
+  ``categorical_nll`` computes the log-sum-exp in the same single pass with a running
+  max (online softmax).
+
+Arithmetic is in float32 (float64 when the inputs are float64), loads of half/bfloat16
+are upcast, results are cast back to the input dtype once, as the reference does.
+Numerics: ``exp(lq - lp)`` rather than ``exp(lq) / exp(lp)``; Bernoulli as the reference's
+``(1 - x) * l - logsigmoid(l)`` with ``logsigmoid(l) = min(l, 0) - log1p(exp(-|l|))`` (never
+exp of a positive number); log-sum-exp relative to the row max. A broadcast ``mask`` is
+expanded to a contiguous ``(N,)`` copy (``D`` times smaller than the data).
+
+Backward saves only the inputs (recomputing the cheap elementwise terms), plus for
+``categorical_nll`` two per-row statistics, the row max and ``log(sum(exp(l - max)))``
+(float32, float64 for float64 inputs): kept apart rather than summed into one
+log-sum-exp, so logits of 1e4 lose no digits in ``(l - max) - log_sum``.
+
+``mask``: a constant multiplier of each row's result. It gets a gradient like in the
+reference (``grad_mask = grad_out * unmasked_row_value``, summed over the dims it was
+broadcast along) only when it requires grad; the forward kernel then also writes the
+unmasked per-row values, which are kept for backward. Integer ``targets`` get no gradient.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .._triton_common import sigmoid
+
+_EW_BLOCK = 1024      # elements per program of the elementwise kernels
+_MAX_BLOCK_D = 1024   # widest slice of the last dim one program loads at a time
+_TILE = 4096          # max BLOCK_N * BLOCK_D of the row kernels
+
+
+# ----------------------------------------------------------------------------------------
+# device helpers
+# ----------------------------------------------------------------------------------------
+
+@triton.jit
+def _log1p(e):
+    """log(1 + e) accurate for small e (Goldberg's trick: the rounding of 1 + e cancels);
+    libdevice's log1p is not available to the interpreter."""
+    u = 1.0 + e
+    small = u == 1.0
+    return tl.where(small, e, tl.log(u) * (e / tl.where(small, 1.0, u - 1.0)))
+
+
+def _acc_dtype(t: torch.Tensor):
+    return tl.float64 if t.dtype == torch.float64 else tl.float32
+
+
+def _acc_torch_dtype(t: torch.Tensor):
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+_ROW_HEURISTICS = {
+    "HAS_MASK": lambda a: a["mask_ptr"] is not None,
+    "ACC": lambda a: _acc_dtype(a["out_ptr"]),  # out has the inputs' dtype
+}
+
+
+# ----------------------------------------------------------------------------------------
+# reparameterize: z = mu + exp(0.5 * logvar) * eps
+# ----------------------------------------------------------------------------------------
+
+@triton.heuristics({"ACC": lambda a: _acc_dtype(a["z_ptr"])})
+@triton.jit(do_not_specialize=["numel"])
+def _reparam_fwd_kernel(mu_ptr, lv_ptr, eps_ptr, z_ptr, numel,
+                        ACC: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < numel
+    mu = tl.load(mu_ptr + offs, mask=ok, other=0.0).to(ACC)
+    lv = tl.load(lv_ptr + offs, mask=ok, other=0.0).to(ACC)
+    eps = tl.load(eps_ptr + offs, mask=ok, other=0.0).to(ACC)
+    z = mu + tl.exp(0.5 * lv) * eps
+    tl.store(z_ptr + offs, z.to(z_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.heuristics({"ACC": lambda a: _acc_dtype(a["lv_ptr"])})
+@triton.jit(do_not_specialize=["numel"])
+def _reparam_bwd_kernel(g_ptr, lv_ptr, eps_ptr, dlv_ptr, deps_ptr, numel,
+                        NEED_LV: tl.constexpr, NEED_EPS: tl.constexpr,
+                        ACC: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < numel
+    g = tl.load(g_ptr + offs, mask=ok, other=0.0).to(ACC)
+    lv = tl.load(lv_ptr + offs, mask=ok, other=0.0).to(ACC)
+    g_std = g * tl.exp(0.5 * lv)
+    if NEED_EPS:
+        tl.store(deps_ptr + offs, g_std.to(deps_ptr.dtype.element_ty), mask=ok)
+    if NEED_LV:
+        eps = tl.load(eps_ptr + offs, mask=ok, other=0.0).to(ACC)
+        tl.store(dlv_ptr + offs, (0.5 * g_std * eps).to(dlv_ptr.dtype.element_ty), mask=ok)
+
+
+class TritonReparameterizeFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, mu, logvar, eps):
+        mu_c, lv_c, eps_c = mu.contiguous(), logvar.contiguous(), eps.contiguous()
+        z = torch.empty(mu.shape, dtype=mu.dtype, device=mu.device)
+        numel = z.numel()
+        if numel:
+            _reparam_fwd_kernel[(triton.cdiv(numel, _EW_BLOCK),)](
+                mu_c, lv_c, eps_c, z, numel, BLOCK=_EW_BLOCK, num_warps=4)
+        ctx.save_for_backward(logvar, eps)
+        return z
+
+    @staticmethod
+    def backward(ctx, grad_z):
+        logvar, eps = ctx.saved_tensors
+        need_mu, need_lv, need_eps = ctx.needs_input_grad[:3]
+        grad_mu = grad_z if need_mu else None
+        grad_lv = grad_eps = None
+        if need_lv or need_eps:
+            lv_c, eps_c, g = logvar.contiguous(), eps.contiguous(), grad_z.contiguous()
+            grad_lv = torch.empty(logvar.shape, dtype=logvar.dtype, device=logvar.device) if need_lv else None
+            grad_eps = torch.empty(eps.shape, dtype=eps.dtype, device=eps.device) if need_eps else None
+            numel = lv_c.numel()
+            if numel:
+                _reparam_bwd_kernel[(triton.cdiv(numel, _EW_BLOCK),)](
+                    g, lv_c, eps_c,
+                    grad_lv if need_lv else lv_c, grad_eps if need_eps else eps_c, numel,
+                    NEED_LV=need_lv, NEED_EPS=need_eps, BLOCK=_EW_BLOCK, num_warps=4)
+        return grad_mu, grad_lv, grad_eps
+
+
+def reparameterize(mu, logvar, eps):
+    """``mu + exp(0.5 * logvar) * eps`` (fused Triton; see ``reparameterize_ref``)."""
+    return TritonReparameterizeFunction.apply(mu, logvar, eps)
+
+
+# ----------------------------------------------------------------------------------------
+# row-reduction plumbing
+# ----------------------------------------------------------------------------------------
+
+def _rows(x: torch.Tensor):
+    """(lead_shape, N, D) of a tensor reduced over its last dim."""
+    lead = tuple(x.shape[:-1])
+    return lead, math.prod(lead), x.shape[-1]
+
+
+def _tiles(n: int, d: int):
+    """(grid, BLOCK_N, BLOCK_D, num_warps) of the row kernels."""
+    block_d = min(triton.next_power_of_2(max(d, 1)), _MAX_BLOCK_D)
+    block_n = max(1, min(_TILE // block_d, triton.next_power_of_2(max(n, 1))))
+    num_warps = 8 if block_n * block_d >= 4096 else 4
+    return (triton.cdiv(n, block_n),), block_n, block_d, num_warps
+
+
+def _flat_mask(mask, lead, n):
+    """The mask as a contiguous (N,) tensor (an N-element copy when it was broadcast)."""
+    if mask is None:
+        return None
+    return mask.expand(lead).reshape(n).contiguous()
+
+
+def _flat_grad(grad_out, n):
+    return grad_out.reshape(n).contiguous()
+
+
+def _mask_grad(mask, grad_out, raw, lead):
+    """d(out)/d(mask) = grad_out * unmasked row value, reduced to the mask's shape."""
+    g = grad_out.to(raw.dtype).reshape(lead) * raw.reshape(lead)
+    return g.sum_to_size(mask.shape).to(mask.dtype)
+
+
+def _grad_buf(need, like):
+    return torch.empty(like.shape, dtype=like.dtype, device=like.device) if need else None
+
+
+# ----------------------------------------------------------------------------------------
+# gaussian_kl: 0.5 * sum(lp - lq + exp(lq - lp) + (mq - mp)^2 * exp(-lp) - 1)
+# ----------------------------------------------------------------------------------------
+
+@triton.heuristics(_ROW_HEURISTICS)
+@triton.jit(do_not_specialize=["N"])
+def _kl_fwd_kernel(mq_ptr, lq_ptr, mp_ptr, lp_ptr, mask_ptr, out_ptr, raw_ptr, N, D,
+                   STORE_RAW: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    base = rows.to(tl.int64) * D
+    acc = tl.zeros((BLOCK_N, BLOCK_D), ACC)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D)
+        ok = row_ok[:, None] & (cols < D)[None, :]
+        offs = base[:, None] + cols[None, :]
+        mq = tl.load(mq_ptr + offs, mask=ok, other=0.0).to(ACC)
+        lq = tl.load(lq_ptr + offs, mask=ok, other=0.0).to(ACC)
+        mp = tl.load(mp_ptr + offs, mask=ok, other=0.0).to(ACC)
+        lp = tl.load(lp_ptr + offs, mask=ok, other=0.0).to(ACC)
+        diff = mq - mp
+        kl = lp - lq + tl.exp(lq - lp) + diff * diff * tl.exp(-lp) - 1.0
+        acc += tl.where(ok, kl, 0.0)
+    val = 0.5 * tl.sum(acc, axis=1)
+    if STORE_RAW:
+        tl.store(raw_ptr + rows, val, mask=row_ok)
+    if HAS_MASK:
+        val = val * tl.load(mask_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+    tl.store(out_ptr + rows, val.to(out_ptr.dtype.element_ty), mask=row_ok)
+
+
+@triton.heuristics({"HAS_MASK": lambda a: a["mask_ptr"] is not None,
+                    "ACC": lambda a: _acc_dtype(a["mq_ptr"])})
+@triton.jit(do_not_specialize=["N"])
+def _kl_bwd_kernel(g_ptr, mask_ptr, mq_ptr, lq_ptr, mp_ptr, lp_ptr,
+                   dmq_ptr, dlq_ptr, dmp_ptr, dlp_ptr, N, D,
+                   NEED_MQ: tl.constexpr, NEED_LQ: tl.constexpr, NEED_MP: tl.constexpr,
+                   NEED_LP: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    base = rows.to(tl.int64) * D
+    g = tl.load(g_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+    if HAS_MASK:
+        g = g * tl.load(mask_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+    g = g[:, None]
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D)
+        ok = row_ok[:, None] & (cols < D)[None, :]
+        offs = base[:, None] + cols[None, :]
+        mq = tl.load(mq_ptr + offs, mask=ok, other=0.0).to(ACC)
+        lq = tl.load(lq_ptr + offs, mask=ok, other=0.0).to(ACC)
+        mp = tl.load(mp_ptr + offs, mask=ok, other=0.0).to(ACC)
+        lp = tl.load(lp_ptr + offs, mask=ok, other=0.0).to(ACC)
+        diff = mq - mp
+        inv_vp = tl.exp(-lp)
+        ratio = tl.exp(lq - lp)
+        dmu = g * diff * inv_vp  # (terms a flag leaves unused are dead code)
+        if NEED_MQ:
+            tl.store(dmq_ptr + offs, dmu.to(dmq_ptr.dtype.element_ty), mask=ok)
+        if NEED_MP:
+            tl.store(dmp_ptr + offs, (-dmu).to(dmp_ptr.dtype.element_ty), mask=ok)
+        if NEED_LQ:
+            dlq = (0.5 * g) * (ratio - 1.0)
+            tl.store(dlq_ptr + offs, dlq.to(dlq_ptr.dtype.element_ty), mask=ok)
+        if NEED_LP:
+            dlp = (0.5 * g) * (1.0 - ratio - diff * diff * inv_vp)
+            tl.store(dlp_ptr + offs, dlp.to(dlp_ptr.dtype.element_ty), mask=ok)
+
+
+class TritonGaussianKLFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, mu_q, logvar_q, mu_p, logvar_p, mask):
+        lead, n, d = _rows(mu_q)
+        out = torch.empty(lead, dtype=mu_q.dtype, device=mu_q.device)
+        store_raw = mask is not None and ctx.needs_input_grad[4]
+        raw = torch.empty(n, dtype=_acc_torch_dtype(mu_q), device=mu_q.device) if store_raw else None
+        if n:
+            grid, bn, bd, nw = _tiles(n, d)
+            _kl_fwd_kernel[grid](
+                mu_q.contiguous(), logvar_q.contiguous(), mu_p.contiguous(), logvar_p.contiguous(),
+                _flat_mask(mask, lead, n), out, raw if store_raw else out, n, d,
+                STORE_RAW=store_raw, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
+        ctx.save_for_backward(mu_q, logvar_q, mu_p, logvar_p, mask, raw)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        mu_q, logvar_q, mu_p, logvar_p, mask, raw = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        lead, n, d = _rows(mu_q)
+        grads = [_grad_buf(need[i], t) for i, t in enumerate((mu_q, logvar_q, mu_p, logvar_p))]
+        if any(need[:4]) and n * d:
+            ins = [t.contiguous() for t in (mu_q, logvar_q, mu_p, logvar_p)]
+            grid, bn, bd, nw = _tiles(n, d)
+            _kl_bwd_kernel[grid](
+                _flat_grad(grad_out, n), _flat_mask(mask, lead, n), *ins,
+                *[gr if gr is not None else ins[i] for i, gr in enumerate(grads)], n, d,
+                NEED_MQ=need[0], NEED_LQ=need[1], NEED_MP=need[2], NEED_LP=need[3],
+                BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
+        grad_mask = _mask_grad(mask, grad_out, raw, lead) if raw is not None else None
+        return (*grads, grad_mask)
+
+
+def gaussian_kl(mu_q, logvar_q, mu_p, logvar_p, mask=None):
+    """KL(q || p) of diagonal Gaussians summed over the last dim (fused Triton)."""
+    return TritonGaussianKLFunction.apply(mu_q, logvar_q, mu_p, logvar_p, mask)
+
+
+# ----------------------------------------------------------------------------------------
+# gaussian_nll: 0.5 * sum(log(2 pi) + lv + (x - mu)^2 * exp(-lv))
+# ----------------------------------------------------------------------------------------
+
+@triton.heuristics(_ROW_HEURISTICS)
+@triton.jit(do_not_specialize=["N"])
+def _gnll_fwd_kernel(x_ptr, mu_ptr, lv_ptr, mask_ptr, out_ptr, raw_ptr, N, D,
+                     STORE_RAW: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    base = rows.to(tl.int64) * D
+    acc = tl.zeros((BLOCK_N, BLOCK_D), ACC)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D)
+        ok = row_ok[:, None] & (cols < D)[None, :]
+        offs = base[:, None] + cols[None, :]
+        x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(ACC)
+        mu = tl.load(mu_ptr + offs, mask=ok, other=0.0).to(ACC)
+        lv = tl.load(lv_ptr + offs, mask=ok, other=0.0).to(ACC)
+        diff = x - mu
+        # the literal is log(2 pi); a Python float keeps full precision in float64 kernels
+        nll = 1.8378770664093453 + lv + diff * diff * tl.exp(-lv)
+        acc += tl.where(ok, nll, 0.0)
+    val = 0.5 * tl.sum(acc, axis=1)
+    if STORE_RAW:
+        tl.store(raw_ptr + rows, val, mask=row_ok)
+    if HAS_MASK:
+        val = val * tl.load(mask_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+    tl.store(out_ptr + rows, val.to(out_ptr.dtype.element_ty), mask=row_ok)
+
+
+@triton.heuristics({"HAS_MASK": lambda a: a["mask_ptr"] is not None,
+                    "ACC": lambda a: _acc_dtype(a["x_ptr"])})
+@triton.jit(do_not_specialize=["N"])
+def _gnll_bwd_kernel(g_ptr, mask_ptr, x_ptr, mu_ptr, lv_ptr, dx_ptr, dmu_ptr, dlv_ptr, N, D,
+                     NEED_X: tl.constexpr, NEED_MU: tl.constexpr, NEED_LV: tl.constexpr,
+                     HAS_MASK: tl.constexpr, ACC: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    base = rows.to(tl.int64) * D
+    g = tl.load(g_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+    if HAS_MASK:
+        g = g * tl.load(mask_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+    g = g[:, None]
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D)
+        ok = row_ok[:, None] & (cols < D)[None, :]
+        offs = base[:, None] + cols[None, :]
+        x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(ACC)
+        mu = tl.load(mu_ptr + offs, mask=ok, other=0.0).to(ACC)
+        lv = tl.load(lv_ptr + offs, mask=ok, other=0.0).to(ACC)
+        diff = x - mu
+        inv_v = tl.exp(-lv)
+        dx = g * diff * inv_v  # (terms a flag leaves unused are dead code)
+        if NEED_X:
+            tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=ok)
+        if NEED_MU:
+            tl.store(dmu_ptr + offs, (-dx).to(dmu_ptr.dtype.element_ty), mask=ok)
+        if NEED_LV:
+            dlv = (0.5 * g) * (1.0 - diff * diff * inv_v)
+            tl.store(dlv_ptr + offs, dlv.to(dlv_ptr.dtype.element_ty), mask=ok)
+
+
+class TritonGaussianNLLFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, mu, logvar, mask):
+        lead, n, d = _rows(x)
+        out = torch.empty(lead, dtype=mu.dtype, device=mu.device)
+        store_raw = mask is not None and ctx.needs_input_grad[3]
+        raw = torch.empty(n, dtype=_acc_torch_dtype(mu), device=mu.device) if store_raw else None
+        if n:
+            grid, bn, bd, nw = _tiles(n, d)
+            _gnll_fwd_kernel[grid](
+                x.contiguous(), mu.contiguous(), logvar.contiguous(),
+                _flat_mask(mask, lead, n), out, raw if store_raw else out, n, d,
+                STORE_RAW=store_raw, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
+        ctx.save_for_backward(x, mu, logvar, mask, raw)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, mu, logvar, mask, raw = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        lead, n, d = _rows(x)
+        grads = [_grad_buf(need[i], t) for i, t in enumerate((x, mu, logvar))]
+        if any(need[:3]) and n * d:
+            ins = [t.contiguous() for t in (x, mu, logvar)]
+            grid, bn, bd, nw = _tiles(n, d)
+            _gnll_bwd_kernel[grid](
+                _flat_grad(grad_out, n), _flat_mask(mask, lead, n), *ins,
+                *[gr if gr is not None else ins[i] for i, gr in enumerate(grads)], n, d,
+                NEED_X=need[0], NEED_MU=need[1], NEED_LV=need[2],
+                BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
+        grad_mask = _mask_grad(mask, grad_out, raw, lead) if raw is not None else None
+        return (*grads, grad_mask)
+
+
+def gaussian_nll(x, mu, logvar, mask=None):
+    """-log N(x; mu, exp(logvar)) summed over the last dim (fused Triton)."""
+    return TritonGaussianNLLFunction.apply(x, mu, logvar, mask)
+
+
+# ----------------------------------------------------------------------------------------
+# bernoulli_nll: sum((1 - x) * l + softplus(-l)), softplus in log space
+# ----------------------------------------------------------------------------------------
+
+@triton.heuristics(_ROW_HEURISTICS)
+@triton.jit(do_not_specialize=["N"])
+def _bnll_fwd_kernel(x_ptr, l_ptr, mask_ptr, out_ptr, raw_ptr, N, D,
+                     STORE_RAW: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    base = rows.to(tl.int64) * D
+    acc = tl.zeros((BLOCK_N, BLOCK_D), ACC)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D)
+        ok = row_ok[:, None] & (cols < D)[None, :]
+        offs = base[:, None] + cols[None, :]
+        x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(ACC)
+        lg = tl.load(l_ptr + offs, mask=ok, other=0.0).to(ACC)
+        # (1 - x) * l - logsigmoid(l), logsigmoid(l) = min(l, 0) - log1p(exp(-|l|)): the
+        # reference's form (no cancellation of max(l, 0) - l * x when x ~ 1 and l >> 0)
+        nll = (1.0 - x) * lg - tl.minimum(lg, 0.0) + _log1p(tl.exp(-tl.abs(lg)))
+        acc += tl.where(ok, nll, 0.0)
+    val = tl.sum(acc, axis=1)
+    if STORE_RAW:
+        tl.store(raw_ptr + rows, val, mask=row_ok)
+    if HAS_MASK:
+        val = val * tl.load(mask_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+    tl.store(out_ptr + rows, val.to(out_ptr.dtype.element_ty), mask=row_ok)
+
+
+@triton.heuristics({"HAS_MASK": lambda a: a["mask_ptr"] is not None,
+                    "ACC": lambda a: _acc_dtype(a["l_ptr"])})
+@triton.jit(do_not_specialize=["N"])
+def _bnll_bwd_kernel(g_ptr, mask_ptr, x_ptr, l_ptr, dx_ptr, dl_ptr, N, D,
+                     NEED_X: tl.constexpr, NEED_L: tl.constexpr,
+                     HAS_MASK: tl.constexpr, ACC: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    base = rows.to(tl.int64) * D
+    g = tl.load(g_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+    if HAS_MASK:
+        g = g * tl.load(mask_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+    g = g[:, None]
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D)
+        ok = row_ok[:, None] & (cols < D)[None, :]
+        offs = base[:, None] + cols[None, :]
+        lg = tl.load(l_ptr + offs, mask=ok, other=0.0).to(ACC)
+        if NEED_L:
+            x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(ACC)
+            tl.store(dl_ptr + offs, (g * (sigmoid(lg) - x)).to(dl_ptr.dtype.element_ty), mask=ok)
+        if NEED_X:
+            tl.store(dx_ptr + offs, (-(g * lg)).to(dx_ptr.dtype.element_ty), mask=ok)
+
+
+class TritonBernoulliNLLFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, logits, mask):
+        lead, n, d = _rows(logits)
+        out = torch.empty(lead, dtype=logits.dtype, device=logits.device)
+        store_raw = mask is not None and ctx.needs_input_grad[2]
+        raw = torch.empty(n, dtype=_acc_torch_dtype(logits), device=logits.device) if store_raw else None
+        if n:
+            grid, bn, bd, nw = _tiles(n, d)
+            _bnll_fwd_kernel[grid](
+                x.contiguous(), logits.contiguous(), _flat_mask(mask, lead, n), out,
+                raw if store_raw else out, n, d,
+                STORE_RAW=store_raw, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
+        ctx.save_for_backward(x, logits, mask, raw)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, logits, mask, raw = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        lead, n, d = _rows(logits)
+        grads = [_grad_buf(need[i], t) for i, t in enumerate((x, logits))]
+        if any(need[:2]) and n * d:
+            ins = [t.contiguous() for t in (x, logits)]
+            grid, bn, bd, nw = _tiles(n, d)
+            _bnll_bwd_kernel[grid](
+                _flat_grad(grad_out, n), _flat_mask(mask, lead, n), *ins,
+                *[gr if gr is not None else ins[i] for i, gr in enumerate(grads)], n, d,
+                NEED_X=need[0], NEED_L=need[1], BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
+        grad_mask = _mask_grad(mask, grad_out, raw, lead) if raw is not None else None
+        return (*grads, grad_mask)
+
+
+def bernoulli_nll(x, logits, mask=None):
+    """-log Bernoulli(x; sigmoid(logits)) summed over the last dim (fused Triton)."""
+    return TritonBernoulliNLLFunction.apply(x, logits, mask)
+
+
+# ----------------------------------------------------------------------------------------
+# categorical_nll: logsumexp(logits) - logits[target]
+# ----------------------------------------------------------------------------------------
+
+@triton.heuristics(_ROW_HEURISTICS)
+@triton.jit(do_not_specialize=["N"])
+def _cat_fwd_kernel(t_ptr, l_ptr, mask_ptr, out_ptr, max_ptr, lsum_ptr, raw_ptr, N, D,
+                    STORE_RAW: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    base = rows.to(tl.int64) * D
+    # online log-sum-exp: running max m and sum s of exp(l - m), one pass over the row
+    m = tl.full((BLOCK_N,), float("-inf"), ACC)
+    s = tl.zeros((BLOCK_N,), ACC)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D)
+        ok = row_ok[:, None] & (cols < D)[None, :]
+        lg = tl.load(l_ptr + base[:, None] + cols[None, :], mask=ok, other=float("-inf")).to(ACC)
+        m_new = tl.maximum(m, tl.max(lg, axis=1))
+        # a row that is -inf so far (padding rows, -inf logits) must not produce inf - inf
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        s = s * tl.exp(m - m_ref) + tl.sum(tl.exp(lg - m_ref[:, None]), axis=1)
+        m = m_new
+    m_ref = tl.where(m == float("-inf"), 0.0, m)
+    log_s = tl.log(tl.where(row_ok, s, 1.0))
+    tgt = tl.load(t_ptr + rows, mask=row_ok, other=0).to(tl.int64)
+    l_t = tl.load(l_ptr + base + tgt, mask=row_ok, other=0.0).to(ACC)
+    # (max - l_t) + log(s), not (max + log(s)) - l_t: no cancellation for large logits
+    val = (m_ref - l_t) + log_s
+    tl.store(max_ptr + rows, m_ref, mask=row_ok)
+    tl.store(lsum_ptr + rows, log_s, mask=row_ok)
+    if STORE_RAW:
+        tl.store(raw_ptr + rows, val, mask=row_ok)
+    if HAS_MASK:
+        val = val * tl.load(mask_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+    tl.store(out_ptr + rows, val.to(out_ptr.dtype.element_ty), mask=row_ok)
+
+
+@triton.heuristics({"HAS_MASK": lambda a: a["mask_ptr"] is not None,
+                    "ACC": lambda a: _acc_dtype(a["max_ptr"])})
+@triton.jit(do_not_specialize=["N"])
+def _cat_bwd_kernel(g_ptr, mask_ptr, t_ptr, l_ptr, max_ptr, lsum_ptr, dl_ptr, N, D,
+                    HAS_MASK: tl.constexpr, ACC: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    base = rows.to(tl.int64) * D
+    g = tl.load(g_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+    if HAS_MASK:
+        g = g * tl.load(mask_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+    m = tl.load(max_ptr + rows, mask=row_ok, other=0.0)
+    log_s = tl.load(lsum_ptr + rows, mask=row_ok, other=0.0)
+    tgt = tl.load(t_ptr + rows, mask=row_ok, other=0).to(tl.int64)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D)
+        ok = row_ok[:, None] & (cols < D)[None, :]
+        offs = base[:, None] + cols[None, :]
+        lg = tl.load(l_ptr + offs, mask=ok, other=float("-inf")).to(ACC)
+        p = tl.exp((lg - m[:, None]) - log_s[:, None])  # softmax, as log_softmax's backward
+        onehot = (cols[None, :].to(tl.int64) == tgt[:, None]).to(ACC)
+        tl.store(dl_ptr + offs, (g[:, None] * (p - onehot)).to(dl_ptr.dtype.element_ty), mask=ok)
+
+
+class TritonCategoricalNLLFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, targets, logits, mask):
+        lead, n, d = _rows(logits)
+        if n and not d:
+            raise ValueError("logits must have at least one class (its last dim is 0)")
+        out = torch.empty(lead, dtype=logits.dtype, device=logits.device)
+        # per-row statistics for backward: the row max and log(sum(exp(l - max)))
+        stats = torch.empty(2, n, dtype=_acc_torch_dtype(logits), device=logits.device)
+        store_raw = mask is not None and ctx.needs_input_grad[2]
+        raw = torch.empty(n, dtype=stats.dtype, device=logits.device) if store_raw else None
+        if n:
+            grid, bn, bd, nw = _tiles(n, d)
+            _cat_fwd_kernel[grid](
+                targets.reshape(n).contiguous(), logits.contiguous(), _flat_mask(mask, lead, n),
+                out, stats[0], stats[1], raw if store_raw else out, n, d,
+                STORE_RAW=store_raw, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
+        ctx.save_for_backward(targets, logits, mask, stats, raw)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        targets, logits, mask, stats, raw = ctx.saved_tensors
+        lead, n, d = _rows(logits)
+        grad_logits = None
+        if ctx.needs_input_grad[1]:
+            grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+            if n * d:
+                grid, bn, bd, nw = _tiles(n, d)
+                _cat_bwd_kernel[grid](
+                    _flat_grad(grad_out, n), _flat_mask(mask, lead, n),
+                    targets.reshape(n).contiguous(), logits.contiguous(), stats[0], stats[1],
+                    grad_logits, n, d,
+                    BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
+        grad_mask = _mask_grad(mask, grad_out, raw, lead) if raw is not None else None
+        return None, grad_logits, grad_mask
+
+
+def categorical_nll(targets, logits, mask=None):
+    """-log softmax(logits)[targets] (fused Triton; one pass, online log-sum-exp)."""
+    return TritonCategoricalNLLFunction.apply(targets, logits, mask)
