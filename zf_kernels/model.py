@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import ops
-from .ops._checks import check_tensor
+from .sequences import check_batch, gather_time, padded_flip_index, shift_inputs
 from .ops.recurrence.naive import PARAM_CLAMP, ChainOutput, mlp_act
 
 OUTPUT_TYPES = ("gaussian", "bernoulli", "categorical")
@@ -141,42 +141,11 @@ class ZForcing(nn.Module):
         return self.fwd_weight_ih if self.cond_ln else self.fwd_weight_ih[:, self.mlp_dim:]
 
     def _check_batch(self, y, u, mask):
-        if self.output_type == "categorical":
-            check_tensor("y", y, ndim=2, floating=False)
-            if y.dtype.is_floating_point or y.dtype == torch.bool:
-                raise TypeError(f"y must hold integer token ids for categorical output, got {y.dtype}")
-            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.input_dim):
-                raise ValueError(f"y token ids must lie in [0, {self.input_dim - 1}], "
-                                 f"got [{int(y.min())}, {int(y.max())}]")
-        else:
-            check_tensor("y", y, ndim=3)
-            if y.shape[-1] != self.input_dim:
-                raise ValueError(f"y must have shape (T, B, {self.input_dim}), got {tuple(y.shape)}")
-            if not torch.isfinite(y).all():
-                raise ValueError("y contains NaN or Inf values")
-        if y.shape[0] < 1 or y.shape[1] < 1:
-            raise ValueError(f"y must have at least one step and one sequence, got shape {tuple(y.shape)}")
-        if u is not None and u.shape != y.shape:
-            raise ValueError(f"u must have the shape of y {tuple(y.shape)}, got {tuple(u.shape)}")
-        if u is not None and u.dtype.is_floating_point and not torch.isfinite(u).all():
-            raise ValueError("u contains NaN or Inf values")
-        if mask is not None:
-            check_tensor("mask", mask, ndim=2, floating=False)
-            if tuple(mask.shape) != tuple(y.shape[:2]):
-                raise ValueError(f"mask must have shape (T, B) = {tuple(y.shape[:2])}, got {tuple(mask.shape)}")
-            m = mask.float()
-            if ((m != 0) & (m != 1)).any():
-                raise ValueError("mask must hold only 0 and 1")
-            if (m[1:] > m[:-1]).any():
-                raise ValueError("mask must be right-padded: each column 1s then 0s")
+        check_batch(y, u, mask, self.input_dim, self.output_type)
 
     def shift_inputs(self, y):
         """``u_t = y_{t-1}``, with a zero frame (or the start token) at t = 1."""
-        if self.output_type == "categorical":
-            start = torch.full_like(y[:1], self.input_dim)
-        else:
-            start = torch.zeros_like(y[:1])
-        return torch.cat([start, y[:-1]], 0)
+        return shift_inputs(y, self.input_dim if self.output_type == "categorical" else None)
 
     def _embed(self, x):
         return self.emb(x.long()) if self.output_type == "categorical" else self.emb(x)
@@ -190,13 +159,9 @@ class ZForcing(nn.Module):
         if mask is None or bool((mask != 0).all()):
             out, _ = ops.lstm(e_y, *args, reverse=True, backend=self.backend)
             return out
-        T = y.shape[0]
-        lengths = (mask != 0).sum(0)                                   # (B,)
-        t = torch.arange(T, device=y.device).unsqueeze(1)               # (T, 1)
-        flip = torch.where(t < lengths, lengths - 1 - t, t)             # an involution
-        idx = flip.unsqueeze(-1).expand_as(e_y)
-        out, _ = ops.lstm(e_y.gather(0, idx), *args, reverse=False, backend=self.backend)
-        return out.gather(0, flip.unsqueeze(-1).expand_as(out))
+        flip = padded_flip_index(mask)
+        out, _ = ops.lstm(gather_time(e_y, flip), *args, reverse=False, backend=self.backend)
+        return gather_time(out, flip)
 
     def _head_nll(self, target, params, mask):
         """-log p(target | params) per step for this model's output type."""
