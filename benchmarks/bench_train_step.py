@@ -1,0 +1,390 @@
+"""Benchmark one full Z-Forcing training step: forward + backward + gradient clipping + Adam.
+
+    python benchmarks/bench_train_step.py                        # GPU: TIMIT T40 and SeqMNIST T784
+    python benchmarks/bench_train_step.py --cases timit --providers torch,triton+graph
+    python benchmarks/bench_train_step.py --models auto          # + the sequence VAEs of python/
+    python benchmarks/bench_train_step.py --smoke --providers torch   # CPU: tiny model, checks it runs
+
+Cases (DESIGN sections 1-2):
+  timit     input 200 (gaussian), emb 512, rnn 1024, z 256, mlp 512; B=32, T=40 (19.6 M parameters)
+  seqmnist  input 1 (bernoulli), emb 512, rnn 1024, z 128, mlp 512, z_force; B=32, T=784
+
+Providers:
+  torch          the hoisted eager reference (``backend="torch"``): only the chain loops in Python
+  torch+graph    the whole reference step captured once in a CUDA graph (static inputs, warm-up
+                 on a side stream, ``Adam(capturable=True)``) and replayed
+  torch+compile  ``torch.compile(model)`` (default mode) of the reference; backward through
+                 AOTAutograd, clipping and Adam eager. Skipped at T=784 unless ``--compile all``
+                 (it unrolls the 784-step loops: minutes of compilation)
+  triton         the Triton backend (``backend="triton"``), eager launches
+  triton+graph   the Triton step captured in a CUDA graph, as torch+graph
+
+Every provider starts from the same initial weights and the same batch; ``rel_err`` is
+|loss_0 - loss_0(torch)| / |loss_0(torch)| of the first step, a check that the providers
+compute the same thing. Loss weights kl = aux = bwd = 1 (every term and its backward runs),
+Adam(lr 1e-3, eps 1e-5), clip 100 (the trainer's). The posterior noise ``eps`` is a fixed
+input tensor (drawing it is one ``randn``), and the model's input validation (host syncs)
+runs once before timing, not inside the timed step (``--keep-checks`` keeps it in for the
+eager providers). ``peak_mb``: ``max_memory_allocated`` over one step (weights, Adam state,
+activations, gradients); for graph providers over warm-up + capture + first replay.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the repository root
+from benchmarks import common  # noqa: E402
+from benchmarks.common import REPO, Budget, DTYPES, Results, classify_error, free_memory  # noqa: E402
+
+import torch  # noqa: E402
+
+from zf_kernels import ZForcing, training_loss  # noqa: E402
+from zf_kernels.model import LossTerms  # noqa: E402
+
+PROVIDERS = ("torch", "torch+graph", "triton", "triton+graph", "torch+compile")   # run in this order
+CASES = {
+    "timit": dict(label="TIMIT T40 B32", T=40, B=32, long=False,
+                  model=dict(input_dim=200, output_type="gaussian", emb_dim=512, rnn_dim=1024,
+                             z_dim=256, mlp_dim=512, z_force=False)),
+    "seqmnist": dict(label="SeqMNIST T784 B32", T=784, B=32, long=True,
+                     model=dict(input_dim=1, output_type="bernoulli", emb_dim=512, rnn_dim=1024,
+                                z_dim=128, mlp_dim=512, z_force=True)),
+}
+SMOKE_CASES = {
+    "timit": dict(label="tiny-gaussian T5 B3", T=5, B=3, long=False,
+                  model=dict(input_dim=6, output_type="gaussian", emb_dim=8, rnn_dim=16, z_dim=4,
+                             mlp_dim=8, z_force=False)),
+    "seqmnist": dict(label="tiny-bernoulli T12 B3", T=12, B=3, long=True,
+                     model=dict(input_dim=1, output_type="bernoulli", emb_dim=8, rnn_dim=16, z_dim=4,
+                                mlp_dim=8, z_force=True)),
+}
+OTHER_MODELS = ("vrnn", "srnn", "storn")
+CHECKS = ("_check_batch", "check_batch")   # ZForcing's / python/common.py's input validation
+WARM_ITERS = 2          # eager steps on a side stream before capture (Adam state gets created)
+
+
+class Skip(Exception):
+    """This provider cannot run here (recorded as a 'skipped' row)."""
+
+
+def _no_check(*args, **kwargs):
+    return None
+
+
+# --------------------------------------------------------------------------- models
+def build_zforcing(cfg):
+    torch.manual_seed(0)
+    return ZForcing(**cfg["model"], backend="torch")
+
+
+def zforcing_loss(model, y, eps, weights):
+    return training_loss(model(y, eps=eps), *weights)
+
+
+def load_other_model(name: str, cfg):
+    """``python/<name>.py`` of this repository, imported defensively. Looks for a factory
+    ``build_model`` / ``make_model`` / ``build`` or a class named like the file, and calls it
+    with the keyword arguments it accepts among ZForcing's size arguments and ``backend``."""
+    path = REPO / "python" / f"{name}.py"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"_zf_bench_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    sys.path.insert(0, str(path.parent))           # its own `common` (python/common.py) first
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(path.parent))
+    factory = next((getattr(mod, n) for n in ("build_model", "make_model", "build")
+                    if callable(getattr(mod, n, None))), None)
+    if factory is None:
+        factory = next((v for k, v in vars(mod).items()
+                        if isinstance(v, type) and issubclass(v, torch.nn.Module) and k.lower() == name.lower()), None)
+    if factory is None:
+        raise AttributeError(f"{path}: no build_model/make_model/build function or class {name.upper()}")
+    want = dict(cfg["model"], backend="torch")
+    params = inspect.signature(factory).parameters
+    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        want = {k: v for k, v in want.items() if k in params}
+    torch.manual_seed(0)
+    return factory(**want)
+
+
+def generic_loss(model, y, eps, weights):
+    fwd = model.forward if not hasattr(model, "_orig_mod") else model._orig_mod.forward
+    kw = {"eps": eps} if "eps" in inspect.signature(fwd).parameters else {}
+    out = model(y, **kw)
+    if isinstance(out, LossTerms) or all(hasattr(out, k) for k in ("nll", "kl", "aux", "bwd_nll")):
+        return training_loss(out, *weights)
+    if hasattr(out, "nll") and hasattr(out, "kl"):
+        return (out.nll + weights[0] * out.kl).mean()
+    if isinstance(out, (tuple, list)) and out and torch.is_tensor(out[0]):
+        out = out[0]
+    if torch.is_tensor(out):
+        return out.float().mean()
+    raise TypeError(f"cannot make a loss from {type(out).__name__}")
+
+
+def make_batch(cfg, device, dtype, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    T, B, m = cfg["T"], cfg["B"], cfg["model"]
+    D, Z = m["input_dim"], m["z_dim"]
+    if m["output_type"] == "bernoulli":
+        y = (torch.rand(T, B, D, generator=g) < 0.3).float()
+    else:
+        y = torch.randn(T, B, D, generator=g)
+    eps = torch.randn(T, B, Z, generator=g)
+    return y.to(device=device, dtype=dtype), eps.to(device=device, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- one provider
+def prepare(master, provider, device, dtype, args):
+    backend, _, variant = provider.partition("+")
+    if variant == "graph" and device.type != "cuda":
+        raise Skip("CUDA graphs need a CUDA device")
+    model = copy.deepcopy(master).to(device=device, dtype=dtype)
+    if hasattr(model, "backend"):
+        model.backend = backend
+    undo = lambda: None  # noqa: E731
+    if not (args.keep_checks and variant == ""):
+        undo = skip_checks(model)                  # validated once, outside the timed step
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-5, capturable=(variant == "graph"))
+    fwd = torch.compile(model) if variant == "compile" else model
+    return model, fwd, opt, variant, undo
+
+
+def skip_checks(model):
+    """Replace the model's input validation (host syncs: a CUDA graph cannot capture them) by a
+    no-op: the instance methods ``CHECKS`` and a module-level ``check_batch`` that the
+    model's ``forward`` calls (python/common.py). Returns a function that undoes the latter."""
+    for attr in CHECKS:
+        if hasattr(model, attr):
+            setattr(model, attr, _no_check)
+    undo = []
+    for klass in type(model).__mro__:
+        fwd = vars(klass).get("forward")
+        glb = getattr(fwd, "__globals__", None)
+        if glb is not None and callable(glb.get("check_batch")) and glb["check_batch"] is not _no_check:
+            undo.append((glb, glb["check_batch"]))
+            glb["check_batch"] = _no_check
+
+    def restore():
+        for glb, orig in undo:
+            glb["check_batch"] = orig
+    return restore
+
+
+def make_body(model, fwd, opt, loss_fn, y, eps, weights, clip):
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def body():
+        loss = loss_fn(fwd, y, eps, weights)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+        return loss.detach()
+    return body
+
+
+def capture(body, opt, device):
+    """Warm up on a side stream, then capture one whole step; returns (graph, first loss, static loss)."""
+    s = torch.cuda.Stream(device)
+    s.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(s):
+        first = None
+        for _ in range(WARM_ITERS):
+            opt.zero_grad(set_to_none=True)
+            loss = body()
+            first = loss.clone() if first is None else first
+    torch.cuda.current_stream(device).wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        static_loss = body()
+    graph.replay()
+    torch.cuda.synchronize(device)
+    return graph, first, static_loss
+
+
+def run_provider(res, base, master, loss_fn, provider, cfg, device, dtype, timing, args, ref):
+    row = res.begin(**base, provider=provider)
+    graph, undo = None, None
+    try:
+        y, eps = make_batch(cfg, device, dtype)
+        for attr in CHECKS:                        # the validation the timed step leaves out
+            if hasattr(master, attr):
+                getattr(master, attr)(y, None, None)
+        model, fwd, opt, variant, undo = prepare(master, provider, device, dtype, args)
+        body = make_body(model, fwd, opt, loss_fn, y, eps, args.loss_weights, args.clip)
+        counters = _dynamo_counters() if variant == "compile" else None
+        note = []
+        if variant == "graph":
+            common.sync(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            graph, first, last = capture(body, opt, device)
+            peak = torch.cuda.max_memory_allocated(device) / common.MB
+            extra = None
+            fn = graph.replay
+            note.append(f"graph peak over warm-up+capture; {WARM_ITERS} warm-up steps")
+        else:
+            def fn():
+                opt.zero_grad(set_to_none=True)
+                return body()
+            first = fn()                                    # compiles / autotunes
+            common.sync(device)
+            last = None
+        loss0 = float(first)
+        if counters is not None:
+            note.append(_compile_note(counters))
+        t = common.time_fn(fn, device, **timing)
+        if variant != "graph":
+            peak, extra, last = common.peak_memory(fn, device, with_result=True)
+        if last is not None and not bool(torch.isfinite(last)):
+            note.append("loss non-finite after the timed steps")
+        err = None if ref.get("loss0") is None else abs(loss0 - ref["loss0"]) / max(abs(ref["loss0"]), 1e-30)
+        if provider == "torch":
+            ref["loss0"] = loss0
+            err = 0.0
+        n_params = sum(p.numel() for p in model.parameters())
+        note.append(f"{n_params / 1e6:.1f} M params; loss0 {loss0:.6g}")
+        res.end(row, ms=t.ms, ms_p20=t.p20, ms_p80=t.p80, n=t.n, method=t.method, peak_mb=peak,
+                extra_mb=extra, rel_err=err, note="; ".join(n for n in note if n))
+    except Skip as exc:
+        res.end(row, status="skipped", note=str(exc))
+    except Exception as exc:  # noqa: BLE001 - one failure is one row
+        status, note = classify_error(exc)
+        res.end(row, status=status, note=note)
+    finally:
+        del graph
+        if undo is not None:
+            undo()
+        if provider.endswith("compile"):
+            torch._dynamo.reset()
+
+
+def _dynamo_counters():
+    try:
+        from torch._dynamo.utils import counters
+        counters.clear()
+        return counters
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _compile_note(counters) -> str:
+    graphs = counters["stats"].get("unique_graphs", 0)
+    breaks = sum(counters["graph_break"].values())
+    return f"dynamo: {graphs} graph(s), {breaks} graph break(s)"
+
+
+# --------------------------------------------------------------------------- main
+def run(args) -> int:
+    device = common.pick_device(args.device)
+    common.setup_torch(device)
+    providers = common.parse_list(args.providers, PROVIDERS, PROVIDERS)
+    table = SMOKE_CASES if args.smoke else CASES
+    case_names = common.parse_list(args.cases, table, table)
+    dtype_name = args.dtype
+    dtype = DTYPES[dtype_name]
+    env = common.environment(device, args.smoke)
+    res = Results(common.out_dir(args, device), args.name, env, "train", fresh=args.fresh, quiet=args.quiet)
+    budget = Budget(args.budget_s)
+    timing = dict(warmup_ms=args.warmup_ms, rep_ms=args.rep_ms, min_reps=args.min_reps,
+                  host_reps=1 if args.smoke else 3)
+    if hasattr(torch, "_dynamo"):
+        for knob in ("cache_size_limit", "recompile_limit"):
+            if hasattr(torch._dynamo.config, knob):
+                setattr(torch._dynamo.config, knob, max(getattr(torch._dynamo.config, knob), 64))
+    print(f"# bench_train_step on {env['gpu']} ({device}), torch {env['torch']}, triton {env['triton']}, "
+          f"-> {res.csv_path}", flush=True)
+
+    names = model_names(args.models)
+    models = [(n, build_zforcing, zforcing_loss) if n == "zforcing" else
+              (n, (lambda cfg, n=n: load_other_model(n, cfg)), generic_loss) for n in names]
+    if not models:
+        print(f"# --models {args.models}: none of python/{{{','.join(OTHER_MODELS)}}}.py exists here; nothing to run")
+
+    # ZForcing first, torch.compile (slow to build) after the other providers; other models last
+    # (triton+graph after the rest: a failed capture is the likeliest to break the CUDA context)
+    plan = []
+    for name, _, _ in models:
+        for group in (("torch", "torch+graph", "triton"), ("triton+graph",), ("torch+compile",)):
+            for c in case_names:
+                plan += [(name, c, p) for p in providers if p in group]
+
+    masters, refs = {}, {}
+    for name, c, provider in plan:
+        cfg = table[c]
+        label = cfg["label"] if name == "zforcing" else f"{name} {cfg['label']}"
+        base = dict(case=label, op=name, shape=cfg["label"], dtype=dtype_name, mode="step")
+        if provider.endswith("compile") and args.compile == "none":
+            continue
+        if budget.exhausted():
+            res.add(**base, provider=provider, status="skipped", note="time budget (--budget-s) used up")
+            continue
+        if provider.endswith("compile") and cfg["long"] and args.compile != "all":
+            res.add(**base, provider=provider, status="skipped",
+                    note="torch.compile unrolls the 784-step loops (minutes of compilation); use --compile all")
+            continue
+        if not common.cuda_healthy(device):
+            res.add(**base, provider=provider, status="error",
+                    note="CUDA context lost after an earlier error; stopping")
+            return 2
+        key = (name, c)
+        if key not in masters:
+            masters.clear()          # one master model (on the CPU) at a time
+            try:
+                builder = next(b for n, b, _ in models if n == name)
+                masters[key] = builder(cfg)
+            except Exception as exc:  # noqa: BLE001
+                status, note = classify_error(exc)
+                res.add(**base, provider=provider, status=status, note=f"building the model: {note}")
+                continue
+        loss_fn = next(f for n, _, f in models if n == name)
+        run_provider(res, base, masters[key], loss_fn, provider, cfg, device, dtype, timing, args,
+                     refs.setdefault(key, {}))
+        free_memory(device, collect=device.type == "cuda")
+    print(f"# wrote {res.csv_path} and {res.json_path}", flush=True)
+    return 0
+
+
+def model_names(spec: str) -> list[str]:
+    """``--models``: 'zforcing', 'others' (those of python/{vrnn,srnn,storn}.py present),
+    'auto' (both), or a comma-separated list of names."""
+    present = [n for n in OTHER_MODELS if (REPO / "python" / f"{n}.py").exists()]
+    names = []
+    for item in (v.strip() for v in spec.split(",") if v.strip()):
+        names += {"auto": ["zforcing", *present], "others": present}.get(item, [item])
+    return list(dict.fromkeys(names))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_common_args(p)
+    p.add_argument("--cases", default=None, help="comma-separated: timit, seqmnist (default both)")
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="model dtype (default float32)")
+    p.add_argument("--compile", choices=("none", "short", "all"), default="short",
+                   help="torch+compile: skip it, skip T=784 (default), or all")
+    p.add_argument("--models", default="zforcing",
+                   help="zforcing (default); others: the sequence VAEs of python/<name>.py present "
+                        f"among {', '.join(OTHER_MODELS)}; auto: both; or a comma-separated list of names")
+    p.add_argument("--clip", type=float, default=100.0, help="gradient-norm clip (0: none); default 100")
+    p.add_argument("--loss-weights", type=lambda s: tuple(float(v) for v in s.split(",")), default=(1.0, 1.0, 1.0),
+                   help="kl,aux,bwd weights of training_loss (default 1,1,1)")
+    p.add_argument("--keep-checks", action="store_true",
+                   help="keep the model's input validation (host syncs) inside the eager timed steps")
+    args = p.parse_args(argv)
+    if len(args.loss_weights) != 3:
+        p.error("--loss-weights needs three numbers: kl,aux,bwd")
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# The one script a GPU session runs through the device tool, from the repository root:
+#
+#     bash benchmarks/device_check.sh
+#     ZF_GIT_COMMIT=<sha> bash benchmarks/device_check.sh     # the device copy has no .git
+#
+# Budget: about 6 minutes on an H100 (stages <= ZF_CHECK_SECONDS, default 330 s, then ~15 s
+# of report; at most ~6.5 min), so a 15-minute device session can start the machine and
+# still rerun it once. Every stage gets min(its own limit, time left); a stage that fails or
+# times out is recorded and the next one runs anyway. Installs nothing. A rerun can choose
+# stages: ZF_STAGES=train,ops (names: tests train ops train-compile ops-compile other-models).
+#
+# $OUT (the folder that comes back; 6 files, no subfolders):
+#   tests.log      pytest -k "triton or gpu" on the GPU
+#   bench.log      everything the benchmark stages printed
+#   results.csv    one row per measurement (benchmarks/common.py FIELDS)
+#   results.json   the same rows + the environment (GPU, driver, clocks, versions, commit)
+#   results.png    bar chart, ms per provider per case, log scale
+#   summary.md     targets / baselines / tables (also printed last)
+set -u -o pipefail
+cd "$(dirname "$0")/.." || exit 1
+export PYTHONUNBUFFERED=1
+unset TRITON_INTERPRET
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+OUT="${OUT:-/tmp/zf_device_out}"
+mkdir -p "$OUT"
+LOG="$OUT/bench.log"
+PY="${PYTHON:-$(command -v python || command -v python3)}"
+TOTAL="${ZF_CHECK_SECONDS:-330}"
+# a rerun can pick stages, e.g. ZF_STAGES=train,ops bash benchmarks/device_check.sh
+WANT="${ZF_STAGES:-tests,train,ops,train-compile,ops-compile,other-models}"
+START=$SECONDS
+STAGES=()
+FAILED=0
+
+left() { echo $(( TOTAL - (SECONDS - START) )); }
+
+# run_stage NAME MAX_SECONDS LOGFILE CMD...: CMD under `timeout min(MAX, time left)`, output
+# appended to LOGFILE; the benchmark scripts read their soft budget from ZF_BUDGET_S.
+run_stage() {
+  local name=$1 max=$2 log=$3
+  shift 3
+  local l lim t0 rc msg
+  if [[ ",$WANT," != *",$name,"* ]]; then
+    STAGES+=("$name: not selected (ZF_STAGES)")
+    return 0
+  fi
+  l=$(left)
+  lim=$(( max < l ? max : l ))
+  if (( lim < 25 )); then
+    STAGES+=("$name: skipped (time budget used up)")
+    echo "== $name: skipped (time budget used up)" | tee -a "$LOG"
+    return 0
+  fi
+  echo "== $name (limit ${lim}s): $*" | tee -a "$LOG"
+  t0=$SECONDS
+  ZF_BUDGET_S=$(( lim > 40 ? lim - 20 : lim / 2 )) timeout -k 5 "$lim" "$@" >>"$log" 2>&1
+  rc=$?
+  msg="$name: rc=$rc ($(( SECONDS - t0 ))s)"
+  if (( rc == 124 || rc == 137 )); then msg+=" TIMED OUT (rows it had not finished show as 'incomplete')"; fi
+  if (( rc != 0 )); then FAILED=1; fi
+  STAGES+=("$msg")
+  echo "== $msg" | tee -a "$LOG"
+  return 0
+}
+
+echo "== device_check $(date -u +%Y-%m-%dT%H:%M:%SZ) in $PWD, OUT=$OUT" | tee "$LOG"
+{
+  timeout 15 nvidia-smi -L
+  timeout 15 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.limit,temperature.gpu,pstate --format=csv
+  timeout 60 "$PY" - <<'EOF'
+import sys, torch
+print("python", sys.version.split()[0], "| torch", torch.__version__, "| CUDA", torch.version.cuda,
+      "| cuDNN", torch.backends.cudnn.version(), "| cuda available", torch.cuda.is_available())
+try:
+    import triton
+    print("triton", triton.__version__)
+except Exception as exc:
+    print("triton not importable:", exc)
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print("device", p.name, f"sm_{p.major}{p.minor}", p.multi_processor_count, "SMs",
+          round(p.total_memory / 2**30, 1), "GiB")
+EOF
+} 2>&1 | tee -a "$LOG"
+
+# 1. the GPU tests (Triton kernels compiled for the card, half precision, GPU-only cases)
+run_stage tests 100 "$OUT/tests.log" \
+  "$PY" -m pytest -q -x tests -m "not slow" -k "triton or gpu" -p no:cacheprovider -rfE
+[[ -f "$OUT/tests.log" ]] && tail -n 3 "$OUT/tests.log"
+
+# 2. the training step: eager, CUDA graph, Triton, Triton + graph (TIMIT T40, SeqMNIST T784)
+run_stage train 80 "$LOG" \
+  "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results \
+  --providers torch,torch+graph,triton,triton+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
+
+# 3. every op, fwd and fwd+bwd, fp32 then bf16: cuDNN, eager reference, Triton
+run_stage ops 65 "$LOG" \
+  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --providers cudnn,torch,triton
+
+# 4. torch.compile of the whole TIMIT step (unrolls two 40-step loops: may not fit)
+run_stage train-compile 60 "$LOG" \
+  "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results \
+  --providers torch+compile --cases timit --warmup-ms 50 --rep-ms 200
+
+# 5. torch.compile of the op references (fp32; cheap compilations first, 784-step loops skipped)
+run_stage ops-compile 35 "$LOG" \
+  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --providers compile --dtypes float32
+
+# 6. the other sequence VAEs of python/ (VRNN, SRNN, STORN), TIMIT size, if time is left
+run_stage other-models 40 "$LOG" \
+  "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --models others --cases timit \
+  --providers torch,torch+graph,triton,triton+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
+
+# 7. report: chart + summary (outside the budget above: ~20 s)
+if [[ -f "$OUT/results.json" ]]; then
+  timeout 40 "$PY" benchmarks/plot.py "$OUT/results.json" >>"$LOG" 2>&1 || echo "plot failed (see bench.log)"
+  timeout 20 "$PY" benchmarks/summarize.py "$OUT/results.json" --tests-log "$OUT/tests.log" >"$OUT/summary.md" 2>>"$LOG" \
+    || echo "summary failed (see bench.log)"
+else
+  echo "no results.json: every benchmark stage failed (see bench.log)" | tee "$OUT/summary.md"
+fi
+rm -f "$OUT"/*.tmp
+
+# printed last, in this order, because the device tool returns only the last 12,000 characters
+echo
+cat "$OUT/summary.md" 2>/dev/null
+echo
+echo "== stages (total $(( SECONDS - START ))s; files in \$OUT: $(cd "$OUT" && ls | tr '\n' ' '))"
+for s in "${STAGES[@]}"; do echo "   $s"; done
+exit "$FAILED"

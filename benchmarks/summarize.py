@@ -1,0 +1,196 @@
+"""Short text summary of a results file: the DESIGN section 2 targets (how far from each),
+the baselines next to DESIGN's H200 numbers, the training-step table and a compact op table.
+device_check.sh prints it last (the device tool returns only the end of the output).
+
+    python benchmarks/summarize.py results.json [--tests-log tests.log] [--all]
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.plot import _providers, latest, load_rows  # noqa: E402
+
+LSTM_T40, LSTM_T784 = "lstm T40 B32 I512 H1024", "lstm T784 B32 I64 H512"
+TIMIT, MNIST = "TIMIT T40 B32", "SeqMNIST T784 B32"
+# DESIGN section 2, measured on an H200 (fp32): (suite, case, mode, provider) -> ms
+DESIGN_H200 = {
+    ("train", TIMIT, "step", "torch"): 87.0,
+    ("train", TIMIT, "step", "torch+compile"): 71.0,
+    ("train", TIMIT, "step", "torch+graph"): 16.9,
+    ("train", MNIST, "step", "torch"): 1531.0,
+    ("train", MNIST, "step", "torch+graph"): 601.0,
+    ("ops", LSTM_T40, "fwd+bwd", "cudnn"): 3.5,
+    ("ops", LSTM_T40, "fwd", "cudnn"): 1.28,
+    ("ops", LSTM_T784, "fwd+bwd", "cudnn"): 35.0,
+}
+
+
+SHORT = {"unavailable": "unavail", "incomplete": "cut-off", "skipped": "skipped", "error": "error",
+         "oom": "oom"}
+
+
+def _get(rows, suite, case, mode, provider, dtype="float32"):
+    for r in rows:
+        if (r.get("suite"), r.get("case"), r.get("mode"), r.get("provider"), r.get("dtype")) == \
+                (suite, case, mode, provider, dtype) and r.get("status") == "ok" and r.get("ms"):
+            return r
+    return None
+
+
+def _ms(r):
+    return "-" if r is None else f"{r['ms']:.3f}"
+
+
+def _best(rows, suite, case, mode, providers):
+    found = [r for p in providers if (r := _get(rows, suite, case, mode, p))]
+    return min(found, key=lambda r: r["ms"]) if found else None
+
+
+def targets(rows, gpu: str) -> list[str]:
+    card = "" if "H200" in gpu.upper() else f" (targets are for an H200; this is {gpu})"
+    out = [f"## Targets (DESIGN section 2){card}", "",
+           "| target | measured | how far from target |", "|---|---|---|"]
+    for case, limit in ((TIMIT, 2.0), (MNIST, 40.0)):
+        b = _best(rows, "train", case, "step", ["triton", "triton+graph"])
+        far = "not measured" if b is None else (
+            f"{b['ms'] / limit:.2f}x the target ({b['provider']})" + (" - met" if b["ms"] <= limit else ""))
+        out.append(f"| train step {case} <= {limit:g} ms | {_ms(b)} ms | {far} |")
+    for case in (LSTM_T40, LSTM_T784):
+        t, c = _get(rows, "ops", case, "fwd+bwd", "triton"), _get(rows, "ops", case, "fwd+bwd", "cudnn")
+        if t and c:
+            sp = c["ms"] / t["ms"]
+            far = f"{sp:.2f}x cuDNN's speed (need >= 1, aim 2)" + (" - met" if sp >= 1 else "")
+        else:
+            far = "not measured"
+        out.append(f"| ops.lstm fwd+bwd {case[5:]} >= cuDNN | triton {_ms(t)} / cuDNN {_ms(c)} ms | {far} |")
+    for case in (TIMIT, MNIST):
+        base = _get(rows, "train", case, "step", "torch")
+        for p in ("triton", "triton+graph"):
+            r = _get(rows, "train", case, "step", p)
+            if base and r and base.get("peak_mb") and r.get("peak_mb"):
+                ratio = r["peak_mb"] / base["peak_mb"]
+                far = f"{ratio:.2f}x eager's peak" + (" - met" if ratio <= 1 else "")
+                meas = f"{r['peak_mb']:.0f} / {base['peak_mb']:.0f} MB"
+            else:
+                far, meas = "not measured", "-"
+            out.append(f"| peak memory {case} {p} <= eager torch | {meas} | {far} |")
+    out += ["", "## Baselines vs DESIGN (H200, fp32)", "",
+            "| baseline | DESIGN H200 ms | measured ms | ratio |", "|---|---|---|---|"]
+    for (suite, case, mode, prov), ref in DESIGN_H200.items():
+        r = _get(rows, suite, case, mode, prov)
+        ratio = "-" if r is None else f"{r['ms'] / ref:.2f}"
+        out.append(f"| {suite} {case} {mode} {prov} | {ref:g} | {_ms(r)} | {ratio} |")
+    return out
+
+
+def train_table(rows) -> list[str]:
+    tr = [r for r in rows if r.get("suite") == "train"]
+    if not tr:
+        return []
+    out = ["", "## Training step (forward + backward + clip + Adam)", "",
+           f"{'case':30} {'provider':14} {'ms':>10} {'p20-p80':>19} {'peak MB':>9} {'rel':>8}  status"]
+    for r in tr:
+        spread = "-" if r.get("ms_p20") is None else f"{r['ms_p20']:.3f}-{r['ms_p80']:.3f}"
+        peak = "-" if r.get("peak_mb") is None else f"{r['peak_mb']:.0f}"
+        rel = "-" if r.get("rel_err") is None else f"{r['rel_err']:.1e}"
+        note = "" if r.get("status") == "ok" else f" {(r.get('note') or '')[:90]}"
+        out.append(f"{r['case'][:30]:30} {r['provider']:14} {_ms(r) if r.get('ms') else '-':>10} {spread:>19} "
+                   f"{peak:>9} {rel:>8}  {r.get('status')}{note}")
+    return out
+
+
+def ops_table(rows, modes) -> list[str]:
+    ops_rows = [r for r in rows if r.get("suite") == "ops" and r.get("mode") in modes]
+    if not ops_rows:
+        return []
+    provs = _providers(ops_rows)
+    out = ["", f"## Ops, median ms ({', '.join(modes)}); rel = triton's rel_err vs float64", "",
+           f"{'case':38} {'dtype':8} {'mode':7} " + " ".join(f"{p:>9}" for p in provs) + "  triton rel"]
+    keys = list(dict.fromkeys((r["case"], r["dtype"], r["mode"]) for r in ops_rows))
+    for case, dtype, mode in keys:
+        cells = []
+        rel = "-"
+        for p in provs:
+            r = next((r for r in ops_rows
+                      if (r["case"], r["dtype"], r["mode"], r["provider"]) == (case, dtype, mode, p)), None)
+            if r is None:
+                cells.append(f"{'':>9}")
+            elif r.get("status") == "ok" and r.get("ms"):
+                cells.append(f"{r['ms']:9.3f}")
+            else:
+                cells.append(f"{SHORT.get(r.get('status'), str(r.get('status'))[:9]):>9}")
+            if p == "triton" and r is not None and r.get("rel_err") is not None:
+                rel = f"{r['rel_err']:.1e}"
+        out.append(f"{case[:38]:38} {dtype:8} {mode:7} " + " ".join(cells) + f"  {rel}")
+    return out
+
+
+def problems(rows, limit=8) -> list[str]:
+    """Rows that failed or were cut off, grouped by (suite, provider, status, note)."""
+    bad = [r for r in rows if r.get("status") not in ("ok", "skipped")]
+    if not bad:
+        return []
+    groups = {}
+    for r in bad:
+        key = (r.get("suite"), r.get("provider"), r.get("status"), (r.get("note") or "")[:160])
+        groups.setdefault(key, []).append(r)
+    out = ["", f"## Failed / cut-off rows: {len(bad)} (full notes in the CSV)"]
+    for (suite, prov, status, note), rs in list(groups.items())[:limit]:
+        first = rs[0]
+        where = f"{first.get('case')} {first.get('dtype')} {first.get('mode')}"
+        more = f" (+{len(rs) - 1} more rows)" if len(rs) > 1 else ""
+        out.append(f"- {suite} {prov} {status}: {where}{more}: {note}")
+    if len(groups) > limit:
+        out.append(f"- ... {len(groups) - limit} more groups")
+    return out
+
+
+def tests_summary(path: Path) -> list[str]:
+    if not path or not path.exists():
+        return [f"## Tests: no log at {path}"]
+    lines = path.read_text(errors="replace").splitlines()
+    failed = [ln for ln in lines if ln.startswith(("FAILED", "ERROR"))]
+    final = [ln for ln in lines if re.search(r"\b(passed|failed|error|errors|skipped|no tests ran)\b", ln)
+             and ("==" in ln or re.match(r"^\d+ ", ln))]
+    out = ["## Tests (GPU: -k 'triton or gpu')"]
+    out += [f"  {ln[:160]}" for ln in failed[:5]]
+    if final:
+        out.append(f"  {final[-1][:200]}")
+    else:
+        last = lines[-1][:150] if lines else "empty log"
+        out.append(f"  no pytest summary line (timed out or crashed?): {last}")
+    return out
+
+
+def summarize(path: Path, tests_log: Path | None = None, show_all: bool = False) -> str:
+    rows, env = load_rows(path)
+    rows = latest(rows)
+    head = (f"# {env.get('gpu', '?')} | torch {env.get('torch')} | triton {env.get('triton')} | CUDA "
+            f"{env.get('cuda')} | cuDNN {env.get('cudnn')} | {env.get('date')} | commit "
+            f"{str(env.get('git_commit'))[:12]} src {env.get('source_hash')}")
+    parts = [head, ""]
+    if tests_log is not None:
+        parts += tests_summary(tests_log) + [""]
+    parts += ops_table(rows, ("fwd", "fwd+bwd") if show_all else ("fwd+bwd",))
+    parts += train_table(rows)
+    parts += problems(rows)
+    parts += [""] + targets(rows, str(env.get("gpu", "?")))
+    return "\n".join(parts)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", type=Path)
+    p.add_argument("--tests-log", type=Path, default=None)
+    p.add_argument("--all", action="store_true", help="also the forward-only op rows")
+    a = p.parse_args(argv)
+    print(summarize(a.results, a.tests_log, a.all))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

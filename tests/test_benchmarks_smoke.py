@@ -1,0 +1,117 @@
+"""The benchmark scripts (benchmarks/) in their --smoke mode on the CPU: they run, write the
+result files and the chart, and report what cannot run here (CUDA graphs) as rows instead of
+crashing. Nothing is timed or asserted about speed. Also a syntax check of device_check.sh."""
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import bench_ops, bench_train_step, common  # noqa: E402
+
+
+def _rows(path):
+    return json.loads(Path(path).read_text())["rows"]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """Both scripts' smoke runs appended to one results file (as device_check.sh does)."""
+    out = tmp_path_factory.mktemp("bench")
+    base = ["--smoke", "--device", "cpu", "--out", str(out), "--name", "r", "--quiet"]
+    assert bench_ops.main(base + ["--fresh", "--providers", "torch,cudnn"]) == 0
+    assert bench_train_step.main(base + ["--providers", "torch,torch+graph", "--models", "auto"]) == 0
+    return out
+
+
+def test_ops_rows(results):
+    rows = [r for r in _rows(results / "r.json") if r["suite"] == "ops"]
+    torch_rows = [r for r in rows if r["provider"] == "torch"]
+    assert {r["op"] for r in torch_rows} == set(bench_ops.OPS)
+    for r in torch_rows:
+        assert r["status"] == "ok", r
+        assert r["mode"] in bench_ops.MODES and r["ms"] > 0 and r["method"] == "perf_counter"
+        assert r["rel_err"] < 1e-5, r          # the reference against itself in float64
+    cudnn = [r for r in rows if r["provider"] == "cudnn"]
+    assert {r["op"] for r in cudnn} == {"lstm"} and all(r["status"] == "ok" for r in cudnn)
+    assert all(r["rel_err"] < 1e-5 for r in cudnn)
+    header = (results / "r.csv").read_text().splitlines()[0].split(",")
+    assert header[: len(common.FIELDS)] == common.FIELDS
+
+
+def test_train_rows(results):
+    rows = [r for r in _rows(results / "r.json") if r["suite"] == "train"]
+    zf = [r for r in rows if r["op"] == "zforcing"]
+    assert {r["provider"] for r in zf} == {"torch", "torch+graph"}
+    for r in zf:
+        if r["provider"] == "torch":
+            assert r["status"] == "ok" and r["ms"] > 0 and r["rel_err"] == 0.0, r
+        else:                                   # CUDA graphs: a row saying why not, no crash
+            assert r["status"] == "skipped" and "CUDA" in r["note"], r
+    assert len({r["case"] for r in zf}) == 2
+    others = bench_train_step.model_names("others")
+    for name in others:                         # python/{vrnn,srnn,storn}.py where present
+        mine = [r for r in rows if r["op"] == name and r["provider"] == "torch"]
+        assert mine and all(r["status"] == "ok" for r in mine), (name, mine)
+
+
+def test_plot_and_summary(results):
+    pytest.importorskip("matplotlib")
+    from benchmarks import plot, summarize
+    png = plot.plot(results / "r.json")
+    assert png == results / "r.png" and png.stat().st_size > 1000
+    text = summarize.summarize(results / "r.json", results / "missing.log")
+    assert "## Targets" in text and "lstm T5 B3 I7 H8" in text and "no log at" in text
+
+
+def test_ops_interpreted_kernel(tmp_path):
+    """One tiny op through backend='triton' under TRITON_INTERPRET=1 (what conftest sets on a CPU)."""
+    if os.environ.get("TRITON_INTERPRET") != "1" or torch.cuda.is_available():
+        pytest.skip("needs TRITON_INTERPRET=1 on a CPU-only machine")
+    pytest.importorskip("triton")
+    argv = ["--smoke", "--device", "cpu", "--out", str(tmp_path), "--name", "t", "--fresh", "--quiet",
+            "--providers", "triton", "--ops", "reparameterize"]
+    assert bench_ops.main(argv) == 0
+    rows = _rows(tmp_path / "t.json")
+    assert len(rows) == 2 and all(r["status"] == "ok" and r["provider"] == "triton" for r in rows), rows
+
+
+def test_budget_and_unavailable_rows(tmp_path):
+    """A used-up budget skips rows; a backend that cannot run is a row, not a crash."""
+    argv = ["--smoke", "--device", "cpu", "--out", str(tmp_path), "--name", "b", "--fresh", "--quiet",
+            "--ops", "gaussian_kl", "--budget-s", "0"]
+    assert bench_ops.main(argv) == 0
+    rows = _rows(tmp_path / "b.json")
+    assert rows and all(r["status"] == "skipped" and "budget" in r["note"] for r in rows)
+
+
+def test_refuses_cpu_timings_in_results_dir():
+    env = common.environment(torch.device("cpu"), smoke=True)
+    with pytest.raises(SystemExit, match="refusing"):
+        common.Results(common.RESULTS_DIR, "x", env, "ops")
+    assert not (common.RESULTS_DIR / "x.json").exists()
+
+
+def test_time_fn_and_quantiles():
+    t = common.time_fn(lambda: torch.ones(3).sum(), torch.device("cpu"), host_reps=3)
+    assert t.method == "perf_counter" and t.n == 3 and 0 < t.p20 <= t.ms <= t.p80
+    assert common._quantile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
+    assert common.rel_err([torch.ones(3)], [torch.ones(3)]) == 0.0
+    assert math.isnan(common.rel_err([torch.full((3,), math.nan)], [torch.ones(3)]))
+
+
+def test_device_check_script_syntax():
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash")
+    r = subprocess.run([bash, "-n", str(REPO / "benchmarks" / "device_check.sh")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
