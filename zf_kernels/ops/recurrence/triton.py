@@ -1,0 +1,558 @@
+"""Triton version of the Z-forcing chain (``naive.zforcing_chain_ref`` has the equations).
+
+The time loop runs on the host; each step launches three fused kernels forward and three
+backward, and nothing inside the loop synchronises with the host, so a whole training step
+can be captured in a CUDA graph.
+
+Forward, per step t (``hprev`` = h_{t-1}, all blocks masked so no size needs to be a multiple
+of a block; ``tl.dot`` tiles are at least 16 wide and padded with masked loads, so B=1 works):
+
+  K1 ``_fwd_posterior_hidden``  grid (B-blocks, M-blocks)
+        s_t = hprev @ W_qh^T + post_x[t]               -> saved (T, B, M)
+  K2 ``_fwd_posterior_sample``  grid (B-blocks, Z-blocks)
+        a = leaky_clamp(s_t) on load; one program owns latent columns j and computes both the
+        mu column j and the logvar column Z+j of ``a @ W_q2^T + b_q2``, clamps them to
+        [-8, 8], writes mu, logvar, z = mu + exp(lv / 2) * eps[t] and an int8 "inside the
+        clamp" mask (T, B, 2Z) for the backward pass.
+  K3 ``_fwd_lstm_step``         grid (B-blocks, H-blocks)
+        one program owns hidden columns j and the four gate columns j, H+j, 2H+j, 3H+j of
+        gates = gates_x[t] + b_comb + hprev @ W_hh^T + z_t @ W_comb^T, applies the gate
+        nonlinearities and the cell update, writes h_t, c_t and the activated gates
+        (i, f, g, o) -> saved (T, B, 4H).
+
+  g(z) never appears inside the loop: g_t @ W_iz^T = z_t @ (W_iz W_gz)^T + W_iz b_gz, so
+  ``W_comb = W_iz @ W_gz`` (4H, Z) and ``b_comb = W_iz @ b_gz`` are formed once per call (one
+  small GEMM). That removes a dependent stage (and a launch) per step and, with the usual
+  G >= Z (mlp 512 / z 256 at the TIMIT settings), also halves the per-step g-part FLOPs
+  (4H x Z instead of G x Z + 4H x G). It changes only the rounding order: the result
+  agrees with the reference to float tolerance. K1 cannot be merged with K3 (K3 needs
+  the whole z row, which needs the whole a row) without recomputing the posterior MLP in
+  every H-block program, so three dependent stages per step is the minimum for a launch-
+  per-stage design; the next step beyond this is a persistent kernel with grid syncs.
+
+Backward, reverse loop, per step t:
+
+  KB1 ``_bwd_lstm_cell``        grid (B-blocks, H-blocks)
+        dh_t = grad_h[t] + dgates_{t+1} @ W_hh + ds_{t+1} @ W_qh  (the recurrent GEMMs,
+        fused; absent at t = T-1), then the cell backward with the saved gates and c:
+        dgates_t -> (T, B, 4H) buffer (= grad of gates_x), dc carried in an fp32 (B, H)
+        buffer that each program updates in place for its own block.
+  KB2 ``_bwd_posterior_sample`` grid (B-blocks, Z-blocks)
+        dz = grad_z[t] + dgates_t @ W_comb; grad_eps[t] = exp(lv / 2) * dz;
+        dparams = [dz + grad_mu[t], dz * eps * exp(lv / 2) / 2 + grad_lv[t]] * clamp mask
+        -> (T, B, 2Z) buffer.
+  KB3 ``_bwd_posterior_hidden`` grid (B-blocks, M-blocks)
+        ds_t = (dparams_t @ W_q2) * leaky_clamp_grad(s_t) -> (T, B, M) (= grad of post_x).
+
+  After the loop, weight and bias gradients are a few big GEMMs over the flattened T*B
+  dim (not latency-bound): dW_hh = dgates^T [h0; h_1..h_{T-1}], dW_qh = ds^T [same],
+  dW_q2 = dparams^T act(s), dW_iz = dgates^T g with g = z W_gz^T + b_gz recomputed in one
+  GEMM, dg = dgates W_iz, dW_gz = dg^T z, biases as column sums; grad h0 = dgates_0 W_hh +
+  ds_0 W_qh, grad c0 = the carried dc. The clamp gradients follow torch's autograd
+  (gradient passed on the closed interval [-8, 8], zero outside; ``leaky_clamp_grad``).
+
+Saved vs recomputed: saved are the outputs h, c, z, mu_q, logvar_q, h0 and c0, the
+activated gates (T, B, 4H) (recomputing them would cost a (T*B) x (H+Z) x 4H GEMM in the
+backward pass), the posterior pre-activation s (T, B, M), the int8 clamp mask (T, B, 2Z)
+(pre-clamp values are needed to tell "at 8" from "beyond 8"), eps, the weights and W_comb.
+Recomputed: a = act(s) (elementwise, in K2 and after the loop), g (one GEMM after the loop)
+and [h0; h_1..h_{T-1}] (one copy after the loop). gates_x and post_x are not kept. The kernels
+read h_{t-1} / c_{t-1} from h0 / c0 at t = 0 and from the outputs otherwise, so the outputs
+are ordinary tensors (no views of a bigger buffer).
+
+dtypes: float32, float64 and float16 are tested under TRITON_INTERPRET=1 on the CPU
+(bfloat16 is not: triton 3.6's interpreter computes bf16 ``tl.dot`` wrongly, so bf16 is
+GPU-only and unverified here; it takes the float16 code path). fp32 dots use
+``input_precision="ieee"`` (no TF32) to match torch's default matmul; fp64 dots accumulate
+in fp64. float16 / bfloat16: dot operands in the input dtype with fp32 accumulation, all gate,
+cell and sampling arithmetic in fp32, the cell state c kept in an fp32 buffer (returned cast
+to the input dtype), the carried dc in fp32; saved gates, s and the per-step gradient buffers
+are in the input dtype.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.autograd.function import once_differentiable
+
+from .._triton_common import leaky_clamp, leaky_clamp_grad, sigmoid, tanh
+from .naive import ACT_CLAMP, LEAKY_SLOPE, PARAM_CLAMP, ChainOutput, mlp_act
+
+__all__ = ["zforcing_chain", "ZForcingChainFunction"]
+
+# Tests set this to e.g. {"BLOCK_B": 16, "BLOCK_N": 16, "BLOCK_K": 16} to force every
+# dimension of small problems onto several blocks.
+_BLOCK_OVERRIDE: dict | None = None
+
+
+# --------------------------------------------------------------------------- forward kernels
+
+@triton.jit(do_not_specialize=["t"])
+def _fwd_posterior_hidden(
+    H0, H_OUT, W_QH, POST_X, S, t, B, H, M,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    mb = rb < B
+    mn = rn < M
+    t64 = t.to(tl.int64)
+    if t == 0:
+        hprev = H0
+    else:
+        hprev = H_OUT + (t64 - 1) * B * H
+    acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
+    for k0 in range(0, H, BLOCK_K):
+        kk = k0 + rk
+        mk = kk < H
+        x = tl.load(hprev + rb[:, None] * H + kk[None, :], mask=mb[:, None] & mk[None, :], other=0.0)
+        w = tl.load(W_QH + rn[None, :] * H + kk[:, None], mask=mn[None, :] & mk[:, None], other=0.0)
+        acc = tl.dot(x, w, acc, input_precision=PREC, out_dtype=ACC)
+    off = t64 * B * M + rb[:, None] * M + rn[None, :]
+    m2 = mb[:, None] & mn[None, :]
+    s = acc + tl.load(POST_X + off, mask=m2, other=0.0).to(ACC)
+    tl.store(S + off, s.to(S.dtype.element_ty), mask=m2)
+
+
+@triton.jit(do_not_specialize=["t"])
+def _fwd_posterior_sample(
+    S, W_Q2, B_Q2, EPS, Z_OUT, MU, LV, OKMASK, t, B, M, Z,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+    SLOPE: tl.constexpr, ACT_BOUND: tl.constexpr, PARAM_BOUND: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    rz = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    mb = rb < B
+    mz = rz < Z
+    t64 = t.to(tl.int64)
+    s_t = S + t64 * B * M
+    acc_mu = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
+    acc_lv = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
+    for k0 in range(0, M, BLOCK_K):
+        kk = k0 + rk
+        mk = kk < M
+        s = tl.load(s_t + rb[:, None] * M + kk[None, :], mask=mb[:, None] & mk[None, :], other=0.0)
+        # leaky_clamp(0) = 0, so the masked padding stays zero
+        a = leaky_clamp(s.to(ACC), SLOPE, ACT_BOUND).to(W_Q2.dtype.element_ty)
+        wm = mz[None, :] & mk[:, None]
+        w_mu = tl.load(W_Q2 + rz[None, :] * M + kk[:, None], mask=wm, other=0.0)
+        w_lv = tl.load(W_Q2 + (Z + rz)[None, :] * M + kk[:, None], mask=wm, other=0.0)
+        acc_mu = tl.dot(a, w_mu, acc_mu, input_precision=PREC, out_dtype=ACC)
+        acc_lv = tl.dot(a, w_lv, acc_lv, input_precision=PREC, out_dtype=ACC)
+    p_mu = acc_mu + tl.load(B_Q2 + rz, mask=mz, other=0.0).to(ACC)[None, :]
+    p_lv = acc_lv + tl.load(B_Q2 + Z + rz, mask=mz, other=0.0).to(ACC)[None, :]
+    m2 = mb[:, None] & mz[None, :]
+    # torch.clamp's autograd passes the gradient on the closed interval
+    ok_mu = (p_mu >= -PARAM_BOUND) & (p_mu <= PARAM_BOUND)
+    ok_lv = (p_lv >= -PARAM_BOUND) & (p_lv <= PARAM_BOUND)
+    mu = tl.minimum(tl.maximum(p_mu, -PARAM_BOUND), PARAM_BOUND)
+    lv = tl.minimum(tl.maximum(p_lv, -PARAM_BOUND), PARAM_BOUND)
+    off = t64 * B * Z + rb[:, None] * Z + rz[None, :]
+    eps = tl.load(EPS + off, mask=m2, other=0.0).to(ACC)
+    z = mu + tl.exp(0.5 * lv) * eps
+    tl.store(MU + off, mu.to(MU.dtype.element_ty), mask=m2)
+    tl.store(LV + off, lv.to(LV.dtype.element_ty), mask=m2)
+    tl.store(Z_OUT + off, z.to(Z_OUT.dtype.element_ty), mask=m2)
+    moff = t64 * B * 2 * Z + rb[:, None] * (2 * Z) + rz[None, :]
+    tl.store(OKMASK + moff, ok_mu.to(tl.int8), mask=m2)
+    tl.store(OKMASK + moff + Z, ok_lv.to(tl.int8), mask=m2)
+
+
+@triton.jit(do_not_specialize=["t"])
+def _fwd_lstm_step(
+    H0, C0, H_OUT, C_OUT, Z_IN, GATES_X, B_COMB, W_HH, W_COMB, ACTS, t, B, H, Z,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    rh = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    mb = rb < B
+    mh = rh < H
+    t64 = t.to(tl.int64)
+    if t == 0:
+        hprev = H0
+        cprev = C0
+    else:
+        hprev = H_OUT + (t64 - 1) * B * H
+        cprev = C_OUT + (t64 - 1) * B * H
+    acc_i = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
+    acc_f = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
+    acc_g = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
+    acc_o = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
+    # h_{t-1} @ W_hh^T, the four gate column blocks of this program
+    for k0 in range(0, H, BLOCK_K):
+        kk = k0 + rk
+        mk = kk < H
+        x = tl.load(hprev + rb[:, None] * H + kk[None, :], mask=mb[:, None] & mk[None, :], other=0.0)
+        wm = mh[None, :] & mk[:, None]
+        wp = W_HH + rh[None, :] * H + kk[:, None]
+        acc_i = tl.dot(x, tl.load(wp, mask=wm, other=0.0), acc_i, input_precision=PREC, out_dtype=ACC)
+        acc_f = tl.dot(x, tl.load(wp + H * H, mask=wm, other=0.0), acc_f, input_precision=PREC, out_dtype=ACC)
+        acc_g = tl.dot(x, tl.load(wp + 2 * H * H, mask=wm, other=0.0), acc_g, input_precision=PREC, out_dtype=ACC)
+        acc_o = tl.dot(x, tl.load(wp + 3 * H * H, mask=wm, other=0.0), acc_o, input_precision=PREC, out_dtype=ACC)
+    # z_t @ W_comb^T  (W_comb = W_iz @ W_gz: g(z) folded into the gate projection)
+    z_t = Z_IN + t64 * B * Z
+    for k0 in range(0, Z, BLOCK_K):
+        kk = k0 + rk
+        mk = kk < Z
+        x = tl.load(z_t + rb[:, None] * Z + kk[None, :], mask=mb[:, None] & mk[None, :], other=0.0)
+        wm = mh[None, :] & mk[:, None]
+        wp = W_COMB + rh[None, :] * Z + kk[:, None]
+        acc_i = tl.dot(x, tl.load(wp, mask=wm, other=0.0), acc_i, input_precision=PREC, out_dtype=ACC)
+        acc_f = tl.dot(x, tl.load(wp + H * Z, mask=wm, other=0.0), acc_f, input_precision=PREC, out_dtype=ACC)
+        acc_g = tl.dot(x, tl.load(wp + 2 * H * Z, mask=wm, other=0.0), acc_g, input_precision=PREC, out_dtype=ACC)
+        acc_o = tl.dot(x, tl.load(wp + 3 * H * Z, mask=wm, other=0.0), acc_o, input_precision=PREC, out_dtype=ACC)
+    m2 = mb[:, None] & mh[None, :]
+    gx = GATES_X + t64 * B * 4 * H + rb[:, None] * (4 * H) + rh[None, :]
+    bc = B_COMB + rh
+    acc_i += tl.load(gx, mask=m2, other=0.0).to(ACC) + tl.load(bc, mask=mh, other=0.0).to(ACC)[None, :]
+    acc_f += tl.load(gx + H, mask=m2, other=0.0).to(ACC) + tl.load(bc + H, mask=mh, other=0.0).to(ACC)[None, :]
+    acc_g += tl.load(gx + 2 * H, mask=m2, other=0.0).to(ACC) + tl.load(bc + 2 * H, mask=mh, other=0.0).to(ACC)[None, :]
+    acc_o += tl.load(gx + 3 * H, mask=m2, other=0.0).to(ACC) + tl.load(bc + 3 * H, mask=mh, other=0.0).to(ACC)[None, :]
+    i = sigmoid(acc_i)
+    f = sigmoid(acc_f)
+    g = tanh(acc_g)
+    o = sigmoid(acc_o)
+    st = rb[:, None] * H + rh[None, :]
+    c_prev = tl.load(cprev + st, mask=m2, other=0.0).to(ACC)
+    c = f * c_prev + i * g
+    h = o * tanh(c)
+    tl.store(C_OUT + t64 * B * H + st, c.to(C_OUT.dtype.element_ty), mask=m2)
+    tl.store(H_OUT + t64 * B * H + st, h.to(H_OUT.dtype.element_ty), mask=m2)
+    ap = ACTS + t64 * B * 4 * H + rb[:, None] * (4 * H) + rh[None, :]
+    ty = ACTS.dtype.element_ty
+    tl.store(ap, i.to(ty), mask=m2)
+    tl.store(ap + H, f.to(ty), mask=m2)
+    tl.store(ap + 2 * H, g.to(ty), mask=m2)
+    tl.store(ap + 3 * H, o.to(ty), mask=m2)
+
+
+# -------------------------------------------------------------------------- backward kernels
+
+@triton.jit(do_not_specialize=["t"])
+def _bwd_lstm_cell(
+    GRAD_H, GRAD_C, DC, ACTS, C0, C_OUT, DGATES, DS, W_HH, W_QH, t, B, H, M,
+    HAS_NEXT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    rh = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    mb = rb < B
+    mh = rh < H
+    m2 = mb[:, None] & mh[None, :]
+    t64 = t.to(tl.int64)
+    st = rb[:, None] * H + rh[None, :]
+    dh = tl.load(GRAD_H + t64 * B * H + st, mask=m2, other=0.0).to(ACC)
+    if HAS_NEXT:
+        # h_t fed step t+1 through W_hh and W_qh
+        dg_next = DGATES + (t64 + 1) * B * 4 * H
+        for k0 in range(0, 4 * H, BLOCK_K):
+            kk = k0 + rk
+            mk = kk < 4 * H
+            x = tl.load(dg_next + rb[:, None] * (4 * H) + kk[None, :], mask=mb[:, None] & mk[None, :], other=0.0)
+            w = tl.load(W_HH + kk[:, None] * H + rh[None, :], mask=mk[:, None] & mh[None, :], other=0.0)
+            dh = tl.dot(x, w, dh, input_precision=PREC, out_dtype=ACC)
+        ds_next = DS + (t64 + 1) * B * M
+        for k0 in range(0, M, BLOCK_K):
+            kk = k0 + rk
+            mk = kk < M
+            x = tl.load(ds_next + rb[:, None] * M + kk[None, :], mask=mb[:, None] & mk[None, :], other=0.0)
+            w = tl.load(W_QH + kk[:, None] * H + rh[None, :], mask=mk[:, None] & mh[None, :], other=0.0)
+            dh = tl.dot(x, w, dh, input_precision=PREC, out_dtype=ACC)
+    dc = tl.load(GRAD_C + t64 * B * H + st, mask=m2, other=0.0).to(ACC) \
+        + tl.load(DC + st, mask=m2, other=0.0).to(ACC)
+    ap = ACTS + t64 * B * 4 * H + rb[:, None] * (4 * H) + rh[None, :]
+    i = tl.load(ap, mask=m2, other=0.0).to(ACC)
+    f = tl.load(ap + H, mask=m2, other=0.0).to(ACC)
+    g = tl.load(ap + 2 * H, mask=m2, other=0.0).to(ACC)
+    o = tl.load(ap + 3 * H, mask=m2, other=0.0).to(ACC)
+    if t == 0:
+        cprev = C0
+    else:
+        cprev = C_OUT + (t64 - 1) * B * H
+    c = tl.load(C_OUT + t64 * B * H + st, mask=m2, other=0.0).to(ACC)
+    c_prev = tl.load(cprev + st, mask=m2, other=0.0).to(ACC)
+    tc = tanh(c)
+    d_o = dh * tc
+    dc += dh * o * (1.0 - tc * tc)
+    d_i = dc * g
+    d_g = dc * i
+    d_f = dc * c_prev
+    tl.store(DC + st, (dc * f).to(DC.dtype.element_ty), mask=m2)
+    dp = DGATES + t64 * B * 4 * H + rb[:, None] * (4 * H) + rh[None, :]
+    ty = DGATES.dtype.element_ty
+    tl.store(dp, (d_i * i * (1.0 - i)).to(ty), mask=m2)
+    tl.store(dp + H, (d_f * f * (1.0 - f)).to(ty), mask=m2)
+    tl.store(dp + 2 * H, (d_g * (1.0 - g * g)).to(ty), mask=m2)
+    tl.store(dp + 3 * H, (d_o * o * (1.0 - o)).to(ty), mask=m2)
+
+
+@triton.jit(do_not_specialize=["t"])
+def _bwd_posterior_sample(
+    GRAD_Z, GRAD_MU, GRAD_LV, DGATES, W_COMB, MU, LV, EPS, OKMASK, DPARAMS, GRAD_EPS,
+    t, B, H, Z,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    rz = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    mb = rb < B
+    mz = rz < Z
+    m2 = mb[:, None] & mz[None, :]
+    t64 = t.to(tl.int64)
+    off = t64 * B * Z + rb[:, None] * Z + rz[None, :]
+    dz = tl.load(GRAD_Z + off, mask=m2, other=0.0).to(ACC)
+    dg_t = DGATES + t64 * B * 4 * H
+    for k0 in range(0, 4 * H, BLOCK_K):
+        kk = k0 + rk
+        mk = kk < 4 * H
+        x = tl.load(dg_t + rb[:, None] * (4 * H) + kk[None, :], mask=mb[:, None] & mk[None, :], other=0.0)
+        w = tl.load(W_COMB + kk[:, None] * Z + rz[None, :], mask=mk[:, None] & mz[None, :], other=0.0)
+        dz = tl.dot(x, w, dz, input_precision=PREC, out_dtype=ACC)
+    lv = tl.load(LV + off, mask=m2, other=0.0).to(ACC)
+    eps = tl.load(EPS + off, mask=m2, other=0.0).to(ACC)
+    std = tl.exp(0.5 * lv)
+    tl.store(GRAD_EPS + off, (dz * std).to(GRAD_EPS.dtype.element_ty), mask=m2)
+    moff = t64 * B * 2 * Z + rb[:, None] * (2 * Z) + rz[None, :]
+    ok_mu = tl.load(OKMASK + moff, mask=m2, other=0) != 0
+    ok_lv = tl.load(OKMASK + moff + Z, mask=m2, other=0) != 0
+    d_mu = dz + tl.load(GRAD_MU + off, mask=m2, other=0.0).to(ACC)
+    d_lv = dz * eps * 0.5 * std + tl.load(GRAD_LV + off, mask=m2, other=0.0).to(ACC)
+    ty = DPARAMS.dtype.element_ty
+    tl.store(DPARAMS + moff, tl.where(ok_mu, d_mu, 0.0).to(ty), mask=m2)
+    tl.store(DPARAMS + moff + Z, tl.where(ok_lv, d_lv, 0.0).to(ty), mask=m2)
+
+
+@triton.jit(do_not_specialize=["t"])
+def _bwd_posterior_hidden(
+    DPARAMS, W_Q2, S, DS, t, B, M, Z,
+    ACC: tl.constexpr, PREC: tl.constexpr, SLOPE: tl.constexpr, ACT_BOUND: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    rm = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    mb = rb < B
+    mm = rm < M
+    m2 = mb[:, None] & mm[None, :]
+    t64 = t.to(tl.int64)
+    dp_t = DPARAMS + t64 * B * 2 * Z
+    acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
+    for k0 in range(0, 2 * Z, BLOCK_K):
+        kk = k0 + rk
+        mk = kk < 2 * Z
+        x = tl.load(dp_t + rb[:, None] * (2 * Z) + kk[None, :], mask=mb[:, None] & mk[None, :], other=0.0)
+        w = tl.load(W_Q2 + kk[:, None] * M + rm[None, :], mask=mk[:, None] & mm[None, :], other=0.0)
+        acc = tl.dot(x, w, acc, input_precision=PREC, out_dtype=ACC)
+    off = t64 * B * M + rb[:, None] * M + rm[None, :]
+    s = tl.load(S + off, mask=m2, other=0.0).to(ACC)
+    # leaky_clamp_grad gives the conventions (1, slope or 0); its slope is an fp32 literal
+    # when it comes back from tl.where, so scale by SLOPE here (weakly typed: exact in fp64)
+    dact = leaky_clamp_grad(s, SLOPE, ACT_BOUND)
+    ds = tl.where(dact == 1.0, acc, tl.where(dact == 0.0, 0.0, acc * SLOPE))
+    tl.store(DS + off, ds.to(DS.dtype.element_ty), mask=m2)
+
+
+# ------------------------------------------------------------------------------- launching
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _config(B: int, dims: dict, dtype: torch.dtype, device: torch.device) -> dict:
+    """Block sizes. Every tile side is a power of two >= 16 (tl.dot's minimum); the masks
+    handle the rest. On the GPU the column block shrinks until the grid has about one
+    program per SM; under the interpreter big blocks are simply faster."""
+    if _BLOCK_OVERRIDE is not None:
+        return dict(_BLOCK_OVERRIDE)
+    on_gpu = device.type == "cuda"
+    block_b = min(max(16, _pow2(B)), 64)
+    if on_gpu:
+        # the LSTM-step kernel holds four BLOCK_B x BLOCK_N fp32 accumulators: keep them at
+        # 32 x 32 at most (32 registers per thread at 4 warps)
+        block_b = min(block_b, 32)
+        cap_n, block_k = 32, (64 if dtype in _HALF else 32)
+        target = torch.cuda.get_device_properties(device).multi_processor_count
+    else:
+        cap_n, block_k, target = 64, 64, 1
+    nb = triton.cdiv(B, block_b)
+    n = max(dims.values())
+    block_n = 16
+    for p in (64, 32, 16):
+        if p <= cap_n and p <= max(16, _pow2(n)) and nb * triton.cdiv(n, p) >= target:
+            block_n = p
+            break
+    return {"BLOCK_B": block_b, "BLOCK_N": block_n, "BLOCK_K": block_k}
+
+
+def _k(cfg: dict, k: int) -> dict:
+    """The config with BLOCK_K no wider than needed for a reduction over k."""
+    out = dict(cfg)
+    out["BLOCK_K"] = min(cfg["BLOCK_K"], max(16, _pow2(k)))
+    return out
+
+
+def _grid(B: int, N: int, cfg: dict):
+    return (triton.cdiv(B, cfg["BLOCK_B"]), triton.cdiv(N, cfg["BLOCK_N"]))
+
+
+def _launch(kernel, grid, *args, **kw):
+    if grid[0] > 0 and grid[1] > 0:
+        kernel[grid](*args, **kw)
+
+
+def _acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+class ZForcingChainFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2,
+                weight_gz, bias_gz, weight_iz, weight_hh):
+        T, B, four_h = gates_x.shape
+        H, M, Z = four_h // 4, weight_qh.shape[0], eps.shape[-1]
+        dtype, dev = gates_x.dtype, gates_x.device
+        state_dtype = torch.float32 if dtype in _HALF else dtype
+        ctx.dims = (T, B, H, M, Z)
+        ctx.dtypes = (dtype, state_dtype)
+        if T == 0 or B == 0:
+            e = lambda n: torch.zeros(T, B, n, dtype=dtype, device=dev)  # noqa: E731
+            ctx.empty = True
+            ctx.save_for_backward(h0, c0)
+            return e(H), e(H), e(Z), e(Z), e(Z)
+        ctx.empty = False
+
+        gates_x, post_x, eps = gates_x.contiguous(), post_x.contiguous(), eps.contiguous()
+        weight_qh, weight_q2, bias_q2 = weight_qh.contiguous(), weight_q2.contiguous(), bias_q2.contiguous()
+        weight_hh = weight_hh.contiguous()
+        # g(z) folded into the gate projection (module docstring)
+        w_comb = (weight_iz.to(state_dtype) @ weight_gz.to(state_dtype)).to(dtype).contiguous()
+        b_comb = (weight_iz.to(state_dtype) @ bias_gz.to(state_dtype)).contiguous()
+
+        h0 = h0.contiguous()
+        c0 = c0.to(state_dtype).contiguous()
+        h = torch.empty(T, B, H, dtype=dtype, device=dev)
+        c = torch.empty(T, B, H, dtype=state_dtype, device=dev)
+        z = torch.empty(T, B, Z, dtype=dtype, device=dev)
+        mu = torch.empty(T, B, Z, dtype=dtype, device=dev)
+        lv = torch.empty(T, B, Z, dtype=dtype, device=dev)
+        s = torch.empty(T, B, M, dtype=dtype, device=dev)
+        acts = torch.empty(T, B, 4 * H, dtype=dtype, device=dev)
+        okmask = torch.empty(T, B, 2 * Z, dtype=torch.int8, device=dev)
+
+        cfg = _config(B, {"H": H, "M": M, "Z": Z}, dtype, dev)
+        common = {"ACC": _acc(dtype), "PREC": "ieee"}
+        g1, c1 = _grid(B, M, cfg), _k(cfg, H)
+        g2, c2 = _grid(B, Z, cfg), _k(cfg, M)
+        g3, c3 = _grid(B, H, cfg), _k(cfg, max(H, Z))
+        for t in range(T):
+            _launch(_fwd_posterior_hidden, g1, h0, h, weight_qh, post_x, s, t, B, H, M, **common, **c1)
+            _launch(_fwd_posterior_sample, g2, s, weight_q2, bias_q2, eps, z, mu, lv, okmask, t, B, M, Z,
+                    SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, PARAM_BOUND=PARAM_CLAMP, **common, **c2)
+            _launch(_fwd_lstm_step, g3, h0, c0, h, c, z, gates_x, b_comb, weight_hh, w_comb, acts,
+                    t, B, H, Z, **common, **c3)
+
+        ctx.save_for_backward(h0, c0, h, c, z, mu, lv, s, acts, okmask, eps, weight_qh, weight_q2,
+                              weight_gz, bias_gz, weight_iz, weight_hh, w_comb)
+        return h, (c if state_dtype == dtype else c.to(dtype)), z, mu, lv
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_h, grad_c, grad_z, grad_mu, grad_lv):
+        T, B, H, M, Z = ctx.dims
+        dtype, state_dtype = ctx.dtypes
+        need = ctx.needs_input_grad
+        if ctx.empty:
+            h0, c0 = ctx.saved_tensors
+            return (None, None, None,
+                    torch.zeros_like(h0) if need[3] else None,
+                    torch.zeros_like(c0) if need[4] else None) + (None,) * 7
+        (h0, c0, h, c, z, mu, lv, s, acts, okmask, eps, weight_qh, weight_q2,
+         weight_gz, bias_gz, weight_iz, weight_hh, w_comb) = ctx.saved_tensors
+        dev = h.device
+        grad_h, grad_c, grad_z, grad_mu, grad_lv = (
+            g.to(dtype).contiguous() for g in (grad_h, grad_c, grad_z, grad_mu, grad_lv))
+
+        dgates = torch.empty(T, B, 4 * H, dtype=dtype, device=dev)
+        dparams = torch.empty(T, B, 2 * Z, dtype=dtype, device=dev)
+        ds = torch.empty(T, B, M, dtype=dtype, device=dev)
+        grad_eps = torch.empty(T, B, Z, dtype=dtype, device=dev)
+        dc = torch.zeros(B, H, dtype=state_dtype, device=dev)
+
+        cfg = _config(B, {"H": H, "M": M, "Z": Z}, dtype, dev)
+        common = {"ACC": _acc(dtype), "PREC": "ieee"}
+        g1, c1 = _grid(B, H, cfg), _k(cfg, max(4 * H, M))
+        g2, c2 = _grid(B, Z, cfg), _k(cfg, 4 * H)
+        g3, c3 = _grid(B, M, cfg), _k(cfg, 2 * Z)
+        for t in range(T - 1, -1, -1):
+            _launch(_bwd_lstm_cell, g1, grad_h, grad_c, dc, acts, c0, c, dgates, ds, weight_hh, weight_qh,
+                    t, B, H, M, HAS_NEXT=t < T - 1, **common, **c1)
+            _launch(_bwd_posterior_sample, g2, grad_z, grad_mu, grad_lv, dgates, w_comb, mu, lv, eps,
+                    okmask, dparams, grad_eps, t, B, H, Z, **common, **c2)
+            _launch(_bwd_posterior_hidden, g3, dparams, weight_q2, s, ds, t, B, M, Z,
+                    SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, **common, **c3)
+
+        # weight gradients: a few GEMMs over the flattened T*B dim
+        n = T * B
+        dg2 = dgates.reshape(n, 4 * H)
+        ds2 = ds.reshape(n, M)
+        dp2 = dparams.reshape(n, 2 * Z)
+        hprev = torch.cat([h0[None], h[:-1]]).reshape(n, H)
+        z2 = z.reshape(n, Z)
+        grads = [None] * 12
+        grads[0] = dgates if need[0] else None
+        grads[1] = ds if need[1] else None
+        grads[2] = grad_eps if need[2] else None
+        if need[3]:
+            grads[3] = dgates[0] @ weight_hh + ds[0] @ weight_qh
+        if need[4]:
+            grads[4] = dc.to(dtype)
+        if need[5]:
+            grads[5] = ds2.t() @ hprev
+        if need[6]:
+            grads[6] = dp2.t() @ mlp_act(s.reshape(n, M))
+        if need[7]:
+            grads[7] = dp2.sum(0)
+        if need[10]:
+            grads[10] = dg2.t() @ torch.addmm(bias_gz, z2, weight_gz.t())
+        if need[8] or need[9]:
+            dgz = dg2 @ weight_iz
+            grads[8] = dgz.t() @ z2 if need[8] else None
+            grads[9] = dgz.sum(0) if need[9] else None
+        if need[11]:
+            grads[11] = dg2.t() @ hprev
+        return tuple(grads)
+
+
+def zforcing_chain(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2,
+                   weight_gz, bias_gz, weight_iz, weight_hh) -> ChainOutput:
+    """Triton implementation of ``zforcing_chain`` (same signature and numbers as
+    ``naive.zforcing_chain_ref``; shapes in ``zf_kernels.ops.recurrence.zforcing_chain``).
+    Call it through ``zf_kernels.ops.zforcing_chain(..., backend="triton")``, which checks
+    the arguments first."""
+    return ChainOutput(*ZForcingChainFunction.apply(
+        gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2,
+        weight_gz, bias_gz, weight_iz, weight_hh))
