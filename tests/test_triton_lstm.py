@@ -1,0 +1,309 @@
+"""The Triton LSTM (zf_kernels.ops.lstm.triton) against torch.nn.LSTM / nn.LSTMCell (independent
+references, weights copied) and the naive reference: values and every gradient, odd shapes,
+NaN-prefilled buffers, float64 gradcheck, the public API. On a CPU the kernels run under
+TRITON_INTERPRET=1 (float64 / float32 / float16); bf16 and the large shapes run only on a GPU."""
+import math
+import os
+
+import pytest
+import torch
+
+_ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
+if not _ON_GPU:
+    # must be set before any @triton.jit is decorated (i.e. before the kernel modules import)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+pytest.importorskip("triton")
+
+from torch.func import functional_call  # noqa: E402
+
+from zf_kernels import ops  # noqa: E402
+from zf_kernels.ops.lstm import naive  # noqa: E402
+from zf_kernels.ops.lstm import triton as lt  # noqa: E402
+
+DEVICE = "cuda" if _ON_GPU else "cpu"
+# triton 3.6's interpreter converts a 1-element array to int (numpy DeprecationWarning): noise
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+if not _ON_GPU and type(lt._lstm_fwd_step_kernel).__name__ != "InterpretedFunction":
+    pytest.fail("zf_kernels.ops.lstm.triton was imported before TRITON_INTERPRET=1 was set; "
+                "set it in the environment (or a conftest.py) to run these tests on a CPU", pytrace=False)
+
+# dtype -> (rtol, atol) for values and gradients at these small shapes
+TOL = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (1e-5, 1e-5),
+}
+# half precision: relative error of the whole tensor, ||a - b|| / ||b||
+HALF_REL = {torch.bfloat16: 2e-2, torch.float16: 5e-3}
+
+
+@pytest.fixture(autouse=True)
+def nan_empty(monkeypatch):
+    """torch.empty / empty_like return NaN-filled tensors: a buffer a kernel never writes fails."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def _nan(t):
+        if t.is_floating_point():
+            t.fill_(math.nan)
+        return t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: _nan(empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: _nan(empty_like(*a, **k)))
+
+
+def _close(a, b, dtype, name):
+    rtol, atol = TOL[dtype]
+    torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+def _make(T, B, I, H, bias, state, dtype, seed=0, w_scale=0.5):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=g, dtype=dtype)).to(DEVICE).requires_grad_()
+
+    x = r(T, B, I)
+    w_ih = r(4 * H, I, scale=w_scale)
+    w_hh = r(4 * H, H, scale=w_scale)
+    b_ih = r(4 * H) if bias in ("both", "ih") else None
+    b_hh = r(4 * H) if bias in ("both", "hh") else None
+    h0 = r(B, H) if state else None
+    c0 = r(B, H) if state else None
+    # random, non-uniform, non-contiguous upstream gradients for out, h_T and c_T
+    d_out = torch.randn(H, B, T, generator=g, dtype=dtype).to(DEVICE).permute(2, 1, 0)
+    d_h = torch.randn(H, B, generator=g, dtype=dtype).to(DEVICE).t()
+    d_c = torch.randn(B, H, generator=g, dtype=dtype).to(DEVICE)
+    return (x, w_ih, w_hh, b_ih, b_hh, h0, c0), (d_out, d_h, d_c)
+
+
+def _nn_lstm(x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse=False):
+    """torch.nn.LSTM run functionally on our weights (grads flow back to them); a missing bias
+    is a zero constant; reverse = flip time before and after."""
+    T, B, I = x.shape
+    H = w_hh.shape[1]
+    has_bias = b_ih is not None or b_hh is not None
+    m = torch.nn.LSTM(I, H, bias=has_bias).to(device=x.device, dtype=x.dtype)
+    params = {"weight_ih_l0": w_ih, "weight_hh_l0": w_hh}
+    if has_bias:
+        zero = torch.zeros(4 * H, dtype=x.dtype, device=x.device)
+        params["bias_ih_l0"] = zero if b_ih is None else b_ih
+        params["bias_hh_l0"] = zero if b_hh is None else b_hh
+    hx = None if h0 is None else (h0.unsqueeze(0), c0.unsqueeze(0))
+    out, (h, c) = functional_call(m, params, (x.flip(0) if reverse else x, hx))
+    return (out.flip(0) if reverse else out), (h[0], c[0])
+
+
+def _run(fn, inputs, grads, reverse):
+    out, (h, c) = fn(*inputs, reverse=reverse)
+    wrt = [t for t in inputs if t is not None]
+    # one backward call drives all three outputs
+    return [out, h, c] + list(torch.autograd.grad([out, h, c], wrt, grads))
+
+
+NAMES = ["out", "h_T", "c_T", "grad_x", "grad_w_ih", "grad_w_hh", "grad_b_ih", "grad_b_hh", "grad_h0", "grad_c0"]
+
+
+def _names(inputs):
+    keep = [True] * 3 + [t is not None for t in inputs]
+    return [n for n, k in zip(NAMES, keep) if k]
+
+
+# (T, B, I, H, reverse, bias, h0/c0 given, dtype): odd sizes; H=37 and 20 span several hidden
+# blocks (BLOCK_H=16) and K chunks (BLOCK_K=32, backward K=4H); B=17 spans two batch blocks.
+LSTM_CASES = [
+    (1, 1, 1, 1, False, "both", True, torch.float64),
+    (3, 17, 5, 37, True, "both", True, torch.float32),
+    (7, 3, 33, 20, False, "none", False, torch.float64),
+    (3, 1, 5, 37, False, "ih", True, torch.float32),
+    (7, 1, 1, 3, True, "hh", False, torch.float64),
+    (3, 3, 33, 37, True, "none", True, torch.float64),
+    (7, 17, 33, 37, False, "both", True, torch.float32),
+]
+
+
+@pytest.mark.parametrize("T,B,I,H,reverse,bias,state,dtype", LSTM_CASES)
+def test_lstm_matches_nn_lstm_and_naive(T, B, I, H, reverse, bias, state, dtype):
+    inputs, grads = _make(T, B, I, H, bias, state, dtype)
+    got = _run(lt.lstm, inputs, grads, reverse)
+    names = _names(inputs)
+    for ref_fn in (naive.lstm_ref, _nn_lstm):
+        ref = _run(ref_fn, inputs, grads, reverse)
+        assert len(got) == len(ref) == len(names)
+        for n, a, b in zip(names, got, ref):
+            assert a.dtype == dtype and a.shape == b.shape, n
+            _close(a, b, dtype, f"{n} vs {ref_fn.__name__}")
+    # inputs untouched
+    assert all(torch.isfinite(t).all() for t in inputs if t is not None)
+
+
+def test_lstm_out_sum_expanded_grad_and_unused_outputs():
+    """``out.sum()`` hands backward an expanded (stride-0) gradient; h_T / c_T unused get zeros."""
+    inputs, _ = _make(3, 3, 5, 20, "both", True, torch.float64, seed=1)
+    wrt = [t for t in inputs if t is not None]
+    got = torch.autograd.grad(lt.lstm(*inputs)[0].sum(), wrt)
+    ref = torch.autograd.grad(naive.lstm_ref(*inputs)[0].sum(), wrt)
+    for n, a, b in zip(NAMES[3:], got, ref):
+        _close(a, b, torch.float64, n)
+    # only c_T used
+    got = torch.autograd.grad(lt.lstm(*inputs, reverse=True)[1][1].square().sum(), wrt)
+    ref = torch.autograd.grad(naive.lstm_ref(*inputs, reverse=True)[1][1].square().sum(), wrt)
+    for n, a, b in zip(NAMES[3:], got, ref):
+        _close(a, b, torch.float64, n)
+
+
+def test_lstm_retained_graph_second_backward():
+    """The first backward consumes the saved gate buffer; a second one must rebuild it."""
+    inputs, grads = _make(3, 2, 5, 20, "both", True, torch.float64, seed=2)
+    out, (h, c) = lt.lstm(*inputs, reverse=True)
+    wrt = [t for t in inputs if t is not None]
+    first = torch.autograd.grad([out, h, c], wrt, grads, retain_graph=True)
+    second = torch.autograd.grad([out, h, c], wrt, grads)
+    for n, a, b in zip(NAMES[3:], second, first):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=lambda m: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_lstm_gradcheck_float64(reverse):
+    inputs, _ = _make(3, 2, 3, 2, "both", True, torch.float64, seed=3)
+
+    def f(*args):
+        out, (h, c) = lt.lstm(*args, reverse=reverse)
+        return out, h, c
+
+    # fast mode (random projections of the Jacobian): a few interpreter runs instead of hundreds
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
+
+
+def test_lstm_zero_length():
+    x = torch.randn(0, 3, 4, dtype=torch.float64, device=DEVICE)
+    w_ih = torch.randn(20, 4, dtype=torch.float64, device=DEVICE)
+    w_hh = torch.randn(20, 5, dtype=torch.float64, device=DEVICE)
+    out, (h, c) = lt.lstm(x, w_ih, w_hh)
+    assert out.shape == (0, 3, 5)
+    assert torch.equal(h, torch.zeros(3, 5, dtype=torch.float64, device=DEVICE))
+    assert torch.equal(c, torch.zeros(3, 5, dtype=torch.float64, device=DEVICE))
+    h0 = torch.randn(3, 5, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    c0 = torch.randn(3, 5, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    out, (h, c) = ops.lstm(x, w_ih, w_hh, h0=h0, c0=c0, reverse=True, backend="triton")
+    assert out.shape == (0, 3, 5) and torch.equal(h, h0) and torch.equal(c, c0)
+    gh, gc = torch.autograd.grad((2 * h + 3 * c).sum(), [h0, c0])
+    assert torch.equal(gh, torch.full_like(h0, 2.0)) and torch.equal(gc, torch.full_like(c0, 3.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# lstm_cell
+
+def _nn_lstm_cell(gates_x, h, c, w_hh, bias=None):
+    """torch.nn.LSTMCell with input = gates_x and weight_ih = identity."""
+    B, H = h.shape
+    m = torch.nn.LSTMCell(4 * H, H).to(device=h.device, dtype=h.dtype)
+    zero = torch.zeros(4 * H, dtype=h.dtype, device=h.device)
+    params = {"weight_ih": torch.eye(4 * H, dtype=h.dtype, device=h.device), "weight_hh": w_hh,
+              "bias_ih": zero if bias is None else bias, "bias_hh": zero}
+    return functional_call(m, params, (gates_x, (h, c)))
+
+
+def _make_cell(B, H, bias, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=g, dtype=dtype)).to(DEVICE).requires_grad_()
+
+    inputs = (r(B, 4 * H), r(B, H), r(B, H), r(4 * H, H, scale=0.5), r(4 * H) if bias else None)
+    grads = (torch.randn(H, B, generator=g, dtype=dtype).to(DEVICE).t(),
+             torch.randn(B, H, generator=g, dtype=dtype).to(DEVICE))
+    return inputs, grads
+
+
+CELL_NAMES = ["h_new", "c_new", "grad_gates_x", "grad_h", "grad_c", "grad_w_hh", "grad_bias"]
+
+
+@pytest.mark.parametrize("B,H,bias,dtype", [
+    (1, 3, True, torch.float64),
+    (17, 37, False, torch.float32),
+    (3, 20, True, torch.float32),
+])
+def test_lstm_cell_matches_nn_lstm_cell_and_naive(B, H, bias, dtype):
+    inputs, grads = _make_cell(B, H, bias, dtype)
+    wrt = [t for t in inputs if t is not None]
+    before = [t.detach().clone() for t in wrt]
+    h, c = lt.lstm_cell(*inputs)
+    got = [h, c] + list(torch.autograd.grad([h, c], wrt, grads))
+    for t, t0 in zip(wrt, before):
+        assert torch.equal(t, t0), "lstm_cell modified an input"
+    for ref_fn in (naive.lstm_cell_ref, _nn_lstm_cell):
+        rh, rc = ref_fn(*inputs)
+        ref = [rh, rc] + list(torch.autograd.grad([rh, rc], wrt, grads))
+        for n, a, b in zip(CELL_NAMES, got, ref):
+            assert a.dtype == dtype, n
+            _close(a, b, dtype, f"{n} vs {ref_fn.__name__}")
+
+
+def test_lstm_cell_gradcheck_float64():
+    inputs, _ = _make_cell(2, 3, True, torch.float64, seed=4)
+    assert torch.autograd.gradcheck(lt.lstm_cell, inputs, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+
+def test_public_api_backend_triton():
+    inputs, grads = _make(3, 3, 5, 20, "both", True, torch.float32, seed=5)
+    assert ops.explain("lstm", *inputs[:3], backend="triton") == ("triton", "requested")
+    got = _run(lambda *a, **k: ops.lstm(*a, **k, backend="triton"), inputs, grads, True)
+    ref = _run(lambda *a, **k: ops.lstm(*a, **k, backend="torch"), inputs, grads, True)
+    for n, a, b in zip(NAMES, got, ref):
+        _close(a, b, torch.float32, n)
+
+    cin, cgrads = _make_cell(3, 20, True, torch.float32, seed=6)
+    h, c = ops.lstm_cell(*cin, backend="triton")
+    rh, rc = ops.lstm_cell(*cin, backend="torch")
+    got = [h, c] + list(torch.autograd.grad([h, c], cin, cgrads))
+    ref = [rh, rc] + list(torch.autograd.grad([rh, rc], cin, cgrads))
+    for n, a, b in zip(CELL_NAMES, got, ref):
+        _close(a, b, torch.float32, n)
+
+
+# ---------------------------------------------------------------------------------------------
+# half precision (fp32 accumulation, fp32 cell state): fp16 also in the interpreter; bf16 only on
+# a GPU (triton 3.6's interpreter computes tl.dot on bf16 operands wrongly); fp32 on the GPU
+
+def _rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
+
+
+_GPU_ONLY = [pytest.mark.gpu, pytest.mark.skipif(not _ON_GPU, reason="needs a CUDA device")]
+SMALL, BIG = (5, 3, 33, 37, False), (40, 32, 512, 1024, True)
+
+
+@pytest.mark.parametrize("T,B,I,H,reverse,dtype", [
+    pytest.param(*SMALL, torch.float16, id="small-f16"),
+    pytest.param(*SMALL, torch.bfloat16, id="small-bf16", marks=_GPU_ONLY),
+    pytest.param(*BIG, torch.bfloat16, id="big-bf16", marks=_GPU_ONLY),
+    pytest.param(*BIG, torch.float16, id="big-f16", marks=_GPU_ONLY),
+    pytest.param(*BIG, torch.float32, id="big-f32", marks=_GPU_ONLY),
+])
+def test_lstm_low_precision(T, B, I, H, reverse, dtype):
+    """Against the fp32 reference run on the same (rounded) numbers: whole-tensor relative error."""
+    tol = HALF_REL.get(dtype, 1e-4)
+    # nn.LSTM-like weight scale, so the gates are not all saturated at H=1024
+    inputs, grads = _make(T, B, I, H, "both", True, torch.float32, seed=7, w_scale=H ** -0.5)
+    low = [t.detach().to(dtype).requires_grad_() for t in inputs]
+    ref_in = [t.detach().float().requires_grad_() for t in low]
+    lg = [g.to(dtype) for g in grads]
+    got = _run(lt.lstm, low, lg, reverse)
+    ref = _run(naive.lstm_ref, ref_in, [g.float() for g in lg], reverse)
+    for n, a, b in zip(NAMES, got, ref):
+        assert a.dtype == dtype, n
+        assert _rel(a, b) < tol, f"{n}: relative error {_rel(a, b):.2e} >= {tol:.0e} ({dtype})"
+
+    cin, cg = _make_cell(B, H, True, torch.float32, seed=8)
+    low = [t.detach().to(dtype).requires_grad_() for t in cin]
+    ref_in = [t.detach().float().requires_grad_() for t in low]
+    h, c = lt.lstm_cell(*low)
+    got = [h, c] + list(torch.autograd.grad([h, c], low, [g.to(dtype) for g in cg]))
+    rh, rc = naive.lstm_cell_ref(*ref_in)
+    ref = [rh, rc] + list(torch.autograd.grad([rh, rc], ref_in, [g.to(dtype).float() for g in cg]))
+    for n, a, b in zip(CELL_NAMES, got, ref):
+        assert a.dtype == dtype, n
+        assert _rel(a, b) < tol, f"{n}: relative error {_rel(a, b):.2e} >= {tol:.0e} ({dtype})"
