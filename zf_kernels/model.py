@@ -182,11 +182,11 @@ class ZForcing(nn.Module):
         # cond_ln has no fused chain yet: a plain loop over the same four stages.
         h, c = h0, c0
         outs = []
-        for t in range(gates_x.shape[0]):
-            a = mlp_act(F.linear(h, w_q1[:, : self.rnn_dim]) + post_x[t])
+        for gx_t, px_t, eps_t in zip(gates_x.unbind(0), post_x.unbind(0), eps.unbind(0)):
+            a = mlp_act(F.linear(h, w_q1[:, : self.rnn_dim]) + px_t)
             mu, logvar = _split_gaussian(self.posterior.fc2(a))
-            z = mu + torch.exp(0.5 * logvar) * eps[t]
-            h, c = self._cond_ln_cell(gates_x[t], h, c, z)
+            z = mu + torch.exp(0.5 * logvar) * eps_t
+            h, c = self._cond_ln_cell(gx_t, h, c, z)
             outs.append((h, c, z, mu, logvar))
         return ChainOutput(*(torch.stack(xs, 0) for xs in zip(*outs)))
 

@@ -31,11 +31,15 @@ def lstm_ref(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, c0=No
         gates_x = gates_x + bias
     h = x.new_zeros(B, H) if h0 is None else h0
     c = x.new_zeros(B, H) if c0 is None else c0
-    out = [None] * T
-    steps = range(T - 1, -1, -1) if reverse else range(T)
-    for t in steps:
-        h, c = lstm_cell_ref(gates_x[t], h, c, weight_hh)
-        out[t] = h
     if T == 0:
         return x.new_zeros(0, B, H), (h, c)
+    # unbind, not gates_x[t]: each indexing op's backward would allocate a full (T, B, 4H)
+    # gradient, making the backward pass O(T^2)
+    steps = gates_x.unbind(0)
+    out = []
+    for g in (reversed(steps) if reverse else steps):
+        h, c = lstm_cell_ref(g, h, c, weight_hh)
+        out.append(h)
+    if reverse:
+        out.reverse()
     return torch.stack(out, 0), (h, c)

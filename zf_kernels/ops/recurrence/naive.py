@@ -43,13 +43,14 @@ def zforcing_chain_ref(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_
     T = gates_x.shape[0]
     h, c = h0, c0
     hs, cs, zs, mus, lvs = [], [], [], [], []
-    for t in range(T):
-        a = mlp_act(torch.addmm(post_x[t], h, weight_qh.t()))
+    # unbind, not x[t]: indexing inside the loop makes the backward pass O(T^2)
+    for gx_t, px_t, eps_t in zip(gates_x.unbind(0), post_x.unbind(0), eps.unbind(0)):
+        a = mlp_act(torch.addmm(px_t, h, weight_qh.t()))
         params = torch.clamp(torch.addmm(bias_q2, a, weight_q2.t()), -PARAM_CLAMP, PARAM_CLAMP)
         mu, lv = params.chunk(2, dim=-1)
-        z = mu + torch.exp(0.5 * lv) * eps[t]
+        z = mu + torch.exp(0.5 * lv) * eps_t
         g = torch.addmm(bias_gz, z, weight_gz.t())
-        gates = gates_x[t] + g @ weight_iz.t() + h @ weight_hh.t()
+        gates = gx_t + g @ weight_iz.t() + h @ weight_hh.t()
         i, f, gg, o = gates.chunk(4, dim=-1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(gg)
         h = torch.sigmoid(o) * torch.tanh(c)
