@@ -1,0 +1,86 @@
+"""VRNN (Chung et al., "A Recurrent Latent Variable Model for Sequential Data", NIPS 2015)
+built from ``zf_kernels.ops``.
+
+The network reads ``u_t = y_{t-1}``, so its state ``d_t`` plays the paper's ``h_{t-1}`` (it has
+seen ``y_{<t}`` and ``z_{<t}``):
+
+    d_t            = LSTM([phi_x(u_t), phi_z(z_{t-1})], d_{t-1})           z_0 = 0, d_0 = 0
+    p(z_t | d_t)   = N(MLP_p(d_t))                                          prior
+    q(z_t | y_t, d_t) = N(MLP_q([phi_x(y_t), d_t]))                         posterior
+    p(y_t | z_t, d_t) = head(MLP_dec([phi_z(z_t), d_t]))
+
+The state depends on the sample, so the LSTM runs one ``ops.lstm_cell`` per step, with the
+sample (``ops.reparameterize``) and the posterior's ``d_t`` half inside the loop; the input
+projections, the posterior's ``phi_x(y_t)`` half, the prior, the decoder and every KL / NLL
+are batched over all steps.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common import MLP, SequenceVAE, mlp_act, split_gaussian
+from zf_kernels import ops
+
+
+class VRNN(SequenceVAE):
+    name = "vrnn"
+
+    def __init__(self, input_dim: int, output_type: str = "gaussian", emb_dim: int = 64,
+                 rnn_dim: int = 128, z_dim: int = 16, mlp_dim: int = 64, backend: str = "auto"):
+        super().__init__(input_dim, output_type, emb_dim, rnn_dim, z_dim, mlp_dim, backend)
+        E, H, Z, M = emb_dim, rnn_dim, z_dim, mlp_dim
+        self.phi_z = nn.Linear(Z, M)
+        self.rnn = nn.LSTMCell(E + M, H)            # weights only; input [phi_x(u_t), phi_z(z_{t-1})]
+        nn.init.orthogonal_(self.rnn.weight_hh)
+        self.prior = MLP(H, M, 2 * Z)
+        self.posterior = MLP(E + H, M, 2 * Z)       # on [phi_x(y_t), d_t]
+        self.decoder = MLP(M + H, M, self.out_dim)  # on [phi_z(z_t), d_t]
+
+    def _input_gates(self, e_u):
+        """The part of the LSTM gates that depends on neither the state nor z, plus both biases."""
+        return F.linear(e_u, self.rnn.weight_ih[:, : self.emb_dim], self.rnn.bias_ih + self.rnn.bias_hh)
+
+    def _z_gates(self, z):
+        return F.linear(self.phi_z(z), self.rnn.weight_ih[:, self.emb_dim:])
+
+    def terms(self, y, u, mask, eps):
+        B, E = y.shape[1], self.emb_dim
+        gates_x = self._input_gates(self.embed(u))                          # (T, B, 4H)
+        w_q = self.posterior.fc1.weight
+        post_y = F.linear(self.embed(y), w_q[:, :E], self.posterior.fc1.bias)   # (T, B, M)
+        d = gates_x.new_zeros(B, self.rnn_dim)
+        c, z = torch.zeros_like(d), gates_x.new_zeros(B, self.z_dim)
+        ds, zs, mus, lvs = [], [], [], []
+        # unbind, not x[t]: the backward of T selects would cost O(T^2) (a full-size zero
+        # gradient per step), the backward of one unbind is a single stack
+        for gx_t, py_t, eps_t in zip(gates_x.unbind(0), post_y.unbind(0), eps.unbind(0)):
+            d, c = ops.lstm_cell(gx_t + self._z_gates(z), d, c, self.rnn.weight_hh, backend=self.backend)
+            mu_q, lv_q = split_gaussian(self.posterior.fc2(mlp_act(py_t + F.linear(d, w_q[:, E:]))))
+            z = ops.reparameterize(mu_q, lv_q, eps_t, backend=self.backend)
+            ds.append(d), zs.append(z), mus.append(mu_q), lvs.append(lv_q)
+        d, z, mu_q, lv_q = (torch.stack(x, 0) for x in (ds, zs, mus, lvs))
+        mu_p, lv_p = split_gaussian(self.prior(d))
+        kl = ops.gaussian_kl(mu_q, lv_q, mu_p, lv_p, mask, backend=self.backend).sum(0)
+        nll = self.head_nll(y, self.decoder(torch.cat([self.phi_z(z), d], -1)), mask).sum(0)
+        return nll, kl, dict(z=z, mu_q=mu_q, logvar_q=lv_q, mu_p=mu_p, logvar_p=lv_p, h=d)
+
+    @torch.no_grad()
+    def sample(self, steps: int, batch_size: int, temperature: float = 1.0, generator=None):
+        """Generate from the prior -> ``(samples, means)``, each ``(steps, batch_size, ...)``."""
+        if steps < 1 or batch_size < 1:
+            raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
+        u = self.start_input(batch_size)
+        d = self._like.new_zeros(batch_size, self.rnn_dim)
+        c, z = torch.zeros_like(d), self._like.new_zeros(batch_size, self.z_dim)
+        samples, means = [], []
+        for _ in range(steps):
+            gates = self._input_gates(self.embed(u)) + self._z_gates(z)
+            d, c = ops.lstm_cell(gates, d, c, self.rnn.weight_hh, backend=self.backend)
+            mu_p, lv_p = split_gaussian(self.prior(d))
+            z = ops.reparameterize(mu_p, lv_p, self.prior_noise(batch_size, temperature, generator),
+                                   backend=self.backend)
+            u, mean = self.head_sample(self.decoder(torch.cat([self.phi_z(z), d], -1)), temperature, generator)
+            samples.append(u), means.append(mean)
+        return torch.stack(samples, 0), torch.stack(means, 0)
