@@ -9,12 +9,11 @@ Time-major throughout: ``y (T, B, D)``, or ``(T, B)`` token ids for categorical 
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 
 from zf_kernels import ops
+from zf_kernels.bounds import BoundsMixin
 from zf_kernels.model import MLP, OUTPUT_TYPES, LossTerms
 from zf_kernels.ops.recurrence.naive import PARAM_CLAMP, mlp_act
 from zf_kernels.sequences import check_batch, gather_time, padded_flip_index, shift_inputs
@@ -43,7 +42,7 @@ def reverse_lstm(x, lstm: nn.LSTM, mask=None, backend: str = "auto"):
     return gather_time(out, flip)
 
 
-class SequenceVAE(nn.Module):
+class SequenceVAE(BoundsMixin, nn.Module):
     """Base class: data embedding ``emb`` (``phi_x``), output head, checks and the bounds.
 
     Args:
@@ -149,29 +148,3 @@ class SequenceVAE(nn.Module):
         terms = LossTerms(nll=nll, kl=kl, aux=zero, bwd_nll=zero)
         return (terms, latents) if return_latents else terms
 
-    @torch.no_grad()
-    def neg_elbo(self, y, u=None, mask=None, generator=None):
-        """-ELBO = nll + KL per sequence (nats), one posterior sample, analytic KL."""
-        return self(y, u, mask, generator=generator).neg_elbo
-
-    @torch.no_grad()
-    def log_weights(self, y, u=None, mask=None, k: int = 1, generator=None):
-        """``log p(y, z) - log q(z | y)`` for ``k`` posterior samples -> ``(k, B)``."""
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive int, got {k!r}")
-        B = y.shape[1]
-        rep = lambda x: None if x is None else x.repeat_interleave(k, dim=1)  # noqa: E731
-        terms, lat = self(rep(y), rep(u), rep(mask), generator=generator, return_latents=True)
-        m = None if mask is None else rep(mask).to(lat["z"].dtype)
-        log_pz = -ops.gaussian_nll(lat["z"], lat["mu_p"], lat["logvar_p"], m, backend=self.backend).sum(0)
-        log_qz = -ops.gaussian_nll(lat["z"], lat["mu_q"], lat["logvar_q"], m, backend=self.backend).sum(0)
-        return (-terms.nll + log_pz - log_qz).view(B, k).t()
-
-    @torch.no_grad()
-    def iwae_bound(self, y, u=None, mask=None, k: int = 16, generator=None, chunk: int | None = None):
-        """Importance-weighted bound with ``k`` samples as a negative log-likelihood per
-        sequence (nats): ``-log mean_k w_k``, never above the -ELBO in expectation."""
-        chunk = chunk or k
-        logw = torch.cat([self.log_weights(y, u, mask, min(chunk, k - i), generator)
-                          for i in range(0, k, chunk)], 0)
-        return -(torch.logsumexp(logw.double(), 0) - math.log(k)).to(logw.dtype)

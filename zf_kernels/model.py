@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import ops
+from .bounds import BoundsMixin
 from .sequences import check_batch, gather_time, padded_flip_index, shift_inputs
 from .ops.recurrence.naive import PARAM_CLAMP, ChainOutput, mlp_act
 
@@ -64,7 +65,7 @@ def _split_gaussian(params):
     return mu, logvar
 
 
-class ZForcing(nn.Module):
+class ZForcing(BoundsMixin, nn.Module):
     """Z-Forcing stochastic recurrent network.
 
     Args:
@@ -252,34 +253,6 @@ class ZForcing(nn.Module):
             return terms
         return terms, dict(z=chain.z, mu_q=chain.mu_q, logvar_q=chain.logvar_q, mu_p=mu_p,
                            logvar_p=logvar_p, h=chain.h)
-
-    # ------------------------------------------------------------- evaluation
-    @torch.no_grad()
-    def neg_elbo(self, y, u=None, mask=None, generator=None):
-        """-ELBO = nll + KL per sequence (nats), one posterior sample, analytic KL."""
-        return self(y, u, mask, generator=generator).neg_elbo
-
-    @torch.no_grad()
-    def log_weights(self, y, u=None, mask=None, k: int = 1, generator=None):
-        """``log p(y, z) - log q(z | y)`` for ``k`` posterior samples -> ``(k, B)``."""
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive int, got {k!r}")
-        T, B = y.shape[:2]
-        rep = lambda x: None if x is None else x.repeat_interleave(k, dim=1)  # noqa: E731
-        terms, lat = self(rep(y), rep(u), rep(mask), generator=generator, return_latents=True)
-        m = None if mask is None else rep(mask).to(lat["z"].dtype)
-        log_pz = -ops.gaussian_nll(lat["z"], lat["mu_p"], lat["logvar_p"], m, backend=self.backend).sum(0)
-        log_qz = -ops.gaussian_nll(lat["z"], lat["mu_q"], lat["logvar_q"], m, backend=self.backend).sum(0)
-        return (-terms.nll + log_pz - log_qz).view(B, k).t()
-
-    @torch.no_grad()
-    def iwae_bound(self, y, u=None, mask=None, k: int = 16, generator=None, chunk: int | None = None):
-        """Importance-weighted bound with ``k`` samples, as a negative log-likelihood per
-        sequence (nats): ``-log mean_k w_k`` >= -log p(y); never above the -ELBO in expectation."""
-        chunk = chunk or k
-        logw = torch.cat([self.log_weights(y, u, mask, min(chunk, k - i), generator)
-                          for i in range(0, k, chunk)], 0)
-        return -(torch.logsumexp(logw.double(), 0) - math.log(k)).to(logw.dtype)
 
     # --------------------------------------------------------------- sampling
     @torch.no_grad()
