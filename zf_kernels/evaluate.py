@@ -37,7 +37,9 @@ def evaluate(model, split, *, batch_size: int = 256, iwae_k: int | None = None, 
             sums["nll"] += float(terms.nll.double().sum())
             sums["kl"] += float(terms.kl.double().sum())
             if iwae_k:
-                chunk = max(1, min(iwae_k, 4096 // max(1, y.shape[1])))
+                # samples at once: keep k * B * T * rnn_dim (one activation tensor) <= ~5e7
+                width = y.shape[0] * y.shape[1] * getattr(model, "rnn_dim", 256)
+                chunk = max(1, min(iwae_k, int(5e7 // width)))
                 sums["iwae"] += float(model.iwae_bound(y, u, mask, k=iwae_k, generator=gen,
                                                        chunk=chunk).double().sum())
             n_seq += y.shape[1]
