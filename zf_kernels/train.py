@@ -9,12 +9,22 @@ The run directory receives ``last.pt`` (resumable, written atomically every
 ``--checkpoint-every`` steps and at the end), ``best.pt`` (best validation -ELBO),
 ``metrics.jsonl`` (or ``.csv``), ``config.json``, ``results.json``, ``curves.png`` and samples
 (``samples.png`` for images, ``sample_*.wav`` for speech, ``samples_plot.png`` otherwise).
+
+Several processes: ``torchrun --nproc_per_node N -m zf_kernels.train [flags]`` trains with
+DistributedDataParallel (``gloo`` on the CPU, ``nccl`` on GPUs, one GPU per process). The
+global batch stays ``--batch-size`` sequences, split across the processes, and every sequence
+gets the same posterior noise whatever N is, so the run follows the single-process
+trajectory up to floating-point rounding of the gradient reductions; only rank 0 evaluates
+and writes files. ``last.pt`` holds no per-rank state: ``--resume`` works with any number of
+processes (bit-exact with the same N on the CPU; equal up to rounding across different N).
+See :mod:`zf_kernels.training.distributed`.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import dataclasses
+import inspect
 import json
 import sys
 import time
@@ -22,10 +32,10 @@ from pathlib import Path
 
 import torch
 
-from .data import iterate_batches, load_dataset, num_batches
+from .data import iterate_batches, load_dataset, num_batches, seeded_generator
 from .evaluate import evaluate
 from .model import ZForcing, training_loss
-from .training import report
+from .training import distributed, report
 from .training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .training.presets import PRESET_DATA, PRESETS, TrainConfig, config_fields, make_config
 from .training.schedules import LossWeights, PlateauHalving
@@ -35,12 +45,8 @@ TERMS = ("loss", "nll", "kl", "aux", "bwd_nll")
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    return dev
+    """``--device`` for a single process (see ``distributed.resolve_device`` for several)."""
+    return distributed.resolve_device(name, distributed.DistContext())
 
 
 def limit_split(split, n):
@@ -68,6 +74,15 @@ def build_zforcing(cfg: TrainConfig, bundle) -> ZForcing:
                     backend=cfg.backend)
 
 
+def _accepts_eps(model) -> bool:
+    """Whether ``model.forward`` takes the posterior noise as ``eps (T, B, model.z_dim)``."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return "eps" in params and isinstance(getattr(model, "z_dim", None), int)
+
+
 # ``--model NAME`` -> factory(cfg, data bundle) -> nn.Module. Other sequence VAEs register
 # here (see python/train.py). A model must offer what ZForcing offers the trainer:
 # ``forward(y, u, mask, generator=) -> LossTerms``, ``iwae_bound``, ``sample`` and a
@@ -87,14 +102,36 @@ def _batch_to(batch, device, dtype):
     return mv(batch.y), mv(batch.u), mv(batch.mask)
 
 
+class _TrainingLoss(torch.nn.Module):
+    """The module DDP wraps: model + training loss. DDP finds the parameters that get no
+    gradient (the auxiliary and reverse-prediction heads while the aux weight is 0) by
+    walking the graph from the forward's outputs, so the output must be the loss itself
+    (the per-sequence terms go out detached)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, y, u, mask, weights, **noise):
+        terms = self.model(y, u, mask, **noise)
+        loss = training_loss(terms, *weights)
+        return loss, {k: getattr(terms, k).detach() for k in TERMS[1:]}
+
+
 class Run:
     """One training run: its state, the loop, checkpoints and reports."""
 
-    def __init__(self, cfg: TrainConfig, log=print):
-        self.cfg, self.log = cfg, log
+    def __init__(self, cfg: TrainConfig, log=print, dist_ctx: distributed.DistContext | None = None):
+        self.cfg = cfg
+        # several processes: only rank 0 logs and writes files (see fit / save / finish)
+        self.dist = dist_ctx or distributed.DistContext()
+        self.is_main = self.dist.is_main
+        self.log = log if self.is_main else (lambda *a, **k: None)
         self.out = Path(cfg.out or f"runs/{cfg.preset}")
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.device, self.dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.device = distributed.resolve_device(cfg.device, self.dist)
+        self.dtype = DTYPES[cfg.dtype]
         torch.manual_seed(cfg.seed)
         self.data = load_data(cfg)
         self.model = build_model(cfg, self.data).to(self.device, self.dtype)
@@ -109,6 +146,22 @@ class Run:
         ext = "jsonl" if cfg.metrics_format == "jsonl" else "csv"
         self.metrics = report.MetricsLog(self.out / f"metrics.{ext}", cfg.metrics_format)
         self.drop_last = len(self.data.train) >= cfg.batch_size
+        self.ddp = None              # the DistributedDataParallel wrapper (several processes)
+        self.rank_digests = None     # parameter digest of every rank at the end of fit
+        if self.dist.enabled:
+            self._check_distributed()
+
+    def _check_distributed(self):
+        n = self.dist.world_size
+        # the smallest global batch must give every rank at least one sequence
+        smallest = self.cfg.batch_size if self.drop_last else len(self.data.train)
+        if smallest < n:
+            raise ValueError(f"with {n} processes each global batch is split across them: --batch-size "
+                             f"(and the training split, {len(self.data.train)} sequences) must be >= {n}, "
+                             f"got a batch of {smallest}")
+        # where the collectives run: nccl needs CUDA tensors, gloo takes CPU tensors
+        self.comm_device = self.device if self.device.type == "cuda" else torch.device("cpu")
+        self.global_eps = _accepts_eps(self.model)
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self):
@@ -118,9 +171,18 @@ class Run:
                     weights=self.weights.state_dict(), plateau=self.plateau.state_dict(),
                     eps_generator=self.eps_gen.get_state(), skipped=dict(self.skipped),
                     train_seconds=self.train_seconds, window=dict(self.window),
-                    data_meta=self.data.meta)
+                    data_meta=self.data.meta, world_size=self.dist.world_size)
 
     def load_state_dict(self, state, path):
+        try:
+            self._load_state_dict(state, path)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            if isinstance(exc, CheckpointError):
+                raise
+            raise CheckpointError(f"checkpoint {path} does not hold a complete training state "
+                                  f"({type(exc).__name__}: {exc})") from None
+
+    def _load_state_dict(self, state, path):
         if state["model_config"] != self.model.config:
             raise CheckpointError(f"checkpoint {path} holds a model {state['model_config']}, "
                                   f"but this run builds {self.model.config}; use the same size flags")
@@ -134,20 +196,46 @@ class Run:
         self.window = state["window"]
 
     def save(self, name="last.pt"):
-        save_checkpoint(self.state_dict(), self.out / name)
+        if self.is_main:
+            save_checkpoint(self.state_dict(), self.out / name)
+
+    def _read_last(self, path):
+        """``last.pt`` (None when absent). With several processes rank 0 reads it and
+        broadcasts it (or its error), so the ranks agree and need no shared file system."""
+        if not self.dist.enabled:
+            return load_checkpoint(path, map_location=self.device) if path.exists() else None
+        payload = None
+        if self.is_main:
+            try:
+                payload = ("ok", load_checkpoint(path, map_location="cpu") if path.exists() else None)
+            except CheckpointError as exc:
+                payload = ("error", str(exc))
+        kind, value = self.dist.broadcast_object(payload)
+        if kind == "error":
+            raise CheckpointError(value)
+        return value
 
     def try_resume(self):
         path = self.out / "last.pt"
-        if not path.exists():
+        if self.is_main:   # temp files of checkpoint / metrics writes that a kill interrupted
+            for pattern in ("last.pt.*.tmp", "best.pt.*.tmp", f"{self.metrics.path.name}.*.tmp"):
+                for stale in self.out.glob(pattern):
+                    stale.unlink(missing_ok=True)
+        state = self._read_last(path)
+        if state is None:
             self.log(f"--resume: no checkpoint at {path}, starting a new run")
-            self.metrics.path.unlink(missing_ok=True)
+            if self.is_main:
+                self.metrics.path.unlink(missing_ok=True)
             return
-        self.load_state_dict(load_checkpoint(path, map_location=self.device), path)
-        self.metrics.truncate_after(self.step)
+        self.load_state_dict(state, path)
+        if self.is_main:
+            self.metrics.truncate_after(self.step)
         self.log(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.next_batch})")
 
     # ----------------------------------------------------------------- steps
     def train_step(self, batch):
+        if self.dist.enabled:
+            return self._train_step_distributed(batch)
         y, u, mask = _batch_to(batch, self.device, self.dtype)
         terms = self.model(y, u, mask, generator=self.eps_gen)
         loss = training_loss(terms, self.weights.kl, self.weights.aux, self.cfg.bwd)
@@ -170,6 +258,54 @@ class Run:
         for k in TERMS[1:]:
             w[k] += float(getattr(terms, k).detach().double().mean())
 
+    def _noise(self, T, B, part: slice) -> dict:
+        """The posterior noise of this rank's part of a global batch of ``B`` sequences: the
+        global batch's noise drawn exactly as one process draws it, then sliced (so it does
+        not depend on the number of processes); a per-step, per-rank generator for models
+        that take no ``eps``."""
+        if self.global_eps:
+            eps = torch.randn(T, B, self.model.z_dim, generator=self.eps_gen, device=self.device,
+                              dtype=self.dtype)
+            return {"eps": eps[:, part].contiguous()}
+        seed = int(seeded_generator(2, self.cfg.seed, self.step, self.dist.rank).initial_seed())
+        return {"generator": torch.Generator(device=self.device).manual_seed(seed)}
+
+    def _train_step_distributed(self, batch):
+        """One DDP step on this rank's part of the global batch. The loss is scaled by
+        ``world_size * B_rank / B`` so that DDP's gradient average is the gradient of the
+        global batch mean; whether to skip is decided from all-reduced values, so every rank
+        takes the same decision (a rank that skipped the backward alone would hang DDP)."""
+        y, u, mask = _batch_to(batch, self.device, self.dtype)
+        T, B = y.shape[0], y.shape[1]
+        part = self.dist.shard(B)
+        take = lambda x: None if x is None else x[:, part]  # noqa: E731
+        noise = self._noise(T, B, part)
+        weights = (self.weights.kl, self.weights.aux, self.cfg.bwd)
+        loss, terms = self.ddp(take(y), take(u), take(mask), weights, **noise)
+        n_rank = part.stop - part.start
+        # [non-finite flag, sum of the losses, sums of the terms] over the global batch
+        local = torch.stack([(~torch.isfinite(loss.detach())).double(), loss.detach().double() * n_rank,
+                             *(terms[k].double().sum() for k in TERMS[1:])])
+        stats = self.dist.all_reduce(local.to(self.comm_device)).tolist()
+        self.weights.advance()
+        self.step += 1
+        if stats[0] > 0:    # some rank saw a non-finite loss: nobody runs the backward
+            self.skipped["non_finite_loss"] += 1
+            return
+        self.opt.zero_grad(set_to_none=True)
+        (loss * (self.dist.world_size * n_rank / B)).backward()   # DDP all-reduces the gradients
+        # the gradients are identical on every rank now, so is their norm and the decision
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
+        if not torch.isfinite(grad_norm):
+            self.skipped["non_finite_grad"] += 1
+            return
+        self.opt.step()
+        w = self.window
+        w["n"] += 1
+        w["grad_norm"] += float(grad_norm)
+        for k, v in zip(TERMS, stats[1:]):
+            w[k] += v / B
+
     def flush_window(self, bar=None):
         w, n = self.window, max(self.window["n"], 1)
         rec = {"kind": "train", "step": self.step, "epoch": self.epoch}
@@ -177,17 +313,24 @@ class Run:
         rec |= {"kl_weight": self.weights.kl, "aux_weight": self.weights.aux,
                 "lr": self.opt.param_groups[0]["lr"], "skipped": sum(self.skipped.values()),
                 "train_seconds": round(self.train_seconds, 3)}
-        self.metrics.write(rec)
+        if self.is_main:
+            self.metrics.write(rec)
         if bar is not None:
             bar.set_postfix({k: f"{rec[k]:.2f}" for k in TERMS} | {"kl_w": f"{self.weights.kl:.3f}"})
         self.window = {k: 0.0 for k in TERMS} | {"n": 0, "grad_norm": 0.0}
 
     def validate(self):
-        res = evaluate(self.model, self.data.valid, batch_size=self.cfg.eval_batch_size,
-                       seed=self.cfg.seed)
+        # several processes: rank 0 evaluates, every rank applies the learning-rate rule to
+        # its result (so the ranks' learning rates stay equal)
+        res = None
+        if self.is_main:
+            res = evaluate(self.model, self.data.valid, batch_size=self.cfg.eval_batch_size,
+                           seed=self.cfg.seed)
+        res = self.dist.broadcast_object(res)
         best, decayed = self.plateau.update(res["neg_elbo"], self.opt)
-        self.metrics.write({"kind": "valid", "step": self.step, "epoch": self.epoch, **res,
-                            "lr": self.opt.param_groups[0]["lr"], "new_best": best})
+        if self.is_main:
+            self.metrics.write({"kind": "valid", "step": self.step, "epoch": self.epoch, **res,
+                                "lr": self.opt.param_groups[0]["lr"], "new_best": best})
         if decayed:
             self.log(f"valid -ELBO did not improve: learning rate -> {self.opt.param_groups[0]['lr']:g}")
         if best:
@@ -204,8 +347,11 @@ class Run:
         cfg = self.cfg
         n_batches = num_batches(self.data.train, cfg.batch_size, drop_last=self.drop_last)
         total = cfg.max_steps or cfg.epochs * n_batches
+        if self.dist.enabled and self.ddp is None:
+            # after try_resume: DDP broadcasts rank 0's (loaded) parameters on construction
+            self.ddp = distributed.wrap_ddp(_TrainingLoss(self.model), self.device)
         from tqdm.auto import tqdm
-        bar = tqdm(total=total, initial=min(self.step, total), disable=not cfg.progress,
+        bar = tqdm(total=total, initial=min(self.step, total), disable=not (cfg.progress and self.is_main),
                    desc=f"{cfg.preset}", unit="step", dynamic_ncols=True)
         try:
             while self.epoch < cfg.epochs and not self.out_of_budget():
@@ -218,13 +364,19 @@ class Run:
                     if self.device.type == "cuda":
                         torch.cuda.synchronize(self.device)
                     self.train_seconds += time.perf_counter() - t0
+                    if self.dist.enabled:   # the slowest rank's clock: every rank stops together
+                        self.train_seconds = self.dist.all_reduce(
+                            [self.train_seconds], "max", device=self.comm_device).item()
                     self.next_batch += 1
                     bar.update(1)
                     if self.step % cfg.log_every == 0:
                         self.flush_window(bar)
                     if cfg.eval_every and self.step % cfg.eval_every == 0:
                         self.validate()
-                    if self.step % cfg.checkpoint_every == 0:
+                    # at an epoch's last batch the checkpoint comes after the epoch-end
+                    # validation (below): a checkpoint taken before it would, after a crash
+                    # in between, make the resumed run validate (and log) that step twice
+                    if self.step % cfg.checkpoint_every == 0 and self.next_batch < n_batches:
                         self.save()
                     if self.out_of_budget():
                         break
@@ -237,11 +389,19 @@ class Run:
         # a partly filled log window stays in the checkpoint, so a resumed run logs exactly
         # what an uninterrupted one would
         self.save()
+        if self.dist.enabled:
+            self.rank_digests = self.dist.all_gather_object(distributed.param_digest(self.model))
+            if len(set(self.rank_digests)) > 1:
+                self.log(f"WARNING: the parameters differ across ranks: {self.rank_digests}")
 
     # ---------------------------------------------------------------- finish
     def finish(self):
-        """Final evaluation (best checkpoint if any), IWAE on test, samples and plots."""
+        """Final evaluation (best checkpoint if any), IWAE on test, samples and plots (on
+        rank 0 only; other ranks return a short summary)."""
         cfg = self.cfg
+        if not self.is_main:
+            return {"rank": self.dist.rank, "steps": self.step, "skipped_batches": self.skipped,
+                    "param_digest": distributed.param_digest(self.model)}
         best = self.out / "best.pt"
         model = self.model
         if best.exists():   # evaluate a copy: the run itself (and last.pt) keeps training weights
@@ -257,6 +417,8 @@ class Run:
                    "checkpoint": str(best if best.exists() else self.out / "last.pt"),
                    "valid": valid, "test": test, "iwae_k": cfg.iwae_k,
                    "device": str(self.device), "dtype": cfg.dtype}
+        if self.dist.enabled:
+            results |= {"world_size": self.dist.world_size, "rank_param_digests": self.rank_digests}
         self.metrics.write({"kind": "test", "step": self.step, "epoch": self.epoch, **test})
         with open(self.out / "results.json", "w") as f:
             json.dump(results, f, indent=2)
@@ -296,21 +458,36 @@ class Run:
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
-    """Run (or resume) training as configured; returns the final results dict."""
-    run = Run(cfg, log)
-    with open(run.out / "config.json", "w") as f:
-        json.dump(cfg.to_dict(), f, indent=2)
+    """Run (or resume) training as configured; returns the final results dict (on ranks
+    other than 0 of a multi-process run: a short summary). Under torchrun (``WORLD_SIZE > 1``)
+    it initialises the process group from the environment and destroys it at the end."""
+    ctx, _ = distributed.setup(cfg.device)
+    try:
+        return _train(cfg, log, ctx)
+    finally:
+        ctx.close()
+
+
+def _train(cfg: TrainConfig, log, ctx) -> dict:
+    run = Run(cfg, log, ctx)
+    log = run.log
+    if run.is_main:
+        with open(run.out / "config.json", "w") as f:
+            json.dump(cfg.to_dict(), f, indent=2)
     if cfg.resume:
         run.try_resume()
-    else:
+    elif run.is_main:
         run.metrics.path.unlink(missing_ok=True)
     n_params = sum(p.numel() for p in run.model.parameters())
     log(f"zf_kernels.train: model {cfg.model!r}, preset {cfg.preset!r}, data {run.data.name!r} "
         f"({len(run.data.train)} train / {len(run.data.valid)} valid / {len(run.data.test)} test sequences, "
         f"T={run.data.train.y.shape[1]}), model {n_params:,} parameters, device {run.device}, "
-        f"dtype {cfg.dtype}, backend {cfg.backend}")
+        f"dtype {cfg.dtype}, backend {cfg.backend}"
+        + (f", {ctx.world_size} processes (DDP)" if ctx.enabled else ""))
     run.fit()
     results = run.finish()
+    if not run.is_main:
+        return results
     t = results["test"]
     log(f"done: {results['steps']} steps in {results['train_seconds']} s of training; "
         f"test -ELBO {t['neg_elbo']:.3f} nats/sequence, IWAE(k={cfg.iwae_k}) {t['iwae']:.3f}, "
@@ -352,7 +529,8 @@ def main(argv=None) -> int:
         cfg = make_config(args.preset, **overrides)
         train(cfg)
     except (ValueError, CheckpointError, FileNotFoundError) as exc:
-        print(f"zf_kernels.train: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())   # one line, whatever the exception holds
+        print(f"zf_kernels.train: error: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -22,8 +22,6 @@ and the key.
 from __future__ import annotations
 
 import os
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -44,17 +42,23 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"path {path} does not exist or is not a file")
+    # a damaged archive raises many types (BadZipFile, EOFError, zlib.error, UnicodeDecodeError,
+    # NotImplementedError for a garbled compression method, ...): all mean "corrupt"
     try:
         f = np.load(path, allow_pickle=False)
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error) as e:
+    except Exception as e:
         raise ValueError(f"path {path}: corrupt, truncated or not an .npz file ({type(e).__name__}: {e})") from e
     if not isinstance(f, np.lib.npyio.NpzFile):
         raise ValueError(f"path {path}: a single .npy array, not an .npz archive")
     try:
         with f:
-            return {k: f[k] for k in f.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error) as e:
+            arrays = {k: f[k] for k in f.files}
+    except Exception as e:
         raise ValueError(f"path {path}: corrupt or truncated .npz file ({type(e).__name__}: {e})") from e
+    for k, v in arrays.items():   # numpy returns the raw bytes of a member that is not a .npy
+        if not isinstance(v, np.ndarray):
+            raise ValueError(f"path {path}: key {k!r} is not a numpy array (a corrupt or foreign .npz member)")
+    return arrays
 
 
 def _check_finite(arr: np.ndarray, key: str, path) -> None:
@@ -85,11 +89,24 @@ def _check_mask(mask: np.ndarray, key: str, shape, path) -> np.ndarray:
     return m
 
 
+def _check_sizes(arr: np.ndarray, key: str, path) -> None:
+    """Every dim of a data array (N sequences, T steps, D features) must be >= 1."""
+    if arr.ndim and min(arr.shape) < 1:
+        raise ValueError(f"path {path}: key {key!r} has an empty dimension, shape {arr.shape}; "
+                         f"need at least one sequence, one step (and one feature)")
+
+
 def _float_array(arr: np.ndarray, key: str, path) -> np.ndarray:
     if not np.issubdtype(arr.dtype, np.floating):
         raise ValueError(f"path {path}: key {key!r} must be a float array, got dtype {arr.dtype}")
     _check_finite(arr, key, path)
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(arr, dtype=np.float32)
+    if out.size and not np.isfinite(out).all():   # finite in the file, beyond float32's range
+        first = tuple(int(i) for i in np.argwhere(~np.isfinite(out))[0])
+        raise ValueError(f"path {path}: key {key!r} has a value outside the float32 range "
+                         f"({arr[first]}) at index {first}")
+    return out
 
 
 def _global_stats(arrays, masks) -> tuple[float, float]:
@@ -129,6 +146,7 @@ def load_speech_npz(path: str | os.PathLike, *, name: str = "timit", normalize: 
         if x.ndim != 3 or u.shape != x.shape:
             raise ValueError(f"path {path}: u_{s} and x_{s} must both be (N, T, D), "
                              f"got {data[f'u_{s}'].shape} and {data[f'x_{s}'].shape}")
+        _check_sizes(x, f"x_{s}", path)
         if dim is not None and x.shape[2] != dim:
             raise ValueError(f"path {path}: x_{s} has frame size {x.shape[2]}, x_train has {dim}")
         dim = x.shape[2]
@@ -158,6 +176,7 @@ def _generic_raw_splits(data: dict, path) -> dict:
     x = data["x"]
     if x.ndim not in (2, 3) or len(x) < 1:
         raise ValueError(f"path {path}: key 'x' must be (N, T, D) or (N, T) with N >= 1, got shape {x.shape}")
+    _check_sizes(x, "x", path)
     mask = _check_mask(data["mask"], "mask", x.shape[:2], path) if "mask" in data else None
     n = len(x)
     k = max(1, round(HOLDOUT_FRACTION * n))
@@ -174,6 +193,7 @@ def _generic_raw_splits(data: dict, path) -> dict:
             if v.ndim not in (2, 3) or len(v) < 1:
                 raise ValueError(f"path {path}: key {vkey!r} must be (N, T, D) or (N, T) with N >= 1, "
                                  f"got shape {v.shape}")
+            _check_sizes(v, vkey, path)
             raw[s] = (v, _check_mask(data[mkey], mkey, v.shape[:2], path) if mkey in data else None, vkey)
         elif mkey in data:
             raise ValueError(f"path {path}: key {mkey!r} given without {vkey!r}")
@@ -222,6 +242,8 @@ def load_npz(path: str | os.PathLike, *, output_type: str | None = None, normali
         if is_int:
             if not np.issubdtype(v.dtype, np.integer) or v.ndim != 2:
                 raise ValueError(f"path {path}: key {key!r} must be int tokens (N, T) like 'x', got {v.dtype} {v.shape}")
+            if np.issubdtype(v.dtype, np.unsignedinteger) and v.max() > np.iinfo(np.int64).max:
+                raise ValueError(f"path {path}: key {key!r} has a token {v.max()} beyond the int64 range")
             if v.min() < 0:
                 raise ValueError(f"path {path}: key {key!r} has a negative token {int(v.min())}")
             v = np.ascontiguousarray(v, dtype=np.int64)
@@ -237,7 +259,12 @@ def load_npz(path: str | os.PathLike, *, output_type: str | None = None, normali
 
     if is_int:
         largest = max(int(v.max()) for v in values.values())
-        input_dim = int(data["vocab_size"]) if "vocab_size" in data else largest + 1
+        input_dim = largest + 1
+        if "vocab_size" in data:
+            vs = data["vocab_size"]
+            if vs.size != 1 or not np.issubdtype(vs.dtype, np.integer):
+                raise ValueError(f"path {path}: key 'vocab_size' must be one integer, got {vs.dtype} {vs.shape}")
+            input_dim = int(vs.reshape(()))
         if largest >= input_dim:
             raise ValueError(f"path {path}: token {largest} is out of range for vocab_size {input_dim}")
         meta["vocab_size"] = input_dim

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import tempfile
 import wave
 from pathlib import Path
 
@@ -11,7 +13,11 @@ import numpy as np
 
 
 class MetricsLog:
-    """Append-only JSONL or CSV log of dict records, each with a ``step``."""
+    """Append-only JSONL or CSV log of dict records, each with a ``step``.
+
+    Crash-safe: JSONL records are appended one line per write (a line cut short by a crash
+    is ignored when read back); every rewrite (CSV, :meth:`truncate_after`) goes to a temp
+    file renamed over the log, so a kill never leaves it half-written."""
 
     def __init__(self, path, fmt: str = "jsonl"):
         self.path, self.fmt = Path(path), fmt
@@ -21,17 +27,25 @@ class MetricsLog:
             return []
         if self.fmt == "jsonl":
             with open(self.path) as f:
-                return [json.loads(line) for line in f if line.strip()]
+                lines = f.readlines()
+            records = []
+            for i, line in enumerate(lines):
+                if not line.strip():
+                    continue
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    if i == len(lines) - 1 and not line.endswith("\n"):
+                        break   # the last record, cut short by a crash while it was written
+                    raise ValueError(f"metrics file {self.path}: line {i + 1} is not JSON ({exc})") from None
+            return records
         with open(self.path, newline="") as f:
             return [{k: _parse(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
 
     def truncate_after(self, step: int) -> None:
         """Drop what a resumed run will redo: records of steps after its checkpoint, and the
         end-of-run test summary of the interrupted run."""
-        records = [r for r in self.read() if r.get("step", 0) <= step and r.get("kind") != "test"]
-        self.path.unlink(missing_ok=True)
-        for r in records:
-            self.write(r)
+        self._rewrite([r for r in self.read() if r.get("step", 0) <= step and r.get("kind") != "test"])
 
     def write(self, record: dict) -> None:
         if self.fmt == "jsonl":
@@ -39,12 +53,26 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
             return
         # CSV: a record with new keys rewrites the file with the union of the columns
-        records = self.read() + [record]
-        keys = list(dict.fromkeys(k for r in records for k in r))
-        with open(self.path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(records)
+        self._rewrite(self.read() + [record])
+
+    def _rewrite(self, records: list[dict]) -> None:
+        """Replace the log by ``records`` atomically (temp file + rename)."""
+        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", newline="") as f:
+                if self.fmt == "jsonl":
+                    f.writelines(json.dumps(r) + "\n" for r in records)
+                else:
+                    keys = list(dict.fromkeys(k for r in records for k in r))
+                    w = csv.DictWriter(f, fieldnames=keys)
+                    w.writeheader()
+                    w.writerows(records)
+            os.chmod(tmp, 0o644)   # mkstemp creates 0600; the log is ordinary readable output
+            os.replace(tmp, self.path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
 
 
 def _parse(v: str):
