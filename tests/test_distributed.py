@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from _helpers import cli_flags, quiet, read_metrics, without_timing
 from zf_kernels import train as train_mod
 from zf_kernels.training import distributed
 from zf_kernels.training.checkpoint import load_checkpoint
@@ -35,23 +36,12 @@ EXPECTED_FILES = {"config.json", "metrics.jsonl", "last.pt", "best.pt", "results
                   "samples_plot.png"}
 
 
-def quiet(*_):
-    pass
-
-
 def cfg(out, **kw):
     return make_config("synthetic", out=str(out), **(BASE | kw))
 
 
 def flags(**kw):
-    args = []
-    for k, v in (BASE | kw).items():
-        flag = "--" + k.replace("_", "-")
-        if isinstance(v, bool):
-            args.append(flag if v else "--no-" + k.replace("_", "-"))
-        elif v is not None:
-            args += [flag, str(v)]
-    return args
+    return cli_flags(BASE | kw)
 
 
 def params(run_dir):
@@ -71,10 +61,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def records(run_dir):
-    return [json.loads(line) for line in open(Path(run_dir) / "metrics.jsonl")]
 
 
 # ------------------------------------------------------- the 2-process driver
@@ -172,7 +158,7 @@ def test_torchrun_cli_two_processes_train_like_one(runs):
     assert runs["proc"].stdout.count("done: 12 steps") == 1, runs["proc"].stdout
     assert list((runs["root"] / "rank1").iterdir()) == [], "rank 1 wrote files"
     assert {p.name for p in two.iterdir()} == EXPECTED_FILES
-    rec = records(two)
+    rec = read_metrics(two)
     assert [r["step"] for r in rec if r["kind"] == "train"] == list(range(2, K + 1, 2))
     assert [r["step"] for r in rec if r["kind"] == "valid"] == [9]
     # DDP kept the ranks bit-identical, and last.pt holds exactly that model
@@ -183,7 +169,7 @@ def test_torchrun_cli_two_processes_train_like_one(runs):
     # the global batch and each sequence's noise do not depend on the process count: the
     # 2-process run follows the 1-process run up to rounding, metrics included
     assert_params(params(runs["one"]), params(two), exact=False)
-    one_rec = [r for r in records(runs["one"]) if r["kind"] == "train"]
+    one_rec = [r for r in read_metrics(runs["one"]) if r["kind"] == "train"]
     for a, b in zip(one_rec, [r for r in rec if r["kind"] == "train"], strict=True):
         for key in ("loss", "nll", "kl", "aux", "bwd_nll", "grad_norm", "lr", "skipped"):
             assert a[key] == pytest.approx(b[key], rel=1e-5), key
@@ -194,9 +180,8 @@ def test_resume_across_process_counts(runs):
     r0, r1 = runs["res"]
     # 2 -> 2: bit-exact against the uninterrupted 2-process run, metrics included
     assert_params(params(runs["two"]), params(work / "d2b"), exact=True)
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "train_seconds"}  # noqa: E731
-                        for r in rs if r["kind"] != "test"]
-    assert strip(records(work / "d2b")) == strip(records(runs["two"]))
+    no_test = lambda d: without_timing(r for r in read_metrics(d) if r["kind"] != "test")  # noqa: E731
+    assert no_test(work / "d2b") == no_test(runs["two"])
     # 1 -> 2 and 2 -> 1: the single-process trajectory up to rounding
     assert_params(params(runs["one"]), params(work / "p1"), exact=False)
     train_mod.train(cfg(work / "d2", max_steps=K, resume=True, num_samples=0, iwae_k=1), log=quiet)
@@ -211,7 +196,7 @@ def test_skips_and_time_budget_are_agreed_across_ranks(runs):
     assert r0["nan"]["skipped_batches"] == r1["nan"]["skipped_batches"] == \
         {"non_finite_loss": 1, "non_finite_grad": 0}
     assert len(set(r0["nan"]["rank_param_digests"])) == 1
-    assert [r["skipped"] for r in records(runs["work"] / "nan") if r["kind"] == "train"] == [0, 1, 1]
+    assert [r["skipped"] for r in read_metrics(runs["work"] / "nan") if r["kind"] == "train"] == [0, 1, 1]
     # the time budget stopped both ranks after the same step, well before max_steps
     assert r0["budget"]["steps"] == r1["budget"]["steps"] < 200
     assert len(set(r0["budget"]["rank_param_digests"])) == 1

@@ -2,7 +2,6 @@
 exactly the uninterrupted result; corrupt or truncated checkpoints give a CheckpointError
 (and exit code 2 with one line from the CLI); crash-safe metrics; the epoch-end
 validation / checkpoint order."""
-import json
 import math
 import multiprocessing
 import os
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from _helpers import cli_flags, quiet, read_metrics, without_timing
 from zf_kernels import train as train_mod
 from zf_kernels.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from zf_kernels.training.presets import make_config
@@ -31,31 +31,12 @@ TINY = dict(emb_dim=8, rnn_dim=16, z_dim=4, mlp_dim=8, batch_size=8, train_limit
 STEPS = 40
 
 
-def quiet(*_):
-    pass
-
-
 def cfg(out, **kw):
     return make_config("synthetic", out=str(out), **(TINY | kw))
 
 
 def flags(**kw):
-    args = []
-    for k, v in (TINY | kw).items():
-        flag = "--" + k.replace("_", "-")
-        if isinstance(v, bool):
-            args.append(flag if v else "--no-" + k.replace("_", "-"))
-        elif v is not None:
-            args += [flag, str(v)]
-    return args
-
-
-def strip(records):
-    return [{k: v for k, v in r.items() if k != "train_seconds"} for r in records]
-
-
-def metrics(run_dir):
-    return [json.loads(line) for line in open(Path(run_dir) / "metrics.jsonl")]
+    return cli_flags(TINY | kw)
 
 
 def checkpoint_step(path):
@@ -157,7 +138,7 @@ def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path):
         assert torch.equal(a["model"][k], b["model"][k]), k
     for k in ("weights", "plateau", "skipped", "epoch", "next_batch"):
         assert a[k] == b[k], k
-    assert strip(metrics(ref)) == strip(metrics(out))
+    assert without_timing(read_metrics(ref)) == without_timing(read_metrics(out))
     print(f"\nkill-and-resume: {len(plan)} SIGKILLs ({plan.count('in-save')} inside checkpoint "
           f"writes), last.pt at steps {steps_at_kill} when killed; final parameters bit-identical "
           f"to the uninterrupted run")
@@ -243,7 +224,7 @@ def test_a_crash_between_the_epoch_end_validation_and_its_checkpoint(tmp_path, m
         train_mod.train(cfg(tmp_path / "crash", max_steps=8), log=quiet)
     monkeypatch.setattr(train_mod.Run, "validate", real)
     train_mod.train(cfg(tmp_path / "crash", max_steps=8, resume=True), log=quiet)
-    assert strip(metrics(tmp_path / "ref")) == strip(metrics(tmp_path / "crash"))
+    assert without_timing(read_metrics(tmp_path / "ref")) == without_timing(read_metrics(tmp_path / "crash"))
     a, b = (load_checkpoint(tmp_path / d / "last.pt")["model"] for d in ("ref", "crash"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -308,7 +289,7 @@ def test_rare_huge_frames_are_skipped_counted_and_leave_parameters_finite(tmp_pa
     print(f"\nhuge-frame steps {huge_steps}, 1e6-frame steps {big_steps}, skipped {skipped}")
     assert skipped["non_finite_loss"] == len(huge_steps)
     assert skipped["non_finite_grad"] <= len(big_steps)
-    records = [r for r in metrics(out) if r["kind"] == "train"]
+    records = [r for r in read_metrics(out) if r["kind"] == "train"]
     assert [r["step"] for r in records] == list(range(1, steps + 1))
     for r in records:   # cumulative, and exactly the loss skips so far (+ grad skips of 1e6 batches)
         lo = sum(s <= r["step"] for s in huge_steps)

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from _helpers import quiet, read_metrics, without_timing
 from zf_kernels import train as train_mod
 from zf_kernels.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from zf_kernels.training.presets import make_config
@@ -15,22 +16,14 @@ SMALL = dict(emb_dim=16, rnn_dim=24, z_dim=4, mlp_dim=16, batch_size=16, train_l
              checkpoint_every=7, time_budget=None)
 
 
-def quiet(*_):
-    pass
-
-
 def cfg_for(tmp_path, name="run", **kw):
     return make_config("synthetic", out=str(tmp_path / name), **(SMALL | kw))
-
-
-def read_metrics(path):
-    return [json.loads(line) for line in open(path)]
 
 
 def test_training_reduces_the_loss_on_synthetic_data(tmp_path):
     cfg = cfg_for(tmp_path, max_steps=120, epochs=100, eval_every=40)
     results = train_mod.train(cfg, log=quiet)
-    rec = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    rec = read_metrics(tmp_path / "run")
     train_nll = [r["nll"] for r in rec if r["kind"] == "train"]
     assert train_nll[-1] < 0.8 * train_nll[0]
     valid = [r["neg_elbo"] for r in rec if r["kind"] == "valid"]
@@ -54,10 +47,9 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     b = load_checkpoint(tmp_path / "part" / "last.pt")
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    ma = [r for r in read_metrics(tmp_path / "full" / "metrics.jsonl") if r["kind"] != "test"]
-    mb = [r for r in read_metrics(tmp_path / "part" / "metrics.jsonl") if r["kind"] != "test"]
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "train_seconds"} for r in rs]  # noqa: E731
-    assert strip(ma) == strip(mb)
+    ma = [r for r in read_metrics(tmp_path / "full") if r["kind"] != "test"]
+    mb = [r for r in read_metrics(tmp_path / "part") if r["kind"] != "test"]
+    assert without_timing(ma) == without_timing(mb)
 
 
 def test_cli_smoke_run_writes_everything(tmp_path, capsys):

@@ -244,19 +244,26 @@ class Run:
         if not torch.isfinite(loss):
             self.skipped["non_finite_loss"] += 1
             return
+        if not self._update(loss):
+            return
+        w = self.window
+        w["loss"] += float(loss.detach())
+        for k in TERMS[1:]:
+            w[k] += float(getattr(terms, k).detach().double().mean())
+
+    def _update(self, loss) -> bool:
+        """Backward, clip, Adam step; skips (and counts) a non-finite gradient norm. Under DDP
+        the gradients, hence their norm and the decision, are the same on every rank."""
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
         if not torch.isfinite(grad_norm):
             self.skipped["non_finite_grad"] += 1
-            return
+            return False
         self.opt.step()
-        w = self.window
-        w["n"] += 1
-        w["grad_norm"] += float(grad_norm)
-        w["loss"] += float(loss.detach())
-        for k in TERMS[1:]:
-            w[k] += float(getattr(terms, k).detach().double().mean())
+        self.window["n"] += 1
+        self.window["grad_norm"] += float(grad_norm)
+        return True
 
     def _noise(self, T, B, part: slice) -> dict:
         """The posterior noise of this rank's part of a global batch of ``B`` sequences: the
@@ -292,19 +299,11 @@ class Run:
         if stats[0] > 0:    # some rank saw a non-finite loss: nobody runs the backward
             self.skipped["non_finite_loss"] += 1
             return
-        self.opt.zero_grad(set_to_none=True)
-        (loss * (self.dist.world_size * n_rank / B)).backward()   # DDP all-reduces the gradients
-        # the gradients are identical on every rank now, so is their norm and the decision
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
-        if not torch.isfinite(grad_norm):
-            self.skipped["non_finite_grad"] += 1
+        # DDP all-reduces the gradients in the backward
+        if not self._update(loss * (self.dist.world_size * n_rank / B)):
             return
-        self.opt.step()
-        w = self.window
-        w["n"] += 1
-        w["grad_norm"] += float(grad_norm)
         for k, v in zip(TERMS, stats[1:]):
-            w[k] += v / B
+            self.window[k] += v / B
 
     def flush_window(self, bar=None):
         w, n = self.window, max(self.window["n"], 1)
