@@ -30,5 +30,7 @@ def leaky_clamp_grad(x, slope: tl.constexpr, bound: tl.constexpr):
     """d/dx of leaky_clamp at x, matching autograd of torch.clamp(F.leaky_relu(x)):
     the clamp passes the gradient on its closed interval, leaky_relu uses slope at x <= 0."""
     y = tl.where(x >= 0, x, x * slope)
-    g = tl.where(x > 0, 1.0, slope)
-    return tl.where((y >= -bound) & (y <= bound), g, 0.0)
+    # (x * 0.0 + c) gives c in x's dtype: a bare literal in tl.where would be fp32
+    zero = x * 0.0
+    g = tl.where(x > 0, zero + 1.0, zero + slope)
+    return tl.where((y >= -bound) & (y <= bound), g, zero)
