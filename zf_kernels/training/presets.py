@@ -19,6 +19,7 @@ class TrainConfig:
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
     dtype: str = "float32"               # float32 | float64 | bfloat16
     backend: str = "auto"                # auto | torch | triton | cuda
+    threads: int | None = None           # CPU intra-op threads (torch.set_num_threads); None: torch's default
     # stopping
     epochs: int = 20
     max_steps: int | None = None
@@ -122,7 +123,7 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("emb_dim", "rnn_dim", "z_dim", "mlp_dim", "batch_size", "lr", "adam_eps", "clip",
                  "epochs", "iwae_k", "eval_batch_size", "log_every", "checkpoint_every", "patience"):
         positive(name)
-    for name in ("max_steps", "time_budget", "eval_every", "train_limit", "eval_limit"):
+    for name in ("max_steps", "time_budget", "eval_every", "train_limit", "eval_limit", "threads"):
         positive(name, allow_none=True)
     if not 0 < cfg.lr_decay <= 1:
         raise ValueError(f"--lr-decay must be in (0, 1], got {cfg.lr_decay}")
