@@ -285,11 +285,11 @@ def run_provider(case, dtype, provider, modes, base, res, device, timing, ref_ca
             ref_cache.clear()
             ref_cache[key] = reference(case, inp)
         call = caller(case.op, provider, inp)
-        counters_before = _dynamo_counters() if provider == "compile" else None
+        counters_before = common.dynamo_counters() if provider == "compile" else None
         got_out, got_grad = observe(case, inp, provider, call)          # first call: compiles / autotunes
         note = ""
         if provider == "compile":
-            note = _compile_note(counters_before)
+            note = common.compile_note(counters_before)
         if provider == "cudnn":
             note = _rnn_kernel(inp.module, inp.args[0])
         ref = ref_cache.get(key)
@@ -336,23 +336,6 @@ def fwd_bwd(case, inp, provider, call):
         outs = flat(case.op, call(), provider)
         torch.autograd.backward([outs[i] for i in idx], grads)
     return fn
-
-
-def _dynamo_counters():
-    try:
-        from torch._dynamo.utils import counters
-        counters.clear()
-        return counters
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def _compile_note(counters) -> str:
-    if counters is None:
-        return ""
-    graphs = counters["stats"].get("unique_graphs", 0)
-    breaks = sum(counters["graph_break"].values())
-    return f"dynamo: {graphs} graph(s), {breaks} graph break(s)"
 
 
 def main(argv=None) -> int:

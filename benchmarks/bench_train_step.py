@@ -223,7 +223,7 @@ def run_provider(res, base, master, loss_fn, provider, cfg, device, dtype, timin
                 getattr(master, attr)(y, None, None)
         model, fwd, opt, variant, undo = prepare(master, provider, device, dtype, args)
         body = make_body(model, fwd, opt, loss_fn, y, eps, args.loss_weights, args.clip)
-        counters = _dynamo_counters() if variant == "compile" else None
+        counters = common.dynamo_counters() if variant == "compile" else None
         note = []
         if variant == "graph":
             common.sync(device)
@@ -242,7 +242,7 @@ def run_provider(res, base, master, loss_fn, provider, cfg, device, dtype, timin
             last = None
         loss0 = float(first)
         if counters is not None:
-            note.append(_compile_note(counters))
+            note.append(common.compile_note(counters))
         t = common.time_fn(fn, device, **timing)
         if variant != "graph":
             peak, extra, last = common.peak_memory(fn, device, with_result=True)
@@ -267,21 +267,6 @@ def run_provider(res, base, master, loss_fn, provider, cfg, device, dtype, timin
             undo()
         if provider.endswith("compile"):
             torch._dynamo.reset()
-
-
-def _dynamo_counters():
-    try:
-        from torch._dynamo.utils import counters
-        counters.clear()
-        return counters
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def _compile_note(counters) -> str:
-    graphs = counters["stats"].get("unique_graphs", 0)
-    breaks = sum(counters["graph_break"].values())
-    return f"dynamo: {graphs} graph(s), {breaks} graph break(s)"
 
 
 # --------------------------------------------------------------------------- main

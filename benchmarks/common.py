@@ -449,3 +449,22 @@ def parse_list(value: str | None, allowed, default):
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def dynamo_counters():
+    """torch.compile's counters, cleared (None where dynamo is unavailable)."""
+    try:
+        from torch._dynamo.utils import counters
+        counters.clear()
+        return counters
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def compile_note(counters) -> str:
+    """How many graphs and graph breaks torch.compile made since ``dynamo_counters()``."""
+    if counters is None:
+        return ""
+    graphs = counters["stats"].get("unique_graphs", 0)
+    breaks = sum(counters["graph_break"].values())
+    return f"dynamo: {graphs} graph(s), {breaks} graph break(s)"
