@@ -52,6 +52,22 @@ _TILE = 4096          # max BLOCK_N * BLOCK_D of the row kernels
 # device helpers
 # ----------------------------------------------------------------------------------------
 
+
+@triton.jit
+def _row_block(N, D, BLOCK_N: tl.constexpr):
+    """This program's rows of the (N, D) row-major view: indices, in-range flags, offsets."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return rows, rows < N, rows.to(tl.int64) * D
+
+
+@triton.jit
+def _upstream_grad(g_ptr, mask_ptr, rows, row_ok, HAS_MASK: tl.constexpr, ACC: tl.constexpr):
+    """The per-row upstream gradient, times the mask when there is one."""
+    g = tl.load(g_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+    if HAS_MASK:
+        g = g * tl.load(mask_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+    return g
+
 @triton.jit
 def _log1p(e):
     """log(1 + e) accurate for small e (Goldberg's trick: the rounding of 1 + e cancels);
@@ -193,9 +209,7 @@ def _grad_buf(need, like):
 def _kl_fwd_kernel(mq_ptr, lq_ptr, mp_ptr, lp_ptr, mask_ptr, out_ptr, raw_ptr, N, D,
                    STORE_RAW: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < N
-    base = rows.to(tl.int64) * D
+    rows, row_ok, base = _row_block(N, D, BLOCK_N)
     acc = tl.zeros((BLOCK_N, BLOCK_D), ACC)
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
@@ -224,12 +238,8 @@ def _kl_bwd_kernel(g_ptr, mask_ptr, mq_ptr, lq_ptr, mp_ptr, lp_ptr,
                    NEED_MQ: tl.constexpr, NEED_LQ: tl.constexpr, NEED_MP: tl.constexpr,
                    NEED_LP: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < N
-    base = rows.to(tl.int64) * D
-    g = tl.load(g_ptr + rows, mask=row_ok, other=0.0).to(ACC)
-    if HAS_MASK:
-        g = g * tl.load(mask_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+    rows, row_ok, base = _row_block(N, D, BLOCK_N)
+    g = _upstream_grad(g_ptr, mask_ptr, rows, row_ok, HAS_MASK, ACC)
     g = g[:, None]
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
@@ -303,9 +313,7 @@ def gaussian_kl(mu_q, logvar_q, mu_p, logvar_p, mask=None):
 def _gnll_fwd_kernel(x_ptr, mu_ptr, lv_ptr, mask_ptr, out_ptr, raw_ptr, N, D,
                      STORE_RAW: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < N
-    base = rows.to(tl.int64) * D
+    rows, row_ok, base = _row_block(N, D, BLOCK_N)
     acc = tl.zeros((BLOCK_N, BLOCK_D), ACC)
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
@@ -333,12 +341,8 @@ def _gnll_bwd_kernel(g_ptr, mask_ptr, x_ptr, mu_ptr, lv_ptr, dx_ptr, dmu_ptr, dl
                      NEED_X: tl.constexpr, NEED_MU: tl.constexpr, NEED_LV: tl.constexpr,
                      HAS_MASK: tl.constexpr, ACC: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < N
-    base = rows.to(tl.int64) * D
-    g = tl.load(g_ptr + rows, mask=row_ok, other=0.0).to(ACC)
-    if HAS_MASK:
-        g = g * tl.load(mask_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+    rows, row_ok, base = _row_block(N, D, BLOCK_N)
+    g = _upstream_grad(g_ptr, mask_ptr, rows, row_ok, HAS_MASK, ACC)
     g = g[:, None]
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
@@ -407,9 +411,7 @@ def gaussian_nll(x, mu, logvar, mask=None):
 def _bnll_fwd_kernel(x_ptr, l_ptr, mask_ptr, out_ptr, raw_ptr, N, D,
                      STORE_RAW: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < N
-    base = rows.to(tl.int64) * D
+    rows, row_ok, base = _row_block(N, D, BLOCK_N)
     acc = tl.zeros((BLOCK_N, BLOCK_D), ACC)
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
@@ -436,12 +438,8 @@ def _bnll_bwd_kernel(g_ptr, mask_ptr, x_ptr, l_ptr, dx_ptr, dl_ptr, N, D,
                      NEED_X: tl.constexpr, NEED_L: tl.constexpr,
                      HAS_MASK: tl.constexpr, ACC: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < N
-    base = rows.to(tl.int64) * D
-    g = tl.load(g_ptr + rows, mask=row_ok, other=0.0).to(ACC)
-    if HAS_MASK:
-        g = g * tl.load(mask_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+    rows, row_ok, base = _row_block(N, D, BLOCK_N)
+    g = _upstream_grad(g_ptr, mask_ptr, rows, row_ok, HAS_MASK, ACC)
     g = g[:, None]
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
@@ -502,9 +500,7 @@ def bernoulli_nll(x, logits, mask=None):
 def _cat_fwd_kernel(t_ptr, l_ptr, mask_ptr, out_ptr, max_ptr, lsum_ptr, raw_ptr, N, D,
                     STORE_RAW: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < N
-    base = rows.to(tl.int64) * D
+    rows, row_ok, base = _row_block(N, D, BLOCK_N)
     # online log-sum-exp: running max m and sum s of exp(l - m), one pass over the row
     m = tl.full((BLOCK_N,), float("-inf"), ACC)
     s = tl.zeros((BLOCK_N,), ACC)
@@ -538,12 +534,8 @@ def _cat_fwd_kernel(t_ptr, l_ptr, mask_ptr, out_ptr, max_ptr, lsum_ptr, raw_ptr,
 def _cat_bwd_kernel(g_ptr, mask_ptr, t_ptr, l_ptr, max_ptr, lsum_ptr, dl_ptr, N, D,
                     HAS_MASK: tl.constexpr, ACC: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < N
-    base = rows.to(tl.int64) * D
-    g = tl.load(g_ptr + rows, mask=row_ok, other=0.0).to(ACC)
-    if HAS_MASK:
-        g = g * tl.load(mask_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+    rows, row_ok, base = _row_block(N, D, BLOCK_N)
+    g = _upstream_grad(g_ptr, mask_ptr, rows, row_ok, HAS_MASK, ACC)
     m = tl.load(max_ptr + rows, mask=row_ok, other=0.0)
     log_s = tl.load(lsum_ptr + rows, mask=row_ok, other=0.0)
     tgt = tl.load(t_ptr + rows, mask=row_ok, other=0).to(tl.int64)
