@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import _dispatch
+from .. import _autocast, _dispatch
 from .._checks import check_mask, check_same, check_shape, check_tensor
 from .naive import (bernoulli_nll_ref, categorical_nll_ref, gaussian_kl_ref, gaussian_nll_ref,
                     reparameterize_ref)
@@ -32,6 +32,7 @@ def _same_shape(names, tensors):
     check_same(list(zip(names, tensors)))
 
 
+@_autocast.float32
 def reparameterize(mu, logvar, eps, backend: str = "auto"):
     """``mu + exp(0.5 * logvar) * eps``; all three of one shape (eps drawn by the caller).
 
@@ -41,6 +42,7 @@ def reparameterize(mu, logvar, eps, backend: str = "auto"):
     return _dispatch.resolve("reparameterize", backend, mu, logvar, eps)(mu, logvar, eps)
 
 
+@_autocast.float32
 def gaussian_kl(mu_q, logvar_q, mu_p, logvar_p, mask=None, backend: str = "auto"):
     """KL(q || p) between diagonal Gaussians, summed over the last dim -> shape ``mu_q.shape[:-1]``."""
     _same_shape(("mu_q", "logvar_q", "mu_p", "logvar_p"), (mu_q, logvar_q, mu_p, logvar_p))
@@ -49,6 +51,7 @@ def gaussian_kl(mu_q, logvar_q, mu_p, logvar_p, mask=None, backend: str = "auto"
     return fn(mu_q, logvar_q, mu_p, logvar_p, mask)
 
 
+@_autocast.float32
 def gaussian_nll(x, mu, logvar, mask=None, backend: str = "auto"):
     """-log N(x; mu, exp(logvar)), summed over the last dim -> shape ``x.shape[:-1]``."""
     _same_shape(("x", "mu", "logvar"), (x, mu, logvar))
@@ -56,6 +59,7 @@ def gaussian_nll(x, mu, logvar, mask=None, backend: str = "auto"):
     return _dispatch.resolve("gaussian_nll", backend, x, mu, logvar)(x, mu, logvar, mask)
 
 
+@_autocast.float32
 def bernoulli_nll(x, logits, mask=None, backend: str = "auto"):
     """-log Bernoulli(x; sigmoid(logits)) summed over the last dim; ``x`` in [0, 1]."""
     _same_shape(("x", "logits"), (x, logits))
@@ -63,6 +67,7 @@ def bernoulli_nll(x, logits, mask=None, backend: str = "auto"):
     return _dispatch.resolve("bernoulli_nll", backend, x, logits)(x, logits, mask)
 
 
+@_autocast.float32
 def categorical_nll(targets, logits, mask=None, backend: str = "auto"):
     """-log softmax(logits)[targets] -> shape ``targets.shape`` (= ``logits.shape[:-1]``)."""
     check_tensor("logits", logits, min_ndim=1)

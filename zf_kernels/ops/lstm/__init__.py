@@ -1,7 +1,7 @@
 """LSTM ops: ``lstm`` over a whole sequence and ``lstm_cell`` for one step."""
 from __future__ import annotations
 
-from .. import _dispatch
+from .. import _autocast, _dispatch
 from .._checks import check_same, check_shape, check_tensor
 from .naive import lstm_cell_ref, lstm_ref
 
@@ -21,6 +21,7 @@ def _check_weight_hh(weight_hh):
     return H
 
 
+@_autocast.lower_precision
 def lstm(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, c0=None, reverse=False,
          backend: str = "auto"):
     """Single-layer LSTM, time-major; the same numbers as ``torch.nn.LSTM``.
@@ -53,6 +54,7 @@ def lstm(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, c0=None, 
     return fn(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, bool(reverse))
 
 
+@_autocast.lower_precision
 def lstm_cell(gates_x, h, c, weight_hh, bias=None, backend: str = "auto"):
     """One LSTM step from a precomputed input projection ``gates_x (B, 4H)``.
 

@@ -1,7 +1,7 @@
 """The fused Z-forcing recurrence: the only part of the model that must run step by step."""
 from __future__ import annotations
 
-from .. import _dispatch
+from .. import _autocast, _dispatch
 from .._checks import check_same, check_shape, check_tensor
 from .naive import ChainOutput, zforcing_chain_ref
 
@@ -11,6 +11,7 @@ _dispatch.register("zforcing_chain", "torch", f"{__name__}.naive:zforcing_chain_
 _dispatch.register("zforcing_chain", "triton", f"{__name__}.triton:zforcing_chain")
 
 
+@_autocast.lower_precision
 def zforcing_chain(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2,
                    weight_gz, bias_gz, weight_iz, weight_hh, backend: str = "auto") -> ChainOutput:
     """The posterior -> sample -> g(z) -> LSTM chain of Z-forcing over T steps.
