@@ -76,6 +76,11 @@ class ZForcing(BoundsMixin, nn.Module):
             recurrent projection instead of feeding g(z) as input.
         z_force: zero the h input of the auxiliary network, so b_t must be predicted from z_t.
         backend: backend of every fused op ("auto", "torch", "triton", "cuda").
+
+    Mixed precision: keep the parameters float32 and call the model under
+    ``torch.autocast(device_type, dtype)``; the fused ops follow torch's autocast policy
+    (recurrences in the autocast dtype, likelihoods in float32: ``zf_kernels.ops._autocast``),
+    so the loss terms come out float32.
     """
 
     def __init__(self, input_dim: int, output_type: str = "gaussian", emb_dim: int = 512,
@@ -235,7 +240,9 @@ class ZForcing(BoundsMixin, nn.Module):
         post_x = F.linear(b, w_q1[:, H:], self.posterior.fc1.bias)    # (T, B, M)
         h0 = torch.zeros(B, H, device=device, dtype=dtype)
         chain = self._chain(gates_x, post_x, eps, h0, torch.zeros_like(h0))
-        h_prev = torch.cat([h0.unsqueeze(0), chain.h[:-1]], 0)        # h_0 .. h_{T-1}
+        # h_0 .. h_{T-1}; under autocast the chain returns the autocast dtype while h0 (like
+        # eps, drawn in the parameters' dtype, and cast by the op) is float32
+        h_prev = torch.cat([h0.unsqueeze(0).to(chain.h.dtype), chain.h[:-1]], 0)
 
         mu_p, logvar_p = _split_gaussian(self.prior(h_prev))
         kl = ops.gaussian_kl(chain.mu_q, chain.logvar_q, mu_p, logvar_p, mask, backend=self.backend).sum(0)

@@ -10,6 +10,15 @@ The run directory receives ``last.pt`` (resumable, written atomically every
 ``metrics.jsonl`` (or ``.csv``), ``config.json``, ``results.json``, ``curves.png`` and samples
 (``samples.png`` for images, ``sample_*.wav`` for speech, ``samples_plot.png`` otherwise).
 
+Precision (``--dtype``): ``float32`` (default) and ``float64`` run everything in that dtype.
+``bfloat16`` and ``float16`` are mixed precision: parameters, gradients and Adam state stay
+float32, every forward pass (training, evaluation, sampling) runs under ``torch.autocast``
+with that dtype (the fused ops follow torch's autocast policy, see ``zf_kernels.ops``), the
+backward follows it; ``float16`` adds loss scaling (``torch.amp.GradScaler``; an overflowing
+step is skipped and counted, and the scale is checkpointed). ``bfloat16-pure`` casts the whole
+model and its Adam state to bfloat16 (no float32 master weights: less memory, less accuracy).
+Data batches and the posterior noise stay in the parameters' dtype.
+
 Several processes: ``torchrun --nproc_per_node N -m zf_kernels.train [flags]`` trains with
 DistributedDataParallel (``gloo`` on the CPU, ``nccl`` on GPUs, one GPU per process). The
 global batch stays ``--batch-size`` sequences, split across the processes, and every sequence
@@ -22,6 +31,7 @@ See :mod:`zf_kernels.training.distributed`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import inspect
@@ -40,7 +50,17 @@ from .training.checkpoint import CheckpointError, load_checkpoint, save_checkpoi
 from .training.presets import PRESET_DATA, PRESETS, TrainConfig, config_fields, make_config
 from .training.schedules import LossWeights, PlateauHalving
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+# --dtype -> (dtype of the parameters, gradients and Adam state; autocast dtype or None).
+# bfloat16 / float16 are mixed precision: float32 master weights, the forward (and so the
+# backward) under torch.autocast; float16 adds a torch.amp.GradScaler (loss scaling).
+# bfloat16-pure is the whole model, optimizer state included, in bfloat16 (no master weights).
+PRECISIONS = {
+    "float32": (torch.float32, None),
+    "float64": (torch.float64, None),
+    "bfloat16": (torch.float32, torch.bfloat16),
+    "float16": (torch.float32, torch.float16),
+    "bfloat16-pure": (torch.bfloat16, None),
+}
 TERMS = ("loss", "nll", "kl", "aux", "bwd_nll")
 
 
@@ -131,7 +151,11 @@ class Run:
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         self.device = distributed.resolve_device(cfg.device, self.dist)
-        self.dtype = DTYPES[cfg.dtype]
+        # self.dtype: parameters, optimizer state, data batches and noise; self.amp_dtype:
+        # the autocast dtype of the forward passes (None: no autocast)
+        self.dtype, self.amp_dtype = PRECISIONS[cfg.dtype]
+        self.scaler = (torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16
+                       else None)
         if cfg.threads is not None:
             # small models on a busy CPU run far faster on one thread than on two contending ones
             torch.set_num_threads(cfg.threads)
@@ -166,10 +190,18 @@ class Run:
         self.comm_device = self.device if self.device.type == "cuda" else torch.device("cpu")
         self.global_eps = _accepts_eps(self.model)
 
+    def autocast(self):
+        """The context of every forward pass (training, evaluation, sampling): autocast to
+        ``amp_dtype`` with mixed precision, nothing otherwise."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
     # ------------------------------------------------------------ checkpoints
     def state_dict(self):
         return dict(config=self.cfg.to_dict(), model_config=self.model.config,
                     model=self.model.state_dict(), optimizer=self.opt.state_dict(),
+                    scaler=None if self.scaler is None else self.scaler.state_dict(),
                     step=self.step, epoch=self.epoch, next_batch=self.next_batch,
                     weights=self.weights.state_dict(), plateau=self.plateau.state_dict(),
                     eps_generator=self.eps_gen.get_state(), skipped=dict(self.skipped),
@@ -191,6 +223,8 @@ class Run:
                                   f"but this run builds {self.model.config}; use the same size flags")
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])   # with its (possibly decayed) lr
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])   # the loss scale of a float16 run
         self.step, self.epoch, self.next_batch = state["step"], state["epoch"], state["next_batch"]
         self.weights = LossWeights(**state["weights"])
         self.plateau = PlateauHalving(**state["plateau"])
@@ -240,8 +274,9 @@ class Run:
         if self.dist.enabled:
             return self._train_step_distributed(batch)
         y, u, mask = _batch_to(batch, self.device, self.dtype)
-        terms = self.model(y, u, mask, generator=self.eps_gen)
-        loss = training_loss(terms, self.weights.kl, self.weights.aux, self.cfg.bwd)
+        with self.autocast():
+            terms = self.model(y, u, mask, generator=self.eps_gen)
+            loss = training_loss(terms, self.weights.kl, self.weights.aux, self.cfg.bwd)
         self.weights.advance()
         self.step += 1
         if not torch.isfinite(loss):
@@ -256,14 +291,26 @@ class Run:
 
     def _update(self, loss) -> bool:
         """Backward, clip, Adam step; skips (and counts) a non-finite gradient norm. Under DDP
-        the gradients, hence their norm and the decision, are the same on every rank."""
+        the gradients, hence their norm and the decision, are the same on every rank. With
+        float16 the loss is scaled for the backward and the gradients unscaled before the
+        clipping; an overflow is a skipped step that also lowers the scale."""
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.scaler is None:
+            loss.backward()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
         if not torch.isfinite(grad_norm):
             self.skipped["non_finite_grad"] += 1
+            if self.scaler is not None:
+                self.scaler.update()   # back off the scale (unscale_ recorded the overflow)
             return False
-        self.opt.step()
+        if self.scaler is None:
+            self.opt.step()
+        else:
+            self.scaler.step(self.opt)
+            self.scaler.update()
         self.window["n"] += 1
         self.window["grad_norm"] += float(grad_norm)
         return True
@@ -291,7 +338,8 @@ class Run:
         take = lambda x: None if x is None else x[:, part]  # noqa: E731
         noise = self._noise(T, B, part)
         weights = (self.weights.kl, self.weights.aux, self.cfg.bwd)
-        loss, terms = self.ddp(take(y), take(u), take(mask), weights, **noise)
+        with self.autocast():
+            loss, terms = self.ddp(take(y), take(u), take(mask), weights, **noise)
         n_rank = part.stop - part.start
         # [non-finite flag, sum of the losses, sums of the terms] over the global batch
         local = torch.stack([(~torch.isfinite(loss.detach())).double(), loss.detach().double() * n_rank,
@@ -326,8 +374,9 @@ class Run:
         # its result (so the ranks' learning rates stay equal)
         res = None
         if self.is_main:
-            res = evaluate(self.model, self.data.valid, batch_size=self.cfg.eval_batch_size,
-                           seed=self.cfg.seed)
+            with self.autocast():
+                res = evaluate(self.model, self.data.valid, batch_size=self.cfg.eval_batch_size,
+                               seed=self.cfg.seed)
         res = self.dist.broadcast_object(res)
         best, decayed = self.plateau.update(res["neg_elbo"], self.opt)
         if self.is_main:
@@ -410,8 +459,9 @@ class Run:
             model = copy.deepcopy(self.model)
             model.load_state_dict(load_checkpoint(best, map_location=self.device)["model"])
         kw = dict(batch_size=cfg.eval_batch_size, seed=cfg.seed)
-        valid = evaluate(model, self.data.valid, **kw)
-        test = evaluate(model, self.data.test, iwae_k=cfg.iwae_k, **kw)
+        with self.autocast():
+            valid = evaluate(model, self.data.valid, **kw)
+            test = evaluate(model, self.data.test, iwae_k=cfg.iwae_k, **kw)
         results = {"preset": cfg.preset, "data": self.data.name, "steps": self.step,
                    "epochs_completed": self.epoch, "train_seconds": round(self.train_seconds, 1),
                    "skipped_batches": self.skipped, "model": self.model.config,
@@ -434,7 +484,8 @@ class Run:
             return []
         T = self.data.train.y.shape[1]
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 2)
-        samples, means = model.sample(T, n, generator=gen)
+        with self.autocast():
+            samples, means = model.sample(T, n, generator=gen)
         meta = self.data.meta
         if "image_shape" in meta:
             h, w = meta["image_shape"]
@@ -457,6 +508,14 @@ class Run:
         path = self.out / "samples_plot.png"
         report.plot_sequences(seqs, path)
         return [str(path)]
+
+
+def _precision_note(run) -> str:
+    if run.amp_dtype is None:
+        return ""
+    name = str(run.amp_dtype).removeprefix("torch.")
+    return (f" (mixed precision: {str(run.dtype).removeprefix('torch.')} parameters and optimizer "
+            f"state, {name} autocast" + (", loss scaling" if run.scaler is not None else "") + ")")
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
@@ -484,7 +543,7 @@ def _train(cfg: TrainConfig, log, ctx) -> dict:
     log(f"zf_kernels.train: model {cfg.model!r}, preset {cfg.preset!r}, data {run.data.name!r} "
         f"({len(run.data.train)} train / {len(run.data.valid)} valid / {len(run.data.test)} test sequences, "
         f"T={run.data.train.y.shape[1]}), model {n_params:,} parameters, device {run.device}, "
-        f"dtype {cfg.dtype}, backend {cfg.backend}"
+        f"dtype {cfg.dtype}{_precision_note(run)}, backend {cfg.backend}"
         + (f", {ctx.world_size} processes (DDP)" if ctx.enabled else ""))
     run.fit()
     results = run.finish()

@@ -17,7 +17,7 @@ class TrainConfig:
     out: str | None = None               # default: runs/<preset>
     seed: int = 1234
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
-    dtype: str = "float32"               # float32 | float64 | bfloat16
+    dtype: str = "float32"               # float32 | float64 | bfloat16 | float16 (mixed) | bfloat16-pure
     backend: str = "auto"                # auto | torch | triton | cuda
     threads: int | None = None           # CPU intra-op threads (torch.set_num_threads); None: torch's default
     # stopping
@@ -87,6 +87,9 @@ PRESETS: dict[str, dict] = {
                 epochs=50, aux_start=0.0, aux_end=1.0, bwd=1.0, z_force=True),
 }
 
+# --dtype values (their meaning: zf_kernels.train.PRECISIONS)
+DTYPE_CHOICES = ("float32", "float64", "bfloat16", "float16", "bfloat16-pure")
+
 # data set loader name of each preset
 PRESET_DATA = {"synthetic": "synthetic", "seqmnist": "seqmnist", "timit": "timit",
                "blizzard": "blizzard", "npz": "npz"}
@@ -127,8 +130,9 @@ def validate(cfg: TrainConfig) -> None:
         positive(name, allow_none=True)
     if not 0 < cfg.lr_decay <= 1:
         raise ValueError(f"--lr-decay must be in (0, 1], got {cfg.lr_decay}")
-    if cfg.dtype not in ("float32", "float64", "bfloat16"):
-        raise ValueError(f"--dtype must be float32, float64 or bfloat16, got {cfg.dtype!r}")
+    if cfg.dtype not in DTYPE_CHOICES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)} (bfloat16 and float16: "
+                         f"mixed precision with float32 parameters), got {cfg.dtype!r}")
     if cfg.backend not in ("auto", "torch", "triton", "cuda"):
         raise ValueError(f"--backend must be auto, torch, triton or cuda, got {cfg.backend!r}")
     if cfg.metrics_format not in ("jsonl", "csv"):
