@@ -1,5 +1,7 @@
 """The reference ("torch") ops against independent implementations: torch.nn.LSTM /
 LSTMCell, torch.distributions, torch.nn.functional; float64 gradcheck; masks; bad input."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -169,3 +171,81 @@ def test_auto_on_cpu_picks_torch_and_says_why():
     backend, reason = ops.explain("gaussian_nll", x, x, x)
     assert backend == "torch" and "not on CUDA" in reason
     torch.testing.assert_close(ops.gaussian_nll(x, x, x, backend="auto"), ops.gaussian_nll(x, x, x, backend="torch"))
+
+
+# ------------------------------------------------------------ Gaussians at float32's limits
+# Residuals |x - mu| from 0 to 1e37 (the square overflows float32 above 1.8e19) and logvars
+# up to +-170 (exp(-logvar) over- or underflows float32 beyond +-88, exp(-logvar / 2) does
+# not): float32 results and gradients equal a float64 evaluation of the textbook formula on
+# the same inputs, rounded to float32 -- NaN nowhere, the same infinities (where the float64
+# value is beyond float32's range), finite values to rtol 1e-5. The upstream gradient cycles
+# through 1, 0, -2.5, 0: a zero one gives zero gradients even where an intermediate
+# overflowed (0 * a finite float64 number). The old form (x - mu)^2 * exp(-logvar) gave NaN
+# (inf * 0) or a spurious inf here.
+EXTREME_RESIDUALS = [s * v for v in (0.0, 1e-30, 1e-3, 1.0, 3e9, 1.8e19, 1e20, 1e25, 1e30, 1e37) for s in (1, -1)]
+EXTREME_LOGVARS = [-170.0, -100.0, -60.0, -10.0, 0.0, 10.0, 60.0, 100.0, 170.0]
+KL_LOGVAR_GAPS = [-100.0, -30.0, 0.0, 30.0, 80.0, 100.0]   # lq - lp: exp overflows beyond 88.7
+
+
+def gaussian_extreme_case(op, device="cpu"):
+    """``(args, grad_out, expected)`` for ``op`` in float32: args require grad; ``expected`` =
+    ``(out, grads, out_scale, grad_scales)``, the float64 values and the magnitudes of the
+    terms they sum (for a relative tolerance)."""
+    combos = [(d, lv, gap) for d in EXTREME_RESIDUALS for lv in EXTREME_LOGVARS
+              for gap in (KL_LOGVAR_GAPS if op == "gaussian_kl" else (0.0,))]
+    d, lv, gap = (torch.tensor(c, dtype=torch.float64).view(-1, 2) for c in zip(*combos))
+    if op == "gaussian_nll":
+        args = [d / 2, -d / 2, lv]                       # x - mu = d exactly in float32
+    else:
+        args = [d / 2, lv + gap, -d / 2, lv]             # mu_q, logvar_q, mu_p, logvar_p
+    args32 = [a.float().to(device).requires_grad_() for a in args]
+    a64 = [a.detach().double().cpu().requires_grad_() for a in args32]
+    # period 4, coprime to the 3 KL rows per (residual, logvar): every row kind meets every g
+    g = torch.tensor([1.0, 0.0, -2.5, 0.0]).repeat(d.shape[0] // 4 + 1)[: d.shape[0]].double()
+    if op == "gaussian_nll":
+        x, mu, lv = a64
+        q = (x - mu) ** 2 * torch.exp(-lv)
+        out = (0.5 * (math.log(2 * math.pi) + lv + q)).sum(-1)
+        scale = (0.5 * (math.log(2 * math.pi) + lv.abs() + q)).sum(-1)
+        dscale = g.abs()[:, None] * (x - mu).abs() * torch.exp(-lv)
+        gscales = [dscale, dscale, 0.5 * g.abs()[:, None] * (1 + q)]
+    else:
+        mq, lq, mp, lp = a64
+        q, ratio = (mq - mp) ** 2 * torch.exp(-lp), torch.exp(lq - lp)
+        out = (0.5 * (lp - lq + ratio + q - 1)).sum(-1)
+        scale = (0.5 * (lp.abs() + lq.abs() + ratio + q + 1)).sum(-1)
+        dscale = g.abs()[:, None] * (mq - mp).abs() * torch.exp(-lp)
+        ga = 0.5 * g.abs()[:, None]
+        gscales = [dscale, ga * (ratio + 1), dscale, ga * (1 + ratio + q)]
+    grads = torch.autograd.grad(out, a64, g)
+    return args32, g.float().to(device), (out.detach(), grads, scale.detach(), [s.detach() for s in gscales])
+
+
+def assert_like_float64(got, want, scale, rtol, what):
+    """``got`` (float32) equals the float64 ``want`` rounded to float32: NaN and infinities at
+    the same places (same signs), finite values within ``rtol * scale`` (+1e-37 absolute for
+    results in float32's subnormal range)."""
+    exp, got = want.float().double(), got.detach().double().cpu()
+    assert not exp.isnan().any(), f"{what}: the float64 reference itself is NaN"
+    bad = got.isnan() | (exp.isinf() != got.isinf()) | (exp.isinf() & (exp != got))
+    fin = exp.isfinite() & got.isfinite()
+    bad |= fin & ((got - exp).abs() > rtol * scale.double() + 1e-37)
+    assert not bad.any(), (f"{what}: {int(bad.sum())} of {bad.numel()} differ from float64, e.g. "
+                           f"got {got[bad][:6].tolist()}, expected {exp[bad][:6].tolist()}")
+
+
+@pytest.mark.parametrize("op", ["gaussian_nll", "gaussian_kl"])
+def test_gaussian_ops_at_float32_limits_match_float64(op):
+    args, g, (out64, grads64, scale, gscales) = gaussian_extreme_case(op)
+    out = getattr(ops, op)(*args, backend="torch")
+    assert out.dtype == torch.float32
+    assert_like_float64(out, out64, scale, 1e-5, f"{op} value")
+    for i, (a, w, s) in enumerate(zip(torch.autograd.grad(out, args, g), grads64, gscales)):
+        assert_like_float64(a, w, s, 1e-5, f"{op} gradient {i}")
+
+
+def test_gaussian_reference_double_backward():
+    """The references' custom backward (naive._ScaledSquare, naive._Exp) is differentiable."""
+    mq, lq, mp, lp = _normal_params((2, 3))
+    assert torch.autograd.gradgradcheck(ops.gaussian_kl, (mq, lq, mp, lp))
+    assert torch.autograd.gradgradcheck(ops.gaussian_nll, (mq, mp, lp))

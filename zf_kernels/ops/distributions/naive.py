@@ -29,17 +29,63 @@ def reparameterize_ref(mu, logvar, eps):
     return (m + torch.exp(0.5 * lv) * e).to(mu.dtype)
 
 
+class _ScaledSquare(torch.autograd.Function):
+    """``(d * exp(-lv / 2)) ** 2``, the Gaussians' scaled squared residual, without ever
+    forming ``d ** 2`` or ``exp(-lv)``: those overflow (or underflow) in float32 for
+    ``|d| > 1.8e19`` or ``|lv| > 88`` where the result itself is finite, and then give
+    ``inf * 0 = NaN`` or a spurious inf. Autograd through the plain expression has the same
+    problem (``grad_r * d`` is ``d ** 2 * exp(-lv / 2)``), so the backward is written out:
+    ``dq/dd = 2 r s`` as ``2 ((g d) s) s`` and ``dq/dlv = -r ** 2`` as ``-(g r) r``, with
+    ``r = d s``, ``s = exp(-lv / 2)``; a zero ``g r`` gives a zero gradient even where ``r``
+    overflowed (the true product ``0 * r ** 2`` is 0). The backward is made of differentiable
+    ops, so double backward works."""
+
+    @staticmethod
+    def forward(ctx, d, lv):
+        ctx.save_for_backward(d, lv)
+        return (d * torch.exp(-0.5 * lv)) ** 2
+
+    @staticmethod
+    def backward(ctx, g):
+        d, lv = ctx.saved_tensors
+        s = torch.exp(-0.5 * lv)
+        gr = g * d * s  # g * r; exactly 0 where g is (finite d and s)
+        g_q = torch.where(gr == 0, gr, gr * (d * s))  # g * r ** 2
+        return 2.0 * gr * s, -g_q
+
+
+class _Exp(torch.autograd.Function):
+    """``exp(a)`` whose gradient is 0 where the upstream gradient is 0 and ``a < inf``
+    (float32 overflows exp(a) for a > 88.7, but ``0 * exp(a)`` is 0 there)."""
+
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return torch.exp(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return torch.where((g == 0) & (a < math.inf), torch.zeros_like(g), g * torch.exp(a))
+
+
 def gaussian_kl_ref(mu_q, logvar_q, mu_p, logvar_p, mask=None):
-    """KL(N(mu_q, e^logvar_q) || N(mu_p, e^logvar_p)), summed over the last dim."""
+    """KL(N(mu_q, e^logvar_q) || N(mu_p, e^logvar_p)), summed over the last dim.
+
+    The quadratic term ``(mu_q - mu_p)^2 e^-logvar_p`` is ``((mu_q - mu_p) e^(-logvar_p/2))^2``
+    (``_ScaledSquare``), finite wherever the result is."""
     mq, lq, mp, lp = _up(mu_q, logvar_q, mu_p, logvar_p)
-    kl = 0.5 * (lp - lq + torch.exp(lq - lp) + (mq - mp) ** 2 * torch.exp(-lp) - 1.0)
+    kl = 0.5 * (lp - lq + _Exp.apply(lq - lp) + _ScaledSquare.apply(mq - mp, lp) - 1.0)
     return _finish(kl.sum(-1), mask, mu_q.dtype)
 
 
 def gaussian_nll_ref(x, mu, logvar, mask=None):
-    """-log N(x; mu, e^logvar), summed over the last dim."""
+    """-log N(x; mu, e^logvar), summed over the last dim.
+
+    The quadratic term ``(x - mu)^2 e^-logvar`` is ``((x - mu) e^(-logvar/2))^2``
+    (``_ScaledSquare``), finite wherever the result is."""
     x_, m, lv = _up(x, mu, logvar)
-    nll = 0.5 * (LOG_2PI + lv + (x_ - m) ** 2 * torch.exp(-lv))
+    nll = 0.5 * (LOG_2PI + lv + _ScaledSquare.apply(x_ - m, lv))
     return _finish(nll.sum(-1), mask, mu.dtype)
 
 

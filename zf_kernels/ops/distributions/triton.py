@@ -18,7 +18,12 @@ Function with one forward and one backward kernel:
 
 Arithmetic is in float32 (float64 when the inputs are float64), loads of half/bfloat16
 are upcast, results are cast back to the input dtype once, as the reference does.
-Numerics: ``exp(lq - lp)`` rather than ``exp(lq) / exp(lp)``; Bernoulli as the reference's
+Numerics: ``exp(lq - lp)`` rather than ``exp(lq) / exp(lp)``; the Gaussians' quadratic term
+as the square of the scaled residual ``r = (x - mu) * exp(-lv / 2)``, never ``(x - mu)^2 *
+exp(-lv)`` (whose factors overflow in float32 for ``|x - mu| > 1.8e19`` or ``|lv| > 88`` where
+the product is finite: ``inf * 0 = NaN``), with gradients ``g (x - mu) exp(-lv) = ((g (x - mu))
+s) s`` and ``g r^2 = (g r) r`` (``s = exp(-lv / 2)``), zero where ``g`` is (as the reference,
+``naive._ScaledSquare`` / ``naive._Exp``); Bernoulli as the reference's
 ``(1 - x) * l - logsigmoid(l)`` with ``logsigmoid(l) = min(l, 0) - log1p(exp(-|l|))`` (never
 exp of a positive number); log-sum-exp relative to the row max. A broadcast ``mask`` is
 expanded to a contiguous ``(N,)`` copy (``D`` times smaller than the data).
@@ -67,6 +72,22 @@ def _upstream_grad(g_ptr, mask_ptr, rows, row_ok, HAS_MASK: tl.constexpr, ACC: t
     if HAS_MASK:
         g = g * tl.load(mask_ptr + rows, mask=row_ok, other=0.0).to(ACC)
     return g
+
+
+@triton.jit
+def _scaled_square_grads(g, d, s):
+    """``(g r, g r^2)`` for the scaled residual ``r = d s`` (``s = exp(-lv / 2)``), as the
+    reference's ``_ScaledSquare`` backward: ``g r = (g d) s`` is exactly 0 where ``g`` is (for
+    finite ``d``, ``s``), and a zero ``g r`` gives ``g r^2 = 0`` even where ``r`` overflowed."""
+    gr = g * d * s
+    return gr, tl.where(gr == 0.0, gr, gr * (d * s))
+
+
+@triton.jit
+def _g_times_exp(g, a):
+    """``g * exp(a)``, 0 where ``g`` is 0 and ``a < inf`` (not ``0 * inf`` where exp(a) overflowed)."""
+    return tl.where((g == 0.0) & (a < float("inf")), 0.0, g * tl.exp(a))
+
 
 @triton.jit
 def _log1p(e):
@@ -201,7 +222,7 @@ def _grad_buf(need, like):
 
 
 # ----------------------------------------------------------------------------------------
-# gaussian_kl: 0.5 * sum(lp - lq + exp(lq - lp) + (mq - mp)^2 * exp(-lp) - 1)
+# gaussian_kl: 0.5 * sum(lp - lq + exp(lq - lp) + ((mq - mp) * exp(-lp / 2))^2 - 1)
 # ----------------------------------------------------------------------------------------
 
 @triton.heuristics(_ROW_HEURISTICS)
@@ -219,10 +240,11 @@ def _kl_fwd_kernel(mq_ptr, lq_ptr, mp_ptr, lp_ptr, mask_ptr, out_ptr, raw_ptr, N
         lq = tl.load(lq_ptr + offs, mask=ok, other=0.0).to(ACC)
         mp = tl.load(mp_ptr + offs, mask=ok, other=0.0).to(ACC)
         lp = tl.load(lp_ptr + offs, mask=ok, other=0.0).to(ACC)
-        diff = mq - mp
-        kl = lp - lq + tl.exp(lq - lp) + diff * diff * tl.exp(-lp) - 1.0
-        acc += tl.where(ok, kl, 0.0)
-    val = 0.5 * tl.sum(acc, axis=1)
+        r = (mq - mp) * tl.exp(-0.5 * lp)  # scaled residual: never (mq - mp)^2 or exp(-lp)
+        kl = lp - lq + tl.exp(lq - lp) + r * r - 1.0
+        # halved per element, as the reference: a row sum in (max, 2 max) must not overflow
+        acc += tl.where(ok, 0.5 * kl, 0.0)
+    val = tl.sum(acc, axis=1)
     if STORE_RAW:
         tl.store(raw_ptr + rows, val, mask=row_ok)
     if HAS_MASK:
@@ -250,18 +272,19 @@ def _kl_bwd_kernel(g_ptr, mask_ptr, mq_ptr, lq_ptr, mp_ptr, lp_ptr,
         mp = tl.load(mp_ptr + offs, mask=ok, other=0.0).to(ACC)
         lp = tl.load(lp_ptr + offs, mask=ok, other=0.0).to(ACC)
         diff = mq - mp
-        inv_vp = tl.exp(-lp)
-        ratio = tl.exp(lq - lp)
-        dmu = g * diff * inv_vp  # (terms a flag leaves unused are dead code)
+        s = tl.exp(-0.5 * lp)
+        gr, g_q = _scaled_square_grads(g, diff, s)
+        g_ratio = _g_times_exp(g, lq - lp)
+        dmu = gr * s  # g (mq - mp) exp(-lp)  (terms a flag leaves unused are dead code)
         if NEED_MQ:
             tl.store(dmq_ptr + offs, dmu.to(dmq_ptr.dtype.element_ty), mask=ok)
         if NEED_MP:
             tl.store(dmp_ptr + offs, (-dmu).to(dmp_ptr.dtype.element_ty), mask=ok)
         if NEED_LQ:
-            dlq = (0.5 * g) * (ratio - 1.0)
+            dlq = 0.5 * (g_ratio - g)
             tl.store(dlq_ptr + offs, dlq.to(dlq_ptr.dtype.element_ty), mask=ok)
         if NEED_LP:
-            dlp = (0.5 * g) * (1.0 - ratio - diff * diff * inv_vp)
+            dlp = 0.5 * (g - g_ratio - g_q)
             tl.store(dlp_ptr + offs, dlp.to(dlp_ptr.dtype.element_ty), mask=ok)
 
 
@@ -305,7 +328,7 @@ def gaussian_kl(mu_q, logvar_q, mu_p, logvar_p, mask=None):
 
 
 # ----------------------------------------------------------------------------------------
-# gaussian_nll: 0.5 * sum(log(2 pi) + lv + (x - mu)^2 * exp(-lv))
+# gaussian_nll: 0.5 * sum(log(2 pi) + lv + ((x - mu) * exp(-lv / 2))^2)
 # ----------------------------------------------------------------------------------------
 
 @triton.heuristics(_ROW_HEURISTICS)
@@ -322,11 +345,11 @@ def _gnll_fwd_kernel(x_ptr, mu_ptr, lv_ptr, mask_ptr, out_ptr, raw_ptr, N, D,
         x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(ACC)
         mu = tl.load(mu_ptr + offs, mask=ok, other=0.0).to(ACC)
         lv = tl.load(lv_ptr + offs, mask=ok, other=0.0).to(ACC)
-        diff = x - mu
+        r = (x - mu) * tl.exp(-0.5 * lv)  # scaled residual: never (x - mu)^2 or exp(-lv)
         # the literal is log(2 pi); a Python float keeps full precision in float64 kernels
-        nll = 1.8378770664093453 + lv + diff * diff * tl.exp(-lv)
-        acc += tl.where(ok, nll, 0.0)
-    val = 0.5 * tl.sum(acc, axis=1)
+        nll = 1.8378770664093453 + lv + r * r
+        acc += tl.where(ok, 0.5 * nll, 0.0)  # halved per element (as in gaussian_kl)
+    val = tl.sum(acc, axis=1)
     if STORE_RAW:
         tl.store(raw_ptr + rows, val, mask=row_ok)
     if HAS_MASK:
@@ -351,15 +374,15 @@ def _gnll_bwd_kernel(g_ptr, mask_ptr, x_ptr, mu_ptr, lv_ptr, dx_ptr, dmu_ptr, dl
         x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(ACC)
         mu = tl.load(mu_ptr + offs, mask=ok, other=0.0).to(ACC)
         lv = tl.load(lv_ptr + offs, mask=ok, other=0.0).to(ACC)
-        diff = x - mu
-        inv_v = tl.exp(-lv)
-        dx = g * diff * inv_v  # (terms a flag leaves unused are dead code)
+        s = tl.exp(-0.5 * lv)
+        gr, g_q = _scaled_square_grads(g, x - mu, s)
+        dx = gr * s  # g (x - mu) exp(-lv)  (terms a flag leaves unused are dead code)
         if NEED_X:
             tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=ok)
         if NEED_MU:
             tl.store(dmu_ptr + offs, (-dx).to(dmu_ptr.dtype.element_ty), mask=ok)
         if NEED_LV:
-            dlv = (0.5 * g) * (1.0 - diff * diff * inv_v)
+            dlv = 0.5 * (g - g_q)
             tl.store(dlv_ptr + offs, dlv.to(dlv_ptr.dtype.element_ty), mask=ok)
 
 
