@@ -118,13 +118,16 @@ LSTM_CASES = [
     (7, 1, 1, 3, True, "hh", False, torch.float64),
     (3, 3, 33, 37, True, "none", True, torch.float64),
     (7, 17, 33, 37, False, "both", True, torch.float32),
+    (4, 70, 3, 5, True, "both", True, torch.float64),    # B=70: two batch blocks of 64
 ]
+SCHEDULES = ["persistent", "stepwise"]
 
 
+@pytest.mark.parametrize("schedule", SCHEDULES)
 @pytest.mark.parametrize("T,B,I,H,reverse,bias,state,dtype", LSTM_CASES)
-def test_lstm_matches_nn_lstm_and_naive(T, B, I, H, reverse, bias, state, dtype):
+def test_lstm_matches_nn_lstm_and_naive(T, B, I, H, reverse, bias, state, dtype, schedule):
     inputs, grads = _make(T, B, I, H, bias, state, dtype)
-    got = _run(lt.lstm, inputs, grads, reverse)
+    got = _run(lambda *a, **k: lt.lstm(*a, **k, schedule=schedule), inputs, grads, reverse)
     names = _names(inputs)
     for ref_fn in (naive.lstm_ref, _nn_lstm):
         ref = _run(ref_fn, inputs, grads, reverse)
@@ -151,10 +154,11 @@ def test_lstm_out_sum_expanded_grad_and_unused_outputs():
         _close(a, b, torch.float64, n)
 
 
-def test_lstm_retained_graph_second_backward():
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_lstm_retained_graph_second_backward(schedule):
     """The first backward consumes the saved gate buffer; a second one must rebuild it."""
     inputs, grads = _make(3, 2, 5, 20, "both", True, torch.float64, seed=2)
-    out, (h, c) = lt.lstm(*inputs, reverse=True)
+    out, (h, c) = lt.lstm(*inputs, reverse=True, schedule=schedule)
     wrt = [t for t in inputs if t is not None]
     first = torch.autograd.grad([out, h, c], wrt, grads, retain_graph=True)
     second = torch.autograd.grad([out, h, c], wrt, grads)
@@ -162,12 +166,12 @@ def test_lstm_retained_graph_second_backward():
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=lambda m: f"{n}: {m}")
 
 
-@pytest.mark.parametrize("reverse", [False, True])
-def test_lstm_gradcheck_float64(reverse):
+@pytest.mark.parametrize("reverse,schedule", [(False, "persistent"), (True, "persistent"), (True, "stepwise")])
+def test_lstm_gradcheck_float64(reverse, schedule):
     inputs, _ = _make(3, 2, 3, 2, "both", True, torch.float64, seed=3)
 
     def f(*args):
-        out, (h, c) = lt.lstm(*args, reverse=reverse)
+        out, (h, c) = lt.lstm(*args, reverse=reverse, schedule=schedule)
         return out, h, c
 
     # fast mode (random projections of the Jacobian): a few interpreter runs instead of hundreds
@@ -188,6 +192,36 @@ def test_lstm_zero_length():
     assert out.shape == (0, 3, 5) and torch.equal(h, h0) and torch.equal(c, c0)
     gh, gc = torch.autograd.grad((2 * h + 3 * c).sum(), [h0, c0])
     assert torch.equal(gh, torch.full_like(h0, 2.0)) and torch.equal(gc, torch.full_like(c0, 3.0))
+
+
+def test_lstm_schedule_choice_is_explained():
+    inputs, _ = _make(3, 3, 5, 20, "both", True, torch.float32, seed=9)
+    x, w_hh = inputs[0], inputs[2]
+    backend, why = ops.explain("lstm", x, inputs[1], w_hh, backend="triton")
+    assert backend == "triton" and "schedule persistent" in why, why
+    assert lt.explain_schedule(x, w_hh, "stepwise").startswith("schedule stepwise")
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        lt.lstm(*inputs, schedule="fastest")
+
+
+@pytest.mark.skipif(_ON_GPU, reason="relies on the interpreter running programs one after another")
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_lstm_persistent_barrier_timeout_raises_instead_of_hanging(monkeypatch, direction):
+    """A persistent grid whose programs are not all resident must fail loudly, not hang. The
+    interpreter runs programs one after another, so a grid of 3 hidden-block programs (2 of
+    them fully masked) can never meet at its first barrier."""
+    inputs, _ = _make(3, 2, 5, 7, "both", True, torch.float64, seed=10)
+    monkeypatch.setattr(lt, "MAX_POLLS", 4)
+    wide_grid = lambda B, H, cfg: (1, 3)  # noqa: E731
+    if direction == "forward":
+        monkeypatch.setattr(lt, "_grid", wide_grid)
+        with pytest.raises(RuntimeError, match="grid barrier of the persistent forward kernel timed out"):
+            lt.lstm(*inputs, schedule="persistent")
+    else:
+        out, _ = lt.lstm(*inputs, schedule="persistent")
+        monkeypatch.setattr(lt, "_grid", wide_grid)
+        with pytest.raises(RuntimeError, match="grid barrier of the persistent backward kernel timed out"):
+            torch.autograd.grad(out.sum(), inputs[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,7 +283,8 @@ def test_lstm_cell_gradcheck_float64():
 
 def test_public_api_backend_triton():
     inputs, grads = _make(3, 3, 5, 20, "both", True, torch.float32, seed=5)
-    assert ops.explain("lstm", *inputs[:3], backend="triton") == ("triton", "requested")
+    backend, why = ops.explain("lstm", *inputs[:3], backend="triton")
+    assert backend == "triton" and why.startswith("requested; schedule "), why
     got = _run(lambda *a, **k: ops.lstm(*a, **k, backend="triton"), inputs, grads, True)
     ref = _run(lambda *a, **k: ops.lstm(*a, **k, backend="torch"), inputs, grads, True)
     for n, a, b in zip(NAMES, got, ref):
@@ -307,3 +342,25 @@ def test_lstm_low_precision(T, B, I, H, reverse, dtype):
     for n, a, b in zip(CELL_NAMES, got, ref):
         assert a.dtype == dtype, n
         assert _rel(a, b) < tol, f"{n}: relative error {_rel(a, b):.2e} >= {tol:.0e} ({dtype})"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _ON_GPU, reason="needs a CUDA device")
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("T,B,I,H,reverse", [
+    (40, 32, 512, 1024, True),     # TIMIT backward LSTM: persistent grid 1 x 64 on 132 SMs
+    (784, 32, 64, 512, False),     # the SeqMNIST shape of the cuDNN comparison: 1 x 32
+    (9, 100, 33, 1500, True),      # two batch blocks, odd H: 2 x 47 (BLOCK_H 32)
+    (5, 1, 7, 19, False),
+])
+def test_lstm_gpu_schedules_match_float64_reference(T, B, I, H, reverse, schedule):
+    """Both schedules at the benchmark shapes (multi-program persistent grids exist only on a
+    GPU: the interpreter runs one program per batch block) against a float64 reference."""
+    inputs, grads = _make(T, B, I, H, "both", True, torch.float32, seed=11, w_scale=H ** -0.5)
+    ref_in = [t.detach().double().requires_grad_() for t in inputs]
+    got = _run(lambda *a, **k: lt.lstm(*a, **k, schedule=schedule), inputs, grads, reverse)
+    ref = _run(naive.lstm_ref, ref_in, [g.double() for g in grads], reverse)
+    assert lt.explain_schedule(inputs[0], inputs[2], schedule).startswith(f"schedule {schedule}")
+    for n, a, b in zip(NAMES, got, ref):
+        assert torch.isfinite(a).all(), n
+        assert _rel(a, b) < 1e-4, f"{n}: relative error {_rel(a, b):.2e} ({schedule})"

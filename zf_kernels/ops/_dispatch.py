@@ -79,9 +79,22 @@ def _auto_choice(op: str, tensors) -> tuple[str, str]:
     for candidate in ("cuda", "triton"):
         why = _why_not(op, candidate, tensors)
         if why is None:
-            return candidate, f"{candidate} is available for {op!r}"
+            return candidate, _with_detail(op, candidate, f"{candidate} is available for {op!r}", tensors)
         reasons.append(f"{candidate}: {why}")
     return "torch", "falling back to torch; " + "; ".join(reasons)
+
+
+def _with_detail(op: str, backend: str, reason: str, tensors) -> str:
+    """``reason`` plus how the implementation will run these tensors, where it says: an
+    implementation may carry an ``explain(*tensors) -> str`` attribute (e.g. the Triton
+    LSTM's persistent vs stepwise schedule)."""
+    detail = getattr(_load(_REGISTRY[op][backend]), "explain", None)
+    if detail is None:
+        return reason
+    try:
+        return f"{reason}; {detail(*tensors)}"
+    except Exception as exc:   # the op's own argument checks report bad input better
+        return f"{reason}; (no detail: {type(exc).__name__}: {exc})"
 
 
 def explain(op: str, *tensors, backend: str = "auto") -> tuple[str, str]:
@@ -93,14 +106,21 @@ def explain(op: str, *tensors, backend: str = "auto") -> tuple[str, str]:
     if backend == "auto":
         return _auto_choice(op, tensors)
     why = _why_not(op, backend, tensors)
-    return backend, ("requested" if why is None else why)
+    if why is not None:
+        return backend, why
+    return backend, _with_detail(op, backend, "requested", tensors)
 
 
 def resolve(op: str, backend: str, *tensors) -> Callable:
     """The implementation of ``op`` to call for ``backend`` on ``tensors``."""
+    if backend != "auto":
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        why = _why_not(op, backend, tensors)
+        if why is not None:
+            raise BackendUnavailableError(f"backend={backend!r} cannot run {op}: {why}")
+        return _load(_REGISTRY[op][backend])
     chosen, reason = explain(op, *tensors, backend=backend)
-    if backend != "auto" and reason != "requested":
-        raise BackendUnavailableError(f"backend={backend!r} cannot run {op}: {reason}")
     if backend == "auto" and (op, reason) not in _logged:
         _logged.add((op, reason))
         log.info("zf_kernels.ops.%s: backend='auto' -> %s (%s)", op, chosen, reason)

@@ -34,3 +34,32 @@ def leaky_clamp_grad(x, slope: tl.constexpr, bound: tl.constexpr):
     zero = x * 0.0
     g = tl.where(x > 0, zero + 1.0, zero + slope)
     return tl.where((y >= -bound) & (y <= bound), g, zero)
+
+
+@triton.jit
+def grid_barrier(counter_ptr, target, ok, flag_ptr, MAX_POLLS: tl.constexpr):
+    """Wait until ``*counter_ptr`` reaches ``target`` after adding this program's arrival.
+
+    For persistent kernels whose programs are all resident at once (grid <= one program per
+    SM). The counter only grows: barrier k of a group of n programs waits for k * n arrivals,
+    so it never needs resetting inside the launch. Every thread's earlier stores are made
+    visible before the arrival (CTA barrier, then a release at GPU scope, as in a cooperative-
+    groups grid sync), and the acquire poll + CTA barrier order the loads that follow; loads of
+    data other programs wrote should still bypass L1 (``cache_modifier=".cg"``).
+
+    A barrier that sees no progress for ``MAX_POLLS`` polls (the grid was not co-resident)
+    sets ``*flag_ptr`` and returns false instead of hanging; with ``ok`` false it does not wait
+    at all, so a failed launch finishes quickly with the flag set. Returns ``ok`` and success.
+    """
+    tl.debug_barrier()
+    tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
+    seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+    polls = 0
+    while ok & (seen < target) & (polls < MAX_POLLS):
+        seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+        polls += 1
+    passed = ok & (seen >= target)
+    if not passed:
+        tl.atomic_xchg(flag_ptr, 1)
+    tl.debug_barrier()
+    return passed

@@ -3,21 +3,37 @@
 Same signatures and numbers as :mod:`zf_kernels.ops.lstm.naive`. Import only where Triton is
 installed; on a CPU the kernels run under ``TRITON_INTERPRET=1``.
 
-Kernels
--------
-``_lstm_fwd_step_kernel`` -- one LSTM step, fully fused. Grid ``(cdiv(B, BLOCK_B), cdiv(H, BLOCK_H))``;
-program ``(pb, pj)`` owns batch rows ``pb*BLOCK_B ..`` and hidden units ``j = pj*BLOCK_H ..``.
-It accumulates the four gate pre-activations of its units (columns ``j, H+j, 2H+j, 3H+j``) as
-``h_prev @ W_hh^T`` with ``tl.dot`` over K = H in ``BLOCK_K`` chunks (fp32 accumulator; fp64
-for float64 inputs), adds ``gates_x`` (and ``bias``), applies the activations and the cell
-update, and writes ``h_new``, ``c_new`` and (optionally) the full gate pre-activations.
+Tiles
+-----
+Every kernel runs on a grid ``(cdiv(B, BLOCK_B), cdiv(H, BLOCK_H))``; program ``(pb, pj)`` owns
+batch rows ``pb*BLOCK_B ..`` and hidden units ``j = pj*BLOCK_H ..`` with their four gate
+columns ``j, H+j, 2H+j, 3H+j``. Forward, a tile accumulates ``h_prev @ W_hh^T`` with ``tl.dot``
+over K = H in ``BLOCK_K`` chunks (fp32 accumulator; fp64 for float64 inputs), adds the hoisted
+input projection, applies the activations and the cell update, and stores ``h_t``, ``c_t`` and
+the gate pre-activations. Backward, a tile forms ``dh = dout_t (+ dh_T at the last step) +
+(dgates_{t+1} @ W_hh)[:, j]`` (reduction over 4H), recomputes its activations from the saved
+pre-activations and stores ``dgates_t`` and ``dc_{t-1}``. The tile bodies are jit helpers
+(``_gate_preacts``, ``_cell_forward``, ``_recurrent_dh``, ``_cell_backward``) shared by the two
+schedules.
 
-``_lstm_bwd_step_kernel`` -- the backward of one step, fully fused, same grid. For hidden block
-j it forms ``dh = dout_t (+ dh_T at the last step) + (dgates_{t+1} @ W_hh)[:, j]`` with
-``tl.dot`` over the 4H reduction, recomputes the four activations of block j from the saved
-pre-activations, reads ``c_{t-1}, c_t``, and writes ``dgates_t`` (w.r.t. the pre-activations)
-for the 4 gates of block j and ``dc_{t-1}`` into an fp32 carry buffer. Without
-``dgates_{t+1}`` it is the pointwise backward of ``lstm_cell``.
+Schedules (``lstm(..., schedule=)``; ``explain_schedule`` / ``ops.explain`` say which runs)
+--------------------------------------------------------------------------------------------
+``stepwise``: one launch per step each way (``_lstm_fwd_step_kernel``, ``_lstm_bwd_step_kernel``);
+the cell state lives in memory between launches. ``lstm_cell`` is one such launch.
+
+``persistent``: one launch per direction (``_lstm_fwd_persistent_kernel``,
+``_lstm_bwd_persistent_kernel``). Each program keeps its tile for all T steps, its ``c`` (``dc``)
+in registers, and meets the other programs of its batch block at a grid barrier
+(``_triton_common.grid_barrier``) once per step: after storing ``h_t`` (``dgates_t``), before
+reading the whole ``h_t`` (``dgates_t``) rows the next step needs. That removes T-1 launches
+(~3.7 us each back to back on an H200) and the cell state's round trip through memory per step,
+for a barrier (~1-2 us). The programs of a batch block must all be resident at once, so the
+grid is at most one program per SM (tiles of at most 32 x 16, 8 warps: larger tiles spill
+registers in the time loop, see ``PERSISTENT_TILES`` and ``_launch_options``); B=32 at H=1024 is a 1 x 64 grid, and
+B=64 at H=1024 a 2 x 64 one; beyond 132 programs on an H100/H200 ``auto`` runs stepwise.
+A barrier that never completes (a grid that was not resident) gives up after ``MAX_POLLS``
+polls, sets a flag and the op raises (a device-side assert on a GPU) instead of hanging.
+``auto`` = persistent where the grid fits, else stepwise.
 
 Saved vs recomputed
 -------------------
@@ -49,9 +65,10 @@ pre-activations and dgates are stored in the input dtype. For float32 on CUDA, `
 TF32 only when torch allows it for matmuls (``torch.backends.cuda.matmul.allow_tf32``),
 otherwise IEEE fp32.
 
-Launches: forward = 1 GEMM + T step kernels; backward = T step kernels + a few GEMMs. The step
-index enters the kernels only through pointer offsets marked ``do_not_specialize``, so no
-kernel is recompiled per T or per step.
+Launches: forward = 1 GEMM + 1 persistent kernel (or T step kernels); backward = 1 persistent
+kernel (or T step kernels) + a few GEMMs. The step index and T are marked
+``do_not_specialize``, so no kernel is recompiled per T or per step. ``h0=None`` runs as zeros
+(``0 @ W_hh`` is computed, as nn.LSTM does: a non-finite W_hh gives the same NaNs).
 """
 from __future__ import annotations
 
@@ -59,9 +76,128 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_common import sigmoid, tanh
+from .._triton_common import grid_barrier, sigmoid, tanh
 
-__all__ = ["lstm", "lstm_cell"]
+__all__ = ["lstm", "lstm_cell", "explain_schedule", "SCHEDULES"]
+
+SCHEDULES = ("auto", "persistent", "stepwise")
+
+
+# ----------------------------------------------------------------------------------------------
+# tile helpers shared by the step kernels and the persistent kernels. A program owns batch rows
+# ``rb`` and hidden units ``rj`` (and the four gate columns j, H+j, 2H+j, 3H+j of each unit).
+
+@triton.jit
+def _tile(B, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    rb = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rj = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    return rb, rj, rb < B, rj < H
+
+
+@triton.jit
+def _gate_preacts(gx_ptr, h_ptr, w_ptr, bias_ptr, rb, rj, mb, mj, H,
+                  HAS_H: tl.constexpr, HAS_BIAS: tl.constexpr, H_CACHE: tl.constexpr,
+                  ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+                  BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The four gate pre-activations of the tile: ``gx (+ bias) (+ h @ W_hh^T)``.
+
+    ``gx_ptr`` / ``h_ptr`` point at the step's (B, 4H) / (B, H) rows; ``H_CACHE`` is the load
+    cache modifier for h (".cg", L2 only, where other programs wrote h in the same launch)."""
+    acc_i = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
+    acc_f = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
+    acc_g = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
+    acc_o = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
+    if HAS_H:
+        # gates[:, gH + j] += sum_k h[:, k] * W_hh[gH + j, k]: W tile loaded transposed (K, BLOCK_H)
+        for k0 in range(0, H, BLOCK_K):
+            rk = k0 + tl.arange(0, BLOCK_K)
+            mk = rk < H
+            a = tl.load(h_ptr + rb[:, None] * H + rk[None, :], mask=mb[:, None] & mk[None, :],
+                        other=0.0, cache_modifier=H_CACHE)
+            wp = w_ptr + rj[None, :] * H + rk[:, None]
+            wm = mk[:, None] & mj[None, :]
+            w_i = tl.load(wp, mask=wm, other=0.0)
+            w_f = tl.load(wp + H * H, mask=wm, other=0.0)
+            w_g = tl.load(wp + 2 * H * H, mask=wm, other=0.0)
+            w_o = tl.load(wp + 3 * H * H, mask=wm, other=0.0)
+            acc_i = tl.dot(a, w_i, acc_i, input_precision=PRECISION, out_dtype=ACC_DTYPE)
+            acc_f = tl.dot(a, w_f, acc_f, input_precision=PRECISION, out_dtype=ACC_DTYPE)
+            acc_g = tl.dot(a, w_g, acc_g, input_precision=PRECISION, out_dtype=ACC_DTYPE)
+            acc_o = tl.dot(a, w_o, acc_o, input_precision=PRECISION, out_dtype=ACC_DTYPE)
+    m2 = mb[:, None] & mj[None, :]
+    gx = gx_ptr + rb[:, None] * (4 * H) + rj[None, :]
+    z_i = acc_i + tl.load(gx, mask=m2, other=0.0).to(ACC_DTYPE)
+    z_f = acc_f + tl.load(gx + H, mask=m2, other=0.0).to(ACC_DTYPE)
+    z_g = acc_g + tl.load(gx + 2 * H, mask=m2, other=0.0).to(ACC_DTYPE)
+    z_o = acc_o + tl.load(gx + 3 * H, mask=m2, other=0.0).to(ACC_DTYPE)
+    if HAS_BIAS:
+        z_i += tl.load(bias_ptr + rj, mask=mj, other=0.0).to(ACC_DTYPE)[None, :]
+        z_f += tl.load(bias_ptr + H + rj, mask=mj, other=0.0).to(ACC_DTYPE)[None, :]
+        z_g += tl.load(bias_ptr + 2 * H + rj, mask=mj, other=0.0).to(ACC_DTYPE)[None, :]
+        z_o += tl.load(bias_ptr + 3 * H + rj, mask=mj, other=0.0).to(ACC_DTYPE)[None, :]
+    return z_i, z_f, z_g, z_o
+
+
+@triton.jit
+def _cell_forward(z_i, z_f, z_g, z_o, c_prev, g_ptr, ho_ptr, rb, rj, mb, mj, H,
+                  STORE_GATES: tl.constexpr):
+    """Activations + cell update of the tile; stores h_new (and the pre-activations, for the
+    backward pass) and returns c_new in the accumulator dtype. Each pre-activation stored here
+    was loaded (as gx) by this program only: ``g_ptr`` may alias ``gx_ptr``."""
+    c_new = sigmoid(z_f) * c_prev + sigmoid(z_i) * tanh(z_g)
+    h_new = sigmoid(z_o) * tanh(c_new)
+    m2 = mb[:, None] & mj[None, :]
+    tl.store(ho_ptr + rb[:, None] * H + rj[None, :], h_new.to(ho_ptr.dtype.element_ty), mask=m2)
+    if STORE_GATES:
+        gp = g_ptr + rb[:, None] * (4 * H) + rj[None, :]
+        gty = g_ptr.dtype.element_ty
+        tl.store(gp, z_i.to(gty), mask=m2)
+        tl.store(gp + H, z_f.to(gty), mask=m2)
+        tl.store(gp + 2 * H, z_g.to(gty), mask=m2)
+        tl.store(gp + 3 * H, z_o.to(gty), mask=m2)
+    return c_new
+
+
+@triton.jit
+def _recurrent_dh(dgn_ptr, w_ptr, rb, rj, mb, mj, H, DG_CACHE: tl.constexpr,
+                  ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+                  BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``(dgates_next @ W_hh)[:, j]``, the reduction over all 4H gate columns."""
+    acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
+    for k0 in range(0, 4 * H, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        mk = rk < 4 * H
+        a = tl.load(dgn_ptr + rb[:, None] * (4 * H) + rk[None, :], mask=mb[:, None] & mk[None, :],
+                    other=0.0, cache_modifier=DG_CACHE)
+        w = tl.load(w_ptr + rk[:, None] * H + rj[None, :], mask=mk[:, None] & mj[None, :], other=0.0)
+        acc = tl.dot(a, w, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
+    return acc
+
+
+@triton.jit
+def _cell_backward(g_ptr, dg_ptr, c_prev, c_new, dh, dc, rb, rj, mb, mj, H, ACC_DTYPE: tl.constexpr):
+    """Backward of one cell update for the tile. Recomputes the activations from the saved
+    pre-activations at ``g_ptr``, stores dgates at ``dg_ptr`` (may alias ``g_ptr``: same elements
+    only, read before written) and returns dc_{t-1}."""
+    m2 = mb[:, None] & mj[None, :]
+    gp = g_ptr + rb[:, None] * (4 * H) + rj[None, :]
+    i = sigmoid(tl.load(gp, mask=m2, other=0.0).to(ACC_DTYPE))
+    f = sigmoid(tl.load(gp + H, mask=m2, other=0.0).to(ACC_DTYPE))
+    g = tanh(tl.load(gp + 2 * H, mask=m2, other=0.0).to(ACC_DTYPE))
+    o = sigmoid(tl.load(gp + 3 * H, mask=m2, other=0.0).to(ACC_DTYPE))
+    tc = tanh(c_new)
+    dc = dc + dh * o * (1.0 - tc * tc)
+    dgp = dg_ptr + rb[:, None] * (4 * H) + rj[None, :]
+    dty = dg_ptr.dtype.element_ty
+    tl.store(dgp, (dc * g * i * (1.0 - i)).to(dty), mask=m2)
+    tl.store(dgp + H, (dc * c_prev * f * (1.0 - f)).to(dty), mask=m2)
+    tl.store(dgp + 2 * H, (dc * i * (1.0 - g * g)).to(dty), mask=m2)
+    tl.store(dgp + 3 * H, (dh * tc * o * (1.0 - o)).to(dty), mask=m2)
+    return dc * f
+
+
+# ----------------------------------------------------------------------------------------------
+# stepwise schedule: one launch per step
 
 _OFFSETS = ["gx_off", "h_off", "c_off", "g_off", "ho_off", "co_off"]
 
@@ -81,67 +217,15 @@ def _lstm_fwd_step_kernel(
     ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid_b = tl.program_id(0)
-    pid_h = tl.program_id(1)
-    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    rj = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    mb = rb < B
-    mj = rj < H
-    m2 = mb[:, None] & mj[None, :]
-
-    acc_i = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
-    acc_f = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
-    acc_g = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
-    acc_o = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
-    if HAS_H:
-        # gates[:, gH + j] += sum_k h[:, k] * W_hh[gH + j, k]: W tile loaded transposed (K, BLOCK_H)
-        for k0 in range(0, H, BLOCK_K):
-            rk = k0 + tl.arange(0, BLOCK_K)
-            mk = rk < H
-            a = tl.load(h_ptr + h_off + rb[:, None] * H + rk[None, :],
-                        mask=mb[:, None] & mk[None, :], other=0.0)
-            wp = w_ptr + rj[None, :] * H + rk[:, None]
-            wm = mk[:, None] & mj[None, :]
-            w_i = tl.load(wp, mask=wm, other=0.0)
-            w_f = tl.load(wp + H * H, mask=wm, other=0.0)
-            w_g = tl.load(wp + 2 * H * H, mask=wm, other=0.0)
-            w_o = tl.load(wp + 3 * H * H, mask=wm, other=0.0)
-            acc_i = tl.dot(a, w_i, acc_i, input_precision=PRECISION, out_dtype=ACC_DTYPE)
-            acc_f = tl.dot(a, w_f, acc_f, input_precision=PRECISION, out_dtype=ACC_DTYPE)
-            acc_g = tl.dot(a, w_g, acc_g, input_precision=PRECISION, out_dtype=ACC_DTYPE)
-            acc_o = tl.dot(a, w_o, acc_o, input_precision=PRECISION, out_dtype=ACC_DTYPE)
-
-    row4 = rb[:, None] * (4 * H) + rj[None, :]
-    gx = gx_ptr + gx_off + row4
-    z_i = acc_i + tl.load(gx, mask=m2, other=0.0).to(ACC_DTYPE)
-    z_f = acc_f + tl.load(gx + H, mask=m2, other=0.0).to(ACC_DTYPE)
-    z_g = acc_g + tl.load(gx + 2 * H, mask=m2, other=0.0).to(ACC_DTYPE)
-    z_o = acc_o + tl.load(gx + 3 * H, mask=m2, other=0.0).to(ACC_DTYPE)
-    if HAS_BIAS:
-        z_i += tl.load(bias_ptr + rj, mask=mj, other=0.0).to(ACC_DTYPE)[None, :]
-        z_f += tl.load(bias_ptr + H + rj, mask=mj, other=0.0).to(ACC_DTYPE)[None, :]
-        z_g += tl.load(bias_ptr + 2 * H + rj, mask=mj, other=0.0).to(ACC_DTYPE)[None, :]
-        z_o += tl.load(bias_ptr + 3 * H + rj, mask=mj, other=0.0).to(ACC_DTYPE)[None, :]
-    i = sigmoid(z_i)
-    f = sigmoid(z_f)
-    g = tanh(z_g)
-    o = sigmoid(z_o)
-
+    rb, rj, mb, mj = _tile(B, H, BLOCK_B, BLOCK_H)
+    z_i, z_f, z_g, z_o = _gate_preacts(gx_ptr + gx_off, h_ptr + h_off, w_ptr, bias_ptr, rb, rj, mb, mj, H,
+                                       HAS_H, HAS_BIAS, "", ACC_DTYPE, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
     row = rb[:, None] * H + rj[None, :]
+    m2 = mb[:, None] & mj[None, :]
     c_prev = tl.load(c_ptr + c_off + row, mask=m2, other=0.0).to(ACC_DTYPE)
-    c_new = f * c_prev + i * g
-    h_new = o * tanh(c_new)
+    c_new = _cell_forward(z_i, z_f, z_g, z_o, c_prev, g_ptr + g_off, ho_ptr + ho_off, rb, rj, mb, mj, H,
+                          STORE_GATES)
     tl.store(co_ptr + co_off + row, c_new.to(co_ptr.dtype.element_ty), mask=m2)
-    tl.store(ho_ptr + ho_off + row, h_new.to(ho_ptr.dtype.element_ty), mask=m2)
-    if STORE_GATES:
-        # the full pre-activations, for backward. Each element stored here was loaded (as gx) by
-        # this program only, and the stored value depends on it: aliasing g == gx is safe.
-        gp = g_ptr + g_off + row4
-        gty = g_ptr.dtype.element_ty
-        tl.store(gp, z_i.to(gty), mask=m2)
-        tl.store(gp + H, z_f.to(gty), mask=m2)
-        tl.store(gp + 2 * H, z_g.to(gty), mask=m2)
-        tl.store(gp + 3 * H, z_o.to(gty), mask=m2)
 
 
 @triton.jit(do_not_specialize=["dh_off", "dgn_off", "g_off", "dg_off", "cp_off", "cn_off"])
@@ -160,63 +244,122 @@ def _lstm_bwd_step_kernel(
     ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid_b = tl.program_id(0)
-    pid_h = tl.program_id(1)
-    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    rj = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    mb = rb < B
-    mj = rj < H
+    rb, rj, mb, mj = _tile(B, H, BLOCK_B, BLOCK_H)
     m2 = mb[:, None] & mj[None, :]
-
     dh = tl.load(dh_ptr + dh_off + rb[:, None] * s_dh_b + rj[None, :] * s_dh_h,
                  mask=m2, other=0.0).to(ACC_DTYPE)
     if HAS_DHX:
         dh += tl.load(dhx_ptr + rb[:, None] * s_dhx_b + rj[None, :] * s_dhx_h,
                       mask=m2, other=0.0).to(ACC_DTYPE)
     if HAS_NEXT:
-        # dh[:, j] += sum_k dgates_next[:, k] * W_hh[k, j], k over all 4H gate columns
-        acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
-        for k0 in range(0, 4 * H, BLOCK_K):
-            rk = k0 + tl.arange(0, BLOCK_K)
-            mk = rk < 4 * H
-            a = tl.load(dgn_ptr + dgn_off + rb[:, None] * (4 * H) + rk[None, :],
-                        mask=mb[:, None] & mk[None, :], other=0.0)
-            w = tl.load(w_ptr + rk[:, None] * H + rj[None, :], mask=mk[:, None] & mj[None, :], other=0.0)
-            acc = tl.dot(a, w, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
-        dh += acc
-
-    row4 = rb[:, None] * (4 * H) + rj[None, :]
-    gp = g_ptr + g_off + row4
-    # activations recomputed from the saved pre-activations (see the module docstring)
-    i = sigmoid(tl.load(gp, mask=m2, other=0.0).to(ACC_DTYPE))
-    f = sigmoid(tl.load(gp + H, mask=m2, other=0.0).to(ACC_DTYPE))
-    g = tanh(tl.load(gp + 2 * H, mask=m2, other=0.0).to(ACC_DTYPE))
-    o = sigmoid(tl.load(gp + 3 * H, mask=m2, other=0.0).to(ACC_DTYPE))
+        dh += _recurrent_dh(dgn_ptr + dgn_off, w_ptr, rb, rj, mb, mj, H, "",
+                            ACC_DTYPE, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
     row = rb[:, None] * H + rj[None, :]
     c_prev = tl.load(cp_ptr + cp_off + row, mask=m2, other=0.0).to(ACC_DTYPE)
     c_new = tl.load(cn_ptr + cn_off + row, mask=m2, other=0.0).to(ACC_DTYPE)
     dc = tl.load(dc_ptr + row, mask=m2, other=0.0)
+    dc = _cell_backward(g_ptr + g_off, dg_ptr + dg_off, c_prev, c_new, dh, dc, rb, rj, mb, mj, H, ACC_DTYPE)
+    tl.store(dc_ptr + row, dc.to(dc_ptr.dtype.element_ty), mask=m2)
 
-    tc = tanh(c_new)
-    dc = dc + dh * o * (1.0 - tc * tc)
-    d_i = dc * g * i * (1.0 - i)
-    d_f = dc * c_prev * f * (1.0 - f)
-    d_g = dc * i * (1.0 - g * g)
-    d_o = dh * tc * o * (1.0 - o)
 
-    dgp = dg_ptr + dg_off + row4
-    dty = dg_ptr.dtype.element_ty
-    tl.store(dgp, d_i.to(dty), mask=m2)
-    tl.store(dgp + H, d_f.to(dty), mask=m2)
-    tl.store(dgp + 2 * H, d_g.to(dty), mask=m2)
-    tl.store(dgp + 3 * H, d_o.to(dty), mask=m2)
-    tl.store(dc_ptr + row, (dc * f).to(dc_ptr.dtype.element_ty), mask=m2)
+# ----------------------------------------------------------------------------------------------
+# persistent schedule: one launch per direction. Program (pb, ph) keeps its tile for all T
+# steps (its c, or dc, stays in registers) and meets the other programs of batch block pb at a
+# grid barrier once per step, after its h_t (dgates_t) is stored and before it reads the whole
+# h_t row block (dgates_t) of the next step. Batch blocks never wait for each other.
+
+@triton.jit(do_not_specialize=["T"])
+def _lstm_fwd_persistent_kernel(
+    gates_ptr,            # (T, B, 4H) in: input projection; out: gate pre-activations
+    h0_ptr,               # (B, H) initial hidden state (zeros when the caller gave none)
+    w_ptr,                # (4H, H) contiguous W_hh
+    out_ptr,              # (T, B, H) out: h_t
+    c_ptr,                # (T+1, B, H) ACC_DTYPE: c_0 (in) and c_1..c_T in reading order (out)
+    sync_ptr,             # (n_batch_blocks + 1,) int32 zeros: barrier counters + timeout flag
+    T, B, H,
+    REVERSE: tl.constexpr, MAX_POLLS: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    rb, rj, mb, mj = _tile(B, H, BLOCK_B, BLOCK_H)
+    m2 = mb[:, None] & mj[None, :]
+    row = rb[:, None] * H + rj[None, :]
+    n_h = tl.num_programs(1)
+    counter = sync_ptr + tl.program_id(0)
+    flag = sync_ptr + tl.num_programs(0)
+    BH = B * H
+    c = tl.load(c_ptr + row, mask=m2, other=0.0)
+    ok = tl.program_id(0) >= 0          # a true scalar: false once a barrier timed out
+    t_prev = 0
+    for s in range(T):
+        t = (T - 1 - s) if REVERSE else s
+        t64 = tl.cast(t, tl.int64)
+        if s == 0:
+            h_src = h0_ptr
+        else:
+            h_src = out_ptr + tl.cast(t_prev, tl.int64) * BH
+        z_i, z_f, z_g, z_o = _gate_preacts(gates_ptr + t64 * (4 * BH), h_src, w_ptr, w_ptr, rb, rj, mb, mj, H,
+                                           True, False, ".cg", ACC_DTYPE, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
+        c = _cell_forward(z_i, z_f, z_g, z_o, c, gates_ptr + t64 * (4 * BH), out_ptr + t64 * BH,
+                          rb, rj, mb, mj, H, True)
+        tl.store(c_ptr + (s + 1) * BH + row, c, mask=m2)
+        if s + 1 < T:   # the last step's h is read by nobody in this launch
+            ok = grid_barrier(counter, (s + 1) * n_h, ok, flag, MAX_POLLS)
+        t_prev = t
+
+
+@triton.jit(do_not_specialize=["T"])
+def _lstm_bwd_persistent_kernel(
+    dh_ptr, s_dh_t, s_dh_b, s_dh_h,   # (T, B, H) grad of out (any strides, e.g. expanded)
+    dhx_ptr, s_dhx_b, s_dhx_h,        # (B, H) grad of h_T (added at the last step)
+    w_ptr,                            # (4H, H) contiguous W_hh
+    gates_ptr,                        # (T, B, 4H) in: pre-activations; out: dgates (in place)
+    c_ptr,                            # (T+1, B, H) ACC_DTYPE cell states in reading order
+    dc_ptr,                           # (B, H) ACC_DTYPE: in dc_T, out dc_0
+    sync_ptr,                         # (n_batch_blocks + 1,) int32 zeros
+    T, B, H,
+    REVERSE: tl.constexpr, MAX_POLLS: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    rb, rj, mb, mj = _tile(B, H, BLOCK_B, BLOCK_H)
+    m2 = mb[:, None] & mj[None, :]
+    row = rb[:, None] * H + rj[None, :]
+    n_h = tl.num_programs(1)
+    counter = sync_ptr + tl.program_id(0)
+    flag = sync_ptr + tl.num_programs(0)
+    BH = B * H
+    dc = tl.load(dc_ptr + row, mask=m2, other=0.0)
+    dh = tl.load(dhx_ptr + rb[:, None] * s_dhx_b + rj[None, :] * s_dhx_h, mask=m2, other=0.0).to(ACC_DTYPE)
+    ok = tl.program_id(0) >= 0
+    t_next = 0
+    for r in range(T):
+        s = T - 1 - r
+        t = (T - 1 - s) if REVERSE else s
+        t64 = tl.cast(t, tl.int64)
+        dh += tl.load(dh_ptr + t64 * s_dh_t + rb[:, None] * s_dh_b + rj[None, :] * s_dh_h,
+                      mask=m2, other=0.0).to(ACC_DTYPE)
+        if r > 0:
+            dh += _recurrent_dh(gates_ptr + tl.cast(t_next, tl.int64) * (4 * BH), w_ptr, rb, rj, mb, mj, H, ".cg",
+                                ACC_DTYPE, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
+        c_prev = tl.load(c_ptr + s * BH + row, mask=m2, other=0.0)
+        c_new = tl.load(c_ptr + (s + 1) * BH + row, mask=m2, other=0.0)
+        gp = gates_ptr + t64 * (4 * BH)
+        dc = _cell_backward(gp, gp, c_prev, c_new, dh, dc, rb, rj, mb, mj, H, ACC_DTYPE)
+        dh = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
+        if r + 1 < T:
+            ok = grid_barrier(counter, (r + 1) * n_h, ok, flag, MAX_POLLS)
+        t_next = t
+    tl.store(dc_ptr + row, dc, mask=m2)
 
 
 # ----------------------------------------------------------------------------------------------
 # launch helpers
 
 _NUM_SMS: dict[int, int] = {}
+# polls of a grid barrier before a persistent launch gives up (~1 us each on an H100/H200):
+# seconds, far beyond any real wait, so only a grid that was not co-resident ever reaches it
+MAX_POLLS = 1 << 22
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -244,17 +387,88 @@ def _num_sms(t: torch.Tensor) -> int:
     return _NUM_SMS[idx]
 
 
-def _config(B: int, H: int, ref: torch.Tensor) -> dict:
-    """Block sizes: tl.dot needs every block dim >= 16; B, H, K need not divide them (masks).
+def _block_b(B: int) -> int:
+    return 16 if B <= 16 else (32 if B <= 32 else 64)
 
-    At small B one batch block covers the batch, and BLOCK_H shrinks until the grid has
-    about one program per SM (each program re-reads its (4*BLOCK_H, H) slice of W_hh, from L2).
+
+def _block_k(ref: torch.Tensor) -> int:
+    return 64 if ref.dtype in (torch.float16, torch.bfloat16) else 32
+
+
+def _launch_options(block_b: int, block_h: int, schedule: str, dtype: torch.dtype) -> dict:
+    """Warps, register cap and pipeline stages without register spills on sm_90 (measured by
+    benchmarks/compile_check.py). Step tiles of 1024+ elements spill at 4 warps: 8. A persistent
+    program is alone on its SM, so it gets 8 warps and the whole register file (ptxas would
+    cap 8 warps at 128 registers and spill); its float32 versions also spill with the default
+    3-stage K pipeline, so they load one K chunk at a time."""
+    if schedule == "persistent":
+        opts = dict(num_warps=8, maxnreg=255)
+        if dtype in (torch.float32, torch.float64):
+            opts["num_stages"] = 1
+        return opts
+    return dict(num_warps=8 if block_b * block_h >= 1024 else 4)
+
+
+# (BLOCK_B, BLOCK_H) tiles each schedule may pick on a GPU; benchmarks/compile_check.py compiles
+# every one for sm_90 and fails on register spills. Persistent tiles stop at 32 x 16: larger
+# ones spill inside the time loop even at 8 warps.
+STEPWISE_TILES = ((16, 16), (32, 16), (32, 32), (64, 16), (64, 32))
+PERSISTENT_TILES = ((16, 16), (32, 16))
+
+
+def _config(B: int, H: int, ref: torch.Tensor) -> dict:
+    """Stepwise block sizes: tl.dot needs every block dim >= 16; B, H, K need not divide them
+    (masks). At small B one batch block covers the batch, and BLOCK_H shrinks until the grid
+    has about one program per SM (each program re-reads its (4*BLOCK_H, H) slice of W_hh, from L2).
     """
-    block_b = 16 if B <= 16 else (32 if B <= 32 else 64)
+    block_b = _block_b(B)
     nb = triton.cdiv(B, block_b)
     block_h = 32 if nb * triton.cdiv(H, 32) >= _num_sms(ref) else 16
-    block_k = 64 if ref.dtype in (torch.float16, torch.bfloat16) else 32
-    return dict(BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k, num_warps=4)
+    return dict(BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=_block_k(ref),
+                **_launch_options(block_b, block_h, "stepwise", ref.dtype))
+
+
+def _persistent_config(B: int, H: int, ref: torch.Tensor) -> tuple[dict | None, str]:
+    """Block sizes of the persistent kernels, or None and the reason they cannot run.
+
+    Every program of a batch block must be resident at once (they wait for each other): the
+    grid must stay within one program per SM. The interpreter runs programs one after
+    another, so there each batch block is one program."""
+    if not ref.is_cuda:
+        block_b = _block_b(B)
+        nb = triton.cdiv(B, block_b)
+        block_h = max(16, triton.next_power_of_2(H))
+        return dict(BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=_block_k(ref), num_warps=4), \
+            f"interpreter: grid {nb} x 1 (one program per batch block)"
+    block_b, block_h = PERSISTENT_TILES[0] if B <= 16 else PERSISTENT_TILES[1]
+    nb, nh = triton.cdiv(B, block_b), triton.cdiv(H, block_h)
+    sms = _num_sms(ref)
+    if nb * nh > sms:
+        return None, (f"B={B}, H={H} needs a grid of {nb} x {nh} programs ({block_b} x {block_h} tiles), "
+                      f"more than the {sms} SMs that can hold them all at once")
+    return dict(BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=_block_k(ref),
+                **_launch_options(block_b, block_h, "persistent", ref.dtype)), \
+        f"grid {nb} x {nh} programs <= {sms} SMs"
+
+
+def _pick_schedule(B: int, H: int, ref: torch.Tensor, schedule: str) -> tuple[str, dict, str]:
+    """``(schedule, block config, reason)`` for ``lstm``; ``schedule`` is one of SCHEDULES."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if schedule == "stepwise":
+        return "stepwise", _config(B, H, ref), "requested: one launch per step"
+    cfg, why = _persistent_config(B, H, ref)
+    if cfg is not None:
+        return "persistent", cfg, f"one launch per direction ({why})"
+    if schedule == "persistent":
+        raise ValueError(f"schedule='persistent' cannot run here: {why}")
+    return "stepwise", _config(B, H, ref), f"one launch per step, since the persistent kernel cannot: {why}"
+
+
+def explain_schedule(x: torch.Tensor, weight_hh: torch.Tensor, schedule: str = "auto") -> str:
+    """How :func:`lstm` will run ``x`` (what ``ops.explain("lstm", ...)`` adds for Triton)."""
+    name, _, why = _pick_schedule(x.shape[1], weight_hh.shape[1], x, schedule)
+    return f"schedule {name}: {why}"
 
 
 def _grid(B: int, H: int, cfg: dict):
@@ -266,13 +480,31 @@ def _steps(T: int, reverse: bool):
     return [T - 1 - s for s in range(T)] if reverse else list(range(T))
 
 
+def _sync_buffer(grid, like: torch.Tensor) -> torch.Tensor:
+    """Barrier counters (one per batch block) and the timeout flag of a persistent launch."""
+    return torch.zeros(grid[0] + 1, dtype=torch.int32, device=like.device)
+
+
+def _check_sync(sync: torch.Tensor, kernel: str) -> None:
+    # asynchronous on a GPU (no host sync, capturable): a failed barrier is a device-side assert
+    torch._assert_async(sync[-1] == 0, f"zf_kernels lstm: a grid barrier of the persistent {kernel} "
+                        "kernel timed out (its programs were not all resident); use schedule='stepwise'")
+
+
 # ----------------------------------------------------------------------------------------------
 # lstm
 
 
-def _lstm_forward(x, weight_ih, weight_hh, bias, h0, c0, reverse):
+def _bias(bias_ih, bias_hh):
+    if bias_hh is None:
+        return bias_ih
+    return bias_hh if bias_ih is None else bias_ih + bias_hh
+
+
+def _lstm_forward(x, weight_ih, weight_hh, bias, h0, c0, reverse, schedule, cfg):
     """Returns ``out (T, B, H)``, gate pre-activations ``(T, B, 4H)`` and cell states ``(T+1, B, H)``
-    (index = step in reading order; ``c_all[0] = c0``)."""
+    (index = step in reading order; ``c_all[0] = c0``). ``h0`` is a tensor (zeros if not given):
+    nn.LSTM computes ``0 @ W_hh`` too, so a non-finite W_hh gives the same NaNs here."""
     T, B, I = x.shape
     H = weight_hh.shape[1]
     acc = _acc_dtype(x.dtype)
@@ -289,38 +521,41 @@ def _lstm_forward(x, weight_ih, weight_hh, bias, h0, c0, reverse):
         c_all[0].zero_()
     else:
         c_all[0].copy_(c0)
-    h0c = None if h0 is None else h0.contiguous()
-    cfg = _config(B, H, x)
+    h0 = h0.contiguous()
     grid = _grid(B, H, cfg)
     kw = dict(ACC_DTYPE=_tl_acc(x.dtype), PRECISION=_precision(x), **cfg)
+    if schedule == "persistent":
+        sync = _sync_buffer(grid, x)
+        _lstm_fwd_persistent_kernel[grid](gates, h0, weight_hh, out, c_all, sync, T, B, H,
+                                          REVERSE=reverse, MAX_POLLS=MAX_POLLS, **kw)
+        _check_sync(sync, "forward")
+        return out, gates, c_all
     steps = _steps(T, reverse)
     BH, B4H = B * H, B * 4 * H
     for s, t in enumerate(steps):
-        if s == 0:
-            h_src, h_off, has_h = (h0c, 0, True) if h0c is not None else (out, 0, False)
-        else:
-            h_src, h_off, has_h = out, steps[s - 1] * BH, True
+        h_src, h_off = (h0, 0) if s == 0 else (out, steps[s - 1] * BH)
         _lstm_fwd_step_kernel[grid](
             gates, t * B4H, h_src, h_off, c_all, s * BH, weight_hh, weight_hh,
             gates, t * B4H, out, t * BH, c_all, (s + 1) * BH, B, H,
-            HAS_H=has_h, HAS_BIAS=False, STORE_GATES=True, **kw)
+            HAS_H=True, HAS_BIAS=False, STORE_GATES=True, **kw)
     return out, gates, c_all
 
 
 class _LSTMFunction(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, reverse):
-        bias = bias_ih
-        if bias_hh is not None:
-            bias = bias_hh if bias is None else bias + bias_hh
+    def forward(ctx, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, reverse, schedule):
+        T, B, _ = x.shape
+        H = weight_hh.shape[1]
         weight_hh = weight_hh.contiguous()
-        out, gates, c_all = _lstm_forward(x, weight_ih, weight_hh, bias, h0, c0, reverse)
-        T = x.shape[0]
+        schedule, cfg, _ = _pick_schedule(B, H, x, schedule)
+        h0_in = x.new_zeros(B, H) if h0 is None else h0
+        out, gates, c_all = _lstm_forward(x, weight_ih, weight_hh, _bias(bias_ih, bias_hh), h0_in, c0,
+                                          reverse, schedule, cfg)
         h_T = out[0 if reverse else T - 1].clone()
         c_T = c_all[T].to(x.dtype, copy=True)
         ctx.save_for_backward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, out, gates, c_all)
-        ctx.reverse = reverse
+        ctx.reverse, ctx.schedule, ctx.cfg = reverse, schedule, cfg
         ctx.consumed = False  # backward overwrites `gates` with dgates
         return out, h_T, c_T
 
@@ -328,34 +563,40 @@ class _LSTMFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out, d_hT, d_cT):
         x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, out, gates, c_all = ctx.saved_tensors
-        reverse = ctx.reverse
+        reverse, schedule, cfg = ctx.reverse, ctx.schedule, ctx.cfg
         T, B, I = x.shape
         H = weight_hh.shape[1]
         if ctx.consumed:
             # a second backward through a retained graph: rebuild the gates buffer
-            bias = bias_ih
-            if bias_hh is not None:
-                bias = bias_hh if bias is None else bias + bias_hh
-            _, gates, _ = _lstm_forward(x, weight_ih, weight_hh, bias, h0, c0, reverse)
+            h0_in = x.new_zeros(B, H) if h0 is None else h0
+            _, gates, _ = _lstm_forward(x, weight_ih, weight_hh, _bias(bias_ih, bias_hh), h0_in, c0,
+                                        reverse, schedule, cfg)
         ctx.consumed = True
 
         dc = d_cT.to(c_all.dtype, copy=True).contiguous()
-        cfg = _config(B, H, x)
         grid = _grid(B, H, cfg)
         kw = dict(ACC_DTYPE=_tl_acc(x.dtype), PRECISION=_precision(x), **cfg)
         steps = _steps(T, reverse)
-        BH, B4H = B * H, B * 4 * H
-        for s in range(T - 1, -1, -1):
-            t = steps[s]
-            last = s == T - 1
-            t_next = t if last else steps[s + 1]
-            _lstm_bwd_step_kernel[grid](
-                d_out, t * d_out.stride(0), d_out.stride(1), d_out.stride(2),
-                d_hT, d_hT.stride(0), d_hT.stride(1),
-                gates, t_next * B4H, weight_hh,
-                gates, t * B4H, gates, t * B4H,
-                c_all, s * BH, c_all, (s + 1) * BH, dc, B, H,
-                HAS_DHX=last, HAS_NEXT=not last, **kw)
+        if schedule == "persistent":
+            sync = _sync_buffer(grid, x)
+            _lstm_bwd_persistent_kernel[grid](
+                d_out, d_out.stride(0), d_out.stride(1), d_out.stride(2),
+                d_hT, d_hT.stride(0), d_hT.stride(1), weight_hh, gates, c_all, dc, sync, T, B, H,
+                REVERSE=reverse, MAX_POLLS=MAX_POLLS, **kw)
+            _check_sync(sync, "backward")
+        else:
+            BH, B4H = B * H, B * 4 * H
+            for s in range(T - 1, -1, -1):
+                t = steps[s]
+                last = s == T - 1
+                t_next = t if last else steps[s + 1]
+                _lstm_bwd_step_kernel[grid](
+                    d_out, t * d_out.stride(0), d_out.stride(1), d_out.stride(2),
+                    d_hT, d_hT.stride(0), d_hT.stride(1),
+                    gates, t_next * B4H, weight_hh,
+                    gates, t * B4H, gates, t * B4H,
+                    c_all, s * BH, c_all, (s + 1) * BH, dc, B, H,
+                    HAS_DHX=last, HAS_NEXT=not last, **kw)
         dgates = gates  # now holds d(loss)/d(pre-activations), (T, B, 4H)
         dg2 = dgates.view(T * B, 4 * H)
 
@@ -389,14 +630,17 @@ class _LSTMFunction(torch.autograd.Function):
         grad_b_hh = None
         if need[4]:
             grad_b_hh = grad_b.clone() if need[3] else grad_b
-        return grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_h0, grad_c0, None
+        return grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_h0, grad_c0, None, None
 
 
-def lstm(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, c0=None, reverse=False):
-    """Single-layer LSTM over time-major ``x (T, B, I)`` with fused Triton step kernels.
+def lstm(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, c0=None, reverse=False,
+         schedule: str = "auto"):
+    """Single-layer LSTM over time-major ``x (T, B, I)`` with fused Triton kernels.
 
     Same contract as :func:`zf_kernels.ops.lstm.naive.lstm_ref` (arguments are checked by
-    :func:`zf_kernels.ops.lstm`): returns ``(out (T, B, H), (h_T, c_T))``.
+    :func:`zf_kernels.ops.lstm`): returns ``(out (T, B, H), (h_T, c_T))``. ``schedule``:
+    "persistent" (one launch per direction), "stepwise" (one launch per step) or "auto"
+    (persistent where its grid can be resident, else stepwise; :func:`explain_schedule` says which).
     """
     T, B, _ = x.shape
     H = weight_hh.shape[1]
@@ -404,8 +648,17 @@ def lstm(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, c0=None, 
         h = x.new_zeros(B, H) if h0 is None else h0
         c = x.new_zeros(B, H) if c0 is None else c0
         return x.new_zeros(0, B, H), (h, c)
-    out, h_T, c_T = _LSTMFunction.apply(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, bool(reverse))
+    out, h_T, c_T = _LSTMFunction.apply(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, bool(reverse),
+                                        schedule)
     return out, (h_T, c_T)
+
+
+def _explain_dispatch(x, weight_ih, weight_hh, *rest) -> str:
+    return explain_schedule(x, weight_hh)
+
+
+# what ``ops.explain("lstm", x, weight_ih, weight_hh)`` appends for this backend
+lstm.explain = _explain_dispatch
 
 
 # ----------------------------------------------------------------------------------------------
