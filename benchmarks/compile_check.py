@@ -1,0 +1,178 @@
+"""Compile the Triton kernels for a GPU without one: registers, spills, shared memory.
+
+    python benchmarks/compile_check.py                 # sm_90 (H100 / H200), table + checks
+    python benchmarks/compile_check.py --arch 90 --json out.json
+
+The interpreter (``TRITON_INTERPRET=1``) checks what the kernels compute, not that they compile:
+it accepts code the GPU compiler rejects, and it says nothing about registers. This script
+runs Triton's real compiler (with the ``ptxas`` that ships in the triton wheel) for the target
+architecture at the block configurations the GPU dispatch picks, and reads the resource usage
+of each cubin with the bundled ``cuobjdump``. Checks (exit status 1 if one fails):
+
+- every kernel compiles;
+- no kernel spills to local memory (``STACK`` / ``LOCAL`` > 0 costs a round trip per spill in
+  the latency-bound time loop);
+- a persistent kernel fits one program per SM (its programs wait for each other at grid
+  barriers, so all of them must be resident): registers x threads <= 64 K and shared
+  memory <= 227 KB.
+
+It must run without ``TRITON_INTERPRET=1`` (the kernels must be real ``JITFunction``s); the test
+suite runs it in a subprocess. No GPU and no CUDA torch are needed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    raise SystemExit("compile_check.py compiles real kernels: run it without TRITON_INTERPRET=1")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the repository root
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from zf_kernels.ops.lstm import triton as lstm_triton  # noqa: E402
+
+REGS_PER_SM = 64 * 1024
+SMEM_PER_SM = 227 * 1024          # usable shared memory per block on sm_90
+TORCH_DTYPES = {"float32": ("fp32", "ieee"), "float32-tf32": ("fp32", "tf32"), "bfloat16": ("bf16", "tf32")}
+
+
+@dataclass
+class Spec:
+    """One compilation: a kernel, its pointer element types and constexprs, launch options."""
+    label: str
+    kernel: object
+    dtype: str                                   # element type of every pointer not overridden
+    constexprs: dict
+    pointers: dict = field(default_factory=dict)  # pointer name -> element type (e.g. "i32")
+    options: dict = field(default_factory=lambda: dict(num_warps=4))   # num_warps, num_stages
+    persistent: bool = False
+
+    @property
+    def num_warps(self) -> int:
+        return self.options.get("num_warps", 4)
+
+    def signature(self) -> dict:
+        sig = {}
+        for name in self.kernel.arg_names:
+            if name in self.constexprs:
+                sig[name] = "constexpr"
+            elif name.endswith("_ptr"):
+                sig[name] = "*" + self.pointers.get(name, self.dtype)
+            else:
+                sig[name] = "i32"
+        return sig
+
+
+def lstm_specs() -> list[Spec]:
+    """The LSTM kernels at the configurations ``zf_kernels.ops.lstm.triton`` picks on a GPU."""
+    lt = lstm_triton
+    specs = []
+    import torch
+    for dt_name, (dt, prec) in TORCH_DTYPES.items():
+        torch_dtype = torch.bfloat16 if dt == "bf16" else torch.float32
+        common = dict(ACC_DTYPE=tl.float32, PRECISION=prec, BLOCK_K=64 if dt == "bf16" else 32)
+        for block_b, block_h in lt.STEPWISE_TILES:
+            cfg = dict(common, BLOCK_B=block_b, BLOCK_H=block_h)
+            tag = f"{dt_name} B{block_b} H{block_h}"
+            opts = lt._launch_options(block_b, block_h, "stepwise", torch_dtype)
+            specs.append(Spec(f"lstm fwd step {tag}", lt._lstm_fwd_step_kernel, dt,
+                              dict(cfg, HAS_H=True, HAS_BIAS=False, STORE_GATES=True),
+                              {"c_ptr": "fp32", "co_ptr": "fp32"}, opts))
+            specs.append(Spec(f"lstm bwd step {tag}", lt._lstm_bwd_step_kernel, dt,
+                              dict(cfg, HAS_DHX=False, HAS_NEXT=True),
+                              {"cp_ptr": "fp32", "cn_ptr": "fp32", "dc_ptr": "fp32"}, opts))
+        for block_b, block_h in lt.PERSISTENT_TILES:
+            cfg = dict(common, BLOCK_B=block_b, BLOCK_H=block_h, MAX_POLLS=lt.MAX_POLLS)
+            tag = f"{dt_name} B{block_b} H{block_h}"
+            opts = lt._launch_options(block_b, block_h, "persistent", torch_dtype)
+            specs.append(Spec(f"lstm fwd persistent {tag}", lt._lstm_fwd_persistent_kernel, dt,
+                              dict(cfg, REVERSE=False), {"c_ptr": "fp32", "sync_ptr": "i32"}, opts,
+                              persistent=True))
+            specs.append(Spec(f"lstm bwd persistent {tag}", lt._lstm_bwd_persistent_kernel, dt,
+                              dict(cfg, REVERSE=True), {"c_ptr": "fp32", "dc_ptr": "fp32", "sync_ptr": "i32"},
+                              opts, persistent=True))
+    return specs
+
+
+def _cuobjdump() -> str:
+    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
+
+
+def compile_one(spec: Spec, arch: int) -> dict:
+    k = spec.kernel
+    src = ASTSource(fn=k, signature=spec.signature(),
+                    constexprs={(k.arg_names.index(n),): v for n, v in spec.constexprs.items()})
+    row = dict(label=spec.label, num_warps=spec.num_warps, num_stages=spec.options.get("num_stages"),
+               persistent=spec.persistent)
+    try:
+        ck = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(spec.options))
+    except Exception as exc:   # noqa: BLE001 - reported per kernel
+        row.update(ok=False, error=f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}")
+        return row
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(ck.asm["cubin"])
+    try:
+        usage = subprocess.run([_cuobjdump(), "--dump-resource-usage", f.name], capture_output=True,
+                               text=True, timeout=60).stdout
+    finally:
+        os.unlink(f.name)
+    m = re.search(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)", usage)
+    if m is None:
+        row.update(ok=False, error=f"cannot read cuobjdump resource usage: {usage[:200]!r}")
+        return row
+    regs, stack, _static_smem, local = map(int, m.groups())
+    shared = int(ck.metadata.shared)
+    problems = []
+    if stack or local:
+        problems.append(f"spills (stack {stack} B, local {local} B per thread)")
+    if regs * 32 * spec.num_warps > REGS_PER_SM:
+        problems.append(f"{regs} regs x {32 * spec.num_warps} threads > 64K: "
+                        + ("cannot be resident" if spec.persistent else "no second program per SM"))
+    if shared > SMEM_PER_SM:
+        problems.append(f"shared memory {shared} B > {SMEM_PER_SM} B")
+    hard = [p for p in problems if spec.persistent or "spills" in p or "shared" in p]
+    row.update(ok=not hard, regs=regs, stack=stack, local=local, shared=shared,
+               problems="; ".join(problems))
+    return row
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", type=int, default=90, help="compute capability x 10 (default 90: H100/H200)")
+    ap.add_argument("--only", default="", help="substring filter on the kernel labels")
+    ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    args = ap.parse_args(argv)
+    specs = [s for s in lstm_specs() if args.only in s.label]
+    rows = []
+    print(f"# triton {triton.__version__}, target sm_{args.arch}")
+    print(f"{'kernel':44} {'warps':>5} {'regs':>5} {'stack':>5} {'shared':>7}  status")
+    for spec in specs:
+        r = compile_one(spec, args.arch)
+        rows.append(r)
+        if "regs" in r:
+            status = ("ok" if r["ok"] else "FAIL") + (f" ({r['problems']})" if r["problems"] else "")
+            print(f"{r['label']:44} {r['num_warps']:5d} {r['regs']:5d} {r['stack']:5d} {r['shared']:7d}  {status}",
+                  flush=True)
+        else:
+            print(f"{r['label']:44} {r['num_warps']:5d} {'-':>5} {'-':>5} {'-':>7}  FAIL ({r['error']})", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(dict(arch=args.arch, triton=triton.__version__, rows=rows), indent=1))
+    failed = [r["label"] for r in rows if not r["ok"]]
+    print(f"# {len(rows) - len(failed)} / {len(rows)} ok" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""The Triton kernels compile for sm_90 (H100 / H200) without spilling registers, and the
+persistent ones fit one program per SM: benchmarks/compile_check.py run in a subprocess
+(the suite itself runs under TRITON_INTERPRET=1, which never calls the real compiler)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_kernels_compile_for_sm90_without_spills(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")     # a real compile, not a cached one
+    out = tmp_path / "usage.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "compile_check.py"), "--json", str(out)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    rows = json.loads(out.read_text())["rows"]
+    labels = [r["label"] for r in rows]
+    # every schedule and direction, in float32 and bfloat16
+    for kind in ("fwd step", "bwd step", "fwd persistent", "bwd persistent"):
+        for dt in ("float32", "bfloat16"):
+            assert any(lb.startswith(f"lstm {kind} {dt} ") for lb in labels), (kind, dt)
+    for r in rows:
+        assert r["ok"] and r["stack"] == 0 and r["local"] == 0, r
+        if r["persistent"]:
+            assert r["regs"] * 32 * r["num_warps"] <= 64 * 1024, r
