@@ -96,7 +96,7 @@ run_stage train 80 "$LOG" \
 
 # 3. every op, fwd and fwd+bwd, fp32 then bf16: cuDNN, eager reference, Triton
 run_stage ops 65 "$LOG" \
-  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --providers cudnn,torch,triton
+  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --providers cudnn,torch,triton,triton-stepwise
 
 # 4. torch.compile of the whole TIMIT step (unrolls two 40-step loops: may not fit)
 run_stage train-compile 60 "$LOG" \
