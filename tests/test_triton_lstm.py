@@ -364,3 +364,18 @@ def test_lstm_gpu_schedules_match_float64_reference(T, B, I, H, reverse, schedul
     for n, a, b in zip(NAMES, got, ref):
         assert torch.isfinite(a).all(), n
         assert _rel(a, b) < 1e-4, f"{n}: relative error {_rel(a, b):.2e} ({schedule})"
+
+
+def test_lstm_schedule_environment_override(monkeypatch):
+    inputs, grads = _make(3, 2, 5, 7, "both", True, torch.float64, seed=12)
+    x, w_hh = inputs[0], inputs[2]
+    monkeypatch.setenv("ZF_LSTM_SCHEDULE", "stepwise")
+    assert lt.explain_schedule(x, w_hh).startswith("schedule stepwise: requested: one launch per step (ZF_LSTM_SCHEDULE")
+    assert lt.explain_schedule(x, w_hh, "persistent").startswith("schedule persistent")   # explicit wins
+    got = _run(lt.lstm, inputs, grads, False)
+    ref = _run(naive.lstm_ref, inputs, grads, False)
+    for n, a, b in zip(NAMES, got, ref):
+        _close(a, b, torch.float64, n)
+    monkeypatch.setenv("ZF_LSTM_SCHEDULE", "fast")
+    with pytest.raises(ValueError, match="ZF_LSTM_SCHEDULE must be one of"):
+        lt.lstm(*inputs)

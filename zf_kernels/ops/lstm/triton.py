@@ -33,7 +33,8 @@ registers in the time loop, see ``PERSISTENT_TILES`` and ``_launch_options``); B
 B=64 at H=1024 a 2 x 64 one; beyond 132 programs on an H100/H200 ``auto`` runs stepwise.
 A barrier that never completes (a grid that was not resident) gives up after ``MAX_POLLS``
 polls, sets a flag and the op raises (a device-side assert on a GPU) instead of hanging.
-``auto`` = persistent where the grid fits, else stepwise.
+``auto`` = persistent where the grid fits, else stepwise; the environment variable
+``ZF_LSTM_SCHEDULE=stepwise`` (or ``persistent``) overrides "auto" for the whole process.
 
 Saved vs recomputed
 -------------------
@@ -72,6 +73,8 @@ kernel (or T step kernels) + a few GEMMs. The step index and T are marked
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -81,6 +84,8 @@ from .._triton_common import grid_barrier, sigmoid, tanh
 __all__ = ["lstm", "lstm_cell", "explain_schedule", "SCHEDULES"]
 
 SCHEDULES = ("auto", "persistent", "stepwise")
+# what schedule="auto" means process-wide, if set (e.g. stepwise, to rule the persistent kernels out)
+SCHEDULE_ENV = "ZF_LSTM_SCHEDULE"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -455,13 +460,19 @@ def _pick_schedule(B: int, H: int, ref: torch.Tensor, schedule: str) -> tuple[st
     """``(schedule, block config, reason)`` for ``lstm``; ``schedule`` is one of SCHEDULES."""
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    forced = ""
+    if schedule == "auto" and os.environ.get(SCHEDULE_ENV):
+        schedule = os.environ[SCHEDULE_ENV]
+        if schedule not in SCHEDULES:
+            raise ValueError(f"environment variable {SCHEDULE_ENV} must be one of {SCHEDULES}, got {schedule!r}")
+        forced = f" ({SCHEDULE_ENV}={schedule})"
     if schedule == "stepwise":
-        return "stepwise", _config(B, H, ref), "requested: one launch per step"
+        return "stepwise", _config(B, H, ref), "requested: one launch per step" + forced
     cfg, why = _persistent_config(B, H, ref)
     if cfg is not None:
-        return "persistent", cfg, f"one launch per direction ({why})"
+        return "persistent", cfg, f"one launch per direction ({why}){forced}"
     if schedule == "persistent":
-        raise ValueError(f"schedule='persistent' cannot run here: {why}")
+        raise ValueError(f"schedule='persistent' cannot run here{forced}: {why}")
     return "stepwise", _config(B, H, ref), f"one launch per step, since the persistent kernel cannot: {why}"
 
 
