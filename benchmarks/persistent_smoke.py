@@ -19,6 +19,8 @@ from zf_kernels.ops.lstm import naive  # noqa: E402
 from zf_kernels.ops.lstm import triton as lt  # noqa: E402
 
 CASES = [(40, 32, 512, 1024, True), (784, 32, 64, 512, False), (9, 100, 33, 1500, True)]
+# --tiny: a CPU check of this script itself, under TRITON_INTERPRET=1 (tests/test_benchmarks_smoke.py)
+TINY_CASES = [(3, 2, 5, 7, True), (4, 70, 3, 5, False)]
 
 
 def run(schedule, args, grads, reverse):
@@ -28,22 +30,25 @@ def run(schedule, args, grads, reverse):
     return [out, h, c, *gr]
 
 
-def main() -> int:
-    if not torch.cuda.is_available():
+def main(argv=None) -> int:
+    tiny = "--tiny" in (sys.argv[1:] if argv is None else argv)
+    device = "cpu" if tiny else "cuda"
+    if not tiny and not torch.cuda.is_available():
         print("persistent_smoke: no CUDA device")
         return 1
     ok = True
-    for T, B, I, H, reverse in CASES:
-        g = torch.Generator(device="cuda").manual_seed(0)
+    for T, B, I, H, reverse in TINY_CASES if tiny else CASES:
+        g = torch.Generator(device=device).manual_seed(0)
         shapes = [(T, B, I), (4 * H, I), (4 * H, H), (4 * H,), (4 * H,), (B, H), (B, H)]
         scales = [1.0, H ** -0.5, H ** -0.5, 0.1, 0.1, 1.0, 1.0]
-        args = [(s * torch.randn(*sh, device="cuda", generator=g)).requires_grad_() for sh, s in zip(shapes, scales)]
-        grads = [torch.randn(T, B, H, device="cuda", generator=g), torch.randn(B, H, device="cuda", generator=g),
-                 torch.randn(B, H, device="cuda", generator=g)]
+        args = [(s * torch.randn(*sh, device=device, generator=g)).requires_grad_() for sh, s in zip(shapes, scales)]
+        grads = [torch.randn(T, B, H, device=device, generator=g), torch.randn(B, H, device=device, generator=g),
+                 torch.randn(B, H, device=device, generator=g)]
         t0 = time.perf_counter()
         try:
             per = run("persistent", args, grads, reverse)
-            torch.cuda.synchronize()
+            if device == "cuda":
+                torch.cuda.synchronize()
         except Exception as exc:   # noqa: BLE001 - a device-side assert lands here
             print(f"T{T} B{B} I{I} H{H}: persistent FAILED: {type(exc).__name__}: {exc}")
             return 1

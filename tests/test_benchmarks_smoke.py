@@ -115,3 +115,14 @@ def test_device_check_script_syntax():
         pytest.skip("no bash")
     r = subprocess.run([bash, "-n", str(REPO / "benchmarks" / "device_check.sh")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_persistent_smoke_script_runs_and_agrees_on_cpu():
+    """device_check.sh trusts this script's exit status to choose the LSTM schedule of the whole
+    GPU session: check it runs (tiny shapes, interpreter) and reports agreement."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "persistent_smoke.py"), "--tiny"],
+                       capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 2 and all(line.endswith(": ok") and "schedule persistent" in line for line in lines), r.stdout
