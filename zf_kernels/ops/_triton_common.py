@@ -20,9 +20,11 @@ def tanh(x):
 
 @triton.jit
 def leaky_clamp(x, slope: tl.constexpr, bound: tl.constexpr):
-    """clamp(leaky_relu(x, slope), -bound, bound)."""
+    """clamp(leaky_relu(x, slope), -bound, bound); NaN stays NaN, as in torch.clamp (a GPU's
+    min / max return the non-NaN operand by default; the interpreter propagates either way)."""
     y = tl.where(x >= 0, x, x * slope)
-    return tl.minimum(tl.maximum(y, -bound), bound)
+    return tl.minimum(tl.maximum(y, -bound, propagate_nan=tl.PropagateNan.ALL), bound,
+                      propagate_nan=tl.PropagateNan.ALL)
 
 
 @triton.jit
