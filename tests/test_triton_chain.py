@@ -195,6 +195,94 @@ def test_public_api(nan_empty):
         assert rel_err(a, b) <= TOL[torch.float64], f"grad of {name}"
 
 
+@pytest.mark.parametrize("blocks", ["default", "small"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16], ids=["f64", "f32", "f16"])
+def test_nonfinite_sequence_leaves_the_others_bit_for_bit(dtype, blocks, nan_empty, monkeypatch):
+    """NaN / Inf in every per-sequence input of one batch row (gates_x, post_x, eps, h0, c0):
+    the other rows' outputs and their rows of the per-sequence input gradients are bit for bit
+    those of a run where that row is finite (rows never mix: no dot reduces over the batch,
+    padded rows are masked). "small": B = 18 spans two 16-row blocks."""
+    if blocks == "small":
+        monkeypatch.setattr(chain_triton, "_BLOCK_OVERRIDE", SMALL_BLOCKS)
+    T, B, H, M, Z, G = 3, 18, 5, 4, 3, 6
+    bad = 1
+    clean = [a.detach().to(dtype) for a in make_inputs(T, B, H, M, Z, G, seed=11, scale=0.5)]
+    poisoned = [a.clone() for a in clean]
+    poisoned[0][1, bad, 2] = float("nan")        # gates_x
+    poisoned[1][0, bad, :] = float("inf")        # post_x
+    poisoned[2][2, bad, 0] = float("-inf")       # eps
+    poisoned[3][bad, 0] = float("nan")           # h0
+    poisoned[4][bad, 1] = float("inf")           # c0
+    g = torch.Generator().manual_seed(12)
+    grads_out = None
+    results = []
+    for args in (clean, poisoned):
+        args = [a.clone().requires_grad_() for a in args]
+        out = chain_triton.zforcing_chain(*args)
+        if grads_out is None:
+            grads_out = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(DEVICE, dtype) for o in out]
+        grads = torch.autograd.grad(tuple(out), args[:5], grads_out)
+        results.append((out, grads))
+    (out_c, grads_c), (out_p, grads_p) = results
+    keep = torch.arange(B, device=DEVICE) != bad
+    assert all(torch.isfinite(o).all() for o in out_c) and all(torch.isfinite(gr).all() for gr in grads_c)
+    assert not torch.isfinite(out_p.h[:, bad]).all()   # the poisoned row is poisoned
+    for name, a, b in zip(OUT_NAMES, out_c, out_p):
+        assert torch.equal(a[:, keep], b[:, keep]), f"output {name}: other sequences changed"
+    for i, (name, a, b) in enumerate(zip(NAMES, grads_c, grads_p)):
+        rows = (slice(None), keep) if i < 3 else (keep,)
+        assert torch.equal(a[rows], b[rows]), f"grad of {name}: other sequences changed"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_tiny_state_times_infinite_weight(dtype, nan_empty):
+    """c_1 ~ 1e-20 gives h_1 = o tanh(c_1) ~ 5e-21, and an infinite W_qh entry turns it into
+    s_2 = +-inf, which the MLP clamp maps to a finite activation: every output finite, as in
+    the reference. (A tanh that rounds tiny arguments to 0 made h_1 = 0 and s_2 = 0 * inf = NaN.)"""
+    T, B, H, M, Z, G = 2, 2, 2, 3, 2, 3
+    args = [a.detach() for a in make_inputs(T, B, H, M, Z, G, seed=13)]
+    gx = torch.zeros(T, B, 4 * H, dtype=torch.float64, device=DEVICE)
+    gx[:, :, :H], gx[:, :, H:2 * H] = -100.0, 30.0          # input gate shut, forget gate open
+    args[0] = gx
+    args[3] = torch.tensor([[0.3, -0.2], [-0.5, 0.1]], dtype=torch.float64, device=DEVICE)  # h0 (no 0 * inf)
+    args[4] = torch.tensor([[1e-20, -3e-21], [-2e-20, 4e-22]], dtype=torch.float64, device=DEVICE)  # c0
+    args[10] = torch.zeros_like(args[10])                   # weight_iz: gates = gates_x
+    args[11] = torch.zeros_like(args[11])                   # weight_hh
+    args[5][0, 0] = float("inf")                             # weight_qh
+    args = [a.to(dtype) for a in args]
+    ref = zforcing_chain_ref(*[a.double() for a in args])
+    out = chain_triton.zforcing_chain(*args)
+    assert ref.h[0].abs().min() > 0 and torch.isfinite(ref.z).all()
+    for name, o, r in zip(OUT_NAMES, out, ref):
+        assert torch.isfinite(o).all(), f"output {name}: {o}"
+        assert rel_err(o, r) <= TOL[dtype], name
+
+
+def test_tanh_keeps_tiny_values(nan_empty):
+    """The chain's tanh: relative error ~1 ulp for tiny |x| (never rounded to 0), a few
+    float32 ulps elsewhere, odd, NaN -> NaN, +-inf -> +-1."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def kernel(X, Y, N: tl.constexpr):
+        o = tl.arange(0, N)
+        tl.store(Y + o, chain_triton.tanh(tl.load(X + o)))
+
+    mags = torch.logspace(-40, 1.5, 1020, dtype=torch.float64)
+    special = [0.0, -0.0, float("inf"), -float("inf"), float("nan"), 1e-300, -1e-300, 1e-45]
+    x64 = torch.cat([mags, -mags, torch.tensor(special, dtype=torch.float64)])   # 2048 (a power of 2)
+    for dtype, rtol in ((torch.float64, 1e-13), (torch.float32, 2e-5)):
+        x = x64.to(dtype).to(DEVICE)
+        y = torch.empty_like(x)
+        kernel[(1,)](x, y, N=x.numel())
+        exp = torch.tanh(x.double())
+        assert torch.equal(y.isnan(), exp.isnan()), dtype
+        fin = ~exp.isnan()
+        assert torch.equal(y[fin] == 0, exp[fin] == 0), f"{dtype}: tanh rounded a nonzero value to 0"
+        assert ((y[fin].double() - exp[fin]).abs() <= rtol * exp[fin].abs()).all(), dtype
+
+
 def test_zero_steps():
     args = make_inputs(0, 3, 4, 5, 2, 6, dtype=torch.float32)
     out = ops.zforcing_chain(*args, backend="triton")

@@ -25,7 +25,9 @@ of a block; ``tl.dot`` tiles are at least 16 wide and padded with masked loads, 
   small GEMM). That removes a dependent stage (and a launch) per step and, with the usual
   G >= Z (mlp 512 / z 256 at the TIMIT settings), also halves the per-step g-part FLOPs
   (4H x Z instead of G x Z + 4H x G). It changes only the rounding order: the result
-  agrees with the reference to float tolerance. K1 cannot be merged with K3 (K3 needs
+  agrees with the reference to float tolerance, and exactly in which entries are NaN / inf
+  as long as W_iz, W_gz, b_gz and z are finite (with an infinite one, inf - inf can be NaN in
+  one association and not in the other; tests/test_properties.py models both). K1 cannot be merged with K3 (K3 needs
   the whole z row, which needs the whole a row) without recomputing the posterior MLP in
   every H-block program, so three dependent stages per step is the minimum for a launch-
   per-stage design; the next step beyond this is a persistent kernel with grid syncs.
@@ -67,7 +69,19 @@ GPU-only and unverified here; it takes the float16 code path). fp32 dots use
 in fp64. float16 / bfloat16: dot operands in the input dtype with fp32 accumulation, all gate,
 cell and sampling arithmetic in fp32, the cell state c kept in an fp32 buffer (returned cast
 to the input dtype), the carried dc in fp32; saved gates, s and the per-step gradient buffers
-are in the input dtype.
+are in the input dtype. h_t and z_t, outputs in the input dtype, are read back in it by the
+next stage: a float16 h of 1e-21 is 0 there (as in any float16 implementation), so an
+infinite weight then gives 0 * inf = NaN where a float64 evaluation gives inf.
+
+Batch rows never mix: every tl.dot reduces over a feature dim (H, 4H, M, Z, 2Z), padded rows
+and columns are masked loads of 0, and each program writes only its own rows; a NaN / Inf
+in one sequence's inputs leaves the other sequences' outputs and input gradients bit for
+bit unchanged (tests/test_triton_chain.py). Only the weight gradients, sums over all rows,
+see it. Non-finite values: the [-8, 8] parameter clamp propagates NaN as torch.clamp does
+(``propagate_nan``: by default a GPU min / max returns the non-NaN operand; the interpreter
+propagates NaN either way, so this is not covered by the CPU tests -- nor is the shared
+``leaky_clamp``, which uses the default), and the local ``tanh`` keeps tiny values tiny
+rather than 0 (see its docstring).
 """
 from __future__ import annotations
 
@@ -76,7 +90,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from .._triton_common import leaky_clamp, leaky_clamp_grad, sigmoid, tanh
+from .._triton_common import leaky_clamp, leaky_clamp_grad, sigmoid
 from .naive import ACT_CLAMP, LEAKY_SLOPE, PARAM_CLAMP, ChainOutput, mlp_act
 
 __all__ = ["zforcing_chain", "ZForcingChainFunction"]
@@ -84,6 +98,25 @@ __all__ = ["zforcing_chain", "ZForcingChainFunction"]
 # Tests set this to e.g. {"BLOCK_B": 16, "BLOCK_N": 16, "BLOCK_K": 16} to force every
 # dimension of small problems onto several blocks.
 _BLOCK_OVERRIDE: dict | None = None
+
+
+# --------------------------------------------------------------------------- device helpers
+
+@triton.jit
+def tanh(x):
+    """tanh with its relative accuracy kept as |x| -> 0. The shared ``_triton_common.tanh``,
+    ``(1 - e) / (1 + e)`` with ``e = exp(-2|x|)``, rounds e to 1 and so returns exactly 0 for
+    |x| below ~3e-8 in float32 (~6e-17 in float64): a tiny h_t (o * tanh(c) with c ~ 1e-22)
+    became 0, and 0 * an infinite weight made the next step NaN where the reference's tiny
+    value gives +-inf and a clamped, finite result. Below |x| = 2^-8 this uses the series
+    x (1 - x^2/3 (1 - 0.4 x^2)) (relative error < 2e-16 there); above, the formula, whose
+    cancellation costs at most ~eps / (2|x|) relative."""
+    a = tl.abs(x)
+    e = tl.exp(-2.0 * a)
+    big = (1.0 - e) / (1.0 + e)
+    x2 = a * a
+    t = tl.where(a < 0.00390625, a * (1.0 - (x2 * (1.0 / 3.0)) * (1.0 - 0.4 * x2)), big)
+    return tl.where(x >= 0, t, -t)
 
 
 # --------------------------------------------------------------------------- forward kernels
@@ -154,8 +187,12 @@ def _fwd_posterior_sample(
     # torch.clamp's autograd passes the gradient on the closed interval
     ok_mu = (p_mu >= -PARAM_BOUND) & (p_mu <= PARAM_BOUND)
     ok_lv = (p_lv >= -PARAM_BOUND) & (p_lv <= PARAM_BOUND)
-    mu = tl.minimum(tl.maximum(p_mu, -PARAM_BOUND), PARAM_BOUND)
-    lv = tl.minimum(tl.maximum(p_lv, -PARAM_BOUND), PARAM_BOUND)
+    # NaN stays NaN, as in torch.clamp (by default tl.minimum / tl.maximum return the other
+    # operand on a GPU; the interpreter's numpy propagates NaN either way)
+    mu = tl.minimum(tl.maximum(p_mu, -PARAM_BOUND, propagate_nan=tl.PropagateNan.ALL), PARAM_BOUND,
+                    propagate_nan=tl.PropagateNan.ALL)
+    lv = tl.minimum(tl.maximum(p_lv, -PARAM_BOUND, propagate_nan=tl.PropagateNan.ALL), PARAM_BOUND,
+                    propagate_nan=tl.PropagateNan.ALL)
     off = t64 * B * Z + rb[:, None] * Z + rz[None, :]
     eps = tl.load(EPS + off, mask=m2, other=0.0).to(ACC)
     z = mu + tl.exp(0.5 * lv) * eps
