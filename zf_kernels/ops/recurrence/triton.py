@@ -77,11 +77,10 @@ Batch rows never mix: every tl.dot reduces over a feature dim (H, 4H, M, Z, 2Z),
 and columns are masked loads of 0, and each program writes only its own rows; a NaN / Inf
 in one sequence's inputs leaves the other sequences' outputs and input gradients bit for
 bit unchanged (tests/test_triton_chain.py). Only the weight gradients, sums over all rows,
-see it. Non-finite values: the [-8, 8] parameter clamp propagates NaN as torch.clamp does
-(``propagate_nan``: by default a GPU min / max returns the non-NaN operand; the interpreter
-propagates NaN either way, so this is not covered by the CPU tests -- nor is the shared
-``leaky_clamp``, which uses the default), and the local ``tanh`` keeps tiny values tiny
-rather than 0 (see its docstring).
+see it. Non-finite values: the [-8, 8] parameter clamp, like the shared ``leaky_clamp``,
+propagates NaN as torch.clamp does (``propagate_nan``: by default a GPU min / max returns the
+non-NaN operand; the interpreter propagates NaN either way, so the CPU tests cannot tell),
+and the local ``tanh`` keeps tiny values tiny rather than 0 (see its docstring).
 """
 from __future__ import annotations
 
