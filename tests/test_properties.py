@@ -1133,19 +1133,18 @@ def _smoke_args(op):
 RUNNERS = {"lstm": _run_lstm_case, "lstm_cell": _run_lstm_cell_case, "zforcing_chain": _run_chain_case}
 
 
-# Found by this test (kernel files being written by others, untracked at the time):
-# - Triton lstm with h0=None skips the h0 @ weight_hh.T term of the first step, so an
-#   infinite recurrent weight gives finite outputs where nn.LSTM (0 * inf) gives NaN.
+# Found by this test:
+# - Triton lstm with h0=None skipped the h0 @ weight_hh.T term of the first step, so an
+#   infinite recurrent weight gave finite outputs where nn.LSTM (0 * inf) gives NaN (fixed:
+#   h0=None now runs as zeros).
 # (Triton zforcing_chain's failures here, once read as a NaN leaking from one sequence into
 # the others, were no leak -- rows never mix, test_triton_chain.py checks it bit for bit --
 # but a sequence's own tiny h rounded to 0 (by float16 storage, or by a tanh that returned 0
 # for |x| < 3e-8), times an infinite weight: NaN where float64 has inf. The kernel's tanh is
 # fixed, and _chain_reference(store=dtype) models its storage and its g(z) association.)
-_LSTM_H0 = pytest.mark.xfail(strict=False, reason="Triton lstm: h0=None skips 0 @ weight_hh (an Inf weight "
-                                                  "gives finite outputs, nn.LSTM NaN; kernel in progress)")
 
 
-@pytest.mark.parametrize("op", [pytest.param("lstm", marks=_LSTM_H0), "lstm_cell", "zforcing_chain"])
+@pytest.mark.parametrize("op", ["lstm", "lstm_cell", "zforcing_chain"])
 @settings(TRITON)
 @given(data=st.data())
 def test_triton_recurrent_ops_on_bad_input(op, data):

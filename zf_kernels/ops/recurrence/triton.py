@@ -80,7 +80,7 @@ bit unchanged (tests/test_triton_chain.py). Only the weight gradients, sums over
 see it. Non-finite values: the [-8, 8] parameter clamp, like the shared ``leaky_clamp``,
 propagates NaN as torch.clamp does (``propagate_nan``: by default a GPU min / max returns the
 non-NaN operand; the interpreter propagates NaN either way, so the CPU tests cannot tell),
-and the local ``tanh`` keeps tiny values tiny rather than 0 (see its docstring).
+and the shared ``tanh`` keeps tiny values tiny rather than 0 (see its docstring).
 """
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from .._triton_common import leaky_clamp, leaky_clamp_grad, sigmoid
+from .._triton_common import leaky_clamp, leaky_clamp_grad, sigmoid, tanh
 from .naive import ACT_CLAMP, LEAKY_SLOPE, PARAM_CLAMP, ChainOutput, mlp_act
 
 __all__ = ["zforcing_chain", "ZForcingChainFunction"]
@@ -97,25 +97,6 @@ __all__ = ["zforcing_chain", "ZForcingChainFunction"]
 # Tests set this to e.g. {"BLOCK_B": 16, "BLOCK_N": 16, "BLOCK_K": 16} to force every
 # dimension of small problems onto several blocks.
 _BLOCK_OVERRIDE: dict | None = None
-
-
-# --------------------------------------------------------------------------- device helpers
-
-@triton.jit
-def tanh(x):
-    """tanh with its relative accuracy kept as |x| -> 0. The shared ``_triton_common.tanh``,
-    ``(1 - e) / (1 + e)`` with ``e = exp(-2|x|)``, rounds e to 1 and so returns exactly 0 for
-    |x| below ~3e-8 in float32 (~6e-17 in float64): a tiny h_t (o * tanh(c) with c ~ 1e-22)
-    became 0, and 0 * an infinite weight made the next step NaN where the reference's tiny
-    value gives +-inf and a clamped, finite result. Below |x| = 2^-8 this uses the series
-    x (1 - x^2/3 (1 - 0.4 x^2)) (relative error < 2e-16 there); above, the formula, whose
-    cancellation costs at most ~eps / (2|x|) relative."""
-    a = tl.abs(x)
-    e = tl.exp(-2.0 * a)
-    big = (1.0 - e) / (1.0 + e)
-    x2 = a * a
-    t = tl.where(a < 0.00390625, a * (1.0 - (x2 * (1.0 / 3.0)) * (1.0 - 0.4 * x2)), big)
-    return tl.where(x >= 0, t, -t)
 
 
 # --------------------------------------------------------------------------- forward kernels
