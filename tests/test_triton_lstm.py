@@ -215,12 +215,12 @@ def test_lstm_persistent_barrier_timeout_raises_instead_of_hanging(monkeypatch, 
     wide_grid = lambda B, H, cfg: (1, 3)  # noqa: E731
     if direction == "forward":
         monkeypatch.setattr(lt, "_grid", wide_grid)
-        with pytest.raises(RuntimeError, match="grid barrier of the persistent forward kernel timed out"):
+        with pytest.raises(RuntimeError, match="grid barrier of the persistent LSTM forward kernel timed out"):
             lt.lstm(*inputs, schedule="persistent")
     else:
         out, _ = lt.lstm(*inputs, schedule="persistent")
         monkeypatch.setattr(lt, "_grid", wide_grid)
-        with pytest.raises(RuntimeError, match="grid barrier of the persistent backward kernel timed out"):
+        with pytest.raises(RuntimeError, match="grid barrier of the persistent LSTM backward kernel timed out"):
             torch.autograd.grad(out.sum(), inputs[0])
 
 

@@ -73,17 +73,16 @@ kernel (or T step kernels) + a few GEMMs. The step index and T are marked
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from .. import _persistent
+from .._persistent import MAX_POLLS, SCHEDULES, check_sync, num_sms, sync_buffer
 from .._triton_common import grid_barrier, sigmoid, tanh
 
 __all__ = ["lstm", "lstm_cell", "explain_schedule", "SCHEDULES"]
 
-SCHEDULES = ("auto", "persistent", "stepwise")
 # what schedule="auto" means process-wide, if set (e.g. stepwise, to rule the persistent kernels out)
 SCHEDULE_ENV = "ZF_LSTM_SCHEDULE"
 
@@ -361,12 +360,6 @@ def _lstm_bwd_persistent_kernel(
 # ----------------------------------------------------------------------------------------------
 # launch helpers
 
-_NUM_SMS: dict[int, int] = {}
-# polls of a grid barrier before a persistent launch gives up (~1 us each on an H100/H200):
-# seconds, far beyond any real wait, so only a grid that was not co-resident ever reaches it
-MAX_POLLS = 1 << 22
-
-
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -381,15 +374,6 @@ def _precision(t: torch.Tensor) -> str:
     if t.dtype == torch.float32:
         return "tf32" if (t.is_cuda and torch.backends.cuda.matmul.allow_tf32) else "ieee"
     return "ieee" if t.dtype == torch.float64 else "tf32"
-
-
-def _num_sms(t: torch.Tensor) -> int:
-    if not t.is_cuda:
-        return 1 << 30  # interpreter: no occupancy to fill, prefer the smallest blocks
-    idx = t.device.index if t.device.index is not None else torch.cuda.current_device()
-    if idx not in _NUM_SMS:
-        _NUM_SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _NUM_SMS[idx]
 
 
 def _block_b(B: int) -> int:
@@ -428,7 +412,7 @@ def _config(B: int, H: int, ref: torch.Tensor) -> dict:
     """
     block_b = _block_b(B)
     nb = triton.cdiv(B, block_b)
-    block_h = 32 if nb * triton.cdiv(H, 32) >= _num_sms(ref) else 16
+    block_h = 32 if nb * triton.cdiv(H, 32) >= num_sms(ref) else 16
     return dict(BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=_block_k(ref),
                 **_launch_options(block_b, block_h, "stepwise", ref.dtype))
 
@@ -447,7 +431,7 @@ def _persistent_config(B: int, H: int, ref: torch.Tensor) -> tuple[dict | None, 
             f"interpreter: grid {nb} x 1 (one program per batch block)"
     block_b, block_h = PERSISTENT_TILES[0] if B <= 16 else PERSISTENT_TILES[1]
     nb, nh = triton.cdiv(B, block_b), triton.cdiv(H, block_h)
-    sms = _num_sms(ref)
+    sms = num_sms(ref)
     if nb * nh > sms:
         return None, (f"B={B}, H={H} needs a grid of {nb} x {nh} programs ({block_b} x {block_h} tiles), "
                       f"more than the {sms} SMs that can hold them all at once")
@@ -458,14 +442,7 @@ def _persistent_config(B: int, H: int, ref: torch.Tensor) -> tuple[dict | None, 
 
 def _pick_schedule(B: int, H: int, ref: torch.Tensor, schedule: str) -> tuple[str, dict, str]:
     """``(schedule, block config, reason)`` for ``lstm``; ``schedule`` is one of SCHEDULES."""
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-    forced = ""
-    if schedule == "auto" and os.environ.get(SCHEDULE_ENV):
-        schedule = os.environ[SCHEDULE_ENV]
-        if schedule not in SCHEDULES:
-            raise ValueError(f"environment variable {SCHEDULE_ENV} must be one of {SCHEDULES}, got {schedule!r}")
-        forced = f" ({SCHEDULE_ENV}={schedule})"
+    schedule, forced = _persistent.requested_schedule(schedule, SCHEDULE_ENV)
     if schedule == "stepwise":
         return "stepwise", _config(B, H, ref), "requested: one launch per step" + forced
     cfg, why = _persistent_config(B, H, ref)
@@ -489,17 +466,6 @@ def _grid(B: int, H: int, cfg: dict):
 def _steps(T: int, reverse: bool):
     """Time index of step s (steps run in reading order)."""
     return [T - 1 - s for s in range(T)] if reverse else list(range(T))
-
-
-def _sync_buffer(grid, like: torch.Tensor) -> torch.Tensor:
-    """Barrier counters (one per batch block) and the timeout flag of a persistent launch."""
-    return torch.zeros(grid[0] + 1, dtype=torch.int32, device=like.device)
-
-
-def _check_sync(sync: torch.Tensor, kernel: str) -> None:
-    # asynchronous on a GPU (no host sync, capturable): a failed barrier is a device-side assert
-    torch._assert_async(sync[-1] == 0, f"zf_kernels lstm: a grid barrier of the persistent {kernel} "
-                        "kernel timed out (its programs were not all resident); use schedule='stepwise'")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -536,10 +502,10 @@ def _lstm_forward(x, weight_ih, weight_hh, bias, h0, c0, reverse, schedule, cfg)
     grid = _grid(B, H, cfg)
     kw = dict(ACC_DTYPE=_tl_acc(x.dtype), PRECISION=_precision(x), **cfg)
     if schedule == "persistent":
-        sync = _sync_buffer(grid, x)
+        sync = sync_buffer(grid[0], x)
         _lstm_fwd_persistent_kernel[grid](gates, h0, weight_hh, out, c_all, sync, T, B, H,
                                           REVERSE=reverse, MAX_POLLS=MAX_POLLS, **kw)
-        _check_sync(sync, "forward")
+        check_sync(sync, "LSTM forward")
         return out, gates, c_all
     steps = _steps(T, reverse)
     BH, B4H = B * H, B * 4 * H
@@ -589,12 +555,12 @@ class _LSTMFunction(torch.autograd.Function):
         kw = dict(ACC_DTYPE=_tl_acc(x.dtype), PRECISION=_precision(x), **cfg)
         steps = _steps(T, reverse)
         if schedule == "persistent":
-            sync = _sync_buffer(grid, x)
+            sync = sync_buffer(grid[0], x)
             _lstm_bwd_persistent_kernel[grid](
                 d_out, d_out.stride(0), d_out.stride(1), d_out.stride(2),
                 d_hT, d_hT.stride(0), d_hT.stride(1), weight_hh, gates, c_all, dc, sync, T, B, H,
                 REVERSE=reverse, MAX_POLLS=MAX_POLLS, **kw)
-            _check_sync(sync, "backward")
+            check_sync(sync, "LSTM backward")
         else:
             BH, B4H = B * H, B * 4 * H
             for s in range(T - 1, -1, -1):

@@ -101,20 +101,19 @@ _BLOCK_OVERRIDE: dict | None = None
 
 # --------------------------------------------------------------------------- forward kernels
 
-@triton.jit(do_not_specialize=["t"])
-def _fwd_posterior_hidden(
+@triton.jit
+def _fwd_posterior_hidden_tile(
+    pid_b, pid_n,
     H0, H_OUT, W_QH, POST_X, S, t, B, H, M,
-    ACC: tl.constexpr, PREC: tl.constexpr,
+    CACHE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid_b = tl.program_id(0)
-    pid_n = tl.program_id(1)
     rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     mb = rb < B
     mn = rn < M
-    t64 = t.to(tl.int64)
+    t64 = tl.cast(t, tl.int64)
     if t == 0:
         hprev = H0
     else:
@@ -123,7 +122,8 @@ def _fwd_posterior_hidden(
     for k0 in range(0, H, BLOCK_K):
         kk = k0 + rk
         mk = kk < H
-        x = tl.load(hprev + rb[:, None] * H + kk[None, :], mask=mb[:, None] & mk[None, :], other=0.0)
+        x = tl.load(hprev + rb[:, None] * H + kk[None, :], mask=mb[:, None] & mk[None, :],
+                    other=0.0, cache_modifier=CACHE)
         w = tl.load(W_QH + rn[None, :] * H + kk[:, None], mask=mn[None, :] & mk[:, None], other=0.0)
         acc = tl.dot(x, w, acc, input_precision=PREC, out_dtype=ACC)
     off = t64 * B * M + rb[:, None] * M + rn[None, :]
@@ -133,27 +133,37 @@ def _fwd_posterior_hidden(
 
 
 @triton.jit(do_not_specialize=["t"])
-def _fwd_posterior_sample(
-    S, W_Q2, B_Q2, EPS, Z_OUT, MU, LV, OKMASK, t, B, M, Z,
+def _fwd_posterior_hidden(
+    H0, H_OUT, W_QH, POST_X, S, t, B, H, M,
     ACC: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    _fwd_posterior_hidden_tile(tl.program_id(0), tl.program_id(1), H0, H_OUT, W_QH, POST_X, S, t, B, H, M, "", ACC, PREC,
+        BLOCK_B, BLOCK_N, BLOCK_K)
+
+
+@triton.jit
+def _fwd_posterior_sample_tile(
+    pid_b, pid_n,
+    S, W_Q2, B_Q2, EPS, Z_OUT, MU, LV, OKMASK, t, B, M, Z,
+    CACHE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
     SLOPE: tl.constexpr, ACT_BOUND: tl.constexpr, PARAM_BOUND: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid_b = tl.program_id(0)
-    pid_n = tl.program_id(1)
     rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     rz = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     mb = rb < B
     mz = rz < Z
-    t64 = t.to(tl.int64)
+    t64 = tl.cast(t, tl.int64)
     s_t = S + t64 * B * M
     acc_mu = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
     acc_lv = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
     for k0 in range(0, M, BLOCK_K):
         kk = k0 + rk
         mk = kk < M
-        s = tl.load(s_t + rb[:, None] * M + kk[None, :], mask=mb[:, None] & mk[None, :], other=0.0)
+        s = tl.load(s_t + rb[:, None] * M + kk[None, :], mask=mb[:, None] & mk[None, :],
+                    other=0.0, cache_modifier=CACHE)
         # leaky_clamp(0) = 0, so the masked padding stays zero
         a = leaky_clamp(s.to(ACC), SLOPE, ACT_BOUND).to(W_Q2.dtype.element_ty)
         wm = mz[None, :] & mk[:, None]
@@ -185,19 +195,29 @@ def _fwd_posterior_sample(
 
 
 @triton.jit(do_not_specialize=["t"])
-def _fwd_lstm_step(
-    H0, C0, H_OUT, C_OUT, Z_IN, GATES_X, B_COMB, W_HH, W_COMB, ACTS, t, B, H, Z,
+def _fwd_posterior_sample(
+    S, W_Q2, B_Q2, EPS, Z_OUT, MU, LV, OKMASK, t, B, M, Z,
     ACC: tl.constexpr, PREC: tl.constexpr,
+    SLOPE: tl.constexpr, ACT_BOUND: tl.constexpr, PARAM_BOUND: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid_b = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    _fwd_posterior_sample_tile(tl.program_id(0), tl.program_id(1), S, W_Q2, B_Q2, EPS, Z_OUT, MU, LV, OKMASK, t, B, M, Z,
+        "", ACC, PREC, SLOPE, ACT_BOUND, PARAM_BOUND, BLOCK_B, BLOCK_N, BLOCK_K)
+
+
+@triton.jit
+def _fwd_lstm_step_tile(
+    pid_b, pid_n,
+    H0, C0, H_OUT, C_OUT, Z_IN, GATES_X, B_COMB, W_HH, W_COMB, ACTS, t, B, H, Z,
+    CACHE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
     rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     rh = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     mb = rb < B
     mh = rh < H
-    t64 = t.to(tl.int64)
+    t64 = tl.cast(t, tl.int64)
     if t == 0:
         hprev = H0
         cprev = C0
@@ -212,7 +232,8 @@ def _fwd_lstm_step(
     for k0 in range(0, H, BLOCK_K):
         kk = k0 + rk
         mk = kk < H
-        x = tl.load(hprev + rb[:, None] * H + kk[None, :], mask=mb[:, None] & mk[None, :], other=0.0)
+        x = tl.load(hprev + rb[:, None] * H + kk[None, :], mask=mb[:, None] & mk[None, :],
+                    other=0.0, cache_modifier=CACHE)
         wm = mh[None, :] & mk[:, None]
         wp = W_HH + rh[None, :] * H + kk[:, None]
         acc_i = tl.dot(x, tl.load(wp, mask=wm, other=0.0), acc_i, input_precision=PREC, out_dtype=ACC)
@@ -224,7 +245,8 @@ def _fwd_lstm_step(
     for k0 in range(0, Z, BLOCK_K):
         kk = k0 + rk
         mk = kk < Z
-        x = tl.load(z_t + rb[:, None] * Z + kk[None, :], mask=mb[:, None] & mk[None, :], other=0.0)
+        x = tl.load(z_t + rb[:, None] * Z + kk[None, :], mask=mb[:, None] & mk[None, :],
+                    other=0.0, cache_modifier=CACHE)
         wm = mh[None, :] & mk[:, None]
         wp = W_COMB + rh[None, :] * Z + kk[:, None]
         acc_i = tl.dot(x, tl.load(wp, mask=wm, other=0.0), acc_i, input_precision=PREC, out_dtype=ACC)
@@ -256,23 +278,32 @@ def _fwd_lstm_step(
     tl.store(ap + 3 * H, o.to(ty), mask=m2)
 
 
-# -------------------------------------------------------------------------- backward kernels
-
 @triton.jit(do_not_specialize=["t"])
-def _bwd_lstm_cell(
-    GRAD_H, GRAD_C, DC, ACTS, C0, C_OUT, DGATES, DS, W_HH, W_QH, t, B, H, M,
-    HAS_NEXT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+def _fwd_lstm_step(
+    H0, C0, H_OUT, C_OUT, Z_IN, GATES_X, B_COMB, W_HH, W_COMB, ACTS, t, B, H, Z,
+    ACC: tl.constexpr, PREC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid_b = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    _fwd_lstm_step_tile(tl.program_id(0), tl.program_id(1), H0, C0, H_OUT, C_OUT, Z_IN, GATES_X, B_COMB, W_HH,
+        W_COMB, ACTS, t, B, H, Z, "", ACC, PREC, BLOCK_B, BLOCK_N, BLOCK_K)
+
+
+# -------------------------------------------------------------------------- backward kernels
+
+@triton.jit
+def _bwd_lstm_cell_tile(
+    pid_b, pid_n,
+    GRAD_H, GRAD_C, DC, ACTS, C0, C_OUT, DGATES, DS, W_HH, W_QH, t, B, H, M,
+    HAS_NEXT, CACHE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
     rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     rh = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     mb = rb < B
     mh = rh < H
     m2 = mb[:, None] & mh[None, :]
-    t64 = t.to(tl.int64)
+    t64 = tl.cast(t, tl.int64)
     st = rb[:, None] * H + rh[None, :]
     dh = tl.load(GRAD_H + t64 * B * H + st, mask=m2, other=0.0).to(ACC)
     if HAS_NEXT:
@@ -281,14 +312,16 @@ def _bwd_lstm_cell(
         for k0 in range(0, 4 * H, BLOCK_K):
             kk = k0 + rk
             mk = kk < 4 * H
-            x = tl.load(dg_next + rb[:, None] * (4 * H) + kk[None, :], mask=mb[:, None] & mk[None, :], other=0.0)
+            x = tl.load(dg_next + rb[:, None] * (4 * H) + kk[None, :], mask=mb[:, None] & mk[None, :],
+                        other=0.0, cache_modifier=CACHE)
             w = tl.load(W_HH + kk[:, None] * H + rh[None, :], mask=mk[:, None] & mh[None, :], other=0.0)
             dh = tl.dot(x, w, dh, input_precision=PREC, out_dtype=ACC)
         ds_next = DS + (t64 + 1) * B * M
         for k0 in range(0, M, BLOCK_K):
             kk = k0 + rk
             mk = kk < M
-            x = tl.load(ds_next + rb[:, None] * M + kk[None, :], mask=mb[:, None] & mk[None, :], other=0.0)
+            x = tl.load(ds_next + rb[:, None] * M + kk[None, :], mask=mb[:, None] & mk[None, :],
+                        other=0.0, cache_modifier=CACHE)
             w = tl.load(W_QH + kk[:, None] * H + rh[None, :], mask=mk[:, None] & mh[None, :], other=0.0)
             dh = tl.dot(x, w, dh, input_precision=PREC, out_dtype=ACC)
     dc = tl.load(GRAD_C + t64 * B * H + st, mask=m2, other=0.0).to(ACC) \
@@ -320,28 +353,38 @@ def _bwd_lstm_cell(
 
 
 @triton.jit(do_not_specialize=["t"])
-def _bwd_posterior_sample(
-    GRAD_Z, GRAD_MU, GRAD_LV, DGATES, W_COMB, MU, LV, EPS, OKMASK, DPARAMS, GRAD_EPS,
-    t, B, H, Z,
-    ACC: tl.constexpr, PREC: tl.constexpr,
+def _bwd_lstm_cell(
+    GRAD_H, GRAD_C, DC, ACTS, C0, C_OUT, DGATES, DS, W_HH, W_QH, t, B, H, M,
+    HAS_NEXT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid_b = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    _bwd_lstm_cell_tile(tl.program_id(0), tl.program_id(1), GRAD_H, GRAD_C, DC, ACTS, C0, C_OUT, DGATES, DS, W_HH,
+        W_QH, t, B, H, M, HAS_NEXT, "", ACC, PREC, BLOCK_B, BLOCK_N, BLOCK_K)
+
+
+@triton.jit
+def _bwd_posterior_sample_tile(
+    pid_b, pid_n,
+    GRAD_Z, GRAD_MU, GRAD_LV, DGATES, W_COMB, MU, LV, EPS, OKMASK, DPARAMS, GRAD_EPS,
+    t, B, H, Z,
+    CACHE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
     rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     rz = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     mb = rb < B
     mz = rz < Z
     m2 = mb[:, None] & mz[None, :]
-    t64 = t.to(tl.int64)
+    t64 = tl.cast(t, tl.int64)
     off = t64 * B * Z + rb[:, None] * Z + rz[None, :]
     dz = tl.load(GRAD_Z + off, mask=m2, other=0.0).to(ACC)
     dg_t = DGATES + t64 * B * 4 * H
     for k0 in range(0, 4 * H, BLOCK_K):
         kk = k0 + rk
         mk = kk < 4 * H
-        x = tl.load(dg_t + rb[:, None] * (4 * H) + kk[None, :], mask=mb[:, None] & mk[None, :], other=0.0)
+        x = tl.load(dg_t + rb[:, None] * (4 * H) + kk[None, :], mask=mb[:, None] & mk[None, :],
+                    other=0.0, cache_modifier=CACHE)
         w = tl.load(W_COMB + kk[:, None] * Z + rz[None, :], mask=mk[:, None] & mz[None, :], other=0.0)
         dz = tl.dot(x, w, dz, input_precision=PREC, out_dtype=ACC)
     lv = tl.load(LV + off, mask=m2, other=0.0).to(ACC)
@@ -359,26 +402,37 @@ def _bwd_posterior_sample(
 
 
 @triton.jit(do_not_specialize=["t"])
-def _bwd_posterior_hidden(
-    DPARAMS, W_Q2, S, DS, t, B, M, Z,
-    ACC: tl.constexpr, PREC: tl.constexpr, SLOPE: tl.constexpr, ACT_BOUND: tl.constexpr,
+def _bwd_posterior_sample(
+    GRAD_Z, GRAD_MU, GRAD_LV, DGATES, W_COMB, MU, LV, EPS, OKMASK, DPARAMS, GRAD_EPS,
+    t, B, H, Z,
+    ACC: tl.constexpr, PREC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid_b = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    _bwd_posterior_sample_tile(tl.program_id(0), tl.program_id(1), GRAD_Z, GRAD_MU, GRAD_LV, DGATES, W_COMB, MU, LV, EPS,
+        OKMASK, DPARAMS, GRAD_EPS, t, B, H, Z, "", ACC, PREC, BLOCK_B, BLOCK_N, BLOCK_K)
+
+
+@triton.jit
+def _bwd_posterior_hidden_tile(
+    pid_b, pid_n,
+    DPARAMS, W_Q2, S, DS, t, B, M, Z,
+    CACHE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, SLOPE: tl.constexpr, ACT_BOUND: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
     rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     rm = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     mb = rb < B
     mm = rm < M
     m2 = mb[:, None] & mm[None, :]
-    t64 = t.to(tl.int64)
+    t64 = tl.cast(t, tl.int64)
     dp_t = DPARAMS + t64 * B * 2 * Z
     acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
     for k0 in range(0, 2 * Z, BLOCK_K):
         kk = k0 + rk
         mk = kk < 2 * Z
-        x = tl.load(dp_t + rb[:, None] * (2 * Z) + kk[None, :], mask=mb[:, None] & mk[None, :], other=0.0)
+        x = tl.load(dp_t + rb[:, None] * (2 * Z) + kk[None, :], mask=mb[:, None] & mk[None, :],
+                    other=0.0, cache_modifier=CACHE)
         w = tl.load(W_Q2 + kk[:, None] * M + rm[None, :], mask=mk[:, None] & mm[None, :], other=0.0)
         acc = tl.dot(x, w, acc, input_precision=PREC, out_dtype=ACC)
     off = t64 * B * M + rb[:, None] * M + rm[None, :]
@@ -388,6 +442,16 @@ def _bwd_posterior_hidden(
     dact = leaky_clamp_grad(s, SLOPE, ACT_BOUND)
     ds = tl.where(dact == 1.0, acc, tl.where(dact == 0.0, 0.0, acc * SLOPE))
     tl.store(DS + off, ds.to(DS.dtype.element_ty), mask=m2)
+
+
+@triton.jit(do_not_specialize=["t"])
+def _bwd_posterior_hidden(
+    DPARAMS, W_Q2, S, DS, t, B, M, Z,
+    ACC: tl.constexpr, PREC: tl.constexpr, SLOPE: tl.constexpr, ACT_BOUND: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    _bwd_posterior_hidden_tile(tl.program_id(0), tl.program_id(1), DPARAMS, W_Q2, S, DS, t, B, M, Z, "", ACC, PREC, SLOPE,
+        ACT_BOUND, BLOCK_B, BLOCK_N, BLOCK_K)
 
 
 # ------------------------------------------------------------------------------- launching
