@@ -42,6 +42,8 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from zf_kernels.ops.lstm import triton as lstm_triton  # noqa: E402
+from zf_kernels.ops.recurrence import naive as chain_naive  # noqa: E402
+from zf_kernels.ops.recurrence import triton as chain_triton  # noqa: E402
 
 REGS_PER_SM = 64 * 1024
 SMEM_PER_SM = 227 * 1024          # usable shared memory per block on sm_90
@@ -63,12 +65,14 @@ class Spec:
     def num_warps(self) -> int:
         return self.options.get("num_warps", 4)
 
+    ints: tuple = ()                             # integer arguments when pointers are not named *_ptr
+
     def signature(self) -> dict:
         sig = {}
         for name in self.kernel.arg_names:
             if name in self.constexprs:
                 sig[name] = "constexpr"
-            elif name.endswith("_ptr"):
+            elif name.endswith("_ptr") or (self.ints and name not in self.ints):
                 sig[name] = "*" + self.pointers.get(name, self.dtype)
             else:
                 sig[name] = "i32"
@@ -103,6 +107,43 @@ def lstm_specs() -> list[Spec]:
             specs.append(Spec(f"lstm bwd persistent {tag}", lt._lstm_bwd_persistent_kernel, dt,
                               dict(cfg, REVERSE=True), {"c_ptr": "fp32", "dc_ptr": "fp32", "sync_ptr": "i32"},
                               opts, persistent=True))
+    return specs
+
+
+def chain_specs() -> list[Spec]:
+    """The Z-forcing chain kernels (zf_kernels.ops.recurrence.triton) at its GPU tiles: the
+    stepwise ones at the largest tile ``_config`` picks on a GPU (32 x 32), the persistent ones
+    at each of ``PERSISTENT_TILES``. Reduction chunks as at the TIMIT sizes (H 1024, M 512, Z 256)."""
+    import torch
+    ct = chain_triton
+    ints = ("t", "T", "B", "H", "M", "Z")
+    acts = dict(SLOPE=chain_naive.LEAKY_SLOPE, ACT_BOUND=chain_naive.ACT_CLAMP)
+    specs = []
+    for dt_name, dt in (("float32", "fp32"), ("bfloat16", "bf16")):
+        torch_dtype = torch.bfloat16 if dt == "bf16" else torch.float32
+        state = {n: "fp32" for n in ("C0", "C_OUT", "DC")}
+        ptrs = dict(state, OKMASK="i8", SYNC="i32")
+        bk = 64 if dt == "bf16" else 32
+        common = dict(ACC=tl.float32, PREC="ieee")
+        step = dict(common, BLOCK_B=32, BLOCK_N=32, BLOCK_K=bk)
+        for name, kernel, extra in (
+                ("fwd posterior hidden", ct._fwd_posterior_hidden, {}),
+                ("fwd posterior sample", ct._fwd_posterior_sample, dict(acts, PARAM_BOUND=chain_naive.PARAM_CLAMP)),
+                ("fwd lstm step", ct._fwd_lstm_step, {}),
+                ("bwd lstm cell", ct._bwd_lstm_cell, dict(HAS_NEXT=True)),
+                ("bwd posterior sample", ct._bwd_posterior_sample, {}),
+                ("bwd posterior hidden", ct._bwd_posterior_hidden, acts)):
+            opts = ct._launch_options("stepwise", torch_dtype, step) if name == "fwd lstm step" else {}
+            specs.append(Spec(f"chain {name} {dt_name} B32 N32", kernel, dt, dict(step, **extra), ptrs,
+                              dict(dict(num_warps=4), **opts), ints=ints))
+        for block_b, block_n in ct.PERSISTENT_TILES:
+            cfg = dict(common, BLOCK_B=block_b, BLOCK_N=block_n, MAX_POLLS=ct.MAX_POLLS, BLOCK_K1=bk,
+                       BLOCK_K2=bk, BLOCK_K3=bk, **acts)
+            opts = ct._launch_options("persistent", torch_dtype, dict(BLOCK_B=block_b, BLOCK_N=block_n))
+            specs.append(Spec(f"chain fwd persistent {dt_name} B{block_b} N{block_n}", ct._fwd_persistent, dt,
+                              dict(cfg, PARAM_BOUND=chain_naive.PARAM_CLAMP), ptrs, opts, True, ints))
+            specs.append(Spec(f"chain bwd persistent {dt_name} B{block_b} N{block_n}", ct._bwd_persistent, dt,
+                              cfg, ptrs, opts, True, ints))
     return specs
 
 
@@ -154,7 +195,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="substring filter on the kernel labels")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = ap.parse_args(argv)
-    specs = [s for s in lstm_specs() if args.only in s.label]
+    specs = [s for s in lstm_specs() + chain_specs() if args.only in s.label]
     rows = []
     print(f"# triton {triton.__version__}, target sm_{args.arch}")
     print(f"{'kernel':44} {'warps':>5} {'regs':>5} {'stack':>5} {'shared':>7}  status")

@@ -24,9 +24,10 @@ def test_kernels_compile_for_sm90_without_spills(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     labels = [r["label"] for r in rows]
     # every schedule and direction, in float32 and bfloat16
-    for kind in ("fwd step", "bwd step", "fwd persistent", "bwd persistent"):
+    for kind in ("lstm fwd step", "lstm bwd step", "lstm fwd persistent", "lstm bwd persistent",
+                 "chain fwd lstm step", "chain bwd lstm cell", "chain fwd persistent", "chain bwd persistent"):
         for dt in ("float32", "bfloat16"):
-            assert any(lb.startswith(f"lstm {kind} {dt} ") for lb in labels), (kind, dt)
+            assert any(lb.startswith(f"{kind} {dt} ") for lb in labels), (kind, dt)
     for r in rows:
         assert r["ok"] and r["stack"] == 0 and r["local"] == 0, r
         if r["persistent"]:

@@ -150,9 +150,58 @@ CASES = [
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("shape,blocks,check_clamps", CASES)
 def test_matches_reference(shape, blocks, check_clamps, dtype, nan_empty, monkeypatch):
+    """Default blocks run the persistent schedule ("auto"; one program per batch block in the
+    interpreter), small blocks the stepwise one (several programs per stage)."""
     if blocks == "small":
         monkeypatch.setattr(chain_triton, "_BLOCK_OVERRIDE", SMALL_BLOCKS)
     compare(shape, dtype, check_clamps=check_clamps)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3, 5, 1, 7), (4, 3, 20, 19, 3, 21), (3, 70, 5, 6, 3, 4)],
+                         ids=["T1-B1", "T4-B3", "T3-B70-two-batch-blocks"])
+@pytest.mark.parametrize("schedule", ["persistent", "stepwise"])
+def test_schedules_match_reference(shape, schedule, nan_empty):
+    def fn(*a):
+        return chain_triton.zforcing_chain(*a, schedule=schedule)
+    errs = run_errors(fn, shape, torch.float64, check_clamps=False)
+    bad = {k: f"{v:.2e}" for k, v in errs.items() if not v <= TOL[torch.float64]}
+    assert not bad, f"{schedule}: errors above {TOL[torch.float64]}: {bad}"
+    args = make_inputs(*shape)
+    assert chain_triton.explain_schedule(*args[:3], schedule).startswith(f"schedule {schedule}")
+
+
+def test_schedule_choice_and_override(monkeypatch):
+    args = make_inputs(3, 2, 4, 5, 2, 6, dtype=torch.float32)
+    assert chain_triton.explain_schedule(*args[:3]).startswith("schedule persistent")
+    monkeypatch.setattr(chain_triton, "_BLOCK_OVERRIDE", SMALL_BLOCKS)
+    why = chain_triton.explain_schedule(*args[:3])
+    assert why.startswith("schedule stepwise") and "_BLOCK_OVERRIDE" in why, why
+    with pytest.raises(ValueError, match="schedule='persistent' cannot run here"):
+        chain_triton.zforcing_chain(*args, schedule="persistent")
+    monkeypatch.setattr(chain_triton, "_BLOCK_OVERRIDE", None)
+    monkeypatch.setenv("ZF_CHAIN_SCHEDULE", "stepwise")
+    assert chain_triton.explain_schedule(*args[:3]).endswith("(ZF_CHAIN_SCHEDULE=stepwise)")
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        chain_triton.zforcing_chain(*args, schedule="fastest")
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="relies on the interpreter running programs one after another")
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_persistent_barrier_timeout_raises_instead_of_hanging(direction, monkeypatch):
+    """A grid of 3 programs per batch block (2 of them with no columns) can never meet in the
+    interpreter, which runs programs one after another: the launch must raise, not hang."""
+    args = make_inputs(3, 2, 4, 5, 2, 6, dtype=torch.float64)
+    monkeypatch.setattr(chain_triton, "MAX_POLLS", 4)
+    wide = lambda B, N, cfg: (1, 3)  # noqa: E731
+    if direction == "forward":
+        monkeypatch.setattr(chain_triton, "_grid", wide)
+        with pytest.raises(RuntimeError, match="persistent zforcing_chain forward kernel timed out"):
+            chain_triton.zforcing_chain(*args, schedule="persistent")
+    else:
+        out = chain_triton.zforcing_chain(*args, schedule="persistent")
+        monkeypatch.setattr(chain_triton, "_grid", wide)
+        with pytest.raises(RuntimeError, match="persistent zforcing_chain backward kernel timed out"):
+            torch.autograd.grad(out.h.sum(), args[0])
 
 
 def test_float16_no_worse_than_torch(nan_empty, monkeypatch):
@@ -180,7 +229,8 @@ def test_public_api(nan_empty):
     gx_bt = args[0].detach().transpose(0, 1).contiguous().requires_grad_()
     args = [gx_bt.transpose(0, 1)] + args[1:]      # non-contiguous gates_x
     assert not args[0].is_contiguous()
-    assert ops.explain("zforcing_chain", *args, backend="triton") == ("triton", "requested")
+    backend, why = ops.explain("zforcing_chain", *args, backend="triton")
+    assert backend == "triton" and why.startswith("requested; schedule persistent: one launch per direction"), why
     out = ops.zforcing_chain(*args, backend="triton")
     ref = ops.zforcing_chain(*args, backend="torch")
     assert isinstance(out, ops.ChainOutput)
@@ -294,12 +344,32 @@ def test_zero_steps():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("schedule", ["auto", "stepwise"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["f32", "f16", "bf16"])
-def test_gpu(dtype, nan_empty):
-    """GPU block sizes (several programs per dim) against the float64 reference: fp32 with the
-    fixed bound, 16-bit no worse than eager torch in the same dtype."""
+def test_gpu(dtype, schedule, nan_empty, monkeypatch):
+    """GPU block sizes (several programs per dim; "auto" is the persistent grid) against the
+    float64 reference: fp32 with the fixed bound, 16-bit no worse than eager torch in the
+    same dtype."""
+    if schedule == "stepwise":
+        monkeypatch.setenv("ZF_CHAIN_SCHEDULE", "stepwise")
     shape = (5, 40, 80, 48, 40, 56)
     if dtype == torch.float32:
         compare(shape, dtype, seed=7)
     else:
         compare_to_torch(shape, dtype, GPU_FLOOR[dtype], seed=7)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("schedule", ["persistent", "stepwise"])
+def test_gpu_timit_size(schedule, nan_empty):
+    """The TIMIT benchmark's chain (H 1024, M 512, Z 256, G 512, B 32, T 40): a persistent grid
+    of 1 x 64 programs (or 2 x 64 at B 33); fp32 against the float64 reference. The bound is
+    looser than TOL's: 40 steps of a 1024-wide chain compound fp32 rounding more than the
+    small cases do (a wrong barrier or a stale row gives errors of order 1)."""
+    for shape in ((40, 32, 1024, 512, 256, 512), (6, 33, 1024, 512, 256, 512)):
+        def fn(*a):
+            return chain_triton.zforcing_chain(*a, schedule=schedule)
+        errs = run_errors(fn, shape, torch.float32, seed=9, check_clamps=False)
+        bad = {k: f"{v:.2e}" for k, v in errs.items() if not v <= 2e-3}
+        assert not bad, f"{shape} {schedule}: errors above 2e-3: {bad}"

@@ -89,10 +89,12 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from .._triton_common import leaky_clamp, leaky_clamp_grad, sigmoid, tanh
+from .. import _persistent
+from .._persistent import MAX_POLLS, check_sync, num_sms, sync_buffer
+from .._triton_common import grid_barrier, leaky_clamp, leaky_clamp_grad, sigmoid, tanh
 from .naive import ACT_CLAMP, LEAKY_SLOPE, PARAM_CLAMP, ChainOutput, mlp_act
 
-__all__ = ["zforcing_chain", "ZForcingChainFunction"]
+__all__ = ["zforcing_chain", "ZForcingChainFunction", "explain_schedule"]
 
 # Tests set this to e.g. {"BLOCK_B": 16, "BLOCK_N": 16, "BLOCK_K": 16} to force every
 # dimension of small problems onto several blocks.
@@ -454,6 +456,78 @@ def _bwd_posterior_hidden(
         ACT_BOUND, BLOCK_B, BLOCK_N, BLOCK_K)
 
 
+# ------------------------------------------------------------------------- persistent kernels
+# One launch per direction. Program (pb, pn) runs, at every step, column tile pn of each of the
+# three stages (when the stage has that many tiles) for batch block pb, and meets the other
+# programs of its batch block at a grid barrier after each stage: the next stage reads whole
+# rows (s_t, z_t, h_t; backward dgates_t, dparams_t, ds_t) that every program helped write.
+# Loads of those rows bypass L1 (".cg"). Three barriers per step, no launch.
+
+@triton.jit(do_not_specialize=["T"])
+def _fwd_persistent(
+    H0, C0, H_OUT, C_OUT, Z_OUT, GATES_X, B_COMB, W_HH, W_COMB, ACTS,
+    W_QH, POST_X, S, W_Q2, B_Q2, EPS, MU, LV, OKMASK, SYNC, T, B, H, M, Z,
+    ACC: tl.constexpr, PREC: tl.constexpr, MAX_POLLS: tl.constexpr,
+    SLOPE: tl.constexpr, ACT_BOUND: tl.constexpr, PARAM_BOUND: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K1: tl.constexpr, BLOCK_K2: tl.constexpr, BLOCK_K3: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    n_prog = tl.num_programs(1)
+    counter = SYNC + pid_b
+    flag = SYNC + tl.num_programs(0)
+    ok = pid_b >= 0
+    for t in range(T):
+        if pid_n < tl.cdiv(M, BLOCK_N):
+            _fwd_posterior_hidden_tile(pid_b, pid_n, H0, H_OUT, W_QH, POST_X, S, t, B, H, M,
+                                       ".cg", ACC, PREC, BLOCK_B, BLOCK_N, BLOCK_K1)
+        ok = grid_barrier(counter, (3 * t + 1) * n_prog, ok, flag, MAX_POLLS)
+        if pid_n < tl.cdiv(Z, BLOCK_N):
+            _fwd_posterior_sample_tile(pid_b, pid_n, S, W_Q2, B_Q2, EPS, Z_OUT, MU, LV, OKMASK, t, B, M, Z,
+                                       ".cg", ACC, PREC, SLOPE, ACT_BOUND, PARAM_BOUND,
+                                       BLOCK_B, BLOCK_N, BLOCK_K2)
+        ok = grid_barrier(counter, (3 * t + 2) * n_prog, ok, flag, MAX_POLLS)
+        if pid_n < tl.cdiv(H, BLOCK_N):
+            _fwd_lstm_step_tile(pid_b, pid_n, H0, C0, H_OUT, C_OUT, Z_OUT, GATES_X, B_COMB, W_HH, W_COMB,
+                                ACTS, t, B, H, Z, ".cg", ACC, PREC, BLOCK_B, BLOCK_N, BLOCK_K3)
+        if t + 1 < T:   # the last h_t is read by nobody in this launch
+            ok = grid_barrier(counter, (3 * t + 3) * n_prog, ok, flag, MAX_POLLS)
+
+
+@triton.jit(do_not_specialize=["T"])
+def _bwd_persistent(
+    GRAD_H, GRAD_C, GRAD_Z, GRAD_MU, GRAD_LV, DC, ACTS, C0, C_OUT, DGATES, DS, W_HH, W_QH,
+    W_COMB, MU, LV, EPS, OKMASK, DPARAMS, GRAD_EPS, W_Q2, S, SYNC, T, B, H, M, Z,
+    ACC: tl.constexpr, PREC: tl.constexpr, MAX_POLLS: tl.constexpr,
+    SLOPE: tl.constexpr, ACT_BOUND: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K1: tl.constexpr, BLOCK_K2: tl.constexpr, BLOCK_K3: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    n_prog = tl.num_programs(1)
+    counter = SYNC + pid_b
+    flag = SYNC + tl.num_programs(0)
+    ok = pid_b >= 0
+    for r in range(T):
+        t = T - 1 - r
+        if pid_n < tl.cdiv(H, BLOCK_N):
+            _bwd_lstm_cell_tile(pid_b, pid_n, GRAD_H, GRAD_C, DC, ACTS, C0, C_OUT, DGATES, DS, W_HH, W_QH,
+                                t, B, H, M, r > 0, ".cg", ACC, PREC, BLOCK_B, BLOCK_N, BLOCK_K1)
+        ok = grid_barrier(counter, (3 * r + 1) * n_prog, ok, flag, MAX_POLLS)
+        if pid_n < tl.cdiv(Z, BLOCK_N):
+            _bwd_posterior_sample_tile(pid_b, pid_n, GRAD_Z, GRAD_MU, GRAD_LV, DGATES, W_COMB, MU, LV, EPS,
+                                       OKMASK, DPARAMS, GRAD_EPS, t, B, H, Z, ".cg", ACC, PREC,
+                                       BLOCK_B, BLOCK_N, BLOCK_K2)
+        ok = grid_barrier(counter, (3 * r + 2) * n_prog, ok, flag, MAX_POLLS)
+        if pid_n < tl.cdiv(M, BLOCK_N):
+            _bwd_posterior_hidden_tile(pid_b, pid_n, DPARAMS, W_Q2, S, DS, t, B, M, Z, ".cg", ACC, PREC,
+                                       SLOPE, ACT_BOUND, BLOCK_B, BLOCK_N, BLOCK_K3)
+        if r + 1 < T:
+            ok = grid_barrier(counter, (3 * r + 3) * n_prog, ok, flag, MAX_POLLS)
+
+
 # ------------------------------------------------------------------------------- launching
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -509,10 +583,78 @@ def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
+# what schedule="auto" means process-wide, if set (e.g. stepwise, to rule the persistent kernels out)
+SCHEDULE_ENV = "ZF_CHAIN_SCHEDULE"
+# (BLOCK_B, BLOCK_N) tiles the persistent kernels may use on a GPU, smallest (most programs)
+# first; benchmarks/compile_check.py compiles each for sm_90 and fails on register spills.
+# 32 x 32 spills, and so does 16 x 16 in bfloat16 (ptxas): a batch of <= 16 takes 32 rows too.
+PERSISTENT_TILES = ((32, 16),)
+
+
+def _launch_options(schedule: str, dtype: torch.dtype, cfg: dict) -> dict:
+    """Options without register spills on sm_90 (measured by benchmarks/compile_check.py).
+    Stepwise: the LSTM-step kernel's four accumulators spill at 4 warps from 32 x 32 tiles on,
+    so it gets 8 there (the other step kernels are fine at the default 4). Persistent: a
+    program is alone on its SM, so 8 warps and the whole register file (ptxas would cap 8
+    warps at 128 registers and spill), one K chunk in flight in float32 (the 3-stage pipeline
+    spills there)."""
+    if schedule != "persistent":
+        return dict(num_warps=8) if cfg["BLOCK_B"] * cfg["BLOCK_N"] >= 1024 else {}
+    opts = dict(num_warps=8, maxnreg=255)
+    if dtype in (torch.float32, torch.float64):
+        opts["num_stages"] = 1
+    return opts
+
+
+def _persistent_config(B: int, dims: dict, dtype: torch.dtype, ref: torch.Tensor):
+    """``(config, why)`` of the persistent kernels, or ``(None, why not)``. The grid is
+    (batch blocks, the most column tiles of any stage); every program of a batch block must
+    be resident at once. The interpreter runs programs one after another: one per batch block."""
+    if _BLOCK_OVERRIDE is not None:
+        return None, "block sizes are overridden (_BLOCK_OVERRIDE): several programs per batch block"
+    n = max(dims.values())
+    if not ref.is_cuda:
+        block_b = min(max(16, _pow2(B)), 64)
+        cfg = {"BLOCK_B": block_b, "BLOCK_N": max(16, _pow2(n)), "BLOCK_K": 64}
+        return cfg, f"interpreter: grid {triton.cdiv(B, block_b)} x 1 (one program per batch block)"
+    sms = num_sms(ref)
+    block_k = 64 if dtype in _HALF else 32
+    for block_b, block_n in PERSISTENT_TILES:
+        nb, nn = triton.cdiv(B, block_b), triton.cdiv(n, block_n)
+        if nb * nn <= sms:
+            return ({"BLOCK_B": block_b, "BLOCK_N": block_n, "BLOCK_K": block_k},
+                    f"grid {nb} x {nn} programs <= {sms} SMs")
+    return None, (f"B={B} and the widest stage ({n} columns) need more than the {sms} programs "
+                  f"that can be resident at once, even at {PERSISTENT_TILES[-1]} tiles")
+
+
+def _pick_schedule(B: int, dims: dict, dtype: torch.dtype, ref: torch.Tensor, schedule: str):
+    """``(schedule, block config, reason)`` of ``zforcing_chain``."""
+    schedule, forced = _persistent.requested_schedule(schedule, SCHEDULE_ENV)
+    if schedule == "stepwise":
+        return "stepwise", _config(B, dims, dtype, ref.device), "requested: 3 launches per step" + forced
+    cfg, why = _persistent_config(B, dims, dtype, ref)
+    if cfg is not None:
+        return "persistent", cfg, f"one launch per direction, 3 grid barriers per step ({why}){forced}"
+    if schedule == "persistent":
+        raise ValueError(f"schedule='persistent' cannot run here{forced}: {why}")
+    return ("stepwise", _config(B, dims, dtype, ref.device),
+            f"3 launches per step, since the persistent kernel cannot: {why}")
+
+
+def explain_schedule(gates_x: torch.Tensor, post_x: torch.Tensor, eps: torch.Tensor,
+                     schedule: str = "auto") -> str:
+    """How :func:`zforcing_chain` will run these shapes (``ops.explain`` appends it)."""
+    T, B, four_h = gates_x.shape
+    dims = {"H": four_h // 4, "M": post_x.shape[-1], "Z": eps.shape[-1]}
+    name, _, why = _pick_schedule(B, dims, gates_x.dtype, gates_x, schedule)
+    return f"schedule {name}: {why}"
+
+
 class ZForcingChainFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2,
-                weight_gz, bias_gz, weight_iz, weight_hh):
+                weight_gz, bias_gz, weight_iz, weight_hh, schedule="auto"):
         T, B, four_h = gates_x.shape
         H, M, Z = four_h // 4, weight_qh.shape[0], eps.shape[-1]
         dtype, dev = gates_x.dtype, gates_x.device
@@ -544,17 +686,29 @@ class ZForcingChainFunction(torch.autograd.Function):
         acts = torch.empty(T, B, 4 * H, dtype=dtype, device=dev)
         okmask = torch.empty(T, B, 2 * Z, dtype=torch.int8, device=dev)
 
-        cfg = _config(B, {"H": H, "M": M, "Z": Z}, dtype, dev)
+        schedule, cfg, _ = _pick_schedule(B, {"H": H, "M": M, "Z": Z}, dtype, gates_x, schedule)
+        ctx.schedule, ctx.cfg = schedule, cfg
         common = {"ACC": _acc(dtype), "PREC": "ieee"}
         g1, c1 = _grid(B, M, cfg), _k(cfg, H)
         g2, c2 = _grid(B, Z, cfg), _k(cfg, M)
         g3, c3 = _grid(B, H, cfg), _k(cfg, max(H, Z))
-        for t in range(T):
+        if schedule == "persistent":
+            grid = _grid(B, max(H, M, Z), cfg)
+            sync = sync_buffer(grid[0], gates_x)
+            _fwd_persistent[grid](
+                h0, c0, h, c, z, gates_x, b_comb, weight_hh, w_comb, acts,
+                weight_qh, post_x, s, weight_q2, bias_q2, eps, mu, lv, okmask, sync, T, B, H, M, Z,
+                MAX_POLLS=MAX_POLLS, SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, PARAM_BOUND=PARAM_CLAMP,
+                BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K1=c1["BLOCK_K"],
+                BLOCK_K2=c2["BLOCK_K"], BLOCK_K3=c3["BLOCK_K"], **common,
+                **_launch_options(schedule, dtype, cfg))
+            check_sync(sync, "zforcing_chain forward")
+        for t in range(T if schedule == "stepwise" else 0):
             _launch(_fwd_posterior_hidden, g1, h0, h, weight_qh, post_x, s, t, B, H, M, **common, **c1)
             _launch(_fwd_posterior_sample, g2, s, weight_q2, bias_q2, eps, z, mu, lv, okmask, t, B, M, Z,
                     SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, PARAM_BOUND=PARAM_CLAMP, **common, **c2)
             _launch(_fwd_lstm_step, g3, h0, c0, h, c, z, gates_x, b_comb, weight_hh, w_comb, acts,
-                    t, B, H, Z, **common, **c3)
+                    t, B, H, Z, **common, **c3, **_launch_options(schedule, dtype, cfg))
 
         ctx.save_for_backward(h0, c0, h, c, z, mu, lv, s, acts, okmask, eps, weight_qh, weight_q2,
                               weight_gz, bias_gz, weight_iz, weight_hh, w_comb)
@@ -570,7 +724,7 @@ class ZForcingChainFunction(torch.autograd.Function):
             h0, c0 = ctx.saved_tensors
             return (None, None, None,
                     torch.zeros_like(h0) if need[3] else None,
-                    torch.zeros_like(c0) if need[4] else None) + (None,) * 7
+                    torch.zeros_like(c0) if need[4] else None) + (None,) * 8
         (h0, c0, h, c, z, mu, lv, s, acts, okmask, eps, weight_qh, weight_q2,
          weight_gz, bias_gz, weight_iz, weight_hh, w_comb) = ctx.saved_tensors
         dev = h.device
@@ -583,12 +737,23 @@ class ZForcingChainFunction(torch.autograd.Function):
         grad_eps = torch.empty(T, B, Z, dtype=dtype, device=dev)
         dc = torch.zeros(B, H, dtype=state_dtype, device=dev)
 
-        cfg = _config(B, {"H": H, "M": M, "Z": Z}, dtype, dev)
+        schedule, cfg = ctx.schedule, ctx.cfg
         common = {"ACC": _acc(dtype), "PREC": "ieee"}
         g1, c1 = _grid(B, H, cfg), _k(cfg, max(4 * H, M))
         g2, c2 = _grid(B, Z, cfg), _k(cfg, 4 * H)
         g3, c3 = _grid(B, M, cfg), _k(cfg, 2 * Z)
-        for t in range(T - 1, -1, -1):
+        if schedule == "persistent":
+            grid = _grid(B, max(H, M, Z), cfg)
+            sync = sync_buffer(grid[0], grad_h)
+            _bwd_persistent[grid](
+                grad_h, grad_c, grad_z, grad_mu, grad_lv, dc, acts, c0, c, dgates, ds, weight_hh, weight_qh,
+                w_comb, mu, lv, eps, okmask, dparams, grad_eps, weight_q2, s, sync, T, B, H, M, Z,
+                MAX_POLLS=MAX_POLLS, SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP,
+                BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K1=c1["BLOCK_K"],
+                BLOCK_K2=c2["BLOCK_K"], BLOCK_K3=c3["BLOCK_K"], **common,
+                **_launch_options(schedule, dtype, cfg))
+            check_sync(sync, "zforcing_chain backward")
+        for t in range(T - 1 if schedule == "stepwise" else -1, -1, -1):
             _launch(_bwd_lstm_cell, g1, grad_h, grad_c, dc, acts, c0, c, dgates, ds, weight_hh, weight_qh,
                     t, B, H, M, HAS_NEXT=t < T - 1, **common, **c1)
             _launch(_bwd_posterior_sample, g2, grad_z, grad_mu, grad_lv, dgates, w_comb, mu, lv, eps,
@@ -625,15 +790,25 @@ class ZForcingChainFunction(torch.autograd.Function):
             grads[9] = dgz.sum(0) if need[9] else None
         if need[11]:
             grads[11] = dg2.t() @ hprev
-        return tuple(grads)
+        return tuple(grads) + (None,)
 
 
 def zforcing_chain(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2,
-                   weight_gz, bias_gz, weight_iz, weight_hh) -> ChainOutput:
+                   weight_gz, bias_gz, weight_iz, weight_hh, schedule: str = "auto") -> ChainOutput:
     """Triton implementation of ``zforcing_chain`` (same signature and numbers as
     ``naive.zforcing_chain_ref``; shapes in ``zf_kernels.ops.recurrence.zforcing_chain``).
     Call it through ``zf_kernels.ops.zforcing_chain(..., backend="triton")``, which checks
-    the arguments first."""
+    the arguments first. ``schedule``: "persistent" (one launch per direction), "stepwise"
+    (three launches per step) or "auto" (persistent where its grid can be resident;
+    :func:`explain_schedule` says which)."""
     return ChainOutput(*ZForcingChainFunction.apply(
         gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2,
-        weight_gz, bias_gz, weight_iz, weight_hh))
+        weight_gz, bias_gz, weight_iz, weight_hh, schedule))
+
+
+def _explain_dispatch(gates_x, post_x, eps, *rest) -> str:
+    return explain_schedule(gates_x, post_x, eps)
+
+
+# what ``ops.explain("zforcing_chain", ...)`` appends for this backend
+zforcing_chain.explain = _explain_dispatch
