@@ -1,8 +1,21 @@
 """Triton version of the Z-forcing chain (``naive.zforcing_chain_ref`` has the equations).
 
-The time loop runs on the host; each step launches three fused kernels forward and three
-backward, and nothing inside the loop synchronises with the host, so a whole training step
-can be captured in a CUDA graph.
+Two schedules run the same three stages per step (``zforcing_chain(..., schedule=)``;
+``explain_schedule`` / ``ops.explain`` say which one runs):
+
+- ``stepwise``: the time loop runs on the host and each step launches three fused kernels
+  forward (K1-K3 below) and three backward (KB1-KB3).
+- ``persistent``: one launch per direction (``_fwd_persistent``, ``_bwd_persistent``). Program
+  (pb, pn) runs column tile pn of each stage for batch block pb and meets the other programs
+  of its batch block at a grid barrier (``_triton_common.grid_barrier``) after each stage:
+  three barriers per step instead of three launches. All programs must be resident at once:
+  one 32 x 16 tile per program (8 warps, the largest tile that does not spill registers, see
+  ``PERSISTENT_TILES``), so B <= 32 at H = 1024 is a 1 x 64 grid; where the grid would exceed
+  the SM count, "auto" runs stepwise. A barrier that never completes raises (a device-side
+  assert on a GPU) instead of hanging. ``ZF_CHAIN_SCHEDULE=stepwise`` overrides "auto".
+
+The stage bodies are jit helpers (``*_tile``) shared by both. Nothing inside either schedule
+synchronises with the host, so a whole training step can be captured in a CUDA graph.
 
 Forward, per step t (``hprev`` = h_{t-1}, all blocks masked so no size needs to be a multiple
 of a block; ``tl.dot`` tiles are at least 16 wide and padded with masked loads, so B=1 works):
@@ -30,7 +43,7 @@ of a block; ``tl.dot`` tiles are at least 16 wide and padded with masked loads, 
   one association and not in the other; tests/test_properties.py models both). K1 cannot be merged with K3 (K3 needs
   the whole z row, which needs the whole a row) without recomputing the posterior MLP in
   every H-block program, so three dependent stages per step is the minimum for a launch-
-  per-stage design; the next step beyond this is a persistent kernel with grid syncs.
+  per-stage design (and three grid barriers per step for the persistent one).
 
 Backward, reverse loop, per step t:
 
