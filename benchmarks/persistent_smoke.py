@@ -1,9 +1,13 @@
-"""GPU smoke test of the persistent Triton LSTM, run first by device_check.sh.
+"""GPU smoke test of the persistent Triton kernels, run first by device_check.sh.
 
-Runs ``lstm`` with schedule="persistent" and "stepwise" at the two benchmark shapes, both
-directions, forward + backward, and compares them (and a float64 reference). Exit status 0 if
-they agree, 1 if not (device_check.sh then runs the benchmarks with ZF_LSTM_SCHEDULE=stepwise,
-so one broken kernel does not cost the whole GPU session's numbers). Prints one line per case.
+Runs ``lstm`` and ``zforcing_chain`` with schedule="persistent" and "stepwise" at the
+benchmark shapes, forward + backward, against a float64 reference. Prints one line per case
+and, last, the environment variables the benchmarks should run with: ``ZF_LSTM_SCHEDULE=stepwise``
+and/or ``ZF_CHAIN_SCHEDULE=stepwise`` for a persistent kernel that failed (so one broken kernel
+does not cost the GPU session's other numbers). Exit status 0 if every case agreed, else 1.
+
+    python benchmarks/persistent_smoke.py           # GPU
+    TRITON_INTERPRET=1 python benchmarks/persistent_smoke.py --tiny   # CPU check of the script
 """
 from __future__ import annotations
 
@@ -15,19 +19,86 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from zf_kernels.ops.lstm import naive  # noqa: E402
-from zf_kernels.ops.lstm import triton as lt  # noqa: E402
+from zf_kernels.ops.lstm import naive as lstm_naive  # noqa: E402
+from zf_kernels.ops.lstm import triton as lstm_triton  # noqa: E402
+from zf_kernels.ops.recurrence import naive as chain_naive  # noqa: E402
+from zf_kernels.ops.recurrence import triton as chain_triton  # noqa: E402
 
-CASES = [(40, 32, 512, 1024, True), (784, 32, 64, 512, False), (9, 100, 33, 1500, True)]
+# (T, B, I, H, reverse)
+LSTM_CASES = [(40, 32, 512, 1024, True), (784, 32, 64, 512, False), (9, 100, 33, 1500, True)]
+# (T, B, H, M, Z, G): TIMIT sizes, SeqMNIST sizes (fewer steps), an odd one
+CHAIN_CASES = [(40, 32, 1024, 512, 256, 512), (100, 32, 1024, 512, 128, 512), (7, 5, 37, 19, 18, 21)]
 # --tiny: a CPU check of this script itself, under TRITON_INTERPRET=1 (tests/test_benchmarks_smoke.py)
-TINY_CASES = [(3, 2, 5, 7, True), (4, 70, 3, 5, False)]
+TINY_LSTM = [(3, 2, 5, 7, True), (4, 70, 3, 5, False)]
+TINY_CHAIN = [(3, 2, 5, 6, 3, 4)]
+TOL = 2e-3   # max relative error vs float64 (fp32 kernels; a broken barrier gives ~1)
 
 
-def run(schedule, args, grads, reverse):
-    fn = naive.lstm_ref if schedule == "reference" else (lambda *a, **k: lt.lstm(*a, **k, schedule=schedule))
-    out, (h, c) = fn(*args, reverse=reverse)
-    gr = torch.autograd.grad([out, h, c], args, grads)
-    return [out, h, c, *gr]
+def _rel(a, ref):
+    return ((a.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def _grad_run(fn, args, grads):
+    outs = fn(*args)
+    return list(outs) + list(torch.autograd.grad(list(outs), args, grads))
+
+
+def _lstm_case(shape, device, g):
+    T, B, I, H, reverse = shape
+    shapes = [(T, B, I), (4 * H, I), (4 * H, H), (4 * H,), (4 * H,), (B, H), (B, H)]
+    scales = [1.0, H ** -0.5, H ** -0.5, 0.1, 0.1, 1.0, 1.0]
+    args = [(s * torch.randn(*sh, device=device, generator=g)).requires_grad_() for sh, s in zip(shapes, scales)]
+    grads = [torch.randn(T, B, H, device=device, generator=g), torch.randn(B, H, device=device, generator=g),
+             torch.randn(B, H, device=device, generator=g)]
+
+    def fn(schedule):
+        def call(*a):
+            if schedule == "reference":
+                out, (h, c) = lstm_naive.lstm_ref(*a, reverse=reverse)
+            else:
+                out, (h, c) = lstm_triton.lstm(*a, reverse=reverse, schedule=schedule)
+            return out, h, c
+        return call
+    return args, grads, fn, lambda: lstm_triton.explain_schedule(args[0], args[2])
+
+
+def _chain_case(shape, device, g):
+    T, B, H, M, Z, G = shape
+    shapes = [(T, B, 4 * H), (T, B, M), (T, B, Z), (B, H), (B, H), (M, H), (2 * Z, M), (2 * Z,),
+              (G, Z), (G,), (4 * H, G), (4 * H, H)]
+    scales = [1.0, 1.0, 1.0, 0.5, 1.0, H ** -0.5, M ** -0.5, 0.5, Z ** -0.5, 0.5, G ** -0.5, H ** -0.5]
+    args = [(s * torch.randn(*sh, device=device, generator=g)).requires_grad_() for sh, s in zip(shapes, scales)]
+    grads = [torch.randn(T, B, n, device=device, generator=g) for n in (H, H, Z, Z, Z)]
+
+    def fn(schedule):
+        def call(*a):
+            if schedule == "reference":
+                return tuple(chain_naive.zforcing_chain_ref(*a))
+            return tuple(chain_triton.zforcing_chain(*a, schedule=schedule))
+        return call
+    return args, grads, fn, lambda: chain_triton.explain_schedule(*args[:3])
+
+
+def check(op, make, shape, device) -> bool:
+    g = torch.Generator(device=device).manual_seed(0)
+    args, grads, fn, explain = make(shape, device, g)
+    t0 = time.perf_counter()
+    try:
+        per = _grad_run(fn("persistent"), args, grads)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    except Exception as exc:   # noqa: BLE001 - a device-side assert (barrier timeout) lands here
+        print(f"{op} {shape}: persistent FAILED: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+        return False
+    step = _grad_run(fn("stepwise"), args, grads)
+    ref = _grad_run(fn("reference"), [a.detach().double().requires_grad_() for a in args],
+                    [x.double() for x in grads])
+    worst = max(_rel(a, r) for a, r in zip(per, ref))
+    vs_step = max(_rel(a, s.double()) for a, s in zip(per, step))
+    good = worst < TOL and all(torch.isfinite(a).all() for a in per)
+    print(f"{op} {shape}: {explain()}; max rel err vs float64 {worst:.2e}, vs stepwise {vs_step:.2e}, "
+          f"{time.perf_counter() - t0:.1f}s incl. compile: {'ok' if good else 'MISMATCH'}", flush=True)
+    return good
 
 
 def main(argv=None) -> int:
@@ -36,32 +107,21 @@ def main(argv=None) -> int:
     if not tiny and not torch.cuda.is_available():
         print("persistent_smoke: no CUDA device")
         return 1
-    ok = True
-    for T, B, I, H, reverse in TINY_CASES if tiny else CASES:
-        g = torch.Generator(device=device).manual_seed(0)
-        shapes = [(T, B, I), (4 * H, I), (4 * H, H), (4 * H,), (4 * H,), (B, H), (B, H)]
-        scales = [1.0, H ** -0.5, H ** -0.5, 0.1, 0.1, 1.0, 1.0]
-        args = [(s * torch.randn(*sh, device=device, generator=g)).requires_grad_() for sh, s in zip(shapes, scales)]
-        grads = [torch.randn(T, B, H, device=device, generator=g), torch.randn(B, H, device=device, generator=g),
-                 torch.randn(B, H, device=device, generator=g)]
-        t0 = time.perf_counter()
-        try:
-            per = run("persistent", args, grads, reverse)
-            if device == "cuda":
-                torch.cuda.synchronize()
-        except Exception as exc:   # noqa: BLE001 - a device-side assert lands here
-            print(f"T{T} B{B} I{I} H{H}: persistent FAILED: {type(exc).__name__}: {exc}")
-            return 1
-        step = run("stepwise", args, grads, reverse)
-        ref = run("reference", [a.detach().double().requires_grad_() for a in args], [x.double() for x in grads], reverse)
-        worst = max(((a.double() - r).norm() / r.norm().clamp_min(1e-30)).item() for a, r in zip(per, ref))
-        vs_step = max(((a - s).norm() / s.norm().clamp_min(1e-30)).item() for a, s in zip(per, step))
-        good = worst < 1e-4 and all(torch.isfinite(a).all() for a in per)
-        ok &= good
-        print(f"T{T} B{B} I{I} H{H} reverse={reverse}: {lt.explain_schedule(args[0], args[2])}; "
-              f"max rel err vs float64 {worst:.2e}, vs stepwise {vs_step:.2e}, "
-              f"{time.perf_counter() - t0:.1f}s incl. compile: {'ok' if good else 'MISMATCH'}", flush=True)
-    return 0 if ok else 1
+    env = []
+    ops = (("lstm", _lstm_case, TINY_LSTM if tiny else LSTM_CASES, "ZF_LSTM_SCHEDULE"),
+           ("zforcing_chain", _chain_case, TINY_CHAIN if tiny else CHAIN_CASES, "ZF_CHAIN_SCHEDULE"))
+    for i, (op, make, cases, var) in enumerate(ops):
+        if all(check(op, make, shape, device) for shape in cases):
+            continue
+        env.append(f"{var}=stepwise")
+        if device == "cuda":
+            # a device-side assert leaves the CUDA context unusable: the ops not yet checked
+            # are not trusted either
+            env += [f"{v}=stepwise" for *_, v in ops[i + 1:]]
+            print(f"stopping after {op}: later persistent kernels unchecked, run stepwise", flush=True)
+            break
+    print("ENV " + " ".join(env))
+    return 0 if not env else 1
 
 
 if __name__ == "__main__":

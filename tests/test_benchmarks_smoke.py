@@ -125,4 +125,5 @@ def test_persistent_smoke_script_runs_and_agrees_on_cpu():
                        capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.strip().splitlines()
-    assert len(lines) == 2 and all(line.endswith(": ok") and "schedule persistent" in line for line in lines), r.stdout
+    assert len(lines) == 4 and lines[-1] == "ENV", r.stdout
+    assert all(line.endswith(": ok") and "schedule persistent" in line for line in lines[:3]), r.stdout
