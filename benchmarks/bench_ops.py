@@ -7,9 +7,10 @@
 Providers:
   torch    the eager reference through the public API, ``backend="torch"``
   compile  ``torch.compile`` (default mode) of the reference function (``*_ref`` in naive.py)
-  triton   the Triton kernels through the public API, ``backend="triton"`` (``lstm``: its "auto"
-           schedule, persistent where the grid fits; the row's note says which)
-  triton-stepwise  ``lstm`` only: the Triton LSTM forced to one launch per step
+  triton   the Triton kernels through the public API, ``backend="triton"`` (``lstm`` and
+           ``zforcing_chain``: their "auto" schedule, persistent where the grid fits; the row's
+           note says which)
+  triton-stepwise  ``lstm`` and ``zforcing_chain`` only: forced to launch per step
   cudnn    ``torch.nn.LSTM`` (cuDNN on a GPU) with the same weights; ``lstm`` only
 
 Modes: ``fwd`` is the forward pass as in training (inputs require grad, so autograd saves what
@@ -40,6 +41,7 @@ from zf_kernels.ops.recurrence import naive as chain_naive  # noqa: E402
 
 PROVIDERS = ("torch", "compile", "triton", "triton-stepwise", "cudnn")
 MODES = ("fwd", "fwd+bwd")
+SCHEDULED = ("lstm", "zforcing_chain")   # ops with a persistent and a stepwise Triton schedule
 OPS = ("lstm", "lstm_cell", "zforcing_chain", "reparameterize", "gaussian_kl", "gaussian_nll",
        "bernoulli_nll", "categorical_nll")
 REFS = {
@@ -196,7 +198,9 @@ def caller(op: str, provider: str, inp: Inputs) -> Callable:
         return lambda: fn(*args)
     if provider == "triton-stepwise":
         from zf_kernels.ops.lstm import triton as lstm_triton
-        return lambda: lstm_triton.lstm(*args, schedule="stepwise")
+        from zf_kernels.ops.recurrence import triton as chain_triton
+        fn = lstm_triton.lstm if op == "lstm" else chain_triton.zforcing_chain
+        return lambda: fn(*args, schedule="stepwise")
     pub = getattr(ops, op)
     return lambda: pub(*args, backend=provider)
 
@@ -251,7 +255,8 @@ def run(args) -> int:
     for dt in dtypes:
         for c in all_cases:
             plan += [(c, dt, p) for p in ("cudnn", "torch", "triton", "triton-stepwise")
-                     if p in providers and (p in ("torch", "triton") or c.op == "lstm")]
+                     if p in providers and (p in ("torch", "triton") or c.op == "lstm"
+                                            or (p == "triton-stepwise" and c.op in SCHEDULED))]
     if "compile" in providers:
         for dt in dtypes:
             for c in sorted(all_cases, key=lambda c: c.compile_rank):
@@ -297,8 +302,8 @@ def run_provider(case, dtype, provider, modes, base, res, device, timing, ref_ca
             note = common.compile_note(counters_before)
         if provider == "cudnn":
             note = _rnn_kernel(inp.module, inp.args[0])
-        if provider.startswith("triton") and case.op == "lstm":
-            note = ops.explain("lstm", *inp.args[:3], backend="triton")[1].removeprefix("requested; ")
+        if provider.startswith("triton") and case.op in SCHEDULED:
+            note = ops.explain(case.op, *inp.args, backend="triton")[1].removeprefix("requested; ")
             if provider == "triton-stepwise":
                 note = "schedule stepwise (forced)"
         ref = ref_cache.get(key)
