@@ -18,6 +18,10 @@ Providers:
                  (it unrolls the 784-step loops: minutes of compilation)
   triton         the Triton backend (``backend="triton"``), eager launches
   triton+graph   the Triton step captured in a CUDA graph, as torch+graph
+  triton-stepwise, triton-stepwise+graph
+                 the same with the LSTM and the chain forced to launch per step
+                 (ZF_LSTM_SCHEDULE / ZF_CHAIN_SCHEDULE=stepwise): what the persistent
+                 kernels of "triton" save
 
 Every provider starts from the same initial weights and the same batch; ``rel_err`` is
 |loss_0 - loss_0(torch)| / |loss_0(torch)| of the first step, a check that the providers
@@ -34,6 +38,7 @@ import argparse
 import copy
 import importlib.util
 import inspect
+import os
 import sys
 from pathlib import Path
 
@@ -46,7 +51,9 @@ import torch  # noqa: E402
 from zf_kernels import ZForcing, training_loss  # noqa: E402
 from zf_kernels.model import LossTerms  # noqa: E402
 
-PROVIDERS = ("torch", "torch+graph", "triton", "triton+graph", "torch+compile")   # run in this order
+PROVIDERS = ("torch", "torch+graph", "triton", "triton+graph", "triton-stepwise", "triton-stepwise+graph",
+             "torch+compile")   # run in this order
+STEPWISE_ENV = ("ZF_LSTM_SCHEDULE", "ZF_CHAIN_SCHEDULE")
 CASES = {
     "timit": dict(label="TIMIT T40 B32", T=40, B=32, long=False,
                   model=dict(input_dim=200, output_type="gaussian", emb_dim=512, rnn_dim=1024,
@@ -149,14 +156,35 @@ def prepare(master, provider, device, dtype, args):
     if variant == "graph" and device.type != "cuda":
         raise Skip("CUDA graphs need a CUDA device")
     model = copy.deepcopy(master).to(device=device, dtype=dtype)
+    undo_env = lambda: None  # noqa: E731
+    if backend == "triton-stepwise":
+        backend, undo_env = "triton", force_stepwise()
     if hasattr(model, "backend"):
         model.backend = backend
-    undo = lambda: None  # noqa: E731
+    undo = undo_env
     if not (args.keep_checks and variant == ""):
-        undo = skip_checks(model)                  # validated once, outside the timed step
+        undo_checks = skip_checks(model)           # validated once, outside the timed step
+
+        def undo():
+            undo_checks()
+            undo_env()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-5, capturable=(variant == "graph"))
     fwd = torch.compile(model) if variant == "compile" else model
     return model, fwd, opt, variant, undo
+
+
+def force_stepwise():
+    """Set the schedule variables to "stepwise" (read at every op call); returns the undo."""
+    saved = {k: os.environ.get(k) for k in STEPWISE_ENV}
+    os.environ.update({k: "stepwise" for k in STEPWISE_ENV})
+
+    def restore():
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return restore
 
 
 def skip_checks(model):
@@ -300,7 +328,8 @@ def run(args) -> int:
     # (triton+graph after the rest: a failed capture is the likeliest to break the CUDA context)
     plan = []
     for name, _, _ in models:
-        for group in (("torch", "torch+graph", "triton"), ("triton+graph",), ("torch+compile",)):
+        for group in (("torch", "torch+graph", "triton", "triton-stepwise"), ("triton+graph", "triton-stepwise+graph"),
+                      ("torch+compile",)):
             for c in case_names:
                 plan += [(name, c, p) for p in providers if p in group]
 

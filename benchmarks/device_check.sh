@@ -111,10 +111,11 @@ run_stage tests 140 "$OUT/tests.log" \
   "$PY" -m pytest -q -x tests -m "not slow" -k "triton or gpu" -p no:cacheprovider -rfE
 [[ -f "$OUT/tests.log" ]] && tail -n 3 "$OUT/tests.log"
 
-# 2. the training step: eager, CUDA graph, Triton, Triton + graph (TIMIT T40, SeqMNIST T784)
-run_stage train 80 "$LOG" \
+# 2. the training step: eager, CUDA graph, Triton (persistent), Triton + graph, Triton stepwise
+# (TIMIT T40, SeqMNIST T784)
+run_stage train 90 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results \
-  --providers torch,torch+graph,triton,triton+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
+  --providers torch,torch+graph,triton,triton+graph,triton-stepwise --warmup-ms 50 --rep-ms 200 --min-reps 5
 
 # 3. every op, fwd and fwd+bwd, fp32 then bf16: cuDNN, eager reference, Triton
 run_stage ops 65 "$LOG" \

@@ -12,8 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-PROVIDER_ORDER = ["torch", "compile", "torch+compile", "torch+graph", "cudnn", "triton-stepwise", "triton",
-                  "triton+graph"]
+PROVIDER_ORDER = ["torch", "compile", "torch+compile", "torch+graph", "cudnn", "triton-stepwise",
+                  "triton-stepwise+graph", "triton", "triton+graph"]
 
 
 def load_rows(path: Path):
