@@ -119,12 +119,12 @@ def chain_specs() -> list[Spec]:
     ints = ("t", "T", "B", "H", "M", "Z")
     acts = dict(SLOPE=chain_naive.LEAKY_SLOPE, ACT_BOUND=chain_naive.ACT_CLAMP)
     specs = []
-    for dt_name, dt in (("float32", "fp32"), ("bfloat16", "bf16")):
+    for dt_name, (dt, prec) in TORCH_DTYPES.items():
         torch_dtype = torch.bfloat16 if dt == "bf16" else torch.float32
         state = {n: "fp32" for n in ("C0", "C_OUT", "DC")}
         ptrs = dict(state, OKMASK="i8", SYNC="i32")
         bk = 64 if dt == "bf16" else 32
-        common = dict(ACC=tl.float32, PREC="ieee")
+        common = dict(ACC=tl.float32, PREC=prec)
         step = dict(common, BLOCK_B=32, BLOCK_N=32, BLOCK_K=bk)
         for name, kernel, extra in (
                 ("fwd posterior hidden", ct._fwd_posterior_hidden, {}),

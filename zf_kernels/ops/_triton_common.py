@@ -1,7 +1,20 @@
-"""Small Triton device functions shared by the fused kernels (gate nonlinearities and the
-model's clamped LeakyReLU). Import only where Triton is installed."""
+"""Small Triton device functions shared by the fused kernels (gate nonlinearities, the
+model's clamped LeakyReLU, the grid barrier of the persistent kernels), and the one rule for
+``tl.dot``'s input precision. Import only where Triton is installed."""
+import torch
 import triton
 import triton.language as tl
+
+
+def dot_precision(t: torch.Tensor) -> str:
+    """``tl.dot``'s ``input_precision`` for inputs like ``t``. It matters only for float32:
+    TF32 exactly when torch allows it for its own float32 matmuls
+    (``torch.backends.cuda.matmul.allow_tf32``, e.g. ``torch.set_float32_matmul_precision("high")``),
+    else IEEE, so a fused op rounds like the reference it replaces. 16-bit inputs get "tf32"
+    (Triton's default, a no-op for them); float64 "ieee"."""
+    if t.dtype == torch.float32:
+        return "tf32" if (t.is_cuda and torch.backends.cuda.matmul.allow_tf32) else "ieee"
+    return "ieee" if t.dtype == torch.float64 else "tf32"
 
 
 @triton.jit

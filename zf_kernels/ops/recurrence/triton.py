@@ -77,9 +77,9 @@ are ordinary tensors (no views of a bigger buffer).
 
 dtypes: float32, float64 and float16 are tested under TRITON_INTERPRET=1 on the CPU
 (bfloat16 is not: triton 3.6's interpreter computes bf16 ``tl.dot`` wrongly, so bf16 is
-GPU-only and unverified here; it takes the float16 code path). fp32 dots use
-``input_precision="ieee"`` (no TF32) to match torch's default matmul; fp64 dots accumulate
-in fp64. float16 / bfloat16: dot operands in the input dtype with fp32 accumulation, all gate,
+GPU-only and unverified here; it takes the float16 code path). fp32 dots use IEEE
+precision unless torch allows TF32 for its matmuls (``_triton_common.dot_precision``);
+fp64 dots accumulate in fp64. float16 / bfloat16: dot operands in the input dtype with fp32 accumulation, all gate,
 cell and sampling arithmetic in fp32, the cell state c kept in an fp32 buffer (returned cast
 to the input dtype), the carried dc in fp32; saved gates, s and the per-step gradient buffers
 are in the input dtype. h_t and z_t, outputs in the input dtype, are read back in it by the
@@ -104,7 +104,8 @@ from torch.autograd.function import once_differentiable
 
 from .. import _persistent
 from .._persistent import MAX_POLLS, check_sync, num_sms, sync_buffer
-from .._triton_common import grid_barrier, leaky_clamp, leaky_clamp_grad, sigmoid, tanh
+from .._triton_common import (dot_precision, grid_barrier, leaky_clamp, leaky_clamp_grad, sigmoid,
+                              tanh)
 from .naive import ACT_CLAMP, LEAKY_SLOPE, PARAM_CLAMP, ChainOutput, mlp_act
 
 __all__ = ["zforcing_chain", "ZForcingChainFunction", "explain_schedule"]
@@ -701,7 +702,7 @@ class ZForcingChainFunction(torch.autograd.Function):
 
         schedule, cfg, _ = _pick_schedule(B, {"H": H, "M": M, "Z": Z}, dtype, gates_x, schedule)
         ctx.schedule, ctx.cfg = schedule, cfg
-        common = {"ACC": _acc(dtype), "PREC": "ieee"}
+        common = {"ACC": _acc(dtype), "PREC": dot_precision(gates_x)}
         g1, c1 = _grid(B, M, cfg), _k(cfg, H)
         g2, c2 = _grid(B, Z, cfg), _k(cfg, M)
         g3, c3 = _grid(B, H, cfg), _k(cfg, max(H, Z))
@@ -751,7 +752,7 @@ class ZForcingChainFunction(torch.autograd.Function):
         dc = torch.zeros(B, H, dtype=state_dtype, device=dev)
 
         schedule, cfg = ctx.schedule, ctx.cfg
-        common = {"ACC": _acc(dtype), "PREC": "ieee"}
+        common = {"ACC": _acc(dtype), "PREC": dot_precision(grad_h)}
         g1, c1 = _grid(B, H, cfg), _k(cfg, max(4 * H, M))
         g2, c2 = _grid(B, Z, cfg), _k(cfg, 4 * H)
         g3, c3 = _grid(B, M, cfg), _k(cfg, 2 * Z)
