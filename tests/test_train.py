@@ -124,3 +124,15 @@ def test_non_finite_batches_are_skipped_and_counted(tmp_path, monkeypatch):
     assert results["skipped_batches"]["non_finite_loss"] == 2
     params = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
     assert all(torch.isfinite(v).all() for v in params.values())
+
+
+def test_tf32_flag_sets_torch_switches_the_kernels_follow(tmp_path, monkeypatch):
+    from zf_kernels.ops._triton_common import dot_precision
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    train_mod.train(cfg_for(tmp_path, "off", max_steps=1, epochs=1), log=quiet)
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    train_mod.train(cfg_for(tmp_path, "on", max_steps=1, epochs=1, tf32=True), log=quiet)
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    # the Triton kernels' float32 dots follow the matmul switch (CUDA tensors only)
+    assert dot_precision(torch.zeros(1)) == "ieee" and dot_precision(torch.zeros(1, dtype=torch.float64)) == "ieee"

@@ -159,6 +159,11 @@ class Run:
         if cfg.threads is not None:
             # small models on a busy CPU run far faster on one thread than on two contending ones
             torch.set_num_threads(cfg.threads)
+        if cfg.tf32:
+            # process-wide, as torch's own switch: the fused kernels follow the matmul flag
+            # (zf_kernels.ops._triton_common.dot_precision), cuDNN the cudnn one
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(cfg.seed)
         self.data = load_data(cfg)
         self.model = build_model(cfg, self.data).to(self.device, self.dtype)

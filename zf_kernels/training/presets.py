@@ -20,6 +20,7 @@ class TrainConfig:
     dtype: str = "float32"               # float32 | float64 | bfloat16 | float16 (mixed) | bfloat16-pure
     backend: str = "auto"                # auto | torch | triton | cuda
     threads: int | None = None           # CPU intra-op threads (torch.set_num_threads); None: torch's default
+    tf32: bool = False                   # float32 matmuls (torch's and the Triton kernels') may use TF32
     # stopping
     epochs: int = 20
     max_steps: int | None = None
