@@ -1,4 +1,4 @@
-"""Compile the Triton kernels for a GPU without one: registers, spills, shared memory.
+"""Compile every Triton kernel for a GPU without one: registers, spills, shared memory.
 
     python benchmarks/compile_check.py                 # sm_90 (H100 / H200), table + checks
     python benchmarks/compile_check.py --arch 90 --json out.json
@@ -41,6 +41,7 @@ import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from zf_kernels.ops.distributions import triton as dist_triton  # noqa: E402
 from zf_kernels.ops.lstm import triton as lstm_triton  # noqa: E402
 from zf_kernels.ops.recurrence import naive as chain_naive  # noqa: E402
 from zf_kernels.ops.recurrence import triton as chain_triton  # noqa: E402
@@ -147,6 +148,32 @@ def chain_specs() -> list[Spec]:
     return specs
 
 
+def distribution_specs() -> list[Spec]:
+    """The sampling / likelihood kernels (zf_kernels.ops.distributions.triton) at the row tiles
+    ``_tiles`` picks for the model's shapes: D = 1 (SeqMNIST pixels), 200 / 256 (TIMIT frames,
+    latents), 10000 (a vocabulary), with a mask and every gradient."""
+    dt_mod = dist_triton
+    specs = []
+    for dt_name, dt in (("float32", "fp32"), ("bfloat16", "bf16")):
+        specs.append(Spec(f"reparameterize fwd {dt_name}", dt_mod._reparam_fwd_kernel.fn, dt,
+                          dict(ACC=tl.float32, BLOCK=dt_mod._EW_BLOCK)))
+        specs.append(Spec(f"reparameterize bwd {dt_name}", dt_mod._reparam_bwd_kernel.fn, dt,
+                          dict(ACC=tl.float32, BLOCK=dt_mod._EW_BLOCK, NEED_LV=True, NEED_EPS=True)))
+        acc_ptrs = {"raw_ptr": "fp32", "max_ptr": "fp32", "lsum_ptr": "fp32", "t_ptr": "i64"}
+        for op, n, d in (("kl", 1280, 256), ("gnll", 1280, 200), ("bnll", 25088, 1), ("cat", 1280, 10000)):
+            _, bn, bd, nw = dt_mod._tiles(n, d)
+            tile = dict(ACC=tl.float32, HAS_MASK=True, BLOCK_N=bn, BLOCK_D=bd)
+            need = {"kl": ("NEED_MQ", "NEED_LQ", "NEED_MP", "NEED_LP"), "gnll": ("NEED_X", "NEED_MU", "NEED_LV"),
+                    "bnll": ("NEED_X", "NEED_L"), "cat": ()}[op]
+            fwd = getattr(dt_mod, f"_{op}_fwd_kernel").fn
+            bwd = getattr(dt_mod, f"_{op}_bwd_kernel").fn
+            specs.append(Spec(f"{op} fwd {dt_name} N{bn} D{bd}", fwd, dt, dict(tile, STORE_RAW=True), acc_ptrs,
+                              dict(num_warps=nw)))
+            specs.append(Spec(f"{op} bwd {dt_name} N{bn} D{bd}", bwd, dt, dict(tile, **{k: True for k in need}),
+                              acc_ptrs, dict(num_warps=nw)))
+    return specs
+
+
 def _cuobjdump() -> str:
     return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
 
@@ -195,7 +222,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="substring filter on the kernel labels")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = ap.parse_args(argv)
-    specs = [s for s in lstm_specs() + chain_specs() if args.only in s.label]
+    specs = [s for s in lstm_specs() + chain_specs() + distribution_specs() if args.only in s.label]
     rows = []
     print(f"# triton {triton.__version__}, target sm_{args.arch}")
     print(f"{'kernel':44} {'warps':>5} {'regs':>5} {'stack':>5} {'shared':>7}  status")

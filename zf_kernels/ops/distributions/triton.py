@@ -51,6 +51,8 @@ from .._triton_common import sigmoid
 _EW_BLOCK = 1024      # elements per program of the elementwise kernels
 _MAX_BLOCK_D = 1024   # widest slice of the last dim one program loads at a time
 _TILE = 4096          # max BLOCK_N * BLOCK_D of the row kernels
+_MAX_BLOCK_N = 1024   # max rows per program: 4096 rows of D=1 spill registers in the backward
+                      # kernels on sm_90 (benchmarks/compile_check.py)
 
 
 # ----------------------------------------------------------------------------------------
@@ -195,7 +197,7 @@ def _rows(x: torch.Tensor):
 def _tiles(n: int, d: int):
     """(grid, BLOCK_N, BLOCK_D, num_warps) of the row kernels."""
     block_d = min(triton.next_power_of_2(max(d, 1)), _MAX_BLOCK_D)
-    block_n = max(1, min(_TILE // block_d, triton.next_power_of_2(max(n, 1))))
+    block_n = max(1, min(_TILE // block_d, _MAX_BLOCK_N, triton.next_power_of_2(max(n, 1))))
     num_warps = 8 if block_n * block_d >= 4096 else 4
     return (triton.cdiv(n, block_n),), block_n, block_d, num_warps
 
