@@ -28,7 +28,7 @@ def test_kernels_compile_for_sm90_without_spills(tmp_path):
                  "chain fwd lstm step", "chain bwd lstm cell", "chain fwd persistent", "chain bwd persistent",
                  "reparameterize bwd", "kl bwd", "gnll bwd", "bnll bwd", "cat bwd"):
         for dt in ("float32", "bfloat16"):
-            assert any(lb.startswith(f"{kind} {dt} ") for lb in labels), (kind, dt)
+            assert any((lb + " ").startswith(f"{kind} {dt} ") for lb in labels), (kind, dt)
     for r in rows:
         assert r["ok"] and r["stack"] == 0 and r["local"] == 0, r
         if r["persistent"]:
