@@ -280,7 +280,8 @@ def run(args) -> int:
         if not common.cuda_healthy(device):
             res.add(**base, mode=modes[0], status="error", note="CUDA context lost after an earlier error; stopping")
             return 2
-        run_provider(case, DTYPES[dt_name], provider, modes, base, res, device, timing, ref_cache, args)
+        with common.matmul_precision(dt_name):
+            run_provider(case, DTYPES[dt_name], provider, modes, base, res, device, timing, ref_cache, args)
         free_memory(device, collect=provider == "compile")
     print(f"# wrote {res.csv_path} and {res.json_path}", flush=True)
     return 0

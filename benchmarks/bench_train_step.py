@@ -362,8 +362,9 @@ def run(args) -> int:
                 res.add(**base, provider=provider, status=status, note=f"building the model: {note}")
                 continue
         loss_fn = next(f for n, _, f in models if n == name)
-        run_provider(res, base, masters[key], loss_fn, provider, cfg, device, dtype, timing, args,
-                     refs.setdefault(key, {}))
+        with common.matmul_precision(dtype_name):
+            run_provider(res, base, masters[key], loss_fn, provider, cfg, device, dtype, timing, args,
+                         refs.setdefault(key, {}))
         free_memory(device, collect=device.type == "cuda")
     print(f"# wrote {res.csv_path} and {res.json_path}", flush=True)
     return 0
@@ -383,7 +384,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(p)
     p.add_argument("--cases", default=None, help="comma-separated: timit, seqmnist (default both)")
-    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="model dtype (default float32)")
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
+                   help="model dtype (default float32; tf32 = float32 with TF32 matmuls allowed)")
     p.add_argument("--compile", choices=("none", "short", "all"), default="short",
                    help="torch+compile: skip it, skip T=784 (default), or all")
     p.add_argument("--models", default="zforcing",

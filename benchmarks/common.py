@@ -22,6 +22,7 @@ means that measurement was cut off (timeout or crash). Default name: ``<gpu>_<da
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as _dt
 import gc
@@ -448,7 +449,24 @@ def parse_list(value: str | None, allowed, default):
     return items
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# "tf32": float32 tensors with TF32 allowed for float32 matmuls, torch's and cuDNN's (which
+# the Triton kernels follow: zf_kernels.ops._triton_common.dot_precision). "float32" keeps
+# torch's defaults: matmuls IEEE, cuDNN (nn.LSTM) allowed TF32.
+DTYPES = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@contextlib.contextmanager
+def matmul_precision(dtype_name: str):
+    """TF32 on for the "tf32" rows (matmuls and cuDNN), restored afterwards; no-op otherwise."""
+    if dtype_name != "tf32":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def dynamo_counters():

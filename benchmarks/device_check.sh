@@ -4,12 +4,13 @@
 #     bash benchmarks/device_check.sh
 #     ZF_GIT_COMMIT=<sha> bash benchmarks/device_check.sh     # the device copy has no .git
 #
-# Budget: about 6.5 minutes on an H100 (a persistent-kernel smoke test of <= 75 s, then the
-# stages, all within ZF_CHECK_SECONDS, default 360 s, then ~15 s of report; at most ~6.5 min),
+# Budget: about 7 minutes on an H100 (a persistent-kernel smoke test of <= 75 s, then the
+# stages, all within ZF_CHECK_SECONDS, default 400 s, then ~15 s of report; at most ~7 min),
 # so a 15-minute device session can start the machine and still rerun part of it. Every stage
 # gets min(its own limit, time left); a stage that fails or times out is recorded and the next
 # one runs anyway. Installs nothing. A rerun can choose
-# stages: ZF_STAGES=train,ops (names: tests train ops train-compile ops-compile other-models).
+# stages: ZF_STAGES=train,ops (names: tests train ops other-models ops-compile train-tf32 ops-tf32
+# train-compile; the persistent smoke test runs with tests).
 #
 # $OUT (the folder that comes back; 7 files, no subfolders):
 #   persistent_smoke.log  persistent vs stepwise vs float64 lstm / zforcing_chain, benchmark shapes
@@ -28,9 +29,9 @@ OUT="${OUT:-/tmp/zf_device_out}"
 mkdir -p "$OUT"
 LOG="$OUT/bench.log"
 PY="${PYTHON:-$(command -v python || command -v python3)}"
-TOTAL="${ZF_CHECK_SECONDS:-360}"
+TOTAL="${ZF_CHECK_SECONDS:-400}"
 # a rerun can pick stages, e.g. ZF_STAGES=train,ops bash benchmarks/device_check.sh
-WANT="${ZF_STAGES:-tests,train,ops,train-compile,ops-compile,other-models}"
+WANT="${ZF_STAGES:-tests,train,ops,other-models,ops-compile,train-tf32,ops-tf32,train-compile}"
 START=$SECONDS
 STAGES=()
 FAILED=0
@@ -130,16 +131,25 @@ run_stage other-models 40 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --models others --cases timit \
   --providers torch,torch+graph,triton,triton+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
 
-# 5. torch.compile of the whole TIMIT step (unrolls two 40-step loops: may not fit)
+# 5. torch.compile of the op references (fp32; cheap compilations first, 784-step loops skipped)
+run_stage ops-compile 35 "$LOG" \
+  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --providers compile --dtypes float32
+
+# 6. TF32 (float32 tensors, TF32 matmuls allowed for torch, cuDNN and the Triton kernels): the
+# hoisted step's CUDA graph vs ours, then lstm / chain vs cuDNN, in the same TF32 mode
+run_stage train-tf32 50 "$LOG" \
+  "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --dtype tf32 \
+  --providers torch+graph,triton,triton+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
+run_stage ops-tf32 30 "$LOG" \
+  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --ops lstm,zforcing_chain --dtypes tf32 \
+  --providers cudnn,triton
+
+# 7. torch.compile of the whole TIMIT step (unrolls two 40-step loops: may not fit)
 run_stage train-compile 60 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results \
   --providers torch+compile --cases timit --warmup-ms 50 --rep-ms 200
 
-# 6. torch.compile of the op references (fp32; cheap compilations first, 784-step loops skipped)
-run_stage ops-compile 35 "$LOG" \
-  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --providers compile --dtypes float32
-
-# 7. report: chart + summary (outside the budget above: ~20 s)
+# 8. report: chart + summary (outside the budget above: ~20 s)
 if [[ -f "$OUT/results.json" ]]; then
   timeout 40 "$PY" benchmarks/plot.py "$OUT/results.json" >>"$LOG" 2>&1 || echo "plot failed (see bench.log)"
   timeout 20 "$PY" benchmarks/summarize.py "$OUT/results.json" --tests-log "$OUT/tests.log" >"$OUT/summary.md" 2>>"$LOG" \
