@@ -185,6 +185,27 @@ def test_schedule_choice_and_override(monkeypatch):
         chain_triton.zforcing_chain(*args, schedule="fastest")
 
 
+@pytest.mark.skipif(DEVICE == "cuda", reason="CPU emulation of a resident grid (the GPU tests run real ones)")
+@pytest.mark.parametrize("shape", [(4, 20, 37, 19, 18, 21), (2, 3, 5, 40, 7, 6)], ids=["H-widest", "M-widest"])
+def test_persistent_multi_program_grid(shape, monkeypatch):
+    """Persistent grids of several programs per batch block (2 x 3 and 1 x 3), run concurrently
+    (tests/_concurrent_grid.py): the three barriers per step, the stages' differing tile
+    counts (programs without a tile in a stage only wait) and the rows each stage reads from
+    the others, on the CPU."""
+    from _concurrent_grid import concurrent_programs
+    cfg = {"BLOCK_B": 16, "BLOCK_N": 16, "BLOCK_K": 16}
+    monkeypatch.setattr(chain_triton, "_persistent_config", lambda B, dims, dtype, ref: (cfg, "forced grid"))
+    T, B, H, M, Z, G = shape
+    assert chain_triton._grid(B, max(H, M, Z), cfg)[1] == 3
+
+    def fn(*a):
+        return chain_triton.zforcing_chain(*a, schedule="persistent")
+    with concurrent_programs(monkeypatch):
+        errs = run_errors(fn, shape, torch.float64, check_clamps=False)
+    bad = {k: f"{v:.2e}" for k, v in errs.items() if not v <= TOL[torch.float64]}
+    assert not bad, f"errors above {TOL[torch.float64]}: {bad}"
+
+
 @pytest.mark.skipif(DEVICE == "cuda", reason="relies on the interpreter running programs one after another")
 @pytest.mark.parametrize("direction", ["forward", "backward"])
 def test_persistent_barrier_timeout_raises_instead_of_hanging(direction, monkeypatch):

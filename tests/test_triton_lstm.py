@@ -379,3 +379,21 @@ def test_lstm_schedule_environment_override(monkeypatch):
     monkeypatch.setenv("ZF_LSTM_SCHEDULE", "fast")
     with pytest.raises(ValueError, match="ZF_LSTM_SCHEDULE must be one of"):
         lt.lstm(*inputs)
+
+
+@pytest.mark.skipif(_ON_GPU, reason="CPU emulation of a resident grid (the GPU tests run real ones)")
+@pytest.mark.parametrize("reverse,state", [(True, True), (False, False)])
+def test_lstm_persistent_multi_program_grid(monkeypatch, reverse, state):
+    """A persistent grid of 2 batch blocks x 3 hidden blocks, its programs run concurrently
+    (tests/_concurrent_grid.py): the barrier, the partitioning and the data each program reads
+    from the others, on the CPU. Without the barrier this fails (errors ~0.5)."""
+    from _concurrent_grid import concurrent_programs
+    cfg = dict(BLOCK_B=16, BLOCK_H=16, BLOCK_K=16, num_warps=4)
+    monkeypatch.setattr(lt, "_persistent_config", lambda B, H, ref: (cfg, "forced 2 x 3 grid"))
+    inputs, grads = _make(4, 20, 5, 37, "both", state, torch.float64, seed=13)
+    assert lt._grid(20, 37, cfg) == (2, 3)
+    with concurrent_programs(monkeypatch):
+        got = _run(lambda *a, **k: lt.lstm(*a, **k, schedule="persistent"), inputs, grads, reverse)
+    ref = _run(naive.lstm_ref, inputs, grads, reverse)
+    for n, a, b in zip(_names(inputs), got, ref):
+        _close(a, b, torch.float64, n)
