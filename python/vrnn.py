@@ -9,10 +9,12 @@ seen ``y_{<t}`` and ``z_{<t}``):
     q(z_t | y_t, d_t) = N(MLP_q([phi_x(y_t), d_t]))                         posterior
     p(y_t | z_t, d_t) = head(MLP_dec([phi_z(z_t), d_t]))
 
-The state depends on the sample, so the LSTM runs one ``ops.lstm_cell`` per step, with the
-sample (``ops.reparameterize``) and the posterior's ``d_t`` half inside the loop; the input
-projections, the posterior's ``phi_x(y_t)`` half, the prior, the decoder and every KL / NLL
-are batched over all steps.
+The state depends on the sample, and the loop "posterior on d_t -> z_t -> phi_z(z_t) -> LSTM
+step to d_{t+1}" is exactly the fused Z-forcing recurrence ``ops.zforcing_chain`` (posterior
+MLP on the state plus a precomputed half, the sample with a given eps, a linear g(z), the LSTM
+cell): after one ``ops.lstm_cell`` for d_1 (from z_0 = 0), chain step t reads d_t and
+``gates_x[t+1]``. The input projections, the posterior's ``phi_x(y_t)`` half, the prior, the
+decoder and every KL / NLL are batched over all steps.
 """
 from __future__ import annotations
 
@@ -46,21 +48,21 @@ class VRNN(SequenceVAE):
         return F.linear(self.phi_z(z), self.rnn.weight_ih[:, self.emb_dim:])
 
     def terms(self, y, u, mask, eps):
-        B, E = y.shape[1], self.emb_dim
+        B, E, H = y.shape[1], self.emb_dim, self.rnn_dim
         gates_x = self._input_gates(self.embed(u))                          # (T, B, 4H)
         w_q = self.posterior.fc1.weight
         post_y = F.linear(self.embed(y), w_q[:, :E], self.posterior.fc1.bias)   # (T, B, M)
-        d = gates_x.new_zeros(B, self.rnn_dim)
-        c, z = torch.zeros_like(d), gates_x.new_zeros(B, self.z_dim)
-        ds, zs, mus, lvs = [], [], [], []
-        # unbind, not x[t]: the backward of T selects would cost O(T^2) (a full-size zero
-        # gradient per step), the backward of one unbind is a single stack
-        for gx_t, py_t, eps_t in zip(gates_x.unbind(0), post_y.unbind(0), eps.unbind(0)):
-            d, c = ops.lstm_cell(gx_t + self._z_gates(z), d, c, self.rnn.weight_hh, backend=self.backend)
-            mu_q, lv_q = split_gaussian(self.posterior.fc2(mlp_act(py_t + F.linear(d, w_q[:, E:]))))
-            z = ops.reparameterize(mu_q, lv_q, eps_t, backend=self.backend)
-            ds.append(d), zs.append(z), mus.append(mu_q), lvs.append(lv_q)
-        d, z, mu_q, lv_q = (torch.stack(x, 0) for x in (ds, zs, mus, lvs))
+        zero = gates_x.new_zeros(B, H)
+        d1, c1 = ops.lstm_cell(gates_x[0] + self._z_gates(gates_x.new_zeros(B, self.z_dim)), zero, zero,
+                               self.rnn.weight_hh, backend=self.backend)
+        # chain step t: posterior on d_t (+ phi_x(y_t)'s half) -> z_t -> the LSTM step that makes
+        # d_{t+1} from gates_x[t+1] + phi_z(z_t) W; the step after the last one is unused
+        next_gates = torch.cat([gates_x[1:], gates_x.new_zeros(1, B, 4 * H)], 0)
+        chain = ops.zforcing_chain(next_gates, post_y, eps, d1, c1, w_q[:, E:], self.posterior.fc2.weight,
+                                   self.posterior.fc2.bias, self.phi_z.weight, self.phi_z.bias,
+                                   self.rnn.weight_ih[:, E:], self.rnn.weight_hh, backend=self.backend)
+        d = torch.cat([d1.unsqueeze(0).to(chain.h.dtype), chain.h[:-1]], 0)   # d_1 .. d_T
+        z, mu_q, lv_q = chain.z, chain.mu_q, chain.logvar_q
         mu_p, lv_p = split_gaussian(self.prior(d))
         kl = ops.gaussian_kl(mu_q, lv_q, mu_p, lv_p, mask, backend=self.backend).sum(0)
         nll = self.head_nll(y, self.decoder(torch.cat([self.phi_z(z), d], -1)), mask).sum(0)

@@ -203,7 +203,7 @@ def test_matches_plain_per_step_model_values_log_weights_and_grads(name, output_
         torch.testing.assert_close(a, r, msg=pname)
 
 
-EXPECTED_OPS = {"vrnn": {"lstm_cell", "reparameterize", "gaussian_kl", "gaussian_nll"},
+EXPECTED_OPS = {"vrnn": {"lstm_cell", "zforcing_chain", "reparameterize", "gaussian_kl", "gaussian_nll"},
                 "srnn": {"lstm", "reparameterize", "gaussian_kl", "gaussian_nll"},
                 "srnn-resq": {"lstm", "reparameterize", "gaussian_kl", "gaussian_nll"},
                 "storn": {"lstm", "reparameterize", "gaussian_kl", "gaussian_nll"}}
@@ -374,3 +374,29 @@ def test_train_script_registers_the_models_and_runs_the_cli(tmp_path, monkeypatc
     assert math.isfinite(results["test"]["iwae"])
     assert mod.main(["--model", "nope", "--out", str(tmp_path / "x")]) == 2
     assert "--model must be one of" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_triton_backend_matches_torch_backend(name):
+    """Every op of the model on Triton (the interpreter on a CPU) at once, against the torch
+    backend: loss terms and all parameter gradients, with a mask. (VRNN's recurrence is the
+    fused ops.zforcing_chain.)"""
+    pytest.importorskip("triton")
+    ref, fused = make(name, backend="torch"), make(name, backend="triton")
+    fused.load_state_dict(ref.state_dict())
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    ref, fused = ref.to(device), fused.to(device)
+    y = data(ref, 5, 3).to(device)
+    mask = torch.ones(5, 3, dtype=torch.float64, device=device)
+    mask[3:, 1] = 0
+    eps = torch.randn(5, 3, Z, dtype=torch.float64, generator=torch.Generator().manual_seed(2)).to(device)
+    out = []
+    for m in (ref, fused):
+        terms = m(y, mask=mask, eps=eps)
+        grads = torch.autograd.grad(training_loss(terms, 0.7, 0.0, 0.0), list(m.parameters()), allow_unused=True)
+        out.append((terms, grads))
+    (t_ref, g_ref), (t_fused, g_fused) = out
+    for k in ("nll", "kl"):
+        torch.testing.assert_close(getattr(t_fused, k), getattr(t_ref, k), rtol=1e-9, atol=1e-9)
+    for (pname, _), a, b in zip(ref.named_parameters(), g_fused, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-9, msg=pname)
