@@ -127,3 +127,33 @@ def test_persistent_smoke_script_runs_and_agrees_on_cpu():
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 4 and lines[-1] == "ENV", r.stdout
     assert all(line.endswith(": ok") and "schedule persistent" in line for line in lines[:3]), r.stdout
+
+
+class _FakeCudaTensor:
+    """What the persistent-grid choice reads of a tensor: is_cuda, dtype, device."""
+    is_cuda = True
+    dtype = torch.float32
+    device = torch.device("cuda", 0)
+
+
+@pytest.mark.parametrize("sms", [114, 132])   # H100 PCIe; H100 SXM / H200
+def test_persistent_smoke_shapes_get_persistent_grids_on_a_gpu(monkeypatch, sms):
+    """persistent_smoke.py (and the GPU tests) force schedule="persistent" at these shapes:
+    each must fit a grid of one program per SM, else they raise instead of testing."""
+    pytest.importorskip("triton")
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import persistent_smoke
+    from zf_kernels.ops.lstm import triton as lt
+    from zf_kernels.ops.recurrence import triton as ct
+    monkeypatch.setattr(lt, "num_sms", lambda t: sms)
+    monkeypatch.setattr(ct, "num_sms", lambda t: sms)
+    ref = _FakeCudaTensor()
+    for T, B, I, H, _ in persistent_smoke.LSTM_CASES:
+        cfg, why = lt._persistent_config(B, H, ref)
+        assert cfg is not None, (B, H, why)
+    for T, B, H, M, Z, G in persistent_smoke.CHAIN_CASES:
+        cfg, why = ct._persistent_config(B, {"H": H, "M": M, "Z": Z}, torch.float32, ref)
+        assert cfg is not None, (B, H, why)
+    # and a shape that cannot fit says why
+    cfg, why = lt._persistent_config(128, 4096, ref)
+    assert cfg is None and f"{sms} SMs" in why
