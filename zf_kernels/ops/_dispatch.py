@@ -71,7 +71,7 @@ def _why_not(op: str, backend: str, tensors) -> str | None:
     return None
 
 
-def _auto_choice(op: str, tensors) -> tuple[str, str]:
+def _auto_choice(op: str, tensors, detail: bool = True) -> tuple[str, str]:
     reasons = []
     on_cuda = all(t.device.type == "cuda" for t in tensors if isinstance(t, torch.Tensor))
     if not on_cuda:
@@ -79,7 +79,8 @@ def _auto_choice(op: str, tensors) -> tuple[str, str]:
     for candidate in ("cuda", "triton"):
         why = _why_not(op, candidate, tensors)
         if why is None:
-            return candidate, _with_detail(op, candidate, f"{candidate} is available for {op!r}", tensors)
+            reason = f"{candidate} is available for {op!r}"
+            return candidate, (_with_detail(op, candidate, reason, tensors) if detail else reason)
         reasons.append(f"{candidate}: {why}")
     return "torch", "falling back to torch; " + "; ".join(reasons)
 
@@ -120,8 +121,12 @@ def resolve(op: str, backend: str, *tensors) -> Callable:
         if why is not None:
             raise BackendUnavailableError(f"backend={backend!r} cannot run {op}: {why}")
         return _load(_REGISTRY[op][backend])
-    chosen, reason = explain(op, *tensors, backend=backend)
-    if backend == "auto" and (op, reason) not in _logged:
+    if op not in _REGISTRY:
+        raise ValueError(f"unknown op {op!r}; known ops: {sorted(_REGISTRY)}")
+    # the per-call path skips the implementation's detail (e.g. the LSTM's schedule): it is
+    # computed for the log line, once per op and reason, and by explain()
+    chosen, reason = _auto_choice(op, tensors, detail=False)
+    if (op, reason) not in _logged:
         _logged.add((op, reason))
-        log.info("zf_kernels.ops.%s: backend='auto' -> %s (%s)", op, chosen, reason)
+        log.info("zf_kernels.ops.%s: backend='auto' -> %s (%s)", op, chosen, _auto_choice(op, tensors)[1])
     return _load(_REGISTRY[op][chosen])
