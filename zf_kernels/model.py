@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from . import ops
 from .bounds import BoundsMixin
 from .sequences import check_batch, gather_time, padded_flip_index, shift_inputs
-from .ops.recurrence.naive import PARAM_CLAMP, ChainOutput, mlp_act
+from .ops.recurrence.naive import COND_CLAMP, LN_EPS, PARAM_CLAMP, ChainOutput, mlp_act
 
 OUTPUT_TYPES = ("gaussian", "bernoulli", "categorical")
-# cond_ln: the gain and bias that g(z) gives the recurrent projection are clamped to this.
-COND_CLAMP = 3.0
+# cond_ln: the gain and bias that g(z) gives the recurrent projection are clamped to
+# [-COND_CLAMP, COND_CLAMP] (defined beside the chain's reference, which applies it too).
 
 
 class MLP(nn.Module):
@@ -185,20 +185,20 @@ class ZForcing(BoundsMixin, nn.Module):
                 gates_x, post_x, eps, h0, c0, w_q1[:, : self.rnn_dim],
                 self.posterior.fc2.weight, self.posterior.fc2.bias, self.gen.weight, self.gen.bias,
                 self._w_iz, self.fwd_weight_hh, backend=self.backend)
-        # cond_ln has no fused chain yet: a plain loop over the same four stages.
-        h, c = h0, c0
-        outs = []
-        for gx_t, px_t, eps_t in zip(gates_x.unbind(0), post_x.unbind(0), eps.unbind(0)):
-            a = mlp_act(F.linear(h, w_q1[:, : self.rnn_dim]) + px_t)
-            mu, logvar = _split_gaussian(self.posterior.fc2(a))
-            z = mu + torch.exp(0.5 * logvar) * eps_t
-            h, c = self._cond_ln_cell(gx_t, h, c, z)
-            outs.append((h, c, z, mu, logvar))
-        return ChainOutput(*(torch.stack(xs, 0) for xs in zip(*outs)))
+        # cond_ln: g(z) (the gen MLP) gives the gain and bias of LN(W_hh h_{t-1}) inside the
+        # chain. zforcing_chain_ln has only its torch implementation so far: an explicitly
+        # requested fused backend runs it as "auto" does (the reference), as the model did
+        # before the op existed, instead of failing.
+        backend = self.backend if self.backend in ("auto", "torch") else "auto"
+        return ops.zforcing_chain_ln(
+            gates_x, post_x, eps, h0, c0, w_q1[:, : self.rnn_dim],
+            self.posterior.fc2.weight, self.posterior.fc2.bias, self.gen.fc1.weight,
+            self.gen.fc1.bias, self.gen.fc2.weight, self.gen.fc2.bias, self.fwd_weight_hh,
+            backend=backend)
 
     def _cond_ln_cell(self, gates_x, h, c, z):
         gain, bias = torch.clamp(self.gen(z), -COND_CLAMP, COND_CLAMP).chunk(2, dim=-1)
-        hh = F.layer_norm(F.linear(h, self.fwd_weight_hh), (4 * self.rnn_dim,))
+        hh = F.layer_norm(F.linear(h, self.fwd_weight_hh), (4 * self.rnn_dim,), eps=LN_EPS)
         gates = gates_x + hh * (1.0 + gain) + bias
         i, f, g, o = gates.chunk(4, dim=-1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)

@@ -3,11 +3,11 @@
 from ._dispatch import BACKENDS, BackendUnavailableError, explain
 from .distributions import bernoulli_nll, categorical_nll, gaussian_kl, gaussian_nll, reparameterize
 from .lstm import lstm, lstm_cell
-from .recurrence import ChainOutput, zforcing_chain
+from .recurrence import ChainOutput, zforcing_chain, zforcing_chain_ln
 
 __all__ = [
     "BACKENDS", "BackendUnavailableError", "explain",
     "lstm", "lstm_cell",
     "reparameterize", "gaussian_kl", "gaussian_nll", "bernoulli_nll", "categorical_nll",
-    "zforcing_chain", "ChainOutput",
+    "zforcing_chain", "zforcing_chain_ln", "ChainOutput",
 ]
