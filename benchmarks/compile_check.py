@@ -45,6 +45,7 @@ from zf_kernels.ops.distributions import triton as dist_triton  # noqa: E402
 from zf_kernels.ops.lstm import triton as lstm_triton  # noqa: E402
 from zf_kernels.ops.recurrence import naive as chain_naive  # noqa: E402
 from zf_kernels.ops.recurrence import triton as chain_triton  # noqa: E402
+from zf_kernels.ops.recurrence import triton_ln as chain_ln_triton  # noqa: E402
 
 REGS_PER_SM = 64 * 1024
 SMEM_PER_SM = 227 * 1024          # usable shared memory per block on sm_90
@@ -148,6 +149,37 @@ def chain_specs() -> list[Spec]:
     return specs
 
 
+def chain_ln_specs() -> list[Spec]:
+    """The cond_ln chain's own kernels (zf_kernels.ops.recurrence.triton_ln; its posterior
+    stages are chain_specs' kernels) at the largest stepwise tile ``_config`` picks on a GPU
+    (32 x 32), with the launch options it uses. Row-statistics tiles as at the TIMIT size
+    (H 1024: 32 tiles of 32 units)."""
+    import torch
+    ct, lt = chain_triton, chain_ln_triton
+    ints = ("t", "B", "H", "M", "Z", "G", "NT")
+    acts = dict(SLOPE=chain_naive.LEAKY_SLOPE, ACT_BOUND=chain_naive.ACT_CLAMP)
+    specs = []
+    for dt_name, (dt, prec) in TORCH_DTYPES.items():
+        torch_dtype = torch.bfloat16 if dt == "bf16" else torch.float32
+        ptrs = {n: "fp32" for n in ("C0", "C_OUT", "DC", "HH", "PSUM", "GEN", "NORM", "RSTD", "DN")}
+        ptrs["OKMASK"] = "i8"
+        bk = 64 if dt == "bf16" else 32
+        step = dict(ACC=tl.float32, PREC=prec, BLOCK_B=32, BLOCK_N=32, BLOCK_K=bk)
+        opts = dict(dict(num_warps=4), **ct._launch_options("stepwise", torch_dtype, step))
+        ln = dict(GEN_BOUND=chain_naive.COND_CLAMP)
+        for name, kernel, cexpr, o in (
+                ("fwd ln proj", lt._fwd_ln_proj, step, opts),
+                ("fwd gen hidden", lt._fwd_gen_hidden, step, dict(num_warps=4)),
+                ("fwd ln cell", lt._fwd_ln_cell, dict(step, **acts, **ln, EPS_LN=chain_naive.LN_EPS, BLOCK_T=32),
+                 opts),
+                ("bwd ln cell", lt._bwd_ln_cell, dict(step, **ln, HAS_NEXT=True), opts),
+                ("bwd ln norm", lt._bwd_ln_norm, dict(ACC=tl.float32, BLOCK_B=32, BLOCK_N=32, BLOCK_T=32),
+                 dict(num_warps=4)),
+                ("bwd ln sample", lt._bwd_ln_sample, step, dict(num_warps=4))):
+            specs.append(Spec(f"chain_ln {name} {dt_name} B32 N32", kernel, dt, cexpr, ptrs, o, ints=ints))
+    return specs
+
+
 def distribution_specs() -> list[Spec]:
     """The sampling / likelihood kernels (zf_kernels.ops.distributions.triton) at the row tiles
     ``_tiles`` picks for the model's shapes: D = 1 (SeqMNIST pixels), 200 / 256 (TIMIT frames,
@@ -222,7 +254,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="substring filter on the kernel labels")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = ap.parse_args(argv)
-    specs = [s for s in lstm_specs() + chain_specs() + distribution_specs() if args.only in s.label]
+    specs = [s for s in lstm_specs() + chain_specs() + chain_ln_specs() + distribution_specs()
+             if args.only in s.label]
     rows = []
     print(f"# triton {triton.__version__}, target sm_{args.arch}")
     print(f"{'kernel':44} {'warps':>5} {'regs':>5} {'stack':>5} {'shared':>7}  status")

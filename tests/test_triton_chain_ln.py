@@ -1,15 +1,31 @@
 """The cond_ln chain (``ops.zforcing_chain_ln``): its reference against an independent
-per-step loop written here, its argument checks, dispatch and autocast behaviour.
+per-step loop written here, argument checks, dispatch and autocast; the Triton version
+(zf_kernels/ops/recurrence/triton_ln.py, stepwise schedule) against the reference.
 
-Only the torch implementation exists so far (no fused Triton kernel yet): the tests that
-compare a fused version with the reference will go here when there is one.
+On the CPU the kernels run under TRITON_INTERPRET=1 (tests/conftest.py). Every buffer that
+``torch.empty`` / ``torch.empty_like`` hands out during a Triton comparison is NaN-filled (int
+buffers: junk), so a value a kernel never writes cannot pass.
 """
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import zf_kernels.ops as ops
 from zf_kernels.ops.recurrence.naive import zforcing_chain_ln_ref
+
+try:
+    import triton  # noqa: F401
+    HAS_TRITON = True
+except ImportError:
+    HAS_TRITON = False
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+CAN_RUN_TRITON = HAS_TRITON and (DEVICE == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
+needs_triton = pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs triton and CUDA or TRITON_INTERPRET=1")
+if CAN_RUN_TRITON:
+    from zf_kernels.ops.recurrence import triton as chain_triton
+    from zf_kernels.ops.recurrence import triton_ln
 
 NAMES = ("gates_x", "post_x", "eps", "h0", "c0", "weight_qh", "weight_q2", "bias_q2",
          "weight_g1", "bias_g1", "weight_g2", "bias_g2", "weight_hh")
@@ -151,10 +167,8 @@ def test_argument_checks_name_the_argument(index, bad, match):
         ops.zforcing_chain_ln(*args, backend="torch")
 
 
-def test_no_fused_backend_yet_and_auto_runs_the_reference():
+def test_auto_runs_the_reference_on_the_cpu():
     args = [a.detach() for a in make_inputs(2, 2, 3, 4, 2, 3)]
-    with pytest.raises(ops.BackendUnavailableError, match="no triton implementation"):
-        ops.zforcing_chain_ln(*args, backend="triton")
     assert ops.explain("zforcing_chain_ln", *args)[0] == "torch"
     for a, b in zip(ops.zforcing_chain_ln(*args), zforcing_chain_ln_ref(*args)):
         assert torch.equal(a, b)
@@ -197,3 +211,173 @@ def test_model_cond_ln_chain_matches_its_own_cell_loop():
         torch.testing.assert_close(out.h[t], h, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(out.c[t], c, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(out.z[t], z, rtol=1e-12, atol=1e-12)
+
+
+# ============================================================================ Triton
+# Error measure: max |x - x_ref| / max |x_ref| per output / gradient, x_ref from the float64
+# reference on the same (upcast) inputs. fp64: a fixed bound (measured ~1e-13). fp32: the
+# bound is TOL or F32_RATIO times the error of the float32 torch reference on the same inputs,
+# whichever is larger. Measured: ~2e-5 (T4-B3, about torch's own error); on the multiblock
+# B17 case the chain's large weights amplify rounding ~20x per step, the torch reference is
+# off by 7e-5 and the kernels by 5.5e-4 (8x: a different rounding of t=0's gates, 7e-6 vs
+# 2e-6 in h_1, grown over 3 steps); float64 on the same case agrees to 1e-13.
+TOL = {torch.float64: 1e-9, torch.float32: 3e-4}
+F32_RATIO = 12.0
+SMALL_BLOCKS = {"BLOCK_B": 16, "BLOCK_N": 16, "BLOCK_K": 16}
+
+
+@pytest.fixture
+def nan_empty(monkeypatch):
+    """torch.empty / torch.empty_like return NaN-filled (float) or junk-filled (int) tensors."""
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+
+    def fill(t):
+        if t.is_floating_point():
+            t.fill_(float("nan"))
+        elif t.dtype != torch.bool:
+            t.fill_(77)
+        return t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: fill(real_empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: fill(real_empty_like(*a, **k)))
+    assert torch.empty(3).isnan().all()
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
+
+
+def run_errors(fn, shape, dtype, seed=0, check_clamps=True):
+    """{tensor name: error of fn in dtype against the float64 reference}: all 5 outputs and
+    the gradients of all 13 inputs from one backward call with random, non-uniform output
+    gradients."""
+    args64 = [a.detach().to(DEVICE).requires_grad_() for a in make_inputs(*shape, seed=seed)]
+    if check_clamps:
+        p_out, gb_out = clamp_activity([a.cpu() for a in args64])
+        assert 0 < p_out < 1 and 0 < gb_out < 1, f"inputs do not exercise the clamps: {p_out}, {gb_out}"
+    ref = zforcing_chain_ln_ref(*args64)
+    g = torch.Generator().manual_seed(seed + 1)
+    grads_out = [(torch.randn(o.shape, generator=g, dtype=torch.float64) * (1 + i)).to(DEVICE)
+                 for i, o in enumerate(ref)]
+    ref_grads = torch.autograd.grad(ref, args64, grads_out)
+    args = [a.detach().to(dtype).requires_grad_() for a in args64]
+    out = fn(*args)
+    grads = torch.autograd.grad(tuple(out), args, [go.to(dtype) for go in grads_out])
+    errs = {}
+    for name, o, r in zip(OUT_NAMES, out, ref):
+        assert o.dtype == dtype and o.shape == r.shape, name
+        assert torch.isfinite(o).all(), f"output {name} has non-finite entries"
+        errs[name] = rel_err(o, r)
+    for name, gr, r in zip(NAMES, grads, ref_grads):
+        assert gr is not None and gr.shape == r.shape, name
+        assert torch.isfinite(gr).all(), f"grad of {name} has non-finite entries"
+        errs["grad " + name] = rel_err(gr, r)
+    return errs
+
+
+def compare(shape, dtype, seed=0, check_clamps=True, tol=None, fn=None, ratio=None):
+    """Errors of the Triton op within ``tol`` (default TOL[dtype]), or, with ``ratio``, within
+    max(tol, ratio * the error of the torch reference run in ``dtype``)."""
+    tol = TOL[dtype] if tol is None else tol
+    errs = run_errors(fn or triton_ln.zforcing_chain_ln, shape, dtype, seed, check_clamps)
+    bound = {k: tol for k in errs}
+    if ratio is not None:
+        torch_errs = run_errors(zforcing_chain_ln_ref, shape, dtype, seed, check_clamps=False)
+        bound = {k: max(tol, ratio * torch_errs[k]) for k in errs}
+    bad = {k: f"{v:.2e} > {bound[k]:.2e}" for k, v in errs.items() if not v <= bound[k]}
+    assert not bad, f"errors above the bound: {bad}"
+    return errs
+
+
+# (T, B, H, M, Z, G)
+TRITON_CASES = [
+    pytest.param((1, 1, 3, 5, 1, 7), "default", False, id="T1-B1-tiny"),
+    pytest.param((4, 3, 20, 19, 3, 21), "default", True, id="T4-B3"),
+    # every dim (B, H, 4H, M, Z, G and the reduction dims) spans several 16-wide blocks, and
+    # the layer norm's row statistics come from 3 tiles (the last one partial)
+    pytest.param((3, 17, 37, 19, 18, 21), "small", True, id="T3-B17-multiblock"),
+    pytest.param((3, 1, 37, 5, 18, 20), "small", True, id="T3-B1-multiblock"),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape,blocks,check_clamps", TRITON_CASES)
+def test_triton_matches_reference(shape, blocks, check_clamps, dtype, nan_empty, monkeypatch):
+    if blocks == "small":
+        monkeypatch.setattr(chain_triton, "_BLOCK_OVERRIDE", SMALL_BLOCKS)
+    compare(shape, dtype, check_clamps=check_clamps, ratio=F32_RATIO if dtype == torch.float32 else None)
+
+
+@needs_triton
+def test_triton_row_statistics_need_every_tile(nan_empty, monkeypatch):
+    """The layer norm's mean and variance cover the whole 4H row, reduced from 3 tiles' partial
+    sums. Guard that this test can fail: with the reducers' tile range cut to 2 (BLOCK_T from
+    a patched _pow2), the same run must miss the bound."""
+    monkeypatch.setattr(chain_triton, "_BLOCK_OVERRIDE", SMALL_BLOCKS)
+    shape = (2, 3, 37, 5, 4, 6)
+    compare(shape, torch.float64, check_clamps=False)
+    monkeypatch.setattr(triton_ln, "_pow2", lambda n: 1)
+    with pytest.raises(AssertionError, match="errors above the bound"):
+        compare(shape, torch.float64, check_clamps=False)
+
+
+@needs_triton
+def test_triton_gradcheck_float64():
+    # small weights keep most pre-activations away from the clamps' kinks; fast_mode checks
+    # a random projection of the full Jacobian (the slow mode takes minutes in the interpreter)
+    args = [a.to(DEVICE) for a in make_inputs(2, 2, 3, 4, 2, 3, scale=0.3, seed=3)]
+    args = [a.detach().requires_grad_() for a in args]
+    assert torch.autograd.gradcheck(lambda *a: tuple(triton_ln.zforcing_chain_ln(*a)), tuple(args),
+                                    eps=1e-6, atol=1e-7, rtol=1e-6, fast_mode=True)
+
+
+@needs_triton
+def test_triton_public_api_schedule_and_zero_steps(nan_empty, monkeypatch):
+    args = [a.detach().to(DEVICE).requires_grad_() for a in make_inputs(3, 5, 6, 7, 4, 9, seed=5)]
+    gx = args[0].detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()
+    assert not gx.is_contiguous()
+    args = [gx] + args[1:]
+    backend, why = ops.explain("zforcing_chain_ln", *args, backend="triton")
+    assert backend == "triton" and "schedule stepwise" in why, why
+    out = ops.zforcing_chain_ln(*args, backend="triton")
+    ref = ops.zforcing_chain_ln(*args, backend="torch")
+    for name, a, b in zip(OUT_NAMES, out, ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=name)
+    # outputs that only partly carry gradient
+    w = torch.linspace(-1, 2, 6, dtype=torch.float64, device=DEVICE)
+    loss = lambda o: (o.h * w).sum() + o.z.sum() + (o.logvar_q ** 2).mean()  # noqa: E731
+    ga = torch.autograd.grad(loss(out), args)
+    gr = torch.autograd.grad(loss(ref), args)
+    for name, a, b in zip(NAMES, ga, gr):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=name)
+    with pytest.raises(ValueError, match="not implemented for zforcing_chain_ln"):
+        triton_ln.zforcing_chain_ln(*args, schedule="persistent")
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        triton_ln.zforcing_chain_ln(*args, schedule="fastest")
+    monkeypatch.setenv("ZF_CHAIN_SCHEDULE", "persistent")
+    assert "ZF_CHAIN_SCHEDULE ignored" in triton_ln.explain_schedule(*args[:3])
+    z = [a.detach()[:0] if a.dim() == 3 else a.detach() for a in args]
+    z = [a.requires_grad_() for a in z]
+    out = ops.zforcing_chain_ln(*z, backend="triton")
+    assert [tuple(o.shape) for o in out] == [(0, 5, 6), (0, 5, 6), (0, 5, 4), (0, 5, 4), (0, 5, 4)]
+    sum(o.sum() for o in out).backward()
+    assert (z[3].grad == 0).all() and (z[4].grad == 0).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["f32", "f16", "bf16"])
+def test_gpu(dtype, nan_empty):
+    """GPU block sizes (several programs per dim) against the float64 reference. 16-bit:
+    a loose bound (unverified: no GPU where this was written)."""
+    compare((5, 40, 80, 48, 40, 56), dtype, seed=7, tol={torch.float32: 3e-4}.get(dtype, 5e-2))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_timit_size(nan_empty):
+    """The TIMIT model's cond_ln chain (H 1024, M 512, Z 256, G 512, B 32, T 40), fp32 against
+    the float64 reference; the bound as the plain chain's TIMIT test (40 steps of a 1024-wide
+    chain compound fp32 rounding)."""
+    compare((40, 32, 1024, 512, 256, 512), torch.float32, seed=9, check_clamps=False, tol=2e-3)

@@ -10,8 +10,7 @@ from zf_kernels import ZForcing, training_loss  # noqa: E402
 @pytest.mark.parametrize("output_type,mask,cond_ln", [("gaussian", False, False), ("bernoulli", True, False),
                                                       ("gaussian", True, True)])
 def test_triton_backend_matches_torch_backend(output_type, mask, cond_ln):
-    """cond_ln: ops.zforcing_chain_ln has no Triton kernel yet, so the model runs its
-    reference there; every other op (both LSTMs' ops.lstm, the likelihoods, KL) is Triton."""
+    """cond_ln: the chain is ops.zforcing_chain_ln (triton_ln.py) instead of ops.zforcing_chain."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     ref = ZForcing(3, output_type, emb_dim=5, rnn_dim=19, z_dim=3, mlp_dim=7, z_force=True,

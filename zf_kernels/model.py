@@ -185,16 +185,12 @@ class ZForcing(BoundsMixin, nn.Module):
                 gates_x, post_x, eps, h0, c0, w_q1[:, : self.rnn_dim],
                 self.posterior.fc2.weight, self.posterior.fc2.bias, self.gen.weight, self.gen.bias,
                 self._w_iz, self.fwd_weight_hh, backend=self.backend)
-        # cond_ln: g(z) (the gen MLP) gives the gain and bias of LN(W_hh h_{t-1}) inside the
-        # chain. zforcing_chain_ln has only its torch implementation so far: an explicitly
-        # requested fused backend runs it as "auto" does (the reference), as the model did
-        # before the op existed, instead of failing.
-        backend = self.backend if self.backend in ("auto", "torch") else "auto"
+        # cond_ln: g(z) (the gen MLP) gives the gain and bias of LN(W_hh h_{t-1}) inside the chain
         return ops.zforcing_chain_ln(
             gates_x, post_x, eps, h0, c0, w_q1[:, : self.rnn_dim],
             self.posterior.fc2.weight, self.posterior.fc2.bias, self.gen.fc1.weight,
             self.gen.fc1.bias, self.gen.fc2.weight, self.gen.fc2.bias, self.fwd_weight_hh,
-            backend=backend)
+            backend=self.backend)
 
     def _cond_ln_cell(self, gates_x, h, c, z):
         gain, bias = torch.clamp(self.gen(z), -COND_CLAMP, COND_CLAMP).chunk(2, dim=-1)

@@ -9,8 +9,8 @@ __all__ = ["zforcing_chain", "zforcing_chain_ln", "ChainOutput"]
 
 _dispatch.register("zforcing_chain", "torch", f"{__name__}.naive:zforcing_chain_ref")
 _dispatch.register("zforcing_chain", "triton", f"{__name__}.triton:zforcing_chain")
-# cond_ln chain: only the reference so far (a fused Triton version is not written yet)
 _dispatch.register("zforcing_chain_ln", "torch", f"{__name__}.naive:zforcing_chain_ln_ref")
+_dispatch.register("zforcing_chain_ln", "triton", f"{__name__}.triton_ln:zforcing_chain_ln")
 
 
 @_autocast.lower_precision
@@ -88,7 +88,7 @@ def zforcing_chain_ln(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q
         weight_g2 (8H, G), bias_g2 (8H,)   g(z) output layer -> [gain (4H), bias (4H)]
         weight_hh (4H, H)
     Returns ``ChainOutput(h, c, z, mu_q, logvar_q)``, each time-major ``(T, B, .)``.
-    See ``naive.zforcing_chain_ln_ref`` for the equations.
+    See ``naive.zforcing_chain_ln_ref`` for the equations, ``triton_ln`` for the fused kernels.
     """
     check_tensor("gates_x", gates_x, ndim=3)
     T, B, four_h = gates_x.shape

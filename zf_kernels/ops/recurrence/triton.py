@@ -309,7 +309,7 @@ def _fwd_lstm_step(
 @triton.jit
 def _bwd_lstm_cell_tile(
     pid_b, pid_n,
-    GRAD_H, GRAD_C, DC, ACTS, C0, C_OUT, DGATES, DS, W_HH, W_QH, t, B, H, M,
+    GRAD_H, GRAD_C, DC, ACTS, C0, C_OUT, DGATES, DREC, DS, W_HH, W_QH, t, B, H, M,
     HAS_NEXT, CACHE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -323,8 +323,9 @@ def _bwd_lstm_cell_tile(
     st = rb[:, None] * H + rh[None, :]
     dh = tl.load(GRAD_H + t64 * B * H + st, mask=m2, other=0.0).to(ACC)
     if HAS_NEXT:
-        # h_t fed step t+1 through W_hh and W_qh
-        dg_next = DGATES + (t64 + 1) * B * 4 * H
+        # h_t fed step t+1 through W_hh and W_qh; DREC is the gradient of step t+1's
+        # h_t @ W_hh^T (dgates for the plain chain, the layer norm's input for cond_ln)
+        dg_next = DREC + (t64 + 1) * B * 4 * H
         for k0 in range(0, 4 * H, BLOCK_K):
             kk = k0 + rk
             mk = kk < 4 * H
@@ -374,15 +375,15 @@ def _bwd_lstm_cell(
     HAS_NEXT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    _bwd_lstm_cell_tile(tl.program_id(0), tl.program_id(1), GRAD_H, GRAD_C, DC, ACTS, C0, C_OUT, DGATES, DS, W_HH,
-        W_QH, t, B, H, M, HAS_NEXT, "", ACC, PREC, BLOCK_B, BLOCK_N, BLOCK_K)
+    _bwd_lstm_cell_tile(tl.program_id(0), tl.program_id(1), GRAD_H, GRAD_C, DC, ACTS, C0, C_OUT, DGATES, DGATES, DS,
+        W_HH, W_QH, t, B, H, M, HAS_NEXT, "", ACC, PREC, BLOCK_B, BLOCK_N, BLOCK_K)
 
 
 @triton.jit
 def _bwd_posterior_sample_tile(
     pid_b, pid_n,
     GRAD_Z, GRAD_MU, GRAD_LV, DGATES, W_COMB, MU, LV, EPS, OKMASK, DPARAMS, GRAD_EPS,
-    t, B, H, Z,
+    t, B, KD, Z,
     CACHE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -395,11 +396,13 @@ def _bwd_posterior_sample_tile(
     t64 = tl.cast(t, tl.int64)
     off = t64 * B * Z + rb[:, None] * Z + rz[None, :]
     dz = tl.load(GRAD_Z + off, mask=m2, other=0.0).to(ACC)
-    dg_t = DGATES + t64 * B * 4 * H
-    for k0 in range(0, 4 * H, BLOCK_K):
+    # dz += DGATES[t] @ W_COMB, DGATES (T, B, KD), W_COMB (KD, Z): KD = 4H for the plain chain
+    # (dgates, W_iz W_gz), the gen MLP's hidden width for cond_ln (its hidden gradient, W_g1)
+    dg_t = DGATES + t64 * B * KD
+    for k0 in range(0, KD, BLOCK_K):
         kk = k0 + rk
-        mk = kk < 4 * H
-        x = tl.load(dg_t + rb[:, None] * (4 * H) + kk[None, :], mask=mb[:, None] & mk[None, :],
+        mk = kk < KD
+        x = tl.load(dg_t + rb[:, None] * KD + kk[None, :], mask=mb[:, None] & mk[None, :],
                     other=0.0, cache_modifier=CACHE)
         w = tl.load(W_COMB + kk[:, None] * Z + rz[None, :], mask=mk[:, None] & mz[None, :], other=0.0)
         dz = tl.dot(x, w, dz, input_precision=PREC, out_dtype=ACC)
@@ -425,7 +428,7 @@ def _bwd_posterior_sample(
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     _bwd_posterior_sample_tile(tl.program_id(0), tl.program_id(1), GRAD_Z, GRAD_MU, GRAD_LV, DGATES, W_COMB, MU, LV, EPS,
-        OKMASK, DPARAMS, GRAD_EPS, t, B, H, Z, "", ACC, PREC, BLOCK_B, BLOCK_N, BLOCK_K)
+        OKMASK, DPARAMS, GRAD_EPS, t, B, 4 * H, Z, "", ACC, PREC, BLOCK_B, BLOCK_N, BLOCK_K)
 
 
 @triton.jit
@@ -527,12 +530,12 @@ def _bwd_persistent(
     for r in range(T):
         t = T - 1 - r
         if pid_n < tl.cdiv(H, BLOCK_N):
-            _bwd_lstm_cell_tile(pid_b, pid_n, GRAD_H, GRAD_C, DC, ACTS, C0, C_OUT, DGATES, DS, W_HH, W_QH,
-                                t, B, H, M, r > 0, ".cg", ACC, PREC, BLOCK_B, BLOCK_N, BLOCK_K1)
+            _bwd_lstm_cell_tile(pid_b, pid_n, GRAD_H, GRAD_C, DC, ACTS, C0, C_OUT, DGATES, DGATES, DS, W_HH,
+                                W_QH, t, B, H, M, r > 0, ".cg", ACC, PREC, BLOCK_B, BLOCK_N, BLOCK_K1)
         ok = grid_barrier(counter, (3 * r + 1) * n_prog, ok, flag, MAX_POLLS)
         if pid_n < tl.cdiv(Z, BLOCK_N):
             _bwd_posterior_sample_tile(pid_b, pid_n, GRAD_Z, GRAD_MU, GRAD_LV, DGATES, W_COMB, MU, LV, EPS,
-                                       OKMASK, DPARAMS, GRAD_EPS, t, B, H, Z, ".cg", ACC, PREC,
+                                       OKMASK, DPARAMS, GRAD_EPS, t, B, 4 * H, Z, ".cg", ACC, PREC,
                                        BLOCK_B, BLOCK_N, BLOCK_K2)
         ok = grid_barrier(counter, (3 * r + 2) * n_prog, ok, flag, MAX_POLLS)
         if pid_n < tl.cdiv(M, BLOCK_N):

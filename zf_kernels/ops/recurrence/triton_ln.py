@@ -1,0 +1,593 @@
+"""Triton version of the ``cond_ln`` Z-forcing chain (``naive.zforcing_chain_ln_ref`` has the
+equations): the posterior stages are the plain chain's tile helpers (``triton.py``), the
+layer-normalised, z-conditioned LSTM cell is new.
+
+Schedule: ``stepwise`` only (the time loop on the host, one launch per stage per step); there
+is no persistent kernel for cond_ln yet, so ``schedule="auto"`` (and ``ZF_CHAIN_SCHEDULE``)
+always means stepwise here and ``schedule="persistent"`` raises.
+
+Forward, per step t (5 launches; grid (B-blocks, column blocks of the stage)):
+
+  K1 ``triton._fwd_posterior_hidden``  s_t = h_{t-1} @ W_qh^T + post_x[t]        -> saved s
+  K2 ``triton._fwd_posterior_sample``  mu, lv, z_t, int8 clamp mask              -> saved
+  K3 ``_fwd_ln_proj``  (H-blocks)  hh = h_{t-1} @ W_hh^T for the four gate column blocks of
+        units j -> an fp32 (B, 4H) scratch, and per (row, tile) the tile's sum and centred
+        sum of squares -> a (B, n_tiles, 2) scratch (the row statistics' partial sums).
+  K4 ``_fwd_gen_hidden`` (G-blocks)  u_t = z_t @ W_g1^T + b_g1                    -> saved u
+  K5 ``_fwd_ln_cell``  (H-blocks)  every tile first reduces the row's partial sums (Chan's
+        parallel mean / variance merge, biased variance as F.layer_norm), then
+        n = (hh - mean) * rsqrt(var + 1e-5); then gate by gate (two accumulators live, so
+        the 32 x 32 tile does not spill; ``_ln_gate_pre``): [gain, bias] = clamp(act(u_t) @
+        W_g2^T + b_g2, -3, 3) at the gate's gain and bias columns, gates_x[t] + n (1 + gain)
+        + bias, its nonlinearity; then the cell. Writes h_t, c_t and the activated gates (saved).
+
+  The row statistics need the whole row of hh, so they cost a launch boundary (K3 -> K5);
+  K4 sits in between for free. K1 and K3 read only h_{t-1} (independent of each other).
+
+Backward, reverse loop, per step t (5 launches):
+
+  KB1 ``_bwd_ln_cell`` (H-blocks): ``triton._bwd_lstm_cell_tile`` with the recurrent term
+        dh_t += dhh_{t+1} @ W_hh + ds_{t+1} @ W_qh -> dgates_t (saved buffer = grad gates_x);
+        then, in the same program on its own tile: dn = dgates (1 + gain), d gain =
+        dgates * n, d bias = dgates, times the [-3, 3] clamp masks (closed interval, as
+        torch.clamp's autograd) -> dgen (T, B, 8H); dn -> a (B, 4H) scratch and the
+        per-(row, tile) partial sums of dn and dn * n.
+  KB2 ``_bwd_ln_norm`` (4H-blocks): dhh = rstd (dn - mean(dn) - n mean(dn n)) with the row
+        means reduced from the partial sums -> dhh (T, B, 4H).
+  KB3 ``triton._bwd_posterior_hidden`` on the gen MLP: du = (dgen @ W_g2) * act'(u).
+  KB4 ``_bwd_ln_sample`` = ``triton._bwd_posterior_sample_tile`` with reduction width G:
+        dz = grad_z + du @ W_g1 -> dparams, grad eps.
+  KB5 ``triton._bwd_posterior_hidden``: ds = (dparams @ W_q2) * act'(s).
+
+After the loop, weight gradients are GEMMs over the flattened T*B dim: dW_hh = dhh^T hprev,
+dW_qh = ds^T hprev, dW_q2 = dparams^T act(s), dW_g2 = dgen^T act(u), dW_g1 = du^T z, biases
+as column sums, grad h0 = dhh_0 W_hh + ds_0 W_qh, grad c0 = the carried dc.
+
+Saved vs recomputed: saved are the outputs h, c, z, mu, lv, h0, c0, eps, s (T, B, M), u
+(T, B, G), the activated gates (T, B, 4H), the int8 posterior clamp mask and the weights.
+Recomputed once before the backward loop, batched over all T (not latency-bound): hprev =
+[h0; h_1..h_{T-1}], hh = hprev @ W_hh^T, its layer norm n and rstd (T, B, .) and the gen
+output act(u) @ W_g2^T + b_g2 before the clamp (for gain and the clamp masks). gates_x and
+post_x are not kept.
+
+dtypes: float32 / float64 tested under TRITON_INTERPRET=1; float16 / bfloat16 take the half
+path of the plain chain (fp32 accumulation, fp32 scratch, cell state and statistics) and are
+untested here.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from torch.autograd.function import once_differentiable
+
+from .. import _persistent
+from .._triton_common import dot_precision, leaky_clamp, sigmoid, tanh
+from .naive import ACT_CLAMP, COND_CLAMP, LEAKY_SLOPE, LN_EPS, PARAM_CLAMP, ChainOutput, mlp_act
+from .triton import (_HALF, _acc, _bwd_lstm_cell_tile, _bwd_posterior_hidden,
+                     _bwd_posterior_sample_tile, _config, _fwd_posterior_hidden,
+                     _fwd_posterior_sample, _grid, _k, _launch, _launch_options, _pow2, SCHEDULE_ENV)
+
+__all__ = ["zforcing_chain_ln", "ZForcingChainLNFunction", "explain_schedule"]
+
+
+# --------------------------------------------------------------------------- jit helpers
+
+@triton.jit
+def _clamp(x, bound: tl.constexpr):
+    """torch.clamp(x, -bound, bound), NaN propagating."""
+    return tl.minimum(tl.maximum(x, -bound, propagate_nan=tl.PropagateNan.ALL), bound,
+                      propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _row_stats(PSUM, rb, mb, H, NT, EPS_LN: tl.constexpr, ACC: tl.constexpr,
+               BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Mean and 1 / sqrt(var + eps) of rows rb over all 4H columns, from the per-(row, tile)
+    partial sums PSUM (B, NT, 2) = (sum, centred sum of squares) of tiles of 4 * BLOCK_N
+    columns (4 * (the valid units) in the last tile): Chan's parallel merge."""
+    rt = tl.arange(0, BLOCK_T)
+    mt = rt < NT
+    m2 = mb[:, None] & mt[None, :]
+    p = PSUM + rb[:, None] * (NT * 2) + rt[None, :] * 2
+    tsum = tl.load(p, mask=m2, other=0.0).to(ACC)
+    tm2 = tl.load(p + 1, mask=m2, other=0.0).to(ACC)
+    cnt = (4 * tl.minimum(H - rt * BLOCK_N, BLOCK_N)).to(ACC)
+    cnt = tl.where(mt, cnt, 1.0)
+    total = 4 * H
+    mean = tl.sum(tsum, axis=1) / total
+    tmean = tsum / cnt[None, :]
+    d = tmean - mean[:, None]
+    var = tl.sum(tm2 + tl.where(m2, cnt[None, :] * d * d, 0.0), axis=1) / total
+    rstd = 1.0 / tl.sqrt(var + EPS_LN)
+    return mean, rstd
+
+
+# --------------------------------------------------------------------------- forward kernels
+
+@triton.jit
+def _fwd_ln_proj_tile(
+    pid_b, pid_n,
+    H0, H_OUT, W_HH, HH, PSUM, t, B, H, NT,
+    CACHE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    rh = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    mb = rb < B
+    mh = rh < H
+    t64 = tl.cast(t, tl.int64)
+    if t == 0:
+        hprev = H0
+    else:
+        hprev = H_OUT + (t64 - 1) * B * H
+    acc_i = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
+    acc_f = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
+    acc_g = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
+    acc_o = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
+    for k0 in range(0, H, BLOCK_K):
+        kk = k0 + rk
+        mk = kk < H
+        x = tl.load(hprev + rb[:, None] * H + kk[None, :], mask=mb[:, None] & mk[None, :],
+                    other=0.0, cache_modifier=CACHE)
+        wm = mh[None, :] & mk[:, None]
+        wp = W_HH + rh[None, :] * H + kk[:, None]
+        acc_i = tl.dot(x, tl.load(wp, mask=wm, other=0.0), acc_i, input_precision=PREC, out_dtype=ACC)
+        acc_f = tl.dot(x, tl.load(wp + H * H, mask=wm, other=0.0), acc_f, input_precision=PREC, out_dtype=ACC)
+        acc_g = tl.dot(x, tl.load(wp + 2 * H * H, mask=wm, other=0.0), acc_g, input_precision=PREC, out_dtype=ACC)
+        acc_o = tl.dot(x, tl.load(wp + 3 * H * H, mask=wm, other=0.0), acc_o, input_precision=PREC, out_dtype=ACC)
+    m2 = mb[:, None] & mh[None, :]
+    hp = HH + rb[:, None] * (4 * H) + rh[None, :]
+    ty = HH.dtype.element_ty
+    tl.store(hp, acc_i.to(ty), mask=m2)
+    tl.store(hp + H, acc_f.to(ty), mask=m2)
+    tl.store(hp + 2 * H, acc_g.to(ty), mask=m2)
+    tl.store(hp + 3 * H, acc_o.to(ty), mask=m2)
+    # this tile's part of the row statistics: sum and sum of squares about the tile's mean
+    # (masked columns are 0 in the accumulators and excluded from the centred sum)
+    cnt = 4 * tl.minimum(H - pid_n * BLOCK_N, BLOCK_N)
+    tsum = tl.sum(acc_i + acc_f + acc_g + acc_o, axis=1)
+    tmean = tsum / cnt
+    di = tl.where(m2, acc_i - tmean[:, None], 0.0)
+    df = tl.where(m2, acc_f - tmean[:, None], 0.0)
+    dg = tl.where(m2, acc_g - tmean[:, None], 0.0)
+    do = tl.where(m2, acc_o - tmean[:, None], 0.0)
+    tm2 = tl.sum(di * di + df * df + dg * dg + do * do, axis=1)
+    pp = PSUM + rb * (NT * 2) + pid_n * 2
+    tl.store(pp, tsum.to(PSUM.dtype.element_ty), mask=mb)
+    tl.store(pp + 1, tm2.to(PSUM.dtype.element_ty), mask=mb)
+
+
+@triton.jit(do_not_specialize=["t"])
+def _fwd_ln_proj(
+    H0, H_OUT, W_HH, HH, PSUM, t, B, H, NT,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    _fwd_ln_proj_tile(tl.program_id(0), tl.program_id(1), H0, H_OUT, W_HH, HH, PSUM, t, B, H, NT,
+                      "", ACC, PREC, BLOCK_B, BLOCK_N, BLOCK_K)
+
+
+@triton.jit
+def _fwd_gen_hidden_tile(
+    pid_b, pid_n,
+    Z_IN, W_G1, B_G1, U, t, B, Z, G,
+    CACHE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    mb = rb < B
+    mn = rn < G
+    t64 = tl.cast(t, tl.int64)
+    z_t = Z_IN + t64 * B * Z
+    acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
+    for k0 in range(0, Z, BLOCK_K):
+        kk = k0 + rk
+        mk = kk < Z
+        x = tl.load(z_t + rb[:, None] * Z + kk[None, :], mask=mb[:, None] & mk[None, :],
+                    other=0.0, cache_modifier=CACHE)
+        w = tl.load(W_G1 + rn[None, :] * Z + kk[:, None], mask=mn[None, :] & mk[:, None], other=0.0)
+        acc = tl.dot(x, w, acc, input_precision=PREC, out_dtype=ACC)
+    u = acc + tl.load(B_G1 + rn, mask=mn, other=0.0).to(ACC)[None, :]
+    off = t64 * B * G + rb[:, None] * G + rn[None, :]
+    tl.store(U + off, u.to(U.dtype.element_ty), mask=mb[:, None] & mn[None, :])
+
+
+@triton.jit(do_not_specialize=["t"])
+def _fwd_gen_hidden(
+    Z_IN, W_G1, B_G1, U, t, B, Z, G,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    _fwd_gen_hidden_tile(tl.program_id(0), tl.program_id(1), Z_IN, W_G1, B_G1, U, t, B, Z, G,
+                         "", ACC, PREC, BLOCK_B, BLOCK_N, BLOCK_K)
+
+
+@triton.jit
+def _ln_gate_pre(k: tl.constexpr, u_t, W_G2, B_G2, HH, GATES_X, mean, rstd, rb, mb, rh, mh, t64, B, H, G,
+                 CACHE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, SLOPE: tl.constexpr,
+                 ACT_BOUND: tl.constexpr, GEN_BOUND: tl.constexpr,
+                 BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Pre-activation of gate k (0..3 = i, f, g, o) for units rh:
+    gates_x + n (1 + clamp(gain)) + clamp(bias), with [gain, bias] = act(u_t) @ W_g2^T + b_g2
+    at columns k H + rh and 4H + k H + rh. One gate at a time keeps two accumulators live."""
+    rk = tl.arange(0, BLOCK_K)
+    acc_gain = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
+    acc_bias = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
+    for k0 in range(0, G, BLOCK_K):
+        kk = k0 + rk
+        mk = kk < G
+        u = tl.load(u_t + rb[:, None] * G + kk[None, :], mask=mb[:, None] & mk[None, :],
+                    other=0.0, cache_modifier=CACHE)
+        # leaky_clamp(0) = 0: the masked padding stays zero
+        x = leaky_clamp(u.to(ACC), SLOPE, ACT_BOUND).to(W_G2.dtype.element_ty)
+        wm = mh[None, :] & mk[:, None]
+        wp = W_G2 + (k * H + rh)[None, :] * G + kk[:, None]
+        acc_gain = tl.dot(x, tl.load(wp, mask=wm, other=0.0), acc_gain, input_precision=PREC, out_dtype=ACC)
+        acc_bias = tl.dot(x, tl.load(wp + 4 * H * G, mask=wm, other=0.0), acc_bias, input_precision=PREC,
+                          out_dtype=ACC)
+    m2 = mb[:, None] & mh[None, :]
+    gain = _clamp(acc_gain + tl.load(B_G2 + k * H + rh, mask=mh, other=0.0).to(ACC)[None, :], GEN_BOUND)
+    bias = _clamp(acc_bias + tl.load(B_G2 + (4 + k) * H + rh, mask=mh, other=0.0).to(ACC)[None, :], GEN_BOUND)
+    col = rb[:, None] * (4 * H) + k * H + rh[None, :]
+    n = (tl.load(HH + col, mask=m2, other=0.0).to(ACC) - mean[:, None]) * rstd[:, None]
+    gx = tl.load(GATES_X + t64 * B * 4 * H + col, mask=m2, other=0.0).to(ACC)
+    return gx + n * (1.0 + gain) + bias
+
+
+@triton.jit
+def _fwd_ln_cell_tile(
+    pid_b, pid_n,
+    C0, H_OUT, C_OUT, HH, PSUM, U, W_G2, B_G2, GATES_X, ACTS, t, B, H, G, NT,
+    CACHE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    SLOPE: tl.constexpr, ACT_BOUND: tl.constexpr, GEN_BOUND: tl.constexpr, EPS_LN: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    rh = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mb = rb < B
+    mh = rh < H
+    m2 = mb[:, None] & mh[None, :]
+    t64 = tl.cast(t, tl.int64)
+    mean, rstd = _row_stats(PSUM, rb, mb, H, NT, EPS_LN, ACC, BLOCK_N, BLOCK_T)
+    u_t = U + t64 * B * G
+    ap = ACTS + t64 * B * 4 * H + rb[:, None] * (4 * H) + rh[None, :]
+    ty = ACTS.dtype.element_ty
+    # gate by gate (i, g, f, o), each stored as soon as it is known
+    i = sigmoid(_ln_gate_pre(0, u_t, W_G2, B_G2, HH, GATES_X, mean, rstd, rb, mb, rh, mh, t64, B, H, G, CACHE,
+                             ACC, PREC, SLOPE, ACT_BOUND, GEN_BOUND, BLOCK_B, BLOCK_N, BLOCK_K))
+    tl.store(ap, i.to(ty), mask=m2)
+    g = tanh(_ln_gate_pre(2, u_t, W_G2, B_G2, HH, GATES_X, mean, rstd, rb, mb, rh, mh, t64, B, H, G, CACHE,
+                          ACC, PREC, SLOPE, ACT_BOUND, GEN_BOUND, BLOCK_B, BLOCK_N, BLOCK_K))
+    tl.store(ap + 2 * H, g.to(ty), mask=m2)
+    ig = i * g
+    f = sigmoid(_ln_gate_pre(1, u_t, W_G2, B_G2, HH, GATES_X, mean, rstd, rb, mb, rh, mh, t64, B, H, G, CACHE,
+                             ACC, PREC, SLOPE, ACT_BOUND, GEN_BOUND, BLOCK_B, BLOCK_N, BLOCK_K))
+    tl.store(ap + H, f.to(ty), mask=m2)
+    if t == 0:
+        cprev = C0
+    else:
+        cprev = C_OUT + (t64 - 1) * B * H
+    st = rb[:, None] * H + rh[None, :]
+    c = f * tl.load(cprev + st, mask=m2, other=0.0).to(ACC) + ig
+    tl.store(C_OUT + t64 * B * H + st, c.to(C_OUT.dtype.element_ty), mask=m2)
+    o = sigmoid(_ln_gate_pre(3, u_t, W_G2, B_G2, HH, GATES_X, mean, rstd, rb, mb, rh, mh, t64, B, H, G, CACHE,
+                             ACC, PREC, SLOPE, ACT_BOUND, GEN_BOUND, BLOCK_B, BLOCK_N, BLOCK_K))
+    tl.store(ap + 3 * H, o.to(ty), mask=m2)
+    h = o * tanh(c)
+    tl.store(H_OUT + t64 * B * H + st, h.to(H_OUT.dtype.element_ty), mask=m2)
+
+
+@triton.jit(do_not_specialize=["t"])
+def _fwd_ln_cell(
+    C0, H_OUT, C_OUT, HH, PSUM, U, W_G2, B_G2, GATES_X, ACTS, t, B, H, G, NT,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+    SLOPE: tl.constexpr, ACT_BOUND: tl.constexpr, GEN_BOUND: tl.constexpr, EPS_LN: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    _fwd_ln_cell_tile(tl.program_id(0), tl.program_id(1), C0, H_OUT, C_OUT, HH, PSUM, U, W_G2, B_G2, GATES_X, ACTS,
+                      t, B, H, G, NT, "", ACC, PREC, SLOPE, ACT_BOUND, GEN_BOUND, EPS_LN,
+                      BLOCK_B, BLOCK_N, BLOCK_K, BLOCK_T)
+
+
+# -------------------------------------------------------------------------- backward kernels
+
+@triton.jit
+def _bwd_ln_gates_tile(
+    pid_b, pid_n,
+    DGATES, GEN, NORM, DGEN, DN, PSUM, t, B, H, NT,
+    ACC: tl.constexpr, GEN_BOUND: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """From this tile's dgates_t (written by the cell backward of the same program): dgen
+    (gain and bias columns of the tile's units), dn -> DN scratch, and the tile's partial
+    sums of dn and dn * n per row."""
+    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    rh = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mb = rb < B
+    mh = rh < H
+    m2 = mb[:, None] & mh[None, :]
+    t64 = tl.cast(t, tl.int64)
+    col = rb[:, None] * (4 * H) + rh[None, :]
+    dgp = DGATES + t64 * B * 4 * H + col
+    gp = GEN + t64 * B * 8 * H + rb[:, None] * (8 * H) + rh[None, :]
+    np_ = NORM + t64 * B * 4 * H + col
+    dgenp = DGEN + t64 * B * 8 * H + rb[:, None] * (8 * H) + rh[None, :]
+    ty = DGEN.dtype.element_ty
+    s_dn = tl.zeros((BLOCK_B,), dtype=ACC)
+    s_dnn = tl.zeros((BLOCK_B,), dtype=ACC)
+    for k in tl.static_range(4):
+        dg = tl.load(dgp + k * H, mask=m2, other=0.0).to(ACC)
+        gain_pre = tl.load(gp + k * H, mask=m2, other=0.0).to(ACC)
+        bias_pre = tl.load(gp + (4 + k) * H, mask=m2, other=0.0).to(ACC)
+        n = tl.load(np_ + k * H, mask=m2, other=0.0).to(ACC)
+        ok_g = (gain_pre >= -GEN_BOUND) & (gain_pre <= GEN_BOUND)
+        ok_b = (bias_pre >= -GEN_BOUND) & (bias_pre <= GEN_BOUND)
+        dn = dg * (1.0 + _clamp(gain_pre, GEN_BOUND))
+        tl.store(dgenp + k * H, tl.where(ok_g, dg * n, 0.0).to(ty), mask=m2)
+        tl.store(dgenp + (4 + k) * H, tl.where(ok_b, dg, 0.0).to(ty), mask=m2)
+        tl.store(DN + col + k * H, dn.to(DN.dtype.element_ty), mask=m2)
+        s_dn += tl.sum(tl.where(m2, dn, 0.0), axis=1)
+        s_dnn += tl.sum(tl.where(m2, dn * n, 0.0), axis=1)
+    pp = PSUM + rb * (NT * 2) + pid_n * 2
+    tl.store(pp, s_dn.to(PSUM.dtype.element_ty), mask=mb)
+    tl.store(pp + 1, s_dnn.to(PSUM.dtype.element_ty), mask=mb)
+
+
+@triton.jit(do_not_specialize=["t"])
+def _bwd_ln_cell(
+    GRAD_H, GRAD_C, DC, ACTS, C0, C_OUT, DGATES, DHH, DS, W_HH, W_QH,
+    GEN, NORM, DGEN, DN, PSUM, t, B, H, M, NT,
+    HAS_NEXT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, GEN_BOUND: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    _bwd_lstm_cell_tile(pid_b, pid_n, GRAD_H, GRAD_C, DC, ACTS, C0, C_OUT, DGATES, DHH, DS, W_HH, W_QH,
+                        t, B, H, M, HAS_NEXT, "", ACC, PREC, BLOCK_B, BLOCK_N, BLOCK_K)
+    # the tile's dgates were written by other threads of this program
+    tl.debug_barrier()
+    _bwd_ln_gates_tile(pid_b, pid_n, DGATES, GEN, NORM, DGEN, DN, PSUM, t, B, H, NT,
+                       ACC, GEN_BOUND, BLOCK_B, BLOCK_N)
+
+
+@triton.jit
+def _bwd_ln_norm_tile(
+    pid_b, pid_n,
+    DN, NORM, RSTD, PSUM, DHH, t, B, H, NT,
+    CACHE: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
+    """dhh = rstd (dn - mean(dn) - n mean(dn n)) for columns pid_n * BLOCK_N.. of all 4H."""
+    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mb = rb < B
+    mn = rn < 4 * H
+    m2 = mb[:, None] & mn[None, :]
+    t64 = tl.cast(t, tl.int64)
+    rt = tl.arange(0, BLOCK_T)
+    mt = rt < NT
+    pm = mb[:, None] & mt[None, :]
+    p = PSUM + rb[:, None] * (NT * 2) + rt[None, :] * 2
+    mean_dn = tl.sum(tl.load(p, mask=pm, other=0.0, cache_modifier=CACHE).to(ACC), axis=1) / (4 * H)
+    mean_dnn = tl.sum(tl.load(p + 1, mask=pm, other=0.0, cache_modifier=CACHE).to(ACC), axis=1) / (4 * H)
+    col = rb[:, None] * (4 * H) + rn[None, :]
+    dn = tl.load(DN + col, mask=m2, other=0.0, cache_modifier=CACHE).to(ACC)
+    n = tl.load(NORM + t64 * B * 4 * H + col, mask=m2, other=0.0).to(ACC)
+    rstd = tl.load(RSTD + t64 * B + rb, mask=mb, other=0.0).to(ACC)
+    dhh = rstd[:, None] * (dn - mean_dn[:, None] - n * mean_dnn[:, None])
+    tl.store(DHH + t64 * B * 4 * H + col, dhh.to(DHH.dtype.element_ty), mask=m2)
+
+
+@triton.jit(do_not_specialize=["t"])
+def _bwd_ln_norm(
+    DN, NORM, RSTD, PSUM, DHH, t, B, H, NT,
+    ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    _bwd_ln_norm_tile(tl.program_id(0), tl.program_id(1), DN, NORM, RSTD, PSUM, DHH, t, B, H, NT,
+                      "", ACC, BLOCK_B, BLOCK_N, BLOCK_T)
+
+
+@triton.jit(do_not_specialize=["t"])
+def _bwd_ln_sample(
+    GRAD_Z, GRAD_MU, GRAD_LV, DU, W_G1, MU, LV, EPS, OKMASK, DPARAMS, GRAD_EPS, t, B, G, Z,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # dz = grad_z + du @ W_g1: the plain chain's sample backward with reduction width G
+    _bwd_posterior_sample_tile(tl.program_id(0), tl.program_id(1), GRAD_Z, GRAD_MU, GRAD_LV, DU, W_G1, MU, LV, EPS,
+                               OKMASK, DPARAMS, GRAD_EPS, t, B, G, Z, "", ACC, PREC, BLOCK_B, BLOCK_N, BLOCK_K)
+
+
+# ------------------------------------------------------------------------------- launching
+
+def _pick_schedule(B: int, dims: dict, dtype: torch.dtype, ref: torch.Tensor, schedule: str):
+    """``(schedule, block config, reason)``: stepwise, the only schedule of this op so far."""
+    requested, forced = _persistent.requested_schedule(schedule, SCHEDULE_ENV)
+    if requested == "persistent" and schedule == "persistent":
+        raise ValueError("schedule='persistent' is not implemented for zforcing_chain_ln (cond_ln); "
+                         "use 'stepwise' or 'auto'")
+    why = "requested" if schedule == "stepwise" else "the only schedule of the cond_ln chain"
+    return ("stepwise", _config(B, dims, dtype, ref.device),
+            f"{why}: 5 launches per step forward, 5 backward{forced and ' (' + SCHEDULE_ENV + ' ignored)'}")
+
+
+def explain_schedule(gates_x: torch.Tensor, post_x: torch.Tensor, eps: torch.Tensor,
+                     schedule: str = "auto") -> str:
+    """How :func:`zforcing_chain_ln` will run these shapes (``ops.explain`` appends it)."""
+    T, B, four_h = gates_x.shape
+    dims = {"H": four_h // 4, "M": post_x.shape[-1], "Z": eps.shape[-1]}
+    name, _, why = _pick_schedule(B, dims, gates_x.dtype, gates_x, schedule)
+    return f"schedule {name}: {why}"
+
+
+class ZForcingChainLNFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2,
+                weight_g1, bias_g1, weight_g2, bias_g2, weight_hh, schedule="auto"):
+        T, B, four_h = gates_x.shape
+        H, M, Z, G = four_h // 4, weight_qh.shape[0], eps.shape[-1], weight_g1.shape[0]
+        dtype, dev = gates_x.dtype, gates_x.device
+        state_dtype = torch.float32 if dtype in _HALF else dtype
+        ctx.dims = (T, B, H, M, Z, G)
+        ctx.dtypes = (dtype, state_dtype)
+        if T == 0 or B == 0:
+            e = lambda n: torch.zeros(T, B, n, dtype=dtype, device=dev)  # noqa: E731
+            ctx.empty = True
+            ctx.save_for_backward(h0, c0)
+            return e(H), e(H), e(Z), e(Z), e(Z)
+        ctx.empty = False
+        gates_x, post_x, eps = gates_x.contiguous(), post_x.contiguous(), eps.contiguous()
+        weight_qh, weight_q2, bias_q2 = weight_qh.contiguous(), weight_q2.contiguous(), bias_q2.contiguous()
+        weight_g1, bias_g1 = weight_g1.contiguous(), bias_g1.contiguous()
+        weight_g2, bias_g2 = weight_g2.contiguous(), bias_g2.contiguous()
+        weight_hh = weight_hh.contiguous()
+        h0 = h0.contiguous()
+        c0 = c0.to(state_dtype).contiguous()
+        h = torch.empty(T, B, H, dtype=dtype, device=dev)
+        c = torch.empty(T, B, H, dtype=state_dtype, device=dev)
+        z = torch.empty(T, B, Z, dtype=dtype, device=dev)
+        mu = torch.empty(T, B, Z, dtype=dtype, device=dev)
+        lv = torch.empty(T, B, Z, dtype=dtype, device=dev)
+        s = torch.empty(T, B, M, dtype=dtype, device=dev)
+        u = torch.empty(T, B, G, dtype=dtype, device=dev)
+        acts = torch.empty(T, B, 4 * H, dtype=dtype, device=dev)
+        okmask = torch.empty(T, B, 2 * Z, dtype=torch.int8, device=dev)
+        hh = torch.empty(B, 4 * H, dtype=state_dtype, device=dev)
+
+        dims = {"H": H, "M": M, "Z": Z, "G": G}
+        schedule, cfg, _ = _pick_schedule(B, dims, dtype, gates_x, schedule)
+        ctx.cfg = cfg
+        nt = triton.cdiv(H, cfg["BLOCK_N"])
+        psum = torch.empty(B, nt, 2, dtype=state_dtype, device=dev)
+        common = {"ACC": _acc(dtype), "PREC": dot_precision(gates_x)}
+        g1, c1 = _grid(B, M, cfg), _k(cfg, H)
+        g2, c2 = _grid(B, Z, cfg), _k(cfg, M)
+        g3, c3 = _grid(B, H, cfg), _k(cfg, H)
+        g4, c4 = _grid(B, G, cfg), _k(cfg, Z)
+        c5 = _k(cfg, G)
+        opts = _launch_options("stepwise", dtype, cfg)
+        for t in range(T):
+            _launch(_fwd_posterior_hidden, g1, h0, h, weight_qh, post_x, s, t, B, H, M, **common, **c1)
+            _launch(_fwd_posterior_sample, g2, s, weight_q2, bias_q2, eps, z, mu, lv, okmask, t, B, M, Z,
+                    SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, PARAM_BOUND=PARAM_CLAMP, **common, **c2)
+            _launch(_fwd_ln_proj, g3, h0, h, weight_hh, hh, psum, t, B, H, nt, **common, **c3, **opts)
+            _launch(_fwd_gen_hidden, g4, z, weight_g1, bias_g1, u, t, B, Z, G, **common, **c4)
+            _launch(_fwd_ln_cell, g3, c0, h, c, hh, psum, u, weight_g2, bias_g2, gates_x, acts,
+                    t, B, H, G, nt, SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, GEN_BOUND=COND_CLAMP,
+                    EPS_LN=LN_EPS, BLOCK_T=max(2, _pow2(nt)), **common, **c5, **opts)
+        ctx.save_for_backward(h0, c0, h, c, z, mu, lv, s, u, acts, okmask, eps, weight_qh, weight_q2,
+                              weight_g1, weight_g2, bias_g2, weight_hh)
+        return h, (c if state_dtype == dtype else c.to(dtype)), z, mu, lv
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_h, grad_c, grad_z, grad_mu, grad_lv):
+        T, B, H, M, Z, G = ctx.dims
+        dtype, state_dtype = ctx.dtypes
+        need = ctx.needs_input_grad
+        if ctx.empty:
+            h0, c0 = ctx.saved_tensors
+            return (None, None, None,
+                    torch.zeros_like(h0) if need[3] else None,
+                    torch.zeros_like(c0) if need[4] else None) + (None,) * 9
+        (h0, c0, h, c, z, mu, lv, s, u, acts, okmask, eps, weight_qh, weight_q2,
+         weight_g1, weight_g2, bias_g2, weight_hh) = ctx.saved_tensors
+        dev = h.device
+        grad_h, grad_c, grad_z, grad_mu, grad_lv = (
+            g.to(dtype).contiguous() for g in (grad_h, grad_c, grad_z, grad_mu, grad_lv))
+        n_rows = T * B
+        # recomputed, batched over all steps: the layer norm of h_{t-1} W_hh^T and the gen
+        # MLP's output before its clamp
+        hprev = torch.cat([h0[None], h[:-1]])
+        hh = (hprev.to(state_dtype) @ weight_hh.to(state_dtype).t())
+        var, mean = torch.var_mean(hh, dim=-1, unbiased=False, keepdim=True)
+        rstd = torch.rsqrt(var + LN_EPS)
+        norm = ((hh - mean) * rstd).contiguous()
+        rstd = rstd.squeeze(-1).contiguous()
+        gen = (mlp_act(u.to(state_dtype)) @ weight_g2.to(state_dtype).t() + bias_g2.to(state_dtype)).contiguous()
+
+        dgates = torch.empty(T, B, 4 * H, dtype=dtype, device=dev)
+        dhh = torch.empty(T, B, 4 * H, dtype=dtype, device=dev)
+        dgen = torch.empty(T, B, 8 * H, dtype=dtype, device=dev)
+        du = torch.empty(T, B, G, dtype=dtype, device=dev)
+        dparams = torch.empty(T, B, 2 * Z, dtype=dtype, device=dev)
+        ds = torch.empty(T, B, M, dtype=dtype, device=dev)
+        grad_eps = torch.empty(T, B, Z, dtype=dtype, device=dev)
+        dn = torch.empty(B, 4 * H, dtype=state_dtype, device=dev)
+        dc = torch.zeros(B, H, dtype=state_dtype, device=dev)
+        cfg = ctx.cfg
+        nt = triton.cdiv(H, cfg["BLOCK_N"])
+        psum = torch.empty(B, nt, 2, dtype=state_dtype, device=dev)
+        common = {"ACC": _acc(dtype), "PREC": dot_precision(grad_h)}
+        g1, c1 = _grid(B, H, cfg), _k(cfg, max(4 * H, M))
+        g2 = _grid(B, 4 * H, cfg)
+        g3, c3 = _grid(B, G, cfg), _k(cfg, 8 * H)
+        g4, c4 = _grid(B, Z, cfg), _k(cfg, G)
+        g5, c5 = _grid(B, M, cfg), _k(cfg, 2 * Z)
+        bt = max(2, _pow2(nt))
+        # 8 warps from 32 x 32 tiles on, as the forward's cell (4 spill: compile_check)
+        opts = _launch_options("stepwise", dtype, cfg)
+        for t in range(T - 1, -1, -1):
+            _launch(_bwd_ln_cell, g1, grad_h, grad_c, dc, acts, c0, c, dgates, dhh, ds, weight_hh, weight_qh,
+                    gen, norm, dgen, dn, psum, t, B, H, M, nt, HAS_NEXT=t < T - 1, GEN_BOUND=COND_CLAMP,
+                    **common, **c1, **opts)
+            _launch(_bwd_ln_norm, g2, dn, norm, rstd, psum, dhh, t, B, H, nt, ACC=common["ACC"],
+                    BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=bt)
+            _launch(_bwd_posterior_hidden, g3, dgen, weight_g2, u, du, t, B, G, 4 * H,
+                    SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, **common, **c3)
+            _launch(_bwd_ln_sample, g4, grad_z, grad_mu, grad_lv, du, weight_g1, mu, lv, eps, okmask,
+                    dparams, grad_eps, t, B, G, Z, **common, **c4)
+            _launch(_bwd_posterior_hidden, g5, dparams, weight_q2, s, ds, t, B, M, Z,
+                    SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, **common, **c5)
+
+        hp2 = hprev.reshape(n_rows, H)
+        dh2 = dhh.reshape(n_rows, 4 * H)
+        ds2 = ds.reshape(n_rows, M)
+        grads = [None] * 13
+        grads[0] = dgates if need[0] else None
+        grads[1] = ds if need[1] else None
+        grads[2] = grad_eps if need[2] else None
+        if need[3]:
+            grads[3] = dhh[0] @ weight_hh + ds[0] @ weight_qh
+        if need[4]:
+            grads[4] = dc.to(dtype)
+        if need[5]:
+            grads[5] = ds2.t() @ hp2
+        if need[6] or need[7]:
+            dp2 = dparams.reshape(n_rows, 2 * Z)
+            grads[6] = dp2.t() @ mlp_act(s.reshape(n_rows, M)) if need[6] else None
+            grads[7] = dp2.sum(0) if need[7] else None
+        if need[8] or need[9]:
+            du2 = du.reshape(n_rows, G)
+            grads[8] = du2.t() @ z.reshape(n_rows, Z) if need[8] else None
+            grads[9] = du2.sum(0) if need[9] else None
+        if need[10] or need[11]:
+            dgen2 = dgen.reshape(n_rows, 8 * H)
+            grads[10] = dgen2.t() @ mlp_act(u.reshape(n_rows, G)) if need[10] else None
+            grads[11] = dgen2.sum(0) if need[11] else None
+        if need[12]:
+            grads[12] = dh2.t() @ hp2
+        return tuple(grads) + (None,)
+
+
+def zforcing_chain_ln(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2,
+                      weight_g1, bias_g1, weight_g2, bias_g2, weight_hh,
+                      schedule: str = "auto") -> ChainOutput:
+    """Triton implementation of ``zforcing_chain_ln`` (same signature and numbers as
+    ``naive.zforcing_chain_ln_ref``). Call it through
+    ``zf_kernels.ops.zforcing_chain_ln(..., backend="triton")``, which checks the arguments."""
+    return ChainOutput(*ZForcingChainLNFunction.apply(
+        gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2,
+        weight_g1, bias_g1, weight_g2, bias_g2, weight_hh, schedule))
+
+
+def _explain_dispatch(gates_x, post_x, eps, *rest) -> str:
+    return explain_schedule(gates_x, post_x, eps)
+
+
+zforcing_chain_ln.explain = _explain_dispatch
