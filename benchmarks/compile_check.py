@@ -150,10 +150,11 @@ def chain_specs() -> list[Spec]:
 
 
 def chain_ln_specs() -> list[Spec]:
-    """The cond_ln chain's own kernels (zf_kernels.ops.recurrence.triton_ln; its posterior
-    stages are chain_specs' kernels) at the largest stepwise tile ``_config`` picks on a GPU
-    (32 x 32), with the launch options it uses. Row-statistics tiles as at the TIMIT size
-    (H 1024: 32 tiles of 32 units)."""
+    """The cond_ln chain's own kernels (zf_kernels.ops.recurrence.triton_ln; its stepwise
+    posterior stages are chain_specs' kernels) at the largest stepwise tile ``_config`` picks
+    on a GPU (32 x 32), and its persistent kernels at each of the plain chain's
+    ``PERSISTENT_TILES``, with the launch options it uses. Row-statistics tiles as at the
+    TIMIT size (H 1024: 32 tiles of 32 units, 64 of 16)."""
     import torch
     ct, lt = chain_triton, chain_ln_triton
     ints = ("t", "B", "H", "M", "Z", "G", "NT")
@@ -170,13 +171,28 @@ def chain_ln_specs() -> list[Spec]:
         for name, kernel, cexpr, o in (
                 ("fwd ln proj", lt._fwd_ln_proj, step, opts),
                 ("fwd gen hidden", lt._fwd_gen_hidden, step, dict(num_warps=4)),
-                ("fwd ln cell", lt._fwd_ln_cell, dict(step, **acts, **ln, EPS_LN=chain_naive.LN_EPS, BLOCK_T=32),
+                ("fwd ln cell", lt._fwd_ln_cell, dict(step, **acts, **ln, EPS_LN=chain_naive.LN_EPS,
+                                                        BLOCK_T=lt._stat_chunk(1024 // 32)),
                  opts),
                 ("bwd ln cell", lt._bwd_ln_cell, dict(step, **ln, HAS_NEXT=True), opts),
-                ("bwd ln norm", lt._bwd_ln_norm, dict(ACC=tl.float32, BLOCK_B=32, BLOCK_N=32, BLOCK_T=32),
+                ("bwd ln norm", lt._bwd_ln_norm, dict(ACC=tl.float32, BLOCK_B=32, BLOCK_N=32,
+                                                      BLOCK_T=lt._stat_chunk(1024 // 32)),
                  dict(num_warps=4)),
                 ("bwd ln sample", lt._bwd_ln_sample, step, dict(num_warps=4))):
             specs.append(Spec(f"chain_ln {name} {dt_name} B32 N32", kernel, dt, cexpr, ptrs, o, ints=ints))
+        ptrs = dict(ptrs, SYNC="i32")
+        for block_b, block_n in ct.PERSISTENT_TILES:
+            # row statistics of H 1024 in block_n-unit tiles
+            cfg = dict(ACC=tl.float32, PREC=prec, BLOCK_B=block_b, BLOCK_N=block_n, MAX_POLLS=ct.MAX_POLLS,
+                       BLOCK_T=lt._stat_chunk(1024 // block_n), **acts, **ln)
+            opts = ct._launch_options("persistent", torch_dtype, dict(BLOCK_B=block_b, BLOCK_N=block_n))
+            tag = f"{dt_name} B{block_b} N{block_n}"
+            specs.append(Spec(f"chain_ln fwd persistent {tag}", lt._fwd_ln_persistent, dt,
+                              dict(cfg, PARAM_BOUND=chain_naive.PARAM_CLAMP, EPS_LN=chain_naive.LN_EPS,
+                                   **{n: lt.PERSISTENT_FWD_BLOCK_K for n in ("BK_S", "BK_Z", "BK_H", "BK_U", "BK_G")}),
+                              ptrs, opts, True, ints + ("T",)))
+            specs.append(Spec(f"chain_ln bwd persistent {tag}", lt._bwd_ln_persistent, dt,
+                              dict(cfg, BK_C=bk, BK_U=bk, BK_Z=bk, BK_S=bk), ptrs, opts, True, ints + ("T",)))
     return specs
 
 

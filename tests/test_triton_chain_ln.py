@@ -310,16 +310,23 @@ def test_triton_matches_reference(shape, blocks, check_clamps, dtype, nan_empty,
 
 
 @needs_triton
-def test_triton_row_statistics_need_every_tile(nan_empty, monkeypatch):
+@pytest.mark.parametrize("chunk", [2, 8])
+def test_triton_row_statistics_need_every_tile(chunk, nan_empty, monkeypatch):
     """The layer norm's mean and variance cover the whole 4H row, reduced from 3 tiles' partial
-    sums. Guard that this test can fail: with the reducers' tile range cut to 2 (BLOCK_T from
-    a patched _pow2), the same run must miss the bound."""
+    sums, BLOCK_T tiles at a time (chunk 2: the reducers loop twice). The test can tell: a
+    layer norm over each tile's columns alone differs from the row's by far more than the
+    bound on these inputs."""
     monkeypatch.setattr(chain_triton, "_BLOCK_OVERRIDE", SMALL_BLOCKS)
+    monkeypatch.setattr(triton_ln, "_stat_chunk", lambda nt: chunk)
     shape = (2, 3, 37, 5, 4, 6)
     compare(shape, torch.float64, check_clamps=False)
-    monkeypatch.setattr(triton_ln, "_pow2", lambda n: 1)
-    with pytest.raises(AssertionError, match="errors above the bound"):
-        compare(shape, torch.float64, check_clamps=False)
+    args = make_inputs(*shape)
+    hh = (args[3] @ args[12].t()).detach().reshape(3, 4, 37)
+    full = F.layer_norm(hh.reshape(3, -1), (148,)).reshape(3, 4, 37)
+    tiles = [slice(0, 16), slice(16, 32), slice(32, 37)]
+    per_tile = torch.cat([F.layer_norm(hh[:, :, sl].reshape(3, -1), (4 * (sl.stop - sl.start),))
+                          .reshape(3, 4, -1) for sl in tiles], -1)
+    assert rel_err(per_tile, full) > 1e-2
 
 
 @needs_triton
@@ -339,7 +346,8 @@ def test_triton_public_api_schedule_and_zero_steps(nan_empty, monkeypatch):
     assert not gx.is_contiguous()
     args = [gx] + args[1:]
     backend, why = ops.explain("zforcing_chain_ln", *args, backend="triton")
-    assert backend == "triton" and "schedule stepwise" in why, why
+    assert backend == "triton" and why.startswith("requested; schedule persistent: one launch per direction, "
+                                                  "4 grid barriers per step"), why
     out = ops.zforcing_chain_ln(*args, backend="triton")
     ref = ops.zforcing_chain_ln(*args, backend="torch")
     for name, a, b in zip(OUT_NAMES, out, ref):
@@ -351,12 +359,8 @@ def test_triton_public_api_schedule_and_zero_steps(nan_empty, monkeypatch):
     gr = torch.autograd.grad(loss(ref), args)
     for name, a, b in zip(NAMES, ga, gr):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=name)
-    with pytest.raises(ValueError, match="not implemented for zforcing_chain_ln"):
-        triton_ln.zforcing_chain_ln(*args, schedule="persistent")
     with pytest.raises(ValueError, match="schedule must be one of"):
         triton_ln.zforcing_chain_ln(*args, schedule="fastest")
-    monkeypatch.setenv("ZF_CHAIN_SCHEDULE", "persistent")
-    assert "ZF_CHAIN_SCHEDULE ignored" in triton_ln.explain_schedule(*args[:3])
     z = [a.detach()[:0] if a.dim() == 3 else a.detach() for a in args]
     z = [a.requires_grad_() for a in z]
     out = ops.zforcing_chain_ln(*z, backend="triton")
@@ -367,17 +371,96 @@ def test_triton_public_api_schedule_and_zero_steps(nan_empty, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("schedule", ["auto", "stepwise"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["f32", "f16", "bf16"])
-def test_gpu(dtype, nan_empty):
-    """GPU block sizes (several programs per dim) against the float64 reference. 16-bit:
-    a loose bound (unverified: no GPU where this was written)."""
-    compare((5, 40, 80, 48, 40, 56), dtype, seed=7, tol={torch.float32: 3e-4}.get(dtype, 5e-2))
+def test_gpu(dtype, schedule, nan_empty):
+    """GPU block sizes (several programs per dim; "auto" is the persistent grid) against the
+    float64 reference. fp32 as on the CPU; 16-bit: a loose fixed bound (unverified: no GPU
+    where this was written)."""
+    fn = lambda *a: triton_ln.zforcing_chain_ln(*a, schedule=schedule)  # noqa: E731
+    if dtype == torch.float32:
+        compare((5, 40, 80, 48, 40, 56), dtype, seed=7, fn=fn, ratio=F32_RATIO)
+    else:
+        compare((5, 40, 80, 48, 40, 56), dtype, seed=7, fn=fn, tol=5e-2)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_gpu_timit_size(nan_empty):
-    """The TIMIT model's cond_ln chain (H 1024, M 512, Z 256, G 512, B 32, T 40), fp32 against
-    the float64 reference; the bound as the plain chain's TIMIT test (40 steps of a 1024-wide
-    chain compound fp32 rounding)."""
-    compare((40, 32, 1024, 512, 256, 512), torch.float32, seed=9, check_clamps=False, tol=2e-3)
+@pytest.mark.parametrize("schedule", ["persistent", "stepwise"])
+def test_gpu_timit_size(schedule, nan_empty):
+    """The TIMIT model's cond_ln chain (H 1024, M 512, Z 256, G 512, B 32, T 40; a 1 x 64
+    persistent grid), fp32 against the float64 reference; the bound as the plain chain's
+    TIMIT test (40 steps of a 1024-wide chain compound fp32 rounding)."""
+    compare((40, 32, 1024, 512, 256, 512), torch.float32, seed=9, check_clamps=False, tol=2e-3,
+            fn=lambda *a: triton_ln.zforcing_chain_ln(*a, schedule=schedule))
+
+
+# (T, B, H, M, Z, G)
+SCHEDULE_SHAPES = [pytest.param((1, 1, 3, 5, 1, 7), id="T1-B1"), pytest.param((4, 3, 20, 19, 3, 21), id="T4-B3"),
+                   pytest.param((3, 70, 5, 6, 3, 4), id="T3-B70-two-batch-blocks")]
+
+
+@needs_triton
+@pytest.mark.parametrize("shape", SCHEDULE_SHAPES)
+@pytest.mark.parametrize("schedule", ["persistent", "stepwise"])
+def test_triton_schedules_match_reference(shape, schedule, nan_empty):
+    """Default blocks: in the interpreter the persistent grid is one program per batch block."""
+    compare(shape, torch.float64, check_clamps=False,
+            fn=lambda *a: triton_ln.zforcing_chain_ln(*a, schedule=schedule))
+    args = make_inputs(*shape)
+    assert triton_ln.explain_schedule(*args[:3], shape[-1], schedule).startswith(f"schedule {schedule}")
+
+
+@needs_triton
+def test_triton_schedule_choice_and_override(monkeypatch):
+    args = make_inputs(3, 2, 4, 5, 2, 6, dtype=torch.float32)
+    assert triton_ln.explain_schedule(*args[:3], 6).startswith("schedule persistent")
+    monkeypatch.setattr(chain_triton, "_BLOCK_OVERRIDE", SMALL_BLOCKS)
+    why = triton_ln.explain_schedule(*args[:3], 6)
+    assert why.startswith("schedule stepwise: 5 launches per step") and "_BLOCK_OVERRIDE" in why, why
+    with pytest.raises(ValueError, match="schedule='persistent' cannot run here"):
+        triton_ln.zforcing_chain_ln(*args, schedule="persistent")
+    monkeypatch.setattr(chain_triton, "_BLOCK_OVERRIDE", None)
+    monkeypatch.setenv("ZF_CHAIN_SCHEDULE", "stepwise")
+    assert triton_ln.explain_schedule(*args[:3], 6).endswith("(ZF_CHAIN_SCHEDULE=stepwise)")
+
+
+@needs_triton
+@pytest.mark.skipif(DEVICE == "cuda", reason="CPU emulation of a resident grid (the GPU tests run real ones)")
+@pytest.mark.parametrize("shape", [(3, 20, 37, 19, 18, 21), (2, 3, 5, 40, 7, 6), (2, 3, 5, 6, 3, 40)],
+                         ids=["H-widest", "M-widest", "G-widest"])
+def test_triton_persistent_multi_program_grid(shape, nan_empty, monkeypatch):
+    """Persistent grids of several programs per batch block (2 x 3 and 1 x 3), run concurrently
+    (tests/_concurrent_grid.py): the four barriers per step, the row statistics reduced from
+    other programs' partial sums, the 4H-wide layer-norm backward spread over the programs,
+    stages with fewer tiles than programs."""
+    from _concurrent_grid import concurrent_programs
+    cfg = {"BLOCK_B": 16, "BLOCK_N": 16, "BLOCK_K": 16}
+    monkeypatch.setattr(chain_triton, "_persistent_config", lambda B, dims, dtype, ref: (cfg, "forced grid"))
+    T, B, H, M, Z, G = shape
+    assert chain_triton._grid(B, max(H, M, Z, G), cfg)[1] == 3
+
+    def fn(*a):
+        return triton_ln.zforcing_chain_ln(*a, schedule="persistent")
+    with concurrent_programs(monkeypatch):
+        compare(shape, torch.float64, check_clamps=False, fn=fn)
+
+
+@needs_triton
+@pytest.mark.skipif(DEVICE == "cuda", reason="relies on the interpreter running programs one after another")
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_triton_persistent_barrier_timeout_raises_instead_of_hanging(direction, monkeypatch):
+    """A grid of 3 programs per batch block can never meet in the interpreter, which runs
+    programs one after another: the launch must raise, not hang."""
+    args = make_inputs(3, 2, 4, 5, 2, 6, dtype=torch.float64)
+    monkeypatch.setattr(triton_ln, "MAX_POLLS", 4)
+    wide = lambda B, N, cfg: (1, 3)  # noqa: E731
+    if direction == "forward":
+        monkeypatch.setattr(triton_ln, "_grid", wide)
+        with pytest.raises(RuntimeError, match="persistent zforcing_chain_ln forward kernel timed out"):
+            triton_ln.zforcing_chain_ln(*args, schedule="persistent")
+    else:
+        out = triton_ln.zforcing_chain_ln(*args, schedule="persistent")
+        monkeypatch.setattr(triton_ln, "_grid", wide)
+        with pytest.raises(RuntimeError, match="persistent zforcing_chain_ln backward kernel timed out"):
+            torch.autograd.grad(out.h.sum(), args[0])

@@ -1,10 +1,18 @@
 """Triton version of the ``cond_ln`` Z-forcing chain (``naive.zforcing_chain_ln_ref`` has the
 equations): the posterior stages are the plain chain's tile helpers (``triton.py``), the
-layer-normalised, z-conditioned LSTM cell is new.
+layer-normalised, z-conditioned LSTM cell is new. g(z) is the model's ``gen`` MLP
+(Z -> G -> 8H = [gain, bias]).
 
-Schedule: ``stepwise`` only (the time loop on the host, one launch per stage per step); there
-is no persistent kernel for cond_ln yet, so ``schedule="auto"`` (and ``ZF_CHAIN_SCHEDULE``)
-always means stepwise here and ``schedule="persistent"`` raises.
+Two schedules run the same stages (``zforcing_chain_ln(..., schedule=)``; ``explain_schedule``
+/ ``ops.explain`` say which one runs), chosen exactly as the plain chain's
+(``triton._persistent_config``, ``ZF_CHAIN_SCHEDULE``):
+
+- ``stepwise``: the time loop on the host, 5 launches per step forward, 5 backward.
+- ``persistent``: one launch per direction (``_fwd_ln_persistent``, ``_bwd_ln_persistent``),
+  the programs of a batch block meeting at a grid barrier after each phase: 4 barriers per
+  step in each direction (3 between the phases of a step, 1 between steps). Forward phases:
+  {K3, K1} | K2 | K4 | K5; backward: KB1 | {KB2, KB3} | KB4 | KB5. On a GPU its forward
+  reductions run in K chunks of 16 (``PERSISTENT_FWD_BLOCK_K``: 32 spills registers).
 
 Forward, per step t (5 launches; grid (B-blocks, column blocks of the stage)):
 
@@ -21,8 +29,9 @@ Forward, per step t (5 launches; grid (B-blocks, column blocks of the stage)):
         W_g2^T + b_g2, -3, 3) at the gate's gain and bias columns, gates_x[t] + n (1 + gain)
         + bias, its nonlinearity; then the cell. Writes h_t, c_t and the activated gates (saved).
 
-  The row statistics need the whole row of hh, so they cost a launch boundary (K3 -> K5);
-  K4 sits in between for free. K1 and K3 read only h_{t-1} (independent of each other).
+  The row statistics need the whole row of hh, so they cost a launch boundary / barrier
+  (K3 -> K5); K4 sits in between for free. K1 and K3 read only h_{t-1} (one phase in the
+  persistent kernel). Each reducer sums the partial sums BLOCK_T (<= 8) tiles at a time.
 
 Backward, reverse loop, per step t (5 launches):
 
@@ -32,8 +41,9 @@ Backward, reverse loop, per step t (5 launches):
         dgates * n, d bias = dgates, times the [-3, 3] clamp masks (closed interval, as
         torch.clamp's autograd) -> dgen (T, B, 8H); dn -> a (B, 4H) scratch and the
         per-(row, tile) partial sums of dn and dn * n.
-  KB2 ``_bwd_ln_norm`` (4H-blocks): dhh = rstd (dn - mean(dn) - n mean(dn n)) with the row
-        means reduced from the partial sums -> dhh (T, B, 4H).
+  KB2 ``_bwd_ln_norm`` (4H-blocks; in the persistent kernel each program takes every
+        n-th of them): dhh = rstd (dn - mean(dn) - n mean(dn n)) with the row means reduced
+        from the partial sums -> dhh (T, B, 4H).
   KB3 ``triton._bwd_posterior_hidden`` on the gen MLP: du = (dgen @ W_g2) * act'(u).
   KB4 ``_bwd_ln_sample`` = ``triton._bwd_posterior_sample_tile`` with reduction width G:
         dz = grad_z + du @ W_g1 -> dparams, grad eps.
@@ -57,17 +67,19 @@ untested here.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from .. import _persistent
-from .._triton_common import dot_precision, leaky_clamp, sigmoid, tanh
+from .._persistent import check_sync, sync_buffer
+from .._triton_common import dot_precision, grid_barrier, leaky_clamp, sigmoid, tanh
 from .naive import ACT_CLAMP, COND_CLAMP, LEAKY_SLOPE, LN_EPS, PARAM_CLAMP, ChainOutput, mlp_act
-from .triton import (_HALF, _acc, _bwd_lstm_cell_tile, _bwd_posterior_hidden,
-                     _bwd_posterior_sample_tile, _config, _fwd_posterior_hidden,
-                     _fwd_posterior_sample, _grid, _k, _launch, _launch_options, _pow2, SCHEDULE_ENV)
+from . import triton as _chain
+from .triton import (_HALF, _acc, _bwd_lstm_cell_tile, _bwd_posterior_hidden, _bwd_posterior_hidden_tile,
+                     _bwd_posterior_sample_tile, _config, _fwd_posterior_hidden, _fwd_posterior_hidden_tile,
+                     _fwd_posterior_sample, _fwd_posterior_sample_tile, _grid, _k, _launch, _launch_options,
+                     _pow2, SCHEDULE_ENV)
 
 __all__ = ["zforcing_chain_ln", "ZForcingChainLNFunction", "explain_schedule"]
 
@@ -82,25 +94,33 @@ def _clamp(x, bound: tl.constexpr):
 
 
 @triton.jit
-def _row_stats(PSUM, rb, mb, H, NT, EPS_LN: tl.constexpr, ACC: tl.constexpr,
-               BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
+def _row_stats(PSUM, rb, mb, H, NT, CACHE: tl.constexpr, EPS_LN: tl.constexpr, ACC: tl.constexpr,
+               BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
     """Mean and 1 / sqrt(var + eps) of rows rb over all 4H columns, from the per-(row, tile)
     partial sums PSUM (B, NT, 2) = (sum, centred sum of squares) of tiles of 4 * BLOCK_N
-    columns (4 * (the valid units) in the last tile): Chan's parallel merge."""
-    rt = tl.arange(0, BLOCK_T)
-    mt = rt < NT
-    m2 = mb[:, None] & mt[None, :]
-    p = PSUM + rb[:, None] * (NT * 2) + rt[None, :] * 2
-    tsum = tl.load(p, mask=m2, other=0.0).to(ACC)
-    tm2 = tl.load(p + 1, mask=m2, other=0.0).to(ACC)
-    cnt = (4 * tl.minimum(H - rt * BLOCK_N, BLOCK_N)).to(ACC)
-    cnt = tl.where(mt, cnt, 1.0)
+    columns (4 * (the valid units) in the last tile): Chan's parallel merge, in two passes
+    over the NT tiles, BLOCK_T at a time (a (BLOCK_B, NT) tile at once spills registers)."""
+    rt0 = tl.arange(0, BLOCK_T)
     total = 4 * H
-    mean = tl.sum(tsum, axis=1) / total
-    tmean = tsum / cnt[None, :]
-    d = tmean - mean[:, None]
-    var = tl.sum(tm2 + tl.where(m2, cnt[None, :] * d * d, 0.0), axis=1) / total
-    rstd = 1.0 / tl.sqrt(var + EPS_LN)
+    tot = tl.zeros((BLOCK_B,), dtype=ACC)
+    for t0 in range(0, NT, BLOCK_T):
+        rt = t0 + rt0
+        m2 = mb[:, None] & (rt < NT)[None, :]
+        p = PSUM + rb[:, None] * (NT * 2) + rt[None, :] * 2
+        tot += tl.sum(tl.load(p, mask=m2, other=0.0, cache_modifier=CACHE).to(ACC), axis=1)
+    mean = tot / total
+    m2sum = tl.zeros((BLOCK_B,), dtype=ACC)
+    for t0 in range(0, NT, BLOCK_T):
+        rt = t0 + rt0
+        mt = rt < NT
+        m2 = mb[:, None] & mt[None, :]
+        p = PSUM + rb[:, None] * (NT * 2) + rt[None, :] * 2
+        tsum = tl.load(p, mask=m2, other=0.0, cache_modifier=CACHE).to(ACC)
+        tm2 = tl.load(p + 1, mask=m2, other=0.0, cache_modifier=CACHE).to(ACC)
+        cnt = tl.where(mt, 4 * tl.minimum(H - rt * BLOCK_N, BLOCK_N), 1).to(ACC)
+        d = tsum / cnt[None, :] - mean[:, None]
+        m2sum += tl.sum(tm2 + tl.where(m2, cnt[None, :] * d * d, 0.0), axis=1)
+    rstd = 1.0 / tl.sqrt(m2sum / total + EPS_LN)
     return mean, rstd
 
 
@@ -234,7 +254,7 @@ def _ln_gate_pre(k: tl.constexpr, u_t, W_G2, B_G2, HH, GATES_X, mean, rstd, rb, 
     gain = _clamp(acc_gain + tl.load(B_G2 + k * H + rh, mask=mh, other=0.0).to(ACC)[None, :], GEN_BOUND)
     bias = _clamp(acc_bias + tl.load(B_G2 + (4 + k) * H + rh, mask=mh, other=0.0).to(ACC)[None, :], GEN_BOUND)
     col = rb[:, None] * (4 * H) + k * H + rh[None, :]
-    n = (tl.load(HH + col, mask=m2, other=0.0).to(ACC) - mean[:, None]) * rstd[:, None]
+    n = (tl.load(HH + col, mask=m2, other=0.0, cache_modifier=CACHE).to(ACC) - mean[:, None]) * rstd[:, None]
     gx = tl.load(GATES_X + t64 * B * 4 * H + col, mask=m2, other=0.0).to(ACC)
     return gx + n * (1.0 + gain) + bias
 
@@ -253,7 +273,7 @@ def _fwd_ln_cell_tile(
     mh = rh < H
     m2 = mb[:, None] & mh[None, :]
     t64 = tl.cast(t, tl.int64)
-    mean, rstd = _row_stats(PSUM, rb, mb, H, NT, EPS_LN, ACC, BLOCK_N, BLOCK_T)
+    mean, rstd = _row_stats(PSUM, rb, mb, H, NT, CACHE, EPS_LN, ACC, BLOCK_B, BLOCK_N, BLOCK_T)
     u_t = U + t64 * B * G
     ap = ACTS + t64 * B * 4 * H + rb[:, None] * (4 * H) + rh[None, :]
     ty = ACTS.dtype.element_ty
@@ -369,12 +389,17 @@ def _bwd_ln_norm_tile(
     mn = rn < 4 * H
     m2 = mb[:, None] & mn[None, :]
     t64 = tl.cast(t, tl.int64)
-    rt = tl.arange(0, BLOCK_T)
-    mt = rt < NT
-    pm = mb[:, None] & mt[None, :]
-    p = PSUM + rb[:, None] * (NT * 2) + rt[None, :] * 2
-    mean_dn = tl.sum(tl.load(p, mask=pm, other=0.0, cache_modifier=CACHE).to(ACC), axis=1) / (4 * H)
-    mean_dnn = tl.sum(tl.load(p + 1, mask=pm, other=0.0, cache_modifier=CACHE).to(ACC), axis=1) / (4 * H)
+    rt0 = tl.arange(0, BLOCK_T)
+    s_dn = tl.zeros((BLOCK_B,), dtype=ACC)
+    s_dnn = tl.zeros((BLOCK_B,), dtype=ACC)
+    for t0 in range(0, NT, BLOCK_T):   # BLOCK_T tiles at a time, as _row_stats
+        rt = t0 + rt0
+        pm = mb[:, None] & (rt < NT)[None, :]
+        p = PSUM + rb[:, None] * (NT * 2) + rt[None, :] * 2
+        s_dn += tl.sum(tl.load(p, mask=pm, other=0.0, cache_modifier=CACHE).to(ACC), axis=1)
+        s_dnn += tl.sum(tl.load(p + 1, mask=pm, other=0.0, cache_modifier=CACHE).to(ACC), axis=1)
+    mean_dn = s_dn / (4 * H)
+    mean_dnn = s_dnn / (4 * H)
     col = rb[:, None] * (4 * H) + rn[None, :]
     dn = tl.load(DN + col, mask=m2, other=0.0, cache_modifier=CACHE).to(ACC)
     n = tl.load(NORM + t64 * B * 4 * H + col, mask=m2, other=0.0).to(ACC)
@@ -403,24 +428,138 @@ def _bwd_ln_sample(
                                OKMASK, DPARAMS, GRAD_EPS, t, B, G, Z, "", ACC, PREC, BLOCK_B, BLOCK_N, BLOCK_K)
 
 
+# ------------------------------------------------------------------------- persistent kernels
+# One launch per direction. Program (pb, pn) runs column tile pn of each stage (when the stage
+# has that many tiles) for batch block pb and meets the other programs of its batch block at a
+# grid barrier after each phase; the layer norm's row statistics only mix tiles of the same
+# rows, i.e. programs of one batch block. Loads of rows other programs wrote bypass L1 (".cg").
+
+@triton.jit(do_not_specialize=["T"])
+def _fwd_ln_persistent(
+    H0, C0, H_OUT, C_OUT, W_QH, POST_X, S, W_Q2, B_Q2, EPS, Z_OUT, MU, LV, OKMASK,
+    W_HH, HH, PSUM, W_G1, B_G1, U, W_G2, B_G2, GATES_X, ACTS, SYNC, T, B, H, M, Z, G, NT,
+    ACC: tl.constexpr, PREC: tl.constexpr, MAX_POLLS: tl.constexpr,
+    SLOPE: tl.constexpr, ACT_BOUND: tl.constexpr, PARAM_BOUND: tl.constexpr,
+    GEN_BOUND: tl.constexpr, EPS_LN: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+    BK_S: tl.constexpr, BK_Z: tl.constexpr, BK_H: tl.constexpr, BK_U: tl.constexpr, BK_G: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    n_prog = tl.num_programs(1)
+    counter = SYNC + pid_b
+    flag = SYNC + tl.num_programs(0)
+    ok = pid_b >= 0
+    for t in range(T):
+        # phase 1: everything that reads only h_{t-1}: hh + partial sums (K3) and s_t (K1)
+        if pid_n < tl.cdiv(H, BLOCK_N):
+            _fwd_ln_proj_tile(pid_b, pid_n, H0, H_OUT, W_HH, HH, PSUM, t, B, H, NT,
+                              ".cg", ACC, PREC, BLOCK_B, BLOCK_N, BK_H)
+        if pid_n < tl.cdiv(M, BLOCK_N):
+            _fwd_posterior_hidden_tile(pid_b, pid_n, H0, H_OUT, W_QH, POST_X, S, t, B, H, M,
+                                       ".cg", ACC, PREC, BLOCK_B, BLOCK_N, BK_S)
+        ok = grid_barrier(counter, (4 * t + 1) * n_prog, ok, flag, MAX_POLLS)
+        if pid_n < tl.cdiv(Z, BLOCK_N):
+            _fwd_posterior_sample_tile(pid_b, pid_n, S, W_Q2, B_Q2, EPS, Z_OUT, MU, LV, OKMASK, t, B, M, Z,
+                                       ".cg", ACC, PREC, SLOPE, ACT_BOUND, PARAM_BOUND,
+                                       BLOCK_B, BLOCK_N, BK_Z)
+        ok = grid_barrier(counter, (4 * t + 2) * n_prog, ok, flag, MAX_POLLS)
+        if pid_n < tl.cdiv(G, BLOCK_N):
+            _fwd_gen_hidden_tile(pid_b, pid_n, Z_OUT, W_G1, B_G1, U, t, B, Z, G,
+                                 ".cg", ACC, PREC, BLOCK_B, BLOCK_N, BK_U)
+        ok = grid_barrier(counter, (4 * t + 3) * n_prog, ok, flag, MAX_POLLS)
+        if pid_n < tl.cdiv(H, BLOCK_N):
+            _fwd_ln_cell_tile(pid_b, pid_n, C0, H_OUT, C_OUT, HH, PSUM, U, W_G2, B_G2, GATES_X, ACTS,
+                              t, B, H, G, NT, ".cg", ACC, PREC, SLOPE, ACT_BOUND, GEN_BOUND, EPS_LN,
+                              BLOCK_B, BLOCK_N, BK_G, BLOCK_T)
+        if t + 1 < T:   # the last h_t is read by nobody in this launch
+            ok = grid_barrier(counter, (4 * t + 4) * n_prog, ok, flag, MAX_POLLS)
+
+
+@triton.jit(do_not_specialize=["T"])
+def _bwd_ln_persistent(
+    GRAD_H, GRAD_C, GRAD_Z, GRAD_MU, GRAD_LV, DC, ACTS, C0, C_OUT, DGATES, DHH, DS, W_HH, W_QH,
+    GEN, NORM, RSTD, DGEN, DN, PSUM, W_G2, U, DU, W_G1, MU, LV, EPS, OKMASK, DPARAMS, GRAD_EPS,
+    W_Q2, S, SYNC, T, B, H, M, Z, G, NT,
+    ACC: tl.constexpr, PREC: tl.constexpr, MAX_POLLS: tl.constexpr,
+    SLOPE: tl.constexpr, ACT_BOUND: tl.constexpr, GEN_BOUND: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+    BK_C: tl.constexpr, BK_U: tl.constexpr, BK_Z: tl.constexpr, BK_S: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    n_prog = tl.num_programs(1)
+    counter = SYNC + pid_b
+    flag = SYNC + tl.num_programs(0)
+    ok = pid_b >= 0
+    for r in range(T):
+        t = T - 1 - r
+        if pid_n < tl.cdiv(H, BLOCK_N):
+            _bwd_lstm_cell_tile(pid_b, pid_n, GRAD_H, GRAD_C, DC, ACTS, C0, C_OUT, DGATES, DHH, DS, W_HH,
+                                W_QH, t, B, H, M, r > 0, ".cg", ACC, PREC, BLOCK_B, BLOCK_N, BK_C)
+            tl.debug_barrier()
+            _bwd_ln_gates_tile(pid_b, pid_n, DGATES, GEN, NORM, DGEN, DN, PSUM, t, B, H, NT,
+                               ACC, GEN_BOUND, BLOCK_B, BLOCK_N)
+        ok = grid_barrier(counter, (4 * r + 1) * n_prog, ok, flag, MAX_POLLS)
+        # the layer norm backward over 4H columns (4x the tiles of a unit stage: each program
+        # takes every n_prog-th) and the gen MLP's hidden gradient, both from phase 1
+        for q in range(pid_n, tl.cdiv(4 * H, BLOCK_N), n_prog):
+            _bwd_ln_norm_tile(pid_b, q, DN, NORM, RSTD, PSUM, DHH, t, B, H, NT,
+                              ".cg", ACC, BLOCK_B, BLOCK_N, BLOCK_T)
+        if pid_n < tl.cdiv(G, BLOCK_N):
+            _bwd_posterior_hidden_tile(pid_b, pid_n, DGEN, W_G2, U, DU, t, B, G, 4 * H, ".cg", ACC, PREC,
+                                       SLOPE, ACT_BOUND, BLOCK_B, BLOCK_N, BK_U)
+        ok = grid_barrier(counter, (4 * r + 2) * n_prog, ok, flag, MAX_POLLS)
+        if pid_n < tl.cdiv(Z, BLOCK_N):
+            _bwd_posterior_sample_tile(pid_b, pid_n, GRAD_Z, GRAD_MU, GRAD_LV, DU, W_G1, MU, LV, EPS,
+                                       OKMASK, DPARAMS, GRAD_EPS, t, B, G, Z, ".cg", ACC, PREC,
+                                       BLOCK_B, BLOCK_N, BK_Z)
+        ok = grid_barrier(counter, (4 * r + 3) * n_prog, ok, flag, MAX_POLLS)
+        if pid_n < tl.cdiv(M, BLOCK_N):
+            _bwd_posterior_hidden_tile(pid_b, pid_n, DPARAMS, W_Q2, S, DS, t, B, M, Z, ".cg", ACC, PREC,
+                                       SLOPE, ACT_BOUND, BLOCK_B, BLOCK_N, BK_S)
+        if r + 1 < T:
+            ok = grid_barrier(counter, (4 * r + 4) * n_prog, ok, flag, MAX_POLLS)
+
+
 # ------------------------------------------------------------------------------- launching
 
+def _stat_chunk(nt: int) -> int:
+    """Tiles of row-statistics partial sums the kernels reduce at a time (BLOCK_T): at most 8
+    (16 already spills the persistent forward kernel in float32: compile_check)."""
+    return min(8, max(2, _pow2(nt)))
+
+
+# K chunk of every reduction in the persistent forward kernel on a GPU: 32 (64 in bfloat16)
+# spills registers there (8 to 576 B per thread on sm_90), 16 does not (compile_check)
+PERSISTENT_FWD_BLOCK_K = 16
+
+# polls of a grid barrier before giving up (tests shrink it; _persistent.MAX_POLLS by default)
+MAX_POLLS = _persistent.MAX_POLLS
+
+
 def _pick_schedule(B: int, dims: dict, dtype: torch.dtype, ref: torch.Tensor, schedule: str):
-    """``(schedule, block config, reason)``: stepwise, the only schedule of this op so far."""
-    requested, forced = _persistent.requested_schedule(schedule, SCHEDULE_ENV)
-    if requested == "persistent" and schedule == "persistent":
-        raise ValueError("schedule='persistent' is not implemented for zforcing_chain_ln (cond_ln); "
-                         "use 'stepwise' or 'auto'")
-    why = "requested" if schedule == "stepwise" else "the only schedule of the cond_ln chain"
+    """``(schedule, block config, reason)`` of ``zforcing_chain_ln``: the plain chain's rule
+    (``triton._persistent_config``: persistent where its grid can be resident, the same
+    ``ZF_CHAIN_SCHEDULE`` override and block-size override)."""
+    schedule, forced = _persistent.requested_schedule(schedule, SCHEDULE_ENV)
+    if schedule == "stepwise":
+        return "stepwise", _config(B, dims, dtype, ref.device), "requested: 5 launches per step" + forced
+    cfg, why = _chain._persistent_config(B, dims, dtype, ref)
+    if cfg is not None:
+        return "persistent", cfg, f"one launch per direction, 4 grid barriers per step ({why}){forced}"
+    if schedule == "persistent":
+        raise ValueError(f"schedule='persistent' cannot run here{forced}: {why}")
     return ("stepwise", _config(B, dims, dtype, ref.device),
-            f"{why}: 5 launches per step forward, 5 backward{forced and ' (' + SCHEDULE_ENV + ' ignored)'}")
+            f"5 launches per step, since the persistent kernel cannot: {why}")
 
 
-def explain_schedule(gates_x: torch.Tensor, post_x: torch.Tensor, eps: torch.Tensor,
+def explain_schedule(gates_x: torch.Tensor, post_x: torch.Tensor, eps: torch.Tensor, G: int,
                      schedule: str = "auto") -> str:
-    """How :func:`zforcing_chain_ln` will run these shapes (``ops.explain`` appends it)."""
+    """How :func:`zforcing_chain_ln` will run these shapes, with g(z)'s hidden width G
+    (``ops.explain`` appends it)."""
     T, B, four_h = gates_x.shape
-    dims = {"H": four_h // 4, "M": post_x.shape[-1], "Z": eps.shape[-1]}
+    dims = {"H": four_h // 4, "M": post_x.shape[-1], "Z": eps.shape[-1], "G": G}
     name, _, why = _pick_schedule(B, dims, gates_x.dtype, gates_x, schedule)
     return f"schedule {name}: {why}"
 
@@ -461,7 +600,7 @@ class ZForcingChainLNFunction(torch.autograd.Function):
 
         dims = {"H": H, "M": M, "Z": Z, "G": G}
         schedule, cfg, _ = _pick_schedule(B, dims, dtype, gates_x, schedule)
-        ctx.cfg = cfg
+        ctx.schedule, ctx.cfg = schedule, cfg
         nt = triton.cdiv(H, cfg["BLOCK_N"])
         psum = torch.empty(B, nt, 2, dtype=state_dtype, device=dev)
         common = {"ACC": _acc(dtype), "PREC": dot_precision(gates_x)}
@@ -470,8 +609,21 @@ class ZForcingChainLNFunction(torch.autograd.Function):
         g3, c3 = _grid(B, H, cfg), _k(cfg, H)
         g4, c4 = _grid(B, G, cfg), _k(cfg, Z)
         c5 = _k(cfg, G)
-        opts = _launch_options("stepwise", dtype, cfg)
-        for t in range(T):
+        opts = _launch_options(schedule, dtype, cfg)
+        consts = dict(SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, GEN_BOUND=COND_CLAMP)
+        if schedule == "persistent":
+            grid = _grid(B, max(dims.values()), cfg)
+            sync = sync_buffer(grid[0], gates_x)
+            bk = {n: (PERSISTENT_FWD_BLOCK_K if gates_x.is_cuda else c["BLOCK_K"])
+                  for n, c in (("BK_S", c1), ("BK_Z", c2), ("BK_H", c3), ("BK_U", c4), ("BK_G", c5))}
+            _fwd_ln_persistent[grid](
+                h0, c0, h, c, weight_qh, post_x, s, weight_q2, bias_q2, eps, z, mu, lv, okmask,
+                weight_hh, hh, psum, weight_g1, bias_g1, u, weight_g2, bias_g2, gates_x, acts, sync,
+                T, B, H, M, Z, G, nt, MAX_POLLS=MAX_POLLS, PARAM_BOUND=PARAM_CLAMP, EPS_LN=LN_EPS,
+                BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=_stat_chunk(nt),
+                **bk, **consts, **common, **opts)
+            check_sync(sync, "zforcing_chain_ln forward")
+        for t in range(T if schedule == "stepwise" else 0):
             _launch(_fwd_posterior_hidden, g1, h0, h, weight_qh, post_x, s, t, B, H, M, **common, **c1)
             _launch(_fwd_posterior_sample, g2, s, weight_q2, bias_q2, eps, z, mu, lv, okmask, t, B, M, Z,
                     SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, PARAM_BOUND=PARAM_CLAMP, **common, **c2)
@@ -479,7 +631,7 @@ class ZForcingChainLNFunction(torch.autograd.Function):
             _launch(_fwd_gen_hidden, g4, z, weight_g1, bias_g1, u, t, B, Z, G, **common, **c4)
             _launch(_fwd_ln_cell, g3, c0, h, c, hh, psum, u, weight_g2, bias_g2, gates_x, acts,
                     t, B, H, G, nt, SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, GEN_BOUND=COND_CLAMP,
-                    EPS_LN=LN_EPS, BLOCK_T=max(2, _pow2(nt)), **common, **c5, **opts)
+                    EPS_LN=LN_EPS, BLOCK_T=_stat_chunk(nt), **common, **c5, **opts)
         ctx.save_for_backward(h0, c0, h, c, z, mu, lv, s, u, acts, okmask, eps, weight_qh, weight_q2,
                               weight_g1, weight_g2, bias_g2, weight_hh)
         return h, (c if state_dtype == dtype else c.to(dtype)), z, mu, lv
@@ -520,7 +672,7 @@ class ZForcingChainLNFunction(torch.autograd.Function):
         grad_eps = torch.empty(T, B, Z, dtype=dtype, device=dev)
         dn = torch.empty(B, 4 * H, dtype=state_dtype, device=dev)
         dc = torch.zeros(B, H, dtype=state_dtype, device=dev)
-        cfg = ctx.cfg
+        schedule, cfg = ctx.schedule, ctx.cfg
         nt = triton.cdiv(H, cfg["BLOCK_N"])
         psum = torch.empty(B, nt, 2, dtype=state_dtype, device=dev)
         common = {"ACC": _acc(dtype), "PREC": dot_precision(grad_h)}
@@ -529,10 +681,21 @@ class ZForcingChainLNFunction(torch.autograd.Function):
         g3, c3 = _grid(B, G, cfg), _k(cfg, 8 * H)
         g4, c4 = _grid(B, Z, cfg), _k(cfg, G)
         g5, c5 = _grid(B, M, cfg), _k(cfg, 2 * Z)
-        bt = max(2, _pow2(nt))
-        # 8 warps from 32 x 32 tiles on, as the forward's cell (4 spill: compile_check)
-        opts = _launch_options("stepwise", dtype, cfg)
-        for t in range(T - 1, -1, -1):
+        bt = _stat_chunk(nt)
+        # stepwise: 8 warps from 32 x 32 tiles on, as the forward's cell (4 spill: compile_check)
+        opts = _launch_options(schedule, dtype, cfg)
+        if schedule == "persistent":
+            grid = _grid(B, max(H, M, Z, G), cfg)
+            sync = sync_buffer(grid[0], grad_h)
+            _bwd_ln_persistent[grid](
+                grad_h, grad_c, grad_z, grad_mu, grad_lv, dc, acts, c0, c, dgates, dhh, ds, weight_hh, weight_qh,
+                gen, norm, rstd, dgen, dn, psum, weight_g2, u, du, weight_g1, mu, lv, eps, okmask, dparams,
+                grad_eps, weight_q2, s, sync, T, B, H, M, Z, G, nt,
+                MAX_POLLS=MAX_POLLS, SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, GEN_BOUND=COND_CLAMP,
+                BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=bt, BK_C=c1["BLOCK_K"],
+                BK_U=c3["BLOCK_K"], BK_Z=c4["BLOCK_K"], BK_S=c5["BLOCK_K"], **common, **opts)
+            check_sync(sync, "zforcing_chain_ln backward")
+        for t in range(T - 1 if schedule == "stepwise" else -1, -1, -1):
             _launch(_bwd_ln_cell, g1, grad_h, grad_c, dc, acts, c0, c, dgates, dhh, ds, weight_hh, weight_qh,
                     gen, norm, dgen, dn, psum, t, B, H, M, nt, HAS_NEXT=t < T - 1, GEN_BOUND=COND_CLAMP,
                     **common, **c1, **opts)
@@ -586,8 +749,8 @@ def zforcing_chain_ln(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q
         weight_g1, bias_g1, weight_g2, bias_g2, weight_hh, schedule))
 
 
-def _explain_dispatch(gates_x, post_x, eps, *rest) -> str:
-    return explain_schedule(gates_x, post_x, eps)
+def _explain_dispatch(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_g1, *rest) -> str:
+    return explain_schedule(gates_x, post_x, eps, weight_g1.shape[0])
 
 
 zforcing_chain_ln.explain = _explain_dispatch
