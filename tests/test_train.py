@@ -126,13 +126,18 @@ def test_non_finite_batches_are_skipped_and_counted(tmp_path, monkeypatch):
     assert all(torch.isfinite(v).all() for v in params.values())
 
 
-def test_tf32_flag_sets_torch_switches_the_kernels_follow(tmp_path, monkeypatch):
+def test_tf32_flag_sets_torch_switches_the_kernels_follow(tmp_path):
     from zf_kernels.ops._triton_common import dot_precision
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    train_mod.train(cfg_for(tmp_path, "off", max_steps=1, epochs=1), log=quiet)
-    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
-    train_mod.train(cfg_for(tmp_path, "on", max_steps=1, epochs=1, tf32=True), log=quiet)
-    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    # saved and restored by hand: torch.backends' flag objects are not plain attributes
+    # (pytest's monkeypatch deletes them on undo with some pytest versions)
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        train_mod.train(cfg_for(tmp_path, "off", max_steps=1, epochs=1), log=quiet)
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        train_mod.train(cfg_for(tmp_path, "on", max_steps=1, epochs=1, tf32=True), log=quiet)
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
     # the Triton kernels' float32 dots follow the matmul switch (CUDA tensors only)
     assert dot_precision(torch.zeros(1)) == "ieee" and dot_precision(torch.zeros(1, dtype=torch.float64)) == "ieee"
