@@ -220,7 +220,8 @@ def test_model_cond_ln_chain_matches_its_own_cell_loop():
 # whichever is larger. Measured: ~2e-5 (T4-B3, about torch's own error); on the multiblock
 # B17 case the chain's large weights amplify rounding ~20x per step, the torch reference is
 # off by 7e-5 and the kernels by 5.5e-4 (8x: a different rounding of t=0's gates, 7e-6 vs
-# 2e-6 in h_1, grown over 3 steps); float64 on the same case agrees to 1e-13.
+# 2e-6 in h_1, grown over 3 steps); float64 on the same case agrees to 1e-13, and with other
+# seeds (1, 2) on that shape the kernels' error is 0.7x and 1.25x torch's, at scale 0.3 1.6x.
 TOL = {torch.float64: 1e-9, torch.float32: 3e-4}
 F32_RATIO = 12.0
 SMALL_BLOCKS = {"BLOCK_B": 16, "BLOCK_N": 16, "BLOCK_K": 16}
@@ -327,6 +328,15 @@ def test_triton_row_statistics_need_every_tile(chunk, nan_empty, monkeypatch):
     per_tile = torch.cat([F.layer_norm(hh[:, :, sl].reshape(3, -1), (4 * (sl.stop - sl.start),))
                           .reshape(3, 4, -1) for sl in tiles], -1)
     assert rel_err(per_tile, full) > 1e-2
+
+
+@needs_triton
+def test_triton_float16_no_worse_than_torch(nan_empty, monkeypatch):
+    """The 16-bit path (fp32 accumulation, scratch, statistics and cell state), multi-block:
+    every error within 2x the eager float16 torch reference's own error (or 1e-2). bfloat16
+    takes the same code but triton 3.6's interpreter gets bf16 tl.dot wrong: GPU test only."""
+    monkeypatch.setattr(chain_triton, "_BLOCK_OVERRIDE", SMALL_BLOCKS)
+    compare((3, 17, 37, 19, 18, 21), torch.float16, seed=1, tol=1e-2, ratio=2.0)
 
 
 @needs_triton
