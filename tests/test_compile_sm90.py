@@ -1,4 +1,4 @@
-"""Every Triton kernel (LSTM, chain, distributions) compiles for sm_90 (H100 / H200) without
+"""Every Triton kernel (LSTM, chain, cond_ln chain, distributions) compiles for sm_90 (H100 / H200) without
 spilling registers, and the persistent ones fit one program per SM: benchmarks/compile_check.py run in a subprocess
 (the suite itself runs under TRITON_INTERPRET=1, which never calls the real compiler)."""
 import json
@@ -26,6 +26,7 @@ def test_kernels_compile_for_sm90_without_spills(tmp_path):
     # every schedule and direction, in float32 and bfloat16
     for kind in ("lstm fwd step", "lstm bwd step", "lstm fwd persistent", "lstm bwd persistent",
                  "chain fwd lstm step", "chain bwd lstm cell", "chain fwd persistent", "chain bwd persistent",
+                 "chain_ln fwd persistent", "chain_ln bwd persistent",
                  "reparameterize bwd", "kl bwd", "gnll bwd", "bnll bwd", "cat bwd"):
         for dt in ("float32", "bfloat16"):
             assert any((lb + " ").startswith(f"{kind} {dt} ") for lb in labels), (kind, dt)
