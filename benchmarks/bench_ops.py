@@ -10,7 +10,7 @@ Providers:
   triton   the Triton kernels through the public API, ``backend="triton"`` (``lstm`` and
            ``zforcing_chain``: their "auto" schedule, persistent where the grid fits; the row's
            note says which)
-  triton-stepwise  ``lstm`` and ``zforcing_chain`` only: forced to launch per step
+  triton-stepwise  ``lstm``, ``zforcing_chain``, ``zforcing_chain_ln`` only: forced to launch per step
   cudnn    ``torch.nn.LSTM`` (cuDNN on a GPU) with the same weights; ``lstm`` only
 
 Modes: ``fwd`` is the forward pass as in training (inputs require grad, so autograd saves what
@@ -41,12 +41,12 @@ from zf_kernels.ops.recurrence import naive as chain_naive  # noqa: E402
 
 PROVIDERS = ("torch", "compile", "triton", "triton-stepwise", "cudnn")
 MODES = ("fwd", "fwd+bwd")
-SCHEDULED = ("lstm", "zforcing_chain")   # ops with a persistent and a stepwise Triton schedule
-OPS = ("lstm", "lstm_cell", "zforcing_chain", "reparameterize", "gaussian_kl", "gaussian_nll",
-       "bernoulli_nll", "categorical_nll")
+SCHEDULED = ("lstm", "zforcing_chain", "zforcing_chain_ln")   # persistent and stepwise Triton schedules
+OPS = ("lstm", "lstm_cell", "zforcing_chain", "zforcing_chain_ln", "reparameterize", "gaussian_kl",
+       "gaussian_nll", "bernoulli_nll", "categorical_nll")
 REFS = {
     "lstm": lstm_naive.lstm_ref, "lstm_cell": lstm_naive.lstm_cell_ref,
-    "zforcing_chain": chain_naive.zforcing_chain_ref,
+    "zforcing_chain": chain_naive.zforcing_chain_ref, "zforcing_chain_ln": chain_naive.zforcing_chain_ln_ref,
     "reparameterize": dist_naive.reparameterize_ref, "gaussian_kl": dist_naive.gaussian_kl_ref,
     "gaussian_nll": dist_naive.gaussian_nll_ref, "bernoulli_nll": dist_naive.bernoulli_nll_ref,
     "categorical_nll": dist_naive.categorical_nll_ref,
@@ -79,6 +79,7 @@ def cases(smoke: bool) -> list[Case]:
         return [
             Case("lstm", "T5 B3 I7 H8", dict(T=5, B=3, I=7, H=8)),
             Case("zforcing_chain", "T4 B3 H8 M6 Z4 G5", dict(T=4, B=3, H=8, M=6, Z=4, G=5)),
+            Case("zforcing_chain_ln", "T4 B3 H8 M6 Z4 G5", dict(T=4, B=3, H=8, M=6, Z=4, G=5)),
             Case("lstm_cell", "B3 H8", dict(B=3, H=8)),
             Case("reparameterize", "4x3x5", dict(shape=(4, 3, 5))),
             Case("gaussian_kl", "4x3x5", dict(shape=(4, 3, 5))),
@@ -96,6 +97,9 @@ def cases(smoke: bool) -> list[Case]:
         Case("zforcing_chain", "T784 B32 H1024 M512 Z128 G512",
              dict(T=784, B=32, H=1024, M=512, Z=128, G=512), long=True),
         Case("lstm_cell", "B32 H1024", dict(B=32, H=1024), compile_rank=1),
+        # the cond_ln chain (layer-normalised recurrent projection, g(z) an MLP) at the TIMIT size
+        Case("zforcing_chain_ln", "T40 B32 H1024 M512 Z256 G512",
+             dict(T=40, B=32, H=1024, M=512, Z=256, G=512), compile_rank=4),
         # sampling / likelihood ops at the shapes the model uses (z, aux head, outputs)
         Case("reparameterize", "40x32x256", dict(shape=(40, 32, 256))),
         Case("gaussian_kl", "40x32x256", dict(shape=(40, 32, 256))),
@@ -151,6 +155,16 @@ def make_inputs(case: Case, dtype, device, seed=0) -> Inputs:
         leaves = [a for a in args if a.requires_grad]
         # ChainOutput(h, c, z, mu_q, logvar_q): the model uses h, z, mu_q, logvar_q
         return Inputs(args, leaves, (0, 2, 3, 4), grads_for((T, B, H), (T, B, Z), (T, B, Z), (T, B, Z)))
+    if op == "zforcing_chain_ln":
+        T, B, H, M, Z, G = (d[k] for k in ("T", "B", "H", "M", "Z", "G"))
+        gates_x, post_x = r(T, B, 4 * H), r(T, B, M)
+        eps = r(T, B, Z, grad=False)
+        h0, c0 = r(B, H, scale=0.1), r(B, H, scale=0.1)
+        w_qh, w_q2, b_q2 = w(M, H), w(2 * Z, M), r(2 * Z, scale=0.1)
+        w_g1, b_g1, w_g2, b_g2 = w(G, Z), r(G, scale=0.1), w(8 * H, G), r(8 * H, scale=0.1)
+        args = (gates_x, post_x, eps, h0, c0, w_qh, w_q2, b_q2, w_g1, b_g1, w_g2, b_g2, w(4 * H, H))
+        leaves = [a for a in args if a.requires_grad]
+        return Inputs(args, leaves, (0, 2, 3, 4), grads_for((T, B, H), (T, B, Z), (T, B, Z), (T, B, Z)))
     shape = tuple(d["shape"])
     lead = shape[:-1]
     if op == "reparameterize":
@@ -182,7 +196,7 @@ def flat(op: str, out, provider: str) -> list:
         return [o, h, c]
     if op == "lstm_cell":
         return list(out)
-    if op == "zforcing_chain":
+    if op in ("zforcing_chain", "zforcing_chain_ln"):
         return list(out)
     return [out]
 
@@ -199,7 +213,9 @@ def caller(op: str, provider: str, inp: Inputs) -> Callable:
     if provider == "triton-stepwise":
         from zf_kernels.ops.lstm import triton as lstm_triton
         from zf_kernels.ops.recurrence import triton as chain_triton
-        fn = lstm_triton.lstm if op == "lstm" else chain_triton.zforcing_chain
+        from zf_kernels.ops.recurrence import triton_ln as chain_ln_triton
+        fn = {"lstm": lstm_triton.lstm, "zforcing_chain": chain_triton.zforcing_chain,
+              "zforcing_chain_ln": chain_ln_triton.zforcing_chain_ln}[op]
         return lambda: fn(*args, schedule="stepwise")
     pub = getattr(ops, op)
     return lambda: pub(*args, backend=provider)
