@@ -118,6 +118,26 @@ _BLOCK_OVERRIDE: dict | None = None
 # --------------------------------------------------------------------------- forward kernels
 
 @triton.jit
+def _four_gate_dots(acc_i, acc_f, acc_g, acc_o, X, W, KD, rb, rh, mb, mh, H,
+                    CACHE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``acc_g += X @ W[g*H + rh, :]^T`` for the four gate column blocks g = i, f, g, o of units
+    ``rh``: ``X`` (B, KD) rows (loaded with ``CACHE``), ``W`` (4H, KD) row-major."""
+    rk = tl.arange(0, BLOCK_K)
+    for k0 in range(0, KD, BLOCK_K):
+        kk = k0 + rk
+        mk = kk < KD
+        x = tl.load(X + rb[:, None] * KD + kk[None, :], mask=mb[:, None] & mk[None, :],
+                    other=0.0, cache_modifier=CACHE)
+        wm = mh[None, :] & mk[:, None]
+        wp = W + rh[None, :] * KD + kk[:, None]
+        acc_i = tl.dot(x, tl.load(wp, mask=wm, other=0.0), acc_i, input_precision=PREC, out_dtype=ACC)
+        acc_f = tl.dot(x, tl.load(wp + H * KD, mask=wm, other=0.0), acc_f, input_precision=PREC, out_dtype=ACC)
+        acc_g = tl.dot(x, tl.load(wp + 2 * H * KD, mask=wm, other=0.0), acc_g, input_precision=PREC, out_dtype=ACC)
+        acc_o = tl.dot(x, tl.load(wp + 3 * H * KD, mask=wm, other=0.0), acc_o, input_precision=PREC, out_dtype=ACC)
+    return acc_i, acc_f, acc_g, acc_o
+
+
+@triton.jit
 def _fwd_posterior_hidden_tile(
     pid_b, pid_n,
     H0, H_OUT, W_QH, POST_X, S, t, B, H, M,
@@ -230,7 +250,6 @@ def _fwd_lstm_step_tile(
 ):
     rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     rh = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
     mb = rb < B
     mh = rh < H
     t64 = tl.cast(t, tl.int64)
@@ -245,30 +264,11 @@ def _fwd_lstm_step_tile(
     acc_g = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
     acc_o = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
     # h_{t-1} @ W_hh^T, the four gate column blocks of this program
-    for k0 in range(0, H, BLOCK_K):
-        kk = k0 + rk
-        mk = kk < H
-        x = tl.load(hprev + rb[:, None] * H + kk[None, :], mask=mb[:, None] & mk[None, :],
-                    other=0.0, cache_modifier=CACHE)
-        wm = mh[None, :] & mk[:, None]
-        wp = W_HH + rh[None, :] * H + kk[:, None]
-        acc_i = tl.dot(x, tl.load(wp, mask=wm, other=0.0), acc_i, input_precision=PREC, out_dtype=ACC)
-        acc_f = tl.dot(x, tl.load(wp + H * H, mask=wm, other=0.0), acc_f, input_precision=PREC, out_dtype=ACC)
-        acc_g = tl.dot(x, tl.load(wp + 2 * H * H, mask=wm, other=0.0), acc_g, input_precision=PREC, out_dtype=ACC)
-        acc_o = tl.dot(x, tl.load(wp + 3 * H * H, mask=wm, other=0.0), acc_o, input_precision=PREC, out_dtype=ACC)
+    acc_i, acc_f, acc_g, acc_o = _four_gate_dots(acc_i, acc_f, acc_g, acc_o, hprev, W_HH, H, rb, rh, mb, mh, H,
+                                                 CACHE, ACC, PREC, BLOCK_K)
     # z_t @ W_comb^T  (W_comb = W_iz @ W_gz: g(z) folded into the gate projection)
-    z_t = Z_IN + t64 * B * Z
-    for k0 in range(0, Z, BLOCK_K):
-        kk = k0 + rk
-        mk = kk < Z
-        x = tl.load(z_t + rb[:, None] * Z + kk[None, :], mask=mb[:, None] & mk[None, :],
-                    other=0.0, cache_modifier=CACHE)
-        wm = mh[None, :] & mk[:, None]
-        wp = W_COMB + rh[None, :] * Z + kk[:, None]
-        acc_i = tl.dot(x, tl.load(wp, mask=wm, other=0.0), acc_i, input_precision=PREC, out_dtype=ACC)
-        acc_f = tl.dot(x, tl.load(wp + H * Z, mask=wm, other=0.0), acc_f, input_precision=PREC, out_dtype=ACC)
-        acc_g = tl.dot(x, tl.load(wp + 2 * H * Z, mask=wm, other=0.0), acc_g, input_precision=PREC, out_dtype=ACC)
-        acc_o = tl.dot(x, tl.load(wp + 3 * H * Z, mask=wm, other=0.0), acc_o, input_precision=PREC, out_dtype=ACC)
+    acc_i, acc_f, acc_g, acc_o = _four_gate_dots(acc_i, acc_f, acc_g, acc_o, Z_IN + t64 * B * Z, W_COMB, Z,
+                                                 rb, rh, mb, mh, H, CACHE, ACC, PREC, BLOCK_K)
     m2 = mb[:, None] & mh[None, :]
     gx = GATES_X + t64 * B * 4 * H + rb[:, None] * (4 * H) + rh[None, :]
     bc = B_COMB + rh

@@ -78,7 +78,8 @@ from .._triton_common import dot_precision, grid_barrier, leaky_clamp, sigmoid, 
 from .naive import ACT_CLAMP, COND_CLAMP, LEAKY_SLOPE, LN_EPS, PARAM_CLAMP, ChainOutput, mlp_act
 from . import triton as _chain
 from .triton import (_HALF, _acc, _bwd_lstm_cell_tile, _bwd_posterior_hidden, _bwd_posterior_hidden_tile,
-                     _bwd_posterior_sample_tile, _config, _fwd_posterior_hidden, _fwd_posterior_hidden_tile,
+                     _bwd_posterior_sample_tile, _config, _four_gate_dots, _fwd_posterior_hidden,
+                     _fwd_posterior_hidden_tile,
                      _fwd_posterior_sample, _fwd_posterior_sample_tile, _grid, _k, _launch, _launch_options,
                      _pow2, SCHEDULE_ENV)
 
@@ -136,7 +137,6 @@ def _fwd_ln_proj_tile(
 ):
     rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     rh = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
     mb = rb < B
     mh = rh < H
     t64 = tl.cast(t, tl.int64)
@@ -148,17 +148,8 @@ def _fwd_ln_proj_tile(
     acc_f = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
     acc_g = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
     acc_o = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
-    for k0 in range(0, H, BLOCK_K):
-        kk = k0 + rk
-        mk = kk < H
-        x = tl.load(hprev + rb[:, None] * H + kk[None, :], mask=mb[:, None] & mk[None, :],
-                    other=0.0, cache_modifier=CACHE)
-        wm = mh[None, :] & mk[:, None]
-        wp = W_HH + rh[None, :] * H + kk[:, None]
-        acc_i = tl.dot(x, tl.load(wp, mask=wm, other=0.0), acc_i, input_precision=PREC, out_dtype=ACC)
-        acc_f = tl.dot(x, tl.load(wp + H * H, mask=wm, other=0.0), acc_f, input_precision=PREC, out_dtype=ACC)
-        acc_g = tl.dot(x, tl.load(wp + 2 * H * H, mask=wm, other=0.0), acc_g, input_precision=PREC, out_dtype=ACC)
-        acc_o = tl.dot(x, tl.load(wp + 3 * H * H, mask=wm, other=0.0), acc_o, input_precision=PREC, out_dtype=ACC)
+    acc_i, acc_f, acc_g, acc_o = _four_gate_dots(acc_i, acc_f, acc_g, acc_o, hprev, W_HH, H, rb, rh, mb, mh, H,
+                                                 CACHE, ACC, PREC, BLOCK_K)
     m2 = mb[:, None] & mh[None, :]
     hp = HH + rb[:, None] * (4 * H) + rh[None, :]
     ty = HH.dtype.element_ty
