@@ -87,3 +87,11 @@ def grid_barrier(counter_ptr, target, ok, flag_ptr, MAX_POLLS: tl.constexpr):
         tl.atomic_xchg(flag_ptr, 1)
     tl.debug_barrier()
     return passed
+
+
+@triton.jit
+def barrier_slots(sync_ptr):
+    """This program's barrier counter (one per batch block: grid axis 0), the launch's timeout
+    flag (after the counters) and the number of programs that meet at each barrier (axis 1),
+    in a persistent kernel's ``(n_batch_blocks + 1,)`` sync buffer (``_persistent.sync_buffer``)."""
+    return sync_ptr + tl.program_id(0), sync_ptr + tl.num_programs(0), tl.num_programs(1)

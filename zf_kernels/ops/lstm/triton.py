@@ -79,7 +79,7 @@ import triton.language as tl
 
 from .. import _persistent
 from .._persistent import MAX_POLLS, SCHEDULES, check_sync, num_sms, sync_buffer
-from .._triton_common import dot_precision, grid_barrier, sigmoid, tanh
+from .._triton_common import barrier_slots, dot_precision, grid_barrier, sigmoid, tanh
 
 __all__ = ["lstm", "lstm_cell", "explain_schedule", "SCHEDULES"]
 
@@ -288,9 +288,7 @@ def _lstm_fwd_persistent_kernel(
     rb, rj, mb, mj = _tile(B, H, BLOCK_B, BLOCK_H)
     m2 = mb[:, None] & mj[None, :]
     row = rb[:, None] * H + rj[None, :]
-    n_h = tl.num_programs(1)
-    counter = sync_ptr + tl.program_id(0)
-    flag = sync_ptr + tl.num_programs(0)
+    counter, flag, n_h = barrier_slots(sync_ptr)
     BH = B * H
     c = tl.load(c_ptr + row, mask=m2, other=0.0)
     ok = tl.program_id(0) >= 0          # a true scalar: false once a barrier timed out
@@ -329,9 +327,7 @@ def _lstm_bwd_persistent_kernel(
     rb, rj, mb, mj = _tile(B, H, BLOCK_B, BLOCK_H)
     m2 = mb[:, None] & mj[None, :]
     row = rb[:, None] * H + rj[None, :]
-    n_h = tl.num_programs(1)
-    counter = sync_ptr + tl.program_id(0)
-    flag = sync_ptr + tl.num_programs(0)
+    counter, flag, n_h = barrier_slots(sync_ptr)
     BH = B * H
     dc = tl.load(dc_ptr + row, mask=m2, other=0.0)
     dh = tl.load(dhx_ptr + rb[:, None] * s_dhx_b + rj[None, :] * s_dhx_h, mask=m2, other=0.0).to(ACC_DTYPE)

@@ -104,8 +104,8 @@ from torch.autograd.function import once_differentiable
 
 from .. import _persistent
 from .._persistent import MAX_POLLS, check_sync, num_sms, sync_buffer
-from .._triton_common import (dot_precision, grid_barrier, leaky_clamp, leaky_clamp_grad, sigmoid,
-                              tanh)
+from .._triton_common import (barrier_slots, dot_precision, grid_barrier, leaky_clamp, leaky_clamp_grad,
+                              sigmoid, tanh)
 from .naive import ACT_CLAMP, LEAKY_SLOPE, PARAM_CLAMP, ChainOutput, mlp_act
 
 __all__ = ["zforcing_chain", "ZForcingChainFunction", "explain_schedule"]
@@ -491,9 +491,7 @@ def _fwd_persistent(
 ):
     pid_b = tl.program_id(0)
     pid_n = tl.program_id(1)
-    n_prog = tl.num_programs(1)
-    counter = SYNC + pid_b
-    flag = SYNC + tl.num_programs(0)
+    counter, flag, n_prog = barrier_slots(SYNC)
     ok = pid_b >= 0
     for t in range(T):
         if pid_n < tl.cdiv(M, BLOCK_N):
@@ -523,9 +521,7 @@ def _bwd_persistent(
 ):
     pid_b = tl.program_id(0)
     pid_n = tl.program_id(1)
-    n_prog = tl.num_programs(1)
-    counter = SYNC + pid_b
-    flag = SYNC + tl.num_programs(0)
+    counter, flag, n_prog = barrier_slots(SYNC)
     ok = pid_b >= 0
     for r in range(T):
         t = T - 1 - r

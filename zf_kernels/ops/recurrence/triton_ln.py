@@ -74,7 +74,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import _persistent
 from .._persistent import check_sync, sync_buffer
-from .._triton_common import dot_precision, grid_barrier, leaky_clamp, sigmoid, tanh
+from .._triton_common import barrier_slots, dot_precision, grid_barrier, leaky_clamp, sigmoid, tanh
 from .naive import ACT_CLAMP, COND_CLAMP, LEAKY_SLOPE, LN_EPS, PARAM_CLAMP, ChainOutput, mlp_act
 from . import triton as _chain
 from .triton import (_HALF, _acc, _bwd_lstm_cell_tile, _bwd_posterior_hidden, _bwd_posterior_hidden_tile,
@@ -438,9 +438,7 @@ def _fwd_ln_persistent(
 ):
     pid_b = tl.program_id(0)
     pid_n = tl.program_id(1)
-    n_prog = tl.num_programs(1)
-    counter = SYNC + pid_b
-    flag = SYNC + tl.num_programs(0)
+    counter, flag, n_prog = barrier_slots(SYNC)
     ok = pid_b >= 0
     for t in range(T):
         # phase 1: everything that reads only h_{t-1}: hh + partial sums (K3) and s_t (K1)
@@ -480,9 +478,7 @@ def _bwd_ln_persistent(
 ):
     pid_b = tl.program_id(0)
     pid_n = tl.program_id(1)
-    n_prog = tl.num_programs(1)
-    counter = SYNC + pid_b
-    flag = SYNC + tl.num_programs(0)
+    counter, flag, n_prog = barrier_slots(SYNC)
     ok = pid_b >= 0
     for r in range(T):
         t = T - 1 - r
