@@ -16,7 +16,7 @@ from zf_kernels import ops
 from zf_kernels.bounds import BoundsMixin
 from zf_kernels.model import MLP, OUTPUT_TYPES, LossTerms
 from zf_kernels.ops.recurrence.naive import PARAM_CLAMP, mlp_act
-from zf_kernels.sequences import check_batch, gather_time, padded_flip_index, shift_inputs
+from zf_kernels.sequences import check_batch, gather_time, has_padding, padded_flip_index, shift_inputs
 
 __all__ = ["MLP", "LossTerms", "SequenceVAE", "mlp_act", "reverse_lstm", "split_gaussian"]
 
@@ -35,7 +35,7 @@ def reverse_lstm(x, lstm: nn.LSTM, mask=None, backend: str = "auto"):
     result back, so padding never leaks into the states of valid steps.
     """
     args = (lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0)
-    if mask is None or bool((mask != 0).all()):
+    if not has_padding(mask):
         return ops.lstm(x, *args, reverse=True, backend=backend)[0]
     flip = padded_flip_index(mask)
     out, _ = ops.lstm(gather_time(x, flip), *args, backend=backend)

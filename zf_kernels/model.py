@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from . import ops
 from .bounds import BoundsMixin
-from .sequences import check_batch, gather_time, padded_flip_index, shift_inputs
+from .sequences import check_batch, gather_time, has_padding, padded_flip_index, shift_inputs
 from .ops.recurrence.naive import COND_CLAMP, LN_EPS, PARAM_CLAMP, ChainOutput, mlp_act
 
 OUTPUT_TYPES = ("gaussian", "bernoulli", "categorical")
@@ -51,11 +51,17 @@ class LossTerms:
         return self.nll + self.kl
 
 
-def training_loss(terms: LossTerms, kl_weight: float, aux_weight: float, bwd_weight: float):
+def training_loss(terms: LossTerms, kl_weight, aux_weight, bwd_weight, aux_on: bool | None = None):
     """``nll + kl_w kl + aux_w aux + bwd_w bwd_nll``, mean over the batch; the backward
-    network's reverse-prediction cost counts only while ``aux_w > 0`` (as the authors)."""
+    network's reverse-prediction cost counts only while ``aux_w > 0`` (as the authors).
+
+    The weights are floats or 0-dim tensors (a CUDA graph reads them from the device); with
+    tensor weights pass ``aux_on`` (whether ``aux_w > 0``) so that no value is read back.
+    """
+    if aux_on is None:
+        aux_on = aux_weight > 0
     loss = terms.nll + kl_weight * terms.kl
-    if aux_weight > 0:
+    if aux_on:
         loss = loss + aux_weight * terms.aux + bwd_weight * terms.bwd_nll
     return loss.mean()
 
@@ -162,7 +168,7 @@ class ZForcing(BoundsMixin, nn.Module):
         e_y = self._embed(y)
         w = self.bwd_lstm
         args = (w.weight_ih_l0, w.weight_hh_l0, w.bias_ih_l0, w.bias_hh_l0)
-        if mask is None or bool((mask != 0).all()):
+        if not has_padding(mask):
             out, _ = ops.lstm(e_y, *args, reverse=True, backend=self.backend)
             return out
         flip = padded_flip_index(mask)

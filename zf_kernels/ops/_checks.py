@@ -2,9 +2,34 @@
 the offending argument and says what was expected, before any kernel runs."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+# Checks of tensor *values* (NaN in data, class ids in range, 0/1 masks) read the tensor back
+# to the host: a GPU synchronisation per check, which a CUDA graph cannot capture. A caller
+# that has validated its inputs already (the trainer's CUDA-graph step checks each batch on
+# its host copy) turns them off for a block; shape, dtype and device checks always run.
+_VALUE_CHECKS = contextvars.ContextVar("zf_kernels_value_checks", default=True)
+
+
+@contextlib.contextmanager
+def assume_valid_inputs():
+    """Within this block the ops and the models skip the checks of tensor values (those
+    that synchronise with the GPU); the caller vouches for the values. Nestable."""
+    token = _VALUE_CHECKS.set(False)
+    try:
+        yield
+    finally:
+        _VALUE_CHECKS.reset(token)
+
+
+def value_checks_enabled() -> bool:
+    """False inside ``assume_valid_inputs()``."""
+    return _VALUE_CHECKS.get()
 
 
 def check_tensor(name: str, t, *, ndim: int | None = None, min_ndim: int | None = None,
