@@ -47,6 +47,7 @@ from .evaluate import evaluate
 from .model import ZForcing, training_loss
 from .training import distributed, report
 from .training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .training.graph_step import StaticStep
 from .training.presets import PRESET_DATA, PRESETS, TrainConfig, config_fields, make_config
 from .training.schedules import LossWeights, PlateauHalving
 
@@ -110,6 +111,18 @@ def _accepts_eps(model) -> bool:
 MODELS = {"zforcing": build_zforcing}
 
 
+def _configure_adam(opt, capturable: bool):
+    """After ``load_state_dict``: the run's own optimizer flags (a checkpoint carries the
+    flags of the run that wrote it) and step counters where fused Adam reads them (on the
+    parameters' device)."""
+    for group in opt.param_groups:
+        group.update(fused=True, foreach=None, capturable=capturable)
+        for p in group["params"]:
+            state = opt.state.get(p)
+            if state and torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
+
+
 def build_model(cfg: TrainConfig, bundle):
     if cfg.model not in MODELS:
         raise ValueError(f"--model must be one of {sorted(MODELS)}, got {cfg.model!r}")
@@ -167,7 +180,11 @@ class Run:
         torch.manual_seed(cfg.seed)
         self.data = load_data(cfg)
         self.model = build_model(cfg, self.data).to(self.device, self.dtype)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+        # fused Adam in every mode: one kernel per step, and the CUDA-graph step skips a
+        # non-finite step through its found_inf, so both modes run the same optimizer
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True,
+                                    capturable=cfg.cuda_graph)
+        self.accepts_eps = _accepts_eps(self.model)
         self.weights = LossWeights.from_config(cfg)
         self.plateau = PlateauHalving(cfg.lr_decay, cfg.lr_min, cfg.patience)
         self.eps_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
@@ -182,6 +199,8 @@ class Run:
         self.rank_digests = None     # parameter digest of every rank at the end of fit
         if self.dist.enabled:
             self._check_distributed()
+        # --cuda-graph: the step without host reads, replayed from CUDA graphs
+        self.static_step = StaticStep(self, capture=True) if cfg.cuda_graph else None
 
     def _check_distributed(self):
         n = self.dist.world_size
@@ -193,17 +212,19 @@ class Run:
                              f"got a batch of {smallest}")
         # where the collectives run: nccl needs CUDA tensors, gloo takes CPU tensors
         self.comm_device = self.device if self.device.type == "cuda" else torch.device("cpu")
-        self.global_eps = _accepts_eps(self.model)
 
-    def autocast(self):
+    def autocast(self, cache_enabled: bool = True):
         """The context of every forward pass (training, evaluation, sampling): autocast to
-        ``amp_dtype`` with mixed precision, nothing otherwise."""
+        ``amp_dtype`` with mixed precision, nothing otherwise (a CUDA-graph capture needs
+        ``cache_enabled=False``)."""
         if self.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=cache_enabled)
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self):
+        if self.static_step is not None:
+            self.static_step.store_window()
         return dict(config=self.cfg.to_dict(), model_config=self.model.config,
                     model=self.model.state_dict(), optimizer=self.opt.state_dict(),
                     scaler=None if self.scaler is None else self.scaler.state_dict(),
@@ -228,6 +249,7 @@ class Run:
                                   f"but this run builds {self.model.config}; use the same size flags")
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])   # with its (possibly decayed) lr
+        _configure_adam(self.opt, capturable=self.cfg.cuda_graph)
         if self.scaler is not None and state.get("scaler") is not None:
             self.scaler.load_state_dict(state["scaler"])   # the loss scale of a float16 run
         self.step, self.epoch, self.next_batch = state["step"], state["epoch"], state["next_batch"]
@@ -236,6 +258,8 @@ class Run:
         self.eps_gen.set_state(state["eps_generator"])
         self.skipped, self.train_seconds = state["skipped"], state["train_seconds"]
         self.window = state["window"]
+        if self.static_step is not None:
+            self.static_step.load_window()
 
     def save(self, name="last.pt"):
         if self.is_main:
@@ -278,6 +302,8 @@ class Run:
     def train_step(self, batch):
         if self.dist.enabled:
             return self._train_step_distributed(batch)
+        if self.static_step is not None:
+            return self.static_step(batch)
         y, u, mask = _batch_to(batch, self.device, self.dtype)
         with self.autocast():
             terms = self.model(y, u, mask, generator=self.eps_gen)
@@ -325,7 +351,7 @@ class Run:
         global batch's noise drawn exactly as one process draws it, then sliced (so it does
         not depend on the number of processes); a per-step, per-rank generator for models
         that take no ``eps``."""
-        if self.global_eps:
+        if self.accepts_eps:
             eps = torch.randn(T, B, self.model.z_dim, generator=self.eps_gen, device=self.device,
                               dtype=self.dtype)
             return {"eps": eps[:, part].contiguous()}
@@ -362,6 +388,8 @@ class Run:
             self.window[k] += v / B
 
     def flush_window(self, bar=None):
+        if self.static_step is not None:
+            self.static_step.store_window()
         w, n = self.window, max(self.window["n"], 1)
         rec = {"kind": "train", "step": self.step, "epoch": self.epoch}
         rec |= {k: w[k] / n for k in TERMS} | {"grad_norm": w["grad_norm"] / n}
@@ -373,6 +401,8 @@ class Run:
         if bar is not None:
             bar.set_postfix({k: f"{rec[k]:.2f}" for k in TERMS} | {"kl_w": f"{self.weights.kl:.3f}"})
         self.window = {k: 0.0 for k in TERMS} | {"n": 0, "grad_norm": 0.0}
+        if self.static_step is not None:
+            self.static_step.load_window()
 
     def validate(self):
         # several processes: rank 0 evaluates, every rank applies the learning-rate rule to

@@ -21,6 +21,7 @@ class TrainConfig:
     backend: str = "auto"                # auto | torch | triton | cuda
     threads: int | None = None           # CPU intra-op threads (torch.set_num_threads); None: torch's default
     tf32: bool = False                   # float32 matmuls (torch's and the Triton kernels') may use TF32
+    cuda_graph: bool = False             # replay each training step from a CUDA graph (one process, not float16)
     # stopping
     epochs: int = 20
     max_steps: int | None = None
