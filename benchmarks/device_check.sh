@@ -9,8 +9,8 @@
 # so a 15-minute device session can start the machine and still rerun part of it. Every stage
 # gets min(its own limit, time left); a stage that fails or times out is recorded and the next
 # one runs anyway. Installs nothing. A rerun can choose
-# stages: ZF_STAGES=train,ops (names: tests train ops other-models ops-compile train-tf32 ops-tf32
-# train-compile; the persistent smoke test runs with tests).
+# stages: ZF_STAGES=train,ops (names: tests train ops other-models ops-compile trainer train-tf32
+# ops-tf32 train-compile; the persistent smoke test runs with tests).
 #
 # $OUT (the folder that comes back; 7 files, no subfolders):
 #   persistent_smoke.log  persistent vs stepwise vs float64 lstm / zforcing_chain, benchmark shapes
@@ -31,7 +31,7 @@ LOG="$OUT/bench.log"
 PY="${PYTHON:-$(command -v python || command -v python3)}"
 TOTAL="${ZF_CHECK_SECONDS:-400}"
 # a rerun can pick stages, e.g. ZF_STAGES=train,ops bash benchmarks/device_check.sh
-WANT="${ZF_STAGES:-tests,train,ops,other-models,ops-compile,train-tf32,ops-tf32,train-compile}"
+WANT="${ZF_STAGES:-tests,train,ops,other-models,ops-compile,trainer,train-tf32,ops-tf32,train-compile}"
 START=$SECONDS
 STAGES=()
 FAILED=0
@@ -134,6 +134,11 @@ run_stage other-models 40 "$LOG" \
 # 5. torch.compile of the op references (fp32; cheap compilations first, 784-step loops skipped)
 run_stage ops-compile 35 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --providers compile --dtypes float32
+
+# 5b. the CLI trainer's whole step (Run.train_step), eager vs --cuda-graph, TIMIT size
+run_stage trainer 45 "$LOG" \
+  "$PY" benchmarks/bench_trainer.py --out "$OUT" --name results --cases timit \
+  --providers torch,torch+cuda-graph,triton,triton+cuda-graph --steps 20 --warmup-steps 5
 
 # 6. TF32 (float32 tensors, TF32 matmuls allowed for torch, cuDNN and the Triton kernels): the
 # hoisted step's CUDA graph vs ours, then lstm / chain vs cuDNN, in the same TF32 mode

@@ -97,10 +97,11 @@ def targets(rows, gpu: str) -> list[str]:
 
 
 def train_table(rows) -> list[str]:
-    tr = [r for r in rows if r.get("suite") == "train"]
+    tr = [r for r in rows if r.get("suite") in ("train", "trainer")]
     if not tr:
         return []
-    out = ["", "## Training step (forward + backward + clip + Adam)", "",
+    out = ["", "## Training step (forward + backward + clip + Adam; 'trainer' rows: the CLI trainer's "
+           "whole step, bench_trainer.py)", "",
            f"{'case':30} {'dtype':8} {'provider':21} {'ms':>10} {'p20-p80':>19} {'peak MB':>9} {'rel':>8}  status"]
     for r in tr:
         spread = "-" if r.get("ms_p20") is None else f"{r['ms_p20']:.3f}-{r['ms_p80']:.3f}"

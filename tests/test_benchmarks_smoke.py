@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks import bench_ops, bench_train_step, common  # noqa: E402
+from benchmarks import bench_ops, bench_train_step, bench_trainer, common  # noqa: E402
 
 
 def _rows(path):
@@ -30,6 +30,8 @@ def results(tmp_path_factory):
     base = ["--smoke", "--device", "cpu", "--out", str(out), "--name", "r", "--quiet"]
     assert bench_ops.main(base + ["--fresh", "--providers", "torch,cudnn"]) == 0
     assert bench_train_step.main(base + ["--providers", "torch,torch+graph", "--models", "auto"]) == 0
+    assert bench_trainer.main(base + ["--providers", "torch,torch+cuda-graph", "--steps", "2",
+                                      "--warmup-steps", "1"]) == 0
     return out
 
 
@@ -64,6 +66,18 @@ def test_train_rows(results):
         assert mine and all(r["status"] == "ok" for r in mine), (name, mine)
 
 
+def test_trainer_rows(results):
+    rows = [r for r in _rows(results / "r.json") if r["suite"] == "trainer"]
+    assert {(r["case"], r["provider"]) for r in rows} == {
+        (c["label"], p) for c in bench_trainer.SMOKE_CASES.values() for p in ("torch", "torch+cuda-graph")}
+    for r in rows:
+        if r["provider"] == "torch":
+            assert r["status"] == "ok" and r["ms"] > 0 and r["n"] == 2 and r["rel_err"] == 0.0, r
+            assert math.isfinite(float(r["note"].rsplit("mean loss ", 1)[1])), r
+        else:                                   # --cuda-graph on the CPU: a row saying why not
+            assert r["status"] == "skipped" and "CUDA" in r["note"], r
+
+
 def test_plot_and_summary(results):
     pytest.importorskip("matplotlib")
     from benchmarks import plot, summarize
@@ -71,6 +85,7 @@ def test_plot_and_summary(results):
     assert png == results / "r.png" and png.stat().st_size > 1000
     text = summarize.summarize(results / "r.json", results / "missing.log")
     assert "## Targets" in text and "lstm T5 B3 I7 H8" in text and "no log at" in text
+    assert "trainer tiny-gaussian T5 B3" in text
 
 
 def test_ops_interpreted_kernel(tmp_path):

@@ -154,7 +154,9 @@ class _TrainingLoss(torch.nn.Module):
 class Run:
     """One training run: its state, the loop, checkpoints and reports."""
 
-    def __init__(self, cfg: TrainConfig, log=print, dist_ctx: distributed.DistContext | None = None):
+    def __init__(self, cfg: TrainConfig, log=print, dist_ctx: distributed.DistContext | None = None,
+                 data=None):
+        """``data``: a DataBundle to train on instead of the one ``cfg`` names (benchmarks)."""
         self.cfg = cfg
         # several processes: only rank 0 logs and writes files (see fit / save / finish)
         self.dist = dist_ctx or distributed.DistContext()
@@ -178,7 +180,7 @@ class Run:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(cfg.seed)
-        self.data = load_data(cfg)
+        self.data = load_data(cfg) if data is None else data
         self.model = build_model(cfg, self.data).to(self.device, self.dtype)
         # fused Adam in every mode: one kernel per step, and the CUDA-graph step skips a
         # non-finite step through its found_inf, so both modes run the same optimizer

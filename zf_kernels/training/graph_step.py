@@ -18,7 +18,8 @@ compare the replayed graph with both.
 One graph per static configuration, captured on first use: the batch shape, whether the batch
 has padding, whether the auxiliary terms are on (``aux_w > 0`` changes which parameters get
 gradients) and the learning rate (a float baked into the fused Adam kernel; a plateau decay
-captures a new graph). Each graph has its own memory pool (replays come in any order).
+captures a new graph; the old one is freed). Each graph has its own memory pool (padded and
+unpadded batches may alternate).
 Warm-up before a capture runs the step with Adam's ``found_inf`` forced to 1: fused Adam then
 leaves parameters and moments untouched, so warming up changes nothing.
 """
@@ -131,8 +132,9 @@ class StaticStep:
         buffers = _Buffers(run, batch, key.padded)
         graph = None
         if self.capture:
-            # drop graphs of an older learning rate: they will not be replayed again
-            for old in [k for k in self.graphs if k.lr != key.lr]:
+            # free the graphs that cannot come back: the aux weight moves monotonically
+            # towards aux_end (so aux_on changes at most once) and lr only decays
+            for old in [k for k in self.graphs if k.lr != key.lr or k.aux_on != key.aux_on]:
                 del self.graphs[old]
             graph = self._capture(buffers, key.aux_on, batch)
         self.graphs[key] = (graph, buffers)
