@@ -35,6 +35,7 @@ activations, gradients); for graph providers over warm-up + capture + first repl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import importlib.util
 import inspect
@@ -48,7 +49,8 @@ from benchmarks.common import REPO, Budget, DTYPES, Results, classify_error, fre
 
 import torch  # noqa: E402
 
-from zf_kernels import ZForcing, training_loss  # noqa: E402
+from zf_kernels import ZForcing, ops, training_loss  # noqa: E402
+from zf_kernels.sequences import check_batch  # noqa: E402
 from zf_kernels.model import LossTerms  # noqa: E402
 
 PROVIDERS = ("torch", "torch+graph", "triton", "triton+graph", "triton-stepwise", "triton-stepwise+graph",
@@ -71,16 +73,11 @@ SMOKE_CASES = {
                                 mlp_dim=8, z_force=True)),
 }
 OTHER_MODELS = ("vrnn", "srnn", "storn")
-CHECKS = ("_check_batch", "check_batch")   # ZForcing's / python/common.py's input validation
 WARM_ITERS = 2          # eager steps on a side stream before capture (Adam state gets created)
 
 
 class Skip(Exception):
     """This provider cannot run here (recorded as a 'skipped' row)."""
-
-
-def _no_check(*args, **kwargs):
-    return None
 
 
 # --------------------------------------------------------------------------- models
@@ -161,16 +158,12 @@ def prepare(master, provider, device, dtype, args):
         backend, undo_env = "triton", force_stepwise()
     if hasattr(model, "backend"):
         model.backend = backend
-    undo = undo_env
-    if not (args.keep_checks and variant == ""):
-        undo_checks = skip_checks(model)           # validated once, outside the timed step
-
-        def undo():
-            undo_checks()
-            undo_env()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-5, capturable=(variant == "graph"))
     fwd = torch.compile(model) if variant == "compile" else model
-    return model, fwd, opt, variant, undo
+    # the value checks (host syncs: a CUDA graph cannot capture them) run once, outside the
+    # timed step (run_provider), unless --keep-checks asks for them in the eager steps
+    trusted = not (args.keep_checks and variant == "")
+    return model, fwd, opt, variant, undo_env, trusted
 
 
 def force_stepwise():
@@ -187,32 +180,13 @@ def force_stepwise():
     return restore
 
 
-def skip_checks(model):
-    """Replace the model's input validation (host syncs: a CUDA graph cannot capture them) by a
-    no-op: the instance methods ``CHECKS`` and a module-level ``check_batch`` that the
-    model's ``forward`` calls (python/common.py). Returns a function that undoes the latter."""
-    for attr in CHECKS:
-        if hasattr(model, attr):
-            setattr(model, attr, _no_check)
-    undo = []
-    for klass in type(model).__mro__:
-        fwd = vars(klass).get("forward")
-        glb = getattr(fwd, "__globals__", None)
-        if glb is not None and callable(glb.get("check_batch")) and glb["check_batch"] is not _no_check:
-            undo.append((glb, glb["check_batch"]))
-            glb["check_batch"] = _no_check
-
-    def restore():
-        for glb, orig in undo:
-            glb["check_batch"] = orig
-    return restore
-
-
-def make_body(model, fwd, opt, loss_fn, y, eps, weights, clip):
+def make_body(model, fwd, opt, loss_fn, y, eps, weights, clip, trusted):
     params = [p for p in model.parameters() if p.requires_grad]
+    checks = ops.assume_valid_inputs if trusted else contextlib.nullcontext
 
     def body():
-        loss = loss_fn(fwd, y, eps, weights)
+        with checks():
+            loss = loss_fn(fwd, y, eps, weights)
         loss.backward()
         if clip:
             torch.nn.utils.clip_grad_norm_(params, clip)
@@ -246,11 +220,9 @@ def run_provider(res, base, master, loss_fn, provider, cfg, device, dtype, timin
     graph, undo = None, None
     try:
         y, eps = make_batch(cfg, device, dtype)
-        for attr in CHECKS:                        # the validation the timed step leaves out
-            if hasattr(master, attr):
-                getattr(master, attr)(y, None, None)
-        model, fwd, opt, variant, undo = prepare(master, provider, device, dtype, args)
-        body = make_body(model, fwd, opt, loss_fn, y, eps, args.loss_weights, args.clip)
+        check_batch(y, None, None, master.input_dim, master.output_type)   # what the timed step leaves out
+        model, fwd, opt, variant, undo, trusted = prepare(master, provider, device, dtype, args)
+        body = make_body(model, fwd, opt, loss_fn, y, eps, args.loss_weights, args.clip, trusted)
         counters = common.dynamo_counters() if variant == "compile" else None
         note = []
         if variant == "graph":
