@@ -52,6 +52,7 @@ class SequenceVAE(BoundsMixin, nn.Module):
         backend: backend of every fused op ("auto", "torch", "triton", "cuda").
     """
     name = "sequence_vae"
+    has_aux_terms = False     # no Z-forcing aux / reverse-prediction terms: the trainer keeps aux_w at 0
 
     def __init__(self, input_dim: int, output_type: str = "gaussian", emb_dim: int = 64,
                  rnn_dim: int = 128, z_dim: int = 16, mlp_dim: int = 64, backend: str = "auto"):

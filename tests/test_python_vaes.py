@@ -352,6 +352,8 @@ def test_training_with_the_zf_kernels_trainer_reduces_the_loss(name, tmp_path, m
     rec = [json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")]
     train_nll = [r["nll"] for r in rec if r["kind"] == "train"]
     assert train_nll[-1] < 0.8 * train_nll[0]
+    # no aux term: the preset's aux schedule (0 -> 0.01) is not applied, nor logged
+    assert cfg.aux_end > 0 and all(r["aux_weight"] == 0 for r in rec if r["kind"] == "train")
     valid = [r["neg_elbo"] for r in rec if r["kind"] == "valid"]
     assert len(valid) >= 4 and valid[-1] < valid[0] - 10
     assert results["model"]["model"] == name.split("-")[0]

@@ -188,6 +188,10 @@ class Run:
                                     capturable=cfg.cuda_graph)
         self.accepts_eps = _accepts_eps(self.model)
         self.weights = LossWeights.from_config(cfg)
+        if not getattr(self.model, "has_aux_terms", True):
+            # a model without the aux / reverse-prediction terms (python/): an aux schedule
+            # would change nothing but the logged aux_weight, so there is none
+            self.weights.aux = self.weights.aux_step = self.weights.aux_end = 0.0
         self.plateau = PlateauHalving(cfg.lr_decay, cfg.lr_min, cfg.patience)
         self.eps_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
         self.step = self.epoch = self.next_batch = 0
