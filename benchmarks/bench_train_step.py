@@ -13,6 +13,10 @@ Providers:
   torch          the hoisted eager reference (``backend="torch"``): only the chain loops in Python
   torch+graph    the whole reference step captured once in a CUDA graph (static inputs, warm-up
                  on a side stream, ``Adam(capturable=True)``) and replayed
+  cudnn, cudnn+graph
+                 the same reference with its backward LSTM on ``nn.LSTM`` (cuDNN on a GPU,
+                 which may use TF32 under torch's defaults) instead of the reference's Python
+                 loop: the strongest eager baseline (ZForcing only)
   torch+compile  ``torch.compile(model)`` (default mode) of the reference; backward through
                  AOTAutograd, clipping and Adam eager. Skipped at T=784 unless ``--compile all``
                  (it unrolls the 784-step loops: minutes of compilation)
@@ -26,7 +30,7 @@ Providers:
 Every provider starts from the same initial weights and the same batch; ``rel_err`` is
 |loss_0 - loss_0(torch)| / |loss_0(torch)| of the first step, a check that the providers
 compute the same thing. Loss weights kl = aux = bwd = 1 (every term and its backward runs),
-Adam(lr 1e-3, eps 1e-5), clip 100 (the trainer's). The posterior noise ``eps`` is a fixed
+fused Adam(lr 1e-3, eps 1e-5) and clip 100, as the trainer. The posterior noise ``eps`` is a fixed
 input tensor (drawing it is one ``randn``), and the model's input validation (host syncs)
 runs once before timing, not inside the timed step (``--keep-checks`` keeps it in for the
 eager providers). ``peak_mb``: ``max_memory_allocated`` over one step (weights, Adam state,
@@ -53,7 +57,7 @@ from zf_kernels import ZForcing, ops, training_loss  # noqa: E402
 from zf_kernels.sequences import check_batch  # noqa: E402
 from zf_kernels.model import LossTerms  # noqa: E402
 
-PROVIDERS = ("torch", "torch+graph", "triton", "triton+graph", "triton-stepwise", "triton-stepwise+graph",
+PROVIDERS = ("torch", "torch+graph", "cudnn", "cudnn+graph", "triton", "triton+graph", "triton-stepwise", "triton-stepwise+graph",
              "torch+compile")   # run in this order
 STEPWISE_ENV = ("ZF_LSTM_SCHEDULE", "ZF_CHAIN_SCHEDULE")
 CASES = {
@@ -156,14 +160,32 @@ def prepare(master, provider, device, dtype, args):
     undo_env = lambda: None  # noqa: E731
     if backend == "triton-stepwise":
         backend, undo_env = "triton", force_stepwise()
+    if backend == "cudnn":
+        backend = "torch"
+        use_cudnn_backward_lstm(model)
     if hasattr(model, "backend"):
         model.backend = backend
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-5, capturable=(variant == "graph"))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-5, fused=True, capturable=(variant == "graph"))
     fwd = torch.compile(model) if variant == "compile" else model
     # the value checks (host syncs: a CUDA graph cannot capture them) run once, outside the
     # timed step (run_provider), unless --keep-checks asks for them in the eager steps
     trusted = not (args.keep_checks and variant == "")
     return model, fwd, opt, variant, undo_env, trusted
+
+
+def use_cudnn_backward_lstm(model):
+    """Run ``model``'s backward network through its ``nn.LSTM`` module (cuDNN on a GPU): the
+    same weights and numbers as ``ops.lstm(..., reverse=True)`` up to cuDNN's rounding."""
+    lstm = getattr(model, "bwd_lstm", None)
+    if not isinstance(model, ZForcing) or not isinstance(lstm, torch.nn.LSTM):
+        raise Skip("the cudnn provider swaps ZForcing's backward LSTM for nn.LSTM; not this model")
+
+    def backward_states(y, mask=None):
+        if mask is not None:
+            raise ValueError("the cudnn provider handles unpadded batches only")
+        out, _ = lstm(model._embed(y).flip(0))
+        return out.flip(0)
+    model.backward_states = backward_states
 
 
 def force_stepwise():
@@ -300,7 +322,7 @@ def run(args) -> int:
     # (triton+graph after the rest: a failed capture is the likeliest to break the CUDA context)
     plan = []
     for name, _, _ in models:
-        for group in (("torch", "torch+graph", "triton", "triton-stepwise"), ("triton+graph", "triton-stepwise+graph"),
+        for group in (("torch", "torch+graph", "cudnn", "cudnn+graph", "triton", "triton-stepwise"), ("triton+graph", "triton-stepwise+graph"),
                       ("torch+compile",)):
             for c in case_names:
                 plan += [(name, c, p) for p in providers if p in group]

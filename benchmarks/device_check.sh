@@ -116,11 +116,11 @@ run_stage tests 140 "$OUT/tests.log" \
   "$PY" -m pytest -q --maxfail=10 tests -m "not slow" -k "$TESTS_K" -p no:cacheprovider -rfE
 [[ -f "$OUT/tests.log" ]] && tail -n 3 "$OUT/tests.log"
 
-# 2. the training step: eager, CUDA graph, Triton (persistent), Triton + graph, Triton stepwise
-# (TIMIT T40, SeqMNIST T784)
-run_stage train 90 "$LOG" \
+# 2. the training step: eager, CUDA graph (the reference; the reference with its backward LSTM
+# on cuDNN), Triton (persistent), Triton + graph, Triton stepwise (TIMIT T40, SeqMNIST T784)
+run_stage train 110 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results \
-  --providers torch,torch+graph,triton,triton+graph,triton-stepwise --warmup-ms 50 --rep-ms 200 --min-reps 5
+  --providers torch,torch+graph,cudnn,cudnn+graph,triton,triton+graph,triton-stepwise --warmup-ms 50 --rep-ms 200 --min-reps 5
 
 # 3. every op, fwd and fwd+bwd, fp32 then bf16: cuDNN, eager reference, Triton
 run_stage ops 65 "$LOG" \
@@ -144,7 +144,7 @@ run_stage trainer 45 "$LOG" \
 # hoisted step's CUDA graph vs ours, then lstm / chain vs cuDNN, in the same TF32 mode
 run_stage train-tf32 50 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --dtype tf32 \
-  --providers torch+graph,triton,triton+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
+  --providers torch+graph,cudnn+graph,triton,triton+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
 run_stage ops-tf32 30 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --ops lstm,zforcing_chain --dtypes tf32 \
   --providers cudnn,triton
