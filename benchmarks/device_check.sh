@@ -10,7 +10,7 @@
 # gets min(its own limit, time left); a stage that fails or times out is recorded and the next
 # one runs anyway. Installs nothing. A rerun can choose
 # stages: ZF_STAGES=train,ops (names: tests train ops other-models ops-compile trainer train-tf32
-# ops-tf32 train-compile; the persistent smoke test runs with tests).
+# train-bf16 ops-tf32 train-compile; the persistent smoke test runs with tests).
 #
 # $OUT (the folder that comes back; 7 files, no subfolders):
 #   persistent_smoke.log  persistent vs stepwise vs float64 lstm / zforcing_chain, benchmark shapes
@@ -31,7 +31,7 @@ LOG="$OUT/bench.log"
 PY="${PYTHON:-$(command -v python || command -v python3)}"
 TOTAL="${ZF_CHECK_SECONDS:-400}"
 # a rerun can pick stages, e.g. ZF_STAGES=train,ops bash benchmarks/device_check.sh
-WANT="${ZF_STAGES:-tests,train,ops,other-models,ops-compile,trainer,train-tf32,ops-tf32,train-compile}"
+WANT="${ZF_STAGES:-tests,train,ops,other-models,ops-compile,trainer,train-tf32,train-bf16,ops-tf32,train-compile}"
 START=$SECONDS
 STAGES=()
 FAILED=0
@@ -145,6 +145,10 @@ run_stage trainer 45 "$LOG" \
 run_stage train-tf32 50 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --dtype tf32 \
   --providers torch+graph,cudnn+graph,triton,triton+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
+# bfloat16 (the whole model cast): the step where the tensor cores carry the recurrence
+run_stage train-bf16 40 "$LOG" \
+  "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --dtype bfloat16 --cases timit \
+  --providers torch+graph,cudnn+graph,triton+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
 run_stage ops-tf32 30 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --ops lstm,zforcing_chain --dtypes tf32 \
   --providers cudnn,triton
