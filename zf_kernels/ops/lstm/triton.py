@@ -80,6 +80,7 @@ import triton.language as tl
 from .. import _persistent
 from .._persistent import MAX_POLLS, SCHEDULES, check_sync, num_sms, sync_buffer
 from .._triton_common import barrier_slots, dot_precision, grid_barrier, sigmoid, tanh
+from ._grads import lstm_input_grads
 
 __all__ = ["lstm", "lstm_cell", "explain_schedule", "SCHEDULES"]
 
@@ -529,7 +530,7 @@ class _LSTMFunction(torch.autograd.Function):
     def backward(ctx, d_out, d_hT, d_cT):
         x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, out, gates, c_all = ctx.saved_tensors
         reverse, schedule, cfg = ctx.reverse, ctx.schedule, ctx.cfg
-        T, B, I = x.shape
+        T, B, _ = x.shape
         H = weight_hh.shape[1]
         if ctx.consumed:
             # a second backward through a retained graph: rebuild the gates buffer
@@ -562,40 +563,9 @@ class _LSTMFunction(torch.autograd.Function):
                     gates, t * B4H, gates, t * B4H,
                     c_all, s * BH, c_all, (s + 1) * BH, dc, B, H,
                     HAS_DHX=last, HAS_NEXT=not last, **kw)
-        dgates = gates  # now holds d(loss)/d(pre-activations), (T, B, 4H)
-        dg2 = dgates.view(T * B, 4 * H)
-
-        need = ctx.needs_input_grad
-        grad_x = grad_w_ih = grad_w_hh = grad_b = grad_h0 = grad_c0 = None
-        if need[0]:
-            grad_x = torch.mm(dg2, weight_ih).view(T, B, I)
-        if need[1]:
-            grad_w_ih = torch.mm(dg2.t(), x.reshape(T * B, I))
-        t_first = steps[0]
-        if need[2]:
-            # sum_t dgates_t^T h_{t-1}: h_{t-1} = out of the previous step, h0 at the first one
-            if T > 1:
-                if reverse:
-                    grad_w_hh = torch.mm(dg2[: (T - 1) * B].t(), out[1:].reshape((T - 1) * B, H))
-                else:
-                    grad_w_hh = torch.mm(dg2[B:].t(), out[:-1].reshape((T - 1) * B, H))
-                if h0 is not None:
-                    grad_w_hh.addmm_(dgates[t_first].t(), h0)
-            elif h0 is not None:
-                grad_w_hh = torch.mm(dgates[t_first].t(), h0)
-            else:
-                grad_w_hh = torch.zeros_like(weight_hh)
-        if need[3] or need[4]:
-            grad_b = dg2.sum(0)
-        if h0 is not None and need[5]:
-            grad_h0 = torch.mm(dgates[t_first], weight_hh)
-        if c0 is not None and need[6]:
-            grad_c0 = dc.to(c0.dtype)
-        grad_b_ih = grad_b if need[3] else None
-        grad_b_hh = None
-        if need[4]:
-            grad_b_hh = grad_b.clone() if need[3] else grad_b
-        return grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_h0, grad_c0, None, None
+        # `gates` now holds d(loss)/d(pre-activations), (T, B, 4H); the rest is GEMMs
+        grads = lstm_input_grads(ctx.needs_input_grad, gates, dc, x, weight_ih, weight_hh, out, h0, c0, reverse)
+        return (*grads, None, None)
 
 
 def lstm(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, c0=None, reverse=False,
