@@ -1,0 +1,491 @@
+// Persistent LSTM recurrence: one cooperative launch per direction (see csrc/README.md).
+//
+// Block `bid` owns hidden units j in [bid * U, bid * U + U) (U = units_per_block) for the whole
+// sequence. Forward, it keeps the 4U rows of W_hh that produce its units' gates (i, f, g, o) in
+// shared memory, and its units' cell states c; each step it stages h_{t-1} chunk by chunk from
+// global memory (L2), forms the 4U x B gate dot products with per-thread 4 x 4 register tiles,
+// applies the cell update, writes h_t, c_t and the pre-activations, and meets the grid at one
+// grid sync (h_t of every unit is needed by every block for step t+1). Backward mirrors it with
+// the U columns of W_hh (dh_j = sum_r dgates_{t+1}[r] W_hh[r, j]) and dc in shared memory.
+//
+// No torch headers here: this file is compiled by nvcc (zf_kernels._C) and, with
+// -DZF_CPU_EMULATION, by g++ as a CPU library for the tests (zf_device.h).
+#include "lstm_kernels.h"
+#include "zf_device.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+
+namespace {
+
+constexpr int TB = 4;  // batch rows per register tile
+constexpr int TM = 4;  // W rows per register tile
+constexpr int DEFAULT_THREADS = 256;
+
+// exact-rounding math in both builds (setup.py and the JIT build do not pass --use_fast_math)
+#ifndef ZF_CPU_EMULATION
+ZF_DEVICE float zf_exp(float x) { return expf(x); }
+ZF_DEVICE double zf_exp(double x) { return exp(x); }
+ZF_DEVICE float zf_tanh(float x) { return tanhf(x); }
+ZF_DEVICE double zf_tanh(double x) { return tanh(x); }
+ZF_DEVICE float zf_fma(float a, float b, float c) { return fmaf(a, b, c); }
+ZF_DEVICE double zf_fma(double a, double b, double c) { return fma(a, b, c); }
+#else
+template <typename T> inline T zf_exp(T x) { return std::exp(x); }
+template <typename T> inline T zf_tanh(T x) { return std::tanh(x); }
+template <typename T> inline T zf_fma(T a, T b, T c) { return std::fma(a, b, c); }
+#endif
+template <typename T>
+ZF_DEVICE T zf_sigmoid(T x) { return T(1) / (T(1) + zf_exp(-x)); }
+
+template <typename T>
+struct Params {
+  // forward: gates (in gx, out z), h0, w, out, c_all
+  // backward: gates (in z, out dgates), d_out, d_hT, w, c_all, dc
+  T* gates;
+  const T* h0;
+  const T* d_out;
+  const T* d_hT;
+  const T* w;
+  T* out;
+  T* c_all;
+  const T* c_saved;
+  T* dc;
+  int T_, B, H, reverse;
+  ZfLstmPlan plan;
+  // byte offsets of the shared-memory regions
+  long long off_w, off_part, off_state, off_a;
+};
+
+// part[(group * ksplit + ks) * TB * TM + ib * TM + im] += A[b, k] * W[m, k] summed over this
+// block's K slice, for b = bg + ib * row_groups_b, m = mg + im * row_groups_m, k = ks (mod
+// ksplit), where group = bg * row_groups_m + mg. Rows are interleaved (not contiguous) so
+// neighbouring threads read neighbouring shared-memory rows. A (B x K, row stride lda) is
+// staged chunk by chunk into As; rows beyond B read as zero. Ends with a block barrier, after
+// which `part` holds the complete partial sums.
+template <typename T>
+ZF_DEVICE void block_matmul(const T* A, int lda, int B, const T* Ws, T* As, T* part,
+                            const ZfLstmPlan& p) {
+  const int tid = zf_tid(), nt = zf_nthreads();
+  const int bgs = p.row_groups_b, mgs = p.row_groups_m, ksplit = p.ksplit;
+  const int Bp = bgs * TB;
+  const int n_items = bgs * mgs * ksplit;
+  const int K = p.k, kc = p.kc, as = p.a_stride, ws = p.w_stride;
+  for (int k0 = 0; k0 < K; k0 += kc) {
+    const int kw = (K - k0 < kc) ? K - k0 : kc;
+    // the chunk was written by other blocks in this launch: L2 loads
+    for (int idx = tid; idx < Bp * kw; idx += nt) {
+      const int b = idx / kw, k = idx - b * kw;
+      As[b * as + k] = b < B ? zf_ldcg(A + static_cast<size_t>(b) * lda + k0 + k) : T(0);
+    }
+    zf_block_sync();
+    for (int item = tid; item < n_items; item += nt) {
+      const int ks = item % ksplit, grp = item / ksplit;
+      const int mg = grp % mgs, bg = grp / mgs;
+      T* pp = part + static_cast<size_t>(item) * (TB * TM);
+      T acc[TB][TM];
+ZF_UNROLL
+      for (int i = 0; i < TB; ++i)
+ZF_UNROLL
+        for (int j = 0; j < TM; ++j) acc[i][j] = k0 == 0 ? T(0) : pp[i * TM + j];
+      const T* a0 = As + bg * as;
+      const T* w0 = Ws + static_cast<size_t>(mg) * ws + k0;
+      for (int k = ks; k < kw; k += ksplit) {
+        T a[TB], w[TM];
+ZF_UNROLL
+        for (int i = 0; i < TB; ++i) a[i] = a0[i * bgs * as + k];
+ZF_UNROLL
+        for (int j = 0; j < TM; ++j) w[j] = w0[static_cast<size_t>(j) * mgs * ws + k];
+ZF_UNROLL
+        for (int i = 0; i < TB; ++i)
+ZF_UNROLL
+          for (int j = 0; j < TM; ++j) acc[i][j] = zf_fma(a[i], w[j], acc[i][j]);
+      }
+ZF_UNROLL
+      for (int i = 0; i < TB; ++i)
+ZF_UNROLL
+        for (int j = 0; j < TM; ++j) pp[i * TM + j] = acc[i][j];
+    }
+    zf_block_sync();  // part complete; As free for the next chunk
+  }
+}
+
+// sum over the ksplit partial tiles of element (b, m)
+template <typename T>
+ZF_DEVICE T tile_sum(const T* part, int b, int m, const ZfLstmPlan& p) {
+  const int bg = b % p.row_groups_b, ib = b / p.row_groups_b;
+  const int mg = m % p.row_groups_m, im = m / p.row_groups_m;
+  const T* pp = part + static_cast<size_t>((bg * p.row_groups_m + mg) * p.ksplit) * (TB * TM) +
+                ib * TM + im;
+  T s = T(0);
+  for (int ks = 0; ks < p.ksplit; ++ks) s += pp[static_cast<size_t>(ks) * (TB * TM)];
+  return s;
+}
+
+template <typename T>
+ZF_GLOBAL void lstm_fwd_kernel(Params<T> P) {
+  unsigned char* smem = zf_dynamic_smem();
+  T* Ws = reinterpret_cast<T*>(smem + P.off_w);
+  T* part = reinterpret_cast<T*>(smem + P.off_part);
+  T* cs = reinterpret_cast<T*>(smem + P.off_state);
+  T* As = reinterpret_cast<T*>(smem + P.off_a);
+  const ZfLstmPlan& p = P.plan;
+  const int tid = zf_tid(), nt = zf_nthreads();
+  const int U = p.units_per_block, j0 = zf_bid() * U;
+  const int H = P.H, B = P.B, T_ = P.T_;
+  const int Mp = p.row_groups_m * TM, ws = p.w_stride;
+  const size_t BH = static_cast<size_t>(B) * H, B4H = 4 * BH;
+
+  // resident W slice: smem row m = g * U + u holds W_hh row g * H + j0 + u (zeros past H)
+  for (int idx = tid; idx < Mp * H; idx += nt) {
+    const int m = idx / H, k = idx - m * H;
+    const int g = m / U, j = j0 + m % U;
+    Ws[static_cast<size_t>(m) * ws + k] =
+        (m < 4 * U && j < H) ? P.w[(static_cast<size_t>(g) * H + j) * H + k] : T(0);
+  }
+  for (int e = tid; e < B * U; e += nt) {
+    const int b = e / U, j = j0 + e % U;
+    cs[e] = j < H ? P.c_all[static_cast<size_t>(b) * H + j] : T(0);
+  }
+  zf_block_sync();
+
+  for (int s = 0; s < T_; ++s) {
+    const int t = P.reverse ? T_ - 1 - s : s;
+    const T* h_prev = s == 0 ? P.h0 : P.out + static_cast<size_t>(P.reverse ? t + 1 : t - 1) * BH;
+    block_matmul(h_prev, H, B, Ws, As, part, p);
+    for (int e = tid; e < B * U; e += nt) {
+      const int b = e / U, u = e % U, j = j0 + u;
+      if (j >= H) continue;
+      T* z = P.gates + t * B4H + static_cast<size_t>(b) * 4 * H + j;  // this unit's 4 gates
+      const T zi = z[0] + tile_sum(part, b, u, p);
+      const T zf = z[H] + tile_sum(part, b, U + u, p);
+      const T zg = z[2 * H] + tile_sum(part, b, 2 * U + u, p);
+      const T zo = z[3 * H] + tile_sum(part, b, 3 * U + u, p);
+      const T c = zf_sigmoid(zf) * cs[e] + zf_sigmoid(zi) * zf_tanh(zg);
+      const T h = zf_sigmoid(zo) * zf_tanh(c);
+      cs[e] = c;
+      z[0] = zi;  // saved for backward (the activations are recomputed there)
+      z[H] = zf;
+      z[2 * H] = zg;
+      z[3 * H] = zo;
+      P.out[t * BH + static_cast<size_t>(b) * H + j] = h;
+      P.c_all[(s + 1) * BH + static_cast<size_t>(b) * H + j] = c;
+    }
+    zf_grid_sync();  // h_t of every unit is complete before any block reads it
+  }
+}
+
+template <typename T>
+ZF_GLOBAL void lstm_bwd_kernel(Params<T> P) {
+  unsigned char* smem = zf_dynamic_smem();
+  T* Ws = reinterpret_cast<T*>(smem + P.off_w);
+  T* part = reinterpret_cast<T*>(smem + P.off_part);
+  T* dcs = reinterpret_cast<T*>(smem + P.off_state);
+  T* As = reinterpret_cast<T*>(smem + P.off_a);
+  const ZfLstmPlan& p = P.plan;
+  const int tid = zf_tid(), nt = zf_nthreads();
+  const int U = p.units_per_block, j0 = zf_bid() * U;
+  const int H = P.H, B = P.B, T_ = P.T_, H4 = 4 * H;
+  const int Mp = p.row_groups_m * TM, ws = p.w_stride;
+  const size_t BH = static_cast<size_t>(B) * H, B4H = 4 * BH;
+
+  // resident W slice, transposed: smem row u holds column j0 + u of W_hh (all 4H entries);
+  // global reads run along u (contiguous), so the load is coalesced
+  for (int idx = tid; idx < Mp * H4; idx += nt) {
+    const int r = idx / Mp, u = idx - r * Mp, j = j0 + u;
+    Ws[static_cast<size_t>(u) * ws + r] = (u < U && j < H) ? P.w[static_cast<size_t>(r) * H + j] : T(0);
+  }
+  for (int e = tid; e < B * U; e += nt) {
+    const int b = e / U, j = j0 + e % U;
+    dcs[e] = j < H ? P.dc[static_cast<size_t>(b) * H + j] : T(0);
+  }
+  zf_block_sync();
+
+  for (int s = T_ - 1; s >= 0; --s) {
+    const int t = P.reverse ? T_ - 1 - s : s;
+    const bool last = s == T_ - 1;
+    if (!last) {
+      // dh_t += dgates_{next step} @ W_hh, the next step's dgates written by all blocks
+      const int t_next = P.reverse ? t - 1 : t + 1;
+      block_matmul(P.gates + t_next * B4H, H4, B, Ws, As, part, p);
+    }
+    for (int e = tid; e < B * U; e += nt) {
+      const int b = e / U, u = e % U, j = j0 + u;
+      if (j >= H) continue;
+      const size_t bj = static_cast<size_t>(b) * H + j;
+      T dh = P.d_out[t * BH + bj];
+      if (last) dh += P.d_hT[bj];
+      else dh += tile_sum(part, b, u, p);
+      T* z = P.gates + t * B4H + static_cast<size_t>(b) * 4 * H + j;
+      const T i = zf_sigmoid(z[0]), f = zf_sigmoid(z[H]), g = zf_tanh(z[2 * H]),
+              o = zf_sigmoid(z[3 * H]);
+      const T c_prev = P.c_saved[s * BH + bj], c_new = P.c_saved[(s + 1) * BH + bj];
+      const T tc = zf_tanh(c_new);
+      const T dc = dcs[e] + dh * o * (T(1) - tc * tc);
+      z[0] = dc * g * i * (T(1) - i);  // dgates overwrite the pre-activations in place
+      z[H] = dc * c_prev * f * (T(1) - f);
+      z[2 * H] = dc * i * (T(1) - g * g);
+      z[3 * H] = dh * tc * o * (T(1) - o);
+      dcs[e] = dc * f;
+    }
+    zf_grid_sync();  // dgates_t of every unit is complete before any block reads it
+  }
+  for (int e = tid; e < B * U; e += nt) {
+    const int b = e / U, j = j0 + e % U;
+    if (j < H) P.dc[static_cast<size_t>(b) * H + j] = dcs[e];
+  }
+}
+
+// --------------------------------------------------------------------------------- planning
+
+void set_err(char* err, int errlen, const char* msg) {
+  if (err && errlen > 0) {
+    std::strncpy(err, msg, errlen - 1);
+    err[errlen - 1] = '\0';
+  }
+}
+
+long long align16(long long n) { return (n + 15) / 16 * 16; }
+int round_up(int n, int m) { return (n + m - 1) / m * m; }
+
+int plan_with(int backward, int B, int H, int elem_size, int threads, int units, long long smem_limit,
+              int num_sms, ZfLstmPlan* p, char* err, int errlen) {
+  char msg[640];
+  const char* dir = backward ? "backward" : "forward";
+  const char* dt = elem_size == 8 ? "float64" : "float32";
+  if (B < 1 || H < 1 || threads < 1 || num_sms < 1 || (elem_size != 4 && elem_size != 8)) {
+    std::snprintf(msg, sizeof msg, "invalid LSTM plan arguments B=%d H=%d elem_size=%d threads=%d SMs=%d",
+                  B, H, elem_size, threads, num_sms);
+    set_err(err, errlen, msg);
+    return ZF_DOES_NOT_FIT;
+  }
+  std::memset(p, 0, sizeof *p);
+  p->threads = threads;
+  p->units_per_block = units > 0 ? (units < H ? units : H) : (H + num_sms - 1) / num_sms;
+  p->blocks = (H + p->units_per_block - 1) / p->units_per_block;
+  p->rows = backward ? p->units_per_block : 4 * p->units_per_block;
+  p->k = backward ? 4 * H : H;
+  p->row_groups_b = (B + TB - 1) / TB;
+  p->row_groups_m = (p->rows + TM - 1) / TM;
+  const int groups = p->row_groups_b * p->row_groups_m;
+  int ksplit = threads / groups;
+  if (ksplit < 1) ksplit = 1;
+  if (ksplit > p->k) ksplit = p->k;
+  p->ksplit = ksplit;
+  // row strides padded so that the threads of a warp (consecutive k, then consecutive row
+  // groups) hit distinct shared-memory banks
+  p->w_stride = round_up(p->k, 32) + ksplit % 32;
+  const long long es = elem_size;
+  p->w_bytes = align16(static_cast<long long>(p->row_groups_m) * TM * p->w_stride * es);
+  p->part_bytes = align16(static_cast<long long>(groups) * ksplit * TB * TM * es);
+  p->state_bytes = align16(static_cast<long long>(B) * p->units_per_block * es);
+  const long long Bp = static_cast<long long>(p->row_groups_b) * TB;
+  const long long fixed = p->w_bytes + p->part_bytes + p->state_bytes;
+  const int a_pad = (ksplit * p->row_groups_m) % 32;
+  const long long avail = smem_limit - fixed;
+  long long kc = avail > 0 ? avail / (Bp * es) - 32 - a_pad : 0;  // room for the stride padding
+  if (kc >= p->k) kc = p->k;
+  else if (kc >= 32) kc = kc / 32 * 32;
+  const long long kc_min = p->k < 32 ? p->k : 32;
+  if (kc < kc_min) {
+    std::snprintf(msg, sizeof msg,
+                  "the CUDA lstm %s cannot run B=%d, H=%d in %s as one cooperative launch: each of its "
+                  "%d blocks holds %d hidden units, i.e. %lld bytes of W_hh + %lld of partial sums + "
+                  "%lld of cell state + at least %lld for a 32-wide chunk of the %s, more than the "
+                  "%lld bytes of shared memory a block can have (use backend='torch' or 'triton')",
+                  dir, B, H, dt, p->blocks, p->units_per_block, p->w_bytes, p->part_bytes,
+                  p->state_bytes, Bp * (kc_min + 32 + a_pad) * es, backward ? "dgates" : "hidden state",
+                  smem_limit);
+    set_err(err, errlen, msg);
+    return ZF_DOES_NOT_FIT;
+  }
+  p->kc = static_cast<int>(kc);
+  p->a_stride = round_up(p->kc, 32) + a_pad;
+  p->a_bytes = align16(Bp * p->a_stride * es);
+  p->smem_bytes = fixed + p->a_bytes;
+  return ZF_OK;
+}
+
+template <typename T>
+Params<T> params_for(const ZfLstmPlan& plan, int T_, int B, int H, int reverse) {
+  Params<T> P;
+  std::memset(static_cast<void*>(&P), 0, sizeof P);
+  P.T_ = T_;
+  P.B = B;
+  P.H = H;
+  P.reverse = reverse;
+  P.plan = plan;
+  P.off_w = 0;
+  P.off_part = plan.w_bytes;
+  P.off_state = P.off_part + plan.part_bytes;
+  P.off_a = P.off_state + plan.state_bytes;
+  return P;
+}
+
+#ifndef ZF_CPU_EMULATION
+// ------------------------------------------------------------------------------ CUDA launch
+
+int cuda_fail(cudaError_t e, const char* what, char* err, int errlen) {
+  char msg[512];
+  std::snprintf(msg, sizeof msg, "zf_kernels lstm: %s failed: %s", what, cudaGetErrorString(e));
+  set_err(err, errlen, msg);
+  return ZF_CUDA_ERROR;
+}
+
+#define ZF_CUDA_TRY(call, what)                                   \
+  do {                                                            \
+    cudaError_t e_ = (call);                                      \
+    if (e_ != cudaSuccess) return cuda_fail(e_, what, err, errlen); \
+  } while (0)
+
+int resolve_and_plan(int backward, int B, int H, int es, const ZfLstmLaunch* cfg, ZfLstmPlan* p,
+                     int* device_sms, char* err, int errlen) {
+  int dev = 0, sms = 0, smem_optin = 0, coop = 0;
+  ZF_CUDA_TRY(cudaGetDevice(&dev), "cudaGetDevice");
+  ZF_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute(SMs)");
+  ZF_CUDA_TRY(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
+              "cudaDeviceGetAttribute(shared memory)");
+  ZF_CUDA_TRY(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev),
+              "cudaDeviceGetAttribute(cooperative launch)");
+  if (!coop) {
+    set_err(err, errlen, "the CUDA lstm needs a device that supports cooperative launches");
+    return ZF_DOES_NOT_FIT;
+  }
+  *device_sms = sms;
+  const int threads = cfg && cfg->threads > 0 ? cfg->threads : DEFAULT_THREADS;
+  const int units = cfg ? cfg->units_per_block : 0;
+  const long long limit = cfg && cfg->smem_limit > 0 ? cfg->smem_limit : smem_optin;
+  const int nsm = cfg && cfg->num_sms > 0 ? cfg->num_sms : sms;
+  return plan_with(backward, B, H, es, threads, units, limit, nsm, p, err, errlen);
+}
+
+template <typename T>
+int launch(void (*kernel)(Params<T>), Params<T>& P, const char* dir, int device_sms, void* stream,
+           char* err, int errlen) {
+  const ZfLstmPlan& p = P.plan;
+  const int smem = static_cast<int>(p.smem_bytes);
+  ZF_CUDA_TRY(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+              "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+  int per_sm = 0;
+  ZF_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, p.threads, smem),
+              "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+  if (static_cast<long long>(per_sm) * device_sms < p.blocks) {
+    char msg[512];
+    std::snprintf(msg, sizeof msg,
+                  "the CUDA lstm %s cannot run B=%d, H=%d in %s: its %d blocks (%d hidden units, %d "
+                  "threads and %d bytes of shared memory each) must all be resident at once for the "
+                  "grid sync, but the device holds %d such blocks per SM x %d SMs = %d "
+                  "(use backend='torch' or 'triton')",
+                  dir,
+                  P.B, P.H, sizeof(T) == 8 ? "float64" : "float32", p.blocks, p.units_per_block,
+                  p.threads, smem, per_sm, device_sms, per_sm * device_sms);
+    set_err(err, errlen, msg);
+    return ZF_DOES_NOT_FIT;
+  }
+  void* args[] = {static_cast<void*>(&P)};
+  ZF_CUDA_TRY(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(p.blocks),
+                                          dim3(p.threads), args, static_cast<size_t>(smem),
+                                          static_cast<cudaStream_t>(stream)),
+              "cudaLaunchCooperativeKernel");
+  return ZF_OK;
+}
+
+#else
+// ----------------------------------------------------------------------- CPU emulation launch
+
+int resolve_and_plan(int backward, int B, int H, int es, const ZfLstmLaunch* cfg, ZfLstmPlan* p,
+                     int* device_sms, char* err, int errlen) {
+  // emulated "device": 4 SMs of 227 KB unless the caller says otherwise
+  const int threads = cfg && cfg->threads > 0 ? cfg->threads : 8;
+  const int units = cfg ? cfg->units_per_block : 0;
+  const long long limit = cfg && cfg->smem_limit > 0 ? cfg->smem_limit : 227 * 1024;
+  const int nsm = cfg && cfg->num_sms > 0 ? cfg->num_sms : 4;
+  *device_sms = nsm;
+  return plan_with(backward, B, H, es, threads, units, limit, nsm, p, err, errlen);
+}
+
+template <typename T>
+int launch(void (*kernel)(Params<T>), Params<T>& P, const char*, int, void*, char* err, int errlen) {
+  try {
+    zf_emu::launch(P.plan.blocks, P.plan.threads, static_cast<size_t>(P.plan.smem_bytes),
+                   [&] { kernel(P); });
+  } catch (const std::exception& e) {
+    set_err(err, errlen, e.what());
+    return ZF_CUDA_ERROR;
+  }
+  return ZF_OK;
+}
+#endif
+
+template <typename T>
+int forward(T* gates, const T* h0, const T* w, T* out, T* c_all, int T_, int B, int H, int reverse,
+            const ZfLstmLaunch* cfg, void* stream, char* err, int errlen) {
+  ZfLstmPlan plan;
+  int sms = 0;
+  int rc = resolve_and_plan(0, B, H, sizeof(T), cfg, &plan, &sms, err, errlen);
+  if (rc != ZF_OK) return rc;
+  if (T_ <= 0) return ZF_OK;
+  Params<T> P = params_for<T>(plan, T_, B, H, reverse);
+  P.gates = gates;
+  P.h0 = h0;
+  P.w = w;
+  P.out = out;
+  P.c_all = c_all;
+  return launch<T>(lstm_fwd_kernel<T>, P, "forward", sms, stream, err, errlen);
+}
+
+template <typename T>
+int backward(const T* d_out, const T* d_hT, const T* w, T* gates, const T* c_all, T* dc, int T_, int B,
+             int H, int reverse, const ZfLstmLaunch* cfg, void* stream, char* err, int errlen) {
+  ZfLstmPlan plan;
+  int sms = 0;
+  int rc = resolve_and_plan(1, B, H, sizeof(T), cfg, &plan, &sms, err, errlen);
+  if (rc != ZF_OK) return rc;
+  if (T_ <= 0) return ZF_OK;
+  Params<T> P = params_for<T>(plan, T_, B, H, reverse);
+  P.gates = gates;
+  P.d_out = d_out;
+  P.d_hT = d_hT;
+  P.w = w;
+  P.c_saved = c_all;
+  P.dc = dc;
+  return launch<T>(lstm_bwd_kernel<T>, P, "backward", sms, stream, err, errlen);
+}
+
+}  // namespace
+
+extern "C" {
+
+int zf_lstm_plan(int backward_, int B, int H, int elem_size, const ZfLstmLaunch* cfg, ZfLstmPlan* plan,
+                 char* err, int errlen) {
+  int sms = 0;
+  return resolve_and_plan(backward_, B, H, elem_size, cfg, plan, &sms, err, errlen);
+}
+
+int zf_lstm_forward_f32(float* gates, const float* h0, const float* w_hh, float* out, float* c_all, int T,
+                        int B, int H, int reverse, const ZfLstmLaunch* cfg, void* stream, char* err,
+                        int errlen) {
+  return forward<float>(gates, h0, w_hh, out, c_all, T, B, H, reverse, cfg, stream, err, errlen);
+}
+
+int zf_lstm_forward_f64(double* gates, const double* h0, const double* w_hh, double* out, double* c_all,
+                        int T, int B, int H, int reverse, const ZfLstmLaunch* cfg, void* stream, char* err,
+                        int errlen) {
+  return forward<double>(gates, h0, w_hh, out, c_all, T, B, H, reverse, cfg, stream, err, errlen);
+}
+
+int zf_lstm_backward_f32(const float* d_out, const float* d_hT, const float* w_hh, float* gates,
+                         const float* c_all, float* dc, int T, int B, int H, int reverse,
+                         const ZfLstmLaunch* cfg, void* stream, char* err, int errlen) {
+  return backward<float>(d_out, d_hT, w_hh, gates, c_all, dc, T, B, H, reverse, cfg, stream, err, errlen);
+}
+
+int zf_lstm_backward_f64(const double* d_out, const double* d_hT, const double* w_hh, double* gates,
+                         const double* c_all, double* dc, int T, int B, int H, int reverse,
+                         const ZfLstmLaunch* cfg, void* stream, char* err, int errlen) {
+  return backward<double>(d_out, d_hT, w_hh, gates, c_all, dc, T, B, H, reverse, cfg, stream, err, errlen);
+}
+
+}  // extern "C"

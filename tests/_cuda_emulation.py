@@ -1,0 +1,130 @@
+"""The CUDA LSTM kernels (csrc/lstm_kernels.cu) compiled by g++ as a CPU library
+(-DZF_CPU_EMULATION, csrc/zf_device.h: each block a group of std::threads, __syncthreads a
+per-block std::barrier, the grid sync a global one) and called with ctypes.
+
+``kernels(...)`` returns an object with the ``forward`` / ``backward`` methods that
+``zf_kernels.ops.lstm._cuda_function.run_lstm`` calls, so the tests run the real autograd glue
+with the real kernel source on CPU tensors. Builds are cached in the temp dir, keyed by the
+hash of the sources and flags (about 3 s each with g++ -O1)."""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+CSRC = Path(__file__).resolve().parent.parent / "csrc"
+SOURCES = ("lstm_kernels.cu", "lstm_kernels.h", "zf_device.h")
+BASE_FLAGS = ("-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-DZF_CPU_EMULATION")
+# the flag that turns the grid sync into a block barrier and runs the blocks one after another
+NO_GRID_SYNC = "-DZF_EMU_NO_GRID_SYNC"
+
+
+class ZfLstmLaunch(ctypes.Structure):
+    _fields_ = [("threads", ctypes.c_int), ("units_per_block", ctypes.c_int),
+                ("smem_limit", ctypes.c_longlong), ("num_sms", ctypes.c_int)]
+
+
+class ZfLstmPlan(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_int) for n in (
+        "blocks", "threads", "units_per_block", "rows", "k", "kc", "ksplit", "row_groups_b", "row_groups_m",
+        "w_stride", "a_stride")] + [(n, ctypes.c_longlong) for n in (
+            "w_bytes", "part_bytes", "state_bytes", "a_bytes", "smem_bytes")]
+
+
+def compiler() -> str | None:
+    return shutil.which(os.environ.get("CXX", "g++"))
+
+
+_LIBS: dict[tuple, ctypes.CDLL] = {}
+
+
+def library(extra_flags: tuple = ()) -> ctypes.CDLL:
+    """The emulation library built with ``extra_flags`` (cached on disk and per process)."""
+    key = tuple(extra_flags)
+    if key in _LIBS:
+        return _LIBS[key]
+    cxx = compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler (g++) to build the CPU emulation")
+    flags = BASE_FLAGS + key
+    h = hashlib.sha256(" ".join(flags).encode())
+    for name in SOURCES:
+        h.update(name.encode())
+        h.update((CSRC / name).read_bytes())
+    out_dir = Path(tempfile.gettempdir()) / "zf_kernels_cuda_emulation"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    so = out_dir / f"lstm_emu_{h.hexdigest()[:16]}.so"
+    if not so.exists():
+        tmp = out_dir / f"{so.stem}.{os.getpid()}.tmp.so"
+        cmd = [cxx, *flags, "-x", "c++", str(CSRC / "lstm_kernels.cu"), "-o", str(tmp)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"building the CPU emulation failed: {' '.join(cmd)}\n{proc.stderr[-4000:]}")
+        os.replace(tmp, so)  # atomic: a concurrent build writes the same bytes
+    lib = ctypes.CDLL(str(so))
+    ptr, i, err = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
+    cfg = ctypes.POINTER(ZfLstmLaunch)
+    for dt in ("f32", "f64"):
+        getattr(lib, f"zf_lstm_forward_{dt}").argtypes = [ptr] * 5 + [i] * 4 + [cfg, ptr, err, i]
+        getattr(lib, f"zf_lstm_backward_{dt}").argtypes = [ptr] * 6 + [i] * 4 + [cfg, ptr, err, i]
+    lib.zf_lstm_plan.argtypes = [i, i, i, i, cfg, ctypes.POINTER(ZfLstmPlan), err, i]
+    _LIBS[key] = lib
+    return lib
+
+
+class EmulationError(RuntimeError):
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def plan(lib, backward: bool, B: int, H: int, elem_size: int, launch: ZfLstmLaunch) -> ZfLstmPlan:
+    p = ZfLstmPlan()
+    buf = ctypes.create_string_buffer(1024)
+    rc = lib.zf_lstm_plan(int(backward), B, H, elem_size, ctypes.byref(launch), ctypes.byref(p), buf, 1024)
+    if rc != 0:
+        raise EmulationError(rc, buf.value.decode())
+    return p
+
+
+class EmulatedKernels:
+    """``forward`` / ``backward`` of csrc/lstm_kernels.h on contiguous CPU tensors."""
+
+    def __init__(self, lib, threads: int, units_per_block: int, smem_limit: int = 0, num_sms: int = 0):
+        self.lib = lib
+        self.launch = ZfLstmLaunch(threads, units_per_block, smem_limit, num_sms)
+        self.calls = []
+
+    @staticmethod
+    def _suffix(t):
+        return {torch.float32: "f32", torch.float64: "f64"}[t.dtype]
+
+    def _check(self, rc, buf):
+        if rc != 0:
+            raise EmulationError(rc, buf.value.decode())
+
+    def forward(self, gates, h0, w_hh, out, c_all, reverse):
+        T, B, H = out.shape
+        tensors = (gates, h0, w_hh, out, c_all)
+        assert all(t.is_contiguous() and t.dtype == gates.dtype for t in tensors)
+        buf = ctypes.create_string_buffer(1024)
+        fn = getattr(self.lib, f"zf_lstm_forward_{self._suffix(gates)}")
+        rc = fn(*(t.data_ptr() for t in tensors), T, B, H, int(reverse), ctypes.byref(self.launch), None, buf, 1024)
+        self.calls.append("forward")
+        self._check(rc, buf)
+
+    def backward(self, d_out, d_hT, w_hh, gates, c_all, dc, reverse):
+        T, B, H = d_out.shape
+        tensors = (d_out, d_hT, w_hh, gates, c_all, dc)
+        assert all(t.is_contiguous() and t.dtype == gates.dtype for t in tensors)
+        buf = ctypes.create_string_buffer(1024)
+        fn = getattr(self.lib, f"zf_lstm_backward_{self._suffix(gates)}")
+        rc = fn(*(t.data_ptr() for t in tensors), T, B, H, int(reverse), ctypes.byref(self.launch), None, buf, 1024)
+        self.calls.append("backward")
+        self._check(rc, buf)
