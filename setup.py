@@ -40,7 +40,9 @@ def _cuda_extensions():
     ext = CUDAExtension(
         name="zf_kernels._C",
         sources=sources,
-        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]},
+        include_dirs=[str(ROOT / "csrc")],
+        # no --use_fast_math: the LSTM kernels keep IEEE expf / tanhf (same numbers as torch)
+        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-lineinfo"]},
     )
     return [ext], {"build_ext": BuildExtension}
 

@@ -21,6 +21,10 @@ log = logging.getLogger("zf_kernels.ops")
 # op name -> backend -> "module:attribute" of a function with the op's exact signature
 # (without ``backend``).
 _REGISTRY: dict[str, dict[str, str]] = {}
+# (op, backend) -> why "auto" must not pick it (it still runs when requested explicitly).
+# Kept here rather than in the implementation module: importing that module may build an
+# extension, which "auto" should not pay for an implementation it will not use.
+_NOT_AUTO: dict[tuple[str, str], str] = {}
 _logged: set[tuple[str, str]] = set()
 
 
@@ -28,10 +32,16 @@ class BackendUnavailableError(RuntimeError):
     """An explicitly requested backend cannot run these arguments; the message says why."""
 
 
-def register(op: str, backend: str, target: str) -> None:
+def register(op: str, backend: str, target: str, *, not_auto: str | None = None) -> None:
+    """Register ``target`` as ``op``'s ``backend``; ``not_auto``: the reason "auto" skips it
+    (e.g. a kernel not yet verified on a GPU), which ``explain`` reports."""
     if backend not in BACKENDS[1:]:
         raise ValueError(f"unknown backend {backend!r}")
     _REGISTRY.setdefault(op, {})[backend] = target
+    if not_auto:
+        _NOT_AUTO[(op, backend)] = not_auto
+    else:
+        _NOT_AUTO.pop((op, backend), None)
 
 
 def _load(target: str) -> Callable:
@@ -64,25 +74,34 @@ def _why_not(op: str, backend: str, tensors) -> str | None:
         if devices != {"cuda"}:
             return f"the CUDA extension needs CUDA tensors (got {sorted(devices)})"
     try:
-        _load(target)
+        fn = _load(target)
     except ImportError as exc:
         hint = " (rebuild with `pip install -e .` on a machine with nvcc and a CUDA torch)" if backend == "cuda" else ""
         return f"cannot import the {backend} implementation of {op!r}: {exc}{hint}"
-    return None
+    # an implementation may carry ``unsupported(*tensors) -> str | None`` (e.g. dtypes it lacks)
+    unsupported = getattr(fn, "unsupported", None)
+    return unsupported(*tensors) if unsupported is not None else None
+
+
+def _on_cuda(tensors) -> bool:
+    return all(t.device.type == "cuda" for t in tensors if isinstance(t, torch.Tensor))
 
 
 def _auto_choice(op: str, tensors, detail: bool = True) -> tuple[str, str]:
-    reasons = []
-    on_cuda = all(t.device.type == "cuda" for t in tensors if isinstance(t, torch.Tensor))
-    if not on_cuda:
+    reasons, skipped = [], []
+    if not _on_cuda(tensors):
         return "torch", "tensors are not on CUDA: the fused kernels only pay off on a GPU"
     for candidate in ("cuda", "triton"):
+        if (op, candidate) in _NOT_AUTO and candidate in _REGISTRY.get(op, {}):
+            skipped.append(f"{candidate} not tried by 'auto': {_NOT_AUTO[(op, candidate)]}")
+            continue
         why = _why_not(op, candidate, tensors)
         if why is None:
             reason = f"{candidate} is available for {op!r}"
-            return candidate, (_with_detail(op, candidate, reason, tensors) if detail else reason)
+            reason = _with_detail(op, candidate, reason, tensors) if detail else reason
+            return candidate, "; ".join([reason] + skipped)
         reasons.append(f"{candidate}: {why}")
-    return "torch", "falling back to torch; " + "; ".join(reasons)
+    return "torch", "; ".join(["falling back to torch"] + reasons + skipped)
 
 
 def _with_detail(op: str, backend: str, reason: str, tensors) -> str:

@@ -9,6 +9,10 @@ __all__ = ["lstm", "lstm_cell"]
 
 _dispatch.register("lstm", "torch", f"{__name__}.naive:lstm_ref")
 _dispatch.register("lstm", "triton", f"{__name__}.triton:lstm")
+# The CUDA kernels have only run in their CPU emulation: "auto" takes them once a GPU run has
+# verified them (then drop not_auto).
+_dispatch.register("lstm", "cuda", f"{__name__}.cuda:lstm",
+                   not_auto="the CUDA lstm has not been verified on a GPU yet; pass backend='cuda' to use it")
 _dispatch.register("lstm_cell", "torch", f"{__name__}.naive:lstm_cell_ref")
 _dispatch.register("lstm_cell", "triton", f"{__name__}.triton:lstm_cell")
 

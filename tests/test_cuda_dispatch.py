@@ -1,0 +1,99 @@
+"""How ``backend="cuda"`` and ``"auto"`` treat the CUDA LSTM on any machine: "auto" never picks
+it before a GPU run has verified it (and says so), an explicit request on CPU tensors or an
+unsupported dtype is refused with the reason, and the extension loader turns every failure
+into an ImportError carrying the reason."""
+import pytest
+import torch
+
+from zf_kernels import ops
+from zf_kernels.ops import _cuda_ext, _dispatch
+from zf_kernels.ops.lstm._cuda_function import why_unsupported
+
+
+def _lstm_args(dtype=torch.float32):
+    T, B, I, H = 3, 2, 4, 5
+    return torch.randn(T, B, I, dtype=dtype), torch.randn(4 * H, I, dtype=dtype), torch.randn(4 * H, H, dtype=dtype)
+
+
+def test_cuda_lstm_is_registered_but_not_eligible_for_auto():
+    assert "cuda" in _dispatch._REGISTRY["lstm"]
+    assert "not been verified on a GPU" in _dispatch._NOT_AUTO[("lstm", "cuda")]
+
+
+def test_cuda_auto_skips_the_unverified_lstm_without_loading_it(monkeypatch):
+    """On CUDA tensors (simulated), "auto" never asks whether the CUDA lstm can run (which
+    would import it: a JIT build) and explain() reports why it was not tried."""
+    asked = []
+
+    def fake_why_not(op, backend, tensors):
+        asked.append(backend)
+        return "triton unavailable in this test" if backend == "triton" else None
+
+    monkeypatch.setattr(_dispatch, "_on_cuda", lambda tensors: True)
+    monkeypatch.setattr(_dispatch, "_why_not", fake_why_not)
+    backend, reason = ops.explain("lstm", *_lstm_args())
+    assert backend == "torch" and asked == ["triton"]
+    assert "cuda not tried by 'auto': the CUDA lstm has not been verified on a GPU yet; " \
+           "pass backend='cuda' to use it" in reason
+    # with triton usable, auto takes it and still says why cuda was passed over
+    monkeypatch.setattr(_dispatch, "_why_not", lambda op, backend, tensors: None)
+    monkeypatch.setattr(_dispatch, "_with_detail", lambda op, backend, reason, tensors: reason)
+    backend, reason = ops.explain("lstm", *_lstm_args())
+    assert backend == "triton" and "cuda not tried by 'auto'" in reason
+    # only the lstm's cuda backend is flagged
+    assert [k for k in _dispatch._NOT_AUTO] == [("lstm", "cuda")]
+
+
+def test_cuda_explicit_backend_on_cpu_tensors_says_why():
+    x, w_ih, w_hh = _lstm_args()
+    with pytest.raises(ops.BackendUnavailableError, match="CUDA tensors"):
+        ops.lstm(x, w_ih, w_hh, backend="cuda")
+    backend, reason = ops.explain("lstm", x, w_ih, w_hh, backend="cuda")
+    assert backend == "cuda" and "CUDA tensors" in reason
+
+
+def test_cuda_lstm_names_unsupported_dtypes_and_devices():
+    assert "float32 and float64" in why_unsupported(torch.zeros(1, dtype=torch.bfloat16))
+    assert "float32 and float64" in why_unsupported(torch.zeros(1, dtype=torch.float16))
+    assert "CUDA tensors" in why_unsupported(torch.zeros(1))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the loader's message on a machine without CUDA")
+def test_cuda_extension_loader_explains_why_it_cannot_load(monkeypatch):
+    monkeypatch.setattr(_cuda_ext, "_cached", None)
+    with pytest.raises(ImportError, match="no prebuilt zf_kernels._C") as info:
+        _cuda_ext.load()
+    assert "CPU-only build" in str(info.value) or "no CUDA device" in str(info.value)
+    # the outcome is cached: the second call does not try again, and says the same
+    with pytest.raises(ImportError, match="no prebuilt zf_kernels._C"):
+        _cuda_ext.load()
+    # ... and _dispatch carries it into its reason for CUDA tensors (simulated)
+    monkeypatch.setattr(_dispatch, "_on_cuda", lambda tensors: True)
+    monkeypatch.setattr(torch.Tensor, "device", property(lambda self: torch.device("cuda", 0)))
+    why = _dispatch._why_not("lstm", "cuda", _lstm_args())
+    assert why is not None and "cannot import the cuda implementation" in why and "zf_kernels._C" in why
+
+
+def test_cuda_sources_are_what_setup_builds():
+    names = sorted(p.name for p in _cuda_ext.sources())
+    assert names == ["bindings.cpp", "lstm_kernels.cu"]
+
+
+def test_cuda_bench_provider_records_a_row_where_it_cannot_run(tmp_path):
+    """bench_ops --providers cuda: an lstm row per mode, 'unavailable' with the reason on a CPU
+    (on a GPU whose build fails: the build error), never an aborted run."""
+    import json
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    from benchmarks import bench_ops
+    argv = ["--smoke", "--device", "cpu", "--out", str(tmp_path), "--name", "c", "--fresh", "--quiet",
+            "--providers", "cuda,torch", "--ops", "lstm,gaussian_kl"]
+    assert bench_ops.main(argv) == 0
+    rows = json.loads((tmp_path / "c.json").read_text())["rows"]
+    cuda_rows = [r for r in rows if r["provider"] == "cuda"]
+    assert {r["op"] for r in cuda_rows} == {"lstm"} and len(cuda_rows) == 2, rows
+    assert all(r["status"] == "unavailable" and "CUDA tensors" in r["note"] for r in cuda_rows), cuda_rows
+    assert any(r["provider"] == "torch" and r["status"] == "ok" for r in rows)

@@ -1,0 +1,138 @@
+"""GPU tests of ``ops.lstm(backend="cuda")`` (the persistent kernels of csrc/, loaded or JIT-built
+by zf_kernels/ops/_cuda_ext.py), against the torch reference: random shapes in float32, float64
+with gradcheck, the DESIGN s.2 benchmark shapes, NaN-prefilled outputs, and the errors for shapes
+that cannot be resident. Skipped without CUDA; on a GPU a failed build fails them (with the
+compiler's reason), it does not skip them."""
+import math
+
+import pytest
+import torch
+
+from zf_kernels import ops
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+@pytest.fixture(scope="module")
+def cuda_lstm():
+    from zf_kernels.ops.lstm import cuda   # builds the extension on first use (about a minute)
+    return cuda
+
+
+def _inputs(T, B, I, H, dtype, seed=0, biases=True, states=True):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, scale=1.0):
+        t = scale * torch.randn(*shape, generator=g, dtype=torch.float64)
+        return t.to(device="cuda", dtype=dtype).requires_grad_()
+
+    args = [r(T, B, I), r(4 * H, I, scale=1 / math.sqrt(I)), r(4 * H, H, scale=1 / math.sqrt(H)),
+            r(4 * H, scale=0.1) if biases else None, r(4 * H, scale=0.1) if biases else None,
+            r(B, H, scale=0.5) if states else None, r(B, H, scale=0.5) if states else None]
+    grads = [torch.randn(T, B, H, generator=g, dtype=torch.float64).to("cuda", dtype),
+             torch.randn(B, H, generator=g, dtype=torch.float64).to("cuda", dtype),
+             torch.randn(B, H, generator=g, dtype=torch.float64).to("cuda", dtype)]
+    return args, grads
+
+
+class _NaNFilled:
+    """The extension's kernels with every buffer they write pre-filled with NaN."""
+
+    def __init__(self, kernels):
+        self.k = kernels
+
+    def forward(self, gates, h0, w_hh, out, c_all, reverse):
+        out.fill_(float("nan"))
+        c_all[1:].fill_(float("nan"))
+        self.k.forward(gates, h0, w_hh, out, c_all, reverse)
+
+    def backward(self, *args):
+        self.k.backward(*args)
+
+
+def _outputs_and_grads(fn, args, grads):
+    out, (h, c) = fn(*args)
+    leaves = [a for a in args if a is not None]
+    got = torch.autograd.grad([out, h, c], leaves, grads)
+    return [t.detach() for t in (out, h, c, *got)]
+
+
+def _compare(cuda_lstm, T, B, I, H, dtype, reverse, tol, units_per_block=0, **kw):
+    from zf_kernels.ops.lstm._cuda_function import run_lstm
+    args, grads = _inputs(T, B, I, H, dtype, **kw)
+    kernels = _NaNFilled(cuda_lstm._ExtensionKernels(units_per_block))
+    got = _outputs_and_grads(lambda *a: run_lstm(kernels, *a, reverse=reverse), args, grads)
+    # reference in float64 (the float32 one would add its own rounding to the comparison)
+    args64 = [None if a is None else a.detach().double().requires_grad_() for a in args]
+    ref = _outputs_and_grads(lambda *a: ops.lstm(*a, reverse=reverse, backend="torch"), args64,
+                             [g.double() for g in grads])
+    for i, (a, b) in enumerate(zip(got, ref)):
+        assert torch.isfinite(a).all(), f"output/grad {i} has non-finite values"
+        err = (a.double() - b).norm() / b.norm().clamp_min(1e-30)
+        assert err < tol, f"output/grad {i}: relative error {err:.2e} >= {tol}"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cuda_lstm_random_shapes_float32(cuda_lstm, seed):
+    g = torch.Generator().manual_seed(100 + seed)
+    T, B, I, H = (int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in ((1, 12), (1, 40), (1, 70), (1, 300)))
+    for reverse in (False, True):
+        _compare(cuda_lstm, T, B, I, H, torch.float32, reverse, 1e-5, seed=seed, biases=seed % 2 == 0,
+                 states=seed < 2)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("units", [0, 1, 3])
+def test_cuda_lstm_small_odd_shapes_float64(cuda_lstm, reverse, units):
+    _compare(cuda_lstm, 7, 5, 3, 13, torch.float64, reverse, 1e-12, units_per_block=units)
+    _compare(cuda_lstm, 1, 1, 2, 5, torch.float64, reverse, 1e-12, units_per_block=units, states=False)
+
+
+def test_cuda_lstm_gradcheck_float64(cuda_lstm):
+    args, _ = _inputs(4, 3, 2, 5, torch.float64, seed=7)
+
+    def fn(*a):
+        out, (h, c) = cuda_lstm.lstm(*a, reverse=True, units_per_block=2)
+        return out, h, c
+    assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("T,B,I,H", [(40, 32, 512, 1024), (60, 32, 64, 512)],
+                         ids=["T40 B32 I512 H1024", "T784 B32 I64 H512 (T=60)"])
+def test_cuda_lstm_benchmark_shapes_float32(cuda_lstm, T, B, I, H):
+    for reverse in (False, True):
+        _compare(cuda_lstm, T, B, I, H, torch.float32, reverse, 2e-5)
+    fwd, bwd = cuda_lstm.plan(torch.empty(T, B, I, device="cuda"), torch.empty(4 * H, H, device="cuda"))
+    assert fwd["blocks"] <= torch.cuda.get_device_properties(0).multi_processor_count
+
+
+def test_cuda_lstm_through_the_public_op(cuda_lstm):
+    args, grads = _inputs(5, 4, 3, 24, torch.float32)
+    got = _outputs_and_grads(lambda *a: ops.lstm(*a, backend="cuda"), args, grads)
+    ref = _outputs_and_grads(lambda *a: ops.lstm(*a, backend="torch"), args, grads)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    backend, why = ops.explain("lstm", *args[:3], backend="cuda")
+    assert backend == "cuda" and "cooperative launch" in why
+    # not verified yet -> "auto" does not take it
+    backend, why = ops.explain("lstm", *args[:3])
+    assert backend != "cuda" and "not been verified on a GPU" in why
+
+
+def test_cuda_lstm_refuses_unsupported_dtype(cuda_lstm):
+    x = torch.zeros(2, 2, 3, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(ops.BackendUnavailableError, match="float32 and float64"):
+        ops.lstm(x, torch.zeros(16, 3, device="cuda", dtype=torch.bfloat16),
+                 torch.zeros(16, 4, device="cuda", dtype=torch.bfloat16), backend="cuda")
+
+
+def test_cuda_lstm_shape_that_cannot_be_resident_raises(cuda_lstm):
+    """Co-residency: one hidden unit per block at H=4096 needs 4096 resident blocks."""
+    args, _ = _inputs(2, 2, 3, 4096, torch.float32, biases=False, states=False)
+    with pytest.raises(ValueError, match=r"B=2, H=4096.*resident"):
+        cuda_lstm.lstm(*args, units_per_block=1)
+    # automatic partition: ceil(4096 / SMs) units per block do not fit in shared memory
+    with pytest.raises(ValueError, match=r"B=2, H=4096.*shared memory"):
+        cuda_lstm.lstm(*args)
+    torch.cuda.synchronize()   # nothing was launched: the device is still healthy

@@ -1,0 +1,93 @@
+"""Loads the CUDA extension ``zf_kernels._C`` (csrc/): the one ``setup.py`` built, else a JIT
+build with ``torch.utils.cpp_extension.load`` on first use, where torch has CUDA and nvcc exists.
+Any failure is an ImportError carrying the reason (``_dispatch`` turns it into the message of
+``BackendUnavailableError``); the outcome is cached, so a failed build is not retried per call.
+
+The JIT build compiles for the current GPU (``sm_90a`` on an H100 / H200) into
+``$ZF_KERNELS_CACHE/torch_ext/<hash>`` (default ``~/.cache/zf_kernels``), the hash covering
+the sources, torch's version and the architecture, so an edit of csrc/ rebuilds and an
+unchanged tree reuses the build. A prebuilt ``zf_kernels._C`` from ``pip install -e .`` is
+used as it is: rebuild it after editing csrc/.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+CSRC = Path(__file__).resolve().parent.parent.parent / "csrc"
+NVCC_FLAGS = ["-O3", "-lineinfo"]   # no --use_fast_math: the kernels keep IEEE expf / tanhf
+
+_cached = None   # the module, or the ImportError of the first attempt
+
+
+def sources() -> list[Path]:
+    """What setup.py compiles: csrc/*.c* (the .cu kernels and the .cpp bindings)."""
+    return sorted(CSRC.glob("*.c*"))
+
+
+def _nvcc() -> str | None:
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    cand = Path(home, "bin", "nvcc") if home else None
+    return str(cand) if cand is not None and cand.exists() else None
+
+
+def _arch() -> str:
+    major, minor = torch.cuda.get_device_capability()
+    # sm_90a: the Hopper-specific target (wgmma etc. for later versions of the kernels)
+    return f"{major}{minor}" + ("a" if (major, minor) == (9, 0) else "")
+
+
+def _jit_build():
+    if torch.version.cuda is None:
+        raise ImportError(f"torch {torch.__version__} is a CPU-only build")
+    if not torch.cuda.is_available():
+        raise ImportError("torch sees no CUDA device")
+    if _nvcc() is None:
+        raise ImportError("nvcc not found (neither on PATH nor in $CUDA_HOME/bin)")
+    srcs = sources()
+    if not srcs:
+        raise ImportError(f"no sources in {CSRC}")
+    arch = _arch()
+    h = hashlib.sha256(f"{torch.__version__} {torch.version.cuda} sm_{arch} {NVCC_FLAGS}".encode())
+    for p in sorted(CSRC.glob("*")):
+        if p.is_file():
+            h.update(p.name.encode())
+            h.update(p.read_bytes())
+    tag = h.hexdigest()[:12]
+    cache = Path(os.environ.get("ZF_KERNELS_CACHE", Path.home() / ".cache" / "zf_kernels"))
+    build_dir = cache / "torch_ext" / tag
+    build_dir.mkdir(parents=True, exist_ok=True)
+    from torch.utils.cpp_extension import load
+    try:
+        return load(name=f"zf_kernels_C_{tag}", sources=[str(p) for p in srcs],
+                    extra_cflags=["-O3"], extra_include_paths=[str(CSRC)],
+                    extra_cuda_cflags=NVCC_FLAGS + [f"-gencode=arch=compute_{arch},code=sm_{arch}"],
+                    build_directory=str(build_dir), verbose=os.environ.get("ZF_KERNELS_VERBOSE_BUILD") == "1")
+    except Exception as exc:  # noqa: BLE001 - compiler errors come in many types
+        msg = " ".join(str(exc).split())[-1500:]
+        raise ImportError(f"the JIT build of csrc/ failed ({type(exc).__name__}: {msg}); "
+                          f"ZF_KERNELS_VERBOSE_BUILD=1 shows the compiler output") from exc
+
+
+def load():
+    """The extension module; ImportError with the reason where it cannot be had."""
+    global _cached
+    if _cached is None:
+        try:
+            _cached = importlib.import_module("zf_kernels._C")
+        except ImportError as prebuilt:
+            try:
+                _cached = _jit_build()
+            except ImportError as exc:
+                _cached = ImportError(f"no prebuilt zf_kernels._C ({prebuilt}) and no JIT build: {exc}")
+    if isinstance(_cached, ImportError):
+        raise ImportError(str(_cached))
+    return _cached
