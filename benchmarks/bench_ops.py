@@ -12,6 +12,9 @@ Providers:
            note says which)
   triton-stepwise  ``lstm``, ``zforcing_chain``, ``zforcing_chain_ln`` only: forced to launch per step
   cudnn    ``torch.nn.LSTM`` (cuDNN on a GPU) with the same weights; ``lstm`` only
+  cuda     the CUDA extension (csrc/: one cooperative launch per direction), ``backend="cuda"``;
+           ``lstm`` only. The first call loads or JIT-builds ``zf_kernels._C``; a build that
+           fails, or a shape that cannot be resident, is a failed row with the reason
 
 Modes: ``fwd`` is the forward pass as in training (inputs require grad, so autograd saves what
 backward needs); ``fwd+bwd`` adds one ``torch.autograd.backward`` with fixed random upstream
@@ -39,7 +42,7 @@ from zf_kernels.ops.distributions import naive as dist_naive  # noqa: E402
 from zf_kernels.ops.lstm import naive as lstm_naive  # noqa: E402
 from zf_kernels.ops.recurrence import naive as chain_naive  # noqa: E402
 
-PROVIDERS = ("torch", "compile", "triton", "triton-stepwise", "cudnn")
+PROVIDERS = ("torch", "compile", "triton", "triton-stepwise", "cudnn", "cuda")
 MODES = ("fwd", "fwd+bwd")
 SCHEDULED = ("lstm", "zforcing_chain", "zforcing_chain_ln")   # persistent and stepwise Triton schedules
 OPS = ("lstm", "lstm_cell", "zforcing_chain", "zforcing_chain_ln", "reparameterize", "gaussian_kl",
@@ -270,7 +273,7 @@ def run(args) -> int:
     plan = []
     for dt in dtypes:
         for c in all_cases:
-            plan += [(c, dt, p) for p in ("cudnn", "torch", "triton", "triton-stepwise")
+            plan += [(c, dt, p) for p in ("cudnn", "torch", "triton", "triton-stepwise", "cuda")
                      if p in providers and (p in ("torch", "triton") or c.op == "lstm"
                                             or (p == "triton-stepwise" and c.op in SCHEDULED))]
     if "compile" in providers:
@@ -319,6 +322,8 @@ def run_provider(case, dtype, provider, modes, base, res, device, timing, ref_ca
             note = common.compile_note(counters_before)
         if provider == "cudnn":
             note = _rnn_kernel(inp.module, inp.args[0])
+        if provider == "cuda":
+            note = ops.explain(case.op, *inp.args, backend="cuda")[1].removeprefix("requested; ")
         if provider.startswith("triton") and case.op in SCHEDULED:
             note = ops.explain(case.op, *inp.args, backend="triton")[1].removeprefix("requested; ")
             if provider == "triton-stepwise":
