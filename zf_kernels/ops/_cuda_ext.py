@@ -58,7 +58,7 @@ def _jit_build():
     arch = _arch()
     h = hashlib.sha256(f"{torch.__version__} {torch.version.cuda} sm_{arch} {NVCC_FLAGS}".encode())
     for p in sorted(CSRC.glob("*")):
-        if p.is_file():
+        if p.suffix in (".cu", ".cpp", ".h", ".cuh"):   # what the build reads
             h.update(p.name.encode())
             h.update(p.read_bytes())
     tag = h.hexdigest()[:12]
