@@ -4,17 +4,19 @@
 #     bash benchmarks/device_check.sh
 #     ZF_GIT_COMMIT=<sha> bash benchmarks/device_check.sh     # the device copy has no .git
 #
-# Budget: about 7 minutes on an H100 (a persistent-kernel smoke test of <= 75 s, then the
-# stages, all within ZF_CHECK_SECONDS, default 400 s, then ~15 s of report; at most ~7 min),
-# so a 15-minute device session can start the machine and still rerun part of it. Every stage
+# Budget: at most ~9 minutes (a persistent-kernel smoke test of <= 75 s, then the stages, all
+# within ZF_CHECK_SECONDS, default 440 s, then ~20 s of report), under the device tool's
+# 10-minute command limit (run it with timeout_s 590); stages are ordered by what the open
+# issues need, so the last ones are the first to be skipped. Every stage
 # gets min(its own limit, time left); a stage that fails or times out is recorded and the next
 # one runs anyway. Installs nothing. A rerun can choose
-# stages: ZF_STAGES=train,ops (names: tests train ops other-models ops-compile trainer train-tf32
-# train-bf16 ops-tf32 train-compile; the persistent smoke test runs with tests).
+# stages: ZF_STAGES=train,ops (names: tests train ops other-models ops-compile trainer cuda-tests
+# ops-cuda train-tf32 train-bf16 ops-tf32 train-compile; the persistent smoke test runs with tests).
 #
-# $OUT (the folder that comes back; 7 files, no subfolders):
+# $OUT (the folder that comes back; 8 files, no subfolders):
 #   persistent_smoke.log  persistent vs stepwise vs float64 lstm / zforcing_chain, benchmark shapes
-#   tests.log      pytest -k "triton or gpu" on the GPU (--maxfail=10)
+#   tests.log      pytest -k "triton or gpu" on the GPU (--maxfail=10), the CUDA extension's tests aside
+#   cuda_tests.log tests/test_cuda_lstm.py: builds zf_kernels._C (JIT) and checks it on the GPU
 #   bench.log      everything the benchmark stages printed
 #   results.csv    one row per measurement (benchmarks/common.py FIELDS)
 #   results.json   the same rows + the environment (GPU, driver, clocks, versions, commit)
@@ -29,9 +31,9 @@ OUT="${OUT:-/tmp/zf_device_out}"
 mkdir -p "$OUT"
 LOG="$OUT/bench.log"
 PY="${PYTHON:-$(command -v python || command -v python3)}"
-TOTAL="${ZF_CHECK_SECONDS:-400}"
+TOTAL="${ZF_CHECK_SECONDS:-440}"
 # a rerun can pick stages, e.g. ZF_STAGES=train,ops bash benchmarks/device_check.sh
-WANT="${ZF_STAGES:-tests,train,ops,other-models,ops-compile,trainer,train-tf32,train-bf16,ops-tf32,train-compile}"
+WANT="${ZF_STAGES:-tests,train,ops,other-models,ops-compile,trainer,cuda-tests,ops-cuda,train-tf32,train-bf16,ops-tf32,train-compile}"
 START=$SECONDS
 STAGES=()
 FAILED=0
@@ -109,11 +111,13 @@ fi
 
 # 1. the GPU tests (Triton kernels compiled for the card, half precision, GPU-only cases)
 # (after a failed smoke test, without the cases that force schedule="persistent": the failure
-# is already known, and a device-side assert would end the whole pytest process)
+# is already known, and a device-side assert would end the whole pytest process). The CUDA
+# extension's tests run in their own stage (cuda-tests) for the same reason.
 TESTS_K="triton or gpu"
 [[ -n "${FALLBACK:-}" ]] && TESTS_K="(triton or gpu) and not persistent"
 run_stage tests 140 "$OUT/tests.log" \
-  "$PY" -m pytest -q --maxfail=10 tests -m "not slow" -k "$TESTS_K" -p no:cacheprovider -rfE
+  "$PY" -m pytest -q --maxfail=10 tests -m "not slow" -k "$TESTS_K" --ignore-glob='tests/test_cuda_*.py' \
+  -p no:cacheprovider -rfE
 [[ -f "$OUT/tests.log" ]] && tail -n 3 "$OUT/tests.log"
 
 # 2. the training step: eager, CUDA graph (the reference; the reference with its backward LSTM
@@ -140,6 +144,14 @@ run_stage trainer 45 "$LOG" \
   "$PY" benchmarks/bench_trainer.py --out "$OUT" --name results --cases timit \
   --providers torch,torch+cuda-graph,triton,triton+cuda-graph --steps 20 --warmup-steps 5
 
+# 5c. the CUDA extension (csrc/, never run on a GPU before): JIT build (~30-60 s) and its GPU
+# tests, then ops.lstm backend="cuda" against cuDNN
+run_stage cuda-tests 120 "$OUT/cuda_tests.log" \
+  "$PY" -m pytest -q --maxfail=5 tests/test_cuda_lstm.py -p no:cacheprovider -rfE
+[[ -f "$OUT/cuda_tests.log" ]] && tail -n 3 "$OUT/cuda_tests.log"
+run_stage ops-cuda 40 "$LOG" \
+  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --ops lstm --dtypes float32 --providers cudnn,cuda
+
 # 6. TF32 (float32 tensors, TF32 matmuls allowed for torch, cuDNN and the Triton kernels): the
 # hoisted step's CUDA graph vs ours, then lstm / chain vs cuDNN, in the same TF32 mode
 run_stage train-tf32 50 "$LOG" \
@@ -161,7 +173,8 @@ run_stage train-compile 60 "$LOG" \
 # 8. report: chart + summary (outside the budget above: ~20 s)
 if [[ -f "$OUT/results.json" ]]; then
   timeout 40 "$PY" benchmarks/plot.py "$OUT/results.json" >>"$LOG" 2>&1 || echo "plot failed (see bench.log)"
-  timeout 20 "$PY" benchmarks/summarize.py "$OUT/results.json" --tests-log "$OUT/tests.log" >"$OUT/summary.md" 2>>"$LOG" \
+  timeout 20 "$PY" benchmarks/summarize.py "$OUT/results.json" --tests-log "$OUT/tests.log" \
+    --tests-log "$OUT/cuda_tests.log" >"$OUT/summary.md" 2>>"$LOG" \
     || echo "summary failed (see bench.log)"
 else
   echo "no results.json: every benchmark stage failed (see bench.log)" | tee "$OUT/summary.md"

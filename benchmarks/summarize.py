@@ -185,7 +185,7 @@ def tests_summary(path: Path) -> list[str]:
     failed = [ln for ln in lines if ln.startswith(("FAILED", "ERROR"))]
     final = [ln for ln in lines if re.search(r"\b(passed|failed|error|errors|skipped|no tests ran)\b", ln)
              and ("==" in ln or re.match(r"^\d+ ", ln))]
-    out = ["## Tests (GPU: -k 'triton or gpu')"]
+    out = [f"## Tests ({path.name})"]
     out += [f"  {ln[:160]}" for ln in failed[:5]]
     if final:
         out.append(f"  {final[-1][:200]}")
@@ -195,15 +195,17 @@ def tests_summary(path: Path) -> list[str]:
     return out
 
 
-def summarize(path: Path, tests_log: Path | None = None, show_all: bool = False) -> str:
+def summarize(path: Path, tests_log=None, show_all: bool = False) -> str:
+    """``tests_log``: a pytest log path, or a list of them (each gets its summary lines)."""
     rows, env = load_rows(path)
     rows = latest(rows)
     head = (f"# {env.get('gpu', '?')} | torch {env.get('torch')} | triton {env.get('triton')} | CUDA "
             f"{env.get('cuda')} | cuDNN {env.get('cudnn')} | {env.get('date')} | commit "
             f"{str(env.get('git_commit'))[:12]} src {env.get('source_hash')}")
     parts = [head, ""]
-    if tests_log is not None:
-        parts += tests_summary(tests_log) + [""]
+    logs = [] if tests_log is None else [tests_log] if isinstance(tests_log, (str, Path)) else tests_log
+    for log in logs:
+        parts += tests_summary(Path(log)) + [""]
     parts += ops_table(rows, ("fwd", "fwd+bwd") if show_all else ("fwd+bwd",))
     parts += train_table(rows)
     parts += problems(rows)
@@ -214,7 +216,8 @@ def summarize(path: Path, tests_log: Path | None = None, show_all: bool = False)
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", type=Path)
-    p.add_argument("--tests-log", type=Path, default=None)
+    p.add_argument("--tests-log", type=Path, action="append", default=None,
+                   help="a pytest log to summarise (repeatable)")
     p.add_argument("--all", action="store_true", help="also the forward-only op rows")
     a = p.parse_args(argv)
     print(summarize(a.results, a.tests_log, a.all))
