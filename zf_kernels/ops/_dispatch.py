@@ -44,9 +44,17 @@ def register(op: str, backend: str, target: str, *, not_auto: str | None = None)
         _NOT_AUTO.pop((op, backend), None)
 
 
+_LOADED: dict[str, Callable] = {}
+
+
 def _load(target: str) -> Callable:
-    module, attr = target.split(":")
-    return getattr(importlib.import_module(module), attr)
+    # cached: besides saving the import machinery per op call, a dict lookup is something
+    # torch.compile traces, where importlib.import_module is a graph break at every op
+    fn = _LOADED.get(target)
+    if fn is None:
+        module, attr = target.split(":")
+        fn = _LOADED[target] = getattr(importlib.import_module(module), attr)
+    return fn
 
 
 def _interpreting() -> bool:
