@@ -293,11 +293,7 @@ def run_provider(res, base, master, loss_fn, provider, cfg, device, dtype, timin
 
 # --------------------------------------------------------------------------- main
 def run(args) -> int:
-    device = common.pick_device(args.device)
-    common.setup_torch(device)
-    providers = common.parse_list(args.providers, PROVIDERS, PROVIDERS)
-    table = SMOKE_CASES if args.smoke else CASES
-    case_names = common.parse_list(args.cases, table, table)
+    device, providers, table, case_names = common.start_cases(args, PROVIDERS, CASES, SMOKE_CASES)
     dtype_name = args.dtype
     dtype = DTYPES[dtype_name]
     env = common.environment(device, args.smoke)

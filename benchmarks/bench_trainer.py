@@ -121,11 +121,7 @@ def run_provider(res, base, case, provider, device, args, data, ref):
 
 
 def run(args) -> int:
-    device = common.pick_device(args.device)
-    common.setup_torch(device)
-    providers = common.parse_list(args.providers, PROVIDERS, PROVIDERS)
-    table = SMOKE_CASES if args.smoke else CASES
-    case_names = common.parse_list(args.cases, table, table)
+    device, providers, table, case_names = common.start_cases(args, PROVIDERS, CASES, SMOKE_CASES)
     env = common.environment(device, args.smoke)
     res = Results(common.out_dir(args, device), args.name, env, "trainer", fresh=args.fresh, quiet=args.quiet)
     budget = Budget(args.budget_s)

@@ -439,6 +439,16 @@ def out_dir(args, device) -> Path:
     return RESULTS_DIR
 
 
+def start_cases(args, providers_all, cases, smoke_cases):
+    """The common start of the step benchmarks: ``(device, providers, case table, case names)``
+    from ``--device``, ``--providers``, ``--smoke`` and ``--cases``."""
+    device = pick_device(args.device)
+    setup_torch(device)
+    providers = parse_list(args.providers, providers_all, providers_all)
+    table = smoke_cases if args.smoke else cases
+    return device, providers, table, parse_list(args.cases, table, table)
+
+
 def parse_list(value: str | None, allowed, default):
     if value is None:
         return list(default)
