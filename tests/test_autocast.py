@@ -2,8 +2,8 @@
 ``zf_kernels.ops._autocast``), the model under autocast, and the trainer's ``--dtype bfloat16``
 / ``float16`` (float32 parameters and Adam state, autocast forward, exact resume).
 
-CPU only, the torch backend, bfloat16 autocast on the CPU (Triton's interpreter gets bf16
-``tl.dot`` wrong, so no Triton here)."""
+CPU only, bfloat16 autocast on the CPU: the torch backend, and the Triton backend in the
+interpreter (its bf16 arithmetic repaired for the tests, tests/_interpreter_bf16.py)."""
 import pytest
 import torch
 
@@ -208,6 +208,30 @@ def test_model_under_autocast_keeps_float32_parameters_and_gradients(cond_ln):
     for name, p in m.named_parameters():
         assert p.dtype == F32 and p.grad is not None and p.grad.dtype == F32, name
         assert torch.isfinite(p.grad).all(), name
+
+
+@pytest.mark.parametrize("cond_ln", [False, True])
+def test_model_under_autocast_triton_backend_matches_torch_backend(cond_ln):
+    """The fused chain, LSTM and likelihood kernels in bf16 under autocast give the torch
+    backend's bf16 numbers up to bf16 rounding, values and parameter gradients."""
+    torch.manual_seed(0)
+    m = ZForcing(3, emb_dim=8, rnn_dim=H, z_dim=Z, mlp_dim=M, cond_ln=cond_ln, z_force=True, backend="torch")
+    y, eps = torch.randn(T, B, 3), torch.randn(T, B, Z)
+    results = {}
+    for backend in ("torch", "triton"):
+        m.backend = backend
+        m.zero_grad()
+        with autocast():
+            terms = m(y, eps=eps)
+            training_loss(terms, 0.5, 1.0, 1.0).backward()
+        results[backend] = (terms, {n: p.grad.clone() for n, p in m.named_parameters()})
+    (t_ref, g_ref), (t_tri, g_tri) = results["torch"], results["triton"]
+    for k in ("nll", "kl", "aux", "bwd_nll"):
+        a, b = getattr(t_tri, k), getattr(t_ref, k)
+        assert a.dtype == F32, k
+        assert (a - b).norm() <= 3e-2 * b.norm() + 1e-3 * b.numel() ** 0.5, (k, a, b)
+    for n, g in g_ref.items():
+        assert (g_tri[n] - g).norm() <= 5e-2 * g.norm() + 1e-4, n
 
 
 # ------------------------------------------------------------------------ trainer

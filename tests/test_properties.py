@@ -1155,11 +1155,8 @@ def test_triton_recurrent_ops_on_bad_input(op, data):
     CASES[f"{op} [triton]"][RUNNERS[op](data, st.just(("triton", [])), dtypes)] += 1
 
 
-# Found by these tests (kernel files being written by others, untracked at the time): in
-# bfloat16 the Triton lstm is wrong (errors ~1 on outputs in [-1, 1]), and lstm_cell /
-# zforcing_chain turn a NaN weight or an Inf state into a finite h.
-@pytest.mark.xfail(strict=False, reason="Triton lstm / lstm_cell / zforcing_chain: wrong bfloat16 results "
-                                        "(kernels in progress)")
+# bfloat16 in the interpreter: its tl.dot and its float32 -> bf16 rounding are repaired for the
+# tests (tests/_interpreter_bf16.py); before that these cases failed (errors ~1).
 @pytest.mark.parametrize("op", sorted(RUNNERS))
 @settings(TRITON)
 @given(data=st.data())

@@ -1,7 +1,8 @@
 """The Triton LSTM (zf_kernels.ops.lstm.triton) against torch.nn.LSTM / nn.LSTMCell (independent
 references, weights copied) and the naive reference: values and every gradient, odd shapes,
 NaN-prefilled buffers, float64 gradcheck, the public API. On a CPU the kernels run under
-TRITON_INTERPRET=1 (float64 / float32 / float16); bf16 and the large shapes run only on a GPU."""
+TRITON_INTERPRET=1 (float64 / float32 / float16 / bfloat16, the interpreter's bf16 arithmetic
+repaired by tests/_interpreter_bf16.py); the large shapes run only on a GPU."""
 import math
 import os
 
@@ -300,8 +301,8 @@ def test_public_api_backend_triton():
 
 
 # ---------------------------------------------------------------------------------------------
-# half precision (fp32 accumulation, fp32 cell state): fp16 also in the interpreter; bf16 only on
-# a GPU (triton 3.6's interpreter computes tl.dot on bf16 operands wrongly); fp32 on the GPU
+# half precision (fp32 accumulation, fp32 cell state): fp16 and bf16 also in the interpreter (its
+# bf16 tl.dot repaired by tests/_interpreter_bf16.py); the big shapes on the GPU only
 
 def _rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
@@ -313,7 +314,7 @@ SMALL, BIG = (5, 3, 33, 37, False), (40, 32, 512, 1024, True)
 
 @pytest.mark.parametrize("T,B,I,H,reverse,dtype", [
     pytest.param(*SMALL, torch.float16, id="small-f16"),
-    pytest.param(*SMALL, torch.bfloat16, id="small-bf16", marks=_GPU_ONLY),
+    pytest.param(*SMALL, torch.bfloat16, id="small-bf16"),
     pytest.param(*BIG, torch.bfloat16, id="big-bf16", marks=_GPU_ONLY),
     pytest.param(*BIG, torch.float16, id="big-f16", marks=_GPU_ONLY),
     pytest.param(*BIG, torch.float32, id="big-f32", marks=_GPU_ONLY),
