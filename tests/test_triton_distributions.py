@@ -3,8 +3,8 @@ plain-PyTorch reference (naive.py): values and gradients of every input, with an
 masks, odd shapes, extreme values, gradcheck, and the public ``backend="triton"`` path.
 
 Runs on CUDA when available, else in the Triton interpreter (TRITON_INTERPRET=1, set in
-conftest.py and here, before the Triton module is imported). bfloat16/float16 run only on
-CUDA. Every output buffer the module allocates with torch.empty/empty_like is NaN-filled,
+conftest.py and here, before the Triton module is imported), float16 and bfloat16 included
+(the interpreter's bf16 rounding repaired for the tests: tests/_interpreter_bf16.py). Every output buffer the module allocates with torch.empty/empty_like is NaN-filled,
 so a value a kernel forgets to write cannot pass.
 """
 import os
@@ -37,10 +37,8 @@ if not CUDA and type(tri._kl_fwd_kernel.fn).__name__ != "InterpretedFunction":
 DEVICE = "cuda" if CUDA else "cpu"
 # the interpreter itself triggers this numpy deprecation when a loop bound is a kernel argument
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
-gpu_only = pytest.mark.skipif(not CUDA, reason="half precision runs only on CUDA")
 
-DTYPES = [torch.float32, torch.float64,
-          pytest.param(torch.bfloat16, marks=gpu_only), pytest.param(torch.float16, marks=gpu_only)]
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
 # (rtol, atol) of outputs and gradients. Fused and reference both compute in float32
 # (float64) and round to the input dtype once, so half precision may differ by one ulp of
