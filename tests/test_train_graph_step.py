@@ -68,6 +68,22 @@ def test_static_step_gives_the_eager_run_bit_for_bit(tmp_path, monkeypatch, dtyp
         assert_same_runs(tmp_path / "eager", tmp_path / "broken")
 
 
+@pytest.mark.parametrize("name", ["vrnn", "srnn", "storn"])
+def test_static_step_runs_the_python_models_bit_for_bit(tmp_path, monkeypatch, name):
+    # the sequence VAEs of python/ take eps too, so the trainer's --cuda-graph serves them
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "python" / "train.py"
+    spec = importlib.util.spec_from_file_location("python_vaes_train_graph", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(train_mod, "MODELS", script.register(dict(train_mod.MODELS)))
+    train_mod.train(cfg_for(tmp_path, "eager", model=name, max_steps=6), log=quiet)
+    monkeypatch.setattr(train_mod, "StaticStep", lambda run, capture: graph_step.StaticStep(run, capture=False))
+    train_mod.train(cfg_for(tmp_path, "static", model=name, max_steps=6, cuda_graph=True), log=quiet)
+    assert_same_runs(tmp_path / "eager", tmp_path / "static")
+
+
 def test_static_step_on_padded_batches(tmp_path, monkeypatch):
     # variable-length sequences: the batch's mask goes into the graph only when it pads
     data = make_synthetic(n_train=96, n_valid=32, n_test=32, T=12, variable_length=True, seed=5)
