@@ -1,4 +1,5 @@
-"""Data sets for zf_kernels: Sequential MNIST, the authors' TIMIT / Blizzard ``.npz``, generic
+"""Data sets for zf_kernels: Sequential MNIST, TIMIT / Blizzard (the authors' ``.npz`` or raw
+WAV / NIST SPHERE folders), generic
 ``.npz`` sequences and a synthetic latent-driven set, behind one interface
 (:func:`load_dataset` -> :class:`DataBundle` of :class:`SequenceSplit`) and one
 deterministic, resumable batch iterator (:func:`iterate_batches`, time-major batches)."""
@@ -7,6 +8,7 @@ from .batching import (Batch, DataBundle, SequenceSplit, fixed_binarize, iterate
 from .mnist import fetch_mnist, load_mnist, read_idx
 from .npz import load_npz, load_speech_npz, read_npz
 from .synthetic import make_synthetic
+from .wav import load_wav_folder, read_audio
 
 __all__ = [
     "Batch", "DataBundle", "SequenceSplit", "iterate_batches", "num_batches", "load_dataset",
@@ -14,4 +16,5 @@ __all__ = [
     "fetch_mnist", "load_mnist", "read_idx",
     "load_npz", "load_speech_npz", "read_npz",
     "make_synthetic",
+    "load_wav_folder", "read_audio",
 ]

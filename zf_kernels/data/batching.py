@@ -13,6 +13,7 @@ All errors about data are ``ValueError`` and name the argument, key or file at f
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -168,12 +169,14 @@ def load_dataset(name: str, path: str | None = None, *, seed: int = 0, cache_dir
 
     - ``"seqmnist"``: ``path`` = a folder with the four MNIST IDX files (plain or .gz), or
       None to fetch them into the cache (see :mod:`zf_kernels.data.mnist`).
-    - ``"timit"``, ``"blizzard"``: ``path`` = the authors' preprocessed ``.npz``.
+    - ``"timit"``, ``"blizzard"``: ``path`` = the authors' preprocessed ``.npz`` file
+      (:func:`zf_kernels.data.npz.load_speech_npz`), or a folder of raw WAV / NIST SPHERE
+      files, framed and split by :func:`zf_kernels.data.wav.load_wav_folder`.
     - ``"npz"``: ``path`` = any ``.npz`` understood by :func:`zf_kernels.data.npz.load_npz`.
     - ``"synthetic"``: generated; ``seed`` seeds the generator (no other data set uses it).
     Extra keyword arguments go to the loader (e.g. ``train_limit``, ``normalize``, ``T``).
     """
-    from . import mnist, npz, synthetic  # imported here: those modules import this one
+    from . import mnist, npz, synthetic, wav  # imported here: those modules import this one
 
     if name not in DATASETS:
         raise ValueError(f"name must be one of {DATASETS}, got {name!r}")
@@ -182,7 +185,10 @@ def load_dataset(name: str, path: str | None = None, *, seed: int = 0, cache_dir
     if name == "synthetic":
         return synthetic.make_synthetic(seed=seed, **kwargs)
     if path is None:
-        raise ValueError(f"path is required for the {name!r} data set (a .npz file), got None")
+        raise ValueError(f"path is required for the {name!r} data set "
+                         f"({'a .npz file' if name == 'npz' else 'a .npz file or a folder of WAV files'}), got None")
     if name == "npz":
         return npz.load_npz(path, **kwargs)
+    if os.path.isdir(path):
+        return wav.load_wav_folder(path, name=name, **kwargs)
     return npz.load_speech_npz(path, name=name, **kwargs)
