@@ -10,8 +10,9 @@
 # issues need, so the last ones are the first to be skipped. Every stage
 # gets min(its own limit, time left); a stage that fails or times out is recorded and the next
 # one runs anyway. Installs nothing. A rerun can choose
-# stages: ZF_STAGES=train,ops (names: tests train ops other-models ops-compile trainer cuda-tests
-# ops-cuda train-tf32 train-bf16 ops-tf32 train-compile; the persistent smoke test runs with tests).
+# stages: ZF_STAGES=train,ops (names, in running order: tests train ops other-models ops-compile
+# train-tf32 ops-tf32 trainer cuda-tests ops-cuda tune train-bf16 train-compile; the persistent
+# smoke test runs with tests).
 #
 # $OUT (the folder that comes back; 8 files, no subfolders):
 #   persistent_smoke.log  persistent vs stepwise vs float64 lstm / zforcing_chain, benchmark shapes
@@ -33,7 +34,7 @@ LOG="$OUT/bench.log"
 PY="${PYTHON:-$(command -v python || command -v python3)}"
 TOTAL="${ZF_CHECK_SECONDS:-440}"
 # a rerun can pick stages, e.g. ZF_STAGES=train,ops bash benchmarks/device_check.sh
-WANT="${ZF_STAGES:-tests,train,ops,other-models,ops-compile,trainer,cuda-tests,ops-cuda,train-tf32,train-bf16,ops-tf32,train-compile}"
+WANT="${ZF_STAGES:-tests,train,ops,other-models,ops-compile,train-tf32,ops-tf32,trainer,cuda-tests,ops-cuda,tune,train-bf16,train-compile}"
 START=$SECONDS
 STAGES=()
 FAILED=0
@@ -139,12 +140,22 @@ run_stage other-models 40 "$LOG" \
 run_stage ops-compile 35 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --providers compile --dtypes float32
 
-# 5b. the CLI trainer's whole step (Run.train_step), eager vs --cuda-graph, TIMIT size
+# 6. TF32 (float32 tensors, TF32 matmuls allowed for torch, cuDNN and the Triton kernels): the
+# hoisted step's CUDA graph vs ours, then lstm / chain vs cuDNN, in the same TF32 mode (cuDNN's
+# float32 rows above may use TF32 already: these are the like-for-like ones)
+run_stage train-tf32 50 "$LOG" \
+  "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --dtype tf32 \
+  --providers torch+graph,cudnn+graph,triton,triton+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
+run_stage ops-tf32 30 "$LOG" \
+  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --ops lstm,zforcing_chain --dtypes tf32 \
+  --providers cudnn,triton
+
+# 7. the CLI trainer's whole step (Run.train_step), eager vs --cuda-graph, TIMIT size
 run_stage trainer 45 "$LOG" \
   "$PY" benchmarks/bench_trainer.py --out "$OUT" --name results --cases timit \
   --providers torch,torch+cuda-graph,triton,triton+cuda-graph --steps 20 --warmup-steps 5
 
-# 5c. the CUDA extension (csrc/, never run on a GPU before): JIT build (~30-60 s) and its GPU
+# 8. the CUDA extension (csrc/, never run on a GPU before): JIT build (~30-60 s) and its GPU
 # tests, then ops.lstm backend="cuda" against cuDNN
 run_stage cuda-tests 120 "$OUT/cuda_tests.log" \
   "$PY" -m pytest -q --maxfail=5 tests/test_cuda_lstm.py -p no:cacheprovider -rfE
@@ -152,25 +163,21 @@ run_stage cuda-tests 120 "$OUT/cuda_tests.log" \
 run_stage ops-cuda 40 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --ops lstm --dtypes float32 --providers cudnn,cuda
 
-# 6. TF32 (float32 tensors, TF32 matmuls allowed for torch, cuDNN and the Triton kernels): the
-# hoisted step's CUDA graph vs ours, then lstm / chain vs cuDNN, in the same TF32 mode
-run_stage train-tf32 50 "$LOG" \
-  "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --dtype tf32 \
-  --providers torch+graph,cudnn+graph,triton,triton+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
-# bfloat16 (the whole model cast): the step where the tensor cores carry the recurrence
+# 9. which tile the persistent Triton kernels should use (B=32: 1 x 64 vs 2 x 64 grids)
+run_stage tune 60 "$LOG" \
+  "$PY" benchmarks/tune_tiles.py --out "$OUT" --name results --warmup-ms 25 --rep-ms 100
+
+# 10. bfloat16 (the whole model cast): the step where the tensor cores carry the recurrence
 run_stage train-bf16 40 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --dtype bfloat16 --cases timit \
   --providers torch+graph,cudnn+graph,triton+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
-run_stage ops-tf32 30 "$LOG" \
-  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --ops lstm,zforcing_chain --dtypes tf32 \
-  --providers cudnn,triton
 
-# 7. torch.compile of the whole TIMIT step (unrolls two 40-step loops: may not fit)
+# 11. torch.compile of the whole TIMIT step (unrolls two 40-step loops: may not fit)
 run_stage train-compile 60 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results \
   --providers torch+compile --cases timit --warmup-ms 50 --rep-ms 200
 
-# 8. report: chart + summary (outside the budget above: ~20 s)
+# 12. report: chart + summary (outside the budget above: ~20 s)
 if [[ -f "$OUT/results.json" ]]; then
   timeout 40 "$PY" benchmarks/plot.py "$OUT/results.json" >>"$LOG" 2>&1 || echo "plot failed (see bench.log)"
   timeout 20 "$PY" benchmarks/summarize.py "$OUT/results.json" --tests-log "$OUT/tests.log" \

@@ -158,6 +158,22 @@ def ops_table(rows, modes) -> list[str]:
     return out
 
 
+def tune_table(rows) -> list[str]:
+    """tune_tiles.py: each case and dtype, its tiles side by side, the fastest marked."""
+    tr = [r for r in rows if r.get("suite") == "tune"]
+    if not tr:
+        return []
+    out = ["", "## Persistent tiles (tune_tiles.py, fwd+bwd ms; rel = max rel_err vs float64)", ""]
+    for case, dtype in dict.fromkeys((r["case"], r["dtype"]) for r in tr):
+        mine = [r for r in tr if (r["case"], r["dtype"]) == (case, dtype)]
+        ok = [r for r in mine if r.get("status") == "ok" and r.get("ms")]
+        best = min(ok, key=lambda r: r["ms"])["provider"] if ok else None
+        cells = [f"{r['provider']} {r['ms']:.3f}{' *' if r['provider'] == best else ''} (rel {r['rel_err']:.0e})"
+                 if r in ok else f"{r['provider']} {SHORT.get(r.get('status'), r.get('status'))}" for r in mine]
+        out.append(f"- {case} {dtype}: " + "; ".join(cells))
+    return out
+
+
 def problems(rows, limit=8) -> list[str]:
     """Rows that failed or were cut off, grouped by (suite, provider, status, note)."""
     bad = [r for r in rows if r.get("status") not in ("ok", "skipped")]
@@ -208,6 +224,7 @@ def summarize(path: Path, tests_log=None, show_all: bool = False) -> str:
         parts += tests_summary(Path(log)) + [""]
     parts += ops_table(rows, ("fwd", "fwd+bwd") if show_all else ("fwd+bwd",))
     parts += train_table(rows)
+    parts += tune_table(rows)
     parts += problems(rows)
     parts += [""] + targets(rows, str(env.get("gpu", "?")))
     return "\n".join(parts)

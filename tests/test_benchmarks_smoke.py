@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks import bench_ops, bench_train_step, bench_trainer, common  # noqa: E402
+from benchmarks import bench_ops, bench_train_step, bench_trainer, common, tune_tiles  # noqa: E402
 
 
 def _rows(path):
@@ -32,6 +32,7 @@ def results(tmp_path_factory):
     assert bench_train_step.main(base + ["--providers", "torch,torch+graph,cudnn", "--models", "auto"]) == 0
     assert bench_trainer.main(base + ["--providers", "torch,torch+cuda-graph", "--steps", "2",
                                       "--warmup-steps", "1"]) == 0
+    assert tune_tiles.main(base) == 0
     return out
 
 
@@ -80,6 +81,14 @@ def test_trainer_rows(results):
             assert r["status"] == "skipped" and "CUDA" in r["note"], r
 
 
+def test_tune_rows(results):
+    rows = [r for r in _rows(results / "r.json") if r["suite"] == "tune"]
+    assert {(r["op"], r["provider"]) for r in rows} == {
+        (op, p) for op in ("lstm", "zforcing_chain") for p in ("persistent-32x16", "persistent-16x16", "stepwise")}
+    for r in rows:   # in the interpreter every tile is one program per batch block: same numbers
+        assert r["status"] == "ok" and r["ms"] > 0 and r["rel_err"] < 1e-4, r
+
+
 def test_plot_and_summary(results):
     pytest.importorskip("matplotlib")
     from benchmarks import plot, summarize
@@ -87,7 +96,7 @@ def test_plot_and_summary(results):
     assert png == results / "r.png" and png.stat().st_size > 1000
     text = summarize.summarize(results / "r.json", results / "missing.log")
     assert "## Targets" in text and "lstm T5 B3 I7 H8" in text and "no log at" in text
-    assert "trainer tiny-gaussian T5 B3" in text
+    assert "trainer tiny-gaussian T5 B3" in text and "## Persistent tiles" in text
 
 
 def test_ops_interpreted_kernel(tmp_path):

@@ -1,0 +1,125 @@
+"""Which tile should the persistent Triton kernels use? A measurement for the next choice of
+``PERSISTENT_TILES`` (zf_kernels/ops/lstm/triton.py, zf_kernels/ops/recurrence/triton.py).
+
+At B=32, H=1024 the persistent LSTM runs 32 x 16 tiles (a 1 x 64 grid: 64 of the 132 SMs of
+an H200 busy, each program doing all 32 rows) by default; 16 x 16 tiles give a 2 x 64 grid
+(128 programs, half the rows each, the W_hh slice read twice from L2). Which is faster is a
+GPU question: this script times ``ops.lstm`` and ``ops.zforcing_chain`` forward + backward
+with each candidate tile forced (the module's tile table patched for the run), next to the
+stepwise schedule, at the DESIGN shapes, and checks each against float64 (``rel_err``).
+
+    python benchmarks/tune_tiles.py --out OUT --name results        # GPU; rows in suite "tune"
+    python benchmarks/tune_tiles.py --smoke                          # CPU: checks it runs
+
+Rows: case = "<op> <shape>", provider = "persistent-<B>x<H>" or "stepwise", mode "fwd+bwd".
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the repository root
+from benchmarks import bench_ops, common  # noqa: E402
+from benchmarks.common import DTYPES, Budget, Results, classify_error, free_memory  # noqa: E402
+
+import torch  # noqa: E402
+
+from zf_kernels.ops.lstm import triton as lstm_triton  # noqa: E402
+from zf_kernels.ops.recurrence import triton as chain_triton  # noqa: E402
+
+# op -> (module whose PERSISTENT_TILES is patched, the candidate tiles (BLOCK_B, BLOCK_H))
+CANDIDATES = {
+    "lstm": (lstm_triton, ((32, 16), (16, 16))),
+    "zforcing_chain": (chain_triton, ((32, 16), (16, 16))),
+}
+FUNCTIONS = {"lstm": lstm_triton.lstm, "zforcing_chain": chain_triton.zforcing_chain}
+CASES = [bench_ops.Case("lstm", "T40 B32 I512 H1024", dict(T=40, B=32, I=512, H=1024)),
+         bench_ops.Case("lstm", "T784 B32 I64 H512", dict(T=784, B=32, I=64, H=512)),
+         bench_ops.Case("zforcing_chain", "T40 B32 H1024 M512 Z256 G512",
+                        dict(T=40, B=32, H=1024, M=512, Z=256, G=512))]
+SMOKE_CASES = [bench_ops.Case("lstm", "T5 B3 I7 H8", dict(T=5, B=3, I=7, H=8)),
+               bench_ops.Case("zforcing_chain", "T3 B3 H8 M6 Z4 G5", dict(T=3, B=3, H=8, M=6, Z=4, G=5))]
+
+
+def tile_table(tile, current):
+    """A PERSISTENT_TILES that makes every batch size use ``tile``, in the shape the module
+    expects (the LSTM indexes [0] for B <= 16 and [1] above; the chain walks the tuple)."""
+    return (tile,) * max(len(current), 2)
+
+
+def run_one(res, case, dt_name, provider, device, timing, ref):
+    base = dict(case=f"{case.op} {case.label}", op=case.op, shape=case.label, dtype=dt_name, mode="fwd+bwd",
+                provider=provider)
+    row = res.begin(**base)
+    module, _ = CANDIDATES[case.op]
+    saved = module.PERSISTENT_TILES
+    try:
+        inp = bench_ops.make_inputs(case, DTYPES[dt_name], device)
+        fn = FUNCTIONS[case.op]
+        if provider == "stepwise":
+            call = lambda: fn(*inp.args, schedule="stepwise")  # noqa: E731
+        else:
+            tile = tuple(int(v) for v in provider.removeprefix("persistent-").split("x"))
+            module.PERSISTENT_TILES = tile_table(tile, saved)
+            call = lambda: fn(*inp.args, schedule="persistent")  # noqa: E731
+        got_out, got_grad = bench_ops.observe(case, inp, provider, call)
+        if case.op not in ref:
+            ref.clear()
+            ref[case.op] = bench_ops.reference(case, inp)
+        ref_out, ref_grad = ref[case.op]
+        err = max([common.rel_err(g, r) for g, r in zip(got_out, ref_out)]
+                  + [common.rel_err(g, r) for g, r in zip(got_grad, ref_grad) if r is not None and g is not None])
+
+        def step():
+            outs = bench_ops.flat(case.op, call(), provider)
+            torch.autograd.backward([outs[i] for i in inp.grad_idx], inp.grads)
+
+        t = common.time_fn(step, device, grad_to_none=inp.leaves, **timing)
+        schedule = "stepwise" if provider == "stepwise" else "persistent"
+        note = lstm_triton.explain_schedule(inp.args[0], inp.args[2], schedule) if case.op == "lstm" else ""
+        res.end(row, ms=t.ms, ms_p20=t.p20, ms_p80=t.p80, n=t.n, method=t.method, rel_err=err, note=note)
+    except Exception as exc:  # noqa: BLE001 - one failure is one row
+        status, note = classify_error(exc)
+        res.end(row, status=status, note=note)
+    finally:
+        module.PERSISTENT_TILES = saved
+
+
+def run(args) -> int:
+    device = common.pick_device(args.device)
+    common.setup_torch(device)
+    dtypes = common.parse_list(args.dtypes, DTYPES, ["float32"] if args.smoke else ["float32", "tf32", "bfloat16"])
+    env = common.environment(device, args.smoke)
+    res = Results(common.out_dir(args, device), args.name, env, "tune", fresh=args.fresh, quiet=args.quiet)
+    budget = Budget(args.budget_s)
+    timing = dict(warmup_ms=args.warmup_ms, rep_ms=args.rep_ms, min_reps=args.min_reps,
+                  host_reps=1 if args.smoke else 3)
+    print(f"# tune_tiles on {env['gpu']} ({device}) -> {res.csv_path}", flush=True)
+    for dt_name in dtypes:
+        for case in (SMOKE_CASES if args.smoke else CASES):
+            ref: dict = {}
+            providers = [f"persistent-{b}x{h}" for b, h in CANDIDATES[case.op][1]] + ["stepwise"]
+            for provider in providers:
+                if budget.exhausted():
+                    res.add(case=f"{case.op} {case.label}", op=case.op, shape=case.label, dtype=dt_name,
+                            mode="fwd+bwd", provider=provider, status="skipped", note="time budget used up")
+                    continue
+                if not common.cuda_healthy(device):
+                    return 2
+                with common.matmul_precision(dt_name):
+                    run_one(res, case, dt_name, provider, device, timing, ref)
+                free_memory(device)
+    print(f"# wrote {res.csv_path} and {res.json_path}", flush=True)
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_common_args(p)
+    p.add_argument("--dtypes", default=None, help="comma-separated: float32, tf32, bfloat16 (default all three)")
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
