@@ -287,6 +287,20 @@ def test_timit_layout_train_test_folders_with_valid_held_out(tmp_path):
     assert b.meta["split_source"]["valid"].startswith("last 1 ")
 
 
+def test_a_converted_twin_is_read_once(tmp_path):
+    # TIMIT copies often hold SA1.WAV (SPHERE) beside SA1.WAV.wav (RIFF, the same audio)
+    for split, ids in (("TRAIN", (1, 2, 3)), ("TEST", (4,))):
+        for i in ids:
+            wave = np.asarray(_ramp(i, 40), "<i2")
+            folder = tmp_path / split / "DR1"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"S{i}.WAV").write_bytes(sphere_bytes(wave.tobytes(), count=len(wave)))
+            write_pcm16(folder / f"S{i}.WAV.wav", wave)
+    b = load_wav_folder(tmp_path, frame_size=4, seq_len=2, normalize=False)
+    assert b.meta["files"] == {"train": 2, "valid": 1, "test": 1}
+    assert sorted(_ids(b.train, 4) + _ids(b.valid, 4)) == [1, 2, 3] and _ids(b.test, 4) == [4]
+
+
 @pytest.mark.parametrize("valid_name", ["dev", "Validation", "valid"])
 def test_dev_or_validation_folder_is_the_valid_split(tmp_path, valid_name):
     for i in range(3):

@@ -10,7 +10,8 @@ Several channels are mixed down to mono by averaging them. Shorten-compressed SP
 (as TIMIT ships on its CD) must be decompressed first (e.g. ``sph2pipe -f rif``).
 
 **Folders** (:func:`load_wav_folder`): every ``*.wav`` file below the folder (any case, hidden
-files skipped), sorted by relative path so runs are reproducible. Splits come from top-level
+files skipped; of a converted pair ``X.WAV`` + ``X.WAV.wav`` only the latter), sorted by
+relative path so runs are reproducible. Splits come from top-level
 subfolders named ``train``, ``valid`` / ``validation`` / ``dev`` and ``test`` (any case: TIMIT
 ships ``TRAIN/`` and ``TEST/``); a missing valid (test) split is the last 5% of the training
 files (at least one); with no split folders at all the sorted files are split 90/5/5.
@@ -234,8 +235,11 @@ def _audio_files(root: Path) -> list[Path]:
             continue
         seen.add(real)
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        out += [Path(dirpath, f) for f in filenames
-                if f.lower().endswith(AUDIO_SUFFIX) and not f.startswith(".")]
+        names = {f for f in filenames if f.lower().endswith(AUDIO_SUFFIX) and not f.startswith(".")}
+        # a converted twin: many TIMIT copies hold SA1.WAV (SPHERE) beside SA1.WAV.wav (RIFF);
+        # the same audio twice would count double, so the RIFF twin is read and its source skipped
+        names -= {f[: -len(AUDIO_SUFFIX)] for f in names if f[: -len(AUDIO_SUFFIX)] in names}
+        out += [Path(dirpath, f) for f in names]
     return sorted(out, key=lambda p: p.relative_to(root).as_posix())
 
 
