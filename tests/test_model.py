@@ -215,3 +215,25 @@ def test_sampling_is_reproducible_with_a_generator():
 def test_bad_input(make, match):
     with pytest.raises((ValueError, TypeError), match=match):
         make(small_model())
+
+
+def test_assume_valid_inputs_skips_only_the_value_checks():
+    """Inside ops.assume_valid_inputs() the checks that read values back (a GPU sync each) are
+    skipped; shape checks stay; outside, the same inputs raise."""
+    from zf_kernels import ops
+    m = ZForcing(3, "gaussian", emb_dim=4, rnn_dim=6, z_dim=2, mlp_dim=4, backend="torch")
+    y = torch.randn(4, 2, 3)
+    y[1, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        m(y)
+    with ops.assume_valid_inputs():
+        m(y)                                            # no check: the NaN flows through
+        with pytest.raises(ValueError, match=r"y must have shape \(T, B, 3\)"):
+            m(torch.randn(4, 2, 5))                     # shapes are still checked
+    targets, logits = torch.tensor([0, 7]), torch.randn(2, 4)
+    with pytest.raises(ValueError, match="targets must lie in"):
+        ops.categorical_nll(targets, logits, backend="torch")
+    with ops.assume_valid_inputs():
+        assert ops.categorical_nll(torch.tensor([0, 3]), logits, backend="torch").shape == (2,)
+    with pytest.raises(ValueError, match="targets must lie in"):   # the context has ended
+        ops.categorical_nll(targets, logits, backend="torch")
