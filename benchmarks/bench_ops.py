@@ -13,8 +13,9 @@ Providers:
   triton-stepwise  ``lstm``, ``zforcing_chain``, ``zforcing_chain_ln`` only: forced to launch per step
   cudnn    ``torch.nn.LSTM`` (cuDNN on a GPU) with the same weights; ``lstm`` only
   cuda     the CUDA extension (csrc/: one cooperative launch per direction), ``backend="cuda"``;
-           ``lstm`` only. The first call loads or JIT-builds ``zf_kernels._C``; a build that
-           fails, or a shape that cannot be resident, is a failed row with the reason
+           ``lstm`` and ``zforcing_chain`` only. The first call loads or JIT-builds
+           ``zf_kernels._C``; a build that fails, or a shape that cannot be resident, is a failed
+           row with the reason
 
 Modes: ``fwd`` is the forward pass as in training (inputs require grad, so autograd saves what
 backward needs); ``fwd+bwd`` adds one ``torch.autograd.backward`` with fixed random upstream
@@ -275,6 +276,7 @@ def run(args) -> int:
         for c in all_cases:
             plan += [(c, dt, p) for p in ("cudnn", "torch", "triton", "triton-stepwise", "cuda")
                      if p in providers and (p in ("torch", "triton") or c.op == "lstm"
+                                            or (p == "cuda" and c.op == "zforcing_chain")
                                             or (p == "triton-stepwise" and c.op in SCHEDULED))]
     if "compile" in providers:
         for dt in dtypes:

@@ -1,4 +1,4 @@
-// Torch bindings of the persistent LSTM kernels: the extension zf_kernels._C (built by setup.py
+// Torch bindings of the persistent LSTM and Z-forcing chain kernels: the extension zf_kernels._C (built by setup.py
 // or JIT-built by zf_kernels/ops/_cuda_ext.py). Checks the tensors and forwards their pointers
 // to the C ABI of lstm_kernels.h; no CUDA headers here (the caller passes the stream as an
 // integer and selects the device), so this file compiles with a plain C++ compiler.
@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "chain_kernels.h"
 #include "lstm_kernels.h"
 
 namespace {
@@ -119,10 +120,145 @@ pybind11::dict lstm_plan(bool backward, int64_t B, int64_t H, int64_t elem_size,
   return d;
 }
 
+// ----------------------------------------------------------------------- Z-forcing chain
+
+ZfChainLaunch chain_config(int64_t units_per_block, int64_t threads) {
+  ZfChainLaunch cfg{};
+  cfg.threads = static_cast<int>(threads);
+  cfg.units_per_block = static_cast<int>(units_per_block);
+  return cfg;
+}
+
+void check_mask(const torch::Tensor& t, const torch::Tensor& ref, c10::IntArrayRef shape) {
+  TORCH_CHECK(t.is_cuda() && t.device() == ref.device(), "zf_kernels._C: okmask must be on ", ref.device());
+  TORCH_CHECK(t.scalar_type() == torch::kUInt8, "zf_kernels._C: okmask must be uint8, got ", t.scalar_type());
+  TORCH_CHECK(t.is_contiguous() && t.sizes() == shape, "zf_kernels._C: okmask must be contiguous with shape ",
+              shape, ", got ", t.sizes());
+}
+
+void chain_forward(torch::Tensor gates, torch::Tensor post_x, torch::Tensor eps, torch::Tensor h0,
+                   torch::Tensor c0, torch::Tensor w_qh, torch::Tensor w_q2, torch::Tensor b_q2,
+                   torch::Tensor w_comb, torch::Tensor w_hh, torch::Tensor h, torch::Tensor c,
+                   torch::Tensor z, torch::Tensor mu, torch::Tensor lv, torch::Tensor s,
+                   torch::Tensor okmask, int64_t units_per_block, int64_t threads, int64_t stream) {
+  TORCH_CHECK(gates.dim() == 3 && post_x.dim() == 3 && eps.dim() == 3,
+              "zf_kernels._C: gates, post_x, eps must be (T, B, .)");
+  const int64_t T = gates.size(0), B = gates.size(1), H = gates.size(2) / 4, M = post_x.size(2),
+                Z = eps.size(2);
+  check(gates, "gates", gates, {T, B, 4 * H});
+  check(post_x, "post_x", gates, {T, B, M});
+  check(eps, "eps", gates, {T, B, Z});
+  check(h0, "h0", gates, {B, H});
+  check(c0, "c0", gates, {B, H});
+  check(w_qh, "w_qh", gates, {M, H});
+  check(w_q2, "w_q2", gates, {2 * Z, M});
+  check(b_q2, "b_q2", gates, {2 * Z});
+  check(w_comb, "w_comb", gates, {4 * H, Z});
+  check(w_hh, "w_hh", gates, {4 * H, H});
+  check(h, "h", gates, {T, B, H});
+  check(c, "c", gates, {T, B, H});
+  check(z, "z", gates, {T, B, Z});
+  check(mu, "mu", gates, {T, B, Z});
+  check(lv, "lv", gates, {T, B, Z});
+  check(s, "s", gates, {T, B, M});
+  check_mask(okmask, gates, {T, B, 2 * Z});
+  ZfChainLaunch cfg = chain_config(units_per_block, threads);
+  char err[kErrLen] = {0};
+  void* st = reinterpret_cast<void*>(stream);
+  unsigned char* ok = okmask.data_ptr<uint8_t>();
+  int rc;
+#define ZF_FWD(S, FN)                                                                                     \
+  rc = FN(gates.data_ptr<S>(), post_x.data_ptr<S>(), eps.data_ptr<S>(), h0.data_ptr<S>(), c0.data_ptr<S>(), \
+          w_qh.data_ptr<S>(), w_q2.data_ptr<S>(), b_q2.data_ptr<S>(), w_comb.data_ptr<S>(),                  \
+          w_hh.data_ptr<S>(), h.data_ptr<S>(), c.data_ptr<S>(), z.data_ptr<S>(), mu.data_ptr<S>(),           \
+          lv.data_ptr<S>(), s.data_ptr<S>(), ok, T, B, H, M, Z, &cfg, st, err, kErrLen)
+  if (gates.scalar_type() == torch::kFloat32) {
+    ZF_FWD(float, zf_chain_forward_f32);
+  } else if (gates.scalar_type() == torch::kFloat64) {
+    ZF_FWD(double, zf_chain_forward_f64);
+  } else {
+    TORCH_CHECK(false, "zf_kernels._C: the CUDA zforcing_chain supports float32 and float64, got ",
+                gates.scalar_type());
+  }
+#undef ZF_FWD
+  raise_for(rc, err);
+}
+
+void chain_backward(torch::Tensor grad_h, torch::Tensor grad_c, torch::Tensor grad_z,
+                    torch::Tensor grad_mu, torch::Tensor grad_lv, torch::Tensor gates, torch::Tensor c0,
+                    torch::Tensor c, torch::Tensor lv, torch::Tensor eps, torch::Tensor okmask,
+                    torch::Tensor s, torch::Tensor w_qh, torch::Tensor w_q2, torch::Tensor w_comb,
+                    torch::Tensor w_hh, torch::Tensor dparams, torch::Tensor ds, torch::Tensor grad_eps,
+                    torch::Tensor dc, int64_t units_per_block, int64_t threads, int64_t stream) {
+  TORCH_CHECK(gates.dim() == 3 && s.dim() == 3 && eps.dim() == 3,
+              "zf_kernels._C: gates, s, eps must be (T, B, .)");
+  const int64_t T = gates.size(0), B = gates.size(1), H = gates.size(2) / 4, M = s.size(2), Z = eps.size(2);
+  check(gates, "gates", gates, {T, B, 4 * H});
+  check(grad_h, "grad_h", gates, {T, B, H});
+  check(grad_c, "grad_c", gates, {T, B, H});
+  check(grad_z, "grad_z", gates, {T, B, Z});
+  check(grad_mu, "grad_mu", gates, {T, B, Z});
+  check(grad_lv, "grad_lv", gates, {T, B, Z});
+  check(c0, "c0", gates, {B, H});
+  check(c, "c", gates, {T, B, H});
+  check(lv, "lv", gates, {T, B, Z});
+  check(eps, "eps", gates, {T, B, Z});
+  check_mask(okmask, gates, {T, B, 2 * Z});
+  check(s, "s", gates, {T, B, M});
+  check(w_qh, "w_qh", gates, {M, H});
+  check(w_q2, "w_q2", gates, {2 * Z, M});
+  check(w_comb, "w_comb", gates, {4 * H, Z});
+  check(w_hh, "w_hh", gates, {4 * H, H});
+  check(dparams, "dparams", gates, {T, B, 2 * Z});
+  check(ds, "ds", gates, {T, B, M});
+  check(grad_eps, "grad_eps", gates, {T, B, Z});
+  check(dc, "dc", gates, {B, H});
+  ZfChainLaunch cfg = chain_config(units_per_block, threads);
+  char err[kErrLen] = {0};
+  void* st = reinterpret_cast<void*>(stream);
+  const unsigned char* ok = okmask.data_ptr<uint8_t>();
+  int rc;
+#define ZF_BWD(S, FN)                                                                                     \
+  rc = FN(grad_h.data_ptr<S>(), grad_c.data_ptr<S>(), grad_z.data_ptr<S>(), grad_mu.data_ptr<S>(),         \
+          grad_lv.data_ptr<S>(), gates.data_ptr<S>(), c0.data_ptr<S>(), c.data_ptr<S>(), lv.data_ptr<S>(),  \
+          eps.data_ptr<S>(), ok, s.data_ptr<S>(), w_qh.data_ptr<S>(), w_q2.data_ptr<S>(),                   \
+          w_comb.data_ptr<S>(), w_hh.data_ptr<S>(), dparams.data_ptr<S>(), ds.data_ptr<S>(),               \
+          grad_eps.data_ptr<S>(), dc.data_ptr<S>(), T, B, H, M, Z, &cfg, st, err, kErrLen)
+  if (gates.scalar_type() == torch::kFloat32) {
+    ZF_BWD(float, zf_chain_backward_f32);
+  } else if (gates.scalar_type() == torch::kFloat64) {
+    ZF_BWD(double, zf_chain_backward_f64);
+  } else {
+    TORCH_CHECK(false, "zf_kernels._C: the CUDA zforcing_chain supports float32 and float64, got ",
+                gates.scalar_type());
+  }
+#undef ZF_BWD
+  raise_for(rc, err);
+}
+
+pybind11::dict chain_plan(bool backward, int64_t B, int64_t H, int64_t M, int64_t Z, int64_t elem_size,
+                          int64_t units_per_block, int64_t threads) {
+  ZfChainLaunch cfg = chain_config(units_per_block, threads);
+  ZfChainPlan p{};
+  char err[kErrLen] = {0};
+  raise_for(zf_chain_plan(backward, B, H, M, Z, elem_size, &cfg, &p, err, kErrLen), err);
+  pybind11::dict d;
+  d["blocks"] = p.blocks;
+  d["threads"] = p.threads;
+  d["units_per_block"] = p.units_per_block;
+  d["m_per_block"] = p.m_per_block;
+  d["z_per_block"] = p.z_per_block;
+  d["kc"] = p.kc;
+  d["resident"] = p.resident;
+  d["resident_bytes"] = p.resident_bytes;
+  d["smem_bytes"] = p.smem_bytes;
+  return d;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "zf_kernels CUDA kernels: persistent LSTM recurrence (csrc/)";
+  m.doc() = "zf_kernels CUDA kernels: persistent LSTM recurrence and Z-forcing chain (csrc/)";
   m.def("lstm_forward", &lstm_forward, "forward recurrence, one cooperative launch",
         pybind11::arg("gates"), pybind11::arg("h0"), pybind11::arg("w_hh"), pybind11::arg("out"),
         pybind11::arg("c_all"), pybind11::arg("reverse"), pybind11::arg("units_per_block") = 0,
@@ -135,5 +271,23 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lstm_plan", &lstm_plan, "launch plan of one direction on the current device",
         pybind11::arg("backward"), pybind11::arg("B"), pybind11::arg("H"),
         pybind11::arg("elem_size"), pybind11::arg("units_per_block") = 0,
+        pybind11::arg("threads") = 0);
+  m.def("chain_forward", &chain_forward, "Z-forcing chain forward, one cooperative launch",
+        pybind11::arg("gates"), pybind11::arg("post_x"), pybind11::arg("eps"), pybind11::arg("h0"),
+        pybind11::arg("c0"), pybind11::arg("w_qh"), pybind11::arg("w_q2"), pybind11::arg("b_q2"),
+        pybind11::arg("w_comb"), pybind11::arg("w_hh"), pybind11::arg("h"), pybind11::arg("c"),
+        pybind11::arg("z"), pybind11::arg("mu"), pybind11::arg("lv"), pybind11::arg("s"),
+        pybind11::arg("okmask"), pybind11::arg("units_per_block") = 0, pybind11::arg("threads") = 0,
+        pybind11::arg("stream") = 0);
+  m.def("chain_backward", &chain_backward, "Z-forcing chain backward, one cooperative launch",
+        pybind11::arg("grad_h"), pybind11::arg("grad_c"), pybind11::arg("grad_z"), pybind11::arg("grad_mu"),
+        pybind11::arg("grad_lv"), pybind11::arg("gates"), pybind11::arg("c0"), pybind11::arg("c"),
+        pybind11::arg("lv"), pybind11::arg("eps"), pybind11::arg("okmask"), pybind11::arg("s"),
+        pybind11::arg("w_qh"), pybind11::arg("w_q2"), pybind11::arg("w_comb"), pybind11::arg("w_hh"),
+        pybind11::arg("dparams"), pybind11::arg("ds"), pybind11::arg("grad_eps"), pybind11::arg("dc"),
+        pybind11::arg("units_per_block") = 0, pybind11::arg("threads") = 0, pybind11::arg("stream") = 0);
+  m.def("chain_plan", &chain_plan, "launch plan of one chain direction on the current device",
+        pybind11::arg("backward"), pybind11::arg("B"), pybind11::arg("H"), pybind11::arg("M"),
+        pybind11::arg("Z"), pybind11::arg("elem_size"), pybind11::arg("units_per_block") = 0,
         pybind11::arg("threads") = 0);
 }

@@ -1,4 +1,5 @@
-"""The CUDA LSTM kernels (csrc/lstm_kernels.cu) compiled by g++ as a CPU library
+"""The CUDA LSTM kernels (csrc/lstm_kernels.cu) and Z-forcing chain kernels
+(csrc/chain_kernels.cu) compiled by g++ as CPU libraries
 (-DZF_CPU_EMULATION, csrc/zf_device.h: each block a group of std::threads, __syncthreads a
 per-block std::barrier, the grid sync a global one) and called with ctypes.
 
@@ -20,6 +21,7 @@ import torch
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 SOURCES = ("lstm_kernels.cu", "lstm_kernels.h", "zf_device.h")
+CHAIN_SOURCES = ("chain_kernels.cu", "chain_kernels.h", "lstm_kernels.h", "zf_device.h")
 BASE_FLAGS = ("-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-DZF_CPU_EMULATION")
 # the flag that turns the grid sync into a block barrier and runs the blocks one after another
 NO_GRID_SYNC = "-DZF_EMU_NO_GRID_SYNC"
@@ -44,30 +46,35 @@ def compiler() -> str | None:
 _LIBS: dict[tuple, ctypes.CDLL] = {}
 
 
-def library(extra_flags: tuple = ()) -> ctypes.CDLL:
-    """The emulation library built with ``extra_flags`` (cached on disk and per process)."""
-    key = tuple(extra_flags)
-    if key in _LIBS:
-        return _LIBS[key]
+def _build(stem: str, sources: tuple, extra_flags: tuple) -> Path:
+    """Compile csrc/``sources[0]`` as an emulation library (cached on disk by content + flags)."""
     cxx = compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler (g++) to build the CPU emulation")
-    flags = BASE_FLAGS + key
+    flags = BASE_FLAGS + tuple(extra_flags)
     h = hashlib.sha256(" ".join(flags).encode())
-    for name in SOURCES:
+    for name in sources:
         h.update(name.encode())
         h.update((CSRC / name).read_bytes())
     out_dir = Path(tempfile.gettempdir()) / "zf_kernels_cuda_emulation"
     out_dir.mkdir(parents=True, exist_ok=True)
-    so = out_dir / f"lstm_emu_{h.hexdigest()[:16]}.so"
+    so = out_dir / f"{stem}_{h.hexdigest()[:16]}.so"
     if not so.exists():
         tmp = out_dir / f"{so.stem}.{os.getpid()}.tmp.so"
-        cmd = [cxx, *flags, "-x", "c++", str(CSRC / "lstm_kernels.cu"), "-o", str(tmp)]
+        cmd = [cxx, *flags, "-x", "c++", str(CSRC / sources[0]), "-o", str(tmp)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"building the CPU emulation failed: {' '.join(cmd)}\n{proc.stderr[-4000:]}")
         os.replace(tmp, so)  # atomic: a concurrent build writes the same bytes
-    lib = ctypes.CDLL(str(so))
+    return so
+
+
+def library(extra_flags: tuple = ()) -> ctypes.CDLL:
+    """The LSTM emulation library built with ``extra_flags`` (cached on disk and per process)."""
+    key = tuple(extra_flags)
+    if key in _LIBS:
+        return _LIBS[key]
+    lib = ctypes.CDLL(str(_build("lstm_emu", SOURCES, key)))
     ptr, i, err = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
     cfg = ctypes.POINTER(ZfLstmLaunch)
     for dt in ("f32", "f64"):
@@ -128,3 +135,82 @@ class EmulatedKernels:
         rc = fn(*(t.data_ptr() for t in tensors), T, B, H, int(reverse), ctypes.byref(self.launch), None, buf, 1024)
         self.calls.append("backward")
         self._check(rc, buf)
+
+
+# ------------------------------------------------------------------ the Z-forcing chain kernels
+
+class ZfChainLaunch(ctypes.Structure):
+    _fields_ = [("threads", ctypes.c_int), ("units_per_block", ctypes.c_int),
+                ("smem_limit", ctypes.c_longlong), ("num_sms", ctypes.c_int)]
+
+
+class ZfChainPlan(ctypes.Structure):
+    _fields_ = ([(n, ctypes.c_int) for n in (
+        "blocks", "threads", "units_per_block", "m_per_block", "z_per_block", "kc", "a_stride", "row_groups_b",
+        "resident")] + [(n, ctypes.c_int * 4) for n in ("rows", "k", "ksplit", "row_groups_m", "w_stride")]
+        + [(n, ctypes.c_longlong * 4) for n in ("w_offset", "w_bytes")]
+        + [(n, ctypes.c_longlong) for n in ("resident_bytes", "part_bytes", "state_bytes", "a_bytes", "smem_bytes")])
+
+
+_CHAIN_LIBS: dict[tuple, ctypes.CDLL] = {}
+
+
+def chain_library(extra_flags: tuple = ()) -> ctypes.CDLL:
+    """The chain emulation library built with ``extra_flags`` (cached on disk and per process)."""
+    key = tuple(extra_flags)
+    if key in _CHAIN_LIBS:
+        return _CHAIN_LIBS[key]
+    lib = ctypes.CDLL(str(_build("chain_emu", CHAIN_SOURCES, key)))
+    ptr, i, err = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
+    cfg = ctypes.POINTER(ZfChainLaunch)
+    for dt in ("f32", "f64"):
+        getattr(lib, f"zf_chain_forward_{dt}").argtypes = [ptr] * 17 + [i] * 5 + [cfg, ptr, err, i]
+        getattr(lib, f"zf_chain_backward_{dt}").argtypes = [ptr] * 20 + [i] * 5 + [cfg, ptr, err, i]
+    lib.zf_chain_plan.argtypes = [i] * 6 + [cfg, ctypes.POINTER(ZfChainPlan), err, i]
+    _CHAIN_LIBS[key] = lib
+    return lib
+
+
+def chain_plan(lib, backward: bool, B: int, H: int, M: int, Z: int, elem_size: int,
+               launch: ZfChainLaunch) -> ZfChainPlan:
+    p = ZfChainPlan()
+    buf = ctypes.create_string_buffer(1024)
+    rc = lib.zf_chain_plan(int(backward), B, H, M, Z, elem_size, ctypes.byref(launch), ctypes.byref(p), buf, 1024)
+    if rc != 0:
+        raise EmulationError(rc, buf.value.decode())
+    return p
+
+
+class EmulatedChainKernels:
+    """``forward`` / ``backward`` of csrc/chain_kernels.h on contiguous CPU tensors."""
+
+    def __init__(self, lib, threads: int, units_per_block: int, smem_limit: int = 0, num_sms: int = 0,
+                 backward_lib=None):
+        self.lib, self.backward_lib = lib, backward_lib or lib
+        self.launch = ZfChainLaunch(threads, units_per_block, smem_limit, num_sms)
+        self.calls = []
+
+    def _call(self, lib, name, tensors, dims):
+        dtype = tensors[0].dtype
+        for t in tensors:
+            assert t.is_contiguous() and t.dtype in (dtype, torch.uint8), (name, t.dtype, t.shape)
+        buf = ctypes.create_string_buffer(1024)
+        fn = getattr(lib, f"{name}_{ {torch.float32: 'f32', torch.float64: 'f64'}[dtype]}")
+        rc = fn(*(t.data_ptr() for t in tensors), *dims, ctypes.byref(self.launch), None, buf, 1024)
+        self.calls.append(name)
+        if rc != 0:
+            raise EmulationError(rc, buf.value.decode())
+
+    def forward(self, gates, post_x, eps, h0, c0, w_qh, w_q2, b_q2, w_comb, w_hh, h, c, z, mu, lv, s, okmask):
+        T, B, H = h.shape
+        dims = (T, B, H, s.shape[-1], z.shape[-1])
+        self._call(self.lib, "zf_chain_forward",
+                   (gates, post_x, eps, h0, c0, w_qh, w_q2, b_q2, w_comb, w_hh, h, c, z, mu, lv, s, okmask), dims)
+
+    def backward(self, grad_h, grad_c, grad_z, grad_mu, grad_lv, gates, c0, c, lv, eps, okmask, s,
+                 w_qh, w_q2, w_comb, w_hh, dparams, ds, grad_eps, dc):
+        T, B, H = grad_h.shape
+        dims = (T, B, H, s.shape[-1], lv.shape[-1])
+        self._call(self.backward_lib, "zf_chain_backward",
+                   (grad_h, grad_c, grad_z, grad_mu, grad_lv, gates, c0, c, lv, eps, okmask, s,
+                    w_qh, w_q2, w_comb, w_hh, dparams, ds, grad_eps, dc), dims)

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
-# the kernel entries lstm_kernels.cu must define: forward / backward x float / double
-KERNELS = ("lstm_fwd_kernelIf", "lstm_fwd_kernelId", "lstm_bwd_kernelIf", "lstm_bwd_kernelId")
+# the kernel entries lstm_kernels.cu and chain_kernels.cu must define: forward / backward x float / double
+KERNELS = ("lstm_fwd_kernelIf", "lstm_fwd_kernelId", "lstm_bwd_kernelIf", "lstm_bwd_kernelId",
+           "chain_fwd_kernelIf", "chain_fwd_kernelId", "chain_bwd_kernelIf", "chain_bwd_kernelId")
 MODULE = "zf_compile_check_C"
 
 
@@ -92,21 +93,35 @@ def test_cuda_extension_links_and_imports(build):
         import sys, torch
         sys.path.insert(0, {str(out)!r})
         import {MODULE} as m
-        assert {{"lstm_forward", "lstm_backward", "lstm_plan"}} <= set(dir(m))
+        assert {{"lstm_forward", "lstm_backward", "lstm_plan", "chain_forward", "chain_backward",
+                 "chain_plan"}} <= set(dir(m))
         g = torch.zeros(2, 3, 16)
         try:
             m.lstm_forward(g, torch.zeros(3, 4), torch.zeros(16, 4), torch.zeros(2, 3, 4), torch.zeros(3, 3, 4), False)
         except RuntimeError as e:
             print("forward:", str(e).splitlines()[0])
+        x = torch.zeros
+        try:
+            m.chain_forward(x(2, 3, 16), x(2, 3, 5), x(2, 3, 2), x(3, 4), x(3, 4), x(5, 4), x(4, 5), x(4),
+                            x(16, 2), x(16, 4), x(2, 3, 4), x(2, 3, 4), x(2, 3, 2), x(2, 3, 2), x(2, 3, 2),
+                            x(2, 3, 5), x(2, 3, 4, dtype=torch.uint8))
+        except RuntimeError as e:
+            print("chain_forward:", str(e).splitlines()[0])
         if not torch.cuda.is_available():
             try:
                 m.lstm_plan(False, 32, 1024, 4)
             except RuntimeError as e:
                 print("plan:", e)
+            try:
+                m.chain_plan(False, 32, 1024, 512, 256, 4)
+            except RuntimeError as e:
+                print("chain_plan:", e)
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "forward: zf_kernels._C: gates must be a CUDA tensor" in proc.stdout, proc.stdout
+    assert "\nforward: zf_kernels._C: gates must be a CUDA tensor" in "\n" + proc.stdout, proc.stdout
+    assert "chain_forward: zf_kernels._C: gates must be a CUDA tensor" in proc.stdout, proc.stdout
     import torch
     if not torch.cuda.is_available():
         assert "plan: zf_kernels lstm: cudaGetDevice failed" in proc.stdout, proc.stdout
+        assert "chain_plan: zf_kernels zforcing_chain: cudaGetDevice failed" in proc.stdout, proc.stdout

@@ -1,4 +1,4 @@
-"""How ``backend="cuda"`` and ``"auto"`` treat the CUDA LSTM on any machine: "auto" never picks
+"""How ``backend="cuda"`` and ``"auto"`` treat the CUDA LSTM and Z-forcing chain on any machine: "auto" never picks
 it before a GPU run has verified it (and says so), an explicit request on CPU tensors or an
 unsupported dtype is refused with the reason, and the extension loader turns every failure
 into an ImportError carrying the reason."""
@@ -8,6 +8,7 @@ import torch
 from zf_kernels import ops
 from zf_kernels.ops import _cuda_ext, _dispatch
 from zf_kernels.ops.lstm._cuda_function import why_unsupported
+from zf_kernels.ops.recurrence import _cuda_function as chain_cuda_function
 
 
 def _lstm_args(dtype=torch.float32):
@@ -40,8 +41,41 @@ def test_cuda_auto_skips_the_unverified_lstm_without_loading_it(monkeypatch):
     monkeypatch.setattr(_dispatch, "_with_detail", lambda op, backend, reason, tensors: reason)
     backend, reason = ops.explain("lstm", *_lstm_args())
     assert backend == "triton" and "cuda not tried by 'auto'" in reason
-    # only the lstm's cuda backend is flagged
-    assert [k for k in _dispatch._NOT_AUTO] == [("lstm", "cuda")]
+    # only the cuda backends (lstm, zforcing_chain) are flagged
+    assert sorted(_dispatch._NOT_AUTO) == [("lstm", "cuda"), ("zforcing_chain", "cuda")]
+
+
+def _chain_args(dtype=torch.float32):
+    T, B, H, M, Z, G = 3, 2, 5, 4, 3, 6
+    r = lambda *s: torch.randn(*s, dtype=dtype)  # noqa: E731
+    return (r(T, B, 4 * H), r(T, B, M), r(T, B, Z), r(B, H), r(B, H), r(M, H), r(2 * Z, M), r(2 * Z),
+            r(G, Z), r(G), r(4 * H, G), r(4 * H, H))
+
+
+def test_cuda_chain_is_registered_but_not_eligible_for_auto(monkeypatch):
+    assert "cuda" in _dispatch._REGISTRY["zforcing_chain"]
+    assert _dispatch._NOT_AUTO[("zforcing_chain", "cuda")] == (
+        "the CUDA zforcing_chain has not been verified on a GPU yet; pass backend='cuda' to use it")
+    asked = []
+
+    def fake_why_not(op, backend, tensors):
+        asked.append(backend)
+        return "triton unavailable in this test"
+
+    monkeypatch.setattr(_dispatch, "_on_cuda", lambda tensors: True)
+    monkeypatch.setattr(_dispatch, "_why_not", fake_why_not)
+    backend, reason = ops.explain("zforcing_chain", *_chain_args())
+    assert backend == "torch" and asked == ["triton"]
+    assert "cuda not tried by 'auto': the CUDA zforcing_chain has not been verified on a GPU yet" in reason
+
+
+def test_cuda_chain_explicit_backend_on_cpu_tensors_and_dtypes_say_why():
+    with pytest.raises(ops.BackendUnavailableError, match="CUDA tensors"):
+        ops.zforcing_chain(*_chain_args(), backend="cuda")
+    why = chain_cuda_function.why_unsupported
+    assert "zforcing_chain supports float32 and float64" in why(torch.zeros(1, dtype=torch.bfloat16))
+    assert "float32 and float64" in why(torch.zeros(1, dtype=torch.float16))
+    assert "CUDA tensors" in why(torch.zeros(1))
 
 
 def test_cuda_explicit_backend_on_cpu_tensors_says_why():
@@ -76,11 +110,11 @@ def test_cuda_extension_loader_explains_why_it_cannot_load(monkeypatch):
 
 def test_cuda_sources_are_what_setup_builds():
     names = sorted(p.name for p in _cuda_ext.sources())
-    assert names == ["bindings.cpp", "lstm_kernels.cu"]
+    assert names == ["bindings.cpp", "chain_kernels.cu", "lstm_kernels.cu"]
 
 
 def test_cuda_bench_provider_records_a_row_where_it_cannot_run(tmp_path):
-    """bench_ops --providers cuda: an lstm row per mode, 'unavailable' with the reason on a CPU
+    """bench_ops --providers cuda: an lstm and a zforcing_chain row per mode, 'unavailable' with the reason on a CPU
     (on a GPU whose build fails: the build error), never an aborted run."""
     import json
     import sys
@@ -90,10 +124,11 @@ def test_cuda_bench_provider_records_a_row_where_it_cannot_run(tmp_path):
         sys.path.insert(0, str(repo))
     from benchmarks import bench_ops
     argv = ["--smoke", "--device", "cpu", "--out", str(tmp_path), "--name", "c", "--fresh", "--quiet",
-            "--providers", "cuda,torch", "--ops", "lstm,gaussian_kl"]
+            "--providers", "cuda,torch", "--ops", "lstm,zforcing_chain,gaussian_kl"]
     assert bench_ops.main(argv) == 0
     rows = json.loads((tmp_path / "c.json").read_text())["rows"]
     cuda_rows = [r for r in rows if r["provider"] == "cuda"]
-    assert {r["op"] for r in cuda_rows} == {"lstm"} and len(cuda_rows) == 2, rows
+    assert {r["op"] for r in cuda_rows} == {"lstm", "zforcing_chain"}, rows
+    assert len([r for r in cuda_rows if r["op"] == "zforcing_chain"]) == 2, rows
     assert all(r["status"] == "unavailable" and "CUDA tensors" in r["note"] for r in cuda_rows), cuda_rows
     assert any(r["provider"] == "torch" and r["status"] == "ok" for r in rows)

@@ -9,6 +9,10 @@ __all__ = ["zforcing_chain", "zforcing_chain_ln", "ChainOutput"]
 
 _dispatch.register("zforcing_chain", "torch", f"{__name__}.naive:zforcing_chain_ref")
 _dispatch.register("zforcing_chain", "triton", f"{__name__}.triton:zforcing_chain")
+# The CUDA kernels have only run in their CPU emulation: "auto" takes them once a GPU run has
+# verified them (then drop not_auto).
+_dispatch.register("zforcing_chain", "cuda", f"{__name__}.cuda:zforcing_chain",
+                   not_auto="the CUDA zforcing_chain has not been verified on a GPU yet; pass backend='cuda' to use it")
 _dispatch.register("zforcing_chain_ln", "torch", f"{__name__}.naive:zforcing_chain_ln_ref")
 _dispatch.register("zforcing_chain_ln", "triton", f"{__name__}.triton_ln:zforcing_chain_ln")
 

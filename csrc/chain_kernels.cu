@@ -1,0 +1,691 @@
+// Persistent Z-forcing chain (ops.zforcing_chain, backend="cuda"): one cooperative launch per
+// direction, three grid syncs per step (see csrc/README.md and
+// zf_kernels/ops/recurrence/naive.py for the equations).
+//
+// Partition: block `bid` owns hidden units j in [bid*U, bid*U + U) (LSTM stage), posterior
+// hidden units m in [bid*Mb, ...) and latent units in [bid*Zb, ...), for all T steps. Its weight
+// slices (ZfChainPlan) stay in shared memory where they fit: always the W_hh slice, then the
+// folded W_comb = W_iz W_gz, W_qh and W_q2 slices in that order; a slice that does not fit is
+// read from global memory (L2) each step. Activations written by other blocks (h, s, z;
+// backward dgates, dparams, ds) are staged chunk by chunk with L2 loads after the grid sync.
+//
+// Forward, step t:   s_t = h_{t-1} W_qh^T + post_x_t            (m-slice)   | grid sync
+//                    [mu, lv] = clamp(act(s_t) W_q2^T + b_q2); z (z-slice)  | grid sync
+//                    gates = gx_t + h_{t-1} W_hh^T + z_t W_comb^T; cell     | grid sync
+// Backward, step t:  dh = grad_h + dgates_{t+1} W_hh + ds_{t+1} W_qh; cell  | grid sync
+//                    dz = grad_z + dgates_t W_comb; dparams, grad_eps       | grid sync
+//                    ds_t = (dparams_t W_q2) * act'(s_t)                    | grid sync
+//
+// No torch headers here: compiled by nvcc (zf_kernels._C) and, with -DZF_CPU_EMULATION, by g++
+// as a CPU library for the tests (zf_device.h).
+#include "chain_kernels.h"
+#include "zf_device.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+
+namespace {
+
+constexpr int TB = 4;  // batch rows per register tile
+constexpr int TM = 4;  // weight rows per register tile
+constexpr int DEFAULT_THREADS = 256;
+
+#ifndef ZF_CPU_EMULATION
+ZF_DEVICE float zf_exp(float x) { return expf(x); }
+ZF_DEVICE double zf_exp(double x) { return exp(x); }
+ZF_DEVICE float zf_tanh(float x) { return tanhf(x); }
+ZF_DEVICE double zf_tanh(double x) { return tanh(x); }
+ZF_DEVICE float zf_fma(float a, float b, float c) { return fmaf(a, b, c); }
+ZF_DEVICE double zf_fma(double a, double b, double c) { return fma(a, b, c); }
+#else
+template <typename T> inline T zf_exp(T x) { return std::exp(x); }
+template <typename T> inline T zf_tanh(T x) { return std::tanh(x); }
+template <typename T> inline T zf_fma(T a, T b, T c) { return std::fma(a, b, c); }
+#endif
+template <typename T>
+ZF_DEVICE T zf_sigmoid(T x) { return T(1) / (T(1) + zf_exp(-x)); }
+
+// the model's MLP activation: clamp(leaky_relu(x, 1/3), -3, 3); NaN stays NaN (torch.clamp)
+template <typename T>
+ZF_DEVICE T leaky_clamp(T x) {
+  const T y = x >= T(0) ? x : x * T(1.0 / 3.0);
+  return y < T(-3) ? T(-3) : (y > T(3) ? T(3) : y);
+}
+// its gradient times g, as torch's autograd: leaky_relu passes g at x > 0 and g * slope at
+// x <= 0; the clamp passes it on the closed interval [-3, 3] (zero outside and for NaN)
+template <typename T>
+ZF_DEVICE T leaky_clamp_backward(T x, T g) {
+  const T y = x >= T(0) ? x : x * T(1.0 / 3.0);
+  if (!(y >= T(-3) && y <= T(3))) return T(0);
+  return x > T(0) ? g : g * T(1.0 / 3.0);
+}
+
+template <typename T>
+struct ChainParams {
+  T* gates;
+  const T *post_x, *eps, *h0, *c0, *w_qh, *w_q2, *b_q2, *w_comb, *w_hh;
+  T *h, *z, *mu, *s;
+  T* c;
+  T* lv;
+  unsigned char* okmask;
+  const T *grad_h, *grad_c, *grad_z, *grad_mu, *grad_lv;
+  const T *c_saved, *lv_saved, *s_saved;
+  const unsigned char* ok_saved;
+  T *dparams, *ds, *grad_eps, *dc;
+  int T_, B, H, M, Z;
+  ZfChainPlan plan;
+};
+
+// One product A (B x K) @ W_slice^T, W_slice = `rows` rows of a global matrix: local row r is
+// segment r / segn, unit u = r % segn (clamped to the `count` valid ones), global row
+// seg * segstride + base + u; element (row, k) at gw[row * ldw + k * kstride] (a transposed
+// slice has ldw = 1). `sw`: the resident copy (row r at sw + r * ws, k contiguous) or null.
+template <typename T>
+struct Mm {
+  const T* gw;
+  long long ldw, kstride, segstride, base;
+  const T* sw;
+  int ws, K, rows, segn, count, rgm, ksplit;
+};
+
+template <typename T>
+ZF_DEVICE long long mm_row(const Mm<T>& mm, int r) {
+  if (r > mm.rows - 1) r = mm.rows - 1;
+  const int seg = r / mm.segn;
+  int u = r - seg * mm.segn;
+  if (u > mm.count - 1) u = mm.count - 1;
+  return seg * mm.segstride + mm.base + u;
+}
+
+// copy the slice into shared memory (once per launch)
+template <typename T>
+ZF_DEVICE void mm_load(const Mm<T>& mm, T* sw) {
+  const int tid = zf_tid(), nt = zf_nthreads();
+  const long long n = static_cast<long long>(mm.rows) * mm.K;
+  for (long long idx = tid; idx < n; idx += nt) {
+    int r, k;
+    if (mm.kstride == 1) {  // consecutive threads read consecutive k
+      r = static_cast<int>(idx / mm.K);
+      k = static_cast<int>(idx - static_cast<long long>(r) * mm.K);
+    } else {                // transposed: consecutive threads read consecutive rows (columns)
+      k = static_cast<int>(idx / mm.rows);
+      r = static_cast<int>(idx - static_cast<long long>(k) * mm.rows);
+    }
+    sw[static_cast<size_t>(r) * mm.ws + k] = mm.gw[mm_row(mm, r) * mm.ldw + k * mm.kstride];
+  }
+}
+
+// part[(grp * ksplit + ks) * TB*TM + ib * TM + im] (+)= sum_k A[b, k] W_slice[m, k] for
+// b = bg + ib * rgb, m = mg + im * rgm, grp = bg * rgm + mg. A (row stride lda, written by other
+// blocks) is staged in kc-wide chunks into As, through leaky_clamp when `act`; rows >= B are 0.
+// Ends with a block barrier after which `part` is complete.
+template <typename T>
+ZF_DEVICE void block_mm(const T* A, int lda, bool act, const Mm<T>& mm, bool accumulate, T* As,
+                        T* part, int B, const ZfChainPlan& p) {
+  const int tid = zf_tid(), nt = zf_nthreads();
+  const int bgs = p.row_groups_b, mgs = mm.rgm, ksplit = mm.ksplit;
+  const int Bp = bgs * TB;
+  const int n_items = bgs * mgs * ksplit;
+  const int K = mm.K, as = p.a_stride;
+  const int kc = p.kc < K ? p.kc : K;
+  const bool resident = mm.sw != nullptr;
+  for (int k0 = 0; k0 < K; k0 += kc) {
+    const int kw = (K - k0 < kc) ? K - k0 : kc;
+    for (int idx = tid; idx < Bp * kw; idx += nt) {
+      const int b = idx / kw, k = idx - b * kw;
+      T v = b < B ? zf_ldcg(A + static_cast<size_t>(b) * lda + k0 + k) : T(0);
+      As[b * as + k] = act ? leaky_clamp(v) : v;
+    }
+    zf_block_sync();
+    for (int item = tid; item < n_items; item += nt) {
+      const int ks = item % ksplit, grp = item / ksplit;
+      const int mg = grp % mgs, bg = grp / mgs;
+      T* pp = part + static_cast<size_t>(item) * (TB * TM);
+      T acc[TB][TM];
+      const bool zero = k0 == 0 && !accumulate;
+ZF_UNROLL
+      for (int i = 0; i < TB; ++i)
+ZF_UNROLL
+        for (int j = 0; j < TM; ++j) acc[i][j] = zero ? T(0) : pp[i * TM + j];
+      const T* wr[TM];
+      long long wk;
+ZF_UNROLL
+      for (int j = 0; j < TM; ++j) {
+        int r = mg + j * mgs;
+        if (r > mm.rows - 1) r = mm.rows - 1;
+        wr[j] = resident ? mm.sw + static_cast<size_t>(r) * mm.ws + k0
+                         : mm.gw + mm_row(mm, r) * mm.ldw + static_cast<long long>(k0) * mm.kstride;
+      }
+      wk = resident ? 1 : mm.kstride;
+      const T* a0 = As + bg * as;
+      for (int k = ks; k < kw; k += ksplit) {
+        T a[TB], w[TM];
+ZF_UNROLL
+        for (int i = 0; i < TB; ++i) a[i] = a0[i * bgs * as + k];
+ZF_UNROLL
+        for (int j = 0; j < TM; ++j) w[j] = wr[j][k * wk];
+ZF_UNROLL
+        for (int i = 0; i < TB; ++i)
+ZF_UNROLL
+          for (int j = 0; j < TM; ++j) acc[i][j] = zf_fma(a[i], w[j], acc[i][j]);
+      }
+ZF_UNROLL
+      for (int i = 0; i < TB; ++i)
+ZF_UNROLL
+        for (int j = 0; j < TM; ++j) pp[i * TM + j] = acc[i][j];
+    }
+    zf_block_sync();  // part complete; As free for the next chunk
+  }
+}
+
+// sum over the ksplit partial tiles of element (b, m) of the last product
+template <typename T>
+ZF_DEVICE T tile_sum(const T* part, int b, int m, const Mm<T>& mm, const ZfChainPlan& p) {
+  const int bg = b % p.row_groups_b, ib = b / p.row_groups_b;
+  const int mg = m % mm.rgm, im = m / mm.rgm;
+  const T* pp = part + static_cast<size_t>((bg * mm.rgm + mg) * mm.ksplit) * (TB * TM) + ib * TM + im;
+  T s = T(0);
+  for (int ks = 0; ks < mm.ksplit; ++ks) s += pp[static_cast<size_t>(ks) * (TB * TM)];
+  return s;
+}
+
+template <typename T>
+ZF_DEVICE Mm<T> make_mm(const ZfChainPlan& p, int i, unsigned char* smem, const T* gw, long long ldw,
+                        long long kstride, int segn, long long segstride, long long base, int limit) {
+  Mm<T> mm;
+  mm.gw = gw;
+  mm.ldw = ldw;
+  mm.kstride = kstride;
+  mm.segstride = segstride;
+  mm.base = base;
+  mm.sw = (p.resident >> i) & 1 ? reinterpret_cast<const T*>(smem + p.w_offset[i]) : nullptr;
+  mm.ws = p.w_stride[i];
+  mm.K = p.k[i];
+  mm.rows = p.rows[i];
+  mm.segn = segn;
+  const long long left = limit - base;
+  mm.count = left <= 0 ? 0 : (left < segn ? static_cast<int>(left) : segn);
+  mm.rgm = p.row_groups_m[i];
+  mm.ksplit = p.ksplit[i];
+  return mm;
+}
+
+template <typename T>
+ZF_DEVICE void load_resident(const Mm<T>& mm, int i, const ZfChainPlan& p, unsigned char* smem) {
+  if (mm.sw != nullptr && mm.count > 0) mm_load(mm, reinterpret_cast<T*>(smem + p.w_offset[i]));
+}
+
+template <typename T>
+ZF_GLOBAL void chain_fwd_kernel(ChainParams<T> P) {
+  unsigned char* smem = zf_dynamic_smem();
+  const ZfChainPlan& p = P.plan;
+  T* part = reinterpret_cast<T*>(smem + p.resident_bytes);
+  T* cs = reinterpret_cast<T*>(smem + p.resident_bytes + p.part_bytes);
+  T* As = reinterpret_cast<T*>(smem + p.resident_bytes + p.part_bytes + p.state_bytes);
+  const int tid = zf_tid(), nt = zf_nthreads(), bid = zf_bid();
+  const int H = P.H, B = P.B, M = P.M, Z = P.Z, T_ = P.T_;
+  const int U = p.units_per_block, Mb = p.m_per_block, Zb = p.z_per_block;
+  const long long j0 = static_cast<long long>(bid) * U, m0 = static_cast<long long>(bid) * Mb,
+                  z0 = static_cast<long long>(bid) * Zb;
+  const Mm<T> mhh = make_mm<T>(p, 0, smem, P.w_hh, H, 1, U, H, j0, H);
+  const Mm<T> mcomb = make_mm<T>(p, 1, smem, P.w_comb, Z, 1, U, H, j0, H);
+  const Mm<T> mqh = make_mm<T>(p, 2, smem, P.w_qh, H, 1, Mb, 0, m0, M);
+  const Mm<T> mq2 = make_mm<T>(p, 3, smem, P.w_q2, M, 1, Zb, Z, z0, Z);
+  load_resident(mhh, 0, p, smem);
+  load_resident(mcomb, 1, p, smem);
+  load_resident(mqh, 2, p, smem);
+  load_resident(mq2, 3, p, smem);
+  const int nu = mhh.count, nm = mqh.count, nz = mq2.count;
+  for (int e = tid; e < B * U; e += nt) {
+    const int b = e / U, u = e % U;
+    cs[e] = u < nu ? P.c0[static_cast<size_t>(b) * H + j0 + u] : T(0);
+  }
+  zf_block_sync();
+  const size_t BH = static_cast<size_t>(B) * H, BM = static_cast<size_t>(B) * M,
+               BZ = static_cast<size_t>(B) * Z;
+  for (int t = 0; t < T_; ++t) {
+    const T* hprev = t == 0 ? P.h0 : P.h + (t - 1) * BH;
+    // stage 1: s_t = h_{t-1} W_qh^T + post_x_t, for this block's m
+    if (nm > 0) {
+      block_mm(hprev, H, false, mqh, false, As, part, B, p);
+      for (int e = tid; e < B * nm; e += nt) {
+        const int b = e / nm, u = e % nm;
+        const size_t o = t * BM + static_cast<size_t>(b) * M + m0 + u;
+        P.s[o] = tile_sum(part, b, u, mqh, p) + P.post_x[o];
+      }
+    }
+    zf_grid_sync();  // s_t complete
+    // stage 2: [mu, lv] = clamp(act(s_t) W_q2^T + b_q2, -8, 8); z = mu + exp(lv / 2) eps
+    if (nz > 0) {
+      block_mm(P.s + t * BM, M, true, mq2, false, As, part, B, p);
+      for (int e = tid; e < B * nz; e += nt) {
+        const int b = e / nz, u = e % nz;
+        const long long zz = z0 + u;
+        const T pm = tile_sum(part, b, u, mq2, p) + P.b_q2[zz];
+        const T pl = tile_sum(part, b, Zb + u, mq2, p) + P.b_q2[Z + zz];
+        const T mu = pm < T(-8) ? T(-8) : (pm > T(8) ? T(8) : pm);
+        const T lv = pl < T(-8) ? T(-8) : (pl > T(8) ? T(8) : pl);
+        const size_t o = t * BZ + static_cast<size_t>(b) * Z + zz;
+        P.mu[o] = mu;
+        P.lv[o] = lv;
+        P.z[o] = mu + zf_exp(T(0.5) * lv) * P.eps[o];
+        unsigned char* ok = P.okmask + 2 * (t * BZ + static_cast<size_t>(b) * Z) + zz;
+        ok[0] = (pm >= T(-8) && pm <= T(8)) ? 1 : 0;  // torch.clamp's closed interval
+        ok[Z] = (pl >= T(-8) && pl <= T(8)) ? 1 : 0;
+      }
+    }
+    zf_grid_sync();  // z_t complete
+    // stage 3: gates = gx_t + h_{t-1} W_hh^T + z_t W_comb^T; LSTM cell for this block's units
+    if (nu > 0) {
+      block_mm(hprev, H, false, mhh, false, As, part, B, p);
+      block_mm(static_cast<const T*>(P.z + t * BZ), Z, false, mcomb, true, As, part, B, p);
+      for (int e = tid; e < B * nu; e += nt) {
+        const int b = e / nu, u = e % nu;
+        const long long j = j0 + u;
+        T* g = P.gates + t * 4 * BH + static_cast<size_t>(b) * 4 * H + j;
+        const T zi = g[0] + tile_sum(part, b, u, mhh, p);
+        const T zf = g[H] + tile_sum(part, b, U + u, mhh, p);
+        const T zg = g[2 * H] + tile_sum(part, b, 2 * U + u, mhh, p);
+        const T zo = g[3 * H] + tile_sum(part, b, 3 * U + u, mhh, p);
+        const int ce = b * U + u;
+        const T c = zf_sigmoid(zf) * cs[ce] + zf_sigmoid(zi) * zf_tanh(zg);
+        const T hv = zf_sigmoid(zo) * zf_tanh(c);
+        cs[ce] = c;
+        g[0] = zi;  // pre-activations, saved for backward
+        g[H] = zf;
+        g[2 * H] = zg;
+        g[3 * H] = zo;
+        P.h[t * BH + static_cast<size_t>(b) * H + j] = hv;
+        P.c[t * BH + static_cast<size_t>(b) * H + j] = c;
+      }
+    }
+    if (t + 1 < T_) zf_grid_sync();  // h_t complete
+  }
+}
+
+template <typename T>
+ZF_GLOBAL void chain_bwd_kernel(ChainParams<T> P) {
+  unsigned char* smem = zf_dynamic_smem();
+  const ZfChainPlan& p = P.plan;
+  T* part = reinterpret_cast<T*>(smem + p.resident_bytes);
+  T* dcs = reinterpret_cast<T*>(smem + p.resident_bytes + p.part_bytes);
+  T* As = reinterpret_cast<T*>(smem + p.resident_bytes + p.part_bytes + p.state_bytes);
+  const int tid = zf_tid(), nt = zf_nthreads(), bid = zf_bid();
+  const int H = P.H, B = P.B, M = P.M, Z = P.Z, T_ = P.T_, H4 = 4 * H;
+  const int U = p.units_per_block, Mb = p.m_per_block, Zb = p.z_per_block;
+  const long long j0 = static_cast<long long>(bid) * U, m0 = static_cast<long long>(bid) * Mb,
+                  z0 = static_cast<long long>(bid) * Zb;
+  // transposed slices: row u of the slice is column (base + u) of the matrix
+  const Mm<T> mhh = make_mm<T>(p, 0, smem, P.w_hh, 1, H, U, 0, j0, H);
+  const Mm<T> mqh = make_mm<T>(p, 1, smem, P.w_qh, 1, H, U, 0, j0, H);
+  const Mm<T> mcomb = make_mm<T>(p, 2, smem, P.w_comb, 1, Z, Zb, 0, z0, Z);
+  const Mm<T> mq2 = make_mm<T>(p, 3, smem, P.w_q2, 1, M, Mb, 0, m0, M);
+  load_resident(mhh, 0, p, smem);
+  load_resident(mqh, 1, p, smem);
+  load_resident(mcomb, 2, p, smem);
+  load_resident(mq2, 3, p, smem);
+  const int nu = mhh.count, nm = mq2.count, nz = mcomb.count;
+  for (int e = tid; e < B * U; e += nt) dcs[e] = T(0);
+  zf_block_sync();
+  const size_t BH = static_cast<size_t>(B) * H, BM = static_cast<size_t>(B) * M,
+               BZ = static_cast<size_t>(B) * Z;
+  for (int t = T_ - 1; t >= 0; --t) {
+    const bool last = t == T_ - 1;
+    // stage 1: dh = grad_h_t + dgates_{t+1} W_hh + ds_{t+1} W_qh; the cell backward
+    if (nu > 0) {
+      if (!last) {
+        block_mm(static_cast<const T*>(P.gates + (t + 1) * 4 * BH), H4, false, mhh, false, As, part, B, p);
+        block_mm(static_cast<const T*>(P.ds + (t + 1) * BM), M, false, mqh, true, As, part, B, p);
+      }
+      for (int e = tid; e < B * nu; e += nt) {
+        const int b = e / nu, u = e % nu;
+        const size_t bj = static_cast<size_t>(b) * H + j0 + u;
+        T dh = P.grad_h[t * BH + bj];
+        if (!last) dh += tile_sum(part, b, u, mhh, p);
+        T* g = P.gates + t * 4 * BH + static_cast<size_t>(b) * 4 * H + j0 + u;
+        const T i = zf_sigmoid(g[0]), f = zf_sigmoid(g[H]), gg = zf_tanh(g[2 * H]), o = zf_sigmoid(g[3 * H]);
+        const T c_prev = t == 0 ? P.c0[bj] : P.c_saved[(t - 1) * BH + bj];
+        const T tc = zf_tanh(P.c_saved[t * BH + bj]);
+        const int ce = b * U + u;
+        T dc = P.grad_c[t * BH + bj] + dcs[ce];
+        dc += dh * o * (T(1) - tc * tc);
+        g[0] = dc * gg * i * (T(1) - i);  // dgates overwrite the pre-activations in place
+        g[H] = dc * c_prev * f * (T(1) - f);
+        g[2 * H] = dc * i * (T(1) - gg * gg);
+        g[3 * H] = dh * tc * o * (T(1) - o);
+        dcs[ce] = dc * f;
+      }
+    }
+    zf_grid_sync();  // dgates_t complete
+    // stage 2: dz = grad_z + dgates_t W_comb; grad_eps; dparams through the clamp
+    if (nz > 0) {
+      block_mm(static_cast<const T*>(P.gates + t * 4 * BH), H4, false, mcomb, false, As, part, B, p);
+      for (int e = tid; e < B * nz; e += nt) {
+        const int b = e / nz, u = e % nz;
+        const size_t o = t * BZ + static_cast<size_t>(b) * Z + z0 + u;
+        const T dz = P.grad_z[o] + tile_sum(part, b, u, mcomb, p);
+        const T eps = P.eps[o];
+        const T sd = zf_exp(T(0.5) * P.lv_saved[o]);
+        P.grad_eps[o] = dz * sd;
+        const size_t o2 = 2 * (t * BZ + static_cast<size_t>(b) * Z) + z0 + u;
+        P.dparams[o2] = P.ok_saved[o2] ? dz + P.grad_mu[o] : T(0);
+        P.dparams[o2 + Z] = P.ok_saved[o2 + Z] ? dz * eps * T(0.5) * sd + P.grad_lv[o] : T(0);
+      }
+    }
+    zf_grid_sync();  // dparams_t complete
+    // stage 3: ds_t = (dparams_t W_q2) * act'(s_t)
+    if (nm > 0) {
+      block_mm(static_cast<const T*>(P.dparams + t * 2 * BZ), 2 * Z, false, mq2, false, As, part, B, p);
+      for (int e = tid; e < B * nm; e += nt) {
+        const int b = e / nm, u = e % nm;
+        const size_t o = t * BM + static_cast<size_t>(b) * M + m0 + u;
+        P.ds[o] = leaky_clamp_backward(P.s_saved[o], tile_sum(part, b, u, mq2, p));
+      }
+    }
+    if (t > 0) zf_grid_sync();  // ds_t complete
+  }
+  for (int e = tid; e < B * nu; e += nt) {
+    const int b = e / nu, u = e % nu;
+    P.dc[static_cast<size_t>(b) * H + j0 + u] = dcs[b * U + u];
+  }
+}
+
+// --------------------------------------------------------------------------------- planning
+
+void set_err(char* err, int errlen, const char* msg) {
+  if (err && errlen > 0) {
+    std::strncpy(err, msg, errlen - 1);
+    err[errlen - 1] = '\0';
+  }
+}
+
+long long align16(long long n) { return (n + 15) / 16 * 16; }
+int round_up(int n, int m) { return (n + m - 1) / m * m; }
+int cdiv(int a, int b) { return (a + b - 1) / b; }
+
+int plan_with(int backward, int B, int H, int M, int Z, int es, int threads, int units,
+              long long smem_limit, int num_sms, ZfChainPlan* p, char* err, int errlen) {
+  char msg[900];
+  const char* dir = backward ? "backward" : "forward";
+  const char* dt = es == 8 ? "float64" : "float32";
+  if (B < 1 || H < 1 || M < 1 || Z < 1 || threads < 1 || num_sms < 1 || (es != 4 && es != 8)) {
+    std::snprintf(msg, sizeof msg,
+                  "invalid zforcing_chain plan arguments B=%d H=%d M=%d Z=%d elem_size=%d threads=%d SMs=%d",
+                  B, H, M, Z, es, threads, num_sms);
+    set_err(err, errlen, msg);
+    return ZF_DOES_NOT_FIT;
+  }
+  std::memset(p, 0, sizeof *p);
+  p->threads = threads;
+  const int U = units > 0 ? (units < H ? units : H) : cdiv(H, num_sms);
+  p->units_per_block = U;
+  p->blocks = cdiv(H, U);
+  p->m_per_block = cdiv(M, p->blocks);
+  p->z_per_block = cdiv(Z, p->blocks);
+  const int Mb = p->m_per_block, Zb = p->z_per_block;
+  if (!backward) {
+    const int rows[4] = {4 * U, 4 * U, Mb, 2 * Zb}, ks[4] = {H, Z, H, M};
+    for (int i = 0; i < 4; ++i) p->rows[i] = rows[i], p->k[i] = ks[i];
+  } else {
+    const int rows[4] = {U, U, Zb, Mb}, ks[4] = {4 * H, M, 4 * H, 2 * Z};
+    for (int i = 0; i < 4; ++i) p->rows[i] = rows[i], p->k[i] = ks[i];
+  }
+  p->row_groups_b = cdiv(B, TB);
+  long long part = 0;
+  int kmax = 0;
+  for (int i = 0; i < 4; ++i) {
+    p->row_groups_m[i] = cdiv(p->rows[i], TM);
+    const int groups = p->row_groups_b * p->row_groups_m[i];
+    p->ksplit[i] = threads / groups < 1 ? 1 : threads / groups;
+    if (!backward && i == 1) p->ksplit[1] = p->ksplit[0];  // accumulates into the same tiles
+    if (backward && i == 1) p->ksplit[1] = p->ksplit[0];
+    const long long pb = static_cast<long long>(groups) * p->ksplit[i] * TB * TM * es;
+    if (pb > part) part = pb;
+    p->w_stride[i] = round_up(p->k[i], 32) + 4;
+    p->w_bytes[i] = align16(static_cast<long long>(p->rows[i]) * p->w_stride[i] * es);
+    if (p->k[i] > kmax) kmax = p->k[i];
+  }
+  p->part_bytes = align16(part);
+  p->state_bytes = align16(static_cast<long long>(B) * U * es);
+  const long long Bp = static_cast<long long>(p->row_groups_b) * TB;
+  auto staging = [&](long long kc) { return align16(Bp * (round_up(static_cast<int>(kc), 32) + 4) * es); };
+  const long long kmin = kmax < 32 ? kmax : 32;
+  const long long fixed = p->w_bytes[0] + p->part_bytes + p->state_bytes;
+  if (fixed + staging(kmin) > smem_limit) {
+    std::snprintf(msg, sizeof msg,
+                  "the CUDA zforcing_chain %s cannot run B=%d, H=%d, M=%d, Z=%d in %s as one cooperative "
+                  "launch: each of its %d blocks holds %d hidden units, i.e. %lld bytes of W_hh + %lld of "
+                  "partial sums + %lld of cell state + at least %lld for a 32-wide activation chunk, more "
+                  "than the %lld bytes of shared memory a block can have (use backend='torch' or 'triton')",
+                  dir, B, H, M, Z, dt, p->blocks, U, p->w_bytes[0], p->part_bytes, p->state_bytes,
+                  staging(kmin), smem_limit);
+    set_err(err, errlen, msg);
+    return ZF_DOES_NOT_FIT;
+  }
+  // the other slices in order while they fit next to a 64-wide chunk
+  long long used = fixed;
+  p->resident = 1;
+  const long long reserve = staging(kmax < 64 ? kmax : 64);
+  for (int i = 1; i < 4; ++i) {
+    if (used + p->w_bytes[i] + reserve <= smem_limit) {
+      used += p->w_bytes[i];
+      p->resident |= 1 << i;
+    }
+  }
+  long long off = 0;
+  for (int i = 0; i < 4; ++i) {
+    if ((p->resident >> i) & 1) {
+      p->w_offset[i] = off;
+      off += p->w_bytes[i];
+    }
+  }
+  p->resident_bytes = off;
+  const long long avail = smem_limit - used;
+  long long kc = avail / (Bp * es) - 36;
+  if (kc >= kmax) kc = kmax;
+  else if (kc >= 32) kc = kc / 32 * 32;
+  if (kc < kmin) kc = kmin;
+  p->kc = static_cast<int>(kc);
+  p->a_stride = round_up(p->kc, 32) + 4;
+  p->a_bytes = align16(Bp * p->a_stride * es);
+  p->smem_bytes = used + p->a_bytes;
+  return ZF_OK;
+}
+
+template <typename T>
+ChainParams<T> params_for(const ZfChainPlan& plan, int T_, int B, int H, int M, int Z) {
+  ChainParams<T> P;
+  std::memset(static_cast<void*>(&P), 0, sizeof P);
+  P.T_ = T_;
+  P.B = B;
+  P.H = H;
+  P.M = M;
+  P.Z = Z;
+  P.plan = plan;
+  return P;
+}
+
+#ifndef ZF_CPU_EMULATION
+// ------------------------------------------------------------------------------ CUDA launch
+
+int cuda_fail(cudaError_t e, const char* what, char* err, int errlen) {
+  char msg[512];
+  std::snprintf(msg, sizeof msg, "zf_kernels zforcing_chain: %s failed: %s", what, cudaGetErrorString(e));
+  set_err(err, errlen, msg);
+  return ZF_CUDA_ERROR;
+}
+
+#define ZF_CUDA_TRY(call, what)                                     \
+  do {                                                              \
+    cudaError_t e_ = (call);                                        \
+    if (e_ != cudaSuccess) return cuda_fail(e_, what, err, errlen); \
+  } while (0)
+
+int resolve_and_plan(int backward, int B, int H, int M, int Z, int es, const ZfChainLaunch* cfg,
+                     ZfChainPlan* p, int* device_sms, char* err, int errlen) {
+  int dev = 0, sms = 0, smem_optin = 0, coop = 0;
+  ZF_CUDA_TRY(cudaGetDevice(&dev), "cudaGetDevice");
+  ZF_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute(SMs)");
+  ZF_CUDA_TRY(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
+              "cudaDeviceGetAttribute(shared memory)");
+  ZF_CUDA_TRY(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev),
+              "cudaDeviceGetAttribute(cooperative launch)");
+  if (!coop) {
+    set_err(err, errlen, "the CUDA zforcing_chain needs a device that supports cooperative launches");
+    return ZF_DOES_NOT_FIT;
+  }
+  *device_sms = sms;
+  const int threads = cfg && cfg->threads > 0 ? cfg->threads : DEFAULT_THREADS;
+  const int units = cfg ? cfg->units_per_block : 0;
+  const long long limit = cfg && cfg->smem_limit > 0 ? cfg->smem_limit : smem_optin;
+  const int nsm = cfg && cfg->num_sms > 0 ? cfg->num_sms : sms;
+  return plan_with(backward, B, H, M, Z, es, threads, units, limit, nsm, p, err, errlen);
+}
+
+template <typename T>
+int launch(void (*kernel)(ChainParams<T>), ChainParams<T>& P, const char* dir, int device_sms, void* stream,
+           char* err, int errlen) {
+  const ZfChainPlan& p = P.plan;
+  const int smem = static_cast<int>(p.smem_bytes);
+  ZF_CUDA_TRY(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+              "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+  int per_sm = 0;
+  ZF_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, p.threads, smem),
+              "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+  if (static_cast<long long>(per_sm) * device_sms < p.blocks) {
+    char msg[640];
+    std::snprintf(msg, sizeof msg,
+                  "the CUDA zforcing_chain %s cannot run B=%d, H=%d, M=%d, Z=%d in %s: its %d blocks (%d "
+                  "hidden units, %d threads and %d bytes of shared memory each) must all be resident at "
+                  "once for the grid sync, but the device holds %d such blocks per SM x %d SMs = %d "
+                  "(use backend='torch' or 'triton')",
+                  dir, P.B, P.H, P.M, P.Z, sizeof(T) == 8 ? "float64" : "float32", p.blocks,
+                  p.units_per_block, p.threads, smem, per_sm, device_sms, per_sm * device_sms);
+    set_err(err, errlen, msg);
+    return ZF_DOES_NOT_FIT;
+  }
+  void* args[] = {static_cast<void*>(&P)};
+  ZF_CUDA_TRY(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(p.blocks),
+                                          dim3(p.threads), args, static_cast<size_t>(smem),
+                                          static_cast<cudaStream_t>(stream)),
+              "cudaLaunchCooperativeKernel");
+  return ZF_OK;
+}
+
+#else
+// ----------------------------------------------------------------------- CPU emulation launch
+
+int resolve_and_plan(int backward, int B, int H, int M, int Z, int es, const ZfChainLaunch* cfg,
+                     ZfChainPlan* p, int* device_sms, char* err, int errlen) {
+  // emulated "device": 4 SMs of 227 KB unless the caller says otherwise
+  const int threads = cfg && cfg->threads > 0 ? cfg->threads : 8;
+  const int units = cfg ? cfg->units_per_block : 0;
+  const long long limit = cfg && cfg->smem_limit > 0 ? cfg->smem_limit : 227 * 1024;
+  const int nsm = cfg && cfg->num_sms > 0 ? cfg->num_sms : 4;
+  *device_sms = nsm;
+  return plan_with(backward, B, H, M, Z, es, threads, units, limit, nsm, p, err, errlen);
+}
+
+template <typename T>
+int launch(void (*kernel)(ChainParams<T>), ChainParams<T>& P, const char*, int, void*, char* err, int errlen) {
+  try {
+    zf_emu::launch(P.plan.blocks, P.plan.threads, static_cast<size_t>(P.plan.smem_bytes),
+                   [&] { kernel(P); });
+  } catch (const std::exception& e) {
+    set_err(err, errlen, e.what());
+    return ZF_CUDA_ERROR;
+  }
+  return ZF_OK;
+}
+#endif
+
+template <typename F>
+int forward(ZF_CHAIN_FWD_ARGS(F)) {
+  ZfChainPlan plan;
+  int sms = 0;
+  int rc = resolve_and_plan(0, B, H, M, Z, sizeof(F), cfg, &plan, &sms, err, errlen);
+  if (rc != ZF_OK) return rc;
+  if (T <= 0) return ZF_OK;
+  ChainParams<F> P = params_for<F>(plan, T, B, H, M, Z);
+  P.gates = gates;
+  P.post_x = post_x;
+  P.eps = eps;
+  P.h0 = h0;
+  P.c0 = c0;
+  P.w_qh = w_qh;
+  P.w_q2 = w_q2;
+  P.b_q2 = b_q2;
+  P.w_comb = w_comb;
+  P.w_hh = w_hh;
+  P.h = h;
+  P.c = c;
+  P.z = z;
+  P.mu = mu;
+  P.lv = lv;
+  P.s = s;
+  P.okmask = okmask;
+  return launch<F>(chain_fwd_kernel<F>, P, "forward", sms, stream, err, errlen);
+}
+
+template <typename F>
+int backward(ZF_CHAIN_BWD_ARGS(F)) {
+  ZfChainPlan plan;
+  int sms = 0;
+  int rc = resolve_and_plan(1, B, H, M, Z, sizeof(F), cfg, &plan, &sms, err, errlen);
+  if (rc != ZF_OK) return rc;
+  if (T <= 0) return ZF_OK;
+  ChainParams<F> P = params_for<F>(plan, T, B, H, M, Z);
+  P.grad_h = grad_h;
+  P.grad_c = grad_c;
+  P.grad_z = grad_z;
+  P.grad_mu = grad_mu;
+  P.grad_lv = grad_lv;
+  P.gates = gates;
+  P.c0 = c0;
+  P.c_saved = c;
+  P.lv_saved = lv;
+  P.eps = eps;
+  P.ok_saved = okmask;
+  P.s_saved = s;
+  P.w_qh = w_qh;
+  P.w_q2 = w_q2;
+  P.w_comb = w_comb;
+  P.w_hh = w_hh;
+  P.dparams = dparams;
+  P.ds = ds;
+  P.grad_eps = grad_eps;
+  P.dc = dc;
+  return launch<F>(chain_bwd_kernel<F>, P, "backward", sms, stream, err, errlen);
+}
+
+}  // namespace
+
+extern "C" {
+
+int zf_chain_plan(int backward_, int B, int H, int M, int Z, int elem_size, const ZfChainLaunch* cfg,
+                  ZfChainPlan* plan, char* err, int errlen) {
+  int sms = 0;
+  return resolve_and_plan(backward_, B, H, M, Z, elem_size, cfg, plan, &sms, err, errlen);
+}
+
+int zf_chain_forward_f32(ZF_CHAIN_FWD_ARGS(float)) {
+  return forward<float>(gates, post_x, eps, h0, c0, w_qh, w_q2, b_q2, w_comb, w_hh, h, c, z, mu, lv, s, okmask,
+                        T, B, H, M, Z, cfg, stream, err, errlen);
+}
+int zf_chain_forward_f64(ZF_CHAIN_FWD_ARGS(double)) {
+  return forward<double>(gates, post_x, eps, h0, c0, w_qh, w_q2, b_q2, w_comb, w_hh, h, c, z, mu, lv, s, okmask,
+                         T, B, H, M, Z, cfg, stream, err, errlen);
+}
+int zf_chain_backward_f32(ZF_CHAIN_BWD_ARGS(float)) {
+  return backward<float>(grad_h, grad_c, grad_z, grad_mu, grad_lv, gates, c0, c, lv, eps, okmask, s, w_qh, w_q2,
+                         w_comb, w_hh, dparams, ds, grad_eps, dc, T, B, H, M, Z, cfg, stream, err, errlen);
+}
+int zf_chain_backward_f64(ZF_CHAIN_BWD_ARGS(double)) {
+  return backward<double>(grad_h, grad_c, grad_z, grad_mu, grad_lv, gates, c0, c, lv, eps, okmask, s, w_qh,
+                          w_q2, w_comb, w_hh, dparams, ds, grad_eps, dc, T, B, H, M, Z, cfg, stream, err,
+                          errlen);
+}
+
+}  // extern "C"

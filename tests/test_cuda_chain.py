@@ -1,0 +1,154 @@
+"""GPU tests of ``ops.zforcing_chain(backend="cuda")`` (the persistent kernels of
+csrc/chain_kernels.cu, loaded or JIT-built by zf_kernels/ops/_cuda_ext.py), against the float64
+torch reference: random shapes in float32, several partitions in float64 and gradcheck, the two
+DESIGN shapes with short T, NaN-prefilled outputs, the public op and explain, the dtype refusal
+and the shape that does not fit. Skipped without CUDA; on a GPU a failed build fails them (with
+the compiler's reason), it does not skip them. (The same source runs on the CPU in
+tests/test_cuda_emulation_chain.py.)"""
+import pytest
+import torch
+
+from zf_kernels import ops
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+NAMES = ("gates_x", "post_x", "eps", "h0", "c0", "weight_qh", "weight_q2", "bias_q2",
+         "weight_gz", "bias_gz", "weight_iz", "weight_hh")
+
+
+@pytest.fixture(scope="module")
+def cuda_chain():
+    from zf_kernels.ops.recurrence import cuda   # builds the extension on first use (about a minute)
+    return cuda
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """The glue's weight-gradient GEMMs in true float32."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def _inputs(T, B, H, M, Z, G, dtype, seed=0):
+    """Leaves in dtype on the GPU; posterior pre-activations on both sides of both clamps
+    (tests/test_triton_chain.py's make_inputs)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, sc=1.0):
+        t = torch.randn(*shape, generator=g, dtype=torch.float64) * sc
+        return t.to(device="cuda", dtype=dtype).requires_grad_()
+
+    args = [r(T, B, 4 * H), r(T, B, M, sc=5.0), r(T, B, Z), r(B, H, sc=0.5), r(B, H),
+            r(M, H, sc=2.0 / H ** 0.5), r(2 * Z, M, sc=6.0 / M ** 0.5), r(2 * Z, sc=2.0),
+            r(G, Z, sc=0.5 / Z ** 0.5), r(G), r(4 * H, G, sc=1.0 / G ** 0.5), r(4 * H, H, sc=1.0 / H ** 0.5)]
+    grads = [(torch.randn(T, B, n, generator=g, dtype=torch.float64) * (1 + i)).to("cuda", dtype)
+             for i, n in enumerate((H, H, Z, Z, Z))]
+    return args, grads
+
+
+class _NaNFilled:
+    """The extension's kernels with every buffer they write pre-filled with NaN (mask: 77)."""
+
+    def __init__(self, kernels):
+        self.k = kernels
+
+    def forward(self, *a):
+        for t in a[10:16]:
+            t.fill_(float("nan"))
+        a[16].fill_(77)
+        self.k.forward(*a)
+
+    def backward(self, *a):
+        for t in a[16:20]:
+            t.fill_(float("nan"))
+        self.k.backward(*a)
+
+
+def _outputs_and_grads(fn, args, grads):
+    out = fn(*args)
+    got = torch.autograd.grad(tuple(out), args, grads)
+    return [t.detach() for t in (*out, *got)]
+
+
+def _compare(cuda_chain, shape, dtype, tol, units_per_block=0, seed=0):
+    from zf_kernels.ops.recurrence._cuda_function import run_chain
+    args, grads = _inputs(*shape, dtype, seed=seed)
+    kernels = _NaNFilled(cuda_chain._ExtensionKernels(units_per_block))
+    got = _outputs_and_grads(lambda *a: run_chain(kernels, *a), args, grads)
+    args64 = [a.detach().double().requires_grad_() for a in args]
+    ref = _outputs_and_grads(lambda *a: ops.zforcing_chain(*a, backend="torch"), args64, [g.double() for g in grads])
+    names = ("h", "c", "z", "mu_q", "logvar_q") + tuple("grad " + n for n in NAMES)
+    for name, a, b in zip(names, got, ref):
+        assert torch.isfinite(a).all(), f"{name} has non-finite values"
+        err = ((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+        assert err < tol, f"{shape} {dtype}: {name}: relative error {err:.2e} >= {tol}"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cuda_chain_random_shapes_float32(cuda_chain, seed):
+    g = torch.Generator().manual_seed(200 + seed)
+    shape = tuple(int(torch.randint(lo, hi, (1,), generator=g))
+                  for lo, hi in ((1, 10), (1, 40), (1, 300), (1, 200), (1, 100), (1, 150)))
+    _compare(cuda_chain, shape, torch.float32, 1e-3, seed=seed)
+
+
+@pytest.mark.parametrize("units", [0, 1, 3])
+def test_cuda_chain_small_odd_shapes_float64(cuda_chain, units):
+    _compare(cuda_chain, (5, 3, 13, 7, 5, 6), torch.float64, 1e-11, units_per_block=units)
+    _compare(cuda_chain, (1, 1, 5, 3, 2, 3), torch.float64, 1e-11, units_per_block=units)
+
+
+def test_cuda_chain_gradcheck_float64(cuda_chain):
+    args, _ = _inputs(3, 2, 5, 4, 3, 4, torch.float64, seed=7)
+    # away from the clamps' kinks (finite differences across a kink are meaningless)
+    with torch.no_grad():
+        args[1].mul_(0.1)
+        args[7].mul_(0.1)
+
+    def fn(*a):
+        return tuple(cuda_chain.zforcing_chain(*a, units_per_block=2))
+    assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(8, 32, 1024, 512, 256, 512), (8, 32, 1024, 512, 128, 512)],
+                         ids=["TIMIT B32 H1024 M512 Z256 G512 (T=8)", "SeqMNIST B32 H1024 M512 Z128 G512 (T=8)"])
+def test_cuda_chain_design_shapes_float32(cuda_chain, shape):
+    _compare(cuda_chain, shape, torch.float32, 1e-3)
+    T, B, H, M, Z, G = shape
+    fwd, bwd = cuda_chain.plan(torch.empty(T, B, 4 * H, device="cuda"), torch.empty(T, B, M, device="cuda"),
+                               torch.empty(T, B, Z, device="cuda"))
+    assert fwd["blocks"] <= torch.cuda.get_device_properties(0).multi_processor_count
+    assert fwd["resident"] & 3 == 3 and bwd["resident"] & 1
+
+
+def test_cuda_chain_through_the_public_op(cuda_chain):
+    args, grads = _inputs(4, 3, 24, 10, 6, 8, torch.float32)
+    got = _outputs_and_grads(lambda *a: ops.zforcing_chain(*a, backend="cuda"), args, grads)
+    ref = _outputs_and_grads(lambda *a: ops.zforcing_chain(*a, backend="torch"), args, grads)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    backend, why = ops.explain("zforcing_chain", *args, backend="cuda")
+    assert backend == "cuda" and "cooperative launch" in why and "W_hh" in why
+    backend, why = ops.explain("zforcing_chain", *args)
+    assert backend != "cuda" and "not been verified on a GPU" in why
+
+
+def test_cuda_chain_refuses_unsupported_dtype(cuda_chain):
+    args, _ = _inputs(2, 2, 4, 3, 2, 3, torch.float32)
+    args = [a.detach().to(torch.bfloat16) for a in args]
+    with pytest.raises(ops.BackendUnavailableError, match="float32 and float64"):
+        ops.zforcing_chain(*args, backend="cuda")
+
+
+def test_cuda_chain_shape_that_does_not_fit_raises(cuda_chain):
+    """H=4096 float32: the W_hh slice alone exceeds a block's shared memory."""
+    args, _ = _inputs(2, 2, 4096, 8, 4, 8, torch.float32)
+    with pytest.raises(ValueError, match=r"B=2, H=4096, M=8, Z=4.*shared memory"):
+        cuda_chain.zforcing_chain(*args)
+    # one hidden unit per block: 4096 blocks cannot all be resident
+    with pytest.raises(ValueError, match=r"B=2, H=4096, M=8, Z=4.*resident"):
+        cuda_chain.zforcing_chain(*args, units_per_block=1)
+    torch.cuda.synchronize()   # nothing was launched: the device is still healthy

@@ -1,0 +1,147 @@
+"""Autograd glue of the CUDA Z-forcing chain (``backend="cuda"``), independent of how its two
+recurrence kernels are reached: :mod:`.cuda` passes the torch extension ``zf_kernels._C``; the
+CPU tests pass the same kernels compiled as a CPU emulation (``tests/_cuda_emulation.py``), so
+this code runs, GEMMs and buffers included, on a machine without a GPU.
+
+Work split (as in the Triton chain, ``triton.py``'s docstring has the math): g(z) is folded into
+the gate projection, ``W_comb = W_iz W_gz`` (4H, Z) and ``W_iz b_gz`` added to ``gates_x``
+before the loop (one small GEMM each); only the recurrence runs in the kernels (one cooperative
+launch per direction, three grid syncs per step, csrc/README.md); the weight and bias gradients
+are GEMMs over the flattened T*B dim after the backward loop.
+
+Saved for backward: the outputs h, c, z, mu_q, logvar_q, h0, c0, eps, the weights and W_comb,
+the posterior pre-activation s (T, B, M), a uint8 "inside the [-8, 8] clamp" mask (T, B, 2Z)
+and the gate pre-activations (T, B, 4H) (the ``gates_x + W_iz b_gz`` buffer, overwritten in
+place by the forward kernel: no extra memory). Recomputed: the gate activations (in the
+backward kernel), act(s) (after the loop) and g = z W_gz^T + b_gz (one GEMM after the loop).
+The backward kernel overwrites the pre-activations with dgates; a second backward through a
+retained graph reruns the forward to rebuild them.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from .naive import mlp_act
+
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+
+class ChainKernels(Protocol):
+    """The two kernels, on contiguous tensors of one dtype (see csrc/chain_kernels.h)."""
+
+    def forward(self, gates, post_x, eps, h0, c0, w_qh, w_q2, b_q2, w_comb, w_hh,
+                h, c, z, mu, lv, s, okmask) -> None: ...
+
+    def backward(self, grad_h, grad_c, grad_z, grad_mu, grad_lv, gates, c0, c, lv, eps, okmask, s,
+                 w_qh, w_q2, w_comb, w_hh, dparams, ds, grad_eps, dc) -> None: ...
+
+
+def why_unsupported(gates_x, *rest) -> str | None:
+    """Why the CUDA chain cannot run on these tensors (dtype, device), or None."""
+    if gates_x.dtype not in SUPPORTED_DTYPES:
+        return f"the CUDA zforcing_chain supports float32 and float64, got {gates_x.dtype}"
+    if gates_x.device.type != "cuda":
+        return f"the CUDA zforcing_chain needs CUDA tensors, got {gates_x.device}"
+    return None
+
+
+def _forward(kernels, gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_gz, bias_gz,
+             weight_iz, weight_hh, w_comb):
+    T, B, four_h = gates_x.shape
+    H, M, Z = four_h // 4, weight_qh.shape[0], eps.shape[-1]
+    new = lambda *shape: torch.empty(*shape, dtype=gates_x.dtype, device=gates_x.device)  # noqa: E731
+    # W_iz b_gz added once for all t; the kernel turns this buffer into the pre-activations
+    gates = (gates_x + weight_iz @ bias_gz).contiguous()
+    h, c = new(T, B, H), new(T, B, H)
+    z, mu, lv = new(T, B, Z), new(T, B, Z), new(T, B, Z)
+    s = new(T, B, M)
+    okmask = torch.empty(T, B, 2 * Z, dtype=torch.uint8, device=gates_x.device)
+    kernels.forward(gates, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, w_comb, weight_hh,
+                    h, c, z, mu, lv, s, okmask)
+    return gates, h, c, z, mu, lv, s, okmask
+
+
+class _ChainFunction(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_gz, bias_gz,
+                weight_iz, weight_hh, kernels):
+        c_ = lambda t: t.contiguous()  # noqa: E731
+        gates_x, post_x, eps, h0, c0 = map(c_, (gates_x, post_x, eps, h0, c0))
+        weight_qh, weight_q2, bias_q2, weight_hh = map(c_, (weight_qh, weight_q2, bias_q2, weight_hh))
+        # g(z) folded into the gate projection (recurrence/triton.py's docstring)
+        w_comb = (weight_iz @ weight_gz).contiguous()
+        gates, h, c, z, mu, lv, s, okmask = _forward(kernels, gates_x, post_x, eps, h0, c0, weight_qh, weight_q2,
+                                                    bias_q2, weight_gz, bias_gz, weight_iz, weight_hh, w_comb)
+        ctx.save_for_backward(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_gz, bias_gz,
+                              weight_iz, weight_hh, w_comb, gates, h, c, z, lv, s, okmask)
+        ctx.kernels = kernels
+        ctx.consumed = False   # the backward kernel overwrites `gates` with dgates
+        return h, c, z, mu, lv
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_h, grad_c, grad_z, grad_mu, grad_lv):
+        (gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_gz, bias_gz, weight_iz, weight_hh,
+         w_comb, gates, h, c, z, lv, s, okmask) = ctx.saved_tensors
+        kernels, need = ctx.kernels, ctx.needs_input_grad
+        T, B, four_h = gates.shape
+        H, M, Z = four_h // 4, weight_qh.shape[0], eps.shape[-1]
+        if ctx.consumed:
+            # a second backward through a retained graph: rebuild the pre-activations
+            gates = _forward(kernels, gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_gz,
+                             bias_gz, weight_iz, weight_hh, w_comb)[0]
+        ctx.consumed = True
+        # an output that did not reach the loss has no gradient (None): zeros
+        outs = ((grad_h, H), (grad_c, H), (grad_z, Z), (grad_mu, Z), (grad_lv, Z))
+        grad_h, grad_c, grad_z, grad_mu, grad_lv = (
+            gates.new_zeros(T, B, n) if g is None else g.to(gates.dtype).contiguous() for g, n in outs)
+        new = lambda *shape: torch.empty(*shape, dtype=gates.dtype, device=gates.device)  # noqa: E731
+        dparams, ds, grad_eps, dc = new(T, B, 2 * Z), new(T, B, M), new(T, B, Z), new(B, H)
+        kernels.backward(grad_h, grad_c, grad_z, grad_mu, grad_lv, gates, c0, c, lv, eps, okmask, s,
+                         weight_qh, weight_q2, w_comb, weight_hh, dparams, ds, grad_eps, dc)
+        dgates = gates
+        # weight gradients: a few GEMMs over the flattened T*B dim
+        n = T * B
+        dg2, ds2, dp2 = dgates.reshape(n, 4 * H), ds.reshape(n, M), dparams.reshape(n, 2 * Z)
+        hprev = torch.cat([h0[None], h[:-1]]).reshape(n, H)
+        z2 = z.reshape(n, Z)
+        grads = [None] * 12
+        grads[0] = dgates if need[0] else None
+        grads[1] = ds if need[1] else None
+        grads[2] = grad_eps if need[2] else None
+        if need[3]:
+            grads[3] = dgates[0] @ weight_hh + ds[0] @ weight_qh
+        if need[4]:
+            grads[4] = dc
+        if need[5]:
+            grads[5] = ds2.t() @ hprev
+        if need[6]:
+            grads[6] = dp2.t() @ mlp_act(s.reshape(n, M))
+        if need[7]:
+            grads[7] = dp2.sum(0)
+        if need[10]:
+            grads[10] = dg2.t() @ torch.addmm(bias_gz, z2, weight_gz.t())
+        if need[8] or need[9]:
+            dgz = dg2 @ weight_iz
+            grads[8] = dgz.t() @ z2 if need[8] else None
+            grads[9] = dgz.sum(0) if need[9] else None
+        if need[11]:
+            grads[11] = dg2.t() @ hprev
+        return (*grads, None)
+
+
+def run_chain(kernels: ChainKernels, gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2,
+              weight_gz, bias_gz, weight_iz, weight_hh):
+    """``(h, c, z, mu_q, logvar_q)`` of the chain with the recurrence run by ``kernels``; same
+    contract as :func:`zf_kernels.ops.recurrence.naive.zforcing_chain_ref` (arguments checked by
+    ``ops.zforcing_chain``)."""
+    T, B, four_h = gates_x.shape
+    if T == 0 or B == 0:
+        from .naive import zforcing_chain_ref
+        return tuple(zforcing_chain_ref(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_gz,
+                                        bias_gz, weight_iz, weight_hh))
+    return _ChainFunction.apply(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_gz, bias_gz,
+                                weight_iz, weight_hh, kernels)
