@@ -17,7 +17,7 @@
 # $OUT (the folder that comes back; 8 files, no subfolders):
 #   persistent_smoke.log  persistent vs stepwise vs float64 lstm / zforcing_chain, benchmark shapes
 #   tests.log      pytest -k "triton or gpu" on the GPU (--maxfail=10), the CUDA extension's tests aside
-#   cuda_tests.log tests/test_cuda_lstm.py: builds zf_kernels._C (JIT) and checks it on the GPU
+#   cuda_tests.log tests/test_cuda_{lstm,chain}.py: builds zf_kernels._C (JIT), checks it on the GPU
 #   bench.log      everything the benchmark stages printed
 #   results.csv    one row per measurement (benchmarks/common.py FIELDS)
 #   results.json   the same rows + the environment (GPU, driver, clocks, versions, commit)
@@ -156,12 +156,13 @@ run_stage trainer 45 "$LOG" \
   --providers torch,torch+cuda-graph,triton,triton+cuda-graph --steps 20 --warmup-steps 5
 
 # 8. the CUDA extension (csrc/, never run on a GPU before): JIT build (~30-60 s) and its GPU
-# tests, then ops.lstm backend="cuda" against cuDNN
+# tests (lstm, zforcing_chain), then backend="cuda" against cuDNN / triton
 run_stage cuda-tests 120 "$OUT/cuda_tests.log" \
-  "$PY" -m pytest -q --maxfail=5 tests/test_cuda_lstm.py -p no:cacheprovider -rfE
+  "$PY" -m pytest -q --maxfail=5 tests/test_cuda_lstm.py tests/test_cuda_chain.py -p no:cacheprovider -rfE
 [[ -f "$OUT/cuda_tests.log" ]] && tail -n 3 "$OUT/cuda_tests.log"
 run_stage ops-cuda 40 "$LOG" \
-  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --ops lstm --dtypes float32 --providers cudnn,cuda
+  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --ops lstm,zforcing_chain --dtypes float32 \
+  --providers cudnn,cuda
 
 # 9. which tile the persistent Triton kernels should use (B=32: 1 x 64 vs 2 x 64 grids)
 run_stage tune 60 "$LOG" \
