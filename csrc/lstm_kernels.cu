@@ -12,6 +12,7 @@
 // -DZF_CPU_EMULATION, by g++ as a CPU library for the tests (zf_device.h).
 #include "lstm_kernels.h"
 #include "zf_device.h"
+#include "zf_persistent.h"
 
 #include <cmath>
 #include <cstdio>
@@ -19,25 +20,7 @@
 
 namespace {
 
-constexpr int TB = 4;  // batch rows per register tile
-constexpr int TM = 4;  // W rows per register tile
-constexpr int DEFAULT_THREADS = 256;
-
-// exact-rounding math in both builds (setup.py and the JIT build do not pass --use_fast_math)
-#ifndef ZF_CPU_EMULATION
-ZF_DEVICE float zf_exp(float x) { return expf(x); }
-ZF_DEVICE double zf_exp(double x) { return exp(x); }
-ZF_DEVICE float zf_tanh(float x) { return tanhf(x); }
-ZF_DEVICE double zf_tanh(double x) { return tanh(x); }
-ZF_DEVICE float zf_fma(float a, float b, float c) { return fmaf(a, b, c); }
-ZF_DEVICE double zf_fma(double a, double b, double c) { return fma(a, b, c); }
-#else
-template <typename T> inline T zf_exp(T x) { return std::exp(x); }
-template <typename T> inline T zf_tanh(T x) { return std::tanh(x); }
-template <typename T> inline T zf_fma(T a, T b, T c) { return std::fma(a, b, c); }
-#endif
-template <typename T>
-ZF_DEVICE T zf_sigmoid(T x) { return T(1) / (T(1) + zf_exp(-x)); }
+using namespace zf_persistent;
 
 template <typename T>
 struct Params {
@@ -239,16 +222,6 @@ ZF_GLOBAL void lstm_bwd_kernel(Params<T> P) {
 
 // --------------------------------------------------------------------------------- planning
 
-void set_err(char* err, int errlen, const char* msg) {
-  if (err && errlen > 0) {
-    std::strncpy(err, msg, errlen - 1);
-    err[errlen - 1] = '\0';
-  }
-}
-
-long long align16(long long n) { return (n + 15) / 16 * 16; }
-int round_up(int n, int m) { return (n + m - 1) / m * m; }
-
 int plan_with(int backward, int B, int H, int elem_size, int threads, int units, long long smem_limit,
               int num_sms, ZfLstmPlan* p, char* err, int errlen) {
   char msg[640];
@@ -323,101 +296,24 @@ Params<T> params_for(const ZfLstmPlan& plan, int T_, int B, int H, int reverse) 
   return P;
 }
 
-#ifndef ZF_CPU_EMULATION
-// ------------------------------------------------------------------------------ CUDA launch
-
-int cuda_fail(cudaError_t e, const char* what, char* err, int errlen) {
-  char msg[512];
-  std::snprintf(msg, sizeof msg, "zf_kernels lstm: %s failed: %s", what, cudaGetErrorString(e));
-  set_err(err, errlen, msg);
-  return ZF_CUDA_ERROR;
-}
-
-#define ZF_CUDA_TRY(call, what)                                   \
-  do {                                                            \
-    cudaError_t e_ = (call);                                      \
-    if (e_ != cudaSuccess) return cuda_fail(e_, what, err, errlen); \
-  } while (0)
-
 int resolve_and_plan(int backward, int B, int H, int es, const ZfLstmLaunch* cfg, ZfLstmPlan* p,
                      int* device_sms, char* err, int errlen) {
-  int dev = 0, sms = 0, smem_optin = 0, coop = 0;
-  ZF_CUDA_TRY(cudaGetDevice(&dev), "cudaGetDevice");
-  ZF_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute(SMs)");
-  ZF_CUDA_TRY(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
-              "cudaDeviceGetAttribute(shared memory)");
-  ZF_CUDA_TRY(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev),
-              "cudaDeviceGetAttribute(cooperative launch)");
-  if (!coop) {
-    set_err(err, errlen, "the CUDA lstm needs a device that supports cooperative launches");
-    return ZF_DOES_NOT_FIT;
-  }
-  *device_sms = sms;
-  const int threads = cfg && cfg->threads > 0 ? cfg->threads : DEFAULT_THREADS;
-  const int units = cfg ? cfg->units_per_block : 0;
-  const long long limit = cfg && cfg->smem_limit > 0 ? cfg->smem_limit : smem_optin;
-  const int nsm = cfg && cfg->num_sms > 0 ? cfg->num_sms : sms;
-  return plan_with(backward, B, H, es, threads, units, limit, nsm, p, err, errlen);
+  Launch L;
+  const int rc = resolve_launch(cfg, "lstm", &L, err, errlen);
+  if (rc != ZF_OK) return rc;
+  *device_sms = L.device_sms;
+  return plan_with(backward, B, H, es, L.threads, L.units, L.smem_limit, L.num_sms, p, err, errlen);
 }
 
 template <typename T>
-int launch(void (*kernel)(Params<T>), Params<T>& P, const char* dir, int device_sms, void* stream,
-           char* err, int errlen) {
-  const ZfLstmPlan& p = P.plan;
-  const int smem = static_cast<int>(p.smem_bytes);
-  ZF_CUDA_TRY(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
-                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
-              "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
-  int per_sm = 0;
-  ZF_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, p.threads, smem),
-              "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-  if (static_cast<long long>(per_sm) * device_sms < p.blocks) {
-    char msg[512];
-    std::snprintf(msg, sizeof msg,
-                  "the CUDA lstm %s cannot run B=%d, H=%d in %s: its %d blocks (%d hidden units, %d "
-                  "threads and %d bytes of shared memory each) must all be resident at once for the "
-                  "grid sync, but the device holds %d such blocks per SM x %d SMs = %d "
-                  "(use backend='torch' or 'triton')",
-                  dir,
-                  P.B, P.H, sizeof(T) == 8 ? "float64" : "float32", p.blocks, p.units_per_block,
-                  p.threads, smem, per_sm, device_sms, per_sm * device_sms);
-    set_err(err, errlen, msg);
-    return ZF_DOES_NOT_FIT;
-  }
-  void* args[] = {static_cast<void*>(&P)};
-  ZF_CUDA_TRY(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(p.blocks),
-                                          dim3(p.threads), args, static_cast<size_t>(smem),
-                                          static_cast<cudaStream_t>(stream)),
-              "cudaLaunchCooperativeKernel");
-  return ZF_OK;
+int launch(void (*kernel)(Params<T>), Params<T>& P, const char* dir, int device_sms, void* stream, char* err,
+           int errlen) {
+  char what[64], shape[96];
+  std::snprintf(what, sizeof what, "the CUDA lstm %s", dir);
+  std::snprintf(shape, sizeof shape, "B=%d, H=%d in %s", P.B, P.H, sizeof(T) == 8 ? "float64" : "float32");
+  return cooperative_launch(kernel, P, P.plan.blocks, P.plan.threads, P.plan.smem_bytes, P.plan.units_per_block,
+                            device_sms, stream, "lstm", what, shape, err, errlen);
 }
-
-#else
-// ----------------------------------------------------------------------- CPU emulation launch
-
-int resolve_and_plan(int backward, int B, int H, int es, const ZfLstmLaunch* cfg, ZfLstmPlan* p,
-                     int* device_sms, char* err, int errlen) {
-  // emulated "device": 4 SMs of 227 KB unless the caller says otherwise
-  const int threads = cfg && cfg->threads > 0 ? cfg->threads : 8;
-  const int units = cfg ? cfg->units_per_block : 0;
-  const long long limit = cfg && cfg->smem_limit > 0 ? cfg->smem_limit : 227 * 1024;
-  const int nsm = cfg && cfg->num_sms > 0 ? cfg->num_sms : 4;
-  *device_sms = nsm;
-  return plan_with(backward, B, H, es, threads, units, limit, nsm, p, err, errlen);
-}
-
-template <typename T>
-int launch(void (*kernel)(Params<T>), Params<T>& P, const char*, int, void*, char* err, int errlen) {
-  try {
-    zf_emu::launch(P.plan.blocks, P.plan.threads, static_cast<size_t>(P.plan.smem_bytes),
-                   [&] { kernel(P); });
-  } catch (const std::exception& e) {
-    set_err(err, errlen, e.what());
-    return ZF_CUDA_ERROR;
-  }
-  return ZF_OK;
-}
-#endif
 
 template <typename T>
 int forward(T* gates, const T* h0, const T* w, T* out, T* c_all, int T_, int B, int H, int reverse,

@@ -1,0 +1,153 @@
+// What the persistent kernels (lstm_kernels.cu, chain_kernels.cu) share: the register-tile size,
+// exact-rounding math, error strings, the launch settings resolved against the device, and the
+// cooperative launch with its co-residency check; with -DZF_CPU_EMULATION the emulated device
+// and launch (zf_device.h). Included by those .cu files only (inside no namespace of theirs).
+#ifndef ZF_PERSISTENT_H
+#define ZF_PERSISTENT_H
+
+#include "lstm_kernels.h"  // the return codes ZF_OK, ZF_DOES_NOT_FIT, ZF_CUDA_ERROR
+#include "zf_device.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+
+namespace zf_persistent {
+
+constexpr int TB = 4;  // batch rows per register tile
+constexpr int TM = 4;  // weight rows per register tile
+constexpr int DEFAULT_THREADS = 256;
+
+// exact-rounding math in both builds (setup.py and the JIT build do not pass --use_fast_math)
+#ifndef ZF_CPU_EMULATION
+ZF_DEVICE float zf_exp(float x) { return expf(x); }
+ZF_DEVICE double zf_exp(double x) { return exp(x); }
+ZF_DEVICE float zf_tanh(float x) { return tanhf(x); }
+ZF_DEVICE double zf_tanh(double x) { return tanh(x); }
+ZF_DEVICE float zf_fma(float a, float b, float c) { return fmaf(a, b, c); }
+ZF_DEVICE double zf_fma(double a, double b, double c) { return fma(a, b, c); }
+#else
+template <typename T> inline T zf_exp(T x) { return std::exp(x); }
+template <typename T> inline T zf_tanh(T x) { return std::tanh(x); }
+template <typename T> inline T zf_fma(T a, T b, T c) { return std::fma(a, b, c); }
+#endif
+template <typename T>
+ZF_DEVICE T zf_sigmoid(T x) { return T(1) / (T(1) + zf_exp(-x)); }
+
+inline void set_err(char* err, int errlen, const char* msg) {
+  if (err && errlen > 0) {
+    std::strncpy(err, msg, errlen - 1);
+    err[errlen - 1] = '\0';
+  }
+}
+
+inline long long align16(long long n) { return (n + 15) / 16 * 16; }
+inline int round_up(int n, int m) { return (n + m - 1) / m * m; }
+inline int cdiv(int a, int b) { return (a + b - 1) / b; }
+
+// Launch settings after defaults: a caller's ZfLstmLaunch / ZfChainLaunch (0 = default) over
+// the device's limits (CUDA) or the emulated device (4 SMs of 227 KB, 8 threads per block).
+struct Launch {
+  int threads, units;
+  long long smem_limit;
+  int num_sms;     // SMs the plan partitions over (a test may pretend another count)
+  int device_sms;  // SMs of the device (the co-residency check)
+};
+
+#ifndef ZF_CPU_EMULATION
+inline int cuda_fail(cudaError_t e, const char* op, const char* what, char* err, int errlen) {
+  char msg[512];
+  std::snprintf(msg, sizeof msg, "zf_kernels %s: %s failed: %s", op, what, cudaGetErrorString(e));
+  set_err(err, errlen, msg);
+  return ZF_CUDA_ERROR;
+}
+
+#define ZF_CUDA_TRY(call, what)                                         \
+  do {                                                                  \
+    cudaError_t e_ = (call);                                            \
+    if (e_ != cudaSuccess) return cuda_fail(e_, op, what, err, errlen); \
+  } while (0)
+
+template <typename Cfg>
+int resolve_launch(const Cfg* cfg, const char* op, Launch* L, char* err, int errlen) {
+  int dev = 0, sms = 0, smem_optin = 0, coop = 0;
+  ZF_CUDA_TRY(cudaGetDevice(&dev), "cudaGetDevice");
+  ZF_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute(SMs)");
+  ZF_CUDA_TRY(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
+              "cudaDeviceGetAttribute(shared memory)");
+  ZF_CUDA_TRY(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev),
+              "cudaDeviceGetAttribute(cooperative launch)");
+  if (!coop) {
+    char msg[256];
+    std::snprintf(msg, sizeof msg, "the CUDA %s needs a device that supports cooperative launches", op);
+    set_err(err, errlen, msg);
+    return ZF_DOES_NOT_FIT;
+  }
+  L->threads = cfg && cfg->threads > 0 ? cfg->threads : DEFAULT_THREADS;
+  L->units = cfg ? cfg->units_per_block : 0;
+  L->smem_limit = cfg && cfg->smem_limit > 0 ? cfg->smem_limit : smem_optin;
+  L->num_sms = cfg && cfg->num_sms > 0 ? cfg->num_sms : sms;
+  L->device_sms = sms;
+  return ZF_OK;
+}
+
+// `kernel(params)` as one cooperative grid of `blocks` x `threads` with `smem` bytes of dynamic
+// shared memory; ZF_DOES_NOT_FIT when the blocks cannot all be resident at once (the grid
+// syncs would wait forever), the message naming `what` ("the CUDA lstm forward") and `shape`.
+template <typename P>
+int cooperative_launch(void (*kernel)(P), P& params, int blocks, int threads, long long smem_bytes, int units,
+                       int device_sms, void* stream, const char* op, const char* what, const char* shape,
+                       char* err, int errlen) {
+  const int smem = static_cast<int>(smem_bytes);
+  ZF_CUDA_TRY(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+              "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+  int per_sm = 0;
+  ZF_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem),
+              "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+  if (static_cast<long long>(per_sm) * device_sms < blocks) {
+    char msg[640];
+    std::snprintf(msg, sizeof msg,
+                  "%s cannot run %s: its %d blocks (%d hidden units, %d threads and %d bytes of shared "
+                  "memory each) must all be resident at once for the grid sync, but the device holds %d "
+                  "such blocks per SM x %d SMs = %d (use backend='torch' or 'triton')",
+                  what, shape, blocks, units, threads, smem, per_sm, device_sms, per_sm * device_sms);
+    set_err(err, errlen, msg);
+    return ZF_DOES_NOT_FIT;
+  }
+  void* args[] = {static_cast<void*>(&params)};
+  ZF_CUDA_TRY(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(blocks), dim3(threads),
+                                          args, static_cast<size_t>(smem), static_cast<cudaStream_t>(stream)),
+              "cudaLaunchCooperativeKernel");
+  return ZF_OK;
+}
+
+#else  // ZF_CPU_EMULATION
+
+template <typename Cfg>
+int resolve_launch(const Cfg* cfg, const char*, Launch* L, char*, int) {
+  L->threads = cfg && cfg->threads > 0 ? cfg->threads : 8;
+  L->units = cfg ? cfg->units_per_block : 0;
+  L->smem_limit = cfg && cfg->smem_limit > 0 ? cfg->smem_limit : 227 * 1024;
+  L->num_sms = cfg && cfg->num_sms > 0 ? cfg->num_sms : 4;
+  L->device_sms = L->num_sms;
+  return ZF_OK;
+}
+
+template <typename P>
+int cooperative_launch(void (*kernel)(P), P& params, int blocks, int threads, long long smem_bytes, int,
+                       int, void*, const char*, const char*, const char*, char* err, int errlen) {
+  try {
+    zf_emu::launch(blocks, threads, static_cast<size_t>(smem_bytes), [&] { kernel(params); });
+  } catch (const std::exception& e) {
+    set_err(err, errlen, e.what());
+    return ZF_CUDA_ERROR;
+  }
+  return ZF_OK;
+}
+#endif
+
+}  // namespace zf_persistent
+
+#endif  // ZF_PERSISTENT_H
