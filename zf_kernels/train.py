@@ -48,6 +48,7 @@ from .model import ZForcing, training_loss
 from .training import distributed, report
 from .training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .training.graph_step import StaticStep
+from .training.report import TERMS
 from .training.presets import PRESET_DATA, PRESETS, TrainConfig, config_fields, make_config
 from .training.schedules import LossWeights, PlateauHalving
 
@@ -62,7 +63,6 @@ PRECISIONS = {
     "float16": (torch.float32, torch.float16),
     "bfloat16-pure": (torch.bfloat16, None),
 }
-TERMS = ("loss", "nll", "kl", "aux", "bwd_nll")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -32,8 +32,8 @@ import torch
 from .. import ops
 from ..model import training_loss
 from ..sequences import check_batch
+from .report import TERMS
 
-TERMS = ("loss", "nll", "kl", "aux", "bwd_nll")
 # the device accumulators: the window's sums, then the skip counters
 STATS = (*TERMS, "grad_norm", "n", "non_finite_loss", "non_finite_grad")
 WARMUP_STEPS = 3

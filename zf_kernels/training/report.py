@@ -11,6 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+# the per-step quantities a training log window averages (besides grad_norm)
+TERMS = ("loss", "nll", "kl", "aux", "bwd_nll")
+
 
 class MetricsLog:
     """Append-only JSONL or CSV log of dict records, each with a ``step``.
