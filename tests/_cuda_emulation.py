@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
-SOURCES = ("lstm_kernels.cu", "lstm_kernels.h", "zf_device.h")
-CHAIN_SOURCES = ("chain_kernels.cu", "chain_kernels.h", "lstm_kernels.h", "zf_device.h")
+# what each library's build reads (its cache key): the .cu first, then every header it includes
+SOURCES = ("lstm_kernels.cu", "lstm_kernels.h", "zf_device.h", "zf_persistent.h")
+CHAIN_SOURCES = ("chain_kernels.cu", "chain_kernels.h", "lstm_kernels.h", "zf_device.h", "zf_persistent.h")
 BASE_FLAGS = ("-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-DZF_CPU_EMULATION")
 # the flag that turns the grid sync into a block barrier and runs the blocks one after another
 NO_GRID_SYNC = "-DZF_EMU_NO_GRID_SYNC"
