@@ -23,7 +23,7 @@ from typing import Protocol
 
 import torch
 
-from .naive import mlp_act
+from ._grads import chain_input_grads
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
@@ -102,34 +102,9 @@ class _ChainFunction(torch.autograd.Function):
         dparams, ds, grad_eps, dc = new(T, B, 2 * Z), new(T, B, M), new(T, B, Z), new(B, H)
         kernels.backward(grad_h, grad_c, grad_z, grad_mu, grad_lv, gates, c0, c, lv, eps, okmask, s,
                          weight_qh, weight_q2, w_comb, weight_hh, dparams, ds, grad_eps, dc)
-        dgates = gates
-        # weight gradients: a few GEMMs over the flattened T*B dim
-        n = T * B
-        dg2, ds2, dp2 = dgates.reshape(n, 4 * H), ds.reshape(n, M), dparams.reshape(n, 2 * Z)
-        hprev = torch.cat([h0[None], h[:-1]]).reshape(n, H)
-        z2 = z.reshape(n, Z)
-        grads = [None] * 12
-        grads[0] = dgates if need[0] else None
-        grads[1] = ds if need[1] else None
-        grads[2] = grad_eps if need[2] else None
-        if need[3]:
-            grads[3] = dgates[0] @ weight_hh + ds[0] @ weight_qh
-        if need[4]:
-            grads[4] = dc
-        if need[5]:
-            grads[5] = ds2.t() @ hprev
-        if need[6]:
-            grads[6] = dp2.t() @ mlp_act(s.reshape(n, M))
-        if need[7]:
-            grads[7] = dp2.sum(0)
-        if need[10]:
-            grads[10] = dg2.t() @ torch.addmm(bias_gz, z2, weight_gz.t())
-        if need[8] or need[9]:
-            dgz = dg2 @ weight_iz
-            grads[8] = dgz.t() @ z2 if need[8] else None
-            grads[9] = dgz.sum(0) if need[9] else None
-        if need[11]:
-            grads[11] = dg2.t() @ hprev
+        # the backward kernel left dgates in place of the pre-activations
+        grads = chain_input_grads(need, gates, ds, dparams, grad_eps, dc, h0, h, z, s, weight_qh, bias_gz,
+                                  weight_gz, weight_iz, weight_hh, gates.dtype)
         return (*grads, None)
 
 

@@ -106,7 +106,8 @@ from .. import _persistent
 from .._persistent import MAX_POLLS, check_sync, num_sms, sync_buffer
 from .._triton_common import (barrier_slots, dot_precision, grid_barrier, leaky_clamp, leaky_clamp_grad,
                               sigmoid, tanh)
-from .naive import ACT_CLAMP, LEAKY_SLOPE, PARAM_CLAMP, ChainOutput, mlp_act
+from ._grads import chain_input_grads
+from .naive import ACT_CLAMP, LEAKY_SLOPE, PARAM_CLAMP, ChainOutput
 
 __all__ = ["zforcing_chain", "ZForcingChainFunction", "explain_schedule"]
 
@@ -774,35 +775,8 @@ class ZForcingChainFunction(torch.autograd.Function):
             _launch(_bwd_posterior_hidden, g3, dparams, weight_q2, s, ds, t, B, M, Z,
                     SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, **common, **c3)
 
-        # weight gradients: a few GEMMs over the flattened T*B dim
-        n = T * B
-        dg2 = dgates.reshape(n, 4 * H)
-        ds2 = ds.reshape(n, M)
-        dp2 = dparams.reshape(n, 2 * Z)
-        hprev = torch.cat([h0[None], h[:-1]]).reshape(n, H)
-        z2 = z.reshape(n, Z)
-        grads = [None] * 12
-        grads[0] = dgates if need[0] else None
-        grads[1] = ds if need[1] else None
-        grads[2] = grad_eps if need[2] else None
-        if need[3]:
-            grads[3] = dgates[0] @ weight_hh + ds[0] @ weight_qh
-        if need[4]:
-            grads[4] = dc.to(dtype)
-        if need[5]:
-            grads[5] = ds2.t() @ hprev
-        if need[6]:
-            grads[6] = dp2.t() @ mlp_act(s.reshape(n, M))
-        if need[7]:
-            grads[7] = dp2.sum(0)
-        if need[10]:
-            grads[10] = dg2.t() @ torch.addmm(bias_gz, z2, weight_gz.t())
-        if need[8] or need[9]:
-            dgz = dg2 @ weight_iz
-            grads[8] = dgz.t() @ z2 if need[8] else None
-            grads[9] = dgz.sum(0) if need[9] else None
-        if need[11]:
-            grads[11] = dg2.t() @ hprev
+        grads = chain_input_grads(need, dgates, ds, dparams, grad_eps, dc, h0, h, z, s, weight_qh, bias_gz,
+                                  weight_gz, weight_iz, weight_hh, dtype)
         return tuple(grads) + (None,)
 
 
