@@ -25,11 +25,25 @@ void check(const torch::Tensor& t, const char* name, const torch::Tensor& ref,
               t.sizes());
 }
 
-ZfLstmLaunch launch_config(int64_t units_per_block, int64_t threads) {
-  ZfLstmLaunch cfg{};
+// ZfLstmLaunch / ZfChainLaunch (same fields): the caller's overrides, 0 = the default
+template <typename Cfg>
+Cfg launch_config(int64_t units_per_block, int64_t threads) {
+  Cfg cfg{};
   cfg.threads = static_cast<int>(threads);
   cfg.units_per_block = static_cast<int>(units_per_block);
   return cfg;
+}
+
+// the fields every plan has (ZfLstmPlan, ZfChainPlan) as a dict
+template <typename Plan>
+pybind11::dict plan_dict(const Plan& p) {
+  pybind11::dict d;
+  d["blocks"] = p.blocks;
+  d["threads"] = p.threads;
+  d["units_per_block"] = p.units_per_block;
+  d["kc"] = p.kc;
+  d["smem_bytes"] = p.smem_bytes;
+  return d;
 }
 
 // ZF_DOES_NOT_FIT -> ValueError (the shape is the problem), anything else -> RuntimeError
@@ -49,7 +63,7 @@ void lstm_forward(torch::Tensor gates, torch::Tensor h0, torch::Tensor w_hh, tor
   check(w_hh, "w_hh", gates, {4 * H, H});
   check(out, "out", gates, {T, B, H});
   check(c_all, "c_all", gates, {T + 1, B, H});
-  ZfLstmLaunch cfg = launch_config(units_per_block, threads);
+  ZfLstmLaunch cfg = launch_config<ZfLstmLaunch>(units_per_block, threads);
   char err[kErrLen] = {0};
   void* s = reinterpret_cast<void*>(stream);
   int rc;
@@ -79,7 +93,7 @@ void lstm_backward(torch::Tensor d_out, torch::Tensor d_hT, torch::Tensor w_hh,
   check(w_hh, "w_hh", gates, {4 * H, H});
   check(c_all, "c_all", gates, {T + 1, B, H});
   check(dc, "dc", gates, {B, H});
-  ZfLstmLaunch cfg = launch_config(units_per_block, threads);
+  ZfLstmLaunch cfg = launch_config<ZfLstmLaunch>(units_per_block, threads);
   char err[kErrLen] = {0};
   void* s = reinterpret_cast<void*>(stream);
   int rc;
@@ -103,31 +117,19 @@ void lstm_backward(torch::Tensor d_out, torch::Tensor d_hT, torch::Tensor w_hh,
 // how one direction would run on the current device (raises ValueError where it cannot)
 pybind11::dict lstm_plan(bool backward, int64_t B, int64_t H, int64_t elem_size,
                          int64_t units_per_block, int64_t threads) {
-  ZfLstmLaunch cfg = launch_config(units_per_block, threads);
+  ZfLstmLaunch cfg = launch_config<ZfLstmLaunch>(units_per_block, threads);
   ZfLstmPlan p{};
   char err[kErrLen] = {0};
   raise_for(zf_lstm_plan(backward, B, H, elem_size, &cfg, &p, err, kErrLen), err);
-  pybind11::dict d;
-  d["blocks"] = p.blocks;
-  d["threads"] = p.threads;
-  d["units_per_block"] = p.units_per_block;
+  pybind11::dict d = plan_dict(p);
   d["rows"] = p.rows;
   d["k"] = p.k;
-  d["kc"] = p.kc;
   d["ksplit"] = p.ksplit;
   d["w_bytes"] = p.w_bytes;
-  d["smem_bytes"] = p.smem_bytes;
   return d;
 }
 
 // ----------------------------------------------------------------------- Z-forcing chain
-
-ZfChainLaunch chain_config(int64_t units_per_block, int64_t threads) {
-  ZfChainLaunch cfg{};
-  cfg.threads = static_cast<int>(threads);
-  cfg.units_per_block = static_cast<int>(units_per_block);
-  return cfg;
-}
 
 void check_mask(const torch::Tensor& t, const torch::Tensor& ref, c10::IntArrayRef shape) {
   TORCH_CHECK(t.is_cuda() && t.device() == ref.device(), "zf_kernels._C: okmask must be on ", ref.device());
@@ -162,7 +164,7 @@ void chain_forward(torch::Tensor gates, torch::Tensor post_x, torch::Tensor eps,
   check(lv, "lv", gates, {T, B, Z});
   check(s, "s", gates, {T, B, M});
   check_mask(okmask, gates, {T, B, 2 * Z});
-  ZfChainLaunch cfg = chain_config(units_per_block, threads);
+  ZfChainLaunch cfg = launch_config<ZfChainLaunch>(units_per_block, threads);
   char err[kErrLen] = {0};
   void* st = reinterpret_cast<void*>(stream);
   unsigned char* ok = okmask.data_ptr<uint8_t>();
@@ -213,7 +215,7 @@ void chain_backward(torch::Tensor grad_h, torch::Tensor grad_c, torch::Tensor gr
   check(ds, "ds", gates, {T, B, M});
   check(grad_eps, "grad_eps", gates, {T, B, Z});
   check(dc, "dc", gates, {B, H});
-  ZfChainLaunch cfg = chain_config(units_per_block, threads);
+  ZfChainLaunch cfg = launch_config<ZfChainLaunch>(units_per_block, threads);
   char err[kErrLen] = {0};
   void* st = reinterpret_cast<void*>(stream);
   const unsigned char* ok = okmask.data_ptr<uint8_t>();
@@ -238,20 +240,15 @@ void chain_backward(torch::Tensor grad_h, torch::Tensor grad_c, torch::Tensor gr
 
 pybind11::dict chain_plan(bool backward, int64_t B, int64_t H, int64_t M, int64_t Z, int64_t elem_size,
                           int64_t units_per_block, int64_t threads) {
-  ZfChainLaunch cfg = chain_config(units_per_block, threads);
+  ZfChainLaunch cfg = launch_config<ZfChainLaunch>(units_per_block, threads);
   ZfChainPlan p{};
   char err[kErrLen] = {0};
   raise_for(zf_chain_plan(backward, B, H, M, Z, elem_size, &cfg, &p, err, kErrLen), err);
-  pybind11::dict d;
-  d["blocks"] = p.blocks;
-  d["threads"] = p.threads;
-  d["units_per_block"] = p.units_per_block;
+  pybind11::dict d = plan_dict(p);
   d["m_per_block"] = p.m_per_block;
   d["z_per_block"] = p.z_per_block;
-  d["kc"] = p.kc;
   d["resident"] = p.resident;
   d["resident_bytes"] = p.resident_bytes;
-  d["smem_bytes"] = p.smem_bytes;
   return d;
 }
 
