@@ -86,7 +86,7 @@ def test_tune_rows(results):
     assert {(r["op"], r["provider"]) for r in rows} == {
         (op, p) for op in ("lstm", "zforcing_chain") for p in ("persistent-32x16", "persistent-16x16", "stepwise")}
     for r in rows:   # in the interpreter every tile is one program per batch block: same numbers
-        assert r["status"] == "ok" and r["ms"] > 0 and r["rel_err"] < 1e-4, r
+        assert r["status"] == "ok" and r["ms"] > 0 and r["rel_err"] < 1e-4, (r["case"], r["provider"], r["note"])
 
 
 def test_plot_and_summary(results):

@@ -125,3 +125,20 @@ def test_cuda_extension_links_and_imports(build):
     if not torch.cuda.is_available():
         assert "plan: zf_kernels lstm: cudaGetDevice failed" in proc.stdout, proc.stdout
         assert "chain_plan: zf_kernels zforcing_chain: cudaGetDevice failed" in proc.stdout, proc.stdout
+
+
+def test_jit_build_links_the_cuda_runtime_nvcc_itself_uses(tmp_path):
+    """The JIT build (zf_kernels/ops/_cuda_ext.py) passes nvcc's own library folders to the link:
+    torch's CUDA_HOME guess is wrong where the nvcc on PATH is a wrapper script, as here."""
+    from zf_kernels.ops import _cuda_ext
+    nvcc = _cuda_ext._nvcc()
+    if nvcc is None:
+        pytest.skip("needs nvcc")
+    dirs = _cuda_ext.nvcc_library_dirs(nvcc)
+    assert dirs and all("stubs" not in d for d in dirs), dirs
+    assert any(next(Path(d).glob("libcudart*"), None) for d in dirs), dirs
+    assert _cuda_ext.nvcc_library_dirs(str(tmp_path / "no-nvcc")) == []
+    fake = tmp_path / "nvcc"            # an nvcc that prints no LIBRARIES line: no folders, no error
+    fake.write_text("#!/bin/sh\necho nothing\n")
+    fake.chmod(0o755)
+    assert _cuda_ext.nvcc_library_dirs(str(fake)) == []

@@ -434,6 +434,14 @@ def test_load_dataset_reads_a_folder_for_timit_and_blizzard(tmp_path):
     assert b.name == "blizzard" and b.meta["source"] == "wav" and b.meta["files"]["train"] == 1
 
 
+@pytest.mark.parametrize("name", ["SA1.WAV", "one.wav", "x.sph"])
+def test_load_dataset_names_a_single_audio_file_instead_of_reading_it_as_npz(tmp_path, name):
+    f = tmp_path / name
+    f.write_bytes(sphere_bytes(_ramp(1, 40).tobytes(), count=40, rate=16000))
+    with pytest.raises(ValueError, match=r"single audio file.*folder of \*\.wav files"):
+        load_dataset("timit", str(f))
+
+
 def test_trainer_runs_on_a_generated_wav_folder(tmp_path):
     rng = np.random.default_rng(1)
     folder = tmp_path / "timit"

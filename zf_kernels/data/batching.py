@@ -191,4 +191,9 @@ def load_dataset(name: str, path: str | None = None, *, seed: int = 0, cache_dir
         return npz.load_npz(path, **kwargs)
     if os.path.isdir(path):
         return wav.load_wav_folder(path, name=name, **kwargs)
+    if str(path).lower().endswith((wav.AUDIO_SUFFIX, ".sph")):
+        # one recording cannot be split into train / valid / test sequences of the same speakers
+        raise ValueError(f"path {path} is a single audio file; the {name!r} data set takes the authors' .npz "
+                         f"file or a folder of *.wav files (put the recordings in a folder, "
+                         f"optionally with TRAIN/ and TEST/ subfolders)")
     return npz.load_speech_npz(path, name=name, **kwargs)

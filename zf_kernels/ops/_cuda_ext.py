@@ -14,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import shlex
 import shutil
+import subprocess
 from pathlib import Path
 
 import torch
@@ -39,6 +41,27 @@ def _nvcc() -> str | None:
     return str(cand) if cand is not None and cand.exists() else None
 
 
+def nvcc_library_dirs(nvcc: str) -> list[str]:
+    """The folders nvcc itself links the CUDA runtime from (the ``LIBRARIES`` line of
+    ``nvcc --dryrun``, stubs left out). torch guesses CUDA_HOME as two folders above the nvcc on
+    PATH; where that nvcc is a wrapper script (``/usr/local/bin/nvcc`` exec-ing
+    ``/usr/local/cuda-13.0/bin/nvcc``, as on this project's CPU machines) the guess is
+    ``/usr/local`` and the link fails with "cannot find -lcudart" (seen with torch 2.11+cu130)."""
+    try:
+        proc = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    dirs = []
+    for line in (proc.stdout + proc.stderr).splitlines():
+        if "LIBRARIES=" in line:
+            for flag in shlex.split(line.split("LIBRARIES=", 1)[1]):
+                d = flag[2:] if flag.startswith("-L") else ""
+                if d and not d.rstrip("/").endswith("stubs") and Path(d).is_dir():
+                    dirs.append(str(Path(d).resolve()))
+    return dirs
+
+
 def _arch() -> str:
     major, minor = torch.cuda.get_device_capability()
     # sm_90a: the Hopper-specific target (wgmma etc. for later versions of the kernels)
@@ -50,7 +73,8 @@ def _jit_build():
         raise ImportError(f"torch {torch.__version__} is a CPU-only build")
     if not torch.cuda.is_available():
         raise ImportError("torch sees no CUDA device")
-    if _nvcc() is None:
+    nvcc = _nvcc()
+    if nvcc is None:
         raise ImportError("nvcc not found (neither on PATH nor in $CUDA_HOME/bin)")
     srcs = sources()
     if not srcs:
@@ -70,6 +94,7 @@ def _jit_build():
         return load(name=f"zf_kernels_C_{tag}", sources=[str(p) for p in srcs],
                     extra_cflags=["-O3"], extra_include_paths=[str(CSRC)],
                     extra_cuda_cflags=NVCC_FLAGS + [f"-gencode=arch=compute_{arch},code=sm_{arch}"],
+                    extra_ldflags=[f"-L{d}" for d in nvcc_library_dirs(nvcc)],
                     build_directory=str(build_dir), verbose=os.environ.get("ZF_KERNELS_VERBOSE_BUILD") == "1")
     except Exception as exc:  # noqa: BLE001 - compiler errors come in many types
         msg = " ".join(str(exc).split())[-1500:]

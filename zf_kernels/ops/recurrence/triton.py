@@ -75,9 +75,10 @@ and [h0; h_1..h_{T-1}] (one copy after the loop). gates_x and post_x are not kep
 read h_{t-1} / c_{t-1} from h0 / c0 at t = 0 and from the outputs otherwise, so the outputs
 are ordinary tensors (no views of a bigger buffer).
 
-dtypes: float32, float64 and float16 are tested under TRITON_INTERPRET=1 on the CPU
-(bfloat16 is not: triton 3.6's interpreter computes bf16 ``tl.dot`` wrongly, so bf16 is
-GPU-only and unverified here; it takes the float16 code path). fp32 dots use IEEE
+dtypes: float32, float64, float16 and bfloat16 are tested under TRITON_INTERPRET=1 on the
+CPU (bfloat16 through tests/_interpreter_bf16.py, which repairs triton 3.6's interpreter: it
+multiplies bf16 bit patterns in ``tl.dot`` and truncates where a GPU rounds; bfloat16 takes
+the float16 code path). fp32 dots use IEEE
 precision unless torch allows TF32 for its matmuls (``_triton_common.dot_precision``);
 fp64 dots accumulate in fp64. float16 / bfloat16: dot operands in the input dtype with fp32 accumulation, all gate,
 cell and sampling arithmetic in fp32, the cell state c kept in an fp32 buffer (returned cast

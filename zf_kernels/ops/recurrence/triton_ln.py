@@ -60,9 +60,10 @@ Recomputed once before the backward loop, batched over all T (not latency-bound)
 output act(u) @ W_g2^T + b_g2 before the clamp (for gain and the clamp masks). gates_x and
 post_x are not kept.
 
-dtypes: float32, float64 and float16 are tested under TRITON_INTERPRET=1 on the CPU; bfloat16
-takes the float16 code (fp32 accumulation, fp32 scratch, cell state and statistics, gradient
-buffers in the input dtype) and, as for the plain chain, is GPU-only and unverified here.
+dtypes: float32, float64, float16 and bfloat16 are tested under TRITON_INTERPRET=1 on the
+CPU (bfloat16 as for the plain chain, through the tests' interpreter repair); bfloat16 takes
+the float16 code (fp32 accumulation, fp32 scratch, cell state and statistics, gradient
+buffers in the input dtype).
 None of it has run on a GPU yet (tests/test_triton_chain_ln.py's ``gpu`` tests).
 """
 from __future__ import annotations
