@@ -266,8 +266,12 @@ def run_provider(res, base, master, loss_fn, provider, cfg, device, dtype, timin
         if counters is not None:
             note.append(common.compile_note(counters))
         t = common.time_fn(fn, device, **timing)
+        kernels = None
         if variant != "graph":
             peak, extra, last = common.peak_memory(fn, device, with_result=True)
+            if variant != "compile":     # a graph replays the eager step's kernels; compile: recompiles
+                kernels, why = common.count_kernels(fn, device)
+                note.append(why if kernels is None else f"{kernels} kernels per step ({kernels / cfg['T']:.1f} per time step)")
         if last is not None and not bool(torch.isfinite(last)):
             note.append("loss non-finite after the timed steps")
         err = None if ref.get("loss0") is None else abs(loss0 - ref["loss0"]) / max(abs(ref["loss0"]), 1e-30)
@@ -277,7 +281,7 @@ def run_provider(res, base, master, loss_fn, provider, cfg, device, dtype, timin
         n_params = sum(p.numel() for p in model.parameters())
         note.append(f"{n_params / 1e6:.1f} M params; loss0 {loss0:.6g}")
         res.end(row, ms=t.ms, ms_p20=t.p20, ms_p80=t.p80, n=t.n, method=t.method, peak_mb=peak,
-                extra_mb=extra, rel_err=err, note="; ".join(n for n in note if n))
+                extra_mb=extra, rel_err=err, kernels=kernels, note="; ".join(n for n in note if n))
     except Skip as exc:
         res.end(row, status="skipped", note=str(exc))
     except Exception as exc:  # noqa: BLE001 - one failure is one row

@@ -205,6 +205,27 @@ def peak_memory(fn, device: torch.device, grad_to_none=(), with_result: bool = F
     return peak / MB, (peak - base) / MB
 
 
+def count_kernels(fn, device: torch.device) -> tuple[int | None, str]:
+    """``(kernels, note)``: how many GPU kernels one call of ``fn`` launches (the profiler's CUDA
+    kernel events; copies and memsets left out). ``(None, why)`` on a CPU, or where the profiler
+    records no GPU activity (CUPTI unavailable). One untimed call, after the timed ones."""
+    if device.type != "cuda":
+        return None, ""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+        torch.cuda.synchronize(device)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize(device)
+        names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    except Exception as exc:  # noqa: BLE001 - a profiler failure costs the count, not the row
+        return None, f"kernels not counted ({type(exc).__name__}: {str(exc)[:80]})"
+    kernels = [n for n in names if not n.startswith(("Memcpy", "Memset"))]
+    if not kernels:
+        return None, "kernels not counted (the profiler recorded no GPU kernel)"
+    return len(kernels), ""
+
+
 def rel_err(got, ref) -> float:
     """max over pairs of ||a - b|| / ||b|| in float64 (NaN if anything is NaN)."""
     worst = 0.0

@@ -121,14 +121,16 @@ def train_table(rows) -> list[str]:
         return []
     out = ["", "## Training step (forward + backward + clip + Adam; 'trainer' rows: the CLI trainer's "
            "whole step, bench_trainer.py)", "",
-           f"{'case':30} {'dtype':8} {'provider':21} {'ms':>10} {'p20-p80':>19} {'peak MB':>9} {'rel':>8}  status"]
+           f"{'case':30} {'dtype':8} {'provider':21} {'ms':>10} {'p20-p80':>19} {'peak MB':>9} {'rel':>8} "
+           f"{'kernels':>7}  status"]
     for r in tr:
         spread = "-" if r.get("ms_p20") is None else f"{r['ms_p20']:.3f}-{r['ms_p80']:.3f}"
         peak = "-" if r.get("peak_mb") is None else f"{r['peak_mb']:.0f}"
         rel = "-" if r.get("rel_err") is None else f"{r['rel_err']:.1e}"
+        kernels = "-" if r.get("kernels") in (None, "") else str(r["kernels"])   # GPU kernels in one step
         note = "" if r.get("status") == "ok" else f" {(r.get('note') or '')[:90]}"
         out.append(f"{r['case'][:30]:30} {str(r.get('dtype')):8} {r['provider']:21} {_ms(r) if r.get('ms') else '-':>10} {spread:>19} "
-                   f"{peak:>9} {rel:>8}  {r.get('status')}{note}")
+                   f"{peak:>9} {rel:>8} {kernels:>7}  {r.get('status')}{note}")
     return out
 
 

@@ -183,3 +183,20 @@ def test_persistent_smoke_shapes_get_persistent_grids_on_a_gpu(monkeypatch, sms)
     # and a shape that cannot fit says why
     cfg, why = lt._persistent_config(128, 4096, ref)
     assert cfg is None and f"{sms} SMs" in why
+
+
+def test_count_kernels_is_none_on_a_cpu():
+    assert common.count_kernels(lambda: torch.ones(3) + 1, torch.device("cpu")) == (None, "")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_count_kernels_counts_each_launch_and_no_copies():
+    x = torch.ones(1000, device="cuda")
+
+    def three_adds_and_a_copy():
+        y = x + 1
+        y = y * 2
+        y.add_(3)
+        x.cpu()                                   # a copy: not a kernel
+    n, why = common.count_kernels(three_adds_and_a_copy, x.device)
+    assert (n, why) == (3, ""), (n, why)

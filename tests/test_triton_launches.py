@@ -1,0 +1,97 @@
+"""How many kernels a training step of the model launches on the Triton backend (issue 3: "a
+training step launches a handful of kernels per time step at most"), counted in the interpreter:
+every Triton launch, by kernel, and every aten op the step dispatches (forward, loss, backward).
+
+- Persistent schedules: 12 Triton launches per step whatever T (the LSTM and the chain one per
+  direction, the likelihoods and the KL one per term and direction), and no aten op inside the
+  time loop: the step dispatches the same ops at T=3 as at T=8.
+- Stepwise schedules: 8 Triton launches per time step (the backward LSTM 1 + 1, the chain 3 + 3),
+  12 with cond_ln (the chain 5 + 5).
+- The eager reference (backend="torch") dispatches more aten ops as T grows: the counter sees a loop.
+On a GPU, benchmarks/bench_train_step.py counts the CUDA kernels of one step with the profiler.
+"""
+import collections
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+triton = pytest.importorskip("triton")
+from zf_kernels import ZForcing, training_loss  # noqa: E402
+
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="counts launches of the Triton interpreter")
+
+PERSISTENT_LAUNCHES = {
+    "_lstm_fwd_persistent_kernel": 1, "_lstm_bwd_persistent_kernel": 1,   # the backward network
+    "_gnll_fwd_kernel": 3, "_gnll_bwd_kernel": 3,                         # output, aux, reverse prediction
+    "_kl_fwd_kernel": 1, "_kl_bwd_kernel": 1,
+}
+PERSISTENT_CHAIN = {False: {"_fwd_persistent": 1, "_bwd_persistent": 1},
+                    True: {"_fwd_ln_persistent": 1, "_bwd_ln_persistent": 1}}
+STEPWISE_PER_STEP = {False: 8, True: 12}
+
+
+class _AtenOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.count = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count[str(func)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def triton_launches(monkeypatch):
+    """Counter of Triton kernel launches by kernel name (the interpreter's launch entry)."""
+    from triton.runtime import interpreter
+    count = collections.Counter()
+    run = interpreter.InterpretedFunction.run
+
+    def counted(self, *args, grid, warmup, **kwargs):
+        if not warmup:
+            count[self.fn.__name__] += 1
+        return run(self, *args, grid=grid, warmup=warmup, **kwargs)
+
+    monkeypatch.setattr(interpreter.InterpretedFunction, "run", counted)
+    return count
+
+
+def _step(T, cond_ln, backend, launches):
+    """One training step's launches and aten ops (fresh model, same seed at every T)."""
+    torch.manual_seed(0)
+    model = ZForcing(3, "gaussian", emb_dim=5, rnn_dim=19, z_dim=3, mlp_dim=7, cond_ln=cond_ln, backend=backend)
+    y, eps = torch.randn(T, 2, 3), torch.randn(T, 2, 3)
+    launches.clear()
+    with _AtenOps() as aten:
+        training_loss(model(y, eps=eps), 0.3, 0.5, 1.0).backward()
+    return dict(launches), aten.count
+
+
+@pytest.mark.parametrize("cond_ln", [False, True], ids=["plain", "cond_ln"])
+def test_persistent_step_launches_a_fixed_set_of_kernels_whatever_t(cond_ln, triton_launches, monkeypatch):
+    monkeypatch.setenv("ZF_LSTM_SCHEDULE", "persistent")
+    monkeypatch.setenv("ZF_CHAIN_SCHEDULE", "persistent")
+    short, short_ops = _step(3, cond_ln, "triton", triton_launches)
+    long, long_ops = _step(8, cond_ln, "triton", triton_launches)
+    assert short == long == {**PERSISTENT_LAUNCHES, **PERSISTENT_CHAIN[cond_ln]}, (short, long)
+    grown = {op: long_ops[op] - short_ops[op] for op in long_ops if long_ops[op] != short_ops[op]}
+    assert not grown, f"aten ops inside the time loop: {grown}"
+
+
+@pytest.mark.parametrize("cond_ln", [False, True], ids=["plain", "cond_ln"])
+def test_stepwise_step_launches_a_few_kernels_per_time_step(cond_ln, triton_launches, monkeypatch):
+    monkeypatch.setenv("ZF_LSTM_SCHEDULE", "stepwise")
+    monkeypatch.setenv("ZF_CHAIN_SCHEDULE", "stepwise")
+    short, _ = _step(3, cond_ln, "triton", triton_launches)
+    long, _ = _step(8, cond_ln, "triton", triton_launches)
+    assert sum(long.values()) - sum(short.values()) == 5 * STEPWISE_PER_STEP[cond_ln], (short, long)
+    fixed = {k: v for k, v in short.items() if long[k] == v}
+    assert fixed == {k: v for k, v in PERSISTENT_LAUNCHES.items() if "lstm" not in k}, fixed
+
+
+def test_the_counter_sees_the_eager_reference_loop(triton_launches):
+    short, short_ops = _step(3, False, "torch", triton_launches)
+    long, long_ops = _step(8, False, "torch", triton_launches)
+    assert short == long == {}
+    assert sum(long_ops.values()) > sum(short_ops.values()) + 5 * 10, (sum(short_ops.values()), sum(long_ops.values()))
