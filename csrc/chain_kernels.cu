@@ -125,39 +125,16 @@ ZF_DEVICE void block_mm(const T* A, int lda, bool act, const Mm<T>& mm, bool acc
     for (int item = tid; item < n_items; item += nt) {
       const int ks = item % ksplit, grp = item / ksplit;
       const int mg = grp % mgs, bg = grp / mgs;
-      T* pp = part + static_cast<size_t>(item) * (TB * TM);
-      T acc[TB][TM];
-      const bool zero = k0 == 0 && !accumulate;
-ZF_UNROLL
-      for (int i = 0; i < TB; ++i)
-ZF_UNROLL
-        for (int j = 0; j < TM; ++j) acc[i][j] = zero ? T(0) : pp[i * TM + j];
-      const T* wr[TM];
-      long long wk;
+      const T* w[TM];  // rows mg, mg + mgs, ... (clamped: reads stay in bounds; entries past the last row go unread)
 ZF_UNROLL
       for (int j = 0; j < TM; ++j) {
         int r = mg + j * mgs;
         if (r > mm.rows - 1) r = mm.rows - 1;
-        wr[j] = resident ? mm.sw + static_cast<size_t>(r) * mm.ws + k0
-                         : mm.gw + mm_row(mm, r) * mm.ldw + static_cast<long long>(k0) * mm.kstride;
+        w[j] = resident ? mm.sw + static_cast<size_t>(r) * mm.ws + k0
+                        : mm.gw + mm_row(mm, r) * mm.ldw + static_cast<long long>(k0) * mm.kstride;
       }
-      wk = resident ? 1 : mm.kstride;
-      const T* a0 = As + bg * as;
-      for (int k = ks; k < kw; k += ksplit) {
-        T a[TB], w[TM];
-ZF_UNROLL
-        for (int i = 0; i < TB; ++i) a[i] = a0[i * bgs * as + k];
-ZF_UNROLL
-        for (int j = 0; j < TM; ++j) w[j] = wr[j][k * wk];
-ZF_UNROLL
-        for (int i = 0; i < TB; ++i)
-ZF_UNROLL
-          for (int j = 0; j < TM; ++j) acc[i][j] = zf_fma(a[i], w[j], acc[i][j]);
-      }
-ZF_UNROLL
-      for (int i = 0; i < TB; ++i)
-ZF_UNROLL
-        for (int j = 0; j < TM; ++j) pp[i * TM + j] = acc[i][j];
+      tile_fma(part + static_cast<size_t>(item) * (TB * TM), k0 == 0 && !accumulate, As + bg * as, bgs * as, w,
+               resident ? 1 : mm.kstride, ks, kw, ksplit);
     }
     zf_block_sync();  // part complete; As free for the next chunk
   }

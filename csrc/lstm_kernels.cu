@@ -66,29 +66,11 @@ ZF_DEVICE void block_matmul(const T* A, int lda, int B, const T* Ws, T* As, T* p
     for (int item = tid; item < n_items; item += nt) {
       const int ks = item % ksplit, grp = item / ksplit;
       const int mg = grp % mgs, bg = grp / mgs;
-      T* pp = part + static_cast<size_t>(item) * (TB * TM);
-      T acc[TB][TM];
+      const T* w[TM];  // resident rows mg, mg + mgs, ... of the slice
 ZF_UNROLL
-      for (int i = 0; i < TB; ++i)
-ZF_UNROLL
-        for (int j = 0; j < TM; ++j) acc[i][j] = k0 == 0 ? T(0) : pp[i * TM + j];
-      const T* a0 = As + bg * as;
-      const T* w0 = Ws + static_cast<size_t>(mg) * ws + k0;
-      for (int k = ks; k < kw; k += ksplit) {
-        T a[TB], w[TM];
-ZF_UNROLL
-        for (int i = 0; i < TB; ++i) a[i] = a0[i * bgs * as + k];
-ZF_UNROLL
-        for (int j = 0; j < TM; ++j) w[j] = w0[static_cast<size_t>(j) * mgs * ws + k];
-ZF_UNROLL
-        for (int i = 0; i < TB; ++i)
-ZF_UNROLL
-          for (int j = 0; j < TM; ++j) acc[i][j] = zf_fma(a[i], w[j], acc[i][j]);
-      }
-ZF_UNROLL
-      for (int i = 0; i < TB; ++i)
-ZF_UNROLL
-        for (int j = 0; j < TM; ++j) pp[i * TM + j] = acc[i][j];
+      for (int j = 0; j < TM; ++j) w[j] = Ws + static_cast<size_t>(mg + j * mgs) * ws + k0;
+      tile_fma(part + static_cast<size_t>(item) * (TB * TM), k0 == 0, As + bg * as, bgs * as, w, 1, ks, kw,
+               ksplit);
     }
     zf_block_sync();  // part complete; As free for the next chunk
   }

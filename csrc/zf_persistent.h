@@ -35,6 +35,36 @@ template <typename T> inline T zf_fma(T a, T b, T c) { return std::fma(a, b, c);
 template <typename T>
 ZF_DEVICE T zf_sigmoid(T x) { return T(1) / (T(1) + zf_exp(-x)); }
 
+// One work item of a block's register-tiled product (both kernels' block matmuls): the TB x TM
+// partial tile pp (row-major, zeroed first when `zero`, else accumulated into) plus, over
+// k = ks, ks + ksplit, ... < kw, a[i][k] * w[j][k * wk], where a[i] = a0 + i * a_step (rows of
+// A staged in shared memory) and w[j] a weight row (resident in shared memory with wk = 1, or
+// read from global memory with its own stride). Inlined: a literal wk folds away.
+template <typename T>
+ZF_DEVICE void tile_fma(T* pp, bool zero, const T* a0, int a_step, const T* const (&w)[TM], long long wk,
+                        int ks, int kw, int ksplit) {
+  T acc[TB][TM];
+ZF_UNROLL
+  for (int i = 0; i < TB; ++i)
+ZF_UNROLL
+    for (int j = 0; j < TM; ++j) acc[i][j] = zero ? T(0) : pp[i * TM + j];
+  for (int k = ks; k < kw; k += ksplit) {
+    T a[TB], b[TM];
+ZF_UNROLL
+    for (int i = 0; i < TB; ++i) a[i] = a0[i * a_step + k];
+ZF_UNROLL
+    for (int j = 0; j < TM; ++j) b[j] = w[j][k * wk];
+ZF_UNROLL
+    for (int i = 0; i < TB; ++i)
+ZF_UNROLL
+      for (int j = 0; j < TM; ++j) acc[i][j] = zf_fma(a[i], b[j], acc[i][j]);
+  }
+ZF_UNROLL
+  for (int i = 0; i < TB; ++i)
+ZF_UNROLL
+    for (int j = 0; j < TM; ++j) pp[i * TM + j] = acc[i][j];
+}
+
 inline void set_err(char* err, int errlen, const char* msg) {
   if (err && errlen > 0) {
     std::strncpy(err, msg, errlen - 1);
