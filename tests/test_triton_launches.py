@@ -68,12 +68,16 @@ def _step(T, cond_ln, backend, launches):
     return dict(launches), aten.count
 
 
+def _short_and_long(schedule, cond_ln, launches, monkeypatch):
+    """The Triton backend's step at T=3 and T=8 under one schedule of the LSTM and the chain."""
+    monkeypatch.setenv("ZF_LSTM_SCHEDULE", schedule)
+    monkeypatch.setenv("ZF_CHAIN_SCHEDULE", schedule)
+    return _step(3, cond_ln, "triton", launches), _step(8, cond_ln, "triton", launches)
+
+
 @pytest.mark.parametrize("cond_ln", [False, True], ids=["plain", "cond_ln"])
 def test_persistent_step_launches_a_fixed_set_of_kernels_whatever_t(cond_ln, triton_launches, monkeypatch):
-    monkeypatch.setenv("ZF_LSTM_SCHEDULE", "persistent")
-    monkeypatch.setenv("ZF_CHAIN_SCHEDULE", "persistent")
-    short, short_ops = _step(3, cond_ln, "triton", triton_launches)
-    long, long_ops = _step(8, cond_ln, "triton", triton_launches)
+    (short, short_ops), (long, long_ops) = _short_and_long("persistent", cond_ln, triton_launches, monkeypatch)
     assert short == long == {**PERSISTENT_LAUNCHES, **PERSISTENT_CHAIN[cond_ln]}, (short, long)
     grown = {op: long_ops[op] - short_ops[op] for op in long_ops if long_ops[op] != short_ops[op]}
     assert not grown, f"aten ops inside the time loop: {grown}"
@@ -81,10 +85,7 @@ def test_persistent_step_launches_a_fixed_set_of_kernels_whatever_t(cond_ln, tri
 
 @pytest.mark.parametrize("cond_ln", [False, True], ids=["plain", "cond_ln"])
 def test_stepwise_step_launches_a_few_kernels_per_time_step(cond_ln, triton_launches, monkeypatch):
-    monkeypatch.setenv("ZF_LSTM_SCHEDULE", "stepwise")
-    monkeypatch.setenv("ZF_CHAIN_SCHEDULE", "stepwise")
-    short, _ = _step(3, cond_ln, "triton", triton_launches)
-    long, _ = _step(8, cond_ln, "triton", triton_launches)
+    (short, _), (long, _) = _short_and_long("stepwise", cond_ln, triton_launches, monkeypatch)
     assert sum(long.values()) - sum(short.values()) == 5 * STEPWISE_PER_STEP[cond_ln], (short, long)
     fixed = {k: v for k, v in short.items() if long[k] == v}
     assert fixed == {k: v for k, v in PERSISTENT_LAUNCHES.items() if "lstm" not in k}, fixed
