@@ -1,6 +1,6 @@
 """Small Triton device functions shared by the fused kernels (gate nonlinearities, the
-model's clamped LeakyReLU, the grid barrier of the persistent kernels), and the one rule for
-``tl.dot``'s input precision. Import only where Triton is installed."""
+model's clamped LeakyReLU, the tiled product with one weight matrix, the grid barrier of the
+persistent kernels), and the one rule for ``tl.dot``'s input precision. Import only where Triton is installed."""
 import torch
 import triton
 import triton.language as tl
@@ -15,6 +15,27 @@ def dot_precision(t: torch.Tensor) -> str:
     if t.dtype == torch.float32:
         return "tf32" if (t.is_cuda and torch.backends.cuda.matmul.allow_tf32) else "ieee"
     return "ieee" if t.dtype == torch.float64 else "tf32"
+
+
+@triton.jit
+def tile_dot(acc, X, ldx, rb, mb, W, ldw, rn, mn, K, W_ROWS_ARE_N: tl.constexpr,
+             CACHE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``acc + X[rb, :K] @ V[:K, rn]`` with ``X[b, k]`` at ``X + b * ldx + k``; ``V = W^T`` of a
+    row-major (N, K) weight with row stride ``ldw`` when ``W_ROWS_ARE_N``, else ``V = W``, a
+    row-major (K, N) weight. Rows and columns outside ``mb`` / ``mn`` and ``k >= K`` load as 0.
+    X is loaded with ``CACHE`` (".cg" where other programs of the launch wrote it)."""
+    rk = tl.arange(0, BLOCK_K)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + rk
+        mk = kk < K
+        x = tl.load(X + rb[:, None] * ldx + kk[None, :], mask=mb[:, None] & mk[None, :],
+                    other=0.0, cache_modifier=CACHE)
+        if W_ROWS_ARE_N:
+            w = tl.load(W + rn[None, :] * ldw + kk[:, None], mask=mn[None, :] & mk[:, None], other=0.0)
+        else:
+            w = tl.load(W + kk[:, None] * ldw + rn[None, :], mask=mk[:, None] & mn[None, :], other=0.0)
+        acc = tl.dot(x, w, acc, input_precision=PREC, out_dtype=ACC)
+    return acc
 
 
 @triton.jit

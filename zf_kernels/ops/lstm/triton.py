@@ -79,7 +79,7 @@ import triton.language as tl
 
 from .. import _persistent
 from .._persistent import MAX_POLLS, SCHEDULES, check_sync, num_sms, sync_buffer
-from .._triton_common import barrier_slots, dot_precision, grid_barrier, sigmoid, tanh
+from .._triton_common import barrier_slots, dot_precision, grid_barrier, sigmoid, tanh, tile_dot
 from ._grads import lstm_input_grads
 
 __all__ = ["lstm", "lstm_cell", "explain_schedule", "SCHEDULES"]
@@ -168,15 +168,8 @@ def _recurrent_dh(dgn_ptr, w_ptr, rb, rj, mb, mj, H, DG_CACHE: tl.constexpr,
                   ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
                   BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
     """``(dgates_next @ W_hh)[:, j]``, the reduction over all 4H gate columns."""
-    acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
-    for k0 in range(0, 4 * H, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K)
-        mk = rk < 4 * H
-        a = tl.load(dgn_ptr + rb[:, None] * (4 * H) + rk[None, :], mask=mb[:, None] & mk[None, :],
-                    other=0.0, cache_modifier=DG_CACHE)
-        w = tl.load(w_ptr + rk[:, None] * H + rj[None, :], mask=mk[:, None] & mj[None, :], other=0.0)
-        acc = tl.dot(a, w, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
-    return acc
+    return tile_dot(tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE), dgn_ptr, 4 * H, rb, mb, w_ptr, H, rj, mj,
+                    4 * H, False, DG_CACHE, ACC_DTYPE, PRECISION, BLOCK_K)
 
 
 @triton.jit

@@ -106,7 +106,7 @@ from torch.autograd.function import once_differentiable
 from .. import _persistent
 from .._persistent import MAX_POLLS, check_sync, num_sms, sync_buffer
 from .._triton_common import (barrier_slots, dot_precision, grid_barrier, leaky_clamp, leaky_clamp_grad,
-                              sigmoid, tanh)
+                              sigmoid, tanh, tile_dot)
 from ._grads import chain_input_grads
 from .naive import ACT_CLAMP, LEAKY_SLOPE, PARAM_CLAMP, ChainOutput
 
@@ -148,7 +148,6 @@ def _fwd_posterior_hidden_tile(
 ):
     rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
     mb = rb < B
     mn = rn < M
     t64 = tl.cast(t, tl.int64)
@@ -156,14 +155,8 @@ def _fwd_posterior_hidden_tile(
         hprev = H0
     else:
         hprev = H_OUT + (t64 - 1) * B * H
-    acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
-    for k0 in range(0, H, BLOCK_K):
-        kk = k0 + rk
-        mk = kk < H
-        x = tl.load(hprev + rb[:, None] * H + kk[None, :], mask=mb[:, None] & mk[None, :],
-                    other=0.0, cache_modifier=CACHE)
-        w = tl.load(W_QH + rn[None, :] * H + kk[:, None], mask=mn[None, :] & mk[:, None], other=0.0)
-        acc = tl.dot(x, w, acc, input_precision=PREC, out_dtype=ACC)
+    acc = tile_dot(tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC), hprev, H, rb, mb, W_QH, H, rn, mn, H, True,
+                   CACHE, ACC, PREC, BLOCK_K)
     off = t64 * B * M + rb[:, None] * M + rn[None, :]
     m2 = mb[:, None] & mn[None, :]
     s = acc + tl.load(POST_X + off, mask=m2, other=0.0).to(ACC)
@@ -317,7 +310,6 @@ def _bwd_lstm_cell_tile(
 ):
     rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     rh = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
     mb = rb < B
     mh = rh < H
     m2 = mb[:, None] & mh[None, :]
@@ -327,22 +319,9 @@ def _bwd_lstm_cell_tile(
     if HAS_NEXT:
         # h_t fed step t+1 through W_hh and W_qh; DREC is the gradient of step t+1's
         # h_t @ W_hh^T (dgates for the plain chain, the layer norm's input for cond_ln)
-        dg_next = DREC + (t64 + 1) * B * 4 * H
-        for k0 in range(0, 4 * H, BLOCK_K):
-            kk = k0 + rk
-            mk = kk < 4 * H
-            x = tl.load(dg_next + rb[:, None] * (4 * H) + kk[None, :], mask=mb[:, None] & mk[None, :],
-                        other=0.0, cache_modifier=CACHE)
-            w = tl.load(W_HH + kk[:, None] * H + rh[None, :], mask=mk[:, None] & mh[None, :], other=0.0)
-            dh = tl.dot(x, w, dh, input_precision=PREC, out_dtype=ACC)
-        ds_next = DS + (t64 + 1) * B * M
-        for k0 in range(0, M, BLOCK_K):
-            kk = k0 + rk
-            mk = kk < M
-            x = tl.load(ds_next + rb[:, None] * M + kk[None, :], mask=mb[:, None] & mk[None, :],
-                        other=0.0, cache_modifier=CACHE)
-            w = tl.load(W_QH + kk[:, None] * H + rh[None, :], mask=mk[:, None] & mh[None, :], other=0.0)
-            dh = tl.dot(x, w, dh, input_precision=PREC, out_dtype=ACC)
+        dh = tile_dot(dh, DREC + (t64 + 1) * B * 4 * H, 4 * H, rb, mb, W_HH, H, rh, mh, 4 * H, False,
+                      CACHE, ACC, PREC, BLOCK_K)
+        dh = tile_dot(dh, DS + (t64 + 1) * B * M, M, rb, mb, W_QH, H, rh, mh, M, False, CACHE, ACC, PREC, BLOCK_K)
     dc = tl.load(GRAD_C + t64 * B * H + st, mask=m2, other=0.0).to(ACC) \
         + tl.load(DC + st, mask=m2, other=0.0).to(ACC)
     ap = ACTS + t64 * B * 4 * H + rb[:, None] * (4 * H) + rh[None, :]
@@ -391,7 +370,6 @@ def _bwd_posterior_sample_tile(
 ):
     rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     rz = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
     mb = rb < B
     mz = rz < Z
     m2 = mb[:, None] & mz[None, :]
@@ -400,14 +378,7 @@ def _bwd_posterior_sample_tile(
     dz = tl.load(GRAD_Z + off, mask=m2, other=0.0).to(ACC)
     # dz += DGATES[t] @ W_COMB, DGATES (T, B, KD), W_COMB (KD, Z): KD = 4H for the plain chain
     # (dgates, W_iz W_gz), the gen MLP's hidden width for cond_ln (its hidden gradient, W_g1)
-    dg_t = DGATES + t64 * B * KD
-    for k0 in range(0, KD, BLOCK_K):
-        kk = k0 + rk
-        mk = kk < KD
-        x = tl.load(dg_t + rb[:, None] * KD + kk[None, :], mask=mb[:, None] & mk[None, :],
-                    other=0.0, cache_modifier=CACHE)
-        w = tl.load(W_COMB + kk[:, None] * Z + rz[None, :], mask=mk[:, None] & mz[None, :], other=0.0)
-        dz = tl.dot(x, w, dz, input_precision=PREC, out_dtype=ACC)
+    dz = tile_dot(dz, DGATES + t64 * B * KD, KD, rb, mb, W_COMB, Z, rz, mz, KD, False, CACHE, ACC, PREC, BLOCK_K)
     lv = tl.load(LV + off, mask=m2, other=0.0).to(ACC)
     eps = tl.load(EPS + off, mask=m2, other=0.0).to(ACC)
     std = tl.exp(0.5 * lv)
@@ -442,20 +413,12 @@ def _bwd_posterior_hidden_tile(
 ):
     rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     rm = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
     mb = rb < B
     mm = rm < M
     m2 = mb[:, None] & mm[None, :]
     t64 = tl.cast(t, tl.int64)
-    dp_t = DPARAMS + t64 * B * 2 * Z
-    acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
-    for k0 in range(0, 2 * Z, BLOCK_K):
-        kk = k0 + rk
-        mk = kk < 2 * Z
-        x = tl.load(dp_t + rb[:, None] * (2 * Z) + kk[None, :], mask=mb[:, None] & mk[None, :],
-                    other=0.0, cache_modifier=CACHE)
-        w = tl.load(W_Q2 + kk[:, None] * M + rm[None, :], mask=mk[:, None] & mm[None, :], other=0.0)
-        acc = tl.dot(x, w, acc, input_precision=PREC, out_dtype=ACC)
+    acc = tile_dot(tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC), DPARAMS + t64 * B * 2 * Z, 2 * Z, rb, mb,
+                   W_Q2, M, rm, mm, 2 * Z, False, CACHE, ACC, PREC, BLOCK_K)
     off = t64 * B * M + rb[:, None] * M + rm[None, :]
     s = tl.load(S + off, mask=m2, other=0.0).to(ACC)
     # leaky_clamp_grad gives the conventions (1, slope or 0); its slope is an fp32 literal

@@ -75,7 +75,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import _persistent
 from .._persistent import check_sync, sync_buffer
-from .._triton_common import barrier_slots, dot_precision, grid_barrier, leaky_clamp, sigmoid, tanh
+from .._triton_common import barrier_slots, dot_precision, grid_barrier, leaky_clamp, sigmoid, tanh, tile_dot
 from .naive import ACT_CLAMP, COND_CLAMP, LEAKY_SLOPE, LN_EPS, PARAM_CLAMP, ChainOutput, mlp_act
 from . import triton as _chain
 from .triton import (_HALF, _acc, _bwd_lstm_cell_tile, _bwd_posterior_hidden, _bwd_posterior_hidden_tile,
@@ -192,19 +192,11 @@ def _fwd_gen_hidden_tile(
 ):
     rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
     mb = rb < B
     mn = rn < G
     t64 = tl.cast(t, tl.int64)
-    z_t = Z_IN + t64 * B * Z
-    acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
-    for k0 in range(0, Z, BLOCK_K):
-        kk = k0 + rk
-        mk = kk < Z
-        x = tl.load(z_t + rb[:, None] * Z + kk[None, :], mask=mb[:, None] & mk[None, :],
-                    other=0.0, cache_modifier=CACHE)
-        w = tl.load(W_G1 + rn[None, :] * Z + kk[:, None], mask=mn[None, :] & mk[:, None], other=0.0)
-        acc = tl.dot(x, w, acc, input_precision=PREC, out_dtype=ACC)
+    acc = tile_dot(tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC), Z_IN + t64 * B * Z, Z, rb, mb, W_G1, Z, rn, mn, Z, True,
+                   CACHE, ACC, PREC, BLOCK_K)
     u = acc + tl.load(B_G1 + rn, mask=mn, other=0.0).to(ACC)[None, :]
     off = t64 * B * G + rb[:, None] * G + rn[None, :]
     tl.store(U + off, u.to(U.dtype.element_ty), mask=mb[:, None] & mn[None, :])
