@@ -35,6 +35,8 @@ input tensor (drawing it is one ``randn``), and the model's input validation (ho
 runs once before timing, not inside the timed step (``--keep-checks`` keeps it in for the
 eager providers). ``peak_mb``: ``max_memory_allocated`` over one step (weights, Adam state,
 activations, gradients); for graph providers over warm-up + capture + first replay.
+``--count-kernels`` (a separate run, suite "kernels"): instead of timing, the GPU kernels of one
+eager step, counted by the profiler (``kernels``; copies and memsets left out).
 """
 from __future__ import annotations
 
@@ -263,15 +265,14 @@ def run_provider(res, base, master, loss_fn, provider, cfg, device, dtype, timin
             common.sync(device)
             last = None
         loss0 = float(first)
+        if args.count_kernels:
+            count_step_kernels(res, row, fn, variant, device, cfg)
+            return
         if counters is not None:
             note.append(common.compile_note(counters))
         t = common.time_fn(fn, device, **timing)
-        kernels = None
         if variant != "graph":
             peak, extra, last = common.peak_memory(fn, device, with_result=True)
-            if variant != "compile":     # a graph replays the eager step's kernels; compile: recompiles
-                kernels, why = common.count_kernels(fn, device)
-                note.append(why if kernels is None else f"{kernels} kernels per step ({kernels / cfg['T']:.1f} per time step)")
         if last is not None and not bool(torch.isfinite(last)):
             note.append("loss non-finite after the timed steps")
         err = None if ref.get("loss0") is None else abs(loss0 - ref["loss0"]) / max(abs(ref["loss0"]), 1e-30)
@@ -281,7 +282,7 @@ def run_provider(res, base, master, loss_fn, provider, cfg, device, dtype, timin
         n_params = sum(p.numel() for p in model.parameters())
         note.append(f"{n_params / 1e6:.1f} M params; loss0 {loss0:.6g}")
         res.end(row, ms=t.ms, ms_p20=t.p20, ms_p80=t.p80, n=t.n, method=t.method, peak_mb=peak,
-                extra_mb=extra, rel_err=err, kernels=kernels, note="; ".join(n for n in note if n))
+                extra_mb=extra, rel_err=err, note="; ".join(n for n in note if n))
     except Skip as exc:
         res.end(row, status="skipped", note=str(exc))
     except Exception as exc:  # noqa: BLE001 - one failure is one row
@@ -295,13 +296,28 @@ def run_provider(res, base, master, loss_fn, provider, cfg, device, dtype, timin
             torch._dynamo.reset()
 
 
+def count_step_kernels(res, row, fn, variant, device, cfg):
+    """--count-kernels: one more step under the profiler instead of the timing (a separate
+    run, so that a profiler failure cannot cost the timings)."""
+    if variant in ("graph", "compile"):
+        res.end(row, status="skipped", note=f"kernels are counted for the eager providers ({variant}: the "
+                "same step's kernels replayed / fused)")
+        return
+    kernels, why = common.count_kernels(fn, device)
+    if kernels is None:
+        res.end(row, status="skipped", note=why)
+    else:
+        res.end(row, kernels=kernels, note=f"{kernels} kernels per step, {kernels / cfg['T']:.1f} per time step")
+
+
 # --------------------------------------------------------------------------- main
 def run(args) -> int:
     device, providers, table, case_names = common.start_cases(args, PROVIDERS, CASES, SMOKE_CASES)
     dtype_name = args.dtype
     dtype = DTYPES[dtype_name]
     env = common.environment(device, args.smoke)
-    res = Results(common.out_dir(args, device), args.name, env, "train", fresh=args.fresh, quiet=args.quiet)
+    suite = "kernels" if args.count_kernels else "train"
+    res = Results(common.out_dir(args, device), args.name, env, suite, fresh=args.fresh, quiet=args.quiet)
     budget = Budget(args.budget_s)
     timing = dict(warmup_ms=args.warmup_ms, rep_ms=args.rep_ms, min_reps=args.min_reps,
                   host_reps=1 if args.smoke else 3)
@@ -394,6 +410,8 @@ def main(argv=None) -> int:
                    help="kl,aux,bwd weights of training_loss (default 1,1,1)")
     p.add_argument("--keep-checks", action="store_true",
                    help="keep the model's input validation (host syncs) inside the eager timed steps")
+    p.add_argument("--count-kernels", action="store_true",
+                   help="instead of timing: the GPU kernels one step launches (profiler), suite 'kernels'")
     args = p.parse_args(argv)
     if len(args.loss_weights) != 3:
         p.error("--loss-weights needs three numbers: kl,aux,bwd")

@@ -210,7 +210,7 @@ def count_kernels(fn, device: torch.device) -> tuple[int | None, str]:
     kernel events; copies and memsets left out). ``(None, why)`` on a CPU, or where the profiler
     records no GPU activity (CUPTI unavailable). One untimed call, after the timed ones."""
     if device.type != "cuda":
-        return None, ""
+        return None, "kernels are counted on a GPU only"
     try:
         from torch.profiler import ProfilerActivity, profile
         torch.cuda.synchronize(device)

@@ -11,8 +11,8 @@
 # gets min(its own limit, time left); a stage that fails or times out is recorded and the next
 # one runs anyway. Installs nothing. A rerun can choose
 # stages: ZF_STAGES=train,ops (names, in running order: tests train ops other-models ops-compile
-# train-tf32 ops-tf32 trainer cuda-tests ops-cuda tune train-bf16 train-compile; the persistent
-# smoke test runs with tests).
+# train-tf32 ops-tf32 trainer cuda-tests ops-cuda tune kernels train-bf16 train-compile; the
+# persistent smoke test runs with tests).
 #
 # $OUT (the folder that comes back; 8 files, no subfolders):
 #   persistent_smoke.log  persistent vs stepwise vs float64 lstm / zforcing_chain, benchmark shapes
@@ -34,7 +34,7 @@ LOG="$OUT/bench.log"
 PY="${PYTHON:-$(command -v python || command -v python3)}"
 TOTAL="${ZF_CHECK_SECONDS:-440}"
 # a rerun can pick stages, e.g. ZF_STAGES=train,ops bash benchmarks/device_check.sh
-WANT="${ZF_STAGES:-tests,train,ops,other-models,ops-compile,train-tf32,ops-tf32,trainer,cuda-tests,ops-cuda,tune,train-bf16,train-compile}"
+WANT="${ZF_STAGES:-tests,train,ops,other-models,ops-compile,train-tf32,ops-tf32,trainer,cuda-tests,ops-cuda,tune,kernels,train-bf16,train-compile}"
 START=$SECONDS
 STAGES=()
 FAILED=0
@@ -168,17 +168,23 @@ run_stage ops-cuda 40 "$LOG" \
 run_stage tune 60 "$LOG" \
   "$PY" benchmarks/tune_tiles.py --out "$OUT" --name results --warmup-ms 25 --rep-ms 100
 
-# 10. bfloat16 (the whole model cast): the step where the tensor cores carry the recurrence
+# 10. GPU kernels per training step (profiler, eager providers; its own process, so that a
+# profiler failure costs only these rows)
+run_stage kernels 40 "$LOG" \
+  "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --count-kernels \
+  --providers torch,cudnn,triton,triton-stepwise
+
+# 11. bfloat16 (the whole model cast): the step where the tensor cores carry the recurrence
 run_stage train-bf16 40 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --dtype bfloat16 --cases timit \
   --providers torch+graph,cudnn+graph,triton+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
 
-# 11. torch.compile of the whole TIMIT step (unrolls two 40-step loops: may not fit)
+# 12. torch.compile of the whole TIMIT step (unrolls two 40-step loops: may not fit)
 run_stage train-compile 60 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results \
   --providers torch+compile --cases timit --warmup-ms 50 --rep-ms 200
 
-# 12. report: chart + summary (outside the budget above: ~20 s)
+# 13. report: chart + summary (outside the budget above: ~20 s)
 if [[ -f "$OUT/results.json" ]]; then
   timeout 40 "$PY" benchmarks/plot.py "$OUT/results.json" >>"$LOG" 2>&1 || echo "plot failed (see bench.log)"
   timeout 20 "$PY" benchmarks/summarize.py "$OUT/results.json" --tests-log "$OUT/tests.log" \

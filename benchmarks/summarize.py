@@ -121,16 +121,14 @@ def train_table(rows) -> list[str]:
         return []
     out = ["", "## Training step (forward + backward + clip + Adam; 'trainer' rows: the CLI trainer's "
            "whole step, bench_trainer.py)", "",
-           f"{'case':30} {'dtype':8} {'provider':21} {'ms':>10} {'p20-p80':>19} {'peak MB':>9} {'rel':>8} "
-           f"{'kernels':>7}  status"]
+           f"{'case':30} {'dtype':8} {'provider':21} {'ms':>10} {'p20-p80':>19} {'peak MB':>9} {'rel':>8}  status"]
     for r in tr:
         spread = "-" if r.get("ms_p20") is None else f"{r['ms_p20']:.3f}-{r['ms_p80']:.3f}"
         peak = "-" if r.get("peak_mb") is None else f"{r['peak_mb']:.0f}"
         rel = "-" if r.get("rel_err") is None else f"{r['rel_err']:.1e}"
-        kernels = "-" if r.get("kernels") in (None, "") else str(r["kernels"])   # GPU kernels in one step
         note = "" if r.get("status") == "ok" else f" {(r.get('note') or '')[:90]}"
         out.append(f"{r['case'][:30]:30} {str(r.get('dtype')):8} {r['provider']:21} {_ms(r) if r.get('ms') else '-':>10} {spread:>19} "
-                   f"{peak:>9} {rel:>8} {kernels:>7}  {r.get('status')}{note}")
+                   f"{peak:>9} {rel:>8}  {r.get('status')}{note}")
     return out
 
 
@@ -157,6 +155,20 @@ def ops_table(rows, modes) -> list[str]:
             if p == "triton" and r is not None and r.get("rel_err") is not None:
                 rel = f"{r['rel_err']:.1e}"
         out.append(f"{case[:38]:38} {dtype:8} {mode:7} " + " ".join(cells) + f"  {rel}")
+    return out
+
+
+def kernels_table(rows) -> list[str]:
+    """bench_train_step.py --count-kernels: GPU kernels per training step, per provider."""
+    kr = [r for r in rows if r.get("suite") == "kernels"]
+    if not kr:
+        return []
+    out = ["", "## GPU kernels per training step (profiler; eager providers)", ""]
+    for case in dict.fromkeys(r["case"] for r in kr):
+        cells = [f"{r['provider']} {r['kernels']}" if r.get("kernels") not in (None, "") else
+                 f"{r['provider']} {SHORT.get(r.get('status'), r.get('status'))}"
+                 for r in kr if r["case"] == case]
+        out.append(f"- {case}: " + "; ".join(cells))
     return out
 
 
@@ -226,6 +238,7 @@ def summarize(path: Path, tests_log=None, show_all: bool = False) -> str:
         parts += tests_summary(Path(log)) + [""]
     parts += ops_table(rows, ("fwd", "fwd+bwd") if show_all else ("fwd+bwd",))
     parts += train_table(rows)
+    parts += kernels_table(rows)
     parts += tune_table(rows)
     parts += problems(rows)
     parts += [""] + targets(rows, str(env.get("gpu", "?")))

@@ -33,6 +33,8 @@ def results(tmp_path_factory):
     assert bench_trainer.main(base + ["--providers", "torch,torch+cuda-graph", "--steps", "2",
                                       "--warmup-steps", "1"]) == 0
     assert tune_tiles.main(base) == 0
+    assert bench_train_step.main(base + ["--providers", "torch,triton,torch+graph", "--cases", "timit",
+                                         "--count-kernels"]) == 0
     return out
 
 
@@ -185,8 +187,16 @@ def test_persistent_smoke_shapes_get_persistent_grids_on_a_gpu(monkeypatch, sms)
     assert cfg is None and f"{sms} SMs" in why
 
 
+def test_kernel_count_rows(results):
+    rows = [r for r in _rows(results / "r.json") if r["suite"] == "kernels"]
+    assert {r["provider"] for r in rows} == {"torch", "triton", "torch+graph"}
+    for r in rows:                  # no GPU: a row saying why, never a timing
+        assert r["status"] == "skipped" and r.get("ms") is None and r.get("kernels") is None, r
+        assert ("GPU only" if r["provider"] != "torch+graph" else "CUDA") in r["note"], r
+
+
 def test_count_kernels_is_none_on_a_cpu():
-    assert common.count_kernels(lambda: torch.ones(3) + 1, torch.device("cpu")) == (None, "")
+    assert common.count_kernels(lambda: torch.ones(3) + 1, torch.device("cpu")) == (None, "kernels are counted on a GPU only")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
