@@ -27,3 +27,33 @@ def read_metrics(run_dir):
 def without_timing(records):
     """Metrics records without their wall-clock fields, for exact comparisons."""
     return [{k: v for k, v in r.items() if k != "train_seconds"} for r in records]
+
+
+def rel_err(a, b):
+    """max |a - b| / max |b| in float64."""
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
+
+
+def errors_vs_float64(fn, ref, args64, out_names, in_names, dtype, seed):
+    """{tensor name: rel_err of fn in ``dtype`` against ``ref`` in float64}: every output, and
+    every input's gradient from one backward call with random output gradients scaled 1, 2, 3, ...
+    (non-uniform, so a swapped output shows); no output or gradient may be non-finite."""
+    import torch
+    out64 = ref(*args64)
+    g = torch.Generator().manual_seed(seed + 1)
+    grads_out = [(torch.randn(o.shape, generator=g, dtype=torch.float64) * (1 + i)).to(o.device)
+                 for i, o in enumerate(out64)]
+    ref_grads = torch.autograd.grad(out64, args64, grads_out)
+    args = [a.detach().to(dtype).requires_grad_() for a in args64]
+    out = fn(*args)
+    grads = torch.autograd.grad(tuple(out), args, [go.to(dtype) for go in grads_out])
+    errs = {}
+    for name, o, r in zip(out_names, out, out64):
+        assert o.dtype == dtype and o.shape == r.shape, name
+        assert torch.isfinite(o).all(), f"output {name} has non-finite entries"
+        errs[name] = rel_err(o, r)
+    for name, gr, r in zip(in_names, grads, ref_grads):
+        assert gr is not None and gr.shape == r.shape, name
+        assert torch.isfinite(gr).all(), f"grad of {name} has non-finite entries"
+        errs["grad " + name] = rel_err(gr, r)
+    return errs

@@ -7,12 +7,14 @@ output gradients, float64 and float32, on odd shapes split over several blocks (
 empty slices), with every buffer the kernels write pre-filled with NaN and inputs on both sides
 of every clamp. A build without the grid sync must fail (the tests have teeth). Nothing here
 says anything about a GPU run."""
+import functools
 import math
 
 import pytest
 import torch
 
 import _cuda_emulation as emu
+from _helpers import errors_vs_float64, rel_err
 from zf_kernels import ops
 from zf_kernels.ops.recurrence._cuda_function import run_chain
 from zf_kernels.ops.recurrence.naive import ACT_CLAMP, LEAKY_SLOPE, PARAM_CLAMP, mlp_act, zforcing_chain_ref
@@ -115,33 +117,14 @@ class _Directions:
         self.bwd.backward(*a)
 
 
-def _rel(a, b):
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
-
-
 def _errors(kernels, shape, dtype, seed=0, check_clamps=True):
     """{name: error} of the emulated kernels in dtype against the float64 reference."""
     args64 = make_inputs(*shape, seed=seed)
-    ref = ops.zforcing_chain(*args64, backend="torch")
+    ref = functools.partial(ops.zforcing_chain, backend="torch")
     if check_clamps:
-        act = clamp_activity(args64, ref.h)
+        act = clamp_activity(args64, ref(*args64).h)
         assert all(v > 0 for v in act.values()), f"inputs do not exercise both sides of the clamps: {act}"
-    g = torch.Generator().manual_seed(seed + 1)
-    grads_out = [torch.randn(o.shape, generator=g, dtype=torch.float64) * (1 + i) for i, o in enumerate(ref)]
-    ref_grads = torch.autograd.grad(tuple(ref), args64, grads_out)
-    args = [a.detach().to(dtype).requires_grad_() for a in args64]
-    out = run_chain(kernels, *args)
-    grads = torch.autograd.grad(tuple(out), args, [go.to(dtype) for go in grads_out])
-    errs = {}
-    for name, o, r in zip(OUT_NAMES, out, ref):
-        assert o.dtype == dtype and o.shape == r.shape, name
-        assert torch.isfinite(o).all(), f"output {name} has non-finite entries"
-        errs[name] = _rel(o, r)
-    for name, gr, r in zip(NAMES, grads, ref_grads):
-        assert gr is not None and gr.shape == r.shape, name
-        assert torch.isfinite(gr).all(), f"grad of {name} has non-finite entries"
-        errs["grad " + name] = _rel(gr, r)
-    return errs
+    return errors_vs_float64(functools.partial(run_chain, kernels), ref, args64, OUT_NAMES, NAMES, dtype, seed)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
@@ -175,7 +158,7 @@ def test_cuda_emulated_chain_unused_outputs_have_zero_gradient():
     got = torch.autograd.grad(run_chain(kernels, *args)[0].sum(), args)
     ref = torch.autograd.grad(zforcing_chain_ref(*args).h.sum(), args)
     for name, a, b in zip(NAMES, got, ref):
-        assert _rel(a, b) < 1e-9, name
+        assert rel_err(a, b) < 1e-9, name
 
 
 @pytest.mark.parametrize("direction", ["forward", "backward"])

@@ -180,6 +180,23 @@ def check_raises_named(exc, problems):
     assert any(word(n, msg) for names in fits for n in names), f"message names none of {fits}: {msg}"
 
 
+def call_checked(call, problems):
+    """Call an op on drawn arguments: with ``problems`` it must raise a ValueError / TypeError
+    that names an argument of one (``(None, "raised <type>")``), without it must return
+    (``(result, None)``). BackendUnavailableError is not about the arguments: it propagates."""
+    try:
+        result = call()
+    except ops.BackendUnavailableError:
+        raise
+    except Exception as exc:
+        note(f"raised {type(exc).__name__}: {exc}")
+        assert problems, f"valid arguments rejected: {type(exc).__name__}: {exc}"
+        check_raises_named(exc, problems)
+        return None, "raised " + type(exc).__name__
+    assert not problems, f"bad arguments accepted: {problems}"
+    return result, None
+
+
 def assert_matches(out, refs, out_dtype, atol, what=""):
     """``out`` equals one of the float64 references ``refs`` (after rounding to ``out_dtype``):
     NaN exactly where it has NaN, the same infinities, finite values within ``atol``."""
@@ -333,16 +350,9 @@ def _run_dist_case(data, op, backend_strategy):
     backend, backend_problems = data.draw(backend_strategy, label="backend")
     problems += backend_problems
     kwargs = {"mask": mask} if has_mask and mask is not None else {}
-    try:
-        out = getattr(ops, op)(*args, backend=backend, **kwargs)
-    except Exception as exc:
-        if isinstance(exc, ops.BackendUnavailableError):
-            raise
-        note(f"raised {type(exc).__name__}: {exc}")
-        assert problems, f"valid arguments rejected: {type(exc).__name__}: {exc}"
-        check_raises_named(exc, problems)
-        return "raised " + type(exc).__name__
-    assert not problems, f"bad arguments accepted: {problems}"
+    out, raised = call_checked(lambda: getattr(ops, op)(*args, backend=backend, **kwargs), problems)
+    if raised:
+        return raised
     x64 = [f64(a) for a in args]
     m64 = None if mask is None else f64(mask)
     outs = []
@@ -401,15 +411,10 @@ def test_categorical_nll_matches_cross_entropy_or_names_the_bad_argument(data):
         problems += mask_problems(mask, [logits])
     backend, bprob = data.draw(backend_argument(), label="backend")
     problems += bprob
-    try:
-        out = ops.categorical_nll(targets, logits, mask=mask, backend=backend)
-    except Exception as exc:
-        note(f"raised {type(exc).__name__}: {exc}")
-        assert problems, f"valid arguments rejected: {type(exc).__name__}: {exc}"
-        check_raises_named(exc, problems)
-        CASES["categorical_nll"]["raised " + type(exc).__name__] += 1
+    out, raised = call_checked(lambda: ops.categorical_nll(targets, logits, mask=mask, backend=backend), problems)
+    if raised:
+        CASES["categorical_nll"][raised] += 1
         return
-    assert not problems, f"bad arguments accepted: {problems}"
     lg, dtype = f64(logits), logits.dtype
     if targets.numel():
         ref = F.cross_entropy(lg.reshape(-1, C), targets.reshape(-1).long(), reduction="none").view(lead)
@@ -497,14 +502,10 @@ def _run_lstm_case(data, backend_strategy, dtypes=FLOATS):
     problems = _problems(LSTM_DIMS, args, probs, list(shapes), optional)
     backend, bprob = data.draw(backend_strategy, label="backend")
     problems += bprob
-    try:
-        out, (hT, cT) = ops.lstm(**args, reverse=reverse, backend=backend)
-    except Exception as exc:
-        note(f"raised {type(exc).__name__}: {exc}")
-        assert problems, f"valid arguments rejected: {type(exc).__name__}: {exc}"
-        check_raises_named(exc, problems)
-        return "raised " + type(exc).__name__
-    assert not problems, f"bad arguments accepted: {problems}"
+    result, raised = call_checked(lambda: ops.lstm(**args, reverse=reverse, backend=backend), problems)
+    if raised:
+        return raised
+    out, (hT, cT) = result
     a, dtype = {n: f64(v) for n, v in args.items()}, args["x"].dtype
     h0 = a["h0"] if a["h0"] is not None else torch.zeros(B, H, dtype=torch.float64)
     c0 = a["c0"] if a["c0"] is not None else torch.zeros(B, H, dtype=torch.float64)
@@ -537,14 +538,10 @@ def _run_lstm_cell_case(data, backend_strategy, dtypes=FLOATS):
     problems = _problems(CELL_DIMS, args, probs, list(shapes), {"bias"})
     backend, bprob = data.draw(backend_strategy, label="backend")
     problems += bprob
-    try:
-        h1, c1 = ops.lstm_cell(**args, backend=backend)
-    except Exception as exc:
-        note(f"raised {type(exc).__name__}: {exc}")
-        assert problems, f"valid arguments rejected: {type(exc).__name__}: {exc}"
-        check_raises_named(exc, problems)
-        return "raised " + type(exc).__name__
-    assert not problems, f"bad arguments accepted: {problems}"
+    result, raised = call_checked(lambda: ops.lstm_cell(**args, backend=backend), problems)
+    if raised:
+        return raised
+    h1, c1 = result
     a, dtype = {n: f64(v) for n, v in args.items()}, args["gates_x"].dtype
     # nn.LSTMCell on gates_x through an identity input projection (which spreads a NaN or
     # Inf of gates_x over all four gates), or the cell equations written out
@@ -630,14 +627,9 @@ def _run_chain_case(data, backend_strategy, dtypes=(torch.float32, torch.float64
             problems.append((ValueError, _related(CHAIN_DIMS, n)))
     backend, bprob = data.draw(backend_strategy, label="backend")
     problems += bprob
-    try:
-        out = ops.zforcing_chain(**args, backend=backend)
-    except Exception as exc:
-        note(f"raised {type(exc).__name__}: {exc}")
-        assert problems, f"valid arguments rejected: {type(exc).__name__}: {exc}"
-        check_raises_named(exc, problems)
-        return "raised " + type(exc).__name__
-    assert not problems, f"bad arguments accepted: {problems}"
+    out, raised = call_checked(lambda: ops.zforcing_chain(**args, backend=backend), problems)
+    if raised:
+        return raised
     a64, dtype = {n: f64(v) for n, v in args.items()}, args["gates_x"].dtype
     refs = [_chain_reference(a64)]
     if backend == "triton":   # its documented numerics (see _chain_reference)

@@ -16,6 +16,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 import zf_kernels.ops as ops  # noqa: E402
+from _helpers import errors_vs_float64, rel_err  # noqa: E402
 from zf_kernels.ops.recurrence import triton as chain_triton  # noqa: E402
 from zf_kernels.ops.recurrence.naive import (  # noqa: E402
     ACT_CLAMP, LEAKY_SLOPE, PARAM_CLAMP, mlp_act, zforcing_chain_ref)
@@ -73,10 +74,6 @@ def clamp_activity(args, h):
             "p_outside": frac(p.abs() > PARAM_CLAMP), "p_inside": frac(p.abs() < PARAM_CLAMP)}
 
 
-def rel_err(a, b):
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
-
-
 @pytest.fixture
 def nan_empty(monkeypatch):
     """torch.empty / torch.empty_like return NaN-filled (float) or junk-filled (int) tensors."""
@@ -99,28 +96,10 @@ def run_errors(fn, shape, dtype, seed=0, check_clamps=True, scale=1.0):
     the gradients of all 12 inputs from one backward call with random, non-uniform output
     gradients."""
     args64 = make_inputs(*shape, seed=seed, scale=scale)
-    ref = zforcing_chain_ref(*args64)
     if check_clamps:
-        act = clamp_activity(args64, ref.h)
+        act = clamp_activity(args64, zforcing_chain_ref(*args64).h)
         assert all(v > 0 for v in act.values()), f"inputs do not exercise both sides of the clamps: {act}"
-    g = torch.Generator().manual_seed(seed + 1)
-    grads_out = [(torch.randn(o.shape, generator=g, dtype=torch.float64) * (1 + i)).to(DEVICE)
-                 for i, o in enumerate(ref)]
-    ref_grads = torch.autograd.grad(ref, args64, grads_out)
-
-    args = [a.detach().to(dtype).requires_grad_() for a in args64]
-    out = fn(*args)
-    grads = torch.autograd.grad(tuple(out), args, [go.to(dtype) for go in grads_out])
-    errs = {}
-    for name, o, r in zip(OUT_NAMES, out, ref):
-        assert o.dtype == dtype and o.shape == r.shape, name
-        assert torch.isfinite(o).all(), f"output {name} has non-finite entries"
-        errs[name] = rel_err(o, r)
-    for name, gr, r in zip(NAMES, grads, ref_grads):
-        assert gr is not None and gr.shape == r.shape, name
-        assert torch.isfinite(gr).all(), f"grad of {name} has non-finite entries"
-        errs["grad " + name] = rel_err(gr, r)
-    return errs
+    return errors_vs_float64(fn, zforcing_chain_ref, args64, OUT_NAMES, NAMES, dtype, seed)
 
 
 def compare(shape, dtype, seed=0, check_clamps=True):

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import zf_kernels.ops as ops
+from _helpers import errors_vs_float64, rel_err
 from zf_kernels.ops.recurrence.naive import zforcing_chain_ln_ref
 
 try:
@@ -244,10 +245,6 @@ def nan_empty(monkeypatch):
     assert torch.empty(3).isnan().all()
 
 
-def rel_err(a, b):
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
-
-
 def run_errors(fn, shape, dtype, seed=0, check_clamps=True, scale=1.0):
     """{tensor name: error of fn in dtype against the float64 reference}: all 5 outputs and
     the gradients of all 13 inputs from one backward call with random, non-uniform output
@@ -256,24 +253,7 @@ def run_errors(fn, shape, dtype, seed=0, check_clamps=True, scale=1.0):
     if check_clamps:
         p_out, gb_out = clamp_activity([a.cpu() for a in args64])
         assert 0 < p_out < 1 and 0 < gb_out < 1, f"inputs do not exercise the clamps: {p_out}, {gb_out}"
-    ref = zforcing_chain_ln_ref(*args64)
-    g = torch.Generator().manual_seed(seed + 1)
-    grads_out = [(torch.randn(o.shape, generator=g, dtype=torch.float64) * (1 + i)).to(DEVICE)
-                 for i, o in enumerate(ref)]
-    ref_grads = torch.autograd.grad(ref, args64, grads_out)
-    args = [a.detach().to(dtype).requires_grad_() for a in args64]
-    out = fn(*args)
-    grads = torch.autograd.grad(tuple(out), args, [go.to(dtype) for go in grads_out])
-    errs = {}
-    for name, o, r in zip(OUT_NAMES, out, ref):
-        assert o.dtype == dtype and o.shape == r.shape, name
-        assert torch.isfinite(o).all(), f"output {name} has non-finite entries"
-        errs[name] = rel_err(o, r)
-    for name, gr, r in zip(NAMES, grads, ref_grads):
-        assert gr is not None and gr.shape == r.shape, name
-        assert torch.isfinite(gr).all(), f"grad of {name} has non-finite entries"
-        errs["grad " + name] = rel_err(gr, r)
-    return errs
+    return errors_vs_float64(fn, zforcing_chain_ln_ref, args64, OUT_NAMES, NAMES, dtype, seed)
 
 
 def compare(shape, dtype, seed=0, check_clamps=True, tol=None, fn=None, ratio=None, scale=1.0):
