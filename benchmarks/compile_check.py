@@ -210,7 +210,9 @@ def distribution_specs() -> list[Spec]:
         acc_ptrs = {"raw_ptr": "fp32", "max_ptr": "fp32", "lsum_ptr": "fp32", "t_ptr": "i64"}
         for op, n, d in (("kl", 1280, 256), ("gnll", 1280, 200), ("bnll", 25088, 1), ("cat", 1280, 10000)):
             _, bn, bd, nw = dt_mod._tiles(n, d)
-            tile = dict(ACC=tl.float32, HAS_MASK=True, BLOCK_N=bn, BLOCK_D=bd)
+            # int32 offsets: what _strided picks below 2^31 elements (the int64 variant, for
+            # bigger tensors, is not checked here)
+            tile = dict(ACC=tl.float32, HAS_MASK=True, BLOCK_N=bn, BLOCK_D=bd, IDX=tl.int32)
             need = {"kl": ("NEED_MQ", "NEED_LQ", "NEED_MP", "NEED_LP"), "gnll": ("NEED_X", "NEED_MU", "NEED_LV"),
                     "bnll": ("NEED_X", "NEED_L"), "cat": ()}[op]
             fwd = getattr(dt_mod, f"_{op}_fwd_kernel").fn

@@ -12,6 +12,7 @@ import zlib
 
 import pytest
 import torch
+import torch.utils._python_dispatch
 
 # On a GPU the kernels are compiled, unless TRITON_INTERPRET=1 asks for the interpreter
 # (then everything runs on the CPU, as on a machine without a GPU).
@@ -233,6 +234,80 @@ def test_noncontiguous_inputs(op):
         mask = _mask("full", (5, 8), dtype, gen).t()
         assert not mask.is_contiguous()
     _compare(op, args, mask, dtype, gen)
+
+
+def _slices_of_one_tensor(op, lead, d, dtype, gen):
+    """The op's floating arguments as slices of the last dim of one (lead, k d + 3) tensor
+    (as the mu / logvar halves of one Linear output), targets as every other entry of an int
+    tensor: nothing contiguous, every one a single row stride."""
+    full = _make(op, lead + (d,), dtype, gen)
+    floats = [a for a in full if a.is_floating_point()]
+    big = torch.cat([a.detach() for a in floats] + [torch.zeros(lead + (3,), dtype=dtype, device=DEVICE)], -1)
+    views = iter([big[..., i * d:(i + 1) * d].requires_grad_() for i in range(len(floats))])
+    args = [next(views) if a.is_floating_point() else torch.stack([a, a], -1)[..., 0] for a in full]
+    assert all(not a.is_contiguous() for a in args)
+    return args
+
+
+class _CopiesOutsideKernels(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the copies (clone, copy_, contiguous via _to_copy) an op's Python side makes;
+    the interpreter's own copies of kernel arguments are not counted."""
+    COPIES = ("aten.clone", "aten.copy_", "aten._to_copy", "aten.contiguous")
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        self.copies, self._in_kernel = [], 0
+        if not CUDA:
+            from triton.runtime import interpreter
+            run = interpreter.InterpretedFunction.run
+
+            def counted(fn, *a, **k):
+                self._in_kernel += 1
+                try:
+                    return run(fn, *a, **k)
+                finally:
+                    self._in_kernel -= 1
+            monkeypatch.setattr(interpreter.InterpretedFunction, "run", counted)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self._in_kernel and str(func).startswith(self.COPIES):
+            self.copies.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("mask_kind", [None, "full"])
+@pytest.mark.parametrize("op", REDUCING)
+def test_row_strided_inputs_are_read_in_place(op, mask_kind, monkeypatch):
+    """Slices of the last dim (one row stride each), a contiguous mask and the expanded
+    gradient of a sum (stride 0) are read where they are: the reference's values and
+    gradients, and no copy in the forward or the backward pass."""
+    gen = torch.Generator().manual_seed(5)
+    dtype = torch.float32
+    args = _slices_of_one_tensor(op, (6, 5), 7, dtype, gen)
+    mask = _mask(mask_kind, (6, 5), dtype, gen)
+    _compare(op, args, mask, dtype, gen)
+    leaves = [a for a in args if a.requires_grad]
+    with _CopiesOutsideKernels(monkeypatch) as mode:
+        out = _call(_fused(op), op, args, mask)
+        got = torch.autograd.grad(out.sum(), leaves)
+    assert mode.copies == [], mode.copies
+    want = torch.autograd.grad(_call(_ref(op), op, args, mask).sum(), leaves)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, **GRAD_TOL[dtype])
+
+
+@pytest.mark.parametrize("op", REDUCING)
+def test_leading_dims_that_do_not_collapse_are_copied(op, monkeypatch):
+    """Transposed leading dims with a unit last stride: no single row stride, one copy per
+    input, the reference's answer."""
+    gen = torch.Generator().manual_seed(6)
+    dtype = torch.float32
+    full = _make(op, (5, 4, 6), dtype, gen)
+    args = [a.detach().transpose(0, 1).requires_grad_() if a.is_floating_point() else a.t() for a in full]
+    _compare(op, args, None, dtype, gen)
+    with _CopiesOutsideKernels(monkeypatch) as mode:
+        _call(_fused(op), op, args, None)
+    assert len(mode.copies) == len(args), mode.copies
 
 
 @pytest.mark.parametrize("shape", [(0, 5), (2, 0, 7)], ids=str)

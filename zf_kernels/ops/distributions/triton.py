@@ -4,8 +4,12 @@ Same signatures and numbers as :mod:`zf_kernels.ops.distributions.naive` (the pu
 wrapper in ``__init__`` has already checked shapes, devices and dtypes and turned a bool
 or integer ``mask`` into a floating one that broadcasts to the leading shape).
 
-Layout: every input is viewed as ``(N, D)`` (``N`` = product of the leading dims, ``D`` =
-last dim); inputs that are not contiguous are copied once. Each op is one autograd
+Layout: every input is read as ``(N, D)`` rows (``N`` = product of the leading dims, ``D`` =
+last dim) with its own row stride: a slice of the last dim (the mu / logvar halves of one
+Linear output) or any input whose leading dims collapse into one stride is read in place;
+others (a strided last dim, leading dims that do not collapse) are copied once. The per-row
+upstream gradient and mask are vectors with their own stride (0 for the expanded gradient of
+a sum: no copy). Each op is one autograd
 Function with one forward and one backward kernel:
 
 * ``reparameterize`` is elementwise: a 1-D grid of ``_EW_BLOCK``-element programs.
@@ -25,8 +29,8 @@ the product is finite: ``inf * 0 = NaN``), with gradients ``g (x - mu) exp(-lv) 
 s) s`` and ``g r^2 = (g r) r`` (``s = exp(-lv / 2)``), zero where ``g`` is (as the reference,
 ``naive._ScaledSquare`` / ``naive._Exp``); Bernoulli as the reference's
 ``(1 - x) * l - logsigmoid(l)`` with ``logsigmoid(l) = min(l, 0) - log1p(exp(-|l|))`` (never
-exp of a positive number); log-sum-exp relative to the row max. A broadcast ``mask`` is
-expanded to a contiguous ``(N,)`` copy (``D`` times smaller than the data).
+exp of a positive number); log-sum-exp relative to the row max. A broadcast ``mask`` that
+no single stride describes is copied to an ``(N,)`` vector (``D`` times smaller than the data).
 
 Backward saves only the inputs (recomputing the cheap elementwise terms), plus for
 ``categorical_nll`` two per-row statistics, the row max and ``log(sum(exp(l - max)))``
@@ -61,18 +65,20 @@ _MAX_BLOCK_N = 1024   # max rows per program: 4096 rows of D=1 spill registers i
 
 
 @triton.jit
-def _row_block(N, D, BLOCK_N: tl.constexpr):
-    """This program's rows of the (N, D) row-major view: indices, in-range flags, offsets."""
+def _row_block(N, BLOCK_N: tl.constexpr, IDX: tl.constexpr):
+    """This program's rows: indices, in-range flags, indices in the offset type ``IDX`` (int32
+    where every offset fits, see ``_index_type``; times a row stride: an input's row offsets)."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    return rows, rows < N, rows.to(tl.int64) * D
+    return rows, rows < N, rows.to(IDX)
 
 
 @triton.jit
-def _upstream_grad(g_ptr, mask_ptr, rows, row_ok, HAS_MASK: tl.constexpr, ACC: tl.constexpr):
-    """The per-row upstream gradient, times the mask when there is one."""
-    g = tl.load(g_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+def _upstream_grad(g_ptr, g_stride, mask_ptr, m_stride, row_i, row_ok, HAS_MASK: tl.constexpr, ACC: tl.constexpr):
+    """The per-row upstream gradient, times the mask when there is one (each a vector with its
+    own stride: 0 where it was broadcast, e.g. the gradient of a sum)."""
+    g = tl.load(g_ptr + row_i * g_stride, mask=row_ok, other=0.0).to(ACC)
     if HAS_MASK:
-        g = g * tl.load(mask_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+        g = g * tl.load(mask_ptr + row_i * m_stride, mask=row_ok, other=0.0).to(ACC)
     return g
 
 
@@ -202,15 +208,43 @@ def _tiles(n: int, d: int):
     return (triton.cdiv(n, block_n),), block_n, block_d, num_warps
 
 
+def _as_rows(t, n, d):
+    """``(tensor, row stride)`` reading ``t`` as ``n`` rows of ``d`` elements with unit column
+    stride: a view where its leading dims collapse into one row stride (a slice of the last
+    dim, such as the mu / logvar halves of one Linear output, needs no copy), else a
+    contiguous copy."""
+    if n and d:
+        v = t.reshape(n, d)     # a view where the leading dims collapse, else a contiguous copy
+        if d == 1 or v.stride(1) == 1:
+            return v, (v.stride(0) if n > 1 else d)
+    return t.contiguous(), d
+
+
+def _as_vector(t, n):
+    """``(tensor, stride)`` of ``t`` as an (N,) vector: a view where one stride does (the
+    expanded gradient of a sum has stride 0), else an N-element copy."""
+    v = t.reshape(n)
+    return v, v.stride(0)
+
+
 def _flat_mask(mask, lead, n):
-    """The mask as a contiguous (N,) tensor (an N-element copy when it was broadcast)."""
-    if mask is None:
-        return None
-    return mask.expand(lead).reshape(n).contiguous()
+    """``(mask, stride)`` as an (N,) vector, or ``(None, 0)``."""
+    return (None, 0) if mask is None else _as_vector(mask.expand(lead), n)
 
 
-def _flat_grad(grad_out, n):
-    return grad_out.reshape(n).contiguous()
+_INT32_MAX = 2 ** 31 - 1
+
+
+def _strided(n, d, *operands):
+    """The kernel arguments of ``(tensor, stride)`` operands, flattened, and the ``IDX``
+    offset type of the kernels: int32 where every offset of every operand fits (with the
+    masked rows past N of the last program: up to ``_MAX_BLOCK_N`` more; the outputs and
+    gradients are contiguous, row stride D), else int64. int32 offsets keep the registers of
+    the kernels at the level of one shared offset tile (int64 tiles per operand made the
+    Gaussian KL's backward spill on sm_90)."""
+    widest = max([d] + [stride for _, stride in operands])
+    idx = tl.int32 if (n + _MAX_BLOCK_N) * widest + d <= _INT32_MAX else tl.int64
+    return [v for pair in operands for v in pair], idx
 
 
 def _mask_grad(mask, grad_out, raw, lead):
@@ -229,19 +263,24 @@ def _grad_buf(need, like):
 
 @triton.heuristics(_ROW_HEURISTICS)
 @triton.jit(do_not_specialize=["N"])
-def _kl_fwd_kernel(mq_ptr, lq_ptr, mp_ptr, lp_ptr, mask_ptr, out_ptr, raw_ptr, N, D,
-                   STORE_RAW: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
+def _kl_fwd_kernel(mq_ptr, s_mq, lq_ptr, s_lq, mp_ptr, s_mp, lp_ptr, s_lp, mask_ptr, s_mask, out_ptr, raw_ptr, N, D,
+                   STORE_RAW: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr, IDX: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows, row_ok, base = _row_block(N, D, BLOCK_N)
+    rows, row_ok, row_i = _row_block(N, BLOCK_N, IDX)
+    # each input's row offsets, at its own row stride
+    mq_rows = row_i * s_mq
+    lq_rows = row_i * s_lq
+    mp_rows = row_i * s_mp
+    lp_rows = row_i * s_lp
     acc = tl.zeros((BLOCK_N, BLOCK_D), ACC)
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
         ok = row_ok[:, None] & (cols < D)[None, :]
-        offs = base[:, None] + cols[None, :]
-        mq = tl.load(mq_ptr + offs, mask=ok, other=0.0).to(ACC)
-        lq = tl.load(lq_ptr + offs, mask=ok, other=0.0).to(ACC)
-        mp = tl.load(mp_ptr + offs, mask=ok, other=0.0).to(ACC)
-        lp = tl.load(lp_ptr + offs, mask=ok, other=0.0).to(ACC)
+        c = cols[None, :]
+        mq = tl.load(mq_ptr + (mq_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
+        lq = tl.load(lq_ptr + (lq_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
+        mp = tl.load(mp_ptr + (mp_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
+        lp = tl.load(lp_ptr + (lp_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
         r = (mq - mp) * tl.exp(-0.5 * lp)  # scaled residual: never (mq - mp)^2 or exp(-lp)
         kl = lp - lq + tl.exp(lq - lp) + r * r - 1.0
         # halved per element, as the reference: a row sum in (max, 2 max) must not overflow
@@ -250,29 +289,35 @@ def _kl_fwd_kernel(mq_ptr, lq_ptr, mp_ptr, lp_ptr, mask_ptr, out_ptr, raw_ptr, N
     if STORE_RAW:
         tl.store(raw_ptr + rows, val, mask=row_ok)
     if HAS_MASK:
-        val = val * tl.load(mask_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+        val = val * tl.load(mask_ptr + row_i * s_mask, mask=row_ok, other=0.0).to(ACC)
     tl.store(out_ptr + rows, val.to(out_ptr.dtype.element_ty), mask=row_ok)
 
 
 @triton.heuristics({"HAS_MASK": lambda a: a["mask_ptr"] is not None,
                     "ACC": lambda a: _acc_dtype(a["mq_ptr"])})
 @triton.jit(do_not_specialize=["N"])
-def _kl_bwd_kernel(g_ptr, mask_ptr, mq_ptr, lq_ptr, mp_ptr, lp_ptr,
+def _kl_bwd_kernel(g_ptr, s_g, mask_ptr, s_mask, mq_ptr, s_mq, lq_ptr, s_lq, mp_ptr, s_mp, lp_ptr, s_lp,
                    dmq_ptr, dlq_ptr, dmp_ptr, dlp_ptr, N, D,
                    NEED_MQ: tl.constexpr, NEED_LQ: tl.constexpr, NEED_MP: tl.constexpr,
-                   NEED_LP: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
+                   NEED_LP: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr, IDX: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows, row_ok, base = _row_block(N, D, BLOCK_N)
-    g = _upstream_grad(g_ptr, mask_ptr, rows, row_ok, HAS_MASK, ACC)
+    rows, row_ok, row_i = _row_block(N, BLOCK_N, IDX)
+    # each input's row offsets, at its own row stride
+    mq_rows = row_i * s_mq
+    lq_rows = row_i * s_lq
+    mp_rows = row_i * s_mp
+    lp_rows = row_i * s_lp
+    g = _upstream_grad(g_ptr, s_g, mask_ptr, s_mask, row_i, row_ok, HAS_MASK, ACC)
     g = g[:, None]
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
         ok = row_ok[:, None] & (cols < D)[None, :]
-        offs = base[:, None] + cols[None, :]
-        mq = tl.load(mq_ptr + offs, mask=ok, other=0.0).to(ACC)
-        lq = tl.load(lq_ptr + offs, mask=ok, other=0.0).to(ACC)
-        mp = tl.load(mp_ptr + offs, mask=ok, other=0.0).to(ACC)
-        lp = tl.load(lp_ptr + offs, mask=ok, other=0.0).to(ACC)
+        c = cols[None, :]
+        offs = (row_i * D)[:, None] + c   # the gradients: new contiguous tensors
+        mq = tl.load(mq_ptr + (mq_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
+        lq = tl.load(lq_ptr + (lq_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
+        mp = tl.load(mp_ptr + (mp_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
+        lp = tl.load(lp_ptr + (lp_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
         diff = mq - mp
         s = tl.exp(-0.5 * lp)
         gr, g_q = _scaled_square_grads(g, diff, s)
@@ -299,10 +344,10 @@ class TritonGaussianKLFunction(torch.autograd.Function):
         raw = torch.empty(n, dtype=_acc_torch_dtype(mu_q), device=mu_q.device) if store_raw else None
         if n:
             grid, bn, bd, nw = _tiles(n, d)
-            _kl_fwd_kernel[grid](
-                mu_q.contiguous(), logvar_q.contiguous(), mu_p.contiguous(), logvar_p.contiguous(),
-                _flat_mask(mask, lead, n), out, raw if store_raw else out, n, d,
-                STORE_RAW=store_raw, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
+            args, idx = _strided(n, d, *(_as_rows(t, n, d) for t in (mu_q, logvar_q, mu_p, logvar_p)),
+                                 _flat_mask(mask, lead, n))
+            _kl_fwd_kernel[grid](*args, out, raw if store_raw else out, n, d,
+                                 STORE_RAW=store_raw, IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
         ctx.save_for_backward(mu_q, logvar_q, mu_p, logvar_p, mask, raw)
         return out
 
@@ -313,13 +358,13 @@ class TritonGaussianKLFunction(torch.autograd.Function):
         lead, n, d = _rows(mu_q)
         grads = [_grad_buf(need[i], t) for i, t in enumerate((mu_q, logvar_q, mu_p, logvar_p))]
         if any(need[:4]) and n * d:
-            ins = [t.contiguous() for t in (mu_q, logvar_q, mu_p, logvar_p)]
+            ins = [_as_rows(t, n, d) for t in (mu_q, logvar_q, mu_p, logvar_p)]
             grid, bn, bd, nw = _tiles(n, d)
+            args, idx = _strided(n, d, _as_vector(grad_out, n), _flat_mask(mask, lead, n), *ins)
             _kl_bwd_kernel[grid](
-                _flat_grad(grad_out, n), _flat_mask(mask, lead, n), *ins,
-                *[gr if gr is not None else ins[i] for i, gr in enumerate(grads)], n, d,
+                *args, *[gr if gr is not None else ins[i][0] for i, gr in enumerate(grads)], n, d,
                 NEED_MQ=need[0], NEED_LQ=need[1], NEED_MP=need[2], NEED_LP=need[3],
-                BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
+                IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
         grad_mask = _mask_grad(mask, grad_out, raw, lead) if raw is not None else None
         return (*grads, grad_mask)
 
@@ -335,18 +380,22 @@ def gaussian_kl(mu_q, logvar_q, mu_p, logvar_p, mask=None):
 
 @triton.heuristics(_ROW_HEURISTICS)
 @triton.jit(do_not_specialize=["N"])
-def _gnll_fwd_kernel(x_ptr, mu_ptr, lv_ptr, mask_ptr, out_ptr, raw_ptr, N, D,
-                     STORE_RAW: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
+def _gnll_fwd_kernel(x_ptr, s_x, mu_ptr, s_mu, lv_ptr, s_lv, mask_ptr, s_mask, out_ptr, raw_ptr, N, D,
+                     STORE_RAW: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr, IDX: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows, row_ok, base = _row_block(N, D, BLOCK_N)
+    rows, row_ok, row_i = _row_block(N, BLOCK_N, IDX)
+    # each input's row offsets, at its own row stride
+    x_rows = row_i * s_x
+    mu_rows = row_i * s_mu
+    lv_rows = row_i * s_lv
     acc = tl.zeros((BLOCK_N, BLOCK_D), ACC)
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
         ok = row_ok[:, None] & (cols < D)[None, :]
-        offs = base[:, None] + cols[None, :]
-        x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(ACC)
-        mu = tl.load(mu_ptr + offs, mask=ok, other=0.0).to(ACC)
-        lv = tl.load(lv_ptr + offs, mask=ok, other=0.0).to(ACC)
+        c = cols[None, :]
+        x = tl.load(x_ptr + (x_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
+        mu = tl.load(mu_ptr + (mu_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
+        lv = tl.load(lv_ptr + (lv_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
         r = (x - mu) * tl.exp(-0.5 * lv)  # scaled residual: never (x - mu)^2 or exp(-lv)
         # the literal is log(2 pi); a Python float keeps full precision in float64 kernels
         nll = 1.8378770664093453 + lv + r * r
@@ -355,27 +404,32 @@ def _gnll_fwd_kernel(x_ptr, mu_ptr, lv_ptr, mask_ptr, out_ptr, raw_ptr, N, D,
     if STORE_RAW:
         tl.store(raw_ptr + rows, val, mask=row_ok)
     if HAS_MASK:
-        val = val * tl.load(mask_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+        val = val * tl.load(mask_ptr + row_i * s_mask, mask=row_ok, other=0.0).to(ACC)
     tl.store(out_ptr + rows, val.to(out_ptr.dtype.element_ty), mask=row_ok)
 
 
 @triton.heuristics({"HAS_MASK": lambda a: a["mask_ptr"] is not None,
                     "ACC": lambda a: _acc_dtype(a["x_ptr"])})
 @triton.jit(do_not_specialize=["N"])
-def _gnll_bwd_kernel(g_ptr, mask_ptr, x_ptr, mu_ptr, lv_ptr, dx_ptr, dmu_ptr, dlv_ptr, N, D,
-                     NEED_X: tl.constexpr, NEED_MU: tl.constexpr, NEED_LV: tl.constexpr,
-                     HAS_MASK: tl.constexpr, ACC: tl.constexpr,
+def _gnll_bwd_kernel(g_ptr, s_g, mask_ptr, s_mask, x_ptr, s_x, mu_ptr, s_mu, lv_ptr, s_lv, dx_ptr, dmu_ptr, dlv_ptr,
+                     N, D, NEED_X: tl.constexpr, NEED_MU: tl.constexpr, NEED_LV: tl.constexpr,
+                     HAS_MASK: tl.constexpr, ACC: tl.constexpr, IDX: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows, row_ok, base = _row_block(N, D, BLOCK_N)
-    g = _upstream_grad(g_ptr, mask_ptr, rows, row_ok, HAS_MASK, ACC)
+    rows, row_ok, row_i = _row_block(N, BLOCK_N, IDX)
+    # each input's row offsets, at its own row stride
+    x_rows = row_i * s_x
+    mu_rows = row_i * s_mu
+    lv_rows = row_i * s_lv
+    g = _upstream_grad(g_ptr, s_g, mask_ptr, s_mask, row_i, row_ok, HAS_MASK, ACC)
     g = g[:, None]
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
         ok = row_ok[:, None] & (cols < D)[None, :]
-        offs = base[:, None] + cols[None, :]
-        x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(ACC)
-        mu = tl.load(mu_ptr + offs, mask=ok, other=0.0).to(ACC)
-        lv = tl.load(lv_ptr + offs, mask=ok, other=0.0).to(ACC)
+        c = cols[None, :]
+        offs = (row_i * D)[:, None] + c   # the gradients: new contiguous tensors
+        x = tl.load(x_ptr + (x_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
+        mu = tl.load(mu_ptr + (mu_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
+        lv = tl.load(lv_ptr + (lv_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
         s = tl.exp(-0.5 * lv)
         gr, g_q = _scaled_square_grads(g, x - mu, s)
         dx = gr * s  # g (x - mu) exp(-lv)  (terms a flag leaves unused are dead code)
@@ -397,10 +451,9 @@ class TritonGaussianNLLFunction(torch.autograd.Function):
         raw = torch.empty(n, dtype=_acc_torch_dtype(mu), device=mu.device) if store_raw else None
         if n:
             grid, bn, bd, nw = _tiles(n, d)
-            _gnll_fwd_kernel[grid](
-                x.contiguous(), mu.contiguous(), logvar.contiguous(),
-                _flat_mask(mask, lead, n), out, raw if store_raw else out, n, d,
-                STORE_RAW=store_raw, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
+            args, idx = _strided(n, d, *(_as_rows(t, n, d) for t in (x, mu, logvar)), _flat_mask(mask, lead, n))
+            _gnll_fwd_kernel[grid](*args, out, raw if store_raw else out, n, d,
+                                   STORE_RAW=store_raw, IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
         ctx.save_for_backward(x, mu, logvar, mask, raw)
         return out
 
@@ -411,13 +464,13 @@ class TritonGaussianNLLFunction(torch.autograd.Function):
         lead, n, d = _rows(x)
         grads = [_grad_buf(need[i], t) for i, t in enumerate((x, mu, logvar))]
         if any(need[:3]) and n * d:
-            ins = [t.contiguous() for t in (x, mu, logvar)]
+            ins = [_as_rows(t, n, d) for t in (x, mu, logvar)]
             grid, bn, bd, nw = _tiles(n, d)
+            args, idx = _strided(n, d, _as_vector(grad_out, n), _flat_mask(mask, lead, n), *ins)
             _gnll_bwd_kernel[grid](
-                _flat_grad(grad_out, n), _flat_mask(mask, lead, n), *ins,
-                *[gr if gr is not None else ins[i] for i, gr in enumerate(grads)], n, d,
+                *args, *[gr if gr is not None else ins[i][0] for i, gr in enumerate(grads)], n, d,
                 NEED_X=need[0], NEED_MU=need[1], NEED_LV=need[2],
-                BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
+                IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
         grad_mask = _mask_grad(mask, grad_out, raw, lead) if raw is not None else None
         return (*grads, grad_mask)
 
@@ -433,17 +486,20 @@ def gaussian_nll(x, mu, logvar, mask=None):
 
 @triton.heuristics(_ROW_HEURISTICS)
 @triton.jit(do_not_specialize=["N"])
-def _bnll_fwd_kernel(x_ptr, l_ptr, mask_ptr, out_ptr, raw_ptr, N, D,
-                     STORE_RAW: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
+def _bnll_fwd_kernel(x_ptr, s_x, l_ptr, s_l, mask_ptr, s_mask, out_ptr, raw_ptr, N, D,
+                     STORE_RAW: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr, IDX: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows, row_ok, base = _row_block(N, D, BLOCK_N)
+    rows, row_ok, row_i = _row_block(N, BLOCK_N, IDX)
+    # each input's row offsets, at its own row stride
+    x_rows = row_i * s_x
+    l_rows = row_i * s_l
     acc = tl.zeros((BLOCK_N, BLOCK_D), ACC)
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
         ok = row_ok[:, None] & (cols < D)[None, :]
-        offs = base[:, None] + cols[None, :]
-        x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(ACC)
-        lg = tl.load(l_ptr + offs, mask=ok, other=0.0).to(ACC)
+        c = cols[None, :]
+        x = tl.load(x_ptr + (x_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
+        lg = tl.load(l_ptr + (l_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
         # (1 - x) * l - logsigmoid(l), logsigmoid(l) = min(l, 0) - log1p(exp(-|l|)): the
         # reference's form (no cancellation of max(l, 0) - l * x when x ~ 1 and l >> 0)
         nll = (1.0 - x) * lg - tl.minimum(lg, 0.0) + _log1p(tl.exp(-tl.abs(lg)))
@@ -452,27 +508,31 @@ def _bnll_fwd_kernel(x_ptr, l_ptr, mask_ptr, out_ptr, raw_ptr, N, D,
     if STORE_RAW:
         tl.store(raw_ptr + rows, val, mask=row_ok)
     if HAS_MASK:
-        val = val * tl.load(mask_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+        val = val * tl.load(mask_ptr + row_i * s_mask, mask=row_ok, other=0.0).to(ACC)
     tl.store(out_ptr + rows, val.to(out_ptr.dtype.element_ty), mask=row_ok)
 
 
 @triton.heuristics({"HAS_MASK": lambda a: a["mask_ptr"] is not None,
                     "ACC": lambda a: _acc_dtype(a["l_ptr"])})
 @triton.jit(do_not_specialize=["N"])
-def _bnll_bwd_kernel(g_ptr, mask_ptr, x_ptr, l_ptr, dx_ptr, dl_ptr, N, D,
+def _bnll_bwd_kernel(g_ptr, s_g, mask_ptr, s_mask, x_ptr, s_x, l_ptr, s_l, dx_ptr, dl_ptr, N, D,
                      NEED_X: tl.constexpr, NEED_L: tl.constexpr,
-                     HAS_MASK: tl.constexpr, ACC: tl.constexpr,
+                     HAS_MASK: tl.constexpr, ACC: tl.constexpr, IDX: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows, row_ok, base = _row_block(N, D, BLOCK_N)
-    g = _upstream_grad(g_ptr, mask_ptr, rows, row_ok, HAS_MASK, ACC)
+    rows, row_ok, row_i = _row_block(N, BLOCK_N, IDX)
+    # each input's row offsets, at its own row stride
+    l_rows = row_i * s_l
+    x_rows = row_i * s_x
+    g = _upstream_grad(g_ptr, s_g, mask_ptr, s_mask, row_i, row_ok, HAS_MASK, ACC)
     g = g[:, None]
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
         ok = row_ok[:, None] & (cols < D)[None, :]
-        offs = base[:, None] + cols[None, :]
-        lg = tl.load(l_ptr + offs, mask=ok, other=0.0).to(ACC)
+        c = cols[None, :]
+        offs = (row_i * D)[:, None] + c   # the gradients: new contiguous tensors
+        lg = tl.load(l_ptr + (l_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
         if NEED_L:
-            x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(ACC)
+            x = tl.load(x_ptr + (x_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
             tl.store(dl_ptr + offs, (g * (sigmoid(lg) - x)).to(dl_ptr.dtype.element_ty), mask=ok)
         if NEED_X:
             tl.store(dx_ptr + offs, (-(g * lg)).to(dx_ptr.dtype.element_ty), mask=ok)
@@ -487,10 +547,9 @@ class TritonBernoulliNLLFunction(torch.autograd.Function):
         raw = torch.empty(n, dtype=_acc_torch_dtype(logits), device=logits.device) if store_raw else None
         if n:
             grid, bn, bd, nw = _tiles(n, d)
-            _bnll_fwd_kernel[grid](
-                x.contiguous(), logits.contiguous(), _flat_mask(mask, lead, n), out,
-                raw if store_raw else out, n, d,
-                STORE_RAW=store_raw, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
+            args, idx = _strided(n, d, _as_rows(x, n, d), _as_rows(logits, n, d), _flat_mask(mask, lead, n))
+            _bnll_fwd_kernel[grid](*args, out, raw if store_raw else out, n, d,
+                                   STORE_RAW=store_raw, IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
         ctx.save_for_backward(x, logits, mask, raw)
         return out
 
@@ -501,12 +560,12 @@ class TritonBernoulliNLLFunction(torch.autograd.Function):
         lead, n, d = _rows(logits)
         grads = [_grad_buf(need[i], t) for i, t in enumerate((x, logits))]
         if any(need[:2]) and n * d:
-            ins = [t.contiguous() for t in (x, logits)]
+            ins = [_as_rows(t, n, d) for t in (x, logits)]
             grid, bn, bd, nw = _tiles(n, d)
+            args, idx = _strided(n, d, _as_vector(grad_out, n), _flat_mask(mask, lead, n), *ins)
             _bnll_bwd_kernel[grid](
-                _flat_grad(grad_out, n), _flat_mask(mask, lead, n), *ins,
-                *[gr if gr is not None else ins[i] for i, gr in enumerate(grads)], n, d,
-                NEED_X=need[0], NEED_L=need[1], BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
+                *args, *[gr if gr is not None else ins[i][0] for i, gr in enumerate(grads)], n, d,
+                NEED_X=need[0], NEED_L=need[1], IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
         grad_mask = _mask_grad(mask, grad_out, raw, lead) if raw is not None else None
         return (*grads, grad_mask)
 
@@ -522,17 +581,18 @@ def bernoulli_nll(x, logits, mask=None):
 
 @triton.heuristics(_ROW_HEURISTICS)
 @triton.jit(do_not_specialize=["N"])
-def _cat_fwd_kernel(t_ptr, l_ptr, mask_ptr, out_ptr, max_ptr, lsum_ptr, raw_ptr, N, D,
-                    STORE_RAW: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
+def _cat_fwd_kernel(t_ptr, s_t, l_ptr, s_l, mask_ptr, s_mask, out_ptr, max_ptr, lsum_ptr, raw_ptr, N, D,
+                    STORE_RAW: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr, IDX: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows, row_ok, base = _row_block(N, D, BLOCK_N)
+    rows, row_ok, row_i = _row_block(N, BLOCK_N, IDX)
+    l_rows = row_i * s_l   # this program's row offsets, at the logits' row stride
     # online log-sum-exp: running max m and sum s of exp(l - m), one pass over the row
     m = tl.full((BLOCK_N,), float("-inf"), ACC)
     s = tl.zeros((BLOCK_N,), ACC)
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
         ok = row_ok[:, None] & (cols < D)[None, :]
-        lg = tl.load(l_ptr + base[:, None] + cols[None, :], mask=ok, other=float("-inf")).to(ACC)
+        lg = tl.load(l_ptr + (l_rows[:, None] + cols[None, :]), mask=ok, other=float("-inf")).to(ACC)
         m_new = tl.maximum(m, tl.max(lg, axis=1))
         # a row that is -inf so far (padding rows, -inf logits) must not produce inf - inf
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -540,8 +600,8 @@ def _cat_fwd_kernel(t_ptr, l_ptr, mask_ptr, out_ptr, max_ptr, lsum_ptr, raw_ptr,
         m = m_new
     m_ref = tl.where(m == float("-inf"), 0.0, m)
     log_s = tl.log(tl.where(row_ok, s, 1.0))
-    tgt = tl.load(t_ptr + rows, mask=row_ok, other=0).to(tl.int64)
-    l_t = tl.load(l_ptr + base + tgt, mask=row_ok, other=0.0).to(ACC)
+    tgt = tl.load(t_ptr + row_i * s_t, mask=row_ok, other=0).to(tl.int64)
+    l_t = tl.load(l_ptr + (l_rows + tgt), mask=row_ok, other=0.0).to(ACC)
     # (max - l_t) + log(s), not (max + log(s)) - l_t: no cancellation for large logits
     val = (m_ref - l_t) + log_s
     tl.store(max_ptr + rows, m_ref, mask=row_ok)
@@ -549,26 +609,28 @@ def _cat_fwd_kernel(t_ptr, l_ptr, mask_ptr, out_ptr, max_ptr, lsum_ptr, raw_ptr,
     if STORE_RAW:
         tl.store(raw_ptr + rows, val, mask=row_ok)
     if HAS_MASK:
-        val = val * tl.load(mask_ptr + rows, mask=row_ok, other=0.0).to(ACC)
+        val = val * tl.load(mask_ptr + row_i * s_mask, mask=row_ok, other=0.0).to(ACC)
     tl.store(out_ptr + rows, val.to(out_ptr.dtype.element_ty), mask=row_ok)
 
 
 @triton.heuristics({"HAS_MASK": lambda a: a["mask_ptr"] is not None,
                     "ACC": lambda a: _acc_dtype(a["max_ptr"])})
 @triton.jit(do_not_specialize=["N"])
-def _cat_bwd_kernel(g_ptr, mask_ptr, t_ptr, l_ptr, max_ptr, lsum_ptr, dl_ptr, N, D,
-                    HAS_MASK: tl.constexpr, ACC: tl.constexpr,
+def _cat_bwd_kernel(g_ptr, s_g, mask_ptr, s_mask, t_ptr, s_t, l_ptr, s_l, max_ptr, lsum_ptr, dl_ptr, N, D,
+                    HAS_MASK: tl.constexpr, ACC: tl.constexpr, IDX: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows, row_ok, base = _row_block(N, D, BLOCK_N)
-    g = _upstream_grad(g_ptr, mask_ptr, rows, row_ok, HAS_MASK, ACC)
+    rows, row_ok, row_i = _row_block(N, BLOCK_N, IDX)
+    # each input's row offsets, at its own row stride
+    l_rows = row_i * s_l
+    g = _upstream_grad(g_ptr, s_g, mask_ptr, s_mask, row_i, row_ok, HAS_MASK, ACC)
     m = tl.load(max_ptr + rows, mask=row_ok, other=0.0)
     log_s = tl.load(lsum_ptr + rows, mask=row_ok, other=0.0)
-    tgt = tl.load(t_ptr + rows, mask=row_ok, other=0).to(tl.int64)
+    tgt = tl.load(t_ptr + row_i * s_t, mask=row_ok, other=0).to(tl.int64)
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
         ok = row_ok[:, None] & (cols < D)[None, :]
-        offs = base[:, None] + cols[None, :]
-        lg = tl.load(l_ptr + offs, mask=ok, other=float("-inf")).to(ACC)
+        offs = (row_i * D)[:, None] + cols[None, :]   # the gradient: a new contiguous tensor
+        lg = tl.load(l_ptr + (l_rows[:, None] + cols[None, :]), mask=ok, other=float("-inf")).to(ACC)
         p = tl.exp((lg - m[:, None]) - log_s[:, None])  # softmax, as log_softmax's backward
         onehot = (cols[None, :].to(tl.int64) == tgt[:, None]).to(ACC)
         tl.store(dl_ptr + offs, (g[:, None] * (p - onehot)).to(dl_ptr.dtype.element_ty), mask=ok)
@@ -587,10 +649,9 @@ class TritonCategoricalNLLFunction(torch.autograd.Function):
         raw = torch.empty(n, dtype=stats.dtype, device=logits.device) if store_raw else None
         if n:
             grid, bn, bd, nw = _tiles(n, d)
-            _cat_fwd_kernel[grid](
-                targets.reshape(n).contiguous(), logits.contiguous(), _flat_mask(mask, lead, n),
-                out, stats[0], stats[1], raw if store_raw else out, n, d,
-                STORE_RAW=store_raw, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
+            args, idx = _strided(n, d, _as_vector(targets, n), _as_rows(logits, n, d), _flat_mask(mask, lead, n))
+            _cat_fwd_kernel[grid](*args, out, stats[0], stats[1], raw if store_raw else out, n, d,
+                                  STORE_RAW=store_raw, IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
         ctx.save_for_backward(targets, logits, mask, stats, raw)
         return out
 
@@ -603,11 +664,10 @@ class TritonCategoricalNLLFunction(torch.autograd.Function):
             grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
             if n * d:
                 grid, bn, bd, nw = _tiles(n, d)
-                _cat_bwd_kernel[grid](
-                    _flat_grad(grad_out, n), _flat_mask(mask, lead, n),
-                    targets.reshape(n).contiguous(), logits.contiguous(), stats[0], stats[1],
-                    grad_logits, n, d,
-                    BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
+                args, idx = _strided(n, d, _as_vector(grad_out, n), _flat_mask(mask, lead, n),
+                                     _as_vector(targets, n), _as_rows(logits, n, d))
+                _cat_bwd_kernel[grid](*args, stats[0], stats[1], grad_logits, n, d,
+                                      IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
         grad_mask = _mask_grad(mask, grad_out, raw, lead) if raw is not None else None
         return None, grad_logits, grad_mask
 
