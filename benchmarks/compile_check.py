@@ -203,10 +203,12 @@ def distribution_specs() -> list[Spec]:
     dt_mod = dist_triton
     specs = []
     for dt_name, dt in (("float32", "fp32"), ("bfloat16", "bf16")):
-        specs.append(Spec(f"reparameterize fwd {dt_name}", dt_mod._reparam_fwd_kernel.fn, dt,
-                          dict(ACC=tl.float32, BLOCK=dt_mod._EW_BLOCK)))
-        specs.append(Spec(f"reparameterize bwd {dt_name}", dt_mod._reparam_bwd_kernel.fn, dt,
-                          dict(ACC=tl.float32, BLOCK=dt_mod._EW_BLOCK, NEED_LV=True, NEED_EPS=True)))
+        _, bn, bd, nw = dt_mod._tiles(1280, 256)    # z of the TIMIT model: T B rows of 256
+        ew = dict(ACC=tl.float32, IDX=tl.int32, BLOCK_N=bn, BLOCK_D=bd)
+        specs.append(Spec(f"reparameterize fwd {dt_name} N{bn} D{bd}", dt_mod._reparam_fwd_kernel.fn, dt, ew,
+                          options=dict(num_warps=nw)))
+        specs.append(Spec(f"reparameterize bwd {dt_name} N{bn} D{bd}", dt_mod._reparam_bwd_kernel.fn, dt,
+                          dict(ew, NEED_LV=True, NEED_EPS=True), options=dict(num_warps=nw)))
         acc_ptrs = {"raw_ptr": "fp32", "max_ptr": "fp32", "lsum_ptr": "fp32", "t_ptr": "i64"}
         for op, n, d in (("kl", 1280, 256), ("gnll", 1280, 200), ("bnll", 25088, 1), ("cat", 1280, 10000)):
             _, bn, bd, nw = dt_mod._tiles(n, d)

@@ -296,7 +296,24 @@ def test_row_strided_inputs_are_read_in_place(op, mask_kind, monkeypatch):
         torch.testing.assert_close(a, b, **GRAD_TOL[dtype])
 
 
-@pytest.mark.parametrize("op", REDUCING)
+def test_reparameterize_reads_halves_in_place(monkeypatch):
+    """mu, logvar and eps as slices of the last dim of one tensor (the halves of a Linear
+    output): the reference's z and gradients, no copy either way (the upstream gradient as a
+    following Linear gives it: contiguous)."""
+    gen = torch.Generator().manual_seed(7)
+    dtype = torch.float32
+    args = _slices_of_one_tensor("reparameterize", (6, 5), 7, dtype, gen)
+    _compare("reparameterize", args, None, dtype, gen)
+    w = torch.randn((6, 5, 7), generator=gen, dtype=torch.float64).to(DEVICE, dtype)
+    with _CopiesOutsideKernels(monkeypatch) as mode:
+        got = torch.autograd.grad((tri.reparameterize(*args) * w).sum(), args)
+    assert mode.copies == [], mode.copies
+    want = torch.autograd.grad((naive.reparameterize_ref(*args) * w).sum(), args)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, **GRAD_TOL[dtype])
+
+
+@pytest.mark.parametrize("op", OPS)
 def test_leading_dims_that_do_not_collapse_are_copied(op, monkeypatch):
     """Transposed leading dims with a unit last stride: no single row stride, one copy per
     input, the reference's answer."""

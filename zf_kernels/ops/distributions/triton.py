@@ -12,7 +12,8 @@ upstream gradient and mask are vectors with their own stride (0 for the expanded
 a sum: no copy). Each op is one autograd
 Function with one forward and one backward kernel:
 
-* ``reparameterize`` is elementwise: a 1-D grid of ``_EW_BLOCK``-element programs.
+* ``reparameterize`` is elementwise, on the same row tiles as the reductions (its last dim
+  as D, so the halves of one Linear output are read in place too).
 * The reductions (``gaussian_kl``, ``gaussian_nll``, ``bernoulli_nll``,
   ``categorical_nll``) use a 1-D grid over blocks of ``BLOCK_N`` rows; each program walks
   the last dim in ``BLOCK_D``-wide slices (``BLOCK_D = min(next_pow2(D), 1024)``, so any
@@ -52,7 +53,6 @@ import triton.language as tl
 
 from .._triton_common import sigmoid
 
-_EW_BLOCK = 1024      # elements per program of the elementwise kernels
 _MAX_BLOCK_D = 1024   # widest slice of the last dim one program loads at a time
 _TILE = 4096          # max BLOCK_N * BLOCK_D of the row kernels
 _MAX_BLOCK_N = 1024   # max rows per program: 4096 rows of D=1 spill registers in the backward
@@ -125,44 +125,63 @@ _ROW_HEURISTICS = {
 # ----------------------------------------------------------------------------------------
 
 @triton.heuristics({"ACC": lambda a: _acc_dtype(a["z_ptr"])})
-@triton.jit(do_not_specialize=["numel"])
-def _reparam_fwd_kernel(mu_ptr, lv_ptr, eps_ptr, z_ptr, numel,
-                        ACC: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < numel
-    mu = tl.load(mu_ptr + offs, mask=ok, other=0.0).to(ACC)
-    lv = tl.load(lv_ptr + offs, mask=ok, other=0.0).to(ACC)
-    eps = tl.load(eps_ptr + offs, mask=ok, other=0.0).to(ACC)
-    z = mu + tl.exp(0.5 * lv) * eps
-    tl.store(z_ptr + offs, z.to(z_ptr.dtype.element_ty), mask=ok)
+@triton.jit(do_not_specialize=["N"])
+def _reparam_fwd_kernel(mu_ptr, s_mu, lv_ptr, s_lv, eps_ptr, s_eps, z_ptr, N, D,
+                        ACC: tl.constexpr, IDX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows, row_ok, row_i = _row_block(N, BLOCK_N, IDX)
+    # each input's row offsets, at its own row stride
+    mu_rows = row_i * s_mu
+    lv_rows = row_i * s_lv
+    eps_rows = row_i * s_eps
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D)
+        ok = row_ok[:, None] & (cols < D)[None, :]
+        c = cols[None, :]
+        mu = tl.load(mu_ptr + (mu_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
+        lv = tl.load(lv_ptr + (lv_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
+        eps = tl.load(eps_ptr + (eps_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
+        z = mu + tl.exp(0.5 * lv) * eps
+        tl.store(z_ptr + ((row_i * D)[:, None] + c), z.to(z_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.heuristics({"ACC": lambda a: _acc_dtype(a["lv_ptr"])})
-@triton.jit(do_not_specialize=["numel"])
-def _reparam_bwd_kernel(g_ptr, lv_ptr, eps_ptr, dlv_ptr, deps_ptr, numel,
+@triton.jit(do_not_specialize=["N"])
+def _reparam_bwd_kernel(g_ptr, s_g, lv_ptr, s_lv, eps_ptr, s_eps, dlv_ptr, deps_ptr, N, D,
                         NEED_LV: tl.constexpr, NEED_EPS: tl.constexpr,
-                        ACC: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < numel
-    g = tl.load(g_ptr + offs, mask=ok, other=0.0).to(ACC)
-    lv = tl.load(lv_ptr + offs, mask=ok, other=0.0).to(ACC)
-    g_std = g * tl.exp(0.5 * lv)
-    if NEED_EPS:
-        tl.store(deps_ptr + offs, g_std.to(deps_ptr.dtype.element_ty), mask=ok)
-    if NEED_LV:
-        eps = tl.load(eps_ptr + offs, mask=ok, other=0.0).to(ACC)
-        tl.store(dlv_ptr + offs, (0.5 * g_std * eps).to(dlv_ptr.dtype.element_ty), mask=ok)
+                        ACC: tl.constexpr, IDX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows, row_ok, row_i = _row_block(N, BLOCK_N, IDX)
+    g_rows = row_i * s_g
+    lv_rows = row_i * s_lv
+    eps_rows = row_i * s_eps
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D)
+        ok = row_ok[:, None] & (cols < D)[None, :]
+        c = cols[None, :]
+        offs = (row_i * D)[:, None] + c   # the gradients: new contiguous tensors
+        g = tl.load(g_ptr + (g_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
+        lv = tl.load(lv_ptr + (lv_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
+        g_std = g * tl.exp(0.5 * lv)
+        if NEED_EPS:
+            tl.store(deps_ptr + offs, g_std.to(deps_ptr.dtype.element_ty), mask=ok)
+        if NEED_LV:
+            eps = tl.load(eps_ptr + (eps_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
+            tl.store(dlv_ptr + offs, (0.5 * g_std * eps).to(dlv_ptr.dtype.element_ty), mask=ok)
+
+
+def _rows_of(t: torch.Tensor):
+    """(N, D) of an elementwise op's operand: its last dim is D (a 0-dim tensor is 1 x 1)."""
+    return (1, 1) if t.dim() == 0 else (math.prod(t.shape[:-1]), t.shape[-1])
 
 
 class TritonReparameterizeFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mu, logvar, eps):
-        mu_c, lv_c, eps_c = mu.contiguous(), logvar.contiguous(), eps.contiguous()
         z = torch.empty(mu.shape, dtype=mu.dtype, device=mu.device)
-        numel = z.numel()
-        if numel:
-            _reparam_fwd_kernel[(triton.cdiv(numel, _EW_BLOCK),)](
-                mu_c, lv_c, eps_c, z, numel, BLOCK=_EW_BLOCK, num_warps=4)
+        n, d = _rows_of(mu)
+        if n * d:
+            grid, bn, bd, nw = _tiles(n, d)
+            args, idx = _strided(n, d, *(_as_rows(t, n, d) for t in (mu, logvar, eps)))
+            _reparam_fwd_kernel[grid](*args, z, n, d, IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
         ctx.save_for_backward(logvar, eps)
         return z
 
@@ -173,15 +192,15 @@ class TritonReparameterizeFunction(torch.autograd.Function):
         grad_mu = grad_z if need_mu else None
         grad_lv = grad_eps = None
         if need_lv or need_eps:
-            lv_c, eps_c, g = logvar.contiguous(), eps.contiguous(), grad_z.contiguous()
             grad_lv = torch.empty(logvar.shape, dtype=logvar.dtype, device=logvar.device) if need_lv else None
             grad_eps = torch.empty(eps.shape, dtype=eps.dtype, device=eps.device) if need_eps else None
-            numel = lv_c.numel()
-            if numel:
-                _reparam_bwd_kernel[(triton.cdiv(numel, _EW_BLOCK),)](
-                    g, lv_c, eps_c,
-                    grad_lv if need_lv else lv_c, grad_eps if need_eps else eps_c, numel,
-                    NEED_LV=need_lv, NEED_EPS=need_eps, BLOCK=_EW_BLOCK, num_warps=4)
+            n, d = _rows_of(logvar)
+            if n * d:
+                grid, bn, bd, nw = _tiles(n, d)
+                args, idx = _strided(n, d, *(_as_rows(t, n, d) for t in (grad_z, logvar, eps)))
+                _reparam_bwd_kernel[grid](
+                    *args, grad_lv if need_lv else args[2], grad_eps if need_eps else args[4], n, d,
+                    NEED_LV=need_lv, NEED_EPS=need_eps, IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
         return grad_mu, grad_lv, grad_eps
 
 
