@@ -73,6 +73,12 @@ def _row_block(N, BLOCK_N: tl.constexpr, IDX: tl.constexpr):
 
 
 @triton.jit
+def _tile(ptr, row_offs, c, ok, ACC: tl.constexpr):
+    """An operand's (rows x columns c) tile in the accumulation type; 0 outside ``ok``."""
+    return tl.load(ptr + (row_offs[:, None] + c), mask=ok, other=0.0).to(ACC)
+
+
+@triton.jit
 def _upstream_grad(g_ptr, g_stride, mask_ptr, m_stride, row_i, row_ok, HAS_MASK: tl.constexpr, ACC: tl.constexpr):
     """The per-row upstream gradient, times the mask when there is one (each a vector with its
     own stride: 0 where it was broadcast, e.g. the gradient of a sum)."""
@@ -137,9 +143,9 @@ def _reparam_fwd_kernel(mu_ptr, s_mu, lv_ptr, s_lv, eps_ptr, s_eps, z_ptr, N, D,
         cols = d0 + tl.arange(0, BLOCK_D)
         ok = row_ok[:, None] & (cols < D)[None, :]
         c = cols[None, :]
-        mu = tl.load(mu_ptr + (mu_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
-        lv = tl.load(lv_ptr + (lv_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
-        eps = tl.load(eps_ptr + (eps_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
+        mu = _tile(mu_ptr, mu_rows, c, ok, ACC)
+        lv = _tile(lv_ptr, lv_rows, c, ok, ACC)
+        eps = _tile(eps_ptr, eps_rows, c, ok, ACC)
         z = mu + tl.exp(0.5 * lv) * eps
         tl.store(z_ptr + ((row_i * D)[:, None] + c), z.to(z_ptr.dtype.element_ty), mask=ok)
 
@@ -158,13 +164,13 @@ def _reparam_bwd_kernel(g_ptr, s_g, lv_ptr, s_lv, eps_ptr, s_eps, dlv_ptr, deps_
         ok = row_ok[:, None] & (cols < D)[None, :]
         c = cols[None, :]
         offs = (row_i * D)[:, None] + c   # the gradients: new contiguous tensors
-        g = tl.load(g_ptr + (g_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
-        lv = tl.load(lv_ptr + (lv_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
+        g = _tile(g_ptr, g_rows, c, ok, ACC)
+        lv = _tile(lv_ptr, lv_rows, c, ok, ACC)
         g_std = g * tl.exp(0.5 * lv)
         if NEED_EPS:
             tl.store(deps_ptr + offs, g_std.to(deps_ptr.dtype.element_ty), mask=ok)
         if NEED_LV:
-            eps = tl.load(eps_ptr + (eps_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
+            eps = _tile(eps_ptr, eps_rows, c, ok, ACC)
             tl.store(dlv_ptr + offs, (0.5 * g_std * eps).to(dlv_ptr.dtype.element_ty), mask=ok)
 
 
@@ -296,10 +302,10 @@ def _kl_fwd_kernel(mq_ptr, s_mq, lq_ptr, s_lq, mp_ptr, s_mp, lp_ptr, s_lp, mask_
         cols = d0 + tl.arange(0, BLOCK_D)
         ok = row_ok[:, None] & (cols < D)[None, :]
         c = cols[None, :]
-        mq = tl.load(mq_ptr + (mq_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
-        lq = tl.load(lq_ptr + (lq_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
-        mp = tl.load(mp_ptr + (mp_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
-        lp = tl.load(lp_ptr + (lp_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
+        mq = _tile(mq_ptr, mq_rows, c, ok, ACC)
+        lq = _tile(lq_ptr, lq_rows, c, ok, ACC)
+        mp = _tile(mp_ptr, mp_rows, c, ok, ACC)
+        lp = _tile(lp_ptr, lp_rows, c, ok, ACC)
         r = (mq - mp) * tl.exp(-0.5 * lp)  # scaled residual: never (mq - mp)^2 or exp(-lp)
         kl = lp - lq + tl.exp(lq - lp) + r * r - 1.0
         # halved per element, as the reference: a row sum in (max, 2 max) must not overflow
@@ -333,10 +339,10 @@ def _kl_bwd_kernel(g_ptr, s_g, mask_ptr, s_mask, mq_ptr, s_mq, lq_ptr, s_lq, mp_
         ok = row_ok[:, None] & (cols < D)[None, :]
         c = cols[None, :]
         offs = (row_i * D)[:, None] + c   # the gradients: new contiguous tensors
-        mq = tl.load(mq_ptr + (mq_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
-        lq = tl.load(lq_ptr + (lq_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
-        mp = tl.load(mp_ptr + (mp_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
-        lp = tl.load(lp_ptr + (lp_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
+        mq = _tile(mq_ptr, mq_rows, c, ok, ACC)
+        lq = _tile(lq_ptr, lq_rows, c, ok, ACC)
+        mp = _tile(mp_ptr, mp_rows, c, ok, ACC)
+        lp = _tile(lp_ptr, lp_rows, c, ok, ACC)
         diff = mq - mp
         s = tl.exp(-0.5 * lp)
         gr, g_q = _scaled_square_grads(g, diff, s)
@@ -412,9 +418,9 @@ def _gnll_fwd_kernel(x_ptr, s_x, mu_ptr, s_mu, lv_ptr, s_lv, mask_ptr, s_mask, o
         cols = d0 + tl.arange(0, BLOCK_D)
         ok = row_ok[:, None] & (cols < D)[None, :]
         c = cols[None, :]
-        x = tl.load(x_ptr + (x_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
-        mu = tl.load(mu_ptr + (mu_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
-        lv = tl.load(lv_ptr + (lv_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
+        x = _tile(x_ptr, x_rows, c, ok, ACC)
+        mu = _tile(mu_ptr, mu_rows, c, ok, ACC)
+        lv = _tile(lv_ptr, lv_rows, c, ok, ACC)
         r = (x - mu) * tl.exp(-0.5 * lv)  # scaled residual: never (x - mu)^2 or exp(-lv)
         # the literal is log(2 pi); a Python float keeps full precision in float64 kernels
         nll = 1.8378770664093453 + lv + r * r
@@ -446,9 +452,9 @@ def _gnll_bwd_kernel(g_ptr, s_g, mask_ptr, s_mask, x_ptr, s_x, mu_ptr, s_mu, lv_
         ok = row_ok[:, None] & (cols < D)[None, :]
         c = cols[None, :]
         offs = (row_i * D)[:, None] + c   # the gradients: new contiguous tensors
-        x = tl.load(x_ptr + (x_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
-        mu = tl.load(mu_ptr + (mu_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
-        lv = tl.load(lv_ptr + (lv_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
+        x = _tile(x_ptr, x_rows, c, ok, ACC)
+        mu = _tile(mu_ptr, mu_rows, c, ok, ACC)
+        lv = _tile(lv_ptr, lv_rows, c, ok, ACC)
         s = tl.exp(-0.5 * lv)
         gr, g_q = _scaled_square_grads(g, x - mu, s)
         dx = gr * s  # g (x - mu) exp(-lv)  (terms a flag leaves unused are dead code)
@@ -517,8 +523,8 @@ def _bnll_fwd_kernel(x_ptr, s_x, l_ptr, s_l, mask_ptr, s_mask, out_ptr, raw_ptr,
         cols = d0 + tl.arange(0, BLOCK_D)
         ok = row_ok[:, None] & (cols < D)[None, :]
         c = cols[None, :]
-        x = tl.load(x_ptr + (x_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
-        lg = tl.load(l_ptr + (l_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
+        x = _tile(x_ptr, x_rows, c, ok, ACC)
+        lg = _tile(l_ptr, l_rows, c, ok, ACC)
         # (1 - x) * l - logsigmoid(l), logsigmoid(l) = min(l, 0) - log1p(exp(-|l|)): the
         # reference's form (no cancellation of max(l, 0) - l * x when x ~ 1 and l >> 0)
         nll = (1.0 - x) * lg - tl.minimum(lg, 0.0) + _log1p(tl.exp(-tl.abs(lg)))
@@ -549,9 +555,9 @@ def _bnll_bwd_kernel(g_ptr, s_g, mask_ptr, s_mask, x_ptr, s_x, l_ptr, s_l, dx_pt
         ok = row_ok[:, None] & (cols < D)[None, :]
         c = cols[None, :]
         offs = (row_i * D)[:, None] + c   # the gradients: new contiguous tensors
-        lg = tl.load(l_ptr + (l_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
+        lg = _tile(l_ptr, l_rows, c, ok, ACC)
         if NEED_L:
-            x = tl.load(x_ptr + (x_rows[:, None] + c), mask=ok, other=0.0).to(ACC)
+            x = _tile(x_ptr, x_rows, c, ok, ACC)
             tl.store(dl_ptr + offs, (g * (sigmoid(lg) - x)).to(dl_ptr.dtype.element_ty), mask=ok)
         if NEED_X:
             tl.store(dx_ptr + offs, (-(g * lg)).to(dx_ptr.dtype.element_ty), mask=ok)
