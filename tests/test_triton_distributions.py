@@ -275,14 +275,14 @@ class _CopiesOutsideKernels(torch.utils._python_dispatch.TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("mask_kind", [None, "full"])
 @pytest.mark.parametrize("op", REDUCING)
-def test_row_strided_inputs_are_read_in_place(op, mask_kind, monkeypatch):
+def test_row_strided_inputs_are_read_in_place(op, mask_kind, dtype, monkeypatch):
     """Slices of the last dim (one row stride each), a contiguous mask and the expanded
     gradient of a sum (stride 0) are read where they are: the reference's values and
     gradients, and no copy in the forward or the backward pass."""
     gen = torch.Generator().manual_seed(5)
-    dtype = torch.float32
     args = _slices_of_one_tensor(op, (6, 5), 7, dtype, gen)
     mask = _mask(mask_kind, (6, 5), dtype, gen)
     _compare(op, args, mask, dtype, gen)
@@ -296,12 +296,12 @@ def test_row_strided_inputs_are_read_in_place(op, mask_kind, monkeypatch):
         torch.testing.assert_close(a, b, **GRAD_TOL[dtype])
 
 
-def test_reparameterize_reads_halves_in_place(monkeypatch):
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_reparameterize_reads_halves_in_place(dtype, monkeypatch):
     """mu, logvar and eps as slices of the last dim of one tensor (the halves of a Linear
     output): the reference's z and gradients, no copy either way (the upstream gradient as a
     following Linear gives it: contiguous)."""
     gen = torch.Generator().manual_seed(7)
-    dtype = torch.float32
     args = _slices_of_one_tensor("reparameterize", (6, 5), 7, dtype, gen)
     _compare("reparameterize", args, None, dtype, gen)
     w = torch.randn((6, 5, 7), generator=gen, dtype=torch.float64).to(DEVICE, dtype)
