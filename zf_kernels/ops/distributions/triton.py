@@ -9,8 +9,7 @@ last dim) with its own row stride: a slice of the last dim (the mu / logvar halv
 Linear output) or any input whose leading dims collapse into one stride is read in place;
 others (a strided last dim, leading dims that do not collapse) are copied once. The per-row
 upstream gradient and mask are vectors with their own stride (0 for the expanded gradient of
-a sum: no copy). Each op is one autograd
-Function with one forward and one backward kernel:
+a sum: no copy). Each op is one autograd Function with one forward and one backward kernel:
 
 * ``reparameterize`` is elementwise, on the same row tiles as the reductions (its last dim
   as D, so the halves of one Linear output are read in place too).
@@ -67,7 +66,7 @@ _MAX_BLOCK_N = 1024   # max rows per program: 4096 rows of D=1 spill registers i
 @triton.jit
 def _row_block(N, BLOCK_N: tl.constexpr, IDX: tl.constexpr):
     """This program's rows: indices, in-range flags, indices in the offset type ``IDX`` (int32
-    where every offset fits, see ``_index_type``; times a row stride: an input's row offsets)."""
+    where every offset fits, see ``_strided``; times a row stride: an input's row offsets)."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     return rows, rows < N, rows.to(IDX)
 
