@@ -246,6 +246,9 @@ def run_provider(res, base, master, loss_fn, provider, cfg, device, dtype, timin
         y, eps = make_batch(cfg, device, dtype)
         check_batch(y, None, None, master.input_dim, master.output_type)   # what the timed step leaves out
         model, fwd, opt, variant, undo, trusted = prepare(master, provider, device, dtype, args)
+        if args.count_kernels and variant in ("graph", "compile"):
+            raise Skip(f"kernels are counted for the eager providers ({variant}: the same step's kernels "
+                       "replayed / fused)")
         body = make_body(model, fwd, opt, loss_fn, y, eps, args.loss_weights, args.clip, trusted)
         counters = common.dynamo_counters() if variant == "compile" else None
         note = []
@@ -266,7 +269,7 @@ def run_provider(res, base, master, loss_fn, provider, cfg, device, dtype, timin
             last = None
         loss0 = float(first)
         if args.count_kernels:
-            count_step_kernels(res, row, fn, variant, device, cfg)
+            count_step_kernels(res, row, fn, device, cfg)
             return
         if counters is not None:
             note.append(common.compile_note(counters))
@@ -296,13 +299,9 @@ def run_provider(res, base, master, loss_fn, provider, cfg, device, dtype, timin
             torch._dynamo.reset()
 
 
-def count_step_kernels(res, row, fn, variant, device, cfg):
-    """--count-kernels: one more step under the profiler instead of the timing (a separate
-    run, so that a profiler failure cannot cost the timings)."""
-    if variant in ("graph", "compile"):
-        res.end(row, status="skipped", note=f"kernels are counted for the eager providers ({variant}: the "
-                "same step's kernels replayed / fused)")
-        return
+def count_step_kernels(res, row, fn, device, cfg):
+    """--count-kernels: one more eager step under the profiler instead of the timing (a
+    separate run, so that a profiler failure cannot cost the timings)."""
     kernels, why = common.count_kernels(fn, device)
     if kernels is None:
         res.end(row, status="skipped", note=why)

@@ -208,7 +208,7 @@ def peak_memory(fn, device: torch.device, grad_to_none=(), with_result: bool = F
 def count_kernels(fn, device: torch.device) -> tuple[int | None, str]:
     """``(kernels, note)``: how many GPU kernels one call of ``fn`` launches (the profiler's CUDA
     kernel events; copies and memsets left out). ``(None, why)`` on a CPU, or where the profiler
-    records no GPU activity (CUPTI unavailable). One untimed call, after the timed ones."""
+    records no GPU activity (CUPTI unavailable). One untimed call."""
     if device.type != "cuda":
         return None, "kernels are counted on a GPU only"
     try:
