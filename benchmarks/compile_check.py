@@ -41,6 +41,7 @@ import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from zf_kernels.ops.activations import triton as act_triton  # noqa: E402
 from zf_kernels.ops.distributions import triton as dist_triton  # noqa: E402
 from zf_kernels.ops.lstm import triton as lstm_triton  # noqa: E402
 from zf_kernels.ops.recurrence import naive as chain_naive  # noqa: E402
@@ -226,6 +227,19 @@ def distribution_specs() -> list[Spec]:
     return specs
 
 
+def activation_specs() -> list[Spec]:
+    """ops.leaky_clamp (zf_kernels.ops.activations.triton) at the model's two settings."""
+    specs = []
+    for dt_name, dt in (("float32", "fp32"), ("bfloat16", "bf16")):
+        for slope, bound in ((1 / 3, 3.0), (1.0, 8.0)):     # the MLP activation, the parameter clamp
+            consts = dict(SLOPE=slope, BOUND=bound, ACC=tl.float32, BLOCK=act_triton._BLOCK)
+            specs.append(Spec(f"leaky_clamp fwd {dt_name} slope {slope:.3g}", act_triton._leaky_clamp_fwd_kernel.fn,
+                              dt, consts))
+            specs.append(Spec(f"leaky_clamp bwd {dt_name} slope {slope:.3g}", act_triton._leaky_clamp_bwd_kernel.fn,
+                              dt, consts))
+    return specs
+
+
 def _cuobjdump() -> str:
     return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
 
@@ -274,7 +288,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="substring filter on the kernel labels")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = ap.parse_args(argv)
-    specs = [s for s in lstm_specs() + chain_specs() + chain_ln_specs() + distribution_specs()
+    specs = [s for s in lstm_specs() + chain_specs() + chain_ln_specs() + distribution_specs() + activation_specs()
              if args.only in s.label]
     rows = []
     print(f"# triton {triton.__version__}, target sm_{args.arch}")

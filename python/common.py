@@ -14,16 +14,17 @@ import torch.nn as nn
 
 from zf_kernels import ops
 from zf_kernels.bounds import BoundsMixin
-from zf_kernels.model import MLP, OUTPUT_TYPES, LossTerms
-from zf_kernels.ops.recurrence.naive import PARAM_CLAMP, mlp_act
+from zf_kernels.model import MLP, OUTPUT_TYPES, LossTerms, mlp_act
+from zf_kernels.ops.recurrence.naive import PARAM_CLAMP
 from zf_kernels.sequences import check_batch, gather_time, has_padding, padded_flip_index, shift_inputs
 
 __all__ = ["MLP", "LossTerms", "SequenceVAE", "mlp_act", "reverse_lstm", "split_gaussian"]
 
 
-def split_gaussian(params):
-    """``(mu, logvar)`` from the last dim's two halves, clamped to [-8, 8] as in ZForcing."""
-    return torch.clamp(params, -PARAM_CLAMP, PARAM_CLAMP).chunk(2, dim=-1)
+def split_gaussian(params, backend: str = "auto"):
+    """``(mu, logvar)`` from the last dim's two halves, clamped to [-8, 8] as in ZForcing
+    (``ops.leaky_clamp`` with slope 1)."""
+    return ops.leaky_clamp(params, 1.0, PARAM_CLAMP, backend=backend).chunk(2, dim=-1)
 
 
 def reverse_lstm(x, lstm: nn.LSTM, mask=None, backend: str = "auto"):
@@ -94,10 +95,15 @@ class SequenceVAE(BoundsMixin, nn.Module):
             return torch.full((batch_size,), self.input_dim, device=p.device, dtype=torch.long)
         return torch.zeros(batch_size, self.input_dim, device=p.device, dtype=p.dtype)
 
+    def gaussian_after(self, mlp, hidden_pre):
+        """``(mu, logvar)`` of an MLP given its first layer's output (hoisted by the caller):
+        the activation, the second layer and the clamp, on this model's backend."""
+        return split_gaussian(mlp.fc2(mlp_act(hidden_pre, self.backend)), self.backend)
+
     def head_nll(self, y, params, mask=None):
         """``-log p(y_t | params_t)`` per step ``(T, B)``, times ``mask``."""
         if self.output_type == "gaussian":
-            mu, logvar = split_gaussian(params)
+            mu, logvar = split_gaussian(params, self.backend)
             return ops.gaussian_nll(y, mu, logvar, mask, backend=self.backend)
         if self.output_type == "bernoulli":
             return ops.bernoulli_nll(y, params, mask, backend=self.backend)
@@ -106,7 +112,7 @@ class SequenceVAE(BoundsMixin, nn.Module):
     def head_sample(self, params, temperature: float = 1.0, generator=None):
         """One draw from the output distribution -> ``(sample, mean)``."""
         if self.output_type == "gaussian":
-            mu, logvar = split_gaussian(params)
+            mu, logvar = split_gaussian(params, self.backend)
             noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
             return ops.reparameterize(mu, logvar, noise * temperature, backend=self.backend), mu
         if self.output_type == "bernoulli":

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import MLP, SequenceVAE, mlp_act, reverse_lstm, split_gaussian
+from common import MLP, SequenceVAE, reverse_lstm, split_gaussian
 from zf_kernels import ops
 
 
@@ -62,9 +62,9 @@ class SRNN(SequenceVAE):
         zs, mus, lvs, mps, lps = [], [], [], [], []
         # unbind, not x[t], as in vrnn.py (the backward of T selects costs O(T^2))
         for qa_t, pd_t, eps_t in zip(post_a.unbind(0), prior_d.unbind(0), eps.unbind(0)):
-            mu_q, lv_q = split_gaussian(self.posterior.fc2(mlp_act(qa_t + F.linear(z, w_qz))))
+            mu_q, lv_q = self.gaussian_after(self.posterior, qa_t + F.linear(z, w_qz))
             if self.resq:   # the posterior mean is a correction of the prior's
-                mu_p, lv_p = split_gaussian(self.prior.fc2(mlp_act(pd_t + F.linear(z, w_pz))))
+                mu_p, lv_p = self.gaussian_after(self.prior, pd_t + F.linear(z, w_pz))
                 mu_q = mu_p + mu_q
                 mps.append(mu_p), lps.append(lv_p)
             z = ops.reparameterize(mu_q, lv_q, eps_t, backend=self.backend)
@@ -74,9 +74,9 @@ class SRNN(SequenceVAE):
             mu_p, lv_p = torch.stack(mps, 0), torch.stack(lps, 0)
         else:           # the prior on z_{t-1}, batched after the loop
             z_prev = torch.cat([torch.zeros_like(z[:1]), z[:-1]], 0)
-            mu_p, lv_p = split_gaussian(self.prior.fc2(mlp_act(prior_d + F.linear(z_prev, w_pz))))
+            mu_p, lv_p = self.gaussian_after(self.prior, prior_d + F.linear(z_prev, w_pz))
         kl = ops.gaussian_kl(mu_q, lv_q, mu_p, lv_p, mask, backend=self.backend).sum(0)
-        nll = self.head_nll(y, self.decoder(torch.cat([z, d], -1)), mask).sum(0)
+        nll = self.head_nll(y, self.decoder(torch.cat([z, d], -1), self.backend), mask).sum(0)
         return nll, kl, dict(z=z, mu_q=mu_q, logvar_q=lv_q, mu_p=mu_p, logvar_p=lv_p, h=d)
 
     @torch.no_grad()
@@ -92,9 +92,9 @@ class SRNN(SequenceVAE):
         for _ in range(steps):
             gates = F.linear(self.embed(u), w.weight_ih_l0, w.bias_ih_l0 + w.bias_hh_l0)
             d, c = ops.lstm_cell(gates, d, c, w.weight_hh_l0, backend=self.backend)
-            mu_p, lv_p = split_gaussian(self.prior(torch.cat([z, d], -1)))
+            mu_p, lv_p = split_gaussian(self.prior(torch.cat([z, d], -1), self.backend), self.backend)
             z = ops.reparameterize(mu_p, lv_p, self.prior_noise(batch_size, temperature, generator),
                                    backend=self.backend)
-            u, mean = self.head_sample(self.decoder(torch.cat([z, d], -1)), temperature, generator)
+            u, mean = self.head_sample(self.decoder(torch.cat([z, d], -1), self.backend), temperature, generator)
             samples.append(u), means.append(mean)
         return torch.stack(samples, 0), torch.stack(means, 0)

@@ -44,7 +44,7 @@ class STORN(SequenceVAE):
 
     def terms(self, y, u, mask, eps):
         r = _run(self.inf_rnn, self.embed(y), self.backend)                 # (T, B, H)
-        mu_q, lv_q = split_gaussian(self.posterior(r))
+        mu_q, lv_q = split_gaussian(self.posterior(r, self.backend), self.backend)
         z = ops.reparameterize(mu_q, lv_q, eps, backend=self.backend)      # all steps at once
         mu_p, lv_p = torch.zeros_like(mu_q), torch.zeros_like(lv_q)        # N(0, I)
         kl = ops.gaussian_kl(mu_q, lv_q, mu_p, lv_p, mask, backend=self.backend).sum(0)

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import MLP, SequenceVAE, mlp_act, split_gaussian
+from common import MLP, SequenceVAE, split_gaussian
 from zf_kernels import ops
 
 
@@ -63,9 +63,9 @@ class VRNN(SequenceVAE):
                                    self.rnn.weight_ih[:, E:], self.rnn.weight_hh, backend=self.backend)
         d = torch.cat([d1.unsqueeze(0).to(chain.h.dtype), chain.h[:-1]], 0)   # d_1 .. d_T
         z, mu_q, lv_q = chain.z, chain.mu_q, chain.logvar_q
-        mu_p, lv_p = split_gaussian(self.prior(d))
+        mu_p, lv_p = split_gaussian(self.prior(d, self.backend), self.backend)
         kl = ops.gaussian_kl(mu_q, lv_q, mu_p, lv_p, mask, backend=self.backend).sum(0)
-        nll = self.head_nll(y, self.decoder(torch.cat([self.phi_z(z), d], -1)), mask).sum(0)
+        nll = self.head_nll(y, self.decoder(torch.cat([self.phi_z(z), d], -1), self.backend), mask).sum(0)
         return nll, kl, dict(z=z, mu_q=mu_q, logvar_q=lv_q, mu_p=mu_p, logvar_p=lv_p, h=d)
 
     @torch.no_grad()
@@ -80,9 +80,10 @@ class VRNN(SequenceVAE):
         for _ in range(steps):
             gates = self._input_gates(self.embed(u)) + self._z_gates(z)
             d, c = ops.lstm_cell(gates, d, c, self.rnn.weight_hh, backend=self.backend)
-            mu_p, lv_p = split_gaussian(self.prior(d))
+            mu_p, lv_p = split_gaussian(self.prior(d, self.backend), self.backend)
             z = ops.reparameterize(mu_p, lv_p, self.prior_noise(batch_size, temperature, generator),
                                    backend=self.backend)
-            u, mean = self.head_sample(self.decoder(torch.cat([self.phi_z(z), d], -1)), temperature, generator)
+            params = self.decoder(torch.cat([self.phi_z(z), d], -1), self.backend)
+            u, mean = self.head_sample(params, temperature, generator)
             samples.append(u), means.append(mean)
         return torch.stack(samples, 0), torch.stack(means, 0)

@@ -2,9 +2,10 @@
 training step launches a handful of kernels per time step at most"), counted in the interpreter:
 every Triton launch, by kernel, and every aten op the step dispatches (forward, loss, backward).
 
-- Persistent schedules: 12 Triton launches per step whatever T (the LSTM and the chain one per
-  direction, the likelihoods and the KL one per term and direction), and no aten op inside the
-  time loop: the step dispatches the same ops at T=3 as at T=8.
+- Persistent schedules: 24 Triton launches per step whatever T (the LSTM and the chain one per
+  direction, the likelihoods and the KL one per term and direction, the six clamped
+  activations one each way), and no aten op inside the time loop: the step dispatches the
+  same ops at T=3 as at T=8.
 - Stepwise schedules: 8 Triton launches per time step (the backward LSTM 1 + 1, the chain 3 + 3),
   12 with cond_ln (the chain 5 + 5).
 - The eager reference (backend="torch") dispatches more aten ops as T grows: the counter sees a loop.
@@ -25,6 +26,8 @@ PERSISTENT_LAUNCHES = {
     "_lstm_fwd_persistent_kernel": 1, "_lstm_bwd_persistent_kernel": 1,   # the backward network
     "_gnll_fwd_kernel": 3, "_gnll_bwd_kernel": 3,                         # output, aux, reverse prediction
     "_kl_fwd_kernel": 1, "_kl_bwd_kernel": 1,
+    # the prior's and the aux MLP's activation, the [-8, 8] clamp of four Gaussians' parameters
+    "_leaky_clamp_fwd_kernel": 6, "_leaky_clamp_bwd_kernel": 6,
 }
 PERSISTENT_CHAIN = {False: {"_fwd_persistent": 1, "_bwd_persistent": 1},
                     True: {"_fwd_ln_persistent": 1, "_bwd_ln_persistent": 1}}

@@ -19,11 +19,16 @@ import torch.nn.functional as F
 from . import ops
 from .bounds import BoundsMixin
 from .sequences import check_batch, gather_time, has_padding, padded_flip_index, shift_inputs
-from .ops.recurrence.naive import COND_CLAMP, LN_EPS, PARAM_CLAMP, ChainOutput, mlp_act
+from .ops.recurrence.naive import ACT_CLAMP, COND_CLAMP, LEAKY_SLOPE, LN_EPS, PARAM_CLAMP, ChainOutput
 
 OUTPUT_TYPES = ("gaussian", "bernoulli", "categorical")
 # cond_ln: the gain and bias that g(z) gives the recurrent projection are clamped to
 # [-COND_CLAMP, COND_CLAMP] (defined beside the chain's reference, which applies it too).
+
+
+def mlp_act(x, backend="auto"):
+    """LeakyReLU(1/3) clamped to [-3, 3], the MLPs' activation (``ops.leaky_clamp``)."""
+    return ops.leaky_clamp(x, LEAKY_SLOPE, ACT_CLAMP, backend=backend)
 
 
 class MLP(nn.Module):
@@ -34,8 +39,8 @@ class MLP(nn.Module):
         self.fc1 = nn.Linear(d_in, d_hidden)
         self.fc2 = nn.Linear(d_hidden, d_out)
 
-    def forward(self, x):
-        return self.fc2(mlp_act(self.fc1(x)))
+    def forward(self, x, backend: str = "auto"):
+        return self.fc2(mlp_act(self.fc1(x), backend))
 
 
 @dataclass
@@ -66,8 +71,9 @@ def training_loss(terms: LossTerms, kl_weight, aux_weight, bwd_weight, aux_on: b
     return loss.mean()
 
 
-def _split_gaussian(params):
-    mu, logvar = torch.clamp(params, -PARAM_CLAMP, PARAM_CLAMP).chunk(2, dim=-1)
+def _split_gaussian(params, backend="auto"):
+    """[mu, logvar] clamped to [-8, 8] (``ops.leaky_clamp`` with slope 1: a plain clamp)."""
+    mu, logvar = ops.leaky_clamp(params, 1.0, PARAM_CLAMP, backend=backend).chunk(2, dim=-1)
     return mu, logvar
 
 
@@ -178,7 +184,7 @@ class ZForcing(BoundsMixin, nn.Module):
     def _head_nll(self, target, params, mask):
         """-log p(target | params) per step for this model's output type."""
         if self.output_type == "gaussian":
-            mu, logvar = _split_gaussian(params)
+            mu, logvar = _split_gaussian(params, self.backend)
             return ops.gaussian_nll(target, mu, logvar, mask, backend=self.backend)
         if self.output_type == "bernoulli":
             return ops.bernoulli_nll(target, params, mask, backend=self.backend)
@@ -246,14 +252,14 @@ class ZForcing(BoundsMixin, nn.Module):
         # eps, drawn in the parameters' dtype, and cast by the op) is float32
         h_prev = torch.cat([h0.unsqueeze(0).to(chain.h.dtype), chain.h[:-1]], 0)
 
-        mu_p, logvar_p = _split_gaussian(self.prior(h_prev))
+        mu_p, logvar_p = _split_gaussian(self.prior(h_prev, self.backend), self.backend)
         kl = ops.gaussian_kl(chain.mu_q, chain.logvar_q, mu_p, logvar_p, mask, backend=self.backend).sum(0)
 
         if self.z_force:   # the h half of the input is zero: only the z columns contribute
             a = F.linear(chain.z, self.aux.fc1.weight[:, H:], self.aux.fc1.bias)
         else:
             a = self.aux.fc1(torch.cat([h_prev, chain.z], -1))
-        mu_a, logvar_a = _split_gaussian(self.aux.fc2(mlp_act(a)))
+        mu_a, logvar_a = _split_gaussian(self.aux.fc2(mlp_act(a, self.backend)), self.backend)
         aux = ops.gaussian_nll(b.detach(), torch.tanh(mu_a), logvar_a, mask, backend=self.backend).sum(0)
 
         nll = self._head_nll(y, self.out(chain.h), mask).sum(0)
@@ -281,7 +287,7 @@ class ZForcing(BoundsMixin, nn.Module):
         randn = lambda *s: torch.randn(*s, generator=generator, device=device, dtype=dtype)  # noqa: E731
         samples, means = [], []
         for _ in range(steps):
-            mu_p, logvar_p = _split_gaussian(self.prior(h))
+            mu_p, logvar_p = _split_gaussian(self.prior(h, self.backend), self.backend)
             z = mu_p + torch.exp(0.5 * logvar_p) * randn(batch_size, self.z_dim) * temperature
             gx = self._input_gates(self._embed(u))
             if self.cond_ln:
@@ -291,7 +297,7 @@ class ZForcing(BoundsMixin, nn.Module):
                 h, c = ops.lstm_cell(gx, h, c, self.fwd_weight_hh, backend=self.backend)
             params = self.out(h)
             if self.output_type == "gaussian":
-                mu, logvar = _split_gaussian(params)
+                mu, logvar = _split_gaussian(params, self.backend)
                 mean, u = mu, mu + torch.exp(0.5 * logvar) * randn(*mu.shape) * temperature
             elif self.output_type == "bernoulli":
                 mean = torch.sigmoid(params)

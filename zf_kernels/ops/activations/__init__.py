@@ -1,0 +1,30 @@
+"""The clamped LeakyReLU of the model's MLPs, ``clamp(leaky_relu(x, slope), -bound, bound)``,
+which with ``slope=1`` is also its clamp of the distribution parameters to [-8, 8]."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import _dispatch
+from .._checks import check_tensor
+from .naive import leaky_clamp_ref
+
+__all__ = ["leaky_clamp"]
+
+_dispatch.register("leaky_clamp", "torch", f"{__name__}.naive:leaky_clamp_ref")
+_dispatch.register("leaky_clamp", "triton", f"{__name__}.triton:leaky_clamp")
+
+
+def leaky_clamp(x: torch.Tensor, slope: float, bound: float, backend: str = "auto") -> torch.Tensor:
+    """``clamp(leaky_relu(x, slope), -bound, bound)``, elementwise, any shape, in ``x``'s dtype.
+
+    >>> leaky_clamp(torch.tensor([-12.0, -1.5, 0.5, 9.0]), 1 / 3, 3.0)
+    tensor([-3.0000, -0.5000,  0.5000,  3.0000])
+    """
+    check_tensor("x", x)
+    if isinstance(slope, bool) or not isinstance(slope, (int, float)) or not 0 <= slope <= 1:
+        raise ValueError(f"slope must be a number in [0, 1], got {slope!r}")
+    if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not (bound > 0 and math.isfinite(bound)):
+        raise ValueError(f"bound must be a finite number > 0, got {bound!r}")
+    return _dispatch.resolve("leaky_clamp", backend, x)(x, slope, bound)
