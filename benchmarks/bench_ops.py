@@ -39,6 +39,7 @@ from benchmarks.common import Budget, DTYPES, Results, classify_error, free_memo
 import torch  # noqa: E402
 
 from zf_kernels import ops  # noqa: E402
+from zf_kernels.ops.activations import naive as act_naive  # noqa: E402
 from zf_kernels.ops.distributions import naive as dist_naive  # noqa: E402
 from zf_kernels.ops.lstm import naive as lstm_naive  # noqa: E402
 from zf_kernels.ops.recurrence import naive as chain_naive  # noqa: E402
@@ -47,13 +48,13 @@ PROVIDERS = ("torch", "compile", "triton", "triton-stepwise", "cudnn", "cuda")
 MODES = ("fwd", "fwd+bwd")
 SCHEDULED = ("lstm", "zforcing_chain", "zforcing_chain_ln")   # persistent and stepwise Triton schedules
 OPS = ("lstm", "lstm_cell", "zforcing_chain", "zforcing_chain_ln", "reparameterize", "gaussian_kl",
-       "gaussian_nll", "bernoulli_nll", "categorical_nll")
+       "gaussian_nll", "bernoulli_nll", "categorical_nll", "leaky_clamp")
 REFS = {
     "lstm": lstm_naive.lstm_ref, "lstm_cell": lstm_naive.lstm_cell_ref,
     "zforcing_chain": chain_naive.zforcing_chain_ref, "zforcing_chain_ln": chain_naive.zforcing_chain_ln_ref,
     "reparameterize": dist_naive.reparameterize_ref, "gaussian_kl": dist_naive.gaussian_kl_ref,
     "gaussian_nll": dist_naive.gaussian_nll_ref, "bernoulli_nll": dist_naive.bernoulli_nll_ref,
-    "categorical_nll": dist_naive.categorical_nll_ref,
+    "categorical_nll": dist_naive.categorical_nll_ref, "leaky_clamp": act_naive.leaky_clamp_ref,
 }
 
 
@@ -90,6 +91,7 @@ def cases(smoke: bool) -> list[Case]:
             Case("gaussian_nll", "4x3x5", dict(shape=(4, 3, 5))),
             Case("bernoulli_nll", "4x3x1", dict(shape=(4, 3, 1))),
             Case("categorical_nll", "4x3x11", dict(shape=(4, 3, 11))),
+            Case("leaky_clamp", "4x3x5", dict(shape=(4, 3, 5))),
         ]
     return [
         # DESIGN section 2: ops.lstm vs cuDNN at these two sizes
@@ -115,6 +117,8 @@ def cases(smoke: bool) -> list[Case]:
         Case("gaussian_nll", "784x32x1024", dict(shape=(784, 32, 1024))),
         Case("bernoulli_nll", "256x32x1024", dict(shape=(256, 32, 1024))),
         Case("categorical_nll", "64x32x10000", dict(shape=(64, 32, 10000))),
+        # the MLPs' activation at the TIMIT model's hidden size (the parameter clamp is the same op)
+        Case("leaky_clamp", "40x32x512", dict(shape=(40, 32, 512))),
     ]
 
 
@@ -188,6 +192,9 @@ def make_inputs(case: Case, dtype, device, seed=0) -> Inputs:
         targets = torch.randint(0, shape[-1], lead, generator=g).to(device)
         logits = r(*shape, scale=2.0)
         return Inputs((targets, logits), [logits], (0,), grads_for(lead))
+    if op == "leaky_clamp":       # both sides of both kinks: values out to +-4 bound / slope
+        x = r(*shape, scale=4.0)
+        return Inputs((x, 1 / 3, 3.0), [x], (0,), grads_for(shape))
     raise ValueError(op)
 
 
@@ -227,8 +234,8 @@ def caller(op: str, provider: str, inp: Inputs) -> Callable:
 
 def reference(case: Case, inp: Inputs):
     """Outputs and input gradients of the float64 reference on the same inputs."""
-    args64 = [a.detach().double().requires_grad_(a.requires_grad) if a.is_floating_point() else a
-              for a in inp.args]
+    args64 = [a.detach().double().requires_grad_(a.requires_grad)
+              if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in inp.args]
     outs = flat(case.op, REFS[case.op](*args64), "torch")
     leaves64 = [args64[next(i for i, a in enumerate(inp.args) if a is lf)] for lf in inp.leaves]
     grads = torch.autograd.grad([outs[i] for i in inp.grad_idx], leaves64,
