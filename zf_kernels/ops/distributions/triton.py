@@ -72,6 +72,14 @@ def _row_block(N, BLOCK_N: tl.constexpr, IDX: tl.constexpr):
 
 
 @triton.jit
+def _slice(d0, D, row_ok, BLOCK_D: tl.constexpr):
+    """The columns ``d0 .. d0 + BLOCK_D`` of this program's rows: indices, in-range flags of the
+    tile, and the indices as a row (to add to each operand's row offsets)."""
+    cols = d0 + tl.arange(0, BLOCK_D)
+    return cols, row_ok[:, None] & (cols < D)[None, :], cols[None, :]
+
+
+@triton.jit
 def _tile(ptr, row_offs, c, ok, ACC: tl.constexpr):
     """An operand's (rows x columns c) tile in the accumulation type; 0 outside ``ok``."""
     return tl.load(ptr + (row_offs[:, None] + c), mask=ok, other=0.0).to(ACC)
@@ -139,9 +147,7 @@ def _reparam_fwd_kernel(mu_ptr, s_mu, lv_ptr, s_lv, eps_ptr, s_eps, z_ptr, N, D,
     lv_rows = row_i * s_lv
     eps_rows = row_i * s_eps
     for d0 in range(0, D, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D)
-        ok = row_ok[:, None] & (cols < D)[None, :]
-        c = cols[None, :]
+        cols, ok, c = _slice(d0, D, row_ok, BLOCK_D)
         mu = _tile(mu_ptr, mu_rows, c, ok, ACC)
         lv = _tile(lv_ptr, lv_rows, c, ok, ACC)
         eps = _tile(eps_ptr, eps_rows, c, ok, ACC)
@@ -159,9 +165,7 @@ def _reparam_bwd_kernel(g_ptr, s_g, lv_ptr, s_lv, eps_ptr, s_eps, dlv_ptr, deps_
     lv_rows = row_i * s_lv
     eps_rows = row_i * s_eps
     for d0 in range(0, D, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D)
-        ok = row_ok[:, None] & (cols < D)[None, :]
-        c = cols[None, :]
+        cols, ok, c = _slice(d0, D, row_ok, BLOCK_D)
         offs = (row_i * D)[:, None] + c   # the gradients: new contiguous tensors
         g = _tile(g_ptr, g_rows, c, ok, ACC)
         lv = _tile(lv_ptr, lv_rows, c, ok, ACC)
@@ -298,9 +302,7 @@ def _kl_fwd_kernel(mq_ptr, s_mq, lq_ptr, s_lq, mp_ptr, s_mp, lp_ptr, s_lp, mask_
     lp_rows = row_i * s_lp
     acc = tl.zeros((BLOCK_N, BLOCK_D), ACC)
     for d0 in range(0, D, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D)
-        ok = row_ok[:, None] & (cols < D)[None, :]
-        c = cols[None, :]
+        cols, ok, c = _slice(d0, D, row_ok, BLOCK_D)
         mq = _tile(mq_ptr, mq_rows, c, ok, ACC)
         lq = _tile(lq_ptr, lq_rows, c, ok, ACC)
         mp = _tile(mp_ptr, mp_rows, c, ok, ACC)
@@ -334,9 +336,7 @@ def _kl_bwd_kernel(g_ptr, s_g, mask_ptr, s_mask, mq_ptr, s_mq, lq_ptr, s_lq, mp_
     g = _upstream_grad(g_ptr, s_g, mask_ptr, s_mask, row_i, row_ok, HAS_MASK, ACC)
     g = g[:, None]
     for d0 in range(0, D, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D)
-        ok = row_ok[:, None] & (cols < D)[None, :]
-        c = cols[None, :]
+        cols, ok, c = _slice(d0, D, row_ok, BLOCK_D)
         offs = (row_i * D)[:, None] + c   # the gradients: new contiguous tensors
         mq = _tile(mq_ptr, mq_rows, c, ok, ACC)
         lq = _tile(lq_ptr, lq_rows, c, ok, ACC)
@@ -414,9 +414,7 @@ def _gnll_fwd_kernel(x_ptr, s_x, mu_ptr, s_mu, lv_ptr, s_lv, mask_ptr, s_mask, o
     lv_rows = row_i * s_lv
     acc = tl.zeros((BLOCK_N, BLOCK_D), ACC)
     for d0 in range(0, D, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D)
-        ok = row_ok[:, None] & (cols < D)[None, :]
-        c = cols[None, :]
+        cols, ok, c = _slice(d0, D, row_ok, BLOCK_D)
         x = _tile(x_ptr, x_rows, c, ok, ACC)
         mu = _tile(mu_ptr, mu_rows, c, ok, ACC)
         lv = _tile(lv_ptr, lv_rows, c, ok, ACC)
@@ -447,9 +445,7 @@ def _gnll_bwd_kernel(g_ptr, s_g, mask_ptr, s_mask, x_ptr, s_x, mu_ptr, s_mu, lv_
     g = _upstream_grad(g_ptr, s_g, mask_ptr, s_mask, row_i, row_ok, HAS_MASK, ACC)
     g = g[:, None]
     for d0 in range(0, D, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D)
-        ok = row_ok[:, None] & (cols < D)[None, :]
-        c = cols[None, :]
+        cols, ok, c = _slice(d0, D, row_ok, BLOCK_D)
         offs = (row_i * D)[:, None] + c   # the gradients: new contiguous tensors
         x = _tile(x_ptr, x_rows, c, ok, ACC)
         mu = _tile(mu_ptr, mu_rows, c, ok, ACC)
@@ -519,9 +515,7 @@ def _bnll_fwd_kernel(x_ptr, s_x, l_ptr, s_l, mask_ptr, s_mask, out_ptr, raw_ptr,
     l_rows = row_i * s_l
     acc = tl.zeros((BLOCK_N, BLOCK_D), ACC)
     for d0 in range(0, D, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D)
-        ok = row_ok[:, None] & (cols < D)[None, :]
-        c = cols[None, :]
+        cols, ok, c = _slice(d0, D, row_ok, BLOCK_D)
         x = _tile(x_ptr, x_rows, c, ok, ACC)
         lg = _tile(l_ptr, l_rows, c, ok, ACC)
         # (1 - x) * l - logsigmoid(l), logsigmoid(l) = min(l, 0) - log1p(exp(-|l|)): the
@@ -550,9 +544,7 @@ def _bnll_bwd_kernel(g_ptr, s_g, mask_ptr, s_mask, x_ptr, s_x, l_ptr, s_l, dx_pt
     g = _upstream_grad(g_ptr, s_g, mask_ptr, s_mask, row_i, row_ok, HAS_MASK, ACC)
     g = g[:, None]
     for d0 in range(0, D, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D)
-        ok = row_ok[:, None] & (cols < D)[None, :]
-        c = cols[None, :]
+        cols, ok, c = _slice(d0, D, row_ok, BLOCK_D)
         offs = (row_i * D)[:, None] + c   # the gradients: new contiguous tensors
         lg = _tile(l_ptr, l_rows, c, ok, ACC)
         if NEED_L:
@@ -614,9 +606,8 @@ def _cat_fwd_kernel(t_ptr, s_t, l_ptr, s_l, mask_ptr, s_mask, out_ptr, max_ptr, 
     m = tl.full((BLOCK_N,), float("-inf"), ACC)
     s = tl.zeros((BLOCK_N,), ACC)
     for d0 in range(0, D, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D)
-        ok = row_ok[:, None] & (cols < D)[None, :]
-        lg = tl.load(l_ptr + (l_rows[:, None] + cols[None, :]), mask=ok, other=float("-inf")).to(ACC)
+        cols, ok, c = _slice(d0, D, row_ok, BLOCK_D)
+        lg = tl.load(l_ptr + (l_rows[:, None] + c), mask=ok, other=float("-inf")).to(ACC)
         m_new = tl.maximum(m, tl.max(lg, axis=1))
         # a row that is -inf so far (padding rows, -inf logits) must not produce inf - inf
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -651,12 +642,11 @@ def _cat_bwd_kernel(g_ptr, s_g, mask_ptr, s_mask, t_ptr, s_t, l_ptr, s_l, max_pt
     log_s = tl.load(lsum_ptr + rows, mask=row_ok, other=0.0)
     tgt = tl.load(t_ptr + row_i * s_t, mask=row_ok, other=0).to(tl.int64)
     for d0 in range(0, D, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D)
-        ok = row_ok[:, None] & (cols < D)[None, :]
-        offs = (row_i * D)[:, None] + cols[None, :]   # the gradient: a new contiguous tensor
-        lg = tl.load(l_ptr + (l_rows[:, None] + cols[None, :]), mask=ok, other=float("-inf")).to(ACC)
+        cols, ok, c = _slice(d0, D, row_ok, BLOCK_D)
+        offs = (row_i * D)[:, None] + c   # the gradient: a new contiguous tensor
+        lg = tl.load(l_ptr + (l_rows[:, None] + c), mask=ok, other=float("-inf")).to(ACC)
         p = tl.exp((lg - m[:, None]) - log_s[:, None])  # softmax, as log_softmax's backward
-        onehot = (cols[None, :].to(tl.int64) == tgt[:, None]).to(ACC)
+        onehot = (c.to(tl.int64) == tgt[:, None]).to(ACC)
         tl.store(dl_ptr + offs, (g[:, None] * (p - onehot)).to(dl_ptr.dtype.element_ty), mask=ok)
 
 
