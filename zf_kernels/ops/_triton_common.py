@@ -17,6 +17,12 @@ def dot_precision(t: torch.Tensor) -> str:
     return "ieee" if t.dtype == torch.float64 else "tf32"
 
 
+def acc_type(dtype: torch.dtype):
+    """The accumulation type of the kernels for inputs of ``dtype``: float64 for float64, else
+    float32 (half precision loads are upcast, results rounded once to the input dtype)."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
 @triton.jit
 def tile_dot(acc, X, ldx, rb, mb, W, ldw, rn, mn, K, W_ROWS_ARE_N: tl.constexpr,
              CACHE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, BLOCK_K: tl.constexpr):

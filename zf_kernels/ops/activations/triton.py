@@ -15,16 +15,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import _triton_common as common   # its leaky_clamp: the chains' own
+from .. import _triton_common as common   # its leaky_clamp (the chains' own) and acc_type
 
 _BLOCK = 1024   # elements per program
 
 
-def _acc(t: torch.Tensor):
-    return tl.float64 if t.dtype == torch.float64 else tl.float32
-
-
-@triton.heuristics({"ACC": lambda a: _acc(a["y_ptr"])})
+@triton.heuristics({"ACC": lambda a: common.acc_type(a["y_ptr"].dtype)})
 @triton.jit(do_not_specialize=["numel"])
 def _leaky_clamp_fwd_kernel(x_ptr, y_ptr, numel, SLOPE: tl.constexpr, BOUND: tl.constexpr,
                             ACC: tl.constexpr, BLOCK: tl.constexpr):
@@ -34,7 +30,7 @@ def _leaky_clamp_fwd_kernel(x_ptr, y_ptr, numel, SLOPE: tl.constexpr, BOUND: tl.
     tl.store(y_ptr + offs, common.leaky_clamp(x, SLOPE, BOUND).to(y_ptr.dtype.element_ty), mask=ok)
 
 
-@triton.heuristics({"ACC": lambda a: _acc(a["dx_ptr"])})
+@triton.heuristics({"ACC": lambda a: common.acc_type(a["dx_ptr"].dtype)})
 @triton.jit(do_not_specialize=["numel"])
 def _leaky_clamp_bwd_kernel(g_ptr, x_ptr, dx_ptr, numel, SLOPE: tl.constexpr, BOUND: tl.constexpr,
                             ACC: tl.constexpr, BLOCK: tl.constexpr):

@@ -50,7 +50,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_common import sigmoid
+from .._triton_common import acc_type, sigmoid
 
 _MAX_BLOCK_D = 1024   # widest slice of the last dim one program loads at a time
 _TILE = 4096          # max BLOCK_N * BLOCK_D of the row kernels
@@ -119,17 +119,13 @@ def _log1p(e):
     return tl.where(small, e, tl.log(u) * (e / tl.where(small, 1.0, u - 1.0)))
 
 
-def _acc_dtype(t: torch.Tensor):
-    return tl.float64 if t.dtype == torch.float64 else tl.float32
-
-
 def _acc_torch_dtype(t: torch.Tensor):
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 _ROW_HEURISTICS = {
     "HAS_MASK": lambda a: a["mask_ptr"] is not None,
-    "ACC": lambda a: _acc_dtype(a["out_ptr"]),  # out has the inputs' dtype
+    "ACC": lambda a: acc_type(a["out_ptr"].dtype),  # out has the inputs' dtype
 }
 
 
@@ -137,7 +133,7 @@ _ROW_HEURISTICS = {
 # reparameterize: z = mu + exp(0.5 * logvar) * eps
 # ----------------------------------------------------------------------------------------
 
-@triton.heuristics({"ACC": lambda a: _acc_dtype(a["z_ptr"])})
+@triton.heuristics({"ACC": lambda a: acc_type(a["z_ptr"].dtype)})
 @triton.jit(do_not_specialize=["N"])
 def _reparam_fwd_kernel(mu_ptr, s_mu, lv_ptr, s_lv, eps_ptr, s_eps, z_ptr, N, D,
                         ACC: tl.constexpr, IDX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -155,7 +151,7 @@ def _reparam_fwd_kernel(mu_ptr, s_mu, lv_ptr, s_lv, eps_ptr, s_eps, z_ptr, N, D,
         tl.store(z_ptr + ((row_i * D)[:, None] + c), z.to(z_ptr.dtype.element_ty), mask=ok)
 
 
-@triton.heuristics({"ACC": lambda a: _acc_dtype(a["lv_ptr"])})
+@triton.heuristics({"ACC": lambda a: acc_type(a["lv_ptr"].dtype)})
 @triton.jit(do_not_specialize=["N"])
 def _reparam_bwd_kernel(g_ptr, s_g, lv_ptr, s_lv, eps_ptr, s_eps, dlv_ptr, deps_ptr, N, D,
                         NEED_LV: tl.constexpr, NEED_EPS: tl.constexpr,
@@ -320,7 +316,7 @@ def _kl_fwd_kernel(mq_ptr, s_mq, lq_ptr, s_lq, mp_ptr, s_mp, lp_ptr, s_lp, mask_
 
 
 @triton.heuristics({"HAS_MASK": lambda a: a["mask_ptr"] is not None,
-                    "ACC": lambda a: _acc_dtype(a["mq_ptr"])})
+                    "ACC": lambda a: acc_type(a["mq_ptr"].dtype)})
 @triton.jit(do_not_specialize=["N"])
 def _kl_bwd_kernel(g_ptr, s_g, mask_ptr, s_mask, mq_ptr, s_mq, lq_ptr, s_lq, mp_ptr, s_mp, lp_ptr, s_lp,
                    dmq_ptr, dlq_ptr, dmp_ptr, dlp_ptr, N, D,
@@ -431,7 +427,7 @@ def _gnll_fwd_kernel(x_ptr, s_x, mu_ptr, s_mu, lv_ptr, s_lv, mask_ptr, s_mask, o
 
 
 @triton.heuristics({"HAS_MASK": lambda a: a["mask_ptr"] is not None,
-                    "ACC": lambda a: _acc_dtype(a["x_ptr"])})
+                    "ACC": lambda a: acc_type(a["x_ptr"].dtype)})
 @triton.jit(do_not_specialize=["N"])
 def _gnll_bwd_kernel(g_ptr, s_g, mask_ptr, s_mask, x_ptr, s_x, mu_ptr, s_mu, lv_ptr, s_lv, dx_ptr, dmu_ptr, dlv_ptr,
                      N, D, NEED_X: tl.constexpr, NEED_MU: tl.constexpr, NEED_LV: tl.constexpr,
@@ -531,7 +527,7 @@ def _bnll_fwd_kernel(x_ptr, s_x, l_ptr, s_l, mask_ptr, s_mask, out_ptr, raw_ptr,
 
 
 @triton.heuristics({"HAS_MASK": lambda a: a["mask_ptr"] is not None,
-                    "ACC": lambda a: _acc_dtype(a["l_ptr"])})
+                    "ACC": lambda a: acc_type(a["l_ptr"].dtype)})
 @triton.jit(do_not_specialize=["N"])
 def _bnll_bwd_kernel(g_ptr, s_g, mask_ptr, s_mask, x_ptr, s_x, l_ptr, s_l, dx_ptr, dl_ptr, N, D,
                      NEED_X: tl.constexpr, NEED_L: tl.constexpr,
@@ -629,7 +625,7 @@ def _cat_fwd_kernel(t_ptr, s_t, l_ptr, s_l, mask_ptr, s_mask, out_ptr, max_ptr, 
 
 
 @triton.heuristics({"HAS_MASK": lambda a: a["mask_ptr"] is not None,
-                    "ACC": lambda a: _acc_dtype(a["max_ptr"])})
+                    "ACC": lambda a: acc_type(a["max_ptr"].dtype)})
 @triton.jit(do_not_specialize=["N"])
 def _cat_bwd_kernel(g_ptr, s_g, mask_ptr, s_mask, t_ptr, s_t, l_ptr, s_l, max_ptr, lsum_ptr, dl_ptr, N, D,
                     HAS_MASK: tl.constexpr, ACC: tl.constexpr, IDX: tl.constexpr,

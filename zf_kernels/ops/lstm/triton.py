@@ -79,7 +79,7 @@ import triton.language as tl
 
 from .. import _persistent
 from .._persistent import MAX_POLLS, SCHEDULES, check_sync, num_sms, sync_buffer
-from .._triton_common import barrier_slots, dot_precision, grid_barrier, sigmoid, tanh, tile_dot
+from .._triton_common import acc_type, barrier_slots, dot_precision, grid_barrier, sigmoid, tanh, tile_dot
 from ._grads import lstm_input_grads
 
 __all__ = ["lstm", "lstm_cell", "explain_schedule", "SCHEDULES"]
@@ -354,10 +354,6 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _tl_acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 def _block_b(B: int) -> int:
     return 16 if B <= 16 else (32 if B <= 32 else 64)
 
@@ -482,7 +478,7 @@ def _lstm_forward(x, weight_ih, weight_hh, bias, h0, c0, reverse, schedule, cfg)
         c_all[0].copy_(c0)
     h0 = h0.contiguous()
     grid = _grid(B, H, cfg)
-    kw = dict(ACC_DTYPE=_tl_acc(x.dtype), PRECISION=dot_precision(x), **cfg)
+    kw = dict(ACC_DTYPE=acc_type(x.dtype), PRECISION=dot_precision(x), **cfg)
     if schedule == "persistent":
         sync = sync_buffer(grid[0], x)
         _lstm_fwd_persistent_kernel[grid](gates, h0, weight_hh, out, c_all, sync, T, B, H,
@@ -534,7 +530,7 @@ class _LSTMFunction(torch.autograd.Function):
 
         dc = d_cT.to(c_all.dtype, copy=True).contiguous()
         grid = _grid(B, H, cfg)
-        kw = dict(ACC_DTYPE=_tl_acc(x.dtype), PRECISION=dot_precision(x), **cfg)
+        kw = dict(ACC_DTYPE=acc_type(x.dtype), PRECISION=dot_precision(x), **cfg)
         steps = _steps(T, reverse)
         if schedule == "persistent":
             sync = sync_buffer(grid[0], x)
@@ -611,7 +607,7 @@ class _LSTMCellFunction(torch.autograd.Function):
             gates_x, 0, h, 0, c, 0, weight_hh, bias_c if bias_c is not None else weight_hh,
             gates, 0, h_new, 0, c_new, 0, B, H,
             HAS_H=True, HAS_BIAS=bias_c is not None, STORE_GATES=True,
-            ACC_DTYPE=_tl_acc(h.dtype), PRECISION=dot_precision(h), **cfg)
+            ACC_DTYPE=acc_type(h.dtype), PRECISION=dot_precision(h), **cfg)
         ctx.save_for_backward(h, c, weight_hh, gates, c_new)
         ctx.has_bias = bias is not None
         return h_new, c_new
@@ -629,7 +625,7 @@ class _LSTMCellFunction(torch.autograd.Function):
             d_h, 0, 0, gates, 0, weight_hh,
             gates, 0, dgates, 0, c, 0, c_new, 0, dc, B, H,
             HAS_DHX=False, HAS_NEXT=False,
-            ACC_DTYPE=_tl_acc(h.dtype), PRECISION=dot_precision(h), **cfg)
+            ACC_DTYPE=acc_type(h.dtype), PRECISION=dot_precision(h), **cfg)
         need = ctx.needs_input_grad
         grad_gx = dgates if need[0] else None
         grad_h = torch.mm(dgates, weight_hh) if need[1] else None

@@ -105,7 +105,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import _persistent
 from .._persistent import MAX_POLLS, check_sync, num_sms, sync_buffer
-from .._triton_common import (barrier_slots, dot_precision, grid_barrier, leaky_clamp, leaky_clamp_grad,
+from .._triton_common import (acc_type, barrier_slots, dot_precision, grid_barrier, leaky_clamp, leaky_clamp_grad,
                               sigmoid, tanh, tile_dot)
 from ._grads import chain_input_grads
 from .naive import ACT_CLAMP, LEAKY_SLOPE, PARAM_CLAMP, ChainOutput
@@ -557,10 +557,6 @@ def _launch(kernel, grid, *args, **kw):
         kernel[grid](*args, **kw)
 
 
-def _acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 # what schedule="auto" means process-wide, if set (e.g. stepwise, to rule the persistent kernels out)
 SCHEDULE_ENV = "ZF_CHAIN_SCHEDULE"
 # (BLOCK_B, BLOCK_N) tiles the persistent kernels may use on a GPU, smallest (most programs)
@@ -666,7 +662,7 @@ class ZForcingChainFunction(torch.autograd.Function):
 
         schedule, cfg, _ = _pick_schedule(B, {"H": H, "M": M, "Z": Z}, dtype, gates_x, schedule)
         ctx.schedule, ctx.cfg = schedule, cfg
-        common = {"ACC": _acc(dtype), "PREC": dot_precision(gates_x)}
+        common = {"ACC": acc_type(dtype), "PREC": dot_precision(gates_x)}
         g1, c1 = _grid(B, M, cfg), _k(cfg, H)
         g2, c2 = _grid(B, Z, cfg), _k(cfg, M)
         g3, c3 = _grid(B, H, cfg), _k(cfg, max(H, Z))
@@ -716,7 +712,7 @@ class ZForcingChainFunction(torch.autograd.Function):
         dc = torch.zeros(B, H, dtype=state_dtype, device=dev)
 
         schedule, cfg = ctx.schedule, ctx.cfg
-        common = {"ACC": _acc(dtype), "PREC": dot_precision(grad_h)}
+        common = {"ACC": acc_type(dtype), "PREC": dot_precision(grad_h)}
         g1, c1 = _grid(B, H, cfg), _k(cfg, max(4 * H, M))
         g2, c2 = _grid(B, Z, cfg), _k(cfg, 4 * H)
         g3, c3 = _grid(B, M, cfg), _k(cfg, 2 * Z)

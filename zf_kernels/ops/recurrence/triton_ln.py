@@ -75,10 +75,10 @@ from torch.autograd.function import once_differentiable
 
 from .. import _persistent
 from .._persistent import check_sync, sync_buffer
-from .._triton_common import barrier_slots, dot_precision, grid_barrier, leaky_clamp, sigmoid, tanh, tile_dot
+from .._triton_common import acc_type, barrier_slots, dot_precision, grid_barrier, leaky_clamp, sigmoid, tanh, tile_dot
 from .naive import ACT_CLAMP, COND_CLAMP, LEAKY_SLOPE, LN_EPS, PARAM_CLAMP, ChainOutput, mlp_act
 from . import triton as _chain
-from .triton import (_HALF, _acc, _bwd_lstm_cell_tile, _bwd_posterior_hidden, _bwd_posterior_hidden_tile,
+from .triton import (_HALF, _bwd_lstm_cell_tile, _bwd_posterior_hidden, _bwd_posterior_hidden_tile,
                      _bwd_posterior_sample_tile, _config, _four_gate_dots, _fwd_posterior_hidden,
                      _fwd_posterior_hidden_tile,
                      _fwd_posterior_sample, _fwd_posterior_sample_tile, _grid, _k, _launch, _launch_options,
@@ -584,7 +584,7 @@ class ZForcingChainLNFunction(torch.autograd.Function):
         ctx.schedule, ctx.cfg = schedule, cfg
         nt = triton.cdiv(H, cfg["BLOCK_N"])
         psum = torch.empty(B, nt, 2, dtype=state_dtype, device=dev)
-        common = {"ACC": _acc(dtype), "PREC": dot_precision(gates_x)}
+        common = {"ACC": acc_type(dtype), "PREC": dot_precision(gates_x)}
         g1, c1 = _grid(B, M, cfg), _k(cfg, H)
         g2, c2 = _grid(B, Z, cfg), _k(cfg, M)
         g3, c3 = _grid(B, H, cfg), _k(cfg, H)
@@ -656,7 +656,7 @@ class ZForcingChainLNFunction(torch.autograd.Function):
         schedule, cfg = ctx.schedule, ctx.cfg
         nt = triton.cdiv(H, cfg["BLOCK_N"])
         psum = torch.empty(B, nt, 2, dtype=state_dtype, device=dev)
-        common = {"ACC": _acc(dtype), "PREC": dot_precision(grad_h)}
+        common = {"ACC": acc_type(dtype), "PREC": dot_precision(grad_h)}
         g1, c1 = _grid(B, H, cfg), _k(cfg, max(4 * H, M))
         g2 = _grid(B, 4 * H, cfg)
         g3, c3 = _grid(B, G, cfg), _k(cfg, 8 * H)
