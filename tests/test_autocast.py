@@ -2,8 +2,11 @@
 ``zf_kernels.ops._autocast``), the model under autocast, and the trainer's ``--dtype bfloat16``
 / ``float16`` (float32 parameters and Adam state, autocast forward, exact resume).
 
-CPU only, bfloat16 autocast on the CPU: the torch backend, and the Triton backend in the
-interpreter (its bf16 arithmetic repaired for the tests, tests/_interpreter_bf16.py)."""
+bfloat16 autocast on the CPU: the torch backend, and the Triton backend in the interpreter
+(its bf16 arithmetic repaired for the tests, tests/_interpreter_bf16.py); on a GPU machine
+(interpreter off) the Triton-vs-torch model test runs on the GPU under CUDA autocast."""
+import os
+
 import pytest
 import torch
 
@@ -213,15 +216,20 @@ def test_model_under_autocast_keeps_float32_parameters_and_gradients(cond_ln):
 @pytest.mark.parametrize("cond_ln", [False, True])
 def test_model_under_autocast_triton_backend_matches_torch_backend(cond_ln):
     """The fused chain, LSTM and likelihood kernels in bf16 under autocast give the torch
-    backend's bf16 numbers up to bf16 rounding, values and parameter gradients."""
+    backend's bf16 numbers up to bf16 rounding, values and parameter gradients. On the CPU in
+    the interpreter; where the interpreter is off (a GPU machine), on the GPU under CUDA autocast."""
+    device = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("the Triton backend needs TRITON_INTERPRET=1 or a CUDA device")
     torch.manual_seed(0)
-    m = ZForcing(3, emb_dim=8, rnn_dim=H, z_dim=Z, mlp_dim=M, cond_ln=cond_ln, z_force=True, backend="torch")
-    y, eps = torch.randn(T, B, 3), torch.randn(T, B, Z)
+    m = ZForcing(3, emb_dim=8, rnn_dim=H, z_dim=Z, mlp_dim=M, cond_ln=cond_ln, z_force=True,
+                 backend="torch").to(device)
+    y, eps = torch.randn(T, B, 3, device=device), torch.randn(T, B, Z, device=device)
     results = {}
     for backend in ("torch", "triton"):
         m.backend = backend
         m.zero_grad()
-        with autocast():
+        with torch.autocast(device, dtype=BF16):
             terms = m(y, eps=eps)
             training_loss(terms, 0.5, 1.0, 1.0).backward()
         results[backend] = (terms, {n: p.grad.clone() for n, p in m.named_parameters()})

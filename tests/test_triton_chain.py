@@ -361,15 +361,17 @@ def test_zero_steps():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["f32", "f16", "bf16"])
 def test_gpu(dtype, schedule, nan_empty, monkeypatch):
     """GPU block sizes (several programs per dim; "auto" is the persistent grid) against the
-    float64 reference: fp32 with the fixed bound, 16-bit no worse than eager torch in the
-    same dtype."""
+    float64 reference: fp32 with the fixed bound on the clamp-heavy inputs, 16-bit no worse
+    than eager torch in the same dtype on well-conditioned ones (scale 0.3). At scale 1 the
+    5-step chain amplifies 16-bit rounding to errors of 0.2 .. 0.8 in eager torch itself
+    (H200 run of 2026-11-27, reproduced on the CPU), so a ratio to it measures noise."""
     if schedule == "stepwise":
         monkeypatch.setenv("ZF_CHAIN_SCHEDULE", "stepwise")
     shape = (5, 40, 80, 48, 40, 56)
     if dtype == torch.float32:
         compare(shape, dtype, seed=7)
     else:
-        compare_to_torch(shape, dtype, GPU_FLOOR[dtype], seed=7)
+        compare_to_torch(shape, dtype, GPU_FLOOR[dtype], seed=7, scale=0.3)
 
 
 @pytest.mark.gpu
@@ -377,12 +379,14 @@ def test_gpu(dtype, schedule, nan_empty, monkeypatch):
 @pytest.mark.parametrize("schedule", ["persistent", "stepwise"])
 def test_gpu_timit_size(schedule, nan_empty):
     """The TIMIT benchmark's chain (H 1024, M 512, Z 256, G 512, B 32, T 40): a persistent grid
-    of 1 x 64 programs (or 2 x 64 at B 33); fp32 against the float64 reference. The bound is
-    looser than TOL's: 40 steps of a 1024-wide chain compound fp32 rounding more than the
-    small cases do (a wrong barrier or a stale row gives errors of order 1)."""
+    of 1 x 64 programs (or 2 x 64 at B 33); fp32 against the float64 reference on
+    well-conditioned inputs (scale 0.25, as the model's initialisation). On make_inputs' default
+    scale the 40-step chain is chaotic: eager fp32 torch is itself off by 1.9 in h (measured on
+    the CPU), and so was the kernel on an H200, identically in both schedules. At scale 0.25
+    eager fp32 is off by <= 3e-6; a wrong barrier or a stale row gives errors of order 1."""
     for shape in ((40, 32, 1024, 512, 256, 512), (6, 33, 1024, 512, 256, 512)):
         def fn(*a):
             return chain_triton.zforcing_chain(*a, schedule=schedule)
-        errs = run_errors(fn, shape, torch.float32, seed=9, check_clamps=False)
-        bad = {k: f"{v:.2e}" for k, v in errs.items() if not v <= 2e-3}
-        assert not bad, f"{shape} {schedule}: errors above 2e-3: {bad}"
+        errs = run_errors(fn, shape, torch.float32, seed=9, check_clamps=False, scale=0.25)
+        bad = {k: f"{v:.2e}" for k, v in errs.items() if not v <= 1e-4}
+        assert not bad, f"{shape} {schedule}: errors above 1e-4: {bad}"
