@@ -142,3 +142,20 @@ def test_jit_build_links_the_cuda_runtime_nvcc_itself_uses(tmp_path):
     fake.write_text("#!/bin/sh\necho nothing\n")
     fake.chmod(0o755)
     assert _cuda_ext.nvcc_library_dirs(str(fake)) == []
+
+
+def test_jit_build_clears_only_a_stale_lock(tmp_path):
+    """torch's build lock left by a killed build makes every later build in that folder wait
+    forever (seen on the H200 after a timed-out build); one older than STALE_LOCK_SECONDS goes,
+    a fresh one (a build running now) stays."""
+    import os
+    import time
+
+    from zf_kernels.ops import _cuda_ext
+    assert not _cuda_ext.clear_stale_lock(tmp_path)            # no lock: nothing to do
+    lock = tmp_path / "lock"
+    lock.touch()
+    assert not _cuda_ext.clear_stale_lock(tmp_path) and lock.exists()
+    old = time.time() - _cuda_ext.STALE_LOCK_SECONDS - 5
+    os.utime(lock, (old, old))
+    assert _cuda_ext.clear_stale_lock(tmp_path) and not lock.exists()

@@ -68,6 +68,25 @@ def _arch() -> str:
     return f"{major}{minor}" + ("a" if (major, minor) == (9, 0) else "")
 
 
+STALE_LOCK_SECONDS = 600   # a build takes about a minute; a lock this old lost its process
+
+
+def clear_stale_lock(build_dir: Path) -> bool:
+    """Remove torch's build lock in ``build_dir`` if it is older than STALE_LOCK_SECONDS (a build
+    killed mid-way leaves it, and every later build in that folder waits on it forever, as
+    seen on a GPU machine after a timeout). Returns whether it removed one."""
+    import time
+    lock = build_dir / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age < STALE_LOCK_SECONDS:
+        return False
+    lock.unlink(missing_ok=True)
+    return True
+
+
 def _jit_build():
     if torch.version.cuda is None:
         raise ImportError(f"torch {torch.__version__} is a CPU-only build")
@@ -89,6 +108,7 @@ def _jit_build():
     cache = Path(os.environ.get("ZF_KERNELS_CACHE", Path.home() / ".cache" / "zf_kernels"))
     build_dir = cache / "torch_ext" / tag
     build_dir.mkdir(parents=True, exist_ok=True)
+    clear_stale_lock(build_dir)
     from torch.utils.cpp_extension import load
     try:
         return load(name=f"zf_kernels_C_{tag}", sources=[str(p) for p in srcs],
