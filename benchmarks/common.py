@@ -480,24 +480,43 @@ def parse_list(value: str | None, allowed, default):
     return items
 
 
-# "tf32": float32 tensors with TF32 allowed for float32 matmuls, torch's and cuDNN's (which
-# the Triton kernels follow: zf_kernels.ops._triton_common.dot_precision). "float32" keeps
-# torch's defaults: matmuls IEEE, cuDNN (nn.LSTM) allowed TF32.
-DTYPES = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Float32 modes, each set for its rows by matmul_precision and restored afterwards:
+#   "float32": IEEE float32 everywhere: torch's matmuls, cuDNN's nn.LSTM (whose default,
+#              torch.backends.cudnn.allow_tf32=True, rounds operands to TF32) and our kernels.
+#              (The first GPU run, 2026-11-27, kept cuDNN's default: its float32 cuDNN rows
+#              may be TF32; results.json's environment says cudnn_allow_tf32.)
+#   "tf32":    TF32 allowed everywhere (our kernels follow torch's switch:
+#              zf_kernels.ops._triton_common.dot_precision).
+#   "tf32x3":  torch and cuDNN IEEE as in "float32"; our kernels' tl.dot with tf32x3
+#              (ZF_FP32_DOT=tf32x3): near-IEEE accuracy on the tensor cores. Only our rows
+#              differ from "float32" rows, so only Triton providers are worth running.
+DTYPES = {"float32": torch.float32, "tf32": torch.float32, "tf32x3": torch.float32,
+          "bfloat16": torch.bfloat16, "float16": torch.float16}
+_FP32_MODES = {"float32": (False, None), "tf32": (True, None), "tf32x3": (False, "tf32x3")}
 
 
 @contextlib.contextmanager
 def matmul_precision(dtype_name: str):
-    """TF32 on for the "tf32" rows (matmuls and cuDNN), restored afterwards; no-op otherwise."""
-    if dtype_name != "tf32":
+    """The float32 mode of ``dtype_name`` (see DTYPES) for the rows inside; no-op for 16-bit."""
+    if dtype_name not in _FP32_MODES:
         yield
         return
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    allow_tf32, fp32_dot = _FP32_MODES[dtype_name]
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             os.environ.get("ZF_FP32_DOT"))
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allow_tf32
+    if fp32_dot is None:
+        os.environ.pop("ZF_FP32_DOT", None)
+    else:
+        os.environ["ZF_FP32_DOT"] = fp32_dot
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+        if saved[2] is None:
+            os.environ.pop("ZF_FP32_DOT", None)
+        else:
+            os.environ["ZF_FP32_DOT"] = saved[2]
 
 
 def dynamo_counters():

@@ -1,0 +1,49 @@
+"""``_triton_common.dot_precision``: the one rule for ``tl.dot``'s input precision (float32 follows
+torch's TF32 switch on a GPU unless ZF_FP32_DOT overrides it; the interpreter always IEEE)."""
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from zf_kernels.ops._triton_common import FP32_DOT_ENV, dot_precision  # noqa: E402
+
+
+class _CudaLike:
+    """Stands in for a CUDA tensor: dot_precision reads only ``dtype`` and ``is_cuda``."""
+    is_cuda = True
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+
+@pytest.fixture
+def tf32(monkeypatch):
+    """Set torch's float32-matmul TF32 switch for one test (restored afterwards)."""
+    def set_(on):
+        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", on)
+    monkeypatch.delenv(FP32_DOT_ENV, raising=False)
+    return set_
+
+
+def test_float32_follows_torch_tf32_switch_by_default(tf32):
+    tf32(False)
+    assert dot_precision(_CudaLike(torch.float32)) == "ieee"
+    tf32(True)
+    assert dot_precision(_CudaLike(torch.float32)) == "tf32"
+
+
+@pytest.mark.parametrize("choice", ["ieee", "tf32", "tf32x3"])
+@pytest.mark.parametrize("allow", [False, True])
+def test_env_overrides_for_float32_on_gpu_only(choice, allow, tf32, monkeypatch):
+    tf32(allow)
+    monkeypatch.setenv(FP32_DOT_ENV, choice)
+    assert dot_precision(_CudaLike(torch.float32)) == choice
+    assert dot_precision(torch.zeros(1)) == "ieee"            # the interpreter: float32 stays IEEE
+    assert dot_precision(_CudaLike(torch.float64)) == "ieee"
+    assert dot_precision(_CudaLike(torch.bfloat16)) == "tf32"  # 16-bit: the setting does not apply
+
+
+def test_bad_setting_names_the_variable(tf32, monkeypatch):
+    monkeypatch.setenv(FP32_DOT_ENV, "fast")
+    with pytest.raises(ValueError, match="ZF_FP32_DOT must be one of auto, ieee, tf32, tf32x3; got 'fast'"):
+        dot_precision(_CudaLike(torch.float32))
