@@ -287,7 +287,15 @@ def main(argv=None) -> int:
     ap.add_argument("--arch", type=int, default=90, help="compute capability x 10 (default 90: H100/H200)")
     ap.add_argument("--only", default="", help="substring filter on the kernel labels")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    ap.add_argument("--tf32x3", action="store_true",
+                    help="also the float32 kernels with tl.dot's tf32x3 precision (ZF_FP32_DOT=tf32x3)")
+    ap.add_argument("--fp32-stages", type=int, default=None,
+                    help="the persistent kernels' float32 K pipeline depth (PERSISTENT_FP32_STAGES; default the modules')")
     args = ap.parse_args(argv)
+    if args.fp32_stages is not None:
+        lstm_triton.PERSISTENT_FP32_STAGES = chain_triton.PERSISTENT_FP32_STAGES = args.fp32_stages
+    if args.tf32x3:
+        TORCH_DTYPES["float32-tf32x3"] = ("fp32", "tf32x3")
     specs = [s for s in lstm_specs() + chain_specs() + chain_ln_specs() + distribution_specs() + activation_specs()
              if args.only in s.label]
     rows = []

@@ -11,7 +11,12 @@ stepwise schedule, at the DESIGN shapes, and checks each against float64 (``rel_
     python benchmarks/tune_tiles.py --out OUT --name results        # GPU; rows in suite "tune"
     python benchmarks/tune_tiles.py --smoke                          # CPU: checks it runs
 
-Rows: case = "<op> <shape>", provider = "persistent-<B>x<H>" or "stepwise", mode "fwd+bwd".
+The persistent kernels' float32 K loop loads one chunk at a time (``PERSISTENT_FP32_STAGES = 1``:
+no register spills), and on the H200 (2026-11-27) they ran 5-12% slower than the stepwise
+kernels, which pipeline 3 chunks: "-s2" / "-s3" rows force 2 / 3 stages in float32 and tf32
+(the chain spills 16-48 bytes with them: benchmarks/compile_check.py --fp32-stages 3).
+
+Rows: case = "<op> <shape>", provider = "persistent-<B>x<H>[-s<stages>]" or "stepwise", mode "fwd+bwd".
 """
 from __future__ import annotations
 
@@ -28,11 +33,32 @@ import torch  # noqa: E402
 from zf_kernels.ops.lstm import triton as lstm_triton  # noqa: E402
 from zf_kernels.ops.recurrence import triton as chain_triton  # noqa: E402
 
-# op -> (module whose PERSISTENT_TILES is patched, the candidate tiles (BLOCK_B, BLOCK_H))
+# op -> (module whose PERSISTENT_TILES / PERSISTENT_FP32_STAGES are patched, the candidate
+# tiles (BLOCK_B, BLOCK_H))
 CANDIDATES = {
     "lstm": (lstm_triton, ((32, 16), (16, 16))),
     "zforcing_chain": (chain_triton, ((32, 16), (16, 16))),
 }
+FP32_STAGES = (3, 2)   # float32 K pipeline depths tried beside the modules' default (1)
+
+
+def providers_for(op: str, dt_name: str) -> list[str]:
+    """Most informative first (a time budget drops the tail): today's tile, with 3 stages,
+    the 2 x 64 grid, the same with 3 stages, stepwise, then the rest."""
+    tiles = [f"persistent-{b}x{h}" for b, h in CANDIDATES[op][1]]
+    if dt_name not in ("float32", "tf32"):
+        return tiles + ["stepwise"]
+    first, *rest = tiles
+    staged = [f"{t}-s{n}" for t in tiles for n in FP32_STAGES]
+    return [first, staged[0], *rest, *staged[len(FP32_STAGES):len(FP32_STAGES) + 1], "stepwise",
+            *[p for p in staged if p not in (staged[0], staged[len(FP32_STAGES)])]]
+
+
+def parse_provider(provider: str) -> tuple[tuple[int, int], int | None]:
+    """"persistent-32x16-s3" -> ((32, 16), 3); no "-s" suffix: (tile, None)."""
+    spec = provider.removeprefix("persistent-")
+    tile, _, stages = spec.partition("-s")
+    return tuple(int(v) for v in tile.split("x")), (int(stages) if stages else None)
 FUNCTIONS = {"lstm": lstm_triton.lstm, "zforcing_chain": chain_triton.zforcing_chain}
 CASES = [bench_ops.Case("lstm", "T40 B32 I512 H1024", dict(T=40, B=32, I=512, H=1024)),
          bench_ops.Case("lstm", "T784 B32 I64 H512", dict(T=784, B=32, I=64, H=512)),
@@ -53,15 +79,17 @@ def run_one(res, case, dt_name, provider, device, timing, ref):
                 provider=provider)
     row = res.begin(**base)
     module, _ = CANDIDATES[case.op]
-    saved = module.PERSISTENT_TILES
+    saved, saved_stages = module.PERSISTENT_TILES, module.PERSISTENT_FP32_STAGES
     try:
         inp = bench_ops.make_inputs(case, DTYPES[dt_name], device)
         fn = FUNCTIONS[case.op]
         if provider == "stepwise":
             call = lambda: fn(*inp.args, schedule="stepwise")  # noqa: E731
         else:
-            tile = tuple(int(v) for v in provider.removeprefix("persistent-").split("x"))
+            tile, stages = parse_provider(provider)
             module.PERSISTENT_TILES = tile_table(tile, saved)
+            if stages is not None:
+                module.PERSISTENT_FP32_STAGES = stages
             call = lambda: fn(*inp.args, schedule="persistent")  # noqa: E731
         got_out, got_grad = bench_ops.observe(case, inp, provider, call)
         if case.op not in ref:
@@ -83,7 +111,7 @@ def run_one(res, case, dt_name, provider, device, timing, ref):
         status, note = classify_error(exc)
         res.end(row, status=status, note=note)
     finally:
-        module.PERSISTENT_TILES = saved
+        module.PERSISTENT_TILES, module.PERSISTENT_FP32_STAGES = saved, saved_stages
 
 
 def run(args) -> int:
@@ -99,8 +127,7 @@ def run(args) -> int:
     for dt_name in dtypes:
         for case in (SMOKE_CASES if args.smoke else CASES):
             ref: dict = {}
-            providers = [f"persistent-{b}x{h}" for b, h in CANDIDATES[case.op][1]] + ["stepwise"]
-            for provider in providers:
+            for provider in providers_for(case.op, dt_name):
                 if budget.exhausted():
                     res.add(case=f"{case.op} {case.label}", op=case.op, shape=case.label, dtype=dt_name,
                             mode="fwd+bwd", provider=provider, status="skipped", note="time budget used up")

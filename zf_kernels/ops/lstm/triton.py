@@ -371,7 +371,7 @@ def _launch_options(block_b: int, block_h: int, schedule: str, dtype: torch.dtyp
     if schedule == "persistent":
         opts = dict(num_warps=8, maxnreg=255)
         if dtype in (torch.float32, torch.float64):
-            opts["num_stages"] = 1
+            opts["num_stages"] = PERSISTENT_FP32_STAGES
         return opts
     return dict(num_warps=8 if block_b * block_h >= 1024 else 4)
 
@@ -381,6 +381,11 @@ def _launch_options(block_b: int, block_h: int, schedule: str, dtype: torch.dtyp
 # ones spill inside the time loop even at 8 warps.
 STEPWISE_TILES = ((16, 16), (32, 16), (32, 32), (64, 16), (64, 32))
 PERSISTENT_TILES = ((16, 16), (32, 16))
+# K-loop pipeline depth of the persistent kernels in float32 / float64 (16-bit: Triton's
+# default). 1 = no spills on sm_90, but each K chunk's loads wait out their whole latency: on
+# the H200 (2026-11-27) the persistent kernels ran 5-12% slower than the stepwise ones (default
+# 3 stages) in float32. benchmarks/tune_tiles.py measures 2 and 3 ("-s2", "-s3" rows).
+PERSISTENT_FP32_STAGES = 1
 
 
 def _config(B: int, H: int, ref: torch.Tensor) -> dict:

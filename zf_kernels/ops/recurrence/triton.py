@@ -563,6 +563,9 @@ SCHEDULE_ENV = "ZF_CHAIN_SCHEDULE"
 # first; benchmarks/compile_check.py compiles each for sm_90 and fails on register spills.
 # 32 x 32 spills, and so does 16 x 16 in bfloat16 (ptxas): a batch of <= 16 takes 32 rows too.
 PERSISTENT_TILES = ((32, 16),)
+# K-loop pipeline depth of the persistent kernels in float32 / float64 (as the LSTM's
+# PERSISTENT_FP32_STAGES: 1 = no spills, latency-bound loads; tune_tiles.py measures 2 and 3)
+PERSISTENT_FP32_STAGES = 1
 
 
 def _launch_options(schedule: str, dtype: torch.dtype, cfg: dict) -> dict:
@@ -576,7 +579,7 @@ def _launch_options(schedule: str, dtype: torch.dtype, cfg: dict) -> dict:
         return dict(num_warps=8) if cfg["BLOCK_B"] * cfg["BLOCK_N"] >= 1024 else {}
     opts = dict(num_warps=8, maxnreg=255)
     if dtype in (torch.float32, torch.float64):
-        opts["num_stages"] = 1
+        opts["num_stages"] = PERSISTENT_FP32_STAGES
     return opts
 
 
