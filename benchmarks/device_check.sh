@@ -4,20 +4,23 @@
 #     bash benchmarks/device_check.sh
 #     ZF_GIT_COMMIT=<sha> bash benchmarks/device_check.sh     # the device copy has no .git
 #
-# Budget: at most ~9 minutes (a persistent-kernel smoke test of <= 75 s, then the stages, all
-# within ZF_CHECK_SECONDS, default 440 s, then ~20 s of report), under the device tool's
+# Budget: at most ~9.5 minutes (a persistent-kernel smoke test of <= 75 s, then the stages, all
+# within ZF_CHECK_SECONDS, default 470 s, then ~20 s of report), under the device tool's
 # 10-minute command limit (run it with timeout_s 590); stages are ordered by what the open
-# issues need, so the last ones are the first to be skipped. Every stage
+# issues need, so the last ones are the first to be skipped. The CUDA extension's JIT build
+# starts in the background at once (fresh cache folder: a build killed by a timeout leaves a
+# lock that makes the next build wait forever) and cuda-tests waits for it. Every stage
 # gets min(its own limit, time left); a stage that fails or times out is recorded and the next
 # one runs anyway. Installs nothing. A rerun can choose
-# stages: ZF_STAGES=train,ops (names, in running order: tests train ops other-models ops-compile
-# train-tf32 ops-tf32 trainer cuda-tests ops-cuda tune kernels train-bf16 train-compile; the
-# persistent smoke test runs with tests).
+# stages: ZF_STAGES=train,ops (names, in running order: tests train ops ops-small tune ops-compile
+# ops-tf32x3 train-tf32x3 train-tf32 ops-tf32 cuda-tests ops-cuda other-models trainer train-bf16
+# ops-bf16 kernels train-compile; the persistent smoke test runs with tests).
 #
 # $OUT (the folder that comes back; 8 files, no subfolders):
 #   persistent_smoke.log  persistent vs stepwise vs float64 lstm / zforcing_chain, benchmark shapes
-#   tests.log      pytest -k "triton or gpu" on the GPU (--maxfail=10), the CUDA extension's tests aside
-#   cuda_tests.log tests/test_cuda_{lstm,chain}.py: builds zf_kernels._C (JIT), checks it on the GPU
+#   tests.log      pytest -k "triton or gpu" on the GPU (--maxfail=20, 8 xdist workers where
+#                  pytest-xdist is installed), the CUDA extension's tests aside
+#   cuda_tests.log the background JIT build of zf_kernels._C, then tests/test_cuda_{lstm,chain}.py
 #   bench.log      everything the benchmark stages printed
 #   results.csv    one row per measurement (benchmarks/common.py FIELDS)
 #   results.json   the same rows + the environment (GPU, driver, clocks, versions, commit)
@@ -32,9 +35,9 @@ OUT="${OUT:-/tmp/zf_device_out}"
 mkdir -p "$OUT"
 LOG="$OUT/bench.log"
 PY="${PYTHON:-$(command -v python || command -v python3)}"
-TOTAL="${ZF_CHECK_SECONDS:-440}"
+TOTAL="${ZF_CHECK_SECONDS:-470}"
 # a rerun can pick stages, e.g. ZF_STAGES=train,ops bash benchmarks/device_check.sh
-WANT="${ZF_STAGES:-tests,train,ops,other-models,ops-compile,train-tf32,ops-tf32,trainer,cuda-tests,ops-cuda,tune,kernels,train-bf16,train-compile}"
+WANT="${ZF_STAGES:-tests,train,ops,ops-small,tune,ops-compile,ops-tf32x3,train-tf32x3,train-tf32,ops-tf32,cuda-tests,ops-cuda,other-models,trainer,train-bf16,ops-bf16,kernels,train-compile}"
 START=$SECONDS
 STAGES=()
 FAILED=0
@@ -90,6 +93,18 @@ if torch.cuda.is_available():
 EOF
 } 2>&1 | tee -a "$LOG"
 
+# the CUDA extension's JIT build, in the background from the start (about a minute on 16
+# cores), in a fresh cache folder: a build that a timeout killed leaves torch's lock file
+# behind, and the next build in that folder waits on it forever (seen 2026-11-27)
+export ZF_KERNELS_CACHE="${ZF_KERNELS_CACHE:-$(mktemp -d /tmp/zf_cache.XXXXXX)}"
+BUILD_PID=""
+if [[ ",$WANT," == *",cuda-tests,"* || ",$WANT," == *",ops-cuda,"* ]]; then
+  ( t0=$SECONDS
+    timeout -k 5 400 "$PY" -c "from zf_kernels.ops import _cuda_ext; _cuda_ext.load(); print('zf_kernels._C built')"
+    echo "== JIT build: rc=$? ($(( SECONDS - t0 ))s)" ) >"$OUT/cuda_tests.log" 2>&1 &
+  BUILD_PID=$!
+fi
+
 # 0. the persistent kernels (lstm, zforcing_chain) against stepwise + float64 first: for one
 # that fails (or hangs until its barrier gives up) the benchmarks below run it stepwise
 # (ZF_LSTM_SCHEDULE / ZF_CHAIN_SCHEDULE=stepwise, printed on the smoke test's last line)
@@ -110,39 +125,59 @@ if [[ ",$WANT," == *",tests,"* ]]; then
   fi
 fi
 
-# 1. the GPU tests (Triton kernels compiled for the card, half precision, GPU-only cases)
-# (after a failed smoke test, without the cases that force schedule="persistent": the failure
-# is already known, and a device-side assert would end the whole pytest process). The CUDA
-# extension's tests run in their own stage (cuda-tests) for the same reason.
+# 1. the GPU tests (Triton kernels compiled for the card, half precision, GPU-only cases), in 8
+# processes where pytest-xdist is installed (the whole selection took 52 s with 12 on an H200,
+# one process got through 15% of it in 140 s: compilation dominates). After a failed smoke test
+# without the cases that force schedule="persistent": the failure is already known, and a
+# device-side assert would end a whole pytest process. The CUDA extension's tests run in their
+# own stage (cuda-tests) for the same reason.
 TESTS_K="triton or gpu"
 [[ -n "${FALLBACK:-}" ]] && TESTS_K="(triton or gpu) and not persistent"
-run_stage tests 140 "$OUT/tests.log" \
-  "$PY" -m pytest -q --maxfail=10 tests -m "not slow" -k "$TESTS_K" --ignore-glob='tests/test_cuda_*.py' \
-  -p no:cacheprovider -rfE
+XDIST=()
+"$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 8)
+run_stage tests 150 "$OUT/tests.log" \
+  "$PY" -m pytest -q ${XDIST[@]+"${XDIST[@]}"} --maxfail=20 tests -m "not slow" -k "$TESTS_K" --ignore-glob='tests/test_cuda_*.py' \
+  -p no:cacheprovider -p no:benchmark -rfE --tb=short
 [[ -f "$OUT/tests.log" ]] && tail -n 3 "$OUT/tests.log"
 
 # 2. the training step: eager, CUDA graph (the reference; the reference with its backward LSTM
-# on cuDNN), Triton (persistent), Triton + graph, Triton stepwise (TIMIT T40, SeqMNIST T784)
+# on cuDNN), Triton (persistent), Triton + graph, Triton stepwise (TIMIT T40, SeqMNIST T784);
+# "float32" is IEEE everywhere, cuDNN included (benchmarks/common.py DTYPES)
 run_stage train 110 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results \
   --providers torch,torch+graph,cudnn,cudnn+graph,triton,triton+graph,triton-stepwise --warmup-ms 50 --rep-ms 200 --min-reps 5
 
-# 3. every op, fwd and fwd+bwd, fp32 then bf16: cuDNN, eager reference, Triton
-run_stage ops 65 "$LOG" \
-  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --providers cudnn,torch,triton,triton-stepwise
+# 3. the recurrences, fwd and fwd+bwd, fp32: cuDNN, eager reference, Triton persistent / stepwise
+run_stage ops 75 "$LOG" \
+  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --dtypes float32 \
+  --ops lstm,zforcing_chain,lstm_cell,zforcing_chain_ln --providers cudnn,torch,triton,triton-stepwise
 
-# 4. the other sequence VAEs of python/ (VRNN, SRNN, STORN), TIMIT size, if time is left
-run_stage other-models 40 "$LOG" \
-  "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --models others --cases timit \
-  --providers torch,torch+graph,triton,triton+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
+# 4. the sampling / likelihood ops and leaky_clamp, fp32 and bf16: eager reference, Triton
+run_stage ops-small 40 "$LOG" \
+  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --dtypes float32,bfloat16 \
+  --ops reparameterize,gaussian_kl,gaussian_nll,bernoulli_nll,categorical_nll,leaky_clamp --providers torch,triton
 
-# 5. torch.compile of the op references (fp32; cheap compilations first, 784-step loops skipped)
-run_stage ops-compile 35 "$LOG" \
+# 5. which tile and float32 K pipeline depth the persistent Triton kernels should use (B=32:
+# 1 x 64 vs 2 x 64 grids; 1 stage, today's, vs 2 and 3: the persistent kernels ran 5-12% slower
+# than the stepwise ones on 2026-11-27, whose K loops pipeline 3 chunks); float32 then tf32
+run_stage tune 90 "$LOG" \
+  "$PY" benchmarks/tune_tiles.py --out "$OUT" --name results --dtypes float32,tf32 --warmup-ms 25 --rep-ms 100
+
+# 6. torch.compile of the op references (fp32; cheap compilations first, 784-step loops skipped)
+run_stage ops-compile 50 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --providers compile --dtypes float32
 
-# 6. TF32 (float32 tensors, TF32 matmuls allowed for torch, cuDNN and the Triton kernels): the
-# hoisted step's CUDA graph vs ours, then lstm / chain vs cuDNN, in the same TF32 mode (cuDNN's
-# float32 rows above may use TF32 already: these are the like-for-like ones)
+# 7. tf32x3 (ZF_FP32_DOT=tf32x3: our float32 dots as three TF32 products, torch and cuDNN IEEE):
+# is near-IEEE accuracy on the tensor cores faster than IEEE float32 (rel column: the accuracy)
+run_stage ops-tf32x3 30 "$LOG" \
+  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --ops lstm,zforcing_chain --dtypes tf32x3 \
+  --providers triton,triton-stepwise
+run_stage train-tf32x3 35 "$LOG" \
+  "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --dtype tf32x3 \
+  --providers triton,triton+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
+
+# 8. TF32 (float32 tensors, TF32 matmuls allowed for torch, cuDNN and the Triton kernels): the
+# hoisted step's CUDA graph vs ours, then lstm / chain vs cuDNN, in the same TF32 mode
 run_stage train-tf32 50 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --dtype tf32 \
   --providers torch+graph,cudnn+graph,triton,triton+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
@@ -150,41 +185,47 @@ run_stage ops-tf32 30 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --ops lstm,zforcing_chain --dtypes tf32 \
   --providers cudnn,triton
 
-# 7. the CLI trainer's whole step (Run.train_step), eager vs --cuda-graph, TIMIT size
-run_stage trainer 45 "$LOG" \
-  "$PY" benchmarks/bench_trainer.py --out "$OUT" --name results --cases timit \
-  --providers torch,torch+cuda-graph,triton,triton+cuda-graph --steps 20 --warmup-steps 5
-
-# 8. the CUDA extension (csrc/, never run on a GPU before): JIT build (~30-60 s) and its GPU
-# tests (lstm, zforcing_chain), then backend="cuda" against cuDNN / triton
-run_stage cuda-tests 120 "$OUT/cuda_tests.log" \
-  "$PY" -m pytest -q --maxfail=5 tests/test_cuda_lstm.py tests/test_cuda_chain.py -p no:cacheprovider -rfE
+# 9. the CUDA extension (csrc/, never run on a GPU before): its GPU tests (lstm, zforcing_chain)
+# once the background build is done, then backend="cuda" against cuDNN
+while [[ -n "$BUILD_PID" ]] && kill -0 "$BUILD_PID" 2>/dev/null && (( $(left) > 40 )); do sleep 2; done
+run_stage cuda-tests 90 "$OUT/cuda_tests.log" \
+  "$PY" -m pytest -q --maxfail=5 tests/test_cuda_lstm.py tests/test_cuda_chain.py -p no:cacheprovider -p no:benchmark -rfE --tb=short
 [[ -f "$OUT/cuda_tests.log" ]] && tail -n 3 "$OUT/cuda_tests.log"
 run_stage ops-cuda 40 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --ops lstm,zforcing_chain --dtypes float32 \
   --providers cudnn,cuda
 
-# 9. which tile the persistent Triton kernels should use (B=32: 1 x 64 vs 2 x 64 grids)
-run_stage tune 60 "$LOG" \
-  "$PY" benchmarks/tune_tiles.py --out "$OUT" --name results --warmup-ms 25 --rep-ms 100
+# 10. the other sequence VAEs of python/ (VRNN, SRNN, STORN), TIMIT size
+run_stage other-models 40 "$LOG" \
+  "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --models others --cases timit \
+  --providers torch,torch+graph,triton,triton+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
 
-# 10. GPU kernels per training step (profiler, eager providers; its own process, so that a
+# 11. the CLI trainer's whole step (Run.train_step), eager vs --cuda-graph, TIMIT size
+run_stage trainer 40 "$LOG" \
+  "$PY" benchmarks/bench_trainer.py --out "$OUT" --name results --cases timit \
+  --providers torch,torch+cuda-graph,triton,triton+cuda-graph --steps 20 --warmup-steps 5
+
+# 12. bfloat16 (the whole model cast): the step where the tensor cores carry the recurrence,
+# then the recurrences alone
+run_stage train-bf16 40 "$LOG" \
+  "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --dtype bfloat16 --cases timit \
+  --providers torch+graph,cudnn+graph,triton+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
+run_stage ops-bf16 40 "$LOG" \
+  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --dtypes bfloat16 \
+  --ops lstm,zforcing_chain,lstm_cell --providers cudnn,torch,triton
+
+# 13. GPU kernels per training step (profiler, eager providers; its own process, so that a
 # profiler failure costs only these rows)
 run_stage kernels 40 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --count-kernels \
   --providers torch,cudnn,triton,triton-stepwise
 
-# 11. bfloat16 (the whole model cast): the step where the tensor cores carry the recurrence
-run_stage train-bf16 40 "$LOG" \
-  "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --dtype bfloat16 --cases timit \
-  --providers torch+graph,cudnn+graph,triton+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
-
-# 12. torch.compile of the whole TIMIT step (unrolls two 40-step loops: may not fit)
+# 14. torch.compile of the whole TIMIT step (unrolls two 40-step loops: may not fit)
 run_stage train-compile 60 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results \
   --providers torch+compile --cases timit --warmup-ms 50 --rep-ms 200
 
-# 13. report: chart + summary (outside the budget above: ~20 s)
+# 15. report: chart + summary (outside the budget above: ~20 s)
 if [[ -f "$OUT/results.json" ]]; then
   timeout 40 "$PY" benchmarks/plot.py "$OUT/results.json" >>"$LOG" 2>&1 || echo "plot failed (see bench.log)"
   timeout 20 "$PY" benchmarks/summarize.py "$OUT/results.json" --tests-log "$OUT/tests.log" \
