@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import zf_kernels.ops as ops
-from _helpers import errors_vs_float64, rel_err
+from _helpers import errors_vs_float64, norm_rel_err, rel_err
 from zf_kernels.ops.recurrence.naive import zforcing_chain_ln_ref
 
 try:
@@ -245,7 +245,7 @@ def nan_empty(monkeypatch):
     assert torch.empty(3).isnan().all()
 
 
-def run_errors(fn, shape, dtype, seed=0, check_clamps=True, scale=1.0):
+def run_errors(fn, shape, dtype, seed=0, check_clamps=True, scale=1.0, metric=None):
     """{tensor name: error of fn in dtype against the float64 reference}: all 5 outputs and
     the gradients of all 13 inputs from one backward call with random, non-uniform output
     gradients."""
@@ -253,17 +253,18 @@ def run_errors(fn, shape, dtype, seed=0, check_clamps=True, scale=1.0):
     if check_clamps:
         p_out, gb_out = clamp_activity([a.cpu() for a in args64])
         assert 0 < p_out < 1 and 0 < gb_out < 1, f"inputs do not exercise the clamps: {p_out}, {gb_out}"
-    return errors_vs_float64(fn, zforcing_chain_ln_ref, args64, OUT_NAMES, NAMES, dtype, seed)
+    return errors_vs_float64(fn, zforcing_chain_ln_ref, args64, OUT_NAMES, NAMES, dtype, seed, metric)
 
 
-def compare(shape, dtype, seed=0, check_clamps=True, tol=None, fn=None, ratio=None, scale=1.0):
-    """Errors of the Triton op within ``tol`` (default TOL[dtype]), or, with ``ratio``, within
-    max(tol, ratio * the error of the torch reference run in ``dtype``)."""
+def compare(shape, dtype, seed=0, check_clamps=True, tol=None, fn=None, ratio=None, scale=1.0, metric=None):
+    """Errors (``metric``, default rel_err) of the Triton op within ``tol`` (default TOL[dtype]),
+    or, with ``ratio``, within max(tol, ratio * the error of the torch reference run in ``dtype``)."""
     tol = TOL[dtype] if tol is None else tol
-    errs = run_errors(fn or triton_ln.zforcing_chain_ln, shape, dtype, seed, check_clamps, scale)
+    errs = run_errors(fn or triton_ln.zforcing_chain_ln, shape, dtype, seed, check_clamps, scale, metric)
     bound = {k: tol for k in errs}
     if ratio is not None:
-        torch_errs = run_errors(zforcing_chain_ln_ref, shape, dtype, seed, check_clamps=False, scale=scale)
+        torch_errs = run_errors(zforcing_chain_ln_ref, shape, dtype, seed, check_clamps=False, scale=scale,
+                                metric=metric)
         bound = {k: max(tol, ratio * torch_errs[k]) for k in errs}
     bad = {k: f"{v:.2e} > {bound[k]:.2e}" for k, v in errs.items() if not v <= bound[k]}
     assert not bad, f"errors above the bound: {bad}"
@@ -374,19 +375,17 @@ def test_triton_public_api_schedule_and_zero_steps(nan_empty, monkeypatch):
 def test_gpu(dtype, schedule, nan_empty):
     """GPU block sizes (several programs per dim; "auto" is the persistent grid) against the
     float64 reference. fp32 as on the CPU; 16-bit on well-conditioned inputs (scale 0.3) within
-    max(2e-2, 2 x eager torch's error in that dtype), as the CPU's bf16 test. At scale 1 eager
+    max(1e-2, 1.5 x eager torch's error in that dtype), errors ||.||-relative: at scale 1 eager
     torch is itself off by up to 5 in bf16 and overflows to inf in float16's backward (H200 run
-    of 2026-11-27, reproduced on the CPU): no bound tells a kernel bug from that."""
+    of 2026-11-27, reproduced on the CPU), and a gradient's max-element error through a kink is
+    set by the one element rounding moves across it (in the interpreter at this shape: norm
+    errors <= 1.11x eager's, max-element errors up to 2.6x)."""
     fn = lambda *a: triton_ln.zforcing_chain_ln(*a, schedule=schedule)  # noqa: E731
     if dtype == torch.float32:
         compare((5, 40, 80, 48, 40, 56), dtype, seed=7, fn=fn, ratio=F32_RATIO)
     else:
-        # float16: ratio 3, not 2. In the interpreter (GPU-sized blocks) every error is 1-5x
-        # below eager float16's except grad weight_g2 / bias_g2 (the gen MLP's output layer,
-        # from dgen stored in float16): 2.6x above it (2.4e-2 vs 9.1e-3); not understood yet
-        ratio = 3.0 if dtype == torch.float16 else 2.0
-        compare((5, 40, 80, 48, 40, 56), dtype, seed=7, fn=fn, check_clamps=False, tol=2e-2,
-                ratio=ratio, scale=0.3)
+        compare((5, 40, 80, 48, 40, 56), dtype, seed=7, fn=fn, check_clamps=False, tol=1e-2,
+                ratio=1.5, scale=0.3, metric=norm_rel_err)
 
 
 @pytest.mark.gpu
