@@ -302,11 +302,12 @@ def run_provider(res, base, master, loss_fn, provider, cfg, device, dtype, timin
 def count_step_kernels(res, row, fn, device, cfg):
     """--count-kernels: one more eager step under the profiler instead of the timing (a
     separate run, so that a profiler failure cannot cost the timings)."""
-    kernels, why = common.count_kernels(fn, device)
+    kernels, note = common.count_kernels(fn, device)
     if kernels is None:
-        res.end(row, status="skipped", note=why)
+        res.end(row, status="skipped", note=note)
     else:
-        res.end(row, kernels=kernels, note=f"{kernels} kernels per step, {kernels / cfg['T']:.1f} per time step")
+        res.end(row, kernels=kernels,
+                note=f"{kernels} kernels per step, {kernels / cfg['T']:.1f} per time step; GPU time: {note}")
 
 
 # --------------------------------------------------------------------------- main

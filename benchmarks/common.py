@@ -205,9 +205,10 @@ def peak_memory(fn, device: torch.device, grad_to_none=(), with_result: bool = F
     return peak / MB, (peak - base) / MB
 
 
-def count_kernels(fn, device: torch.device) -> tuple[int | None, str]:
-    """``(kernels, note)``: how many GPU kernels one call of ``fn`` launches (the profiler's CUDA
-    kernel events; copies and memsets left out). ``(None, why)`` on a CPU, or where the profiler
+def count_kernels(fn, device: torch.device, top: int = 6) -> tuple[int | None, str]:
+    """``(kernels, where the time goes)``: how many GPU kernels one call of ``fn`` launches (the
+    profiler's CUDA kernel events; copies and memsets left out) and the ``top`` kernel names by
+    summed GPU time ("name ms (share), ..."). ``(None, why)`` on a CPU, or where the profiler
     records no GPU activity (CUPTI unavailable). One untimed call."""
     if device.type != "cuda":
         return None, "kernels are counted on a GPU only"
@@ -217,13 +218,24 @@ def count_kernels(fn, device: torch.device) -> tuple[int | None, str]:
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             fn()
             torch.cuda.synchronize(device)
-        names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        events = [(e.name, e.time_range.elapsed_us()) for e in prof.events()
+                  if e.device_type == torch.autograd.DeviceType.CUDA]
     except Exception as exc:  # noqa: BLE001 - a profiler failure costs the count, not the row
         return None, f"kernels not counted ({type(exc).__name__}: {str(exc)[:80]})"
-    kernels = [n for n in names if not n.startswith(("Memcpy", "Memset"))]
+    kernels = [(n, us) for n, us in events if not n.startswith(("Memcpy", "Memset"))]
     if not kernels:
         return None, "kernels not counted (the profiler recorded no GPU kernel)"
-    return len(kernels), ""
+    return len(kernels), kernel_time_breakdown(kernels, top)
+
+
+def kernel_time_breakdown(kernels, top: int) -> str:
+    """"name ms (share), ..." for the ``top`` names by summed time of (name, microseconds) pairs."""
+    by_name: dict[str, float] = {}
+    for name, us in kernels:
+        by_name[name] = by_name.get(name, 0.0) + us
+    total = sum(by_name.values()) or 1.0
+    worst = sorted(by_name.items(), key=lambda kv: -kv[1])[:top]
+    return ", ".join(f"{n[:60]} {us / 1e3:.3f} ms ({us / total:.0%})" for n, us in worst)
 
 
 def rel_err(got, ref) -> float:

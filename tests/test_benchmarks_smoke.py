@@ -210,5 +210,10 @@ def test_gpu_count_kernels_counts_each_launch_and_no_copies():
         y = y * 2
         y.add_(3)
         x.cpu()                                   # a copy: not a kernel
-    n, why = common.count_kernels(three_adds_and_a_copy, x.device)
-    assert (n, why) == (3, ""), (n, why)
+    n, where = common.count_kernels(three_adds_and_a_copy, x.device)
+    assert n == 3 and " ms (" in where and "%)" in where, (n, where)
+
+
+def test_kernel_time_breakdown_sums_by_name_and_ranks():
+    got = common.kernel_time_breakdown([("a", 100.0), ("b", 500.0), ("a", 300.0), ("c", 100.0)], top=2)
+    assert got == "b 0.500 ms (50%), a 0.400 ms (40%)"
