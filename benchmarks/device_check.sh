@@ -12,9 +12,9 @@
 # lock that makes the next build wait forever) and cuda-tests waits for it. Every stage
 # gets min(its own limit, time left); a stage that fails or times out is recorded and the next
 # one runs anyway. Installs nothing. A rerun can choose
-# stages: ZF_STAGES=train,ops (names, in running order: tests train ops ops-small tune ops-compile
-# ops-tf32x3 train-tf32x3 train-tf32 ops-tf32 cuda-tests ops-cuda other-models trainer train-bf16
-# ops-bf16 kernels train-compile; the persistent smoke test runs with tests).
+# stages: ZF_STAGES=train,ops (names, in running order: tests train ops ops-small tune kernels
+# ops-compile ops-tf32x3 train-tf32x3 train-tf32 ops-tf32 cuda-tests ops-cuda other-models trainer
+# train-bf16 ops-bf16 train-compile; the persistent smoke test runs with tests).
 #
 # $OUT (the folder that comes back; 8 files, no subfolders):
 #   persistent_smoke.log  persistent vs stepwise vs float64 lstm / zforcing_chain, benchmark shapes
@@ -37,7 +37,7 @@ LOG="$OUT/bench.log"
 PY="${PYTHON:-$(command -v python || command -v python3)}"
 TOTAL="${ZF_CHECK_SECONDS:-470}"
 # a rerun can pick stages, e.g. ZF_STAGES=train,ops bash benchmarks/device_check.sh
-WANT="${ZF_STAGES:-tests,train,ops,ops-small,tune,ops-compile,ops-tf32x3,train-tf32x3,train-tf32,ops-tf32,cuda-tests,ops-cuda,other-models,trainer,train-bf16,ops-bf16,kernels,train-compile}"
+WANT="${ZF_STAGES:-tests,train,ops,ops-small,tune,kernels,ops-compile,ops-tf32x3,train-tf32x3,train-tf32,ops-tf32,cuda-tests,ops-cuda,other-models,trainer,train-bf16,ops-bf16,train-compile}"
 START=$SECONDS
 STAGES=()
 FAILED=0
@@ -163,11 +163,17 @@ run_stage ops-small 40 "$LOG" \
 run_stage tune 90 "$LOG" \
   "$PY" benchmarks/tune_tiles.py --out "$OUT" --name results --dtypes float32,tf32 --warmup-ms 25 --rep-ms 100
 
-# 6. torch.compile of the op references (fp32; cheap compilations first, 784-step loops skipped)
+# 6. GPU kernels per training step and the kernels that take its time (profiler, eager providers; its own process, so that a
+# profiler failure costs only these rows)
+run_stage kernels 40 "$LOG" \
+  "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --count-kernels \
+  --providers torch,cudnn,triton,triton-stepwise
+
+# 7. torch.compile of the op references (fp32; cheap compilations first, 784-step loops skipped)
 run_stage ops-compile 50 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --providers compile --dtypes float32
 
-# 7. tf32x3 (ZF_FP32_DOT=tf32x3: our float32 dots as three TF32 products, torch and cuDNN IEEE):
+# 8. tf32x3 (ZF_FP32_DOT=tf32x3: our float32 dots as three TF32 products, torch and cuDNN IEEE):
 # is near-IEEE accuracy on the tensor cores faster than IEEE float32 (rel column: the accuracy)
 run_stage ops-tf32x3 30 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --ops lstm,zforcing_chain --dtypes tf32x3 \
@@ -176,7 +182,7 @@ run_stage train-tf32x3 35 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --dtype tf32x3 \
   --providers triton,triton+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
 
-# 8. TF32 (float32 tensors, TF32 matmuls allowed for torch, cuDNN and the Triton kernels): the
+# 9. TF32 (float32 tensors, TF32 matmuls allowed for torch, cuDNN and the Triton kernels): the
 # hoisted step's CUDA graph vs ours, then lstm / chain vs cuDNN, in the same TF32 mode
 run_stage train-tf32 50 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --dtype tf32 \
@@ -185,7 +191,7 @@ run_stage ops-tf32 30 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --ops lstm,zforcing_chain --dtypes tf32 \
   --providers cudnn,triton
 
-# 9. the CUDA extension (csrc/, never run on a GPU before): its GPU tests (lstm, zforcing_chain)
+# 10. the CUDA extension (csrc/, never run on a GPU before): its GPU tests (lstm, zforcing_chain)
 # once the background build is done, then backend="cuda" against cuDNN
 while [[ -n "$BUILD_PID" ]] && kill -0 "$BUILD_PID" 2>/dev/null && (( $(left) > 40 )); do sleep 2; done
 run_stage cuda-tests 90 "$OUT/cuda_tests.log" \
@@ -195,17 +201,17 @@ run_stage ops-cuda 40 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --ops lstm,zforcing_chain --dtypes float32 \
   --providers cudnn,cuda
 
-# 10. the other sequence VAEs of python/ (VRNN, SRNN, STORN), TIMIT size
+# 11. the other sequence VAEs of python/ (VRNN, SRNN, STORN), TIMIT size
 run_stage other-models 40 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --models others --cases timit \
   --providers torch,torch+graph,triton,triton+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
 
-# 11. the CLI trainer's whole step (Run.train_step), eager vs --cuda-graph, TIMIT size
+# 12. the CLI trainer's whole step (Run.train_step), eager vs --cuda-graph, TIMIT size
 run_stage trainer 40 "$LOG" \
   "$PY" benchmarks/bench_trainer.py --out "$OUT" --name results --cases timit \
   --providers torch,torch+cuda-graph,triton,triton+cuda-graph --steps 20 --warmup-steps 5
 
-# 12. bfloat16 (the whole model cast): the step where the tensor cores carry the recurrence,
+# 13. bfloat16 (the whole model cast): the step where the tensor cores carry the recurrence,
 # then the recurrences alone
 run_stage train-bf16 40 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --dtype bfloat16 --cases timit \
@@ -213,12 +219,6 @@ run_stage train-bf16 40 "$LOG" \
 run_stage ops-bf16 40 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --dtypes bfloat16 \
   --ops lstm,zforcing_chain,lstm_cell --providers cudnn,torch,triton
-
-# 13. GPU kernels per training step (profiler, eager providers; its own process, so that a
-# profiler failure costs only these rows)
-run_stage kernels 40 "$LOG" \
-  "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --count-kernels \
-  --providers torch,cudnn,triton,triton-stepwise
 
 # 14. torch.compile of the whole TIMIT step (unrolls two 40-step loops: may not fit)
 run_stage train-compile 60 "$LOG" \

@@ -170,6 +170,9 @@ def kernels_table(rows) -> list[str]:
                  f"{r['provider']} {SHORT.get(r.get('status'), r.get('status'))}"
                  for r in kr if r["case"] == case]
         out.append(f"- {case}: " + "; ".join(cells))
+        for r in kr:   # where the GPU time of our steps goes (the note's "GPU time: ..." part)
+            if r["case"] == case and r["provider"].startswith("triton") and "GPU time: " in (r.get("note") or ""):
+                out.append(f"  - {r['provider']}: " + r["note"].split("GPU time: ", 1)[1])
     return out
 
 
