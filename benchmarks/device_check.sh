@@ -11,7 +11,9 @@
 # starts in the background at once (fresh cache folder: a build killed by a timeout leaves a
 # lock that makes the next build wait forever) and cuda-tests waits for it. Every stage
 # gets min(its own limit, time left); a stage that fails or times out is recorded and the next
-# one runs anyway. Installs nothing. A rerun can choose
+# one runs anyway. Installs nothing. A second call on the warm machine continues the first:
+# ZF_SEED_RESULTS=benchmarks/results/<gpu>_<date> ZF_STAGES=<the skipped ones> (the first call's
+# results committed, or copied into the tree, first). A rerun can choose
 # stages: ZF_STAGES=train,ops (names, in running order: tests train ops ops-small tune kernels
 # ops-compile ops-tf32x3 train-tf32x3 train-tf32 ops-tf32 cuda-tests ops-cuda other-models trainer
 # train-bf16 ops-bf16 train-compile; the persistent smoke test runs with tests).
@@ -33,6 +35,12 @@ unset TRITON_INTERPRET
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 OUT="${OUT:-/tmp/zf_device_out}"
 mkdir -p "$OUT"
+# a second call of a session continues the first one's results: ZF_SEED_RESULTS=<path without
+# .json / .csv> (committed or carried) is copied to $OUT/results.* and the stages append to it
+if [[ -n "${ZF_SEED_RESULTS:-}" ]]; then
+  cp "$ZF_SEED_RESULTS.json" "$OUT/results.json" && cp "$ZF_SEED_RESULTS.csv" "$OUT/results.csv" \
+    || echo "ZF_SEED_RESULTS=$ZF_SEED_RESULTS: could not copy its .json / .csv (starting fresh)"
+fi
 LOG="$OUT/bench.log"
 PY="${PYTHON:-$(command -v python || command -v python3)}"
 TOTAL="${ZF_CHECK_SECONDS:-470}"
