@@ -18,11 +18,16 @@ class _CudaLike:
 
 @pytest.fixture
 def tf32(monkeypatch):
-    """Set torch's float32-matmul TF32 switch for one test (restored afterwards)."""
-    def set_(on):
-        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", on)
+    """Set torch's float32-matmul TF32 switch for one test (restored afterwards). Not through
+    monkeypatch.setattr: the switch is a property of a module object's __getattr__, which
+    pytest 9's undo deletes instead of restoring."""
+    saved = torch.backends.cuda.matmul.allow_tf32
     monkeypatch.delenv(FP32_DOT_ENV, raising=False)
-    return set_
+
+    def set_(on):
+        torch.backends.cuda.matmul.allow_tf32 = on
+    yield set_
+    torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def test_float32_follows_torch_tf32_switch_by_default(tf32):
