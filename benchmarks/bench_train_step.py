@@ -33,8 +33,11 @@ compute the same thing. Loss weights kl = aux = bwd = 1 (every term and its back
 fused Adam(lr 1e-3, eps 1e-5) and clip 100, as the trainer. The posterior noise ``eps`` is a fixed
 input tensor (drawing it is one ``randn``), and the model's input validation (host syncs)
 runs once before timing, not inside the timed step (``--keep-checks`` keeps it in for the
-eager providers). ``peak_mb``: ``max_memory_allocated`` over one step (weights, Adam state,
-activations, gradients); for graph providers over warm-up + capture + first replay.
+eager providers). ``peak_mb``: the provider's own peak: its parameters, gradients and Adam
+state plus the rise of ``max_memory_allocated`` over one step above what was allocated before
+it (for graph providers: its parameters plus the rise over warm-up + capture + first replay),
+so that tensors left by providers run earlier in the process do not count; the note gives
+the process-wide peak.
 ``--count-kernels`` (a separate run, suite "kernels"): instead of timing, the GPU kernels of one
 eager step, counted by the profiler (``kernels``; copies and memsets left out).
 """
@@ -219,6 +222,19 @@ def make_body(model, fwd, opt, loss_fn, y, eps, weights, clip, trusted):
     return body
 
 
+def tensors_mb(tensors) -> float:
+    return sum(t.numel() * t.element_size() for t in tensors) / common.MB
+
+
+def own_state_mb(model, opt) -> float:
+    """This provider's own training state between steps, MB: parameters, their gradients and
+    the optimizer's state tensors."""
+    params = [p for p in model.parameters()]
+    grads = [p for p in params if p.requires_grad]          # same size as their gradients
+    return tensors_mb(params) + tensors_mb(grads) + tensors_mb(
+        v for st in opt.state.values() for v in st.values() if torch.is_tensor(v))
+
+
 def capture(body, opt, device):
     """Warm up on a side stream, then capture one whole step; returns (graph, first loss, static loss)."""
     s = torch.cuda.Stream(device)
@@ -255,9 +271,12 @@ def run_provider(res, base, master, loss_fn, provider, cfg, device, dtype, timin
         if variant == "graph":
             common.sync(device)
             torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
             graph, first, last = capture(body, opt, device)
-            peak = torch.cuda.max_memory_allocated(device) / common.MB
-            extra = None
+            extra = (torch.cuda.max_memory_allocated(device) - before) / common.MB
+            # the parameters existed before; their gradients, Adam's state, the activations and
+            # the graph's pool were allocated inside the window
+            peak = tensors_mb(model.parameters()) + extra
             fn = graph.replay
             note.append(f"graph peak over warm-up+capture; {WARM_ITERS} warm-up steps")
         else:
@@ -275,7 +294,14 @@ def run_provider(res, base, master, loss_fn, provider, cfg, device, dtype, timin
             note.append(common.compile_note(counters))
         t = common.time_fn(fn, device, **timing)
         if variant != "graph":
-            peak, extra, last = common.peak_memory(fn, device, with_result=True)
+            process_peak, extra, last = common.peak_memory(fn, device, with_result=True)
+            # this provider's state + the step's rise above what was allocated before it, so that
+            # tensors left by the providers run before it in this process do not count (on the
+            # H200, 2026-11-27, what was allocated before the step grew from 626 MB for the first
+            # provider to 821 MB for triton, while the step itself took 157 vs 103 MB)
+            peak = None if extra is None else own_state_mb(model, opt) + extra
+            if process_peak is not None:
+                note.append(f"process peak {process_peak:.0f} MB")
         if last is not None and not bool(torch.isfinite(last)):
             note.append("loss non-finite after the timed steps")
         err = None if ref.get("loss0") is None else abs(loss0 - ref["loss0"]) / max(abs(ref["loss0"]), 1e-30)

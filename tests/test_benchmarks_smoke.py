@@ -217,3 +217,15 @@ def test_gpu_count_kernels_counts_each_launch_and_no_copies():
 def test_kernel_time_breakdown_sums_by_name_and_ranks():
     got = common.kernel_time_breakdown([("a", 100.0), ("b", 500.0), ("a", 300.0), ("c", 100.0)], top=2)
     assert got == "b 0.500 ms (50%), a 0.400 ms (40%)"
+
+
+def test_own_state_counts_parameters_gradients_and_optimizer_state():
+    """The training step's peak_mb counts the provider's own state (not tensors other
+    providers left in the process): parameters, as many gradient values, Adam's two moments
+    and its step counters."""
+    m = torch.nn.Linear(10, 10)                       # 110 float32 parameters
+    opt = torch.optim.Adam(m.parameters())
+    m(torch.randn(2, 10)).sum().backward()
+    opt.step()
+    expected = (4 * 110 * 4 + 2 * 4) / common.MB       # params, grads, exp_avg, exp_avg_sq; 2 float32 steps
+    assert bench_train_step.own_state_mb(m, opt) == pytest.approx(expected)
