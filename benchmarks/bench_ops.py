@@ -347,8 +347,9 @@ def run_provider(case, dtype, provider, modes, base, res, device, timing, ref_ca
             fn = call if mode == "fwd" else fwd_bwd(case, inp, provider, call)
             t = common.time_fn(fn, device, grad_to_none=inp.leaves, **timing)
             peak, extra = common.peak_memory(fn, device, grad_to_none=inp.leaves)
+            status, why = common.accuracy_status(row["dtype"], err)
             res.end(row, ms=t.ms, ms_p20=t.p20, ms_p80=t.p80, n=t.n, method=t.method, peak_mb=peak,
-                    extra_mb=extra, rel_err=err, note=note)
+                    extra_mb=extra, rel_err=err, status=status, note="; ".join(x for x in (why, note) if x))
     except Exception as exc:  # noqa: BLE001 - one failure is one row, never the end of the run
         status, note = classify_error(exc)
         for row in rows.values():

@@ -238,6 +238,20 @@ def kernel_time_breakdown(kernels, top: int) -> str:
     return ", ".join(f"{n[:60]} {us / 1e3:.3f} ms ({us / total:.0%})" for n, us in worst)
 
 
+# rel_err (against float64) above which a timed row is marked "mismatch": a wrong result is
+# not a speed. Loose on purpose (a flag for a person, not a test): 40-784-step recurrences in
+# TF32 or 16-bit drift far from float64 (the TIMIT chain in tf32: 1.1e-2 on the H200).
+REL_ERR_BOUND = {"float32": 1e-2, "tf32x3": 1e-2, "tf32": 0.1, "bfloat16": 0.5, "float16": 0.5}
+
+
+def accuracy_status(dtype_name: str, err) -> tuple[str, str]:
+    """("ok", "") or ("mismatch", why) for a row's rel_err (None: not checked)."""
+    bound = REL_ERR_BOUND.get(dtype_name)
+    if err is None or bound is None or err <= bound:        # NaN fails the comparison
+        return "ok", ""
+    return "mismatch", f"rel_err {err:.1e} > {bound:g} for {dtype_name}: a wrong result, not a speed"
+
+
 def rel_err(got, ref) -> float:
     """max over pairs of ||a - b|| / ||b|| in float64 (NaN if anything is NaN)."""
     worst = 0.0

@@ -30,7 +30,7 @@ DESIGN_H200 = {
 
 
 SHORT = {"unavailable": "unavail", "incomplete": "cut-off", "skipped": "skipped", "error": "error",
-         "oom": "oom"}
+         "oom": "oom", "mismatch": "WRONG"}
 
 
 def _get(rows, suite, case, mode, provider, dtype="float32"):

@@ -106,7 +106,9 @@ def run_one(res, case, dt_name, provider, device, timing, ref):
         t = common.time_fn(step, device, grad_to_none=inp.leaves, **timing)
         schedule = "stepwise" if provider == "stepwise" else "persistent"
         note = lstm_triton.explain_schedule(inp.args[0], inp.args[2], schedule) if case.op == "lstm" else ""
-        res.end(row, ms=t.ms, ms_p20=t.p20, ms_p80=t.p80, n=t.n, method=t.method, rel_err=err, note=note)
+        status, why = common.accuracy_status(dt_name, err)
+        res.end(row, ms=t.ms, ms_p20=t.p20, ms_p80=t.p80, n=t.n, method=t.method, rel_err=err, status=status,
+                note="; ".join(x for x in (why, note) if x))
     except Exception as exc:  # noqa: BLE001 - one failure is one row
         status, note = classify_error(exc)
         res.end(row, status=status, note=note)

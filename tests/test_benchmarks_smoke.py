@@ -229,3 +229,12 @@ def test_own_state_counts_parameters_gradients_and_optimizer_state():
     opt.step()
     expected = (4 * 110 * 4 + 2 * 4) / common.MB       # params, grads, exp_avg, exp_avg_sq; 2 float32 steps
     assert bench_train_step.own_state_mb(m, opt) == pytest.approx(expected)
+
+
+def test_rows_with_a_wrong_result_are_marked_mismatch():
+    assert common.accuracy_status("float32", 3e-7) == ("ok", "")
+    assert common.accuracy_status("float32", None) == ("ok", "")          # not checked
+    status, why = common.accuracy_status("float32", 0.5)
+    assert status == "mismatch" and "rel_err 5.0e-01 > 0.01 for float32" in why
+    assert common.accuracy_status("bfloat16", 0.2)[0] == "ok"
+    assert common.accuracy_status("bfloat16", math.nan)[0] == "mismatch"
