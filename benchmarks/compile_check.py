@@ -22,6 +22,7 @@ suite runs it in a subprocess. No GPU and no CUDA torch are needed.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import re
@@ -70,6 +71,12 @@ class Spec:
 
     ints: tuple = ()                             # integer arguments when pointers are not named *_ptr
 
+    def __post_init__(self):
+        # constexpr parameters with a default (e.g. the LSTM's W_T) take it, as a launch does
+        for p in getattr(self.kernel, "params", ()):
+            if p.is_constexpr and p.name not in self.constexprs and p.default is not inspect.Parameter.empty:
+                self.constexprs = dict(self.constexprs, **{p.name: p.default})
+
     def signature(self) -> dict:
         sig = {}
         for name in self.kernel.arg_names:
@@ -107,6 +114,10 @@ def lstm_specs() -> list[Spec]:
             specs.append(Spec(f"lstm fwd persistent {tag}", lt._lstm_fwd_persistent_kernel, dt,
                               dict(cfg, REVERSE=False), {"c_ptr": "fp32", "sync_ptr": "i32"}, opts,
                               persistent=True))
+            if lt.FWD_W_TRANSPOSED and prec == "ieee":   # --fwd-wt: the W_hh^T forward too
+                specs.append(Spec(f"lstm fwd persistent {tag} W_T", lt._lstm_fwd_persistent_kernel, dt,
+                                  dict(cfg, REVERSE=False, W_T=True), {"c_ptr": "fp32", "sync_ptr": "i32"},
+                                  opts, persistent=True))
             specs.append(Spec(f"lstm bwd persistent {tag}", lt._lstm_bwd_persistent_kernel, dt,
                               dict(cfg, REVERSE=True), {"c_ptr": "fp32", "dc_ptr": "fp32", "sync_ptr": "i32"},
                               opts, persistent=True))
@@ -291,7 +302,11 @@ def main(argv=None) -> int:
                     help="also the float32 kernels with tl.dot's tf32x3 precision (ZF_FP32_DOT=tf32x3)")
     ap.add_argument("--fp32-stages", type=int, default=None,
                     help="the persistent kernels' float32 K pipeline depth (PERSISTENT_FP32_STAGES; default the modules')")
+    ap.add_argument("--fwd-wt", action="store_true",
+                    help="also the LSTM's IEEE forward reading W_hh^T (FWD_W_TRANSPOSED)")
     args = ap.parse_args(argv)
+    if args.fwd_wt:
+        lstm_triton.FWD_W_TRANSPOSED = True
     if args.fp32_stages is not None:
         lstm_triton.PERSISTENT_FP32_STAGES = chain_triton.PERSISTENT_FP32_STAGES = args.fp32_stages
     if args.tf32x3:

@@ -167,7 +167,8 @@ run_stage ops-small 40 "$LOG" \
 
 # 5. which tile and float32 K pipeline depth the persistent Triton kernels should use (B=32:
 # 1 x 64 vs 2 x 64 grids; 1 stage, today's, vs 2 and 3: the persistent kernels ran 5-12% slower
-# than the stepwise ones on 2026-11-27, whose K loops pipeline 3 chunks); float32 then tf32
+# than the stepwise ones on 2026-11-27, whose K loops pipeline 3 chunks; the LSTM's IEEE forward
+# reading W_hh^T, "-wt"); float32 then tf32
 run_stage tune 90 "$LOG" \
   "$PY" benchmarks/tune_tiles.py --out "$OUT" --name results --dtypes float32,tf32 --warmup-ms 25 --rep-ms 100
 

@@ -16,7 +16,12 @@ no register spills), and on the H200 (2026-11-27) they ran 5-12% slower than the
 kernels, which pipeline 3 chunks: "-s2" / "-s3" rows force 2 / 3 stages in float32 and tf32
 (the chain spills 16-48 bytes with them: benchmarks/compile_check.py --fp32-stages 3).
 
-Rows: case = "<op> <shape>", provider = "persistent-<B>x<H>[-s<stages>]" or "stepwise", mode "fwd+bwd".
+The LSTM's IEEE float32 forward also runs reading W_hh^T ("-wt", ``FWD_W_TRANSPOSED``): on the
+H200 its forward was 4.4x slower than in TF32 while its backward, whose weight tiles lie the
+other way, was 1.4x slower.
+
+Rows: case = "<op> <shape>", provider = "persistent-<B>x<H>[-s<stages>][-wt]" or "stepwise[-wt]",
+mode "fwd+bwd".
 """
 from __future__ import annotations
 
@@ -44,21 +49,29 @@ FP32_STAGES = (3, 2)   # float32 K pipeline depths tried beside the modules' def
 
 def providers_for(op: str, dt_name: str) -> list[str]:
     """Most informative first (a time budget drops the tail): today's tile, with 3 stages,
-    the 2 x 64 grid, the same with 3 stages, stepwise, then the rest."""
+    (lstm, IEEE float32: reading W_hh^T, "-wt", alone and with 3 stages), the 2 x 64 grid, the
+    same with 3 stages, stepwise (lstm float32: also "-wt"), then the rest."""
     tiles = [f"persistent-{b}x{h}" for b, h in CANDIDATES[op][1]]
     if dt_name not in ("float32", "tf32"):
         return tiles + ["stepwise"]
     first, *rest = tiles
     staged = [f"{t}-s{n}" for t in tiles for n in FP32_STAGES]
-    return [first, staged[0], *rest, *staged[len(FP32_STAGES):len(FP32_STAGES) + 1], "stepwise",
+    wt = op == "lstm" and dt_name == "float32"      # FWD_W_TRANSPOSED applies to IEEE dots only
+    return [first, staged[0], *([f"{first}-wt", f"{staged[0]}-wt"] if wt else []),
+            *rest, *staged[len(FP32_STAGES):len(FP32_STAGES) + 1], "stepwise", *(["stepwise-wt"] if wt else []),
             *[p for p in staged if p not in (staged[0], staged[len(FP32_STAGES)])]]
 
 
-def parse_provider(provider: str) -> tuple[tuple[int, int], int | None]:
-    """"persistent-32x16-s3" -> ((32, 16), 3); no "-s" suffix: (tile, None)."""
-    spec = provider.removeprefix("persistent-")
-    tile, _, stages = spec.partition("-s")
-    return tuple(int(v) for v in tile.split("x")), (int(stages) if stages else None)
+def parse_provider(provider: str) -> tuple[tuple[int, int] | None, int | None, bool]:
+    """"persistent-32x16-s3-wt" -> ((32, 16), 3, True); "stepwise-wt" -> (None, None, True);
+    no "-s<n>": stages None (the module's); no "-wt": False."""
+    name, *flags = provider.split("-")
+    if name == "persistent":
+        tile, flags = tuple(int(v) for v in flags[0].split("x")), flags[1:]
+    else:
+        tile = None
+    stages = next((int(f[1:]) for f in flags if f.startswith("s")), None)
+    return tile, stages, "wt" in flags
 FUNCTIONS = {"lstm": lstm_triton.lstm, "zforcing_chain": chain_triton.zforcing_chain}
 CASES = [bench_ops.Case("lstm", "T40 B32 I512 H1024", dict(T=40, B=32, I=512, H=1024)),
          bench_ops.Case("lstm", "T784 B32 I64 H512", dict(T=784, B=32, I=64, H=512)),
@@ -80,13 +93,15 @@ def run_one(res, case, dt_name, provider, device, timing, ref):
     row = res.begin(**base)
     module, _ = CANDIDATES[case.op]
     saved, saved_stages = module.PERSISTENT_TILES, module.PERSISTENT_FP32_STAGES
+    saved_wt = lstm_triton.FWD_W_TRANSPOSED
     try:
         inp = bench_ops.make_inputs(case, DTYPES[dt_name], device)
         fn = FUNCTIONS[case.op]
-        if provider == "stepwise":
+        tile, stages, wt = parse_provider(provider)
+        lstm_triton.FWD_W_TRANSPOSED = wt
+        if tile is None:
             call = lambda: fn(*inp.args, schedule="stepwise")  # noqa: E731
         else:
-            tile, stages = parse_provider(provider)
             module.PERSISTENT_TILES = tile_table(tile, saved)
             if stages is not None:
                 module.PERSISTENT_FP32_STAGES = stages
@@ -104,7 +119,7 @@ def run_one(res, case, dt_name, provider, device, timing, ref):
             torch.autograd.backward([outs[i] for i in inp.grad_idx], inp.grads)
 
         t = common.time_fn(step, device, grad_to_none=inp.leaves, **timing)
-        schedule = "stepwise" if provider == "stepwise" else "persistent"
+        schedule = "stepwise" if tile is None else "persistent"
         note = lstm_triton.explain_schedule(inp.args[0], inp.args[2], schedule) if case.op == "lstm" else ""
         status, why = common.accuracy_status(dt_name, err)
         res.end(row, ms=t.ms, ms_p20=t.p20, ms_p80=t.p80, n=t.n, method=t.method, rel_err=err, status=status,
@@ -114,6 +129,7 @@ def run_one(res, case, dt_name, provider, device, timing, ref):
         res.end(row, status=status, note=note)
     finally:
         module.PERSISTENT_TILES, module.PERSISTENT_FP32_STAGES = saved, saved_stages
+        lstm_triton.FWD_W_TRANSPOSED = saved_wt
 
 
 def run(args) -> int:

@@ -146,6 +146,19 @@ def test_lstm_matches_nn_lstm_and_naive(T, B, I, H, reverse, bias, state, dtype,
     assert all(torch.isfinite(t).all() for t in inputs if t is not None)
 
 
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("T,B,I,H,reverse,bias,state,dtype", [LSTM_CASES[1], LSTM_CASES[5], LSTM_CASES[6]])
+def test_lstm_forward_reading_transposed_weight(T, B, I, H, reverse, bias, state, dtype, schedule, monkeypatch):
+    """FWD_W_TRANSPOSED: the IEEE forward reads W_hh^T (H, 4H); values and every gradient as
+    the naive reference (odd H spanning several hidden blocks and K chunks, B over two blocks)."""
+    monkeypatch.setattr(lt, "FWD_W_TRANSPOSED", True)
+    inputs, grads = _make(T, B, I, H, bias, state, dtype, seed=3)
+    got = _run(lambda *a, **k: lt.lstm(*a, **k, schedule=schedule), inputs, grads, reverse)
+    ref = _run(naive.lstm_ref, inputs, grads, reverse)
+    for n, a, b in zip(_names(inputs), got, ref):
+        _close(a, b, dtype, f"{n} (W_hh^T forward)")
+
+
 def test_lstm_out_sum_expanded_grad_and_unused_outputs():
     """``out.sum()`` hands backward an expanded (stride-0) gradient; h_T / c_T unused get zeros."""
     inputs, _ = _make(3, 3, 5, 20, "both", True, torch.float64, seed=1)

@@ -103,11 +103,14 @@ def _tile(B, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
 def _gate_preacts(gx_ptr, h_ptr, w_ptr, bias_ptr, rb, rj, mb, mj, H,
                   HAS_H: tl.constexpr, HAS_BIAS: tl.constexpr, H_CACHE: tl.constexpr,
                   ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-                  BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+                  BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+                  W_T: tl.constexpr = False):
     """The four gate pre-activations of the tile: ``gx (+ bias) (+ h @ W_hh^T)``.
 
     ``gx_ptr`` / ``h_ptr`` point at the step's (B, 4H) / (B, H) rows; ``H_CACHE`` is the load
-    cache modifier for h (".cg", L2 only, where other programs wrote h in the same launch)."""
+    cache modifier for h (".cg", L2 only, where other programs wrote h in the same launch).
+    ``w_ptr``: W_hh (4H, H) row-major, or with ``W_T`` its transpose (H, 4H) row-major, whose
+    (K, BLOCK_H) tiles are contiguous along the hidden units (FWD_W_TRANSPOSED)."""
     acc_i = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
     acc_f = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
     acc_g = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
@@ -119,12 +122,19 @@ def _gate_preacts(gx_ptr, h_ptr, w_ptr, bias_ptr, rb, rj, mb, mj, H,
             mk = rk < H
             a = tl.load(h_ptr + rb[:, None] * H + rk[None, :], mask=mb[:, None] & mk[None, :],
                         other=0.0, cache_modifier=H_CACHE)
-            wp = w_ptr + rj[None, :] * H + rk[:, None]
             wm = mk[:, None] & mj[None, :]
-            w_i = tl.load(wp, mask=wm, other=0.0)
-            w_f = tl.load(wp + H * H, mask=wm, other=0.0)
-            w_g = tl.load(wp + 2 * H * H, mask=wm, other=0.0)
-            w_o = tl.load(wp + 3 * H * H, mask=wm, other=0.0)
+            if W_T:     # gate blocks are column blocks of W_hh^T
+                wp = w_ptr + rk[:, None] * (4 * H) + rj[None, :]
+                w_i = tl.load(wp, mask=wm, other=0.0)
+                w_f = tl.load(wp + H, mask=wm, other=0.0)
+                w_g = tl.load(wp + 2 * H, mask=wm, other=0.0)
+                w_o = tl.load(wp + 3 * H, mask=wm, other=0.0)
+            else:       # row blocks of W_hh
+                wp = w_ptr + rj[None, :] * H + rk[:, None]
+                w_i = tl.load(wp, mask=wm, other=0.0)
+                w_f = tl.load(wp + H * H, mask=wm, other=0.0)
+                w_g = tl.load(wp + 2 * H * H, mask=wm, other=0.0)
+                w_o = tl.load(wp + 3 * H * H, mask=wm, other=0.0)
             acc_i = tl.dot(a, w_i, acc_i, input_precision=PRECISION, out_dtype=ACC_DTYPE)
             acc_f = tl.dot(a, w_f, acc_f, input_precision=PRECISION, out_dtype=ACC_DTYPE)
             acc_g = tl.dot(a, w_g, acc_g, input_precision=PRECISION, out_dtype=ACC_DTYPE)
@@ -214,10 +224,12 @@ def _lstm_fwd_step_kernel(
     HAS_H: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_GATES: tl.constexpr,
     ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    W_T: tl.constexpr = False,   # w_ptr is W_hh^T (H, 4H) (FWD_W_TRANSPOSED)
 ):
     rb, rj, mb, mj = _tile(B, H, BLOCK_B, BLOCK_H)
     z_i, z_f, z_g, z_o = _gate_preacts(gx_ptr + gx_off, h_ptr + h_off, w_ptr, bias_ptr, rb, rj, mb, mj, H,
-                                       HAS_H, HAS_BIAS, "", ACC_DTYPE, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
+                                       HAS_H, HAS_BIAS, "", ACC_DTYPE, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
+                                       W_T)
     row = rb[:, None] * H + rj[None, :]
     m2 = mb[:, None] & mj[None, :]
     c_prev = tl.load(c_ptr + c_off + row, mask=m2, other=0.0).to(ACC_DTYPE)
@@ -278,6 +290,7 @@ def _lstm_fwd_persistent_kernel(
     REVERSE: tl.constexpr, MAX_POLLS: tl.constexpr,
     ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    W_T: tl.constexpr = False,   # w_ptr is W_hh^T (H, 4H) (FWD_W_TRANSPOSED)
 ):
     rb, rj, mb, mj = _tile(B, H, BLOCK_B, BLOCK_H)
     m2 = mb[:, None] & mj[None, :]
@@ -295,7 +308,8 @@ def _lstm_fwd_persistent_kernel(
         else:
             h_src = out_ptr + tl.cast(t_prev, tl.int64) * BH
         z_i, z_f, z_g, z_o = _gate_preacts(gates_ptr + t64 * (4 * BH), h_src, w_ptr, w_ptr, rb, rj, mb, mj, H,
-                                           True, False, ".cg", ACC_DTYPE, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
+                                           True, False, ".cg", ACC_DTYPE, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K,
+                                           W_T)
         c = _cell_forward(z_i, z_f, z_g, z_o, c, gates_ptr + t64 * (4 * BH), out_ptr + t64 * BH,
                           rb, rj, mb, mj, H, True)
         tl.store(c_ptr + (s + 1) * BH + row, c, mask=m2)
@@ -386,6 +400,12 @@ PERSISTENT_TILES = ((16, 16), (32, 16))
 # the H200 (2026-11-27) the persistent kernels ran 5-12% slower than the stepwise ones (default
 # 3 stages) in float32. benchmarks/tune_tiles.py measures 2 and 3 ("-s2", "-s3" rows).
 PERSISTENT_FP32_STAGES = 1
+# The forward's recurrent product in IEEE precision (float32 without TF32, float64) reads
+# W_hh^T, a (H, 4H) copy made once per call, instead of W_hh: its (K, BLOCK_H) tiles are then
+# contiguous along the hidden units, as the backward's are. On the H200 (2026-11-27) the IEEE
+# forward ran 4.4x slower than the TF32 one, the backward only 1.4x: the orientation of the B
+# operand of Triton's FMA dot is the lead. Off until measured (benchmarks/tune_tiles.py "-wt").
+FWD_W_TRANSPOSED = False
 
 
 def _config(B: int, H: int, ref: torch.Tensor) -> dict:
@@ -484,9 +504,12 @@ def _lstm_forward(x, weight_ih, weight_hh, bias, h0, c0, reverse, schedule, cfg)
     h0 = h0.contiguous()
     grid = _grid(B, H, cfg)
     kw = dict(ACC_DTYPE=acc_type(x.dtype), PRECISION=dot_precision(x), **cfg)
+    w_t = FWD_W_TRANSPOSED and kw["PRECISION"] == "ieee"
+    w_fwd = weight_hh.t().contiguous() if w_t else weight_hh
+    kw["W_T"] = w_t
     if schedule == "persistent":
         sync = sync_buffer(grid[0], x)
-        _lstm_fwd_persistent_kernel[grid](gates, h0, weight_hh, out, c_all, sync, T, B, H,
+        _lstm_fwd_persistent_kernel[grid](gates, h0, w_fwd, out, c_all, sync, T, B, H,
                                           REVERSE=reverse, MAX_POLLS=MAX_POLLS, **kw)
         check_sync(sync, "LSTM forward")
         return out, gates, c_all
@@ -495,7 +518,7 @@ def _lstm_forward(x, weight_ih, weight_hh, bias, h0, c0, reverse, schedule, cfg)
     for s, t in enumerate(steps):
         h_src, h_off = (h0, 0) if s == 0 else (out, steps[s - 1] * BH)
         _lstm_fwd_step_kernel[grid](
-            gates, t * B4H, h_src, h_off, c_all, s * BH, weight_hh, weight_hh,
+            gates, t * B4H, h_src, h_off, c_all, s * BH, w_fwd, w_fwd,
             gates, t * B4H, out, t * BH, c_all, (s + 1) * BH, B, H,
             HAS_H=True, HAS_BIAS=False, STORE_GATES=True, **kw)
     return out, gates, c_all
