@@ -179,7 +179,7 @@ run_stage kernels 40 "$LOG" \
   --providers torch,cudnn,triton,triton-stepwise
 
 # 7. torch.compile of the op references (fp32; cheap compilations first, 784-step loops skipped)
-run_stage ops-compile 50 "$LOG" \
+run_stage ops-compile 90 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --providers compile --dtypes float32
 
 # 8. tf32x3 (ZF_FP32_DOT=tf32x3: our float32 dots as three TF32 products, torch and cuDNN IEEE):
