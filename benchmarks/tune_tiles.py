@@ -44,22 +44,17 @@ CANDIDATES = {
     "lstm": (lstm_triton, ((32, 16), (16, 16))),
     "zforcing_chain": (chain_triton, ((32, 16), (16, 16))),
 }
-FP32_STAGES = (3, 2)   # float32 K pipeline depths tried beside the modules' default (1)
-
-
 def providers_for(op: str, dt_name: str) -> list[str]:
-    """Most informative first (a time budget drops the tail): today's tile, with 3 stages,
-    (lstm, IEEE float32: reading W_hh^T, "-wt", alone and with 3 stages), the 2 x 64 grid, the
-    same with 3 stages, stepwise (lstm float32: also "-wt"), then the rest."""
-    tiles = [f"persistent-{b}x{h}" for b, h in CANDIDATES[op][1]]
+    """Most informative first (a time budget drops the tail): today's tile, with 3 float32
+    stages, (lstm, IEEE float32: reading W_hh^T, "-wt", alone and with 3 stages), the 2 x 64
+    grid, the same with 3 stages, stepwise (lstm float32: also "-wt"), then 2 stages."""
+    first, second = (f"persistent-{b}x{h}" for b, h in CANDIDATES[op][1])
     if dt_name not in ("float32", "tf32"):
-        return tiles + ["stepwise"]
-    first, *rest = tiles
-    staged = [f"{t}-s{n}" for t in tiles for n in FP32_STAGES]
+        return [first, second, "stepwise"]
     wt = op == "lstm" and dt_name == "float32"      # FWD_W_TRANSPOSED applies to IEEE dots only
-    return [first, staged[0], *([f"{first}-wt", f"{staged[0]}-wt"] if wt else []),
-            *rest, *staged[len(FP32_STAGES):len(FP32_STAGES) + 1], "stepwise", *(["stepwise-wt"] if wt else []),
-            *[p for p in staged if p not in (staged[0], staged[len(FP32_STAGES)])]]
+    return [first, f"{first}-s3", *([f"{first}-wt", f"{first}-s3-wt"] if wt else []),
+            second, f"{second}-s3", "stepwise", *(["stepwise-wt"] if wt else []),
+            f"{first}-s2", f"{second}-s2"]
 
 
 def parse_provider(provider: str) -> tuple[tuple[int, int] | None, int | None, bool]:

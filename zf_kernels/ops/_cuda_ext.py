@@ -17,6 +17,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import torch
@@ -75,7 +76,6 @@ def clear_stale_lock(build_dir: Path) -> bool:
     """Remove torch's build lock in ``build_dir`` if it is older than STALE_LOCK_SECONDS (a build
     killed mid-way leaves it, and every later build in that folder waits on it forever, as
     seen on a GPU machine after a timeout). Returns whether it removed one."""
-    import time
     lock = build_dir / "lock"
     try:
         age = time.time() - lock.stat().st_mtime

@@ -124,17 +124,13 @@ def _gate_preacts(gx_ptr, h_ptr, w_ptr, bias_ptr, rb, rj, mb, mj, H,
                         other=0.0, cache_modifier=H_CACHE)
             wm = mk[:, None] & mj[None, :]
             if W_T:     # gate blocks are column blocks of W_hh^T
-                wp = w_ptr + rk[:, None] * (4 * H) + rj[None, :]
-                w_i = tl.load(wp, mask=wm, other=0.0)
-                w_f = tl.load(wp + H, mask=wm, other=0.0)
-                w_g = tl.load(wp + 2 * H, mask=wm, other=0.0)
-                w_o = tl.load(wp + 3 * H, mask=wm, other=0.0)
+                wp, gate = w_ptr + rk[:, None] * (4 * H) + rj[None, :], H
             else:       # row blocks of W_hh
-                wp = w_ptr + rj[None, :] * H + rk[:, None]
-                w_i = tl.load(wp, mask=wm, other=0.0)
-                w_f = tl.load(wp + H * H, mask=wm, other=0.0)
-                w_g = tl.load(wp + 2 * H * H, mask=wm, other=0.0)
-                w_o = tl.load(wp + 3 * H * H, mask=wm, other=0.0)
+                wp, gate = w_ptr + rj[None, :] * H + rk[:, None], H * H
+            w_i = tl.load(wp, mask=wm, other=0.0)
+            w_f = tl.load(wp + gate, mask=wm, other=0.0)
+            w_g = tl.load(wp + 2 * gate, mask=wm, other=0.0)
+            w_o = tl.load(wp + 3 * gate, mask=wm, other=0.0)
             acc_i = tl.dot(a, w_i, acc_i, input_precision=PRECISION, out_dtype=ACC_DTYPE)
             acc_f = tl.dot(a, w_f, acc_f, input_precision=PRECISION, out_dtype=ACC_DTYPE)
             acc_g = tl.dot(a, w_g, acc_g, input_precision=PRECISION, out_dtype=ACC_DTYPE)
