@@ -26,10 +26,16 @@ Providers:
                  the same with the LSTM and the chain forced to launch per step
                  (ZF_LSTM_SCHEDULE / ZF_CHAIN_SCHEDULE=stepwise): what the persistent
                  kernels of "triton" save
+  cuda, cuda+graph
+                 ``backend="auto"`` with ZF_AUTO_UNVERIFIED=1: the backward LSTM and the chain
+                 on the CUDA extension (csrc/, not yet verified on a GPU, so "auto" does not
+                 take it by default), the other ops on Triton; a row is 'unavailable' with
+                 ``ops.explain``'s reason where "auto" would not pick the CUDA lstm and chain
 
 Every provider starts from the same initial weights and the same batch; ``rel_err`` is
 |loss_0 - loss_0(torch)| / |loss_0(torch)| of the first step, a check that the providers
-compute the same thing. Loss weights kl = aux = bwd = 1 (every term and its backward runs),
+compute the same thing (where the torch provider is not among those run, its loss_0 comes from
+one untimed forward of the reference). Loss weights kl = aux = bwd = 1 (every term and its backward runs),
 fused Adam(lr 1e-3, eps 1e-5) and clip 100, as the trainer. The posterior noise ``eps`` is a fixed
 input tensor (drawing it is one ``randn``), and the model's input validation (host syncs)
 runs once before timing, not inside the timed step (``--keep-checks`` keeps it in for the
@@ -61,9 +67,10 @@ import torch  # noqa: E402
 from zf_kernels import ZForcing, ops, training_loss  # noqa: E402
 from zf_kernels.sequences import check_batch  # noqa: E402
 from zf_kernels.model import LossTerms  # noqa: E402
+from zf_kernels.ops._dispatch import AUTO_UNVERIFIED_ENV  # noqa: E402
 
 PROVIDERS = ("torch", "torch+graph", "cudnn", "cudnn+graph", "triton", "triton+graph", "triton-stepwise", "triton-stepwise+graph",
-             "torch+compile")   # run in this order
+             "cuda", "cuda+graph", "torch+compile")   # run in this order
 STEPWISE_ENV = ("ZF_LSTM_SCHEDULE", "ZF_CHAIN_SCHEDULE")
 CASES = {
     "timit": dict(label="TIMIT T40 B32", T=40, B=32, long=False,
@@ -165,6 +172,8 @@ def prepare(master, provider, device, dtype, args):
     undo_env = lambda: None  # noqa: E731
     if backend == "triton-stepwise":
         backend, undo_env = "triton", force_stepwise()
+    if backend == "cuda":
+        backend, undo_env = "auto", allow_unverified_cuda()
     if backend == "cudnn":
         backend = "torch"
         use_cudnn_backward_lstm(model)
@@ -191,6 +200,39 @@ def use_cudnn_backward_lstm(model):
         out, _ = lstm(model._embed(y).flip(0))
         return out.flip(0)
     model.backward_states = backward_states
+
+
+def allow_unverified_cuda():
+    """Let ``backend="auto"`` take the CUDA lstm / chain (ZF_AUTO_UNVERIFIED=1); returns the undo."""
+    saved = os.environ.get(AUTO_UNVERIFIED_ENV)
+    os.environ[AUTO_UNVERIFIED_ENV] = "1"
+
+    def restore():
+        if saved is None:
+            os.environ.pop(AUTO_UNVERIFIED_ENV, None)
+        else:
+            os.environ[AUTO_UNVERIFIED_ENV] = saved
+    return restore
+
+
+def check_cuda_recurrences(model, y):
+    """The "cuda" providers measure the CUDA recurrences or nothing: raise
+    BackendUnavailableError with ``ops.explain``'s reason where "auto" would pick something
+    else for this model's backward LSTM or chain (a dtype, a shape or a failed build)."""
+    if not isinstance(model, ZForcing):
+        raise Skip("the cuda providers put ZForcing's backward LSTM and chain on csrc/; not this model")
+    T, B = y.shape[:2]
+    w = model.bwd_lstm
+    x = torch.zeros(T, B, w.weight_ih_l0.shape[1], dtype=y.dtype, device=y.device)
+    checks = {"lstm": (x, w.weight_ih_l0, w.weight_hh_l0)}
+    if not model.cond_ln:
+        H, M, Z = model.rnn_dim, model.mlp_dim, model.z_dim
+        r = lambda *shape: torch.zeros(*shape, dtype=y.dtype, device=y.device)  # noqa: E731
+        checks["zforcing_chain"] = (r(T, B, 4 * H), r(T, B, M), r(T, B, Z))
+    for op, tensors in checks.items():
+        backend, why = ops.explain(op, *tensors)
+        if backend != "cuda":
+            raise ops.BackendUnavailableError(f"'auto' picks {backend} for {op}, not cuda: {why}")
 
 
 def force_stepwise():
@@ -262,6 +304,8 @@ def run_provider(res, base, master, loss_fn, provider, cfg, device, dtype, timin
         y, eps = make_batch(cfg, device, dtype)
         check_batch(y, None, None, master.input_dim, master.output_type)   # what the timed step leaves out
         model, fwd, opt, variant, undo, trusted = prepare(master, provider, device, dtype, args)
+        if provider.startswith("cuda"):
+            check_cuda_recurrences(model, y)
         if args.count_kernels and variant in ("graph", "compile"):
             raise Skip(f"kernels are counted for the eager providers ({variant}: the same step's kernels "
                        "replayed / fused)")
@@ -304,10 +348,11 @@ def run_provider(res, base, master, loss_fn, provider, cfg, device, dtype, timin
                 note.append(f"process peak {process_peak:.0f} MB")
         if last is not None and not bool(torch.isfinite(last)):
             note.append("loss non-finite after the timed steps")
-        err = None if ref.get("loss0") is None else abs(loss0 - ref["loss0"]) / max(abs(ref["loss0"]), 1e-30)
         if provider == "torch":
             ref["loss0"] = loss0
-            err = 0.0
+        elif ref.get("loss0") is None:
+            ref["loss0"] = reference_loss0(master, loss_fn, y, eps, device, dtype, args)
+        err = abs(loss0 - ref["loss0"]) / max(abs(ref["loss0"]), 1e-30)
         n_params = sum(p.numel() for p in model.parameters())
         note.append(f"{n_params / 1e6:.1f} M params; loss0 {loss0:.6g}")
         res.end(row, ms=t.ms, ms_p20=t.p20, ms_p80=t.p80, n=t.n, method=t.method, peak_mb=peak,
@@ -323,6 +368,16 @@ def run_provider(res, base, master, loss_fn, provider, cfg, device, dtype, timin
             undo()
         if provider.endswith("compile"):
             torch._dynamo.reset()
+
+
+def reference_loss0(master, loss_fn, y, eps, device, dtype, args) -> float:
+    """The torch provider's first loss without running that provider: one untimed forward of
+    the reference (backend "torch") from the same weights and batch."""
+    model = copy.deepcopy(master).to(device=device, dtype=dtype)
+    if hasattr(model, "backend"):
+        model.backend = "torch"
+    with torch.no_grad():
+        return float(loss_fn(model, y, eps, args.loss_weights))
 
 
 def count_step_kernels(res, row, fn, device, cfg):
@@ -369,7 +424,7 @@ def run(args) -> int:
     plan = []
     for name, _, _ in models:
         for group in (("torch", "torch+graph", "cudnn", "cudnn+graph", "triton", "triton-stepwise"), ("triton+graph", "triton-stepwise+graph"),
-                      ("torch+compile",)):
+                      ("cuda", "cuda+graph"), ("torch+compile",)):
             for c in case_names:
                 plan += [(name, c, p) for p in providers if p in group]
 

@@ -14,9 +14,11 @@
 # one runs anyway. Installs nothing. A second call on the warm machine continues the first:
 # ZF_SEED_RESULTS=benchmarks/results/<gpu>_<date> ZF_STAGES=<the skipped ones> (the first call's
 # results committed, or copied into the tree, first). A rerun can choose
-# stages: ZF_STAGES=train,ops (names, in running order: tests train ops ops-small tune kernels
-# ops-compile ops-tf32x3 train-tf32x3 train-tf32 ops-tf32 cuda-tests ops-cuda other-models trainer
-# train-bf16 ops-bf16 train-compile; the persistent smoke test runs with tests).
+# stages: ZF_STAGES=train,ops (names, in running order: tests train ops ops-small ops-compile
+# cuda-tests ops-cuda train-cuda tune kernels ops-tf32x3 train-tf32x3 train-tf32 ops-tf32
+# other-models trainer train-bf16 ops-bf16 train-compile; the persistent smoke test runs with
+# tests). The first ones are what issue 3 needs (GPU tests, the ops table with torch.compile)
+# and the first GPU run of csrc/; the experiments (tune, kernels, tf32x3, ...) come after.
 #
 # $OUT (the folder that comes back; 8 files, no subfolders):
 #   persistent_smoke.log  persistent vs stepwise vs float64 lstm / zforcing_chain, benchmark shapes
@@ -45,7 +47,7 @@ LOG="$OUT/bench.log"
 PY="${PYTHON:-$(command -v python || command -v python3)}"
 TOTAL="${ZF_CHECK_SECONDS:-470}"
 # a rerun can pick stages, e.g. ZF_STAGES=train,ops bash benchmarks/device_check.sh
-WANT="${ZF_STAGES:-tests,train,ops,ops-small,tune,kernels,ops-compile,ops-tf32x3,train-tf32x3,train-tf32,ops-tf32,cuda-tests,ops-cuda,other-models,trainer,train-bf16,ops-bf16,train-compile}"
+WANT="${ZF_STAGES:-tests,train,ops,ops-small,ops-compile,cuda-tests,ops-cuda,train-cuda,tune,kernels,ops-tf32x3,train-tf32x3,train-tf32,ops-tf32,other-models,trainer,train-bf16,ops-bf16,train-compile}"
 START=$SECONDS
 STAGES=()
 FAILED=0
@@ -165,24 +167,39 @@ run_stage ops-small 40 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --dtypes float32,bfloat16 \
   --ops reparameterize,gaussian_kl,gaussian_nll,bernoulli_nll,categorical_nll,leaky_clamp --providers torch,triton
 
-# 5. which tile and float32 K pipeline depth the persistent Triton kernels should use (B=32:
+# 5. torch.compile of the op references (fp32; cheap compilations first, 784-step loops skipped)
+run_stage ops-compile 90 "$LOG" \
+  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --providers compile --dtypes float32
+
+# 6. the CUDA extension (csrc/, never run on a GPU before): its GPU tests (lstm, zforcing_chain)
+# once the background build is done, then backend="cuda" against cuDNN, then the whole training
+# step with the backward LSTM and the chain on it ("auto" with ZF_AUTO_UNVERIFIED=1, the other
+# ops on Triton)
+while [[ -n "$BUILD_PID" ]] && kill -0 "$BUILD_PID" 2>/dev/null && (( $(left) > 40 )); do sleep 2; done
+run_stage cuda-tests 90 "$OUT/cuda_tests.log" \
+  "$PY" -m pytest -q --maxfail=5 tests/test_cuda_lstm.py tests/test_cuda_chain.py -p no:cacheprovider -p no:benchmark -rfE --tb=short
+[[ -f "$OUT/cuda_tests.log" ]] && tail -n 3 "$OUT/cuda_tests.log"
+run_stage ops-cuda 40 "$LOG" \
+  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --ops lstm,zforcing_chain --dtypes float32 \
+  --providers cudnn,cuda
+run_stage train-cuda 45 "$LOG" \
+  "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results \
+  --providers cuda,cuda+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
+
+# 7. which tile and float32 K pipeline depth the persistent Triton kernels should use (B=32:
 # 1 x 64 vs 2 x 64 grids; 1 stage, today's, vs 2 and 3: the persistent kernels ran 5-12% slower
 # than the stepwise ones on 2026-11-27, whose K loops pipeline 3 chunks; the LSTM's IEEE forward
 # reading W_hh^T, "-wt"); float32 then tf32
 run_stage tune 90 "$LOG" \
   "$PY" benchmarks/tune_tiles.py --out "$OUT" --name results --dtypes float32,tf32 --warmup-ms 25 --rep-ms 100
 
-# 6. GPU kernels per training step and the kernels that take its time (profiler, eager providers; its own process, so that a
+# 8. GPU kernels per training step and the kernels that take its time (profiler, eager providers; its own process, so that a
 # profiler failure costs only these rows)
 run_stage kernels 40 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --count-kernels \
-  --providers torch,cudnn,triton,triton-stepwise
+  --providers torch,cudnn,triton,triton-stepwise,cuda
 
-# 7. torch.compile of the op references (fp32; cheap compilations first, 784-step loops skipped)
-run_stage ops-compile 90 "$LOG" \
-  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --providers compile --dtypes float32
-
-# 8. tf32x3 (ZF_FP32_DOT=tf32x3: our float32 dots as three TF32 products, torch and cuDNN IEEE):
+# 9. tf32x3 (ZF_FP32_DOT=tf32x3: our float32 dots as three TF32 products, torch and cuDNN IEEE):
 # is near-IEEE accuracy on the tensor cores faster than IEEE float32 (rel column: the accuracy)
 run_stage ops-tf32x3 30 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --ops lstm,zforcing_chain --dtypes tf32x3 \
@@ -191,7 +208,7 @@ run_stage train-tf32x3 35 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --dtype tf32x3 \
   --providers triton,triton+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
 
-# 9. TF32 (float32 tensors, TF32 matmuls allowed for torch, cuDNN and the Triton kernels): the
+# 10. TF32 (float32 tensors, TF32 matmuls allowed for torch, cuDNN and the Triton kernels): the
 # hoisted step's CUDA graph vs ours, then lstm / chain vs cuDNN, in the same TF32 mode
 run_stage train-tf32 50 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --dtype tf32 \
@@ -199,16 +216,6 @@ run_stage train-tf32 50 "$LOG" \
 run_stage ops-tf32 30 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --ops lstm,zforcing_chain --dtypes tf32 \
   --providers cudnn,triton
-
-# 10. the CUDA extension (csrc/, never run on a GPU before): its GPU tests (lstm, zforcing_chain)
-# once the background build is done, then backend="cuda" against cuDNN
-while [[ -n "$BUILD_PID" ]] && kill -0 "$BUILD_PID" 2>/dev/null && (( $(left) > 40 )); do sleep 2; done
-run_stage cuda-tests 90 "$OUT/cuda_tests.log" \
-  "$PY" -m pytest -q --maxfail=5 tests/test_cuda_lstm.py tests/test_cuda_chain.py -p no:cacheprovider -p no:benchmark -rfE --tb=short
-[[ -f "$OUT/cuda_tests.log" ]] && tail -n 3 "$OUT/cuda_tests.log"
-run_stage ops-cuda 40 "$LOG" \
-  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --ops lstm,zforcing_chain --dtypes float32 \
-  --providers cudnn,cuda
 
 # 11. the other sequence VAEs of python/ (VRNN, SRNN, STORN), TIMIT size
 run_stage other-models 40 "$LOG" \

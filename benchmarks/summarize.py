@@ -46,7 +46,9 @@ def _ms(r):
 
 
 # our training-step providers: the best one is measured against the targets
-OURS_TRAIN = ["triton", "triton+graph", "triton-stepwise", "triton-stepwise+graph"]
+OURS_TRAIN = ["triton", "triton+graph", "triton-stepwise", "triton-stepwise+graph", "cuda", "cuda+graph"]
+# our ops.lstm providers (cuda: csrc/'s kernels, IEEE float32 FMAs whatever the mode)
+OURS_LSTM = ["triton", "triton-stepwise", "cuda"]
 # the baselines of the same step: the best one is what ours must beat
 BASELINE_TRAIN = ["torch", "torch+graph", "cudnn", "cudnn+graph", "torch+compile"]
 # DESIGN's "hoisted eager" may have run its backward LSTM on cuDNN: our cudnn rows are
@@ -82,7 +84,7 @@ def targets(rows, gpu: str) -> list[str]:
         # the same float32 mode on both sides (tf32x3: ours against IEEE cuDNN, the float32
         # row); float32 rows before 2026-11-27's changes let cuDNN use TF32 (torch's default)
         for dt in ("float32", "tf32", "tf32x3"):
-            t = _best(rows, "ops", case, "fwd+bwd", ["triton", "triton-stepwise"], (dt,))
+            t = _best(rows, "ops", case, "fwd+bwd", OURS_LSTM, (dt,))
             c = _get(rows, "ops", case, "fwd+bwd", "cudnn", "float32" if dt == "tf32x3" else dt)
             if dt != "float32" and not t:
                 continue
@@ -91,11 +93,14 @@ def targets(rows, gpu: str) -> list[str]:
                 far = f"{sp:.2f}x cuDNN's speed (need >= 1, aim 2)" + (" - met" if sp >= 1 else "")
             else:
                 far = "not measured"
-            out.append(f"| ops.lstm fwd+bwd {case[5:]} {dt} >= cuDNN | triton {_ms(t)} / cuDNN {_ms(c)} ms | {far} |")
+            ours = "ours" if t is None else t["provider"]
+            out.append(f"| ops.lstm fwd+bwd {case[5:]} {dt} >= cuDNN | {ours} {_ms(t)} / cuDNN {_ms(c)} ms | {far} |")
     for case in (TIMIT, MNIST):
         base = _get(rows, "train", case, "step", "torch")
-        for p in ("triton", "triton+graph"):
+        for p in ("triton", "triton+graph", "cuda", "cuda+graph"):
             r = _get(rows, "train", case, "step", p)
+            if r is None and p.startswith("cuda"):
+                continue
             if base and r and base.get("peak_mb") and r.get("peak_mb"):
                 ratio = r["peak_mb"] / base["peak_mb"]
                 far = f"{ratio:.2f}x eager's peak" + (" - met" if ratio <= 1 else "")

@@ -45,6 +45,34 @@ def test_cuda_auto_skips_the_unverified_lstm_without_loading_it(monkeypatch):
     assert sorted(_dispatch._NOT_AUTO) == [("lstm", "cuda"), ("zforcing_chain", "cuda")]
 
 
+def test_auto_takes_the_unverified_cuda_backend_only_when_asked_and_says_so(monkeypatch):
+    """ZF_AUTO_UNVERIFIED=1 (what the benchmarks' "cuda" training-step rows set): "auto" tries
+    the CUDA implementation and explain() names the opt-in; where it cannot run, "auto" goes on
+    to triton and carries the reason. Any value but 0 / 1 is refused, naming the variable."""
+    monkeypatch.setattr(_dispatch, "_on_cuda", lambda tensors: True)
+    # every registered implementation can run (the real check would import, i.e. build, it)
+    monkeypatch.setattr(_dispatch, "_why_not", lambda op, backend, tensors:
+                        None if backend in _dispatch._REGISTRY[op] else "not registered")
+    monkeypatch.setattr(_dispatch, "_with_detail", lambda op, backend, reason, tensors: reason)
+    monkeypatch.setenv(_dispatch.AUTO_UNVERIFIED_ENV, "0")
+    assert ops.explain("lstm", *_lstm_args())[0] == "triton"
+    monkeypatch.setenv(_dispatch.AUTO_UNVERIFIED_ENV, "1")
+    backend, reason = ops.explain("lstm", *_lstm_args())
+    assert backend == "cuda"
+    assert reason == ("cuda is available for 'lstm' (tried although the CUDA lstm has not been verified on a "
+                      "GPU yet: ZF_AUTO_UNVERIFIED=1)")
+    assert ops.explain("zforcing_chain", *_chain_args())[0] == "cuda"
+    # ops without a CUDA implementation are unaffected
+    assert ops.explain("gaussian_kl", *(torch.zeros(2, 3) for _ in range(4)))[0] == "triton"
+    monkeypatch.setattr(_dispatch, "_why_not",
+                        lambda op, backend, tensors: "the build failed" if backend == "cuda" else None)
+    backend, reason = ops.explain("lstm", *_lstm_args())
+    assert backend == "triton" and "cuda: the build failed" in reason
+    monkeypatch.setenv(_dispatch.AUTO_UNVERIFIED_ENV, "yes")
+    with pytest.raises(ValueError, match="ZF_AUTO_UNVERIFIED must be 0 or 1; got 'yes'"):
+        ops.explain("lstm", *_lstm_args())
+
+
 def _chain_args(dtype=torch.float32):
     T, B, H, M, Z, G = 3, 2, 5, 4, 3, 6
     r = lambda *s: torch.randn(*s, dtype=dtype)  # noqa: E731

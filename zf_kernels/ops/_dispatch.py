@@ -95,19 +95,35 @@ def _on_cuda(tensors) -> bool:
     return all(t.device.type == "cuda" for t in tensors if isinstance(t, torch.Tensor))
 
 
+# "1": "auto" also tries the implementations registered with ``not_auto`` (not yet verified on
+# a GPU), e.g. to benchmark a whole training step on the CUDA recurrences; explain() says so
+AUTO_UNVERIFIED_ENV = "ZF_AUTO_UNVERIFIED"
+
+
+def _auto_takes_unverified() -> bool:
+    value = os.environ.get(AUTO_UNVERIFIED_ENV, "0")
+    if value not in ("0", "1", ""):
+        raise ValueError(f"{AUTO_UNVERIFIED_ENV} must be 0 or 1; got {value!r}")
+    return value == "1"
+
+
 def _auto_choice(op: str, tensors, detail: bool = True) -> tuple[str, str]:
     reasons, skipped = [], []
     if not _on_cuda(tensors):
         return "torch", "tensors are not on CUDA: the fused kernels only pay off on a GPU"
     for candidate in ("cuda", "triton"):
-        if (op, candidate) in _NOT_AUTO and candidate in _REGISTRY.get(op, {}):
-            skipped.append(f"{candidate} not tried by 'auto': {_NOT_AUTO[(op, candidate)]}")
+        gate = _NOT_AUTO.get((op, candidate)) if candidate in _REGISTRY.get(op, {}) else None
+        if gate is not None and not _auto_takes_unverified():
+            skipped.append(f"{candidate} not tried by 'auto': {gate}")
             continue
         why = _why_not(op, candidate, tensors)
         if why is None:
             reason = f"{candidate} is available for {op!r}"
+            if gate is not None:
+                reason += f" (tried although {gate.split(';')[0]}: {AUTO_UNVERIFIED_ENV}=1)"
             reason = _with_detail(op, candidate, reason, tensors) if detail else reason
-            return candidate, "; ".join([reason] + skipped)
+            # the candidates tried before it and why they could not run (none silently passed over)
+            return candidate, "; ".join([reason] + reasons + skipped)
         reasons.append(f"{candidate}: {why}")
     return "torch", "; ".join(["falling back to torch"] + reasons + skipped)
 

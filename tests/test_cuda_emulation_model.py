@@ -1,0 +1,105 @@
+"""A whole ZForcing training step with its backward LSTM and its chain on the CUDA kernels, as
+the benchmarks' "cuda" training-step rows run it (``backend="auto"``, ZF_AUTO_UNVERIFIED=1),
+on the CPU: the kernels are csrc/'s source in the CPU emulation (tests/_cuda_emulation.py),
+reached through ``ops``' real dispatch and autograd glue, the other ops on Triton in the
+interpreter. Against the same step with ``backend="torch"`` in float64: the loss terms and the
+gradient of every parameter. It fails if the step does not go through both CUDA recurrences
+(forward and backward). Nothing here says anything about a GPU run."""
+import functools
+
+import pytest
+import torch
+
+import _cuda_emulation as emu
+from zf_kernels import ZForcing, ops, training_loss
+from zf_kernels.ops import _dispatch
+from zf_kernels.ops.lstm._cuda_function import run_lstm
+from zf_kernels.ops.recurrence._cuda_function import run_chain
+from zf_kernels.ops.recurrence.naive import ChainOutput
+
+pytestmark = pytest.mark.skipif(emu.compiler() is None, reason="no g++ to build the CPU emulation")
+
+LSTM_TARGET = "zf_kernels.ops.lstm.cuda:lstm"
+CHAIN_TARGET = "zf_kernels.ops.recurrence.cuda:zforcing_chain"
+
+
+@pytest.fixture
+def emulated_cuda_backend(monkeypatch):
+    """``ops`` as on a GPU whose "auto" may take the CUDA recurrences: CPU tensors count as CUDA
+    ones, the CUDA lstm / chain are the emulated kernels (3 hidden units and 8 threads per block,
+    so the test shapes span several blocks), every other check is the real one (Triton runs in
+    the interpreter). Returns the list of kernel calls the step made."""
+    calls = []
+    lstm_kernels = emu.EmulatedKernels(emu.library(), threads=8, units_per_block=3)
+    chain_kernels = emu.EmulatedChainKernels(emu.chain_library(), threads=8, units_per_block=3)
+
+    class Recorded:
+        def __init__(self, name, kernels):
+            self.name, self.k = name, kernels
+
+        def forward(self, *a):
+            calls.append(f"{self.name} forward")
+            self.k.forward(*a)
+
+        def backward(self, *a):
+            calls.append(f"{self.name} backward")
+            self.k.backward(*a)
+
+    def lstm(*args):
+        return run_lstm(Recorded("lstm", lstm_kernels), *args)
+
+    def chain(*args):
+        return ChainOutput(*run_chain(Recorded("chain", chain_kernels), *args))
+
+    real_why_not = _dispatch._why_not
+
+    def why_not(op, backend, tensors):
+        if backend == "cuda" and op in ("lstm", "zforcing_chain"):
+            return None
+        return real_why_not(op, backend, tensors)
+
+    monkeypatch.setattr(_dispatch, "_on_cuda", lambda tensors: True)
+    monkeypatch.setattr(_dispatch, "_why_not", why_not)
+    monkeypatch.setattr(_dispatch, "_with_detail", lambda op, backend, reason, tensors: reason)
+    monkeypatch.setitem(_dispatch._LOADED, LSTM_TARGET, lstm)
+    monkeypatch.setitem(_dispatch._LOADED, CHAIN_TARGET, chain)
+    monkeypatch.setenv(_dispatch.AUTO_UNVERIFIED_ENV, "1")
+    return calls
+
+
+def _step(model, y, eps):
+    terms = model(y, eps=eps)
+    loss = training_loss(terms, 0.7, 0.9, 1.1)      # every term, weights != 1
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return {k: getattr(terms, k).detach() for k in ("nll", "kl", "aux", "bwd_nll")}, grads
+
+
+@pytest.mark.parametrize("output_type,z_force", [("gaussian", False), ("bernoulli", True)])
+def test_training_step_on_emulated_cuda_recurrences_matches_torch(emulated_cuda_backend, output_type, z_force):
+    T, B, D = 5, 3, 4 if output_type == "gaussian" else 1
+    build = functools.partial(ZForcing, D, output_type, emb_dim=6, rnn_dim=10, z_dim=5, mlp_dim=7,
+                              z_force=z_force)
+    torch.manual_seed(0)
+    ours = build(backend="auto").double()
+    ref = build(backend="torch").double()
+    ref.load_state_dict(ours.state_dict())
+    g = torch.Generator().manual_seed(1)
+    y = torch.randn(T, B, D, generator=g, dtype=torch.float64)
+    if output_type == "bernoulli":
+        y = (y > 0.3).double()
+    eps = torch.randn(T, B, 5, generator=g, dtype=torch.float64)
+
+    assert ops.explain("lstm", y.new_zeros(T, B, 6), ours.bwd_lstm.weight_ih_l0, ours.bwd_lstm.weight_hh_l0)[0] \
+        == "cuda"
+    got_terms, got_grads = _step(ours, y, eps)
+    calls = sorted(set(emulated_cuda_backend))
+    assert calls == ["chain backward", "chain forward", "lstm backward", "lstm forward"], calls
+    want_terms, want_grads = _step(ref, y, eps)
+
+    for k in want_terms:
+        torch.testing.assert_close(got_terms[k], want_terms[k], rtol=1e-10, atol=1e-10, msg=lambda m, k=k: f"{k}: {m}")
+    assert got_grads.keys() == want_grads.keys()
+    for n in want_grads:
+        torch.testing.assert_close(got_grads[n], want_grads[n], rtol=1e-9, atol=1e-10,
+                                   msg=lambda m, n=n: f"grad {n}: {m}")
