@@ -12,6 +12,9 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <map>
+#include <mutex>
+#include <utility>
 
 namespace zf_persistent {
 
@@ -125,14 +128,31 @@ int resolve_launch(const Cfg* cfg, const char* op, Launch* L, char* err, int err
 // `kernel(params)` as one cooperative grid of `blocks` x `threads` with `smem` bytes of dynamic
 // shared memory; ZF_DOES_NOT_FIT when the blocks cannot all be resident at once (the grid
 // syncs would wait forever), the message naming `what` ("the CUDA lstm forward") and `shape`.
+// The dynamic shared memory a kernel was last allowed on a device (cudaFuncSetAttribute), so
+// that a launch needing no more does not set it again: one driver call less per launch, and
+// none while a CUDA graph is being captured after an eager warm-up step.
+inline bool smem_allowed(const void* kernel, int device, int smem, bool record) {
+  static std::mutex mu;
+  static std::map<std::pair<const void*, int>, int> allowed;
+  std::lock_guard<std::mutex> lock(mu);
+  int& have = allowed[{kernel, device}];
+  if (record) have = smem > have ? smem : have;
+  return have >= smem;
+}
+
 template <typename P>
 int cooperative_launch(void (*kernel)(P), P& params, int blocks, int threads, long long smem_bytes, int units,
                        int device_sms, void* stream, const char* op, const char* what, const char* shape,
                        char* err, int errlen) {
   const int smem = static_cast<int>(smem_bytes);
-  ZF_CUDA_TRY(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
-                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
-              "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+  const void* fn = reinterpret_cast<const void*>(kernel);
+  int device = 0;
+  ZF_CUDA_TRY(cudaGetDevice(&device), "cudaGetDevice");
+  if (!smem_allowed(fn, device, smem, false)) {
+    ZF_CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+                "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+    smem_allowed(fn, device, smem, true);
+  }
   int per_sm = 0;
   ZF_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem),
               "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
