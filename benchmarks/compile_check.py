@@ -109,6 +109,8 @@ def lstm_specs() -> list[Spec]:
                               {"cp_ptr": "fp32", "cn_ptr": "fp32", "dc_ptr": "fp32"}, opts))
         for block_b, block_h in lt.PERSISTENT_TILES:
             cfg = dict(common, BLOCK_B=block_b, BLOCK_H=block_h, MAX_POLLS=lt.MAX_POLLS)
+            if dt != "bf16":
+                cfg["BLOCK_K"] = lt.PERSISTENT_FP32_BLOCK_K
             tag = f"{dt_name} B{block_b} H{block_h}"
             opts = lt._launch_options(block_b, block_h, "persistent", torch_dtype)
             specs.append(Spec(f"lstm fwd persistent {tag}", lt._lstm_fwd_persistent_kernel, dt,
@@ -150,12 +152,20 @@ def chain_specs() -> list[Spec]:
             opts = ct._launch_options("stepwise", torch_dtype, step) if name == "fwd lstm step" else {}
             specs.append(Spec(f"chain {name} {dt_name} B32 N32", kernel, dt, dict(step, **extra), ptrs,
                               dict(dict(num_warps=4), **opts), ints=ints))
+        # the K chunks the forward passes at the TIMIT sizes (K = H, M, H + Z folded: all >= 256)
+        pk = bk if dt == "bf16" else ct.PERSISTENT_FP32_BLOCK_K
+        fwd_k = dict(BLOCK_K1=pk, BLOCK_K2=pk,
+                     BLOCK_K3=bk if dt == "bf16" else min(pk, ct.PERSISTENT_FP32_GATE_BLOCK_K))
         for block_b, block_n in ct.PERSISTENT_TILES:
-            cfg = dict(common, BLOCK_B=block_b, BLOCK_N=block_n, MAX_POLLS=ct.MAX_POLLS, BLOCK_K1=bk,
-                       BLOCK_K2=bk, BLOCK_K3=bk, **acts)
+            cfg = dict(common, BLOCK_B=block_b, BLOCK_N=block_n, MAX_POLLS=ct.MAX_POLLS, BLOCK_K1=pk,
+                       BLOCK_K2=pk, BLOCK_K3=pk, **acts)
             opts = ct._launch_options("persistent", torch_dtype, dict(BLOCK_B=block_b, BLOCK_N=block_n))
             specs.append(Spec(f"chain fwd persistent {dt_name} B{block_b} N{block_n}", ct._fwd_persistent, dt,
-                              dict(cfg, PARAM_BOUND=chain_naive.PARAM_CLAMP), ptrs, opts, True, ints))
+                              dict(cfg, PARAM_BOUND=chain_naive.PARAM_CLAMP, **fwd_k), ptrs, opts, True, ints))
+            if ct.FWD_W_TRANSPOSED and prec == "ieee":   # --fwd-wt: the transposed-weight forward too
+                specs.append(Spec(f"chain fwd persistent {dt_name} B{block_b} N{block_n} W_T", ct._fwd_persistent,
+                                  dt, dict(cfg, PARAM_BOUND=chain_naive.PARAM_CLAMP, W_T=True, **fwd_k), ptrs,
+                                  opts, True, ints))
             specs.append(Spec(f"chain bwd persistent {dt_name} B{block_b} N{block_n}", ct._bwd_persistent, dt,
                               cfg, ptrs, opts, True, ints))
     return specs
@@ -302,13 +312,17 @@ def main(argv=None) -> int:
                     help="also the float32 kernels with tl.dot's tf32x3 precision (ZF_FP32_DOT=tf32x3)")
     ap.add_argument("--fp32-stages", type=int, default=None,
                     help="the persistent kernels' float32 K pipeline depth (PERSISTENT_FP32_STAGES; default the modules')")
+    ap.add_argument("--fp32-block-k", type=int, default=None,
+                    help="the persistent kernels' float32 K chunk (PERSISTENT_FP32_BLOCK_K; default the modules')")
     ap.add_argument("--fwd-wt", action="store_true",
-                    help="also the LSTM's IEEE forward reading W_hh^T (FWD_W_TRANSPOSED)")
+                    help="also the LSTM's and the chain's IEEE forwards reading transposed weights (FWD_W_TRANSPOSED)")
     args = ap.parse_args(argv)
     if args.fwd_wt:
-        lstm_triton.FWD_W_TRANSPOSED = True
+        lstm_triton.FWD_W_TRANSPOSED = chain_triton.FWD_W_TRANSPOSED = True
     if args.fp32_stages is not None:
         lstm_triton.PERSISTENT_FP32_STAGES = chain_triton.PERSISTENT_FP32_STAGES = args.fp32_stages
+    if args.fp32_block_k is not None:
+        lstm_triton.PERSISTENT_FP32_BLOCK_K = chain_triton.PERSISTENT_FP32_BLOCK_K = args.fp32_block_k
     if args.tf32x3:
         TORCH_DTYPES["float32-tf32x3"] = ("fp32", "tf32x3")
     specs = [s for s in lstm_specs() + chain_specs() + chain_ln_specs() + distribution_specs() + activation_specs()

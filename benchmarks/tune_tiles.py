@@ -16,12 +16,17 @@ no register spills), and on the H200 (2026-11-27) they ran 5-12% slower than the
 kernels, which pipeline 3 chunks: "-s2" / "-s3" rows force 2 / 3 stages in float32 and tf32
 (the chain spills 16-48 bytes with them: benchmarks/compile_check.py --fp32-stages 3).
 
-The LSTM's IEEE float32 forward also runs reading W_hh^T ("-wt", ``FWD_W_TRANSPOSED``): on the
-H200 its forward was 4.4x slower than in TF32 while its backward, whose weight tiles lie the
-other way, was 1.4x slower.
+"-k128" / "-k64" rows widen the persistent kernels' float32 K chunk from 32
+(``PERSISTENT_FP32_BLOCK_K``): with one chunk in flight, 4x / 2x fewer load waits per step (the
+chain's forward gate stage stays at 32: wider spills; compile_check.py --fp32-block-k N).
 
-Rows: case = "<op> <shape>", provider = "persistent-<B>x<H>[-s<stages>][-wt]" or "stepwise[-wt]",
-mode "fwd+bwd".
+The IEEE float32 forwards also run reading transposed weights ("-wt", ``FWD_W_TRANSPOSED`` of
+each module): on the H200 the LSTM's forward was 4.4x slower than in TF32 (the chain's 3.1x)
+while the backwards, whose weight tiles lie the other way, were 1.4x (1.35x) slower.
+
+Rows: case = "<op> <shape>", provider = "persistent-<B>x<H>[-s<stages>][-k<K>][-wt]" or
+"stepwise[-wt]", mode "fwd+bwd". Order (``plan``): the first three providers of every case
+and dtype (TIMIT shapes first, float32 before tf32), then the rest: a time budget drops the tail.
 """
 from __future__ import annotations
 
@@ -45,28 +50,45 @@ CANDIDATES = {
     "zforcing_chain": (chain_triton, ((32, 16), (16, 16))),
 }
 def providers_for(op: str, dt_name: str) -> list[str]:
-    """Most informative first (a time budget drops the tail): today's tile, with 3 float32
-    stages, (lstm, IEEE float32: reading W_hh^T, "-wt", alone and with 3 stages), the 2 x 64
-    grid, the same with 3 stages, stepwise (lstm float32: also "-wt"), then 2 stages."""
+    """Every provider of ``op`` in ``dt_name``, most informative first: today's tile, with 3
+    float32 stages, with 128- and 64-wide K chunks, (IEEE float32: the forward reading transposed
+    weights, "-wt", alone and with the others), stepwise, the 2 x 64 grid (and with 3 stages),
+    then 2 stages."""
     first, second = (f"persistent-{b}x{h}" for b, h in CANDIDATES[op][1])
     if dt_name not in ("float32", "tf32"):
         return [first, second, "stepwise"]
-    wt = op == "lstm" and dt_name == "float32"      # FWD_W_TRANSPOSED applies to IEEE dots only
-    return [first, f"{first}-s3", *([f"{first}-wt", f"{first}-s3-wt"] if wt else []),
-            second, f"{second}-s3", "stepwise", *(["stepwise-wt"] if wt else []),
-            f"{first}-s2", f"{second}-s2"]
+    wt = dt_name == "float32"      # FWD_W_TRANSPOSED applies to IEEE dots only
+    return [first, f"{first}-s3", f"{first}-k128", f"{first}-k64",
+            *([f"{first}-wt", f"{first}-k128-wt", f"{first}-s3-wt"] if wt else []),
+            "stepwise", *(["stepwise-wt"] if wt else []), second, f"{second}-s3", f"{first}-s2", f"{second}-s2"]
 
 
-def parse_provider(provider: str) -> tuple[tuple[int, int] | None, int | None, bool]:
-    """"persistent-32x16-s3-wt" -> ((32, 16), 3, True); "stepwise-wt" -> (None, None, True);
-    no "-s<n>": stages None (the module's); no "-wt": False."""
+# rows every (case, dtype) gets before any gets the rest: a time budget drops the tail
+FIRST_ROUND = 3
+
+
+def plan(cases, dtypes) -> list[tuple]:
+    """``(case, dtype, provider)`` in running order: the first FIRST_ROUND providers of every
+    case and dtype (the TIMIT shapes first, float32 before tf32), then the rest of each."""
+    pairs = [(case, dt) for case in cases for dt in dtypes]
+    head = [(c, dt, p) for c, dt in pairs for p in providers_for(c.op, dt)[:FIRST_ROUND]]
+    tail = [(c, dt, p) for c, dt in pairs for p in providers_for(c.op, dt)[FIRST_ROUND:]]
+    return head + tail
+
+
+def parse_provider(provider: str) -> tuple[tuple[int, int] | None, int | None, int | None, bool]:
+    """"persistent-32x16-s3-k128-wt" -> ((32, 16), 3, 128, True); "stepwise-wt" -> (None, None,
+    None, True); no "-s<n>" / "-k<n>": None (the module's stages / K chunk); no "-wt": False."""
     name, *flags = provider.split("-")
     if name == "persistent":
         tile, flags = tuple(int(v) for v in flags[0].split("x")), flags[1:]
     else:
         tile = None
     stages = next((int(f[1:]) for f in flags if f.startswith("s")), None)
-    return tile, stages, "wt" in flags
+    block_k = next((int(f[1:]) for f in flags if f.startswith("k")), None)
+    return tile, stages, block_k, "wt" in flags
+
+
 FUNCTIONS = {"lstm": lstm_triton.lstm, "zforcing_chain": chain_triton.zforcing_chain}
 # the TIMIT sizes first: a time budget drops the tail
 CASES = [bench_ops.Case("lstm", "T40 B32 I512 H1024", dict(T=40, B=32, I=512, H=1024)),
@@ -89,18 +111,20 @@ def run_one(res, case, dt_name, provider, device, timing, ref):
     row = res.begin(**base)
     module, _ = CANDIDATES[case.op]
     saved, saved_stages = module.PERSISTENT_TILES, module.PERSISTENT_FP32_STAGES
-    saved_wt = lstm_triton.FWD_W_TRANSPOSED
+    saved_k, saved_wt = module.PERSISTENT_FP32_BLOCK_K, module.FWD_W_TRANSPOSED
     try:
         inp = bench_ops.make_inputs(case, DTYPES[dt_name], device)
         fn = FUNCTIONS[case.op]
-        tile, stages, wt = parse_provider(provider)
-        lstm_triton.FWD_W_TRANSPOSED = wt
+        tile, stages, block_k, wt = parse_provider(provider)
+        module.FWD_W_TRANSPOSED = wt
         if tile is None:
             call = lambda: fn(*inp.args, schedule="stepwise")  # noqa: E731
         else:
             module.PERSISTENT_TILES = tile_table(tile, saved)
             if stages is not None:
                 module.PERSISTENT_FP32_STAGES = stages
+            if block_k is not None:
+                module.PERSISTENT_FP32_BLOCK_K = block_k
             call = lambda: fn(*inp.args, schedule="persistent")  # noqa: E731
         got_out, got_grad = bench_ops.observe(case, inp, provider, call)
         if case.op not in ref:
@@ -125,7 +149,7 @@ def run_one(res, case, dt_name, provider, device, timing, ref):
         res.end(row, status=status, note=note)
     finally:
         module.PERSISTENT_TILES, module.PERSISTENT_FP32_STAGES = saved, saved_stages
-        lstm_triton.FWD_W_TRANSPOSED = saved_wt
+        module.PERSISTENT_FP32_BLOCK_K, module.FWD_W_TRANSPOSED = saved_k, saved_wt
 
 
 def run(args) -> int:
@@ -138,19 +162,17 @@ def run(args) -> int:
     timing = dict(warmup_ms=args.warmup_ms, rep_ms=args.rep_ms, min_reps=args.min_reps,
                   host_reps=1 if args.smoke else 3)
     print(f"# tune_tiles on {env['gpu']} ({device}) -> {res.csv_path}", flush=True)
-    for dt_name in dtypes:
-        for case in (SMOKE_CASES if args.smoke else CASES):
-            ref: dict = {}
-            for provider in providers_for(case.op, dt_name):
-                if budget.exhausted():
-                    res.add(case=f"{case.op} {case.label}", op=case.op, shape=case.label, dtype=dt_name,
-                            mode="fwd+bwd", provider=provider, status="skipped", note="time budget used up")
-                    continue
-                if not common.cuda_healthy(device):
-                    return 2
-                with common.matmul_precision(dt_name):
-                    run_one(res, case, dt_name, provider, device, timing, ref)
-                free_memory(device)
+    refs: dict = {}      # (case, dtype) -> {op: float64 reference of the inputs in that dtype}
+    for case, dt_name, provider in plan(SMOKE_CASES if args.smoke else CASES, dtypes):
+        if budget.exhausted():
+            res.add(case=f"{case.op} {case.label}", op=case.op, shape=case.label, dtype=dt_name,
+                    mode="fwd+bwd", provider=provider, status="skipped", note="time budget used up")
+            continue
+        if not common.cuda_healthy(device):
+            return 2
+        with common.matmul_precision(dt_name):
+            run_one(res, case, dt_name, provider, device, timing, refs.setdefault((case.label, dt_name), {}))
+        free_memory(device)
     print(f"# wrote {res.csv_path} and {res.json_path}", flush=True)
     return 0
 

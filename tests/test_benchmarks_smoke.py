@@ -88,10 +88,14 @@ def test_trainer_rows(results):
 def test_tune_rows(results):
     rows = [r for r in _rows(results / "r.json") if r["suite"] == "tune"]
     tiles = ("persistent-32x16", "persistent-16x16")
-    both = tiles + ("stepwise",) + tuple(f"{t}-s{n}" for t in tiles for n in (2, 3))
-    lstm_only = ("persistent-32x16-wt", "persistent-32x16-s3-wt", "stepwise-wt")   # W_hh^T forward
-    assert {(r["op"], r["provider"]) for r in rows} == (
-        {(op, p) for op in ("lstm", "zforcing_chain") for p in both} | {("lstm", p) for p in lstm_only})
+    both = tiles + ("stepwise", "persistent-32x16-k64", "persistent-32x16-k128") + tuple(
+        f"{t}-s{n}" for t in tiles for n in (2, 3)) + (
+        "persistent-32x16-wt", "persistent-32x16-s3-wt", "persistent-32x16-k128-wt", "stepwise-wt")  # W^T forward
+    assert {(r["op"], r["provider"]) for r in rows} == {(op, p) for op in ("lstm", "zforcing_chain") for p in both}
+    # the first three providers of each case before the rest of any (a budget drops the tail)
+    assert [r["provider"] for r in rows[:6]] == ["persistent-32x16", "persistent-32x16-s3", "persistent-32x16-k128"] * 2
+    assert tune_tiles.parse_provider("persistent-32x16-s3-k128-wt") == ((32, 16), 3, 128, True)
+    assert tune_tiles.parse_provider("stepwise") == (None, None, None, False)
     for r in rows:   # in the interpreter every tile is one program per batch block: same numbers
         assert r["status"] == "ok" and r["ms"] > 0 and r["rel_err"] < 1e-4, (r["case"], r["provider"], r["note"])
 

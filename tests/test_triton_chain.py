@@ -153,6 +153,23 @@ def test_schedules_match_reference(shape, schedule, nan_empty):
     assert chain_triton.explain_schedule(*args[:3], schedule).startswith(f"schedule {schedule}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("schedule,blocks", [("persistent", None), ("stepwise", SMALL_BLOCKS)],
+                         ids=["persistent", "stepwise-small-blocks"])
+def test_forward_reading_transposed_weights(schedule, blocks, dtype, nan_empty, monkeypatch):
+    """FWD_W_TRANSPOSED: the IEEE forward reads W_hh^T, W_comb^T, W_qh^T and W_q2^T; all outputs
+    and every gradient as the float64 reference (stepwise with 16-wide blocks: every dim and
+    reduction spans several blocks; both clamps active)."""
+    monkeypatch.setattr(chain_triton, "FWD_W_TRANSPOSED", True)
+    monkeypatch.setattr(chain_triton, "_BLOCK_OVERRIDE", blocks)
+
+    def fn(*a):
+        return chain_triton.zforcing_chain(*a, schedule=schedule)
+    errs = run_errors(fn, (4, 17, 37, 19, 18, 21), dtype, seed=5)
+    bad = {k: f"{v:.2e}" for k, v in errs.items() if not v <= TOL[dtype]}
+    assert not bad, f"W^T forward, {schedule}: errors above {TOL[dtype]}: {bad}"
+
+
 def test_schedule_choice_and_override(monkeypatch):
     args = make_inputs(3, 2, 4, 5, 2, 6, dtype=torch.float32)
     assert chain_triton.explain_schedule(*args[:3]).startswith("schedule persistent")

@@ -368,8 +368,10 @@ def _block_b(B: int) -> int:
     return 16 if B <= 16 else (32 if B <= 32 else 64)
 
 
-def _block_k(ref: torch.Tensor) -> int:
-    return 64 if ref.dtype in (torch.float16, torch.bfloat16) else 32
+def _block_k(ref: torch.Tensor, schedule: str = "stepwise") -> int:
+    if ref.dtype in (torch.float16, torch.bfloat16):
+        return 64
+    return PERSISTENT_FP32_BLOCK_K if schedule == "persistent" else 32
 
 
 def _launch_options(block_b: int, block_h: int, schedule: str, dtype: torch.dtype) -> dict:
@@ -396,6 +398,10 @@ PERSISTENT_TILES = ((16, 16), (32, 16))
 # the H200 (2026-11-27) the persistent kernels ran 5-12% slower than the stepwise ones (default
 # 3 stages) in float32. benchmarks/tune_tiles.py measures 2 and 3 ("-s2", "-s3" rows).
 PERSISTENT_FP32_STAGES = 1
+# K chunk of the persistent kernels' reductions in float32 / float64 (16-bit inputs: 64). With
+# one chunk in flight each chunk's loads wait out the L2 latency, so a wider chunk means fewer
+# waits per step (K = 1024: 32 waits at 32, 8 at 128); tune_tiles.py measures "-k64" / "-k128".
+PERSISTENT_FP32_BLOCK_K = 32
 # The forward's recurrent product in IEEE precision (float32 without TF32, float64) reads
 # W_hh^T, a (H, 4H) copy made once per call, instead of W_hh: its (K, BLOCK_H) tiles are then
 # contiguous along the hidden units, as the backward's are. On the H200 (2026-11-27) the IEEE
@@ -434,7 +440,7 @@ def _persistent_config(B: int, H: int, ref: torch.Tensor) -> tuple[dict | None, 
     if nb * nh > sms:
         return None, (f"B={B}, H={H} needs a grid of {nb} x {nh} programs ({block_b} x {block_h} tiles), "
                       f"more than the {sms} SMs that can hold them all at once")
-    return dict(BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=_block_k(ref),
+    return dict(BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=_block_k(ref, "persistent"),
                 **_launch_options(block_b, block_h, "persistent", ref.dtype)), \
         f"grid {nb} x {nh} programs <= {sms} SMs"
 

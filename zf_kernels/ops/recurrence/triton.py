@@ -121,9 +121,11 @@ _BLOCK_OVERRIDE: dict | None = None
 
 @triton.jit
 def _four_gate_dots(acc_i, acc_f, acc_g, acc_o, X, W, KD, rb, rh, mb, mh, H,
-                    CACHE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, BLOCK_K: tl.constexpr):
+                    CACHE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, BLOCK_K: tl.constexpr,
+                    W_T: tl.constexpr = False):
     """``acc_g += X @ W[g*H + rh, :]^T`` for the four gate column blocks g = i, f, g, o of units
-    ``rh``: ``X`` (B, KD) rows (loaded with ``CACHE``), ``W`` (4H, KD) row-major."""
+    ``rh``: ``X`` (B, KD) rows (loaded with ``CACHE``), ``W`` (4H, KD) row-major, or with
+    ``W_T`` its transpose (KD, 4H) row-major (FWD_W_TRANSPOSED: tiles contiguous along the units)."""
     rk = tl.arange(0, BLOCK_K)
     for k0 in range(0, KD, BLOCK_K):
         kk = k0 + rk
@@ -131,11 +133,16 @@ def _four_gate_dots(acc_i, acc_f, acc_g, acc_o, X, W, KD, rb, rh, mb, mh, H,
         x = tl.load(X + rb[:, None] * KD + kk[None, :], mask=mb[:, None] & mk[None, :],
                     other=0.0, cache_modifier=CACHE)
         wm = mh[None, :] & mk[:, None]
-        wp = W + rh[None, :] * KD + kk[:, None]
+        if W_T:     # gate blocks are column blocks of W^T
+            wp = W + kk[:, None] * (4 * H) + rh[None, :]
+            p_f, p_g, p_o = wp + H, wp + 2 * H, wp + 3 * H
+        else:       # row blocks of W
+            wp = W + rh[None, :] * KD + kk[:, None]
+            p_f, p_g, p_o = wp + H * KD, wp + 2 * H * KD, wp + 3 * H * KD
         acc_i = tl.dot(x, tl.load(wp, mask=wm, other=0.0), acc_i, input_precision=PREC, out_dtype=ACC)
-        acc_f = tl.dot(x, tl.load(wp + H * KD, mask=wm, other=0.0), acc_f, input_precision=PREC, out_dtype=ACC)
-        acc_g = tl.dot(x, tl.load(wp + 2 * H * KD, mask=wm, other=0.0), acc_g, input_precision=PREC, out_dtype=ACC)
-        acc_o = tl.dot(x, tl.load(wp + 3 * H * KD, mask=wm, other=0.0), acc_o, input_precision=PREC, out_dtype=ACC)
+        acc_f = tl.dot(x, tl.load(p_f, mask=wm, other=0.0), acc_f, input_precision=PREC, out_dtype=ACC)
+        acc_g = tl.dot(x, tl.load(p_g, mask=wm, other=0.0), acc_g, input_precision=PREC, out_dtype=ACC)
+        acc_o = tl.dot(x, tl.load(p_o, mask=wm, other=0.0), acc_o, input_precision=PREC, out_dtype=ACC)
     return acc_i, acc_f, acc_g, acc_o
 
 
@@ -145,6 +152,7 @@ def _fwd_posterior_hidden_tile(
     H0, H_OUT, W_QH, POST_X, S, t, B, H, M,
     CACHE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    W_T: tl.constexpr = False,   # W_QH is W_qh^T (H, M) (FWD_W_TRANSPOSED)
 ):
     rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -155,8 +163,11 @@ def _fwd_posterior_hidden_tile(
         hprev = H0
     else:
         hprev = H_OUT + (t64 - 1) * B * H
-    acc = tile_dot(tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC), hprev, H, rb, mb, W_QH, H, rn, mn, H, True,
-                   CACHE, ACC, PREC, BLOCK_K)
+    acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
+    if W_T:
+        acc = tile_dot(acc, hprev, H, rb, mb, W_QH, M, rn, mn, H, False, CACHE, ACC, PREC, BLOCK_K)
+    else:
+        acc = tile_dot(acc, hprev, H, rb, mb, W_QH, H, rn, mn, H, True, CACHE, ACC, PREC, BLOCK_K)
     off = t64 * B * M + rb[:, None] * M + rn[None, :]
     m2 = mb[:, None] & mn[None, :]
     s = acc + tl.load(POST_X + off, mask=m2, other=0.0).to(ACC)
@@ -168,9 +179,10 @@ def _fwd_posterior_hidden(
     H0, H_OUT, W_QH, POST_X, S, t, B, H, M,
     ACC: tl.constexpr, PREC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    W_T: tl.constexpr = False,
 ):
     _fwd_posterior_hidden_tile(tl.program_id(0), tl.program_id(1), H0, H_OUT, W_QH, POST_X, S, t, B, H, M, "", ACC, PREC,
-        BLOCK_B, BLOCK_N, BLOCK_K)
+        BLOCK_B, BLOCK_N, BLOCK_K, W_T)
 
 
 @triton.jit
@@ -180,6 +192,7 @@ def _fwd_posterior_sample_tile(
     CACHE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
     SLOPE: tl.constexpr, ACT_BOUND: tl.constexpr, PARAM_BOUND: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    W_T: tl.constexpr = False,   # W_Q2 is W_q2^T (M, 2Z) (FWD_W_TRANSPOSED)
 ):
     rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     rz = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -198,8 +211,12 @@ def _fwd_posterior_sample_tile(
         # leaky_clamp(0) = 0, so the masked padding stays zero
         a = leaky_clamp(s.to(ACC), SLOPE, ACT_BOUND).to(W_Q2.dtype.element_ty)
         wm = mz[None, :] & mk[:, None]
-        w_mu = tl.load(W_Q2 + rz[None, :] * M + kk[:, None], mask=wm, other=0.0)
-        w_lv = tl.load(W_Q2 + (Z + rz)[None, :] * M + kk[:, None], mask=wm, other=0.0)
+        if W_T:
+            wp, lv_off = W_Q2 + kk[:, None] * (2 * Z) + rz[None, :], Z
+        else:
+            wp, lv_off = W_Q2 + rz[None, :] * M + kk[:, None], Z * M
+        w_mu = tl.load(wp, mask=wm, other=0.0)
+        w_lv = tl.load(wp + lv_off, mask=wm, other=0.0)
         acc_mu = tl.dot(a, w_mu, acc_mu, input_precision=PREC, out_dtype=ACC)
         acc_lv = tl.dot(a, w_lv, acc_lv, input_precision=PREC, out_dtype=ACC)
     p_mu = acc_mu + tl.load(B_Q2 + rz, mask=mz, other=0.0).to(ACC)[None, :]
@@ -231,9 +248,10 @@ def _fwd_posterior_sample(
     ACC: tl.constexpr, PREC: tl.constexpr,
     SLOPE: tl.constexpr, ACT_BOUND: tl.constexpr, PARAM_BOUND: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    W_T: tl.constexpr = False,
 ):
     _fwd_posterior_sample_tile(tl.program_id(0), tl.program_id(1), S, W_Q2, B_Q2, EPS, Z_OUT, MU, LV, OKMASK, t, B, M, Z,
-        "", ACC, PREC, SLOPE, ACT_BOUND, PARAM_BOUND, BLOCK_B, BLOCK_N, BLOCK_K)
+        "", ACC, PREC, SLOPE, ACT_BOUND, PARAM_BOUND, BLOCK_B, BLOCK_N, BLOCK_K, W_T)
 
 
 @triton.jit
@@ -242,6 +260,7 @@ def _fwd_lstm_step_tile(
     H0, C0, H_OUT, C_OUT, Z_IN, GATES_X, B_COMB, W_HH, W_COMB, ACTS, t, B, H, Z,
     CACHE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    W_T: tl.constexpr = False,   # W_HH / W_COMB are W_hh^T (H, 4H) / W_comb^T (Z, 4H)
 ):
     rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     rh = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -260,10 +279,10 @@ def _fwd_lstm_step_tile(
     acc_o = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
     # h_{t-1} @ W_hh^T, the four gate column blocks of this program
     acc_i, acc_f, acc_g, acc_o = _four_gate_dots(acc_i, acc_f, acc_g, acc_o, hprev, W_HH, H, rb, rh, mb, mh, H,
-                                                 CACHE, ACC, PREC, BLOCK_K)
+                                                 CACHE, ACC, PREC, BLOCK_K, W_T)
     # z_t @ W_comb^T  (W_comb = W_iz @ W_gz: g(z) folded into the gate projection)
     acc_i, acc_f, acc_g, acc_o = _four_gate_dots(acc_i, acc_f, acc_g, acc_o, Z_IN + t64 * B * Z, W_COMB, Z,
-                                                 rb, rh, mb, mh, H, CACHE, ACC, PREC, BLOCK_K)
+                                                 rb, rh, mb, mh, H, CACHE, ACC, PREC, BLOCK_K, W_T)
     m2 = mb[:, None] & mh[None, :]
     gx = GATES_X + t64 * B * 4 * H + rb[:, None] * (4 * H) + rh[None, :]
     bc = B_COMB + rh
@@ -294,9 +313,10 @@ def _fwd_lstm_step(
     H0, C0, H_OUT, C_OUT, Z_IN, GATES_X, B_COMB, W_HH, W_COMB, ACTS, t, B, H, Z,
     ACC: tl.constexpr, PREC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    W_T: tl.constexpr = False,
 ):
     _fwd_lstm_step_tile(tl.program_id(0), tl.program_id(1), H0, C0, H_OUT, C_OUT, Z_IN, GATES_X, B_COMB, W_HH,
-        W_COMB, ACTS, t, B, H, Z, "", ACC, PREC, BLOCK_B, BLOCK_N, BLOCK_K)
+        W_COMB, ACTS, t, B, H, Z, "", ACC, PREC, BLOCK_B, BLOCK_N, BLOCK_K, W_T)
 
 
 # -------------------------------------------------------------------------- backward kernels
@@ -453,6 +473,7 @@ def _fwd_persistent(
     SLOPE: tl.constexpr, ACT_BOUND: tl.constexpr, PARAM_BOUND: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K1: tl.constexpr, BLOCK_K2: tl.constexpr, BLOCK_K3: tl.constexpr,
+    W_T: tl.constexpr = False,   # the four weights transposed (FWD_W_TRANSPOSED)
 ):
     pid_b = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -461,16 +482,16 @@ def _fwd_persistent(
     for t in range(T):
         if pid_n < tl.cdiv(M, BLOCK_N):
             _fwd_posterior_hidden_tile(pid_b, pid_n, H0, H_OUT, W_QH, POST_X, S, t, B, H, M,
-                                       ".cg", ACC, PREC, BLOCK_B, BLOCK_N, BLOCK_K1)
+                                       ".cg", ACC, PREC, BLOCK_B, BLOCK_N, BLOCK_K1, W_T)
         ok = grid_barrier(counter, (3 * t + 1) * n_prog, ok, flag, MAX_POLLS)
         if pid_n < tl.cdiv(Z, BLOCK_N):
             _fwd_posterior_sample_tile(pid_b, pid_n, S, W_Q2, B_Q2, EPS, Z_OUT, MU, LV, OKMASK, t, B, M, Z,
                                        ".cg", ACC, PREC, SLOPE, ACT_BOUND, PARAM_BOUND,
-                                       BLOCK_B, BLOCK_N, BLOCK_K2)
+                                       BLOCK_B, BLOCK_N, BLOCK_K2, W_T)
         ok = grid_barrier(counter, (3 * t + 2) * n_prog, ok, flag, MAX_POLLS)
         if pid_n < tl.cdiv(H, BLOCK_N):
             _fwd_lstm_step_tile(pid_b, pid_n, H0, C0, H_OUT, C_OUT, Z_OUT, GATES_X, B_COMB, W_HH, W_COMB,
-                                ACTS, t, B, H, Z, ".cg", ACC, PREC, BLOCK_B, BLOCK_N, BLOCK_K3)
+                                ACTS, t, B, H, Z, ".cg", ACC, PREC, BLOCK_B, BLOCK_N, BLOCK_K3, W_T)
         if t + 1 < T:   # the last h_t is read by nobody in this launch
             ok = grid_barrier(counter, (3 * t + 3) * n_prog, ok, flag, MAX_POLLS)
 
@@ -566,6 +587,19 @@ PERSISTENT_TILES = ((32, 16),)
 # K-loop pipeline depth of the persistent kernels in float32 / float64 (as the LSTM's
 # PERSISTENT_FP32_STAGES: 1 = no spills, latency-bound loads; tune_tiles.py measures 2 and 3)
 PERSISTENT_FP32_STAGES = 1
+# K chunk of the persistent kernels in float32 / float64 (as the LSTM's PERSISTENT_FP32_BLOCK_K;
+# tune_tiles.py "-k64" / "-k128"; narrowed per stage to the reduction's width by ``_k``)
+PERSISTENT_FP32_BLOCK_K = 32
+# ... except in the forward's gate stage, whose four accumulators leave no registers for wider
+# chunks (sm_90, 1 stage: 64 / 128 wide there spill 0.4 / 3 KB; 32 there and 64 / 128 in the
+# posterior stages: 16 / 300 bytes; benchmarks/compile_check.py --fp32-block-k)
+PERSISTENT_FP32_GATE_BLOCK_K = 32
+# The forward's products in IEEE precision (float32 without TF32, float64) read W_hh^T, W_comb^T,
+# W_qh^T and W_q2^T, copies made once per call, so that their (K, BLOCK_N) tiles are contiguous
+# along the output columns, as the backward's are (the LSTM's FWD_W_TRANSPOSED, same lead: on the
+# H200, 2026-11-27, the chain's IEEE forward ran 3.1x slower than its TF32 one, the backward
+# 1.35x). Off until measured (benchmarks/tune_tiles.py "-wt").
+FWD_W_TRANSPOSED = False
 
 
 def _launch_options(schedule: str, dtype: torch.dtype, cfg: dict) -> dict:
@@ -595,7 +629,7 @@ def _persistent_config(B: int, dims: dict, dtype: torch.dtype, ref: torch.Tensor
         cfg = {"BLOCK_B": block_b, "BLOCK_N": max(16, _pow2(n)), "BLOCK_K": 64}
         return cfg, f"interpreter: grid {triton.cdiv(B, block_b)} x 1 (one program per batch block)"
     sms = num_sms(ref)
-    block_k = 64 if dtype in _HALF else 32
+    block_k = 64 if dtype in _HALF else PERSISTENT_FP32_BLOCK_K
     for block_b, block_n in PERSISTENT_TILES:
         nb, nn = triton.cdiv(B, block_b), triton.cdiv(n, block_n)
         if nb * nn <= sms:
@@ -666,26 +700,32 @@ class ZForcingChainFunction(torch.autograd.Function):
         schedule, cfg, _ = _pick_schedule(B, {"H": H, "M": M, "Z": Z}, dtype, gates_x, schedule)
         ctx.schedule, ctx.cfg = schedule, cfg
         common = {"ACC": acc_type(dtype), "PREC": dot_precision(gates_x)}
+        w_t = FWD_W_TRANSPOSED and common["PREC"] == "ieee"
+        # the forward's weights, transposed where it reads them so (the backward reads the originals)
+        f_hh, f_comb, f_qh, f_q2 = ((w.t().contiguous() for w in (weight_hh, w_comb, weight_qh, weight_q2))
+                                    if w_t else (weight_hh, w_comb, weight_qh, weight_q2))
         g1, c1 = _grid(B, M, cfg), _k(cfg, H)
         g2, c2 = _grid(B, Z, cfg), _k(cfg, M)
         g3, c3 = _grid(B, H, cfg), _k(cfg, max(H, Z))
+        if schedule == "persistent" and gates_x.is_cuda and dtype not in _HALF:
+            c3["BLOCK_K"] = min(c3["BLOCK_K"], PERSISTENT_FP32_GATE_BLOCK_K)
         if schedule == "persistent":
             grid = _grid(B, max(H, M, Z), cfg)
             sync = sync_buffer(grid[0], gates_x)
             _fwd_persistent[grid](
-                h0, c0, h, c, z, gates_x, b_comb, weight_hh, w_comb, acts,
-                weight_qh, post_x, s, weight_q2, bias_q2, eps, mu, lv, okmask, sync, T, B, H, M, Z,
+                h0, c0, h, c, z, gates_x, b_comb, f_hh, f_comb, acts,
+                f_qh, post_x, s, f_q2, bias_q2, eps, mu, lv, okmask, sync, T, B, H, M, Z,
                 MAX_POLLS=MAX_POLLS, SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, PARAM_BOUND=PARAM_CLAMP,
                 BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K1=c1["BLOCK_K"],
-                BLOCK_K2=c2["BLOCK_K"], BLOCK_K3=c3["BLOCK_K"], **common,
+                BLOCK_K2=c2["BLOCK_K"], BLOCK_K3=c3["BLOCK_K"], W_T=w_t, **common,
                 **_launch_options(schedule, dtype, cfg))
             check_sync(sync, "zforcing_chain forward")
         for t in range(T if schedule == "stepwise" else 0):
-            _launch(_fwd_posterior_hidden, g1, h0, h, weight_qh, post_x, s, t, B, H, M, **common, **c1)
-            _launch(_fwd_posterior_sample, g2, s, weight_q2, bias_q2, eps, z, mu, lv, okmask, t, B, M, Z,
-                    SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, PARAM_BOUND=PARAM_CLAMP, **common, **c2)
-            _launch(_fwd_lstm_step, g3, h0, c0, h, c, z, gates_x, b_comb, weight_hh, w_comb, acts,
-                    t, B, H, Z, **common, **c3, **_launch_options(schedule, dtype, cfg))
+            _launch(_fwd_posterior_hidden, g1, h0, h, f_qh, post_x, s, t, B, H, M, W_T=w_t, **common, **c1)
+            _launch(_fwd_posterior_sample, g2, s, f_q2, bias_q2, eps, z, mu, lv, okmask, t, B, M, Z,
+                    SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, PARAM_BOUND=PARAM_CLAMP, W_T=w_t, **common, **c2)
+            _launch(_fwd_lstm_step, g3, h0, c0, h, c, z, gates_x, b_comb, f_hh, f_comb, acts,
+                    t, B, H, Z, W_T=w_t, **common, **c3, **_launch_options(schedule, dtype, cfg))
 
         ctx.save_for_backward(h0, c0, h, c, z, mu, lv, s, acts, okmask, eps, weight_qh, weight_q2,
                               weight_gz, bias_gz, weight_iz, weight_hh, w_comb)
