@@ -32,17 +32,18 @@ def _no_tf32():
     torch.backends.cuda.matmul.allow_tf32 = old
 
 
-def _inputs(T, B, H, M, Z, G, dtype, seed=0):
-    """Leaves in dtype on the GPU; posterior pre-activations on both sides of both clamps
-    (tests/test_triton_chain.py's make_inputs)."""
+def _inputs(T, B, H, M, Z, G, dtype, seed=0, scale=1.0):
+    """Leaves in dtype on the GPU; at scale 1 posterior pre-activations on both sides of both
+    clamps (tests/test_triton_chain.py's make_inputs); scale < 1: well-conditioned."""
     g = torch.Generator().manual_seed(seed)
 
     def r(*shape, sc=1.0):
         t = torch.randn(*shape, generator=g, dtype=torch.float64) * sc
         return t.to(device="cuda", dtype=dtype).requires_grad_()
 
-    args = [r(T, B, 4 * H), r(T, B, M, sc=5.0), r(T, B, Z), r(B, H, sc=0.5), r(B, H),
-            r(M, H, sc=2.0 / H ** 0.5), r(2 * Z, M, sc=6.0 / M ** 0.5), r(2 * Z, sc=2.0),
+    k = scale
+    args = [r(T, B, 4 * H), r(T, B, M, sc=5.0 * k), r(T, B, Z), r(B, H, sc=0.5), r(B, H),
+            r(M, H, sc=2.0 * k / H ** 0.5), r(2 * Z, M, sc=6.0 * k / M ** 0.5), r(2 * Z, sc=2.0 * k),
             r(G, Z, sc=0.5 / Z ** 0.5), r(G), r(4 * H, G, sc=1.0 / G ** 0.5), r(4 * H, H, sc=1.0 / H ** 0.5)]
     grads = [(torch.randn(T, B, n, generator=g, dtype=torch.float64) * (1 + i)).to("cuda", dtype)
              for i, n in enumerate((H, H, Z, Z, Z))]
@@ -73,26 +74,40 @@ def _outputs_and_grads(fn, args, grads):
     return [t.detach() for t in (*out, *got)]
 
 
-def _compare(cuda_chain, shape, dtype, tol, units_per_block=0, seed=0):
+def _err(a, b):
+    return ((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def _compare(cuda_chain, shape, dtype, tol, units_per_block=0, seed=0, scale=1.0, eager_ratio=None):
+    """Every output and gradient against float64: max |error| / max |reference| < tol, or with
+    ``eager_ratio`` < max(tol, eager_ratio x the error of eager torch in ``dtype`` on the same
+    inputs) (the clamp-heavy inputs amplify rounding: how much is the inputs', not the kernels')."""
     from zf_kernels.ops.recurrence._cuda_function import run_chain
-    args, grads = _inputs(*shape, dtype, seed=seed)
+    args, grads = _inputs(*shape, dtype, seed=seed, scale=scale)
     kernels = _NaNFilled(cuda_chain._ExtensionKernels(units_per_block))
     got = _outputs_and_grads(lambda *a: run_chain(kernels, *a), args, grads)
     args64 = [a.detach().double().requires_grad_() for a in args]
     ref = _outputs_and_grads(lambda *a: ops.zforcing_chain(*a, backend="torch"), args64, [g.double() for g in grads])
+    eager = [None] * len(ref)
+    if eager_ratio is not None:
+        eager = _outputs_and_grads(lambda *a: ops.zforcing_chain(*a, backend="torch"), args, grads)
     names = ("h", "c", "z", "mu_q", "logvar_q") + tuple("grad " + n for n in NAMES)
-    for name, a, b in zip(names, got, ref):
+    for name, a, b, e in zip(names, got, ref, eager):
         assert torch.isfinite(a).all(), f"{name} has non-finite values"
-        err = ((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
-        assert err < tol, f"{shape} {dtype}: {name}: relative error {err:.2e} >= {tol}"
+        err = _err(a, b)
+        bound = tol if e is None else max(tol, eager_ratio * _err(e, b))
+        assert err < bound, f"{shape} {dtype}: {name}: relative error {err:.2e} >= {bound:.2e}"
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_cuda_chain_random_shapes_float32(cuda_chain, seed):
+    """Clamp-heavy inputs: bounded by 4x eager float32's own error (floor 1e-4). The kernels in
+    the CPU emulation, on these four cases: worst errors 7.8e-6 .. 7.9e-4 (eager: 1.0e-5 ..
+    2.8e-4), at most 2.8x eager's per tensor."""
     g = torch.Generator().manual_seed(200 + seed)
     shape = tuple(int(torch.randint(lo, hi, (1,), generator=g))
                   for lo, hi in ((1, 10), (1, 40), (1, 300), (1, 200), (1, 100), (1, 150)))
-    _compare(cuda_chain, shape, torch.float32, 1e-3, seed=seed)
+    _compare(cuda_chain, shape, torch.float32, 1e-4, seed=seed, eager_ratio=4.0)
 
 
 @pytest.mark.parametrize("units", [0, 1, 3])
@@ -113,10 +128,15 @@ def test_cuda_chain_gradcheck_float64(cuda_chain):
     assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
-@pytest.mark.parametrize("shape", [(8, 32, 1024, 512, 256, 512), (8, 32, 1024, 512, 128, 512)],
-                         ids=["TIMIT B32 H1024 M512 Z256 G512 (T=8)", "SeqMNIST B32 H1024 M512 Z128 G512 (T=8)"])
+@pytest.mark.parametrize("shape", [(40, 32, 1024, 512, 256, 512), (40, 32, 1024, 512, 128, 512)],
+                         ids=["TIMIT T40 B32 H1024 M512 Z256 G512", "SeqMNIST B32 H1024 M512 Z128 G512 (T=40)"])
 def test_cuda_chain_design_shapes_float32(cuda_chain, shape):
-    _compare(cuda_chain, shape, torch.float32, 1e-3)
+    """Well-conditioned inputs (scale 0.25, as the model's initialisation): at scale 1 these
+    shapes are chaotic, eager float32 torch is itself off from float64 by 3.3e-3 at T=8 (the
+    Triton chain's H200 run of 2026-11-27 failed on the like); at 0.25 by <= 2.6e-6 at T=40
+    (both measured on the CPU with these inputs). A wrong barrier or a stale row gives errors of
+    order 1."""
+    _compare(cuda_chain, shape, torch.float32, 1e-4, scale=0.25)
     T, B, H, M, Z, G = shape
     fwd, bwd = cuda_chain.plan(torch.empty(T, B, 4 * H, device="cuda"), torch.empty(T, B, M, device="cuda"),
                                torch.empty(T, B, Z, device="cuda"))
