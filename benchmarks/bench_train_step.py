@@ -54,7 +54,6 @@ import contextlib
 import copy
 import importlib.util
 import inspect
-import os
 import sys
 from pathlib import Path
 
@@ -171,9 +170,11 @@ def prepare(master, provider, device, dtype, args):
     model = copy.deepcopy(master).to(device=device, dtype=dtype)
     undo_env = lambda: None  # noqa: E731
     if backend == "triton-stepwise":
-        backend, undo_env = "triton", force_stepwise()
+        # the schedule variables are read at every op call
+        backend, undo_env = "triton", common.set_env({k: "stepwise" for k in STEPWISE_ENV})
     if backend == "cuda":
-        backend, undo_env = "auto", allow_unverified_cuda()
+        # "auto" may take the CUDA lstm / chain
+        backend, undo_env = "auto", common.set_env({AUTO_UNVERIFIED_ENV: "1"})
     if backend == "cudnn":
         backend = "torch"
         use_cudnn_backward_lstm(model)
@@ -202,19 +203,6 @@ def use_cudnn_backward_lstm(model):
     model.backward_states = backward_states
 
 
-def allow_unverified_cuda():
-    """Let ``backend="auto"`` take the CUDA lstm / chain (ZF_AUTO_UNVERIFIED=1); returns the undo."""
-    saved = os.environ.get(AUTO_UNVERIFIED_ENV)
-    os.environ[AUTO_UNVERIFIED_ENV] = "1"
-
-    def restore():
-        if saved is None:
-            os.environ.pop(AUTO_UNVERIFIED_ENV, None)
-        else:
-            os.environ[AUTO_UNVERIFIED_ENV] = saved
-    return restore
-
-
 def check_cuda_recurrences(model, y):
     """The "cuda" providers measure the CUDA recurrences or nothing: raise
     BackendUnavailableError with ``ops.explain``'s reason where "auto" would pick something
@@ -233,20 +221,6 @@ def check_cuda_recurrences(model, y):
         backend, why = ops.explain(op, *tensors)
         if backend != "cuda":
             raise ops.BackendUnavailableError(f"'auto' picks {backend} for {op}, not cuda: {why}")
-
-
-def force_stepwise():
-    """Set the schedule variables to "stepwise" (read at every op call); returns the undo."""
-    saved = {k: os.environ.get(k) for k in STEPWISE_ENV}
-    os.environ.update({k: "stepwise" for k in STEPWISE_ENV})
-
-    def restore():
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    return restore
 
 
 def make_body(model, fwd, opt, loss_fn, y, eps, weights, clip, trusted):

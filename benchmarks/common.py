@@ -521,6 +521,21 @@ DTYPES = {"float32": torch.float32, "tf32": torch.float32, "tf32x3": torch.float
 _FP32_MODES = {"float32": (False, None), "tf32": (True, None), "tf32x3": (False, "tf32x3")}
 
 
+def set_env(values: dict):
+    """Set environment variables (a value None unsets one); returns the function that puts
+    back what was there (the ops read these at every call: schedules, dot precision, ...)."""
+    saved = {k: os.environ.get(k) for k in values}
+
+    def put(items):
+        for k, v in items:
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    put(values.items())
+    return lambda: put(saved.items())
+
+
 @contextlib.contextmanager
 def matmul_precision(dtype_name: str):
     """The float32 mode of ``dtype_name`` (see DTYPES) for the rows inside; no-op for 16-bit."""
@@ -528,21 +543,14 @@ def matmul_precision(dtype_name: str):
         yield
         return
     allow_tf32, fp32_dot = _FP32_MODES[dtype_name]
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-             os.environ.get("ZF_FP32_DOT"))
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allow_tf32
-    if fp32_dot is None:
-        os.environ.pop("ZF_FP32_DOT", None)
-    else:
-        os.environ["ZF_FP32_DOT"] = fp32_dot
+    restore_env = set_env({"ZF_FP32_DOT": fp32_dot})
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
-        if saved[2] is None:
-            os.environ.pop("ZF_FP32_DOT", None)
-        else:
-            os.environ["ZF_FP32_DOT"] = saved[2]
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        restore_env()
 
 
 def dynamo_counters():
