@@ -591,8 +591,8 @@ PERSISTENT_FP32_STAGES = 1
 # tune_tiles.py "-k64" / "-k128"; narrowed per stage to the reduction's width by ``_k``)
 PERSISTENT_FP32_BLOCK_K = 32
 # ... except in the forward's gate stage, whose four accumulators leave no registers for wider
-# chunks (sm_90, 1 stage: 64 / 128 wide there spill 0.4 / 3 KB; 32 there and 64 / 128 in the
-# posterior stages: 16 / 300 bytes; benchmarks/compile_check.py --fp32-block-k)
+# chunks (sm_90, 1 stage, IEEE: 64 / 128 wide there spill 352 B / 2.9 KB; 32 there and 64 / 128
+# in the posterior stages: 0 / 8 B, tf32 0 / 448 B; benchmarks/compile_check.py --fp32-block-k)
 PERSISTENT_FP32_GATE_BLOCK_K = 32
 # The forward's products in IEEE precision (float32 without TF32, float64) read W_hh^T, W_comb^T,
 # W_qh^T and W_q2^T, copies made once per call, so that their (K, BLOCK_N) tiles are contiguous
