@@ -46,6 +46,12 @@ fi
 LOG="$OUT/bench.log"
 PY="${PYTHON:-$(command -v python || command -v python3)}"
 TOTAL="${ZF_CHECK_SECONDS:-470}"
+# ZF_DRY_RUN=1 (any machine; tests/test_benchmarks_smoke.py runs it): every stage's command as
+# written, the benchmark scripts with --smoke --device cpu --budget-s 0 (their arguments parsed and
+# checked, every row 'skipped'), pytest with --collect-only; no persistent smoke test, no CUDA
+# build. A misspelt flag or provider then fails here, not in a device session.
+DRY="${ZF_DRY_RUN:-}"
+[[ "$DRY" == "0" ]] && DRY=""
 # a rerun can pick stages, e.g. ZF_STAGES=train,ops bash benchmarks/device_check.sh
 WANT="${ZF_STAGES:-tests,train,ops,ops-small,cuda-tests,ops-cuda,train-cuda,ops-compile,tune,kernels,ops-tf32x3,train-tf32x3,train-tf32,ops-tf32,other-models,trainer,train-bf16,ops-bf16,train-compile}"
 START=$SECONDS
@@ -71,9 +77,15 @@ run_stage() {
     echo "== $name: skipped (time budget used up)" | tee -a "$LOG"
     return 0
   fi
-  echo "== $name (limit ${lim}s): $*" | tee -a "$LOG"
+  local cmd=("$@")
+  if [[ -n "$DRY" ]]; then
+    # the commands as written, arguments parsed, nothing measured (see ZF_DRY_RUN above)
+    if [[ "${cmd[1]:-}" == benchmarks/*.py ]]; then cmd+=(--smoke --device cpu --budget-s 0); fi
+    if [[ "${cmd[1]:-} ${cmd[2]:-}" == "-m pytest" ]]; then cmd+=(--collect-only -q); fi
+  fi
+  echo "== $name (limit ${lim}s): ${cmd[*]}" | tee -a "$LOG"
   t0=$SECONDS
-  ZF_BUDGET_S=$(( lim > 40 ? lim - 20 : lim / 2 )) timeout -k 5 "$lim" "$@" >>"$log" 2>&1
+  ZF_BUDGET_S=$(( lim > 40 ? lim - 20 : lim / 2 )) timeout -k 5 "$lim" "${cmd[@]}" >>"$log" 2>&1
   rc=$?
   msg="$name: rc=$rc ($(( SECONDS - t0 ))s)"
   if (( rc == 124 || rc == 137 )); then msg+=" TIMED OUT (rows it had not finished show as 'incomplete')"; fi
@@ -108,7 +120,7 @@ EOF
 # behind, and the next build in that folder waits on it forever (seen 2026-11-27)
 export ZF_KERNELS_CACHE="${ZF_KERNELS_CACHE:-$(mktemp -d /tmp/zf_cache.XXXXXX)}"
 BUILD_PID=""
-if [[ ",$WANT," == *",cuda-tests,"* || ",$WANT," == *",ops-cuda,"* ]]; then
+if [[ -z "$DRY" ]] && [[ ",$WANT," == *",cuda-tests,"* || ",$WANT," == *",ops-cuda,"* ]]; then
   ( t0=$SECONDS
     timeout -k 5 400 "$PY" -c "from zf_kernels.ops import _cuda_ext; _cuda_ext.load(); print('zf_kernels._C built')"
     echo "== JIT build: rc=$? ($(( SECONDS - t0 ))s)" ) >"$OUT/cuda_tests.log" 2>&1 &
@@ -119,7 +131,7 @@ fi
 # that fails (or hangs until its barrier gives up) the benchmarks below run it stepwise
 # (ZF_LSTM_SCHEDULE / ZF_CHAIN_SCHEDULE=stepwise, printed on the smoke test's last line)
 SMOKE_LOG="$OUT/persistent_smoke.log"
-if [[ ",$WANT," == *",tests,"* ]]; then
+if [[ -z "$DRY" ]] && [[ ",$WANT," == *",tests,"* ]]; then
   echo "== persistent-smoke (limit 75s)" | tee -a "$LOG"
   timeout -k 5 75 "$PY" benchmarks/persistent_smoke.py >"$SMOKE_LOG" 2>&1
   rc=$?

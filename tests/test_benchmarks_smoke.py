@@ -154,6 +154,25 @@ def test_device_check_script_syntax():
     assert r.returncode == 0, r.stderr
 
 
+def test_device_check_dry_run_parses_every_stage(tmp_path):
+    """ZF_DRY_RUN=1: every stage's command as written (benchmarks with --smoke --device cpu
+    --budget-s 0, pytest --collect-only): a misspelt flag, provider or dtype in device_check.sh
+    fails here instead of costing a device session (~1.5 min on 2 cores)."""
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash")
+    env = dict(os.environ, ZF_DRY_RUN="1", OUT=str(tmp_path), PYTHON=sys.executable)
+    env.pop("ZF_STAGES", None)
+    r = subprocess.run([bash, str(REPO / "benchmarks" / "device_check.sh")], capture_output=True, text=True,
+                       env=env, cwd=REPO, timeout=900)
+    stages = r.stdout[r.stdout.rindex("== stages"):].splitlines()[1:]
+    assert r.returncode == 0 and len(stages) == 19, r.stdout[-3000:]
+    assert all(line.strip().split(":")[1].startswith(" rc=0") for line in stages), "\n".join(stages)
+    rows = _rows(tmp_path / "results.json")
+    assert rows and all(r["status"] == "skipped" for r in rows)
+    assert {r["suite"] for r in rows} >= {"ops", "train", "tune", "kernels", "trainer"}
+
+
 def test_persistent_smoke_script_runs_and_agrees_on_cpu():
     """device_check.sh trusts this script's exit status to choose the LSTM schedule of the whole
     GPU session: check it runs (tiny shapes, interpreter) and reports agreement."""
