@@ -73,6 +73,24 @@ def test_auto_takes_the_unverified_cuda_backend_only_when_asked_and_says_so(monk
         ops.explain("lstm", *_lstm_args())
 
 
+def test_model_level_cuda_backend_maps_ops_without_cuda_kernels_to_auto():
+    """ops.op_backend: what ZForcing(backend="cuda") passes to each op: "cuda" to the two
+    recurrences that have CUDA kernels, "auto" to the rest; any other backend unchanged."""
+    assert ops.op_backend("lstm", "cuda") == "cuda" and ops.op_backend("zforcing_chain", "cuda") == "cuda"
+    for op in ("lstm_cell", "zforcing_chain_ln", "gaussian_nll", "gaussian_kl", "bernoulli_nll",
+               "categorical_nll", "reparameterize", "leaky_clamp"):
+        assert ops.op_backend(op, "cuda") == "auto", op
+    for backend in ("auto", "torch", "triton"):
+        assert ops.op_backend("gaussian_nll", backend) == backend and ops.op_backend("lstm", backend) == backend
+
+
+def test_model_with_cuda_backend_on_cpu_tensors_says_why():
+    from zf_kernels import ZForcing
+    model = ZForcing(3, emb_dim=4, rnn_dim=5, z_dim=2, mlp_dim=4, backend="cuda")
+    with pytest.raises(ops.BackendUnavailableError, match="backend='cuda' cannot run lstm: .*CUDA tensors"):
+        model(torch.randn(4, 2, 3))
+
+
 def _chain_args(dtype=torch.float32):
     T, B, H, M, Z, G = 3, 2, 5, 4, 3, 6
     r = lambda *s: torch.randn(*s, dtype=dtype)  # noqa: E731

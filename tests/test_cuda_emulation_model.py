@@ -75,13 +75,17 @@ def _step(model, y, eps):
     return {k: getattr(terms, k).detach() for k in ("nll", "kl", "aux", "bwd_nll")}, grads
 
 
-@pytest.mark.parametrize("output_type,z_force", [("gaussian", False), ("bernoulli", True)])
-def test_training_step_on_emulated_cuda_recurrences_matches_torch(emulated_cuda_backend, output_type, z_force):
+@pytest.mark.parametrize("output_type,z_force,backend", [("gaussian", False, "auto"), ("bernoulli", True, "auto"),
+                                                          ("gaussian", False, "cuda")])
+def test_training_step_on_emulated_cuda_recurrences_matches_torch(emulated_cuda_backend, output_type, z_force,
+                                                                  backend):
+    """backend "auto" with ZF_AUTO_UNVERIFIED=1 (the benchmarks' rows) or the model's "cuda"
+    (``--backend cuda``: the recurrences on the CUDA kernels, the other ops "auto")."""
     T, B, D = 5, 3, 4 if output_type == "gaussian" else 1
     build = functools.partial(ZForcing, D, output_type, emb_dim=6, rnn_dim=10, z_dim=5, mlp_dim=7,
                               z_force=z_force)
     torch.manual_seed(0)
-    ours = build(backend="auto").double()
+    ours = build(backend=backend).double()
     ref = build(backend="torch").double()
     ref.load_state_dict(ours.state_dict())
     g = torch.Generator().manual_seed(1)

@@ -71,6 +71,16 @@ def test_cli_rejects_bad_flags(tmp_path, capsys):
         train_mod.main(["--preset", "nope"])
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where CUDA is absent")
+def test_cli_backend_that_cannot_run_here_is_a_clean_error(tmp_path, capsys):
+    """--backend cuda on a CPU: exit status 2 and the op's reason on one line, no traceback."""
+    assert train_mod.main(["--preset", "synthetic", "--backend", "cuda", "--max-steps", "1",
+                           "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "zf_kernels.train: error: backend='cuda' cannot run lstm: the CUDA extension needs CUDA tensors" in err
+    assert "Traceback" not in err
+
+
 def test_kl_and_aux_schedules():
     cfg = make_config("synthetic", kl_start=0.2, kl_step=0.3, aux_start=0.0, aux_end=0.5, aux_step=0.2)
     w = LossWeights.from_config(cfg)

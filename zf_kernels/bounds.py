@@ -28,8 +28,9 @@ class BoundsMixin:
         rep = lambda x: None if x is None else x.repeat_interleave(k, dim=1)  # noqa: E731
         terms, lat = self(rep(y), rep(u), rep(mask), generator=generator, return_latents=True)
         m = None if mask is None else rep(mask).to(lat["z"].dtype)
-        log_pz = -ops.gaussian_nll(lat["z"], lat["mu_p"], lat["logvar_p"], m, backend=self.backend).sum(0)
-        log_qz = -ops.gaussian_nll(lat["z"], lat["mu_q"], lat["logvar_q"], m, backend=self.backend).sum(0)
+        be = ops.op_backend("gaussian_nll", self.backend)
+        log_pz = -ops.gaussian_nll(lat["z"], lat["mu_p"], lat["logvar_p"], m, backend=be).sum(0)
+        log_qz = -ops.gaussian_nll(lat["z"], lat["mu_q"], lat["logvar_q"], m, backend=be).sum(0)
         return (-terms.nll + log_pz - log_qz).view(B, k).t()
 
     @torch.no_grad()

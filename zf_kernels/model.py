@@ -87,7 +87,9 @@ class ZForcing(BoundsMixin, nn.Module):
         cond_ln: condition the forward LSTM on z through a gain and bias of its layer-normalised
             recurrent projection instead of feeding g(z) as input.
         z_force: zero the h input of the auxiliary network, so b_t must be predicted from z_t.
-        backend: backend of every fused op ("auto", "torch", "triton", "cuda").
+        backend: backend of every fused op ("auto", "torch", "triton", "cuda"). "cuda" runs the
+            recurrences the CUDA extension implements (``lstm``, ``zforcing_chain``) there (and
+            raises where it cannot) and every other op as "auto" (``ops.op_backend``).
 
     Mixed precision: keep the parameters float32 and call the model under
     ``torch.autocast(device_type, dtype)``; the fused ops follow torch's autocast policy
@@ -168,6 +170,10 @@ class ZForcing(BoundsMixin, nn.Module):
     def _embed(self, x):
         return self.emb(x.long()) if self.output_type == "categorical" else self.emb(x)
 
+    def _be(self, op: str) -> str:
+        """The backend passed to ``op`` (``ops.op_backend``: "cuda" only where it has kernels)."""
+        return ops.op_backend(op, self.backend)
+
     def backward_states(self, y, mask=None):
         """``b_t = LSTM_bwd(emb(y_t), b_{t+1})``; with a padding mask each sequence is read
         from its own last valid step, so padding never leaks into b_t of valid steps."""
@@ -175,20 +181,20 @@ class ZForcing(BoundsMixin, nn.Module):
         w = self.bwd_lstm
         args = (w.weight_ih_l0, w.weight_hh_l0, w.bias_ih_l0, w.bias_hh_l0)
         if not has_padding(mask):
-            out, _ = ops.lstm(e_y, *args, reverse=True, backend=self.backend)
+            out, _ = ops.lstm(e_y, *args, reverse=True, backend=self._be("lstm"))
             return out
         flip = padded_flip_index(mask)
-        out, _ = ops.lstm(gather_time(e_y, flip), *args, reverse=False, backend=self.backend)
+        out, _ = ops.lstm(gather_time(e_y, flip), *args, reverse=False, backend=self._be("lstm"))
         return gather_time(out, flip)
 
     def _head_nll(self, target, params, mask):
         """-log p(target | params) per step for this model's output type."""
         if self.output_type == "gaussian":
-            mu, logvar = _split_gaussian(params, self.backend)
-            return ops.gaussian_nll(target, mu, logvar, mask, backend=self.backend)
+            mu, logvar = _split_gaussian(params, self._be("leaky_clamp"))
+            return ops.gaussian_nll(target, mu, logvar, mask, backend=self._be("gaussian_nll"))
         if self.output_type == "bernoulli":
-            return ops.bernoulli_nll(target, params, mask, backend=self.backend)
-        return ops.categorical_nll(target.long(), params, mask, backend=self.backend)
+            return ops.bernoulli_nll(target, params, mask, backend=self._be("bernoulli_nll"))
+        return ops.categorical_nll(target.long(), params, mask, backend=self._be("categorical_nll"))
 
     def _chain(self, gates_x, post_x, eps, h0, c0) -> ChainOutput:
         w_q1 = self.posterior.fc1.weight
@@ -196,13 +202,13 @@ class ZForcing(BoundsMixin, nn.Module):
             return ops.zforcing_chain(
                 gates_x, post_x, eps, h0, c0, w_q1[:, : self.rnn_dim],
                 self.posterior.fc2.weight, self.posterior.fc2.bias, self.gen.weight, self.gen.bias,
-                self._w_iz, self.fwd_weight_hh, backend=self.backend)
+                self._w_iz, self.fwd_weight_hh, backend=self._be("zforcing_chain"))
         # cond_ln: g(z) (the gen MLP) gives the gain and bias of LN(W_hh h_{t-1}) inside the chain
         return ops.zforcing_chain_ln(
             gates_x, post_x, eps, h0, c0, w_q1[:, : self.rnn_dim],
             self.posterior.fc2.weight, self.posterior.fc2.bias, self.gen.fc1.weight,
             self.gen.fc1.bias, self.gen.fc2.weight, self.gen.fc2.bias, self.fwd_weight_hh,
-            backend=self.backend)
+            backend=self._be("zforcing_chain_ln"))
 
     def _cond_ln_cell(self, gates_x, h, c, z):
         gain, bias = torch.clamp(self.gen(z), -COND_CLAMP, COND_CLAMP).chunk(2, dim=-1)
@@ -252,15 +258,15 @@ class ZForcing(BoundsMixin, nn.Module):
         # eps, drawn in the parameters' dtype, and cast by the op) is float32
         h_prev = torch.cat([h0.unsqueeze(0).to(chain.h.dtype), chain.h[:-1]], 0)
 
-        mu_p, logvar_p = _split_gaussian(self.prior(h_prev, self.backend), self.backend)
-        kl = ops.gaussian_kl(chain.mu_q, chain.logvar_q, mu_p, logvar_p, mask, backend=self.backend).sum(0)
+        mu_p, logvar_p = _split_gaussian(self.prior(h_prev, self._be("leaky_clamp")), self._be("leaky_clamp"))
+        kl = ops.gaussian_kl(chain.mu_q, chain.logvar_q, mu_p, logvar_p, mask, backend=self._be("gaussian_kl")).sum(0)
 
         if self.z_force:   # the h half of the input is zero: only the z columns contribute
             a = F.linear(chain.z, self.aux.fc1.weight[:, H:], self.aux.fc1.bias)
         else:
             a = self.aux.fc1(torch.cat([h_prev, chain.z], -1))
-        mu_a, logvar_a = _split_gaussian(self.aux.fc2(mlp_act(a, self.backend)), self.backend)
-        aux = ops.gaussian_nll(b.detach(), torch.tanh(mu_a), logvar_a, mask, backend=self.backend).sum(0)
+        mu_a, logvar_a = _split_gaussian(self.aux.fc2(mlp_act(a, self._be("leaky_clamp"))), self._be("leaky_clamp"))
+        aux = ops.gaussian_nll(b.detach(), torch.tanh(mu_a), logvar_a, mask, backend=self._be("gaussian_nll")).sum(0)
 
         nll = self._head_nll(y, self.out(chain.h), mask).sum(0)
         terms = LossTerms(nll=nll, kl=kl, aux=aux, bwd_nll=bwd_nll)
@@ -287,17 +293,17 @@ class ZForcing(BoundsMixin, nn.Module):
         randn = lambda *s: torch.randn(*s, generator=generator, device=device, dtype=dtype)  # noqa: E731
         samples, means = [], []
         for _ in range(steps):
-            mu_p, logvar_p = _split_gaussian(self.prior(h, self.backend), self.backend)
+            mu_p, logvar_p = _split_gaussian(self.prior(h, self._be("leaky_clamp")), self._be("leaky_clamp"))
             z = mu_p + torch.exp(0.5 * logvar_p) * randn(batch_size, self.z_dim) * temperature
             gx = self._input_gates(self._embed(u))
             if self.cond_ln:
                 h, c = self._cond_ln_cell(gx, h, c, z)
             else:
                 gx = gx + F.linear(self.gen(z), self._w_iz)
-                h, c = ops.lstm_cell(gx, h, c, self.fwd_weight_hh, backend=self.backend)
+                h, c = ops.lstm_cell(gx, h, c, self.fwd_weight_hh, backend=self._be("lstm_cell"))
             params = self.out(h)
             if self.output_type == "gaussian":
-                mu, logvar = _split_gaussian(params, self.backend)
+                mu, logvar = _split_gaussian(params, self._be("leaky_clamp"))
                 mean, u = mu, mu + torch.exp(0.5 * logvar) * randn(*mu.shape) * temperature
             elif self.output_type == "bernoulli":
                 mean = torch.sigmoid(params)

@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 
 from .data import iterate_batches, load_dataset, num_batches, seeded_generator
+from . import ops
 from .evaluate import evaluate
 from .model import ZForcing, training_loss
 from .training import distributed, report
@@ -630,7 +631,8 @@ def main(argv=None) -> int:
     try:
         cfg = make_config(args.preset, **overrides)
         train(cfg)
-    except (ValueError, CheckpointError, FileNotFoundError) as exc:
+    except (ValueError, CheckpointError, FileNotFoundError, ops.BackendUnavailableError) as exc:
+        # ops.BackendUnavailableError: --backend names one that cannot run here (e.g. cuda on a CPU)
         message = " ".join(str(exc).split())   # one line, whatever the exception holds
         print(f"zf_kernels.train: error: {message}", file=sys.stderr)
         return 2

@@ -44,6 +44,16 @@ def register(op: str, backend: str, target: str, *, not_auto: str | None = None)
         _NOT_AUTO.pop((op, backend), None)
 
 
+def op_backend(op: str, backend: str) -> str:
+    """The backend a model configured with ``backend`` passes to ``op``: ``backend`` itself,
+    except that "cuda" gives "auto" for an op without CUDA kernels (only ``lstm`` and
+    ``zforcing_chain`` have them), so ``ZForcing(backend="cuda")`` (``--backend cuda``) runs its
+    recurrences on the CUDA extension, raising where it cannot, and the rest as "auto"."""
+    if backend == "cuda" and "cuda" not in _REGISTRY.get(op, {}):
+        return "auto"
+    return backend
+
+
 _LOADED: dict[str, Callable] = {}
 
 
