@@ -76,6 +76,11 @@ class SequenceVAE(BoundsMixin, nn.Module):
             self.emb = nn.Linear(input_dim, emb_dim)
         self.out_dim = 2 * input_dim if output_type == "gaussian" else input_dim
 
+    def _be(self, op: str) -> str:
+        """The backend passed to ``op``: ``backend`` itself, or with "cuda" "auto" for an op
+        without CUDA kernels (``ops.op_backend``, as ``ZForcing`` does)."""
+        return ops.op_backend(op, self.backend)
+
     # ------------------------------------------------------------- data side
     @property
     def _like(self):
@@ -98,23 +103,23 @@ class SequenceVAE(BoundsMixin, nn.Module):
     def gaussian_after(self, mlp, hidden_pre):
         """``(mu, logvar)`` of an MLP given its first layer's output (hoisted by the caller):
         the activation, the second layer and the clamp, on this model's backend."""
-        return split_gaussian(mlp.fc2(mlp_act(hidden_pre, self.backend)), self.backend)
+        return split_gaussian(mlp.fc2(mlp_act(hidden_pre, self._be("leaky_clamp"))), self._be("leaky_clamp"))
 
     def head_nll(self, y, params, mask=None):
         """``-log p(y_t | params_t)`` per step ``(T, B)``, times ``mask``."""
         if self.output_type == "gaussian":
-            mu, logvar = split_gaussian(params, self.backend)
-            return ops.gaussian_nll(y, mu, logvar, mask, backend=self.backend)
+            mu, logvar = split_gaussian(params, self._be("leaky_clamp"))
+            return ops.gaussian_nll(y, mu, logvar, mask, backend=self._be("gaussian_nll"))
         if self.output_type == "bernoulli":
-            return ops.bernoulli_nll(y, params, mask, backend=self.backend)
-        return ops.categorical_nll(y.long(), params, mask, backend=self.backend)
+            return ops.bernoulli_nll(y, params, mask, backend=self._be("bernoulli_nll"))
+        return ops.categorical_nll(y.long(), params, mask, backend=self._be("categorical_nll"))
 
     def head_sample(self, params, temperature: float = 1.0, generator=None):
         """One draw from the output distribution -> ``(sample, mean)``."""
         if self.output_type == "gaussian":
-            mu, logvar = split_gaussian(params, self.backend)
+            mu, logvar = split_gaussian(params, self._be("leaky_clamp"))
             noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-            return ops.reparameterize(mu, logvar, noise * temperature, backend=self.backend), mu
+            return ops.reparameterize(mu, logvar, noise * temperature, backend=self._be("reparameterize")), mu
         if self.output_type == "bernoulli":
             mean = torch.sigmoid(params)
             return torch.bernoulli(mean, generator=generator), mean

@@ -45,7 +45,7 @@ class SRNN(SequenceVAE):
     def _forward_states(self, u):
         w = self.fwd_rnn
         return ops.lstm(self.embed(u), w.weight_ih_l0, w.weight_hh_l0, w.bias_ih_l0, w.bias_hh_l0,
-                        backend=self.backend)[0]
+                        backend=self._be("lstm"))[0]
 
     def _hoisted(self, mlp, x):
         """First layer of an MLP on ``[z, x]``: the ``x`` half for all steps, the ``z`` weight."""
@@ -55,7 +55,7 @@ class SRNN(SequenceVAE):
     def terms(self, y, u, mask, eps):
         B = y.shape[1]
         d = self._forward_states(u)                                          # (T, B, H)
-        a = reverse_lstm(torch.cat([d, self.embed(y)], -1), self.bwd_rnn, mask, self.backend)
+        a = reverse_lstm(torch.cat([d, self.embed(y)], -1), self.bwd_rnn, mask, self._be("lstm"))
         post_a, w_qz = self._hoisted(self.posterior, a)                      # (T, B, M)
         prior_d, w_pz = self._hoisted(self.prior, d)
         z = d.new_zeros(B, self.z_dim)
@@ -67,7 +67,7 @@ class SRNN(SequenceVAE):
                 mu_p, lv_p = self.gaussian_after(self.prior, pd_t + F.linear(z, w_pz))
                 mu_q = mu_p + mu_q
                 mps.append(mu_p), lps.append(lv_p)
-            z = ops.reparameterize(mu_q, lv_q, eps_t, backend=self.backend)
+            z = ops.reparameterize(mu_q, lv_q, eps_t, backend=self._be("reparameterize"))
             zs.append(z), mus.append(mu_q), lvs.append(lv_q)
         z, mu_q, lv_q = (torch.stack(x, 0) for x in (zs, mus, lvs))
         if self.resq:
@@ -75,8 +75,8 @@ class SRNN(SequenceVAE):
         else:           # the prior on z_{t-1}, batched after the loop
             z_prev = torch.cat([torch.zeros_like(z[:1]), z[:-1]], 0)
             mu_p, lv_p = self.gaussian_after(self.prior, prior_d + F.linear(z_prev, w_pz))
-        kl = ops.gaussian_kl(mu_q, lv_q, mu_p, lv_p, mask, backend=self.backend).sum(0)
-        nll = self.head_nll(y, self.decoder(torch.cat([z, d], -1), self.backend), mask).sum(0)
+        kl = ops.gaussian_kl(mu_q, lv_q, mu_p, lv_p, mask, backend=self._be("gaussian_kl")).sum(0)
+        nll = self.head_nll(y, self.decoder(torch.cat([z, d], -1), self._be("leaky_clamp")), mask).sum(0)
         return nll, kl, dict(z=z, mu_q=mu_q, logvar_q=lv_q, mu_p=mu_p, logvar_p=lv_p, h=d)
 
     @torch.no_grad()
@@ -91,10 +91,11 @@ class SRNN(SequenceVAE):
         samples, means = [], []
         for _ in range(steps):
             gates = F.linear(self.embed(u), w.weight_ih_l0, w.bias_ih_l0 + w.bias_hh_l0)
-            d, c = ops.lstm_cell(gates, d, c, w.weight_hh_l0, backend=self.backend)
-            mu_p, lv_p = split_gaussian(self.prior(torch.cat([z, d], -1), self.backend), self.backend)
+            d, c = ops.lstm_cell(gates, d, c, w.weight_hh_l0, backend=self._be("lstm_cell"))
+            act = self._be("leaky_clamp")
+            mu_p, lv_p = split_gaussian(self.prior(torch.cat([z, d], -1), act), act)
             z = ops.reparameterize(mu_p, lv_p, self.prior_noise(batch_size, temperature, generator),
-                                   backend=self.backend)
-            u, mean = self.head_sample(self.decoder(torch.cat([z, d], -1), self.backend), temperature, generator)
+                                   backend=self._be("reparameterize"))
+            u, mean = self.head_sample(self.decoder(torch.cat([z, d], -1), act), temperature, generator)
             samples.append(u), means.append(mean)
         return torch.stack(samples, 0), torch.stack(means, 0)

@@ -43,12 +43,12 @@ class STORN(SequenceVAE):
         self.out = nn.Linear(H, self.out_dim)
 
     def terms(self, y, u, mask, eps):
-        r = _run(self.inf_rnn, self.embed(y), self.backend)                 # (T, B, H)
-        mu_q, lv_q = split_gaussian(self.posterior(r, self.backend), self.backend)
-        z = ops.reparameterize(mu_q, lv_q, eps, backend=self.backend)      # all steps at once
+        r = _run(self.inf_rnn, self.embed(y), self._be("lstm"))                 # (T, B, H)
+        mu_q, lv_q = split_gaussian(self.posterior(r, self._be("leaky_clamp")), self._be("leaky_clamp"))
+        z = ops.reparameterize(mu_q, lv_q, eps, backend=self._be("reparameterize"))      # all steps at once
         mu_p, lv_p = torch.zeros_like(mu_q), torch.zeros_like(lv_q)        # N(0, I)
-        kl = ops.gaussian_kl(mu_q, lv_q, mu_p, lv_p, mask, backend=self.backend).sum(0)
-        h = _run(self.gen_rnn, torch.cat([self.embed(u), z], -1), self.backend)
+        kl = ops.gaussian_kl(mu_q, lv_q, mu_p, lv_p, mask, backend=self._be("gaussian_kl")).sum(0)
+        h = _run(self.gen_rnn, torch.cat([self.embed(u), z], -1), self._be("lstm"))
         nll = self.head_nll(y, self.out(h), mask).sum(0)
         return nll, kl, dict(z=z, mu_q=mu_q, logvar_q=lv_q, mu_p=mu_p, logvar_p=lv_p, h=h)
 
@@ -65,7 +65,7 @@ class STORN(SequenceVAE):
         for _ in range(steps):
             z = self.prior_noise(batch_size, temperature, generator)         # z_t ~ N(0, T^2 I)
             gates = F.linear(torch.cat([self.embed(u), z], -1), w.weight_ih_l0, w.bias_ih_l0 + w.bias_hh_l0)
-            h, c = ops.lstm_cell(gates, h, c, w.weight_hh_l0, backend=self.backend)
+            h, c = ops.lstm_cell(gates, h, c, w.weight_hh_l0, backend=self._be("lstm_cell"))
             u, mean = self.head_sample(self.out(h), temperature, generator)
             samples.append(u), means.append(mean)
         return torch.stack(samples, 0), torch.stack(means, 0)

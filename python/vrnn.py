@@ -54,18 +54,18 @@ class VRNN(SequenceVAE):
         post_y = F.linear(self.embed(y), w_q[:, :E], self.posterior.fc1.bias)   # (T, B, M)
         zero = gates_x.new_zeros(B, H)
         d1, c1 = ops.lstm_cell(gates_x[0] + self._z_gates(gates_x.new_zeros(B, self.z_dim)), zero, zero,
-                               self.rnn.weight_hh, backend=self.backend)
+                               self.rnn.weight_hh, backend=self._be("lstm_cell"))
         # chain step t: posterior on d_t (+ phi_x(y_t)'s half) -> z_t -> the LSTM step that makes
         # d_{t+1} from gates_x[t+1] + phi_z(z_t) W; the step after the last one is unused
         next_gates = torch.cat([gates_x[1:], gates_x.new_zeros(1, B, 4 * H)], 0)
         chain = ops.zforcing_chain(next_gates, post_y, eps, d1, c1, w_q[:, E:], self.posterior.fc2.weight,
                                    self.posterior.fc2.bias, self.phi_z.weight, self.phi_z.bias,
-                                   self.rnn.weight_ih[:, E:], self.rnn.weight_hh, backend=self.backend)
+                                   self.rnn.weight_ih[:, E:], self.rnn.weight_hh, backend=self._be("zforcing_chain"))
         d = torch.cat([d1.unsqueeze(0).to(chain.h.dtype), chain.h[:-1]], 0)   # d_1 .. d_T
         z, mu_q, lv_q = chain.z, chain.mu_q, chain.logvar_q
-        mu_p, lv_p = split_gaussian(self.prior(d, self.backend), self.backend)
-        kl = ops.gaussian_kl(mu_q, lv_q, mu_p, lv_p, mask, backend=self.backend).sum(0)
-        nll = self.head_nll(y, self.decoder(torch.cat([self.phi_z(z), d], -1), self.backend), mask).sum(0)
+        mu_p, lv_p = split_gaussian(self.prior(d, self._be("leaky_clamp")), self._be("leaky_clamp"))
+        kl = ops.gaussian_kl(mu_q, lv_q, mu_p, lv_p, mask, backend=self._be("gaussian_kl")).sum(0)
+        nll = self.head_nll(y, self.decoder(torch.cat([self.phi_z(z), d], -1), self._be("leaky_clamp")), mask).sum(0)
         return nll, kl, dict(z=z, mu_q=mu_q, logvar_q=lv_q, mu_p=mu_p, logvar_p=lv_p, h=d)
 
     @torch.no_grad()
@@ -79,11 +79,11 @@ class VRNN(SequenceVAE):
         samples, means = [], []
         for _ in range(steps):
             gates = self._input_gates(self.embed(u)) + self._z_gates(z)
-            d, c = ops.lstm_cell(gates, d, c, self.rnn.weight_hh, backend=self.backend)
-            mu_p, lv_p = split_gaussian(self.prior(d, self.backend), self.backend)
+            d, c = ops.lstm_cell(gates, d, c, self.rnn.weight_hh, backend=self._be("lstm_cell"))
+            mu_p, lv_p = split_gaussian(self.prior(d, self._be("leaky_clamp")), self._be("leaky_clamp"))
             z = ops.reparameterize(mu_p, lv_p, self.prior_noise(batch_size, temperature, generator),
-                                   backend=self.backend)
-            params = self.decoder(torch.cat([self.phi_z(z), d], -1), self.backend)
+                                   backend=self._be("reparameterize"))
+            params = self.decoder(torch.cat([self.phi_z(z), d], -1), self._be("leaky_clamp"))
             u, mean = self.head_sample(params, temperature, generator)
             samples.append(u), means.append(mean)
         return torch.stack(samples, 0), torch.stack(means, 0)
