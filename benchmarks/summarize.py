@@ -41,6 +41,13 @@ def _get(rows, suite, case, mode, provider, dtype="float32"):
     return None
 
 
+def _latest(rows):
+    """Of the rows of one measurement (a second device call may repeat a stage the first one
+    cut short), the last that succeeded, else the last one; None if there are none."""
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("ms")]
+    return (ok or rows or [None])[-1]
+
+
 def _ms(r):
     return "-" if r is None else f"{r['ms']:.3f}"
 
@@ -150,8 +157,7 @@ def ops_table(rows, modes) -> list[str]:
         cells = []
         rel = "-"
         for p in provs:
-            r = next((r for r in ops_rows
-                      if (r["case"], r["dtype"], r["mode"], r["provider"]) == (case, dtype, mode, p)), None)
+            r = _latest([r for r in ops_rows if (r["case"], r["dtype"], r["mode"], r["provider"]) == (case, dtype, mode, p)])
             if r is None:
                 cells.append(f"{'':>9}")
             elif r.get("status") == "ok" and r.get("ms"):

@@ -110,6 +110,15 @@ def test_plot_and_summary(results):
     assert "trainer tiny-gaussian T5 B3" in text and "## Persistent tiles" in text
 
 
+def test_summary_prefers_a_later_successful_row():
+    """A second device call reruns a stage the first cut short: the table shows its result."""
+    from benchmarks import summarize
+    row = dict(suite="ops", case="c", dtype="float32", mode="fwd", provider="compile")
+    rows = [dict(row, status="skipped"), dict(row, status="ok", ms=2.5), dict(row, provider="torch", status="error")]
+    line = summarize.ops_table(rows, ("fwd",))[-1]
+    assert "2.500" in line and "skipped" not in line and "error" in line, line
+
+
 def test_ops_interpreted_kernel(tmp_path):
     """One tiny op through backend='triton' under TRITON_INTERPRET=1 (what conftest sets on a CPU)."""
     if os.environ.get("TRITON_INTERPRET") != "1" or torch.cuda.is_available():
