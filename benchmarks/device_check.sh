@@ -12,15 +12,18 @@
 # lock that makes the next build wait forever) and cuda-tests waits for it. Every stage
 # gets min(its own limit, time left); a stage that fails or times out is recorded and the next
 # one runs anyway. Installs nothing. A second call on the warm machine continues the first:
-# ZF_SEED_RESULTS=benchmarks/results/<gpu>_<date> ZF_STAGES=<the skipped ones> (the first call's
-# results committed, or copied into the tree, first). A rerun can choose
+# ZF_SEED_RESULTS=benchmarks/results/<gpu>_<date> ZF_STAGES=rest (the first call's results.json,
+# .csv and stages.txt committed as <gpu>_<date>.json, .csv, _stages.txt first; "rest" = the stages
+# it skipped or cut short). A rerun can choose
 # stages: ZF_STAGES=train,ops (names, in running order: tests train ops ops-small cuda-tests
 # ops-cuda train-cuda ops-compile tune kernels ops-tf32x3 train-tf32x3 train-tf32 ops-tf32
 # other-models trainer train-bf16 ops-bf16 train-compile; the persistent smoke test runs with
 # tests). The first ones are what issue 3 needs (GPU tests, the ops table with torch.compile)
 # and the first GPU run of csrc/; the experiments (tune, kernels, tf32x3, ...) come after.
 #
-# $OUT (the folder that comes back; 8 files, no subfolders):
+# $OUT (the folder that comes back; 9 files, no subfolders):
+#   stages.txt     one "name status" line per stage (ok, failed, timed-out, skipped, not-selected):
+#                  commit it as <gpu>_<date>_stages.txt for a second call's ZF_STAGES=rest
 #   persistent_smoke.log  persistent vs stepwise vs float64 lstm / zforcing_chain, benchmark shapes
 #   tests.log      pytest -k "triton or gpu" on the GPU (--maxfail=20, 8 xdist workers where
 #                  pytest-xdist is installed), the CUDA extension's tests aside
@@ -52,8 +55,22 @@ TOTAL="${ZF_CHECK_SECONDS:-470}"
 # build. A misspelt flag or provider then fails here, not in a device session.
 DRY="${ZF_DRY_RUN:-}"
 [[ "$DRY" == "0" ]] && DRY=""
-# a rerun can pick stages, e.g. ZF_STAGES=train,ops bash benchmarks/device_check.sh
-WANT="${ZF_STAGES:-tests,train,ops,ops-small,cuda-tests,ops-cuda,train-cuda,ops-compile,tune,kernels,ops-tf32x3,train-tf32x3,train-tf32,ops-tf32,other-models,trainer,train-bf16,ops-bf16,train-compile}"
+# a rerun can pick stages, e.g. ZF_STAGES=train,ops bash benchmarks/device_check.sh; ZF_STAGES=rest
+# (with ZF_SEED_RESULTS): the stages the seeded call skipped or cut short, read from its
+# <seed>_stages.txt (that call's $OUT/stages.txt: one "name status" line per stage)
+ALL_STAGES="tests,train,ops,ops-small,cuda-tests,ops-cuda,train-cuda,ops-compile,tune,kernels,ops-tf32x3,train-tf32x3,train-tf32,ops-tf32,other-models,trainer,train-bf16,ops-bf16,train-compile"
+WANT="${ZF_STAGES:-$ALL_STAGES}"
+if [[ "$WANT" == "rest" ]]; then
+  SEED_STAGES="${ZF_SEED_RESULTS:-}_stages.txt"
+  if [[ -z "${ZF_SEED_RESULTS:-}" || ! -f "$SEED_STAGES" ]]; then
+    echo "ZF_STAGES=rest needs ZF_SEED_RESULTS=<path> with <path>_stages.txt; running every stage"
+    WANT="$ALL_STAGES"
+  else
+    WANT=$(awk '$2 == "skipped" || $2 == "timed-out" {printf "%s%s", sep, $1; sep=","}' "$SEED_STAGES")
+    echo "ZF_STAGES=rest: ${WANT:-nothing left} (from $SEED_STAGES)"
+  fi
+fi
+: >"$OUT/stages.txt"
 START=$SECONDS
 STAGES=()
 FAILED=0
@@ -68,12 +85,14 @@ run_stage() {
   local l lim t0 rc msg
   if [[ ",$WANT," != *",$name,"* ]]; then
     STAGES+=("$name: not selected (ZF_STAGES)")
+    echo "$name not-selected" >>"$OUT/stages.txt"
     return 0
   fi
   l=$(left)
   lim=$(( max < l ? max : l ))
   if (( lim < 25 )); then
     STAGES+=("$name: skipped (time budget used up)")
+    echo "$name skipped" >>"$OUT/stages.txt"
     echo "== $name: skipped (time budget used up)" | tee -a "$LOG"
     return 0
   fi
@@ -88,7 +107,13 @@ run_stage() {
   ZF_BUDGET_S=$(( lim > 40 ? lim - 20 : lim / 2 )) timeout -k 5 "$lim" "${cmd[@]}" >>"$log" 2>&1
   rc=$?
   msg="$name: rc=$rc ($(( SECONDS - t0 ))s)"
-  if (( rc == 124 || rc == 137 )); then msg+=" TIMED OUT (rows it had not finished show as 'incomplete')"; fi
+  local status=ok
+  (( rc != 0 )) && status=failed
+  if (( rc == 124 || rc == 137 )); then
+    msg+=" TIMED OUT (rows it had not finished show as 'incomplete')"
+    status=timed-out
+  fi
+  echo "$name $status" >>"$OUT/stages.txt"
   if (( rc != 0 )); then FAILED=1; fi
   STAGES+=("$msg")
   echo "== $msg" | tee -a "$LOG"

@@ -180,6 +180,20 @@ def test_device_check_dry_run_parses_every_stage(tmp_path):
     rows = _rows(tmp_path / "results.json")
     assert rows and all(r["status"] == "skipped" for r in rows)
     assert {r["suite"] for r in rows} >= {"ops", "train", "tune", "kernels", "trainer"}
+    status = dict(line.split() for line in (tmp_path / "stages.txt").read_text().splitlines())
+    assert len(status) == 19 and set(status.values()) == {"ok"}, status
+    # a second call continues with what the first skipped or cut short (ZF_STAGES=rest)
+    for ext in ("json", "csv"):
+        shutil.copy(tmp_path / f"results.{ext}", tmp_path / f"seed.{ext}")
+    (tmp_path / "seed_stages.txt").write_text("tests ok\ntune skipped\nkernels timed-out\nops failed\n")
+    out2 = tmp_path / "second"
+    env.update(ZF_STAGES="rest", ZF_SEED_RESULTS=str(tmp_path / "seed"), OUT=str(out2))
+    r = subprocess.run([bash, str(REPO / "benchmarks" / "device_check.sh")], capture_output=True, text=True,
+                       env=env, cwd=REPO, timeout=900)
+    assert r.returncode == 0 and "ZF_STAGES=rest: tune,kernels" in r.stdout, r.stdout[-3000:]
+    ran = [line.split()[0] for line in (out2 / "stages.txt").read_text().splitlines() if not line.endswith("not-selected")]
+    assert ran == ["tune", "kernels"]
+    assert len(_rows(out2 / "results.json")) > len(rows)      # appended to the seed's rows
 
 
 def test_persistent_smoke_script_runs_and_agrees_on_cpu():
