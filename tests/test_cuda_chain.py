@@ -13,6 +13,9 @@ from zf_kernels import ops
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
+# where _inputs puts the tensors ("cpu" when tests/test_cuda_gpu_bounds.py runs these
+# comparisons with the CPU emulation of the kernels)
+DEVICE = "cuda"
 NAMES = ("gates_x", "post_x", "eps", "h0", "c0", "weight_qh", "weight_q2", "bias_q2",
          "weight_gz", "bias_gz", "weight_iz", "weight_hh")
 
@@ -39,13 +42,13 @@ def _inputs(T, B, H, M, Z, G, dtype, seed=0, scale=1.0):
 
     def r(*shape, sc=1.0):
         t = torch.randn(*shape, generator=g, dtype=torch.float64) * sc
-        return t.to(device="cuda", dtype=dtype).requires_grad_()
+        return t.to(device=DEVICE, dtype=dtype).requires_grad_()
 
     k = scale
     args = [r(T, B, 4 * H), r(T, B, M, sc=5.0 * k), r(T, B, Z), r(B, H, sc=0.5), r(B, H),
             r(M, H, sc=2.0 * k / H ** 0.5), r(2 * Z, M, sc=6.0 * k / M ** 0.5), r(2 * Z, sc=2.0 * k),
             r(G, Z, sc=0.5 / Z ** 0.5), r(G), r(4 * H, G, sc=1.0 / G ** 0.5), r(4 * H, H, sc=1.0 / H ** 0.5)]
-    grads = [(torch.randn(T, B, n, generator=g, dtype=torch.float64) * (1 + i)).to("cuda", dtype)
+    grads = [(torch.randn(T, B, n, generator=g, dtype=torch.float64) * (1 + i)).to(DEVICE, dtype)
              for i, n in enumerate((H, H, Z, Z, Z))]
     return args, grads
 

@@ -14,6 +14,11 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
+# where _inputs puts the tensors ("cpu" when tests/test_cuda_gpu_bounds.py runs these
+# comparisons with the CPU emulation of the kernels)
+DEVICE = "cuda"
+
+
 @pytest.fixture(scope="module")
 def cuda_lstm():
     from zf_kernels.ops.lstm import cuda   # builds the extension on first use (about a minute)
@@ -25,14 +30,14 @@ def _inputs(T, B, I, H, dtype, seed=0, biases=True, states=True):
 
     def r(*shape, scale=1.0):
         t = scale * torch.randn(*shape, generator=g, dtype=torch.float64)
-        return t.to(device="cuda", dtype=dtype).requires_grad_()
+        return t.to(device=DEVICE, dtype=dtype).requires_grad_()
 
     args = [r(T, B, I), r(4 * H, I, scale=1 / math.sqrt(I)), r(4 * H, H, scale=1 / math.sqrt(H)),
             r(4 * H, scale=0.1) if biases else None, r(4 * H, scale=0.1) if biases else None,
             r(B, H, scale=0.5) if states else None, r(B, H, scale=0.5) if states else None]
-    grads = [torch.randn(T, B, H, generator=g, dtype=torch.float64).to("cuda", dtype),
-             torch.randn(B, H, generator=g, dtype=torch.float64).to("cuda", dtype),
-             torch.randn(B, H, generator=g, dtype=torch.float64).to("cuda", dtype)]
+    grads = [torch.randn(T, B, H, generator=g, dtype=torch.float64).to(DEVICE, dtype),
+             torch.randn(B, H, generator=g, dtype=torch.float64).to(DEVICE, dtype),
+             torch.randn(B, H, generator=g, dtype=torch.float64).to(DEVICE, dtype)]
     return args, grads
 
 

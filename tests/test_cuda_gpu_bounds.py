@@ -1,0 +1,62 @@
+"""The GPU tests of the CUDA extension (tests/test_cuda_lstm.py, tests/test_cuda_chain.py) hold
+bounds that were set without a GPU. Here their comparisons run on the CPU with the CPU emulation
+of the same kernel source (tests/_cuda_emulation.py) in place of the extension, so a bound the
+kernels' own rounding cannot meet (as the chain's DESIGN-shape bound could not, found by hand on
+2026-11-27) fails in CI rather than in a device session; and with the grid sync compiled out,
+the same comparisons must fail. The DESIGN shapes themselves take ~50 s each here and are left
+to the GPU run."""
+import pytest
+import torch
+
+import _cuda_emulation as emu
+import test_cuda_chain as gpu_chain
+import test_cuda_lstm as gpu_lstm
+
+pytestmark = pytest.mark.skipif(emu.compiler() is None, reason="no g++ to build the CPU emulation")
+
+
+def _module(make_kernels):
+    """What the GPU tests' fixtures return, as far as their comparisons use it."""
+    return type("EmulatedExtension", (), {"_ExtensionKernels": staticmethod(make_kernels)})
+
+
+def _chain(extra_flags=()):
+    return _module(lambda units: emu.EmulatedChainKernels(emu.chain_library(extra_flags), 8, units, 0, 132))
+
+
+def _lstm(extra_flags=()):
+    return _module(lambda units: emu.EmulatedKernels(emu.library(extra_flags), 8, units, 0, 132))
+
+
+@pytest.fixture
+def on_cpu(monkeypatch):
+    monkeypatch.setattr(gpu_chain, "DEVICE", "cpu")
+    monkeypatch.setattr(gpu_lstm, "DEVICE", "cpu")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_chain_random_shapes_bound_holds_for_the_kernels_rounding(on_cpu, seed):
+    gpu_chain.test_cuda_chain_random_shapes_float32(_chain(), seed)
+
+
+@pytest.mark.parametrize("units", [0, 1, 3])
+def test_chain_float64_bound_holds(on_cpu, units):
+    gpu_chain.test_cuda_chain_small_odd_shapes_float64(_chain(), units)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_lstm_random_shapes_bound_holds_for_the_kernels_rounding(on_cpu, seed):
+    gpu_lstm.test_cuda_lstm_random_shapes_float32(_lstm(), seed)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("units", [0, 1, 3])
+def test_lstm_float64_bound_holds(on_cpu, reverse, units):
+    gpu_lstm.test_cuda_lstm_small_odd_shapes_float64(_lstm(), reverse, units)
+
+
+def test_the_comparisons_fail_without_the_grid_sync(on_cpu):
+    with pytest.raises(AssertionError):
+        gpu_chain.test_cuda_chain_random_shapes_float32(_chain((emu.NO_GRID_SYNC,)), 0)
+    with pytest.raises(AssertionError):
+        gpu_lstm.test_cuda_lstm_random_shapes_float32(_lstm((emu.NO_GRID_SYNC,)), 0)
