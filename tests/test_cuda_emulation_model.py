@@ -6,6 +6,8 @@ interpreter. Against the same step with ``backend="torch"`` in float64: the loss
 gradient of every parameter. It fails if the step does not go through both CUDA recurrences
 (forward and backward). Nothing here says anything about a GPU run."""
 import functools
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +18,9 @@ from zf_kernels.ops import _dispatch
 from zf_kernels.ops.lstm._cuda_function import run_lstm
 from zf_kernels.ops.recurrence._cuda_function import run_chain
 from zf_kernels.ops.recurrence.naive import ChainOutput
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the repository root: benchmarks/
+from benchmarks import bench_train_step  # noqa: E402
 
 pytestmark = pytest.mark.skipif(emu.compiler() is None, reason="no g++ to build the CPU emulation")
 
@@ -96,6 +101,7 @@ def test_training_step_on_emulated_cuda_recurrences_matches_torch(emulated_cuda_
 
     assert ops.explain("lstm", y.new_zeros(T, B, 6), ours.bwd_lstm.weight_ih_l0, ours.bwd_lstm.weight_hh_l0)[0] \
         == "cuda"
+    bench_train_step.check_cuda_recurrences(ours, y)     # what the benchmark's cuda rows check first
     got_terms, got_grads = _step(ours, y, eps)
     calls = sorted(set(emulated_cuda_backend))
     assert calls == ["chain backward", "chain forward", "lstm backward", "lstm forward"], calls
