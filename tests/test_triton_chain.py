@@ -170,6 +170,21 @@ def test_forward_reading_transposed_weights(schedule, blocks, dtype, nan_empty, 
     assert not bad, f"W^T forward, {schedule}: errors above {TOL[dtype]}: {bad}"
 
 
+@pytest.mark.skipif(DEVICE == "cuda", reason="the GPU's own configuration is what the GPU tests run")
+@pytest.mark.parametrize("block_k", [64, 128])
+def test_persistent_wide_k_chunks(block_k, monkeypatch):
+    """PERSISTENT_FP32_BLOCK_K's wider chunks (tune_tiles "-k64" / "-k128") in every stage of
+    the persistent kernels: H = 150 and 4H, M = 140, 2Z = 140 are partial and full chunks."""
+    cfg = {"BLOCK_B": 16, "BLOCK_N": 256, "BLOCK_K": block_k}
+    monkeypatch.setattr(chain_triton, "_persistent_config", lambda B, dims, dtype, ref: (cfg, "forced"))
+
+    def fn(*a):
+        return chain_triton.zforcing_chain(*a, schedule="persistent")
+    errs = run_errors(fn, (3, 5, 150, 140, 70, 21), torch.float64, seed=6, check_clamps=False)
+    bad = {k: f"{v:.2e}" for k, v in errs.items() if not v <= TOL[torch.float64]}
+    assert not bad, f"BLOCK_K {block_k}: errors above {TOL[torch.float64]}: {bad}"
+
+
 def test_schedule_choice_and_override(monkeypatch):
     args = make_inputs(3, 2, 4, 5, 2, 6, dtype=torch.float32)
     assert chain_triton.explain_schedule(*args[:3]).startswith("schedule persistent")

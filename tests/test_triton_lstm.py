@@ -159,6 +159,22 @@ def test_lstm_forward_reading_transposed_weight(T, B, I, H, reverse, bias, state
         _close(a, b, dtype, f"{n} (W_hh^T forward)")
 
 
+@pytest.mark.skipif(_ON_GPU, reason="the GPU's own configuration is what the GPU tests run")
+@pytest.mark.parametrize("block_k", [64, 128])
+def test_lstm_persistent_wide_k_chunks(block_k, monkeypatch):
+    """PERSISTENT_FP32_BLOCK_K's wider chunks (tune_tiles "-k64" / "-k128"), forced into the
+    persistent kernels: H = 150 is one partial and one full 128 chunk (three chunks of 64),
+    values and every gradient as the reference, both directions."""
+    monkeypatch.setattr(lt, "_persistent_config",
+                        lambda B, H, ref: (dict(BLOCK_B=16, BLOCK_H=256, BLOCK_K=block_k, num_warps=4), "forced"))
+    inputs, grads = _make(3, 5, 7, 150, "both", True, torch.float64, seed=21, w_scale=150 ** -0.5)
+    for reverse in (False, True):
+        got = _run(lambda *a, **k: lt.lstm(*a, **k, schedule="persistent"), inputs, grads, reverse)
+        ref = _run(naive.lstm_ref, inputs, grads, reverse)
+        for n, a, b in zip(_names(inputs), got, ref):
+            _close(a, b, torch.float64, f"{n} (BLOCK_K {block_k}, reverse={reverse})")
+
+
 def test_lstm_out_sum_expanded_grad_and_unused_outputs():
     """``out.sum()`` hands backward an expanded (stride-0) gradient; h_T / c_T unused get zeros."""
     inputs, _ = _make(3, 3, 5, 20, "both", True, torch.float64, seed=1)
