@@ -34,11 +34,10 @@ SHORT = {"unavailable": "unavail", "incomplete": "cut-off", "skipped": "skipped"
 
 
 def _get(rows, suite, case, mode, provider, dtype="float32"):
-    for r in rows:
-        if (r.get("suite"), r.get("case"), r.get("mode"), r.get("provider"), r.get("dtype")) == \
-                (suite, case, mode, provider, dtype) and r.get("status") == "ok" and r.get("ms"):
-            return r
-    return None
+    """The measurement's successful row (the last, as ``_latest``), or None."""
+    r = _latest([r for r in rows if (r.get("suite"), r.get("case"), r.get("mode"), r.get("provider"),
+                                     r.get("dtype")) == (suite, case, mode, provider, dtype)])
+    return r if r is not None and r.get("status") == "ok" and r.get("ms") else None
 
 
 def _latest(rows):

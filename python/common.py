@@ -76,11 +76,6 @@ class SequenceVAE(BoundsMixin, nn.Module):
             self.emb = nn.Linear(input_dim, emb_dim)
         self.out_dim = 2 * input_dim if output_type == "gaussian" else input_dim
 
-    def _be(self, op: str) -> str:
-        """The backend passed to ``op``: ``backend`` itself, or with "cuda" "auto" for an op
-        without CUDA kernels (``ops.op_backend``, as ``ZForcing`` does)."""
-        return ops.op_backend(op, self.backend)
-
     # ------------------------------------------------------------- data side
     @property
     def _like(self):

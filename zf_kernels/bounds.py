@@ -1,5 +1,6 @@
 """Evaluation bounds shared by every sequence VAE of the package (ZForcing and the models in
-python/): the -ELBO and the importance-weighted bound (IWAE)."""
+python/): the -ELBO and the importance-weighted bound (IWAE); and the per-op backend rule
+(``_be``) those models share."""
 from __future__ import annotations
 
 import math
@@ -13,6 +14,11 @@ class BoundsMixin:
     """For an ``nn.Module`` whose ``forward(y, u, mask, generator=, return_latents=True)``
     returns ``(LossTerms, latents)`` with per-step ``z, mu_q, logvar_q, mu_p, logvar_p`` and
     which has a ``backend`` attribute."""
+
+    def _be(self, op: str) -> str:
+        """The backend this model passes to ``op`` (``ops.op_backend``: with "cuda", "cuda"
+        only for the ops that have CUDA kernels, "auto" for the rest)."""
+        return ops.op_backend(op, self.backend)
 
     @torch.no_grad()
     def neg_elbo(self, y, u=None, mask=None, generator=None):
@@ -28,7 +34,7 @@ class BoundsMixin:
         rep = lambda x: None if x is None else x.repeat_interleave(k, dim=1)  # noqa: E731
         terms, lat = self(rep(y), rep(u), rep(mask), generator=generator, return_latents=True)
         m = None if mask is None else rep(mask).to(lat["z"].dtype)
-        be = ops.op_backend("gaussian_nll", self.backend)
+        be = self._be("gaussian_nll")
         log_pz = -ops.gaussian_nll(lat["z"], lat["mu_p"], lat["logvar_p"], m, backend=be).sum(0)
         log_qz = -ops.gaussian_nll(lat["z"], lat["mu_q"], lat["logvar_q"], m, backend=be).sum(0)
         return (-terms.nll + log_pz - log_qz).view(B, k).t()

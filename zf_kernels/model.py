@@ -170,10 +170,6 @@ class ZForcing(BoundsMixin, nn.Module):
     def _embed(self, x):
         return self.emb(x.long()) if self.output_type == "categorical" else self.emb(x)
 
-    def _be(self, op: str) -> str:
-        """The backend passed to ``op`` (``ops.op_backend``: "cuda" only where it has kernels)."""
-        return ops.op_backend(op, self.backend)
-
     def backward_states(self, y, mask=None):
         """``b_t = LSTM_bwd(emb(y_t), b_{t+1})``; with a padding mask each sequence is read
         from its own last valid step, so padding never leaks into b_t of valid steps."""
