@@ -6,7 +6,12 @@
 
 Providers:
   torch    the eager reference through the public API, ``backend="torch"``
-  compile  ``torch.compile`` (default mode) of the reference function (``*_ref`` in naive.py)
+  compile  ``torch.compile`` (default mode) of the reference function (``*_ref`` in naive.py);
+           it unrolls the recurrences' time loops (the 784-step ones only with --compile all)
+  compile-step  ``lstm``, ``zforcing_chain``, ``zforcing_chain_ln`` only: the reference's time
+           loop in Python around ``torch.compile`` of its one-step function (``lstm_cell_ref``,
+           ``*_step_ref``), how a long recurrence is compiled without unrolling it: seconds
+           of compilation at any T
   triton   the Triton kernels through the public API, ``backend="triton"`` (``lstm`` and
            ``zforcing_chain``: their "auto" schedule, persistent where the grid fits; the row's
            note says which)
@@ -44,7 +49,7 @@ from zf_kernels.ops.distributions import naive as dist_naive  # noqa: E402
 from zf_kernels.ops.lstm import naive as lstm_naive  # noqa: E402
 from zf_kernels.ops.recurrence import naive as chain_naive  # noqa: E402
 
-PROVIDERS = ("torch", "compile", "triton", "triton-stepwise", "cudnn", "cuda")
+PROVIDERS = ("torch", "compile", "compile-step", "triton", "triton-stepwise", "cudnn", "cuda")
 MODES = ("fwd", "fwd+bwd")
 SCHEDULED = ("lstm", "zforcing_chain", "zforcing_chain_ln")   # persistent and stepwise Triton schedules
 OPS = ("lstm", "lstm_cell", "zforcing_chain", "zforcing_chain_ln", "reparameterize", "gaussian_kl",
@@ -55,6 +60,12 @@ REFS = {
     "reparameterize": dist_naive.reparameterize_ref, "gaussian_kl": dist_naive.gaussian_kl_ref,
     "gaussian_nll": dist_naive.gaussian_nll_ref, "bernoulli_nll": dist_naive.bernoulli_nll_ref,
     "categorical_nll": dist_naive.categorical_nll_ref, "leaky_clamp": act_naive.leaky_clamp_ref,
+}
+# compile-step: (the reference's time loop, its one-step function)
+STEP_REFS = {
+    "lstm": (lstm_naive.lstm_loop_ref, lstm_naive.lstm_cell_ref),
+    "zforcing_chain": (chain_naive.chain_loop_ref, chain_naive.zforcing_chain_step_ref),
+    "zforcing_chain_ln": (chain_naive.chain_loop_ref, chain_naive.zforcing_chain_ln_step_ref),
 }
 
 
@@ -221,6 +232,11 @@ def caller(op: str, provider: str, inp: Inputs) -> Callable:
         torch._dynamo.reset()
         fn = torch.compile(REFS[op])
         return lambda: fn(*args)
+    if provider == "compile-step":
+        torch._dynamo.reset()
+        loop, step = STEP_REFS[op]
+        compiled_step = torch.compile(step)
+        return lambda: loop(compiled_step, *args)
     if provider == "triton-stepwise":
         from zf_kernels.ops.lstm import triton as lstm_triton
         from zf_kernels.ops.recurrence import triton as chain_triton
@@ -278,6 +294,7 @@ def run(args) -> int:
 
     all_cases = [c for c in cases(args.smoke) if c.op in op_names]
     # pass 1: everything but torch.compile, in priority order; pass 2: compile, cheapest first
+    # (the recurrences' compiled steps, seconds each, before their unrolled loops)
     plan = []
     for dt in dtypes:
         for c in all_cases:
@@ -285,16 +302,17 @@ def run(args) -> int:
                      if p in providers and (p in ("torch", "triton") or c.op == "lstm"
                                             or (p == "cuda" and c.op == "zforcing_chain")
                                             or (p == "triton-stepwise" and c.op in SCHEDULED))]
-    if "compile" in providers:
-        for dt in dtypes:
-            for c in sorted(all_cases, key=lambda c: c.compile_rank):
-                plan.append((c, dt, "compile"))
+    compile_plan = [(c, p) for c in all_cases for p in ("compile", "compile-step")
+                    if p in providers and (p == "compile" or c.op in SCHEDULED)]
+    for dt in dtypes:
+        for c, p in sorted(compile_plan, key=lambda cp: cp[0].compile_rank if cp[1] == "compile" else 1.5):
+            plan.append((c, dt, p))
 
     ref_cache: dict = {}
     for case, dt_name, provider in plan:
         base = dict(case=f"{case.op} {case.label}", op=case.op, shape=case.label, dtype=dt_name,
                     provider=provider)
-        if provider == "compile" and args.compile == "none":
+        if provider.startswith("compile") and args.compile == "none":
             continue
         if budget.exhausted():
             for m in modes:
@@ -310,7 +328,7 @@ def run(args) -> int:
             return 2
         with common.matmul_precision(dt_name):
             run_provider(case, DTYPES[dt_name], provider, modes, base, res, device, timing, ref_cache, args)
-        free_memory(device, collect=provider == "compile")
+        free_memory(device, collect=provider.startswith("compile"))
     print(f"# wrote {res.csv_path} and {res.json_path}", flush=True)
     return 0
 
@@ -324,11 +342,13 @@ def run_provider(case, dtype, provider, modes, base, res, device, timing, ref_ca
             ref_cache.clear()
             ref_cache[key] = reference(case, inp)
         call = caller(case.op, provider, inp)
-        counters_before = common.dynamo_counters() if provider == "compile" else None
+        counters_before = common.dynamo_counters() if provider.startswith("compile") else None
         got_out, got_grad = observe(case, inp, provider, call)          # first call: compiles / autotunes
         note = ""
-        if provider == "compile":
+        if provider.startswith("compile"):
             note = common.compile_note(counters_before)
+            if provider == "compile-step":
+                note = f"compiled step, Python time loop; {note}"
         if provider == "cudnn":
             note = _rnn_kernel(inp.module, inp.args[0])
         if provider == "cuda":
@@ -356,7 +376,7 @@ def run_provider(case, dtype, provider, modes, base, res, device, timing, ref_ca
             if row["status"] == "incomplete":
                 res.end(row, status=status, note=note)
     finally:
-        if provider == "compile":
+        if provider.startswith("compile"):
             torch._dynamo.reset()
 
 
@@ -392,7 +412,8 @@ def main(argv=None) -> int:
                    "(default float32,bfloat16; float32 with --smoke)")
     p.add_argument("--modes", default=None, help="fwd, fwd+bwd (default both)")
     p.add_argument("--compile", choices=("none", "short", "all"), default="short",
-                   help="torch.compile provider: skip it, skip the 784-step loops (default), or all")
+                   help="torch.compile providers: skip both, skip the unrolled 784-step loops (default; "
+                   "compile-step runs at any T), or all")
     p.add_argument("--no-check", dest="check", action="store_false",
                    help="skip the float64 reference run behind the rel_err column")
     return run(p.parse_args(argv))

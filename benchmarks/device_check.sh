@@ -219,10 +219,12 @@ run_stage train-cuda 45 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results \
   --providers cuda,cuda+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
 
-# 6. torch.compile of the op references (fp32; cheap compilations first, 784-step loops skipped;
-# on this 2-core CPU the 40-step chain's compile took 78 s forward + 80 s backward, the LSTM's 35 s)
+# 6. torch.compile of the op references (fp32; cheap compilations first: the small ops, then the
+# recurrences' compiled steps in a Python loop at T40 and T784 (compile-step, seconds each), then
+# the unrolled 40-step loops (on this 2-core CPU the chain's compile took 78 s forward + 80 s
+# backward, the LSTM's 35 s); the unrolled 784-step loops skipped)
 run_stage ops-compile 150 "$LOG" \
-  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --providers compile --dtypes float32
+  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --providers compile,compile-step --dtypes float32
 
 # 7. which tile and float32 K pipeline depth the persistent Triton kernels should use (B=32:
 # 1 x 64 vs 2 x 64 grids; 1 stage, today's, vs 2 and 3: the persistent kernels ran 5-12% slower

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-PROVIDER_ORDER = ["torch", "compile", "torch+compile", "torch+graph", "cudnn", "triton-stepwise",
+PROVIDER_ORDER = ["torch", "compile", "compile-step", "torch+compile", "torch+graph", "cudnn", "triton-stepwise",
                   "triton-stepwise+graph", "triton", "triton+graph"]
 
 

@@ -202,6 +202,29 @@ def tune_table(rows) -> list[str]:
     return out
 
 
+# what issue 3's ops table needs of every op case (float32, forward + backward): an ok row of
+# each kind, any provider of the kind (cuDNN only for the lstm cases)
+COVERAGE = {"eager": ("torch",), "torch.compile": ("compile", "compile-step"),
+            "triton": ("triton", "triton-stepwise")}
+
+
+def ops_coverage(rows) -> list[str]:
+    """Which float32 fwd+bwd op cases still lack an ok eager / torch.compile / Triton (/ cuDNN) row."""
+    ops_rows = [r for r in rows if r.get("suite") == "ops" and r.get("mode") == "fwd+bwd"
+                and r.get("dtype") == "float32"]
+    if not ops_rows:
+        return []
+    ok = {(r["case"], r["provider"]) for r in ops_rows if r.get("status") == "ok" and r.get("ms")}
+    missing = []
+    for case in dict.fromkeys(r["case"] for r in ops_rows):
+        kinds = dict(COVERAGE, **({"cuDNN": ("cudnn",)} if case.startswith("lstm ") else {}))
+        lacks = [k for k, provs in kinds.items() if not any((case, p) in ok for p in provs)]
+        if lacks:
+            missing.append(f"- {case}: no {', '.join(lacks)}")
+    head = "## Ops table coverage (float32 fwd+bwd: eager, torch.compile, Triton, cuDNN for lstm)"
+    return ["", head, ""] + (missing or ["- complete"])
+
+
 def problems(rows, limit=8) -> list[str]:
     """Rows that failed or were cut off, grouped by (suite, provider, status, note)."""
     bad = [r for r in rows if r.get("status") not in ("ok", "skipped")]
@@ -251,6 +274,7 @@ def summarize(path: Path, tests_log=None, show_all: bool = False) -> str:
     for log in logs:
         parts += tests_summary(Path(log)) + [""]
     parts += ops_table(rows, ("fwd", "fwd+bwd") if show_all else ("fwd+bwd",))
+    parts += ops_coverage(rows)
     parts += train_table(rows)
     parts += kernels_table(rows)
     parts += tune_table(rows)

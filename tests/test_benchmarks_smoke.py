@@ -131,6 +131,36 @@ def test_ops_interpreted_kernel(tmp_path):
     assert len(rows) == 2 and all(r["status"] == "ok" and r["provider"] == "triton" for r in rows), rows
 
 
+def test_ops_coverage_names_what_each_case_lacks():
+    """Issue 3's checklist: a case is covered by any ok row of each kind (compile-step counts as
+    torch.compile); failed / skipped rows and other dtypes or modes do not count."""
+    from benchmarks import summarize
+    def row(case, provider, status="ok", dtype="float32", mode="fwd+bwd"):
+        return dict(suite="ops", case=case, dtype=dtype, mode=mode, provider=provider, status=status, ms=1.0)
+    lstm, kl = "lstm T40 B32 I512 H1024", "gaussian_kl 40x32x256"
+    rows = [row(lstm, "torch"), row(lstm, "compile", status="skipped"), row(lstm, "compile-step"),
+            row(lstm, "triton-stepwise"), row(lstm, "cudnn", status="error"),
+            row(kl, "torch"), row(kl, "compile"), row(kl, "triton", dtype="bfloat16"), row(kl, "triton", mode="fwd")]
+    lines = summarize.ops_coverage(rows)
+    assert f"- {lstm}: no cuDNN" in lines and f"- {kl}: no triton" in lines, lines
+    rows += [row(lstm, "cudnn"), row(kl, "triton")]
+    assert summarize.ops_coverage(rows)[-1] == "- complete"
+
+
+def test_compile_step_rows_compile_the_step_not_the_loop(tmp_path):
+    """compile-step: torch.compile of the recurrence's one-step reference in a Python loop, for
+    the recurrences only (the small ops have no step), right values, one compiled graph per
+    distinct step signature (the LSTM's first step has h0 without grad), no graph breaks."""
+    argv = ["--smoke", "--device", "cpu", "--out", str(tmp_path), "--name", "s", "--fresh", "--quiet",
+            "--providers", "compile-step", "--ops", "lstm,reparameterize", "--modes", "fwd+bwd"]
+    assert bench_ops.main(argv) == 0
+    rows = _rows(tmp_path / "s.json")
+    assert [r["op"] for r in rows] == ["lstm"], rows
+    (row,) = rows
+    assert row["status"] == "ok" and row["rel_err"] < 1e-5, row
+    assert "compiled step" in row["note"] and "2 graph(s), 0 graph break(s)" in row["note"], row
+
+
 def test_budget_and_unavailable_rows(tmp_path):
     """A used-up budget skips rows; a backend that cannot run is a row, not a crash."""
     argv = ["--smoke", "--device", "cpu", "--out", str(tmp_path), "--name", "b", "--fresh", "--quiet",

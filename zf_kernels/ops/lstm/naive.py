@@ -19,6 +19,13 @@ def lstm_ref(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, c0=No
     """Single-layer LSTM over time-major ``x (T, B, I)``; the input projection is hoisted out
     of the time loop. ``reverse=True`` reads x[T-1] .. x[0] and returns ``out`` in the
     original order (``out[t]`` summarises ``x[t:]``)."""
+    return lstm_loop_ref(lstm_cell_ref, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, reverse)
+
+
+def lstm_loop_ref(cell, x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, c0=None, reverse=False):
+    """``lstm_ref`` with ``cell`` (``lstm_cell_ref``'s signature) as its step: the benchmark's
+    ``compile-step`` row passes ``torch.compile(lstm_cell_ref)``, the way a long recurrence is
+    compiled without unrolling its loop."""
     T, B, _ = x.shape
     H = weight_hh.shape[1]
     gates_x = torch.matmul(x, weight_ih.t())
@@ -38,7 +45,7 @@ def lstm_ref(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, c0=No
     steps = gates_x.unbind(0)
     out = []
     for g in (reversed(steps) if reverse else steps):
-        h, c = lstm_cell_ref(g, h, c, weight_hh)
+        h, c = cell(g, h, c, weight_hh)
         out.append(h)
     if reverse:
         out.reverse()

@@ -44,16 +44,30 @@ def zforcing_chain_ref(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_
         gates    = gates_x[t] + g_t @ weight_iz.T + h_{t-1} @ weight_hh.T
         h_t, c_t = LSTM cell(gates, c_{t-1})                     # gate order i, f, g, o
     """
-    T = gates_x.shape[0]
+    return chain_loop_ref(zforcing_chain_step_ref, gates_x, post_x, eps, h0, c0,
+                          weight_qh, weight_q2, bias_q2, weight_gz, bias_gz, weight_iz, weight_hh)
+
+
+def zforcing_chain_step_ref(h, c, gx_t, px_t, eps_t, weight_qh, weight_q2, bias_q2,
+                            weight_gz, bias_gz, weight_iz, weight_hh):
+    """One step of ``zforcing_chain_ref``: ``(h_t, c_t, z_t, mu_t, logvar_t)``."""
+    z, mu, lv = _posterior_sample(h, px_t, eps_t, weight_qh, weight_q2, bias_q2)
+    g = torch.addmm(bias_gz, z, weight_gz.t())
+    h, c = _lstm_cell(gx_t + g @ weight_iz.t() + h @ weight_hh.t(), c)
+    return h, c, z, mu, lv
+
+
+def chain_loop_ref(step, gates_x, post_x, eps, h0, c0, *weights) -> ChainOutput:
+    """The time loop of both chains around ``step(h, c, gates_x[t], post_x[t], eps[t], *weights)
+    -> (h, c, z, mu, logvar)``. The benchmark's ``compile-step`` row passes
+    ``torch.compile(step)``: a long chain compiled without unrolling its loop."""
     h, c = h0, c0
     hs, cs, zs, mus, lvs = [], [], [], [], []
     # unbind, not x[t]: indexing inside the loop makes the backward pass O(T^2)
     for gx_t, px_t, eps_t in zip(gates_x.unbind(0), post_x.unbind(0), eps.unbind(0)):
-        z, mu, lv = _posterior_sample(h, px_t, eps_t, weight_qh, weight_q2, bias_q2)
-        g = torch.addmm(bias_gz, z, weight_gz.t())
-        h, c = _lstm_cell(gx_t + g @ weight_iz.t() + h @ weight_hh.t(), c)
+        h, c, z, mu, lv = step(h, c, gx_t, px_t, eps_t, *weights)
         hs.append(h); cs.append(c); zs.append(z); mus.append(mu); lvs.append(lv)
-    if T == 0:
+    if gates_x.shape[0] == 0:
         B, H = h0.shape
         Z = eps.shape[-1]
         e = gates_x.new_zeros
@@ -91,22 +105,16 @@ def zforcing_chain_ln_ref(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bi
     g(z) is the model's ``gen`` MLP (Z -> G -> 8H, the same clamped LeakyReLU as every MLP);
     ``gates_x`` is ``LN(W_ie e_t)``, precomputed outside.
     """
-    T = gates_x.shape[0]
-    four_h = weight_hh.shape[0]
-    h, c = h0, c0
-    hs, cs, zs, mus, lvs = [], [], [], [], []
-    # unbind, not x[t]: indexing inside the loop makes the backward pass O(T^2)
-    for gx_t, px_t, eps_t in zip(gates_x.unbind(0), post_x.unbind(0), eps.unbind(0)):
-        z, mu, lv = _posterior_sample(h, px_t, eps_t, weight_qh, weight_q2, bias_q2)
-        gen = torch.addmm(bias_g2, mlp_act(torch.addmm(bias_g1, z, weight_g1.t())), weight_g2.t())
-        gain, bias = torch.clamp(gen, -COND_CLAMP, COND_CLAMP).chunk(2, dim=-1)
-        n = F.layer_norm(h @ weight_hh.t(), (four_h,), eps=LN_EPS)
-        h, c = _lstm_cell(gx_t + n * (1.0 + gain) + bias, c)
-        hs.append(h); cs.append(c); zs.append(z); mus.append(mu); lvs.append(lv)
-    if T == 0:
-        B, H = h0.shape
-        Z = eps.shape[-1]
-        e = gates_x.new_zeros
-        return ChainOutput(e(0, B, H), e(0, B, H), e(0, B, Z), e(0, B, Z), e(0, B, Z))
-    st = lambda xs: torch.stack(xs, 0)  # noqa: E731
-    return ChainOutput(st(hs), st(cs), st(zs), st(mus), st(lvs))
+    return chain_loop_ref(zforcing_chain_ln_step_ref, gates_x, post_x, eps, h0, c0,
+                          weight_qh, weight_q2, bias_q2, weight_g1, bias_g1, weight_g2, bias_g2, weight_hh)
+
+
+def zforcing_chain_ln_step_ref(h, c, gx_t, px_t, eps_t, weight_qh, weight_q2, bias_q2,
+                               weight_g1, bias_g1, weight_g2, bias_g2, weight_hh):
+    """One step of ``zforcing_chain_ln_ref``: ``(h_t, c_t, z_t, mu_t, logvar_t)``."""
+    z, mu, lv = _posterior_sample(h, px_t, eps_t, weight_qh, weight_q2, bias_q2)
+    gen = torch.addmm(bias_g2, mlp_act(torch.addmm(bias_g1, z, weight_g1.t())), weight_g2.t())
+    gain, bias = torch.clamp(gen, -COND_CLAMP, COND_CLAMP).chunk(2, dim=-1)
+    n = F.layer_norm(h @ weight_hh.t(), (weight_hh.shape[0],), eps=LN_EPS)
+    h, c = _lstm_cell(gx_t + n * (1.0 + gain) + bias, c)
+    return h, c, z, mu, lv
