@@ -16,7 +16,7 @@
 # .csv and stages.txt committed as <gpu>_<date>.json, .csv, _stages.txt first; "rest" = the stages
 # it skipped or cut short). A rerun can choose
 # stages: ZF_STAGES=train,ops (names, in running order: tests train ops ops-small cuda-tests
-# ops-cuda train-cuda ops-compile tune kernels ops-tf32x3 train-tf32x3 train-tf32 ops-tf32
+# ops-cuda ops-cuda-tf32 train-cuda ops-compile tune kernels ops-tf32x3 train-tf32x3 train-tf32 ops-tf32
 # other-models trainer train-bf16 ops-bf16 train-compile; the persistent smoke test runs with
 # tests). The first ones are what issue 3 needs (GPU tests, the ops table with torch.compile)
 # and the first GPU run of csrc/; the experiments (tune, kernels, tf32x3, ...) come after.
@@ -58,7 +58,7 @@ DRY="${ZF_DRY_RUN:-}"
 # a rerun can pick stages, e.g. ZF_STAGES=train,ops bash benchmarks/device_check.sh; ZF_STAGES=rest
 # (with ZF_SEED_RESULTS): the stages the seeded call skipped or cut short, read from its
 # <seed>_stages.txt (that call's $OUT/stages.txt: one "name status" line per stage)
-ALL_STAGES="tests,train,ops,ops-small,cuda-tests,ops-cuda,train-cuda,ops-compile,tune,kernels,ops-tf32x3,train-tf32x3,train-tf32,ops-tf32,other-models,trainer,train-bf16,ops-bf16,train-compile"
+ALL_STAGES="tests,train,ops,ops-small,cuda-tests,ops-cuda,ops-cuda-tf32,train-cuda,ops-compile,tune,kernels,ops-tf32x3,train-tf32x3,train-tf32,ops-tf32,other-models,trainer,train-bf16,ops-bf16,train-compile"
 WANT="${ZF_STAGES:-$ALL_STAGES}"
 if [[ "$WANT" == "rest" ]]; then
   SEED_STAGES="${ZF_SEED_RESULTS:-}_stages.txt"
@@ -215,6 +215,9 @@ run_stage cuda-tests 90 "$OUT/cuda_tests.log" \
 run_stage ops-cuda 40 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --ops lstm,zforcing_chain --dtypes float32 \
   --providers cudnn,cuda
+# the LSTM's TF32 tensor-core tiles (mma.sync) against cuDNN in TF32 (the chain has IEEE products only)
+run_stage ops-cuda-tf32 25 "$LOG" \
+  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --ops lstm --dtypes tf32 --providers cudnn,cuda
 run_stage train-cuda 45 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results \
   --providers cuda,cuda+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
@@ -250,9 +253,9 @@ run_stage train-tf32x3 35 "$LOG" \
 
 # 10. TF32 (float32 tensors, TF32 matmuls allowed for torch, cuDNN and the Triton kernels): the
 # hoisted step's CUDA graph vs ours, then lstm / chain vs cuDNN, in the same TF32 mode
-run_stage train-tf32 50 "$LOG" \
+run_stage train-tf32 60 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --dtype tf32 \
-  --providers torch+graph,cudnn+graph,triton,triton+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
+  --providers torch+graph,cudnn+graph,triton,triton+graph,cuda+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
 run_stage ops-tf32 30 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --ops lstm,zforcing_chain --dtypes tf32 \
   --providers cudnn,triton

@@ -54,7 +54,7 @@ void raise_for(int rc, const char* err) {
 }
 
 void lstm_forward(torch::Tensor gates, torch::Tensor h0, torch::Tensor w_hh, torch::Tensor out,
-                  torch::Tensor c_all, bool reverse, int64_t units_per_block, int64_t threads,
+                  torch::Tensor c_all, bool reverse, int64_t units_per_block, int64_t threads, bool tf32,
                   int64_t stream) {
   TORCH_CHECK(gates.dim() == 3, "zf_kernels._C: gates must be (T, B, 4H)");
   const int64_t T = gates.size(0), B = gates.size(1), H = gates.size(2) / 4;
@@ -64,6 +64,7 @@ void lstm_forward(torch::Tensor gates, torch::Tensor h0, torch::Tensor w_hh, tor
   check(out, "out", gates, {T, B, H});
   check(c_all, "c_all", gates, {T + 1, B, H});
   ZfLstmLaunch cfg = launch_config<ZfLstmLaunch>(units_per_block, threads);
+  cfg.tf32 = tf32;
   char err[kErrLen] = {0};
   void* s = reinterpret_cast<void*>(stream);
   int rc;
@@ -84,7 +85,7 @@ void lstm_forward(torch::Tensor gates, torch::Tensor h0, torch::Tensor w_hh, tor
 
 void lstm_backward(torch::Tensor d_out, torch::Tensor d_hT, torch::Tensor w_hh,
                    torch::Tensor gates, torch::Tensor c_all, torch::Tensor dc, bool reverse,
-                   int64_t units_per_block, int64_t threads, int64_t stream) {
+                   int64_t units_per_block, int64_t threads, bool tf32, int64_t stream) {
   TORCH_CHECK(gates.dim() == 3, "zf_kernels._C: gates must be (T, B, 4H)");
   const int64_t T = gates.size(0), B = gates.size(1), H = gates.size(2) / 4;
   check(gates, "gates", gates, {T, B, 4 * H});
@@ -94,6 +95,7 @@ void lstm_backward(torch::Tensor d_out, torch::Tensor d_hT, torch::Tensor w_hh,
   check(c_all, "c_all", gates, {T + 1, B, H});
   check(dc, "dc", gates, {B, H});
   ZfLstmLaunch cfg = launch_config<ZfLstmLaunch>(units_per_block, threads);
+  cfg.tf32 = tf32;
   char err[kErrLen] = {0};
   void* s = reinterpret_cast<void*>(stream);
   int rc;
@@ -116,8 +118,9 @@ void lstm_backward(torch::Tensor d_out, torch::Tensor d_hT, torch::Tensor w_hh,
 
 // how one direction would run on the current device (raises ValueError where it cannot)
 pybind11::dict lstm_plan(bool backward, int64_t B, int64_t H, int64_t elem_size,
-                         int64_t units_per_block, int64_t threads) {
+                         int64_t units_per_block, int64_t threads, bool tf32) {
   ZfLstmLaunch cfg = launch_config<ZfLstmLaunch>(units_per_block, threads);
+  cfg.tf32 = tf32;
   ZfLstmPlan p{};
   char err[kErrLen] = {0};
   raise_for(zf_lstm_plan(backward, B, H, elem_size, &cfg, &p, err, kErrLen), err);
@@ -126,6 +129,7 @@ pybind11::dict lstm_plan(bool backward, int64_t B, int64_t H, int64_t elem_size,
   d["k"] = p.k;
   d["ksplit"] = p.ksplit;
   d["w_bytes"] = p.w_bytes;
+  d["tf32"] = p.mma;
   return d;
 }
 
@@ -259,16 +263,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lstm_forward", &lstm_forward, "forward recurrence, one cooperative launch",
         pybind11::arg("gates"), pybind11::arg("h0"), pybind11::arg("w_hh"), pybind11::arg("out"),
         pybind11::arg("c_all"), pybind11::arg("reverse"), pybind11::arg("units_per_block") = 0,
-        pybind11::arg("threads") = 0, pybind11::arg("stream") = 0);
+        pybind11::arg("threads") = 0, pybind11::arg("tf32") = false, pybind11::arg("stream") = 0);
   m.def("lstm_backward", &lstm_backward, "backward recurrence, one cooperative launch",
         pybind11::arg("d_out"), pybind11::arg("d_hT"), pybind11::arg("w_hh"),
         pybind11::arg("gates"), pybind11::arg("c_all"), pybind11::arg("dc"),
         pybind11::arg("reverse"), pybind11::arg("units_per_block") = 0,
-        pybind11::arg("threads") = 0, pybind11::arg("stream") = 0);
+        pybind11::arg("threads") = 0, pybind11::arg("tf32") = false, pybind11::arg("stream") = 0);
   m.def("lstm_plan", &lstm_plan, "launch plan of one direction on the current device",
         pybind11::arg("backward"), pybind11::arg("B"), pybind11::arg("H"),
         pybind11::arg("elem_size"), pybind11::arg("units_per_block") = 0,
-        pybind11::arg("threads") = 0);
+        pybind11::arg("threads") = 0, pybind11::arg("tf32") = false);
   m.def("chain_forward", &chain_forward, "Z-forcing chain forward, one cooperative launch",
         pybind11::arg("gates"), pybind11::arg("post_x"), pybind11::arg("eps"), pybind11::arg("h0"),
         pybind11::arg("c0"), pybind11::arg("w_qh"), pybind11::arg("w_q2"), pybind11::arg("b_q2"),

@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <type_traits>
 
 namespace {
 
@@ -41,28 +42,95 @@ struct Params {
   long long off_w, off_part, off_state, off_a;
 };
 
+// Rows of the batch and of the resident W slice per tile: a thread's TB x TM register tile, or
+// a warp's 16 x 8 tensor-core tile (plan.mma)
+ZF_HOST_DEVICE int tile_b(const ZfLstmPlan& p) { return p.mma ? 16 : TB; }
+ZF_HOST_DEVICE int tile_m(const ZfLstmPlan& p) { return p.mma ? 8 : TM; }
+// resident / staged columns: K, padded with zeros to whole K steps of 8 for the tensor-core tiles
+ZF_HOST_DEVICE int padded_k(int k, const ZfLstmPlan& p) { return p.mma ? (k + 7) / 8 * 8 : k; }
+// resident rows of the W slice: whole register tiles (zero rows past `rows`); the tensor-core
+// tiles read their rows past `rows` from the last real row instead (those columns of the
+// product are never read), so a slice of 9 rows does not take 16 rows of shared memory
+ZF_HOST_DEVICE int resident_rows(const ZfLstmPlan& p) { return p.mma ? p.rows : p.row_groups_m * TM; }
+
+// The tensor-core version of block_matmul's inner products for one staged chunk (ksteps K
+// steps of 8 from column k0 of the resident slice): warp w takes items w, w + warps, ...; item =
+// tile * ksplit + ks, tile = tb * row_groups_m + tm covers batch rows tb * 16 .. + 15 and slice
+// rows tm * 8 .. + 7, and sums K steps ks, ks + ksplit, ... Each lane keeps its four D elements
+// at part[item * 128 + lane * 4 + r] (zeroed first when `zero`). float32 only (plan.mma).
+template <typename T>
+ZF_DEVICE void mma_items(T* part, bool zero, const T* As, const T* Ws, int k0, int ksteps, const ZfLstmPlan& p) {
+  if constexpr (std::is_same<T, float>::value) {
+    const int lane = zf_tid() & 31, warp = zf_tid() >> 5, nwarps = zf_nthreads() >> 5;
+    const int g = lane >> 2, t = lane & 3, ksplit = p.ksplit, tms = p.row_groups_m;
+    const int n_items = p.row_groups_b * tms * ksplit, as = p.a_stride, ws = p.w_stride;
+    for (int item = warp; item < n_items; item += nwarps) {  // uniform across the warp
+      const int ks = item % ksplit, tile = item / ksplit;
+      const int tb = tile / tms, tm = tile - tb * tms;
+      float* pp = part + static_cast<size_t>(item) * 128 + lane * 4;
+      // two accumulators, alternate K steps: two independent MMA chains in flight per warp
+      float d[2][4];
+ZF_UNROLL
+      for (int r = 0; r < 4; ++r) {
+        d[0][r] = zero ? 0.f : pp[r];
+        d[1][r] = 0.f;
+      }
+      const float* a_lo = As + (tb * 16 + g) * as + t;  // A rows g and g + 8 of the tile
+      const float* a_hi = a_lo + 8 * as;
+      const int wrow = tm * 8 + g < p.rows ? tm * 8 + g : p.rows - 1;  // past `rows`: unread columns
+      const float* w = Ws + static_cast<size_t>(wrow) * ws + k0 + t;    // B[k][n] = W[n][k]
+      int s = ks;
+      for (; s + ksplit < ksteps; s += 2 * ksplit) {
+ZF_UNROLL
+        for (int c = 0; c < 2; ++c) {
+          const int k = (s + c * ksplit) * 8;
+          const float a[4] = {a_lo[k], a_hi[k], a_lo[k + 4], a_hi[k + 4]};
+          const float b[2] = {w[k], w[k + 4]};
+          zf_mma_tf32(d[c], a, b);
+        }
+      }
+      if (s < ksteps) {
+        const int k = s * 8;
+        const float a[4] = {a_lo[k], a_hi[k], a_lo[k + 4], a_hi[k + 4]};
+        const float b[2] = {w[k], w[k + 4]};
+        zf_mma_tf32(d[0], a, b);
+      }
+ZF_UNROLL
+      for (int r = 0; r < 4; ++r) pp[r] = d[0][r] + d[1][r];
+    }
+  }
+}
+
 // part[(group * ksplit + ks) * TB * TM + ib * TM + im] += A[b, k] * W[m, k] summed over this
 // block's K slice, for b = bg + ib * row_groups_b, m = mg + im * row_groups_m, k = ks (mod
 // ksplit), where group = bg * row_groups_m + mg. Rows are interleaved (not contiguous) so
-// neighbouring threads read neighbouring shared-memory rows. A (B x K, row stride lda) is
-// staged chunk by chunk into As; rows beyond B read as zero. Ends with a block barrier, after
-// which `part` holds the complete partial sums.
+// neighbouring threads read neighbouring shared-memory rows. With plan.mma the same sums come
+// from TF32 tensor-core tiles instead (mma_items; tile_sum reads either layout). A (B x K, row
+// stride lda) is staged chunk by chunk into As; rows beyond B (and, for the tensor-core tiles,
+// columns up to the next multiple of 8) read as zero. Ends with a block barrier, after which
+// `part` holds the complete partial sums.
 template <typename T>
 ZF_DEVICE void block_matmul(const T* A, int lda, int B, const T* Ws, T* As, T* part,
                             const ZfLstmPlan& p) {
   const int tid = zf_tid(), nt = zf_nthreads();
   const int bgs = p.row_groups_b, mgs = p.row_groups_m, ksplit = p.ksplit;
-  const int Bp = bgs * TB;
+  const int Bp = bgs * tile_b(p);
   const int n_items = bgs * mgs * ksplit;
   const int K = p.k, kc = p.kc, as = p.a_stride, ws = p.w_stride;
   for (int k0 = 0; k0 < K; k0 += kc) {
     const int kw = (K - k0 < kc) ? K - k0 : kc;
+    const int kwp = padded_k(kw, p);
     // the chunk was written by other blocks in this launch: L2 loads
-    for (int idx = tid; idx < Bp * kw; idx += nt) {
-      const int b = idx / kw, k = idx - b * kw;
-      As[b * as + k] = b < B ? zf_ldcg(A + static_cast<size_t>(b) * lda + k0 + k) : T(0);
+    for (int idx = tid; idx < Bp * kwp; idx += nt) {
+      const int b = idx / kwp, k = idx - b * kwp;
+      As[b * as + k] = (b < B && k < kw) ? zf_ldcg(A + static_cast<size_t>(b) * lda + k0 + k) : T(0);
     }
     zf_block_sync();
+    if (p.mma) {
+      mma_items(part, k0 == 0, As, Ws, k0, kwp / 8, p);
+      zf_block_sync();
+      continue;
+    }
     for (int item = tid; item < n_items; item += nt) {
       const int ks = item % ksplit, grp = item / ksplit;
       const int mg = grp % mgs, bg = grp / mgs;
@@ -79,6 +147,14 @@ ZF_UNROLL
 // sum over the ksplit partial tiles of element (b, m)
 template <typename T>
 ZF_DEVICE T tile_sum(const T* part, int b, int m, const ZfLstmPlan& p) {
+  if (p.mma) {  // D[row][col] of tile (tb, tm) is lane (row % 8) * 4 + col / 2's register (row / 8) * 2 + col % 2
+    const int row = b & 15, col = m & 7;
+    const T* pp = part + static_cast<size_t>(((b >> 4) * p.row_groups_m + (m >> 3)) * p.ksplit) * 128 +
+                  ((row & 7) * 4 + (col >> 1)) * 4 + (row >> 3) * 2 + (col & 1);
+    T s = T(0);
+    for (int ks = 0; ks < p.ksplit; ++ks) s += pp[static_cast<size_t>(ks) * 128];
+    return s;
+  }
   const int bg = b % p.row_groups_b, ib = b / p.row_groups_b;
   const int mg = m % p.row_groups_m, im = m / p.row_groups_m;
   const T* pp = part + static_cast<size_t>((bg * p.row_groups_m + mg) * p.ksplit) * (TB * TM) +
@@ -99,15 +175,16 @@ ZF_GLOBAL void lstm_fwd_kernel(Params<T> P) {
   const int tid = zf_tid(), nt = zf_nthreads();
   const int U = p.units_per_block, j0 = zf_bid() * U;
   const int H = P.H, B = P.B, T_ = P.T_;
-  const int Mp = p.row_groups_m * TM, ws = p.w_stride;
+  const int Mp = resident_rows(p), ws = p.w_stride, Kp = padded_k(H, p);
   const size_t BH = static_cast<size_t>(B) * H, B4H = 4 * BH;
 
-  // resident W slice: smem row m = g * U + u holds W_hh row g * H + j0 + u (zeros past H)
-  for (int idx = tid; idx < Mp * H; idx += nt) {
-    const int m = idx / H, k = idx - m * H;
+  // resident W slice: smem row m = g * U + u holds W_hh row g * H + j0 + u (zeros past H, and in
+  // the columns that pad K to whole tensor-core steps)
+  for (int idx = tid; idx < Mp * Kp; idx += nt) {
+    const int m = idx / Kp, k = idx - m * Kp;
     const int g = m / U, j = j0 + m % U;
     Ws[static_cast<size_t>(m) * ws + k] =
-        (m < 4 * U && j < H) ? P.w[(static_cast<size_t>(g) * H + j) * H + k] : T(0);
+        (m < 4 * U && j < H && k < H) ? P.w[(static_cast<size_t>(g) * H + j) * H + k] : T(0);
   }
   for (int e = tid; e < B * U; e += nt) {
     const int b = e / U, j = j0 + e % U;
@@ -152,14 +229,15 @@ ZF_GLOBAL void lstm_bwd_kernel(Params<T> P) {
   const int tid = zf_tid(), nt = zf_nthreads();
   const int U = p.units_per_block, j0 = zf_bid() * U;
   const int H = P.H, B = P.B, T_ = P.T_, H4 = 4 * H;
-  const int Mp = p.row_groups_m * TM, ws = p.w_stride;
+  const int Mp = resident_rows(p), ws = p.w_stride, Kp = padded_k(H4, p);
   const size_t BH = static_cast<size_t>(B) * H, B4H = 4 * BH;
 
-  // resident W slice, transposed: smem row u holds column j0 + u of W_hh (all 4H entries);
-  // global reads run along u (contiguous), so the load is coalesced
-  for (int idx = tid; idx < Mp * H4; idx += nt) {
+  // resident W slice, transposed: smem row u holds column j0 + u of W_hh (all 4H entries, then
+  // zeros to whole tensor-core K steps); global reads run along u (contiguous): coalesced
+  for (int idx = tid; idx < Mp * Kp; idx += nt) {
     const int r = idx / Mp, u = idx - r * Mp, j = j0 + u;
-    Ws[static_cast<size_t>(u) * ws + r] = (u < U && j < H) ? P.w[static_cast<size_t>(r) * H + j] : T(0);
+    Ws[static_cast<size_t>(u) * ws + r] =
+        (u < U && j < H && r < H4) ? P.w[static_cast<size_t>(r) * H + j] : T(0);
   }
   for (int e = tid; e < B * U; e += nt) {
     const int b = e / U, j = j0 + e % U;
@@ -205,7 +283,7 @@ ZF_GLOBAL void lstm_bwd_kernel(Params<T> P) {
 // --------------------------------------------------------------------------------- planning
 
 int plan_with(int backward, int B, int H, int elem_size, int threads, int units, long long smem_limit,
-              int num_sms, ZfLstmPlan* p, char* err, int errlen) {
+              int num_sms, int tf32, ZfLstmPlan* p, char* err, int errlen) {
   char msg[640];
   const char* dir = backward ? "backward" : "forward";
   const char* dt = elem_size == 8 ? "float64" : "float32";
@@ -215,29 +293,51 @@ int plan_with(int backward, int B, int H, int elem_size, int threads, int units,
     set_err(err, errlen, msg);
     return ZF_DOES_NOT_FIT;
   }
+  const bool mma = tf32 && elem_size == 4;  // float64 products stay IEEE
+  if (mma && threads % 32 != 0) {
+    std::snprintf(msg, sizeof msg, "the CUDA lstm's TF32 tensor-core tiles need whole warps: threads must be a "
+                  "multiple of 32, got %d", threads);
+    set_err(err, errlen, msg);
+    return ZF_DOES_NOT_FIT;
+  }
   std::memset(p, 0, sizeof *p);
+  p->mma = mma;
   p->threads = threads;
   p->units_per_block = units > 0 ? (units < H ? units : H) : (H + num_sms - 1) / num_sms;
   p->blocks = (H + p->units_per_block - 1) / p->units_per_block;
   p->rows = backward ? p->units_per_block : 4 * p->units_per_block;
   p->k = backward ? 4 * H : H;
-  p->row_groups_b = (B + TB - 1) / TB;
-  p->row_groups_m = (p->rows + TM - 1) / TM;
+  const int tb = tile_b(*p), tm = tile_m(*p);
+  p->row_groups_b = cdiv(B, tb);
+  p->row_groups_m = cdiv(p->rows, tm);
   const int groups = p->row_groups_b * p->row_groups_m;
-  int ksplit = threads / groups;
-  if (ksplit < 1) ksplit = 1;
-  if (ksplit > p->k) ksplit = p->k;
+  // threads (register tiles) or warps (tensor-core tiles) sharing one tile, each a part of K
+  int ksplit;
+  if (mma) {
+    // the split with the least K work on the busiest warp: ceil(tiles * ks / warps) items of 1 / ks
+    // of K each (10 tiles on 8 warps: 4, i.e. 1.25 tiles' work per warp instead of 2)
+    const int warps = threads / 32, k_steps = cdiv(p->k, 8);
+    ksplit = 1;
+    for (int ks = 2; ks <= 8 && ks <= k_steps; ++ks)
+      if (static_cast<long long>(cdiv(groups * ks, warps)) * ksplit < static_cast<long long>(cdiv(groups * ksplit, warps)) * ks)
+        ksplit = ks;
+  } else {
+    ksplit = threads / groups;
+    if (ksplit < 1) ksplit = 1;
+    if (ksplit > p->k) ksplit = p->k;
+  }
   p->ksplit = ksplit;
-  // row strides padded so that the threads of a warp (consecutive k, then consecutive row
-  // groups) hit distinct shared-memory banks
-  p->w_stride = round_up(p->k, 32) + ksplit % 32;
+  // row strides padded so that the threads of a warp hit distinct shared-memory banks: register
+  // tiles read consecutive k, then consecutive row groups; a tensor-core fragment load reads
+  // rows g = 0..7 at columns t = 0..3 (stride = 4 mod 32)
+  p->w_stride = round_up(p->k, 32) + (mma ? 4 : ksplit % 32);
   const long long es = elem_size;
-  p->w_bytes = align16(static_cast<long long>(p->row_groups_m) * TM * p->w_stride * es);
-  p->part_bytes = align16(static_cast<long long>(groups) * ksplit * TB * TM * es);
+  p->w_bytes = align16(static_cast<long long>(resident_rows(*p)) * p->w_stride * es);
+  p->part_bytes = align16(static_cast<long long>(groups) * ksplit * tb * tm * es);
   p->state_bytes = align16(static_cast<long long>(B) * p->units_per_block * es);
-  const long long Bp = static_cast<long long>(p->row_groups_b) * TB;
+  const long long Bp = static_cast<long long>(p->row_groups_b) * tb;
   const long long fixed = p->w_bytes + p->part_bytes + p->state_bytes;
-  const int a_pad = (ksplit * p->row_groups_m) % 32;
+  const int a_pad = mma ? 4 : (ksplit * p->row_groups_m) % 32;
   const long long avail = smem_limit - fixed;
   long long kc = avail > 0 ? avail / (Bp * es) - 32 - a_pad : 0;  // room for the stride padding
   if (kc >= p->k) kc = p->k;
@@ -284,7 +384,7 @@ int resolve_and_plan(int backward, int B, int H, int es, const ZfLstmLaunch* cfg
   const int rc = resolve_launch(cfg, "lstm", &L, err, errlen);
   if (rc != ZF_OK) return rc;
   *device_sms = L.device_sms;
-  return plan_with(backward, B, H, es, L.threads, L.units, L.smem_limit, L.num_sms, p, err, errlen);
+  return plan_with(backward, B, H, es, L.threads, L.units, L.smem_limit, L.num_sms, L.tf32, p, err, errlen);
 }
 
 template <typename T>

@@ -5,8 +5,10 @@
 //     sync a global std::barrier. That lets a CPU-only machine run the kernels' real indexing,
 //     tiling and synchronisation (tests/test_cuda_emulation.py).
 // Kernels use only what is defined here: zf_tid(), zf_nthreads(), zf_bid(), zf_nblocks(),
-// zf_block_sync(), zf_grid_sync(), zf_dynamic_smem(), zf_ldcg(). No warp shuffles, no tensor
-// cores (the emulation has no warps).
+// zf_block_sync(), zf_grid_sync(), zf_dynamic_smem(), zf_ldcg(), and one tensor-core product,
+// zf_mma_tf32() (mma.sync m16n8k8, TF32 operands, float32 accumulators), which the emulation
+// runs per warp of 32 consecutive threads (a warp barrier and a scratch exchange, so each lane's
+// fragment elements come from all 32 lanes' registers as on the GPU). No warp shuffles.
 #pragma once
 
 #include <cstddef>
@@ -40,6 +42,29 @@ ZF_DEVICE unsigned char* zf_dynamic_smem() {
 template <typename T>
 ZF_DEVICE T zf_ldcg(const T* p) { return __ldcg(p); }
 
+ZF_DEVICE unsigned zf_tf32_bits(float x) {
+  unsigned u;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(u) : "f"(x));
+  return u;
+}
+
+// d (16 x 8, float32) += A (16 x 8) * B (8 x 8), the operands rounded to TF32 (nearest, ties away
+// from zero), one warp. Fragments (PTX ISA, mma.m16n8k8 .tf32; g = lane / 4, t = lane % 4):
+// a = A[g][t], A[g+8][t], A[g][t+4], A[g+8][t+4]; b = B[t][g], B[t+4][g];
+// d = D[g][2t], D[g][2t+1], D[g+8][2t], D[g+8][2t+1]. Every lane of the warp must call it.
+ZF_DEVICE void zf_mma_tf32(float (&d)[4], const float (&a)[4], const float (&b)[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(zf_tf32_bits(a[0])), "r"(zf_tf32_bits(a[1])), "r"(zf_tf32_bits(a[2])), "r"(zf_tf32_bits(a[3])),
+        "r"(zf_tf32_bits(b[0])), "r"(zf_tf32_bits(b[1])));
+#else
+  __trap();  // the planner never chooses the tensor-core tiles below sm_80
+#endif
+}
+
 #else
 // ------------------------------------------------------------------------------ CPU emulation
 #include <barrier>
@@ -60,9 +85,16 @@ ZF_DEVICE T zf_ldcg(const T* p) { return __ldcg(p); }
 namespace zf_emu {
 
 struct Block {
-  explicit Block(int threads, std::size_t smem) : bar(threads), smem(smem + 16) {}
+  explicit Block(int threads, std::size_t smem) : bar(threads), smem(smem + 16) {
+    for (int w = 0; w < threads / 32; ++w) warp_bar.push_back(std::make_unique<std::barrier<>>(32));
+    mma_scratch.resize(static_cast<std::size_t>(threads / 32) * 32 * 6);
+  }
   std::barrier<> bar;
   std::vector<unsigned char> smem;
+  // per warp of 32 consecutive threads (threads / 32 whole warps): its barrier and the registers
+  // its lanes exchange in zf_mma_tf32 (a[4], b[2] per lane)
+  std::vector<std::unique_ptr<std::barrier<>>> warp_bar;
+  std::vector<float> mma_scratch;
 };
 
 struct ThreadState {
@@ -130,5 +162,43 @@ inline unsigned char* zf_dynamic_smem() {
 }
 template <typename T>
 inline T zf_ldcg(const T* p) { return *p; }
+
+// cvt.rna.tf32.f32: keep 10 of float32's 23 mantissa bits, rounding to nearest, ties away from
+// zero (the low 13 bits of the result are zero; NaN and infinity are not produced by the tests)
+inline float zf_to_tf32(float x) {
+  std::uint32_t u;
+  std::memcpy(&u, &x, 4);
+  u = (u + 0x1000u) & ~0x1FFFu;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+
+// The warp's mma.m16n8k8 (see the CUDA version for the fragments): each lane publishes its a and
+// b registers, the warp meets, each lane computes its four elements of D from all lanes' values
+// (TF32 operands, exact products, float32 sums in k order), the warp meets again before the
+// scratch is reused.
+inline void zf_mma_tf32(float (&d)[4], const float (&a)[4], const float (&b)[2]) {
+  auto& self = zf_emu::self;
+  if (self.nthreads % 32 != 0) throw std::logic_error("zf_mma_tf32 needs whole warps of 32 threads");
+  const int warp = self.tid / 32, lane = self.tid % 32;
+  float* sc = self.block->mma_scratch.data() + static_cast<std::size_t>(warp) * 32 * 6;
+  for (int i = 0; i < 4; ++i) sc[lane * 6 + i] = zf_to_tf32(a[i]);
+  for (int i = 0; i < 2; ++i) sc[lane * 6 + 4 + i] = zf_to_tf32(b[i]);
+  self.block->warp_bar[warp]->arrive_and_wait();
+  const int g = lane / 4, t = lane % 4;
+  for (int r = 0; r < 4; ++r) {
+    const int row = g + 8 * (r / 2), col = 2 * t + r % 2;
+    float acc = d[r];
+    for (int k = 0; k < 8; ++k) {
+      // A[row][k]: lane (row % 8) * 4 + k % 4, register (row / 8) + 2 * (k / 4);
+      // B[k][col]: lane col * 4 + k % 4, register k / 4
+      const float av = sc[((row % 8) * 4 + k % 4) * 6 + (row / 8) + 2 * (k / 4)];
+      const float bv = sc[(col * 4 + k % 4) * 6 + 4 + k / 4];
+      acc += av * bv;
+    }
+    d[r] = acc;
+  }
+  self.block->warp_bar[warp]->arrive_and_wait();
+}
 
 #endif  // ZF_CPU_EMULATION

@@ -86,7 +86,13 @@ struct Launch {
   long long smem_limit;
   int num_sms;     // SMs the plan partitions over (a test may pretend another count)
   int device_sms;  // SMs of the device (the co-residency check)
+  int tf32;        // float32 block products on the tensor cores (ZfLstmLaunch::tf32)
 };
+
+// the caller's tf32 request: only ZfLstmLaunch has one (the chain's products are IEEE for now)
+inline int tf32_requested(const ZfLstmLaunch* cfg) { return cfg ? cfg->tf32 : 0; }
+template <typename Cfg>
+int tf32_requested(const Cfg*) { return 0; }
 
 #ifndef ZF_CPU_EMULATION
 inline int cuda_fail(cudaError_t e, const char* op, const char* what, char* err, int errlen) {
@@ -122,6 +128,19 @@ int resolve_launch(const Cfg* cfg, const char* op, Launch* L, char* err, int err
   L->smem_limit = cfg && cfg->smem_limit > 0 ? cfg->smem_limit : smem_optin;
   L->num_sms = cfg && cfg->num_sms > 0 ? cfg->num_sms : sms;
   L->device_sms = sms;
+  L->tf32 = tf32_requested(cfg);
+  if (L->tf32) {
+    int major = 0;
+    ZF_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev),
+                "cudaDeviceGetAttribute(compute capability)");
+    if (major < 8) {
+      char msg[256];
+      std::snprintf(msg, sizeof msg, "the CUDA %s's TF32 tensor-core tiles need compute capability 8.0 or "
+                    "newer, the device has %d.x", op, major);
+      set_err(err, errlen, msg);
+      return ZF_DOES_NOT_FIT;
+    }
+  }
   return ZF_OK;
 }
 
@@ -182,6 +201,7 @@ int resolve_launch(const Cfg* cfg, const char*, Launch* L, char*, int) {
   L->smem_limit = cfg && cfg->smem_limit > 0 ? cfg->smem_limit : 227 * 1024;
   L->num_sms = cfg && cfg->num_sms > 0 ? cfg->num_sms : 4;
   L->device_sms = L->num_sms;
+  L->tf32 = tf32_requested(cfg);
   return ZF_OK;
 }
 

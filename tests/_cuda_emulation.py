@@ -30,13 +30,13 @@ NO_GRID_SYNC = "-DZF_EMU_NO_GRID_SYNC"
 
 class ZfLstmLaunch(ctypes.Structure):
     _fields_ = [("threads", ctypes.c_int), ("units_per_block", ctypes.c_int),
-                ("smem_limit", ctypes.c_longlong), ("num_sms", ctypes.c_int)]
+                ("smem_limit", ctypes.c_longlong), ("num_sms", ctypes.c_int), ("tf32", ctypes.c_int)]
 
 
 class ZfLstmPlan(ctypes.Structure):
     _fields_ = [(n, ctypes.c_int) for n in (
         "blocks", "threads", "units_per_block", "rows", "k", "kc", "ksplit", "row_groups_b", "row_groups_m",
-        "w_stride", "a_stride")] + [(n, ctypes.c_longlong) for n in (
+        "w_stride", "a_stride", "mma")] + [(n, ctypes.c_longlong) for n in (
             "w_bytes", "part_bytes", "state_bytes", "a_bytes", "smem_bytes")]
 
 
@@ -104,9 +104,10 @@ def plan(lib, backward: bool, B: int, H: int, elem_size: int, launch: ZfLstmLaun
 class EmulatedKernels:
     """``forward`` / ``backward`` of csrc/lstm_kernels.h on contiguous CPU tensors."""
 
-    def __init__(self, lib, threads: int, units_per_block: int, smem_limit: int = 0, num_sms: int = 0):
+    def __init__(self, lib, threads: int, units_per_block: int, smem_limit: int = 0, num_sms: int = 0,
+                 tf32: bool = False):
         self.lib = lib
-        self.launch = ZfLstmLaunch(threads, units_per_block, smem_limit, num_sms)
+        self.launch = ZfLstmLaunch(threads, units_per_block, smem_limit, num_sms, int(tf32))
         self.calls = []
 
     @staticmethod

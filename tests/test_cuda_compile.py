@@ -100,6 +100,11 @@ def test_cuda_extension_links_and_imports(build):
             m.lstm_forward(g, torch.zeros(3, 4), torch.zeros(16, 4), torch.zeros(2, 3, 4), torch.zeros(3, 3, 4), False)
         except RuntimeError as e:
             print("forward:", str(e).splitlines()[0])
+        try:   # the arguments as zf_kernels/ops/lstm/cuda.py passes them (units, threads, tf32, stream)
+            m.lstm_forward(g, torch.zeros(3, 4), torch.zeros(16, 4), torch.zeros(2, 3, 4), torch.zeros(3, 3, 4), False,
+                           0, 0, True, 0)
+        except RuntimeError as e:
+            print("forward tf32:", str(e).splitlines()[0])
         x = torch.zeros
         try:
             m.chain_forward(x(2, 3, 16), x(2, 3, 5), x(2, 3, 2), x(3, 4), x(3, 4), x(5, 4), x(4, 5), x(4),
@@ -113,6 +118,10 @@ def test_cuda_extension_links_and_imports(build):
             except RuntimeError as e:
                 print("plan:", e)
             try:
+                m.lstm_plan(False, 32, 1024, 4, 0, 0, True)
+            except RuntimeError as e:
+                print("plan tf32:", e)
+            try:
                 m.chain_plan(False, 32, 1024, 512, 256, 4)
             except RuntimeError as e:
                 print("chain_plan:", e)
@@ -120,10 +129,12 @@ def test_cuda_extension_links_and_imports(build):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "\nforward: zf_kernels._C: gates must be a CUDA tensor" in "\n" + proc.stdout, proc.stdout
+    assert "forward tf32: zf_kernels._C: gates must be a CUDA tensor" in proc.stdout, proc.stdout
     assert "chain_forward: zf_kernels._C: gates must be a CUDA tensor" in proc.stdout, proc.stdout
     import torch
     if not torch.cuda.is_available():
         assert "plan: zf_kernels lstm: cudaGetDevice failed" in proc.stdout, proc.stdout
+        assert "plan tf32: zf_kernels lstm: cudaGetDevice failed" in proc.stdout, proc.stdout
         assert "chain_plan: zf_kernels zforcing_chain: cudaGetDevice failed" in proc.stdout, proc.stdout
 
 

@@ -25,7 +25,10 @@ def _chain(extra_flags=()):
 
 
 def _lstm(extra_flags=()):
-    return _module(lambda units: emu.EmulatedKernels(emu.library(extra_flags), 8, units, 0, 132))
+    # the TF32 tiles need whole warps: 32 emulated threads per block for them, over 16 "SMs"
+    # (132 blocks of 32 std::threads took 76 s for one shape; the rounding does not depend on it)
+    return _module(lambda units, tf32=False: emu.EmulatedKernels(
+        emu.library(extra_flags), 32 if tf32 else 8, units, 0, 16 if tf32 else 132, tf32=tf32))
 
 
 @pytest.fixture
@@ -47,6 +50,11 @@ def test_chain_float64_bound_holds(on_cpu, units):
 @pytest.mark.parametrize("seed", range(4))
 def test_lstm_random_shapes_bound_holds_for_the_kernels_rounding(on_cpu, seed):
     gpu_lstm.test_cuda_lstm_random_shapes_float32(_lstm(), seed)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_lstm_tf32_random_shapes_bound_holds_for_the_tiles_rounding(on_cpu, seed):
+    gpu_lstm.test_cuda_lstm_random_shapes_tf32(_lstm(), seed)
 
 
 @pytest.mark.parametrize("reverse", [False, True])

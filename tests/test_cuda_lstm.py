@@ -1,13 +1,15 @@
 """GPU tests of ``ops.lstm(backend="cuda")`` (the persistent kernels of csrc/, loaded or JIT-built
 by zf_kernels/ops/_cuda_ext.py), against the torch reference: random shapes in float32, float64
 with gradcheck, the DESIGN s.2 benchmark shapes, NaN-prefilled outputs, and the errors for shapes
-that cannot be resident. Skipped without CUDA; on a GPU a failed build fails them (with the
+that cannot be resident; the TF32 tensor-core tiles against a float64 reference that rounds the
+recurrent products' operands to TF32 where the kernels do (tests/_tf32_reference.py). Skipped without CUDA; on a GPU a failed build fails them (with the
 compiler's reason), it does not skip them."""
 import math
 
 import pytest
 import torch
 
+from _tf32_reference import lstm_tf32_ref
 from zf_kernels import ops
 
 pytestmark = [pytest.mark.gpu,
@@ -63,15 +65,16 @@ def _outputs_and_grads(fn, args, grads):
     return [t.detach() for t in (out, h, c, *got)]
 
 
-def _compare(cuda_lstm, T, B, I, H, dtype, reverse, tol, units_per_block=0, **kw):
+def _compare(cuda_lstm, T, B, I, H, dtype, reverse, tol, units_per_block=0, tf32=False, **kw):
     from zf_kernels.ops.lstm._cuda_function import run_lstm
     args, grads = _inputs(T, B, I, H, dtype, **kw)
-    kernels = _NaNFilled(cuda_lstm._ExtensionKernels(units_per_block))
+    kernels = _NaNFilled(cuda_lstm._ExtensionKernels(units_per_block, tf32=tf32))
     got = _outputs_and_grads(lambda *a: run_lstm(kernels, *a, reverse=reverse), args, grads)
-    # reference in float64 (the float32 one would add its own rounding to the comparison)
+    # reference in float64 (the float32 one would add its own rounding to the comparison); for the
+    # TF32 tiles with their operand rounding
     args64 = [None if a is None else a.detach().double().requires_grad_() for a in args]
-    ref = _outputs_and_grads(lambda *a: ops.lstm(*a, reverse=reverse, backend="torch"), args64,
-                             [g.double() for g in grads])
+    ref_fn = lstm_tf32_ref if tf32 else lambda *a, reverse: ops.lstm(*a, reverse=reverse, backend="torch")
+    ref = _outputs_and_grads(lambda *a: ref_fn(*a, reverse=reverse), args64, [g.double() for g in grads])
     for i, (a, b) in enumerate(zip(got, ref)):
         assert torch.isfinite(a).all(), f"output/grad {i} has non-finite values"
         err = (a.double() - b).norm() / b.norm().clamp_min(1e-30)
@@ -85,6 +88,22 @@ def test_cuda_lstm_random_shapes_float32(cuda_lstm, seed):
     for reverse in (False, True):
         _compare(cuda_lstm, T, B, I, H, torch.float32, reverse, 1e-5, seed=seed, biases=seed % 2 == 0,
                  states=seed < 2)
+
+
+# TF32 tiles vs the TF32-rounded reference: set without a GPU. The CPU emulation of the tiles is
+# within 6.1e-7 of it (sums in k order, round to nearest); the hardware's accumulation may truncate
+# and adds in its own order: ~1e-6 per K = 1024 sum expected, amplified a little over T steps. The
+# IEEE kernels are >= 5.8e-5 away from this reference.
+TF32_RANDOM_BOUND, TF32_DESIGN_BOUND = 5e-5, 1e-4
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cuda_lstm_random_shapes_tf32(cuda_lstm, seed):
+    g = torch.Generator().manual_seed(100 + seed)
+    T, B, I, H = (int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in ((1, 12), (1, 40), (1, 70), (1, 300)))
+    for reverse in (False, True):
+        _compare(cuda_lstm, T, B, I, H, torch.float32, reverse, TF32_RANDOM_BOUND, tf32=True, seed=seed,
+                 biases=seed % 2 == 0, states=seed < 2)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -110,6 +129,34 @@ def test_cuda_lstm_benchmark_shapes_float32(cuda_lstm, T, B, I, H):
         _compare(cuda_lstm, T, B, I, H, torch.float32, reverse, 2e-5)
     fwd, bwd = cuda_lstm.plan(torch.empty(T, B, I, device="cuda"), torch.empty(4 * H, H, device="cuda"))
     assert fwd["blocks"] <= torch.cuda.get_device_properties(0).multi_processor_count
+
+
+@pytest.mark.parametrize("T,B,I,H", [(40, 32, 512, 1024), (60, 32, 64, 512)],
+                         ids=["T40 B32 I512 H1024", "T784 B32 I64 H512 (T=60)"])
+def test_cuda_lstm_benchmark_shapes_tf32(cuda_lstm, T, B, I, H):
+    for reverse in (False, True):
+        _compare(cuda_lstm, T, B, I, H, torch.float32, reverse, TF32_DESIGN_BOUND, tf32=True)
+
+
+def test_cuda_lstm_tf32_follows_torchs_matmul_switch(cuda_lstm, monkeypatch):
+    """The public op takes the TF32 tiles exactly when torch allows TF32 for its float32 matmuls
+    (the Triton kernels' rule), and says so in explain."""
+    monkeypatch.delenv("ZF_FP32_DOT", raising=False)
+    args, grads = _inputs(6, 5, 3, 40, torch.float32, seed=3)
+    args64 = [a.detach().double().requires_grad_() for a in args]
+    ref_tf32 = _outputs_and_grads(lstm_tf32_ref, args64, [g.double() for g in grads])
+    ref_ieee = _outputs_and_grads(lambda *a: ops.lstm(*a, backend="torch"), args64, [g.double() for g in grads])
+    saved = torch.backends.cuda.matmul.allow_tf32
+    try:
+        for allow, ref, label in ((True, ref_tf32, "TF32 tensor cores"), (False, ref_ieee, "IEEE FMAs")):
+            torch.backends.cuda.matmul.allow_tf32 = allow
+            assert label in ops.explain("lstm", *args[:3], backend="cuda")[1]
+            got = _outputs_and_grads(lambda *a: ops.lstm(*a, backend="cuda"), args, grads)
+            for i, (a, b) in enumerate(zip(got, ref)):
+                err = (a.double() - b).norm() / b.norm()
+                assert err < TF32_RANDOM_BOUND, f"allow_tf32={allow}: output/grad {i}: {err:.2e}"
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def test_cuda_lstm_through_the_public_op(cuda_lstm):

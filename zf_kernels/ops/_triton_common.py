@@ -1,36 +1,12 @@
 """Small Triton device functions shared by the fused kernels (gate nonlinearities, the
 model's clamped LeakyReLU, the tiled product with one weight matrix, the grid barrier of the
 persistent kernels), and the one rule for ``tl.dot``'s input precision. Import only where Triton is installed."""
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-
-FP32_DOT_ENV = "ZF_FP32_DOT"
-FP32_DOT_CHOICES = ("auto", "ieee", "tf32", "tf32x3")
-
-
-def dot_precision(t: torch.Tensor) -> str:
-    """``tl.dot``'s ``input_precision`` for inputs like ``t``. It matters only for float32 on a
-    GPU: by default TF32 exactly when torch allows it for its own float32 matmuls
-    (``torch.backends.cuda.matmul.allow_tf32``, e.g. ``torch.set_float32_matmul_precision("high")``),
-    else IEEE, so a fused op rounds like the reference it replaces. ``ZF_FP32_DOT=ieee|tf32|tf32x3``
-    overrides that on a GPU; "tf32x3" (three TF32 products per element, the split operands'
-    low parts included: close to IEEE float32 on the tensor cores) is an experiment, measured by
-    the benchmarks' "tf32x3" rows. The interpreter computes float32 dots in float32 whatever
-    the setting. 16-bit inputs get "tf32" (Triton's default, a no-op for them); float64 "ieee"."""
-    if t.dtype == torch.float32:
-        if not t.is_cuda:
-            return "ieee"
-        choice = os.environ.get(FP32_DOT_ENV, "auto")
-        if choice not in FP32_DOT_CHOICES:
-            raise ValueError(f"{FP32_DOT_ENV} must be one of {', '.join(FP32_DOT_CHOICES)}; got {choice!r}")
-        if choice == "auto":
-            return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
-        return choice
-    return "ieee" if t.dtype == torch.float64 else "tf32"
+# the one float32 precision rule, shared with the CUDA extension's kernels (no Triton there)
+from ._precision import FP32_DOT_CHOICES, FP32_DOT_ENV, dot_precision  # noqa: F401
 
 
 def acc_type(dtype: torch.dtype):

@@ -6,6 +6,11 @@ One cooperative launch per direction: each block keeps its slice of W_hh in shar
 all T steps and the grid meets at one grid sync per step (csrc/README.md). The autograd glue,
 what is saved and what is recomputed: :mod:`._cuda_function`.
 
+Precision of the float32 recurrent products: the rule of the Triton kernels
+(:func:`zf_kernels.ops._precision.dot_precision`): TF32 tensor-core tiles (mma.sync m16n8k8,
+float32 accumulation) when torch allows TF32 for its matmuls or ``ZF_FP32_DOT=tf32``, IEEE
+FMAs otherwise ("tf32x3" included: the kernels have no split-TF32 products). float64: IEEE.
+
 Status: compiled for sm_90a and checked on the CPU in an emulation of the same kernel source
 (tests/test_cuda_emulation.py); **not yet run on a GPU**, hence not eligible for
 ``backend="auto"`` (see ``zf_kernels/ops/lstm/__init__.py``).
@@ -15,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from .. import _cuda_ext
+from .._precision import dot_precision
 from ._cuda_function import run_lstm, why_unsupported
 
 _C = _cuda_ext.load()
@@ -22,21 +28,27 @@ _C = _cuda_ext.load()
 __all__ = ["lstm", "plan"]
 
 
-class _ExtensionKernels:
-    """The two recurrence kernels of ``zf_kernels._C`` on the tensors' device and stream."""
+def use_tf32(x) -> bool:
+    """Whether the kernels' float32 block products run as TF32 tensor-core tiles for ``x``."""
+    return x.dtype == torch.float32 and dot_precision(x) == "tf32"
 
-    def __init__(self, units_per_block: int = 0, threads: int = 0):
-        self.units_per_block, self.threads = units_per_block, threads
+
+class _ExtensionKernels:
+    """The two recurrence kernels of ``zf_kernels._C`` on the tensors' device and stream; the
+    precision is fixed at construction (the forward's), so the backward of a step rounds alike."""
+
+    def __init__(self, units_per_block: int = 0, threads: int = 0, tf32: bool = False):
+        self.units_per_block, self.threads, self.tf32 = units_per_block, threads, tf32
 
     def forward(self, gates, h0, w_hh, out, c_all, reverse):
         with torch.cuda.device(gates.device):
-            _C.lstm_forward(gates, h0, w_hh, out, c_all, reverse, self.units_per_block, self.threads,
+            _C.lstm_forward(gates, h0, w_hh, out, c_all, reverse, self.units_per_block, self.threads, self.tf32,
                             torch.cuda.current_stream().cuda_stream)
 
     def backward(self, d_out, d_hT, w_hh, gates, c_all, dc, reverse):
         with torch.cuda.device(gates.device):
             _C.lstm_backward(d_out, d_hT, w_hh, gates, c_all, dc, reverse, self.units_per_block, self.threads,
-                             torch.cuda.current_stream().cuda_stream)
+                             self.tf32, torch.cuda.current_stream().cuda_stream)
 
 
 def lstm(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, c0=None, reverse=False, *,
@@ -51,8 +63,8 @@ def lstm(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, c0=None, 
     why = why_unsupported(x)
     if why is not None:
         raise ValueError(why)
-    return run_lstm(_ExtensionKernels(units_per_block, threads), x, weight_ih, weight_hh, bias_ih, bias_hh,
-                    h0, c0, reverse)
+    return run_lstm(_ExtensionKernels(units_per_block, threads, use_tf32(x)), x, weight_ih, weight_hh, bias_ih,
+                    bias_hh, h0, c0, reverse)
 
 
 def plan(x, weight_hh, units_per_block: int = 0, threads: int = 0) -> tuple[dict, dict]:
@@ -60,12 +72,13 @@ def plan(x, weight_hh, units_per_block: int = 0, threads: int = 0) -> tuple[dict
     B, H = x.shape[1], weight_hh.shape[1]
     es = x.element_size()
     with torch.cuda.device(x.device):
-        return tuple(_C.lstm_plan(bwd, B, H, es, units_per_block, threads) for bwd in (False, True))
+        return tuple(_C.lstm_plan(bwd, B, H, es, units_per_block, threads, use_tf32(x)) for bwd in (False, True))
 
 
 def _explain(x, weight_ih, weight_hh, *rest) -> str:
     fwd, bwd = plan(x, weight_hh)
-    return (f"one cooperative launch per direction: {fwd['blocks']} blocks x {fwd['threads']} threads, "
+    products = "TF32 tensor cores" if fwd["tf32"] else "IEEE FMAs"
+    return (f"one cooperative launch per direction: {fwd['blocks']} blocks x {fwd['threads']} threads, {products}, "
             f"{fwd['units_per_block']} hidden units and {fwd['w_bytes'] // 1024} KB of W_hh resident per block "
             f"(shared memory {fwd['smem_bytes'] // 1024} KB forward, {bwd['smem_bytes'] // 1024} KB backward)")
 

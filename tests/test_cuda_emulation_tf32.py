@@ -1,0 +1,135 @@
+"""The CUDA LSTM's TF32 tensor-core tiles (csrc/lstm_kernels.cu with ZfLstmLaunch::tf32:
+mma.sync m16n8k8 per warp, csrc/zf_device.h) run on the CPU: the emulation computes each lane's
+accumulator elements from all 32 lanes' fragment registers, as the GPU does, so a misplaced
+fragment element, a wrong partial-sum layout or missing zero padding shows here. Compared with a
+float64 reference whose recurrent products round their operands to TF32 where the kernels do
+(tests/_tf32_reference.py): what remains is float32 accumulation (~1e-7), while the IEEE kernels
+are ~1e-4 away from that reference (so the bound also shows that the rounding happens). What
+this does not show: the hardware's instruction on a GPU (tests/test_cuda_lstm.py does)."""
+import math
+
+import pytest
+import torch
+
+import _cuda_emulation as emu
+from _tf32_reference import lstm_tf32_ref, to_tf32
+from zf_kernels.ops.lstm._cuda_function import run_lstm
+
+pytestmark = pytest.mark.skipif(emu.compiler() is None, reason="no g++ to build the CPU emulation")
+
+# max over outputs and gradients of ||got - ref|| / ||ref||; measured <= 6.1e-7 (IEEE kernels: >= 5.8e-5)
+BOUND = 1e-5
+
+# (T, B, I, H, units per block, threads, chunked): what each exercises
+CASES = {
+    # B < 16 (11 padding rows of the batch tile), K = 13 padded to 16, 3 tiles on 2 warps (a warp
+    # loops over items), 3 blocks, the last with 3 of its 5 units
+    "T4 B5 H13 2 warps": (4, 5, 3, 13, 5, 64, False),
+    # two batch tiles, 8 warps: ksplit 2 forward (K steps dealt to two warps per tile), 4 backward
+    "T3 B19 H11 ksplit": (3, 19, 2, 11, 4, 256, False),
+    # the staged operand in 32-wide chunks (K = 37 forward: 32 + 5 padded to 8; 148 backward), one warp
+    "T3 B17 H37 chunked": (3, 17, 2, 37, 16, 32, True),
+    # T = 1, B = 1, no partial chunk: the smallest grid
+    "T1 B1 H8 1 warp": (1, 1, 2, 8, 4, 32, False),
+}
+
+
+def _inputs(T, B, I, H, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=g, dtype=torch.float64)).float().requires_grad_()
+
+    args = [r(T, B, I), r(4 * H, I, scale=0.5), r(4 * H, H, scale=1.0 / math.sqrt(H)), r(4 * H, scale=0.3),
+            r(4 * H, scale=0.3), r(B, H, scale=0.5), r(B, H, scale=0.5)]
+    grads = [torch.randn(T, B, H, generator=g), torch.randn(B, H, generator=g), torch.randn(B, H, generator=g)]
+    return args, grads
+
+
+def _limits(lib, B, H, units, threads, chunked):
+    """Shared-memory limits (forward, backward) that force 32-wide K chunks, or 0 (no limit)."""
+    if not chunked:
+        return 0, 0
+    limits = []
+    for bwd in (False, True):
+        p = emu.plan(lib, bwd, B, H, 4, emu.ZfLstmLaunch(threads, units, 0, 0, 1))
+        limit = p.w_bytes + p.part_bytes + p.state_bytes + p.row_groups_b * 16 * 4 * (64 + 4) + 8
+        q = emu.plan(lib, bwd, B, H, 4, emu.ZfLstmLaunch(threads, units, limit, 0, 1))
+        assert q.mma == 1 and q.kc == 32 < q.k, (q.mma, q.kc, q.k)
+        limits.append(limit)
+    return tuple(limits)
+
+
+class _Kernels:
+    """Forward and backward emulated kernels with their own launch limits, outputs NaN-prefilled."""
+
+    def __init__(self, lib, units, threads, limits, tf32):
+        self.fwd = emu.EmulatedKernels(lib, threads, units, limits[0], tf32=tf32)
+        self.bwd = emu.EmulatedKernels(lib, threads, units, limits[1], tf32=tf32)
+
+    def forward(self, gates, h0, w_hh, out, c_all, reverse):
+        out.fill_(float("nan"))
+        c_all[1:].fill_(float("nan"))
+        self.fwd.forward(gates, h0, w_hh, out, c_all, reverse)
+
+    def backward(self, *args):
+        self.bwd.backward(*args)
+
+
+def _errors(case, reverse, tf32=True):
+    T, B, I, H, units, threads, chunked = CASES[case]
+    lib = emu.library()
+    args, grads = _inputs(T, B, I, H)
+    kernels = _Kernels(lib, units, threads, _limits(lib, B, H, units, threads, chunked), tf32)
+    out, (h, c) = run_lstm(kernels, *args, reverse=reverse)
+    got = [out, h, c, *torch.autograd.grad([out, h, c], args, grads)]
+    args64 = [a.detach().double().requires_grad_() for a in args]
+    out, (h, c) = lstm_tf32_ref(*args64, reverse=reverse)
+    ref = [out, h, c, *torch.autograd.grad([out, h, c], args64, [g.double() for g in grads])]
+    names = ["out", "h_T", "c_T", "x", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "h0", "c0"]
+    return {n: ((a.double() - b).norm() / b.norm()).item() for n, a, b in zip(names, got, ref)}
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_tf32_tiles_match_the_tf32_rounded_reference(case, reverse):
+    errs = _errors(case, reverse)
+    assert max(errs.values()) < BOUND, {k: f"{v:.1e}" for k, v in errs.items()}
+
+
+def test_ieee_kernels_miss_the_tf32_bound():
+    """Teeth: the IEEE tiles (no operand rounding) are far outside BOUND of the rounded reference."""
+    errs = _errors("T3 B19 H11 ksplit", False, tf32=False)
+    assert min(errs.values()) > 3 * BOUND, {k: f"{v:.1e}" for k, v in errs.items()}
+
+
+def test_to_tf32_rounds_to_nearest_ties_away():
+    one_ulp = 2.0 ** -10                      # TF32's spacing at 1.0
+    x = torch.tensor([1.0, 1 + one_ulp / 2, 1 + one_ulp / 2 - 2 ** -23, -(1 + one_ulp / 2), 1 + 3 * one_ulp / 4])
+    assert to_tf32(x).tolist() == [1.0, 1 + one_ulp, 1.0, -(1 + one_ulp), 1 + one_ulp]
+
+
+# ------------------------------------------------------------------------ the launch plan
+SMEM_OPTIN = 232448
+
+
+@pytest.mark.parametrize("sms", [132, 114])
+@pytest.mark.parametrize("B,H", [(32, 1024), (32, 512)])
+def test_tf32_plan_fits_the_design_targets(B, H, sms):
+    """T40 B32 I512 H1024 and T784 B32 I64 H512 with the tensor-core tiles: one block per SM,
+    W_hh resident, 16 x 8 tiles shared by the block's 8 warps."""
+    lib = emu.library()
+    for bwd in (False, True):
+        p = emu.plan(lib, bwd, B, H, 4, emu.ZfLstmLaunch(256, 0, SMEM_OPTIN, sms, 1))
+        assert p.mma == 1 and p.blocks <= sms and p.smem_bytes <= SMEM_OPTIN and p.kc >= 32
+        assert p.row_groups_b == 2 and p.row_groups_b * p.row_groups_m * p.ksplit >= 8
+        assert p.w_stride % 32 == 4 and p.a_stride % 32 == 4   # conflict-free fragment loads
+
+
+def test_tf32_plan_needs_whole_warps_and_leaves_float64_ieee():
+    lib = emu.library()
+    with pytest.raises(emu.EmulationError, match="multiple of 32, got 48") as info:
+        emu.plan(lib, False, 4, 16, 4, emu.ZfLstmLaunch(48, 0, 0, 0, 1))
+    assert info.value.code == 1
+    assert emu.plan(lib, False, 4, 16, 8, emu.ZfLstmLaunch(48, 0, 0, 0, 1)).mma == 0
+    assert emu.plan(lib, False, 4, 16, 4, emu.ZfLstmLaunch(64, 0, 0, 0, 0)).mma == 0

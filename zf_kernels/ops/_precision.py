@@ -1,0 +1,31 @@
+"""The one rule for the precision of float32 products in the fused kernels: Triton's ``tl.dot``
+(``input_precision``) and the CUDA extension's block products (IEEE FMAs or TF32 tensor cores).
+No Triton import here: the CUDA kernels use it where Triton is not installed."""
+import os
+
+import torch
+
+FP32_DOT_ENV = "ZF_FP32_DOT"
+FP32_DOT_CHOICES = ("auto", "ieee", "tf32", "tf32x3")
+
+
+def dot_precision(t: torch.Tensor) -> str:
+    """``tl.dot``'s ``input_precision`` for inputs like ``t``; the CUDA LSTM kernels use TF32
+    tensor-core tiles for "tf32" and IEEE FMAs otherwise ("tf32x3" included). It matters only for
+    float32 on a GPU: by default TF32 exactly when torch allows it for its own float32 matmuls
+    (``torch.backends.cuda.matmul.allow_tf32``, e.g. ``torch.set_float32_matmul_precision("high")``),
+    else IEEE, so a fused op rounds like the reference it replaces. ``ZF_FP32_DOT=ieee|tf32|tf32x3``
+    overrides that on a GPU; "tf32x3" (three TF32 products per element, the split operands'
+    low parts included: close to IEEE float32 on the tensor cores) is an experiment, measured by
+    the benchmarks' "tf32x3" rows. The interpreter computes float32 dots in float32 whatever
+    the setting. 16-bit inputs get "tf32" (Triton's default, a no-op for them); float64 "ieee"."""
+    if t.dtype == torch.float32:
+        if not t.is_cuda:
+            return "ieee"
+        choice = os.environ.get(FP32_DOT_ENV, "auto")
+        if choice not in FP32_DOT_CHOICES:
+            raise ValueError(f"{FP32_DOT_ENV} must be one of {', '.join(FP32_DOT_CHOICES)}; got {choice!r}")
+        if choice == "auto":
+            return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+        return choice
+    return "ieee" if t.dtype == torch.float64 else "tf32"
