@@ -13,6 +13,7 @@ import torch
 
 import _cuda_emulation as emu
 from _tf32_reference import lstm_tf32_ref, to_tf32
+from test_cuda_emulation import _Directions, _NaNFilled
 from zf_kernels.ops.lstm._cuda_function import run_lstm
 
 pytestmark = pytest.mark.skipif(emu.compiler() is None, reason="no g++ to build the CPU emulation")
@@ -60,27 +61,12 @@ def _limits(lib, B, H, units, threads, chunked):
     return tuple(limits)
 
 
-class _Kernels:
-    """Forward and backward emulated kernels with their own launch limits, outputs NaN-prefilled."""
-
-    def __init__(self, lib, units, threads, limits, tf32):
-        self.fwd = emu.EmulatedKernels(lib, threads, units, limits[0], tf32=tf32)
-        self.bwd = emu.EmulatedKernels(lib, threads, units, limits[1], tf32=tf32)
-
-    def forward(self, gates, h0, w_hh, out, c_all, reverse):
-        out.fill_(float("nan"))
-        c_all[1:].fill_(float("nan"))
-        self.fwd.forward(gates, h0, w_hh, out, c_all, reverse)
-
-    def backward(self, *args):
-        self.bwd.backward(*args)
-
-
 def _errors(case, reverse, tf32=True):
     T, B, I, H, units, threads, chunked = CASES[case]
     lib = emu.library()
     args, grads = _inputs(T, B, I, H)
-    kernels = _Kernels(lib, units, threads, _limits(lib, B, H, units, threads, chunked), tf32)
+    limits = _limits(lib, B, H, units, threads, chunked)
+    kernels = _NaNFilled(_Directions(*(emu.EmulatedKernels(lib, threads, units, lim, tf32=tf32) for lim in limits)))
     out, (h, c) = run_lstm(kernels, *args, reverse=reverse)
     got = [out, h, c, *torch.autograd.grad([out, h, c], args, grads)]
     args64 = [a.detach().double().requires_grad_() for a in args]
