@@ -69,7 +69,12 @@ def _compare(cuda_lstm, T, B, I, H, dtype, reverse, tol, units_per_block=0, tf32
     from zf_kernels.ops.lstm._cuda_function import run_lstm
     args, grads = _inputs(T, B, I, H, dtype, **kw)
     kernels = _NaNFilled(cuda_lstm._ExtensionKernels(units_per_block, tf32=tf32))
-    got = _outputs_and_grads(lambda *a: run_lstm(kernels, *a, reverse=reverse), args, grads)
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False   # torch's GEMMs of the glue in IEEE, as the reference's
+    try:
+        got = _outputs_and_grads(lambda *a: run_lstm(kernels, *a, reverse=reverse), args, grads)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
     # reference in float64 (the float32 one would add its own rounding to the comparison); for the
     # TF32 tiles with their operand rounding
     args64 = [None if a is None else a.detach().double().requires_grad_() for a in args]
@@ -140,21 +145,22 @@ def test_cuda_lstm_benchmark_shapes_tf32(cuda_lstm, T, B, I, H):
 
 def test_cuda_lstm_tf32_follows_torchs_matmul_switch(cuda_lstm, monkeypatch):
     """The public op takes the TF32 tiles exactly when torch allows TF32 for its float32 matmuls
-    (the Triton kernels' rule), and says so in explain."""
+    (the Triton kernels' rule), and says so in explain. With TF32 allowed torch's own GEMMs (the
+    input projection, the weight gradients) round too, so that side is held to TF32 accuracy
+    against the plain float64 reference (cuDNN's TF32 rows: ~6e-4), the IEEE side to float32's."""
     monkeypatch.delenv("ZF_FP32_DOT", raising=False)
     args, grads = _inputs(6, 5, 3, 40, torch.float32, seed=3)
     args64 = [a.detach().double().requires_grad_() for a in args]
-    ref_tf32 = _outputs_and_grads(lstm_tf32_ref, args64, [g.double() for g in grads])
-    ref_ieee = _outputs_and_grads(lambda *a: ops.lstm(*a, backend="torch"), args64, [g.double() for g in grads])
+    ref = _outputs_and_grads(lambda *a: ops.lstm(*a, backend="torch"), args64, [g.double() for g in grads])
     saved = torch.backends.cuda.matmul.allow_tf32
     try:
-        for allow, ref, label in ((True, ref_tf32, "TF32 tensor cores"), (False, ref_ieee, "IEEE FMAs")):
+        for allow, bound, label in ((True, 5e-3, "TF32 tensor cores"), (False, 1e-5, "IEEE FMAs")):
             torch.backends.cuda.matmul.allow_tf32 = allow
             assert label in ops.explain("lstm", *args[:3], backend="cuda")[1]
             got = _outputs_and_grads(lambda *a: ops.lstm(*a, backend="cuda"), args, grads)
             for i, (a, b) in enumerate(zip(got, ref)):
                 err = (a.double() - b).norm() / b.norm()
-                assert err < TF32_RANDOM_BOUND, f"allow_tf32={allow}: output/grad {i}: {err:.2e}"
+                assert err < bound, f"allow_tf32={allow}: output/grad {i}: {err:.2e}"
     finally:
         torch.backends.cuda.matmul.allow_tf32 = saved
 
