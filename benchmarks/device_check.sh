@@ -215,9 +215,10 @@ run_stage cuda-tests 90 "$OUT/cuda_tests.log" \
 run_stage ops-cuda 40 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --ops lstm,zforcing_chain --dtypes float32 \
   --providers cudnn,cuda
-# the LSTM's TF32 tensor-core tiles (mma.sync) against cuDNN in TF32 (the chain has IEEE products only)
-run_stage ops-cuda-tf32 25 "$LOG" \
-  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --ops lstm --dtypes tf32 --providers cudnn,cuda
+# the TF32 tensor-core tiles (mma.sync) of csrc/'s LSTM and chain, against cuDNN in TF32
+run_stage ops-cuda-tf32 30 "$LOG" \
+  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --ops lstm,zforcing_chain --dtypes tf32 \
+  --providers cudnn,cuda
 run_stage train-cuda 45 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results \
   --providers cuda,cuda+graph --warmup-ms 50 --rep-ms 200 --min-reps 5

@@ -25,6 +25,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <type_traits>
 
 namespace {
 
@@ -100,28 +101,61 @@ ZF_DEVICE void mm_load(const Mm<T>& mm, T* sw) {
   }
 }
 
+// The tensor-core version of block_mm's products for one staged chunk (kw columns from k0):
+// warp w takes items w, w + warps, ...; item = tile * ksplit + ks, tile = tb * rgm + tm covers
+// batch rows tb * 16 .. + 15 and slice rows tm * 8 .. + 7 (clamped to the last row: those product
+// columns go unread), summing K steps ks, ks + ksplit, ... into part[item * 128 + lane * 4 + r]
+// (mma_tile_tf32; the slice resident or read from global memory).
+template <typename T>
+ZF_DEVICE void mma_items(const Mm<T>& mm, bool zero, const T* As, T* part, int k0, int kw, const ZfChainPlan& p) {
+  if constexpr (std::is_same<T, float>::value) {
+    const int lane = zf_tid() & 31, warp = zf_tid() >> 5, nwarps = zf_nthreads() >> 5;
+    const int g = lane >> 2, t = lane & 3, ksplit = mm.ksplit, tms = mm.rgm, as = p.a_stride;
+    const int n_items = p.row_groups_b * tms * ksplit;
+    const bool resident = mm.sw != nullptr;
+    for (int item = warp; item < n_items; item += nwarps) {  // uniform across the warp
+      const int ks = item % ksplit, tile = item / ksplit;
+      const int tb = tile / tms, tm = tile - tb * tms;
+      int r = tm * 8 + g;
+      if (r > mm.rows - 1) r = mm.rows - 1;
+      const float* w = resident ? mm.sw + static_cast<size_t>(r) * mm.ws + k0 + t
+                                : mm.gw + mm_row(mm, r) * mm.ldw + static_cast<long long>(k0 + t) * mm.kstride;
+      mma_tile_tf32(part + static_cast<size_t>(item) * 128 + lane * 4, zero, As + (tb * 16 + g) * as + t, as, w,
+                    resident ? 1 : mm.kstride, t, ks, (kw + 7) / 8, ksplit, kw);
+    }
+  }
+}
+
 // part[(grp * ksplit + ks) * TB*TM + ib * TM + im] (+)= sum_k A[b, k] W_slice[m, k] for
-// b = bg + ib * rgb, m = mg + im * rgm, grp = bg * rgm + mg. A (row stride lda, written by other
-// blocks) is staged in kc-wide chunks into As, through leaky_clamp when `act`; rows >= B are 0.
-// Ends with a block barrier after which `part` is complete.
+// b = bg + ib * rgb, m = mg + im * rgm, grp = bg * rgm + mg (with plan.mma: TF32 tensor-core
+// tiles instead, mma_items; tile_sum reads either layout). A (row stride lda, written by other
+// blocks) is staged in kc-wide chunks into As, through leaky_clamp when `act`; rows >= B (and,
+// for the tensor-core tiles, columns up to the next multiple of 8) are 0. Ends with a block
+// barrier after which `part` is complete.
 template <typename T>
 ZF_DEVICE void block_mm(const T* A, int lda, bool act, const Mm<T>& mm, bool accumulate, T* As,
                         T* part, int B, const ZfChainPlan& p) {
   const int tid = zf_tid(), nt = zf_nthreads();
   const int bgs = p.row_groups_b, mgs = mm.rgm, ksplit = mm.ksplit;
-  const int Bp = bgs * TB;
+  const int Bp = bgs * (p.mma ? 16 : TB);
   const int n_items = bgs * mgs * ksplit;
   const int K = mm.K, as = p.a_stride;
   const int kc = p.kc < K ? p.kc : K;
   const bool resident = mm.sw != nullptr;
   for (int k0 = 0; k0 < K; k0 += kc) {
     const int kw = (K - k0 < kc) ? K - k0 : kc;
-    for (int idx = tid; idx < Bp * kw; idx += nt) {
-      const int b = idx / kw, k = idx - b * kw;
-      T v = b < B ? zf_ldcg(A + static_cast<size_t>(b) * lda + k0 + k) : T(0);
+    const int kwp = p.mma ? (kw + 7) / 8 * 8 : kw;
+    for (int idx = tid; idx < Bp * kwp; idx += nt) {
+      const int b = idx / kwp, k = idx - b * kwp;
+      T v = (b < B && k < kw) ? zf_ldcg(A + static_cast<size_t>(b) * lda + k0 + k) : T(0);
       As[b * as + k] = act ? leaky_clamp(v) : v;
     }
     zf_block_sync();
+    if (p.mma) {
+      mma_items(mm, k0 == 0 && !accumulate, As, part, k0, kw, p);
+      zf_block_sync();
+      continue;
+    }
     for (int item = tid; item < n_items; item += nt) {
       const int ks = item % ksplit, grp = item / ksplit;
       const int mg = grp % mgs, bg = grp / mgs;
@@ -143,6 +177,12 @@ ZF_UNROLL
 // sum over the ksplit partial tiles of element (b, m) of the last product
 template <typename T>
 ZF_DEVICE T tile_sum(const T* part, int b, int m, const Mm<T>& mm, const ZfChainPlan& p) {
+  if (p.mma) {  // element (b % 16, m % 8) of tile (b / 16, m / 8)
+    const T* pp = part + static_cast<size_t>(((b >> 4) * mm.rgm + (m >> 3)) * mm.ksplit) * 128 + mma_elem(b & 15, m & 7);
+    T s = T(0);
+    for (int ks = 0; ks < mm.ksplit; ++ks) s += pp[static_cast<size_t>(ks) * 128];
+    return s;
+  }
   const int bg = b % p.row_groups_b, ib = b / p.row_groups_b;
   const int mg = m % mm.rgm, im = m / mm.rgm;
   const T* pp = part + static_cast<size_t>((bg * mm.rgm + mg) * mm.ksplit) * (TB * TM) + ib * TM + im;
@@ -355,7 +395,7 @@ ZF_GLOBAL void chain_bwd_kernel(ChainParams<T> P) {
 // --------------------------------------------------------------------------------- planning
 
 int plan_with(int backward, int B, int H, int M, int Z, int es, int threads, int units,
-              long long smem_limit, int num_sms, ZfChainPlan* p, char* err, int errlen) {
+              long long smem_limit, int num_sms, int tf32, ZfChainPlan* p, char* err, int errlen) {
   char msg[900];
   const char* dir = backward ? "backward" : "forward";
   const char* dt = es == 8 ? "float64" : "float32";
@@ -366,7 +406,15 @@ int plan_with(int backward, int B, int H, int M, int Z, int es, int threads, int
     set_err(err, errlen, msg);
     return ZF_DOES_NOT_FIT;
   }
+  const bool mma = tf32 && es == 4;  // float64 products stay IEEE
+  if (mma && threads % 32 != 0) {
+    std::snprintf(msg, sizeof msg, "the CUDA zforcing_chain's TF32 tensor-core tiles need whole warps: threads "
+                  "must be a multiple of 32, got %d", threads);
+    set_err(err, errlen, msg);
+    return ZF_DOES_NOT_FIT;
+  }
   std::memset(p, 0, sizeof *p);
+  p->mma = mma;
   p->threads = threads;
   const int U = units > 0 ? (units < H ? units : H) : cdiv(H, num_sms);
   p->units_per_block = U;
@@ -381,16 +429,16 @@ int plan_with(int backward, int B, int H, int M, int Z, int es, int threads, int
     const int rows[4] = {U, U, Zb, Mb}, ks[4] = {4 * H, M, 4 * H, 2 * Z};
     for (int i = 0; i < 4; ++i) p->rows[i] = rows[i], p->k[i] = ks[i];
   }
-  p->row_groups_b = cdiv(B, TB);
+  const int tb = mma ? 16 : TB, tm = mma ? 8 : TM;  // register tile or warp's tensor-core tile
+  p->row_groups_b = cdiv(B, tb);
   long long part = 0;
   int kmax = 0;
   for (int i = 0; i < 4; ++i) {
-    p->row_groups_m[i] = cdiv(p->rows[i], TM);
+    p->row_groups_m[i] = cdiv(p->rows[i], tm);
     const int groups = p->row_groups_b * p->row_groups_m[i];
-    p->ksplit[i] = threads / groups < 1 ? 1 : threads / groups;
-    if (!backward && i == 1) p->ksplit[1] = p->ksplit[0];  // accumulates into the same tiles
-    if (backward && i == 1) p->ksplit[1] = p->ksplit[0];
-    const long long pb = static_cast<long long>(groups) * p->ksplit[i] * TB * TM * es;
+    p->ksplit[i] = mma ? mma_ksplit(groups, threads / 32, p->k[i]) : (threads / groups < 1 ? 1 : threads / groups);
+    if (i == 1) p->ksplit[1] = p->ksplit[0];  // accumulates into the same tiles (forward and backward)
+    const long long pb = static_cast<long long>(groups) * p->ksplit[i] * tb * tm * es;
     if (pb > part) part = pb;
     p->w_stride[i] = round_up(p->k[i], 32) + 4;
     p->w_bytes[i] = align16(static_cast<long long>(p->rows[i]) * p->w_stride[i] * es);
@@ -398,7 +446,7 @@ int plan_with(int backward, int B, int H, int M, int Z, int es, int threads, int
   }
   p->part_bytes = align16(part);
   p->state_bytes = align16(static_cast<long long>(B) * U * es);
-  const long long Bp = static_cast<long long>(p->row_groups_b) * TB;
+  const long long Bp = static_cast<long long>(p->row_groups_b) * tb;
   auto staging = [&](long long kc) { return align16(Bp * (round_up(static_cast<int>(kc), 32) + 4) * es); };
   const long long kmin = kmax < 32 ? kmax : 32;
   const long long fixed = p->w_bytes[0] + p->part_bytes + p->state_bytes;
@@ -462,7 +510,7 @@ int resolve_and_plan(int backward, int B, int H, int M, int Z, int es, const ZfC
   const int rc = resolve_launch(cfg, "zforcing_chain", &L, err, errlen);
   if (rc != ZF_OK) return rc;
   *device_sms = L.device_sms;
-  return plan_with(backward, B, H, M, Z, es, L.threads, L.units, L.smem_limit, L.num_sms, p, err, errlen);
+  return plan_with(backward, B, H, M, Z, es, L.threads, L.units, L.smem_limit, L.num_sms, L.tf32, p, err, errlen);
 }
 
 template <typename T>

@@ -13,12 +13,15 @@ extern "C" {
 #endif
 
 /* Launch settings; 0 means "the default": 256 threads per block, ceil(H / SMs) hidden units
- * per block, the device's opt-in shared memory per block and its SM count. */
+ * per block, the device's opt-in shared memory per block and its SM count, IEEE float32.
+ * tf32 = 1: the four float32 block products on the tensor cores (as ZfLstmLaunch::tf32; needs
+ * threads a multiple of 32 and, on a GPU, sm_80 or newer; ignored for float64). */
 typedef struct ZfChainLaunch {
   int threads;
   int units_per_block;
   long long smem_limit;
   int num_sms;
+  int tf32;
 } ZfChainLaunch;
 
 /* The four weight slices of a direction, index i:
@@ -35,12 +38,14 @@ typedef struct ZfChainPlan {
   int z_per_block;      /* Zb: latent units owned by each block */
   int kc;               /* activation chunk staged in shared memory per pass */
   int a_stride;         /* row stride of the staged chunk (elements) */
-  int row_groups_b;     /* ceil(B / 4) */
+  int row_groups_b;     /* ceil(B / 4) (tensor-core tiles: ceil(B / 16)) */
   int resident;         /* bit i: slice i is resident in shared memory */
+  int mma;              /* 1: TF32 tensor-core tiles (16 x 8 per warp): row_groups_b = ceil(B / 16),
+                           row_groups_m[i] = ceil(rows / 8), ksplit[i] = warps sharing one tile */
   int rows[4];          /* rows of slice i (local) */
   int k[4];             /* reduction length of slice i */
   int ksplit[4];        /* threads sharing one register tile of slice i's product */
-  int row_groups_m[4];  /* ceil(rows / 4) */
+  int row_groups_m[4];  /* ceil(rows / 4) (tensor-core tiles: ceil(rows / 8)) */
   int w_stride[4];      /* row stride of resident slice i (elements) */
   long long w_offset[4];/* byte offset of resident slice i in shared memory */
   long long w_bytes[4]; /* bytes slice i takes resident (whether or not it is) */

@@ -46,7 +46,8 @@ struct Params {
 // a warp's 16 x 8 tensor-core tile (plan.mma)
 ZF_HOST_DEVICE int tile_b(const ZfLstmPlan& p) { return p.mma ? 16 : TB; }
 ZF_HOST_DEVICE int tile_m(const ZfLstmPlan& p) { return p.mma ? 8 : TM; }
-// resident / staged columns: K, padded with zeros to whole K steps of 8 for the tensor-core tiles
+// staged columns of a chunk kw wide: padded with zeros to whole K steps of 8 for the tensor-core
+// tiles (their W columns past kw are not read: mma_tile_tf32)
 ZF_HOST_DEVICE int padded_k(int k, const ZfLstmPlan& p) { return p.mma ? (k + 7) / 8 * 8 : k; }
 // resident rows of the W slice: whole register tiles (zero rows past `rows`); the tensor-core
 // tiles read their rows past `rows` from the last real row instead (those columns of the
@@ -54,49 +55,22 @@ ZF_HOST_DEVICE int padded_k(int k, const ZfLstmPlan& p) { return p.mma ? (k + 7)
 ZF_HOST_DEVICE int resident_rows(const ZfLstmPlan& p) { return p.mma ? p.rows : p.row_groups_m * TM; }
 
 // The tensor-core version of block_matmul's inner products for one staged chunk (ksteps K
-// steps of 8 from column k0 of the resident slice): warp w takes items w, w + warps, ...; item =
-// tile * ksplit + ks, tile = tb * row_groups_m + tm covers batch rows tb * 16 .. + 15 and slice
-// rows tm * 8 .. + 7, and sums K steps ks, ks + ksplit, ... Each lane keeps its four D elements
-// at part[item * 128 + lane * 4 + r] (zeroed first when `zero`). float32 only (plan.mma).
+// steps of 8 from column k0 of the resident slice, kw columns): warp w takes items w, w + warps,
+// ...; item = tile * ksplit + ks, tile = tb * row_groups_m + tm covers batch rows tb * 16 .. + 15
+// and slice rows tm * 8 .. + 7 (past `rows`: the last real row, whose product columns go unread),
+// and sums K steps ks, ks + ksplit, ... into part[item * 128 + lane * 4 + r] (mma_tile_tf32).
 template <typename T>
-ZF_DEVICE void mma_items(T* part, bool zero, const T* As, const T* Ws, int k0, int ksteps, const ZfLstmPlan& p) {
+ZF_DEVICE void mma_items(T* part, bool zero, const T* As, const T* Ws, int k0, int kw, const ZfLstmPlan& p) {
   if constexpr (std::is_same<T, float>::value) {
     const int lane = zf_tid() & 31, warp = zf_tid() >> 5, nwarps = zf_nthreads() >> 5;
     const int g = lane >> 2, t = lane & 3, ksplit = p.ksplit, tms = p.row_groups_m;
-    const int n_items = p.row_groups_b * tms * ksplit, as = p.a_stride, ws = p.w_stride;
+    const int n_items = p.row_groups_b * tms * ksplit, as = p.a_stride;
     for (int item = warp; item < n_items; item += nwarps) {  // uniform across the warp
       const int ks = item % ksplit, tile = item / ksplit;
       const int tb = tile / tms, tm = tile - tb * tms;
-      float* pp = part + static_cast<size_t>(item) * 128 + lane * 4;
-      // two accumulators, alternate K steps: two independent MMA chains in flight per warp
-      float d[2][4];
-ZF_UNROLL
-      for (int r = 0; r < 4; ++r) {
-        d[0][r] = zero ? 0.f : pp[r];
-        d[1][r] = 0.f;
-      }
-      const float* a_lo = As + (tb * 16 + g) * as + t;  // A rows g and g + 8 of the tile
-      const float* a_hi = a_lo + 8 * as;
-      const int wrow = tm * 8 + g < p.rows ? tm * 8 + g : p.rows - 1;  // past `rows`: unread columns
-      const float* w = Ws + static_cast<size_t>(wrow) * ws + k0 + t;    // B[k][n] = W[n][k]
-      int s = ks;
-      for (; s + ksplit < ksteps; s += 2 * ksplit) {
-ZF_UNROLL
-        for (int c = 0; c < 2; ++c) {
-          const int k = (s + c * ksplit) * 8;
-          const float a[4] = {a_lo[k], a_hi[k], a_lo[k + 4], a_hi[k + 4]};
-          const float b[2] = {w[k], w[k + 4]};
-          zf_mma_tf32(d[c], a, b);
-        }
-      }
-      if (s < ksteps) {
-        const int k = s * 8;
-        const float a[4] = {a_lo[k], a_hi[k], a_lo[k + 4], a_hi[k + 4]};
-        const float b[2] = {w[k], w[k + 4]};
-        zf_mma_tf32(d[0], a, b);
-      }
-ZF_UNROLL
-      for (int r = 0; r < 4; ++r) pp[r] = d[0][r] + d[1][r];
+      const int wrow = tm * 8 + g < p.rows ? tm * 8 + g : p.rows - 1;
+      mma_tile_tf32(part + static_cast<size_t>(item) * 128 + lane * 4, zero, As + (tb * 16 + g) * as + t, as,
+                    Ws + static_cast<size_t>(wrow) * p.w_stride + k0 + t, 1, t, ks, (kw + 7) / 8, ksplit, kw);
     }
   }
 }
@@ -127,7 +101,7 @@ ZF_DEVICE void block_matmul(const T* A, int lda, int B, const T* Ws, T* As, T* p
     }
     zf_block_sync();
     if (p.mma) {
-      mma_items(part, k0 == 0, As, Ws, k0, kwp / 8, p);
+      mma_items(part, k0 == 0, As, Ws, k0, kw, p);
       zf_block_sync();
       continue;
     }
@@ -147,10 +121,9 @@ ZF_UNROLL
 // sum over the ksplit partial tiles of element (b, m)
 template <typename T>
 ZF_DEVICE T tile_sum(const T* part, int b, int m, const ZfLstmPlan& p) {
-  if (p.mma) {  // D[row][col] of tile (tb, tm) is lane (row % 8) * 4 + col / 2's register (row / 8) * 2 + col % 2
-    const int row = b & 15, col = m & 7;
+  if (p.mma) {  // element (b % 16, m % 8) of tile (b / 16, m / 8)
     const T* pp = part + static_cast<size_t>(((b >> 4) * p.row_groups_m + (m >> 3)) * p.ksplit) * 128 +
-                  ((row & 7) * 4 + (col >> 1)) * 4 + (row >> 3) * 2 + (col & 1);
+                  mma_elem(b & 15, m & 7);
     T s = T(0);
     for (int ks = 0; ks < p.ksplit; ++ks) s += pp[static_cast<size_t>(ks) * 128];
     return s;
@@ -175,16 +148,15 @@ ZF_GLOBAL void lstm_fwd_kernel(Params<T> P) {
   const int tid = zf_tid(), nt = zf_nthreads();
   const int U = p.units_per_block, j0 = zf_bid() * U;
   const int H = P.H, B = P.B, T_ = P.T_;
-  const int Mp = resident_rows(p), ws = p.w_stride, Kp = padded_k(H, p);
+  const int Mp = resident_rows(p), ws = p.w_stride;
   const size_t BH = static_cast<size_t>(B) * H, B4H = 4 * BH;
 
-  // resident W slice: smem row m = g * U + u holds W_hh row g * H + j0 + u (zeros past H, and in
-  // the columns that pad K to whole tensor-core steps)
-  for (int idx = tid; idx < Mp * Kp; idx += nt) {
-    const int m = idx / Kp, k = idx - m * Kp;
+  // resident W slice: smem row m = g * U + u holds W_hh row g * H + j0 + u (zeros past H)
+  for (int idx = tid; idx < Mp * H; idx += nt) {
+    const int m = idx / H, k = idx - m * H;
     const int g = m / U, j = j0 + m % U;
     Ws[static_cast<size_t>(m) * ws + k] =
-        (m < 4 * U && j < H && k < H) ? P.w[(static_cast<size_t>(g) * H + j) * H + k] : T(0);
+        (m < 4 * U && j < H) ? P.w[(static_cast<size_t>(g) * H + j) * H + k] : T(0);
   }
   for (int e = tid; e < B * U; e += nt) {
     const int b = e / U, j = j0 + e % U;
@@ -229,15 +201,14 @@ ZF_GLOBAL void lstm_bwd_kernel(Params<T> P) {
   const int tid = zf_tid(), nt = zf_nthreads();
   const int U = p.units_per_block, j0 = zf_bid() * U;
   const int H = P.H, B = P.B, T_ = P.T_, H4 = 4 * H;
-  const int Mp = resident_rows(p), ws = p.w_stride, Kp = padded_k(H4, p);
+  const int Mp = resident_rows(p), ws = p.w_stride;
   const size_t BH = static_cast<size_t>(B) * H, B4H = 4 * BH;
 
-  // resident W slice, transposed: smem row u holds column j0 + u of W_hh (all 4H entries, then
-  // zeros to whole tensor-core K steps); global reads run along u (contiguous): coalesced
-  for (int idx = tid; idx < Mp * Kp; idx += nt) {
+  // resident W slice, transposed: smem row u holds column j0 + u of W_hh (all 4H entries);
+  // global reads run along u (contiguous), so the load is coalesced
+  for (int idx = tid; idx < Mp * H4; idx += nt) {
     const int r = idx / Mp, u = idx - r * Mp, j = j0 + u;
-    Ws[static_cast<size_t>(u) * ws + r] =
-        (u < U && j < H && r < H4) ? P.w[static_cast<size_t>(r) * H + j] : T(0);
+    Ws[static_cast<size_t>(u) * ws + r] = (u < U && j < H) ? P.w[static_cast<size_t>(r) * H + j] : T(0);
   }
   for (int e = tid; e < B * U; e += nt) {
     const int b = e / U, j = j0 + e % U;
@@ -314,13 +285,7 @@ int plan_with(int backward, int B, int H, int elem_size, int threads, int units,
   // threads (register tiles) or warps (tensor-core tiles) sharing one tile, each a part of K
   int ksplit;
   if (mma) {
-    // the split with the least K work on the busiest warp: ceil(tiles * ks / warps) items of 1 / ks
-    // of K each (10 tiles on 8 warps: 4, i.e. 1.25 tiles' work per warp instead of 2)
-    const int warps = threads / 32, k_steps = cdiv(p->k, 8);
-    ksplit = 1;
-    for (int ks = 2; ks <= 8 && ks <= k_steps; ++ks)
-      if (static_cast<long long>(cdiv(groups * ks, warps)) * ksplit < static_cast<long long>(cdiv(groups * ksplit, warps)) * ks)
-        ksplit = ks;
+    ksplit = mma_ksplit(groups, threads / 32, p->k);
   } else {
     ksplit = threads / groups;
     if (ksplit < 1) ksplit = 1;

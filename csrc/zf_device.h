@@ -85,7 +85,9 @@ ZF_DEVICE void zf_mma_tf32(float (&d)[4], const float (&a)[4], const float (&b)[
 namespace zf_emu {
 
 struct Block {
-  explicit Block(int threads, std::size_t smem) : bar(threads), smem(smem + 16) {
+  // shared memory starts as 0xFF bytes (float / double NaN), not zeros: a kernel that reads an
+  // element it never wrote gets NaN here, as it may get garbage on a GPU
+  explicit Block(int threads, std::size_t smem) : bar(threads), smem(smem + 16, 0xFF) {
     for (int w = 0; w < threads / 32; ++w) warp_bar.push_back(std::make_unique<std::barrier<>>(32));
     mma_scratch.resize(static_cast<std::size_t>(threads / 32) * 32 * 6);
   }
@@ -164,10 +166,12 @@ template <typename T>
 inline T zf_ldcg(const T* p) { return *p; }
 
 // cvt.rna.tf32.f32: keep 10 of float32's 23 mantissa bits, rounding to nearest, ties away from
-// zero (the low 13 bits of the result are zero; NaN and infinity are not produced by the tests)
+// zero (the low 13 bits of the result are zero); NaN and infinity pass unchanged (the bit trick
+// would carry a NaN's mantissa into its sign and make it 0: a NaN read must stay visible)
 inline float zf_to_tf32(float x) {
   std::uint32_t u;
   std::memcpy(&u, &x, 4);
+  if ((u & 0x7F800000u) == 0x7F800000u) return x;
   u = (u + 0x1000u) & ~0x1FFFu;
   std::memcpy(&x, &u, 4);
   return x;

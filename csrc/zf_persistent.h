@@ -68,6 +68,43 @@ ZF_UNROLL
     for (int j = 0; j < TM; ++j) pp[i * TM + j] = acc[i][j];
 }
 
+// One warp's 16 x 8 tile of the TF32 tensor-core products (both kernels' block products with
+// plan.mma): the four accumulator elements of this lane at pp[0..3] (zeroed first when `zero`,
+// else accumulated into) plus, over K steps s = ks, ks + ksplit, ... < ksteps of a staged chunk
+// kw wide, A[16 x 8 step] * W[8 rows x 8 step]^T. a_lo: the lane's A row g at column t of the
+// chunk (row g + 8 is a_step further); w: its W row (the tile's row g) at column t, elements
+// wk apart along k (1 when resident in shared memory). Columns past kw of W are not read (they
+// may lie outside the matrix); those of A are zero. Two accumulators take alternate steps: two
+// independent MMA chains in flight.
+ZF_DEVICE void mma_tile_tf32(float* pp, bool zero, const float* a_lo, int a_step, const float* w, long long wk,
+                             int t, int ks, int ksteps, int ksplit, int kw) {
+  float d[2][4];
+ZF_UNROLL
+  for (int r = 0; r < 4; ++r) {
+    d[0][r] = zero ? 0.f : pp[r];
+    d[1][r] = 0.f;
+  }
+  const float* a_hi = a_lo + 8 * a_step;
+  auto step = [&](float(&acc)[4], int s) {
+    const int k = s * 8;
+    const float a[4] = {a_lo[k], a_hi[k], a_lo[k + 4], a_hi[k + 4]};
+    const float b[2] = {k + t < kw ? w[k * wk] : 0.f, k + t + 4 < kw ? w[(k + 4) * wk] : 0.f};
+    zf_mma_tf32(acc, a, b);
+  };
+  int s = ks;
+  for (; s + ksplit < ksteps; s += 2 * ksplit) {
+    step(d[0], s);
+    step(d[1], s + ksplit);
+  }
+  if (s < ksteps) step(d[0], s);
+ZF_UNROLL
+  for (int r = 0; r < 4; ++r) pp[r] = d[0][r] + d[1][r];
+}
+
+// where tile_sum finds accumulator element (row, col) of a 16 x 8 tile: lane (row % 8) * 4 +
+// col / 2, its register (row / 8) * 2 + col % 2
+ZF_HOST_DEVICE int mma_elem(int row, int col) { return ((row & 7) * 4 + (col >> 1)) * 4 + (row >> 3) * 2 + (col & 1); }
+
 inline void set_err(char* err, int errlen, const char* msg) {
   if (err && errlen > 0) {
     std::strncpy(err, msg, errlen - 1);
@@ -79,6 +116,18 @@ inline long long align16(long long n) { return (n + 15) / 16 * 16; }
 inline int round_up(int n, int m) { return (n + m - 1) / m * m; }
 inline int cdiv(int a, int b) { return (a + b - 1) / b; }
 
+// The K split of the TF32 tiles: the split with the least K work on the busiest warp,
+// ceil(tiles * ks / warps) items of 1 / ks of K each (10 tiles on 8 warps: 4, i.e. 1.25 tiles'
+// work per warp instead of 2); at most 8 and at most the K steps.
+inline int mma_ksplit(int tiles, int warps, int k) {
+  const int k_steps = cdiv(k, 8);
+  int best = 1;
+  for (int ks = 2; ks <= 8 && ks <= k_steps; ++ks)
+    if (static_cast<long long>(cdiv(tiles * ks, warps)) * best < static_cast<long long>(cdiv(tiles * best, warps)) * ks)
+      best = ks;
+  return best;
+}
+
 // Launch settings after defaults: a caller's ZfLstmLaunch / ZfChainLaunch (0 = default) over
 // the device's limits (CUDA) or the emulated device (4 SMs of 227 KB, 8 threads per block).
 struct Launch {
@@ -86,13 +135,12 @@ struct Launch {
   long long smem_limit;
   int num_sms;     // SMs the plan partitions over (a test may pretend another count)
   int device_sms;  // SMs of the device (the co-residency check)
-  int tf32;        // float32 block products on the tensor cores (ZfLstmLaunch::tf32)
+  int tf32;        // float32 block products on the tensor cores (the caller's tf32)
 };
 
-// the caller's tf32 request: only ZfLstmLaunch has one (the chain's products are IEEE for now)
-inline int tf32_requested(const ZfLstmLaunch* cfg) { return cfg ? cfg->tf32 : 0; }
+// the caller's tf32 request (ZfLstmLaunch::tf32, ZfChainLaunch::tf32)
 template <typename Cfg>
-int tf32_requested(const Cfg*) { return 0; }
+int tf32_requested(const Cfg* cfg) { return cfg ? cfg->tf32 : 0; }
 
 #ifndef ZF_CPU_EMULATION
 inline int cuda_fail(cudaError_t e, const char* op, const char* what, char* err, int errlen) {

@@ -143,13 +143,13 @@ class EmulatedKernels:
 
 class ZfChainLaunch(ctypes.Structure):
     _fields_ = [("threads", ctypes.c_int), ("units_per_block", ctypes.c_int),
-                ("smem_limit", ctypes.c_longlong), ("num_sms", ctypes.c_int)]
+                ("smem_limit", ctypes.c_longlong), ("num_sms", ctypes.c_int), ("tf32", ctypes.c_int)]
 
 
 class ZfChainPlan(ctypes.Structure):
     _fields_ = ([(n, ctypes.c_int) for n in (
         "blocks", "threads", "units_per_block", "m_per_block", "z_per_block", "kc", "a_stride", "row_groups_b",
-        "resident")] + [(n, ctypes.c_int * 4) for n in ("rows", "k", "ksplit", "row_groups_m", "w_stride")]
+        "resident", "mma")] + [(n, ctypes.c_int * 4) for n in ("rows", "k", "ksplit", "row_groups_m", "w_stride")]
         + [(n, ctypes.c_longlong * 4) for n in ("w_offset", "w_bytes")]
         + [(n, ctypes.c_longlong) for n in ("resident_bytes", "part_bytes", "state_bytes", "a_bytes", "smem_bytes")])
 
@@ -187,9 +187,9 @@ class EmulatedChainKernels:
     """``forward`` / ``backward`` of csrc/chain_kernels.h on contiguous CPU tensors."""
 
     def __init__(self, lib, threads: int, units_per_block: int, smem_limit: int = 0, num_sms: int = 0,
-                 backward_lib=None):
+                 backward_lib=None, tf32: bool = False):
         self.lib, self.backward_lib = lib, backward_lib or lib
-        self.launch = ZfChainLaunch(threads, units_per_block, smem_limit, num_sms)
+        self.launch = ZfChainLaunch(threads, units_per_block, smem_limit, num_sms, int(tf32))
         self.calls = []
 
     def _call(self, lib, name, tensors, dims):

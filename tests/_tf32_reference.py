@@ -13,9 +13,11 @@ from zf_kernels.ops.lstm import naive
 
 
 def to_tf32(x: torch.Tensor) -> torch.Tensor:
-    """cvt.rna.tf32.f32 of x's float32 value (10 mantissa bits, nearest, ties away from zero), in x's dtype."""
-    bits = x.detach().float().contiguous().view(torch.int32)
-    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32).to(x.dtype)
+    """cvt.rna.tf32.f32 of x's float32 value (10 mantissa bits, nearest, ties away from zero;
+    NaN and infinity unchanged), in x's dtype."""
+    x32 = x.detach().float().contiguous()
+    rounded = ((x32.view(torch.int32) + 0x1000) & ~0x1FFF).view(torch.float32)
+    return torch.where(torch.isfinite(x32), rounded, x32).to(x.dtype)
 
 
 class _RoundedProduct(torch.autograd.Function):
@@ -47,3 +49,29 @@ def lstm_tf32_ref(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, 
         return torch.sigmoid(o) * torch.tanh(c), c
 
     return naive.lstm_loop_ref(cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, reverse)
+
+
+def zforcing_chain_tf32_ref(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_gz, bias_gz,
+                            weight_iz, weight_hh):
+    """``ops.zforcing_chain``'s contract (float64 inputs advised) with the CUDA chain's TF32
+    rounding: its four recurrent products (h W_qh^T, act(s) W_q2^T, h W_hh^T, z W_comb^T with g(z)
+    folded, W_comb = W_iz W_gz, as csrc/ runs them) round their operands forward, and backward
+    the products that give dh, dz and d act(s), except dh_0 (the gradient of h0: torch GEMMs after
+    the loop, as the weight gradients)."""
+    from zf_kernels.ops.recurrence import naive as chain
+
+    w_comb = weight_iz @ weight_gz
+    first = []
+
+    def step(h, c, gx_t, px_t, eps_t):
+        ieee_h = not first            # h is h0: its gradient is a torch GEMM
+        first.append(False)
+        s = px_t + _RoundedProduct.apply(h, weight_qh, ieee_h)
+        params = _RoundedProduct.apply(chain.mlp_act(s), weight_q2, False) + bias_q2
+        mu, lv = torch.clamp(params, -chain.PARAM_CLAMP, chain.PARAM_CLAMP).chunk(2, dim=-1)
+        z = mu + torch.exp(0.5 * lv) * eps_t
+        gates = gx_t + _RoundedProduct.apply(h, weight_hh, ieee_h) + _RoundedProduct.apply(z, w_comb, False)
+        h, c = chain._lstm_cell(gates, c)
+        return h, c, z, mu, lv
+
+    return chain.chain_loop_ref(step, gates_x + weight_iz @ bias_gz, post_x, eps, h0, c0)

@@ -2,12 +2,15 @@
 csrc/chain_kernels.cu, loaded or JIT-built by zf_kernels/ops/_cuda_ext.py), against the float64
 torch reference: random shapes in float32, several partitions in float64 and gradcheck, the two
 DESIGN shapes with short T, NaN-prefilled outputs, the public op and explain, the dtype refusal
-and the shape that does not fit. Skipped without CUDA; on a GPU a failed build fails them (with
+and the shape that does not fit; the TF32 tensor-core tiles against a float64 reference that
+rounds the four recurrent products' operands to TF32 where the kernels do
+(tests/_tf32_reference.py). Skipped without CUDA; on a GPU a failed build fails them (with
 the compiler's reason), it does not skip them. (The same source runs on the CPU in
 tests/test_cuda_emulation_chain.py.)"""
 import pytest
 import torch
 
+from _tf32_reference import zforcing_chain_tf32_ref
 from zf_kernels import ops
 
 pytestmark = [pytest.mark.gpu,
@@ -81,23 +84,28 @@ def _err(a, b):
     return ((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
-def _compare(cuda_chain, shape, dtype, tol, units_per_block=0, seed=0, scale=1.0, eager_ratio=None):
+def _compare(cuda_chain, shape, dtype, tol, units_per_block=0, seed=0, scale=1.0, eager_ratio=None, tf32=False):
     """Every output and gradient against float64: max |error| / max |reference| < tol, or with
     ``eager_ratio`` < max(tol, eager_ratio x the error of eager torch in ``dtype`` on the same
-    inputs) (the clamp-heavy inputs amplify rounding: how much is the inputs', not the kernels')."""
+    inputs) (the clamp-heavy inputs amplify rounding: how much is the inputs', not the kernels').
+    ``tf32``: the kernels' TF32 tiles against the TF32-rounded float64 reference, by ||error|| /
+    ||reference||: where an operand's float32 and float64 values round to neighbouring TF32
+    values (one in ~2^13), one element of a product moves by a TF32 ulp, and the chain carries
+    that on; the norm sees such a local move as what it is, the max would not."""
     from zf_kernels.ops.recurrence._cuda_function import run_chain
     args, grads = _inputs(*shape, dtype, seed=seed, scale=scale)
-    kernels = _NaNFilled(cuda_chain._ExtensionKernels(units_per_block))
+    kernels = _NaNFilled(cuda_chain._ExtensionKernels(units_per_block, tf32=tf32))
     got = _outputs_and_grads(lambda *a: run_chain(kernels, *a), args, grads)
     args64 = [a.detach().double().requires_grad_() for a in args]
-    ref = _outputs_and_grads(lambda *a: ops.zforcing_chain(*a, backend="torch"), args64, [g.double() for g in grads])
+    ref_fn = zforcing_chain_tf32_ref if tf32 else lambda *a: ops.zforcing_chain(*a, backend="torch")
+    ref = _outputs_and_grads(ref_fn, args64, [g.double() for g in grads])
     eager = [None] * len(ref)
     if eager_ratio is not None:
         eager = _outputs_and_grads(lambda *a: ops.zforcing_chain(*a, backend="torch"), args, grads)
     names = ("h", "c", "z", "mu_q", "logvar_q") + tuple("grad " + n for n in NAMES)
     for name, a, b, e in zip(names, got, ref, eager):
         assert torch.isfinite(a).all(), f"{name} has non-finite values"
-        err = _err(a, b)
+        err = ((a.double() - b).norm() / b.norm().clamp_min(1e-30)).item() if tf32 else _err(a, b)
         bound = tol if e is None else max(tol, eager_ratio * _err(e, b))
         assert err < bound, f"{shape} {dtype}: {name}: relative error {err:.2e} >= {bound:.2e}"
 
@@ -111,6 +119,22 @@ def test_cuda_chain_random_shapes_float32(cuda_chain, seed):
     shape = tuple(int(torch.randint(lo, hi, (1,), generator=g))
                   for lo, hi in ((1, 10), (1, 40), (1, 300), (1, 200), (1, 100), (1, 150)))
     _compare(cuda_chain, shape, torch.float32, 1e-4, seed=seed, eager_ratio=4.0)
+
+
+# TF32 tiles vs the TF32-rounded reference (||error|| / ||ref||), well-conditioned inputs (scale
+# 0.25): set without a GPU. The CPU emulation of the tiles on these random shapes: 2.4e-5 ..
+# 1.1e-4 (the neighbouring-TF32 flips, see _compare); the IEEE kernels are 4.8e-4 .. 7.4e-4 from
+# this reference, and the TF32 rounding itself (this reference vs plain float64) as much. A
+# misplaced fragment gives errors of order 1.
+TF32_BOUND = 3e-4
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cuda_chain_random_shapes_tf32(cuda_chain, seed):
+    g = torch.Generator().manual_seed(200 + seed)
+    shape = tuple(int(torch.randint(lo, hi, (1,), generator=g))
+                  for lo, hi in ((1, 10), (1, 40), (1, 300), (1, 200), (1, 100), (1, 150)))
+    _compare(cuda_chain, shape, torch.float32, TF32_BOUND, seed=seed, scale=0.25, tf32=True)
 
 
 @pytest.mark.parametrize("units", [0, 1, 3])
@@ -145,6 +169,33 @@ def test_cuda_chain_design_shapes_float32(cuda_chain, shape):
                                torch.empty(T, B, Z, device="cuda"))
     assert fwd["blocks"] <= torch.cuda.get_device_properties(0).multi_processor_count
     assert fwd["resident"] & 3 == 3 and bwd["resident"] & 1
+
+
+@pytest.mark.parametrize("shape", [(4, 32, 1024, 512, 256, 512), (4, 32, 1024, 512, 128, 512)],
+                         ids=["TIMIT B32 H1024 M512 Z256 G512 (T=4)", "SeqMNIST B32 H1024 M512 Z128 G512 (T=4)"])
+def test_cuda_chain_design_shapes_tf32(cuda_chain, shape):
+    """T=4: over 40 steps the chain carries TF32 rounding far (the TF32-rounded reference vs plain
+    float64 at T=40: 2.5e-3 .. 2.1e-2 by norm, up to 0.48 by max, measured on the CPU), which no
+    reference can follow element by element; four steps exercise every tile of the design shapes.
+    At T=4 (TIMIT widths, CPU emulation, 128 blocks): the tiles 1.9e-4 from the rounded reference,
+    the IEEE kernels 5.0e-4, TF32 rounding itself 5.0e-4: the bound is for errors of order 1."""
+    _compare(cuda_chain, shape, torch.float32, 1e-3, scale=0.25, tf32=True)
+
+
+def test_cuda_chain_tf32_follows_torchs_matmul_switch(cuda_chain, monkeypatch):
+    """The public op takes the TF32 tiles exactly when torch allows TF32 for its float32 matmuls
+    (explain says which); with TF32 allowed torch's own GEMMs (the g(z) fold, the weight
+    gradients) round too, so that side is held to TF32 accuracy against plain float64."""
+    monkeypatch.delenv("ZF_FP32_DOT", raising=False)
+    args, grads = _inputs(4, 3, 24, 10, 6, 8, torch.float32, scale=0.25)
+    args64 = [a.detach().double().requires_grad_() for a in args]
+    ref = _outputs_and_grads(lambda *a: ops.zforcing_chain(*a, backend="torch"), args64, [g.double() for g in grads])
+    for allow, bound, label in ((True, 1e-2, "TF32 tensor cores"), (False, 1e-4, "IEEE FMAs")):
+        torch.backends.cuda.matmul.allow_tf32 = allow     # the autouse fixture restores it
+        assert label in ops.explain("zforcing_chain", *args, backend="cuda")[1]
+        got = _outputs_and_grads(lambda *a: ops.zforcing_chain(*a, backend="cuda"), args, grads)
+        for i, (a, b) in enumerate(zip(got, ref)):
+            assert _err(a, b) < bound, f"allow_tf32={allow}: output/grad {i}: {_err(a, b):.2e}"
 
 
 def test_cuda_chain_through_the_public_op(cuda_chain):

@@ -112,6 +112,12 @@ def test_cuda_extension_links_and_imports(build):
                             x(2, 3, 5), x(2, 3, 4, dtype=torch.uint8))
         except RuntimeError as e:
             print("chain_forward:", str(e).splitlines()[0])
+        try:   # as zf_kernels/ops/recurrence/cuda.py passes them (units, threads, tf32, stream)
+            m.chain_forward(x(2, 3, 16), x(2, 3, 5), x(2, 3, 2), x(3, 4), x(3, 4), x(5, 4), x(4, 5), x(4),
+                            x(16, 2), x(16, 4), x(2, 3, 4), x(2, 3, 4), x(2, 3, 2), x(2, 3, 2), x(2, 3, 2),
+                            x(2, 3, 5), x(2, 3, 4, dtype=torch.uint8), 0, 0, True, 0)
+        except RuntimeError as e:
+            print("chain_forward tf32:", str(e).splitlines()[0])
         if not torch.cuda.is_available():
             try:
                 m.lstm_plan(False, 32, 1024, 4)
@@ -125,17 +131,23 @@ def test_cuda_extension_links_and_imports(build):
                 m.chain_plan(False, 32, 1024, 512, 256, 4)
             except RuntimeError as e:
                 print("chain_plan:", e)
+            try:
+                m.chain_plan(False, 32, 1024, 512, 256, 4, 0, 0, True)
+            except RuntimeError as e:
+                print("chain_plan tf32:", e)
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "\nforward: zf_kernels._C: gates must be a CUDA tensor" in "\n" + proc.stdout, proc.stdout
     assert "forward tf32: zf_kernels._C: gates must be a CUDA tensor" in proc.stdout, proc.stdout
     assert "chain_forward: zf_kernels._C: gates must be a CUDA tensor" in proc.stdout, proc.stdout
+    assert "chain_forward tf32: zf_kernels._C: gates must be a CUDA tensor" in proc.stdout, proc.stdout
     import torch
     if not torch.cuda.is_available():
         assert "plan: zf_kernels lstm: cudaGetDevice failed" in proc.stdout, proc.stdout
         assert "plan tf32: zf_kernels lstm: cudaGetDevice failed" in proc.stdout, proc.stdout
         assert "chain_plan: zf_kernels zforcing_chain: cudaGetDevice failed" in proc.stdout, proc.stdout
+        assert "chain_plan tf32: zf_kernels zforcing_chain: cudaGetDevice failed" in proc.stdout, proc.stdout
 
 
 def test_jit_build_links_the_cuda_runtime_nvcc_itself_uses(tmp_path):

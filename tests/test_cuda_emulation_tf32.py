@@ -1,5 +1,6 @@
-"""The CUDA LSTM's TF32 tensor-core tiles (csrc/lstm_kernels.cu with ZfLstmLaunch::tf32:
-mma.sync m16n8k8 per warp, csrc/zf_device.h) run on the CPU: the emulation computes each lane's
+"""The CUDA LSTM's and Z-forcing chain's TF32 tensor-core tiles (csrc/lstm_kernels.cu,
+csrc/chain_kernels.cu with ZfLstmLaunch / ZfChainLaunch::tf32: mma.sync m16n8k8 per warp,
+csrc/zf_device.h, zf_persistent.h's mma_tile_tf32) run on the CPU: the emulation computes each lane's
 accumulator elements from all 32 lanes' fragment registers, as the GPU does, so a misplaced
 fragment element, a wrong partial-sum layout or missing zero padding shows here. Compared with a
 float64 reference whose recurrent products round their operands to TF32 where the kernels do
@@ -12,9 +13,11 @@ import pytest
 import torch
 
 import _cuda_emulation as emu
-from _tf32_reference import lstm_tf32_ref, to_tf32
+import test_cuda_emulation_chain as emu_chain
+from _tf32_reference import lstm_tf32_ref, to_tf32, zforcing_chain_tf32_ref
 from test_cuda_emulation import _Directions, _NaNFilled
 from zf_kernels.ops.lstm._cuda_function import run_lstm
+from zf_kernels.ops.recurrence._cuda_function import run_chain
 
 pytestmark = pytest.mark.skipif(emu.compiler() is None, reason="no g++ to build the CPU emulation")
 
@@ -93,6 +96,75 @@ def test_to_tf32_rounds_to_nearest_ties_away():
     one_ulp = 2.0 ** -10                      # TF32's spacing at 1.0
     x = torch.tensor([1.0, 1 + one_ulp / 2, 1 + one_ulp / 2 - 2 ** -23, -(1 + one_ulp / 2), 1 + 3 * one_ulp / 4])
     assert to_tf32(x).tolist() == [1.0, 1 + one_ulp, 1.0, -(1 + one_ulp), 1 + one_ulp]
+    special = to_tf32(torch.tensor([float("nan"), float("inf"), -float("inf")]))
+    assert special[0].isnan() and special[1:].tolist() == [float("inf"), -float("inf")]
+
+
+# ------------------------------------------------------------------------ the chain
+# (T, B, H, M, Z, G), units per block, threads, squeezed (only W_hh resident: the other three
+# slices' fragments read from global memory, W^T with a K stride backward; 32-wide chunks)
+CHAIN_CASES = {
+    "T4 B5 H13 M7 Z5 G6 2 warps": ((4, 5, 13, 7, 5, 6), 3, 64, False),
+    "T3 B19 H11 M9 Z7 G5 8 warps": ((3, 19, 11, 9, 7, 5), 4, 256, False),
+    "T3 B17 H37 M11 Z6 G9 squeezed 1 warp": ((3, 17, 37, 11, 6, 9), 8, 32, True),
+}
+# ||got - ref|| / ||ref||, max over outputs and gradients: measured <= 2.2e-6 (IEEE: >= 1e-4)
+CHAIN_BOUND = 1e-5
+
+
+def _chain_inputs(T, B, H, M, Z, G, seed=0):
+    """Mild inputs (the clamps mostly inactive; the IEEE tests cover them): float32 leaves."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, sc=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * sc).float().requires_grad_()
+
+    args = [r(T, B, 4 * H), r(T, B, M, sc=0.5), r(T, B, Z), r(B, H, sc=0.5), r(B, H), r(M, H, sc=H ** -0.5),
+            r(2 * Z, M, sc=M ** -0.5), r(2 * Z, sc=0.3), r(G, Z, sc=Z ** -0.5), r(G, sc=0.3),
+            r(4 * H, G, sc=G ** -0.5), r(4 * H, H, sc=H ** -0.5)]
+    grads = [torch.randn(T, B, n, generator=g) for n in (H, H, Z, Z, Z)]
+    return args, grads
+
+
+def _chain_limits(lib, shape, units, threads, squeezed):
+    if not squeezed:
+        return 0, 0
+    T, B, H, M, Z, G = shape
+    limits = []
+    for bwd in (False, True):
+        p = emu.chain_plan(lib, bwd, B, H, M, Z, 4, emu.ZfChainLaunch(threads, units, 0, 0, 1))
+        limit = p.w_bytes[0] + p.part_bytes + p.state_bytes + p.row_groups_b * 16 * 36 * 4 + 8
+        q = emu.chain_plan(lib, bwd, B, H, M, Z, 4, emu.ZfChainLaunch(threads, units, limit, 0, 1))
+        assert q.mma == 1 and q.resident == 1 and q.kc == 32 < max(q.k), (q.mma, q.resident, q.kc)
+        limits.append(limit)
+    return tuple(limits)
+
+
+def _chain_errors(case, tf32=True):
+    shape, units, threads, squeezed = CHAIN_CASES[case]
+    lib = emu.chain_library()
+    args, grads = _chain_inputs(*shape)
+    kernels = emu_chain._NaNFilled(emu_chain._Directions(*(
+        emu.EmulatedChainKernels(lib, threads, units, lim, tf32=tf32)
+        for lim in _chain_limits(lib, shape, units, threads, squeezed))))
+    outs = run_chain(kernels, *args)
+    got = [*outs, *torch.autograd.grad(outs, args, grads)]
+    args64 = [a.detach().double().requires_grad_() for a in args]
+    outs = zforcing_chain_tf32_ref(*args64)
+    ref = [*outs, *torch.autograd.grad(outs, args64, [g.double() for g in grads])]
+    names = emu_chain.OUT_NAMES + tuple("grad " + n for n in emu_chain.NAMES)
+    return {n: ((a.double() - b).norm() / b.norm()).item() for n, a, b in zip(names, got, ref)}
+
+
+@pytest.mark.parametrize("case", list(CHAIN_CASES))
+def test_chain_tf32_tiles_match_the_tf32_rounded_reference(case):
+    errs = _chain_errors(case)
+    assert max(errs.values()) < CHAIN_BOUND, {k: f"{v:.1e}" for k, v in errs.items()}
+
+
+def test_chain_ieee_kernels_miss_the_tf32_bound():
+    errs = _chain_errors("T3 B19 H11 M9 Z7 G5 8 warps", tf32=False)
+    assert min(errs.values()) > 3 * CHAIN_BOUND, {k: f"{v:.1e}" for k, v in errs.items()}
 
 
 # ------------------------------------------------------------------------ the launch plan
@@ -119,3 +191,20 @@ def test_tf32_plan_needs_whole_warps_and_leaves_float64_ieee():
     assert info.value.code == 1
     assert emu.plan(lib, False, 4, 16, 8, emu.ZfLstmLaunch(48, 0, 0, 0, 1)).mma == 0
     assert emu.plan(lib, False, 4, 16, 4, emu.ZfLstmLaunch(64, 0, 0, 0, 0)).mma == 0
+
+
+@pytest.mark.parametrize("sms", [132, 114])
+@pytest.mark.parametrize("Z", [256, 128])
+def test_chain_tf32_plan_fits_the_design_targets(Z, sms):
+    """The TIMIT and Sequential-MNIST chains (B32 H1024 M512 G512) with the tensor-core tiles:
+    one block per SM, W_hh resident, 16 x 8 tiles (W_hh and W_comb products share theirs)."""
+    lib = emu.chain_library()
+    for bwd in (False, True):
+        p = emu.chain_plan(lib, bwd, 32, 1024, 512, Z, 4, emu.ZfChainLaunch(256, 0, SMEM_OPTIN, sms, 1))
+        assert p.mma == 1 and p.blocks <= sms and p.smem_bytes <= SMEM_OPTIN and p.resident & 1
+        assert p.row_groups_b == 2 and p.ksplit[1] == p.ksplit[0] and p.a_stride % 32 == 4
+
+
+def test_chain_tf32_plan_needs_whole_warps():
+    with pytest.raises(emu.EmulationError, match="multiple of 32, got 40"):
+        emu.chain_plan(emu.chain_library(), True, 4, 16, 8, 4, 4, emu.ZfChainLaunch(40, 0, 0, 0, 1))

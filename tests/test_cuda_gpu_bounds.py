@@ -21,7 +21,9 @@ def _module(make_kernels):
 
 
 def _chain(extra_flags=()):
-    return _module(lambda units: emu.EmulatedChainKernels(emu.chain_library(extra_flags), 8, units, 0, 132))
+    # TF32 tiles: whole warps (32 emulated threads per block) over 16 "SMs", as _lstm
+    return _module(lambda units, tf32=False: emu.EmulatedChainKernels(
+        emu.chain_library(extra_flags), 32 if tf32 else 8, units, 0, 16 if tf32 else 132, tf32=tf32))
 
 
 def _lstm(extra_flags=()):
@@ -40,6 +42,11 @@ def on_cpu(monkeypatch):
 @pytest.mark.parametrize("seed", range(4))
 def test_chain_random_shapes_bound_holds_for_the_kernels_rounding(on_cpu, seed):
     gpu_chain.test_cuda_chain_random_shapes_float32(_chain(), seed)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_chain_tf32_random_shapes_bound_holds_for_the_tiles_rounding(on_cpu, seed):
+    gpu_chain.test_cuda_chain_random_shapes_tf32(_chain(), seed)
 
 
 @pytest.mark.parametrize("units", [0, 1, 3])

@@ -98,7 +98,9 @@ def test_cuda_lstm_random_shapes_float32(cuda_lstm, seed):
 # TF32 tiles vs the TF32-rounded reference: set without a GPU. The CPU emulation of the tiles is
 # within 6.1e-7 of it (sums in k order, round to nearest); the hardware's accumulation may truncate
 # and adds in its own order: ~1e-6 per K = 1024 sum expected, amplified a little over T steps. The
-# IEEE kernels are >= 5.8e-5 away from this reference.
+# IEEE kernels are >= 5.8e-5 away from this reference. On the GPU tests' random shapes (emulated,
+# 16 blocks): the tiles <= 2.0e-5, the IEEE kernels >= 1.1e-4; at the design shapes TF32 rounding
+# itself (the rounded reference vs float64) is 1.7e-4 / 1.8e-4 (torch, CPU).
 TF32_RANDOM_BOUND, TF32_DESIGN_BOUND = 5e-5, 1e-4
 
 

@@ -29,3 +29,9 @@ def dot_precision(t: torch.Tensor) -> str:
             return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
         return choice
     return "ieee" if t.dtype == torch.float64 else "tf32"
+
+
+def use_tf32(t: torch.Tensor) -> bool:
+    """Whether the CUDA extension's float32 block products run as TF32 tensor-core tiles for
+    inputs like ``t`` (``dot_precision`` says "tf32"); otherwise IEEE FMAs."""
+    return t.dtype == torch.float32 and dot_precision(t) == "tf32"

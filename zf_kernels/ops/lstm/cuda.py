@@ -20,17 +20,12 @@ from __future__ import annotations
 import torch
 
 from .. import _cuda_ext
-from .._precision import dot_precision
+from .._precision import use_tf32
 from ._cuda_function import run_lstm, why_unsupported
 
 _C = _cuda_ext.load()
 
 __all__ = ["lstm", "plan"]
-
-
-def use_tf32(x) -> bool:
-    """Whether the kernels' float32 block products run as TF32 tensor-core tiles for ``x``."""
-    return x.dtype == torch.float32 and dot_precision(x) == "tf32"
 
 
 class _ExtensionKernels:
