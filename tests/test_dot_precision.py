@@ -1,15 +1,14 @@
-"""``_triton_common.dot_precision``: the one rule for ``tl.dot``'s input precision (float32 follows
-torch's TF32 switch on a GPU unless ZF_FP32_DOT overrides it; the interpreter always IEEE)."""
+"""``_precision.dot_precision``: the one rule for the fused kernels' float32 precision (float32
+follows torch's TF32 switch on a GPU unless ZF_FP32_DOT overrides it; the interpreter always IEEE),
+for ``tl.dot`` and, through ``use_tf32``, for the CUDA extension's tensor-core tiles."""
 import pytest
 import torch
 
-pytest.importorskip("triton")
-
-from zf_kernels.ops._triton_common import FP32_DOT_ENV, dot_precision  # noqa: E402
+from zf_kernels.ops._precision import FP32_DOT_ENV, dot_precision, use_tf32
 
 
 class _CudaLike:
-    """Stands in for a CUDA tensor: dot_precision reads only ``dtype`` and ``is_cuda``."""
+    """Stands in for a CUDA tensor: dot_precision and use_tf32 read only ``dtype`` and ``is_cuda``."""
     is_cuda = True
 
     def __init__(self, dtype):
@@ -52,3 +51,19 @@ def test_bad_setting_names_the_variable(tf32, monkeypatch):
     monkeypatch.setenv(FP32_DOT_ENV, "fast")
     with pytest.raises(ValueError, match="ZF_FP32_DOT must be one of auto, ieee, tf32, tf32x3; got 'fast'"):
         dot_precision(_CudaLike(torch.float32))
+
+
+@pytest.mark.parametrize("choice,allow,expected", [
+    ("auto", True, True), ("auto", False, False), ("tf32", False, True), ("ieee", True, False),
+    ("tf32x3", True, False)])   # no split-TF32 products in csrc/: tf32x3 runs its IEEE FMAs
+def test_cuda_kernels_take_tf32_tiles_by_the_same_rule(choice, allow, expected, tf32, monkeypatch):
+    tf32(allow)
+    monkeypatch.setenv(FP32_DOT_ENV, choice)
+    assert use_tf32(_CudaLike(torch.float32)) is expected
+    assert use_tf32(_CudaLike(torch.float64)) is False and use_tf32(torch.zeros(1)) is False
+
+
+def test_triton_kernels_share_the_rule():
+    pytest.importorskip("triton")
+    from zf_kernels.ops import _triton_common
+    assert _triton_common.dot_precision is dot_precision

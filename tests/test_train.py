@@ -137,7 +137,7 @@ def test_non_finite_batches_are_skipped_and_counted(tmp_path, monkeypatch):
 
 
 def test_tf32_flag_sets_torch_switches_the_kernels_follow(tmp_path):
-    from zf_kernels.ops._triton_common import dot_precision
+    from zf_kernels.ops._precision import dot_precision
     # saved and restored by hand: torch.backends' flag objects are not plain attributes
     # (pytest's monkeypatch deletes them on undo with some pytest versions)
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32

@@ -177,7 +177,7 @@ class Run:
             torch.set_num_threads(cfg.threads)
         if cfg.tf32:
             # process-wide, as torch's own switch: the fused kernels follow the matmul flag
-            # (zf_kernels.ops._triton_common.dot_precision), cuDNN the cudnn one
+            # (zf_kernels.ops._precision.dot_precision; the CUDA kernels too), cuDNN the cudnn one
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(cfg.seed)

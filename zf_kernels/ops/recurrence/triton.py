@@ -79,7 +79,7 @@ dtypes: float32, float64, float16 and bfloat16 are tested under TRITON_INTERPRET
 CPU (bfloat16 through tests/_interpreter_bf16.py, which repairs triton 3.6's interpreter: it
 multiplies bf16 bit patterns in ``tl.dot`` and truncates where a GPU rounds; bfloat16 takes
 the float16 code path). fp32 dots use IEEE
-precision unless torch allows TF32 for its matmuls (``_triton_common.dot_precision``);
+precision unless torch allows TF32 for its matmuls (``_precision.dot_precision``);
 fp64 dots accumulate in fp64. float16 / bfloat16: dot operands in the input dtype with fp32 accumulation, all gate,
 cell and sampling arithmetic in fp32, the cell state c kept in an fp32 buffer (returned cast
 to the input dtype), the carried dc in fp32; saved gates, s and the per-step gradient buffers
