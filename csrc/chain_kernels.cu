@@ -101,47 +101,78 @@ ZF_DEVICE void mm_load(const Mm<T>& mm, T* sw) {
   }
 }
 
-// The tensor-core version of block_mm's products for one staged chunk (kw columns from k0):
-// warp w takes items w, w + warps, ...; item = tile * ksplit + ks, tile = tb * rgm + tm covers
-// batch rows tb * 16 .. + 15 and slice rows tm * 8 .. + 7 (clamped to the last row: those product
-// columns go unread), summing K steps ks, ks + ksplit, ... into part[item * 128 + lane * 4 + r]
-// (mma_tile_tf32; the slice resident or read from global memory).
+// One product of a block_mm pass: the slice, whether this block computes it (a block may own no
+// units of a stage), its partial sums and whether it adds to them or starts them at zero.
 template <typename T>
-ZF_DEVICE void mma_items(const Mm<T>& mm, bool zero, const T* As, T* part, int k0, int kw, const ZfChainPlan& p) {
+struct Prod {
+  const Mm<T>* mm;
+  bool on;
+  T* part;
+  bool accumulate;
+};
+
+template <typename T>
+ZF_DEVICE int prod_items(const Prod<T>& q, const ZfChainPlan& p) {
+  return q.on ? p.row_groups_b * q.mm->rgm * q.mm->ksplit : 0;
+}
+
+// Work item `item` of product q on the staged chunk (kw columns from k0), register tiles:
+// part[(grp * ksplit + ks) * TB*TM + ib * TM + im] (+)= sum_k A[b, k] W_slice[m, k] for
+// b = bg + ib * rgb, m = mg + im * rgm, grp = bg * rgm + mg, k = ks (mod ksplit).
+template <typename T>
+ZF_DEVICE void fma_item(const Prod<T>& q, int item, const T* As, int k0, int kw, const ZfChainPlan& p) {
+  const Mm<T>& mm = *q.mm;
+  const int bgs = p.row_groups_b, mgs = mm.rgm, ksplit = mm.ksplit, as = p.a_stride;
+  const bool resident = mm.sw != nullptr;
+  const int ks = item % ksplit, grp = item / ksplit;
+  const int mg = grp % mgs, bg = grp / mgs;
+  const T* w[TM];  // rows mg, mg + mgs, ... (clamped: reads stay in bounds; entries past the last row go unread)
+ZF_UNROLL
+  for (int j = 0; j < TM; ++j) {
+    int r = mg + j * mgs;
+    if (r > mm.rows - 1) r = mm.rows - 1;
+    w[j] = resident ? mm.sw + static_cast<size_t>(r) * mm.ws + k0
+                    : mm.gw + mm_row(mm, r) * mm.ldw + static_cast<long long>(k0) * mm.kstride;
+  }
+  tile_fma(q.part + static_cast<size_t>(item) * (TB * TM), k0 == 0 && !q.accumulate, As + bg * as, bgs * as, w,
+           resident ? 1 : mm.kstride, ks, kw, ksplit);
+}
+
+// The same with TF32 tensor-core tiles (plan.mma; one warp per item): item = tile * ksplit + ks,
+// tile = tb * rgm + tm covers batch rows tb * 16 .. + 15 and slice rows tm * 8 .. + 7 (clamped to
+// the last row: those product columns go unread), summing K steps ks, ks + ksplit, ... into
+// part[item * 128 + lane * 4 + r] (mma_tile_tf32; the slice resident or read from global memory).
+template <typename T>
+ZF_DEVICE void mma_item(const Prod<T>& q, int item, const T* As, int k0, int kw, const ZfChainPlan& p) {
   if constexpr (std::is_same<T, float>::value) {
-    const int lane = zf_tid() & 31, warp = zf_tid() >> 5, nwarps = zf_nthreads() >> 5;
-    const int g = lane >> 2, t = lane & 3, ksplit = mm.ksplit, tms = mm.rgm, as = p.a_stride;
-    const int n_items = p.row_groups_b * tms * ksplit;
+    const Mm<T>& mm = *q.mm;
+    const int lane = zf_tid() & 31, g = lane >> 2, t = lane & 3, as = p.a_stride;
+    const int ks = item % mm.ksplit, tile = item / mm.ksplit;
+    const int tb = tile / mm.rgm, tm = tile - tb * mm.rgm;
+    int r = tm * 8 + g;
+    if (r > mm.rows - 1) r = mm.rows - 1;
     const bool resident = mm.sw != nullptr;
-    for (int item = warp; item < n_items; item += nwarps) {  // uniform across the warp
-      const int ks = item % ksplit, tile = item / ksplit;
-      const int tb = tile / tms, tm = tile - tb * tms;
-      int r = tm * 8 + g;
-      if (r > mm.rows - 1) r = mm.rows - 1;
-      const float* w = resident ? mm.sw + static_cast<size_t>(r) * mm.ws + k0 + t
-                                : mm.gw + mm_row(mm, r) * mm.ldw + static_cast<long long>(k0 + t) * mm.kstride;
-      mma_tile_tf32(part + static_cast<size_t>(item) * 128 + lane * 4, zero, As + (tb * 16 + g) * as + t, as, w,
-                    resident ? 1 : mm.kstride, t, ks, (kw + 7) / 8, ksplit, kw);
-    }
+    const float* w = resident ? mm.sw + static_cast<size_t>(r) * mm.ws + k0 + t
+                              : mm.gw + mm_row(mm, r) * mm.ldw + static_cast<long long>(k0 + t) * mm.kstride;
+    mma_tile_tf32(q.part + static_cast<size_t>(item) * 128 + lane * 4, k0 == 0 && !q.accumulate,
+                  As + (tb * 16 + g) * as + t, as, w, resident ? 1 : mm.kstride, t, ks, (kw + 7) / 8, mm.ksplit, kw);
   }
 }
 
-// part[(grp * ksplit + ks) * TB*TM + ib * TM + im] (+)= sum_k A[b, k] W_slice[m, k] for
-// b = bg + ib * rgb, m = mg + im * rgm, grp = bg * rgm + mg (with plan.mma: TF32 tensor-core
-// tiles instead, mma_items; tile_sum reads either layout). A (row stride lda, written by other
-// blocks) is staged in kc-wide chunks into As, through leaky_clamp when `act`; rows >= B (and,
-// for the tensor-core tiles, columns up to the next multiple of 8) are 0. Ends with a block
-// barrier after which `part` is complete.
+// The products q0 and q1 (either may be off) of the same activations A (B x K, row stride lda,
+// written by other blocks; both slices have K columns): A is staged once, in kc-wide chunks, into
+// As (through leaky_clamp when `act`; rows >= B, and for the tensor-core tiles the columns up to
+// the next multiple of 8, are 0), and each chunk feeds both products' work items (threads for the
+// register tiles, warps for the tensor-core tiles; tile_sum reads either layout). Ends with a
+// block barrier after which both partial sums are complete.
 template <typename T>
-ZF_DEVICE void block_mm(const T* A, int lda, bool act, const Mm<T>& mm, bool accumulate, T* As,
-                        T* part, int B, const ZfChainPlan& p) {
+ZF_DEVICE void block_mm2(const T* A, int lda, bool act, const Prod<T>& q0, const Prod<T>& q1, T* As, int B,
+                         const ZfChainPlan& p) {
   const int tid = zf_tid(), nt = zf_nthreads();
-  const int bgs = p.row_groups_b, mgs = mm.rgm, ksplit = mm.ksplit;
-  const int Bp = bgs * (p.mma ? 16 : TB);
-  const int n_items = bgs * mgs * ksplit;
-  const int K = mm.K, as = p.a_stride;
+  const int Bp = p.row_groups_b * (p.mma ? 16 : TB);
+  const int n0 = prod_items(q0, p), n1 = prod_items(q1, p);
+  const int K = (q0.on ? q0.mm : q1.mm)->K, as = p.a_stride;
   const int kc = p.kc < K ? p.kc : K;
-  const bool resident = mm.sw != nullptr;
   for (int k0 = 0; k0 < K; k0 += kc) {
     const int kw = (K - k0 < kc) ? K - k0 : kc;
     const int kwp = p.mma ? (kw + 7) / 8 * 8 : kw;
@@ -152,26 +183,21 @@ ZF_DEVICE void block_mm(const T* A, int lda, bool act, const Mm<T>& mm, bool acc
     }
     zf_block_sync();
     if (p.mma) {
-      mma_items(mm, k0 == 0 && !accumulate, As, part, k0, kw, p);
-      zf_block_sync();
-      continue;
-    }
-    for (int item = tid; item < n_items; item += nt) {
-      const int ks = item % ksplit, grp = item / ksplit;
-      const int mg = grp % mgs, bg = grp / mgs;
-      const T* w[TM];  // rows mg, mg + mgs, ... (clamped: reads stay in bounds; entries past the last row go unread)
-ZF_UNROLL
-      for (int j = 0; j < TM; ++j) {
-        int r = mg + j * mgs;
-        if (r > mm.rows - 1) r = mm.rows - 1;
-        w[j] = resident ? mm.sw + static_cast<size_t>(r) * mm.ws + k0
-                        : mm.gw + mm_row(mm, r) * mm.ldw + static_cast<long long>(k0) * mm.kstride;
-      }
-      tile_fma(part + static_cast<size_t>(item) * (TB * TM), k0 == 0 && !accumulate, As + bg * as, bgs * as, w,
-               resident ? 1 : mm.kstride, ks, kw, ksplit);
+      for (int item = tid >> 5; item < n0 + n1; item += nt >> 5)  // uniform across a warp
+        item < n0 ? mma_item(q0, item, As, k0, kw, p) : mma_item(q1, item - n0, As, k0, kw, p);
+    } else {
+      for (int item = tid; item < n0 + n1; item += nt)
+        item < n0 ? fma_item(q0, item, As, k0, kw, p) : fma_item(q1, item - n0, As, k0, kw, p);
     }
     zf_block_sync();  // part complete; As free for the next chunk
   }
+}
+
+// one product: A @ W_slice^T into `part` (added to it when `accumulate`)
+template <typename T>
+ZF_DEVICE void block_mm(const T* A, int lda, bool act, const Mm<T>& mm, bool accumulate, T* As,
+                        T* part, int B, const ZfChainPlan& p) {
+  block_mm2(A, lda, act, Prod<T>{&mm, true, part, accumulate}, Prod<T>{&mm, false, part, false}, As, B, p);
 }
 
 // sum over the ksplit partial tiles of element (b, m) of the last product
@@ -222,8 +248,10 @@ ZF_GLOBAL void chain_fwd_kernel(ChainParams<T> P) {
   unsigned char* smem = zf_dynamic_smem();
   const ZfChainPlan& p = P.plan;
   T* part = reinterpret_cast<T*>(smem + p.resident_bytes);
+  T* part_hh = reinterpret_cast<T*>(smem + p.resident_bytes + p.pair_offset);
   T* cs = reinterpret_cast<T*>(smem + p.resident_bytes + p.part_bytes);
-  T* As = reinterpret_cast<T*>(smem + p.resident_bytes + p.part_bytes + p.state_bytes);
+  T* pre = reinterpret_cast<T*>(smem + p.resident_bytes + p.part_bytes + p.state_bytes);  // B x 4U
+  T* As = reinterpret_cast<T*>(smem + p.resident_bytes + p.part_bytes + p.state_bytes + p.pre_bytes);
   const int tid = zf_tid(), nt = zf_nthreads(), bid = zf_bid();
   const int H = P.H, B = P.B, M = P.M, Z = P.Z, T_ = P.T_;
   const int U = p.units_per_block, Mb = p.m_per_block, Zb = p.z_per_block;
@@ -247,14 +275,19 @@ ZF_GLOBAL void chain_fwd_kernel(ChainParams<T> P) {
                BZ = static_cast<size_t>(B) * Z;
   for (int t = 0; t < T_; ++t) {
     const T* hprev = t == 0 ? P.h0 : P.h + (t - 1) * BH;
-    // stage 1: s_t = h_{t-1} W_qh^T + post_x_t, for this block's m
-    if (nm > 0) {
-      block_mm(hprev, H, false, mqh, false, As, part, B, p);
+    // stage 1: s_t = h_{t-1} W_qh^T + post_x_t for this block's m, and from the same staged
+    // h_{t-1} the recurrent part of this block's gates, h_{t-1} W_hh^T, kept in `pre` for stage 3
+    // (h_{t-1} is staged once per step, and stage 3 is left with the short z_t W_comb^T)
+    if (nm > 0 || nu > 0) {
+      block_mm2(hprev, H, false, Prod<T>{&mqh, nm > 0, part, false}, Prod<T>{&mhh, nu > 0, part_hh, false}, As, B,
+                p);
       for (int e = tid; e < B * nm; e += nt) {
         const int b = e / nm, u = e % nm;
         const size_t o = t * BM + static_cast<size_t>(b) * M + m0 + u;
         P.s[o] = tile_sum(part, b, u, mqh, p) + P.post_x[o];
       }
+      if (nu > 0)
+        for (int e = tid; e < B * 4 * U; e += nt) pre[e] = tile_sum(part_hh, e / (4 * U), e % (4 * U), mhh, p);
     }
     zf_grid_sync();  // s_t complete
     // stage 2: [mu, lv] = clamp(act(s_t) W_q2^T + b_q2, -8, 8); z = mu + exp(lv / 2) eps
@@ -277,18 +310,19 @@ ZF_GLOBAL void chain_fwd_kernel(ChainParams<T> P) {
       }
     }
     zf_grid_sync();  // z_t complete
-    // stage 3: gates = gx_t + h_{t-1} W_hh^T + z_t W_comb^T; LSTM cell for this block's units
+    // stage 3: gates = gx_t + h_{t-1} W_hh^T (from stage 1) + z_t W_comb^T; LSTM cell for this
+    // block's units
     if (nu > 0) {
-      block_mm(hprev, H, false, mhh, false, As, part, B, p);
-      block_mm(static_cast<const T*>(P.z + t * BZ), Z, false, mcomb, true, As, part, B, p);
+      block_mm(static_cast<const T*>(P.z + t * BZ), Z, false, mcomb, false, As, part, B, p);
       for (int e = tid; e < B * nu; e += nt) {
         const int b = e / nu, u = e % nu;
         const long long j = j0 + u;
         T* g = P.gates + t * 4 * BH + static_cast<size_t>(b) * 4 * H + j;
-        const T zi = g[0] + tile_sum(part, b, u, mhh, p);
-        const T zf = g[H] + tile_sum(part, b, U + u, mhh, p);
-        const T zg = g[2 * H] + tile_sum(part, b, 2 * U + u, mhh, p);
-        const T zo = g[3 * H] + tile_sum(part, b, 3 * U + u, mhh, p);
+        const T* r = pre + b * 4 * U + u;  // gate rows u, U + u, 2U + u, 3U + u
+        const T zi = g[0] + (r[0] + tile_sum(part, b, u, mcomb, p));
+        const T zf = g[H] + (r[U] + tile_sum(part, b, U + u, mcomb, p));
+        const T zg = g[2 * H] + (r[2 * U] + tile_sum(part, b, 2 * U + u, mcomb, p));
+        const T zo = g[3 * H] + (r[3 * U] + tile_sum(part, b, 3 * U + u, mcomb, p));
         const int ce = b * U + u;
         const T c = zf_sigmoid(zf) * cs[ce] + zf_sigmoid(zi) * zf_tanh(zg);
         const T hv = zf_sigmoid(zo) * zf_tanh(c);
@@ -310,8 +344,10 @@ ZF_GLOBAL void chain_bwd_kernel(ChainParams<T> P) {
   unsigned char* smem = zf_dynamic_smem();
   const ZfChainPlan& p = P.plan;
   T* part = reinterpret_cast<T*>(smem + p.resident_bytes);
+  T* part_hh = reinterpret_cast<T*>(smem + p.resident_bytes + p.pair_offset);
   T* dcs = reinterpret_cast<T*>(smem + p.resident_bytes + p.part_bytes);
-  T* As = reinterpret_cast<T*>(smem + p.resident_bytes + p.part_bytes + p.state_bytes);
+  T* pre = reinterpret_cast<T*>(smem + p.resident_bytes + p.part_bytes + p.state_bytes);  // B x U
+  T* As = reinterpret_cast<T*>(smem + p.resident_bytes + p.part_bytes + p.state_bytes + p.pre_bytes);
   const int tid = zf_tid(), nt = zf_nthreads(), bid = zf_bid();
   const int H = P.H, B = P.B, M = P.M, Z = P.Z, T_ = P.T_, H4 = 4 * H;
   const int U = p.units_per_block, Mb = p.m_per_block, Zb = p.z_per_block;
@@ -333,17 +369,15 @@ ZF_GLOBAL void chain_bwd_kernel(ChainParams<T> P) {
                BZ = static_cast<size_t>(B) * Z;
   for (int t = T_ - 1; t >= 0; --t) {
     const bool last = t == T_ - 1;
-    // stage 1: dh = grad_h_t + dgates_{t+1} W_hh + ds_{t+1} W_qh; the cell backward
+    // stage 1: dh = grad_h_t + dgates_{t+1} W_hh (step t+1's stage 2 left it in `pre`) +
+    // ds_{t+1} W_qh; the cell backward
     if (nu > 0) {
-      if (!last) {
-        block_mm(static_cast<const T*>(P.gates + (t + 1) * 4 * BH), H4, false, mhh, false, As, part, B, p);
-        block_mm(static_cast<const T*>(P.ds + (t + 1) * BM), M, false, mqh, true, As, part, B, p);
-      }
+      if (!last) block_mm(static_cast<const T*>(P.ds + (t + 1) * BM), M, false, mqh, false, As, part, B, p);
       for (int e = tid; e < B * nu; e += nt) {
         const int b = e / nu, u = e % nu;
         const size_t bj = static_cast<size_t>(b) * H + j0 + u;
         T dh = P.grad_h[t * BH + bj];
-        if (!last) dh += tile_sum(part, b, u, mhh, p);
+        if (!last) dh += pre[b * U + u] + tile_sum(part, b, u, mqh, p);
         T* g = P.gates + t * 4 * BH + static_cast<size_t>(b) * 4 * H + j0 + u;
         const T i = zf_sigmoid(g[0]), f = zf_sigmoid(g[H]), gg = zf_tanh(g[2 * H]), o = zf_sigmoid(g[3 * H]);
         const T c_prev = t == 0 ? P.c0[bj] : P.c_saved[(t - 1) * BH + bj];
@@ -359,9 +393,14 @@ ZF_GLOBAL void chain_bwd_kernel(ChainParams<T> P) {
       }
     }
     zf_grid_sync();  // dgates_t complete
-    // stage 2: dz = grad_z + dgates_t W_comb; grad_eps; dparams through the clamp
-    if (nz > 0) {
-      block_mm(static_cast<const T*>(P.gates + t * 4 * BH), H4, false, mcomb, false, As, part, B, p);
+    // stage 2: dz = grad_z + dgates_t W_comb; grad_eps; dparams through the clamp. From the same
+    // staged dgates_t, this block's dgates_t W_hh for step t-1's dh, kept in `pre` (dgates is
+    // staged once per step; at t = 0 that product is the gradient of h0, a torch GEMM)
+    if (nz > 0 || (nu > 0 && t > 0)) {
+      block_mm2(static_cast<const T*>(P.gates + t * 4 * BH), H4, false, Prod<T>{&mcomb, nz > 0, part, false},
+                Prod<T>{&mhh, nu > 0 && t > 0, part_hh, false}, As, B, p);
+      if (nu > 0 && t > 0)
+        for (int e = tid; e < B * U; e += nt) pre[e] = tile_sum(part_hh, e / U, e % U, mhh, p);
       for (int e = tid; e < B * nz; e += nt) {
         const int b = e / nz, u = e % nz;
         const size_t o = t * BZ + static_cast<size_t>(b) * Z + z0 + u;
@@ -431,32 +470,39 @@ int plan_with(int backward, int B, int H, int M, int Z, int es, int threads, int
   }
   const int tb = mma ? 16 : TB, tm = mma ? 8 : TM;  // register tile or warp's tensor-core tile
   p->row_groups_b = cdiv(B, tb);
-  long long part = 0;
-  int kmax = 0;
+  long long part = 0, pb[4];
+  int kmax = 0, groups[4];
   for (int i = 0; i < 4; ++i) {
     p->row_groups_m[i] = cdiv(p->rows[i], tm);
-    const int groups = p->row_groups_b * p->row_groups_m[i];
-    p->ksplit[i] = mma ? mma_ksplit(groups, threads / 32, p->k[i]) : (threads / groups < 1 ? 1 : threads / groups);
-    if (i == 1) p->ksplit[1] = p->ksplit[0];  // accumulates into the same tiles (forward and backward)
-    const long long pb = static_cast<long long>(groups) * p->ksplit[i] * tb * tm * es;
-    if (pb > part) part = pb;
+    groups[i] = p->row_groups_b * p->row_groups_m[i];
+  }
+  for (int i = 0; i < 4; ++i) {
+    // slices 0 and 2 always run in one pass (same K): their tiles share the threads / warps
+    const int g = (i == 0 || i == 2) ? groups[0] + groups[2] : groups[i];
+    p->ksplit[i] = mma ? mma_ksplit(g, threads / 32, p->k[i]) : (threads / g < 1 ? 1 : threads / g);
+    pb[i] = static_cast<long long>(groups[i]) * p->ksplit[i] * tb * tm * es;
+    if (pb[i] > part) part = pb[i];
     p->w_stride[i] = round_up(p->k[i], 32) + 4;
     p->w_bytes[i] = align16(static_cast<long long>(p->rows[i]) * p->w_stride[i] * es);
     if (p->k[i] > kmax) kmax = p->k[i];
   }
+  // the pass that stages one operand for slices 2 and 0 keeps both partial sums: slice 0's after 2's
+  p->pair_offset = align16(pb[2]);
+  if (p->pair_offset + pb[0] > part) part = p->pair_offset + pb[0];
   p->part_bytes = align16(part);
   p->state_bytes = align16(static_cast<long long>(B) * U * es);
+  p->pre_bytes = align16(static_cast<long long>(B) * p->rows[0] * es);
   const long long Bp = static_cast<long long>(p->row_groups_b) * tb;
   auto staging = [&](long long kc) { return align16(Bp * (round_up(static_cast<int>(kc), 32) + 4) * es); };
   const long long kmin = kmax < 32 ? kmax : 32;
-  const long long fixed = p->w_bytes[0] + p->part_bytes + p->state_bytes;
+  const long long fixed = p->w_bytes[0] + p->part_bytes + p->state_bytes + p->pre_bytes;
   if (fixed + staging(kmin) > smem_limit) {
     std::snprintf(msg, sizeof msg,
                   "the CUDA zforcing_chain %s cannot run B=%d, H=%d, M=%d, Z=%d in %s as one cooperative "
                   "launch: each of its %d blocks holds %d hidden units, i.e. %lld bytes of W_hh + %lld of "
                   "partial sums + %lld of cell state + at least %lld for a 32-wide activation chunk, more "
                   "than the %lld bytes of shared memory a block can have (use backend='torch' or 'triton')",
-                  dir, B, H, M, Z, dt, p->blocks, U, p->w_bytes[0], p->part_bytes, p->state_bytes,
+                  dir, B, H, M, Z, dt, p->blocks, U, p->w_bytes[0], p->part_bytes + p->pre_bytes, p->state_bytes,
                   staging(kmin), smem_limit);
     set_err(err, errlen, msg);
     return ZF_DOES_NOT_FIT;

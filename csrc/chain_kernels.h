@@ -50,6 +50,11 @@ typedef struct ZfChainPlan {
   long long w_offset[4];/* byte offset of resident slice i in shared memory */
   long long w_bytes[4]; /* bytes slice i takes resident (whether or not it is) */
   long long resident_bytes, part_bytes, state_bytes, a_bytes, smem_bytes;
+  long long pre_bytes;  /* the block's slice-0 product kept between stages: forward h_{t-1} W_hh^T
+                           (B x 4U), backward dgates_{t+1} W_hh (B x U) */
+  long long pair_offset;/* bytes into the partial sums where slice 0's start in the pass that
+                           shares its staged operand with slice 2 (forward h_{t-1}: W_qh and
+                           W_hh; backward dgates_t: W_comb and W_hh) */
 } ZfChainPlan;
 
 int zf_chain_plan(int backward, int B, int H, int M, int Z, int elem_size, const ZfChainLaunch* cfg,

@@ -151,7 +151,8 @@ class ZfChainPlan(ctypes.Structure):
         "blocks", "threads", "units_per_block", "m_per_block", "z_per_block", "kc", "a_stride", "row_groups_b",
         "resident", "mma")] + [(n, ctypes.c_int * 4) for n in ("rows", "k", "ksplit", "row_groups_m", "w_stride")]
         + [(n, ctypes.c_longlong * 4) for n in ("w_offset", "w_bytes")]
-        + [(n, ctypes.c_longlong) for n in ("resident_bytes", "part_bytes", "state_bytes", "a_bytes", "smem_bytes")])
+        + [(n, ctypes.c_longlong) for n in ("resident_bytes", "part_bytes", "state_bytes", "a_bytes", "smem_bytes",
+                                            "pre_bytes", "pair_offset")])
 
 
 _CHAIN_LIBS: dict[tuple, ctypes.CDLL] = {}

@@ -97,7 +97,7 @@ def _kernels(lib, dtype, shape, units, threads, squeezed, backward_lib=None):
             continue
         # room for the W_hh slice and one 32-wide chunk only
         bp = p.row_groups_b * 4
-        limit = p.w_bytes[0] + p.part_bytes + p.state_bytes + bp * 36 * es + 8
+        limit = p.w_bytes[0] + p.part_bytes + p.state_bytes + p.pre_bytes + bp * 36 * es + 8
         q = emu.chain_plan(lib, bwd, B, H, M, Z, es, emu.ZfChainLaunch(threads, units, limit, 0))
         assert q.resident == 1 and q.kc == 32 < max(q.k), (q.resident, q.kc, list(q.k))
         limits.append(limit)
