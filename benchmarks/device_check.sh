@@ -245,9 +245,9 @@ run_stage kernels 40 "$LOG" \
 
 # 9. tf32x3 (ZF_FP32_DOT=tf32x3: our float32 dots as three TF32 products, torch and cuDNN IEEE):
 # is near-IEEE accuracy on the tensor cores faster than IEEE float32 (rel column: the accuracy)
-run_stage ops-tf32x3 30 "$LOG" \
+run_stage ops-tf32x3 40 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --ops lstm,zforcing_chain --dtypes tf32x3 \
-  --providers triton,triton-stepwise
+  --providers triton,triton-stepwise,cuda
 run_stage train-tf32x3 35 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --dtype tf32x3 \
   --providers triton,triton+graph --warmup-ms 50 --rep-ms 200 --min-reps 5

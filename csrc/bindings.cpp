@@ -26,13 +26,13 @@ void check(const torch::Tensor& t, const char* name, const torch::Tensor& ref,
 }
 
 // ZfLstmLaunch / ZfChainLaunch (same fields): the caller's overrides, 0 = the default; tf32: the
-// float32 block products on the tensor cores
+// float32 block products on the tensor cores, TF32 products per element (0 IEEE, 1, 3)
 template <typename Cfg>
-Cfg launch_config(int64_t units_per_block, int64_t threads, bool tf32) {
+Cfg launch_config(int64_t units_per_block, int64_t threads, int64_t tf32) {
   Cfg cfg{};
   cfg.threads = static_cast<int>(threads);
   cfg.units_per_block = static_cast<int>(units_per_block);
-  cfg.tf32 = tf32 ? 1 : 0;
+  cfg.tf32 = static_cast<int>(tf32);
   return cfg;
 }
 
@@ -56,7 +56,7 @@ void raise_for(int rc, const char* err) {
 }
 
 void lstm_forward(torch::Tensor gates, torch::Tensor h0, torch::Tensor w_hh, torch::Tensor out,
-                  torch::Tensor c_all, bool reverse, int64_t units_per_block, int64_t threads, bool tf32,
+                  torch::Tensor c_all, bool reverse, int64_t units_per_block, int64_t threads, int64_t tf32,
                   int64_t stream) {
   TORCH_CHECK(gates.dim() == 3, "zf_kernels._C: gates must be (T, B, 4H)");
   const int64_t T = gates.size(0), B = gates.size(1), H = gates.size(2) / 4;
@@ -86,7 +86,7 @@ void lstm_forward(torch::Tensor gates, torch::Tensor h0, torch::Tensor w_hh, tor
 
 void lstm_backward(torch::Tensor d_out, torch::Tensor d_hT, torch::Tensor w_hh,
                    torch::Tensor gates, torch::Tensor c_all, torch::Tensor dc, bool reverse,
-                   int64_t units_per_block, int64_t threads, bool tf32, int64_t stream) {
+                   int64_t units_per_block, int64_t threads, int64_t tf32, int64_t stream) {
   TORCH_CHECK(gates.dim() == 3, "zf_kernels._C: gates must be (T, B, 4H)");
   const int64_t T = gates.size(0), B = gates.size(1), H = gates.size(2) / 4;
   check(gates, "gates", gates, {T, B, 4 * H});
@@ -118,7 +118,7 @@ void lstm_backward(torch::Tensor d_out, torch::Tensor d_hT, torch::Tensor w_hh,
 
 // how one direction would run on the current device (raises ValueError where it cannot)
 pybind11::dict lstm_plan(bool backward, int64_t B, int64_t H, int64_t elem_size,
-                         int64_t units_per_block, int64_t threads, bool tf32) {
+                         int64_t units_per_block, int64_t threads, int64_t tf32) {
   ZfLstmLaunch cfg = launch_config<ZfLstmLaunch>(units_per_block, threads, tf32);
   ZfLstmPlan p{};
   char err[kErrLen] = {0};
@@ -145,7 +145,7 @@ void chain_forward(torch::Tensor gates, torch::Tensor post_x, torch::Tensor eps,
                    torch::Tensor c0, torch::Tensor w_qh, torch::Tensor w_q2, torch::Tensor b_q2,
                    torch::Tensor w_comb, torch::Tensor w_hh, torch::Tensor h, torch::Tensor c,
                    torch::Tensor z, torch::Tensor mu, torch::Tensor lv, torch::Tensor s,
-                   torch::Tensor okmask, int64_t units_per_block, int64_t threads, bool tf32, int64_t stream) {
+                   torch::Tensor okmask, int64_t units_per_block, int64_t threads, int64_t tf32, int64_t stream) {
   TORCH_CHECK(gates.dim() == 3 && post_x.dim() == 3 && eps.dim() == 3,
               "zf_kernels._C: gates, post_x, eps must be (T, B, .)");
   const int64_t T = gates.size(0), B = gates.size(1), H = gates.size(2) / 4, M = post_x.size(2),
@@ -194,7 +194,7 @@ void chain_backward(torch::Tensor grad_h, torch::Tensor grad_c, torch::Tensor gr
                     torch::Tensor c, torch::Tensor lv, torch::Tensor eps, torch::Tensor okmask,
                     torch::Tensor s, torch::Tensor w_qh, torch::Tensor w_q2, torch::Tensor w_comb,
                     torch::Tensor w_hh, torch::Tensor dparams, torch::Tensor ds, torch::Tensor grad_eps,
-                    torch::Tensor dc, int64_t units_per_block, int64_t threads, bool tf32, int64_t stream) {
+                    torch::Tensor dc, int64_t units_per_block, int64_t threads, int64_t tf32, int64_t stream) {
   TORCH_CHECK(gates.dim() == 3 && s.dim() == 3 && eps.dim() == 3,
               "zf_kernels._C: gates, s, eps must be (T, B, .)");
   const int64_t T = gates.size(0), B = gates.size(1), H = gates.size(2) / 4, M = s.size(2), Z = eps.size(2);
@@ -242,7 +242,7 @@ void chain_backward(torch::Tensor grad_h, torch::Tensor grad_c, torch::Tensor gr
 }
 
 pybind11::dict chain_plan(bool backward, int64_t B, int64_t H, int64_t M, int64_t Z, int64_t elem_size,
-                          int64_t units_per_block, int64_t threads, bool tf32) {
+                          int64_t units_per_block, int64_t threads, int64_t tf32) {
   ZfChainLaunch cfg = launch_config<ZfChainLaunch>(units_per_block, threads, tf32);
   ZfChainPlan p{};
   char err[kErrLen] = {0};
@@ -263,33 +263,33 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lstm_forward", &lstm_forward, "forward recurrence, one cooperative launch",
         pybind11::arg("gates"), pybind11::arg("h0"), pybind11::arg("w_hh"), pybind11::arg("out"),
         pybind11::arg("c_all"), pybind11::arg("reverse"), pybind11::arg("units_per_block") = 0,
-        pybind11::arg("threads") = 0, pybind11::arg("tf32") = false, pybind11::arg("stream") = 0);
+        pybind11::arg("threads") = 0, pybind11::arg("tf32") = 0, pybind11::arg("stream") = 0);
   m.def("lstm_backward", &lstm_backward, "backward recurrence, one cooperative launch",
         pybind11::arg("d_out"), pybind11::arg("d_hT"), pybind11::arg("w_hh"),
         pybind11::arg("gates"), pybind11::arg("c_all"), pybind11::arg("dc"),
         pybind11::arg("reverse"), pybind11::arg("units_per_block") = 0,
-        pybind11::arg("threads") = 0, pybind11::arg("tf32") = false, pybind11::arg("stream") = 0);
+        pybind11::arg("threads") = 0, pybind11::arg("tf32") = 0, pybind11::arg("stream") = 0);
   m.def("lstm_plan", &lstm_plan, "launch plan of one direction on the current device",
         pybind11::arg("backward"), pybind11::arg("B"), pybind11::arg("H"),
         pybind11::arg("elem_size"), pybind11::arg("units_per_block") = 0,
-        pybind11::arg("threads") = 0, pybind11::arg("tf32") = false);
+        pybind11::arg("threads") = 0, pybind11::arg("tf32") = 0);
   m.def("chain_forward", &chain_forward, "Z-forcing chain forward, one cooperative launch",
         pybind11::arg("gates"), pybind11::arg("post_x"), pybind11::arg("eps"), pybind11::arg("h0"),
         pybind11::arg("c0"), pybind11::arg("w_qh"), pybind11::arg("w_q2"), pybind11::arg("b_q2"),
         pybind11::arg("w_comb"), pybind11::arg("w_hh"), pybind11::arg("h"), pybind11::arg("c"),
         pybind11::arg("z"), pybind11::arg("mu"), pybind11::arg("lv"), pybind11::arg("s"),
         pybind11::arg("okmask"), pybind11::arg("units_per_block") = 0, pybind11::arg("threads") = 0,
-        pybind11::arg("tf32") = false, pybind11::arg("stream") = 0);
+        pybind11::arg("tf32") = 0, pybind11::arg("stream") = 0);
   m.def("chain_backward", &chain_backward, "Z-forcing chain backward, one cooperative launch",
         pybind11::arg("grad_h"), pybind11::arg("grad_c"), pybind11::arg("grad_z"), pybind11::arg("grad_mu"),
         pybind11::arg("grad_lv"), pybind11::arg("gates"), pybind11::arg("c0"), pybind11::arg("c"),
         pybind11::arg("lv"), pybind11::arg("eps"), pybind11::arg("okmask"), pybind11::arg("s"),
         pybind11::arg("w_qh"), pybind11::arg("w_q2"), pybind11::arg("w_comb"), pybind11::arg("w_hh"),
         pybind11::arg("dparams"), pybind11::arg("ds"), pybind11::arg("grad_eps"), pybind11::arg("dc"),
-        pybind11::arg("units_per_block") = 0, pybind11::arg("threads") = 0, pybind11::arg("tf32") = false,
+        pybind11::arg("units_per_block") = 0, pybind11::arg("threads") = 0, pybind11::arg("tf32") = 0,
         pybind11::arg("stream") = 0);
   m.def("chain_plan", &chain_plan, "launch plan of one chain direction on the current device",
         pybind11::arg("backward"), pybind11::arg("B"), pybind11::arg("H"), pybind11::arg("M"),
         pybind11::arg("Z"), pybind11::arg("elem_size"), pybind11::arg("units_per_block") = 0,
-        pybind11::arg("threads") = 0, pybind11::arg("tf32") = false);
+        pybind11::arg("threads") = 0, pybind11::arg("tf32") = 0);
 }

@@ -155,7 +155,8 @@ ZF_DEVICE void mma_item(const Prod<T>& q, int item, const T* As, int k0, int kw,
     const float* w = resident ? mm.sw + static_cast<size_t>(r) * mm.ws + k0 + t
                               : mm.gw + mm_row(mm, r) * mm.ldw + static_cast<long long>(k0 + t) * mm.kstride;
     mma_tile_tf32(q.part + static_cast<size_t>(item) * 128 + lane * 4, k0 == 0 && !q.accumulate,
-                  As + (tb * 16 + g) * as + t, as, w, resident ? 1 : mm.kstride, t, ks, (kw + 7) / 8, mm.ksplit, kw);
+                  As + (tb * 16 + g) * as + t, as, w, resident ? 1 : mm.kstride, t, ks, (kw + 7) / 8, mm.ksplit, kw,
+                  p.mma);
   }
 }
 
@@ -445,7 +446,13 @@ int plan_with(int backward, int B, int H, int M, int Z, int es, int threads, int
     set_err(err, errlen, msg);
     return ZF_DOES_NOT_FIT;
   }
-  const bool mma = tf32 && es == 4;  // float64 products stay IEEE
+  if (!tf32_passes_valid(tf32)) {
+    std::snprintf(msg, sizeof msg,
+                  "the CUDA zforcing_chain's tf32 setting must be 0 (IEEE), 1 (TF32) or 3 (3xTF32), got %d", tf32);
+    set_err(err, errlen, msg);
+    return ZF_DOES_NOT_FIT;
+  }
+  const int mma = es == 4 ? tf32 : 0;  // TF32 products per element; float64 stays IEEE
   if (mma && threads % 32 != 0) {
     std::snprintf(msg, sizeof msg, "the CUDA zforcing_chain's TF32 tensor-core tiles need whole warps: threads "
                   "must be a multiple of 32, got %d", threads);

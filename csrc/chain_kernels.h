@@ -14,8 +14,9 @@ extern "C" {
 
 /* Launch settings; 0 means "the default": 256 threads per block, ceil(H / SMs) hidden units
  * per block, the device's opt-in shared memory per block and its SM count, IEEE float32.
- * tf32 = 1: the four float32 block products on the tensor cores (as ZfLstmLaunch::tf32; needs
- * threads a multiple of 32 and, on a GPU, sm_80 or newer; ignored for float64). */
+ * tf32 = 1 or 3: the four float32 block products on the tensor cores, TF32 or 3xTF32 (as
+ * ZfLstmLaunch::tf32; needs threads a multiple of 32 and, on a GPU, sm_80 or newer; ignored for
+ * float64). */
 typedef struct ZfChainLaunch {
   int threads;
   int units_per_block;
@@ -40,7 +41,7 @@ typedef struct ZfChainPlan {
   int a_stride;         /* row stride of the staged chunk (elements) */
   int row_groups_b;     /* ceil(B / 4) (tensor-core tiles: ceil(B / 16)) */
   int resident;         /* bit i: slice i is resident in shared memory */
-  int mma;              /* 1: TF32 tensor-core tiles (16 x 8 per warp): row_groups_b = ceil(B / 16),
+  int mma;              /* 1 / 3: TF32 / 3xTF32 tensor-core tiles (16 x 8 per warp): row_groups_b = ceil(B / 16),
                            row_groups_m[i] = ceil(rows / 8), ksplit[i] = warps sharing one tile */
   int rows[4];          /* rows of slice i (local) */
   int k[4];             /* reduction length of slice i */

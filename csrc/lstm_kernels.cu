@@ -70,7 +70,7 @@ ZF_DEVICE void mma_items(T* part, bool zero, const T* As, const T* Ws, int k0, i
       const int tb = tile / tms, tm = tile - tb * tms;
       const int wrow = tm * 8 + g < p.rows ? tm * 8 + g : p.rows - 1;
       mma_tile_tf32(part + static_cast<size_t>(item) * 128 + lane * 4, zero, As + (tb * 16 + g) * as + t, as,
-                    Ws + static_cast<size_t>(wrow) * p.w_stride + k0 + t, 1, t, ks, (kw + 7) / 8, ksplit, kw);
+                    Ws + static_cast<size_t>(wrow) * p.w_stride + k0 + t, 1, t, ks, (kw + 7) / 8, ksplit, kw, p.mma);
     }
   }
 }
@@ -264,7 +264,13 @@ int plan_with(int backward, int B, int H, int elem_size, int threads, int units,
     set_err(err, errlen, msg);
     return ZF_DOES_NOT_FIT;
   }
-  const bool mma = tf32 && elem_size == 4;  // float64 products stay IEEE
+  if (!tf32_passes_valid(tf32)) {
+    std::snprintf(msg, sizeof msg, "the CUDA lstm's tf32 setting must be 0 (IEEE), 1 (TF32) or 3 (3xTF32), got %d",
+                  tf32);
+    set_err(err, errlen, msg);
+    return ZF_DOES_NOT_FIT;
+  }
+  const int mma = elem_size == 4 ? tf32 : 0;  // TF32 products per element; float64 stays IEEE
   if (mma && threads % 32 != 0) {
     std::snprintf(msg, sizeof msg, "the CUDA lstm's TF32 tensor-core tiles need whole warps: threads must be a "
                   "multiple of 32, got %d", threads);

@@ -16,8 +16,9 @@ enum { ZF_OK = 0, ZF_DOES_NOT_FIT = 1, ZF_CUDA_ERROR = 2 };
 
 /* Launch settings; 0 means "the default": 256 threads per block, ceil(H / SMs) hidden units
  * per block, the device's opt-in shared memory per block and its SM count, IEEE float32.
- * tf32 = 1: float32 block products on the tensor cores (mma.sync m16n8k8, operands rounded to
- * TF32, float32 accumulation: what torch's allow_tf32 permits its own matmuls); needs threads a
+ * tf32: float32 block products on the tensor cores (mma.sync m16n8k8, float32 accumulation),
+ * 1 = operands rounded to TF32 (what torch's allow_tf32 permits its own matmuls), 3 = "3xTF32"
+ * (each operand split into two TF32 parts, three products: close to IEEE); needs threads a
  * multiple of 32 and, on a GPU, sm_80 or newer; ignored for float64. */
 typedef struct ZfLstmLaunch {
   int threads;
@@ -40,7 +41,8 @@ typedef struct ZfLstmPlan {
   int row_groups_m;     /* ceil(rows / TM) */
   int w_stride;         /* padded row stride of the resident W slice (elements) */
   int a_stride;         /* padded row stride of the staged chunk (elements) */
-  int mma;              /* 1: TF32 tensor-core tiles, one warp per 16 x 8 tile of (batch x rows): then
+  int mma;              /* 1 / 3: TF32 tensor-core tiles (TF32 products per element), one warp per 16 x 8
+                           tile of (batch x rows): then
                            row_groups_b = ceil(B / 16), row_groups_m = ceil(rows / 8), ksplit = warps
                            sharing one tile (K steps of 8 dealt round-robin) */
   long long w_bytes;    /* resident W slice */

@@ -47,6 +47,8 @@ ZF_DEVICE unsigned zf_tf32_bits(float x) {
   asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(u) : "f"(x));
   return u;
 }
+// x rounded to TF32 (a float whose low 13 mantissa bits are zero)
+ZF_DEVICE float zf_to_tf32(float x) { return __uint_as_float(zf_tf32_bits(x)); }
 
 // d (16 x 8, float32) += A (16 x 8) * B (8 x 8), the operands rounded to TF32 (nearest, ties away
 // from zero), one warp. Fragments (PTX ISA, mma.m16n8k8 .tf32; g = lane / 4, t = lane % 4):

@@ -68,16 +68,22 @@ ZF_UNROLL
     for (int j = 0; j < TM; ++j) pp[i * TM + j] = acc[i][j];
 }
 
+// The TF32 tensor-core products per element of a block product (ZfLstmLaunch / ZfChainLaunch::tf32,
+// plan.mma): 1, the operands rounded to TF32; 3 ("3xTF32"), each operand split into a TF32 high
+// part and the TF32 rounding of the rest, a_hi b_lo + a_lo b_hi + a_hi b_hi (the small terms first):
+// close to IEEE float32 products, at three MMAs. 0: no tensor cores (IEEE FMAs).
+inline bool tf32_passes_valid(int passes) { return passes == 0 || passes == 1 || passes == 3; }
+
 // One warp's 16 x 8 tile of the TF32 tensor-core products (both kernels' block products with
-// plan.mma): the four accumulator elements of this lane at pp[0..3] (zeroed first when `zero`,
-// else accumulated into) plus, over K steps s = ks, ks + ksplit, ... < ksteps of a staged chunk
-// kw wide, A[16 x 8 step] * W[8 rows x 8 step]^T. a_lo: the lane's A row g at column t of the
-// chunk (row g + 8 is a_step further); w: its W row (the tile's row g) at column t, elements
-// wk apart along k (1 when resident in shared memory). Columns past kw of W are not read (they
-// may lie outside the matrix); those of A are zero. Two accumulators take alternate steps: two
-// independent MMA chains in flight.
+// plan.mma = passes, 1 or 3): the four accumulator elements of this lane at pp[0..3] (zeroed first
+// when `zero`, else accumulated into) plus, over K steps s = ks, ks + ksplit, ... < ksteps of a
+// staged chunk kw wide, A[16 x 8 step] * W[8 rows x 8 step]^T. a_lo: the lane's A row g at column
+// t of the chunk (row g + 8 is a_step further); w: its W row (the tile's row g) at column t,
+// elements wk apart along k (1 when resident in shared memory). Columns past kw of W are not read
+// (they may lie outside the matrix); those of A are zero. Two accumulators take alternate steps:
+// two independent MMA chains in flight.
 ZF_DEVICE void mma_tile_tf32(float* pp, bool zero, const float* a_lo, int a_step, const float* w, long long wk,
-                             int t, int ks, int ksteps, int ksplit, int kw) {
+                             int t, int ks, int ksteps, int ksplit, int kw, int passes) {
   float d[2][4];
 ZF_UNROLL
   for (int r = 0; r < 4; ++r) {
@@ -89,7 +95,24 @@ ZF_UNROLL
     const int k = s * 8;
     const float a[4] = {a_lo[k], a_hi[k], a_lo[k + 4], a_hi[k + 4]};
     const float b[2] = {k + t < kw ? w[k * wk] : 0.f, k + t + 4 < kw ? w[(k + 4) * wk] : 0.f};
-    zf_mma_tf32(acc, a, b);
+    if (passes == 1) {
+      zf_mma_tf32(acc, a, b);
+      return;
+    }
+    float a_big[4], a_small[4], b_big[2], b_small[2];
+ZF_UNROLL
+    for (int i = 0; i < 4; ++i) {
+      a_big[i] = zf_to_tf32(a[i]);
+      a_small[i] = a[i] - a_big[i];  // exact in float32; zf_mma_tf32 rounds it to TF32
+    }
+ZF_UNROLL
+    for (int i = 0; i < 2; ++i) {
+      b_big[i] = zf_to_tf32(b[i]);
+      b_small[i] = b[i] - b_big[i];
+    }
+    zf_mma_tf32(acc, a_big, b_small);
+    zf_mma_tf32(acc, a_small, b_big);
+    zf_mma_tf32(acc, a_big, b_big);
   };
   int s = ks;
   for (; s + ksplit < ksteps; s += 2 * ksplit) {

@@ -105,7 +105,7 @@ class EmulatedKernels:
     """``forward`` / ``backward`` of csrc/lstm_kernels.h on contiguous CPU tensors."""
 
     def __init__(self, lib, threads: int, units_per_block: int, smem_limit: int = 0, num_sms: int = 0,
-                 tf32: bool = False):
+                 tf32: int = 0):
         self.lib = lib
         self.launch = ZfLstmLaunch(threads, units_per_block, smem_limit, num_sms, int(tf32))
         self.calls = []
@@ -188,7 +188,7 @@ class EmulatedChainKernels:
     """``forward`` / ``backward`` of csrc/chain_kernels.h on contiguous CPU tensors."""
 
     def __init__(self, lib, threads: int, units_per_block: int, smem_limit: int = 0, num_sms: int = 0,
-                 backward_lib=None, tf32: bool = False):
+                 backward_lib=None, tf32: int = 0):
         self.lib, self.backward_lib = lib, backward_lib or lib
         self.launch = ZfChainLaunch(threads, units_per_block, smem_limit, num_sms, int(tf32))
         self.calls = []

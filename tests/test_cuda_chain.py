@@ -88,7 +88,7 @@ def _compare(cuda_chain, shape, dtype, tol, units_per_block=0, seed=0, scale=1.0
     """Every output and gradient against float64: max |error| / max |reference| < tol, or with
     ``eager_ratio`` < max(tol, eager_ratio x the error of eager torch in ``dtype`` on the same
     inputs) (the clamp-heavy inputs amplify rounding: how much is the inputs', not the kernels').
-    ``tf32``: the kernels' TF32 tiles against the TF32-rounded float64 reference, by ||error|| /
+    ``tf32=1``: the kernels' TF32 tiles against the TF32-rounded float64 reference, by ||error|| /
     ||reference||: where an operand's float32 and float64 values round to neighbouring TF32
     values (one in ~2^13), one element of a product moves by a TF32 ulp, and the chain carries
     that on; the norm sees such a local move as what it is, the max would not."""
@@ -97,7 +97,7 @@ def _compare(cuda_chain, shape, dtype, tol, units_per_block=0, seed=0, scale=1.0
     kernels = _NaNFilled(cuda_chain._ExtensionKernels(units_per_block, tf32=tf32))
     got = _outputs_and_grads(lambda *a: run_chain(kernels, *a), args, grads)
     args64 = [a.detach().double().requires_grad_() for a in args]
-    ref_fn = zforcing_chain_tf32_ref if tf32 else lambda *a: ops.zforcing_chain(*a, backend="torch")
+    ref_fn = zforcing_chain_tf32_ref if tf32 == 1 else lambda *a: ops.zforcing_chain(*a, backend="torch")
     ref = _outputs_and_grads(ref_fn, args64, [g.double() for g in grads])
     eager = [None] * len(ref)
     if eager_ratio is not None:
@@ -105,7 +105,7 @@ def _compare(cuda_chain, shape, dtype, tol, units_per_block=0, seed=0, scale=1.0
     names = ("h", "c", "z", "mu_q", "logvar_q") + tuple("grad " + n for n in NAMES)
     for name, a, b, e in zip(names, got, ref, eager):
         assert torch.isfinite(a).all(), f"{name} has non-finite values"
-        err = ((a.double() - b).norm() / b.norm().clamp_min(1e-30)).item() if tf32 else _err(a, b)
+        err = ((a.double() - b).norm() / b.norm().clamp_min(1e-30)).item() if tf32 == 1 else _err(a, b)
         bound = tol if e is None else max(tol, eager_ratio * _err(e, b))
         assert err < bound, f"{shape} {dtype}: {name}: relative error {err:.2e} >= {bound:.2e}"
 
@@ -135,6 +135,16 @@ def test_cuda_chain_random_shapes_tf32(cuda_chain, seed):
     shape = tuple(int(torch.randint(lo, hi, (1,), generator=g))
                   for lo, hi in ((1, 10), (1, 40), (1, 300), (1, 200), (1, 100), (1, 150)))
     _compare(cuda_chain, shape, torch.float32, TF32_BOUND, seed=seed, scale=0.25, tf32=True)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_cuda_chain_random_shapes_3xtf32(cuda_chain, seed):
+    """3xTF32 tiles (tf32=3) against plain float64 by max |error| / max |ref|, well-conditioned
+    inputs: the bound of the IEEE kernels' design-shape test."""
+    g = torch.Generator().manual_seed(200 + seed)
+    shape = tuple(int(torch.randint(lo, hi, (1,), generator=g))
+                  for lo, hi in ((1, 10), (1, 40), (1, 300), (1, 200), (1, 100), (1, 150)))
+    _compare(cuda_chain, shape, torch.float32, 1e-4, seed=seed, scale=0.25, tf32=3)
 
 
 @pytest.mark.parametrize("units", [0, 1, 3])

@@ -16,6 +16,7 @@ import _cuda_emulation as emu
 import test_cuda_emulation_chain as emu_chain
 from _tf32_reference import lstm_tf32_ref, to_tf32, zforcing_chain_tf32_ref
 from test_cuda_emulation import _Directions, _NaNFilled
+from zf_kernels import ops
 from zf_kernels.ops.lstm._cuda_function import run_lstm
 from zf_kernels.ops.recurrence._cuda_function import run_chain
 
@@ -167,6 +168,56 @@ def test_chain_ieee_kernels_miss_the_tf32_bound():
     assert min(errs.values()) > 3 * CHAIN_BOUND, {k: f"{v:.1e}" for k, v in errs.items()}
 
 
+# ------------------------------------------------------------------------ 3xTF32
+# each operand split into two TF32 parts, three MMAs: against the plain float64 reference, as the
+# IEEE kernels (measured: 3xTF32 <= 4.5e-7, IEEE <= 3.4e-7, one TF32 pass >= 1.8e-4)
+X3_BOUND = 2e-6
+
+
+def _plain_errors(run, ref, args, grads):
+    got_out = run(*args)
+    got = [*got_out, *torch.autograd.grad(got_out, args, grads)]
+    args64 = [a.detach().double().requires_grad_() for a in args]
+    ref_out = ref(*args64)
+    want = [*ref_out, *torch.autograd.grad(ref_out, args64, [g.double() for g in grads])]
+    return [((a.double() - b).norm() / b.norm()).item() for a, b in zip(got, want)]
+
+
+def _lstm_flat_ref(*a):
+    out, (h, c) = ops.lstm(*a, backend="torch")
+    return out, h, c
+
+
+def _lstm_flat(kernels):
+    def run(*a):
+        out, (h, c) = run_lstm(kernels, *a)
+        return out, h, c
+    return run
+
+
+@pytest.mark.parametrize("passes,within", [(3, True), (1, False)], ids=["3xTF32", "TF32 misses it"])
+@pytest.mark.parametrize("case", ["T3 B19 H11 ksplit", "T3 B17 H37 chunked"])
+def test_lstm_3xtf32_tiles_reach_float32_accuracy(case, passes, within):
+    T, B, I, H, units, threads, chunked = CASES[case]
+    args, grads = _inputs(T, B, I, H)
+    kernels = emu.EmulatedKernels(emu.library(), threads, units, tf32=passes)
+    errs = _plain_errors(_lstm_flat(kernels), _lstm_flat_ref, args, grads)
+    assert (max(errs) < X3_BOUND) is within, [f"{e:.1e}" for e in errs]
+
+
+@pytest.mark.parametrize("passes,within", [(3, True), (1, False)], ids=["3xTF32", "TF32 misses it"])
+@pytest.mark.parametrize("case", ["T3 B19 H11 M9 Z7 G5 8 warps", "T3 B17 H37 M11 Z6 G9 squeezed 1 warp"])
+def test_chain_3xtf32_tiles_reach_float32_accuracy(case, passes, within):
+    shape, units, threads, squeezed = CHAIN_CASES[case]
+    lib = emu.chain_library()
+    args, grads = _chain_inputs(*shape)
+    kernels = emu_chain._Directions(*(emu.EmulatedChainKernels(lib, threads, units, lim, tf32=passes)
+                                      for lim in _chain_limits(lib, shape, units, threads, squeezed)))
+    errs = _plain_errors(lambda *a: run_chain(kernels, *a), lambda *a: ops.zforcing_chain(*a, backend="torch"),
+                         args, grads)
+    assert (max(errs) < X3_BOUND) is within, [f"{e:.1e}" for e in errs]
+
+
 # ------------------------------------------------------------------------ the launch plan
 SMEM_OPTIN = 232448
 
@@ -208,3 +259,11 @@ def test_chain_tf32_plan_fits_the_design_targets(Z, sms):
 def test_chain_tf32_plan_needs_whole_warps():
     with pytest.raises(emu.EmulationError, match="multiple of 32, got 40"):
         emu.chain_plan(emu.chain_library(), True, 4, 16, 8, 4, 4, emu.ZfChainLaunch(40, 0, 0, 0, 1))
+
+
+def test_tf32_setting_must_be_ieee_tf32_or_3xtf32():
+    assert emu.plan(emu.library(), False, 4, 16, 4, emu.ZfLstmLaunch(64, 0, 0, 0, 3)).mma == 3
+    with pytest.raises(emu.EmulationError, match=r"must be 0 \(IEEE\), 1 \(TF32\) or 3 \(3xTF32\), got 2"):
+        emu.plan(emu.library(), False, 4, 16, 4, emu.ZfLstmLaunch(64, 0, 0, 0, 2))
+    with pytest.raises(emu.EmulationError, match="got 2"):
+        emu.chain_plan(emu.chain_library(), False, 4, 16, 8, 4, 4, emu.ZfChainLaunch(64, 0, 0, 0, 2))

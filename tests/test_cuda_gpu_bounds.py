@@ -23,14 +23,14 @@ def _module(make_kernels):
 def _chain(extra_flags=()):
     # TF32 tiles: whole warps (32 emulated threads per block) over 16 "SMs", as _lstm
     return _module(lambda units, tf32=False: emu.EmulatedChainKernels(
-        emu.chain_library(extra_flags), 32 if tf32 else 8, units, 0, 16 if tf32 else 132, tf32=tf32))
+        emu.chain_library(extra_flags), 32 if tf32 else 8, units, 0, 16 if tf32 else 132, tf32=int(tf32)))
 
 
 def _lstm(extra_flags=()):
     # the TF32 tiles need whole warps: 32 emulated threads per block for them, over 16 "SMs"
     # (132 blocks of 32 std::threads took 76 s for one shape; the rounding does not depend on it)
     return _module(lambda units, tf32=False: emu.EmulatedKernels(
-        emu.library(extra_flags), 32 if tf32 else 8, units, 0, 16 if tf32 else 132, tf32=tf32))
+        emu.library(extra_flags), 32 if tf32 else 8, units, 0, 16 if tf32 else 132, tf32=int(tf32)))
 
 
 @pytest.fixture
@@ -47,6 +47,12 @@ def test_chain_random_shapes_bound_holds_for_the_kernels_rounding(on_cpu, seed):
 @pytest.mark.parametrize("seed", range(4))
 def test_chain_tf32_random_shapes_bound_holds_for_the_tiles_rounding(on_cpu, seed):
     gpu_chain.test_cuda_chain_random_shapes_tf32(_chain(), seed)
+
+
+@pytest.mark.parametrize("seed", range(1))   # ~25 s per seed here
+def test_3xtf32_random_shapes_bounds_hold(on_cpu, seed):
+    gpu_lstm.test_cuda_lstm_random_shapes_3xtf32(_lstm(), seed)
+    gpu_chain.test_cuda_chain_random_shapes_3xtf32(_chain(), seed)
 
 
 @pytest.mark.parametrize("units", [0, 1, 3])

@@ -78,7 +78,7 @@ def _compare(cuda_lstm, T, B, I, H, dtype, reverse, tol, units_per_block=0, tf32
     # reference in float64 (the float32 one would add its own rounding to the comparison); for the
     # TF32 tiles with their operand rounding
     args64 = [None if a is None else a.detach().double().requires_grad_() for a in args]
-    ref_fn = lstm_tf32_ref if tf32 else lambda *a, reverse: ops.lstm(*a, reverse=reverse, backend="torch")
+    ref_fn = lstm_tf32_ref if tf32 == 1 else lambda *a, reverse: ops.lstm(*a, reverse=reverse, backend="torch")
     ref = _outputs_and_grads(lambda *a: ref_fn(*a, reverse=reverse), args64, [g.double() for g in grads])
     for i, (a, b) in enumerate(zip(got, ref)):
         assert torch.isfinite(a).all(), f"output/grad {i} has non-finite values"
@@ -111,6 +111,16 @@ def test_cuda_lstm_random_shapes_tf32(cuda_lstm, seed):
     for reverse in (False, True):
         _compare(cuda_lstm, T, B, I, H, torch.float32, reverse, TF32_RANDOM_BOUND, tf32=True, seed=seed,
                  biases=seed % 2 == 0, states=seed < 2)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_cuda_lstm_random_shapes_3xtf32(cuda_lstm, seed):
+    """3xTF32 tiles (tf32=3: each operand split into two TF32 parts) against plain float64, with
+    the IEEE kernels' bound (CPU emulation: as accurate as the IEEE kernels, ~2e-7 at small shapes)."""
+    g = torch.Generator().manual_seed(100 + seed)
+    T, B, I, H = (int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in ((1, 12), (1, 40), (1, 70), (1, 300)))
+    for reverse in (False, True):
+        _compare(cuda_lstm, T, B, I, H, torch.float32, reverse, 1e-5, tf32=3, seed=seed)
 
 
 @pytest.mark.parametrize("reverse", [False, True])

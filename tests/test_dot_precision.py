@@ -1,14 +1,14 @@
 """``_precision.dot_precision``: the one rule for the fused kernels' float32 precision (float32
 follows torch's TF32 switch on a GPU unless ZF_FP32_DOT overrides it; the interpreter always IEEE),
-for ``tl.dot`` and, through ``use_tf32``, for the CUDA extension's tensor-core tiles."""
+for ``tl.dot`` and, through ``tf32_passes``, for the CUDA extension's tensor-core tiles."""
 import pytest
 import torch
 
-from zf_kernels.ops._precision import FP32_DOT_ENV, dot_precision, use_tf32
+from zf_kernels.ops._precision import FP32_DOT_ENV, dot_precision, tf32_passes
 
 
 class _CudaLike:
-    """Stands in for a CUDA tensor: dot_precision and use_tf32 read only ``dtype`` and ``is_cuda``."""
+    """Stands in for a CUDA tensor: dot_precision and tf32_passes read only ``dtype`` and ``is_cuda``."""
     is_cuda = True
 
     def __init__(self, dtype):
@@ -54,13 +54,12 @@ def test_bad_setting_names_the_variable(tf32, monkeypatch):
 
 
 @pytest.mark.parametrize("choice,allow,expected", [
-    ("auto", True, True), ("auto", False, False), ("tf32", False, True), ("ieee", True, False),
-    ("tf32x3", True, False)])   # no split-TF32 products in csrc/: tf32x3 runs its IEEE FMAs
+    ("auto", True, 1), ("auto", False, 0), ("tf32", False, 1), ("ieee", True, 0), ("tf32x3", False, 3)])
 def test_cuda_kernels_take_tf32_tiles_by_the_same_rule(choice, allow, expected, tf32, monkeypatch):
     tf32(allow)
     monkeypatch.setenv(FP32_DOT_ENV, choice)
-    assert use_tf32(_CudaLike(torch.float32)) is expected
-    assert use_tf32(_CudaLike(torch.float64)) is False and use_tf32(torch.zeros(1)) is False
+    assert tf32_passes(_CudaLike(torch.float32)) == expected
+    assert tf32_passes(_CudaLike(torch.float64)) == 0 and tf32_passes(torch.zeros(1)) == 0
 
 
 def test_triton_kernels_share_the_rule():

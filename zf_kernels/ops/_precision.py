@@ -10,9 +10,8 @@ FP32_DOT_CHOICES = ("auto", "ieee", "tf32", "tf32x3")
 
 
 def dot_precision(t: torch.Tensor) -> str:
-    """``tl.dot``'s ``input_precision`` for inputs like ``t``; the CUDA LSTM kernels use TF32
-    tensor-core tiles for "tf32" and IEEE FMAs otherwise ("tf32x3" included). It matters only for
-    float32 on a GPU: by default TF32 exactly when torch allows it for its own float32 matmuls
+    """``tl.dot``'s ``input_precision`` for inputs like ``t``, and through :func:`tf32_passes` the
+    CUDA kernels' block products. It matters only for float32 on a GPU: by default TF32 exactly when torch allows it for its own float32 matmuls
     (``torch.backends.cuda.matmul.allow_tf32``, e.g. ``torch.set_float32_matmul_precision("high")``),
     else IEEE, so a fused op rounds like the reference it replaces. ``ZF_FP32_DOT=ieee|tf32|tf32x3``
     overrides that on a GPU; "tf32x3" (three TF32 products per element, the split operands'
@@ -31,7 +30,13 @@ def dot_precision(t: torch.Tensor) -> str:
     return "ieee" if t.dtype == torch.float64 else "tf32"
 
 
-def use_tf32(t: torch.Tensor) -> bool:
-    """Whether the CUDA extension's float32 block products run as TF32 tensor-core tiles for
-    inputs like ``t`` (``dot_precision`` says "tf32"); otherwise IEEE FMAs."""
-    return t.dtype == torch.float32 and dot_precision(t) == "tf32"
+# the CUDA kernels' products per precision: TF32 products per element (0: IEEE FMAs)
+TF32_PASSES = {"ieee": 0, "tf32": 1, "tf32x3": 3}
+PRODUCTS = {0: "IEEE FMAs", 1: "TF32 tensor cores", 3: "3xTF32 tensor cores"}
+
+
+def tf32_passes(t: torch.Tensor) -> int:
+    """How the CUDA extension's float32 block products run for inputs like ``t``, by the same
+    rule as ``tl.dot``'s: 1 (TF32 tensor-core tiles) for "tf32", 3 (each operand split into two
+    TF32 parts, three products: close to IEEE) for "tf32x3", 0 (IEEE FMAs) otherwise."""
+    return TF32_PASSES[dot_precision(t)] if t.dtype == torch.float32 else 0

@@ -7,9 +7,9 @@ all T steps and the grid meets at one grid sync per step (csrc/README.md). The a
 what is saved and what is recomputed: :mod:`._cuda_function`.
 
 Precision of the float32 recurrent products: the rule of the Triton kernels
-(:func:`zf_kernels.ops._precision.dot_precision`): TF32 tensor-core tiles (mma.sync m16n8k8,
-float32 accumulation) when torch allows TF32 for its matmuls or ``ZF_FP32_DOT=tf32``, IEEE
-FMAs otherwise ("tf32x3" included: the kernels have no split-TF32 products). float64: IEEE.
+(:func:`zf_kernels.ops._precision.tf32_passes`): TF32 tensor-core tiles (mma.sync m16n8k8,
+float32 accumulation) when torch allows TF32 for its matmuls or ``ZF_FP32_DOT=tf32``, 3xTF32
+tiles (near-IEEE) with ``ZF_FP32_DOT=tf32x3``, IEEE FMAs otherwise. float64: IEEE.
 
 Status: compiled for sm_90a and checked on the CPU in an emulation of the same kernel source
 (tests/test_cuda_emulation.py); **not yet run on a GPU**, hence not eligible for
@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from .. import _cuda_ext
-from .._precision import use_tf32
+from .._precision import PRODUCTS, tf32_passes
 from ._cuda_function import run_lstm, why_unsupported
 
 _C = _cuda_ext.load()
@@ -32,7 +32,7 @@ class _ExtensionKernels:
     """The two recurrence kernels of ``zf_kernels._C`` on the tensors' device and stream; the
     precision is fixed at construction (the forward's), so the backward of a step rounds alike."""
 
-    def __init__(self, units_per_block: int = 0, threads: int = 0, tf32: bool = False):
+    def __init__(self, units_per_block: int = 0, threads: int = 0, tf32: int = 0):
         self.units_per_block, self.threads, self.tf32 = units_per_block, threads, tf32
 
     def forward(self, gates, h0, w_hh, out, c_all, reverse):
@@ -58,7 +58,7 @@ def lstm(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, c0=None, 
     why = why_unsupported(x)
     if why is not None:
         raise ValueError(why)
-    return run_lstm(_ExtensionKernels(units_per_block, threads, use_tf32(x)), x, weight_ih, weight_hh, bias_ih,
+    return run_lstm(_ExtensionKernels(units_per_block, threads, tf32_passes(x)), x, weight_ih, weight_hh, bias_ih,
                     bias_hh, h0, c0, reverse)
 
 
@@ -67,12 +67,12 @@ def plan(x, weight_hh, units_per_block: int = 0, threads: int = 0) -> tuple[dict
     B, H = x.shape[1], weight_hh.shape[1]
     es = x.element_size()
     with torch.cuda.device(x.device):
-        return tuple(_C.lstm_plan(bwd, B, H, es, units_per_block, threads, use_tf32(x)) for bwd in (False, True))
+        return tuple(_C.lstm_plan(bwd, B, H, es, units_per_block, threads, tf32_passes(x)) for bwd in (False, True))
 
 
 def _explain(x, weight_ih, weight_hh, *rest) -> str:
     fwd, bwd = plan(x, weight_hh)
-    products = "TF32 tensor cores" if fwd["tf32"] else "IEEE FMAs"
+    products = PRODUCTS[fwd["tf32"]]
     return (f"one cooperative launch per direction: {fwd['blocks']} blocks x {fwd['threads']} threads, {products}, "
             f"{fwd['units_per_block']} hidden units and {fwd['w_bytes'] // 1024} KB of W_hh resident per block "
             f"(shared memory {fwd['smem_bytes'] // 1024} KB forward, {bwd['smem_bytes'] // 1024} KB backward)")

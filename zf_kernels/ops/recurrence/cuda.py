@@ -6,7 +6,7 @@ One cooperative launch per direction, three grid syncs per step; each block keep
 W_hh and of the folded W_iz W_gz (and of W_qh, W_q2 where they fit) in shared memory for all T
 steps (csrc/README.md). The autograd glue, what is saved and what is recomputed:
 :mod:`._cuda_function`. The four float32 recurrent products run as TF32 tensor-core tiles or
-IEEE FMAs by the rule of the Triton kernels (:func:`zf_kernels.ops._precision.use_tf32`).
+IEEE FMAs by the rule of the Triton kernels (:func:`zf_kernels.ops._precision.tf32_passes`).
 
 Status: compiled for sm_90a and checked on the CPU in an emulation of the same kernel source
 (tests/test_cuda_emulation_chain.py); **not yet run on a GPU**, hence not eligible for
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from .. import _cuda_ext
-from .._precision import use_tf32
+from .._precision import PRODUCTS, tf32_passes
 from ._cuda_function import run_chain, why_unsupported
 from .naive import ChainOutput
 
@@ -30,7 +30,7 @@ class _ExtensionKernels:
     """The two chain kernels of ``zf_kernels._C`` on the tensors' device and stream; the precision
     is fixed at construction (the forward's), so the backward rounds alike."""
 
-    def __init__(self, units_per_block: int = 0, threads: int = 0, tf32: bool = False):
+    def __init__(self, units_per_block: int = 0, threads: int = 0, tf32: int = 0):
         self.units_per_block, self.threads, self.tf32 = units_per_block, threads, tf32
 
     def forward(self, *tensors):
@@ -57,7 +57,7 @@ def zforcing_chain(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, 
     why = why_unsupported(gates_x)
     if why is not None:
         raise ValueError(why)
-    kernels = _ExtensionKernels(units_per_block, threads, use_tf32(gates_x))
+    kernels = _ExtensionKernels(units_per_block, threads, tf32_passes(gates_x))
     return ChainOutput(*run_chain(kernels, gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_gz,
                                   bias_gz, weight_iz, weight_hh))
 
@@ -67,7 +67,7 @@ def plan(gates_x, post_x, eps, units_per_block: int = 0, threads: int = 0) -> tu
     B, H, M, Z = gates_x.shape[1], gates_x.shape[2] // 4, post_x.shape[-1], eps.shape[-1]
     es = gates_x.element_size()
     with torch.cuda.device(gates_x.device):
-        return tuple(_C.chain_plan(bwd, B, H, M, Z, es, units_per_block, threads, use_tf32(gates_x))
+        return tuple(_C.chain_plan(bwd, B, H, M, Z, es, units_per_block, threads, tf32_passes(gates_x))
                      for bwd in (False, True))
 
 
@@ -79,7 +79,7 @@ def _explain(gates_x, post_x, eps, *rest) -> str:
 
     def res(p, names):
         return "+".join(n for i, n in enumerate(names) if p["resident"] >> i & 1)
-    products = "TF32 tensor cores" if fwd["tf32"] else "IEEE FMAs"
+    products = PRODUCTS[fwd["tf32"]]
     return (f"one cooperative launch per direction, 3 grid syncs per step: {fwd['blocks']} blocks x "
             f"{fwd['threads']} threads, {products}, {fwd['units_per_block']} hidden units per block; resident in shared memory: "
             f"{res(fwd, _SLICES[0])} forward ({fwd['smem_bytes'] // 1024} KB), {res(bwd, _SLICES[1])} backward "
