@@ -209,7 +209,7 @@ run_stage ops-small 40 "$LOG" \
 # step with the backward LSTM and the chain on it ("auto" with ZF_AUTO_UNVERIFIED=1, the other
 # ops on Triton)
 while [[ -n "$BUILD_PID" ]] && kill -0 "$BUILD_PID" 2>/dev/null && (( $(left) > 40 )); do sleep 2; done
-run_stage cuda-tests 90 "$OUT/cuda_tests.log" \
+run_stage cuda-tests 120 "$OUT/cuda_tests.log" \
   "$PY" -m pytest -q --maxfail=5 tests/test_cuda_lstm.py tests/test_cuda_chain.py -p no:cacheprovider -p no:benchmark -rfE --tb=short
 [[ -f "$OUT/cuda_tests.log" ]] && tail -n 3 "$OUT/cuda_tests.log"
 run_stage ops-cuda 40 "$LOG" \
