@@ -1,6 +1,7 @@
 """The trainer: learning on synthetic data, exact resume, the CLI, schedules, plateau
 halving, checkpoints, skipping non-finite batches."""
 import json
+import os
 
 import pytest
 import torch
@@ -134,6 +135,20 @@ def test_non_finite_batches_are_skipped_and_counted(tmp_path, monkeypatch):
     assert results["skipped_batches"]["non_finite_loss"] == 2
     params = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
     assert all(torch.isfinite(v).all() for v in params.values())
+
+
+def test_fp32_dot_flag_sets_the_kernels_rule(tmp_path, monkeypatch):
+    """--fp32-dot: the fused kernels' float32 products for the whole process (ZF_FP32_DOT, which the
+    Triton and CUDA kernels read); "auto" leaves the environment alone; a bad value names the flag."""
+    from zf_kernels.ops._precision import FP32_DOT_ENV
+    monkeypatch.setenv(FP32_DOT_ENV, "ieee")
+    train_mod.train(cfg_for(tmp_path, "auto", max_steps=1, epochs=1), log=quiet)
+    assert os.environ[FP32_DOT_ENV] == "ieee"
+    train_mod.train(cfg_for(tmp_path, "x3", max_steps=1, epochs=1, fp32_dot="tf32x3"), log=quiet)
+    assert os.environ[FP32_DOT_ENV] == "tf32x3"
+    with pytest.raises(ValueError, match="--fp32-dot must be one of auto, ieee, tf32, tf32x3, got 'fast'"):
+        cfg_for(tmp_path, "bad", fp32_dot="fast")
+    assert train_mod.main(["--fp32-dot", "fast", "--max-steps", "1"]) == 2
 
 
 def test_tf32_flag_sets_torch_switches_the_kernels_follow(tmp_path):

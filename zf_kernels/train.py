@@ -36,6 +36,7 @@ import copy
 import dataclasses
 import inspect
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -46,6 +47,7 @@ from .data import iterate_batches, load_dataset, num_batches, seeded_generator
 from . import ops
 from .evaluate import evaluate
 from .model import ZForcing, training_loss
+from .ops._precision import FP32_DOT_ENV
 from .training import distributed, report
 from .training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .training.graph_step import StaticStep
@@ -180,6 +182,9 @@ class Run:
             # (zf_kernels.ops._precision.dot_precision; the CUDA kernels too), cuDNN the cudnn one
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+        if cfg.fp32_dot != "auto":
+            # process-wide too: the one rule the Triton and CUDA kernels read (_precision.dot_precision)
+            os.environ[FP32_DOT_ENV] = cfg.fp32_dot
         torch.manual_seed(cfg.seed)
         self.data = load_data(cfg) if data is None else data
         self.model = build_model(cfg, self.data).to(self.device, self.dtype)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from ..ops._precision import FP32_DOT_CHOICES
+
 
 @dataclass
 class TrainConfig:
@@ -21,6 +23,8 @@ class TrainConfig:
     backend: str = "auto"                # auto | torch | triton | cuda
     threads: int | None = None           # CPU intra-op threads (torch.set_num_threads); None: torch's default
     tf32: bool = False                   # float32 matmuls (torch's and the Triton kernels') may use TF32
+    fp32_dot: str = "auto"               # the fused kernels' float32 products: auto (follow --tf32), ieee,
+                                         # tf32, tf32x3 (three TF32 products: near-IEEE on the tensor cores)
     cuda_graph: bool = False             # replay each training step from a CUDA graph (one process, not float16)
     # stopping
     epochs: int = 20
@@ -135,6 +139,8 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.dtype not in DTYPE_CHOICES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)} (bfloat16 and float16: "
                          f"mixed precision with float32 parameters), got {cfg.dtype!r}")
+    if cfg.fp32_dot not in FP32_DOT_CHOICES:
+        raise ValueError(f"--fp32-dot must be one of {', '.join(FP32_DOT_CHOICES)}, got {cfg.fp32_dot!r}")
     if cfg.backend not in ("auto", "torch", "triton", "cuda"):
         raise ValueError(f"--backend must be auto, torch, triton or cuda, got {cfg.backend!r}")
     if cfg.metrics_format not in ("jsonl", "csv"):
