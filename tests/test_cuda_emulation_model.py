@@ -34,9 +34,19 @@ def emulated_cuda_backend(monkeypatch):
     ones, the CUDA lstm / chain are the emulated kernels (3 hidden units and 8 threads per block,
     so the test shapes span several blocks), every other check is the real one (Triton runs in
     the interpreter). Returns the list of kernel calls the step made."""
+    return _install(monkeypatch, threads=8, tf32=0)
+
+
+@pytest.fixture
+def emulated_3xtf32_backend(monkeypatch):
+    """The same with the kernels' 3xTF32 tensor-core tiles (one warp per block)."""
+    return _install(monkeypatch, threads=32, tf32=3)
+
+
+def _install(monkeypatch, threads, tf32):
     calls = []
-    lstm_kernels = emu.EmulatedKernels(emu.library(), threads=8, units_per_block=3)
-    chain_kernels = emu.EmulatedChainKernels(emu.chain_library(), threads=8, units_per_block=3)
+    lstm_kernels = emu.EmulatedKernels(emu.library(), threads=threads, units_per_block=3, tf32=tf32)
+    chain_kernels = emu.EmulatedChainKernels(emu.chain_library(), threads=threads, units_per_block=3, tf32=tf32)
 
     class Recorded:
         def __init__(self, name, kernels):
@@ -112,4 +122,29 @@ def test_training_step_on_emulated_cuda_recurrences_matches_torch(emulated_cuda_
     assert got_grads.keys() == want_grads.keys()
     for n in want_grads:
         torch.testing.assert_close(got_grads[n], want_grads[n], rtol=1e-9, atol=1e-10,
+                                   msg=lambda m, n=n: f"grad {n}: {m}")
+
+
+def test_float32_training_step_on_emulated_3xtf32_recurrences_matches_float64(emulated_3xtf32_backend):
+    """The model's float32 step with both recurrences on the 3xTF32 tiles (``--backend cuda
+    --fp32-dot tf32x3``) against the float64 torch step: float32 accuracy (one TF32 pass would be
+    ~1e-3 off)."""
+    T, B, D = 5, 3, 4
+    build = functools.partial(ZForcing, D, "gaussian", emb_dim=6, rnn_dim=10, z_dim=5, mlp_dim=7)
+    torch.manual_seed(0)
+    ours = build(backend="cuda")
+    ref = build(backend="torch").double()
+    ref.load_state_dict(ours.state_dict())
+    g = torch.Generator().manual_seed(1)
+    y = torch.randn(T, B, D, generator=g, dtype=torch.float64)
+    eps = torch.randn(T, B, 5, generator=g, dtype=torch.float64)
+    got_terms, got_grads = _step(ours, y.float(), eps.float())
+    assert sorted(set(emulated_3xtf32_backend)) == ["chain backward", "chain forward", "lstm backward",
+                                                     "lstm forward"]
+    want_terms, want_grads = _step(ref, y, eps)
+    for k in want_terms:
+        torch.testing.assert_close(got_terms[k].double(), want_terms[k], rtol=1e-4, atol=1e-5,
+                                   msg=lambda m, k=k: f"{k}: {m}")
+    for n in want_grads:
+        torch.testing.assert_close(got_grads[n].double(), want_grads[n], rtol=1e-3, atol=1e-5,
                                    msg=lambda m, n=n: f"grad {n}: {m}")
