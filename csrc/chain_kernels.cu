@@ -9,12 +9,14 @@
 // read from global memory (L2) each step. Activations written by other blocks (h, s, z;
 // backward dgates, dparams, ds) are staged chunk by chunk with L2 loads after the grid sync.
 //
-// Forward, step t:   s_t = h_{t-1} W_qh^T + post_x_t            (m-slice)   | grid sync
-//                    [mu, lv] = clamp(act(s_t) W_q2^T + b_q2); z (z-slice)  | grid sync
-//                    gates = gx_t + h_{t-1} W_hh^T + z_t W_comb^T; cell     | grid sync
-// Backward, step t:  dh = grad_h + dgates_{t+1} W_hh + ds_{t+1} W_qh; cell  | grid sync
-//                    dz = grad_z + dgates_t W_comb; dparams, grad_eps       | grid sync
-//                    ds_t = (dparams_t W_q2) * act'(s_t)                    | grid sync
+// Forward, step t:   s_t = h_{t-1} W_qh^T + post_x_t (m-slice); pre = h_{t-1} W_hh^T   | grid sync
+//                    [mu, lv] = clamp(act(s_t) W_q2^T + b_q2); z (z-slice)            | grid sync
+//                    gates = gx_t + pre + z_t W_comb^T; cell                          | grid sync
+// Backward, step t:  dh = grad_h + pre (= dgates_{t+1} W_hh) + ds_{t+1} W_qh; cell     | grid sync
+//                    dz = grad_z + dgates_t W_comb; dparams, grad_eps; pre = dgates_t W_hh | grid sync
+//                    ds_t = (dparams_t W_q2) * act'(s_t)                              | grid sync
+// (the two products of one activation share one staged pass, block_mm2; `pre` stays in shared
+// memory from one stage to the later one that needs it)
 //
 // No torch headers here: compiled by nvcc (zf_kernels._C) and, with -DZF_CPU_EMULATION, by g++
 // as a CPU library for the tests (zf_device.h).
@@ -102,13 +104,12 @@ ZF_DEVICE void mm_load(const Mm<T>& mm, T* sw) {
 }
 
 // One product of a block_mm pass: the slice, whether this block computes it (a block may own no
-// units of a stage), its partial sums and whether it adds to them or starts them at zero.
+// units of a stage) and where its partial sums go.
 template <typename T>
 struct Prod {
   const Mm<T>* mm;
   bool on;
   T* part;
-  bool accumulate;
 };
 
 template <typename T>
@@ -134,7 +135,7 @@ ZF_UNROLL
     w[j] = resident ? mm.sw + static_cast<size_t>(r) * mm.ws + k0
                     : mm.gw + mm_row(mm, r) * mm.ldw + static_cast<long long>(k0) * mm.kstride;
   }
-  tile_fma(q.part + static_cast<size_t>(item) * (TB * TM), k0 == 0 && !q.accumulate, As + bg * as, bgs * as, w,
+  tile_fma(q.part + static_cast<size_t>(item) * (TB * TM), k0 == 0, As + bg * as, bgs * as, w,
            resident ? 1 : mm.kstride, ks, kw, ksplit);
 }
 
@@ -154,7 +155,7 @@ ZF_DEVICE void mma_item(const Prod<T>& q, int item, const T* As, int k0, int kw,
     const bool resident = mm.sw != nullptr;
     const float* w = resident ? mm.sw + static_cast<size_t>(r) * mm.ws + k0 + t
                               : mm.gw + mm_row(mm, r) * mm.ldw + static_cast<long long>(k0 + t) * mm.kstride;
-    mma_tile_tf32(q.part + static_cast<size_t>(item) * 128 + lane * 4, k0 == 0 && !q.accumulate,
+    mma_tile_tf32(q.part + static_cast<size_t>(item) * 128 + lane * 4, k0 == 0,
                   As + (tb * 16 + g) * as + t, as, w, resident ? 1 : mm.kstride, t, ks, (kw + 7) / 8, mm.ksplit, kw,
                   p.mma);
   }
@@ -194,11 +195,11 @@ ZF_DEVICE void block_mm2(const T* A, int lda, bool act, const Prod<T>& q0, const
   }
 }
 
-// one product: A @ W_slice^T into `part` (added to it when `accumulate`)
+// one product: A @ W_slice^T into `part`
 template <typename T>
-ZF_DEVICE void block_mm(const T* A, int lda, bool act, const Mm<T>& mm, bool accumulate, T* As,
+ZF_DEVICE void block_mm(const T* A, int lda, bool act, const Mm<T>& mm, T* As,
                         T* part, int B, const ZfChainPlan& p) {
-  block_mm2(A, lda, act, Prod<T>{&mm, true, part, accumulate}, Prod<T>{&mm, false, part, false}, As, B, p);
+  block_mm2(A, lda, act, Prod<T>{&mm, true, part}, Prod<T>{&mm, false, part}, As, B, p);
 }
 
 // sum over the ksplit partial tiles of element (b, m) of the last product
@@ -280,7 +281,7 @@ ZF_GLOBAL void chain_fwd_kernel(ChainParams<T> P) {
     // h_{t-1} the recurrent part of this block's gates, h_{t-1} W_hh^T, kept in `pre` for stage 3
     // (h_{t-1} is staged once per step, and stage 3 is left with the short z_t W_comb^T)
     if (nm > 0 || nu > 0) {
-      block_mm2(hprev, H, false, Prod<T>{&mqh, nm > 0, part, false}, Prod<T>{&mhh, nu > 0, part_hh, false}, As, B,
+      block_mm2(hprev, H, false, Prod<T>{&mqh, nm > 0, part}, Prod<T>{&mhh, nu > 0, part_hh}, As, B,
                 p);
       for (int e = tid; e < B * nm; e += nt) {
         const int b = e / nm, u = e % nm;
@@ -293,7 +294,7 @@ ZF_GLOBAL void chain_fwd_kernel(ChainParams<T> P) {
     zf_grid_sync();  // s_t complete
     // stage 2: [mu, lv] = clamp(act(s_t) W_q2^T + b_q2, -8, 8); z = mu + exp(lv / 2) eps
     if (nz > 0) {
-      block_mm(P.s + t * BM, M, true, mq2, false, As, part, B, p);
+      block_mm(P.s + t * BM, M, true, mq2, As, part, B, p);
       for (int e = tid; e < B * nz; e += nt) {
         const int b = e / nz, u = e % nz;
         const long long zz = z0 + u;
@@ -314,7 +315,7 @@ ZF_GLOBAL void chain_fwd_kernel(ChainParams<T> P) {
     // stage 3: gates = gx_t + h_{t-1} W_hh^T (from stage 1) + z_t W_comb^T; LSTM cell for this
     // block's units
     if (nu > 0) {
-      block_mm(static_cast<const T*>(P.z + t * BZ), Z, false, mcomb, false, As, part, B, p);
+      block_mm(static_cast<const T*>(P.z + t * BZ), Z, false, mcomb, As, part, B, p);
       for (int e = tid; e < B * nu; e += nt) {
         const int b = e / nu, u = e % nu;
         const long long j = j0 + u;
@@ -373,7 +374,7 @@ ZF_GLOBAL void chain_bwd_kernel(ChainParams<T> P) {
     // stage 1: dh = grad_h_t + dgates_{t+1} W_hh (step t+1's stage 2 left it in `pre`) +
     // ds_{t+1} W_qh; the cell backward
     if (nu > 0) {
-      if (!last) block_mm(static_cast<const T*>(P.ds + (t + 1) * BM), M, false, mqh, false, As, part, B, p);
+      if (!last) block_mm(static_cast<const T*>(P.ds + (t + 1) * BM), M, false, mqh, As, part, B, p);
       for (int e = tid; e < B * nu; e += nt) {
         const int b = e / nu, u = e % nu;
         const size_t bj = static_cast<size_t>(b) * H + j0 + u;
@@ -398,8 +399,8 @@ ZF_GLOBAL void chain_bwd_kernel(ChainParams<T> P) {
     // staged dgates_t, this block's dgates_t W_hh for step t-1's dh, kept in `pre` (dgates is
     // staged once per step; at t = 0 that product is the gradient of h0, a torch GEMM)
     if (nz > 0 || (nu > 0 && t > 0)) {
-      block_mm2(static_cast<const T*>(P.gates + t * 4 * BH), H4, false, Prod<T>{&mcomb, nz > 0, part, false},
-                Prod<T>{&mhh, nu > 0 && t > 0, part_hh, false}, As, B, p);
+      block_mm2(static_cast<const T*>(P.gates + t * 4 * BH), H4, false, Prod<T>{&mcomb, nz > 0, part},
+                Prod<T>{&mhh, nu > 0 && t > 0, part_hh}, As, B, p);
       if (nu > 0 && t > 0)
         for (int e = tid; e < B * U; e += nt) pre[e] = tile_sum(part_hh, e / U, e % U, mhh, p);
       for (int e = tid; e < B * nz; e += nt) {
@@ -417,7 +418,7 @@ ZF_GLOBAL void chain_bwd_kernel(ChainParams<T> P) {
     zf_grid_sync();  // dparams_t complete
     // stage 3: ds_t = (dparams_t W_q2) * act'(s_t)
     if (nm > 0) {
-      block_mm(static_cast<const T*>(P.dparams + t * 2 * BZ), 2 * Z, false, mq2, false, As, part, B, p);
+      block_mm(static_cast<const T*>(P.dparams + t * 2 * BZ), 2 * Z, false, mq2, As, part, B, p);
       for (int e = tid; e < B * nm; e += nt) {
         const int b = e / nm, u = e % nm;
         const size_t o = t * BM + static_cast<size_t>(b) * M + m0 + u;
