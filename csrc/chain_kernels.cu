@@ -447,19 +447,8 @@ int plan_with(int backward, int B, int H, int M, int Z, int es, int threads, int
     set_err(err, errlen, msg);
     return ZF_DOES_NOT_FIT;
   }
-  if (!tf32_passes_valid(tf32)) {
-    std::snprintf(msg, sizeof msg,
-                  "the CUDA zforcing_chain's tf32 setting must be 0 (IEEE), 1 (TF32) or 3 (3xTF32), got %d", tf32);
-    set_err(err, errlen, msg);
-    return ZF_DOES_NOT_FIT;
-  }
-  const int mma = es == 4 ? tf32 : 0;  // TF32 products per element; float64 stays IEEE
-  if (mma && threads % 32 != 0) {
-    std::snprintf(msg, sizeof msg, "the CUDA zforcing_chain's TF32 tensor-core tiles need whole warps: threads "
-                  "must be a multiple of 32, got %d", threads);
-    set_err(err, errlen, msg);
-    return ZF_DOES_NOT_FIT;
-  }
+  int mma = 0;  // TF32 products per element; float64 stays IEEE
+  if (plan_tf32(tf32, es, threads, "zforcing_chain", &mma, err, errlen) != ZF_OK) return ZF_DOES_NOT_FIT;
   std::memset(p, 0, sizeof *p);
   p->mma = mma;
   p->threads = threads;

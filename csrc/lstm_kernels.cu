@@ -264,19 +264,8 @@ int plan_with(int backward, int B, int H, int elem_size, int threads, int units,
     set_err(err, errlen, msg);
     return ZF_DOES_NOT_FIT;
   }
-  if (!tf32_passes_valid(tf32)) {
-    std::snprintf(msg, sizeof msg, "the CUDA lstm's tf32 setting must be 0 (IEEE), 1 (TF32) or 3 (3xTF32), got %d",
-                  tf32);
-    set_err(err, errlen, msg);
-    return ZF_DOES_NOT_FIT;
-  }
-  const int mma = elem_size == 4 ? tf32 : 0;  // TF32 products per element; float64 stays IEEE
-  if (mma && threads % 32 != 0) {
-    std::snprintf(msg, sizeof msg, "the CUDA lstm's TF32 tensor-core tiles need whole warps: threads must be a "
-                  "multiple of 32, got %d", threads);
-    set_err(err, errlen, msg);
-    return ZF_DOES_NOT_FIT;
-  }
+  int mma = 0;  // TF32 products per element; float64 stays IEEE
+  if (plan_tf32(tf32, elem_size, threads, "lstm", &mma, err, errlen) != ZF_OK) return ZF_DOES_NOT_FIT;
   std::memset(p, 0, sizeof *p);
   p->mma = mma;
   p->threads = threads;

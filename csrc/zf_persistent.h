@@ -135,6 +135,27 @@ inline void set_err(char* err, int errlen, const char* msg) {
   }
 }
 
+// The planners' tensor-core setting: *mma = TF32 products per element for elements of es bytes
+// (float64: 0, IEEE), or ZF_DOES_NOT_FIT naming `op` when `tf32` is not 0, 1 or 3 or the tiles
+// would lack whole warps.
+inline int plan_tf32(int tf32, int es, int threads, const char* op, int* mma, char* err, int errlen) {
+  char msg[256];
+  if (!tf32_passes_valid(tf32)) {
+    std::snprintf(msg, sizeof msg, "the CUDA %s's tf32 setting must be 0 (IEEE), 1 (TF32) or 3 (3xTF32), got %d",
+                  op, tf32);
+    set_err(err, errlen, msg);
+    return ZF_DOES_NOT_FIT;
+  }
+  *mma = es == 4 ? tf32 : 0;
+  if (*mma && threads % 32 != 0) {
+    std::snprintf(msg, sizeof msg, "the CUDA %s's TF32 tensor-core tiles need whole warps: threads must be a "
+                  "multiple of 32, got %d", op, threads);
+    set_err(err, errlen, msg);
+    return ZF_DOES_NOT_FIT;
+  }
+  return ZF_OK;
+}
+
 inline long long align16(long long n) { return (n + 15) / 16 * 16; }
 inline int round_up(int n, int m) { return (n + m - 1) / m * m; }
 inline int cdiv(int a, int b) { return (a + b - 1) / b; }
