@@ -248,9 +248,9 @@ run_stage kernels 40 "$LOG" \
 run_stage ops-tf32x3 40 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --ops lstm,zforcing_chain --dtypes tf32x3 \
   --providers triton,triton-stepwise,cuda
-run_stage train-tf32x3 35 "$LOG" \
+run_stage train-tf32x3 45 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --dtype tf32x3 \
-  --providers triton,triton+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
+  --providers triton,triton+graph,cuda+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
 
 # 10. TF32 (float32 tensors, TF32 matmuls allowed for torch, cuDNN and the Triton kernels): the
 # hoisted step's CUDA graph vs ours, then lstm / chain vs cuDNN, in the same TF32 mode
