@@ -49,10 +49,10 @@ def test_chain_tf32_random_shapes_bound_holds_for_the_tiles_rounding(on_cpu, see
     gpu_chain.test_cuda_chain_random_shapes_tf32(_chain(), seed)
 
 
-@pytest.mark.parametrize("seed", range(1))   # ~25 s per seed here
-def test_3xtf32_random_shapes_bounds_hold(on_cpu, seed):
-    gpu_lstm.test_cuda_lstm_random_shapes_3xtf32(_lstm(), seed)
-    gpu_chain.test_cuda_chain_random_shapes_3xtf32(_chain(), seed)
+def test_chain_3xtf32_random_shapes_bound_holds(on_cpu):
+    # the chain only (7 s): the LSTM's 3xTF32 case takes 18 s emulated, and test_cuda_emulation_tf32
+    # holds its tiles to 2e-6 of float64, 5x inside the GPU test's bound
+    gpu_chain.test_cuda_chain_random_shapes_3xtf32(_chain(), 0)
 
 
 @pytest.mark.parametrize("units", [0, 1, 3])
