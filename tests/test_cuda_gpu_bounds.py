@@ -39,14 +39,21 @@ def on_cpu(monkeypatch):
     monkeypatch.setattr(gpu_lstm, "DEVICE", "cpu")
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_chain_random_shapes_bound_holds_for_the_kernels_rounding(on_cpu, seed):
-    gpu_chain.test_cuda_chain_random_shapes_float32(_chain(), seed)
+# the GPU tests' random-shape comparisons (IEEE float32 and TF32 tiles), each with the emulated
+# kernels of its module: name -> (module, GPU test, kernels)
+RANDOM_SHAPES = {
+    "chain float32": (gpu_chain, "test_cuda_chain_random_shapes_float32", _chain),
+    "chain tf32": (gpu_chain, "test_cuda_chain_random_shapes_tf32", _chain),
+    "lstm float32": (gpu_lstm, "test_cuda_lstm_random_shapes_float32", _lstm),
+    "lstm tf32": (gpu_lstm, "test_cuda_lstm_random_shapes_tf32", _lstm),
+}
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_chain_tf32_random_shapes_bound_holds_for_the_tiles_rounding(on_cpu, seed):
-    gpu_chain.test_cuda_chain_random_shapes_tf32(_chain(), seed)
+@pytest.mark.parametrize("which", list(RANDOM_SHAPES))
+def test_random_shapes_bound_holds_for_the_kernels_rounding(on_cpu, which, seed):
+    module, test, kernels = RANDOM_SHAPES[which]
+    getattr(module, test)(kernels(), seed)
 
 
 def test_chain_3xtf32_random_shapes_bound_holds(on_cpu):
@@ -58,16 +65,6 @@ def test_chain_3xtf32_random_shapes_bound_holds(on_cpu):
 @pytest.mark.parametrize("units", [0, 1, 3])
 def test_chain_float64_bound_holds(on_cpu, units):
     gpu_chain.test_cuda_chain_small_odd_shapes_float64(_chain(), units)
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_lstm_random_shapes_bound_holds_for_the_kernels_rounding(on_cpu, seed):
-    gpu_lstm.test_cuda_lstm_random_shapes_float32(_lstm(), seed)
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_lstm_tf32_random_shapes_bound_holds_for_the_tiles_rounding(on_cpu, seed):
-    gpu_lstm.test_cuda_lstm_random_shapes_tf32(_lstm(), seed)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
