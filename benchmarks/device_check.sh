@@ -278,7 +278,7 @@ run_stage train-bf16 40 "$LOG" \
   --providers torch+graph,cudnn+graph,triton+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
 run_stage ops-bf16 40 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --dtypes bfloat16 \
-  --ops lstm,zforcing_chain,lstm_cell --providers cudnn,torch,triton
+  --ops lstm,zforcing_chain,lstm_cell --providers cudnn,torch,triton,cuda
 
 # 14. torch.compile of the whole TIMIT step (unrolls two 40-step loops: may not fit)
 run_stage train-compile 60 "$LOG" \

@@ -13,13 +13,15 @@ namespace {
 
 constexpr int kErrLen = 1024;
 
+// t on ref's device, of `dtype` (default: ref's), contiguous, shaped `shape`
 void check(const torch::Tensor& t, const char* name, const torch::Tensor& ref,
-           c10::IntArrayRef shape) {
+           c10::IntArrayRef shape, c10::optional<c10::ScalarType> dtype = c10::nullopt) {
+  const c10::ScalarType want = dtype.value_or(ref.scalar_type());
   TORCH_CHECK(t.is_cuda(), "zf_kernels._C: ", name, " must be a CUDA tensor");
   TORCH_CHECK(t.device() == ref.device(), "zf_kernels._C: ", name, " is on ", t.device(),
               " but the gates are on ", ref.device());
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "zf_kernels._C: ", name, " has dtype ",
-              t.scalar_type(), ", expected ", ref.scalar_type());
+  TORCH_CHECK(t.scalar_type() == want, "zf_kernels._C: ", name, " has dtype ",
+              t.scalar_type(), ", expected ", want);
   TORCH_CHECK(t.is_contiguous(), "zf_kernels._C: ", name, " must be contiguous");
   TORCH_CHECK(t.sizes() == shape, "zf_kernels._C: ", name, " must have shape ", shape, ", got ",
               t.sizes());
@@ -48,6 +50,16 @@ pybind11::dict plan_dict(const Plan& p) {
   return d;
 }
 
+// the cell states' dtype for gates of `gates`' dtype: float32 for bfloat16 (lstm_kernels.h)
+c10::ScalarType lstm_state_dtype(const torch::Tensor& gates) {
+  return gates.scalar_type() == torch::kBFloat16 ? torch::kFloat32 : gates.scalar_type();
+}
+
+// a bfloat16 tensor's elements as the 16-bit patterns the C ABI takes
+unsigned short* bf16_bits(const torch::Tensor& t) {
+  return reinterpret_cast<unsigned short*>(t.data_ptr<at::BFloat16>());
+}
+
 // ZF_DOES_NOT_FIT -> ValueError (the shape is the problem), anything else -> RuntimeError
 void raise_for(int rc, const char* err) {
   if (rc == ZF_OK) return;
@@ -64,7 +76,7 @@ void lstm_forward(torch::Tensor gates, torch::Tensor h0, torch::Tensor w_hh, tor
   check(h0, "h0", gates, {B, H});
   check(w_hh, "w_hh", gates, {4 * H, H});
   check(out, "out", gates, {T, B, H});
-  check(c_all, "c_all", gates, {T + 1, B, H});
+  check(c_all, "c_all", gates, {T + 1, B, H}, lstm_state_dtype(gates));
   ZfLstmLaunch cfg = launch_config<ZfLstmLaunch>(units_per_block, threads, tf32);
   char err[kErrLen] = {0};
   void* s = reinterpret_cast<void*>(stream);
@@ -77,8 +89,11 @@ void lstm_forward(torch::Tensor gates, torch::Tensor h0, torch::Tensor w_hh, tor
     rc = zf_lstm_forward_f64(gates.data_ptr<double>(), h0.data_ptr<double>(),
                              w_hh.data_ptr<double>(), out.data_ptr<double>(),
                              c_all.data_ptr<double>(), T, B, H, reverse, &cfg, s, err, kErrLen);
+  } else if (gates.scalar_type() == torch::kBFloat16) {
+    rc = zf_lstm_forward_bf16(bf16_bits(gates), bf16_bits(h0), bf16_bits(w_hh), bf16_bits(out),
+                              c_all.data_ptr<float>(), T, B, H, reverse, &cfg, s, err, kErrLen);
   } else {
-    TORCH_CHECK(false, "zf_kernels._C: the CUDA lstm supports float32 and float64, got ",
+    TORCH_CHECK(false, "zf_kernels._C: the CUDA lstm supports float32, float64 and bfloat16, got ",
                 gates.scalar_type());
   }
   raise_for(rc, err);
@@ -93,8 +108,8 @@ void lstm_backward(torch::Tensor d_out, torch::Tensor d_hT, torch::Tensor w_hh,
   check(d_out, "d_out", gates, {T, B, H});
   check(d_hT, "d_hT", gates, {B, H});
   check(w_hh, "w_hh", gates, {4 * H, H});
-  check(c_all, "c_all", gates, {T + 1, B, H});
-  check(dc, "dc", gates, {B, H});
+  check(c_all, "c_all", gates, {T + 1, B, H}, lstm_state_dtype(gates));
+  check(dc, "dc", gates, {B, H}, lstm_state_dtype(gates));
   ZfLstmLaunch cfg = launch_config<ZfLstmLaunch>(units_per_block, threads, tf32);
   char err[kErrLen] = {0};
   void* s = reinterpret_cast<void*>(stream);
@@ -109,8 +124,12 @@ void lstm_backward(torch::Tensor d_out, torch::Tensor d_hT, torch::Tensor w_hh,
                               w_hh.data_ptr<double>(), gates.data_ptr<double>(),
                               c_all.data_ptr<double>(), dc.data_ptr<double>(), T, B, H, reverse,
                               &cfg, s, err, kErrLen);
+  } else if (gates.scalar_type() == torch::kBFloat16) {
+    rc = zf_lstm_backward_bf16(bf16_bits(d_out), bf16_bits(d_hT), bf16_bits(w_hh), bf16_bits(gates),
+                               c_all.data_ptr<float>(), dc.data_ptr<float>(), T, B, H, reverse, &cfg, s,
+                               err, kErrLen);
   } else {
-    TORCH_CHECK(false, "zf_kernels._C: the CUDA lstm supports float32 and float64, got ",
+    TORCH_CHECK(false, "zf_kernels._C: the CUDA lstm supports float32, float64 and bfloat16, got ",
                 gates.scalar_type());
   }
   raise_for(rc, err);

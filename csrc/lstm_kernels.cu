@@ -8,6 +8,9 @@
 // grid sync (h_t of every unit is needed by every block for step t+1). Backward mirrors it with
 // the U columns of W_hh (dh_j = sum_r dgates_{t+1}[r] W_hh[r, j]) and dc in shared memory.
 //
+// Storage types: float32, float64, and bfloat16 (gates, h, W_hh, dgates; the cell states c, dc and
+// all arithmetic in float32, products on bfloat16 tensor-core tiles with float32 accumulation).
+//
 // No torch headers here: this file is compiled by nvcc (zf_kernels._C) and, with
 // -DZF_CPU_EMULATION, by g++ as a CPU library for the tests (zf_device.h).
 #include "lstm_kernels.h"
@@ -23,19 +26,24 @@ namespace {
 
 using namespace zf_persistent;
 
-template <typename T>
+template <typename S>
+constexpr bool is_bf16 = std::is_same<S, zf_bf16>::value;
+
+// S: the storage type of gates, h, W_hh and dgates; the cell states and the arithmetic: zf_acc_t<S>
+template <typename S>
 struct Params {
+  using A = zf_acc_t<S>;
   // forward: gates (in gx, out z), h0, w, out, c_all
   // backward: gates (in z, out dgates), d_out, d_hT, w, c_all, dc
-  T* gates;
-  const T* h0;
-  const T* d_out;
-  const T* d_hT;
-  const T* w;
-  T* out;
-  T* c_all;
-  const T* c_saved;
-  T* dc;
+  S* gates;
+  const S* h0;
+  const S* d_out;
+  const S* d_hT;
+  const S* w;
+  S* out;
+  A* c_all;
+  const A* c_saved;
+  A* dc;
   int T_, B, H, reverse;
   ZfLstmPlan plan;
   // byte offsets of the shared-memory regions
@@ -46,31 +54,40 @@ struct Params {
 // a warp's 16 x 8 tensor-core tile (plan.mma)
 ZF_HOST_DEVICE int tile_b(const ZfLstmPlan& p) { return p.mma ? 16 : TB; }
 ZF_HOST_DEVICE int tile_m(const ZfLstmPlan& p) { return p.mma ? 8 : TM; }
-// staged columns of a chunk kw wide: padded with zeros to whole K steps of 8 for the tensor-core
-// tiles (their W columns past kw are not read: mma_tile_tf32)
-ZF_HOST_DEVICE int padded_k(int k, const ZfLstmPlan& p) { return p.mma ? (k + 7) / 8 * 8 : k; }
+// K step of one tensor-core product for elements of es bytes: 16 (bfloat16, m16n8k16), else 8
+ZF_HOST_DEVICE int mma_k_step(int es) { return es == 2 ? 16 : 8; }
+// staged columns of a chunk kw wide: padded with zeros to whole K steps for the tensor-core tiles
+// (TF32: their W columns past kw are not read, mma_tile_tf32; bfloat16: W's padding is zeros)
+ZF_HOST_DEVICE int padded_k(int k, const ZfLstmPlan& p, int es) {
+  const int step = mma_k_step(es);
+  return p.mma ? (k + step - 1) / step * step : k;
+}
 // resident rows of the W slice: whole register tiles (zero rows past `rows`); the tensor-core
 // tiles read their rows past `rows` from the last real row instead (those columns of the
 // product are never read), so a slice of 9 rows does not take 16 rows of shared memory
 ZF_HOST_DEVICE int resident_rows(const ZfLstmPlan& p) { return p.mma ? p.rows : p.row_groups_m * TM; }
 
-// The tensor-core version of block_matmul's inner products for one staged chunk (ksteps K
-// steps of 8 from column k0 of the resident slice, kw columns): warp w takes items w, w + warps,
-// ...; item = tile * ksplit + ks, tile = tb * row_groups_m + tm covers batch rows tb * 16 .. + 15
-// and slice rows tm * 8 .. + 7 (past `rows`: the last real row, whose product columns go unread),
-// and sums K steps ks, ks + ksplit, ... into part[item * 128 + lane * 4 + r] (mma_tile_tf32).
-template <typename T>
-ZF_DEVICE void mma_items(T* part, bool zero, const T* As, const T* Ws, int k0, int kw, const ZfLstmPlan& p) {
-  if constexpr (std::is_same<T, float>::value) {
-    const int lane = zf_tid() & 31, warp = zf_tid() >> 5, nwarps = zf_nthreads() >> 5;
-    const int g = lane >> 2, t = lane & 3, ksplit = p.ksplit, tms = p.row_groups_m;
-    const int n_items = p.row_groups_b * tms * ksplit, as = p.a_stride;
-    for (int item = warp; item < n_items; item += nwarps) {  // uniform across the warp
-      const int ks = item % ksplit, tile = item / ksplit;
-      const int tb = tile / tms, tm = tile - tb * tms;
-      const int wrow = tm * 8 + g < p.rows ? tm * 8 + g : p.rows - 1;
-      mma_tile_tf32(part + static_cast<size_t>(item) * 128 + lane * 4, zero, As + (tb * 16 + g) * as + t, as,
-                    Ws + static_cast<size_t>(wrow) * p.w_stride + k0 + t, 1, t, ks, (kw + 7) / 8, ksplit, kw, p.mma);
+// The tensor-core version of block_matmul's inner products for one staged chunk (K steps of 8
+// (TF32) or 16 (bfloat16) from column k0 of the resident slice, kw columns): warp w takes items w,
+// w + warps, ...; item = tile * ksplit + ks, tile = tb * row_groups_m + tm covers batch rows
+// tb * 16 .. + 15 and slice rows tm * 8 .. + 7 (past `rows`: the last real row, whose product
+// columns go unread), and sums K steps ks, ks + ksplit, ... into part[item * 128 + lane * 4 + r]
+// (mma_tile_tf32 / mma_tile_bf16).
+template <typename S>
+ZF_DEVICE void mma_items(float* part, bool zero, const S* As, const S* Ws, int k0, int kw, const ZfLstmPlan& p) {
+  const int lane = zf_tid() & 31, warp = zf_tid() >> 5, nwarps = zf_nthreads() >> 5;
+  const int g = lane >> 2, t = lane & 3, ksplit = p.ksplit, tms = p.row_groups_m;
+  const int n_items = p.row_groups_b * tms * ksplit, as = p.a_stride;
+  for (int item = warp; item < n_items; item += nwarps) {  // uniform across the warp
+    const int ks = item % ksplit, tile = item / ksplit;
+    const int tb = tile / tms, tm = tile - tb * tms;
+    const int wrow = tm * 8 + g < p.rows ? tm * 8 + g : p.rows - 1;
+    float* pp = part + static_cast<size_t>(item) * 128 + lane * 4;
+    const S* w = Ws + static_cast<size_t>(wrow) * p.w_stride + k0;
+    if constexpr (is_bf16<S>) {
+      mma_tile_bf16(pp, zero, As + (tb * 16 + g) * as + 2 * t, as, w + 2 * t, ks, (kw + 15) / 16, ksplit);
+    } else {
+      mma_tile_tf32(pp, zero, As + (tb * 16 + g) * as + t, as, w + t, 1, t, ks, (kw + 7) / 8, ksplit, kw, p.mma);
     }
   }
 }
@@ -79,36 +96,37 @@ ZF_DEVICE void mma_items(T* part, bool zero, const T* As, const T* Ws, int k0, i
 // block's K slice, for b = bg + ib * row_groups_b, m = mg + im * row_groups_m, k = ks (mod
 // ksplit), where group = bg * row_groups_m + mg. Rows are interleaved (not contiguous) so
 // neighbouring threads read neighbouring shared-memory rows. With plan.mma the same sums come
-// from TF32 tensor-core tiles instead (mma_items; tile_sum reads either layout). A (B x K, row
-// stride lda) is staged chunk by chunk into As; rows beyond B (and, for the tensor-core tiles,
-// columns up to the next multiple of 8) read as zero. Ends with a block barrier, after which
-// `part` holds the complete partial sums.
-template <typename T>
-ZF_DEVICE void block_matmul(const T* A, int lda, int B, const T* Ws, T* As, T* part,
+// from tensor-core tiles instead (mma_items; tile_sum reads either layout; bfloat16 always). A
+// (B x K, row stride lda) is staged chunk by chunk into As; rows beyond B (and, for the
+// tensor-core tiles, columns up to the next whole K step) read as zero. Ends with a block barrier,
+// after which `part` holds the complete partial sums.
+template <typename S>
+ZF_DEVICE void block_matmul(const S* A, int lda, int B, const S* Ws, S* As, zf_acc_t<S>* part,
                             const ZfLstmPlan& p) {
   const int tid = zf_tid(), nt = zf_nthreads();
   const int bgs = p.row_groups_b, mgs = p.row_groups_m, ksplit = p.ksplit;
   const int Bp = bgs * tile_b(p);
   const int n_items = bgs * mgs * ksplit;
   const int K = p.k, kc = p.kc, as = p.a_stride, ws = p.w_stride;
+  const S zero = zf_narrow<S>(zf_acc_t<S>(0));
   for (int k0 = 0; k0 < K; k0 += kc) {
     const int kw = (K - k0 < kc) ? K - k0 : kc;
-    const int kwp = padded_k(kw, p);
+    const int kwp = padded_k(kw, p, sizeof(S));
     // the chunk was written by other blocks in this launch: L2 loads
     for (int idx = tid; idx < Bp * kwp; idx += nt) {
       const int b = idx / kwp, k = idx - b * kwp;
-      As[b * as + k] = (b < B && k < kw) ? zf_ldcg(A + static_cast<size_t>(b) * lda + k0 + k) : T(0);
+      As[b * as + k] = (b < B && k < kw) ? zf_ldcg(A + static_cast<size_t>(b) * lda + k0 + k) : zero;
     }
     zf_block_sync();
-    if (p.mma) {
-      mma_items(part, k0 == 0, As, Ws, k0, kw, p);
+    if (is_bf16<S> || p.mma) {
+      if constexpr (!std::is_same<S, double>::value) mma_items(part, k0 == 0, As, Ws, k0, kw, p);
       zf_block_sync();
       continue;
     }
-    for (int item = tid; item < n_items; item += nt) {
+    if constexpr (!is_bf16<S>) for (int item = tid; item < n_items; item += nt) {
       const int ks = item % ksplit, grp = item / ksplit;
       const int mg = grp % mgs, bg = grp / mgs;
-      const T* w[TM];  // resident rows mg, mg + mgs, ... of the slice
+      const S* w[TM];  // resident rows mg, mg + mgs, ... of the slice
 ZF_UNROLL
       for (int j = 0; j < TM; ++j) w[j] = Ws + static_cast<size_t>(mg + j * mgs) * ws + k0;
       tile_fma(part + static_cast<size_t>(item) * (TB * TM), k0 == 0, As + bg * as, bgs * as, w, 1, ks, kw,
@@ -137,13 +155,14 @@ ZF_DEVICE T tile_sum(const T* part, int b, int m, const ZfLstmPlan& p) {
   return s;
 }
 
-template <typename T>
-ZF_GLOBAL void lstm_fwd_kernel(Params<T> P) {
+template <typename S>
+ZF_GLOBAL void lstm_fwd_kernel(Params<S> P) {
+  using A = zf_acc_t<S>;
   unsigned char* smem = zf_dynamic_smem();
-  T* Ws = reinterpret_cast<T*>(smem + P.off_w);
-  T* part = reinterpret_cast<T*>(smem + P.off_part);
-  T* cs = reinterpret_cast<T*>(smem + P.off_state);
-  T* As = reinterpret_cast<T*>(smem + P.off_a);
+  S* Ws = reinterpret_cast<S*>(smem + P.off_w);
+  A* part = reinterpret_cast<A*>(smem + P.off_part);
+  A* cs = reinterpret_cast<A*>(smem + P.off_state);
+  S* As = reinterpret_cast<S*>(smem + P.off_a);
   const ZfLstmPlan& p = P.plan;
   const int tid = zf_tid(), nt = zf_nthreads();
   const int U = p.units_per_block, j0 = zf_bid() * U;
@@ -151,52 +170,56 @@ ZF_GLOBAL void lstm_fwd_kernel(Params<T> P) {
   const int Mp = resident_rows(p), ws = p.w_stride;
   const size_t BH = static_cast<size_t>(B) * H, B4H = 4 * BH;
 
-  // resident W slice: smem row m = g * U + u holds W_hh row g * H + j0 + u (zeros past H)
-  for (int idx = tid; idx < Mp * H; idx += nt) {
-    const int m = idx / H, k = idx - m * H;
+  const S zero = zf_narrow<S>(A(0));
+  // resident W slice: smem row m = g * U + u holds W_hh row g * H + j0 + u (zeros past H; the
+  // bfloat16 tiles read the row's padding too: zeros)
+  const int wcols = is_bf16<S> ? ws : H;
+  for (int idx = tid; idx < Mp * wcols; idx += nt) {
+    const int m = idx / wcols, k = idx - m * wcols;
     const int g = m / U, j = j0 + m % U;
     Ws[static_cast<size_t>(m) * ws + k] =
-        (m < 4 * U && j < H) ? P.w[(static_cast<size_t>(g) * H + j) * H + k] : T(0);
+        (m < 4 * U && j < H && k < H) ? P.w[(static_cast<size_t>(g) * H + j) * H + k] : zero;
   }
   for (int e = tid; e < B * U; e += nt) {
     const int b = e / U, j = j0 + e % U;
-    cs[e] = j < H ? P.c_all[static_cast<size_t>(b) * H + j] : T(0);
+    cs[e] = j < H ? P.c_all[static_cast<size_t>(b) * H + j] : A(0);
   }
   zf_block_sync();
 
   for (int s = 0; s < T_; ++s) {
     const int t = P.reverse ? T_ - 1 - s : s;
-    const T* h_prev = s == 0 ? P.h0 : P.out + static_cast<size_t>(P.reverse ? t + 1 : t - 1) * BH;
+    const S* h_prev = s == 0 ? P.h0 : P.out + static_cast<size_t>(P.reverse ? t + 1 : t - 1) * BH;
     block_matmul(h_prev, H, B, Ws, As, part, p);
     for (int e = tid; e < B * U; e += nt) {
       const int b = e / U, u = e % U, j = j0 + u;
       if (j >= H) continue;
-      T* z = P.gates + t * B4H + static_cast<size_t>(b) * 4 * H + j;  // this unit's 4 gates
-      const T zi = z[0] + tile_sum(part, b, u, p);
-      const T zf = z[H] + tile_sum(part, b, U + u, p);
-      const T zg = z[2 * H] + tile_sum(part, b, 2 * U + u, p);
-      const T zo = z[3 * H] + tile_sum(part, b, 3 * U + u, p);
-      const T c = zf_sigmoid(zf) * cs[e] + zf_sigmoid(zi) * zf_tanh(zg);
-      const T h = zf_sigmoid(zo) * zf_tanh(c);
+      S* z = P.gates + t * B4H + static_cast<size_t>(b) * 4 * H + j;  // this unit's 4 gates
+      const A zi = zf_widen(z[0]) + tile_sum(part, b, u, p);
+      const A zf = zf_widen(z[H]) + tile_sum(part, b, U + u, p);
+      const A zg = zf_widen(z[2 * H]) + tile_sum(part, b, 2 * U + u, p);
+      const A zo = zf_widen(z[3 * H]) + tile_sum(part, b, 3 * U + u, p);
+      const A c = zf_sigmoid(zf) * cs[e] + zf_sigmoid(zi) * zf_tanh(zg);
+      const A h = zf_sigmoid(zo) * zf_tanh(c);
       cs[e] = c;
-      z[0] = zi;  // saved for backward (the activations are recomputed there)
-      z[H] = zf;
-      z[2 * H] = zg;
-      z[3 * H] = zo;
-      P.out[t * BH + static_cast<size_t>(b) * H + j] = h;
+      z[0] = zf_narrow<S>(zi);  // saved for backward (the activations are recomputed there)
+      z[H] = zf_narrow<S>(zf);
+      z[2 * H] = zf_narrow<S>(zg);
+      z[3 * H] = zf_narrow<S>(zo);
+      P.out[t * BH + static_cast<size_t>(b) * H + j] = zf_narrow<S>(h);  // the next step reads this
       P.c_all[(s + 1) * BH + static_cast<size_t>(b) * H + j] = c;
     }
     zf_grid_sync();  // h_t of every unit is complete before any block reads it
   }
 }
 
-template <typename T>
-ZF_GLOBAL void lstm_bwd_kernel(Params<T> P) {
+template <typename S>
+ZF_GLOBAL void lstm_bwd_kernel(Params<S> P) {
+  using A = zf_acc_t<S>;
   unsigned char* smem = zf_dynamic_smem();
-  T* Ws = reinterpret_cast<T*>(smem + P.off_w);
-  T* part = reinterpret_cast<T*>(smem + P.off_part);
-  T* dcs = reinterpret_cast<T*>(smem + P.off_state);
-  T* As = reinterpret_cast<T*>(smem + P.off_a);
+  S* Ws = reinterpret_cast<S*>(smem + P.off_w);
+  A* part = reinterpret_cast<A*>(smem + P.off_part);
+  A* dcs = reinterpret_cast<A*>(smem + P.off_state);
+  S* As = reinterpret_cast<S*>(smem + P.off_a);
   const ZfLstmPlan& p = P.plan;
   const int tid = zf_tid(), nt = zf_nthreads();
   const int U = p.units_per_block, j0 = zf_bid() * U;
@@ -204,15 +227,18 @@ ZF_GLOBAL void lstm_bwd_kernel(Params<T> P) {
   const int Mp = resident_rows(p), ws = p.w_stride;
   const size_t BH = static_cast<size_t>(B) * H, B4H = 4 * BH;
 
-  // resident W slice, transposed: smem row u holds column j0 + u of W_hh (all 4H entries);
-  // global reads run along u (contiguous), so the load is coalesced
-  for (int idx = tid; idx < Mp * H4; idx += nt) {
+  const S zero = zf_narrow<S>(A(0));
+  // resident W slice, transposed: smem row u holds column j0 + u of W_hh (all 4H entries; the
+  // bfloat16 tiles read the row's padding too: zeros); global reads run along u (contiguous), so
+  // the load is coalesced
+  const int rcols = is_bf16<S> ? ws : H4;
+  for (int idx = tid; idx < Mp * rcols; idx += nt) {
     const int r = idx / Mp, u = idx - r * Mp, j = j0 + u;
-    Ws[static_cast<size_t>(u) * ws + r] = (u < U && j < H) ? P.w[static_cast<size_t>(r) * H + j] : T(0);
+    Ws[static_cast<size_t>(u) * ws + r] = (u < U && j < H && r < H4) ? P.w[static_cast<size_t>(r) * H + j] : zero;
   }
   for (int e = tid; e < B * U; e += nt) {
     const int b = e / U, j = j0 + e % U;
-    dcs[e] = j < H ? P.dc[static_cast<size_t>(b) * H + j] : T(0);
+    dcs[e] = j < H ? P.dc[static_cast<size_t>(b) * H + j] : A(0);
   }
   zf_block_sync();
 
@@ -228,19 +254,19 @@ ZF_GLOBAL void lstm_bwd_kernel(Params<T> P) {
       const int b = e / U, u = e % U, j = j0 + u;
       if (j >= H) continue;
       const size_t bj = static_cast<size_t>(b) * H + j;
-      T dh = P.d_out[t * BH + bj];
-      if (last) dh += P.d_hT[bj];
+      A dh = zf_widen(P.d_out[t * BH + bj]);
+      if (last) dh += zf_widen(P.d_hT[bj]);
       else dh += tile_sum(part, b, u, p);
-      T* z = P.gates + t * B4H + static_cast<size_t>(b) * 4 * H + j;
-      const T i = zf_sigmoid(z[0]), f = zf_sigmoid(z[H]), g = zf_tanh(z[2 * H]),
-              o = zf_sigmoid(z[3 * H]);
-      const T c_prev = P.c_saved[s * BH + bj], c_new = P.c_saved[(s + 1) * BH + bj];
-      const T tc = zf_tanh(c_new);
-      const T dc = dcs[e] + dh * o * (T(1) - tc * tc);
-      z[0] = dc * g * i * (T(1) - i);  // dgates overwrite the pre-activations in place
-      z[H] = dc * c_prev * f * (T(1) - f);
-      z[2 * H] = dc * i * (T(1) - g * g);
-      z[3 * H] = dh * tc * o * (T(1) - o);
+      S* z = P.gates + t * B4H + static_cast<size_t>(b) * 4 * H + j;
+      const A i = zf_sigmoid(zf_widen(z[0])), f = zf_sigmoid(zf_widen(z[H])), g = zf_tanh(zf_widen(z[2 * H])),
+              o = zf_sigmoid(zf_widen(z[3 * H]));
+      const A c_prev = P.c_saved[s * BH + bj], c_new = P.c_saved[(s + 1) * BH + bj];
+      const A tc = zf_tanh(c_new);
+      const A dc = dcs[e] + dh * o * (A(1) - tc * tc);
+      z[0] = zf_narrow<S>(dc * g * i * (A(1) - i));  // dgates overwrite the pre-activations in place
+      z[H] = zf_narrow<S>(dc * c_prev * f * (A(1) - f));
+      z[2 * H] = zf_narrow<S>(dc * i * (A(1) - g * g));
+      z[3 * H] = zf_narrow<S>(dh * tc * o * (A(1) - o));
       dcs[e] = dc * f;
     }
     zf_grid_sync();  // dgates_t of every unit is complete before any block reads it
@@ -257,14 +283,14 @@ int plan_with(int backward, int B, int H, int elem_size, int threads, int units,
               int num_sms, int tf32, ZfLstmPlan* p, char* err, int errlen) {
   char msg[640];
   const char* dir = backward ? "backward" : "forward";
-  const char* dt = elem_size == 8 ? "float64" : "float32";
-  if (B < 1 || H < 1 || threads < 1 || num_sms < 1 || (elem_size != 4 && elem_size != 8)) {
+  const char* dt = elem_size == 8 ? "float64" : elem_size == 2 ? "bfloat16" : "float32";
+  if (B < 1 || H < 1 || threads < 1 || num_sms < 1 || (elem_size != 2 && elem_size != 4 && elem_size != 8)) {
     std::snprintf(msg, sizeof msg, "invalid LSTM plan arguments B=%d H=%d elem_size=%d threads=%d SMs=%d",
                   B, H, elem_size, threads, num_sms);
     set_err(err, errlen, msg);
     return ZF_DOES_NOT_FIT;
   }
-  int mma = 0;  // TF32 products per element; float64 stays IEEE
+  int mma = 0;  // TF32 products per element; float64 stays IEEE; bfloat16: 1 (its own tiles)
   if (plan_tf32(tf32, elem_size, threads, "lstm", &mma, err, errlen) != ZF_OK) return ZF_DOES_NOT_FIT;
   std::memset(p, 0, sizeof *p);
   p->mma = mma;
@@ -280,7 +306,7 @@ int plan_with(int backward, int B, int H, int elem_size, int threads, int units,
   // threads (register tiles) or warps (tensor-core tiles) sharing one tile, each a part of K
   int ksplit;
   if (mma) {
-    ksplit = mma_ksplit(groups, threads / 32, p->k);
+    ksplit = mma_ksplit(groups, threads / 32, p->k, mma_k_step(elem_size));
   } else {
     ksplit = threads / groups;
     if (ksplit < 1) ksplit = 1;
@@ -289,17 +315,21 @@ int plan_with(int backward, int B, int H, int elem_size, int threads, int units,
   p->ksplit = ksplit;
   // row strides padded so that the threads of a warp hit distinct shared-memory banks: register
   // tiles read consecutive k, then consecutive row groups; a tensor-core fragment load reads
-  // rows g = 0..7 at columns t = 0..3 (stride = 4 mod 32)
-  p->w_stride = round_up(p->k, 32) + (mma ? 4 : ksplit % 32);
-  const long long es = elem_size;
+  // rows g = 0..7 at 4-byte words t = 0..3 (a row stride of 4 mod 32 words: 4 floats, or 8
+  // bfloat16 past a multiple of 64); the bfloat16 rows hold whole K steps of 16 (zero padding)
+  const bool bf16 = elem_size == 2;
+  const int round_k = bf16 ? 64 : 32;
+  const int pad = bf16 ? 8 : mma ? 4 : ksplit % 32;
+  p->w_stride = round_up(p->k, round_k) + pad;
+  const long long es = elem_size, acc_es = bf16 ? 4 : elem_size;  // partial sums and c: float32
   p->w_bytes = align16(static_cast<long long>(resident_rows(*p)) * p->w_stride * es);
-  p->part_bytes = align16(static_cast<long long>(groups) * ksplit * tb * tm * es);
-  p->state_bytes = align16(static_cast<long long>(B) * p->units_per_block * es);
+  p->part_bytes = align16(static_cast<long long>(groups) * ksplit * tb * tm * acc_es);
+  p->state_bytes = align16(static_cast<long long>(B) * p->units_per_block * acc_es);
   const long long Bp = static_cast<long long>(p->row_groups_b) * tb;
   const long long fixed = p->w_bytes + p->part_bytes + p->state_bytes;
-  const int a_pad = mma ? 4 : (ksplit * p->row_groups_m) % 32;
+  const int a_pad = bf16 ? 8 : mma ? 4 : (ksplit * p->row_groups_m) % 32;
   const long long avail = smem_limit - fixed;
-  long long kc = avail > 0 ? avail / (Bp * es) - 32 - a_pad : 0;  // room for the stride padding
+  long long kc = avail > 0 ? avail / (Bp * es) - round_k - a_pad : 0;  // room for the stride padding
   if (kc >= p->k) kc = p->k;
   else if (kc >= 32) kc = kc / 32 * 32;
   const long long kc_min = p->k < 32 ? p->k : 32;
@@ -310,21 +340,21 @@ int plan_with(int backward, int B, int H, int elem_size, int threads, int units,
                   "%lld of cell state + at least %lld for a 32-wide chunk of the %s, more than the "
                   "%lld bytes of shared memory a block can have (use backend='torch' or 'triton')",
                   dir, B, H, dt, p->blocks, p->units_per_block, p->w_bytes, p->part_bytes,
-                  p->state_bytes, Bp * (kc_min + 32 + a_pad) * es, backward ? "dgates" : "hidden state",
+                  p->state_bytes, Bp * (kc_min + round_k + a_pad) * es, backward ? "dgates" : "hidden state",
                   smem_limit);
     set_err(err, errlen, msg);
     return ZF_DOES_NOT_FIT;
   }
   p->kc = static_cast<int>(kc);
-  p->a_stride = round_up(p->kc, 32) + a_pad;
+  p->a_stride = round_up(p->kc, round_k) + a_pad;
   p->a_bytes = align16(Bp * p->a_stride * es);
   p->smem_bytes = fixed + p->a_bytes;
   return ZF_OK;
 }
 
-template <typename T>
-Params<T> params_for(const ZfLstmPlan& plan, int T_, int B, int H, int reverse) {
-  Params<T> P;
+template <typename S>
+Params<S> params_for(const ZfLstmPlan& plan, int T_, int B, int H, int reverse) {
+  Params<S> P;
   std::memset(static_cast<void*>(&P), 0, sizeof P);
   P.T_ = T_;
   P.B = B;
@@ -347,50 +377,55 @@ int resolve_and_plan(int backward, int B, int H, int es, const ZfLstmLaunch* cfg
   return plan_with(backward, B, H, es, L.threads, L.units, L.smem_limit, L.num_sms, L.tf32, p, err, errlen);
 }
 
-template <typename T>
-int launch(void (*kernel)(Params<T>), Params<T>& P, const char* dir, int device_sms, void* stream, char* err,
+template <typename S>
+int launch(void (*kernel)(Params<S>), Params<S>& P, const char* dir, int device_sms, void* stream, char* err,
            int errlen) {
   char what[64], shape[96];
   std::snprintf(what, sizeof what, "the CUDA lstm %s", dir);
-  std::snprintf(shape, sizeof shape, "B=%d, H=%d in %s", P.B, P.H, sizeof(T) == 8 ? "float64" : "float32");
+  std::snprintf(shape, sizeof shape, "B=%d, H=%d in %s", P.B, P.H,
+                sizeof(S) == 8 ? "float64" : sizeof(S) == 2 ? "bfloat16" : "float32");
   return cooperative_launch(kernel, P, P.plan.blocks, P.plan.threads, P.plan.smem_bytes, P.plan.units_per_block,
                             device_sms, stream, "lstm", what, shape, err, errlen);
 }
 
-template <typename T>
-int forward(T* gates, const T* h0, const T* w, T* out, T* c_all, int T_, int B, int H, int reverse,
+template <typename S>
+int forward(S* gates, const S* h0, const S* w, S* out, zf_acc_t<S>* c_all, int T_, int B, int H, int reverse,
             const ZfLstmLaunch* cfg, void* stream, char* err, int errlen) {
   ZfLstmPlan plan;
   int sms = 0;
-  int rc = resolve_and_plan(0, B, H, sizeof(T), cfg, &plan, &sms, err, errlen);
+  int rc = resolve_and_plan(0, B, H, sizeof(S), cfg, &plan, &sms, err, errlen);
   if (rc != ZF_OK) return rc;
   if (T_ <= 0) return ZF_OK;
-  Params<T> P = params_for<T>(plan, T_, B, H, reverse);
+  Params<S> P = params_for<S>(plan, T_, B, H, reverse);
   P.gates = gates;
   P.h0 = h0;
   P.w = w;
   P.out = out;
   P.c_all = c_all;
-  return launch<T>(lstm_fwd_kernel<T>, P, "forward", sms, stream, err, errlen);
+  return launch<S>(lstm_fwd_kernel<S>, P, "forward", sms, stream, err, errlen);
 }
 
-template <typename T>
-int backward(const T* d_out, const T* d_hT, const T* w, T* gates, const T* c_all, T* dc, int T_, int B,
-             int H, int reverse, const ZfLstmLaunch* cfg, void* stream, char* err, int errlen) {
+template <typename S>
+int backward(const S* d_out, const S* d_hT, const S* w, S* gates, const zf_acc_t<S>* c_all, zf_acc_t<S>* dc,
+             int T_, int B, int H, int reverse, const ZfLstmLaunch* cfg, void* stream, char* err, int errlen) {
   ZfLstmPlan plan;
   int sms = 0;
-  int rc = resolve_and_plan(1, B, H, sizeof(T), cfg, &plan, &sms, err, errlen);
+  int rc = resolve_and_plan(1, B, H, sizeof(S), cfg, &plan, &sms, err, errlen);
   if (rc != ZF_OK) return rc;
   if (T_ <= 0) return ZF_OK;
-  Params<T> P = params_for<T>(plan, T_, B, H, reverse);
+  Params<S> P = params_for<S>(plan, T_, B, H, reverse);
   P.gates = gates;
   P.d_out = d_out;
   P.d_hT = d_hT;
   P.w = w;
   P.c_saved = c_all;
   P.dc = dc;
-  return launch<T>(lstm_bwd_kernel<T>, P, "backward", sms, stream, err, errlen);
+  return launch<S>(lstm_bwd_kernel<S>, P, "backward", sms, stream, err, errlen);
 }
+
+// the C ABI passes bfloat16 tensors as their 16-bit patterns
+zf_bf16* as_bf16(unsigned short* p) { return reinterpret_cast<zf_bf16*>(p); }
+const zf_bf16* as_bf16(const unsigned short* p) { return reinterpret_cast<const zf_bf16*>(p); }
 
 }  // namespace
 
@@ -414,6 +449,13 @@ int zf_lstm_forward_f64(double* gates, const double* h0, const double* w_hh, dou
   return forward<double>(gates, h0, w_hh, out, c_all, T, B, H, reverse, cfg, stream, err, errlen);
 }
 
+int zf_lstm_forward_bf16(unsigned short* gates, const unsigned short* h0, const unsigned short* w_hh,
+                         unsigned short* out, float* c_all, int T, int B, int H, int reverse,
+                         const ZfLstmLaunch* cfg, void* stream, char* err, int errlen) {
+  return forward<zf_bf16>(as_bf16(gates), as_bf16(h0), as_bf16(w_hh), as_bf16(out), c_all, T, B, H, reverse, cfg,
+                          stream, err, errlen);
+}
+
 int zf_lstm_backward_f32(const float* d_out, const float* d_hT, const float* w_hh, float* gates,
                          const float* c_all, float* dc, int T, int B, int H, int reverse,
                          const ZfLstmLaunch* cfg, void* stream, char* err, int errlen) {
@@ -424,6 +466,13 @@ int zf_lstm_backward_f64(const double* d_out, const double* d_hT, const double* 
                          const double* c_all, double* dc, int T, int B, int H, int reverse,
                          const ZfLstmLaunch* cfg, void* stream, char* err, int errlen) {
   return backward<double>(d_out, d_hT, w_hh, gates, c_all, dc, T, B, H, reverse, cfg, stream, err, errlen);
+}
+
+int zf_lstm_backward_bf16(const unsigned short* d_out, const unsigned short* d_hT, const unsigned short* w_hh,
+                          unsigned short* gates, const float* c_all, float* dc, int T, int B, int H, int reverse,
+                          const ZfLstmLaunch* cfg, void* stream, char* err, int errlen) {
+  return backward<zf_bf16>(as_bf16(d_out), as_bf16(d_hT), as_bf16(w_hh), as_bf16(gates), c_all, dc, T, B, H,
+                           reverse, cfg, stream, err, errlen);
 }
 
 }  // extern "C"

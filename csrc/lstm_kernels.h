@@ -41,8 +41,8 @@ typedef struct ZfLstmPlan {
   int row_groups_m;     /* ceil(rows / TM) */
   int w_stride;         /* padded row stride of the resident W slice (elements) */
   int a_stride;         /* padded row stride of the staged chunk (elements) */
-  int mma;              /* 1 / 3: TF32 tensor-core tiles (TF32 products per element), one warp per 16 x 8
-                           tile of (batch x rows): then
+  int mma;              /* 1 / 3: TF32 tensor-core tiles (TF32 products per element; bfloat16: 1, its
+                           m16n8k16 tiles, K steps of 16), one warp per 16 x 8 tile of (batch x rows): then
                            row_groups_b = ceil(B / 16), row_groups_m = ceil(rows / 8), ksplit = warps
                            sharing one tile (K steps of 8 dealt round-robin) */
   long long w_bytes;    /* resident W slice */
@@ -53,7 +53,8 @@ typedef struct ZfLstmPlan {
 } ZfLstmPlan;
 
 /* Plan one direction (backward = 0 / 1) for batch B, hidden size H and elements of elem_size
- * bytes (4 or 8). On a CUDA build, fields of `cfg` left 0 are read from the current device. */
+ * bytes (4 or 8; 2: bfloat16, always on its tensor-core tiles, mma = 1, whatever cfg->tf32 says).
+ * On a CUDA build, fields of `cfg` left 0 are read from the current device. */
 int zf_lstm_plan(int backward, int B, int H, int elem_size, const ZfLstmLaunch* cfg,
                  ZfLstmPlan* plan, char* err, int errlen);
 
@@ -67,6 +68,12 @@ int zf_lstm_forward_f32(float* gates, const float* h0, const float* w_hh, float*
 int zf_lstm_forward_f64(double* gates, const double* h0, const double* w_hh, double* out,
                         double* c_all, int T, int B, int H, int reverse, const ZfLstmLaunch* cfg,
                         void* stream, char* err, int errlen);
+/* bfloat16 (tensors as their 16-bit patterns): gates, h0, w_hh and out in bfloat16, c_all in
+ * float32; products on bfloat16 tensor-core tiles (mma.sync m16n8k16) with float32 accumulation,
+ * the cell update in float32, h_t and the pre-activations rounded to bfloat16 when stored. */
+int zf_lstm_forward_bf16(unsigned short* gates, const unsigned short* h0, const unsigned short* w_hh,
+                         unsigned short* out, float* c_all, int T, int B, int H, int reverse,
+                         const ZfLstmLaunch* cfg, void* stream, char* err, int errlen);
 
 /* Backward recurrence, one cooperative launch. In: d_out (T, B, H), d_hT (B, H), w_hh, the
  * saved pre-activations in `gates` and c_all (T+1, B, H), dc = dc_T (B, H). Out: gates
@@ -77,6 +84,11 @@ int zf_lstm_backward_f32(const float* d_out, const float* d_hT, const float* w_h
 int zf_lstm_backward_f64(const double* d_out, const double* d_hT, const double* w_hh,
                          double* gates, const double* c_all, double* dc, int T, int B, int H,
                          int reverse, const ZfLstmLaunch* cfg, void* stream, char* err, int errlen);
+/* bfloat16: d_out, d_hT, w_hh, gates (in: pre-activations, out: dgates) in bfloat16; c_all and dc
+ * in float32. */
+int zf_lstm_backward_bf16(const unsigned short* d_out, const unsigned short* d_hT, const unsigned short* w_hh,
+                          unsigned short* gates, const float* c_all, float* dc, int T, int B, int H, int reverse,
+                          const ZfLstmLaunch* cfg, void* stream, char* err, int errlen);
 
 #ifdef __cplusplus
 }

@@ -5,10 +5,12 @@
 //     sync a global std::barrier. That lets a CPU-only machine run the kernels' real indexing,
 //     tiling and synchronisation (tests/test_cuda_emulation.py).
 // Kernels use only what is defined here: zf_tid(), zf_nthreads(), zf_bid(), zf_nblocks(),
-// zf_block_sync(), zf_grid_sync(), zf_dynamic_smem(), zf_ldcg(), and one tensor-core product,
-// zf_mma_tf32() (mma.sync m16n8k8, TF32 operands, float32 accumulators), which the emulation
-// runs per warp of 32 consecutive threads (a warp barrier and a scratch exchange, so each lane's
-// fragment elements come from all 32 lanes' registers as on the GPU). No warp shuffles.
+// zf_block_sync(), zf_grid_sync(), zf_dynamic_smem(), zf_ldcg(), the bfloat16 storage type zf_bf16
+// (zf_widen / zf_narrow convert), and two tensor-core products, zf_mma_tf32() (mma.sync m16n8k8,
+// TF32 operands) and zf_mma_bf16() (m16n8k16, bfloat16 operands), both with float32 accumulators,
+// which the emulation runs per warp of 32 consecutive threads (a warp barrier and a scratch
+// exchange, so each lane's fragment elements come from all 32 lanes' registers as on the GPU).
+// No warp shuffles.
 #pragma once
 
 #include <cstddef>
@@ -17,6 +19,7 @@
 #ifndef ZF_CPU_EMULATION
 // ------------------------------------------------------------------------------------- CUDA
 #include <cooperative_groups.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #define ZF_GLOBAL __global__
@@ -67,6 +70,30 @@ ZF_DEVICE void zf_mma_tf32(float (&d)[4], const float (&a)[4], const float (&b)[
 #endif
 }
 
+// bfloat16 storage (1 sign, 8 exponent, 7 mantissa bits); arithmetic stays float32
+using zf_bf16 = __nv_bfloat16;
+ZF_DEVICE float zf_widen(zf_bf16 x) { return __bfloat162float(x); }
+ZF_DEVICE zf_bf16 zf_bf16_from(float x) { return __float2bfloat16_rn(x); }  // nearest, ties to even
+
+// d (16 x 8, float32) += A (16 x 16) * B (16 x 8), bfloat16 operands, exact products, one warp.
+// Each register packs two bfloat16, the lower-indexed element in the low 16 bits (PTX ISA,
+// mma.m16n8k16 .bf16; g = lane / 4, t = lane % 4): a = A[g][2t..2t+1], A[g+8][2t..2t+1],
+// A[g][2t+8..2t+9], A[g+8][2t+8..2t+9]; b = B[2t..2t+1][g], B[2t+8..2t+9][g]; d as zf_mma_tf32's.
+ZF_DEVICE void zf_mma_bf16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+  __trap();  // the planner never chooses the tensor-core tiles below sm_80
+#endif
+}
+
+// two adjacent bfloat16 of shared memory (4-byte aligned) as one mma operand register
+ZF_DEVICE unsigned zf_bf16x2(const zf_bf16* p) { return *reinterpret_cast<const unsigned*>(p); }
+
 #else
 // ------------------------------------------------------------------------------ CPU emulation
 #include <barrier>
@@ -86,17 +113,20 @@ ZF_DEVICE void zf_mma_tf32(float (&d)[4], const float (&a)[4], const float (&b)[
 
 namespace zf_emu {
 
+// floats per lane a warp's mma exchanges: zf_mma_tf32 a[4] + b[2], zf_mma_bf16 8 + 4 elements
+constexpr int kMmaScratch = 12;
+
 struct Block {
   // shared memory starts as 0xFF bytes (float / double NaN), not zeros: a kernel that reads an
   // element it never wrote gets NaN here, as it may get garbage on a GPU
   explicit Block(int threads, std::size_t smem) : bar(threads), smem(smem + 16, 0xFF) {
     for (int w = 0; w < threads / 32; ++w) warp_bar.push_back(std::make_unique<std::barrier<>>(32));
-    mma_scratch.resize(static_cast<std::size_t>(threads / 32) * 32 * 6);
+    mma_scratch.resize(static_cast<std::size_t>(threads / 32) * 32 * kMmaScratch);
   }
   std::barrier<> bar;
   std::vector<unsigned char> smem;
   // per warp of 32 consecutive threads (threads / 32 whole warps): its barrier and the registers
-  // its lanes exchange in zf_mma_tf32 (a[4], b[2] per lane)
+  // its lanes exchange in zf_mma_tf32 / zf_mma_bf16 (kMmaScratch floats per lane)
   std::vector<std::unique_ptr<std::barrier<>>> warp_bar;
   std::vector<float> mma_scratch;
 };
@@ -187,9 +217,9 @@ inline void zf_mma_tf32(float (&d)[4], const float (&a)[4], const float (&b)[2])
   auto& self = zf_emu::self;
   if (self.nthreads % 32 != 0) throw std::logic_error("zf_mma_tf32 needs whole warps of 32 threads");
   const int warp = self.tid / 32, lane = self.tid % 32;
-  float* sc = self.block->mma_scratch.data() + static_cast<std::size_t>(warp) * 32 * 6;
-  for (int i = 0; i < 4; ++i) sc[lane * 6 + i] = zf_to_tf32(a[i]);
-  for (int i = 0; i < 2; ++i) sc[lane * 6 + 4 + i] = zf_to_tf32(b[i]);
+  float* sc = self.block->mma_scratch.data() + static_cast<std::size_t>(warp) * 32 * zf_emu::kMmaScratch;
+  for (int i = 0; i < 4; ++i) sc[lane * 12 + i] = zf_to_tf32(a[i]);
+  for (int i = 0; i < 2; ++i) sc[lane * 12 + 4 + i] = zf_to_tf32(b[i]);
   self.block->warp_bar[warp]->arrive_and_wait();
   const int g = lane / 4, t = lane % 4;
   for (int r = 0; r < 4; ++r) {
@@ -198,8 +228,61 @@ inline void zf_mma_tf32(float (&d)[4], const float (&a)[4], const float (&b)[2])
     for (int k = 0; k < 8; ++k) {
       // A[row][k]: lane (row % 8) * 4 + k % 4, register (row / 8) + 2 * (k / 4);
       // B[k][col]: lane col * 4 + k % 4, register k / 4
-      const float av = sc[((row % 8) * 4 + k % 4) * 6 + (row / 8) + 2 * (k / 4)];
-      const float bv = sc[(col * 4 + k % 4) * 6 + 4 + k / 4];
+      const float av = sc[((row % 8) * 4 + k % 4) * 12 + (row / 8) + 2 * (k / 4)];
+      const float bv = sc[(col * 4 + k % 4) * 12 + 4 + k / 4];
+      acc += av * bv;
+    }
+    d[r] = acc;
+  }
+  self.block->warp_bar[warp]->arrive_and_wait();
+}
+
+// bfloat16 storage: the upper 16 bits of a float32 (same bits as torch.bfloat16, so tensors pass
+// through ctypes unchanged)
+struct zf_bf16 {
+  std::uint16_t bits;
+};
+static_assert(sizeof(zf_bf16) == 2, "zf_bf16 must be 2 bytes like torch.bfloat16");
+inline float zf_widen(zf_bf16 x) {
+  const std::uint32_t u = static_cast<std::uint32_t>(x.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+// nearest, ties to even (__float2bfloat16_rn); NaN stays NaN (a quiet NaN with its sign)
+inline zf_bf16 zf_bf16_from(float x) {
+  std::uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7F800000u) == 0x7F800000u && (u & 0x007FFFFFu) != 0)
+    return zf_bf16{static_cast<std::uint16_t>((u >> 16) | 0x0040u)};
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return zf_bf16{static_cast<std::uint16_t>(u >> 16)};
+}
+inline unsigned zf_bf16x2(const zf_bf16* p) {
+  return static_cast<unsigned>(p[0].bits) | (static_cast<unsigned>(p[1].bits) << 16);
+}
+
+// The warp's mma.m16n8k16 .bf16 (see the CUDA version for the fragments): as zf_mma_tf32, each
+// lane publishes its 8 A and 4 B elements, each lane computes its four elements of D (exact
+// products, float32 sums in k order).
+inline void zf_mma_bf16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+  auto& self = zf_emu::self;
+  if (self.nthreads % 32 != 0) throw std::logic_error("zf_mma_bf16 needs whole warps of 32 threads");
+  const int warp = self.tid / 32, lane = self.tid % 32;
+  float* sc = self.block->mma_scratch.data() + static_cast<std::size_t>(warp) * 32 * zf_emu::kMmaScratch;
+  auto half = [](unsigned r, int i) { return zf_widen(zf_bf16{static_cast<std::uint16_t>(i ? r >> 16 : r & 0xFFFFu)}); };
+  for (int i = 0; i < 8; ++i) sc[lane * 12 + i] = half(a[i / 2], i % 2);      // element a_i
+  for (int i = 0; i < 4; ++i) sc[lane * 12 + 8 + i] = half(b[i / 2], i % 2);  // element b_i
+  self.block->warp_bar[warp]->arrive_and_wait();
+  const int g = lane / 4, t = lane % 4;
+  for (int r = 0; r < 4; ++r) {
+    const int row = g + 8 * (r / 2), col = 2 * t + r % 2;
+    float acc = d[r];
+    for (int k = 0; k < 16; ++k) {
+      // A[row][k] is element a_i of lane (row % 8) * 4 + (k % 8) / 2, i = 2 * (row / 8) + 4 * (k / 8) + k % 2;
+      // B[k][col] is element b_i of lane col * 4 + (k % 8) / 2, i = 2 * (k / 8) + k % 2
+      const float av = sc[((row % 8) * 4 + (k % 8) / 2) * 12 + 2 * (row / 8) + 4 * (k / 8) + k % 2];
+      const float bv = sc[(col * 4 + (k % 8) / 2) * 12 + 8 + 2 * (k / 8) + k % 2];
       acc += av * bv;
     }
     d[r] = acc;
@@ -208,3 +291,21 @@ inline void zf_mma_tf32(float (&d)[4], const float (&a)[4], const float (&b)[2])
 }
 
 #endif  // ZF_CPU_EMULATION
+
+// the same conversions for the float types (identity), so a kernel templated on its storage type
+// reads zf_widen(x) and writes zf_narrow<S>(v) whatever S is
+ZF_HOST_DEVICE float zf_widen(float x) { return x; }
+ZF_HOST_DEVICE double zf_widen(double x) { return x; }
+template <typename S> struct zf_narrow_to {
+  template <typename V> static ZF_DEVICE S from(V v) { return static_cast<S>(v); }
+};
+template <> struct zf_narrow_to<zf_bf16> {
+  static ZF_DEVICE zf_bf16 from(float v) { return zf_bf16_from(v); }
+};
+template <typename S, typename V>
+ZF_DEVICE S zf_narrow(V v) { return zf_narrow_to<S>::from(v); }
+
+// the arithmetic type of a storage type: float for bfloat16, else itself
+template <typename S> struct zf_acc_of { using type = S; };
+template <> struct zf_acc_of<zf_bf16> { using type = float; };
+template <typename S> using zf_acc_t = typename zf_acc_of<S>::type;

@@ -124,6 +124,37 @@ ZF_UNROLL
   for (int r = 0; r < 4; ++r) pp[r] = d[0][r] + d[1][r];
 }
 
+// One warp's 16 x 8 tile of bfloat16 tensor-core products (plan.mma with bfloat16 storage): as
+// mma_tile_tf32, over K steps of 16. a_lo: the lane's A row g at column 2t of the staged chunk (row
+// g + 8 is a_step further); w: its resident W row (the tile's row g) at column 2t. Both are read
+// as pairs of bfloat16 (4-byte aligned: even strides and offsets); every column up to the chunk's
+// K steps must hold a number (A: zeros past the chunk; W: zeros past K, real columns before it,
+// whose products with A's zeros vanish), so there is no K guard here.
+ZF_DEVICE void mma_tile_bf16(float* pp, bool zero, const zf_bf16* a_lo, int a_step, const zf_bf16* w, int ks,
+                             int ksteps, int ksplit) {
+  float d[2][4];
+ZF_UNROLL
+  for (int r = 0; r < 4; ++r) {
+    d[0][r] = zero ? 0.f : pp[r];
+    d[1][r] = 0.f;
+  }
+  const zf_bf16* a_hi = a_lo + 8 * a_step;
+  auto step = [&](float(&acc)[4], int s) {
+    const int k = s * 16;
+    const unsigned a[4] = {zf_bf16x2(a_lo + k), zf_bf16x2(a_hi + k), zf_bf16x2(a_lo + k + 8), zf_bf16x2(a_hi + k + 8)};
+    const unsigned b[2] = {zf_bf16x2(w + k), zf_bf16x2(w + k + 8)};
+    zf_mma_bf16(acc, a, b);
+  };
+  int s = ks;
+  for (; s + ksplit < ksteps; s += 2 * ksplit) {
+    step(d[0], s);
+    step(d[1], s + ksplit);
+  }
+  if (s < ksteps) step(d[0], s);
+ZF_UNROLL
+  for (int r = 0; r < 4; ++r) pp[r] = d[0][r] + d[1][r];
+}
+
 // where tile_sum finds accumulator element (row, col) of a 16 x 8 tile: lane (row % 8) * 4 +
 // col / 2, its register (row / 8) * 2 + col % 2
 ZF_HOST_DEVICE int mma_elem(int row, int col) { return ((row & 7) * 4 + (col >> 1)) * 4 + (row >> 3) * 2 + (col & 1); }
@@ -136,8 +167,8 @@ inline void set_err(char* err, int errlen, const char* msg) {
 }
 
 // The planners' tensor-core setting: *mma = TF32 products per element for elements of es bytes
-// (float64: 0, IEEE), or ZF_DOES_NOT_FIT naming `op` when `tf32` is not 0, 1 or 3 or the tiles
-// would lack whole warps.
+// (float64: 0, IEEE; bfloat16, es = 2: always 1, one bf16 MMA, whatever `tf32` says), or
+// ZF_DOES_NOT_FIT naming `op` when `tf32` is not 0, 1 or 3 or the tiles would lack whole warps.
 inline int plan_tf32(int tf32, int es, int threads, const char* op, int* mma, char* err, int errlen) {
   char msg[256];
   if (!tf32_passes_valid(tf32)) {
@@ -146,10 +177,10 @@ inline int plan_tf32(int tf32, int es, int threads, const char* op, int* mma, ch
     set_err(err, errlen, msg);
     return ZF_DOES_NOT_FIT;
   }
-  *mma = es == 4 ? tf32 : 0;
+  *mma = es == 4 ? tf32 : es == 2 ? 1 : 0;
   if (*mma && threads % 32 != 0) {
-    std::snprintf(msg, sizeof msg, "the CUDA %s's TF32 tensor-core tiles need whole warps: threads must be a "
-                  "multiple of 32, got %d", op, threads);
+    std::snprintf(msg, sizeof msg, "the CUDA %s's %s tensor-core tiles need whole warps: threads must be a "
+                  "multiple of 32, got %d", op, es == 2 ? "bfloat16" : "TF32", threads);
     set_err(err, errlen, msg);
     return ZF_DOES_NOT_FIT;
   }
@@ -160,11 +191,11 @@ inline long long align16(long long n) { return (n + 15) / 16 * 16; }
 inline int round_up(int n, int m) { return (n + m - 1) / m * m; }
 inline int cdiv(int a, int b) { return (a + b - 1) / b; }
 
-// The K split of the TF32 tiles: the split with the least K work on the busiest warp,
+// The K split of the tensor-core tiles: the split with the least K work on the busiest warp,
 // ceil(tiles * ks / warps) items of 1 / ks of K each (10 tiles on 8 warps: 4, i.e. 1.25 tiles'
-// work per warp instead of 2); at most 8 and at most the K steps.
-inline int mma_ksplit(int tiles, int warps, int k) {
-  const int k_steps = cdiv(k, 8);
+// work per warp instead of 2); at most 8 and at most the K steps (of k_step: 8 TF32, 16 bf16).
+inline int mma_ksplit(int tiles, int warps, int k, int k_step = 8) {
+  const int k_steps = cdiv(k, k_step);
   int best = 1;
   for (int ks = 2; ks <= 8 && ks <= k_steps; ++ks)
     if (static_cast<long long>(cdiv(tiles * ks, warps)) * best < static_cast<long long>(cdiv(tiles * best, warps)) * ks)

@@ -78,7 +78,7 @@ def library(extra_flags: tuple = ()) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(_build("lstm_emu", SOURCES, key)))
     ptr, i, err = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
     cfg = ctypes.POINTER(ZfLstmLaunch)
-    for dt in ("f32", "f64"):
+    for dt in ("f32", "f64", "bf16"):
         getattr(lib, f"zf_lstm_forward_{dt}").argtypes = [ptr] * 5 + [i] * 4 + [cfg, ptr, err, i]
         getattr(lib, f"zf_lstm_backward_{dt}").argtypes = [ptr] * 6 + [i] * 4 + [cfg, ptr, err, i]
     lib.zf_lstm_plan.argtypes = [i, i, i, i, cfg, ctypes.POINTER(ZfLstmPlan), err, i]
@@ -112,7 +112,12 @@ class EmulatedKernels:
 
     @staticmethod
     def _suffix(t):
-        return {torch.float32: "f32", torch.float64: "f64"}[t.dtype]
+        return {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16"}[t.dtype]
+
+    @staticmethod
+    def _state_dtype(gates):
+        """c_all / dc: float32 for bfloat16 gates (csrc/lstm_kernels.h), else the gates' dtype."""
+        return torch.float32 if gates.dtype == torch.bfloat16 else gates.dtype
 
     def _check(self, rc, buf):
         if rc != 0:
@@ -121,7 +126,8 @@ class EmulatedKernels:
     def forward(self, gates, h0, w_hh, out, c_all, reverse):
         T, B, H = out.shape
         tensors = (gates, h0, w_hh, out, c_all)
-        assert all(t.is_contiguous() and t.dtype == gates.dtype for t in tensors)
+        assert all(t.is_contiguous() for t in tensors)
+        assert all(t.dtype == gates.dtype for t in tensors[:4]) and c_all.dtype == self._state_dtype(gates)
         buf = ctypes.create_string_buffer(1024)
         fn = getattr(self.lib, f"zf_lstm_forward_{self._suffix(gates)}")
         rc = fn(*(t.data_ptr() for t in tensors), T, B, H, int(reverse), ctypes.byref(self.launch), None, buf, 1024)
@@ -131,7 +137,9 @@ class EmulatedKernels:
     def backward(self, d_out, d_hT, w_hh, gates, c_all, dc, reverse):
         T, B, H = d_out.shape
         tensors = (d_out, d_hT, w_hh, gates, c_all, dc)
-        assert all(t.is_contiguous() and t.dtype == gates.dtype for t in tensors)
+        assert all(t.is_contiguous() for t in tensors)
+        assert all(t.dtype == gates.dtype for t in tensors[:4])
+        assert c_all.dtype == dc.dtype == self._state_dtype(gates)
         buf = ctypes.create_string_buffer(1024)
         fn = getattr(self.lib, f"zf_lstm_backward_{self._suffix(gates)}")
         rc = fn(*(t.data_ptr() for t in tensors), T, B, H, int(reverse), ctypes.byref(self.launch), None, buf, 1024)

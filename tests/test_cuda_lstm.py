@@ -2,8 +2,10 @@
 by zf_kernels/ops/_cuda_ext.py), against the torch reference: random shapes in float32, float64
 with gradcheck, the DESIGN s.2 benchmark shapes, NaN-prefilled outputs, and the errors for shapes
 that cannot be resident; the TF32 tensor-core tiles against a float64 reference that rounds the
-recurrent products' operands to TF32 where the kernels do (tests/_tf32_reference.py). Skipped without CUDA; on a GPU a failed build fails them (with the
-compiler's reason), it does not skip them."""
+recurrent products' operands to TF32 where the kernels do (tests/_tf32_reference.py); the bfloat16
+kernels step by step within bf16 rounding, and end to end no worse than the eager reference in
+bfloat16. Skipped without CUDA; on a GPU a failed build fails them (with the compiler's reason),
+it does not skip them."""
 import math
 
 import pytest
@@ -191,10 +193,54 @@ def test_cuda_lstm_through_the_public_op(cuda_lstm):
 
 
 def test_cuda_lstm_refuses_unsupported_dtype(cuda_lstm):
-    x = torch.zeros(2, 2, 3, device="cuda", dtype=torch.bfloat16)
-    with pytest.raises(ops.BackendUnavailableError, match="float32 and float64"):
-        ops.lstm(x, torch.zeros(16, 3, device="cuda", dtype=torch.bfloat16),
-                 torch.zeros(16, 4, device="cuda", dtype=torch.bfloat16), backend="cuda")
+    x = torch.zeros(2, 2, 3, device="cuda", dtype=torch.float16)
+    with pytest.raises(ops.BackendUnavailableError, match="float32, float64 and bfloat16"):
+        ops.lstm(x, torch.zeros(16, 3, device="cuda", dtype=torch.float16),
+                 torch.zeros(16, 4, device="cuda", dtype=torch.float16), backend="cuda")
+
+
+# ---------------------------------------------------------------------------------- bfloat16
+# The bf16 kernels (mma.sync m16n8k16 tiles, float32 accumulation and cell states) one launch each
+# way, every stored value against a float64 step from the kernels' own previous outputs: within
+# half a bf16 ulp plus accumulation error (tests/test_cuda_emulation_bf16.py; the emulation meets
+# it with 1e-5 of the largest element, the hardware's accumulation order and truncation get 1e-4).
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("T,B,H,units", [(5, 7, 13, 0), (4, 19, 300, 0), (3, 32, 1024, 0), (3, 1, 40, 3)],
+                         ids=["T5 B7 H13", "T4 B19 H300", "T3 B32 H1024", "T3 B1 H40 3 units"])
+def test_cuda_lstm_bf16_kernels_store_each_step_within_rounding(cuda_lstm, T, B, H, units, reverse):
+    from test_cuda_emulation_bf16 import check_each_step, run_kernels
+    kernels = cuda_lstm._ExtensionKernels(units)
+    check_each_step(*run_kernels(kernels, kernels, T, B, H, reverse, device="cuda"), reverse, acc_tol=1e-4)
+
+
+def _bf16_no_worse_than_eager(T, B, I, H, seed, reverse):
+    """ops.lstm(backend="cuda") in bfloat16: each output's and gradient's error against float64
+    at most that of the eager reference run in bfloat16 on the same GPU (+ 1e-3; the emulation
+    measured about half of it: its cell state stays float32)."""
+    args, grads = _inputs(T, B, I, H, torch.bfloat16, seed=seed)
+    args64 = [a.detach().double().requires_grad_() for a in args]
+    exact = _outputs_and_grads(lambda *a: ops.lstm(*a, reverse=reverse, backend="torch"), args64,
+                               [g.double() for g in grads])
+    got = _outputs_and_grads(lambda *a: ops.lstm(*a, reverse=reverse, backend="cuda"), args, grads)
+    eager = _outputs_and_grads(lambda *a: ops.lstm(*a, reverse=reverse, backend="torch"), args, grads)
+    for i, (a, e, ref) in enumerate(zip(got, eager, exact)):
+        assert a.dtype == torch.bfloat16 and torch.isfinite(a).all(), i
+        ours = ((a.double() - ref).norm() / ref.norm()).item()
+        theirs = ((e.double() - ref).norm() / ref.norm()).item()
+        assert ours <= theirs + 1e-3, f"output/grad {i}: ours {ours:.2e}, eager bf16 {theirs:.2e}"
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_cuda_lstm_random_shapes_bfloat16_no_worse_than_eager(cuda_lstm, seed):
+    g = torch.Generator().manual_seed(200 + seed)
+    T, B, I, H = (int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in ((1, 12), (1, 40), (1, 70), (1, 300)))
+    for reverse in (False, True):
+        _bf16_no_worse_than_eager(T, B, I, H, seed, reverse)
+
+
+def test_cuda_lstm_benchmark_shape_bfloat16_no_worse_than_eager(cuda_lstm):
+    _bf16_no_worse_than_eager(40, 32, 512, 1024, 0, False)
+    _bf16_no_worse_than_eager(40, 32, 512, 1024, 0, True)
 
 
 def test_cuda_lstm_shape_that_cannot_be_resident_raises(cuda_lstm):

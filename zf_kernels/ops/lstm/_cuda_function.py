@@ -15,6 +15,11 @@ states ``c_0..c_T`` (``(T+1, B, H)``: c_{t-1} cannot be recovered from the gates
 Recomputed in backward: the activations sigmoid/tanh of z_t and tanh(c_t). The backward
 kernel overwrites the pre-activations with dgates in place; a second backward through a
 retained graph reruns the forward to rebuild them.
+
+bfloat16 (as the Triton LSTM): out, the pre-activations and dgates are stored in bfloat16, the
+cell states c_0..c_T and the backward's dc in float32 (``c_T`` is returned in bfloat16); the
+kernels' products run on bfloat16 tensor-core tiles with float32 accumulation, the cell update in
+float32.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ import torch
 
 from ._grads import lstm_input_grads
 
-SUPPORTED_DTYPES = (torch.float32, torch.float64)
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
 class RecurrenceKernels(Protocol):
@@ -38,10 +43,15 @@ class RecurrenceKernels(Protocol):
 def why_unsupported(x, *rest) -> str | None:
     """Why the CUDA LSTM cannot run on ``x`` (dtype, device), or None."""
     if x.dtype not in SUPPORTED_DTYPES:
-        return f"the CUDA lstm supports float32 and float64, got {x.dtype}"
+        return f"the CUDA lstm supports float32, float64 and bfloat16, got {x.dtype}"
     if x.device.type != "cuda":
         return f"the CUDA lstm needs CUDA tensors, got {x.device}"
     return None
+
+
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of the cell states the kernels keep (c_all, dc): float32 for bfloat16."""
+    return torch.float32 if dtype == torch.bfloat16 else dtype
 
 
 def _bias(bias_ih, bias_hh):
@@ -60,7 +70,7 @@ def _forward(kernels, x, weight_ih, weight_hh, bias, h0, c0, reverse):
     gates = torch.addmm(bias, x2, weight_ih.t()) if bias is not None else torch.mm(x2, weight_ih.t())
     gates = gates.view(T, B, 4 * H)
     out = torch.empty((T, B, H), dtype=x.dtype, device=x.device)
-    c_all = torch.empty((T + 1, B, H), dtype=x.dtype, device=x.device)
+    c_all = torch.empty((T + 1, B, H), dtype=state_dtype(x.dtype), device=x.device)
     if c0 is None:
         c_all[0].zero_()
     else:
@@ -79,7 +89,7 @@ class _LSTMFunction(torch.autograd.Function):
         out, gates, c_all = _forward(kernels, x, weight_ih, weight_hh, _bias(bias_ih, bias_hh), h0, c0,
                                      reverse)
         h_T = out[0 if reverse else T - 1].clone()
-        c_T = c_all[T].clone()
+        c_T = c_all[T].to(x.dtype, copy=True)
         ctx.save_for_backward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, out, gates, c_all)
         ctx.reverse, ctx.kernels = reverse, kernels
         ctx.consumed = False  # backward overwrites `gates` with dgates
@@ -98,7 +108,7 @@ class _LSTMFunction(torch.autograd.Function):
         # an output that did not reach the loss has no gradient (None): zeros
         d_out = torch.zeros_like(out) if d_out is None else d_out.contiguous()
         d_hT = x.new_zeros(B, H) if d_hT is None else d_hT.contiguous()
-        dc = x.new_zeros(B, H) if d_cT is None else d_cT.to(x.dtype, copy=True).contiguous()
+        dc = c_all.new_zeros(B, H) if d_cT is None else d_cT.to(c_all.dtype, copy=True).contiguous()
         kernels.backward(d_out, d_hT, weight_hh, gates, c_all, dc, reverse)
         grads = lstm_input_grads(ctx.needs_input_grad, gates, dc, x, weight_ih, weight_hh, out, h0, c0,
                                  reverse)

@@ -9,7 +9,9 @@ what is saved and what is recomputed: :mod:`._cuda_function`.
 Precision of the float32 recurrent products: the rule of the Triton kernels
 (:func:`zf_kernels.ops._precision.tf32_passes`): TF32 tensor-core tiles (mma.sync m16n8k8,
 float32 accumulation) when torch allows TF32 for its matmuls or ``ZF_FP32_DOT=tf32``, 3xTF32
-tiles (near-IEEE) with ``ZF_FP32_DOT=tf32x3``, IEEE FMAs otherwise. float64: IEEE.
+tiles (near-IEEE) with ``ZF_FP32_DOT=tf32x3``, IEEE FMAs otherwise. float64: IEEE. bfloat16:
+W_hh, h and the gates stored in bfloat16, products on bfloat16 tensor-core tiles (mma.sync
+m16n8k16, float32 accumulation), cell states and the cell update in float32 (as the Triton LSTM).
 
 Status: compiled for sm_90a and checked on the CPU in an emulation of the same kernel source
 (tests/test_cuda_emulation.py); **not yet run on a GPU**, hence not eligible for
@@ -51,7 +53,7 @@ def lstm(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, c0=None, 
     """Single-layer LSTM over time-major ``x (T, B, I)`` with the persistent CUDA kernels.
 
     Same contract as :func:`zf_kernels.ops.lstm.naive.lstm_ref` (arguments are checked by
-    :func:`zf_kernels.ops.lstm`); float32 / float64 CUDA tensors. ``units_per_block`` /
+    :func:`zf_kernels.ops.lstm`); float32 / float64 / bfloat16 CUDA tensors. ``units_per_block`` /
     ``threads`` (0 = automatic: ceil(H / SMs) units, 256 threads) override the partition,
     for tests. A shape whose blocks cannot all be resident raises ValueError naming it.
     """
@@ -72,7 +74,7 @@ def plan(x, weight_hh, units_per_block: int = 0, threads: int = 0) -> tuple[dict
 
 def _explain(x, weight_ih, weight_hh, *rest) -> str:
     fwd, bwd = plan(x, weight_hh)
-    products = PRODUCTS[fwd["tf32"]]
+    products = "bfloat16 tensor cores" if x.dtype == torch.bfloat16 else PRODUCTS[fwd["tf32"]]
     return (f"one cooperative launch per direction: {fwd['blocks']} blocks x {fwd['threads']} threads, {products}, "
             f"{fwd['units_per_block']} hidden units and {fwd['w_bytes'] // 1024} KB of W_hh resident per block "
             f"(shared memory {fwd['smem_bytes'] // 1024} KB forward, {bwd['smem_bytes'] // 1024} KB backward)")
