@@ -74,22 +74,37 @@ ZF_UNROLL
 // close to IEEE float32 products, at three MMAs. 0: no tensor cores (IEEE FMAs).
 inline bool tf32_passes_valid(int passes) { return passes == 0 || passes == 1 || passes == 3; }
 
-// One warp's 16 x 8 tile of the TF32 tensor-core products (both kernels' block products with
-// plan.mma = passes, 1 or 3): the four accumulator elements of this lane at pp[0..3] (zeroed first
-// when `zero`, else accumulated into) plus, over K steps s = ks, ks + ksplit, ... < ksteps of a
-// staged chunk kw wide, A[16 x 8 step] * W[8 rows x 8 step]^T. a_lo: the lane's A row g at column
-// t of the chunk (row g + 8 is a_step further); w: its W row (the tile's row g) at column t,
-// elements wk apart along k (1 when resident in shared memory). Columns past kw of W are not read
-// (they may lie outside the matrix); those of A are zero. Two accumulators take alternate steps:
-// two independent MMA chains in flight.
-ZF_DEVICE void mma_tile_tf32(float* pp, bool zero, const float* a_lo, int a_step, const float* w, long long wk,
-                             int t, int ks, int ksteps, int ksplit, int kw, int passes) {
+// The tile loops' common frame: this lane's four accumulators of a warp's 16 x 8 tile at pp[0..3]
+// (zeroed first when `zero`, else accumulated into) plus step(acc, s) over the K steps s = ks,
+// ks + ksplit, ... < ksteps, dealt alternately to two accumulators: two independent MMA chains in
+// flight.
+template <typename Step>
+ZF_DEVICE void mma_two_chains(float* pp, bool zero, int ks, int ksteps, int ksplit, Step step) {
   float d[2][4];
 ZF_UNROLL
   for (int r = 0; r < 4; ++r) {
     d[0][r] = zero ? 0.f : pp[r];
     d[1][r] = 0.f;
   }
+  int s = ks;
+  for (; s + ksplit < ksteps; s += 2 * ksplit) {
+    step(d[0], s);
+    step(d[1], s + ksplit);
+  }
+  if (s < ksteps) step(d[0], s);
+ZF_UNROLL
+  for (int r = 0; r < 4; ++r) pp[r] = d[0][r] + d[1][r];
+}
+
+// One warp's 16 x 8 tile of the TF32 tensor-core products (both kernels' block products with
+// plan.mma = passes, 1 or 3): the four accumulator elements of this lane at pp[0..3] (zeroed first
+// when `zero`, else accumulated into) plus, over K steps s = ks, ks + ksplit, ... < ksteps of a
+// staged chunk kw wide, A[16 x 8 step] * W[8 rows x 8 step]^T. a_lo: the lane's A row g at column
+// t of the chunk (row g + 8 is a_step further); w: its W row (the tile's row g) at column t,
+// elements wk apart along k (1 when resident in shared memory). Columns past kw of W are not read
+// (they may lie outside the matrix); those of A are zero (mma_two_chains: two MMA chains).
+ZF_DEVICE void mma_tile_tf32(float* pp, bool zero, const float* a_lo, int a_step, const float* w, long long wk,
+                             int t, int ks, int ksteps, int ksplit, int kw, int passes) {
   const float* a_hi = a_lo + 8 * a_step;
   auto step = [&](float(&acc)[4], int s) {
     const int k = s * 8;
@@ -114,14 +129,7 @@ ZF_UNROLL
     zf_mma_tf32(acc, a_small, b_big);
     zf_mma_tf32(acc, a_big, b_big);
   };
-  int s = ks;
-  for (; s + ksplit < ksteps; s += 2 * ksplit) {
-    step(d[0], s);
-    step(d[1], s + ksplit);
-  }
-  if (s < ksteps) step(d[0], s);
-ZF_UNROLL
-  for (int r = 0; r < 4; ++r) pp[r] = d[0][r] + d[1][r];
+  mma_two_chains(pp, zero, ks, ksteps, ksplit, step);
 }
 
 // One warp's 16 x 8 tile of bfloat16 tensor-core products (plan.mma with bfloat16 storage): as
@@ -132,12 +140,6 @@ ZF_UNROLL
 // whose products with A's zeros vanish), so there is no K guard here.
 ZF_DEVICE void mma_tile_bf16(float* pp, bool zero, const zf_bf16* a_lo, int a_step, const zf_bf16* w, int ks,
                              int ksteps, int ksplit) {
-  float d[2][4];
-ZF_UNROLL
-  for (int r = 0; r < 4; ++r) {
-    d[0][r] = zero ? 0.f : pp[r];
-    d[1][r] = 0.f;
-  }
   const zf_bf16* a_hi = a_lo + 8 * a_step;
   auto step = [&](float(&acc)[4], int s) {
     const int k = s * 16;
@@ -145,14 +147,7 @@ ZF_UNROLL
     const unsigned b[2] = {zf_bf16x2(w + k), zf_bf16x2(w + k + 8)};
     zf_mma_bf16(acc, a, b);
   };
-  int s = ks;
-  for (; s + ksplit < ksteps; s += 2 * ksplit) {
-    step(d[0], s);
-    step(d[1], s + ksplit);
-  }
-  if (s < ksteps) step(d[0], s);
-ZF_UNROLL
-  for (int r = 0; r < 4; ++r) pp[r] = d[0][r] + d[1][r];
+  mma_two_chains(pp, zero, ks, ksteps, ksplit, step);
 }
 
 // where tile_sum finds accumulator element (row, col) of a 16 x 8 tile: lane (row % 8) * 4 +

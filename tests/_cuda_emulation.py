@@ -101,6 +101,21 @@ def plan(lib, backward: bool, B: int, H: int, elem_size: int, launch: ZfLstmLaun
     return p
 
 
+def chunked_limits(lib, B: int, H: int, units: int, threads: int, elem_size: int, tf32: int,
+                   chunk_row_bytes: int) -> tuple[int, int]:
+    """Shared-memory limits (forward, backward) under which the LSTM's tensor-core plans stage
+    their operand in 32-wide K chunks: the plan's fixed buffers plus `chunk_row_bytes` per padded
+    batch row (a 32-wide chunk with its stride padding, short of a 64-wide one)."""
+    limits = []
+    for bwd in (False, True):
+        p = plan(lib, bwd, B, H, elem_size, ZfLstmLaunch(threads, units, 0, 0, tf32))
+        limit = p.w_bytes + p.part_bytes + p.state_bytes + p.row_groups_b * 16 * chunk_row_bytes + 8
+        q = plan(lib, bwd, B, H, elem_size, ZfLstmLaunch(threads, units, limit, 0, tf32))
+        assert q.mma == 1 and q.kc == 32 < q.k, (q.mma, q.kc, q.k)
+        limits.append(limit)
+    return limits[0], limits[1]
+
+
 class EmulatedKernels:
     """``forward`` / ``backward`` of csrc/lstm_kernels.h on contiguous CPU tensors."""
 

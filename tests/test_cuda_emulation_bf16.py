@@ -41,16 +41,8 @@ CASES = {
 
 def _limits(lib, B, H, units, threads, chunked):
     """Shared-memory limits (forward, backward) that force 32-wide K chunks, or 0 (no limit)."""
-    if not chunked:
-        return 0, 0
-    limits = []
-    for bwd in (False, True):
-        p = emu.plan(lib, bwd, B, H, 2, emu.ZfLstmLaunch(threads, units, 0, 0, 0))
-        limit = p.w_bytes + p.part_bytes + p.state_bytes + p.row_groups_b * 16 * 2 * (32 + 64 + 8) + 8
-        q = emu.plan(lib, bwd, B, H, 2, emu.ZfLstmLaunch(threads, units, limit, 0, 0))
-        assert q.mma == 1 and q.kc == 32 < q.k, (q.mma, q.kc, q.k)
-        limits.append(limit)
-    return tuple(limits)
+    # a 32-wide bf16 chunk: 32 + 64 (rounding) + 8 (padding) columns of room
+    return emu.chunked_limits(lib, B, H, units, threads, 2, 0, 2 * (32 + 64 + 8)) if chunked else (0, 0)
 
 
 def _kernel_inputs(T, B, H, device="cpu", seed=0):

@@ -53,16 +53,8 @@ def _inputs(T, B, I, H, seed=0):
 
 def _limits(lib, B, H, units, threads, chunked):
     """Shared-memory limits (forward, backward) that force 32-wide K chunks, or 0 (no limit)."""
-    if not chunked:
-        return 0, 0
-    limits = []
-    for bwd in (False, True):
-        p = emu.plan(lib, bwd, B, H, 4, emu.ZfLstmLaunch(threads, units, 0, 0, 1))
-        limit = p.w_bytes + p.part_bytes + p.state_bytes + p.row_groups_b * 16 * 4 * (64 + 4) + 8
-        q = emu.plan(lib, bwd, B, H, 4, emu.ZfLstmLaunch(threads, units, limit, 0, 1))
-        assert q.mma == 1 and q.kc == 32 < q.k, (q.mma, q.kc, q.k)
-        limits.append(limit)
-    return tuple(limits)
+    # a 32-wide float32 chunk with TF32 padding: 64 + 4 columns of room (the planner's rule)
+    return emu.chunked_limits(lib, B, H, units, threads, 4, 1, 4 * (64 + 4)) if chunked else (0, 0)
 
 
 def _errors(case, reverse, tf32=True):
