@@ -178,11 +178,7 @@ ZF_DEVICE void block_mm2(const T* A, int lda, bool act, const Prod<T>& q0, const
   for (int k0 = 0; k0 < K; k0 += kc) {
     const int kw = (K - k0 < kc) ? K - k0 : kc;
     const int kwp = p.mma ? (kw + 7) / 8 * 8 : kw;
-    for (int idx = tid; idx < Bp * kwp; idx += nt) {
-      const int b = idx / kwp, k = idx - b * kwp;
-      T v = (b < B && k < kw) ? zf_ldcg(A + static_cast<size_t>(b) * lda + k0 + k) : T(0);
-      As[b * as + k] = act ? leaky_clamp(v) : v;
-    }
+    stage_chunk(As, as, A, lda, B, Bp, k0, kw, kwp, [act](T v) { return act ? leaky_clamp(v) : v; });
     zf_block_sync();
     if (p.mma) {
       for (int item = tid >> 5; item < n0 + n1; item += nt >> 5)  // uniform across a warp

@@ -108,15 +108,9 @@ ZF_DEVICE void block_matmul(const S* A, int lda, int B, const S* Ws, S* As, zf_a
   const int Bp = bgs * tile_b(p);
   const int n_items = bgs * mgs * ksplit;
   const int K = p.k, kc = p.kc, as = p.a_stride, ws = p.w_stride;
-  const S zero = zf_narrow<S>(zf_acc_t<S>(0));
   for (int k0 = 0; k0 < K; k0 += kc) {
     const int kw = (K - k0 < kc) ? K - k0 : kc;
-    const int kwp = padded_k(kw, p, sizeof(S));
-    // the chunk was written by other blocks in this launch: L2 loads
-    for (int idx = tid; idx < Bp * kwp; idx += nt) {
-      const int b = idx / kwp, k = idx - b * kwp;
-      As[b * as + k] = (b < B && k < kw) ? zf_ldcg(A + static_cast<size_t>(b) * lda + k0 + k) : zero;
-    }
+    stage_chunk(As, as, A, lda, B, Bp, k0, kw, padded_k(kw, p, sizeof(S)), [](S v) { return v; });
     zf_block_sync();
     if (is_bf16<S> || p.mma) {
       if constexpr (!std::is_same<S, double>::value) mma_items(part, k0 == 0, As, Ws, k0, kw, p);

@@ -5,7 +5,7 @@
 //     sync a global std::barrier. That lets a CPU-only machine run the kernels' real indexing,
 //     tiling and synchronisation (tests/test_cuda_emulation.py).
 // Kernels use only what is defined here: zf_tid(), zf_nthreads(), zf_bid(), zf_nblocks(),
-// zf_block_sync(), zf_grid_sync(), zf_dynamic_smem(), zf_ldcg(), the bfloat16 storage type zf_bf16
+// zf_block_sync(), zf_grid_sync(), zf_dynamic_smem(), zf_ldcg() (zf_ldcg16: 16 bytes), the bfloat16 storage type zf_bf16
 // (zf_widen / zf_narrow convert), and two tensor-core products, zf_mma_tf32() (mma.sync m16n8k8,
 // TF32 operands) and zf_mma_bf16() (m16n8k16, bfloat16 operands), both with float32 accumulators,
 // which the emulation runs per warp of 32 consecutive threads (a warp barrier and a scratch
@@ -44,6 +44,9 @@ ZF_DEVICE unsigned char* zf_dynamic_smem() {
 // loads of data that other blocks wrote in the same launch: L2 only (.cg), never a stale L1 line
 template <typename T>
 ZF_DEVICE T zf_ldcg(const T* p) { return __ldcg(p); }
+// 16 bytes moved as one (one 128-bit load or store); zf_ldcg16: p 16-byte aligned, L2 only
+using zf_vec16 = uint4;
+ZF_DEVICE zf_vec16 zf_ldcg16(const void* p) { return __ldcg(reinterpret_cast<const uint4*>(p)); }
 
 ZF_DEVICE unsigned zf_tf32_bits(float x) {
   unsigned u;
@@ -196,6 +199,15 @@ inline unsigned char* zf_dynamic_smem() {
 }
 template <typename T>
 inline T zf_ldcg(const T* p) { return *p; }
+struct alignas(16) zf_vec16 {
+  std::uint32_t x, y, z, w;
+};
+inline zf_vec16 zf_ldcg16(const void* p) {
+  if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0) throw std::logic_error("zf_ldcg16: address not 16-byte aligned");
+  zf_vec16 v;
+  std::memcpy(&v, p, 16);
+  return v;
+}
 
 // cvt.rna.tf32.f32: keep 10 of float32's 23 mantissa bits, rounding to nearest, ties away from
 // zero (the low 13 bits of the result are zero); NaN and infinity pass unchanged (the bit trick

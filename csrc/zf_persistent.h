@@ -22,6 +22,12 @@ constexpr int TB = 4;  // batch rows per register tile
 constexpr int TM = 4;  // weight rows per register tile
 constexpr int DEFAULT_THREADS = 256;
 
+// 1: stage_chunk moves 16 bytes per load and store where the rows allow it; 0: one element at a
+// time (the CPU tests build both and compare them bit for bit)
+#ifndef ZF_STAGE_VECTORS
+#define ZF_STAGE_VECTORS 1
+#endif
+
 // exact-rounding math in both builds (setup.py and the JIT build do not pass --use_fast_math)
 #ifndef ZF_CPU_EMULATION
 ZF_DEVICE float zf_exp(float x) { return expf(x); }
@@ -66,6 +72,47 @@ ZF_UNROLL
   for (int i = 0; i < TB; ++i)
 ZF_UNROLL
     for (int j = 0; j < TM; ++j) pp[i * TM + j] = acc[i][j];
+}
+
+// Stage a chunk of the activations both kernels' block products read: columns [k0, k0 + kw) of
+// rows [0, B) of A (row stride lda, written by other blocks in this launch: L2 loads) into As (row
+// stride as) as columns [0, kwp) of rows [0, Bp), zeros at rows >= B and columns >= kw, every
+// element through f (the identity, or the chain's activation). Where A, As and both strides are
+// 16-byte aligned, each thread moves whole 16-byte vectors (4 floats, 8 bfloat16): a quarter (an
+// eighth) of the loads, stores and index divisions of the element-wise loop, which stages up to
+// 512 KB per block and step (the LSTM's dgates at B=32, H=1024). No barrier here.
+template <typename S, typename F>
+ZF_DEVICE void stage_chunk(S* As, int as, const S* A, long long lda, int B, int Bp, int k0, int kw, int kwp, F f) {
+  const int tid = zf_tid(), nt = zf_nthreads();
+  const S zero = zf_narrow<S>(zf_acc_t<S>(0));
+  constexpr int V = 16 / sizeof(S);
+  const bool vec = ZF_STAGE_VECTORS && reinterpret_cast<std::uintptr_t>(A) % 16 == 0 &&
+                   reinterpret_cast<std::uintptr_t>(As) % 16 == 0 && lda % V == 0 && k0 % V == 0 && as % V == 0;
+  if (vec) {
+    const int nv = (kwp + V - 1) / V;  // vectors per row; the last may reach past kwp: zeros
+    for (int idx = tid; idx < Bp * nv; idx += nt) {
+      const int b = idx / nv, k = (idx - b * nv) * V;
+      const S* src = A + static_cast<size_t>(b) * lda + k0 + k;
+      S v[V];
+      if (b < B && k + V <= kw) {
+        const zf_vec16 raw = zf_ldcg16(src);
+        memcpy(v, &raw, 16);
+      } else {
+ZF_UNROLL
+        for (int i = 0; i < V; ++i) v[i] = (b < B && k + i < kw) ? zf_ldcg(src + i) : zero;
+      }
+ZF_UNROLL
+      for (int i = 0; i < V; ++i) v[i] = f(v[i]);
+      zf_vec16 out;
+      memcpy(&out, v, 16);
+      *reinterpret_cast<zf_vec16*>(As + static_cast<size_t>(b) * as + k) = out;
+    }
+    return;
+  }
+  for (int idx = tid; idx < Bp * kwp; idx += nt) {
+    const int b = idx / kwp, k = idx - b * kwp;
+    As[b * as + k] = f((b < B && k < kw) ? zf_ldcg(A + static_cast<size_t>(b) * lda + k0 + k) : zero);
+  }
 }
 
 // The TF32 tensor-core products per element of a block product (ZfLstmLaunch / ZfChainLaunch::tf32,
