@@ -271,11 +271,12 @@ run_stage trainer 40 "$LOG" \
   "$PY" benchmarks/bench_trainer.py --out "$OUT" --name results --cases timit \
   --providers torch,torch+cuda-graph,triton,triton+cuda-graph --steps 20 --warmup-steps 5
 
-# 13. bfloat16 (the whole model cast): the step where the tensor cores carry the recurrence,
-# then the recurrences alone
-run_stage train-bf16 40 "$LOG" \
+# 13. bfloat16 (the whole model cast): the step where the tensor cores carry the recurrence
+# (cuda+graph: both recurrences on csrc/'s bf16 tiles, every weight slice resident), then the
+# recurrences alone
+run_stage train-bf16 45 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --dtype bfloat16 --cases timit \
-  --providers torch+graph,cudnn+graph,triton+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
+  --providers torch+graph,cudnn+graph,triton+graph,cuda+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
 run_stage ops-bf16 40 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --dtypes bfloat16 \
   --ops lstm,zforcing_chain,lstm_cell --providers cudnn,torch,triton,cuda

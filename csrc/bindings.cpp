@@ -50,8 +50,9 @@ pybind11::dict plan_dict(const Plan& p) {
   return d;
 }
 
-// the cell states' dtype for gates of `gates`' dtype: float32 for bfloat16 (lstm_kernels.h)
-c10::ScalarType lstm_state_dtype(const torch::Tensor& gates) {
+// the cell states' dtype for gates of `gates`' dtype: float32 for bfloat16 (lstm_kernels.h,
+// chain_kernels.h)
+c10::ScalarType state_dtype(const torch::Tensor& gates) {
   return gates.scalar_type() == torch::kBFloat16 ? torch::kFloat32 : gates.scalar_type();
 }
 
@@ -59,6 +60,12 @@ c10::ScalarType lstm_state_dtype(const torch::Tensor& gates) {
 unsigned short* bf16_bits(const torch::Tensor& t) {
   return reinterpret_cast<unsigned short*>(t.data_ptr<at::BFloat16>());
 }
+
+// a tensor's data as the C ABI's element type (unsigned short: bfloat16 bits)
+template <typename S>
+S* ptr(const torch::Tensor& t) { return t.data_ptr<S>(); }
+template <>
+unsigned short* ptr<unsigned short>(const torch::Tensor& t) { return bf16_bits(t); }
 
 // ZF_DOES_NOT_FIT -> ValueError (the shape is the problem), anything else -> RuntimeError
 void raise_for(int rc, const char* err) {
@@ -76,7 +83,7 @@ void lstm_forward(torch::Tensor gates, torch::Tensor h0, torch::Tensor w_hh, tor
   check(h0, "h0", gates, {B, H});
   check(w_hh, "w_hh", gates, {4 * H, H});
   check(out, "out", gates, {T, B, H});
-  check(c_all, "c_all", gates, {T + 1, B, H}, lstm_state_dtype(gates));
+  check(c_all, "c_all", gates, {T + 1, B, H}, state_dtype(gates));
   ZfLstmLaunch cfg = launch_config<ZfLstmLaunch>(units_per_block, threads, tf32);
   char err[kErrLen] = {0};
   void* s = reinterpret_cast<void*>(stream);
@@ -108,8 +115,8 @@ void lstm_backward(torch::Tensor d_out, torch::Tensor d_hT, torch::Tensor w_hh,
   check(d_out, "d_out", gates, {T, B, H});
   check(d_hT, "d_hT", gates, {B, H});
   check(w_hh, "w_hh", gates, {4 * H, H});
-  check(c_all, "c_all", gates, {T + 1, B, H}, lstm_state_dtype(gates));
-  check(dc, "dc", gates, {B, H}, lstm_state_dtype(gates));
+  check(c_all, "c_all", gates, {T + 1, B, H}, state_dtype(gates));
+  check(dc, "dc", gates, {B, H}, state_dtype(gates));
   ZfLstmLaunch cfg = launch_config<ZfLstmLaunch>(units_per_block, threads, tf32);
   char err[kErrLen] = {0};
   void* s = reinterpret_cast<void*>(stream);
@@ -173,14 +180,14 @@ void chain_forward(torch::Tensor gates, torch::Tensor post_x, torch::Tensor eps,
   check(post_x, "post_x", gates, {T, B, M});
   check(eps, "eps", gates, {T, B, Z});
   check(h0, "h0", gates, {B, H});
-  check(c0, "c0", gates, {B, H});
+  check(c0, "c0", gates, {B, H}, state_dtype(gates));
   check(w_qh, "w_qh", gates, {M, H});
   check(w_q2, "w_q2", gates, {2 * Z, M});
   check(b_q2, "b_q2", gates, {2 * Z});
   check(w_comb, "w_comb", gates, {4 * H, Z});
   check(w_hh, "w_hh", gates, {4 * H, H});
   check(h, "h", gates, {T, B, H});
-  check(c, "c", gates, {T, B, H});
+  check(c, "c", gates, {T, B, H}, state_dtype(gates));
   check(z, "z", gates, {T, B, Z});
   check(mu, "mu", gates, {T, B, Z});
   check(lv, "lv", gates, {T, B, Z});
@@ -191,17 +198,18 @@ void chain_forward(torch::Tensor gates, torch::Tensor post_x, torch::Tensor eps,
   void* st = reinterpret_cast<void*>(stream);
   unsigned char* ok = okmask.data_ptr<uint8_t>();
   int rc;
-#define ZF_FWD(S, FN)                                                                                     \
-  rc = FN(gates.data_ptr<S>(), post_x.data_ptr<S>(), eps.data_ptr<S>(), h0.data_ptr<S>(), c0.data_ptr<S>(), \
-          w_qh.data_ptr<S>(), w_q2.data_ptr<S>(), b_q2.data_ptr<S>(), w_comb.data_ptr<S>(),                  \
-          w_hh.data_ptr<S>(), h.data_ptr<S>(), c.data_ptr<S>(), z.data_ptr<S>(), mu.data_ptr<S>(),           \
-          lv.data_ptr<S>(), s.data_ptr<S>(), ok, T, B, H, M, Z, &cfg, st, err, kErrLen)
+#define ZF_FWD(S, A, FN)                                                                                  \
+  rc = FN(ptr<S>(gates), ptr<S>(post_x), ptr<S>(eps), ptr<S>(h0), ptr<A>(c0), ptr<S>(w_qh), ptr<S>(w_q2),   \
+          ptr<S>(b_q2), ptr<S>(w_comb), ptr<S>(w_hh), ptr<S>(h), ptr<A>(c), ptr<S>(z), ptr<S>(mu), ptr<S>(lv), \
+          ptr<S>(s), ok, T, B, H, M, Z, &cfg, st, err, kErrLen)
   if (gates.scalar_type() == torch::kFloat32) {
-    ZF_FWD(float, zf_chain_forward_f32);
+    ZF_FWD(float, float, zf_chain_forward_f32);
   } else if (gates.scalar_type() == torch::kFloat64) {
-    ZF_FWD(double, zf_chain_forward_f64);
+    ZF_FWD(double, double, zf_chain_forward_f64);
+  } else if (gates.scalar_type() == torch::kBFloat16) {
+    ZF_FWD(unsigned short, float, zf_chain_forward_bf16);
   } else {
-    TORCH_CHECK(false, "zf_kernels._C: the CUDA zforcing_chain supports float32 and float64, got ",
+    TORCH_CHECK(false, "zf_kernels._C: the CUDA zforcing_chain supports float32, float64 and bfloat16, got ",
                 gates.scalar_type());
   }
 #undef ZF_FWD
@@ -219,12 +227,12 @@ void chain_backward(torch::Tensor grad_h, torch::Tensor grad_c, torch::Tensor gr
   const int64_t T = gates.size(0), B = gates.size(1), H = gates.size(2) / 4, M = s.size(2), Z = eps.size(2);
   check(gates, "gates", gates, {T, B, 4 * H});
   check(grad_h, "grad_h", gates, {T, B, H});
-  check(grad_c, "grad_c", gates, {T, B, H});
+  check(grad_c, "grad_c", gates, {T, B, H}, state_dtype(gates));
   check(grad_z, "grad_z", gates, {T, B, Z});
   check(grad_mu, "grad_mu", gates, {T, B, Z});
   check(grad_lv, "grad_lv", gates, {T, B, Z});
-  check(c0, "c0", gates, {B, H});
-  check(c, "c", gates, {T, B, H});
+  check(c0, "c0", gates, {B, H}, state_dtype(gates));
+  check(c, "c", gates, {T, B, H}, state_dtype(gates));
   check(lv, "lv", gates, {T, B, Z});
   check(eps, "eps", gates, {T, B, Z});
   check_mask(okmask, gates, {T, B, 2 * Z});
@@ -236,24 +244,25 @@ void chain_backward(torch::Tensor grad_h, torch::Tensor grad_c, torch::Tensor gr
   check(dparams, "dparams", gates, {T, B, 2 * Z});
   check(ds, "ds", gates, {T, B, M});
   check(grad_eps, "grad_eps", gates, {T, B, Z});
-  check(dc, "dc", gates, {B, H});
+  check(dc, "dc", gates, {B, H}, state_dtype(gates));
   ZfChainLaunch cfg = launch_config<ZfChainLaunch>(units_per_block, threads, tf32);
   char err[kErrLen] = {0};
   void* st = reinterpret_cast<void*>(stream);
   const unsigned char* ok = okmask.data_ptr<uint8_t>();
   int rc;
-#define ZF_BWD(S, FN)                                                                                     \
-  rc = FN(grad_h.data_ptr<S>(), grad_c.data_ptr<S>(), grad_z.data_ptr<S>(), grad_mu.data_ptr<S>(),         \
-          grad_lv.data_ptr<S>(), gates.data_ptr<S>(), c0.data_ptr<S>(), c.data_ptr<S>(), lv.data_ptr<S>(),  \
-          eps.data_ptr<S>(), ok, s.data_ptr<S>(), w_qh.data_ptr<S>(), w_q2.data_ptr<S>(),                   \
-          w_comb.data_ptr<S>(), w_hh.data_ptr<S>(), dparams.data_ptr<S>(), ds.data_ptr<S>(),               \
-          grad_eps.data_ptr<S>(), dc.data_ptr<S>(), T, B, H, M, Z, &cfg, st, err, kErrLen)
+#define ZF_BWD(S, A, FN)                                                                                   \
+  rc = FN(ptr<S>(grad_h), ptr<A>(grad_c), ptr<S>(grad_z), ptr<S>(grad_mu), ptr<S>(grad_lv), ptr<S>(gates),   \
+          ptr<A>(c0), ptr<A>(c), ptr<S>(lv), ptr<S>(eps), ok, ptr<S>(s), ptr<S>(w_qh), ptr<S>(w_q2),          \
+          ptr<S>(w_comb), ptr<S>(w_hh), ptr<S>(dparams), ptr<S>(ds), ptr<S>(grad_eps), ptr<A>(dc), T, B, H, M, \
+          Z, &cfg, st, err, kErrLen)
   if (gates.scalar_type() == torch::kFloat32) {
-    ZF_BWD(float, zf_chain_backward_f32);
+    ZF_BWD(float, float, zf_chain_backward_f32);
   } else if (gates.scalar_type() == torch::kFloat64) {
-    ZF_BWD(double, zf_chain_backward_f64);
+    ZF_BWD(double, double, zf_chain_backward_f64);
+  } else if (gates.scalar_type() == torch::kBFloat16) {
+    ZF_BWD(unsigned short, float, zf_chain_backward_bf16);
   } else {
-    TORCH_CHECK(false, "zf_kernels._C: the CUDA zforcing_chain supports float32 and float64, got ",
+    TORCH_CHECK(false, "zf_kernels._C: the CUDA zforcing_chain supports float32, float64 and bfloat16, got ",
                 gates.scalar_type());
   }
 #undef ZF_BWD

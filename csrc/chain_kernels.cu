@@ -18,6 +18,9 @@
 // (the two products of one activation share one staged pass, block_mm2; `pre` stays in shared
 // memory from one stage to the later one that needs it)
 //
+// Storage types: float32, float64, and bfloat16 (every tensor but the cell states c0, c, grad_c,
+// dc, which stay float32; all arithmetic in float32; products on bfloat16 tensor-core tiles).
+//
 // No torch headers here: compiled by nvcc (zf_kernels._C) and, with -DZF_CPU_EMULATION, by g++
 // as a CPU library for the tests (zf_device.h).
 #include "chain_kernels.h"
@@ -48,18 +51,29 @@ ZF_DEVICE T leaky_clamp_backward(T x, T g) {
   return x > T(0) ? g : g * T(1.0 / 3.0);
 }
 
-template <typename T>
+template <typename S>
+constexpr bool is_bf16 = std::is_same<S, zf_bf16>::value;
+
+// S: the storage type; the cell states and the arithmetic: A = zf_acc_t<S>
+template <typename S>
 struct ChainParams {
-  T* gates;
-  const T *post_x, *eps, *h0, *c0, *w_qh, *w_q2, *b_q2, *w_comb, *w_hh;
-  T *h, *z, *mu, *s;
-  T* c;
-  T* lv;
+  using A = zf_acc_t<S>;
+  S* gates;
+  const S *post_x, *eps, *h0;
+  const A* c0;
+  const S *w_qh, *w_q2, *b_q2, *w_comb, *w_hh;
+  S *h, *z, *mu, *s;
+  A* c;
+  S* lv;
   unsigned char* okmask;
-  const T *grad_h, *grad_c, *grad_z, *grad_mu, *grad_lv;
-  const T *c_saved, *lv_saved, *s_saved;
+  const S* grad_h;
+  const A* grad_c;
+  const S *grad_z, *grad_mu, *grad_lv;
+  const A* c_saved;
+  const S *lv_saved, *s_saved;
   const unsigned char* ok_saved;
-  T *dparams, *ds, *grad_eps, *dc;
+  S *dparams, *ds, *grad_eps;
+  A* dc;
   int T_, B, H, M, Z;
   ZfChainPlan plan;
 };
@@ -85,10 +99,16 @@ ZF_DEVICE long long mm_row(const Mm<T>& mm, int r) {
   return seg * mm.segstride + mm.base + u;
 }
 
-// copy the slice into shared memory (once per launch)
+// copy the slice into shared memory (once per launch); bfloat16 rows also get zeros from K to the
+// row stride (the bf16 tiles read whole K steps of 16 without a guard)
 template <typename T>
 ZF_DEVICE void mm_load(const Mm<T>& mm, T* sw) {
   const int tid = zf_tid(), nt = zf_nthreads();
+  if constexpr (is_bf16<T>) {
+    const int pad = mm.ws - mm.K;
+    for (long long idx = tid; idx < static_cast<long long>(mm.rows) * pad; idx += nt)
+      sw[static_cast<size_t>(idx / pad) * mm.ws + mm.K + idx % pad] = zf_bf16_from(0.f);
+  }
   const long long n = static_cast<long long>(mm.rows) * mm.K;
   for (long long idx = tid; idx < n; idx += nt) {
     int r, k;
@@ -109,7 +129,7 @@ template <typename T>
 struct Prod {
   const Mm<T>* mm;
   bool on;
-  T* part;
+  zf_acc_t<T>* part;
 };
 
 template <typename T>
@@ -139,13 +159,14 @@ ZF_UNROLL
            resident ? 1 : mm.kstride, ks, kw, ksplit);
 }
 
-// The same with TF32 tensor-core tiles (plan.mma; one warp per item): item = tile * ksplit + ks,
+// The same with tensor-core tiles (plan.mma; one warp per item): item = tile * ksplit + ks,
 // tile = tb * rgm + tm covers batch rows tb * 16 .. + 15 and slice rows tm * 8 .. + 7 (clamped to
 // the last row: those product columns go unread), summing K steps ks, ks + ksplit, ... into
-// part[item * 128 + lane * 4 + r] (mma_tile_tf32; the slice resident or read from global memory).
+// part[item * 128 + lane * 4 + r] (mma_tile_tf32 / mma_tile_bf16; the slice resident or read from
+// global memory).
 template <typename T>
 ZF_DEVICE void mma_item(const Prod<T>& q, int item, const T* As, int k0, int kw, const ZfChainPlan& p) {
-  if constexpr (std::is_same<T, float>::value) {
+  if constexpr (!std::is_same<T, double>::value) {
     const Mm<T>& mm = *q.mm;
     const int lane = zf_tid() & 31, g = lane >> 2, t = lane & 3, as = p.a_stride;
     const int ks = item % mm.ksplit, tile = item / mm.ksplit;
@@ -153,11 +174,16 @@ ZF_DEVICE void mma_item(const Prod<T>& q, int item, const T* As, int k0, int kw,
     int r = tm * 8 + g;
     if (r > mm.rows - 1) r = mm.rows - 1;
     const bool resident = mm.sw != nullptr;
-    const float* w = resident ? mm.sw + static_cast<size_t>(r) * mm.ws + k0 + t
-                              : mm.gw + mm_row(mm, r) * mm.ldw + static_cast<long long>(k0 + t) * mm.kstride;
-    mma_tile_tf32(q.part + static_cast<size_t>(item) * 128 + lane * 4, k0 == 0,
-                  As + (tb * 16 + g) * as + t, as, w, resident ? 1 : mm.kstride, t, ks, (kw + 7) / 8, mm.ksplit, kw,
-                  p.mma);
+    const int kt = is_bf16<T> ? 2 * t : t;  // the lane's first column: bf16 fragments hold pairs
+    const T* w = resident ? mm.sw + static_cast<size_t>(r) * mm.ws + k0 + kt
+                          : mm.gw + mm_row(mm, r) * mm.ldw + static_cast<long long>(k0 + kt) * mm.kstride;
+    float* pp = q.part + static_cast<size_t>(item) * 128 + lane * 4;
+    const T* a = As + (tb * 16 + g) * as + kt;
+    if constexpr (is_bf16<T>) {
+      mma_tile_bf16(pp, k0 == 0, a, as, w, resident ? 0 : mm.kstride, kw - kt, ks, (kw + 15) / 16, mm.ksplit);
+    } else {
+      mma_tile_tf32(pp, k0 == 0, a, as, w, resident ? 1 : mm.kstride, t, ks, (kw + 7) / 8, mm.ksplit, kw, p.mma);
+    }
   }
 }
 
@@ -175,15 +201,18 @@ ZF_DEVICE void block_mm2(const T* A, int lda, bool act, const Prod<T>& q0, const
   const int n0 = prod_items(q0, p), n1 = prod_items(q1, p);
   const int K = (q0.on ? q0.mm : q1.mm)->K, as = p.a_stride;
   const int kc = p.kc < K ? p.kc : K;
+  const int kstep = is_bf16<T> ? 16 : 8;  // the tensor-core tiles' K step
   for (int k0 = 0; k0 < K; k0 += kc) {
     const int kw = (K - k0 < kc) ? K - k0 : kc;
-    const int kwp = p.mma ? (kw + 7) / 8 * 8 : kw;
-    stage_chunk(As, as, A, lda, B, Bp, k0, kw, kwp, [act](T v) { return act ? leaky_clamp(v) : v; });
+    const int kwp = p.mma ? (kw + kstep - 1) / kstep * kstep : kw;
+    stage_chunk(As, as, A, lda, B, Bp, k0, kw, kwp,
+                [act](T v) { return act ? zf_narrow<T>(leaky_clamp(zf_widen(v))) : v; });
     zf_block_sync();
-    if (p.mma) {
-      for (int item = tid >> 5; item < n0 + n1; item += nt >> 5)  // uniform across a warp
-        item < n0 ? mma_item(q0, item, As, k0, kw, p) : mma_item(q1, item - n0, As, k0, kw, p);
-    } else {
+    if (is_bf16<T> || p.mma) {
+      if constexpr (!std::is_same<T, double>::value)
+        for (int item = tid >> 5; item < n0 + n1; item += nt >> 5)  // uniform across a warp
+          item < n0 ? mma_item(q0, item, As, k0, kw, p) : mma_item(q1, item - n0, As, k0, kw, p);
+    } else if constexpr (!is_bf16<T>) {
       for (int item = tid; item < n0 + n1; item += nt)
         item < n0 ? fma_item(q0, item, As, k0, kw, p) : fma_item(q1, item - n0, As, k0, kw, p);
     }
@@ -194,13 +223,13 @@ ZF_DEVICE void block_mm2(const T* A, int lda, bool act, const Prod<T>& q0, const
 // one product: A @ W_slice^T into `part`
 template <typename T>
 ZF_DEVICE void block_mm(const T* A, int lda, bool act, const Mm<T>& mm, T* As,
-                        T* part, int B, const ZfChainPlan& p) {
+                        zf_acc_t<T>* part, int B, const ZfChainPlan& p) {
   block_mm2(A, lda, act, Prod<T>{&mm, true, part}, Prod<T>{&mm, false, part}, As, B, p);
 }
 
 // sum over the ksplit partial tiles of element (b, m) of the last product
-template <typename T>
-ZF_DEVICE T tile_sum(const T* part, int b, int m, const Mm<T>& mm, const ZfChainPlan& p) {
+template <typename T, typename S>
+ZF_DEVICE T tile_sum(const T* part, int b, int m, const Mm<S>& mm, const ZfChainPlan& p) {
   if (p.mma) {  // element (b % 16, m % 8) of tile (b / 16, m / 8)
     const T* pp = part + static_cast<size_t>(((b >> 4) * mm.rgm + (m >> 3)) * mm.ksplit) * 128 + mma_elem(b & 15, m & 7);
     T s = T(0);
@@ -243,12 +272,13 @@ ZF_DEVICE void load_resident(const Mm<T>& mm, int i, const ZfChainPlan& p, unsig
 
 template <typename T>
 ZF_GLOBAL void chain_fwd_kernel(ChainParams<T> P) {
+  using A = zf_acc_t<T>;
   unsigned char* smem = zf_dynamic_smem();
   const ZfChainPlan& p = P.plan;
-  T* part = reinterpret_cast<T*>(smem + p.resident_bytes);
-  T* part_hh = reinterpret_cast<T*>(smem + p.resident_bytes + p.pair_offset);
-  T* cs = reinterpret_cast<T*>(smem + p.resident_bytes + p.part_bytes);
-  T* pre = reinterpret_cast<T*>(smem + p.resident_bytes + p.part_bytes + p.state_bytes);  // B x 4U
+  A* part = reinterpret_cast<A*>(smem + p.resident_bytes);
+  A* part_hh = reinterpret_cast<A*>(smem + p.resident_bytes + p.pair_offset);
+  A* cs = reinterpret_cast<A*>(smem + p.resident_bytes + p.part_bytes);
+  A* pre = reinterpret_cast<A*>(smem + p.resident_bytes + p.part_bytes + p.state_bytes);  // B x 4U
   T* As = reinterpret_cast<T*>(smem + p.resident_bytes + p.part_bytes + p.state_bytes + p.pre_bytes);
   const int tid = zf_tid(), nt = zf_nthreads(), bid = zf_bid();
   const int H = P.H, B = P.B, M = P.M, Z = P.Z, T_ = P.T_;
@@ -266,7 +296,7 @@ ZF_GLOBAL void chain_fwd_kernel(ChainParams<T> P) {
   const int nu = mhh.count, nm = mqh.count, nz = mq2.count;
   for (int e = tid; e < B * U; e += nt) {
     const int b = e / U, u = e % U;
-    cs[e] = u < nu ? P.c0[static_cast<size_t>(b) * H + j0 + u] : T(0);
+    cs[e] = u < nu ? P.c0[static_cast<size_t>(b) * H + j0 + u] : A(0);
   }
   zf_block_sync();
   const size_t BH = static_cast<size_t>(B) * H, BM = static_cast<size_t>(B) * M,
@@ -282,7 +312,7 @@ ZF_GLOBAL void chain_fwd_kernel(ChainParams<T> P) {
       for (int e = tid; e < B * nm; e += nt) {
         const int b = e / nm, u = e % nm;
         const size_t o = t * BM + static_cast<size_t>(b) * M + m0 + u;
-        P.s[o] = tile_sum(part, b, u, mqh, p) + P.post_x[o];
+        P.s[o] = zf_narrow<T>(tile_sum(part, b, u, mqh, p) + zf_widen(P.post_x[o]));
       }
       if (nu > 0)
         for (int e = tid; e < B * 4 * U; e += nt) pre[e] = tile_sum(part_hh, e / (4 * U), e % (4 * U), mhh, p);
@@ -294,17 +324,17 @@ ZF_GLOBAL void chain_fwd_kernel(ChainParams<T> P) {
       for (int e = tid; e < B * nz; e += nt) {
         const int b = e / nz, u = e % nz;
         const long long zz = z0 + u;
-        const T pm = tile_sum(part, b, u, mq2, p) + P.b_q2[zz];
-        const T pl = tile_sum(part, b, Zb + u, mq2, p) + P.b_q2[Z + zz];
-        const T mu = pm < T(-8) ? T(-8) : (pm > T(8) ? T(8) : pm);
-        const T lv = pl < T(-8) ? T(-8) : (pl > T(8) ? T(8) : pl);
+        const A pm = tile_sum(part, b, u, mq2, p) + zf_widen(P.b_q2[zz]);
+        const A pl = tile_sum(part, b, Zb + u, mq2, p) + zf_widen(P.b_q2[Z + zz]);
+        const A mu = pm < A(-8) ? A(-8) : (pm > A(8) ? A(8) : pm);
+        const A lv = pl < A(-8) ? A(-8) : (pl > A(8) ? A(8) : pl);
         const size_t o = t * BZ + static_cast<size_t>(b) * Z + zz;
-        P.mu[o] = mu;
-        P.lv[o] = lv;
-        P.z[o] = mu + zf_exp(T(0.5) * lv) * P.eps[o];
+        P.mu[o] = zf_narrow<T>(mu);
+        P.lv[o] = zf_narrow<T>(lv);
+        P.z[o] = zf_narrow<T>(mu + zf_exp(A(0.5) * lv) * zf_widen(P.eps[o]));
         unsigned char* ok = P.okmask + 2 * (t * BZ + static_cast<size_t>(b) * Z) + zz;
-        ok[0] = (pm >= T(-8) && pm <= T(8)) ? 1 : 0;  // torch.clamp's closed interval
-        ok[Z] = (pl >= T(-8) && pl <= T(8)) ? 1 : 0;
+        ok[0] = (pm >= A(-8) && pm <= A(8)) ? 1 : 0;  // torch.clamp's closed interval
+        ok[Z] = (pl >= A(-8) && pl <= A(8)) ? 1 : 0;
       }
     }
     zf_grid_sync();  // z_t complete
@@ -316,20 +346,20 @@ ZF_GLOBAL void chain_fwd_kernel(ChainParams<T> P) {
         const int b = e / nu, u = e % nu;
         const long long j = j0 + u;
         T* g = P.gates + t * 4 * BH + static_cast<size_t>(b) * 4 * H + j;
-        const T* r = pre + b * 4 * U + u;  // gate rows u, U + u, 2U + u, 3U + u
-        const T zi = g[0] + (r[0] + tile_sum(part, b, u, mcomb, p));
-        const T zf = g[H] + (r[U] + tile_sum(part, b, U + u, mcomb, p));
-        const T zg = g[2 * H] + (r[2 * U] + tile_sum(part, b, 2 * U + u, mcomb, p));
-        const T zo = g[3 * H] + (r[3 * U] + tile_sum(part, b, 3 * U + u, mcomb, p));
+        const A* r = pre + b * 4 * U + u;  // gate rows u, U + u, 2U + u, 3U + u
+        const A zi = zf_widen(g[0]) + (r[0] + tile_sum(part, b, u, mcomb, p));
+        const A zf = zf_widen(g[H]) + (r[U] + tile_sum(part, b, U + u, mcomb, p));
+        const A zg = zf_widen(g[2 * H]) + (r[2 * U] + tile_sum(part, b, 2 * U + u, mcomb, p));
+        const A zo = zf_widen(g[3 * H]) + (r[3 * U] + tile_sum(part, b, 3 * U + u, mcomb, p));
         const int ce = b * U + u;
-        const T c = zf_sigmoid(zf) * cs[ce] + zf_sigmoid(zi) * zf_tanh(zg);
-        const T hv = zf_sigmoid(zo) * zf_tanh(c);
+        const A c = zf_sigmoid(zf) * cs[ce] + zf_sigmoid(zi) * zf_tanh(zg);
+        const A hv = zf_sigmoid(zo) * zf_tanh(c);
         cs[ce] = c;
-        g[0] = zi;  // pre-activations, saved for backward
-        g[H] = zf;
-        g[2 * H] = zg;
-        g[3 * H] = zo;
-        P.h[t * BH + static_cast<size_t>(b) * H + j] = hv;
+        g[0] = zf_narrow<T>(zi);  // pre-activations, saved for backward
+        g[H] = zf_narrow<T>(zf);
+        g[2 * H] = zf_narrow<T>(zg);
+        g[3 * H] = zf_narrow<T>(zo);
+        P.h[t * BH + static_cast<size_t>(b) * H + j] = zf_narrow<T>(hv);
         P.c[t * BH + static_cast<size_t>(b) * H + j] = c;
       }
     }
@@ -339,12 +369,13 @@ ZF_GLOBAL void chain_fwd_kernel(ChainParams<T> P) {
 
 template <typename T>
 ZF_GLOBAL void chain_bwd_kernel(ChainParams<T> P) {
+  using A = zf_acc_t<T>;
   unsigned char* smem = zf_dynamic_smem();
   const ZfChainPlan& p = P.plan;
-  T* part = reinterpret_cast<T*>(smem + p.resident_bytes);
-  T* part_hh = reinterpret_cast<T*>(smem + p.resident_bytes + p.pair_offset);
-  T* dcs = reinterpret_cast<T*>(smem + p.resident_bytes + p.part_bytes);
-  T* pre = reinterpret_cast<T*>(smem + p.resident_bytes + p.part_bytes + p.state_bytes);  // B x U
+  A* part = reinterpret_cast<A*>(smem + p.resident_bytes);
+  A* part_hh = reinterpret_cast<A*>(smem + p.resident_bytes + p.pair_offset);
+  A* dcs = reinterpret_cast<A*>(smem + p.resident_bytes + p.part_bytes);
+  A* pre = reinterpret_cast<A*>(smem + p.resident_bytes + p.part_bytes + p.state_bytes);  // B x U
   T* As = reinterpret_cast<T*>(smem + p.resident_bytes + p.part_bytes + p.state_bytes + p.pre_bytes);
   const int tid = zf_tid(), nt = zf_nthreads(), bid = zf_bid();
   const int H = P.H, B = P.B, M = P.M, Z = P.Z, T_ = P.T_, H4 = 4 * H;
@@ -361,7 +392,7 @@ ZF_GLOBAL void chain_bwd_kernel(ChainParams<T> P) {
   load_resident(mcomb, 2, p, smem);
   load_resident(mq2, 3, p, smem);
   const int nu = mhh.count, nm = mq2.count, nz = mcomb.count;
-  for (int e = tid; e < B * U; e += nt) dcs[e] = T(0);
+  for (int e = tid; e < B * U; e += nt) dcs[e] = A(0);
   zf_block_sync();
   const size_t BH = static_cast<size_t>(B) * H, BM = static_cast<size_t>(B) * M,
                BZ = static_cast<size_t>(B) * Z;
@@ -374,19 +405,20 @@ ZF_GLOBAL void chain_bwd_kernel(ChainParams<T> P) {
       for (int e = tid; e < B * nu; e += nt) {
         const int b = e / nu, u = e % nu;
         const size_t bj = static_cast<size_t>(b) * H + j0 + u;
-        T dh = P.grad_h[t * BH + bj];
+        A dh = zf_widen(P.grad_h[t * BH + bj]);
         if (!last) dh += pre[b * U + u] + tile_sum(part, b, u, mqh, p);
         T* g = P.gates + t * 4 * BH + static_cast<size_t>(b) * 4 * H + j0 + u;
-        const T i = zf_sigmoid(g[0]), f = zf_sigmoid(g[H]), gg = zf_tanh(g[2 * H]), o = zf_sigmoid(g[3 * H]);
-        const T c_prev = t == 0 ? P.c0[bj] : P.c_saved[(t - 1) * BH + bj];
-        const T tc = zf_tanh(P.c_saved[t * BH + bj]);
+        const A i = zf_sigmoid(zf_widen(g[0])), f = zf_sigmoid(zf_widen(g[H])), gg = zf_tanh(zf_widen(g[2 * H])),
+                o = zf_sigmoid(zf_widen(g[3 * H]));
+        const A c_prev = t == 0 ? P.c0[bj] : P.c_saved[(t - 1) * BH + bj];
+        const A tc = zf_tanh(P.c_saved[t * BH + bj]);
         const int ce = b * U + u;
-        T dc = P.grad_c[t * BH + bj] + dcs[ce];
-        dc += dh * o * (T(1) - tc * tc);
-        g[0] = dc * gg * i * (T(1) - i);  // dgates overwrite the pre-activations in place
-        g[H] = dc * c_prev * f * (T(1) - f);
-        g[2 * H] = dc * i * (T(1) - gg * gg);
-        g[3 * H] = dh * tc * o * (T(1) - o);
+        A dc = P.grad_c[t * BH + bj] + dcs[ce];
+        dc += dh * o * (A(1) - tc * tc);
+        g[0] = zf_narrow<T>(dc * gg * i * (A(1) - i));  // dgates overwrite the pre-activations in place
+        g[H] = zf_narrow<T>(dc * c_prev * f * (A(1) - f));
+        g[2 * H] = zf_narrow<T>(dc * i * (A(1) - gg * gg));
+        g[3 * H] = zf_narrow<T>(dh * tc * o * (A(1) - o));
         dcs[ce] = dc * f;
       }
     }
@@ -402,13 +434,14 @@ ZF_GLOBAL void chain_bwd_kernel(ChainParams<T> P) {
       for (int e = tid; e < B * nz; e += nt) {
         const int b = e / nz, u = e % nz;
         const size_t o = t * BZ + static_cast<size_t>(b) * Z + z0 + u;
-        const T dz = P.grad_z[o] + tile_sum(part, b, u, mcomb, p);
-        const T eps = P.eps[o];
-        const T sd = zf_exp(T(0.5) * P.lv_saved[o]);
-        P.grad_eps[o] = dz * sd;
+        const A dz = zf_widen(P.grad_z[o]) + tile_sum(part, b, u, mcomb, p);
+        const A eps = zf_widen(P.eps[o]);
+        const A sd = zf_exp(A(0.5) * zf_widen(P.lv_saved[o]));
+        P.grad_eps[o] = zf_narrow<T>(dz * sd);
         const size_t o2 = 2 * (t * BZ + static_cast<size_t>(b) * Z) + z0 + u;
-        P.dparams[o2] = P.ok_saved[o2] ? dz + P.grad_mu[o] : T(0);
-        P.dparams[o2 + Z] = P.ok_saved[o2 + Z] ? dz * eps * T(0.5) * sd + P.grad_lv[o] : T(0);
+        P.dparams[o2] = zf_narrow<T>(P.ok_saved[o2] ? dz + zf_widen(P.grad_mu[o]) : A(0));
+        P.dparams[o2 + Z] =
+            zf_narrow<T>(P.ok_saved[o2 + Z] ? dz * eps * A(0.5) * sd + zf_widen(P.grad_lv[o]) : A(0));
       }
     }
     zf_grid_sync();  // dparams_t complete
@@ -418,7 +451,7 @@ ZF_GLOBAL void chain_bwd_kernel(ChainParams<T> P) {
       for (int e = tid; e < B * nm; e += nt) {
         const int b = e / nm, u = e % nm;
         const size_t o = t * BM + static_cast<size_t>(b) * M + m0 + u;
-        P.ds[o] = leaky_clamp_backward(P.s_saved[o], tile_sum(part, b, u, mq2, p));
+        P.ds[o] = zf_narrow<T>(leaky_clamp_backward(zf_widen(P.s_saved[o]), tile_sum(part, b, u, mq2, p)));
       }
     }
     if (t > 0) zf_grid_sync();  // ds_t complete
@@ -435,16 +468,21 @@ int plan_with(int backward, int B, int H, int M, int Z, int es, int threads, int
               long long smem_limit, int num_sms, int tf32, ZfChainPlan* p, char* err, int errlen) {
   char msg[900];
   const char* dir = backward ? "backward" : "forward";
-  const char* dt = es == 8 ? "float64" : "float32";
-  if (B < 1 || H < 1 || M < 1 || Z < 1 || threads < 1 || num_sms < 1 || (es != 4 && es != 8)) {
+  const char* dt = es == 8 ? "float64" : es == 2 ? "bfloat16" : "float32";
+  if (B < 1 || H < 1 || M < 1 || Z < 1 || threads < 1 || num_sms < 1 || (es != 2 && es != 4 && es != 8)) {
     std::snprintf(msg, sizeof msg,
                   "invalid zforcing_chain plan arguments B=%d H=%d M=%d Z=%d elem_size=%d threads=%d SMs=%d",
                   B, H, M, Z, es, threads, num_sms);
     set_err(err, errlen, msg);
     return ZF_DOES_NOT_FIT;
   }
-  int mma = 0;  // TF32 products per element; float64 stays IEEE
+  int mma = 0;  // TF32 products per element; float64 stays IEEE; bfloat16: 1 (its own tiles)
   if (plan_tf32(tf32, es, threads, "zforcing_chain", &mma, err, errlen) != ZF_OK) return ZF_DOES_NOT_FIT;
+  // bfloat16: K steps of 16, rows padded to 8 mod 64 elements (4 mod 32 words, as float32's 4 mod
+  // 32), partial sums, c and `pre` in float32
+  const bool bf16 = es == 2;
+  const int round_k = bf16 ? 64 : 32, pad = bf16 ? 8 : 4;
+  const long long acc_es = bf16 ? 4 : es;
   std::memset(p, 0, sizeof *p);
   p->mma = mma;
   p->threads = threads;
@@ -472,10 +510,10 @@ int plan_with(int backward, int B, int H, int M, int Z, int es, int threads, int
   for (int i = 0; i < 4; ++i) {
     // slices 0 and 2 always run in one pass (same K): their tiles share the threads / warps
     const int g = (i == 0 || i == 2) ? groups[0] + groups[2] : groups[i];
-    p->ksplit[i] = mma ? mma_ksplit(g, threads / 32, p->k[i]) : (threads / g < 1 ? 1 : threads / g);
-    pb[i] = static_cast<long long>(groups[i]) * p->ksplit[i] * tb * tm * es;
+    p->ksplit[i] = mma ? mma_ksplit(g, threads / 32, p->k[i], bf16 ? 16 : 8) : (threads / g < 1 ? 1 : threads / g);
+    pb[i] = static_cast<long long>(groups[i]) * p->ksplit[i] * tb * tm * acc_es;
     if (pb[i] > part) part = pb[i];
-    p->w_stride[i] = round_up(p->k[i], 32) + 4;
+    p->w_stride[i] = round_up(p->k[i], round_k) + pad;
     p->w_bytes[i] = align16(static_cast<long long>(p->rows[i]) * p->w_stride[i] * es);
     if (p->k[i] > kmax) kmax = p->k[i];
   }
@@ -483,10 +521,10 @@ int plan_with(int backward, int B, int H, int M, int Z, int es, int threads, int
   p->pair_offset = align16(pb[2]);
   if (p->pair_offset + pb[0] > part) part = p->pair_offset + pb[0];
   p->part_bytes = align16(part);
-  p->state_bytes = align16(static_cast<long long>(B) * U * es);
-  p->pre_bytes = align16(static_cast<long long>(B) * p->rows[0] * es);
+  p->state_bytes = align16(static_cast<long long>(B) * U * acc_es);
+  p->pre_bytes = align16(static_cast<long long>(B) * p->rows[0] * acc_es);
   const long long Bp = static_cast<long long>(p->row_groups_b) * tb;
-  auto staging = [&](long long kc) { return align16(Bp * (round_up(static_cast<int>(kc), 32) + 4) * es); };
+  auto staging = [&](long long kc) { return align16(Bp * (round_up(static_cast<int>(kc), round_k) + pad) * es); };
   const long long kmin = kmax < 32 ? kmax : 32;
   const long long fixed = p->w_bytes[0] + p->part_bytes + p->state_bytes + p->pre_bytes;
   if (fixed + staging(kmin) > smem_limit) {
@@ -519,12 +557,12 @@ int plan_with(int backward, int B, int H, int M, int Z, int es, int threads, int
   }
   p->resident_bytes = off;
   const long long avail = smem_limit - used;
-  long long kc = avail / (Bp * es) - 36;
+  long long kc = avail / (Bp * es) - (round_k + pad);
   if (kc >= kmax) kc = kmax;
   else if (kc >= 32) kc = kc / 32 * 32;
   if (kc < kmin) kc = kmin;
   p->kc = static_cast<int>(kc);
-  p->a_stride = round_up(p->kc, 32) + 4;
+  p->a_stride = round_up(p->kc, round_k) + pad;
   p->a_bytes = align16(Bp * p->a_stride * es);
   p->smem_bytes = used + p->a_bytes;
   return ZF_OK;
@@ -558,13 +596,13 @@ int launch(void (*kernel)(ChainParams<T>), ChainParams<T>& P, const char* dir, i
   char what[64], shape[128];
   std::snprintf(what, sizeof what, "the CUDA zforcing_chain %s", dir);
   std::snprintf(shape, sizeof shape, "B=%d, H=%d, M=%d, Z=%d in %s", P.B, P.H, P.M, P.Z,
-                sizeof(T) == 8 ? "float64" : "float32");
+                sizeof(T) == 8 ? "float64" : sizeof(T) == 2 ? "bfloat16" : "float32");
   return cooperative_launch(kernel, P, P.plan.blocks, P.plan.threads, P.plan.smem_bytes, P.plan.units_per_block,
                             device_sms, stream, "zforcing_chain", what, shape, err, errlen);
 }
 
 template <typename F>
-int forward(ZF_CHAIN_FWD_ARGS(F)) {
+int forward(ZF_CHAIN_FWD_ARGS(F, zf_acc_t<F>)) {
   ZfChainPlan plan;
   int sms = 0;
   int rc = resolve_and_plan(0, B, H, M, Z, sizeof(F), cfg, &plan, &sms, err, errlen);
@@ -592,7 +630,7 @@ int forward(ZF_CHAIN_FWD_ARGS(F)) {
 }
 
 template <typename F>
-int backward(ZF_CHAIN_BWD_ARGS(F)) {
+int backward(ZF_CHAIN_BWD_ARGS(F, zf_acc_t<F>)) {
   ZfChainPlan plan;
   int sms = 0;
   int rc = resolve_and_plan(1, B, H, M, Z, sizeof(F), cfg, &plan, &sms, err, errlen);
@@ -622,6 +660,13 @@ int backward(ZF_CHAIN_BWD_ARGS(F)) {
   return launch<F>(chain_bwd_kernel<F>, P, "backward", sms, stream, err, errlen);
 }
 
+// the C ABI passes bfloat16 tensors as their 16-bit patterns
+template <typename P>
+auto bf16(P* p) {
+  using Q = typename std::conditional<std::is_const<P>::value, const zf_bf16, zf_bf16>::type;
+  return reinterpret_cast<Q*>(p);
+}
+
 }  // namespace
 
 extern "C" {
@@ -632,22 +677,32 @@ int zf_chain_plan(int backward_, int B, int H, int M, int Z, int elem_size, cons
   return resolve_and_plan(backward_, B, H, M, Z, elem_size, cfg, plan, &sms, err, errlen);
 }
 
-int zf_chain_forward_f32(ZF_CHAIN_FWD_ARGS(float)) {
+int zf_chain_forward_f32(ZF_CHAIN_FWD_ARGS(float, float)) {
   return forward<float>(gates, post_x, eps, h0, c0, w_qh, w_q2, b_q2, w_comb, w_hh, h, c, z, mu, lv, s, okmask,
                         T, B, H, M, Z, cfg, stream, err, errlen);
 }
-int zf_chain_forward_f64(ZF_CHAIN_FWD_ARGS(double)) {
+int zf_chain_forward_f64(ZF_CHAIN_FWD_ARGS(double, double)) {
   return forward<double>(gates, post_x, eps, h0, c0, w_qh, w_q2, b_q2, w_comb, w_hh, h, c, z, mu, lv, s, okmask,
                          T, B, H, M, Z, cfg, stream, err, errlen);
 }
-int zf_chain_backward_f32(ZF_CHAIN_BWD_ARGS(float)) {
+int zf_chain_backward_f32(ZF_CHAIN_BWD_ARGS(float, float)) {
   return backward<float>(grad_h, grad_c, grad_z, grad_mu, grad_lv, gates, c0, c, lv, eps, okmask, s, w_qh, w_q2,
                          w_comb, w_hh, dparams, ds, grad_eps, dc, T, B, H, M, Z, cfg, stream, err, errlen);
 }
-int zf_chain_backward_f64(ZF_CHAIN_BWD_ARGS(double)) {
+int zf_chain_backward_f64(ZF_CHAIN_BWD_ARGS(double, double)) {
   return backward<double>(grad_h, grad_c, grad_z, grad_mu, grad_lv, gates, c0, c, lv, eps, okmask, s, w_qh,
                           w_q2, w_comb, w_hh, dparams, ds, grad_eps, dc, T, B, H, M, Z, cfg, stream, err,
                           errlen);
+}
+int zf_chain_forward_bf16(ZF_CHAIN_FWD_ARGS(unsigned short, float)) {
+  return forward<zf_bf16>(bf16(gates), bf16(post_x), bf16(eps), bf16(h0), c0, bf16(w_qh), bf16(w_q2), bf16(b_q2),
+                          bf16(w_comb), bf16(w_hh), bf16(h), c, bf16(z), bf16(mu), bf16(lv), bf16(s), okmask, T, B, H,
+                          M, Z, cfg, stream, err, errlen);
+}
+int zf_chain_backward_bf16(ZF_CHAIN_BWD_ARGS(unsigned short, float)) {
+  return backward<zf_bf16>(bf16(grad_h), grad_c, bf16(grad_z), bf16(grad_mu), bf16(grad_lv), bf16(gates), c0, c,
+                           bf16(lv), bf16(eps), okmask, bf16(s), bf16(w_qh), bf16(w_q2), bf16(w_comb), bf16(w_hh),
+                           bf16(dparams), bf16(ds), bf16(grad_eps), dc, T, B, H, M, Z, cfg, stream, err, errlen);
 }
 
 }  // extern "C"

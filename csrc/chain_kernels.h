@@ -66,27 +66,33 @@ int zf_chain_plan(int backward, int B, int H, int M, int Z, int elem_size, const
  * w_q2 (2Z, M), b_q2 (2Z), w_comb = W_iz W_gz (4H, Z), w_hh (4H, H). Out: h, c (T, B, H),
  * z, mu, lv (T, B, Z), s (T, B, M) the posterior pre-activation, okmask (T, B, 2Z) 1 where the
  * parameter clamp passes the gradient. All contiguous. */
-#define ZF_CHAIN_FWD_ARGS(T_)                                                                   \
-  T_ *gates, const T_ *post_x, const T_ *eps, const T_ *h0, const T_ *c0, const T_ *w_qh,       \
-      const T_ *w_q2, const T_ *b_q2, const T_ *w_comb, const T_ *w_hh, T_ *h, T_ *c, T_ *z,     \
-      T_ *mu, T_ *lv, T_ *s, unsigned char *okmask, int T, int B, int H, int M, int Z,           \
+/* S_: the storage type of everything but the cell states c0, c (and below grad_c, dc), which
+ * are A_: float / float, double / double, or bfloat16 (as 16-bit patterns) / float. */
+#define ZF_CHAIN_FWD_ARGS(S_, A_)                                                               \
+  S_ *gates, const S_ *post_x, const S_ *eps, const S_ *h0, const A_ *c0, const S_ *w_qh,       \
+      const S_ *w_q2, const S_ *b_q2, const S_ *w_comb, const S_ *w_hh, S_ *h, A_ *c, S_ *z,     \
+      S_ *mu, S_ *lv, S_ *s, unsigned char *okmask, int T, int B, int H, int M, int Z,           \
       const ZfChainLaunch *cfg, void *stream, char *err, int errlen
-int zf_chain_forward_f32(ZF_CHAIN_FWD_ARGS(float));
-int zf_chain_forward_f64(ZF_CHAIN_FWD_ARGS(double));
+int zf_chain_forward_f32(ZF_CHAIN_FWD_ARGS(float, float));
+int zf_chain_forward_f64(ZF_CHAIN_FWD_ARGS(double, double));
+/* bfloat16: products on bfloat16 tensor-core tiles (mma.sync m16n8k16, float32 accumulation),
+ * all arithmetic in float32, every S_ value rounded to bfloat16 when stored. */
+int zf_chain_forward_bf16(ZF_CHAIN_FWD_ARGS(unsigned short, float));
 
 /* Backward, one cooperative launch. In: the output gradients grad_h, grad_c (T, B, H), grad_z,
  * grad_mu, grad_lv (T, B, Z); the saved pre-activations in `gates` (overwritten with dgates =
  * the gradient of gates_x), c0, c, lv, eps, okmask, s and the weights. Out: dparams (T, B, 2Z)
  * (gradient of the clamped [mu, lv] pre-activation), ds (T, B, M) (= gradient of post_x),
  * grad_eps (T, B, Z), dc (B, H) = the gradient of c0. */
-#define ZF_CHAIN_BWD_ARGS(T_)                                                                   \
-  const T_ *grad_h, const T_ *grad_c, const T_ *grad_z, const T_ *grad_mu, const T_ *grad_lv,   \
-      T_ *gates, const T_ *c0, const T_ *c, const T_ *lv, const T_ *eps,                          \
-      const unsigned char *okmask, const T_ *s, const T_ *w_qh, const T_ *w_q2,                   \
-      const T_ *w_comb, const T_ *w_hh, T_ *dparams, T_ *ds, T_ *grad_eps, T_ *dc, int T, int B, \
+#define ZF_CHAIN_BWD_ARGS(S_, A_)                                                               \
+  const S_ *grad_h, const A_ *grad_c, const S_ *grad_z, const S_ *grad_mu, const S_ *grad_lv,   \
+      S_ *gates, const A_ *c0, const A_ *c, const S_ *lv, const S_ *eps,                          \
+      const unsigned char *okmask, const S_ *s, const S_ *w_qh, const S_ *w_q2,                   \
+      const S_ *w_comb, const S_ *w_hh, S_ *dparams, S_ *ds, S_ *grad_eps, A_ *dc, int T, int B, \
       int H, int M, int Z, const ZfChainLaunch *cfg, void *stream, char *err, int errlen
-int zf_chain_backward_f32(ZF_CHAIN_BWD_ARGS(float));
-int zf_chain_backward_f64(ZF_CHAIN_BWD_ARGS(double));
+int zf_chain_backward_f32(ZF_CHAIN_BWD_ARGS(float, float));
+int zf_chain_backward_f64(ZF_CHAIN_BWD_ARGS(double, double));
+int zf_chain_backward_bf16(ZF_CHAIN_BWD_ARGS(unsigned short, float));
 
 #ifdef __cplusplus
 }

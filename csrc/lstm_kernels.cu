@@ -85,7 +85,8 @@ ZF_DEVICE void mma_items(float* part, bool zero, const S* As, const S* Ws, int k
     float* pp = part + static_cast<size_t>(item) * 128 + lane * 4;
     const S* w = Ws + static_cast<size_t>(wrow) * p.w_stride + k0;
     if constexpr (is_bf16<S>) {
-      mma_tile_bf16(pp, zero, As + (tb * 16 + g) * as + 2 * t, as, w + 2 * t, ks, (kw + 15) / 16, ksplit);
+      mma_tile_bf16(pp, zero, As + (tb * 16 + g) * as + 2 * t, as, w + 2 * t, 0, kw - 2 * t, ks, (kw + 15) / 16,
+                    ksplit);
     } else {
       mma_tile_tf32(pp, zero, As + (tb * 16 + g) * as + t, as, w + t, 1, t, ks, (kw + 7) / 8, ksplit, kw, p.mma);
     }

@@ -96,6 +96,7 @@ ZF_DEVICE void zf_mma_bf16(float (&d)[4], const unsigned (&a)[4], const unsigned
 
 // two adjacent bfloat16 of shared memory (4-byte aligned) as one mma operand register
 ZF_DEVICE unsigned zf_bf16x2(const zf_bf16* p) { return *reinterpret_cast<const unsigned*>(p); }
+ZF_DEVICE unsigned zf_bf16_bits(zf_bf16 x) { return __bfloat16_as_ushort(x); }
 
 #else
 // ------------------------------------------------------------------------------ CPU emulation
@@ -273,6 +274,7 @@ inline zf_bf16 zf_bf16_from(float x) {
 inline unsigned zf_bf16x2(const zf_bf16* p) {
   return static_cast<unsigned>(p[0].bits) | (static_cast<unsigned>(p[1].bits) << 16);
 }
+inline unsigned zf_bf16_bits(zf_bf16 x) { return x.bits; }
 
 // The warp's mma.m16n8k16 .bf16 (see the CUDA version for the fragments): as zf_mma_tf32, each
 // lane publishes its 8 A and 4 B elements, each lane computes its four elements of D (exact

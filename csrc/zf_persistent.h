@@ -181,17 +181,24 @@ ZF_UNROLL
 
 // One warp's 16 x 8 tile of bfloat16 tensor-core products (plan.mma with bfloat16 storage): as
 // mma_tile_tf32, over K steps of 16. a_lo: the lane's A row g at column 2t of the staged chunk (row
-// g + 8 is a_step further); w: its resident W row (the tile's row g) at column 2t. Both are read
-// as pairs of bfloat16 (4-byte aligned: even strides and offsets); every column up to the chunk's
-// K steps must hold a number (A: zeros past the chunk; W: zeros past K, real columns before it,
-// whose products with A's zeros vanish), so there is no K guard here.
-ZF_DEVICE void mma_tile_bf16(float* pp, bool zero, const zf_bf16* a_lo, int a_step, const zf_bf16* w, int ks,
-                             int ksteps, int ksplit) {
+// g + 8 is a_step further), read as pairs of bfloat16 (4-byte aligned: even strides and offsets;
+// zeros past the chunk). w: the lane's W row (the tile's row g) at column 2t, either resident
+// (wk = 0: a row zero-padded to whole K steps, pairs read as one register, no K guard; real
+// columns past the chunk meet A's zeros) or in global memory (wk > 0: elements wk apart, read only
+// below kw_t = the chunk's width - 2t, so nothing past the matrix).
+ZF_DEVICE void mma_tile_bf16(float* pp, bool zero, const zf_bf16* a_lo, int a_step, const zf_bf16* w, long long wk,
+                             int kw_t, int ks, int ksteps, int ksplit) {
   const zf_bf16* a_hi = a_lo + 8 * a_step;
+  auto w_pair = [&](int k) -> unsigned {  // W columns 2t + k, 2t + k + 1
+    if (wk == 0) return zf_bf16x2(w + k);
+    const unsigned lo = k < kw_t ? zf_bf16_bits(w[k * wk]) : 0u;
+    const unsigned hi = k + 1 < kw_t ? zf_bf16_bits(w[(k + 1) * wk]) : 0u;
+    return lo | (hi << 16);
+  };
   auto step = [&](float(&acc)[4], int s) {
     const int k = s * 16;
     const unsigned a[4] = {zf_bf16x2(a_lo + k), zf_bf16x2(a_hi + k), zf_bf16x2(a_lo + k + 8), zf_bf16x2(a_hi + k + 8)};
-    const unsigned b[2] = {zf_bf16x2(w + k), zf_bf16x2(w + k + 8)};
+    const unsigned b[2] = {w_pair(k), w_pair(k + 8)};
     zf_mma_bf16(acc, a, b);
   };
   mma_two_chains(pp, zero, ks, ksteps, ksplit, step);

@@ -189,7 +189,7 @@ def chain_library(extra_flags: tuple = ()) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(_build("chain_emu", CHAIN_SOURCES, key)))
     ptr, i, err = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
     cfg = ctypes.POINTER(ZfChainLaunch)
-    for dt in ("f32", "f64"):
+    for dt in ("f32", "f64", "bf16"):
         getattr(lib, f"zf_chain_forward_{dt}").argtypes = [ptr] * 17 + [i] * 5 + [cfg, ptr, err, i]
         getattr(lib, f"zf_chain_backward_{dt}").argtypes = [ptr] * 20 + [i] * 5 + [cfg, ptr, err, i]
     lib.zf_chain_plan.argtypes = [i] * 6 + [cfg, ctypes.POINTER(ZfChainPlan), err, i]
@@ -216,12 +216,13 @@ class EmulatedChainKernels:
         self.launch = ZfChainLaunch(threads, units_per_block, smem_limit, num_sms, int(tf32))
         self.calls = []
 
-    def _call(self, lib, name, tensors, dims):
-        dtype = tensors[0].dtype
+    def _call(self, lib, name, tensors, dims, dtype):
+        """tensors: the storage dtype's, the cell states' (float32 for bfloat16) and the uint8 mask."""
+        allowed = (dtype, EmulatedKernels._state_dtype(tensors[0]), torch.uint8)
         for t in tensors:
-            assert t.is_contiguous() and t.dtype in (dtype, torch.uint8), (name, t.dtype, t.shape)
+            assert t.is_contiguous() and t.dtype in allowed, (name, t.dtype, t.shape)
         buf = ctypes.create_string_buffer(1024)
-        fn = getattr(lib, f"{name}_{ {torch.float32: 'f32', torch.float64: 'f64'}[dtype]}")
+        fn = getattr(lib, f"{name}_{EmulatedKernels._suffix(tensors[0])}")
         rc = fn(*(t.data_ptr() for t in tensors), *dims, ctypes.byref(self.launch), None, buf, 1024)
         self.calls.append(name)
         if rc != 0:
@@ -230,13 +231,16 @@ class EmulatedChainKernels:
     def forward(self, gates, post_x, eps, h0, c0, w_qh, w_q2, b_q2, w_comb, w_hh, h, c, z, mu, lv, s, okmask):
         T, B, H = h.shape
         dims = (T, B, H, s.shape[-1], z.shape[-1])
+        assert c0.dtype == c.dtype == EmulatedKernels._state_dtype(gates)
         self._call(self.lib, "zf_chain_forward",
-                   (gates, post_x, eps, h0, c0, w_qh, w_q2, b_q2, w_comb, w_hh, h, c, z, mu, lv, s, okmask), dims)
+                   (gates, post_x, eps, h0, c0, w_qh, w_q2, b_q2, w_comb, w_hh, h, c, z, mu, lv, s, okmask), dims,
+                   gates.dtype)
 
     def backward(self, grad_h, grad_c, grad_z, grad_mu, grad_lv, gates, c0, c, lv, eps, okmask, s,
                  w_qh, w_q2, w_comb, w_hh, dparams, ds, grad_eps, dc):
         T, B, H = grad_h.shape
         dims = (T, B, H, s.shape[-1], lv.shape[-1])
+        assert grad_c.dtype == c0.dtype == c.dtype == dc.dtype == EmulatedKernels._state_dtype(gates)
         self._call(self.backward_lib, "zf_chain_backward",
                    (grad_h, grad_c, grad_z, grad_mu, grad_lv, gates, c0, c, lv, eps, okmask, s,
-                    w_qh, w_q2, w_comb, w_hh, dparams, ds, grad_eps, dc), dims)
+                    w_qh, w_q2, w_comb, w_hh, dparams, ds, grad_eps, dc), dims, gates.dtype)

@@ -192,6 +192,44 @@ def test_cuda_chain_design_shapes_tf32(cuda_chain, shape):
     _compare(cuda_chain, shape, torch.float32, 1e-3, scale=0.25, tf32=True)
 
 
+def _bf16_no_worse_than_eager(shape, seed):
+    """ops.zforcing_chain(backend="cuda") in bfloat16, well-conditioned inputs (scale 0.25): every
+    output's and gradient's error against float64 (by norm) at most that of eager torch in
+    bfloat16 (+ 1e-3). The CPU emulation measured 0.5-1x eager's (tests/test_cuda_emulation_bf16.py:
+    the cell state stays float32); clamp-heavy inputs flip clamps in both and say nothing."""
+    args, grads = _inputs(*shape, torch.bfloat16, seed=seed, scale=0.25)
+    got = _outputs_and_grads(lambda *a: ops.zforcing_chain(*a, backend="cuda"), args, grads)
+    eager = _outputs_and_grads(lambda *a: ops.zforcing_chain(*a, backend="torch"), args, grads)
+    args64 = [a.detach().double().requires_grad_() for a in args]
+    exact = _outputs_and_grads(lambda *a: ops.zforcing_chain(*a, backend="torch"), args64,
+                               [g.double() for g in grads])
+    names = ("h", "c", "z", "mu_q", "logvar_q") + tuple("grad " + n for n in NAMES)
+    for name, a, e, ref in zip(names, got, eager, exact):
+        assert a.dtype == torch.bfloat16 and torch.isfinite(a).all(), name
+        ours = ((a.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+        theirs = ((e.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+        assert ours <= theirs + 1e-3, f"{shape}: {name}: ours {ours:.2e}, eager bf16 {theirs:.2e}"
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_cuda_chain_random_shapes_bfloat16_no_worse_than_eager(cuda_chain, seed):
+    g = torch.Generator().manual_seed(300 + seed)
+    T, B, H, M, Z, G = (int(torch.randint(lo, hi, (1,), generator=g))
+                        for lo, hi in ((1, 10), (1, 40), (1, 200), (1, 100), (1, 40), (1, 60)))
+    _bf16_no_worse_than_eager((T, B, H, M, Z, G), seed)
+
+
+@pytest.mark.parametrize("shape", [(8, 32, 1024, 512, 256, 512), (8, 32, 1024, 512, 128, 512)],
+                         ids=["TIMIT B32 H1024 M512 Z256 G512 (T=8)", "SeqMNIST B32 H1024 M512 Z128 G512 (T=8)"])
+def test_cuda_chain_design_shapes_bfloat16(cuda_chain, shape):
+    _bf16_no_worse_than_eager(shape, 0)
+    T, B, H, M, Z, G = shape
+    x = [torch.empty(T, B, n, device="cuda", dtype=torch.bfloat16) for n in (4 * H, M, Z)]
+    fwd, bwd = cuda_chain.plan(*x)
+    assert fwd["resident"] == bwd["resident"] == 0b1111     # every bf16 slice fits (CPU planner: 114 SMs too)
+    assert "bfloat16 tensor cores" in ops.explain("zforcing_chain", *x, backend="cuda")[1]
+
+
 def test_cuda_chain_tf32_follows_torchs_matmul_switch(cuda_chain, monkeypatch):
     """The public op takes the TF32 tiles exactly when torch allows TF32 for its float32 matmuls
     (explain says which); with TF32 allowed torch's own GEMMs (the g(z) fold, the weight
@@ -222,8 +260,8 @@ def test_cuda_chain_through_the_public_op(cuda_chain):
 
 def test_cuda_chain_refuses_unsupported_dtype(cuda_chain):
     args, _ = _inputs(2, 2, 4, 3, 2, 3, torch.float32)
-    args = [a.detach().to(torch.bfloat16) for a in args]
-    with pytest.raises(ops.BackendUnavailableError, match="float32 and float64"):
+    args = [a.detach().to(torch.float16) for a in args]
+    with pytest.raises(ops.BackendUnavailableError, match="float32, float64 and bfloat16"):
         ops.zforcing_chain(*args, backend="cuda")
 
 

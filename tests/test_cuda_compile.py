@@ -17,10 +17,11 @@ import pytest
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 # the kernel entries lstm_kernels.cu and chain_kernels.cu must define: forward / backward x float / double
-# (and the LSTM's bfloat16 storage, __nv_bfloat16: "I13__nv_bfloat16" in the mangled name)
+# (and bfloat16 storage, __nv_bfloat16: "I13__nv_bfloat16" in the mangled name)
 KERNELS = ("lstm_fwd_kernelIf", "lstm_fwd_kernelId", "lstm_bwd_kernelIf", "lstm_bwd_kernelId",
            "lstm_fwd_kernelI13__nv_bfloat16", "lstm_bwd_kernelI13__nv_bfloat16",
-           "chain_fwd_kernelIf", "chain_fwd_kernelId", "chain_bwd_kernelIf", "chain_bwd_kernelId")
+           "chain_fwd_kernelIf", "chain_fwd_kernelId", "chain_bwd_kernelIf", "chain_bwd_kernelId",
+           "chain_fwd_kernelI13__nv_bfloat16", "chain_bwd_kernelI13__nv_bfloat16")
 MODULE = "zf_compile_check_C"
 
 

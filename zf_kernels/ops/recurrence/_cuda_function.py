@@ -16,6 +16,10 @@ place by the forward kernel: no extra memory). Recomputed: the gate activations 
 backward kernel), act(s) (after the loop) and g = z W_gz^T + b_gz (one GEMM after the loop).
 The backward kernel overwrites the pre-activations with dgates; a second backward through a
 retained graph reruns the forward to rebuild them.
+
+bfloat16 (as the Triton chain): every buffer in bfloat16 but the cell states (c0 as the kernels
+read it, c, grad_c, dc: float32; ``c`` is returned in bfloat16); products on bfloat16 tensor-core
+tiles with float32 accumulation, all arithmetic in float32.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import torch
 
 from ._grads import chain_input_grads
 
-SUPPORTED_DTYPES = (torch.float32, torch.float64)
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
 class ChainKernels(Protocol):
@@ -41,10 +45,15 @@ class ChainKernels(Protocol):
 def why_unsupported(gates_x, *rest) -> str | None:
     """Why the CUDA chain cannot run on these tensors (dtype, device), or None."""
     if gates_x.dtype not in SUPPORTED_DTYPES:
-        return f"the CUDA zforcing_chain supports float32 and float64, got {gates_x.dtype}"
+        return f"the CUDA zforcing_chain supports float32, float64 and bfloat16, got {gates_x.dtype}"
     if gates_x.device.type != "cuda":
         return f"the CUDA zforcing_chain needs CUDA tensors, got {gates_x.device}"
     return None
+
+
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of the cell states the kernels keep (c0, c, grad_c, dc): float32 for bfloat16."""
+    return torch.float32 if dtype == torch.bfloat16 else dtype
 
 
 def _forward(kernels, gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_gz, bias_gz,
@@ -54,12 +63,13 @@ def _forward(kernels, gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q
     new = lambda *shape: torch.empty(*shape, dtype=gates_x.dtype, device=gates_x.device)  # noqa: E731
     # W_iz b_gz added once for all t; the kernel turns this buffer into the pre-activations
     gates = (gates_x + weight_iz @ bias_gz).contiguous()
-    h, c = new(T, B, H), new(T, B, H)
+    state = state_dtype(gates_x.dtype)
+    h, c = new(T, B, H), torch.empty(T, B, H, dtype=state, device=gates_x.device)
     z, mu, lv = new(T, B, Z), new(T, B, Z), new(T, B, Z)
     s = new(T, B, M)
     okmask = torch.empty(T, B, 2 * Z, dtype=torch.uint8, device=gates_x.device)
-    kernels.forward(gates, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, w_comb, weight_hh,
-                    h, c, z, mu, lv, s, okmask)
+    kernels.forward(gates, post_x, eps, h0, c0.to(state).contiguous(), weight_qh, weight_q2, bias_q2, w_comb,
+                    weight_hh, h, c, z, mu, lv, s, okmask)
     return gates, h, c, z, mu, lv, s, okmask
 
 
@@ -79,7 +89,7 @@ class _ChainFunction(torch.autograd.Function):
                               weight_iz, weight_hh, w_comb, gates, h, c, z, lv, s, okmask)
         ctx.kernels = kernels
         ctx.consumed = False   # the backward kernel overwrites `gates` with dgates
-        return h, c, z, mu, lv
+        return h, c.to(gates_x.dtype), z, mu, lv
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -95,13 +105,16 @@ class _ChainFunction(torch.autograd.Function):
                              bias_gz, weight_iz, weight_hh, w_comb)[0]
         ctx.consumed = True
         # an output that did not reach the loss has no gradient (None): zeros
-        outs = ((grad_h, H), (grad_c, H), (grad_z, Z), (grad_mu, Z), (grad_lv, Z))
+        state = c.dtype
+        outs = ((grad_h, H, gates.dtype), (grad_c, H, state), (grad_z, Z, gates.dtype), (grad_mu, Z, gates.dtype),
+                (grad_lv, Z, gates.dtype))
         grad_h, grad_c, grad_z, grad_mu, grad_lv = (
-            gates.new_zeros(T, B, n) if g is None else g.to(gates.dtype).contiguous() for g, n in outs)
+            gates.new_zeros(T, B, n, dtype=dt) if g is None else g.to(dt).contiguous() for g, n, dt in outs)
         new = lambda *shape: torch.empty(*shape, dtype=gates.dtype, device=gates.device)  # noqa: E731
-        dparams, ds, grad_eps, dc = new(T, B, 2 * Z), new(T, B, M), new(T, B, Z), new(B, H)
-        kernels.backward(grad_h, grad_c, grad_z, grad_mu, grad_lv, gates, c0, c, lv, eps, okmask, s,
-                         weight_qh, weight_q2, w_comb, weight_hh, dparams, ds, grad_eps, dc)
+        dparams, ds, grad_eps = new(T, B, 2 * Z), new(T, B, M), new(T, B, Z)
+        dc = torch.empty(B, H, dtype=state, device=gates.device)
+        kernels.backward(grad_h, grad_c, grad_z, grad_mu, grad_lv, gates, c0.to(state).contiguous(), c, lv, eps,
+                         okmask, s, weight_qh, weight_q2, w_comb, weight_hh, dparams, ds, grad_eps, dc)
         # the backward kernel left dgates in place of the pre-activations
         grads = chain_input_grads(need, gates, ds, dparams, grad_eps, dc, h0, h, z, s, weight_qh, bias_gz,
                                   weight_gz, weight_iz, weight_hh, gates.dtype)

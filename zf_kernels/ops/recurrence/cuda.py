@@ -6,7 +6,8 @@ One cooperative launch per direction, three grid syncs per step; each block keep
 W_hh and of the folded W_iz W_gz (and of W_qh, W_q2 where they fit) in shared memory for all T
 steps (csrc/README.md). The autograd glue, what is saved and what is recomputed:
 :mod:`._cuda_function`. The four float32 recurrent products run as TF32 tensor-core tiles or
-IEEE FMAs by the rule of the Triton kernels (:func:`zf_kernels.ops._precision.tf32_passes`).
+IEEE FMAs by the rule of the Triton kernels (:func:`zf_kernels.ops._precision.tf32_passes`);
+in bfloat16 as bfloat16 tensor-core tiles (float32 accumulation, cell state and arithmetic).
 
 Status: compiled for sm_90a and checked on the CPU in an emulation of the same kernel source
 (tests/test_cuda_emulation_chain.py); **not yet run on a GPU**, hence not eligible for
@@ -49,7 +50,7 @@ def zforcing_chain(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, 
     """The Z-forcing chain with the persistent CUDA kernels.
 
     Same contract as :func:`zf_kernels.ops.recurrence.naive.zforcing_chain_ref` (arguments are
-    checked by :func:`zf_kernels.ops.zforcing_chain`); float32 / float64 CUDA tensors.
+    checked by :func:`zf_kernels.ops.zforcing_chain`); float32 / float64 / bfloat16 CUDA tensors.
     ``units_per_block`` / ``threads`` (0 = automatic: ceil(H / SMs) units, 256 threads) override
     the partition, for tests. A shape that cannot run as one cooperative launch raises
     ValueError naming B, H, M, Z and the bytes.
@@ -79,7 +80,7 @@ def _explain(gates_x, post_x, eps, *rest) -> str:
 
     def res(p, names):
         return "+".join(n for i, n in enumerate(names) if p["resident"] >> i & 1)
-    products = PRODUCTS[fwd["tf32"]]
+    products = "bfloat16 tensor cores" if gates_x.dtype == torch.bfloat16 else PRODUCTS[fwd["tf32"]]
     return (f"one cooperative launch per direction, 3 grid syncs per step: {fwd['blocks']} blocks x "
             f"{fwd['threads']} threads, {products}, {fwd['units_per_block']} hidden units per block; resident in shared memory: "
             f"{res(fwd, _SLICES[0])} forward ({fwd['smem_bytes'] // 1024} KB), {res(bwd, _SLICES[1])} backward "
