@@ -211,6 +211,19 @@ def _bf16_no_worse_than_eager(shape, seed):
         assert ours <= theirs + 1e-3, f"{shape}: {name}: ours {ours:.2e}, eager bf16 {theirs:.2e}"
 
 
+# The bf16 kernels launch by launch: every stored value against a float64 stage taken from the
+# kernels' own stored inputs to it, within half a bf16 ulp plus accumulation error
+# (tests/test_cuda_emulation_bf16.py; the emulation meets it with 1e-5 of the largest element, the
+# hardware's accumulation order and truncation get 1e-4).
+@pytest.mark.parametrize("shape,units", [((4, 5, 13, 7, 5), 0), ((3, 19, 100, 37, 9), 0),
+                                         ((3, 32, 1024, 512, 256), 0), ((3, 1, 40, 11, 6), 3)],
+                         ids=["T4 B5 H13 M7 Z5", "T3 B19 H100 M37 Z9", "TIMIT widths T3", "T3 B1 H40 3 units"])
+def test_cuda_chain_bf16_kernels_store_each_stage_within_rounding(cuda_chain, shape, units):
+    from test_cuda_emulation_bf16 import check_chain_steps, run_chain_kernels
+    kernels = cuda_chain._ExtensionKernels(units)
+    check_chain_steps(*run_chain_kernels(kernels, kernels, *shape, device="cuda"), acc_tol=1e-4)
+
+
 @pytest.mark.parametrize("seed", range(2))
 def test_cuda_chain_random_shapes_bfloat16_no_worse_than_eager(cuda_chain, seed):
     g = torch.Generator().manual_seed(300 + seed)

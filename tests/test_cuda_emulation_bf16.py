@@ -270,3 +270,109 @@ def test_bf16_chain_plan_keeps_every_slice_resident_and_stages_in_few_chunks(sms
         assert p16.mma == 1 and p16.resident == 0b1111 and p16.a_stride % 64 == 8
         chunks16, chunks32 = (math.ceil(max(p.k) / p.kc) for p in (p16, p32))
         assert chunks16 == (3 if bwd else 1) and chunks32 >= 4 * chunks16, (chunks16, chunks32)
+
+
+# the chain's kernels launch by launch (as the LSTM's above): every stored value against a float64
+# stage computed from the kernels' own stored inputs to that stage
+def _chain_kernel_inputs(T, B, H, M, Z, device="cpu", seed=0):
+    """Mild kernel-level inputs (gates = gates_x + W_iz b_gz, w_comb = W_iz W_gz already folded)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, sc=1.0, dtype=torch.bfloat16):
+        return (sc * torch.randn(*shape, generator=g)).to(device, dtype)
+
+    return dict(gates=r(T, B, 4 * H), post_x=r(T, B, M, sc=0.5), eps=r(T, B, Z), h0=r(B, H, sc=0.5),
+                c0=r(B, H, dtype=torch.float32), w_qh=r(M, H, sc=H ** -0.5), w_q2=r(2 * Z, M, sc=M ** -0.5),
+                b_q2=r(2 * Z, sc=0.3), w_comb=r(4 * H, Z, sc=Z ** -0.5), w_hh=r(4 * H, H, sc=H ** -0.5),
+                grad_h=r(T, B, H), grad_c=r(T, B, H, dtype=torch.float32), grad_z=r(T, B, Z), grad_mu=r(T, B, Z),
+                grad_lv=r(T, B, Z))
+
+
+def run_chain_kernels(fwd, bwd, T, B, H, M, Z, device="cpu"):
+    """One forward and one backward launch of bfloat16 chain kernels on random inputs, outputs
+    pre-filled with NaN: (inputs, forward buffers, backward buffers) as dicts of tensors (the
+    forward's pre-activations as "pre", the backward's gate gradients as "dgates")."""
+    x = _chain_kernel_inputs(T, B, H, M, Z, device)
+    nan = lambda *shape, dtype=torch.bfloat16: torch.full(shape, float("nan"), dtype=dtype, device=device)  # noqa: E731
+    f = dict(pre=x["gates"].clone(), h=nan(T, B, H), c=nan(T, B, H, dtype=torch.float32), z=nan(T, B, Z),
+             mu=nan(T, B, Z), lv=nan(T, B, Z), s=nan(T, B, M),
+             okmask=torch.full((T, B, 2 * Z), 77, dtype=torch.uint8, device=device))
+    fwd.forward(f["pre"], x["post_x"], x["eps"], x["h0"], x["c0"], x["w_qh"], x["w_q2"], x["b_q2"], x["w_comb"],
+                x["w_hh"], f["h"], f["c"], f["z"], f["mu"], f["lv"], f["s"], f["okmask"])
+    b = dict(dgates=f["pre"].clone(), dparams=nan(T, B, 2 * Z), ds=nan(T, B, M), grad_eps=nan(T, B, Z),
+             dc=nan(B, H, dtype=torch.float32))
+    bwd.backward(x["grad_h"], x["grad_c"], x["grad_z"], x["grad_mu"], x["grad_lv"], b["dgates"], x["c0"], f["c"],
+                 f["lv"], x["eps"], f["okmask"], f["s"], x["w_qh"], x["w_q2"], x["w_comb"], x["w_hh"], b["dparams"],
+                 b["ds"], b["grad_eps"], b["dc"])
+    return x, f, b
+
+
+def _leaky_clamp(x):
+    return torch.clamp(torch.where(x >= 0, x, x / 3), -3, 3)
+
+
+def check_chain_steps(x, f, b, acc_tol=ACC_TOL):
+    """Every stored value of run_chain_kernels' launches against a float64 stage taken from the
+    kernels' own stored inputs to it (h_{t-1}, s_t, z_t; dgates_{t+1}, ds_{t+1}, dparams_t): bf16
+    values within rounding (_within_rounding), float32 ones (c, dc) within acc_tol."""
+    d = {k: v.cpu().double() for k, v in {**x, **f, **b}.items()}
+    ok = f["okmask"].cpu()
+    T = d["h"].shape[0]
+    Z = d["eps"].shape[-1]
+    b_or_f = lambda name: {**f, **b}[name].cpu()  # noqa: E731  (the stored tensor itself, bf16)
+    c_prev = d["c0"]
+    for t in range(T):
+        h_prev = d["h0"] if t == 0 else d["h"][t - 1]
+        s = h_prev @ d["w_qh"].t() + d["post_x"][t]
+        _within_rounding(b_or_f("s")[t], s, f"s, step {t}", acc_tol)
+        act = _leaky_clamp(d["s"][t]).bfloat16().double()          # the kernel stages act(s) in bf16
+        params = act @ d["w_q2"].t() + d["b_q2"]
+        pm, pl = params[:, :Z], params[:, Z:]
+        mu, lv = pm.clamp(-8, 8), pl.clamp(-8, 8)
+        _within_rounding(b_or_f("mu")[t], mu, f"mu, step {t}", acc_tol)
+        _within_rounding(b_or_f("lv")[t], lv, f"logvar, step {t}", acc_tol)
+        assert torch.equal(ok[t], torch.cat([(pm.abs() <= 8), (pl.abs() <= 8)], -1).to(torch.uint8)), t
+        _within_rounding(b_or_f("z")[t], mu + torch.exp(0.5 * lv) * d["eps"][t], f"z, step {t}", acc_tol)
+        gates = d["gates"][t] + h_prev @ d["w_hh"].t() + d["z"][t] @ d["w_comb"].t()
+        _within_rounding(b_or_f("pre")[t], gates, f"pre-activations, step {t}", acc_tol)
+        i, fg, g, o = gates.chunk(4, -1)
+        c = torch.sigmoid(fg) * c_prev + torch.sigmoid(i) * torch.tanh(g)
+        assert torch.allclose(d["c"][t], c, rtol=acc_tol, atol=acc_tol * c.abs().max().item()), t
+        _within_rounding(b_or_f("h")[t], torch.sigmoid(o) * torch.tanh(c), f"h, step {t}", acc_tol)
+        c_prev = d["c"][t]
+    dcs = torch.zeros_like(d["c0"])
+    for t in range(T - 1, -1, -1):
+        dh = d["grad_h"][t]
+        if t < T - 1:
+            dh = dh + d["dgates"][t + 1] @ d["w_hh"] + d["ds"][t + 1] @ d["w_qh"]
+        i, fg, g, o = d["pre"][t].chunk(4, -1)                   # the forward's stored pre-activations
+        i, fg, g, o = torch.sigmoid(i), torch.sigmoid(fg), torch.tanh(g), torch.sigmoid(o)
+        c_prev = d["c0"] if t == 0 else d["c"][t - 1]
+        tc = torch.tanh(d["c"][t])
+        dc = d["grad_c"][t] + dcs + dh * o * (1 - tc * tc)
+        want = torch.cat([dc * g * i * (1 - i), dc * c_prev * fg * (1 - fg), dc * i * (1 - g * g),
+                          dh * tc * o * (1 - o)], -1)
+        _within_rounding(b_or_f("dgates")[t], want, f"dgates, step {t}", acc_tol)
+        dcs = dc * fg
+        dz = d["grad_z"][t] + d["dgates"][t] @ d["w_comb"]
+        sd = torch.exp(0.5 * d["lv"][t])
+        _within_rounding(b_or_f("grad_eps")[t], dz * sd, f"grad_eps, step {t}", acc_tol)
+        okt = ok[t].bool()
+        dpar = torch.cat([dz + d["grad_mu"][t], dz * d["eps"][t] * 0.5 * sd + d["grad_lv"][t]], -1)
+        _within_rounding(b_or_f("dparams")[t], torch.where(okt, dpar, 0.0), f"dparams, step {t}", acc_tol)
+        gs = d["dparams"][t] @ d["w_q2"]
+        s = d["s"][t]
+        y = torch.where(s >= 0, s, s / 3)
+        ds = torch.where((y >= -3) & (y <= 3), torch.where(s > 0, gs, gs / 3), 0.0)
+        _within_rounding(b_or_f("ds")[t], ds, f"ds, step {t}", acc_tol)
+    assert torch.allclose(d["dc"], dcs, rtol=acc_tol, atol=acc_tol * dcs.abs().max().item())
+
+
+@pytest.mark.parametrize("case", list(CHAIN_CASES))
+def test_bf16_chain_kernels_store_each_stage_within_bf16_rounding(case):
+    shape, units, threads, squeezed = CHAIN_CASES[case]
+    T, B, H, M, Z, G = shape
+    lib = emu.chain_library()
+    fwd, bwd = (emu.EmulatedChainKernels(lib, threads, units, lim)
+                for lim in _chain_limits(lib, shape, units, threads, squeezed))
+    check_chain_steps(*run_chain_kernels(fwd, bwd, T, B, H, M, Z))
