@@ -208,10 +208,9 @@ ZF_DEVICE void block_mm2(const T* A, int lda, bool act, const Prod<T>& q0, const
     stage_chunk(As, as, A, lda, B, Bp, k0, kw, kwp,
                 [act](T v) { return act ? zf_narrow<T>(leaky_clamp(zf_widen(v))) : v; });
     zf_block_sync();
-    if (is_bf16<T> || p.mma) {
-      if constexpr (!std::is_same<T, double>::value)
-        for (int item = tid >> 5; item < n0 + n1; item += nt >> 5)  // uniform across a warp
-          item < n0 ? mma_item(q0, item, As, k0, kw, p) : mma_item(q1, item - n0, As, k0, kw, p);
+    if (p.mma) {  // the tensor-core tiles (bfloat16: always, plan_tf32)
+      for (int item = tid >> 5; item < n0 + n1; item += nt >> 5)  // uniform across a warp
+        item < n0 ? mma_item(q0, item, As, k0, kw, p) : mma_item(q1, item - n0, As, k0, kw, p);
     } else if constexpr (!is_bf16<T>) {
       for (int item = tid; item < n0 + n1; item += nt)
         item < n0 ? fma_item(q0, item, As, k0, kw, p) : fma_item(q1, item - n0, As, k0, kw, p);

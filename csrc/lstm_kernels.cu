@@ -113,10 +113,12 @@ ZF_DEVICE void block_matmul(const S* A, int lda, int B, const S* Ws, S* As, zf_a
     const int kw = (K - k0 < kc) ? K - k0 : kc;
     stage_chunk(As, as, A, lda, B, Bp, k0, kw, padded_k(kw, p, sizeof(S)), [](S v) { return v; });
     zf_block_sync();
-    if (is_bf16<S> || p.mma) {
-      if constexpr (!std::is_same<S, double>::value) mma_items(part, k0 == 0, As, Ws, k0, kw, p);
-      zf_block_sync();
-      continue;
+    if constexpr (!std::is_same<S, double>::value) {
+      if (p.mma) {  // the tensor-core tiles (bfloat16: always, plan_tf32)
+        mma_items(part, k0 == 0, As, Ws, k0, kw, p);
+        zf_block_sync();
+        continue;
+      }
     }
     if constexpr (!is_bf16<S>) for (int item = tid; item < n_items; item += nt) {
       const int ks = item % ksplit, grp = item / ksplit;

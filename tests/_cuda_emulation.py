@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from zf_kernels.ops._precision import state_dtype
+
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 # what each library's build reads (its cache key): the .cu first, then every header it includes
 SOURCES = ("lstm_kernels.cu", "lstm_kernels.h", "zf_device.h", "zf_persistent.h")
@@ -129,10 +131,6 @@ class EmulatedKernels:
     def _suffix(t):
         return {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16"}[t.dtype]
 
-    @staticmethod
-    def _state_dtype(gates):
-        """c_all / dc: float32 for bfloat16 gates (csrc/lstm_kernels.h), else the gates' dtype."""
-        return torch.float32 if gates.dtype == torch.bfloat16 else gates.dtype
 
     def _check(self, rc, buf):
         if rc != 0:
@@ -142,7 +140,7 @@ class EmulatedKernels:
         T, B, H = out.shape
         tensors = (gates, h0, w_hh, out, c_all)
         assert all(t.is_contiguous() for t in tensors)
-        assert all(t.dtype == gates.dtype for t in tensors[:4]) and c_all.dtype == self._state_dtype(gates)
+        assert all(t.dtype == gates.dtype for t in tensors[:4]) and c_all.dtype == state_dtype(gates.dtype)
         buf = ctypes.create_string_buffer(1024)
         fn = getattr(self.lib, f"zf_lstm_forward_{self._suffix(gates)}")
         rc = fn(*(t.data_ptr() for t in tensors), T, B, H, int(reverse), ctypes.byref(self.launch), None, buf, 1024)
@@ -154,7 +152,7 @@ class EmulatedKernels:
         tensors = (d_out, d_hT, w_hh, gates, c_all, dc)
         assert all(t.is_contiguous() for t in tensors)
         assert all(t.dtype == gates.dtype for t in tensors[:4])
-        assert c_all.dtype == dc.dtype == self._state_dtype(gates)
+        assert c_all.dtype == dc.dtype == state_dtype(gates.dtype)
         buf = ctypes.create_string_buffer(1024)
         fn = getattr(self.lib, f"zf_lstm_backward_{self._suffix(gates)}")
         rc = fn(*(t.data_ptr() for t in tensors), T, B, H, int(reverse), ctypes.byref(self.launch), None, buf, 1024)
@@ -218,7 +216,7 @@ class EmulatedChainKernels:
 
     def _call(self, lib, name, tensors, dims, dtype):
         """tensors: the storage dtype's, the cell states' (float32 for bfloat16) and the uint8 mask."""
-        allowed = (dtype, EmulatedKernels._state_dtype(tensors[0]), torch.uint8)
+        allowed = (dtype, state_dtype(tensors[0].dtype), torch.uint8)
         for t in tensors:
             assert t.is_contiguous() and t.dtype in allowed, (name, t.dtype, t.shape)
         buf = ctypes.create_string_buffer(1024)
@@ -231,7 +229,7 @@ class EmulatedChainKernels:
     def forward(self, gates, post_x, eps, h0, c0, w_qh, w_q2, b_q2, w_comb, w_hh, h, c, z, mu, lv, s, okmask):
         T, B, H = h.shape
         dims = (T, B, H, s.shape[-1], z.shape[-1])
-        assert c0.dtype == c.dtype == EmulatedKernels._state_dtype(gates)
+        assert c0.dtype == c.dtype == state_dtype(gates.dtype)
         self._call(self.lib, "zf_chain_forward",
                    (gates, post_x, eps, h0, c0, w_qh, w_q2, b_q2, w_comb, w_hh, h, c, z, mu, lv, s, okmask), dims,
                    gates.dtype)
@@ -240,7 +238,7 @@ class EmulatedChainKernels:
                  w_qh, w_q2, w_comb, w_hh, dparams, ds, grad_eps, dc):
         T, B, H = grad_h.shape
         dims = (T, B, H, s.shape[-1], lv.shape[-1])
-        assert grad_c.dtype == c0.dtype == c.dtype == dc.dtype == EmulatedKernels._state_dtype(gates)
+        assert grad_c.dtype == c0.dtype == c.dtype == dc.dtype == state_dtype(gates.dtype)
         self._call(self.backward_lib, "zf_chain_backward",
                    (grad_h, grad_c, grad_z, grad_mu, grad_lv, gates, c0, c, lv, eps, okmask, s,
                     w_qh, w_q2, w_comb, w_hh, dparams, ds, grad_eps, dc), dims, gates.dtype)

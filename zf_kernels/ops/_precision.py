@@ -1,6 +1,7 @@
 """The one rule for the precision of float32 products in the fused kernels: Triton's ``tl.dot``
-(``input_precision``) and the CUDA extension's block products (IEEE FMAs or TF32 tensor cores).
-No Triton import here: the CUDA kernels use it where Triton is not installed."""
+(``input_precision``) and the CUDA extension's block products (IEEE FMAs or TF32 tensor cores);
+and what the CUDA extension keeps wider than a 16-bit input (its cell states). No Triton import
+here: the CUDA kernels use it where Triton is not installed."""
 import os
 
 import torch
@@ -40,3 +41,15 @@ def tf32_passes(t: torch.Tensor) -> int:
     rule as ``tl.dot``'s: 1 (TF32 tensor-core tiles) for "tf32", 3 (each operand split into two
     TF32 parts, three products: close to IEEE) for "tf32x3", 0 (IEEE FMAs) otherwise."""
     return TF32_PASSES[dot_precision(t)] if t.dtype == torch.float32 else 0
+
+
+def products(t: torch.Tensor, passes: int) -> str:
+    """What ``ops.explain`` says the CUDA extension's block products run on for inputs like ``t``
+    (``passes``: the plan's TF32 products per element; bfloat16 always has its own tiles)."""
+    return "bfloat16 tensor cores" if t.dtype == torch.bfloat16 else PRODUCTS[passes]
+
+
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the cell states the CUDA extension's recurrences keep (the LSTM's c_all and dc,
+    the chain's c0, c, grad_c and dc): float32 for bfloat16 inputs, as the Triton kernels."""
+    return torch.float32 if dtype == torch.bfloat16 else dtype

@@ -27,6 +27,7 @@ from typing import Protocol
 
 import torch
 
+from .._precision import state_dtype
 from ._grads import lstm_input_grads
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
@@ -47,11 +48,6 @@ def why_unsupported(x, *rest) -> str | None:
     if x.device.type != "cuda":
         return f"the CUDA lstm needs CUDA tensors, got {x.device}"
     return None
-
-
-def state_dtype(dtype: torch.dtype) -> torch.dtype:
-    """dtype of the cell states the kernels keep (c_all, dc): float32 for bfloat16."""
-    return torch.float32 if dtype == torch.bfloat16 else dtype
 
 
 def _bias(bias_ih, bias_hh):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from .. import _cuda_ext
-from .._precision import PRODUCTS, tf32_passes
+from .._precision import products as products_label, tf32_passes
 from ._cuda_function import run_lstm, why_unsupported
 
 _C = _cuda_ext.load()
@@ -74,7 +74,7 @@ def plan(x, weight_hh, units_per_block: int = 0, threads: int = 0) -> tuple[dict
 
 def _explain(x, weight_ih, weight_hh, *rest) -> str:
     fwd, bwd = plan(x, weight_hh)
-    products = "bfloat16 tensor cores" if x.dtype == torch.bfloat16 else PRODUCTS[fwd["tf32"]]
+    products = products_label(x, fwd["tf32"])
     return (f"one cooperative launch per direction: {fwd['blocks']} blocks x {fwd['threads']} threads, {products}, "
             f"{fwd['units_per_block']} hidden units and {fwd['w_bytes'] // 1024} KB of W_hh resident per block "
             f"(shared memory {fwd['smem_bytes'] // 1024} KB forward, {bwd['smem_bytes'] // 1024} KB backward)")

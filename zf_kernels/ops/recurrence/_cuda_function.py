@@ -27,6 +27,7 @@ from typing import Protocol
 
 import torch
 
+from .._precision import state_dtype
 from ._grads import chain_input_grads
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
@@ -49,11 +50,6 @@ def why_unsupported(gates_x, *rest) -> str | None:
     if gates_x.device.type != "cuda":
         return f"the CUDA zforcing_chain needs CUDA tensors, got {gates_x.device}"
     return None
-
-
-def state_dtype(dtype: torch.dtype) -> torch.dtype:
-    """dtype of the cell states the kernels keep (c0, c, grad_c, dc): float32 for bfloat16."""
-    return torch.float32 if dtype == torch.bfloat16 else dtype
 
 
 def _forward(kernels, gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_gz, bias_gz,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from .. import _cuda_ext
-from .._precision import PRODUCTS, tf32_passes
+from .._precision import products as products_label, tf32_passes
 from ._cuda_function import run_chain, why_unsupported
 from .naive import ChainOutput
 
@@ -80,7 +80,7 @@ def _explain(gates_x, post_x, eps, *rest) -> str:
 
     def res(p, names):
         return "+".join(n for i, n in enumerate(names) if p["resident"] >> i & 1)
-    products = "bfloat16 tensor cores" if gates_x.dtype == torch.bfloat16 else PRODUCTS[fwd["tf32"]]
+    products = products_label(gates_x, fwd["tf32"])
     return (f"one cooperative launch per direction, 3 grid syncs per step: {fwd['blocks']} blocks x "
             f"{fwd['threads']} threads, {products}, {fwd['units_per_block']} hidden units per block; resident in shared memory: "
             f"{res(fwd, _SLICES[0])} forward ({fwd['smem_bytes'] // 1024} KB), {res(bwd, _SLICES[1])} backward "
