@@ -221,7 +221,7 @@ def _bf16_no_worse_than_eager(shape, seed):
 def test_cuda_chain_bf16_kernels_store_each_stage_within_rounding(cuda_chain, shape, units):
     from test_cuda_emulation_bf16 import check_chain_steps, run_chain_kernels
     kernels = cuda_chain._ExtensionKernels(units)
-    check_chain_steps(*run_chain_kernels(kernels, kernels, *shape, device="cuda"), acc_tol=1e-4)
+    check_chain_steps(*run_chain_kernels(kernels, kernels, *shape, device=DEVICE), acc_tol=1e-4)
 
 
 @pytest.mark.parametrize("seed", range(2))

@@ -78,3 +78,22 @@ def test_the_comparisons_fail_without_the_grid_sync(on_cpu):
         gpu_chain.test_cuda_chain_random_shapes_float32(_chain((emu.NO_GRID_SYNC,)), 0)
     with pytest.raises(AssertionError):
         gpu_lstm.test_cuda_lstm_random_shapes_float32(_lstm((emu.NO_GRID_SYNC,)), 0)
+
+
+# the bfloat16 kernels' step-by-step checks (whole warps: 32 emulated threads per block, 16 "SMs"),
+# at the GPU tests' small shapes
+def _bf16(make):
+    return _module(lambda units: make(units))
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("T,B,H,units", [(5, 7, 13, 0), (3, 1, 40, 3)])   # H=300: 17 s each, CI time
+def test_lstm_bf16_step_bound_holds(on_cpu, T, B, H, units, reverse):
+    kernels = _bf16(lambda u: emu.EmulatedKernels(emu.library(), 32, u, 0, 16))
+    gpu_lstm.test_cuda_lstm_bf16_kernels_store_each_step_within_rounding(kernels, T, B, H, units, reverse)
+
+
+@pytest.mark.parametrize("shape,units", [((4, 5, 13, 7, 5), 0), ((3, 19, 100, 37, 9), 0), ((3, 1, 40, 11, 6), 3)])
+def test_chain_bf16_stage_bound_holds(on_cpu, shape, units):
+    kernels = _bf16(lambda u: emu.EmulatedChainKernels(emu.chain_library(), 32, u, 0, 16))
+    gpu_chain.test_cuda_chain_bf16_kernels_store_each_stage_within_rounding(kernels, shape, units)

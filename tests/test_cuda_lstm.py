@@ -210,7 +210,7 @@ def test_cuda_lstm_refuses_unsupported_dtype(cuda_lstm):
 def test_cuda_lstm_bf16_kernels_store_each_step_within_rounding(cuda_lstm, T, B, H, units, reverse):
     from test_cuda_emulation_bf16 import check_each_step, run_kernels
     kernels = cuda_lstm._ExtensionKernels(units)
-    check_each_step(*run_kernels(kernels, kernels, T, B, H, reverse, device="cuda"), reverse, acc_tol=1e-4)
+    check_each_step(*run_kernels(kernels, kernels, T, B, H, reverse, device=DEVICE), reverse, acc_tol=1e-4)
 
 
 def _bf16_no_worse_than_eager(T, B, I, H, seed, reverse):
