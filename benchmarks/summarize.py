@@ -88,8 +88,9 @@ def targets(rows, gpu: str) -> list[str]:
                        + (" - faster" if sp > 1 else "") + " |")
     for case in (LSTM_T40, LSTM_T784):
         # the same float32 mode on both sides (tf32x3: ours against IEEE cuDNN, the float32
-        # row); float32 rows before 2026-11-27's changes let cuDNN use TF32 (torch's default)
-        for dt in ("float32", "tf32", "tf32x3"):
+        # row); float32 rows before 2026-11-27's changes let cuDNN use TF32 (torch's default);
+        # bfloat16 against cuDNN in bfloat16
+        for dt in ("float32", "tf32", "tf32x3", "bfloat16"):
             t = _best(rows, "ops", case, "fwd+bwd", OURS_LSTM, (dt,))
             c = _get(rows, "ops", case, "fwd+bwd", "cudnn", "float32" if dt == "tf32x3" else dt)
             if dt != "float32" and not t:

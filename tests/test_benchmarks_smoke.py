@@ -321,3 +321,13 @@ def test_rows_with_a_wrong_result_are_marked_mismatch():
     assert status == "mismatch" and "rel_err 5.0e-01 > 0.01 for float32" in why
     assert common.accuracy_status("bfloat16", 0.2)[0] == "ok"
     assert common.accuracy_status("bfloat16", math.nan)[0] == "mismatch"
+
+
+def test_targets_compare_the_bfloat16_lstm_with_cudnn_in_bfloat16():
+    from benchmarks import summarize
+    row = dict(suite="ops", case=summarize.LSTM_T40, mode="fwd+bwd", status="ok")
+    rows = [dict(row, provider="cudnn", dtype="bfloat16", ms=2.0), dict(row, provider="cuda", dtype="bfloat16", ms=1.0),
+            dict(row, provider="cudnn", dtype="float32", ms=3.0)]
+    lines = [line for line in summarize.targets(rows, "NVIDIA H200") if "ops.lstm" in line and "T40" in line]
+    bf16 = [line for line in lines if "bfloat16" in line]
+    assert len(bf16) == 1 and "cuda 1.000 / cuDNN 2.000" in bf16[0] and "2.00x cuDNN's speed" in bf16[0], lines
