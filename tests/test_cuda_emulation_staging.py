@@ -85,3 +85,18 @@ def test_chain_vector_staging_matches_elementwise(dtype, tf32):
         results.append([*outs, *torch.autograd.grad(outs, args, grads)])
     for i, (a, b) in enumerate(zip(*results)):
         assert torch.equal(a, b), f"output/grad {i} differs between vector and element-wise staging"
+
+
+def test_chain_bf16_vector_staging_matches_elementwise():
+    """H, M, Z multiples of 8: every staged bf16 operand qualifies for 8-element vectors."""
+    T, B, H, M, Z, units, threads = 3, 5, 16, 8, 8, 4, 64
+    for bwd in (False, True):
+        p = emu.chain_plan(emu.chain_library(), bwd, B, H, M, Z, 2, emu.ZfChainLaunch(threads, units, 0, 0, 0))
+        assert p.a_stride % 8 == 0, "the vector path would not run"
+    results = []
+    for flags in ((), SCALAR):
+        k = emu.EmulatedChainKernels(emu.chain_library(flags), threads, units)
+        _, f, b = emu_bf16.run_chain_kernels(k, k, T, B, H, M, Z)
+        results.append([*f.values(), *b.values()])
+    for i, (a, b) in enumerate(zip(*results)):
+        assert torch.equal(a, b), f"buffer {i} differs between vector and element-wise staging"
