@@ -5,12 +5,12 @@
 //     sync a global std::barrier. That lets a CPU-only machine run the kernels' real indexing,
 //     tiling and synchronisation (tests/test_cuda_emulation.py).
 // Kernels use only what is defined here: zf_tid(), zf_nthreads(), zf_bid(), zf_nblocks(),
-// zf_block_sync(), zf_grid_sync(), zf_dynamic_smem(), zf_ldcg() (zf_ldcg16: 16 bytes), the bfloat16 storage type zf_bf16
-// (zf_widen / zf_narrow convert), and two tensor-core products, zf_mma_tf32() (mma.sync m16n8k8,
-// TF32 operands) and zf_mma_bf16() (m16n8k16, bfloat16 operands), both with float32 accumulators,
-// which the emulation runs per warp of 32 consecutive threads (a warp barrier and a scratch
-// exchange, so each lane's fragment elements come from all 32 lanes' registers as on the GPU).
-// No warp shuffles.
+// zf_block_sync(), zf_grid_sync(), zf_dynamic_smem(), zf_ldcg() (zf_ldcg16: 16 bytes), the
+// bfloat16 storage type zf_bf16 (zf_widen / zf_narrow convert), and two tensor-core products,
+// zf_mma_tf32() (mma.sync m16n8k8, TF32 operands) and zf_mma_bf16() (m16n8k16, bfloat16
+// operands), both with float32 accumulators, which the emulation runs per warp of 32 consecutive
+// threads (a warp barrier and a scratch exchange, so each lane's fragment elements come from all
+// 32 lanes' registers as on the GPU). No warp shuffles.
 #pragma once
 
 #include <cstddef>
