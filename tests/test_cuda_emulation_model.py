@@ -131,19 +131,26 @@ def test_training_step_on_emulated_cuda_recurrences_matches_torch(emulated_cuda_
                                    msg=lambda m, n=n: f"grad {n}: {m}")
 
 
+def _gaussian_models(*backends_and_dtypes):
+    """Small Gaussian ZForcing models, one per (backend, dtype), all with the first one's weights
+    (in its dtype), and a float64 batch y, eps."""
+    T, B, D = 5, 3, 4
+    build = functools.partial(ZForcing, D, "gaussian", emb_dim=6, rnn_dim=10, z_dim=5, mlp_dim=7)
+    torch.manual_seed(0)
+    models = [build(backend=backend).to(dtype) for backend, dtype in backends_and_dtypes]
+    for m in models[1:]:
+        m.load_state_dict(models[0].state_dict())
+    g = torch.Generator().manual_seed(1)
+    y = torch.randn(T, B, D, generator=g, dtype=torch.float64)
+    eps = torch.randn(T, B, 5, generator=g, dtype=torch.float64)
+    return models, y, eps
+
+
 def test_float32_training_step_on_emulated_3xtf32_recurrences_matches_float64(emulated_3xtf32_backend):
     """The model's float32 step with both recurrences on the 3xTF32 tiles (``--backend cuda
     --fp32-dot tf32x3``) against the float64 torch step: float32 accuracy (one TF32 pass would be
     ~1e-3 off)."""
-    T, B, D = 5, 3, 4
-    build = functools.partial(ZForcing, D, "gaussian", emb_dim=6, rnn_dim=10, z_dim=5, mlp_dim=7)
-    torch.manual_seed(0)
-    ours = build(backend="cuda")
-    ref = build(backend="torch").double()
-    ref.load_state_dict(ours.state_dict())
-    g = torch.Generator().manual_seed(1)
-    y = torch.randn(T, B, D, generator=g, dtype=torch.float64)
-    eps = torch.randn(T, B, 5, generator=g, dtype=torch.float64)
+    (ours, ref), y, eps = _gaussian_models(("cuda", torch.float32), ("torch", torch.float64))
     got_terms, got_grads = _step(ours, y.float(), eps.float())
     assert sorted(set(emulated_3xtf32_backend)) == ["chain backward", "chain forward", "lstm backward",
                                                      "lstm forward"]
@@ -162,17 +169,8 @@ def test_bfloat16_training_step_on_emulated_recurrences_no_worse_than_eager_bflo
     torch step: each loss term and parameter gradient at most 2x as far as the same bf16 model
     on ``backend="torch"`` (+ 1e-3). Measured: 0.5-1.4x (the chain's cell state stays float32;
     the other ops' rounding differs)."""
-    T, B, D = 5, 3, 4
-    build = functools.partial(ZForcing, D, "gaussian", emb_dim=6, rnn_dim=10, z_dim=5, mlp_dim=7)
-    torch.manual_seed(0)
-    ours = build(backend="cuda").bfloat16()
-    eager = build(backend="torch").bfloat16()
-    ref = build(backend="torch").double()
-    eager.load_state_dict(ours.state_dict())
-    ref.load_state_dict(ours.state_dict())
-    g = torch.Generator().manual_seed(1)
-    y = torch.randn(T, B, D, generator=g, dtype=torch.float64)
-    eps = torch.randn(T, B, 5, generator=g, dtype=torch.float64)
+    (ours, eager, ref), y, eps = _gaussian_models(("cuda", torch.bfloat16), ("torch", torch.bfloat16),
+                                                  ("torch", torch.float64))
     got_terms, got_grads = _step(ours, y.bfloat16(), eps.bfloat16())
     assert sorted(set(emulated_bf16_backend)) == ["chain backward", "chain forward", "lstm backward",
                                                    "lstm forward"]
