@@ -1,15 +1,17 @@
-"""The CUDA LSTM in bfloat16 (csrc/lstm_kernels.cu with bfloat16 storage: W_hh, h, the
-pre-activations and dgates in bfloat16, products on mma.sync m16n8k16 bf16 tiles with float32
-accumulation, the cell states in float32) run on the CPU in the emulation, whose zf_mma_bf16
-computes each lane's accumulators from all 32 lanes' packed bf16 registers as the GPU does.
+"""The CUDA LSTM and Z-forcing chain in bfloat16 (csrc/ with bfloat16 storage: weights,
+activations, pre-activations and gradients in bfloat16, products on mma.sync m16n8k16 bf16 tiles
+with float32 accumulation, the cell states in float32) run on the CPU in the emulation, whose
+zf_mma_bf16 computes each lane's accumulators from all 32 lanes' packed bf16 registers as the GPU
+does.
 
-Kernel level, step by step: each step's stored values are compared with a float64 step taken
-from the kernel's own previous outputs (its h_{t-1}, its dgates_{t+1}), so rounding to bf16 does
-not compound and the bound can be tight: a stored bf16 value within half a bf16 ulp (2^-8
-relative) of the exact value, plus float32 accumulation error. A misplaced fragment element, a
-missing zero pad (K steps of 16) or a stale chunk is off by O(1). End to end (run_lstm, the torch
-GEMMs around the kernels in bf16): no worse than the eager reference run in bfloat16.
-What this does not show: the instruction on a GPU (tests/test_cuda_lstm.py does)."""
+Kernel level, step by step (the chain: stage by stage): each stored value is compared with a
+float64 step taken from the kernels' own stored inputs to it (h_{t-1}, dgates_{t+1}, ...), so
+rounding to bf16 does not compound and the bound can be tight: a stored bf16 value within half a
+bf16 ulp (2^-8 relative) of the exact value, plus float32 accumulation error. A misplaced fragment
+element, a missing zero pad (K steps of 16) or a stale chunk is off by O(1). End to end (run_lstm,
+run_chain, the torch GEMMs around the kernels in bf16): no worse than the eager reference run in
+bfloat16. What this does not show: the instruction on a GPU (tests/test_cuda_lstm.py and
+tests/test_cuda_chain.py do)."""
 import math
 
 import pytest
