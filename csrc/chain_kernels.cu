@@ -51,9 +51,6 @@ ZF_DEVICE T leaky_clamp_backward(T x, T g) {
   return x > T(0) ? g : g * T(1.0 / 3.0);
 }
 
-template <typename S>
-constexpr bool is_bf16 = std::is_same<S, zf_bf16>::value;
-
 // S: the storage type; the cell states and the arithmetic: A = zf_acc_t<S>
 template <typename S>
 struct ChainParams {
@@ -201,7 +198,7 @@ ZF_DEVICE void block_mm2(const T* A, int lda, bool act, const Prod<T>& q0, const
   const int n0 = prod_items(q0, p), n1 = prod_items(q1, p);
   const int K = (q0.on ? q0.mm : q1.mm)->K, as = p.a_stride;
   const int kc = p.kc < K ? p.kc : K;
-  const int kstep = is_bf16<T> ? 16 : 8;  // the tensor-core tiles' K step
+  const int kstep = mma_k_step(sizeof(T));  // the tensor-core tiles' K step
   for (int k0 = 0; k0 < K; k0 += kc) {
     const int kw = (K - k0 < kc) ? K - k0 : kc;
     const int kwp = p.mma ? (kw + kstep - 1) / kstep * kstep : kw;
@@ -467,7 +464,7 @@ int plan_with(int backward, int B, int H, int M, int Z, int es, int threads, int
               long long smem_limit, int num_sms, int tf32, ZfChainPlan* p, char* err, int errlen) {
   char msg[900];
   const char* dir = backward ? "backward" : "forward";
-  const char* dt = es == 8 ? "float64" : es == 2 ? "bfloat16" : "float32";
+  const char* dt = dtype_name(es);
   if (B < 1 || H < 1 || M < 1 || Z < 1 || threads < 1 || num_sms < 1 || (es != 2 && es != 4 && es != 8)) {
     std::snprintf(msg, sizeof msg,
                   "invalid zforcing_chain plan arguments B=%d H=%d M=%d Z=%d elem_size=%d threads=%d SMs=%d",
@@ -509,7 +506,7 @@ int plan_with(int backward, int B, int H, int M, int Z, int es, int threads, int
   for (int i = 0; i < 4; ++i) {
     // slices 0 and 2 always run in one pass (same K): their tiles share the threads / warps
     const int g = (i == 0 || i == 2) ? groups[0] + groups[2] : groups[i];
-    p->ksplit[i] = mma ? mma_ksplit(g, threads / 32, p->k[i], bf16 ? 16 : 8) : (threads / g < 1 ? 1 : threads / g);
+    p->ksplit[i] = mma ? mma_ksplit(g, threads / 32, p->k[i], mma_k_step(es)) : (threads / g < 1 ? 1 : threads / g);
     pb[i] = static_cast<long long>(groups[i]) * p->ksplit[i] * tb * tm * acc_es;
     if (pb[i] > part) part = pb[i];
     p->w_stride[i] = round_up(p->k[i], round_k) + pad;
@@ -595,7 +592,7 @@ int launch(void (*kernel)(ChainParams<T>), ChainParams<T>& P, const char* dir, i
   char what[64], shape[128];
   std::snprintf(what, sizeof what, "the CUDA zforcing_chain %s", dir);
   std::snprintf(shape, sizeof shape, "B=%d, H=%d, M=%d, Z=%d in %s", P.B, P.H, P.M, P.Z,
-                sizeof(T) == 8 ? "float64" : sizeof(T) == 2 ? "bfloat16" : "float32");
+                dtype_name(sizeof(T)));
   return cooperative_launch(kernel, P, P.plan.blocks, P.plan.threads, P.plan.smem_bytes, P.plan.units_per_block,
                             device_sms, stream, "zforcing_chain", what, shape, err, errlen);
 }
@@ -659,13 +656,6 @@ int backward(ZF_CHAIN_BWD_ARGS(F, zf_acc_t<F>)) {
   return launch<F>(chain_bwd_kernel<F>, P, "backward", sms, stream, err, errlen);
 }
 
-// the C ABI passes bfloat16 tensors as their 16-bit patterns
-template <typename P>
-auto bf16(P* p) {
-  using Q = typename std::conditional<std::is_const<P>::value, const zf_bf16, zf_bf16>::type;
-  return reinterpret_cast<Q*>(p);
-}
-
 }  // namespace
 
 extern "C" {
@@ -694,14 +684,15 @@ int zf_chain_backward_f64(ZF_CHAIN_BWD_ARGS(double, double)) {
                           errlen);
 }
 int zf_chain_forward_bf16(ZF_CHAIN_FWD_ARGS(unsigned short, float)) {
-  return forward<zf_bf16>(bf16(gates), bf16(post_x), bf16(eps), bf16(h0), c0, bf16(w_qh), bf16(w_q2), bf16(b_q2),
-                          bf16(w_comb), bf16(w_hh), bf16(h), c, bf16(z), bf16(mu), bf16(lv), bf16(s), okmask, T, B, H,
-                          M, Z, cfg, stream, err, errlen);
+  return forward<zf_bf16>(as_bf16(gates), as_bf16(post_x), as_bf16(eps), as_bf16(h0), c0, as_bf16(w_qh),
+                          as_bf16(w_q2), as_bf16(b_q2), as_bf16(w_comb), as_bf16(w_hh), as_bf16(h), c, as_bf16(z),
+                          as_bf16(mu), as_bf16(lv), as_bf16(s), okmask, T, B, H, M, Z, cfg, stream, err, errlen);
 }
 int zf_chain_backward_bf16(ZF_CHAIN_BWD_ARGS(unsigned short, float)) {
-  return backward<zf_bf16>(bf16(grad_h), grad_c, bf16(grad_z), bf16(grad_mu), bf16(grad_lv), bf16(gates), c0, c,
-                           bf16(lv), bf16(eps), okmask, bf16(s), bf16(w_qh), bf16(w_q2), bf16(w_comb), bf16(w_hh),
-                           bf16(dparams), bf16(ds), bf16(grad_eps), dc, T, B, H, M, Z, cfg, stream, err, errlen);
+  return backward<zf_bf16>(as_bf16(grad_h), grad_c, as_bf16(grad_z), as_bf16(grad_mu), as_bf16(grad_lv),
+                           as_bf16(gates), c0, c, as_bf16(lv), as_bf16(eps), okmask, as_bf16(s), as_bf16(w_qh),
+                           as_bf16(w_q2), as_bf16(w_comb), as_bf16(w_hh), as_bf16(dparams), as_bf16(ds),
+                           as_bf16(grad_eps), dc, T, B, H, M, Z, cfg, stream, err, errlen);
 }
 
 }  // extern "C"

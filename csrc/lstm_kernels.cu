@@ -26,9 +26,6 @@ namespace {
 
 using namespace zf_persistent;
 
-template <typename S>
-constexpr bool is_bf16 = std::is_same<S, zf_bf16>::value;
-
 // S: the storage type of gates, h, W_hh and dgates; the cell states and the arithmetic: zf_acc_t<S>
 template <typename S>
 struct Params {
@@ -54,8 +51,6 @@ struct Params {
 // a warp's 16 x 8 tensor-core tile (plan.mma)
 ZF_HOST_DEVICE int tile_b(const ZfLstmPlan& p) { return p.mma ? 16 : TB; }
 ZF_HOST_DEVICE int tile_m(const ZfLstmPlan& p) { return p.mma ? 8 : TM; }
-// K step of one tensor-core product for elements of es bytes: 16 (bfloat16, m16n8k16), else 8
-ZF_HOST_DEVICE int mma_k_step(int es) { return es == 2 ? 16 : 8; }
 // staged columns of a chunk kw wide: padded with zeros to whole K steps for the tensor-core tiles
 // (TF32: their W columns past kw are not read, mma_tile_tf32; bfloat16: W's padding is zeros)
 ZF_HOST_DEVICE int padded_k(int k, const ZfLstmPlan& p, int es) {
@@ -280,7 +275,7 @@ int plan_with(int backward, int B, int H, int elem_size, int threads, int units,
               int num_sms, int tf32, ZfLstmPlan* p, char* err, int errlen) {
   char msg[640];
   const char* dir = backward ? "backward" : "forward";
-  const char* dt = elem_size == 8 ? "float64" : elem_size == 2 ? "bfloat16" : "float32";
+  const char* dt = dtype_name(elem_size);
   if (B < 1 || H < 1 || threads < 1 || num_sms < 1 || (elem_size != 2 && elem_size != 4 && elem_size != 8)) {
     std::snprintf(msg, sizeof msg, "invalid LSTM plan arguments B=%d H=%d elem_size=%d threads=%d SMs=%d",
                   B, H, elem_size, threads, num_sms);
@@ -380,7 +375,7 @@ int launch(void (*kernel)(Params<S>), Params<S>& P, const char* dir, int device_
   char what[64], shape[96];
   std::snprintf(what, sizeof what, "the CUDA lstm %s", dir);
   std::snprintf(shape, sizeof shape, "B=%d, H=%d in %s", P.B, P.H,
-                sizeof(S) == 8 ? "float64" : sizeof(S) == 2 ? "bfloat16" : "float32");
+                dtype_name(sizeof(S)));
   return cooperative_launch(kernel, P, P.plan.blocks, P.plan.threads, P.plan.smem_bytes, P.plan.units_per_block,
                             device_sms, stream, "lstm", what, shape, err, errlen);
 }
@@ -419,10 +414,6 @@ int backward(const S* d_out, const S* d_hT, const S* w, S* gates, const zf_acc_t
   P.dc = dc;
   return launch<S>(lstm_bwd_kernel<S>, P, "backward", sms, stream, err, errlen);
 }
-
-// the C ABI passes bfloat16 tensors as their 16-bit patterns
-zf_bf16* as_bf16(unsigned short* p) { return reinterpret_cast<zf_bf16*>(p); }
-const zf_bf16* as_bf16(const unsigned short* p) { return reinterpret_cast<const zf_bf16*>(p); }
 
 }  // namespace
 

@@ -284,7 +284,9 @@ inline void zf_mma_bf16(float (&d)[4], const unsigned (&a)[4], const unsigned (&
   if (self.nthreads % 32 != 0) throw std::logic_error("zf_mma_bf16 needs whole warps of 32 threads");
   const int warp = self.tid / 32, lane = self.tid % 32;
   float* sc = self.block->mma_scratch.data() + static_cast<std::size_t>(warp) * 32 * zf_emu::kMmaScratch;
-  auto half = [](unsigned r, int i) { return zf_widen(zf_bf16{static_cast<std::uint16_t>(i ? r >> 16 : r & 0xFFFFu)}); };
+  auto half = [](unsigned r, int i) {  // element i (0: low 16 bits) of a packed register
+    return zf_widen(zf_bf16{static_cast<std::uint16_t>(i ? r >> 16 : r & 0xFFFFu)});
+  };
   for (int i = 0; i < 8; ++i) sc[lane * 12 + i] = half(a[i / 2], i % 2);      // element a_i
   for (int i = 0; i < 4; ++i) sc[lane * 12 + 8 + i] = half(b[i / 2], i % 2);  // element b_i
   self.block->warp_bar[warp]->arrive_and_wait();

@@ -14,6 +14,7 @@
 #include <exception>
 #include <map>
 #include <mutex>
+#include <type_traits>
 #include <utility>
 
 namespace zf_persistent {
@@ -21,6 +22,20 @@ namespace zf_persistent {
 constexpr int TB = 4;  // batch rows per register tile
 constexpr int TM = 4;  // weight rows per register tile
 constexpr int DEFAULT_THREADS = 256;
+
+// bfloat16 storage (zf_bf16): the kernels' templates branch on it
+template <typename S>
+constexpr bool is_bf16 = std::is_same<S, zf_bf16>::value;
+
+// the C ABI passes bfloat16 tensors as their 16-bit patterns (unsigned short, const or not)
+inline zf_bf16* as_bf16(unsigned short* p) { return reinterpret_cast<zf_bf16*>(p); }
+inline const zf_bf16* as_bf16(const unsigned short* p) { return reinterpret_cast<const zf_bf16*>(p); }
+
+// the name of an element size in messages
+inline const char* dtype_name(long long es) { return es == 8 ? "float64" : es == 2 ? "bfloat16" : "float32"; }
+
+// K step of one tensor-core product for elements of es bytes: 16 (bfloat16, m16n8k16), else 8 (TF32)
+ZF_HOST_DEVICE int mma_k_step(int es) { return es == 2 ? 16 : 8; }
 
 // 1: stage_chunk moves 16 bytes per load and store where the rows allow it; 0: one element at a
 // time (the CPU tests build both and compare them bit for bit)
