@@ -41,6 +41,9 @@ ZF_DEVICE unsigned char* zf_dynamic_smem() {
   return zf_smem_raw;
 }
 
+// the emulation counts which paths of the staging ran (zf_emu_count below); nothing on a GPU
+#define ZF_EMU_COUNT(counter) ((void)0)
+
 // loads of data that other blocks wrote in the same launch: L2 only (.cg), never a stale L1 line
 template <typename T>
 ZF_DEVICE T zf_ldcg(const T* p) { return __ldcg(p); }
@@ -100,6 +103,7 @@ ZF_DEVICE unsigned zf_bf16_bits(zf_bf16 x) { return __bfloat16_as_ushort(x); }
 
 #else
 // ------------------------------------------------------------------------------ CPU emulation
+#include <atomic>
 #include <barrier>
 #include <cstring>
 #include <exception>
@@ -304,6 +308,21 @@ inline void zf_mma_bf16(float (&d)[4], const unsigned (&a)[4], const unsigned (&
     d[r] = acc;
   }
   self.block->warp_bar[warp]->arrive_and_wait();
+}
+
+// How often each path of zf_persistent.h's stage_chunk ran in this library since the last reset,
+// per batch of ZF_STAGE_BATCH loads of one thread: the staging tests assert that the shapes they
+// compare the builds on reach the path they test (a path no shape reaches is a test that cannot
+// fail). Read and reset through the C function zf_emu_stage_counts.
+namespace zf_emu {
+enum StageCounter { kStageVectorsInside, kStageVectorsEdge, kStageElements, kStageCounters };
+inline std::atomic<long long> stage_counts[kStageCounters];
+}  // namespace zf_emu
+#define ZF_EMU_COUNT(counter) zf_emu::stage_counts[zf_emu::counter].fetch_add(1, std::memory_order_relaxed)
+
+extern "C" __attribute__((used)) inline void zf_emu_stage_counts(long long* out, int reset) {
+  for (int i = 0; i < zf_emu::kStageCounters; ++i)
+    out[i] = reset ? zf_emu::stage_counts[i].exchange(0) : zf_emu::stage_counts[i].load();
 }
 
 #endif  // ZF_CPU_EMULATION

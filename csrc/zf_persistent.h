@@ -42,6 +42,10 @@ ZF_HOST_DEVICE int mma_k_step(int es) { return es == 2 ? 16 : 8; }
 #ifndef ZF_STAGE_VECTORS
 #define ZF_STAGE_VECTORS 1
 #endif
+// loads each thread of stage_chunk has in flight before its first store (1: the plain loop)
+#ifndef ZF_STAGE_BATCH
+#define ZF_STAGE_BATCH 8
+#endif
 
 // exact-rounding math in both builds (setup.py and the JIT build do not pass --use_fast_math)
 #ifndef ZF_CPU_EMULATION
@@ -95,9 +99,14 @@ ZF_UNROLL
 // element through f (the identity, or the chain's activation). Where A, As and both strides are
 // 16-byte aligned, each thread moves whole 16-byte vectors (4 floats, 8 bfloat16): a quarter (an
 // eighth) of the loads, stores and index divisions of the element-wise loop, which stages up to
-// 512 KB per block and step (the LSTM's dgates at B=32, H=1024). No barrier here.
+// 512 KB per block and step (the LSTM's dgates at B=32, H=1024). Both loops issue
+// ZF_STAGE_BATCH loads per thread before their first store: one store per load in a plain loop
+// waits out a whole L2 round trip per vector (nvcc does not move a global load above a shared
+// store it cannot prove disjoint), 16-32 of them per thread and step at the TIMIT size. No
+// barrier here.
 template <typename S, typename F>
 ZF_DEVICE void stage_chunk(S* As, int as, const S* A, long long lda, int B, int Bp, int k0, int kw, int kwp, F f) {
+  constexpr int G = ZF_STAGE_BATCH;
   const int tid = zf_tid(), nt = zf_nthreads();
   const S zero = zf_narrow<S>(zf_acc_t<S>(0));
   constexpr int V = 16 / sizeof(S);
@@ -105,28 +114,72 @@ ZF_DEVICE void stage_chunk(S* As, int as, const S* A, long long lda, int B, int 
                    reinterpret_cast<std::uintptr_t>(As) % 16 == 0 && lda % V == 0 && k0 % V == 0 && as % V == 0;
   if (vec) {
     const int nv = (kwp + V - 1) / V;  // vectors per row; the last may reach past kwp: zeros
-    for (int idx = tid; idx < Bp * nv; idx += nt) {
-      const int b = idx / nv, k = (idx - b * nv) * V;
-      const S* src = A + static_cast<size_t>(b) * lda + k0 + k;
-      S v[V];
-      if (b < B && k + V <= kw) {
-        const zf_vec16 raw = zf_ldcg16(src);
-        memcpy(v, &raw, 16);
-      } else {
+    const int total = Bp * nv;
+    const int nt_rows = nt / nv, nt_cols = nt - nt_rows * nv;  // nt vectors = nt_rows rows + nt_cols
+    for (int base = tid; base < total; base += G * nt) {
+      zf_vec16 raw[G];
+      int row[G], col[G];
+      bool inside = true;  // every vector of this batch lies inside A's rows [0, B), columns < kw
+      int r = base / nv, c = base - r * nv;  // one division per batch; the rest by stepping
 ZF_UNROLL
-        for (int i = 0; i < V; ++i) v[i] = (b < B && k + i < kw) ? zf_ldcg(src + i) : zero;
+      for (int g = 0; g < G; ++g) {
+        row[g] = r;
+        col[g] = c * V;
+        inside = inside && base + g * nt < total && r < B && c * V + V <= kw;
+        r += nt_rows;
+        c += nt_cols;
+        if (c >= nv) c -= nv, ++r;
+      }
+      if (inside) {  // straight-line loads, all in flight at once (the common case)
+        ZF_EMU_COUNT(kStageVectorsInside);
+ZF_UNROLL
+        for (int g = 0; g < G; ++g) raw[g] = zf_ldcg16(A + static_cast<size_t>(row[g]) * lda + k0 + col[g]);
+      } else {  // a batch at the edges: element by element, zeros outside
+        ZF_EMU_COUNT(kStageVectorsEdge);
+ZF_UNROLL
+        for (int g = 0; g < G; ++g) {
+          S v[V];
+          const bool live = base + g * nt < total && row[g] < B;
+          const S* src = A + static_cast<size_t>(row[g]) * lda + k0 + col[g];
+ZF_UNROLL
+          for (int i = 0; i < V; ++i) v[i] = (live && col[g] + i < kw) ? zf_ldcg(src + i) : zero;
+          memcpy(&raw[g], v, 16);
+        }
       }
 ZF_UNROLL
-      for (int i = 0; i < V; ++i) v[i] = f(v[i]);
-      zf_vec16 out;
-      memcpy(&out, v, 16);
-      *reinterpret_cast<zf_vec16*>(As + static_cast<size_t>(b) * as + k) = out;
+      for (int g = 0; g < G; ++g) {  // then the stores
+        if (base + g * nt >= total) continue;
+        S v[V];
+        memcpy(v, &raw[g], 16);
+ZF_UNROLL
+        for (int i = 0; i < V; ++i) v[i] = f(v[i]);
+        memcpy(&raw[g], v, 16);
+        *reinterpret_cast<zf_vec16*>(As + static_cast<size_t>(row[g]) * as + col[g]) = raw[g];
+      }
     }
     return;
   }
-  for (int idx = tid; idx < Bp * kwp; idx += nt) {
-    const int b = idx / kwp, k = idx - b * kwp;
-    As[b * as + k] = f((b < B && k < kw) ? zf_ldcg(A + static_cast<size_t>(b) * lda + k0 + k) : zero);
+  const int total = Bp * kwp;
+  const int nt_rows = nt / kwp, nt_cols = nt - nt_rows * kwp;
+  for (int base = tid; base < total; base += G * nt) {
+    ZF_EMU_COUNT(kStageElements);
+    S v[G];
+    int row[G], col[G];
+    int r = base / kwp, c = base - r * kwp;
+ZF_UNROLL
+    for (int g = 0; g < G; ++g) {
+      const int idx = base + g * nt;
+      row[g] = r;
+      col[g] = c;
+      r += nt_rows;
+      c += nt_cols;
+      if (c >= kwp) c -= kwp, ++r;
+      v[g] = (idx < total && row[g] < B && col[g] < kw) ? zf_ldcg(A + static_cast<size_t>(row[g]) * lda + k0 + col[g])
+                                                        : zero;
+    }
+ZF_UNROLL
+    for (int g = 0; g < G; ++g)
+      if (base + g * nt < total) As[row[g] * as + col[g]] = f(v[g]);
   }
 }
 

@@ -88,6 +88,17 @@ def library(extra_flags: tuple = ()) -> ctypes.CDLL:
     return lib
 
 
+STAGE_PATHS = ("vectors inside", "vectors at an edge", "elements")
+
+
+def stage_counts(lib) -> dict[str, int]:
+    """How many batches of each stage_chunk path (zf_persistent.h) the library ran since the
+    last call (zf_emu_stage_counts in zf_device.h; the counters are reset by reading them)."""
+    out = (ctypes.c_longlong * len(STAGE_PATHS))()
+    lib.zf_emu_stage_counts(out, 1)
+    return dict(zip(STAGE_PATHS, out))
+
+
 class EmulationError(RuntimeError):
     def __init__(self, code: int, message: str):
         super().__init__(message)
