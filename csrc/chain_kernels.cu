@@ -106,18 +106,28 @@ ZF_DEVICE void mm_load(const Mm<T>& mm, T* sw) {
     for (long long idx = tid; idx < static_cast<long long>(mm.rows) * pad; idx += nt)
       sw[static_cast<size_t>(idx / pad) * mm.ws + mm.K + idx % pad] = zf_bf16_from(0.f);
   }
-  const long long n = static_cast<long long>(mm.rows) * mm.K;
-  for (long long idx = tid; idx < n; idx += nt) {
-    int r, k;
+  // element idx of the copy: row r, column k of the slice
+  auto at = [&](int idx, int& r, int& k) {
     if (mm.kstride == 1) {  // consecutive threads read consecutive k
-      r = static_cast<int>(idx / mm.K);
-      k = static_cast<int>(idx - static_cast<long long>(r) * mm.K);
+      r = idx / mm.K;
+      k = idx - r * mm.K;
     } else {                // transposed: consecutive threads read consecutive rows (columns)
-      k = static_cast<int>(idx / mm.rows);
-      r = static_cast<int>(idx - static_cast<long long>(k) * mm.rows);
+      k = idx / mm.rows;
+      r = idx - k * mm.rows;
     }
-    sw[static_cast<size_t>(r) * mm.ws + k] = mm.gw[mm_row(mm, r) * mm.ldw + k * mm.kstride];
-  }
+  };
+  copy_batched<T>(
+      mm.rows * mm.K,
+      [&](int idx) {
+        int r, k;
+        at(idx, r, k);
+        return mm.gw[mm_row(mm, r) * mm.ldw + k * mm.kstride];
+      },
+      [&](int idx, T v) {
+        int r, k;
+        at(idx, r, k);
+        sw[static_cast<size_t>(r) * mm.ws + k] = v;
+      });
 }
 
 // One product of a block_mm pass: the slice, whether this block computes it (a block may own no
@@ -266,6 +276,27 @@ ZF_DEVICE void load_resident(const Mm<T>& mm, int i, const ZfChainPlan& p, unsig
   if (mm.sw != nullptr && mm.count > 0) mm_load(mm, reinterpret_cast<T*>(smem + p.w_offset[i]));
 }
 
+// Per-element inputs of the elementwise stages that no block writes during the launch, as loaded
+// (zf_persistent.h: Prefetched loads this thread's first element's before the stage's product).
+// Forward stage 2: the posterior's output biases (mu, logvar rows) and the noise.
+template <typename T>
+struct SampleIn {
+  T b_mu, b_lv, eps;
+};
+// Backward stage 1: the pre-activations, grad h, the cell state before and after the step, grad c.
+template <typename T>
+struct CellBwdIn {
+  Gates4<T> z;
+  T grad_h;
+  zf_acc_t<T> c_prev, c, grad_c;
+};
+// Backward stage 2: grad z, the noise, the saved logvar, grad mu, grad logvar, the clamp mask.
+template <typename T>
+struct SampleBwdIn {
+  T grad_z, eps, lv, grad_mu, grad_lv;
+  unsigned char ok_mu, ok_lv;
+};
+
 template <typename T>
 ZF_GLOBAL void chain_fwd_kernel(ChainParams<T> P) {
   using A = zf_acc_t<T>;
@@ -290,10 +321,9 @@ ZF_GLOBAL void chain_fwd_kernel(ChainParams<T> P) {
   load_resident(mqh, 2, p, smem);
   load_resident(mq2, 3, p, smem);
   const int nu = mhh.count, nm = mqh.count, nz = mq2.count;
-  for (int e = tid; e < B * U; e += nt) {
-    const int b = e / U, u = e % U;
-    cs[e] = u < nu ? P.c0[static_cast<size_t>(b) * H + j0 + u] : A(0);
-  }
+  copy_batched<A>(
+      B * U, [&](int e) { return e % U < nu ? P.c0[static_cast<size_t>(e / U) * H + j0 + e % U] : A(0); },
+      [&](int e, A v) { cs[e] = v; });
   zf_block_sync();
   const size_t BH = static_cast<size_t>(B) * H, BM = static_cast<size_t>(B) * M,
                BZ = static_cast<size_t>(B) * Z;
@@ -303,31 +333,35 @@ ZF_GLOBAL void chain_fwd_kernel(ChainParams<T> P) {
     // h_{t-1} the recurrent part of this block's gates, h_{t-1} W_hh^T, kept in `pre` for stage 3
     // (h_{t-1} is staged once per step, and stage 3 is left with the short z_t W_comb^T)
     if (nm > 0 || nu > 0) {
+      auto s_at = [&](int e) { return t * BM + static_cast<size_t>(e / nm) * M + m0 + e % nm; };
+      const Prefetched post_x(B * nm, [&](int e) { return P.post_x[s_at(e)]; });
       block_mm2(hprev, H, false, Prod<T>{&mqh, nm > 0, part}, Prod<T>{&mhh, nu > 0, part_hh}, As, B,
                 p);
-      for (int e = tid; e < B * nm; e += nt) {
-        const int b = e / nm, u = e % nm;
-        const size_t o = t * BM + static_cast<size_t>(b) * M + m0 + u;
-        P.s[o] = zf_narrow<T>(tile_sum(part, b, u, mqh, p) + zf_widen(P.post_x[o]));
-      }
+      for (int e = tid; e < B * nm; e += nt)
+        P.s[s_at(e)] = zf_narrow<T>(tile_sum(part, e / nm, e % nm, mqh, p) + zf_widen(post_x.at(e)));
       if (nu > 0)
         for (int e = tid; e < B * 4 * U; e += nt) pre[e] = tile_sum(part_hh, e / (4 * U), e % (4 * U), mhh, p);
     }
     zf_grid_sync();  // s_t complete
     // stage 2: [mu, lv] = clamp(act(s_t) W_q2^T + b_q2, -8, 8); z = mu + exp(lv / 2) eps
     if (nz > 0) {
+      const Prefetched in(B * nz, [&](int e) {
+        const long long zz = z0 + e % nz;
+        return SampleIn<T>{P.b_q2[zz], P.b_q2[Z + zz], P.eps[t * BZ + static_cast<size_t>(e / nz) * Z + zz]};
+      });
       block_mm(P.s + t * BM, M, true, mq2, As, part, B, p);
       for (int e = tid; e < B * nz; e += nt) {
         const int b = e / nz, u = e % nz;
         const long long zz = z0 + u;
-        const A pm = tile_sum(part, b, u, mq2, p) + zf_widen(P.b_q2[zz]);
-        const A pl = tile_sum(part, b, Zb + u, mq2, p) + zf_widen(P.b_q2[Z + zz]);
+        const SampleIn<T> x = in.at(e);
+        const A pm = tile_sum(part, b, u, mq2, p) + zf_widen(x.b_mu);
+        const A pl = tile_sum(part, b, Zb + u, mq2, p) + zf_widen(x.b_lv);
         const A mu = pm < A(-8) ? A(-8) : (pm > A(8) ? A(8) : pm);
         const A lv = pl < A(-8) ? A(-8) : (pl > A(8) ? A(8) : pl);
         const size_t o = t * BZ + static_cast<size_t>(b) * Z + zz;
         P.mu[o] = zf_narrow<T>(mu);
         P.lv[o] = zf_narrow<T>(lv);
-        P.z[o] = zf_narrow<T>(mu + zf_exp(A(0.5) * lv) * zf_widen(P.eps[o]));
+        P.z[o] = zf_narrow<T>(mu + zf_exp(A(0.5) * lv) * zf_widen(x.eps));
         unsigned char* ok = P.okmask + 2 * (t * BZ + static_cast<size_t>(b) * Z) + zz;
         ok[0] = (pm >= A(-8) && pm <= A(8)) ? 1 : 0;  // torch.clamp's closed interval
         ok[Z] = (pl >= A(-8) && pl <= A(8)) ? 1 : 0;
@@ -337,16 +371,19 @@ ZF_GLOBAL void chain_fwd_kernel(ChainParams<T> P) {
     // stage 3: gates = gx_t + h_{t-1} W_hh^T (from stage 1) + z_t W_comb^T; LSTM cell for this
     // block's units
     if (nu > 0) {
+      auto gates_at = [&](int e) { return P.gates + t * 4 * BH + static_cast<size_t>(e / nu) * 4 * H + j0 + e % nu; };
+      const Prefetched gx(B * nu, [&](int e) { return Gates4<T>::load(gates_at(e), H); });
       block_mm(static_cast<const T*>(P.z + t * BZ), Z, false, mcomb, As, part, B, p);
       for (int e = tid; e < B * nu; e += nt) {
         const int b = e / nu, u = e % nu;
         const long long j = j0 + u;
-        T* g = P.gates + t * 4 * BH + static_cast<size_t>(b) * 4 * H + j;
+        T* g = gates_at(e);
+        const Gates4<T> x = gx.at(e);
         const A* r = pre + b * 4 * U + u;  // gate rows u, U + u, 2U + u, 3U + u
-        const A zi = zf_widen(g[0]) + (r[0] + tile_sum(part, b, u, mcomb, p));
-        const A zf = zf_widen(g[H]) + (r[U] + tile_sum(part, b, U + u, mcomb, p));
-        const A zg = zf_widen(g[2 * H]) + (r[2 * U] + tile_sum(part, b, 2 * U + u, mcomb, p));
-        const A zo = zf_widen(g[3 * H]) + (r[3 * U] + tile_sum(part, b, 3 * U + u, mcomb, p));
+        const A zi = zf_widen(x.v[0]) + (r[0] + tile_sum(part, b, u, mcomb, p));
+        const A zf = zf_widen(x.v[1]) + (r[U] + tile_sum(part, b, U + u, mcomb, p));
+        const A zg = zf_widen(x.v[2]) + (r[2 * U] + tile_sum(part, b, 2 * U + u, mcomb, p));
+        const A zo = zf_widen(x.v[3]) + (r[3 * U] + tile_sum(part, b, 3 * U + u, mcomb, p));
         const int ce = b * U + u;
         const A c = zf_sigmoid(zf) * cs[ce] + zf_sigmoid(zi) * zf_tanh(zg);
         const A hv = zf_sigmoid(zo) * zf_tanh(c);
@@ -397,19 +434,26 @@ ZF_GLOBAL void chain_bwd_kernel(ChainParams<T> P) {
     // stage 1: dh = grad_h_t + dgates_{t+1} W_hh (step t+1's stage 2 left it in `pre`) +
     // ds_{t+1} W_qh; the cell backward
     if (nu > 0) {
+      auto gates_at = [&](int e) { return P.gates + t * 4 * BH + static_cast<size_t>(e / nu) * 4 * H + j0 + e % nu; };
+      const Prefetched in(B * nu, [&](int e) {
+        const size_t bj = static_cast<size_t>(e / nu) * H + j0 + e % nu;
+        return CellBwdIn<T>{Gates4<T>::load(gates_at(e), H), P.grad_h[t * BH + bj],
+                            t == 0 ? P.c0[bj] : P.c_saved[(t - 1) * BH + bj], P.c_saved[t * BH + bj],
+                            P.grad_c[t * BH + bj]};
+      });
       if (!last) block_mm(static_cast<const T*>(P.ds + (t + 1) * BM), M, false, mqh, As, part, B, p);
       for (int e = tid; e < B * nu; e += nt) {
         const int b = e / nu, u = e % nu;
-        const size_t bj = static_cast<size_t>(b) * H + j0 + u;
-        A dh = zf_widen(P.grad_h[t * BH + bj]);
+        const CellBwdIn<T> x = in.at(e);
+        A dh = zf_widen(x.grad_h);
         if (!last) dh += pre[b * U + u] + tile_sum(part, b, u, mqh, p);
-        T* g = P.gates + t * 4 * BH + static_cast<size_t>(b) * 4 * H + j0 + u;
-        const A i = zf_sigmoid(zf_widen(g[0])), f = zf_sigmoid(zf_widen(g[H])), gg = zf_tanh(zf_widen(g[2 * H])),
-                o = zf_sigmoid(zf_widen(g[3 * H]));
-        const A c_prev = t == 0 ? P.c0[bj] : P.c_saved[(t - 1) * BH + bj];
-        const A tc = zf_tanh(P.c_saved[t * BH + bj]);
+        T* g = gates_at(e);
+        const A i = zf_sigmoid(zf_widen(x.z.v[0])), f = zf_sigmoid(zf_widen(x.z.v[1])),
+                gg = zf_tanh(zf_widen(x.z.v[2])), o = zf_sigmoid(zf_widen(x.z.v[3]));
+        const A c_prev = x.c_prev;
+        const A tc = zf_tanh(x.c);
         const int ce = b * U + u;
-        A dc = P.grad_c[t * BH + bj] + dcs[ce];
+        A dc = x.grad_c + dcs[ce];
         dc += dh * o * (A(1) - tc * tc);
         g[0] = zf_narrow<T>(dc * gg * i * (A(1) - i));  // dgates overwrite the pre-activations in place
         g[H] = zf_narrow<T>(dc * c_prev * f * (A(1) - f));
@@ -423,32 +467,37 @@ ZF_GLOBAL void chain_bwd_kernel(ChainParams<T> P) {
     // staged dgates_t, this block's dgates_t W_hh for step t-1's dh, kept in `pre` (dgates is
     // staged once per step; at t = 0 that product is the gradient of h0, a torch GEMM)
     if (nz > 0 || (nu > 0 && t > 0)) {
+      auto z_at = [&](int e) { return t * BZ + static_cast<size_t>(e / nz) * Z + z0 + e % nz; };
+      auto p_at = [&](int e) { return 2 * (t * BZ + static_cast<size_t>(e / nz) * Z) + z0 + e % nz; };
+      const Prefetched in(B * nz, [&](int e) {
+        const size_t o = z_at(e), o2 = p_at(e);
+        return SampleBwdIn<T>{P.grad_z[o], P.eps[o], P.lv_saved[o], P.grad_mu[o], P.grad_lv[o], P.ok_saved[o2],
+                              P.ok_saved[o2 + Z]};
+      });
       block_mm2(static_cast<const T*>(P.gates + t * 4 * BH), H4, false, Prod<T>{&mcomb, nz > 0, part},
                 Prod<T>{&mhh, nu > 0 && t > 0, part_hh}, As, B, p);
       if (nu > 0 && t > 0)
         for (int e = tid; e < B * U; e += nt) pre[e] = tile_sum(part_hh, e / U, e % U, mhh, p);
       for (int e = tid; e < B * nz; e += nt) {
-        const int b = e / nz, u = e % nz;
-        const size_t o = t * BZ + static_cast<size_t>(b) * Z + z0 + u;
-        const A dz = zf_widen(P.grad_z[o]) + tile_sum(part, b, u, mcomb, p);
-        const A eps = zf_widen(P.eps[o]);
-        const A sd = zf_exp(A(0.5) * zf_widen(P.lv_saved[o]));
+        const size_t o = z_at(e), o2 = p_at(e);
+        const SampleBwdIn<T> x = in.at(e);
+        const A dz = zf_widen(x.grad_z) + tile_sum(part, e / nz, e % nz, mcomb, p);
+        const A eps = zf_widen(x.eps);
+        const A sd = zf_exp(A(0.5) * zf_widen(x.lv));
         P.grad_eps[o] = zf_narrow<T>(dz * sd);
-        const size_t o2 = 2 * (t * BZ + static_cast<size_t>(b) * Z) + z0 + u;
-        P.dparams[o2] = zf_narrow<T>(P.ok_saved[o2] ? dz + zf_widen(P.grad_mu[o]) : A(0));
-        P.dparams[o2 + Z] =
-            zf_narrow<T>(P.ok_saved[o2 + Z] ? dz * eps * A(0.5) * sd + zf_widen(P.grad_lv[o]) : A(0));
+        P.dparams[o2] = zf_narrow<T>(x.ok_mu ? dz + zf_widen(x.grad_mu) : A(0));
+        P.dparams[o2 + Z] = zf_narrow<T>(x.ok_lv ? dz * eps * A(0.5) * sd + zf_widen(x.grad_lv) : A(0));
       }
     }
     zf_grid_sync();  // dparams_t complete
     // stage 3: ds_t = (dparams_t W_q2) * act'(s_t)
     if (nm > 0) {
+      auto s_at = [&](int e) { return t * BM + static_cast<size_t>(e / nm) * M + m0 + e % nm; };
+      const Prefetched s_saved(B * nm, [&](int e) { return P.s_saved[s_at(e)]; });
       block_mm(static_cast<const T*>(P.dparams + t * 2 * BZ), 2 * Z, false, mq2, As, part, B, p);
-      for (int e = tid; e < B * nm; e += nt) {
-        const int b = e / nm, u = e % nm;
-        const size_t o = t * BM + static_cast<size_t>(b) * M + m0 + u;
-        P.ds[o] = zf_narrow<T>(leaky_clamp_backward(zf_widen(P.s_saved[o]), tile_sum(part, b, u, mq2, p)));
-      }
+      for (int e = tid; e < B * nm; e += nt)
+        P.ds[s_at(e)] = zf_narrow<T>(
+            leaky_clamp_backward(zf_widen(s_saved.at(e)), tile_sum(part, e / nm, e % nm, mq2, p)));
     }
     if (t > 0) zf_grid_sync();  // ds_t complete
   }

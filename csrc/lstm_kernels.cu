@@ -147,6 +147,30 @@ ZF_DEVICE T tile_sum(const T* part, int b, int m, const ZfLstmPlan& p) {
   return s;
 }
 
+// The backward cell's inputs at step t (s: its position in the sequence) for element bj = b * H + j:
+// its output gradient (plus d_hT at the last step), the 4 pre-activations at z, the cell states
+// before and after the step. Kept as loaded (no conversion here: converting a value waits for
+// its load, which would undo loading it early).
+template <typename S>
+struct BwdCellIn {
+  using A = zf_acc_t<S>;
+  S d_out, d_hT;
+  A c_prev, c_new;
+  Gates4<S> z;
+  ZF_DEVICE static BwdCellIn load(const Params<S>& P, int t, int s, bool last, size_t bj, const S* z) {
+    const size_t BH = static_cast<size_t>(P.B) * P.H;
+    BwdCellIn x;
+    x.z = Gates4<S>::load(z, P.H);
+    x.d_out = P.d_out[t * BH + bj];
+    x.d_hT = last ? P.d_hT[bj] : x.d_out;
+    x.c_prev = P.c_saved[s * BH + bj];
+    x.c_new = P.c_saved[(s + 1) * BH + bj];
+    return x;
+  }
+  // dh without the recurrent part: d_out, plus d_hT at the last step
+  ZF_DEVICE A dh(bool last) const { return last ? zf_widen(d_out) + zf_widen(d_hT) : zf_widen(d_out); }
+};
+
 template <typename S>
 ZF_GLOBAL void lstm_fwd_kernel(Params<S> P) {
   using A = zf_acc_t<S>;
@@ -166,30 +190,35 @@ ZF_GLOBAL void lstm_fwd_kernel(Params<S> P) {
   // resident W slice: smem row m = g * U + u holds W_hh row g * H + j0 + u (zeros past H; the
   // bfloat16 tiles read the row's padding too: zeros)
   const int wcols = is_bf16<S> ? ws : H;
-  for (int idx = tid; idx < Mp * wcols; idx += nt) {
-    const int m = idx / wcols, k = idx - m * wcols;
-    const int g = m / U, j = j0 + m % U;
-    Ws[static_cast<size_t>(m) * ws + k] =
-        (m < 4 * U && j < H && k < H) ? P.w[(static_cast<size_t>(g) * H + j) * H + k] : zero;
-  }
-  for (int e = tid; e < B * U; e += nt) {
-    const int b = e / U, j = j0 + e % U;
-    cs[e] = j < H ? P.c_all[static_cast<size_t>(b) * H + j] : A(0);
-  }
+  copy_batched<S>(
+      Mp * wcols,
+      [&](int idx) {
+        const int m = idx / wcols, k = idx - m * wcols, g = m / U, j = j0 + m % U;
+        return (m < 4 * U && j < H && k < H) ? P.w[(static_cast<size_t>(g) * H + j) * H + k] : zero;
+      },
+      [&](int idx, S v) { Ws[static_cast<size_t>(idx / wcols) * ws + idx % wcols] = v; });
+  copy_batched<A>(
+      B * U, [&](int e) { return j0 + e % U < H ? P.c_all[static_cast<size_t>(e / U) * H + j0 + e % U] : A(0); },
+      [&](int e, A v) { cs[e] = v; });
   zf_block_sync();
 
   for (int s = 0; s < T_; ++s) {
     const int t = P.reverse ? T_ - 1 - s : s;
     const S* h_prev = s == 0 ? P.h0 : P.out + static_cast<size_t>(P.reverse ? t + 1 : t - 1) * BH;
+    // this unit's 4 pre-activations (W_ih x_t + b) at element e = b * U + u; this thread's first
+    // element's are loaded before the product, whose staging and barriers hide their round trip
+    auto gates_at = [&](int e) { return P.gates + t * B4H + static_cast<size_t>(e / U) * 4 * H + j0 + e % U; };
+    const Prefetched pre_x(B * U, [&](int e) { return j0 + e % U < H ? Gates4<S>::load(gates_at(e), H) : Gates4<S>{}; });
     block_matmul(h_prev, H, B, Ws, As, part, p);
     for (int e = tid; e < B * U; e += nt) {
       const int b = e / U, u = e % U, j = j0 + u;
       if (j >= H) continue;
-      S* z = P.gates + t * B4H + static_cast<size_t>(b) * 4 * H + j;  // this unit's 4 gates
-      const A zi = zf_widen(z[0]) + tile_sum(part, b, u, p);
-      const A zf = zf_widen(z[H]) + tile_sum(part, b, U + u, p);
-      const A zg = zf_widen(z[2 * H]) + tile_sum(part, b, 2 * U + u, p);
-      const A zo = zf_widen(z[3 * H]) + tile_sum(part, b, 3 * U + u, p);
+      S* z = gates_at(e);
+      const Gates4<S> x = pre_x.at(e);
+      const A zi = zf_widen(x.v[0]) + tile_sum(part, b, u, p);
+      const A zf = zf_widen(x.v[1]) + tile_sum(part, b, U + u, p);
+      const A zg = zf_widen(x.v[2]) + tile_sum(part, b, 2 * U + u, p);
+      const A zo = zf_widen(x.v[3]) + tile_sum(part, b, 3 * U + u, p);
       const A c = zf_sigmoid(zf) * cs[e] + zf_sigmoid(zi) * zf_tanh(zg);
       const A h = zf_sigmoid(zo) * zf_tanh(c);
       cs[e] = c;
@@ -224,19 +253,29 @@ ZF_GLOBAL void lstm_bwd_kernel(Params<S> P) {
   // bfloat16 tiles read the row's padding too: zeros); global reads run along u (contiguous), so
   // the load is coalesced
   const int rcols = is_bf16<S> ? ws : H4;
-  for (int idx = tid; idx < Mp * rcols; idx += nt) {
-    const int r = idx / Mp, u = idx - r * Mp, j = j0 + u;
-    Ws[static_cast<size_t>(u) * ws + r] = (u < U && j < H && r < H4) ? P.w[static_cast<size_t>(r) * H + j] : zero;
-  }
-  for (int e = tid; e < B * U; e += nt) {
-    const int b = e / U, j = j0 + e % U;
-    dcs[e] = j < H ? P.dc[static_cast<size_t>(b) * H + j] : A(0);
-  }
+  copy_batched<S>(
+      Mp * rcols,
+      [&](int idx) {
+        const int r = idx / Mp, u = idx - r * Mp;
+        return (u < U && j0 + u < H && r < H4) ? P.w[static_cast<size_t>(r) * H + j0 + u] : zero;
+      },
+      [&](int idx, S v) { Ws[static_cast<size_t>(idx % Mp) * ws + idx / Mp] = v; });
+  copy_batched<A>(
+      B * U, [&](int e) { return j0 + e % U < H ? P.dc[static_cast<size_t>(e / U) * H + j0 + e % U] : A(0); },
+      [&](int e, A v) { dcs[e] = v; });
   zf_block_sync();
 
   for (int s = T_ - 1; s >= 0; --s) {
     const int t = P.reverse ? T_ - 1 - s : s;
     const bool last = s == T_ - 1;
+    // element e = b * U + u's inputs that do not depend on the other blocks (its output gradient,
+    // pre-activations and cell states): this thread's first element's loaded before the product,
+    // whose staging and barriers hide their round trip
+    auto gates_at = [&](int e) { return P.gates + t * B4H + static_cast<size_t>(e / U) * 4 * H + j0 + e % U; };
+    const Prefetched pre_x(B * U, [&](int e) {
+      return j0 + e % U < H ? BwdCellIn<S>::load(P, t, s, last, static_cast<size_t>(e / U) * H + j0 + e % U, gates_at(e))
+                            : BwdCellIn<S>{};
+    });
     if (!last) {
       // dh_t += dgates_{next step} @ W_hh, the next step's dgates written by all blocks
       const int t_next = P.reverse ? t - 1 : t + 1;
@@ -245,14 +284,13 @@ ZF_GLOBAL void lstm_bwd_kernel(Params<S> P) {
     for (int e = tid; e < B * U; e += nt) {
       const int b = e / U, u = e % U, j = j0 + u;
       if (j >= H) continue;
-      const size_t bj = static_cast<size_t>(b) * H + j;
-      A dh = zf_widen(P.d_out[t * BH + bj]);
-      if (last) dh += zf_widen(P.d_hT[bj]);
-      else dh += tile_sum(part, b, u, p);
-      S* z = P.gates + t * B4H + static_cast<size_t>(b) * 4 * H + j;
-      const A i = zf_sigmoid(zf_widen(z[0])), f = zf_sigmoid(zf_widen(z[H])), g = zf_tanh(zf_widen(z[2 * H])),
-              o = zf_sigmoid(zf_widen(z[3 * H]));
-      const A c_prev = P.c_saved[s * BH + bj], c_new = P.c_saved[(s + 1) * BH + bj];
+      const BwdCellIn<S> x = pre_x.at(e);
+      A dh = x.dh(last);
+      if (!last) dh += tile_sum(part, b, u, p);
+      S* z = gates_at(e);
+      const A i = zf_sigmoid(zf_widen(x.z.v[0])), f = zf_sigmoid(zf_widen(x.z.v[1])),
+              g = zf_tanh(zf_widen(x.z.v[2])), o = zf_sigmoid(zf_widen(x.z.v[3]));
+      const A c_prev = x.c_prev, c_new = x.c_new;
       const A tc = zf_tanh(c_new);
       const A dc = dcs[e] + dh * o * (A(1) - tc * tc);
       z[0] = zf_narrow<S>(dc * g * i * (A(1) - i));  // dgates overwrite the pre-activations in place

@@ -183,6 +183,55 @@ ZF_UNROLL
   }
 }
 
+// store(idx, load(idx)) for idx = tid, tid + nt, ... < n, each thread issuing ZF_STAGE_BATCH loads
+// before their stores: the once-per-launch copies of the weight slices into shared memory (up to
+// ~90 KB per block, 170 bf16 elements per thread at the TIMIT chain), which with one load per
+// store wait out one round trip per element. n: elements of one block's shared memory (int).
+template <typename V, typename Load, typename Store>
+ZF_DEVICE void copy_batched(int n, Load load, Store store) {
+  constexpr int G = ZF_STAGE_BATCH;
+  const int tid = zf_tid(), nt = zf_nthreads();
+  for (int base = tid; base < n; base += G * nt) {
+    V v[G];
+ZF_UNROLL
+    for (int g = 0; g < G; ++g)
+      if (base + g * nt < n) v[g] = load(base + g * nt);
+ZF_UNROLL
+    for (int g = 0; g < G; ++g)
+      if (base + g * nt < n) store(base + g * nt, v[g]);
+  }
+}
+
+// An LSTM unit's 4 gate values (i, f, g, o rows `stride` elements apart) of one step, as loaded:
+// the 4 loads issued before any is used (one round trip, not 4)
+template <typename S>
+struct Gates4 {
+  S v[4];
+  ZF_DEVICE static Gates4 load(const S* p, long long stride) {
+    Gates4 x;
+ZF_UNROLL
+    for (int i = 0; i < 4; ++i) x.v[i] = p[i * stride];
+    return x;
+  }
+};
+
+// The elementwise loop of a stage, e = tid, tid + nt, ... < n, whose per-element inputs (load(e):
+// a struct of values as loaded, none converted, since converting a value waits for its load) do
+// not depend on the stage's product: constructed before the product, it loads this thread's
+// first element's inputs there, so their round trip overlaps the product's staging and barriers;
+// at(e) hands them back for e == tid and loads any other element's. `load` is only called for
+// e < n.
+template <typename Load>
+struct Prefetched {
+  using In = decltype(std::declval<Load>()(0));
+  Load load;
+  In first{};
+  ZF_DEVICE Prefetched(int n, Load l) : load(l) {
+    if (zf_tid() < n) first = load(zf_tid());
+  }
+  ZF_DEVICE In at(int e) const { return e == zf_tid() ? first : load(e); }
+};
+
 // The TF32 tensor-core products per element of a block product (ZfLstmLaunch / ZfChainLaunch::tf32,
 // plan.mma): 1, the operands rounded to TF32; 3 ("3xTF32"), each operand split into a TF32 high
 // part and the TF32 rounding of the rest, a_hi b_lo + a_lo b_hi + a_hi b_hi (the small terms first):

@@ -51,25 +51,45 @@ def _registers(operands: str) -> set[int]:
     return regs
 
 
-def loads_in_flight(instructions: list[tuple[str, str]]) -> int:
-    """The most 128-bit global loads (LDG...128) that the code issues, in address order, before
-    any instruction reads or overwrites one of their destination registers (which would wait for
-    that load) or a barrier: a loop of one load and one store gives 1. Branches are not followed:
-    code laid out between two loads counts as if it ran (conservative: it can only end a run)."""
-    best = count = 0
+def load_runs(instructions: list[tuple[str, str]], staging: bool) -> list[int]:
+    """The runs of global loads the code keeps in flight together, in address order: each run is
+    the number of loads issued before an instruction reads or overwrites one of their destination
+    registers (which waits for that load), a barrier, a call or an exit. `staging`: the 128-bit
+    L2 loads of the staging loops (LDG...128.STRONG: ld.global.cg.v4); else the plain loads
+    (LDG without .STRONG: the weight copies and the elementwise stages' inputs). A loop of one
+    load and one store gives runs of 1. Branches are not followed: code laid out between two
+    loads counts as if it ran (conservative: it can only end a run). Barriers end a run although
+    loads stay in flight across bar.sync on the GPU (conservative too)."""
+    runs: list[int] = []
+    count = 0
     pending: set[int] = set()
+
+    def end_run():
+        nonlocal count, pending
+        if count:
+            runs.append(count)
+        count, pending = 0, set()
+
     for op, operands in instructions:
         parts = [p.strip() for p in operands.split(",")]
-        if op.startswith("LDG") and ".128" in op:
+        is_load = op.startswith("LDG") and (("STRONG" in op and ".128" in op) if staging else "STRONG" not in op)
+        if is_load:
             if _registers(",".join(parts[1:])) & pending:  # its address needs an earlier load
-                best, count, pending = max(best, count), 0, set()
+                end_run()
             first = int(re.match(r"R(\d+)", parts[0]).group(1))
-            pending |= {first, first + 1, first + 2, first + 3}
+            width = 4 if ".128" in op else 2 if ".64" in op else 1
+            pending |= set(range(first, first + width))
             count += 1
             continue
         if not pending:
             continue
         # any operand: a source reads the register (waits for the load), a destination overwrites it
         if _registers(operands) & pending or op.startswith(("BAR", "EXIT", "RET", "CALL")):
-            best, count, pending = max(best, count), 0, set()
-    return max(best, count)
+            end_run()
+    end_run()
+    return runs
+
+
+def loads_in_flight(instructions: list[tuple[str, str]]) -> int:
+    """The most 128-bit staging loads the code keeps in flight at once (load_runs)."""
+    return max(load_runs(instructions, staging=True), default=0)

@@ -1,14 +1,18 @@
-"""The staging loops of csrc/'s persistent kernels keep several L2 loads in flight per thread, in
-the machine code nvcc makes for sm_90a (H100 / H200), read without a GPU (tests/_sass.py).
+"""csrc/'s persistent kernels keep their global loads in flight together, in the machine code nvcc
+makes for sm_90a (H100 / H200), read without a GPU (tests/_sass.py).
 
-Each time step every block stages the activations its product reads (h_{t-1}, dgates_{t+1}, ...)
-from L2: 16-32 vectors of 16 bytes per thread at the TIMIT size. Written as one load and one store
-per iteration, nvcc keeps that order (a global load is not moved above a shared store it cannot
-prove disjoint), and each vector waits out a whole L2 round trip; stage_chunk issues
-ZF_STAGE_BATCH (8) loads before its first store. Checked: every kernel entry (LSTM and chain,
-forward and backward, float32, float64, bfloat16) has ZF_STAGE_BATCH 128-bit loads outstanding at
-once, and the same source built with ZF_STAGE_BATCH=1 has one (the measure can fail). What this
-does not show: the time it saves (benchmarks/, on a GPU)."""
+Every load a thread waits for in a time step is an L2 (or HBM) round trip on the step's critical
+path, and the kernels are latency-bound at the design's sizes. Checked on every kernel entry (LSTM
+and chain, forward and backward, float32, float64, bfloat16):
+- staging (stage_chunk): ZF_STAGE_BATCH (8) 128-bit L2 loads outstanding at once (written as one
+  load and one store per iteration, nvcc kept that order: one round trip per vector, 16-64 per
+  thread and step at the TIMIT size); the same source built with ZF_STAGE_BATCH=1 has one, so the
+  measure can fail;
+- the once-per-launch copies of the weight slices and cell states (copy_batched): 8 at once;
+- the elementwise stages' inputs (an LSTM unit's 4 pre-activations; the backward cell's 7 inputs;
+  the chain's sampling inputs): one group per element, loaded twice in the code: for this thread's
+  first element before the stage's product (Prefetched) and for any further element in the loop.
+What this does not show: the time it saves (benchmarks/, on a GPU)."""
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,37 +23,63 @@ import _sass
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 BATCH = 8  # zf_persistent.h's default ZF_STAGE_BATCH
-ENTRIES = [f"{op}_{d}_kernelI{s}" for op in ("lstm", "chain") for d in ("fwd", "bwd")
-           for s in ("f", "d", "13__nv_bfloat16")]
+DTYPES = ("f", "d", "13__nv_bfloat16")
+ENTRIES = [f"{op}_{d}_kernelI{s}" for op in ("lstm", "chain") for d in ("fwd", "bwd") for s in DTYPES]
+# the elementwise stages' input groups (loads per element) of each kernel
+STAGE_GROUPS = {"lstm_fwd": (4,), "lstm_bwd": (7,),      # Gates4; BwdCellIn (d_out, 4 gates, 2 c)
+                "chain_fwd": (3, 4), "chain_bwd": (7,)}  # SampleIn, Gates4; SampleBwdIn
 
 pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None or _sass.nvdisasm() is None,
                                 reason="needs nvcc and nvdisasm (pip install nvidia-cuda-nvdisasm)")
 
 
-def _cubin(tmp_path: Path, source: str, *flags: str) -> str:
-    out = tmp_path / (Path(source).stem + "".join(flags).replace("-D", "_").replace("=", "") + ".cubin")
+def _cubin(out_dir: Path, source: str, *flags: str) -> str:
+    out = out_dir / (Path(source).stem + "".join(flags).replace("-D", "_").replace("=", "") + ".cubin")
     subprocess.run(["nvcc", "-arch=sm_90a", "-O3", "-std=c++17", "-cubin", *flags, str(CSRC / source),
                     "-o", str(out)], check=True, capture_output=True, timeout=600)
     return str(out)
 
 
-def _in_flight(cubins):
+def _entries(cubins):
     found = {}
     for cubin in cubins:
         for name, instructions in _sass.kernels(cubin).items():
             entry = next((e for e in ENTRIES if e in name), None)
             if entry:
-                found[entry] = _sass.loads_in_flight(instructions)
+                found[entry] = instructions
     return found
 
 
-def test_staging_keeps_a_batch_of_loads_in_flight(tmp_path):
-    found = _in_flight([_cubin(tmp_path, "lstm_kernels.cu"), _cubin(tmp_path, "chain_kernels.cu")])
+@pytest.fixture(scope="module")
+def kernels(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sass")
+    found = _entries([_cubin(out, "lstm_kernels.cu"), _cubin(out, "chain_kernels.cu")])
     assert sorted(found) == sorted(ENTRIES), f"kernel entries found: {sorted(found)}"
-    short = {e: n for e, n in found.items() if n < BATCH}
-    assert not short, f"fewer than {BATCH} 128-bit loads in flight (kernel: loads): {short}"
+    return found
+
+
+def test_staging_keeps_a_batch_of_loads_in_flight(kernels):
+    short = {e: _sass.loads_in_flight(ins) for e, ins in kernels.items()}
+    short = {e: n for e, n in short.items() if n < BATCH}
+    assert not short, f"fewer than {BATCH} 128-bit staging loads in flight (kernel: loads): {short}"
 
 
 def test_one_load_per_store_is_measured_as_one(tmp_path):
-    found = _in_flight([_cubin(tmp_path, "lstm_kernels.cu", "-DZF_STAGE_BATCH=1")])
-    assert found and all(n == 1 for n in found.values()), found
+    found = _entries([_cubin(tmp_path, "lstm_kernels.cu", "-DZF_STAGE_BATCH=1")])
+    runs = {e: _sass.load_runs(ins, staging=True) for e, ins in found.items()}
+    assert found and all(r and max(r) == 1 for r in runs.values()), runs
+    plain = {e: _sass.load_runs(ins, staging=False) for e, ins in found.items()}
+    assert all(max(r) < BATCH for r in plain.values()), plain  # the weight copies: 1 at a time too
+
+
+def test_weight_copies_and_stage_inputs_load_together(kernels):
+    problems = []
+    for entry, instructions in kernels.items():
+        runs = _sass.load_runs(instructions, staging=False)
+        if max(runs, default=0) < BATCH:
+            problems.append(f"{entry}: no copy with {BATCH} loads in flight, runs {runs}")
+        for group in STAGE_GROUPS[entry[: entry.index("_kernel")]]:
+            if runs.count(group) < 2:
+                problems.append(f"{entry}: fewer than 2 groups of {group} loads in flight "
+                                f"(prefetched and in the loop), runs {runs}")
+    assert not problems, "\n".join(problems)
