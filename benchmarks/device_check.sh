@@ -16,12 +16,12 @@
 # .csv and stages.txt committed as <gpu>_<date>.json, .csv, _stages.txt first; "rest" = the stages
 # it skipped or cut short). A rerun can choose
 # stages: ZF_STAGES=train,ops (names, in running order: tests train ops ops-small cuda-tests
-# ops-cuda ops-cuda-tf32 train-cuda train-cuda-bf16 ops-compile tune kernels ops-tf32x3 train-tf32x3 train-tf32 ops-tf32
+# ops-cuda ops-cuda-tf32 train-cuda train-cuda-bf16 ops-compile ab-loads ab-loads-default tune kernels ops-tf32x3 train-tf32x3 train-tf32 ops-tf32
 # other-models trainer train-bf16 ops-bf16 train-compile; the persistent smoke test runs with
 # tests). The first ones are what issue 3 needs (GPU tests, the ops table with torch.compile)
 # and the first GPU run of csrc/; the experiments (tune, kernels, tf32x3, ...) come after.
 #
-# $OUT (the folder that comes back; 9 files, no subfolders):
+# $OUT (the folder that comes back; 14 files, no subfolders):
 #   stages.txt     one "name status" line per stage (ok, failed, timed-out, skipped, not-selected):
 #                  commit it as <gpu>_<date>_stages.txt for a second call's ZF_STAGES=rest
 #   persistent_smoke.log  persistent vs stepwise vs float64 lstm / zforcing_chain, benchmark shapes
@@ -33,6 +33,8 @@
 #   results.json   the same rows + the environment (GPU, driver, clocks, versions, commit)
 #   results.png    bar chart, ms per provider per case, log scale
 #   summary.md     targets / baselines / tables (also printed last)
+#   ab_build.log, results_ab_batch1.{csv,json}, results_ab_batch8.{csv,json}  the ab-loads stages:
+#                  csrc/ built with one staging load in flight per thread vs the default 8
 set -u -o pipefail
 cd "$(dirname "$0")/.." || exit 1
 export PYTHONUNBUFFERED=1
@@ -58,7 +60,7 @@ DRY="${ZF_DRY_RUN:-}"
 # a rerun can pick stages, e.g. ZF_STAGES=train,ops bash benchmarks/device_check.sh; ZF_STAGES=rest
 # (with ZF_SEED_RESULTS): the stages the seeded call skipped or cut short, read from its
 # <seed>_stages.txt (that call's $OUT/stages.txt: one "name status" line per stage)
-ALL_STAGES="tests,train,ops,ops-small,cuda-tests,ops-cuda,ops-cuda-tf32,train-cuda,train-cuda-bf16,ops-compile,tune,kernels,ops-tf32x3,train-tf32x3,train-tf32,ops-tf32,other-models,trainer,train-bf16,ops-bf16,train-compile"
+ALL_STAGES="tests,train,ops,ops-small,cuda-tests,ops-cuda,ops-cuda-tf32,train-cuda,train-cuda-bf16,ops-compile,ab-loads,ab-loads-default,tune,kernels,ops-tf32x3,train-tf32x3,train-tf32,ops-tf32,other-models,trainer,train-bf16,ops-bf16,train-compile"
 WANT="${ZF_STAGES:-$ALL_STAGES}"
 if [[ "$WANT" == "rest" ]]; then
   SEED_STAGES="${ZF_SEED_RESULTS:-}_stages.txt"
@@ -98,9 +100,12 @@ run_stage() {
   fi
   local cmd=("$@")
   if [[ -n "$DRY" ]]; then
-    # the commands as written, arguments parsed, nothing measured (see ZF_DRY_RUN above)
-    if [[ "${cmd[1]:-}" == benchmarks/*.py ]]; then cmd+=(--smoke --device cpu --budget-s 0); fi
-    if [[ "${cmd[1]:-} ${cmd[2]:-}" == "-m pytest" ]]; then cmd+=(--collect-only -q); fi
+    # the commands as written, arguments parsed, nothing measured (see ZF_DRY_RUN above); k: where
+    # the interpreter is, after an `env NAME=VALUE ...` prefix
+    local k=0
+    if [[ "${cmd[0]}" == env ]]; then k=1; while [[ "${cmd[$k]:-}" == *=* ]]; do k=$(( k + 1 )); done; fi
+    if [[ "${cmd[$(( k + 1 ))]:-}" == benchmarks/*.py ]]; then cmd+=(--smoke --device cpu --budget-s 0); fi
+    if [[ "${cmd[$(( k + 1 ))]:-} ${cmd[$(( k + 2 ))]:-}" == "-m pytest" ]]; then cmd+=(--collect-only -q); fi
   fi
   echo "== $name (limit ${lim}s): ${cmd[*]}" | tee -a "$LOG"
   t0=$SECONDS
@@ -150,6 +155,18 @@ if [[ -z "$DRY" ]] && [[ ",$WANT," == *",cuda-tests,"* || ",$WANT," == *",ops-cu
     timeout -k 5 400 "$PY" -c "from zf_kernels.ops import _cuda_ext; _cuda_ext.load(); print('zf_kernels._C built')"
     echo "== JIT build: rc=$? ($(( SECONDS - t0 ))s)" ) >"$OUT/cuda_tests.log" 2>&1 &
   BUILD_PID=$!
+fi
+# the same kernels with one load in flight per thread (ZF_STAGE_BATCH=1: how csrc/ staged up to
+# commit cd0da82, one L2 round trip per vector) for the ab-loads stage, built after the default
+# build (which cuda-tests waits for) has finished
+AB_DEFINES="-DZF_STAGE_BATCH=1"
+AB_PID=""
+if [[ -z "$DRY" ]] && [[ ",$WANT," == *",ab-loads,"* ]]; then
+  ( while [[ -n "$BUILD_PID" ]] && kill -0 "$BUILD_PID" 2>/dev/null; do sleep 2; done
+    t0=$SECONDS
+    ZF_KERNELS_NVCC_DEFINES="$AB_DEFINES" timeout -k 5 400 "$PY" -c "from zf_kernels.ops import _cuda_ext; _cuda_ext.load(); print('zf_kernels._C ($AB_DEFINES) built')"
+    echo "== JIT build ($AB_DEFINES): rc=$? ($(( SECONDS - t0 ))s)" ) >"$OUT/ab_build.log" 2>&1 &
+  AB_PID=$!
 fi
 
 # 0. the persistent kernels (lstm, zforcing_chain) against stepwise + float64 first: for one
@@ -235,6 +252,17 @@ run_stage train-cuda-bf16 30 "$LOG" \
 # backward, the LSTM's 35 s); the unrolled 784-step loops skipped)
 run_stage ops-compile 150 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --providers compile,compile-step --dtypes float32
+
+# 6b. A/B of csrc/'s loads in flight: the same ops with the staging batch at 1 (the ab_build
+# above) and at its default 8, in the same stage, bf16 and tf32, into results_ab.* (kept out of
+# the main table: both rows are provider "cuda"; the note column says which build)
+while [[ -n "$AB_PID" ]] && kill -0 "$AB_PID" 2>/dev/null && (( $(left) > 60 )); do sleep 2; done
+run_stage ab-loads 50 "$LOG" \
+  env ZF_KERNELS_NVCC_DEFINES="$AB_DEFINES" "$PY" benchmarks/bench_ops.py --out "$OUT" --name results_ab_batch1 \
+  --ops lstm,zforcing_chain --dtypes bfloat16,tf32 --modes fwd+bwd --providers cuda
+run_stage ab-loads-default 30 "$LOG" \
+  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results_ab_batch8 \
+  --ops lstm,zforcing_chain --dtypes bfloat16,tf32 --modes fwd+bwd --providers cuda
 
 # 7. which tile and float32 K pipeline depth the persistent Triton kernels should use (B=32:
 # 1 x 64 vs 2 x 64 grids; 1 stage, today's, vs 2 and 3: the persistent kernels ran 5-12% slower

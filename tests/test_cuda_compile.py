@@ -185,3 +185,17 @@ def test_jit_build_clears_only_a_stale_lock(tmp_path):
     old = time.time() - _cuda_ext.STALE_LOCK_SECONDS - 5
     os.utime(lock, (old, old))
     assert _cuda_ext.clear_stale_lock(tmp_path) and not lock.exists()
+
+
+def test_jit_build_defines_come_from_the_environment_and_are_checked(monkeypatch):
+    """$ZF_KERNELS_NVCC_DEFINES (the benchmarks' A/B builds of a kernel variant) passes -D flags
+    only; anything else is refused by name, before a compiler runs."""
+    from zf_kernels.ops import _cuda_ext
+    monkeypatch.delenv(_cuda_ext.DEFINES_ENV, raising=False)
+    assert _cuda_ext.nvcc_defines() == []
+    monkeypatch.setenv(_cuda_ext.DEFINES_ENV, " -DZF_STAGE_BATCH=1  -DZF_STAGE_VECTORS=0 ")
+    assert _cuda_ext.nvcc_defines() == ["-DZF_STAGE_BATCH=1", "-DZF_STAGE_VECTORS=0"]
+    for bad in ("--use_fast_math", "-DX=1;rm", "-I/tmp", "-D1X"):
+        monkeypatch.setenv(_cuda_ext.DEFINES_ENV, f"-DZF_STAGE_BATCH=1 {bad}")
+        with pytest.raises(ImportError, match=r"ZF_KERNELS_NVCC_DEFINES=.*-DNAME=VALUE.*" + re.escape(repr(bad))):
+            _cuda_ext.nvcc_defines()

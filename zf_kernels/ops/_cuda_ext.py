@@ -8,12 +8,17 @@ The JIT build compiles for the current GPU (``sm_90a`` on an H100 / H200) into
 the sources, torch's version and the architecture, so an edit of csrc/ rebuilds and an
 unchanged tree reuses the build. A prebuilt ``zf_kernels._C`` from ``pip install -e .`` is
 used as it is: rebuild it after editing csrc/.
+
+``$ZF_KERNELS_NVCC_DEFINES`` (e.g. ``-DZF_STAGE_BATCH=1``) adds macro definitions to the JIT
+build, in its hash too, and skips any prebuilt module: how benchmarks/device_check.sh times a
+variant of the kernels against the default build.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -26,11 +31,24 @@ CSRC = Path(__file__).resolve().parent.parent.parent / "csrc"
 NVCC_FLAGS = ["-O3", "-lineinfo"]   # no --use_fast_math: the kernels keep IEEE expf / tanhf
 
 _cached = None   # the module, or the ImportError of the first attempt
+DEFINES_ENV = "ZF_KERNELS_NVCC_DEFINES"
 
 
 def sources() -> list[Path]:
     """What setup.py compiles: csrc/*.c* (the .cu kernels and the .cpp bindings)."""
     return sorted(CSRC.glob("*.c*"))
+
+
+def nvcc_defines() -> list[str]:
+    """The macro definitions ``$ZF_KERNELS_NVCC_DEFINES`` adds to the JIT build (space-separated
+    ``-DNAME`` / ``-DNAME=VALUE``); anything else is an ImportError naming it."""
+    raw = os.environ.get(DEFINES_ENV, "")
+    flags = raw.split()
+    bad = [f for f in flags if not re.fullmatch(r"-D[A-Za-z_]\w*(=[\w.+-]*)?", f)]
+    if bad:
+        raise ImportError(f"{DEFINES_ENV}={raw!r}: expected space-separated -DNAME or -DNAME=VALUE flags, "
+                          f"got {bad}")
+    return flags
 
 
 def _nvcc() -> str | None:
@@ -99,7 +117,8 @@ def _jit_build():
     if not srcs:
         raise ImportError(f"no sources in {CSRC}")
     arch = _arch()
-    h = hashlib.sha256(f"{torch.__version__} {torch.version.cuda} sm_{arch} {NVCC_FLAGS}".encode())
+    flags = NVCC_FLAGS + nvcc_defines()
+    h = hashlib.sha256(f"{torch.__version__} {torch.version.cuda} sm_{arch} {flags}".encode())
     for p in sorted(CSRC.glob("*")):
         if p.suffix in (".cu", ".cpp", ".h", ".cuh"):   # what the build reads
             h.update(p.name.encode())
@@ -113,7 +132,7 @@ def _jit_build():
     try:
         return load(name=f"zf_kernels_C_{tag}", sources=[str(p) for p in srcs],
                     extra_cflags=["-O3"], extra_include_paths=[str(CSRC)],
-                    extra_cuda_cflags=NVCC_FLAGS + [f"-gencode=arch=compute_{arch},code=sm_{arch}"],
+                    extra_cuda_cflags=flags + [f"-gencode=arch=compute_{arch},code=sm_{arch}"],
                     extra_ldflags=[f"-L{d}" for d in nvcc_library_dirs(nvcc)],
                     build_directory=str(build_dir), verbose=os.environ.get("ZF_KERNELS_VERBOSE_BUILD") == "1")
     except Exception as exc:  # noqa: BLE001 - compiler errors come in many types
@@ -127,6 +146,8 @@ def load():
     global _cached
     if _cached is None:
         try:
+            if os.environ.get(DEFINES_ENV, "").strip():
+                raise ImportError(f"${DEFINES_ENV} asks for a build of its own")
             _cached = importlib.import_module("zf_kernels._C")
         except ImportError as prebuilt:
             try:
