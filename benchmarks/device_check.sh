@@ -69,6 +69,11 @@ if [[ "$WANT" == "rest" ]]; then
     WANT="$ALL_STAGES"
   else
     WANT=$(awk '$2 == "skipped" || $2 == "timed-out" {printf "%s%s", sep, $1; sep=","}' "$SEED_STAGES")
+    if grep -q "^cuda-tests timed-out$" "$SEED_STAGES"; then  # a hang: not again (see cuda-tests below)
+      export ZF_KERNELS_NO_CUDA_EXT=1
+      WANT=$(echo ",$WANT," | sed 's/,cuda-tests,/,/; s/^,//; s/,$//')
+      echo "ZF_STAGES=rest: cuda-tests timed out before: not rerun, ZF_KERNELS_NO_CUDA_EXT=1"
+    fi
     echo "ZF_STAGES=rest: ${WANT:-nothing left} (from $SEED_STAGES)"
   fi
 fi
@@ -229,6 +234,12 @@ while [[ -n "$BUILD_PID" ]] && kill -0 "$BUILD_PID" 2>/dev/null && (( $(left) > 
 run_stage cuda-tests 120 "$OUT/cuda_tests.log" \
   "$PY" -m pytest -q --maxfail=5 tests/test_cuda_lstm.py tests/test_cuda_chain.py -p no:cacheprovider -p no:benchmark -rfE --tb=short
 [[ -f "$OUT/cuda_tests.log" ]] && tail -n 3 "$OUT/cuda_tests.log"
+# a hang there (a grid sync that never completes) would cost every later stage with a cuda row its
+# whole limit: from here on the extension is unavailable (its rows say so) and the second call too
+if grep -q "^cuda-tests timed-out$" "$OUT/stages.txt"; then
+  export ZF_KERNELS_NO_CUDA_EXT=1
+  STAGES+=("cuda-tests timed out: ZF_KERNELS_NO_CUDA_EXT=1 for the rest (rerun csrc/ stages by name once fixed)")
+fi
 run_stage ops-cuda 40 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --ops lstm,zforcing_chain --dtypes float32 \
   --providers cudnn,cuda

@@ -199,3 +199,14 @@ def test_jit_build_defines_come_from_the_environment_and_are_checked(monkeypatch
         monkeypatch.setenv(_cuda_ext.DEFINES_ENV, f"-DZF_STAGE_BATCH=1 {bad}")
         with pytest.raises(ImportError, match=r"ZF_KERNELS_NVCC_DEFINES=.*-DNAME=VALUE.*" + re.escape(repr(bad))):
             _cuda_ext.nvcc_defines()
+
+
+def test_the_extension_can_be_switched_off(monkeypatch):
+    """ZF_KERNELS_NO_CUDA_EXT=1 (device_check.sh sets it after the extension's tests hung): loading
+    fails with the reason, even where a module was loaded before."""
+    from zf_kernels.ops import _cuda_ext
+    monkeypatch.setattr(_cuda_ext, "_cached", object())   # as if loaded
+    assert _cuda_ext.load() is _cuda_ext._cached
+    monkeypatch.setenv(_cuda_ext.DISABLE_ENV, "1")
+    with pytest.raises(ImportError, match="disabled by ZF_KERNELS_NO_CUDA_EXT=1"):
+        _cuda_ext.load()

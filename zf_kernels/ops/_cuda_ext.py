@@ -9,6 +9,9 @@ the sources, torch's version and the architecture, so an edit of csrc/ rebuilds 
 unchanged tree reuses the build. A prebuilt ``zf_kernels._C`` from ``pip install -e .`` is
 used as it is: rebuild it after editing csrc/.
 
+``ZF_KERNELS_NO_CUDA_EXT=1`` makes the extension unavailable (backend="cuda" raises, "auto" never
+tries it): benchmarks/device_check.sh sets it after the extension's tests hung.
+
 ``$ZF_KERNELS_NVCC_DEFINES`` (e.g. ``-DZF_STAGE_BATCH=1``) adds macro definitions to the JIT
 build, in its hash too, and skips any prebuilt module: how benchmarks/device_check.sh times a
 variant of the kernels against the default build.
@@ -32,6 +35,7 @@ NVCC_FLAGS = ["-O3", "-lineinfo"]   # no --use_fast_math: the kernels keep IEEE 
 
 _cached = None   # the module, or the ImportError of the first attempt
 DEFINES_ENV = "ZF_KERNELS_NVCC_DEFINES"
+DISABLE_ENV = "ZF_KERNELS_NO_CUDA_EXT"
 
 
 def sources() -> list[Path]:
@@ -144,6 +148,8 @@ def _jit_build():
 def load():
     """The extension module; ImportError with the reason where it cannot be had."""
     global _cached
+    if os.environ.get(DISABLE_ENV) == "1":
+        raise ImportError(f"the CUDA extension is disabled by {DISABLE_ENV}=1")
     if _cached is None:
         try:
             if os.environ.get(DEFINES_ENV, "").strip():
