@@ -333,8 +333,11 @@ run_stage train-compile 60 "$LOG" \
 # 15. report: chart + summary (outside the budget above: ~20 s)
 if [[ -f "$OUT/results.json" ]]; then
   timeout 40 "$PY" benchmarks/plot.py "$OUT/results.json" >>"$LOG" 2>&1 || echo "plot failed (see bench.log)"
+  AB_ARGS=()
+  [[ -f "$OUT/results_ab_batch8.json" || -f "$OUT/results_ab_batch1.json" ]] && \
+    AB_ARGS=(--ab "$OUT/results_ab_batch8.json" "$OUT/results_ab_batch1.json")
   timeout 20 "$PY" benchmarks/summarize.py "$OUT/results.json" --tests-log "$OUT/tests.log" \
-    --tests-log "$OUT/cuda_tests.log" >"$OUT/summary.md" 2>>"$LOG" \
+    --tests-log "$OUT/cuda_tests.log" ${AB_ARGS[@]+"${AB_ARGS[@]}"} >"$OUT/summary.md" 2>>"$LOG" \
     || echo "summary failed (see bench.log)"
 else
   echo "no results.json: every benchmark stage failed (see bench.log)" | tee "$OUT/summary.md"

@@ -3,6 +3,7 @@ the baselines next to DESIGN's H200 numbers, the training-step table and a compa
 device_check.sh prints it last (the device tool returns only the end of the output).
 
     python benchmarks/summarize.py results.json [--tests-log tests.log] [--all]
+        [--ab BASE.json VARIANT.json]   # the same measurements of two builds, side by side
 """
 from __future__ import annotations
 
@@ -263,7 +264,28 @@ def tests_summary(path: Path) -> list[str]:
     return out
 
 
-def summarize(path: Path, tests_log=None, show_all: bool = False) -> str:
+def ab_table(base: Path, variant: Path) -> list[str]:
+    """Two results files measuring the same rows with two builds of the kernels (device_check's
+    ab-loads stages): each row's median in both and variant / base."""
+    if not (base.exists() and variant.exists()):
+        return ["", f"## A/B {variant.stem} vs {base.stem}: missing "
+                    f"{', '.join(str(p) for p in (base, variant) if not p.exists())}"]
+    b_rows, v_rows = latest(load_rows(base)[0]), latest(load_rows(variant)[0])
+    key = lambda r: (r.get("suite"), r.get("case"), r.get("dtype"), r.get("mode"), r.get("provider"))  # noqa: E731
+    by_key = {key(r): r for r in v_rows}
+    out = ["", f"## A/B, median ms: {variant.stem} / {base.stem}", "",
+           f"{'case':38} {'dtype':8} {'mode':7} {'provider':9} {'base':>9} {'variant':>9} {'ratio':>6}"]
+    for r in b_rows:
+        v = by_key.get(key(r))
+        ok = [x for x in (r, v) if x is not None and x.get("status") == "ok" and x.get("ms")]
+        cells = [f"{x['ms']:9.3f}" if x in ok else f"{SHORT.get((x or {}).get('status'), '-'):>9}" for x in (r, v)]
+        ratio = f"{v['ms'] / r['ms']:6.2f}" if len(ok) == 2 else f"{'-':>6}"
+        out.append(f"{str(r.get('case'))[:38]:38} {str(r.get('dtype')):8} {str(r.get('mode')):7} "
+                   f"{str(r.get('provider')):9} {cells[0]} {cells[1]} {ratio}")
+    return out
+
+
+def summarize(path: Path, tests_log=None, show_all: bool = False, ab=None) -> str:
     """``tests_log``: a pytest log path, or a list of them (each gets its summary lines)."""
     rows, env = load_rows(path)
     rows = latest(rows)
@@ -280,6 +302,8 @@ def summarize(path: Path, tests_log=None, show_all: bool = False) -> str:
     parts += kernels_table(rows)
     parts += tune_table(rows)
     parts += problems(rows)
+    if ab:
+        parts += ab_table(Path(ab[0]), Path(ab[1]))
     parts += [""] + targets(rows, str(env.get("gpu", "?")))
     return "\n".join(parts)
 
@@ -290,8 +314,10 @@ def main(argv=None) -> int:
     p.add_argument("--tests-log", type=Path, action="append", default=None,
                    help="a pytest log to summarise (repeatable)")
     p.add_argument("--all", action="store_true", help="also the forward-only op rows")
+    p.add_argument("--ab", nargs=2, type=Path, metavar=("BASE", "VARIANT"), default=None,
+                   help="two results files of the same rows from two builds: a side-by-side table")
     a = p.parse_args(argv)
-    print(summarize(a.results, a.tests_log, a.all))
+    print(summarize(a.results, a.tests_log, a.all, a.ab))
     return 0
 
 

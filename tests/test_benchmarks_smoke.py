@@ -331,3 +331,19 @@ def test_targets_compare_the_bfloat16_lstm_with_cudnn_in_bfloat16():
     lines = [line for line in summarize.targets(rows, "NVIDIA H200") if "ops.lstm" in line and "T40" in line]
     bf16 = [line for line in lines if "bfloat16" in line]
     assert len(bf16) == 1 and "cuda 1.000 / cuDNN 2.000" in bf16[0] and "2.00x cuDNN's speed" in bf16[0], lines
+
+
+def test_ab_table_pairs_the_rows_of_two_builds(tmp_path):
+    """device_check's ab-loads stages: the same rows from two builds, side by side with variant / base."""
+    import json
+
+    from benchmarks import summarize
+    row = dict(suite="ops", case="lstm T40", dtype="bfloat16", mode="fwd+bwd", provider="cuda", status="ok")
+    (tmp_path / "base.json").write_text(json.dumps({"rows": [dict(row, ms=1.0), dict(row, dtype="tf32", ms=2.0)]}))
+    (tmp_path / "var.json").write_text(json.dumps({"rows": [dict(row, ms=1.5), dict(row, dtype="tf32", status="error")]}))
+    lines = summarize.ab_table(tmp_path / "base.json", tmp_path / "var.json")
+    bf16 = next(line for line in lines if "bfloat16" in line)
+    tf32 = next(line for line in lines if " tf32 " in line)
+    assert "1.000" in bf16 and "1.500" in bf16 and bf16.endswith("1.50"), bf16
+    assert "2.000" in tf32 and "error" in tf32 and tf32.endswith("-"), tf32
+    assert "missing" in summarize.ab_table(tmp_path / "base.json", tmp_path / "nope.json")[1]
