@@ -1,5 +1,5 @@
-"""Reading the machine code (SASS) nvcc makes of csrc/ for sm_90a, without a GPU: nvdisasm (the
-pip package nvidia-cuda-nvdisasm, or one on PATH) disassembles a cubin, and
+"""Reading the machine code (SASS) nvcc makes of csrc/ for sm_90a, without a GPU: nvdisasm (on
+PATH, the pip package nvidia-cuda-nvdisasm, or triton's) disassembles a cubin, and
 ``loads_in_flight`` measures how many 128-bit global loads a kernel has outstanding at once
 before it needs any of them, the property of the staging loops (zf_persistent.h: stage_chunk)
 that decides how many L2 round trips each time step waits out."""
@@ -9,17 +9,28 @@ import importlib.metadata
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 
 def nvdisasm() -> str | None:
+    """nvdisasm on PATH, else the pip package's, else the one in the triton wheel (CUDA 12.8's:
+    it reads nvcc 13.0's sm_90a cubins too, with a warning)."""
     found = shutil.which("nvdisasm")
     if found:
         return found
     try:
         files = importlib.metadata.files("nvidia-cuda-nvdisasm") or []
+        found = next((str(f.locate()) for f in files if f.name == "nvdisasm"), None)
     except importlib.metadata.PackageNotFoundError:
+        found = None
+    if found:
+        return found
+    try:
+        import triton
+    except ImportError:
         return None
-    return next((str(f.locate()) for f in files if f.name == "nvdisasm"), None)
+    bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+    return str(bundled) if bundled.exists() else None
 
 
 def kernels(cubin: str) -> dict[str, list[tuple[str, str]]]:
