@@ -208,7 +208,8 @@ ZF_GLOBAL void lstm_fwd_kernel(Params<S> P) {
     // this unit's 4 pre-activations (W_ih x_t + b) at element e = b * U + u; this thread's first
     // element's are loaded before the product, whose staging and barriers hide their round trip
     auto gates_at = [&](int e) { return P.gates + t * B4H + static_cast<size_t>(e / U) * 4 * H + j0 + e % U; };
-    const Prefetched pre_x(B * U, [&](int e) { return j0 + e % U < H ? Gates4<S>::load(gates_at(e), H) : Gates4<S>{}; });
+    const Prefetched pre_x(B * U,
+                           [&](int e) { return j0 + e % U < H ? Gates4<S>::load(gates_at(e), H) : Gates4<S>{}; });
     block_matmul(h_prev, H, B, Ws, As, part, p);
     for (int e = tid; e < B * U; e += nt) {
       const int b = e / U, u = e % U, j = j0 + u;
@@ -273,8 +274,8 @@ ZF_GLOBAL void lstm_bwd_kernel(Params<S> P) {
     // whose staging and barriers hide their round trip
     auto gates_at = [&](int e) { return P.gates + t * B4H + static_cast<size_t>(e / U) * 4 * H + j0 + e % U; };
     const Prefetched pre_x(B * U, [&](int e) {
-      return j0 + e % U < H ? BwdCellIn<S>::load(P, t, s, last, static_cast<size_t>(e / U) * H + j0 + e % U, gates_at(e))
-                            : BwdCellIn<S>{};
+      const size_t bj = static_cast<size_t>(e / U) * H + j0 + e % U;
+      return j0 + e % U < H ? BwdCellIn<S>::load(P, t, s, last, bj, gates_at(e)) : BwdCellIn<S>{};
     });
     if (!last) {
       // dh_t += dgates_{next step} @ W_hh, the next step's dgates written by all blocks

@@ -153,8 +153,9 @@ ZF_UNROLL
         memcpy(v, &raw[g], 16);
 ZF_UNROLL
         for (int i = 0; i < V; ++i) v[i] = f(v[i]);
-        memcpy(&raw[g], v, 16);
-        *reinterpret_cast<zf_vec16*>(As + static_cast<size_t>(row[g]) * as + col[g]) = raw[g];
+        zf_vec16 out;
+        memcpy(&out, v, 16);
+        *reinterpret_cast<zf_vec16*>(As + static_cast<size_t>(row[g]) * as + col[g]) = out;
       }
     }
     return;
