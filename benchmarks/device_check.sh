@@ -16,12 +16,13 @@
 # .csv and stages.txt committed as <gpu>_<date>.json, .csv, _stages.txt first; "rest" = the stages
 # it skipped or cut short). A rerun can choose
 # stages: ZF_STAGES=train,ops (names, in running order: tests train ops ops-small cuda-tests
-# ops-cuda ops-cuda-tf32 train-cuda train-cuda-bf16 ops-compile ab-loads ab-loads-default tune kernels ops-tf32x3 train-tf32x3 train-tf32 ops-tf32
+# ops-cuda ops-cuda-tf32 train-cuda train-cuda-bf16 ops-compile variants-default variant-batch1
+# variant-no-staging variant-no-products variant-no-sync tune kernels ops-tf32x3 train-tf32x3 train-tf32 ops-tf32
 # other-models trainer train-bf16 ops-bf16 train-compile; the persistent smoke test runs with
 # tests). The first ones are what issue 3 needs (GPU tests, the ops table with torch.compile)
 # and the first GPU run of csrc/; the experiments (tune, kernels, tf32x3, ...) come after.
 #
-# $OUT (the folder that comes back; 14 files, no subfolders):
+# $OUT (the folder that comes back; up to 20 files, no subfolders):
 #   stages.txt     one "name status" line per stage (ok, failed, timed-out, skipped, not-selected):
 #                  commit it as <gpu>_<date>_stages.txt for a second call's ZF_STAGES=rest
 #   persistent_smoke.log  persistent vs stepwise vs float64 lstm / zforcing_chain, benchmark shapes
@@ -33,8 +34,8 @@
 #   results.json   the same rows + the environment (GPU, driver, clocks, versions, commit)
 #   results.png    bar chart, ms per provider per case, log scale
 #   summary.md     targets / baselines / tables (also printed last)
-#   ab_build.log, results_ab_batch1.{csv,json}, results_ab_batch8.{csv,json}  the ab-loads stages:
-#                  csrc/ built with one staging load in flight per thread vs the default 8
+#   variant_builds.log, results_variants_default.{csv,json}, results_variant_<name>.{csv,json}:
+#                  csrc/ built as a variant (VARIANTS below) against the default build
 set -u -o pipefail
 cd "$(dirname "$0")/.." || exit 1
 export PYTHONUNBUFFERED=1
@@ -60,7 +61,7 @@ DRY="${ZF_DRY_RUN:-}"
 # a rerun can pick stages, e.g. ZF_STAGES=train,ops bash benchmarks/device_check.sh; ZF_STAGES=rest
 # (with ZF_SEED_RESULTS): the stages the seeded call skipped or cut short, read from its
 # <seed>_stages.txt (that call's $OUT/stages.txt: one "name status" line per stage)
-ALL_STAGES="tests,train,ops,ops-small,cuda-tests,ops-cuda,ops-cuda-tf32,train-cuda,train-cuda-bf16,ops-compile,ab-loads,ab-loads-default,tune,kernels,ops-tf32x3,train-tf32x3,train-tf32,ops-tf32,other-models,trainer,train-bf16,ops-bf16,train-compile"
+ALL_STAGES="tests,train,ops,ops-small,cuda-tests,ops-cuda,ops-cuda-tf32,train-cuda,train-cuda-bf16,ops-compile,variants-default,variant-batch1,variant-no-staging,variant-no-products,variant-no-sync,tune,kernels,ops-tf32x3,train-tf32x3,train-tf32,ops-tf32,other-models,trainer,train-bf16,ops-bf16,train-compile"
 WANT="${ZF_STAGES:-$ALL_STAGES}"
 if [[ "$WANT" == "rest" ]]; then
   SEED_STAGES="${ZF_SEED_RESULTS:-}_stages.txt"
@@ -152,26 +153,34 @@ EOF
 
 # the CUDA extension's JIT build, in the background from the start (about a minute on 16
 # cores), in a fresh cache folder: a build that a timeout killed leaves torch's lock file
-# behind, and the next build in that folder waits on it forever (seen 2026-11-27)
+# behind, and the next build in that folder waits on it forever (seen 2026-11-27). Whatever the
+# stages: most have a cuda row (a stage that needs the module before the build is done waits on
+# torch's build lock), and a second call of the session starts from a fresh folder too.
 export ZF_KERNELS_CACHE="${ZF_KERNELS_CACHE:-$(mktemp -d /tmp/zf_cache.XXXXXX)}"
 BUILD_PID=""
-if [[ -z "$DRY" ]] && [[ ",$WANT," == *",cuda-tests,"* || ",$WANT," == *",ops-cuda,"* ]]; then
+if [[ -z "$DRY" && "${ZF_KERNELS_NO_CUDA_EXT:-}" != 1 ]]; then
   ( t0=$SECONDS
     timeout -k 5 400 "$PY" -c "from zf_kernels.ops import _cuda_ext; _cuda_ext.load(); print('zf_kernels._C built')"
     echo "== JIT build: rc=$? ($(( SECONDS - t0 ))s)" ) >"$OUT/cuda_tests.log" 2>&1 &
   BUILD_PID=$!
 fi
-# the same kernels with one load in flight per thread (ZF_STAGE_BATCH=1: how csrc/ staged up to
-# commit cd0da82, one L2 round trip per vector) for the ab-loads stage, built after the default
-# build (which cuda-tests waits for) has finished
-AB_DEFINES="-DZF_STAGE_BATCH=1"
-AB_PID=""
-if [[ -z "$DRY" ]] && [[ ",$WANT," == *",ab-loads,"* ]]; then
+# Variants of csrc/ for the variant-* stages, built one after another in the background once the
+# default build (which cuda-tests waits for) is done, each with ZF_KERNELS_NVCC_DEFINES (its own
+# JIT build): batch1, one staging load in flight per thread (how csrc/ staged up to commit
+# cd0da82); and three timing variants, each leaving one part of every time step out (wrong
+# results, zf_persistent.h): the default build's time minus theirs is that part's time.
+VARIANTS=("batch1:-DZF_STAGE_BATCH=1" "no-staging:-DZF_TIMING_SKIP_STAGING"
+          "no-products:-DZF_TIMING_SKIP_PRODUCTS" "no-sync:-DZF_TIMING_SKIP_GRID_SYNC")
+VARIANT_PID=""
+if [[ -z "$DRY" ]] && [[ ",$WANT," == *",variant-"* ]]; then
   ( while [[ -n "$BUILD_PID" ]] && kill -0 "$BUILD_PID" 2>/dev/null; do sleep 2; done
-    t0=$SECONDS
-    ZF_KERNELS_NVCC_DEFINES="$AB_DEFINES" timeout -k 5 400 "$PY" -c "from zf_kernels.ops import _cuda_ext; _cuda_ext.load(); print('zf_kernels._C ($AB_DEFINES) built')"
-    echo "== JIT build ($AB_DEFINES): rc=$? ($(( SECONDS - t0 ))s)" ) >"$OUT/ab_build.log" 2>&1 &
-  AB_PID=$!
+    for v in "${VARIANTS[@]}"; do
+      [[ ",$WANT," == *",variant-${v%%:*},"* ]] || continue
+      t0=$SECONDS
+      ZF_KERNELS_NVCC_DEFINES="${v#*:}" timeout -k 5 300 "$PY" -c "from zf_kernels.ops import _cuda_ext; _cuda_ext.load()"
+      echo "== JIT build ${v%%:*} (${v#*:}): rc=$? ($(( SECONDS - t0 ))s)"
+    done ) >"$OUT/variant_builds.log" 2>&1 &
+  VARIANT_PID=$!
 fi
 
 # 0. the persistent kernels (lstm, zforcing_chain) against stepwise + float64 first: for one
@@ -264,16 +273,21 @@ run_stage train-cuda-bf16 30 "$LOG" \
 run_stage ops-compile 150 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --providers compile,compile-step --dtypes float32
 
-# 6b. A/B of csrc/'s loads in flight: the same ops with the staging batch at 1 (the ab_build
-# above) and at its default 8, in the same stage, bf16 and tf32, into results_ab.* (kept out of
-# the main table: both rows are provider "cuda"; the note column says which build)
-while [[ -n "$AB_PID" ]] && kill -0 "$AB_PID" 2>/dev/null && (( $(left) > 60 )); do sleep 2; done
-run_stage ab-loads 50 "$LOG" \
-  env ZF_KERNELS_NVCC_DEFINES="$AB_DEFINES" "$PY" benchmarks/bench_ops.py --out "$OUT" --name results_ab_batch1 \
-  --ops lstm,zforcing_chain --dtypes bfloat16,tf32 --modes fwd+bwd --providers cuda
-run_stage ab-loads-default 30 "$LOG" \
-  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results_ab_batch8 \
-  --ops lstm,zforcing_chain --dtypes bfloat16,tf32 --modes fwd+bwd --providers cuda
+# 6b. csrc/'s variants (VARIANTS above) against the default build, lstm and zforcing_chain fwd+bwd
+# in bf16 and tf32, each into results_variant_<name>.* (kept out of the main table: every row is
+# provider "cuda"; no float64 check: the timing variants compute wrong results on purpose)
+VARIANT_ARGS=(--ops lstm,zforcing_chain --dtypes bfloat16,tf32 --modes fwd+bwd --providers cuda --no-check)
+run_stage variants-default 30 "$LOG" \
+  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results_variants_default "${VARIANT_ARGS[@]}"
+for v in "${VARIANTS[@]}"; do
+  name=${v%%:*}
+  # its build: done once variant_builds.log has its line (or the builder has exited)
+  while [[ -n "$VARIANT_PID" ]] && kill -0 "$VARIANT_PID" 2>/dev/null && (( $(left) > 50 )) \
+        && ! grep -q "^== JIT build $name " "$OUT/variant_builds.log" 2>/dev/null; do sleep 2; done
+  run_stage "variant-$name" 30 "$LOG" \
+    env ZF_KERNELS_NVCC_DEFINES="${v#*:}" "$PY" benchmarks/bench_ops.py --out "$OUT" --name "results_variant_$name" \
+    "${VARIANT_ARGS[@]}"
+done
 
 # 7. which tile and float32 K pipeline depth the persistent Triton kernels should use (B=32:
 # 1 x 64 vs 2 x 64 grids; 1 stage, today's, vs 2 and 3: the persistent kernels ran 5-12% slower
@@ -334,8 +348,10 @@ run_stage train-compile 60 "$LOG" \
 if [[ -f "$OUT/results.json" ]]; then
   timeout 40 "$PY" benchmarks/plot.py "$OUT/results.json" >>"$LOG" 2>&1 || echo "plot failed (see bench.log)"
   AB_ARGS=()
-  [[ -f "$OUT/results_ab_batch8.json" || -f "$OUT/results_ab_batch1.json" ]] && \
-    AB_ARGS=(--ab "$OUT/results_ab_batch8.json" "$OUT/results_ab_batch1.json")
+  if [[ -f "$OUT/results_variants_default.json" ]]; then
+    AB_ARGS=(--ab "$OUT/results_variants_default.json")
+    for v in "${VARIANTS[@]}"; do AB_ARGS+=("$OUT/results_variant_${v%%:*}.json"); done
+  fi
   timeout 20 "$PY" benchmarks/summarize.py "$OUT/results.json" --tests-log "$OUT/tests.log" \
     --tests-log "$OUT/cuda_tests.log" ${AB_ARGS[@]+"${AB_ARGS[@]}"} >"$OUT/summary.md" 2>>"$LOG" \
     || echo "summary failed (see bench.log)"

@@ -3,7 +3,7 @@ the baselines next to DESIGN's H200 numbers, the training-step table and a compa
 device_check.sh prints it last (the device tool returns only the end of the output).
 
     python benchmarks/summarize.py results.json [--tests-log tests.log] [--all]
-        [--ab BASE.json VARIANT.json]   # the same measurements of two builds, side by side
+        [--ab BASE.json VARIANT.json...]   # the same measurements of several builds, side by side
 """
 from __future__ import annotations
 
@@ -264,24 +264,35 @@ def tests_summary(path: Path) -> list[str]:
     return out
 
 
-def ab_table(base: Path, variant: Path) -> list[str]:
-    """Two results files measuring the same rows with two builds of the kernels (device_check's
-    ab-loads stages): each row's median in both and variant / base."""
-    if not (base.exists() and variant.exists()):
-        return ["", f"## A/B {variant.stem} vs {base.stem}: missing "
-                    f"{', '.join(str(p) for p in (base, variant) if not p.exists())}"]
-    b_rows, v_rows = latest(load_rows(base)[0]), latest(load_rows(variant)[0])
+def ab_table(base: Path, variants: list[Path]) -> list[str]:
+    """Results files measuring the same rows with builds of the kernels (device_check's variant
+    stages): each row's median in the base build and in each variant, and variant / base."""
+    if not base.exists():
+        return ["", f"## Variants: no {base}"]
+    b_rows = latest(load_rows(base)[0])
     key = lambda r: (r.get("suite"), r.get("case"), r.get("dtype"), r.get("mode"), r.get("provider"))  # noqa: E731
-    by_key = {key(r): r for r in v_rows}
-    out = ["", f"## A/B, median ms: {variant.stem} / {base.stem}", "",
-           f"{'case':38} {'dtype':8} {'mode':7} {'provider':9} {'base':>9} {'variant':>9} {'ratio':>6}"]
+    found = {v: {key(r): r for r in latest(load_rows(v)[0])} for v in variants if v.exists()}
+    names = [v.stem.replace("results_variant_", "") for v in found]
+    out = ["", f"## Variants, median ms and variant / {base.stem}"
+               + (f" (missing: {', '.join(v.name for v in variants if not v.exists())})"
+                  if len(found) < len(variants) else ""), "",
+           f"{'case':38} {'dtype':8} {'mode':7} {'base':>9} " + " ".join(f"{n[:15]:>15}" for n in names)]
+
+    def ok(r):
+        return r is not None and r.get("status") == "ok" and r.get("ms")
+
     for r in b_rows:
-        v = by_key.get(key(r))
-        ok = [x for x in (r, v) if x is not None and x.get("status") == "ok" and x.get("ms")]
-        cells = [f"{x['ms']:9.3f}" if x in ok else f"{SHORT.get((x or {}).get('status'), '-'):>9}" for x in (r, v)]
-        ratio = f"{v['ms'] / r['ms']:6.2f}" if len(ok) == 2 else f"{'-':>6}"
-        out.append(f"{str(r.get('case'))[:38]:38} {str(r.get('dtype')):8} {str(r.get('mode')):7} "
-                   f"{str(r.get('provider')):9} {cells[0]} {cells[1]} {ratio}")
+        cells = []
+        for rows in found.values():
+            v = rows.get(key(r))
+            if ok(v):
+                ratio = f" ({v['ms'] / r['ms']:.2f})" if ok(r) else ""
+                cells.append(f"{v['ms']:.3f}{ratio}".rjust(15))
+            else:
+                cells.append(f"{SHORT.get((v or {}).get('status'), '-'):>15}")
+        base_cell = f"{r['ms']:9.3f}" if ok(r) else f"{SHORT.get(r.get('status'), '-'):>9}"
+        out.append(f"{str(r.get('case'))[:38]:38} {str(r.get('dtype')):8} {str(r.get('mode')):7} {base_cell} "
+                   + " ".join(cells))
     return out
 
 
@@ -303,7 +314,7 @@ def summarize(path: Path, tests_log=None, show_all: bool = False, ab=None) -> st
     parts += tune_table(rows)
     parts += problems(rows)
     if ab:
-        parts += ab_table(Path(ab[0]), Path(ab[1]))
+        parts += ab_table(Path(ab[0]), [Path(v) for v in ab[1:]])
     parts += [""] + targets(rows, str(env.get("gpu", "?")))
     return "\n".join(parts)
 
@@ -314,8 +325,8 @@ def main(argv=None) -> int:
     p.add_argument("--tests-log", type=Path, action="append", default=None,
                    help="a pytest log to summarise (repeatable)")
     p.add_argument("--all", action="store_true", help="also the forward-only op rows")
-    p.add_argument("--ab", nargs=2, type=Path, metavar=("BASE", "VARIANT"), default=None,
-                   help="two results files of the same rows from two builds: a side-by-side table")
+    p.add_argument("--ab", nargs="+", type=Path, metavar="FILE", default=None,
+                   help="BASE VARIANT...: results files of the same rows from builds of the kernels, side by side")
     a = p.parse_args(argv)
     print(summarize(a.results, a.tests_log, a.all, a.ab))
     return 0

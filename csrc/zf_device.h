@@ -34,7 +34,11 @@ ZF_DEVICE int zf_nblocks() { return static_cast<int>(gridDim.x); }
 ZF_DEVICE void zf_block_sync() { __syncthreads(); }
 // every block of a cooperative launch meets here; the writes of all blocks before it are
 // visible to all blocks after it
+#ifndef ZF_TIMING_SKIP_GRID_SYNC
 ZF_DEVICE void zf_grid_sync() { cooperative_groups::this_grid().sync(); }
+#else  // a timing variant (zf_persistent.h): the blocks never wait for each other; wrong results
+ZF_DEVICE void zf_grid_sync() {}
+#endif
 
 ZF_DEVICE unsigned char* zf_dynamic_smem() {
   extern __shared__ __align__(16) unsigned char zf_smem_raw[];

@@ -47,6 +47,19 @@ ZF_HOST_DEVICE int mma_k_step(int es) { return es == 2 ? 16 : 8; }
 #define ZF_STAGE_BATCH 8
 #endif
 
+// Timing variants, for benchmarks only (their results are wrong): built with
+// ZF_KERNELS_NVCC_DEFINES (zf_kernels/ops/_cuda_ext.py), each leaves one part of every time step
+// out, so that the difference from the default build is that part's time: -DZF_TIMING_SKIP_STAGING
+// (stage_chunk copies nothing), -DZF_TIMING_SKIP_PRODUCTS (no tile loop runs: tile_fma,
+// mma_two_chains), -DZF_TIMING_SKIP_GRID_SYNC (zf_grid_sync returns at once, zf_device.h).
+#if defined(ZF_CPU_EMULATION) && (defined(ZF_TIMING_SKIP_STAGING) || defined(ZF_TIMING_SKIP_PRODUCTS) || \
+                                  defined(ZF_TIMING_SKIP_GRID_SYNC))
+#error "the ZF_TIMING_SKIP_* variants are GPU timing builds; the emulation tests results"
+#endif
+#if defined(ZF_TIMING_SKIP_STAGING) || defined(ZF_TIMING_SKIP_PRODUCTS)
+#pragma nv_diag_suppress 128  // "loop is not reachable": the code after their early returns, on purpose
+#endif
+
 // exact-rounding math in both builds (setup.py and the JIT build do not pass --use_fast_math)
 #ifndef ZF_CPU_EMULATION
 ZF_DEVICE float zf_exp(float x) { return expf(x); }
@@ -71,6 +84,9 @@ ZF_DEVICE T zf_sigmoid(T x) { return T(1) / (T(1) + zf_exp(-x)); }
 template <typename T>
 ZF_DEVICE void tile_fma(T* pp, bool zero, const T* a0, int a_step, const T* const (&w)[TM], long long wk,
                         int ks, int kw, int ksplit) {
+#ifdef ZF_TIMING_SKIP_PRODUCTS
+  return;
+#endif
   T acc[TB][TM];
 ZF_UNROLL
   for (int i = 0; i < TB; ++i)
@@ -106,6 +122,9 @@ ZF_UNROLL
 // barrier here.
 template <typename S, typename F>
 ZF_DEVICE void stage_chunk(S* As, int as, const S* A, long long lda, int B, int Bp, int k0, int kw, int kwp, F f) {
+#ifdef ZF_TIMING_SKIP_STAGING
+  return;
+#endif
   constexpr int G = ZF_STAGE_BATCH;
   const int tid = zf_tid(), nt = zf_nthreads();
   const S zero = zf_narrow<S>(zf_acc_t<S>(0));
@@ -245,6 +264,9 @@ inline bool tf32_passes_valid(int passes) { return passes == 0 || passes == 1 ||
 // flight.
 template <typename Step>
 ZF_DEVICE void mma_two_chains(float* pp, bool zero, int ks, int ksteps, int ksplit, Step step) {
+#ifdef ZF_TIMING_SKIP_PRODUCTS
+  return;
+#endif
   float d[2][4];
 ZF_UNROLL
   for (int r = 0; r < 4; ++r) {

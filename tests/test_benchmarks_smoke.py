@@ -333,17 +333,25 @@ def test_targets_compare_the_bfloat16_lstm_with_cudnn_in_bfloat16():
     assert len(bf16) == 1 and "cuda 1.000 / cuDNN 2.000" in bf16[0] and "2.00x cuDNN's speed" in bf16[0], lines
 
 
-def test_ab_table_pairs_the_rows_of_two_builds(tmp_path):
-    """device_check's ab-loads stages: the same rows from two builds, side by side with variant / base."""
+def test_variant_table_puts_the_builds_side_by_side(tmp_path):
+    """device_check's variant stages: the same rows from several builds, each with variant / base."""
     import json
 
     from benchmarks import summarize
     row = dict(suite="ops", case="lstm T40", dtype="bfloat16", mode="fwd+bwd", provider="cuda", status="ok")
-    (tmp_path / "base.json").write_text(json.dumps({"rows": [dict(row, ms=1.0), dict(row, dtype="tf32", ms=2.0)]}))
-    (tmp_path / "var.json").write_text(json.dumps({"rows": [dict(row, ms=1.5), dict(row, dtype="tf32", status="error")]}))
-    lines = summarize.ab_table(tmp_path / "base.json", tmp_path / "var.json")
+
+    def write(name, rows):
+        (tmp_path / name).write_text(json.dumps({"rows": rows}))
+        return tmp_path / name
+
+    base = write("results_variants_default.json", [dict(row, ms=1.0), dict(row, dtype="tf32", ms=2.0)])
+    v1 = write("results_variant_batch1.json", [dict(row, ms=1.5), dict(row, dtype="tf32", status="error")])
+    v2 = write("results_variant_no-sync.json", [dict(row, ms=0.25)])
+    lines = summarize.ab_table(base, [v1, v2, tmp_path / "results_variant_gone.json"])
+    assert "missing: results_variant_gone.json" in lines[1], lines[1]
+    assert "batch1" in lines[3] and "no-sync" in lines[3], lines[3]
     bf16 = next(line for line in lines if "bfloat16" in line)
     tf32 = next(line for line in lines if " tf32 " in line)
-    assert "1.000" in bf16 and "1.500" in bf16 and bf16.endswith("1.50"), bf16
-    assert "2.000" in tf32 and "error" in tf32 and tf32.endswith("-"), tf32
-    assert "missing" in summarize.ab_table(tmp_path / "base.json", tmp_path / "nope.json")[1]
+    assert "1.000" in bf16 and "1.500 (1.50)" in bf16 and "0.250 (0.25)" in bf16, bf16
+    assert "2.000" in tf32 and "error" in tf32 and tf32.rstrip().endswith("-"), tf32
+    assert "no " in summarize.ab_table(tmp_path / "nope.json", [v1])[1]

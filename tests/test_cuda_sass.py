@@ -12,6 +12,8 @@ and chain, forward and backward, float32, float64, bfloat16):
 - the elementwise stages' inputs (an LSTM unit's 4 pre-activations; the backward cell's 7 inputs;
   the chain's sampling inputs): one group per element, loaded twice in the code: for this thread's
   first element before the stage's product (Prefetched) and for any further element in the loop.
+- the timing variants (ZF_TIMING_SKIP_STAGING / _PRODUCTS / _GRID_SYNC) that device_check.sh
+  times against the default build each lack exactly their part.
 What this does not show: the time it saves (benchmarks/, on a GPU)."""
 import shutil
 import subprocess
@@ -51,9 +53,15 @@ def _entries(cubins):
 
 
 @pytest.fixture(scope="module")
-def kernels(tmp_path_factory):
+def cubins(tmp_path_factory):
+    """The default builds of both kernel files: {source: cubin path}."""
     out = tmp_path_factory.mktemp("sass")
-    found = _entries([_cubin(out, "lstm_kernels.cu"), _cubin(out, "chain_kernels.cu")])
+    return {src: _cubin(out, src) for src in ("lstm_kernels.cu", "chain_kernels.cu")}
+
+
+@pytest.fixture(scope="module")
+def kernels(cubins):
+    found = _entries(list(cubins.values()))
     assert sorted(found) == sorted(ENTRIES), f"kernel entries found: {sorted(found)}"
     return found
 
@@ -83,3 +91,24 @@ def test_weight_copies_and_stage_inputs_load_together(kernels):
                 problems.append(f"{entry}: fewer than 2 groups of {group} loads in flight "
                                 f"(prefetched and in the loop), runs {runs}")
     assert not problems, "\n".join(problems)
+
+
+# what each timing variant (zf_persistent.h: ZF_TIMING_SKIP_*) leaves out, as SASS opcodes: the
+# staging's 128-bit L2 loads, the tensor-core products (TF32 and bf16 HMMA), the grid sync's atomic
+PARTS = {"staging": "LDG.E.128.STRONG", "products": "HMMA", "grid_sync": "ATOM"}
+
+
+def _part_counts(cubin):
+    ops = [op for ins in _sass.kernels(cubin).values() for op, _ in ins]
+    return {part: sum(op.startswith(prefix) for op in ops) for part, prefix in PARTS.items()}
+
+
+def test_each_timing_variant_leaves_out_its_part_only(cubins, tmp_path):
+    """benchmarks/device_check.sh times builds without one part of each step (its time is the
+    difference); each build must lack exactly that part, so that the difference means it (the
+    LSTM's file: the parts are zf_persistent.h's and zf_device.h's, shared with the chain)."""
+    default = _part_counts(cubins["lstm_kernels.cu"])
+    assert all(n > 0 for n in default.values()), default
+    for part in PARTS:
+        counts = _part_counts(_cubin(tmp_path, "lstm_kernels.cu", f"-DZF_TIMING_SKIP_{part.upper()}"))
+        assert counts == {p: 0 if p == part else n for p, n in default.items()}, (part, counts, default)
