@@ -138,13 +138,16 @@ ZF_DEVICE void stage_chunk(S* As, int as, const S* A, long long lda, int B, int 
     for (int base = tid; base < total; base += G * nt) {
       zf_vec16 raw[G];
       int row[G], col[G];
-      bool inside = true;  // every vector of this batch lies inside A's rows [0, B), columns < kw
+      // the batch's vectors g < n (those before the chunk's end): all inside A's rows [0, B) and
+      // columns < kw, or not
+      const int n = (total - base + nt - 1) / nt < G ? (total - base + nt - 1) / nt : G;
+      bool inside = true;
       int r = base / nv, c = base - r * nv;  // one division per batch; the rest by stepping
 ZF_UNROLL
       for (int g = 0; g < G; ++g) {
         row[g] = r;
         col[g] = c * V;
-        inside = inside && base + g * nt < total && r < B && c * V + V <= kw;
+        inside = inside && (g >= n || (r < B && c * V + V <= kw));
         r += nt_rows;
         c += nt_cols;
         if (c >= nv) c -= nv, ++r;
@@ -152,13 +155,16 @@ ZF_UNROLL
       if (inside) {  // straight-line loads, all in flight at once (the common case)
         ZF_EMU_COUNT(kStageVectorsInside);
 ZF_UNROLL
-        for (int g = 0; g < G; ++g) raw[g] = zf_ldcg16(A + static_cast<size_t>(row[g]) * lda + k0 + col[g]);
+        for (int g = 0; g < G; ++g) {  // past the chunk's end: vector 0 again (never stored)
+          const int h = g < n ? g : 0;
+          raw[g] = zf_ldcg16(A + static_cast<size_t>(row[h]) * lda + k0 + col[h]);
+        }
       } else {  // a batch at the edges: element by element, zeros outside
         ZF_EMU_COUNT(kStageVectorsEdge);
 ZF_UNROLL
         for (int g = 0; g < G; ++g) {
           S v[V];
-          const bool live = base + g * nt < total && row[g] < B;
+          const bool live = g < n && row[g] < B;
           const S* src = A + static_cast<size_t>(row[g]) * lda + k0 + col[g];
 ZF_UNROLL
           for (int i = 0; i < V; ++i) v[i] = (live && col[g] + i < kw) ? zf_ldcg(src + i) : zero;
@@ -167,7 +173,7 @@ ZF_UNROLL
       }
 ZF_UNROLL
       for (int g = 0; g < G; ++g) {  // then the stores
-        if (base + g * nt >= total) continue;
+        if (g >= n) continue;
         S v[V];
         memcpy(v, &raw[g], 16);
 ZF_UNROLL
