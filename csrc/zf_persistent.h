@@ -156,8 +156,9 @@ ZF_UNROLL
         ZF_EMU_COUNT(kStageVectorsInside);
 ZF_UNROLL
         for (int g = 0; g < G; ++g) {  // past the chunk's end: vector 0 again (never stored)
-          const int h = g < n ? g : 0;
-          raw[g] = zf_ldcg16(A + static_cast<size_t>(row[h]) * lda + k0 + col[h]);
+          const size_t at = static_cast<size_t>(row[g]) * lda + col[g];
+          const size_t at0 = static_cast<size_t>(row[0]) * lda + col[0];
+          raw[g] = zf_ldcg16(A + k0 + (g < n ? at : at0));  // (row[g < n ? g : 0] put row on the stack)
         }
       } else {  // a batch at the edges: element by element, zeros outside
         ZF_EMU_COUNT(kStageVectorsEdge);

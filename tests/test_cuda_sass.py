@@ -37,7 +37,8 @@ pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None or _sass.nvdisasm()
 
 def _cubin(out_dir: Path, source: str, *flags: str) -> str:
     out = out_dir / (Path(source).stem + "".join(flags).replace("-D", "_").replace("=", "") + ".cubin")
-    subprocess.run(["nvcc", "-arch=sm_90a", "-O3", "-std=c++17", "-cubin", *flags, str(CSRC / source),
+    # the JIT build's flags (zf_kernels/ops/_cuda_ext.py: -O3 -lineinfo, sm_90a)
+    subprocess.run(["nvcc", "-arch=sm_90a", "-O3", "-lineinfo", "-std=c++17", "-cubin", *flags, str(CSRC / source),
                     "-o", str(out)], check=True, capture_output=True, timeout=600)
     return str(out)
 
