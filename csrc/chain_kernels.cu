@@ -333,7 +333,7 @@ ZF_GLOBAL void chain_fwd_kernel(ChainParams<T> P) {
     // h_{t-1} the recurrent part of this block's gates, h_{t-1} W_hh^T, kept in `pre` for stage 3
     // (h_{t-1} is staged once per step, and stage 3 is left with the short z_t W_comb^T)
     if (nm > 0 || nu > 0) {
-      auto s_at = [&](int e) { return t * BM + static_cast<size_t>(e / nm) * M + m0 + e % nm; };
+      auto s_at = [&](int e) { return slice_at(t, B, M, m0, nm, e); };
       const Prefetched post_x(B * nm, [&](int e) { return P.post_x[s_at(e)]; });
       block_mm2(hprev, H, false, Prod<T>{&mqh, nm > 0, part}, Prod<T>{&mhh, nu > 0, part_hh}, As, B,
                 p);
@@ -347,7 +347,7 @@ ZF_GLOBAL void chain_fwd_kernel(ChainParams<T> P) {
     if (nz > 0) {
       const Prefetched in(B * nz, [&](int e) {
         const long long zz = z0 + e % nz;
-        return SampleIn<T>{P.b_q2[zz], P.b_q2[Z + zz], P.eps[t * BZ + static_cast<size_t>(e / nz) * Z + zz]};
+        return SampleIn<T>{P.b_q2[zz], P.b_q2[Z + zz], P.eps[slice_at(t, B, Z, z0, nz, e)]};
       });
       block_mm(P.s + t * BM, M, true, mq2, As, part, B, p);
       for (int e = tid; e < B * nz; e += nt) {
@@ -371,7 +371,7 @@ ZF_GLOBAL void chain_fwd_kernel(ChainParams<T> P) {
     // stage 3: gates = gx_t + h_{t-1} W_hh^T (from stage 1) + z_t W_comb^T; LSTM cell for this
     // block's units
     if (nu > 0) {
-      auto gates_at = [&](int e) { return P.gates + t * 4 * BH + static_cast<size_t>(e / nu) * 4 * H + j0 + e % nu; };
+      auto gates_at = [&](int e) { return P.gates + slice_at(t, B, 4 * H, j0, nu, e); };
       const Prefetched gx(B * nu, [&](int e) { return Gates4<T>::load(gates_at(e), H); });
       block_mm(static_cast<const T*>(P.z + t * BZ), Z, false, mcomb, As, part, B, p);
       for (int e = tid; e < B * nu; e += nt) {
@@ -434,9 +434,9 @@ ZF_GLOBAL void chain_bwd_kernel(ChainParams<T> P) {
     // stage 1: dh = grad_h_t + dgates_{t+1} W_hh (step t+1's stage 2 left it in `pre`) +
     // ds_{t+1} W_qh; the cell backward
     if (nu > 0) {
-      auto gates_at = [&](int e) { return P.gates + t * 4 * BH + static_cast<size_t>(e / nu) * 4 * H + j0 + e % nu; };
+      auto gates_at = [&](int e) { return P.gates + slice_at(t, B, 4 * H, j0, nu, e); };
       const Prefetched in(B * nu, [&](int e) {
-        const size_t bj = static_cast<size_t>(e / nu) * H + j0 + e % nu;
+        const size_t bj = slice_at(0, B, H, j0, nu, e);
         return CellBwdIn<T>{Gates4<T>::load(gates_at(e), H), P.grad_h[t * BH + bj],
                             t == 0 ? P.c0[bj] : P.c_saved[(t - 1) * BH + bj], P.c_saved[t * BH + bj],
                             P.grad_c[t * BH + bj]};
@@ -467,8 +467,8 @@ ZF_GLOBAL void chain_bwd_kernel(ChainParams<T> P) {
     // staged dgates_t, this block's dgates_t W_hh for step t-1's dh, kept in `pre` (dgates is
     // staged once per step; at t = 0 that product is the gradient of h0, a torch GEMM)
     if (nz > 0 || (nu > 0 && t > 0)) {
-      auto z_at = [&](int e) { return t * BZ + static_cast<size_t>(e / nz) * Z + z0 + e % nz; };
-      auto p_at = [&](int e) { return 2 * (t * BZ + static_cast<size_t>(e / nz) * Z) + z0 + e % nz; };
+      auto z_at = [&](int e) { return slice_at(t, B, Z, z0, nz, e); };
+      auto p_at = [&](int e) { return slice_at(t, B, 2 * Z, z0, nz, e); };  // [mu | logvar] rows
       const Prefetched in(B * nz, [&](int e) {
         const size_t o = z_at(e), o2 = p_at(e);
         return SampleBwdIn<T>{P.grad_z[o], P.eps[o], P.lv_saved[o], P.grad_mu[o], P.grad_lv[o], P.ok_saved[o2],
@@ -492,7 +492,7 @@ ZF_GLOBAL void chain_bwd_kernel(ChainParams<T> P) {
     zf_grid_sync();  // dparams_t complete
     // stage 3: ds_t = (dparams_t W_q2) * act'(s_t)
     if (nm > 0) {
-      auto s_at = [&](int e) { return t * BM + static_cast<size_t>(e / nm) * M + m0 + e % nm; };
+      auto s_at = [&](int e) { return slice_at(t, B, M, m0, nm, e); };
       const Prefetched s_saved(B * nm, [&](int e) { return P.s_saved[s_at(e)]; });
       block_mm(static_cast<const T*>(P.dparams + t * 2 * BZ), 2 * Z, false, mq2, As, part, B, p);
       for (int e = tid; e < B * nm; e += nt)

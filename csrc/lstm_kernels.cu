@@ -184,7 +184,7 @@ ZF_GLOBAL void lstm_fwd_kernel(Params<S> P) {
   const int U = p.units_per_block, j0 = zf_bid() * U;
   const int H = P.H, B = P.B, T_ = P.T_;
   const int Mp = resident_rows(p), ws = p.w_stride;
-  const size_t BH = static_cast<size_t>(B) * H, B4H = 4 * BH;
+  const size_t BH = static_cast<size_t>(B) * H;
 
   const S zero = zf_narrow<S>(A(0));
   // resident W slice: smem row m = g * U + u holds W_hh row g * H + j0 + u (zeros past H; the
@@ -207,7 +207,7 @@ ZF_GLOBAL void lstm_fwd_kernel(Params<S> P) {
     const S* h_prev = s == 0 ? P.h0 : P.out + static_cast<size_t>(P.reverse ? t + 1 : t - 1) * BH;
     // this unit's 4 pre-activations (W_ih x_t + b) at element e = b * U + u; this thread's first
     // element's are loaded before the product, whose staging and barriers hide their round trip
-    auto gates_at = [&](int e) { return P.gates + t * B4H + static_cast<size_t>(e / U) * 4 * H + j0 + e % U; };
+    auto gates_at = [&](int e) { return P.gates + slice_at(t, B, 4 * H, j0, U, e); };
     const Prefetched pre_x(B * U,
                            [&](int e) { return j0 + e % U < H ? Gates4<S>::load(gates_at(e), H) : Gates4<S>{}; });
     block_matmul(h_prev, H, B, Ws, As, part, p);
@@ -272,10 +272,10 @@ ZF_GLOBAL void lstm_bwd_kernel(Params<S> P) {
     // element e = b * U + u's inputs that do not depend on the other blocks (its output gradient,
     // pre-activations and cell states): this thread's first element's loaded before the product,
     // whose staging and barriers hide their round trip
-    auto gates_at = [&](int e) { return P.gates + t * B4H + static_cast<size_t>(e / U) * 4 * H + j0 + e % U; };
+    auto gates_at = [&](int e) { return P.gates + slice_at(t, B, 4 * H, j0, U, e); };
     const Prefetched pre_x(B * U, [&](int e) {
-      const size_t bj = static_cast<size_t>(e / U) * H + j0 + e % U;
-      return j0 + e % U < H ? BwdCellIn<S>::load(P, t, s, last, bj, gates_at(e)) : BwdCellIn<S>{};
+      return j0 + e % U < H ? BwdCellIn<S>::load(P, t, s, last, slice_at(0, B, H, j0, U, e), gates_at(e))
+                            : BwdCellIn<S>{};
     });
     if (!last) {
       // dh_t += dgates_{next step} @ W_hh, the next step's dgates written by all blocks

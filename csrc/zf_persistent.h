@@ -229,6 +229,12 @@ ZF_UNROLL
   }
 }
 
+// The elementwise stages' indexing: element e = b * n + u of a block's n columns starting at
+// column c0, in row b of step t of a (T, B, width) tensor (an LSTM unit's gate i: width 4H)
+ZF_HOST_DEVICE size_t slice_at(int t, int B, long long width, long long c0, int n, int e) {
+  return (static_cast<size_t>(t) * B + e / n) * width + c0 + e % n;
+}
+
 // An LSTM unit's 4 gate values (i, f, g, o rows `stride` elements apart) of one step, as loaded:
 // the 4 loads issued before any is used (one round trip, not 4)
 template <typename S>
