@@ -51,6 +51,12 @@ ZF_DEVICE unsigned char* zf_dynamic_smem() {
 // loads of data that other blocks wrote in the same launch: L2 only (.cg), never a stale L1 line
 template <typename T>
 ZF_DEVICE T zf_ldcg(const T* p) { return __ldcg(p); }
+// bfloat16 through the 16-bit integer load: cuda_bf16.hpp's __ldcg(const __nv_bfloat16*) is an
+// asm that is neither volatile nor clobbers memory, so nvcc may move it above the grid sync that
+// publishes the value (the float, double, integer and vector overloads are asm volatile)
+ZF_DEVICE __nv_bfloat16 zf_ldcg(const __nv_bfloat16* p) {
+  return __ushort_as_bfloat16(__ldcg(reinterpret_cast<const unsigned short*>(p)));
+}
 // 16 bytes moved as one (one 128-bit load or store); zf_ldcg16: p 16-byte aligned, L2 only
 using zf_vec16 = uint4;
 ZF_DEVICE zf_vec16 zf_ldcg16(const void* p) { return __ldcg(reinterpret_cast<const uint4*>(p)); }
