@@ -629,7 +629,7 @@ ChainParams<T> params_for(const ZfChainPlan& plan, int T_, int B, int H, int M, 
 int resolve_and_plan(int backward, int B, int H, int M, int Z, int es, const ZfChainLaunch* cfg,
                      ZfChainPlan* p, int* device_sms, char* err, int errlen) {
   Launch L;
-  const int rc = resolve_launch(cfg, "zforcing_chain", &L, err, errlen);
+  const int rc = resolve_launch(cfg, es, "zforcing_chain", &L, err, errlen);
   if (rc != ZF_OK) return rc;
   *device_sms = L.device_sms;
   return plan_with(backward, B, H, M, Z, es, L.threads, L.units, L.smem_limit, L.num_sms, L.tf32, p, err, errlen);

@@ -402,7 +402,7 @@ Params<S> params_for(const ZfLstmPlan& plan, int T_, int B, int H, int reverse) 
 int resolve_and_plan(int backward, int B, int H, int es, const ZfLstmLaunch* cfg, ZfLstmPlan* p,
                      int* device_sms, char* err, int errlen) {
   Launch L;
-  const int rc = resolve_launch(cfg, "lstm", &L, err, errlen);
+  const int rc = resolve_launch(cfg, es, "lstm", &L, err, errlen);
   if (rc != ZF_OK) return rc;
   *device_sms = L.device_sms;
   return plan_with(backward, B, H, es, L.threads, L.units, L.smem_limit, L.num_sms, L.tf32, p, err, errlen);

@@ -424,6 +424,9 @@ inline int cuda_fail(cudaError_t e, const char* op, const char* what, char* err,
   char msg[512];
   std::snprintf(msg, sizeof msg, "zf_kernels %s: %s failed: %s", op, what, cudaGetErrorString(e));
   set_err(err, errlen, msg);
+  // reported here; left in the runtime's last error, torch's next kernel launch check would raise
+  // it again against an unrelated op (a sticky error comes back anyway)
+  (void)cudaGetLastError();
   return ZF_CUDA_ERROR;
 }
 
@@ -434,7 +437,7 @@ inline int cuda_fail(cudaError_t e, const char* op, const char* what, char* err,
   } while (0)
 
 template <typename Cfg>
-int resolve_launch(const Cfg* cfg, const char* op, Launch* L, char* err, int errlen) {
+int resolve_launch(const Cfg* cfg, int es, const char* op, Launch* L, char* err, int errlen) {
   int dev = 0, sms = 0, smem_optin = 0, coop = 0;
   ZF_CUDA_TRY(cudaGetDevice(&dev), "cudaGetDevice");
   ZF_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute(SMs)");
@@ -454,14 +457,16 @@ int resolve_launch(const Cfg* cfg, const char* op, Launch* L, char* err, int err
   L->num_sms = cfg && cfg->num_sms > 0 ? cfg->num_sms : sms;
   L->device_sms = sms;
   L->tf32 = tf32_requested(cfg);
-  if (L->tf32) {
+  // the tensor-core tiles (float32 with tf32 set; bfloat16 always, plan_tf32) are a trap below
+  // sm_80, which would take the whole CUDA context down: refuse here instead
+  if ((es == 4 && L->tf32) || es == 2) {
     int major = 0;
     ZF_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev),
                 "cudaDeviceGetAttribute(compute capability)");
     if (major < 8) {
       char msg[256];
-      std::snprintf(msg, sizeof msg, "the CUDA %s's TF32 tensor-core tiles need compute capability 8.0 or "
-                    "newer, the device has %d.x", op, major);
+      std::snprintf(msg, sizeof msg, "the CUDA %s's %s tensor-core tiles need compute capability 8.0 or "
+                    "newer, the device has %d.x", op, es == 2 ? "bfloat16" : "TF32", major);
       set_err(err, errlen, msg);
       return ZF_DOES_NOT_FIT;
     }
@@ -520,7 +525,7 @@ int cooperative_launch(void (*kernel)(P), P& params, int blocks, int threads, lo
 #else  // ZF_CPU_EMULATION
 
 template <typename Cfg>
-int resolve_launch(const Cfg* cfg, const char*, Launch* L, char*, int) {
+int resolve_launch(const Cfg* cfg, int, const char*, Launch* L, char*, int) {
   L->threads = cfg && cfg->threads > 0 ? cfg->threads : 8;
   L->units = cfg ? cfg->units_per_block : 0;
   L->smem_limit = cfg && cfg->smem_limit > 0 ? cfg->smem_limit : 227 * 1024;
