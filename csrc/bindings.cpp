@@ -1,7 +1,8 @@
 // Torch bindings of the persistent LSTM and Z-forcing chain kernels: the extension zf_kernels._C (built by setup.py
 // or JIT-built by zf_kernels/ops/_cuda_ext.py). Checks the tensors and forwards their pointers
-// to the C ABI of lstm_kernels.h; no CUDA headers here (the caller passes the stream as an
-// integer and selects the device), so this file compiles with a plain C++ compiler.
+// to the C ABI of lstm_kernels.h, on the tensors' device (c10::DeviceGuard); no CUDA headers
+// here (the caller passes its stream as an integer), so this file compiles with a plain C++
+// compiler.
 #include <torch/extension.h>
 
 #include <string>
@@ -84,6 +85,8 @@ void lstm_forward(torch::Tensor gates, torch::Tensor h0, torch::Tensor w_hh, tor
   check(w_hh, "w_hh", gates, {4 * H, H});
   check(out, "out", gates, {T, B, H});
   check(c_all, "c_all", gates, {T + 1, B, H}, state_dtype(gates));
+  // the launch and the plan's device queries on the tensors' device (the caller passes its stream)
+  const c10::DeviceGuard device_guard(gates.device());
   ZfLstmLaunch cfg = launch_config<ZfLstmLaunch>(units_per_block, threads, tf32);
   char err[kErrLen] = {0};
   void* s = reinterpret_cast<void*>(stream);
@@ -117,6 +120,8 @@ void lstm_backward(torch::Tensor d_out, torch::Tensor d_hT, torch::Tensor w_hh,
   check(w_hh, "w_hh", gates, {4 * H, H});
   check(c_all, "c_all", gates, {T + 1, B, H}, state_dtype(gates));
   check(dc, "dc", gates, {B, H}, state_dtype(gates));
+  // the launch and the plan's device queries on the tensors' device (the caller passes its stream)
+  const c10::DeviceGuard device_guard(gates.device());
   ZfLstmLaunch cfg = launch_config<ZfLstmLaunch>(units_per_block, threads, tf32);
   char err[kErrLen] = {0};
   void* s = reinterpret_cast<void*>(stream);
@@ -193,6 +198,8 @@ void chain_forward(torch::Tensor gates, torch::Tensor post_x, torch::Tensor eps,
   check(lv, "lv", gates, {T, B, Z});
   check(s, "s", gates, {T, B, M});
   check_mask(okmask, gates, {T, B, 2 * Z});
+  // the launch and the plan's device queries on the tensors' device (the caller passes its stream)
+  const c10::DeviceGuard device_guard(gates.device());
   ZfChainLaunch cfg = launch_config<ZfChainLaunch>(units_per_block, threads, tf32);
   char err[kErrLen] = {0};
   void* st = reinterpret_cast<void*>(stream);
@@ -245,6 +252,8 @@ void chain_backward(torch::Tensor grad_h, torch::Tensor grad_c, torch::Tensor gr
   check(ds, "ds", gates, {T, B, M});
   check(grad_eps, "grad_eps", gates, {T, B, Z});
   check(dc, "dc", gates, {B, H}, state_dtype(gates));
+  // the launch and the plan's device queries on the tensors' device (the caller passes its stream)
+  const c10::DeviceGuard device_guard(gates.device());
   ZfChainLaunch cfg = launch_config<ZfChainLaunch>(units_per_block, threads, tf32);
   char err[kErrLen] = {0};
   void* st = reinterpret_cast<void*>(stream);
