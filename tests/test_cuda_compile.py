@@ -31,15 +31,19 @@ def build(tmp_path_factory):
     nvcc, cxx = shutil.which("nvcc"), shutil.which("g++")
     if nvcc is None or cxx is None:
         pytest.skip(f"needs nvcc and g++ (nvcc: {nvcc}, g++: {cxx})")
-    from torch.utils.cpp_extension import include_paths
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS, include_paths
+
+    from zf_kernels.ops._cuda_ext import NVCC_FLAGS
     out = tmp_path_factory.mktemp("cuda_build")
     sources = sorted(CSRC.glob("*.cu"))
     assert sources, "no .cu sources in csrc/"
     jobs = {}
     for src in sources:
+        # what torch's JIT build passes (its common flags, e.g. -D__CUDA_NO_BFLOAT16_CONVERSIONS__,
+        # and the C++20 of this torch's load()) with the package's own; test_cuda_sass.py builds C++17
         jobs[src.name] = subprocess.Popen(
-            [nvcc, "-arch=sm_90a", "-O3", "-lineinfo", "-std=c++17", "-Xptxas", "-v", "-Xcompiler", "-fPIC",
-             "-c", str(src), "-o", str(out / (src.stem + ".o"))],
+            [nvcc, "-arch=sm_90a", *NVCC_FLAGS, *COMMON_NVCC_FLAGS, "-std=c++20", "-Xptxas", "-v",
+             "-Xcompiler", "-fPIC", "-c", str(src), "-o", str(out / (src.stem + ".o"))],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     jobs["bindings.cpp"] = subprocess.Popen(
         [cxx, "-std=c++20", "-O0", "-fPIC", "-Wall", "-c", f"-DTORCH_EXTENSION_NAME={MODULE}",
