@@ -27,6 +27,9 @@ CASES = {
     "T4 B5 H37 chunked": (4, 5, 3, 37, 8, 16, True, True, True),
     # more register tiles than threads: each thread loops over several
     "T3 B9 H11 tiles>threads": (3, 9, 2, 11, 4, 8, False, True, False),
+    # the GPU's default launch at the TIMIT batch (256 threads, 8 units per block, B=32): 8 x 8
+    # register tiles forward, 4 threads splitting K of each (16 backward), as at H=1024
+    "T3 B32 H24 GPU launch": (3, 32, 5, 24, 8, 256, False, True, True),
 }
 
 

@@ -39,6 +39,8 @@ CASES = {
     "T3 B5 H37 M11 Z6 G9 squeezed": ((3, 5, 37, 11, 6, 9), 8, 16, True, True),
     # more register tiles than threads: each thread loops over several
     "T3 B9 H11 M9 Z7 G5 tiles>threads": ((3, 9, 11, 9, 7, 5), 4, 4, False, True),
+    # the GPU's default launch at the TIMIT batch (256 threads, 8 units per block, B=32)
+    "T3 B32 H24 M20 Z12 G10 GPU launch": ((3, 32, 24, 20, 12, 10), 8, 256, False, True),
 }
 
 
