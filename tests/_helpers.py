@@ -65,3 +65,31 @@ def errors_vs_float64(fn, ref, args64, out_names, in_names, dtype, seed, metric=
         assert torch.isfinite(gr).all(), f"grad of {name} has non-finite entries"
         errs["grad " + name] = metric(gr, r)
     return errs
+
+
+def cuda_graph_replays_match_eager(step, leaves, rtol=1e-5, atol=1e-6):
+    """``step()`` (a forward + backward on CUDA returning tensors) captured in a CUDA graph after
+    an eager warm-up on a side stream, replayed, then replayed again after every leaf's values
+    change in place: each replay's tensors must equal a fresh eager ``step()`` on the same values
+    (a replay that recomputed nothing matches only the first). GPU only."""
+    import torch
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):   # kernels loaded, shared-memory attributes set, before the capture
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    g = torch.Generator(device="cuda").manual_seed(7)
+    for trial in range(2):
+        if trial:
+            with torch.no_grad():
+                for a in leaves:
+                    a.mul_(0.9).add_(0.1 * torch.randn(a.shape, generator=g, device=a.device, dtype=a.dtype))
+        graph.replay()
+        torch.cuda.synchronize()
+        eager = step()
+        for i, (c, e) in enumerate(zip(captured, eager)):
+            torch.testing.assert_close(c, e, rtol=rtol, atol=atol, msg=lambda m: f"replay {trial}, tensor {i}: {m}")

@@ -10,6 +10,7 @@ tests/test_cuda_emulation_chain.py.)"""
 import pytest
 import torch
 
+from _helpers import cuda_graph_replays_match_eager
 from _tf32_reference import zforcing_chain_tf32_ref
 from zf_kernels import ops
 
@@ -269,6 +270,15 @@ def test_cuda_chain_through_the_public_op(cuda_chain):
     assert backend == "cuda" and "cooperative launch" in why and "W_hh" in why
     backend, why = ops.explain("zforcing_chain", *args)
     assert backend != "cuda" and "not been verified on a GPU" in why
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_cuda_chain_forward_backward_replays_from_a_cuda_graph(cuda_chain, dtype):
+    """The cooperative launches captured in a CUDA graph (how the training step runs them) and
+    replayed, on new values too, equal an eager call's results."""
+    args, grads = _inputs(4, 5, 40, 12, 6, 8, dtype, scale=0.5)
+    cuda_graph_replays_match_eager(
+        lambda: _outputs_and_grads(lambda *a: ops.zforcing_chain(*a, backend="cuda"), args, grads), args)
 
 
 def test_cuda_chain_refuses_unsupported_dtype(cuda_chain):

@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 
+from _helpers import cuda_graph_replays_match_eager
 from _tf32_reference import lstm_tf32_ref
 from zf_kernels import ops
 
@@ -190,6 +191,16 @@ def test_cuda_lstm_through_the_public_op(cuda_lstm):
     # not verified yet -> "auto" does not take it
     backend, why = ops.explain("lstm", *args[:3])
     assert backend != "cuda" and "not been verified on a GPU" in why
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_cuda_lstm_forward_backward_replays_from_a_cuda_graph(cuda_lstm, dtype):
+    """The cooperative launches captured in a CUDA graph (how the training step runs them) and
+    replayed, on new values too, equal an eager call's results."""
+    args, grads = _inputs(6, 5, 7, 40, dtype)
+    leaves = [a for a in args if a is not None]
+    cuda_graph_replays_match_eager(lambda: _outputs_and_grads(lambda *a: ops.lstm(*a, backend="cuda"), args, grads),
+                                   leaves)
 
 
 def test_cuda_lstm_refuses_unsupported_dtype(cuda_lstm):
