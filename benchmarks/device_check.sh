@@ -16,19 +16,24 @@
 # .csv and stages.txt committed as <gpu>_<date>.json, .csv, _stages.txt first; "rest" = the stages
 # it skipped or cut short). A rerun can choose
 # stages: ZF_STAGES=train,ops (names, in running order: tests train ops ops-small cuda-tests
-# ops-cuda ops-cuda-tf32 train-cuda train-cuda-bf16 ops-compile variants-default variant-batch1
+# cuda-sanitize ops-cuda ops-cuda-tf32 train-cuda train-cuda-bf16 ops-compile variants-default variant-batch1
 # variant-no-staging variant-no-products variant-no-sync tune kernels ops-tf32x3 train-tf32x3 train-tf32 ops-tf32
 # other-models trainer train-bf16 ops-bf16 train-compile; the persistent smoke test runs with
 # tests). The first ones are what issue 3 needs (GPU tests, the ops table with torch.compile)
 # and the first GPU run of csrc/; the experiments (tune, kernels, tf32x3, ...) come after.
 #
-# $OUT (the folder that comes back; up to 20 files, no subfolders):
+# $OUT, the folder that comes back, holds at most 8 files (the device tool's limit: more are left
+# behind), so the stages write into a work folder and, at the end, $OUT receives
+#   device_check_files.tar.gz   every file below (extract it into a scratch folder to commit them),
+# and copies of summary.md, stages.txt, results.json, results.csv, results.png and bench.log.
+# The files (in the archive):
 #   stages.txt     one "name status" line per stage (ok, failed, timed-out, skipped, not-selected):
 #                  commit it as <gpu>_<date>_stages.txt for a second call's ZF_STAGES=rest
 #   persistent_smoke.log  persistent vs stepwise vs float64 lstm / zforcing_chain, benchmark shapes
 #   tests.log      pytest -k "triton or gpu" on the GPU (--maxfail=20, 8 xdist workers where
 #                  pytest-xdist is installed), the CUDA extension's tests aside
 #   cuda_tests.log the background JIT build of zf_kernels._C, then tests/test_cuda_{lstm,chain}.py
+#   cuda_sanitize.log  compute-sanitizer over csrc/'s kernels, only after cuda-tests failed
 #   bench.log      everything the benchmark stages printed
 #   results.csv    one row per measurement (benchmarks/common.py FIELDS)
 #   results.json   the same rows + the environment (GPU, driver, clocks, versions, commit)
@@ -41,8 +46,25 @@ cd "$(dirname "$0")/.." || exit 1
 export PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-OUT="${OUT:-/tmp/zf_device_out}"
-mkdir -p "$OUT"
+BACK="${OUT:-/tmp/zf_device_out}"   # what comes back: at most 8 files (see above)
+mkdir -p "$BACK"
+OUT=$(mktemp -d /tmp/zf_device_run.XXXXXX)   # every stage's files, packed into $BACK by pack_back
+# pack_files: the archive of everything and copies of the files read first, 7 files in $BACK;
+# after every stage (a command killed at the device tool's limit still returns the stages before),
+# and at the end or on an interrupt (pack_back)
+BACK_COPIES=(summary.md stages.txt results.json results.csv results.png bench.log)
+pack_files() {
+  for f in "${BACK_COPIES[@]}"; do [[ -f "$OUT/$f" ]] && cp -f "$OUT/$f" "$BACK/"; done
+  # tar's status 1: a file changed while read (a background build's log): the archive is whole
+  tar -C "$OUT" -czf "$BACK/device_check_files.tar.gz.tmp" . 2>/dev/null
+  (( $? <= 1 )) && mv -f "$BACK/device_check_files.tar.gz.tmp" "$BACK/device_check_files.tar.gz"
+}
+pack_back() {
+  trap - EXIT INT TERM
+  pack_files && rm -rf "$OUT"
+}
+trap 'pack_back; exit 130' INT TERM
+trap pack_back EXIT
 # a second call of a session continues the first one's results: ZF_SEED_RESULTS=<path without
 # .json / .csv> (committed or carried) is copied to $OUT/results.* and the stages append to it
 if [[ -n "${ZF_SEED_RESULTS:-}" ]]; then
@@ -61,7 +83,7 @@ DRY="${ZF_DRY_RUN:-}"
 # a rerun can pick stages, e.g. ZF_STAGES=train,ops bash benchmarks/device_check.sh; ZF_STAGES=rest
 # (with ZF_SEED_RESULTS): the stages the seeded call skipped or cut short, read from its
 # <seed>_stages.txt (that call's $OUT/stages.txt: one "name status" line per stage)
-ALL_STAGES="tests,train,ops,ops-small,cuda-tests,ops-cuda,ops-cuda-tf32,train-cuda,train-cuda-bf16,ops-compile,variants-default,variant-batch1,variant-no-staging,variant-no-products,variant-no-sync,tune,kernels,ops-tf32x3,train-tf32x3,train-tf32,ops-tf32,other-models,trainer,train-bf16,ops-bf16,train-compile"
+ALL_STAGES="tests,train,ops,ops-small,cuda-tests,cuda-sanitize,ops-cuda,ops-cuda-tf32,train-cuda,train-cuda-bf16,ops-compile,variants-default,variant-batch1,variant-no-staging,variant-no-products,variant-no-sync,tune,kernels,ops-tf32x3,train-tf32x3,train-tf32,ops-tf32,other-models,trainer,train-bf16,ops-bf16,train-compile"
 WANT="${ZF_STAGES:-$ALL_STAGES}"
 if [[ "$WANT" == "rest" ]]; then
   SEED_STAGES="${ZF_SEED_RESULTS:-}_stages.txt"
@@ -128,6 +150,7 @@ run_stage() {
   if (( rc != 0 )); then FAILED=1; fi
   STAGES+=("$msg")
   echo "== $msg" | tee -a "$LOG"
+  pack_files
   return 0
 }
 
@@ -249,6 +272,16 @@ if grep -q "^cuda-tests timed-out$" "$OUT/stages.txt"; then
   export ZF_KERNELS_NO_CUDA_EXT=1
   STAGES+=("cuda-tests timed out: ZF_KERNELS_NO_CUDA_EXT=1 for the rest (rerun csrc/ stages by name once fixed)")
 fi
+# after failing GPU tests (or when ZF_STAGES picks it, by name or as left by a first call):
+# compute-sanitizer's memcheck, racecheck and synccheck over every csrc/ kernel on tiny shapes
+# (out-of-bounds accesses, shared-memory races, barrier misuse: what the CPU emulation cannot
+# show); by default nothing to do when the tests pass
+if [[ -n "$DRY" || -n "${ZF_STAGES:-}" ]] || grep -q "^cuda-tests failed$" "$OUT/stages.txt"; then
+  run_stage cuda-sanitize 90 "$OUT/cuda_sanitize.log" "$PY" benchmarks/cuda_sanitize.py
+else
+  echo "cuda-sanitize not-needed" >>"$OUT/stages.txt"
+  STAGES+=("cuda-sanitize: not needed (cuda-tests did not fail)")
+fi
 run_stage ops-cuda 40 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --ops lstm,zforcing_chain --dtypes float32 \
   --providers cudnn,cuda
@@ -364,6 +397,8 @@ rm -f "$OUT"/*.tmp
 echo
 cat "$OUT/summary.md" 2>/dev/null
 echo
-echo "== stages (total $(( SECONDS - START ))s; files in \$OUT: $(cd "$OUT" && ls | tr '\n' ' '))"
+echo "== files (in \$OUT/device_check_files.tar.gz): $(cd "$OUT" && ls | tr '\n' ' ')"
+pack_back
+echo "== stages (total $(( SECONDS - START ))s; files in \$OUT: $(cd "$BACK" && ls | tr '\n' ' '))"
 for s in "${STAGES[@]}"; do echo "   $s"; done
 exit "$FAILED"

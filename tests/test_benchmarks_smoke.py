@@ -6,6 +6,7 @@ import math
 import os
 import re
 import shutil
+import tarfile
 import subprocess
 import sys
 from pathlib import Path
@@ -216,6 +217,12 @@ def test_device_check_dry_run_parses_every_stage(tmp_path):
     assert {r["suite"] for r in rows} >= {"ops", "train", "tune", "kernels", "trainer"}
     status = dict(line.split() for line in (tmp_path / "stages.txt").read_text().splitlines())
     assert len(status) == n_stages and set(status.values()) == {"ok"}, status
+    # the device tool returns at most 8 files from $OUT: the rest travel in one archive
+    back = sorted(p.name for p in tmp_path.iterdir())
+    assert len(back) <= 8 and "device_check_files.tar.gz" in back, back
+    with tarfile.open(tmp_path / "device_check_files.tar.gz") as tar:
+        packed = {Path(n).name for n in tar.getnames()}
+    assert {"stages.txt", "results.json", "bench.log", "tests.log", "cuda_tests.log"} <= packed, packed
     # a second call continues with what the first skipped or cut short (ZF_STAGES=rest)
     for ext in ("json", "csv"):
         shutil.copy(tmp_path / f"results.{ext}", tmp_path / f"seed.{ext}")
@@ -228,6 +235,19 @@ def test_device_check_dry_run_parses_every_stage(tmp_path):
     ran = [line.split()[0] for line in (out2 / "stages.txt").read_text().splitlines() if not line.endswith("not-selected")]
     assert ran == ["tune", "kernels"]
     assert len(_rows(out2 / "results.json")) > len(rows)      # appended to the seed's rows
+
+
+def test_cuda_sanitize_cases_are_valid_calls_of_the_ops(capsys):
+    """benchmarks/cuda_sanitize.py's cases (run under compute-sanitizer after failing GPU tests)
+    are valid calls: run here with backend "torch" on the CPU; its arguments are checked."""
+    from benchmarks import cuda_sanitize
+    assert cuda_sanitize.run_child("cpu", "torch") == 0
+    assert capsys.readouterr().out.count("\nok ") + 1 == len(cuda_sanitize.cases()) == 18
+    assert cuda_sanitize.main(["--smoke", "--device", "cpu", "--tools", "memcheck,racecheck"]) == 0
+    assert capsys.readouterr().out.count("--tool=") == 2
+    with pytest.raises(SystemExit):
+        cuda_sanitize.main(["--tools", "memchek"])
+    assert "--tools: expected names from memcheck,racecheck,synccheck" in capsys.readouterr().err
 
 
 def test_persistent_smoke_script_runs_and_agrees_on_cpu():
