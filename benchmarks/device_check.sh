@@ -4,8 +4,8 @@
 #     bash benchmarks/device_check.sh
 #     ZF_GIT_COMMIT=<sha> bash benchmarks/device_check.sh     # the device copy has no .git
 #
-# Budget: at most ~9.5 minutes (a persistent-kernel smoke test of <= 75 s, then the stages, all
-# within ZF_CHECK_SECONDS, default 470 s, then ~20 s of report), under the device tool's
+# Budget: at most ~9.75 minutes (a persistent-kernel smoke test of <= 75 s, then the stages, all
+# within ZF_CHECK_SECONDS, default 530 s, then <= 50 s of report), under the device tool's
 # 10-minute command limit (run it with timeout_s 590); stages are ordered by what the open
 # issues need, so the last ones are the first to be skipped. The CUDA extension's JIT build
 # starts in the background at once (fresh cache folder: a build killed by a timeout leaves a
@@ -15,12 +15,13 @@
 # ZF_SEED_RESULTS=benchmarks/results/<gpu>_<date> ZF_STAGES=rest (the first call's results.json,
 # .csv and stages.txt committed as <gpu>_<date>.json, .csv, _stages.txt first; "rest" = the stages
 # it skipped or cut short). A rerun can choose
-# stages: ZF_STAGES=train,ops (names, in running order: tests train ops ops-small cuda-tests
-# cuda-sanitize ops-cuda ops-cuda-tf32 train-cuda train-cuda-bf16 ops-compile variants-default variant-batch1
+# stages: ZF_STAGES=train,ops (names, in running order: tests train ops ops-small ops-compile cuda-tests
+# cuda-sanitize ops-cuda ops-cuda-tf32 train-cuda train-cuda-bf16 variants-default variant-batch1
 # variant-no-staging variant-no-products variant-no-sync tune kernels ops-tf32x3 train-tf32x3 train-tf32 ops-tf32
 # other-models trainer train-bf16 ops-bf16 train-compile; the persistent smoke test runs with
-# tests). The first ones are what issue 3 needs (GPU tests, the ops table with torch.compile)
-# and the first GPU run of csrc/; the experiments (tune, kernels, tf32x3, ...) come after.
+# tests). The first ones are what issue 3 needs (GPU tests, training step, the ops table with
+# torch.compile), then the first GPU run of csrc/; the experiments (variants, tune, kernels, ...)
+# come after. The device tool's machine goes back 30 s after a call: plan on one call.
 #
 # $OUT, the folder that comes back, holds at most 8 files (the device tool's limit: more are left
 # behind), so the stages write into a work folder and, at the end, $OUT receives
@@ -73,7 +74,7 @@ if [[ -n "${ZF_SEED_RESULTS:-}" ]]; then
 fi
 LOG="$OUT/bench.log"
 PY="${PYTHON:-$(command -v python || command -v python3)}"
-TOTAL="${ZF_CHECK_SECONDS:-470}"
+TOTAL="${ZF_CHECK_SECONDS:-530}"
 # ZF_DRY_RUN=1 (any machine; tests/test_benchmarks_smoke.py runs it): every stage's command as
 # written, the benchmark scripts with --smoke --device cpu --budget-s 0 (their arguments parsed and
 # checked, every row 'skipped'), pytest with --collect-only; no persistent smoke test, no CUDA
@@ -83,7 +84,7 @@ DRY="${ZF_DRY_RUN:-}"
 # a rerun can pick stages, e.g. ZF_STAGES=train,ops bash benchmarks/device_check.sh; ZF_STAGES=rest
 # (with ZF_SEED_RESULTS): the stages the seeded call skipped or cut short, read from its
 # <seed>_stages.txt (that call's $OUT/stages.txt: one "name status" line per stage)
-ALL_STAGES="tests,train,ops,ops-small,cuda-tests,cuda-sanitize,ops-cuda,ops-cuda-tf32,train-cuda,train-cuda-bf16,ops-compile,variants-default,variant-batch1,variant-no-staging,variant-no-products,variant-no-sync,tune,kernels,ops-tf32x3,train-tf32x3,train-tf32,ops-tf32,other-models,trainer,train-bf16,ops-bf16,train-compile"
+ALL_STAGES="tests,train,ops,ops-small,ops-compile,cuda-tests,cuda-sanitize,ops-cuda,ops-cuda-tf32,train-cuda,train-cuda-bf16,variants-default,variant-batch1,variant-no-staging,variant-no-products,variant-no-sync,tune,kernels,ops-tf32x3,train-tf32x3,train-tf32,ops-tf32,other-models,trainer,train-bf16,ops-bf16,train-compile"
 WANT="${ZF_STAGES:-$ALL_STAGES}"
 if [[ "$WANT" == "rest" ]]; then
   SEED_STAGES="${ZF_SEED_RESULTS:-}_stages.txt"
@@ -242,11 +243,11 @@ run_stage tests 150 "$OUT/tests.log" \
 [[ -f "$OUT/tests.log" ]] && tail -n 3 "$OUT/tests.log"
 
 # 2. the training step: eager, CUDA graph (the reference; the reference with its backward LSTM
-# on cuDNN), Triton (persistent), Triton + graph, Triton stepwise (TIMIT T40, SeqMNIST T784);
+# on cuDNN), Triton (persistent), Triton + graph (TIMIT T40, SeqMNIST T784; stepwise: ops, tune);
 # "float32" is IEEE everywhere, cuDNN included (benchmarks/common.py DTYPES)
 run_stage train 110 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results \
-  --providers torch,torch+graph,cudnn,cudnn+graph,triton,triton+graph,triton-stepwise --warmup-ms 50 --rep-ms 200 --min-reps 5
+  --providers torch,torch+graph,cudnn,cudnn+graph,triton,triton+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
 
 # 3. the recurrences, fwd and fwd+bwd, fp32: cuDNN, eager reference, Triton persistent / stepwise
 run_stage ops 75 "$LOG" \
@@ -257,6 +258,15 @@ run_stage ops 75 "$LOG" \
 run_stage ops-small 40 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --dtypes float32,bfloat16 \
   --ops reparameterize,gaussian_kl,gaussian_nll,bernoulli_nll,categorical_nll,leaky_clamp --providers torch,triton
+
+# 4b. torch.compile of the op references, fp32: what issue 3's ops table lacks (on 2026-11-27 six
+# small ops got a row in ~15 s), so before csrc/'s stages. Cheap compilations first: the small
+# ops, then the recurrences' compiled steps in a Python loop at T40 and T784 (compile-step,
+# seconds each: with them every case has a torch.compile row), then the unrolled 40-step loops
+# (on a 2-core CPU the chain's took 78 s forward + 80 s backward, the LSTM's 35 s: likely cut
+# off here); the unrolled 784-step loops skipped
+run_stage ops-compile 100 "$LOG" \
+  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --providers compile,compile-step --dtypes float32
 
 # 5. the CUDA extension (csrc/, never run on a GPU before): its GPU tests (lstm, zforcing_chain)
 # once the background build is done, then backend="cuda" against cuDNN, then the whole training
@@ -298,13 +308,6 @@ run_stage train-cuda 45 "$LOG" \
 run_stage train-cuda-bf16 30 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --dtype bfloat16 --cases timit \
   --providers cudnn+graph,cuda+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
-
-# 6. torch.compile of the op references (fp32; cheap compilations first: the small ops, then the
-# recurrences' compiled steps in a Python loop at T40 and T784 (compile-step, seconds each), then
-# the unrolled 40-step loops (on this 2-core CPU the chain's compile took 78 s forward + 80 s
-# backward, the LSTM's 35 s); the unrolled 784-step loops skipped)
-run_stage ops-compile 150 "$LOG" \
-  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --providers compile,compile-step --dtypes float32
 
 # 6b. csrc/'s variants (VARIANTS above) against the default build, lstm and zforcing_chain fwd+bwd
 # in bf16 and tf32, each into results_variant_<name>.* (kept out of the main table: every row is
@@ -379,7 +382,7 @@ run_stage train-compile 60 "$LOG" \
 
 # 15. report: chart + summary (outside the budget above: ~20 s)
 if [[ -f "$OUT/results.json" ]]; then
-  timeout 40 "$PY" benchmarks/plot.py "$OUT/results.json" >>"$LOG" 2>&1 || echo "plot failed (see bench.log)"
+  timeout 25 "$PY" benchmarks/plot.py "$OUT/results.json" >>"$LOG" 2>&1 || echo "plot failed (see bench.log)"
   AB_ARGS=()
   if [[ -f "$OUT/results_variants_default.json" ]]; then
     AB_ARGS=(--ab "$OUT/results_variants_default.json")
