@@ -31,7 +31,7 @@
 #   stages.txt     one "name status" line per stage (ok, failed, timed-out, skipped, not-selected):
 #                  commit it as <gpu>_<date>_stages.txt for a second call's ZF_STAGES=rest
 #   persistent_smoke.log  persistent vs stepwise vs float64 lstm / zforcing_chain, benchmark shapes
-#   tests.log      pytest -k "triton or gpu" on the GPU (--maxfail=20, 8 xdist workers where
+#   tests.log      pytest -k "triton or gpu" on the GPU (--maxfail=20, 12 xdist workers where
 #                  pytest-xdist is installed), the CUDA extension's tests aside
 #   cuda_tests.log the background JIT build of zf_kernels._C, then tests/test_cuda_{lstm,chain}.py
 #   cuda_sanitize.log  compute-sanitizer over csrc/'s kernels, only after cuda-tests failed
@@ -227,16 +227,17 @@ if [[ -z "$DRY" ]] && [[ ",$WANT," == *",tests,"* ]]; then
   fi
 fi
 
-# 1. the GPU tests (Triton kernels compiled for the card, half precision, GPU-only cases), in 8
-# processes where pytest-xdist is installed (the whole selection took 52 s with 12 on an H200,
-# one process got through 15% of it in 140 s: compilation dominates). After a failed smoke test
-# without the cases that force schedule="persistent": the failure is already known, and a
-# device-side assert would end a whole pytest process. The CUDA extension's tests run in their
+# 1. the GPU tests (Triton kernels compiled for the card, half precision, GPU-only cases), in 12
+# processes where pytest-xdist is installed (on an H200: one process got through 15% of them in
+# 140 s with a cold Triton cache, ~930 s of compilation in all; then 12 processes ran all of them
+# in 52 s with that 15% cached: ~80-120 s expected cold; the 16 cores' rest: the csrc/ build).
+# After a failed smoke test without the cases that force schedule="persistent": the failure is
+# already known, and a device-side assert would end a whole pytest process. The CUDA extension's tests run in their
 # own stage (cuda-tests) for the same reason.
 TESTS_K="triton or gpu"
 [[ -n "${FALLBACK:-}" ]] && TESTS_K="(triton or gpu) and not persistent"
 XDIST=()
-"$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 8)
+"$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 12)
 run_stage tests 150 "$OUT/tests.log" \
   "$PY" -m pytest -q ${XDIST[@]+"${XDIST[@]}"} --maxfail=20 tests -m "not slow" -k "$TESTS_K" --ignore-glob='tests/test_cuda_*.py' \
   -p no:cacheprovider -p no:benchmark -rfE --tb=short
