@@ -14,6 +14,7 @@
 #include <exception>
 #include <map>
 #include <mutex>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 
@@ -489,6 +490,19 @@ inline bool smem_allowed(const void* kernel, int device, int smem, bool record) 
   return have >= smem;
 }
 
+// The blocks of `kernel` one SM holds at `threads` threads and `smem` bytes on `device`, as the
+// occupancy query answered it the first time (a kernel's registers do not change): -1 before
+// that; with `record` >= 0, remembers it. One driver call per launch less, as smem_allowed.
+inline int blocks_per_sm(const void* kernel, int device, int threads, int smem, int record = -1) {
+  static std::mutex mu;
+  static std::map<std::tuple<const void*, int, int, int>, int> known;
+  std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_tuple(kernel, device, threads, smem);
+  if (record >= 0) known[key] = record;
+  const auto it = known.find(key);
+  return it == known.end() ? -1 : it->second;
+}
+
 template <typename P>
 int cooperative_launch(void (*kernel)(P), P& params, int blocks, int threads, long long smem_bytes, int units,
                        int device_sms, void* stream, const char* op, const char* what, const char* shape,
@@ -502,9 +516,12 @@ int cooperative_launch(void (*kernel)(P), P& params, int blocks, int threads, lo
                 "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
     smem_allowed(fn, device, smem, true);
   }
-  int per_sm = 0;
-  ZF_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem),
-              "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+  int per_sm = blocks_per_sm(fn, device, threads, smem);
+  if (per_sm < 0) {
+    ZF_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem),
+                "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    blocks_per_sm(fn, device, threads, smem, per_sm);
+  }
   if (static_cast<long long>(per_sm) * device_sms < blocks) {
     char msg[640];
     std::snprintf(msg, sizeof msg,
