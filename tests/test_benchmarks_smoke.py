@@ -375,3 +375,38 @@ def test_variant_table_puts_the_builds_side_by_side(tmp_path):
     assert "1.000" in bf16 and "1.500 (1.50)" in bf16 and "0.250 (0.25)" in bf16, bf16
     assert "2.000" in tf32 and "error" in tf32 and tf32.rstrip().endswith("-"), tf32
     assert "no " in summarize.ab_table(tmp_path / "nope.json", [v1])[1]
+
+
+def test_unpack_device_run_names_the_files_by_card_and_date(tmp_path):
+    """benchmarks/unpack_device_run.py: device_check's archive -> <gpu>_<date>* under the results
+    folder, a second run of the day beside it, never over it; no GPU in the record: refused."""
+    from benchmarks import unpack_device_run as unpack
+    run = tmp_path / "run"
+    run.mkdir()
+    env = {"device": "cuda", "gpu": "NVIDIA H100 80GB HBM3", "date": "2026-11-28T01:02:03Z"}
+    (run / "results.json").write_text(json.dumps({"environment": env, "rows": []}))
+    for name in ("results.csv", "summary.md", "stages.txt", "bench.log", "cuda_tests.log",
+                 "results_variant_no-sync.json", "results_variants_default.csv", "scratch.tmp"):
+        (run / name).write_text(name)
+    back = tmp_path / "back"
+    back.mkdir()
+    with tarfile.open(back / unpack.ARCHIVE, "w:gz") as tar:
+        tar.add(run, arcname=".")
+    dest = tmp_path / "results"
+    first = [p.name for p in unpack.unpack(back, dest)]
+    assert first == sorted(["h100_2026-11-28.json", "h100_2026-11-28.csv", "h100_2026-11-28.md",
+                            "h100_2026-11-28_stages.txt", "h100_2026-11-28_bench.log",
+                            "h100_2026-11-28_cuda_tests.log", "h100_2026-11-28_variant_no-sync.json",
+                            "h100_2026-11-28_variants_default.csv"])
+    assert (dest / "h100_2026-11-28_stages.txt").read_text() == "stages.txt"
+    second = [p.name for p in unpack.unpack(back / unpack.ARCHIVE, dest)]
+    assert "h100_2026-11-28_2.json" in second and len(second) == len(first)
+    with pytest.raises(SystemExit, match="refusing to overwrite"):
+        unpack.unpack(back, dest, base="h100_2026-11-28")
+    env["device"] = "cpu"
+    (run / "results.json").write_text(json.dumps({"environment": env, "rows": []}))
+    with tarfile.open(back / unpack.ARCHIVE, "w:gz") as tar:
+        tar.add(run, arcname=".")
+    with pytest.raises(SystemExit, match="names no GPU run"):
+        unpack.unpack(back, dest)
+    assert unpack.card("NVIDIA H200") == "h200" and unpack.card("Tesla V100-SXM2-16GB") == "v100"
