@@ -115,12 +115,14 @@ ZF_DEVICE unsigned zf_bf16_bits(zf_bf16 x) { return __bfloat16_as_ushort(x); }
 // ------------------------------------------------------------------------------ CPU emulation
 #include <atomic>
 #include <barrier>
+#include <cstdio>
 #include <cstring>
 #include <exception>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -134,14 +136,35 @@ namespace zf_emu {
 // floats per lane a warp's mma exchanges: zf_mma_tf32 a[4] + b[2], zf_mma_bf16 8 + 4 elements
 constexpr int kMmaScratch = 12;
 
+// bytes of a known pattern on both sides of a block's shared memory: a kernel that writes past
+// its end (or before its start) changes them, and the launch fails naming the block, instead of
+// corrupting the heap (which could hang the emulation rather than fail it)
+constexpr std::size_t kCanary = 64 * 1024;
+constexpr unsigned char kCanaryByte = 0xA5;
+
 struct Block {
   // shared memory starts as 0xFF bytes (float / double NaN), not zeros: a kernel that reads an
   // element it never wrote gets NaN here, as it may get garbage on a GPU
-  explicit Block(int threads, std::size_t smem) : bar(threads), smem(smem + 16, 0xFF) {
+  explicit Block(int threads, std::size_t smem)
+      : bar(threads), smem_bytes(smem), smem(kCanary + 16 + smem + kCanary, kCanaryByte) {
     for (int w = 0; w < threads / 32; ++w) warp_bar.push_back(std::make_unique<std::barrier<>>(32));
     mma_scratch.resize(static_cast<std::size_t>(threads / 32) * 32 * kMmaScratch);
+    std::memset(base(), 0xFF, smem_bytes);
+  }
+  // the dynamic shared memory: 16-byte aligned like CUDA's, past the leading canary
+  unsigned char* base() {
+    unsigned char* p = smem.data() + kCanary;
+    return p + ((16 - reinterpret_cast<std::uintptr_t>(p) % 16) % 16);
+  }
+  // the bytes outside [base(), base() + smem_bytes) that the kernel changed (0: none)
+  std::size_t canary_damage() {
+    const unsigned char *lo = base(), *hi = base() + smem_bytes, *end = smem.data() + smem.size();
+    std::size_t n = 0;
+    for (const unsigned char* q = smem.data(); q < end; q = (q + 1 == lo ? hi : q + 1)) n += *q != kCanaryByte;
+    return n;
   }
   std::barrier<> bar;
+  std::size_t smem_bytes;
   std::vector<unsigned char> smem;
   // per warp of 32 consecutive threads (threads / 32 whole warps): its barrier and the registers
   // its lanes exchange in zf_mma_tf32 / zf_mma_bf16 (kMmaScratch floats per lane)
@@ -181,6 +204,13 @@ inline void launch(int blocks, int threads, std::size_t smem, const std::functio
       });
     }
     for (auto& th : pool) th.join();
+    if (const std::size_t bad = block.canary_damage()) {
+      std::lock_guard<std::mutex> lk(err_mu);
+      if (!err)
+        err = std::make_exception_ptr(std::logic_error(
+            "block " + std::to_string(b) + " wrote " + std::to_string(bad) + " bytes outside its " +
+            std::to_string(smem) + " bytes of dynamic shared memory"));
+    }
   };
 #ifdef ZF_EMU_NO_GRID_SYNC
   for (int b = 0; b < blocks; ++b) run_block(b, nullptr);
@@ -207,11 +237,7 @@ inline void zf_grid_sync() {
   zf_emu::self.block->bar.arrive_and_wait();  // only the cross-block part of the barrier is missing
 #endif
 }
-inline unsigned char* zf_dynamic_smem() {
-  // 16-byte aligned like CUDA's dynamic shared memory
-  auto* p = zf_emu::self.block->smem.data();
-  return p + ((16 - reinterpret_cast<std::uintptr_t>(p) % 16) % 16);
-}
+inline unsigned char* zf_dynamic_smem() { return zf_emu::self.block->base(); }
 template <typename T>
 inline T zf_ldcg(const T* p) { return *p; }
 struct alignas(16) zf_vec16 {
@@ -333,6 +359,24 @@ inline std::atomic<long long> stage_counts[kStageCounters];
 extern "C" __attribute__((used)) inline void zf_emu_stage_counts(long long* out, int reset) {
   for (int i = 0; i < zf_emu::kStageCounters; ++i)
     out[i] = reset ? zf_emu::stage_counts[i].exchange(0) : zf_emu::stage_counts[i].load();
+}
+
+// The emulation's own check of its shared-memory guard: one block of `threads` threads, each
+// writing one byte at offset (smem + `past` - 1 - tid) of its `smem` bytes (past <= 0: all
+// inside); copies the launch's error message (empty when none) into err. Returns 1 on an error.
+extern "C" __attribute__((used)) inline int zf_emu_write_past_smem(int smem, int past, int threads, char* err,
+                                                                   int errlen) {
+  err[0] = 0;
+  try {
+    zf_emu::launch(1, threads, static_cast<std::size_t>(smem), [&] {
+      const long long at = static_cast<long long>(smem) + past - 1 - zf_tid();
+      if (at >= -static_cast<long long>(zf_emu::kCanary)) zf_dynamic_smem()[at] = 0;
+    });
+  } catch (const std::exception& e) {
+    std::snprintf(err, static_cast<std::size_t>(errlen), "%s", e.what());
+    return 1;
+  }
+  return 0;
 }
 
 #endif  // ZF_CPU_EMULATION

@@ -4,6 +4,7 @@ called through the real autograd glue (zf_kernels/ops/lstm/_cuda_function.py), a
 ``ops.lstm(backend="torch")``: outputs, h_T, c_T and every gradient, float32 and float64, both
 directions, on odd shapes split over several blocks. A build without the grid sync must fail
 these comparisons (the tests have teeth). Nothing here says anything about a GPU run."""
+import ctypes
 import math
 
 import pytest
@@ -185,3 +186,17 @@ def test_cuda_plan_names_the_shape_that_does_not_fit(B, H, es, what):
     assert info.value.code == 1
     msg = str(info.value)
     assert f"B={B}, H={H}" in msg and what in msg and "shared memory" in msg and "backend=" in msg
+
+
+def test_emulation_fails_a_kernel_that_writes_outside_its_shared_memory():
+    """Bytes of a known pattern guard both sides of each block's shared memory (zf_device.h): a
+    kernel that writes past either end fails its launch, naming the block and the bytes, instead
+    of corrupting the heap (which hung a test run once)."""
+    lib = emu.library()
+    err = ctypes.create_string_buffer(512)
+    fn = lib.zf_emu_write_past_smem
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    assert fn(1000, 0, 8, err, 512) == 0 and err.value == b""          # the last 8 bytes: inside
+    assert fn(1000, 3, 8, err, 512) == 1
+    assert b"block 0 wrote 3 bytes outside its 1000 bytes of dynamic shared memory" in err.value
+    assert fn(4, -2, 8, err, 512) == 1 and b"wrote 6 bytes outside" in err.value   # before its start
