@@ -8,13 +8,13 @@
 #include "lstm_kernels.h"  // the return codes ZF_OK, ZF_DOES_NOT_FIT, ZF_CUDA_ERROR
 #include "zf_device.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <exception>
 #include <map>
 #include <mutex>
-#include <tuple>
 #include <type_traits>
 #include <utility>
 
@@ -475,34 +475,33 @@ int resolve_launch(const Cfg* cfg, int es, const char* op, Launch* L, char* err,
   return ZF_OK;
 }
 
+// What the driver told us about a kernel on a device, so that a launch does not ask again: the
+// dynamic shared memory it was allowed (cudaFuncSetAttribute) and the blocks per SM at each
+// (threads, shared memory) (cudaOccupancyMaxActiveBlocksPerMultiprocessor: a kernel's registers
+// do not change). Two driver calls less per launch, and none while a CUDA graph is captured after
+// an eager warm-up step. `f(facts)` runs under the lock. (The map and its lock live in plain
+// functions: a function template's static would be one per lambda type.)
+struct KernelFacts {
+  int smem_allowed = 0;
+  std::map<std::pair<int, int>, int> blocks_per_sm;
+};
+inline std::mutex& kernel_facts_lock() {
+  static std::mutex mu;
+  return mu;
+}
+inline KernelFacts& kernel_facts(const void* kernel, int device) {  // with kernel_facts_lock() held
+  static std::map<std::pair<const void*, int>, KernelFacts> facts;
+  return facts[{kernel, device}];
+}
+template <typename F>
+auto with_kernel_facts(const void* kernel, int device, F f) {
+  std::lock_guard<std::mutex> lock(kernel_facts_lock());
+  return f(kernel_facts(kernel, device));
+}
+
 // `kernel(params)` as one cooperative grid of `blocks` x `threads` with `smem` bytes of dynamic
 // shared memory; ZF_DOES_NOT_FIT when the blocks cannot all be resident at once (the grid
 // syncs would wait forever), the message naming `what` ("the CUDA lstm forward") and `shape`.
-// The dynamic shared memory a kernel was last allowed on a device (cudaFuncSetAttribute), so
-// that a launch needing no more does not set it again: one driver call less per launch, and
-// none while a CUDA graph is being captured after an eager warm-up step.
-inline bool smem_allowed(const void* kernel, int device, int smem, bool record) {
-  static std::mutex mu;
-  static std::map<std::pair<const void*, int>, int> allowed;
-  std::lock_guard<std::mutex> lock(mu);
-  int& have = allowed[{kernel, device}];
-  if (record) have = smem > have ? smem : have;
-  return have >= smem;
-}
-
-// The blocks of `kernel` one SM holds at `threads` threads and `smem` bytes on `device`, as the
-// occupancy query answered it the first time (a kernel's registers do not change): -1 before
-// that; with `record` >= 0, remembers it. One driver call per launch less, as smem_allowed.
-inline int blocks_per_sm(const void* kernel, int device, int threads, int smem, int record = -1) {
-  static std::mutex mu;
-  static std::map<std::tuple<const void*, int, int, int>, int> known;
-  std::lock_guard<std::mutex> lock(mu);
-  const auto key = std::make_tuple(kernel, device, threads, smem);
-  if (record >= 0) known[key] = record;
-  const auto it = known.find(key);
-  return it == known.end() ? -1 : it->second;
-}
-
 template <typename P>
 int cooperative_launch(void (*kernel)(P), P& params, int blocks, int threads, long long smem_bytes, int units,
                        int device_sms, void* stream, const char* op, const char* what, const char* shape,
@@ -511,16 +510,19 @@ int cooperative_launch(void (*kernel)(P), P& params, int blocks, int threads, lo
   const void* fn = reinterpret_cast<const void*>(kernel);
   int device = 0;
   ZF_CUDA_TRY(cudaGetDevice(&device), "cudaGetDevice");
-  if (!smem_allowed(fn, device, smem, false)) {
+  if (with_kernel_facts(fn, device, [&](KernelFacts& k) { return k.smem_allowed < smem; })) {
     ZF_CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
                 "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
-    smem_allowed(fn, device, smem, true);
+    with_kernel_facts(fn, device, [&](KernelFacts& k) { return k.smem_allowed = std::max(k.smem_allowed, smem); });
   }
-  int per_sm = blocks_per_sm(fn, device, threads, smem);
+  int per_sm = with_kernel_facts(fn, device, [&](KernelFacts& k) {
+    const auto it = k.blocks_per_sm.find({threads, smem});
+    return it == k.blocks_per_sm.end() ? -1 : it->second;
+  });
   if (per_sm < 0) {
     ZF_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem),
                 "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-    blocks_per_sm(fn, device, threads, smem, per_sm);
+    with_kernel_facts(fn, device, [&](KernelFacts& k) { return k.blocks_per_sm[{threads, smem}] = per_sm; });
   }
   if (static_cast<long long>(per_sm) * device_sms < blocks) {
     char msg[640];

@@ -214,3 +214,37 @@ def test_the_extension_can_be_switched_off(monkeypatch):
     monkeypatch.setenv(_cuda_ext.DISABLE_ENV, "1")
     with pytest.raises(ImportError, match="disabled by ZF_KERNELS_NO_CUDA_EXT=1"):
         _cuda_ext.load()
+
+
+def test_launch_remembers_the_drivers_answers_across_call_sites(tmp_path):
+    """zf_persistent.h's cache of what the driver said about a kernel (the shared memory it was
+    allowed, its blocks per SM), read and written through lambdas of different types: one store
+    per (kernel, device), so a launch repeats no driver call (a static inside the function
+    template would be one store per lambda type and ask again every launch). Host code only."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("needs nvcc")
+    src = tmp_path / "facts.cu"
+    src.write_text(textwrap.dedent("""
+        #include "zf_persistent.h"
+        #include <cstdio>
+        int main() {
+          using namespace zf_persistent;
+          const void* k = reinterpret_cast<const void*>(&main);
+          with_kernel_facts(k, 0, [](KernelFacts& f) { return f.smem_allowed = 123; });
+          with_kernel_facts(k, 0, [](KernelFacts& f) { return f.blocks_per_sm[{256, 123}] = 1; });
+          const int seen = with_kernel_facts(k, 0, [](KernelFacts& f) {
+            const auto it = f.blocks_per_sm.find({256, 123});
+            return f.smem_allowed + 1000 * (it == f.blocks_per_sm.end() ? 0 : it->second);
+          });
+          const int other = with_kernel_facts(k, 1, [](KernelFacts& f) { return f.smem_allowed; });
+          std::printf("%d %d\\n", seen, other);
+          return 0;
+        }
+    """))
+    exe = tmp_path / "facts"
+    build = subprocess.run([nvcc, "-std=c++17", f"-I{CSRC}", "-o", str(exe), str(src)], capture_output=True,
+                           text=True, timeout=300)
+    assert build.returncode == 0, build.stderr[-3000:]
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.split() == ["1123", "0"], (run.returncode, run.stdout, run.stderr)
