@@ -232,8 +232,8 @@ fi
 # 140 s with a cold Triton cache, ~930 s of compilation in all; then 12 processes ran all of them
 # in 52 s with that 15% cached: ~80-120 s expected cold; the 16 cores' rest: the csrc/ build).
 # After a failed smoke test without the cases that force schedule="persistent": the failure is
-# already known, and a device-side assert would end a whole pytest process. The CUDA extension's tests run in their
-# own stage (cuda-tests) for the same reason.
+# already known, and a device-side assert would end a whole pytest process. The CUDA extension's
+# tests run in their own stage (cuda-tests) for the same reason.
 TESTS_K="triton or gpu"
 [[ -n "${FALLBACK:-}" ]] && TESTS_K="(triton or gpu) and not persistent"
 XDIST=()
@@ -287,7 +287,9 @@ fi
 # compute-sanitizer's memcheck, racecheck and synccheck over every csrc/ kernel on tiny shapes
 # (out-of-bounds accesses, shared-memory races, barrier misuse: what the CPU emulation cannot
 # show); by default nothing to do when the tests pass
-if [[ -n "$DRY" || -n "${ZF_STAGES:-}" ]] || grep -q "^cuda-tests failed$" "$OUT/stages.txt"; then
+SANITIZE=""
+grep -q "^cuda-tests failed$" "$OUT/stages.txt" && SANITIZE=1
+if [[ -n "$DRY" || -n "${ZF_STAGES:-}" || -n "$SANITIZE" ]]; then
   run_stage cuda-sanitize 90 "$OUT/cuda_sanitize.log" "$PY" benchmarks/cuda_sanitize.py
 else
   echo "cuda-sanitize not-needed" >>"$OUT/stages.txt"
