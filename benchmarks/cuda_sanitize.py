@@ -101,15 +101,15 @@ def main(argv=None) -> int:
         ap.error(f"--device: compute-sanitizer needs the GPU ('cuda'), got {args.device!r}")
     if args.child:
         return run_child()
-    exe = sanitizer() or "compute-sanitizer"
-    commands = [[exe, f"--tool={t}", "--error-exitcode=3", "--print-limit=20", sys.executable, __file__, "--child"]
+    found = sanitizer()
+    commands = [[found or "compute-sanitizer", f"--tool={t}", "--error-exitcode=3", "--print-limit=20", sys.executable, __file__, "--child"]
                 for t in tools]
     if args.smoke:
         print(f"{len(cases())} cases: " + "; ".join(cases()))
         for cmd in commands:
             print("would run:", " ".join(cmd))
         return 0
-    if sanitizer() is None:
+    if found is None:
         print("compute-sanitizer: not found on PATH, in $CUDA_HOME/bin or /usr/local/cuda/bin")
         return 2
     failed = 0
