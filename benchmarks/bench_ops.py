@@ -284,7 +284,8 @@ def run(args) -> int:
     budget = Budget(args.budget_s)
     timing = dict(warmup_ms=args.warmup_ms, rep_ms=args.rep_ms, min_reps=args.min_reps,
                   host_reps=1 if args.smoke else 3)
-    if hasattr(torch, "_dynamo"):
+    # (torch._dynamo is imported on first touch: ~2 s per process that compiles nothing)
+    if any(p.startswith("compile") for p in providers) and hasattr(torch, "_dynamo"):
         for knob in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit",
                      "accumulated_recompile_limit"):
             if hasattr(torch._dynamo.config, knob):
