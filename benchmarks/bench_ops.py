@@ -294,15 +294,18 @@ def run(args) -> int:
           f"-> {res.csv_path}", flush=True)
 
     all_cases = [c for c in cases(args.smoke) if c.op in op_names]
-    # pass 1: everything but torch.compile, in priority order; pass 2: compile, cheapest first
-    # (the recurrences' compiled steps, seconds each, before their unrolled loops)
+    # pass 1: everything but torch.compile, in priority order (per dtype, every case's baselines and
+    # default Triton schedule before any stepwise row: a budget that runs out cuts the comparisons
+    # last); pass 2: compile, cheapest first (the recurrences' compiled steps, seconds each, before
+    # their unrolled loops)
     plan = []
     for dt in dtypes:
-        for c in all_cases:
-            plan += [(c, dt, p) for p in ("cudnn", "torch", "triton", "triton-stepwise", "cuda")
-                     if p in providers and (p in ("torch", "triton") or c.op == "lstm"
-                                            or (p == "cuda" and c.op == "zforcing_chain")
-                                            or (p == "triton-stepwise" and c.op in SCHEDULED))]
+        for group in (("cudnn", "torch", "triton", "cuda"), ("triton-stepwise",)):
+            for c in all_cases:
+                plan += [(c, dt, p) for p in group
+                         if p in providers and (p in ("torch", "triton") or c.op == "lstm"
+                                                or (p == "cuda" and c.op == "zforcing_chain")
+                                                or (p == "triton-stepwise" and c.op in SCHEDULED))]
     compile_plan = [(c, p) for c in all_cases for p in ("compile", "compile-step")
                     if p in providers and (p == "compile" or c.op in SCHEDULED)]
     for dt in dtypes:

@@ -251,12 +251,14 @@ run_stage train 110 "$LOG" \
   --providers torch,torch+graph,cudnn,cudnn+graph,triton,triton+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
 
 # 3. the recurrences, fwd and fwd+bwd, fp32: cuDNN, eager reference, Triton persistent / stepwise
-run_stage ops 75 "$LOG" \
+# (stepwise last; 2026-11-27: 65 s were not enough for chain_ln's Triton rows, needed by issue 3)
+run_stage ops 100 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --dtypes float32 \
   --ops lstm,zforcing_chain,lstm_cell,zforcing_chain_ln --providers cudnn,torch,triton,triton-stepwise
 
-# 4. the sampling / likelihood ops and leaky_clamp, fp32 and bf16: eager reference, Triton
-run_stage ops-small 40 "$LOG" \
+# 4. the sampling / likelihood ops and leaky_clamp, fp32 (issue 3's table) then bf16: eager
+# reference, Triton (2026-11-27: none got a float32 Triton row in that run's ops budget)
+run_stage ops-small 60 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --dtypes float32,bfloat16 \
   --ops reparameterize,gaussian_kl,gaussian_nll,bernoulli_nll,categorical_nll,leaky_clamp --providers torch,triton
 

@@ -410,3 +410,16 @@ def test_unpack_device_run_names_the_files_by_card_and_date(tmp_path):
     with pytest.raises(SystemExit, match="names no GPU run"):
         unpack.unpack(back, dest)
     assert unpack.card("NVIDIA H200") == "h200" and unpack.card("Tesla V100-SXM2-16GB") == "v100"
+
+
+def test_ops_plan_puts_every_case_before_any_stepwise_row(tmp_path):
+    """bench_ops runs, per dtype, every case's baselines and default Triton rows before any
+    triton-stepwise row: a budget that runs out cuts the stepwise comparisons, not the rows issue
+    3's table needs (2026-11-27's GPU run lost chain_ln's Triton rows behind stepwise ones)."""
+    assert bench_ops.main(["--smoke", "--device", "cpu", "--out", str(tmp_path), "--name", "r", "--quiet",
+                           "--budget-s", "0", "--providers", "torch,triton,triton-stepwise",
+                           "--dtypes", "float32"]) == 0
+    providers = [r["provider"] for r in _rows(tmp_path / "r.json")]
+    first_stepwise = providers.index("triton-stepwise")
+    assert "triton-stepwise" not in providers[:first_stepwise]
+    assert not {"torch", "triton"} & set(providers[first_stepwise:]), providers
