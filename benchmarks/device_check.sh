@@ -231,15 +231,17 @@ fi
 # processes where pytest-xdist is installed (on an H200: one process got through 15% of them in
 # 140 s with a cold Triton cache, ~930 s of compilation in all; then 12 processes ran all of them
 # in 52 s with that 15% cached: ~80-120 s expected cold; the 16 cores' rest: the csrc/ build).
-# After a failed smoke test without the cases that force schedule="persistent": the failure is
-# already known, and a device-side assert would end a whole pytest process. The CUDA extension's
-# tests run in their own stage (cuda-tests) for the same reason.
+# -v: each test's outcome as it ends, so a stage cut off by its limit still says which passed
+# (summarize.py counts them). After a failed smoke test without the cases that force
+# schedule="persistent": the failure is already known, and a device-side assert would end a
+# whole pytest process. The CUDA extension's tests run in their own stage (cuda-tests) for the
+# same reason.
 TESTS_K="triton or gpu"
 [[ -n "${FALLBACK:-}" ]] && TESTS_K="(triton or gpu) and not persistent"
 XDIST=()
 "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 12)
 run_stage tests 150 "$OUT/tests.log" \
-  "$PY" -m pytest -q ${XDIST[@]+"${XDIST[@]}"} --maxfail=20 tests -m "not slow" -k "$TESTS_K" --ignore-glob='tests/test_cuda_*.py' \
+  "$PY" -m pytest -v ${XDIST[@]+"${XDIST[@]}"} --maxfail=20 tests -m "not slow" -k "$TESTS_K" --ignore-glob='tests/test_cuda_*.py' \
   -p no:cacheprovider -p no:benchmark -rfE --tb=short
 [[ -f "$OUT/tests.log" ]] && tail -n 3 "$OUT/tests.log"
 
@@ -277,7 +279,7 @@ run_stage ops-compile 100 "$LOG" \
 # ops on Triton)
 while [[ -n "$BUILD_PID" ]] && kill -0 "$BUILD_PID" 2>/dev/null && (( $(left) > 40 )); do sleep 2; done
 run_stage cuda-tests 120 "$OUT/cuda_tests.log" \
-  "$PY" -m pytest -q --maxfail=5 tests/test_cuda_lstm.py tests/test_cuda_chain.py -p no:cacheprovider -p no:benchmark -rfE --tb=short
+  "$PY" -m pytest -v --maxfail=5 tests/test_cuda_lstm.py tests/test_cuda_chain.py -p no:cacheprovider -p no:benchmark -rfE --tb=short
 [[ -f "$OUT/cuda_tests.log" ]] && tail -n 3 "$OUT/cuda_tests.log"
 # a hang there (a grid sync that never completes) would cost every later stage with a cuda row its
 # whole limit: from here on the extension is unavailable (its rows say so) and the second call too

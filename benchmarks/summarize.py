@@ -261,6 +261,11 @@ def tests_summary(path: Path) -> list[str]:
     else:
         last = lines[-1][:150] if lines else "empty log"
         out.append(f"  no pytest summary line (timed out or crashed?): {last}")
+        # pytest -v (device_check) prints each test's outcome as it ends: what had finished
+        done = {k: sum(1 for ln in lines if re.search(rf"\b{k}\b", ln) and not ln.startswith(k))
+                for k in ("PASSED", "FAILED", "ERROR", "SKIPPED")}
+        if any(done.values()):
+            out.append("  finished before that: " + ", ".join(f"{n} {k.lower()}" for k, n in done.items() if n))
     return out
 
 

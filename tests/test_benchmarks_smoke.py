@@ -423,3 +423,22 @@ def test_ops_plan_puts_every_case_before_any_stepwise_row(tmp_path):
     first_stepwise = providers.index("triton-stepwise")
     assert "triton-stepwise" not in providers[:first_stepwise]
     assert not {"torch", "triton"} & set(providers[first_stepwise:]), providers
+
+
+def test_tests_summary_counts_what_finished_in_a_log_cut_off(tmp_path):
+    """device_check runs the GPU tests with -v: a stage cut off by its limit has no pytest summary
+    line, and summarize.py says so and counts the outcomes printed so far; a whole log gives its
+    summary line and the failures."""
+    from benchmarks import summarize
+    cut = tmp_path / "tests.log"
+    cut.write_text("\n".join(["[gw0] [ 10%] PASSED tests/test_a.py::test_x", "[gw1] [ 20%] PASSED tests/test_a.py::test_y",
+                              "[gw0] [ 30%] FAILED tests/test_b.py::test_z", "[gw2] [ 40%] SKIPPED tests/test_c.py::test_w",
+                              "[gw1] [ 50%] PASSED tests/test_d.py::test_v"]))
+    text = "\n".join(summarize.tests_summary(cut))
+    assert "no pytest summary line" in text and "finished before that: 3 passed, 1 failed, 1 skipped" in text
+    whole = tmp_path / "whole.log"
+    whole.write_text(cut.read_text() + "\nFAILED tests/test_b.py::test_z - AssertionError\n"
+                     "=========== 1 failed, 3 passed, 1 skipped in 9.1s ===========\n")
+    text = "\n".join(summarize.tests_summary(whole))
+    assert "1 failed, 3 passed, 1 skipped in 9.1s" in text and "FAILED tests/test_b.py::test_z" in text
+    assert "finished before that" not in text
