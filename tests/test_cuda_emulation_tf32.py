@@ -36,6 +36,9 @@ CASES = {
     "T3 B17 H37 chunked": (3, 17, 2, 37, 16, 32, True),
     # T = 1, B = 1, no partial chunk: the smallest grid
     "T1 B1 H8 1 warp": (1, 1, 2, 8, 4, 32, False),
+    # the GPU's default launch at the TIMIT batch: 8 units per block, 8 warps, B = 32 (two whole
+    # batch tiles, no padding rows)
+    "T3 B32 H24 GPU launch": (3, 32, 5, 24, 8, 256, False),
 }
 
 
@@ -100,6 +103,7 @@ CHAIN_CASES = {
     "T4 B5 H13 M7 Z5 G6 2 warps": ((4, 5, 13, 7, 5, 6), 3, 64, False),
     "T3 B19 H11 M9 Z7 G5 8 warps": ((3, 19, 11, 9, 7, 5), 4, 256, False),
     "T3 B17 H37 M11 Z6 G9 squeezed 1 warp": ((3, 17, 37, 11, 6, 9), 8, 32, True),
+    "T3 B32 H24 M20 Z12 G10 GPU launch": ((3, 32, 24, 20, 12, 10), 8, 256, False),
 }
 # ||got - ref|| / ||ref||, max over outputs and gradients: measured <= 2.2e-6 (IEEE: >= 1e-4)
 CHAIN_BOUND = 1e-5
