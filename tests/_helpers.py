@@ -93,3 +93,36 @@ def cuda_graph_replays_match_eager(step, leaves, rtol=1e-5, atol=1e-6):
         eager = step()
         for i, (c, e) in enumerate(zip(captured, eager)):
             torch.testing.assert_close(c, e, rtol=rtol, atol=atol, msg=lambda m: f"replay {trial}, tensor {i}: {m}")
+
+
+def smooth_chain_inputs(T, B, H, M, Z, G, seed=0, device="cpu", ln=False):
+    """float64 leaves (on `device`) of ops.zforcing_chain (ln: zforcing_chain_ln) and random
+    output gradients (scaled 1, 2, ... per output), away from the chain's kinks: the posterior's
+    pre-activation s = h W_qh^T + post_x within 1.5 +- ~0.15 (LeakyReLU's kink at 0 and its clamp
+    at 3 ten standard deviations away), its parameters within ~+-0.8 of the clamp at 8; for ln the
+    gain/bias MLP's pre-activation likewise at 1.5 +- ~0.15 and its outputs within ~+-0.6 of the
+    clamp at 3. A 16-bit comparison of two implementations on such inputs compares their
+    rounding. Near a kink a value rounding moves across it changes that element's gradient by a
+    third of its size or more, in either implementation by chance, and that decides the
+    comparison instead (emulated csrc/ chain at T3 B32 M20: 2.1x and 3.1x eager bf16's error on 2
+    of 8 seeds; the Triton chain in the interpreter at T5 B40 H80: over the 16-bit bound on 1 to
+    4 of 40 seeds). The kinks themselves: the per-stage checks and the float32 / float64 tests on
+    clamp-heavy inputs."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, sc=1.0, mean=0.0):
+        t = mean + torch.randn(*shape, generator=g, dtype=torch.float64) * sc
+        return t.to(device).requires_grad_()
+
+    args = [r(T, B, 4 * H), r(T, B, M, sc=0.1, mean=1.5), r(T, B, Z), r(B, H, sc=0.5), r(B, H),
+            r(M, H, sc=0.1 * H ** -0.5), r(2 * Z, M, sc=0.5 * M ** -0.5), r(2 * Z, sc=0.3)]
+    if ln:   # g1 = act(z W_g1^T + b_g1), [gain | bias] = clamp(g1 W_g2^T + b_g2, -3, 3)
+        args += [r(G, Z, sc=0.05 * Z ** -0.5), r(G, sc=0.1, mean=1.5), r(8 * H, G, sc=0.3 * G ** -0.5),
+                 r(8 * H, sc=0.3)]
+    else:
+        args += [r(G, Z, sc=Z ** -0.5), r(G, sc=0.3), r(4 * H, G, sc=G ** -0.5)]
+    args.append(r(4 * H, H, sc=H ** -0.5))
+    grads = [(torch.randn(T, B, n, generator=g, dtype=torch.float64) * (1 + i)).to(device)
+             for i, n in enumerate((H, H, Z, Z, Z))]
+    return args, grads

@@ -10,7 +10,7 @@ tests/test_cuda_emulation_chain.py.)"""
 import pytest
 import torch
 
-from _helpers import cuda_graph_replays_match_eager
+from _helpers import cuda_graph_replays_match_eager, smooth_chain_inputs
 from _tf32_reference import zforcing_chain_tf32_ref
 from zf_kernels import ops
 
@@ -195,11 +195,10 @@ def test_cuda_chain_design_shapes_tf32(cuda_chain, shape):
 
 def _bf16_no_worse_than_eager(shape, seed):
     """ops.zforcing_chain(backend="cuda") in bfloat16 on inputs away from the chain's kinks
-    (test_cuda_emulation_bf16.smooth_chain_inputs: near one, rounding decides by chance which
+    (_helpers.smooth_chain_inputs: near one, rounding decides by chance which
     elements' gradients change by a third): every output's and gradient's error against float64
     (by norm) at most that of eager torch in bfloat16 (+ 1e-3). The CPU emulation measured
     0.27-1.04x eager's, at most 8e-5 above it (the cell state stays float32)."""
-    from test_cuda_emulation_bf16 import smooth_chain_inputs
     args, grads = smooth_chain_inputs(*shape, seed=seed, device=DEVICE)
     args = [a.detach().to(torch.bfloat16).requires_grad_() for a in args]
     grads = [g.to(torch.bfloat16) for g in grads]

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import _cuda_emulation as emu
+from _helpers import smooth_chain_inputs
 from test_cuda_emulation import _Directions
 from zf_kernels import ops
 from zf_kernels.ops.lstm._cuda_function import run_lstm
@@ -224,31 +225,6 @@ def _chain_limits(lib, shape, units, threads, squeezed):
         assert q.mma == 1 and not (q.resident >> missing) & 1 and q.kc == 32 < max(q.k), (q.resident, q.kc)
         limits.append(limit)
     return tuple(limits)
-
-
-def smooth_chain_inputs(T, B, H, M, Z, G, seed=0, device="cpu"):
-    """float64 leaves (on `device`) that keep the chain away from its kinks: the posterior's
-    pre-activation s = h W_qh^T + post_x within 1.5 +- ~0.15 (LeakyReLU's kink at 0 and its clamp
-    at 3 ten standard deviations away), its parameters within ~+-0.8 (the clamp at 8 as far). A
-    bf16 comparison of two implementations on such inputs compares their rounding; near a kink a
-    value rounding moves across it changes that element's gradient by a third of its size or
-    more, in either implementation by chance, and that decides the comparison instead (measured
-    on the emulated kernels at T3 B32 M20 with the mild inputs of test_cuda_emulation_tf32: one
-    such element made a gradient 3x eager bf16's error, the others 0.4-0.9x). Gradients: random,
-    scaled 1, 2, ... per output. The kinks themselves: the per-stage checks and the float32 /
-    float64 tests, on clamp-heavy inputs."""
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*shape, sc=1.0, mean=0.0):
-        t = mean + torch.randn(*shape, generator=g, dtype=torch.float64) * sc
-        return t.to(device).requires_grad_()
-
-    args = [r(T, B, 4 * H), r(T, B, M, sc=0.1, mean=1.5), r(T, B, Z), r(B, H, sc=0.5), r(B, H),
-            r(M, H, sc=0.1 * H ** -0.5), r(2 * Z, M, sc=0.5 * M ** -0.5), r(2 * Z, sc=0.3),
-            r(G, Z, sc=Z ** -0.5), r(G, sc=0.3), r(4 * H, G, sc=G ** -0.5), r(4 * H, H, sc=H ** -0.5)]
-    grads = [(torch.randn(T, B, n, generator=g, dtype=torch.float64) * (1 + i)).to(device)
-             for i, n in enumerate((H, H, Z, Z, Z))]
-    return args, grads
 
 
 @pytest.mark.parametrize("case", list(CHAIN_CASES))

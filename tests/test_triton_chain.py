@@ -16,7 +16,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 import zf_kernels.ops as ops  # noqa: E402
-from _helpers import errors_vs_float64, norm_rel_err, rel_err  # noqa: E402
+from _helpers import errors_vs_float64, norm_rel_err, rel_err, smooth_chain_inputs  # noqa: E402
 from zf_kernels.ops.recurrence import triton as chain_triton  # noqa: E402
 from zf_kernels.ops.recurrence.naive import (  # noqa: E402
     ACT_CLAMP, LEAKY_SLOPE, PARAM_CLAMP, mlp_act, zforcing_chain_ref)
@@ -91,11 +91,12 @@ def nan_empty(monkeypatch):
     assert torch.empty(3).isnan().all()
 
 
-def run_errors(fn, shape, dtype, seed=0, check_clamps=True, scale=1.0, metric=None):
+def run_errors(fn, shape, dtype, seed=0, check_clamps=True, scale=1.0, metric=None, smooth=False):
     """{tensor name: error of fn in dtype against the float64 reference}: all 5 outputs and
     the gradients of all 12 inputs from one backward call with random, non-uniform output
-    gradients."""
-    args64 = make_inputs(*shape, seed=seed, scale=scale)
+    gradients. ``smooth``: inputs away from every kink (_helpers.smooth_chain_inputs)."""
+    args64 = (smooth_chain_inputs(*shape, seed=seed, device=DEVICE)[0] if smooth
+              else make_inputs(*shape, seed=seed, scale=scale))
     if check_clamps:
         act = clamp_activity(args64, zforcing_chain_ref(*args64).h)
         assert all(v > 0 for v in act.values()), f"inputs do not exercise both sides of the clamps: {act}"
@@ -108,11 +109,14 @@ def compare(shape, dtype, seed=0, check_clamps=True):
     assert not bad, f"errors above {TOL[dtype]}: {bad}"
 
 
-def compare_to_torch(shape, dtype, floor, seed=0, scale=1.0, metric=None):
+def compare_to_torch(shape, dtype, floor, seed=0, metric=None):
     """16-bit: triton's errors against float64 <= HALF_RATIO x eager torch's own in that dtype
-    (or ``floor``). ``scale`` < 1: well-conditioned inputs (no clamp activity required).
-    ``metric``: rel_err (default) or norm_rel_err."""
-    kw = dict(check_clamps=scale == 1.0, scale=scale, metric=metric)
+    (or ``floor``), on inputs away from the chain's kinks (_helpers.smooth_chain_inputs: near
+    one, rounding flips an element's gradient by a third by chance, in either; on 2026-11-27's
+    inputs, scale 0.3, the interpreter put this comparison over its bound on 1 of 40 seeds at
+    test_gpu's shape, the csrc/ emulation 2 of 8 at B=32). ``metric``: rel_err (default) or
+    norm_rel_err."""
+    kw = dict(check_clamps=False, metric=metric, smooth=True)
     errs = run_errors(chain_triton.zforcing_chain, shape, dtype, seed, **kw)
     torch_errs = run_errors(zforcing_chain_ref, shape, dtype, seed, **kw)
     bound = {k: max(HALF_RATIO * torch_errs[k], floor) for k in errs}
@@ -249,12 +253,11 @@ def test_float16_no_worse_than_torch(nan_empty, monkeypatch):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_bfloat16_no_worse_than_torch(seed, nan_empty, monkeypatch):
     """The bf16 path in the interpreter (its bf16 dot and rounding repaired,
-    tests/_interpreter_bf16.py), multi-block, on well-conditioned inputs: on the sensitive
-    ones above any bf16 computation is off by 0.1-1 and the comparison is noise. Errors of
-    1.3-1.6e-2 (eager bf16 torch: the same); the 2e-2 floor caught mantissa truncation
-    (2.7-3e-2)."""
+    tests/_interpreter_bf16.py), multi-block, on inputs away from the kinks: errors by norm
+    within 1.5x eager bf16 torch's own (measured over 10 seeds: <= 1.16x; with the interpreter's
+    truncating bf16 cast left in place, >= 1.91x: the test fails on it)."""
     monkeypatch.setattr(chain_triton, "_BLOCK_OVERRIDE", SMALL_BLOCKS)
-    compare_to_torch((4, 17, 37, 19, 18, 21), torch.bfloat16, GPU_FLOOR[torch.bfloat16], seed=seed, scale=0.3)
+    compare_to_torch((4, 17, 37, 19, 18, 21), torch.bfloat16, 1e-3, seed=seed, metric=norm_rel_err)
 
 
 def test_gradcheck_float64():
@@ -395,19 +398,19 @@ def test_zero_steps():
 def test_gpu(dtype, schedule, nan_empty, monkeypatch):
     """GPU block sizes (several programs per dim; "auto" is the persistent grid) against the
     float64 reference: fp32 with the fixed bound on the clamp-heavy inputs, 16-bit no worse
-    than eager torch in the same dtype on well-conditioned ones (scale 0.3), in ||.||-relative
-    error. At scale 1 the 5-step chain amplifies 16-bit rounding to errors of 0.2 .. 0.8 in eager
-    torch itself (H200 run of 2026-11-27, reproduced on the CPU), so a ratio to it measures
-    noise; and the max-element error of a gradient through a kink (LeakyReLU at 0, the clamps)
-    is set by the one element rounding moves across it (in the interpreter at these shapes:
-    norm errors <= 1.1x eager's; max-element errors up to 2.6x)."""
+    than eager torch in the same dtype on inputs away from the kinks (compare_to_torch), in
+    ||.||-relative error. At scale 1 the 5-step chain amplifies 16-bit rounding to errors of
+    0.2 .. 0.8 in eager torch itself (H200 run of 2026-11-27, reproduced on the CPU), so a ratio to
+    it measures noise; and near a kink (LeakyReLU at 0, the clamps) the one element rounding moves
+    across it sets a gradient's error (at scale 0.3 this comparison failed 1 of 40 seeds in the
+    interpreter; away from the kinks, 40 of 40 pass, at <= 0.45 of the bound)."""
     if schedule == "stepwise":
         monkeypatch.setenv("ZF_CHAIN_SCHEDULE", "stepwise")
     shape = (5, 40, 80, 48, 40, 56)
     if dtype == torch.float32:
         compare(shape, dtype, seed=7)
     else:
-        compare_to_torch(shape, dtype, GPU_FLOOR[dtype], seed=7, scale=0.3, metric=norm_rel_err)
+        compare_to_torch(shape, dtype, GPU_FLOOR[dtype], seed=7, metric=norm_rel_err)
 
 
 @pytest.mark.gpu

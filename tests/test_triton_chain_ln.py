@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import zf_kernels.ops as ops
-from _helpers import errors_vs_float64, norm_rel_err, rel_err
+from _helpers import errors_vs_float64, norm_rel_err, rel_err, smooth_chain_inputs
 from zf_kernels.ops.recurrence.naive import zforcing_chain_ln_ref
 
 try:
@@ -245,26 +245,31 @@ def nan_empty(monkeypatch):
     assert torch.empty(3).isnan().all()
 
 
-def run_errors(fn, shape, dtype, seed=0, check_clamps=True, scale=1.0, metric=None):
+def run_errors(fn, shape, dtype, seed=0, check_clamps=True, scale=1.0, metric=None, smooth=False):
     """{tensor name: error of fn in dtype against the float64 reference}: all 5 outputs and
     the gradients of all 13 inputs from one backward call with random, non-uniform output
-    gradients."""
-    args64 = [a.detach().to(DEVICE).requires_grad_() for a in make_inputs(*shape, seed=seed, scale=scale)]
+    gradients. ``smooth``: inputs away from every kink (_helpers.smooth_chain_inputs)."""
+    args64 = (smooth_chain_inputs(*shape, seed=seed, device=DEVICE, ln=True)[0] if smooth else
+              [a.detach().to(DEVICE).requires_grad_() for a in make_inputs(*shape, seed=seed, scale=scale)])
     if check_clamps:
         p_out, gb_out = clamp_activity([a.cpu() for a in args64])
         assert 0 < p_out < 1 and 0 < gb_out < 1, f"inputs do not exercise the clamps: {p_out}, {gb_out}"
     return errors_vs_float64(fn, zforcing_chain_ln_ref, args64, OUT_NAMES, NAMES, dtype, seed, metric)
 
 
-def compare(shape, dtype, seed=0, check_clamps=True, tol=None, fn=None, ratio=None, scale=1.0, metric=None):
+def compare(shape, dtype, seed=0, check_clamps=True, tol=None, fn=None, ratio=None, scale=1.0, metric=None,
+            smooth=False):
     """Errors (``metric``, default rel_err) of the Triton op within ``tol`` (default TOL[dtype]),
-    or, with ``ratio``, within max(tol, ratio * the error of the torch reference run in ``dtype``)."""
+    or, with ``ratio``, within max(tol, ratio * the error of the torch reference run in ``dtype``).
+    ``smooth``: inputs away from every kink (for 16-bit comparisons with eager: near one, rounding
+    flips an element's gradient by chance, in either; on scale-0.3 inputs float16 at test_gpu's
+    shape went over its bound on 4 of 40 seeds in the interpreter)."""
     tol = TOL[dtype] if tol is None else tol
-    errs = run_errors(fn or triton_ln.zforcing_chain_ln, shape, dtype, seed, check_clamps, scale, metric)
+    errs = run_errors(fn or triton_ln.zforcing_chain_ln, shape, dtype, seed, check_clamps, scale, metric, smooth)
     bound = {k: tol for k in errs}
     if ratio is not None:
         torch_errs = run_errors(zforcing_chain_ln_ref, shape, dtype, seed, check_clamps=False, scale=scale,
-                                metric=metric)
+                                metric=metric, smooth=smooth)
         bound = {k: max(tol, ratio * torch_errs[k]) for k in errs}
     bad = {k: f"{v:.2e} > {bound[k]:.2e}" for k, v in errs.items() if not v <= bound[k]}
     assert not bad, f"errors above the bound: {bad}"
@@ -314,18 +319,21 @@ def test_triton_row_statistics_need_every_tile(chunk, nan_empty, monkeypatch):
 @needs_triton
 def test_triton_float16_no_worse_than_torch(nan_empty, monkeypatch):
     """The 16-bit path (fp32 accumulation, scratch, statistics and cell state), multi-block:
-    every error within 2x the eager float16 torch reference's own error (or 1e-2)."""
+    every error within 2x the eager float16 torch reference's own error (or 1e-2), on inputs
+    away from the kinks (compare's ``smooth``)."""
     monkeypatch.setattr(chain_triton, "_BLOCK_OVERRIDE", SMALL_BLOCKS)
-    compare((3, 17, 37, 19, 18, 21), torch.float16, seed=1, tol=1e-2, ratio=2.0)
+    compare((3, 17, 37, 19, 18, 21), torch.float16, seed=1, check_clamps=False, tol=1e-2, ratio=2.0, smooth=True)
 
 
 @needs_triton
 def test_triton_bfloat16_no_worse_than_torch(nan_empty, monkeypatch):
     """The bf16 path in the interpreter (its bf16 dot and rounding repaired,
-    tests/_interpreter_bf16.py), multi-block, on well-conditioned inputs (on the sensitive
-    ones any bf16 computation is off by 0.2-1 and the comparison is noise)."""
+    tests/_interpreter_bf16.py), multi-block, on inputs away from the kinks: errors by norm
+    within 1.5x eager bf16 torch's own (measured over 10 seeds: <= 1.01x; with the interpreter's
+    truncating bf16 cast left in place, >= 1.91x: the test fails on it)."""
     monkeypatch.setattr(chain_triton, "_BLOCK_OVERRIDE", SMALL_BLOCKS)
-    compare((3, 17, 37, 19, 18, 21), torch.bfloat16, seed=1, check_clamps=False, tol=2e-2, ratio=2.0, scale=0.3)
+    compare((3, 17, 37, 19, 18, 21), torch.bfloat16, seed=1, check_clamps=False, tol=1e-3, ratio=1.5, smooth=True,
+            metric=norm_rel_err)
 
 
 @needs_triton
@@ -374,18 +382,19 @@ def test_triton_public_api_schedule_and_zero_steps(nan_empty, monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["f32", "f16", "bf16"])
 def test_gpu(dtype, schedule, nan_empty):
     """GPU block sizes (several programs per dim; "auto" is the persistent grid) against the
-    float64 reference. fp32 as on the CPU; 16-bit on well-conditioned inputs (scale 0.3) within
-    max(1e-2, 1.5 x eager torch's error in that dtype), errors ||.||-relative: at scale 1 eager
-    torch is itself off by up to 5 in bf16 and overflows to inf in float16's backward (H200 run
-    of 2026-11-27, reproduced on the CPU), and a gradient's max-element error through a kink is
-    set by the one element rounding moves across it (in the interpreter at this shape: norm
-    errors <= 1.11x eager's, max-element errors up to 2.6x)."""
+    float64 reference. fp32 as on the CPU; 16-bit on inputs away from the kinks (compare's
+    ``smooth``) within max(1e-2, 1.5 x eager torch's error in that dtype), errors ||.||-relative:
+    at scale 1 eager torch is itself off by up to 5 in bf16 and overflows to inf in float16's
+    backward (H200 run of 2026-11-27, reproduced on the CPU), and near a kink the one element
+    rounding moves across it sets a gradient's error (at scale 0.3 float16 failed 4 of 40 seeds
+    in the interpreter; away from the kinks 40 of 40 pass, at <= 0.70 of the bound in either
+    16-bit dtype)."""
     fn = lambda *a: triton_ln.zforcing_chain_ln(*a, schedule=schedule)  # noqa: E731
     if dtype == torch.float32:
         compare((5, 40, 80, 48, 40, 56), dtype, seed=7, fn=fn, ratio=F32_RATIO)
     else:
         compare((5, 40, 80, 48, 40, 56), dtype, seed=7, fn=fn, check_clamps=False, tol=1e-2,
-                ratio=1.5, scale=0.3, metric=norm_rel_err)
+                ratio=1.5, smooth=True, metric=norm_rel_err)
 
 
 @pytest.mark.gpu
