@@ -226,6 +226,7 @@ if [[ -z "$DRY" ]] && [[ ",$WANT," == *",tests,"* ]]; then
     STAGES+=("persistent-smoke: rc=0 (persistent lstm and zforcing_chain agree with stepwise and float64)")
   fi
 fi
+pack_files   # the environment and the smoke test, before the first stage
 
 # 1. the GPU tests (Triton kernels compiled for the card, half precision, GPU-only cases), in 12
 # processes where pytest-xdist is installed (on an H200: one process got through 15% of them in
