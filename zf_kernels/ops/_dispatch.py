@@ -165,6 +165,24 @@ def explain(op: str, *tensors, backend: str = "auto") -> tuple[str, str]:
     return backend, _with_detail(op, backend, "requested", tensors)
 
 
+_OPAQUE: dict[str, Callable] = {}
+
+
+def _callable(op: str, backend: str) -> Callable:
+    """The implementation to call. Under torch.compile a fused one ("triton", "cuda") is opaque
+    (``torch.compiler.disable``): dynamo runs it as eager code would, between graphs, instead of
+    tracing its launches and autograd.Function (in Triton's interpreter that tracing fails; on
+    a GPU it would be untested). The reference ("torch") stays traceable. Outside torch.compile
+    the plain function: wrapping it would import torch._dynamo (~1.5 s) in every process."""
+    target = _REGISTRY[op][backend]
+    if backend == "torch" or not torch.compiler.is_compiling():
+        return _load(target)
+    fn = _OPAQUE.get(target)
+    if fn is None:
+        fn = _OPAQUE[target] = torch.compiler.disable(_load(target), recursive=True)
+    return fn
+
+
 def resolve(op: str, backend: str, *tensors) -> Callable:
     """The implementation of ``op`` to call for ``backend`` on ``tensors``."""
     if backend != "auto":
@@ -173,7 +191,7 @@ def resolve(op: str, backend: str, *tensors) -> Callable:
         why = _why_not(op, backend, tensors)
         if why is not None:
             raise BackendUnavailableError(f"backend={backend!r} cannot run {op}: {why}")
-        return _load(_REGISTRY[op][backend])
+        return _callable(op, backend)
     if op not in _REGISTRY:
         raise ValueError(f"unknown op {op!r}; known ops: {sorted(_REGISTRY)}")
     # the per-call path skips the implementation's detail (e.g. the LSTM's schedule): it is
@@ -182,4 +200,4 @@ def resolve(op: str, backend: str, *tensors) -> Callable:
     if (op, reason) not in _logged:
         _logged.add((op, reason))
         log.info("zf_kernels.ops.%s: backend='auto' -> %s (%s)", op, chosen, _auto_choice(op, tensors)[1])
-    return _load(_REGISTRY[op][chosen])
+    return _callable(op, chosen)
