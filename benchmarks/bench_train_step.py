@@ -20,6 +20,11 @@ Providers:
   torch+compile  ``torch.compile(model)`` (default mode) of the reference; backward through
                  AOTAutograd, clipping and Adam eager. Skipped at T=784 unless ``--compile all``
                  (it unrolls the 784-step loops: minutes of compilation)
+  triton+compile, cuda+compile
+                 ``torch.compile(model)`` (default mode) of the Triton / CUDA step: the fused
+                 ops run as in eager between dynamo's graphs (they are opaque to it), the rest
+                 of the step (MLPs, heads, the batched projections) compiled; no loop to
+                 unroll, so T=784 too
   triton         the Triton backend (``backend="triton"``), eager launches
   triton+graph   the Triton step captured in a CUDA graph, as torch+graph
   triton-stepwise, triton-stepwise+graph
@@ -69,7 +74,7 @@ from zf_kernels.model import LossTerms  # noqa: E402
 from zf_kernels.ops._dispatch import AUTO_UNVERIFIED_ENV  # noqa: E402
 
 PROVIDERS = ("torch", "torch+graph", "cudnn", "cudnn+graph", "triton", "triton+graph", "triton-stepwise", "triton-stepwise+graph",
-             "cuda", "cuda+graph", "torch+compile")   # run in this order
+             "cuda", "cuda+graph", "torch+compile", "triton+compile", "cuda+compile")   # run in this order
 STEPWISE_ENV = ("ZF_LSTM_SCHEDULE", "ZF_CHAIN_SCHEDULE")
 CASES = {
     "timit": dict(label="TIMIT T40 B32", T=40, B=32, long=False,
@@ -399,7 +404,7 @@ def run(args) -> int:
     plan = []
     for name, _, _ in models:
         for group in (("torch", "torch+graph", "cudnn", "cudnn+graph", "triton", "triton-stepwise"), ("triton+graph", "triton-stepwise+graph"),
-                      ("cuda", "cuda+graph"), ("torch+compile",)):
+                      ("cuda", "cuda+graph"), ("triton+compile", "cuda+compile", "torch+compile")):
             for c in case_names:
                 plan += [(name, c, p) for p in providers if p in group]
 
@@ -413,7 +418,7 @@ def run(args) -> int:
         if budget.exhausted():
             res.add(**base, provider=provider, status="skipped", note="time budget (--budget-s) used up")
             continue
-        if provider.endswith("compile") and cfg["long"] and args.compile != "all":
+        if provider == "torch+compile" and cfg["long"] and args.compile != "all":
             res.add(**base, provider=provider, status="skipped",
                     note="torch.compile unrolls the 784-step loops (minutes of compilation); use --compile all")
             continue
@@ -457,7 +462,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
                    help="model dtype (default float32; tf32 = float32 with TF32 matmuls allowed)")
     p.add_argument("--compile", choices=("none", "short", "all"), default="short",
-                   help="torch+compile: skip it, skip T=784 (default), or all")
+                   help="the *+compile providers: skip them; torch+compile: skip T=784 (default), or all")
     p.add_argument("--models", default="zforcing",
                    help="zforcing (default); others: the sequence VAEs of python/<name>.py present "
                         f"among {', '.join(OTHER_MODELS)}; auto: both; or a comma-separated list of names")
