@@ -40,6 +40,15 @@ def norm_rel_err(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
+def assert_no_worse_than_eager(names, ours, eager, exact, slack=1e-3, label=""):
+    """Each of ``ours`` (a 16-bit run's outputs and gradients) off ``exact`` (float64) by norm
+    (norm_rel_err) at most as far as ``eager`` (torch's own run in the same dtype) + ``slack``."""
+    for name, a, e, ref in zip(names, ours, eager, exact, strict=True):
+        assert a.isfinite().all(), f"{label}{name}: not finite"
+        mine, theirs = norm_rel_err(a, ref), norm_rel_err(e, ref)
+        assert mine <= theirs + slack, f"{label}{name}: ours {mine:.2e}, eager {e.dtype} {theirs:.2e}"
+
+
 def errors_vs_float64(fn, ref, args64, out_names, in_names, dtype, seed, metric=None):
     """{tensor name: ``metric`` (default rel_err) of fn in ``dtype`` against ``ref`` in float64}:
     every output, and every input's gradient from one backward call with random output

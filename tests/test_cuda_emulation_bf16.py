@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import _cuda_emulation as emu
-from _helpers import smooth_chain_inputs
+from _helpers import assert_no_worse_than_eager, smooth_chain_inputs
 from test_cuda_emulation import _Directions
 from zf_kernels import ops
 from zf_kernels.ops.lstm._cuda_function import run_lstm
@@ -195,10 +195,7 @@ def test_bf16_run_lstm_no_worse_than_the_eager_reference_in_bf16(reverse):
     exact = _outputs_and_grads(lambda *a: ops.lstm(*a, reverse=reverse, backend="torch"), args64,
                                [g.double() for g in grads])
     names = ["out", "h_T", "c_T", "x", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "h0", "c0"]
-    for n, a, e, ref in zip(names, got, eager, exact):
-        ours = ((a.double() - ref).norm() / ref.norm()).item()
-        theirs = ((e.double() - ref).norm() / ref.norm()).item()
-        assert ours <= theirs + 1e-3, f"{n}: ours {ours:.2e}, eager bf16 {theirs:.2e}"
+    assert_no_worse_than_eager(names, got, eager, exact)
 
 
 # ------------------------------------------------------------------------ the chain in bfloat16
@@ -255,10 +252,7 @@ def test_bf16_chain_no_worse_than_the_eager_reference_in_bf16(case):
     args64 = [a.detach().double().requires_grad_() for a in args]
     exact = run(lambda *a: ops.zforcing_chain(*a, backend="torch"), args64, [g.double() for g in grads])
     names = emu_chain.OUT_NAMES + tuple("grad " + n for n in emu_chain.NAMES)
-    for n, a, e, ref in zip(names, got, eager, exact):
-        ours = ((a.double() - ref).norm() / ref.norm()).item()
-        theirs = ((e.double() - ref).norm() / ref.norm()).item()
-        assert ours <= theirs + 1e-3, f"{n}: ours {ours:.2e}, eager bf16 {theirs:.2e}"
+    assert_no_worse_than_eager(names, got, eager, exact)
 
 
 @pytest.mark.parametrize("sms", [132, 114])
