@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks import bench_ops, bench_train_step, bench_trainer, common, tune_tiles  # noqa: E402
+from benchmarks import bench_ops, bench_train_step, bench_trainer, common, step_flops, tune_tiles  # noqa: E402
 
 
 def _rows(path):
@@ -173,6 +173,18 @@ def test_triton_compile_rows_compile_the_step_around_the_fused_ops(tmp_path):
     assert row["status"] == "ok" and row["rel_err"] < 1e-5, row
     graphs, breaks = map(int, re.search(r"dynamo: (\d+) graph\(s\), (\d+) graph break", row["note"]).groups())
     assert graphs > 1 and breaks > 0, row
+
+
+def test_step_flops_split_the_timit_step():
+    """step_flops.py on the meta device: the backward LSTM's share is its formula (input
+    projection and recurrent product, forward and both gradients, 3 x 2 T B 4H (E + H), less the
+    product with h0 = 0 that the reference skips: 1%), and the parts add up to the step."""
+    f = step_flops.step_flops("timit")
+    T, B, E, H = 40, 32, 512, 1024
+    assert f["lstm"] == pytest.approx(3 * 2 * T * B * 4 * H * (E + H), rel=0.01)
+    assert f["lstm"] + f["zforcing_chain"] + f["rest"] == f["step"] > f["fwd"] > 0
+    assert 0 < f["rest"] < f["step"] / 2
+    assert "| **whole step** | 149.7 |" in "\n".join(step_flops.table("timit", f))
 
 
 def test_budget_and_unavailable_rows(tmp_path):
