@@ -185,6 +185,10 @@ def test_step_flops_split_the_timit_step():
     assert f["lstm"] + f["zforcing_chain"] + f["rest"] == f["step"] > f["fwd"] > 0
     assert 0 < f["rest"] < f["step"] / 2
     assert "| **whole step** | 149.7 |" in "\n".join(step_flops.table("timit", f))
+    # the floor summarize.py's targets table quotes
+    from benchmarks import summarize
+    ieee = step_flops.PEAK_TFLOPS["IEEE float32"] * 1e12
+    assert summarize.IEEE_FLOOR_MS[summarize.TIMIT] == round(f["step"] / ieee * 1e3, 2)
 
 
 def test_budget_and_unavailable_rows(tmp_path):
