@@ -194,16 +194,27 @@ def prepare(master, provider, device, dtype, args):
 
 
 def use_cudnn_backward_lstm(model):
-    """Run ``model``'s backward network through its ``nn.LSTM`` module (cuDNN on a GPU): the
-    same weights and numbers as ``ops.lstm(..., reverse=True)`` up to cuDNN's rounding."""
+    """Run ``model``'s backward network through ``nn.LSTM`` (cuDNN on a GPU): the same weights,
+    input projection (the embedding folded into it where the model folds it:
+    ``ZForcing._embedded_projection``) and numbers as ``ops.lstm(..., reverse=True)`` up to
+    cuDNN's rounding. The weights reach nn.LSTM through ``torch.func.functional_call`` of a
+    module on the meta device (the folded input weight is computed every step, so it is no
+    parameter of any module); cuDNN then copies them into its flat buffer each call."""
     lstm = getattr(model, "bwd_lstm", None)
     if not isinstance(model, ZForcing) or not isinstance(lstm, torch.nn.LSTM):
         raise Skip("the cudnn provider swaps ZForcing's backward LSTM for nn.LSTM; not this model")
+    shells = {}
 
     def backward_states(y, mask=None):
         if mask is not None:
             raise ValueError("the cudnn provider handles unpadded batches only")
-        out, _ = lstm(model._embed(y).flip(0))
+        x, w_ih, b_ih = model._embedded_projection(y, lstm.weight_ih_l0, lstm.bias_ih_l0)
+        key = (x.shape[-1], x.dtype)
+        if key not in shells:
+            shells[key] = torch.nn.LSTM(x.shape[-1], lstm.hidden_size, device="meta", dtype=x.dtype)
+        weights = {"weight_ih_l0": w_ih, "weight_hh_l0": lstm.weight_hh_l0, "bias_ih_l0": b_ih,
+                   "bias_hh_l0": lstm.bias_hh_l0}
+        out, _ = torch.func.functional_call(shells[key], weights, (x.flip(0),))
         return out.flip(0)
     model.backward_states = backward_states
 
@@ -218,7 +229,8 @@ def check_cuda_recurrences(model, y):
     B = y.shape[1]
     r = lambda *shape: torch.zeros(*shape, dtype=y.dtype, device=y.device)  # noqa: E731
     w = model.bwd_lstm
-    checks = {"lstm": (r(1, B, w.weight_ih_l0.shape[1]), w.weight_ih_l0, w.weight_hh_l0)}
+    x, w_ih, _ = model._embedded_projection(y, w.weight_ih_l0)   # what the model passes ops.lstm
+    checks = {"lstm": (r(1, B, x.shape[-1]), w_ih, w.weight_hh_l0)}
     if not model.cond_ln:
         H, M, Z = model.rnn_dim, model.mlp_dim, model.z_dim
         checks["zforcing_chain"] = (r(1, B, 4 * H), r(1, B, M), r(1, B, Z))

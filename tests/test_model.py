@@ -89,6 +89,50 @@ def test_matches_authors_style_loop_values_and_grads(z_force):
             torch.testing.assert_close(a, r, msg=name)
 
 
+def _unfolded(self, x, weight, bias=None):
+    return self._embed(x), weight, bias
+
+
+@pytest.mark.parametrize("kw", [{}, dict(cond_ln=True), dict(output_type="bernoulli", input_dim=1, z_force=True)],
+                         ids=["gaussian", "cond_ln", "bernoulli-D1"])
+def test_embedding_folded_into_the_input_projections_changes_nothing_but_rounding(kw, monkeypatch):
+    """The Linear embedding folded into both LSTMs' input projections (W (W_e x + b_e) =
+    (W W_e) x + W b_e, where that costs fewer multiply-adds): the same loss terms and every
+    parameter's gradient as projecting emb(x), in float64."""
+    m = small_model(**kw)
+    T, B, D = 9, 4, m.input_dim
+    y = torch.randn(T, B, D, dtype=torch.float64)
+    if m.output_type == "bernoulli":
+        y = (y > 0).double()
+    x, w, _ = m._embedded_projection(y, m.bwd_lstm.weight_ih_l0, m.bwd_lstm.bias_ih_l0)
+    assert x is y and w.shape == (4 * m.rnn_dim, D)       # folded at these sizes
+    eps = torch.randn(T, B, m.z_dim, dtype=torch.float64)
+
+    def loss_and_grads():
+        loss = training_loss(m(y, eps=eps), 0.3, 0.7, 1.3)
+        return [loss, *torch.autograd.grad(loss, list(m.parameters()), allow_unused=True)]
+    folded = loss_and_grads()
+    monkeypatch.setattr(ZForcing, "_embedded_projection", _unfolded)
+    for (name, _), a, b in zip([("loss", None), *m.named_parameters()], folded, loss_and_grads()):
+        if b is None:
+            assert a is None or torch.all(a == 0), name
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_embedding_is_folded_only_where_it_saves_work():
+    # 4H = 28 rows, E = 5: one row of D = 3 features costs more folded (28 x 5 x 3 for W W_e)
+    m = small_model()
+    w = m.bwd_lstm.weight_ih_l0
+    one = torch.randn(1, 1, 3, dtype=torch.float64)
+    assert m._embedded_projection(one, w)[0] is not one
+    many = torch.randn(40, 32, 3, dtype=torch.float64)
+    assert m._embedded_projection(many, w)[0] is many
+    wide = small_model(input_dim=8)                       # D > E: never
+    x = torch.randn(40, 32, 8, dtype=torch.float64)
+    assert wide._embedded_projection(x, wide.bwd_lstm.weight_ih_l0)[0] is not x
+
+
 def test_hand_checkable_terms_with_zero_weights():
     """All weights zero: h = b = 0, prior = N(0, 1); a posterior mean of 1 gives KL 1/2 per dim."""
     m = small_model()

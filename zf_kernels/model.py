@@ -170,17 +170,35 @@ class ZForcing(BoundsMixin, nn.Module):
     def _embed(self, x):
         return self.emb(x.long()) if self.output_type == "categorical" else self.emb(x)
 
+    def _embedded_projection(self, x, weight, bias=None):
+        """``(x', weight', bias')`` with ``F.linear(x', weight', bias') = F.linear(emb(x), weight,
+        bias)``: the embedding is only ever projected linearly (both LSTMs' input projections),
+        and a Linear embedding folds into the projection, ``W (W_e x + b_e) = (W W_e) x + W b_e``.
+        Folded where it costs fewer multiply-adds: R E D for ``W W_e`` plus N R D for the
+        projection, against N E D + N R E (N rows of x, D its features, E the embedding's width,
+        R = 4H rows of W); at Sequential MNIST's D = 1 the projections shrink 512-fold (a quarter
+        of the step's arithmetic), at TIMIT's D = 200 by 2.5x. The same function up to rounding,
+        and the same parameters and gradients; a categorical model's lookup stays unfolded."""
+        if self.output_type == "categorical":
+            return self._embed(x), weight, bias
+        w_e, b_e = self.emb.weight, self.emb.bias
+        (R, E), D = weight.shape, w_e.shape[1]
+        N = x.numel() // D
+        if R * E * D + N * R * D >= N * E * D + N * R * E:
+            return self.emb(x), weight, bias
+        return x, weight @ w_e, F.linear(b_e, weight, bias)
+
     def backward_states(self, y, mask=None):
         """``b_t = LSTM_bwd(emb(y_t), b_{t+1})``; with a padding mask each sequence is read
         from its own last valid step, so padding never leaks into b_t of valid steps."""
-        e_y = self._embed(y)
         w = self.bwd_lstm
-        args = (w.weight_ih_l0, w.weight_hh_l0, w.bias_ih_l0, w.bias_hh_l0)
+        x, w_ih, b_ih = self._embedded_projection(y, w.weight_ih_l0, w.bias_ih_l0)
+        args = (w_ih, w.weight_hh_l0, b_ih, w.bias_hh_l0)
         if not has_padding(mask):
-            out, _ = ops.lstm(e_y, *args, reverse=True, backend=self._be("lstm"))
+            out, _ = ops.lstm(x, *args, reverse=True, backend=self._be("lstm"))
             return out
         flip = padded_flip_index(mask)
-        out, _ = ops.lstm(gather_time(e_y, flip), *args, reverse=False, backend=self._be("lstm"))
+        out, _ = ops.lstm(gather_time(x, flip), *args, reverse=False, backend=self._be("lstm"))
         return gather_time(out, flip)
 
     def _head_nll(self, target, params, mask):
@@ -214,11 +232,12 @@ class ZForcing(BoundsMixin, nn.Module):
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         return torch.sigmoid(o) * torch.tanh(c), c
 
-    def _input_gates(self, e_u):
-        """Everything of the forward LSTM's gates that does not depend on h or z."""
+    def _input_gates(self, u):
+        """Everything of the forward LSTM's gates that does not depend on h or z: the projection
+        of emb(u) (``_embedded_projection``), layer-normalised with cond_ln."""
         if self.cond_ln:
-            return self.ln_ih(F.linear(e_u, self._w_ie))
-        return F.linear(e_u, self._w_ie, self.fwd_bias_ih + self.fwd_bias_hh)
+            return self.ln_ih(F.linear(*self._embedded_projection(u, self._w_ie)))
+        return F.linear(*self._embedded_projection(u, self._w_ie, self.fwd_bias_ih + self.fwd_bias_hh))
 
     # ----------------------------------------------------------------- forward
     def forward(self, y, u=None, mask=None, eps=None, generator: torch.Generator | None = None,
@@ -245,7 +264,7 @@ class ZForcing(BoundsMixin, nn.Module):
         b = self.backward_states(y, mask)                             # (T, B, H)
         bwd_nll = self._head_nll(u, self.bwd_out(b), mask).sum(0)
 
-        gates_x = self._input_gates(self._embed(u))                   # (T, B, 4H)
+        gates_x = self._input_gates(u)                   # (T, B, 4H)
         w_q1 = self.posterior.fc1.weight
         post_x = F.linear(b, w_q1[:, H:], self.posterior.fc1.bias)    # (T, B, M)
         h0 = torch.zeros(B, H, device=device, dtype=dtype)
@@ -291,7 +310,7 @@ class ZForcing(BoundsMixin, nn.Module):
         for _ in range(steps):
             mu_p, logvar_p = _split_gaussian(self.prior(h, self._be("leaky_clamp")), self._be("leaky_clamp"))
             z = mu_p + torch.exp(0.5 * logvar_p) * randn(batch_size, self.z_dim) * temperature
-            gx = self._input_gates(self._embed(u))
+            gx = self._input_gates(u)
             if self.cond_ln:
                 h, c = self._cond_ln_cell(gx, h, c, z)
             else:
