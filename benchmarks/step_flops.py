@@ -31,6 +31,11 @@ PEAK_TFLOPS = {"IEEE float32": 67.0, "TF32": 495.0, "bfloat16": 989.0}   # H100 
 RECURRENCES = ("lstm", "zforcing_chain")
 
 
+def _reference(op: str):
+    """The reference implementation ``op``'s dispatch loads for backend "torch"."""
+    return _dispatch._load(_dispatch._REGISTRY[op]["torch"])
+
+
 def _flops(fn) -> int:
     with FlopCounterMode(display=False) as counter:
         fn()
@@ -43,7 +48,7 @@ def _recurrence_flops(op: str, args) -> int:
     leaves = [a.detach().requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) else a for a in args]
 
     def run():
-        out = _dispatch._load(_dispatch._REGISTRY[op]["torch"])(*leaves)
+        out = _reference(op)(*leaves)
         flat = [t for o in out for t in (o if isinstance(o, (tuple, list)) else [o])]
         flat = [t for t in flat if t.requires_grad]
         torch.autograd.backward(flat, [torch.ones_like(t) for t in flat])
@@ -58,7 +63,7 @@ def step_flops(case: str) -> dict:
         y = torch.randn(cfg["T"], cfg["B"], cfg["model"]["input_dim"])
         eps = torch.randn(cfg["T"], cfg["B"], cfg["model"]["z_dim"])
     calls = {}
-    loaded = {op: _dispatch._load(_dispatch._REGISTRY[op]["torch"]) for op in RECURRENCES}
+    loaded = {op: _reference(op) for op in RECURRENCES}
 
     def recording(op):
         def fn(*args):

@@ -29,6 +29,14 @@ def without_timing(records):
     return [{k: v for k, v in r.items() if k != "train_seconds"} for r in records]
 
 
+def flat_tensors(out):
+    """The op's output tensors, flattened: ``(out, (h, c))`` / ``(h, c)`` / ``ChainOutput``."""
+    import torch
+    if isinstance(out, torch.Tensor):
+        return [out]
+    return [t for o in out for t in flat_tensors(o)]
+
+
 def rel_err(a, b):
     """max |a - b| / max |b| in float64."""
     return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()

@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from _helpers import quiet, read_metrics, without_timing
+from _helpers import flat_tensors, quiet, read_metrics, without_timing
 from zf_kernels import ZForcing, ops, training_loss
 from zf_kernels import train as train_mod
 from zf_kernels.ops import _dispatch
@@ -58,26 +58,19 @@ LOWP_CASES = {
 }
 
 
-def _flat(out):
-    """The op's output tensors, flattened: ``(out, (h, c))`` / ``(h, c)`` / ``ChainOutput``."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    return [t for o in out for t in _flat(o)]
-
-
 @pytest.mark.parametrize("case", sorted(LOWP_CASES))
 def test_recurrences_run_in_the_autocast_dtype_and_match_explicitly_cast_inputs(case):
     op, make = LOWP_CASES[case]
     args = make()                                   # float32 leaves, like master weights
     with autocast():
-        out = _flat(op(args))
+        out = flat_tensors(op(args))
     assert {t.dtype for t in out} == {BF16}
     sum(t.float().sum() for t in out).backward()
     got = grads(args)
     assert all(g is not None and g.dtype == F32 for g in got)   # back to the fp32 leaves
 
     reset(args)
-    ref = _flat(op([a.to(BF16) for a in args]))     # the same op on explicitly cast inputs
+    ref = flat_tensors(op([a.to(BF16) for a in args]))     # the same op on explicitly cast inputs
     for a, b in zip(out, ref):
         assert b.dtype == BF16 and torch.equal(a, b)
     sum(t.float().sum() for t in ref).backward()

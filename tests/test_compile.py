@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from _helpers import smooth_chain_inputs
+from _helpers import flat_tensors, smooth_chain_inputs
 from zf_kernels import ZForcing, ops, training_loss
 
 pytest.importorskip("triton")
@@ -57,9 +57,7 @@ CASES = {
 
 
 def _outputs_and_grads(fn, args):
-    out = fn(*args)
-    flat = [t for t in (out if isinstance(out, (tuple, list)) else [out])
-            for t in (t if isinstance(t, (tuple, list)) else [t])]
+    flat = flat_tensors(fn(*args))
     leaves = [a for a in args if a.requires_grad]
     grads = torch.autograd.grad(sum((1 + i) * t.sum() for i, t in enumerate(flat)), leaves)
     return [t.detach() for t in flat], list(grads)
