@@ -20,11 +20,16 @@ Providers:
   torch+compile  ``torch.compile(model)`` (default mode) of the reference; backward through
                  AOTAutograd, clipping and Adam eager. Skipped at T=784 unless ``--compile all``
                  (it unrolls the 784-step loops: minutes of compilation)
-  triton+compile, cuda+compile
-                 ``torch.compile(model)`` (default mode) of the Triton / CUDA step: the fused
-                 ops run as in eager between dynamo's graphs (they are opaque to it), the rest
-                 of the step (MLPs, heads, the batched projections) compiled; no loop to
+  triton+compile ``torch.compile(model)`` (default mode) of the Triton step: every fused op runs
+                 as in eager between dynamo's graphs (opaque to it: a graph break each), the
+                 rest of the step (MLPs, heads, the batched projections) compiled; no loop to
                  unroll, so T=784 too
+  auto+compile, cuda+compile
+                 the same with ``backend="auto"`` (cuda: with ZF_AUTO_UNVERIFIED=1): under
+                 torch.compile "auto" keeps only the recurrences fused (Triton / CUDA; the
+                 backward LSTM and the chain: two opaque calls) and leaves the elementwise and
+                 likelihood ops to inductor as traced references (``ops.explain(...,
+                 compiling=True)``)
   triton         the Triton backend (``backend="triton"``), eager launches
   triton+graph   the Triton step captured in a CUDA graph, as torch+graph
   triton-stepwise, triton-stepwise+graph
@@ -74,7 +79,7 @@ from zf_kernels.model import LossTerms  # noqa: E402
 from zf_kernels.ops._dispatch import AUTO_UNVERIFIED_ENV  # noqa: E402
 
 PROVIDERS = ("torch", "torch+graph", "cudnn", "cudnn+graph", "triton", "triton+graph", "triton-stepwise", "triton-stepwise+graph",
-             "cuda", "cuda+graph", "torch+compile", "triton+compile", "cuda+compile")   # run in this order
+             "cuda", "cuda+graph", "torch+compile", "triton+compile", "auto+compile", "cuda+compile")   # run in this order
 STEPWISE_ENV = ("ZF_LSTM_SCHEDULE", "ZF_CHAIN_SCHEDULE")
 CASES = {
     "timit": dict(label="TIMIT T40 B32", T=40, B=32, long=False,
@@ -200,9 +205,9 @@ def use_cudnn_backward_lstm(model):
     cuDNN's rounding. The weights reach nn.LSTM through ``torch.func.functional_call`` of a
     module on the meta device (the folded input weight is computed every step, so it is no
     parameter of any module); cuDNN then copies them into its flat buffer each call."""
-    lstm = getattr(model, "bwd_lstm", None)
-    if not isinstance(model, ZForcing) or not isinstance(lstm, torch.nn.LSTM):
+    if not isinstance(model, ZForcing):
         raise Skip("the cudnn provider swaps ZForcing's backward LSTM for nn.LSTM; not this model")
+    lstm = model.bwd_lstm      # nn.LSTM's parameters (zf_kernels.model.LSTMWeights)
     shells = {}
 
     def backward_states(y, mask=None):
@@ -416,7 +421,7 @@ def run(args) -> int:
     plan = []
     for name, _, _ in models:
         for group in (("torch", "torch+graph", "cudnn", "cudnn+graph", "triton", "triton-stepwise"), ("triton+graph", "triton-stepwise+graph"),
-                      ("cuda", "cuda+graph"), ("triton+compile", "cuda+compile", "torch+compile")):
+                      ("cuda", "cuda+graph"), ("triton+compile", "auto+compile", "cuda+compile", "torch+compile")):
             for c in case_names:
                 plan += [(name, c, p) for p in providers if p in group]
 

@@ -27,8 +27,9 @@ def split_gaussian(params, backend: str = "auto"):
     return ops.leaky_clamp(params, 1.0, PARAM_CLAMP, backend=backend).chunk(2, dim=-1)
 
 
-def reverse_lstm(x, lstm: nn.LSTM, mask=None, backend: str = "auto"):
-    """``out[t] = LSTM(x[t], out[t+1])``: ``out[t]`` summarises ``x[t:]`` of its own sequence.
+def reverse_lstm(x, lstm, mask=None, backend: str = "auto"):
+    """``out[t] = LSTM(x[t], out[t+1])``: ``out[t]`` summarises ``x[t:]`` of its own sequence;
+    ``lstm`` holds nn.LSTM's parameters (``zf_kernels.LSTMWeights`` or an ``nn.LSTM``).
 
     With a right-padded ``mask (T, B)`` each sequence is read from its own last valid step, as
     ``ZForcing.backward_states`` does: ``padded_flip_index`` reverses every column's valid

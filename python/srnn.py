@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common import MLP, SequenceVAE, reverse_lstm, split_gaussian
-from zf_kernels import ops
+from zf_kernels import LSTMWeights, ops
 
 
 class SRNN(SequenceVAE):
@@ -34,8 +34,8 @@ class SRNN(SequenceVAE):
         E, H, Z, M = emb_dim, rnn_dim, z_dim, mlp_dim
         self.resq = bool(resq)
         self.config["resq"] = self.resq
-        self.fwd_rnn = nn.LSTM(E, H)                # d_t
-        self.bwd_rnn = nn.LSTM(H + E, H)            # a_t, on [d_t, phi_x(y_t)]
+        self.fwd_rnn = LSTMWeights(E, H)            # d_t
+        self.bwd_rnn = LSTMWeights(H + E, H)        # a_t, on [d_t, phi_x(y_t)]
         for rnn in (self.fwd_rnn, self.bwd_rnn):
             nn.init.orthogonal_(rnn.weight_hh_l0)
         self.prior = MLP(Z + H, M, 2 * Z)           # on [z_{t-1}, d_t]

@@ -20,10 +20,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common import MLP, SequenceVAE, split_gaussian
-from zf_kernels import ops
+from zf_kernels import LSTMWeights, ops
 
 
-def _run(rnn: nn.LSTM, x, backend):
+def _run(rnn: LSTMWeights, x, backend):
     return ops.lstm(x, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0,
                     backend=backend)[0]
 
@@ -35,8 +35,8 @@ class STORN(SequenceVAE):
                  rnn_dim: int = 128, z_dim: int = 16, mlp_dim: int = 64, backend: str = "auto"):
         super().__init__(input_dim, output_type, emb_dim, rnn_dim, z_dim, mlp_dim, backend)
         E, H, Z, M = emb_dim, rnn_dim, z_dim, mlp_dim
-        self.inf_rnn = nn.LSTM(E, H)                # r_t over phi_x(y_t)
-        self.gen_rnn = nn.LSTM(E + Z, H)            # h_t over [phi_x(u_t), z_t]
+        self.inf_rnn = LSTMWeights(E, H)            # r_t over phi_x(y_t)
+        self.gen_rnn = LSTMWeights(E + Z, H)        # h_t over [phi_x(u_t), z_t]
         for rnn in (self.inf_rnn, self.gen_rnn):
             nn.init.orthogonal_(rnn.weight_hh_l0)
         self.posterior = MLP(H, M, 2 * Z)

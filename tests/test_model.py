@@ -133,6 +133,24 @@ def test_embedding_is_folded_only_where_it_saves_work():
     assert wide._embedded_projection(x, wide.bwd_lstm.weight_ih_l0)[0] is not x
 
 
+def test_backward_lstm_weights_are_nn_lstm_s():
+    """The backward network's parameters (``LSTMWeights``: no nn.LSTM module, which dynamo
+    refuses to trace) carry nn.LSTM's names, shapes and initial values under one seed, so state
+    dicts load either way."""
+    from zf_kernels.model import LSTMWeights
+    torch.manual_seed(5)
+    ours = LSTMWeights(7, 5)
+    torch.manual_seed(5)
+    theirs = torch.nn.LSTM(7, 5)
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert list(a) == list(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    torch.nn.LSTM(7, 5).load_state_dict(a)
+    ours.load_state_dict(torch.nn.LSTM(7, 5).state_dict())
+    assert isinstance(ZForcing(3, emb_dim=7, rnn_dim=5, z_dim=2, mlp_dim=4).bwd_lstm, LSTMWeights)
+
+
 def test_hand_checkable_terms_with_zero_weights():
     """All weights zero: h = b = 0, prior = N(0, 1); a posterior mean of 1 gives KL 1/2 per dim."""
     m = small_model()

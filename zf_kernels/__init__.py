@@ -2,6 +2,6 @@
 __version__ = "0.1.0"
 
 from . import ops  # noqa: E402
-from .model import LossTerms, ZForcing, training_loss  # noqa: E402
+from .model import LossTerms, LSTMWeights, ZForcing, training_loss  # noqa: E402
 
-__all__ = ["ops", "ZForcing", "LossTerms", "training_loss", "__version__"]
+__all__ = ["ops", "ZForcing", "LossTerms", "LSTMWeights", "training_loss", "__version__"]

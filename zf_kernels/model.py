@@ -43,6 +43,31 @@ class MLP(nn.Module):
         return self.fc2(mlp_act(self.fc1(x), backend))
 
 
+class LSTMWeights(nn.Module):
+    """The parameters of a single-layer ``nn.LSTM(input_size, hidden_size)`` -- the same names
+    (``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``, so checkpoints and
+    state dicts are interchangeable), shapes and initialisation (uniform in +-1/sqrt(hidden),
+    drawn in nn.LSTM's order) -- without the module: ``ops.lstm`` runs them. Dynamo refuses to
+    trace an nn.LSTM (even reading its weights breaks the graph); this module it traces."""
+
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__()
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.weight_ih_l0 = nn.Parameter(torch.empty(4 * hidden_size, input_size))
+        self.weight_hh_l0 = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
+        self.bias_ih_l0 = nn.Parameter(torch.empty(4 * hidden_size))
+        self.bias_hh_l0 = nn.Parameter(torch.empty(4 * hidden_size))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for w in self.parameters():
+            nn.init.uniform_(w, -bound, bound)
+
+    def extra_repr(self):
+        return f"{self.input_size}, {self.hidden_size}"
+
+
 @dataclass
 class LossTerms:
     """Per-sequence terms, each ``(B,)``, summed over the (masked) time steps."""
@@ -125,7 +150,7 @@ class ZForcing(BoundsMixin, nn.Module):
             self.emb = nn.Linear(input_dim, E)
             out_dim = bwd_out_dim = 2 * input_dim if output_type == "gaussian" else input_dim
 
-        self.bwd_lstm = nn.LSTM(E, H)
+        self.bwd_lstm = LSTMWeights(E, H)
         self.bwd_out = nn.Linear(H, bwd_out_dim)
         self.prior = MLP(H, M, 2 * Z)
         self.posterior = MLP(2 * H, M, 2 * Z)     # on [h_{t-1}, b_t]
