@@ -54,7 +54,7 @@ def _ms(r):
 
 # our training-step providers: the best one is measured against the targets
 OURS_TRAIN = ["triton", "triton+graph", "triton-stepwise", "triton-stepwise+graph", "cuda", "cuda+graph",
-              "triton+compile", "cuda+compile"]
+              "triton+compile", "auto+compile", "cuda+compile"]
 # our ops.lstm providers (cuda: csrc/'s kernels, IEEE float32 FMAs whatever the mode)
 OURS_LSTM = ["triton", "triton-stepwise", "cuda"]
 # the baselines of the same step: the best one is what ours must beat

@@ -1,10 +1,12 @@
 """torch.compile over the ops and the model: a fused op ("triton"; "cuda" alike) is opaque to
 dynamo (``_dispatch._callable``: ``torch.compiler.disable``), so dynamo runs it as eager code does
-between its graphs, and the reference ("torch") stays traceable. Before that, dynamo traced into
+between its graphs, and the reference ("torch") stays traceable; under torch.compile "auto"
+keeps only the recurrences fused and traces the other ops' references (``compile_traced``). Before that, dynamo traced into
 the Triton launches, and in the interpreter failed (InterpreterError, a fake-tensor KeyError on
 uint64). Compiled with ``backend="aot_eager"`` (dynamo + AOTAutograd, no code generation: seconds
 on the CPU; inductor also ran here, ~40 s per model). Outside torch.compile nothing is wrapped:
 wrapping imports torch._dynamo, ~1.5 s in every process."""
+import re
 import subprocess
 import sys
 
@@ -13,6 +15,7 @@ import torch
 
 from _helpers import flat_tensors, smooth_chain_inputs
 from zf_kernels import ZForcing, ops, training_loss
+from zf_kernels.ops import _dispatch
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the Triton backend in the interpreter")
@@ -125,3 +128,115 @@ def test_eager_calls_do_not_import_dynamo():
                          env={**__import__("os").environ, "TRITON_INTERPRET": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "False", out.stdout
+
+
+@pytest.fixture
+def as_on_cuda(monkeypatch):
+    """"auto" deciding as for CUDA tensors: the interpreter's Triton kernels count as usable."""
+    monkeypatch.setattr(_dispatch, "_on_cuda", lambda tensors: True)
+
+
+def test_auto_under_compile_traces_the_small_ops_and_keeps_the_recurrences_fused(as_on_cuda):
+    x, w = torch.randn(3, 2, 4), torch.randn(16, 4)
+    small = {"leaky_clamp": (x,), "reparameterize": (x, x, x), "gaussian_kl": (x, x, x, x),
+             "gaussian_nll": (x, x, x), "bernoulli_nll": (x, x), "categorical_nll": (x, x),
+             "lstm_cell": (x[0].repeat(1, 4), x[0], x[0], w)}
+    for op, args in small.items():
+        assert ops.explain(op, *args, compiling=True) == ("torch", _dispatch.COMPILE_TRACED_REASON), op
+        assert ops.explain(op, *args, compiling=False)[0] == "triton", op
+    assert ops.explain("lstm", x, w, w, compiling=True)[0] == "triton"
+    assert ops.explain("zforcing_chain", *smooth_chain_inputs(T, B, H, 5, 3, 4)[0][:3], compiling=True)[0] == "triton"
+    with pytest.raises(TypeError, match="compiling"):
+        ops.explain("lstm", x, w, w, compiling="yes")
+    with pytest.raises(ValueError, match="compile_traced"):
+        _dispatch.register("lstm", "triton", "zf_kernels.ops.lstm.triton:lstm", compile_traced=True)
+
+
+def _model_step(backend):
+    torch.manual_seed(0)
+    model = ZForcing(3, "gaussian", emb_dim=5, rnn_dim=7, z_dim=3, mlp_dim=6, backend=backend)
+    y, eps = torch.randn(T, 2, 3), torch.randn(T, 2, 3)
+
+    def loss_and_grads(fn):
+        model.zero_grad()
+        with ops.assume_valid_inputs():
+            loss = fn(y, eps)
+        loss.backward()
+        return [loss.detach()] + [p.grad.clone() for p in model.parameters()]
+    return (lambda y, eps: training_loss(model(y, eps=eps), 0.3, 0.5, 1.0)), loss_and_grads
+
+
+def _skipped_functions(graph_breaks):
+    """The functions dynamo skipped as torch.compiler.disable'd, from its graph-break counter;
+    any other kind of break is returned as itself."""
+    names = set()
+    for reason in graph_breaks:
+        m = re.search(r"Skip calling function `<function (\w+)", reason)
+        names.add(m.group(1) if m else reason[:300])
+    return names
+
+
+def test_compiled_auto_model_breaks_only_at_the_two_recurrences(as_on_cuda):
+    """ZForcing(backend="auto") under torch.compile, as on a GPU: the backward LSTM and the chain
+    are the only graph breaks (every other op traced), and the step gives the eager numbers
+    (eager "auto" runs every op on Triton here)."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    step, loss_and_grads = _model_step("auto")
+    want = loss_and_grads(step)
+    counters.clear()
+    got = loss_and_grads(torch.compile(step, backend="aot_eager"))
+    assert _skipped_functions(counters["graph_break"]) == {"lstm", "zforcing_chain"}, dict(counters["graph_break"])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_reference_model_compiles_into_one_graph():
+    """ZForcing(backend="torch") with its value checks off (``assume_valid_inputs``, as the
+    trainer's and the benchmarks' compiled steps): no graph break, so fullgraph=True compiles it
+    (its backward LSTM's weights are no nn.LSTM, which dynamo refuses; the checks' flag is read
+    without a ContextVar, which dynamo cannot trace)."""
+    torch._dynamo.reset()
+    step, loss_and_grads = _model_step("torch")
+    want = loss_and_grads(step)
+    got = loss_and_grads(torch.compile(step, backend="aot_eager", fullgraph=True))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_op_stays_opaque_in_frames_dynamo_runs_eagerly(monkeypatch):
+    """Past its recompile limit dynamo runs a frame eagerly, where torch.compiler.is_compiling()
+    is False: the dispatcher's frames (recompiled per op) must still hand back the opaque
+    wrapper, or the traced caller would trace the Triton launch (in the interpreter: an
+    InterpreterError)."""
+    monkeypatch.setattr(_dispatch, "_OPAQUE", {})     # wrappers created while dynamo traces
+    torch._dynamo.reset()
+
+    def f(x, mu, logvar):
+        a = ops.leaky_clamp(x, 1 / 3, 3.0, backend="triton")
+        z = ops.reparameterize(mu, logvar, a, backend="triton")
+        return ops.gaussian_kl(mu, logvar, z, a, backend="triton"), ops.gaussian_nll(x, z, logvar, backend="triton")
+
+    args = _leaves((T, B, D), (T, B, D), (T, B, D))
+    want = _outputs_and_grads(f, args)
+    with torch._dynamo.config.patch(recompile_limit=1):
+        got = _outputs_and_grads(torch.compile(f, backend="aot_eager"), args)
+    for w, g in zip(want[0] + want[1], got[0] + got[1]):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+def test_compiled_model_keeps_its_value_checks_and_their_switch():
+    """Under torch.compile the model's value checks run (between graphs) unless
+    ``assume_valid_inputs()``: the flag dynamo reads follows the block (a guard: recompiled)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = ZForcing(3, "gaussian", emb_dim=5, rnn_dim=7, z_dim=3, mlp_dim=6, backend="torch")
+    step = torch.compile(lambda y: model(y).nll, backend="aot_eager")
+    y = torch.randn(T, 2, 3)
+    y[1, 0, 2] = float("nan")
+    with ops.assume_valid_inputs():
+        assert torch.isnan(step(y)).any()
+    with pytest.raises(ValueError, match="NaN"):
+        step(y)
+    with ops.assume_valid_inputs():
+        assert torch.isnan(step(y)).any()

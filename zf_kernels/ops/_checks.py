@@ -14,21 +14,30 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # that has validated its inputs already (the trainer's CUDA-graph step checks each batch on
 # its host copy) turns them off for a block; shape, dtype and device checks always run.
 _VALUE_CHECKS = contextvars.ContextVar("zf_kernels_value_checks", default=True)
+# The same flag as torch.compile reads it: dynamo cannot trace ContextVar.get (a graph break at
+# every check, trusted or not); a module global it traces and guards on (changing it recompiles).
+# Under torch.compile the flag is thus the innermost assume_valid_inputs() entered in any thread.
+_value_checks_traced = True
 
 
 @contextlib.contextmanager
 def assume_valid_inputs():
     """Within this block the ops and the models skip the checks of tensor values (those
     that synchronise with the GPU); the caller vouches for the values. Nestable."""
-    token = _VALUE_CHECKS.set(False)
+    global _value_checks_traced
+    token, traced = _VALUE_CHECKS.set(False), _value_checks_traced
+    _value_checks_traced = False
     try:
         yield
     finally:
         _VALUE_CHECKS.reset(token)
+        _value_checks_traced = traced
 
 
 def value_checks_enabled() -> bool:
     """False inside ``assume_valid_inputs()``."""
+    if torch.compiler.is_compiling():
+        return _value_checks_traced
     return _VALUE_CHECKS.get()
 
 

@@ -4,13 +4,17 @@ Every op has a plain-PyTorch reference ("torch"); fused versions ("triton", "cud
 registered per op as importable ``module:attribute`` paths, imported lazily so the package
 works where Triton or the CUDA extension is missing. ``backend="auto"`` picks the fastest
 one usable for the given tensors and never fails where "torch" works; ``explain()`` says why
-it chose what it chose (the reason is also logged once per op and reason).
+it chose what it chose (the reason is also logged once per op and reason). Under
+torch.compile "auto" takes the reference of the ops registered ``compile_traced`` (elementwise
+and reduction ops, one GEMM): dynamo traces it and inductor fuses it with its neighbours, where
+a fused kernel is an opaque call, a graph break, at every call.
 """
 from __future__ import annotations
 
 import importlib
 import logging
 import os
+import sys
 from typing import Callable
 
 import torch
@@ -26,17 +30,34 @@ _REGISTRY: dict[str, dict[str, str]] = {}
 # extension, which "auto" should not pay for an implementation it will not use.
 _NOT_AUTO: dict[tuple[str, str], str] = {}
 _logged: set[tuple[str, str]] = set()
+# ops whose reference "auto" picks under torch.compile (see the module docstring)
+_COMPILE_TRACED: set[str] = set()
+COMPILE_TRACED_REASON = (
+    "under torch.compile the reference is traced: inductor fuses it with the ops around it, where "
+    "a fused kernel would be an opaque call (a graph break) each time; an explicit backend still "
+    "runs the fused kernel")
 
 
 class BackendUnavailableError(RuntimeError):
     """An explicitly requested backend cannot run these arguments; the message says why."""
 
 
-def register(op: str, backend: str, target: str, *, not_auto: str | None = None) -> None:
+def register(op: str, backend: str, target: str, *, not_auto: str | None = None,
+             compile_traced: bool = False) -> None:
     """Register ``target`` as ``op``'s ``backend``; ``not_auto``: the reason "auto" skips it
-    (e.g. a kernel not yet verified on a GPU), which ``explain`` reports."""
+    (e.g. a kernel not yet verified on a GPU), which ``explain`` reports; ``compile_traced``
+    (the "torch" reference only): "auto" picks it under torch.compile."""
     if backend not in BACKENDS[1:]:
         raise ValueError(f"unknown backend {backend!r}")
+    if compile_traced:
+        if backend != "torch":
+            raise ValueError("compile_traced applies to the reference (backend 'torch') only")
+        _COMPILE_TRACED.add(op)
+    if backend == "torch":
+        # loaded now (the references are plain torch code the op's package imports anyway): a
+        # first load inside a torch.compile trace would be a graph break (importlib)
+        _LOADED.pop(target, None)
+        _load(target)
     _REGISTRY.setdefault(op, {})[backend] = target
     if not_auto:
         _NOT_AUTO[(op, backend)] = not_auto
@@ -117,10 +138,14 @@ def _auto_takes_unverified() -> bool:
     return value == "1"
 
 
-def _auto_choice(op: str, tensors, detail: bool = True) -> tuple[str, str]:
+def _auto_choice(op: str, tensors, detail: bool = True, compiling: bool | None = None) -> tuple[str, str]:
     reasons, skipped = [], []
     if not _on_cuda(tensors):
         return "torch", "tensors are not on CUDA: the fused kernels only pay off on a GPU"
+    if compiling is None:
+        compiling = torch.compiler.is_compiling()
+    if compiling and op in _COMPILE_TRACED:
+        return "torch", COMPILE_TRACED_REASON
     for candidate in ("cuda", "triton"):
         gate = _NOT_AUTO.get((op, candidate)) if candidate in _REGISTRY.get(op, {}) else None
         if gate is not None and not _auto_takes_unverified():
@@ -151,14 +176,18 @@ def _with_detail(op: str, backend: str, reason: str, tensors) -> str:
         return f"{reason}; (no detail: {type(exc).__name__}: {exc})"
 
 
-def explain(op: str, *tensors, backend: str = "auto") -> tuple[str, str]:
-    """Return ``(backend, reason)``: what ``backend`` resolves to for ``op`` on ``tensors``."""
+def explain(op: str, *tensors, backend: str = "auto", compiling: bool | None = None) -> tuple[str, str]:
+    """Return ``(backend, reason)``: what ``backend`` resolves to for ``op`` on ``tensors``;
+    ``compiling``: what "auto" picks under torch.compile (True) or eagerly (False); by default
+    whichever is the case where ``explain`` runs."""
     if op not in _REGISTRY:
         raise ValueError(f"unknown op {op!r}; known ops: {sorted(_REGISTRY)}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if compiling is not None and not isinstance(compiling, bool):
+        raise TypeError(f"compiling must be a bool or None, got {compiling!r}")
     if backend == "auto":
-        return _auto_choice(op, tensors)
+        return _auto_choice(op, tensors, compiling=compiling)
     why = _why_not(op, backend, tensors)
     if why is not None:
         return backend, why
@@ -169,13 +198,17 @@ _OPAQUE: dict[str, Callable] = {}
 
 
 def _callable(op: str, backend: str) -> Callable:
-    """The implementation to call. Under torch.compile a fused one ("triton", "cuda") is opaque
-    (``torch.compiler.disable``): dynamo runs it as eager code would, between graphs, instead of
-    tracing its launches and autograd.Function (in Triton's interpreter that tracing fails; on
-    a GPU it would be untested). The reference ("torch") stays traceable. Outside torch.compile
-    the plain function: wrapping it would import torch._dynamo (~1.5 s) in every process."""
+    """The implementation to call. In a process that uses torch.compile (torch._dynamo
+    imported) a fused one ("triton", "cuda") is opaque to dynamo (``torch.compiler.disable``):
+    dynamo runs it as eager code would, between graphs, instead of tracing its launches and
+    autograd.Function (in Triton's interpreter that tracing fails; on a GPU it would be
+    untested). Decided by the import, not by ``torch.compiler.is_compiling()``: dynamo runs a
+    frame it gives up on (e.g. past its recompile limit) eagerly, where is_compiling() is False,
+    and a plain function returned there would be traced by the frame that calls it. The
+    reference ("torch") stays traceable. In a process without torch.compile the plain function:
+    wrapping it would import torch._dynamo (~1.5 s) in every process."""
     target = _REGISTRY[op][backend]
-    if backend == "torch" or not torch.compiler.is_compiling():
+    if backend == "torch" or not (torch.compiler.is_compiling() or "torch._dynamo" in sys.modules):
         return _load(target)
     fn = _OPAQUE.get(target)
     if fn is None:
@@ -197,7 +230,9 @@ def resolve(op: str, backend: str, *tensors) -> Callable:
     # the per-call path skips the implementation's detail (e.g. the LSTM's schedule): it is
     # computed for the log line, once per op and reason, and by explain()
     chosen, reason = _auto_choice(op, tensors, detail=False)
-    if (op, reason) not in _logged:
+    # not while dynamo traces: a logging call is a graph break there (explain(..., compiling=True)
+    # says what "auto" picks under torch.compile)
+    if (op, reason) not in _logged and not torch.compiler.is_compiling():
         _logged.add((op, reason))
         log.info("zf_kernels.ops.%s: backend='auto' -> %s (%s)", op, chosen, _auto_choice(op, tensors)[1])
     return _callable(op, chosen)

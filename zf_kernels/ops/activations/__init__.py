@@ -12,7 +12,8 @@ from .naive import leaky_clamp_ref
 
 __all__ = ["leaky_clamp"]
 
-_dispatch.register("leaky_clamp", "torch", f"{__name__}.naive:leaky_clamp_ref")
+# elementwise: under torch.compile "auto" leaves it to inductor (see _dispatch)
+_dispatch.register("leaky_clamp", "torch", f"{__name__}.naive:leaky_clamp_ref", compile_traced=True)
 _dispatch.register("leaky_clamp", "triton", f"{__name__}.triton:leaky_clamp")
 
 
@@ -25,6 +26,7 @@ def leaky_clamp(x: torch.Tensor, slope: float, bound: float, backend: str = "aut
     check_tensor("x", x)
     if isinstance(slope, bool) or not isinstance(slope, (int, float)) or not 0 <= slope <= 1:
         raise ValueError(f"slope must be a number in [0, 1], got {slope!r}")
-    if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not (bound > 0 and math.isfinite(bound)):
+    # comparisons, not math.isfinite: dynamo traces them (isfinite of a float was a graph break)
+    if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not 0 < bound < math.inf:
         raise ValueError(f"bound must be a finite number > 0, got {bound!r}")
     return _dispatch.resolve("leaky_clamp", backend, x)(x, slope, bound)

@@ -20,7 +20,7 @@ _OPS = {
     "categorical_nll": "categorical_nll_ref",
 }
 for _op, _ref in _OPS.items():
-    _dispatch.register(_op, "torch", f"{__name__}.naive:{_ref}")
+    _dispatch.register(_op, "torch", f"{__name__}.naive:{_ref}", compile_traced=True)
     _dispatch.register(_op, "triton", f"{__name__}.triton:{_op}")
 
 

@@ -13,7 +13,9 @@ _dispatch.register("lstm", "triton", f"{__name__}.triton:lstm")
 # verified them (then drop not_auto).
 _dispatch.register("lstm", "cuda", f"{__name__}.cuda:lstm",
                    not_auto="the CUDA lstm has not been verified on a GPU yet; pass backend='cuda' to use it")
-_dispatch.register("lstm_cell", "torch", f"{__name__}.naive:lstm_cell_ref")
+# one GEMM and elementwise gates, called once per time step: under torch.compile "auto" leaves it
+# to inductor rather than breaking the graph at every step (see _dispatch)
+_dispatch.register("lstm_cell", "torch", f"{__name__}.naive:lstm_cell_ref", compile_traced=True)
 _dispatch.register("lstm_cell", "triton", f"{__name__}.triton:lstm_cell")
 
 
