@@ -237,6 +237,21 @@ def test_every_op_call_goes_through_zf_kernels_ops_with_the_models_backend(name,
 
 
 @pytest.mark.parametrize("name", list(MODELS))
+def test_reference_model_compiles_into_one_graph(name):
+    """backend="torch" with the value checks off: torch.compile(fullgraph=True) traces the whole
+    forward (their LSTM weights are ``LSTMWeights``, not nn.LSTM modules, which dynamo refuses),
+    and the compiled terms are the eager ones."""
+    from zf_kernels.ops import assume_valid_inputs
+    m = make(name, backend="torch")
+    y = data(m, 4, 2)
+    eps = torch.randn(4, 2, Z, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    torch._dynamo.reset()
+    with assume_valid_inputs():
+        got = torch.compile(lambda y, eps: m(y, eps=eps).nll, backend="aot_eager", fullgraph=True)(y, eps)
+        torch.testing.assert_close(got, m(y, eps=eps).nll)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
 def test_padded_batch_equals_the_truncated_sequences(name):
     m = make(name)
     T, B = 7, 3
