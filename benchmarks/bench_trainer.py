@@ -1,13 +1,18 @@
 """The trainer's own step, as ``python -m zf_kernels.train`` runs it: ``Run.train_step`` on
 real batches (host batch checks, the posterior noise, the loss-weight schedules, the skip
 checks, the metric window), timed as the trainer times it (wall clock around the step plus a
-CUDA synchronisation), eager versus ``--cuda-graph``, with the torch and Triton backends.
+CUDA synchronisation), eager versus ``--cuda-graph`` versus ``--compile``, with the torch,
+Triton and auto backends.
 
     python benchmarks/bench_trainer.py --cases timit --providers torch,triton+cuda-graph
+    python benchmarks/bench_trainer.py --device cpu --cases synthetic --providers torch,torch+compile
 
 Providers:
-  torch, triton                    the eager trainer step (--backend torch / triton)
+  torch, triton, auto              the eager trainer step (--backend torch / triton / auto)
   torch+cuda-graph, triton+cuda-graph   the same run with --cuda-graph
+  torch+compile, triton+compile, auto+compile
+                                   the same run with --compile inductor (``--compile-backend``):
+                                   compilation happens in the warm-up steps
 
 bench_train_step.py times the bare step (forward, backward, Adam on fixed tensors); this
 script measures what a user of the trainer gets, so the difference between the two is the
@@ -37,12 +42,16 @@ from zf_kernels import train as train_mod  # noqa: E402
 from zf_kernels.data import DataBundle, SequenceSplit  # noqa: E402
 from zf_kernels.training.presets import make_config  # noqa: E402
 
-PROVIDERS = ("torch", "torch+cuda-graph", "triton", "triton+cuda-graph")
+PROVIDERS = ("torch", "torch+cuda-graph", "triton", "triton+cuda-graph", "auto",
+             "torch+compile", "triton+compile", "auto+compile")
 CASES = {
     "timit": dict(label="trainer TIMIT T40 B32", T=40, D=200, output="gaussian",
                   size=dict(emb_dim=512, rnn_dim=1024, z_dim=256, mlp_dim=512, batch_size=32), long=False),
     "seqmnist": dict(label="trainer SeqMNIST T784 B32", T=784, D=1, output="bernoulli",
                      size=dict(emb_dim=512, rnn_dim=1024, z_dim=128, mlp_dim=512, batch_size=32), long=True),
+    # the default main job's model and data shape (preset synthetic): a CPU-sized case
+    "synthetic": dict(label="trainer synthetic T32 B32", T=32, D=4, output="gaussian",
+                      size=dict(emb_dim=32, rnn_dim=64, z_dim=8, mlp_dim=32, batch_size=32), long=False),
 }
 SMOKE_CASES = {
     "timit": dict(label="trainer tiny-gaussian T5 B3", T=5, D=6, output="gaussian",
@@ -66,10 +75,11 @@ def make_data(case, n_batches: int, seed: int = 0) -> DataBundle:
                       output_type=case["output"], input_dim=case["D"])
 
 
-def build_run(case, provider, device, data, out):
+def build_run(case, provider, device, data, out, compile_backend="inductor"):
     backend, _, variant = provider.partition("+")
     cfg = make_config("synthetic", out=str(out), device=str(device), backend=backend,
                       cuda_graph=variant == "cuda-graph", progress=False, time_budget=None,
+                      compile=compile_backend if variant == "compile" else "none",
                       aux_start=0.5, aux_end=1.0, aux_step=1e-4, bwd=1.0, kl_start=0.2, kl_step=5e-5,
                       z_force=True, **case["size"])
     return train_mod.Run(cfg, log=lambda *a, **k: None, data=data)
@@ -83,11 +93,11 @@ def run_provider(res, base, case, provider, device, args, data, ref):
             res.end(row, status="skipped", note="--cuda-graph needs a CUDA device")
             return
         with tempfile.TemporaryDirectory() as out:
-            run = build_run(case, provider, device, data, out)
+            run = build_run(case, provider, device, data, out, args.compile_backend)
             batches = list(train_mod.iterate_batches(data.train, run.cfg.batch_size, shuffle=False, seed=0,
                                                      epoch=0, drop_last=True))
             n_warm, n_time = args.warmup_steps, args.steps
-            times, losses = [], []
+            times, warm = [], []
             torch.cuda.reset_peak_memory_stats(device) if device.type == "cuda" else None
             for i in range(n_warm + n_time):
                 if i == n_warm and device.type == "cuda":
@@ -95,8 +105,7 @@ def run_provider(res, base, case, provider, device, args, data, ref):
                 t0 = time.perf_counter()
                 run.train_step(batches[i % len(batches)])
                 common.sync(device)
-                if i >= n_warm:
-                    times.append((time.perf_counter() - t0) * 1e3)
+                (times if i >= n_warm else warm).append((time.perf_counter() - t0) * 1e3)
                 if i == n_warm - 1:
                     run.flush_window()            # the timed steps' losses only
             run.flush_window()
@@ -110,7 +119,8 @@ def run_provider(res, base, case, provider, device, args, data, ref):
         elif ref.get("loss") is not None:
             err = abs(loss - ref["loss"]) / max(abs(ref["loss"]), 1e-30)
         note = (f"{n_time} timed steps after {n_warm} (captures: "
-                f"{run.static_step.captures if run.static_step else 0}); mean loss {loss:.6g}")
+                f"{run.static_step.captures if run.static_step else 0}; first step {warm[0] / 1e3:.1f} s); "
+                f"mean loss {loss:.6g}")
         res.end(row, ms=statistics.median(times), ms_p20=q[0], ms_p80=q[3], n=len(times), method="wall+sync",
                 peak_mb=peak, rel_err=err, note=note)
     except Exception as exc:  # noqa: BLE001 - one failure is one row
@@ -150,6 +160,8 @@ def main(argv=None) -> int:
     common.add_common_args(p)
     p.add_argument("--cases", default=None, help="comma-separated: timit, seqmnist (default both)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per row (default 20)")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="the *+compile providers' torch.compile backend (default inductor)")
     p.add_argument("--warmup-steps", type=int, default=5,
                    help="untimed steps first (compilation, graph captures); default 5")
     args = p.parse_args(argv)

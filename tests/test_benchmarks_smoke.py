@@ -32,8 +32,8 @@ def results(tmp_path_factory):
     base = ["--smoke", "--device", "cpu", "--out", str(out), "--name", "r", "--quiet"]
     assert bench_ops.main(base + ["--fresh", "--providers", "torch,cudnn"]) == 0
     assert bench_train_step.main(base + ["--providers", "torch,torch+graph,cudnn,cuda", "--models", "auto"]) == 0
-    assert bench_trainer.main(base + ["--providers", "torch,torch+cuda-graph", "--steps", "2",
-                                      "--warmup-steps", "1"]) == 0
+    assert bench_trainer.main(base + ["--providers", "torch,torch+cuda-graph,torch+compile", "--steps", "2",
+                                      "--warmup-steps", "1", "--compile-backend", "aot_eager"]) == 0
     assert tune_tiles.main(base) == 0
     assert bench_train_step.main(base + ["--providers", "torch,triton,torch+graph", "--cases", "timit",
                                          "--count-kernels"]) == 0
@@ -78,11 +78,13 @@ def test_train_rows(results):
 def test_trainer_rows(results):
     rows = [r for r in _rows(results / "r.json") if r["suite"] == "trainer"]
     assert {(r["case"], r["provider"]) for r in rows} == {
-        (c["label"], p) for c in bench_trainer.SMOKE_CASES.values() for p in ("torch", "torch+cuda-graph")}
+        (c["label"], p) for c in bench_trainer.SMOKE_CASES.values() for p in ("torch", "torch+cuda-graph", "torch+compile")}
     for r in rows:
         if r["provider"] == "torch":
             assert r["status"] == "ok" and r["ms"] > 0 and r["n"] == 2 and r["rel_err"] == 0.0, r
             assert math.isfinite(float(r["note"].rsplit("mean loss ", 1)[1])), r
+        elif r["provider"] == "torch+compile":  # --compile aot_eager: the eager run's losses
+            assert r["status"] == "ok" and r["ms"] > 0 and r["n"] == 2 and r["rel_err"] < 1e-5, r
         else:                                   # --cuda-graph on the CPU: a row saying why not
             assert r["status"] == "skipped" and "CUDA" in r["note"], r
 

@@ -30,7 +30,7 @@ def cfg_for(tmp_path, name, **kw):
 @pytest.fixture
 def uncaptured(monkeypatch):
     """--cuda-graph on the CPU: the static step, run without capture."""
-    monkeypatch.setattr(train_mod, "StaticStep", lambda run, capture: graph_step.StaticStep(run, capture=False))
+    monkeypatch.setattr(train_mod, "StaticStep", lambda run, capture, **kw: graph_step.StaticStep(run, capture=False, **kw))
 
 
 def assert_same_runs(a_dir, b_dir):
@@ -52,7 +52,7 @@ def assert_same_runs(a_dir, b_dir):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_static_step_gives_the_eager_run_bit_for_bit(tmp_path, monkeypatch, dtype):
     train_mod.train(cfg_for(tmp_path, "eager", max_steps=13, dtype=dtype), log=quiet)
-    monkeypatch.setattr(train_mod, "StaticStep", lambda run, capture: graph_step.StaticStep(run, capture=False))
+    monkeypatch.setattr(train_mod, "StaticStep", lambda run, capture, **kw: graph_step.StaticStep(run, capture=False, **kw))
     train_mod.train(cfg_for(tmp_path, "static", max_steps=13, dtype=dtype, cuda_graph=True), log=quiet)
     assert_same_runs(tmp_path / "eager", tmp_path / "static")
     # the run really took the static path: a run with a broken static step differs
@@ -79,7 +79,7 @@ def test_static_step_runs_the_python_models_bit_for_bit(tmp_path, monkeypatch, n
     spec.loader.exec_module(script)
     monkeypatch.setattr(train_mod, "MODELS", script.register(dict(train_mod.MODELS)))
     train_mod.train(cfg_for(tmp_path, "eager", model=name, max_steps=6), log=quiet)
-    monkeypatch.setattr(train_mod, "StaticStep", lambda run, capture: graph_step.StaticStep(run, capture=False))
+    monkeypatch.setattr(train_mod, "StaticStep", lambda run, capture, **kw: graph_step.StaticStep(run, capture=False, **kw))
     train_mod.train(cfg_for(tmp_path, "static", model=name, max_steps=6, cuda_graph=True), log=quiet)
     assert_same_runs(tmp_path / "eager", tmp_path / "static")
 
@@ -89,7 +89,7 @@ def test_static_step_on_padded_batches(tmp_path, monkeypatch):
     data = make_synthetic(n_train=96, n_valid=32, n_test=32, T=12, variable_length=True, seed=5)
     monkeypatch.setattr(train_mod, "load_dataset", lambda *a, **k: data)
     train_mod.train(cfg_for(tmp_path, "eager", max_steps=9), log=quiet)
-    monkeypatch.setattr(train_mod, "StaticStep", lambda run, capture: graph_step.StaticStep(run, capture=False))
+    monkeypatch.setattr(train_mod, "StaticStep", lambda run, capture, **kw: graph_step.StaticStep(run, capture=False, **kw))
     train_mod.train(cfg_for(tmp_path, "static", max_steps=9, cuda_graph=True), log=quiet)
     assert_same_runs(tmp_path / "eager", tmp_path / "static")
 
@@ -104,7 +104,7 @@ def test_static_step_skips_and_counts_non_finite_steps_like_the_eager_step(tmp_p
     monkeypatch.setattr(train_mod, "training_loss", functools.partial(sometimes_nan, real, {"n": 0}))
     eager = train_mod.train(cfg_for(tmp_path, "eager", max_steps=8), log=quiet)
     monkeypatch.setattr(graph_step, "training_loss", functools.partial(sometimes_nan, real, {"n": 0}))
-    monkeypatch.setattr(train_mod, "StaticStep", lambda run, capture: graph_step.StaticStep(run, capture=False))
+    monkeypatch.setattr(train_mod, "StaticStep", lambda run, capture, **kw: graph_step.StaticStep(run, capture=False, **kw))
     static = train_mod.train(cfg_for(tmp_path, "static", max_steps=8, cuda_graph=True), log=quiet)
     assert eager["skipped_batches"] == static["skipped_batches"] == {"non_finite_loss": 2, "non_finite_grad": 0}
     assert_same_runs(tmp_path / "eager", tmp_path / "static")
@@ -180,3 +180,41 @@ def test_gpu_cuda_graph_recaptures_after_a_learning_rate_change(tmp_path):
     assert run.static_step.captures == 3
     for (name, p), q in zip(run.model.named_parameters(), eager.model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_compiled_step_trains_like_the_eager_run(tmp_path):
+    """--compile aot_eager (dynamo + AOTAutograd, the same ops regrouped: seconds on the CPU;
+    inductor is what a user asks for, ~2 min to compile here): the static step with its forward
+    and loss compiled, over the aux terms switching on (a recompile), gives the eager run's
+    losses -- equal up to rounding until Adam's normalised updates amplify that rounding (a
+    gradient element near zero moves its parameter by up to lr either way) -- and it did compile."""
+    from torch._dynamo.utils import counters
+    kw = dict(max_steps=13, log_every=1)
+    train_mod.train(cfg_for(tmp_path, "eager", **kw), log=quiet)
+    torch._dynamo.reset()
+    counters.clear()
+    train_mod.train(cfg_for(tmp_path, "compiled", compile="aot_eager", **kw), log=quiet)
+    assert counters["stats"]["unique_graphs"] >= 2, dict(counters["stats"])   # aux off, then on
+    a, b = load_checkpoint(tmp_path / "eager" / "last.pt"), load_checkpoint(tmp_path / "compiled" / "last.pt")
+    assert a["step"] == b["step"] == 13 and a["skipped"] == b["skipped"]
+    la = [r["loss"] for r in read_metrics(tmp_path / "eager") if r["kind"] == "train"]
+    lb = [r["loss"] for r in read_metrics(tmp_path / "compiled") if r["kind"] == "train"]
+    assert len(la) == len(lb) == 13
+    assert lb[:2] == pytest.approx(la[:2], rel=1e-6)      # one update in: the same up to rounding
+    assert lb == pytest.approx(la, rel=1e-2)
+    for k in a["model"]:
+        torch.testing.assert_close(b["model"][k], a["model"][k], rtol=0, atol=13 * 1e-3, msg=k)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(compile="aot_eager", cuda_graph=True), "--compile and --cuda-graph"),
+    (dict(compile="no-such-backend"), "--compile must be none or a torch.compile backend"),
+])
+def test_compile_flag_rejects_what_it_cannot_do(tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match):
+        cfg_for(tmp_path, "x", **kw)
+
+
+def test_compile_refuses_float16(tmp_path):
+    with pytest.raises(ValueError, match="--compile does not support --dtype float16"):
+        train_mod.train(cfg_for(tmp_path, "x", max_steps=2, compile="aot_eager", dtype="float16"), log=quiet)

@@ -211,8 +211,12 @@ class Run:
         self.rank_digests = None     # parameter digest of every rank at the end of fit
         if self.dist.enabled:
             self._check_distributed()
-        # --cuda-graph: the step without host reads, replayed from CUDA graphs
-        self.static_step = StaticStep(self, capture=True) if cfg.cuda_graph else None
+        # --cuda-graph: the step without host reads, replayed from CUDA graphs; --compile: the
+        # same step, uncaptured, its forward and loss compiled by torch.compile
+        self.static_step = None
+        if cfg.cuda_graph or cfg.compile != "none":
+            self.static_step = StaticStep(self, capture=cfg.cuda_graph,
+                                          compile_backend=None if cfg.compile == "none" else cfg.compile)
 
     def _check_distributed(self):
         n = self.dist.world_size

@@ -22,6 +22,13 @@ captures a new graph; the old one is freed). Each graph has its own memory pool 
 unpadded batches may alternate).
 Warm-up before a capture runs the step with Adam's ``found_inf`` forced to 1: fused Adam then
 leaves parameters and moments untouched, so warming up changes nothing.
+
+``--compile BACKEND`` runs the same step uncaptured with its forward and loss compiled by
+``torch.compile(backend=BACKEND)`` (backward through AOTAutograd; clipping and Adam eager): the
+loss weights are device scalars, so the annealing schedules recompile nothing, and the value
+checks stay on the host copy, outside the compiled code (with them inside, each would break
+its graph). A new batch shape, padding or the aux terms switching on recompile it (dynamo makes
+a size that changes dynamic on its second value).
 """
 from __future__ import annotations
 
@@ -46,16 +53,24 @@ def unsupported_reason(run) -> str | None:
     return static_step_unsupported(run)
 
 
-def static_step_unsupported(run) -> str | None:
-    """Why the static (host-sync-free) step cannot run for ``run``, on any device."""
+def static_step_unsupported(run, flag: str = "--cuda-graph") -> str | None:
+    """Why the static (host-sync-free) step cannot run for ``run``, on any device; ``flag``:
+    the option that asks for it (--cuda-graph or --compile)."""
     if run.dist.enabled:
-        return "--cuda-graph runs one process; it does not support torchrun / DDP"
+        return f"{flag} runs one process; it does not support torchrun / DDP"
     if run.scaler is not None:
-        return ("--cuda-graph does not support --dtype float16 (loss scaling decides on the host); "
+        return (f"{flag} does not support --dtype float16 (loss scaling decides on the host); "
                 "use bfloat16 or float32")
     if not run.accepts_eps:
-        return f"--cuda-graph needs a model whose forward takes eps; {run.cfg.model!r} does not"
+        return f"{flag} needs a model whose forward takes eps; {run.cfg.model!r} does not"
     return None
+
+
+def loss_and_terms(model, y, u, mask, eps, kl_w, aux_w, bwd_w, aux_on: bool):
+    """The step's forward: the training loss and the per-sequence terms (what --compile compiles)."""
+    terms = model(y, u, mask, eps=eps)
+    loss = training_loss(terms, kl_w, aux_w, bwd_w, aux_on=aux_on)
+    return loss, {k: getattr(terms, k) for k in TERMS[1:]}
 
 
 @dataclass(frozen=True)
@@ -98,11 +113,14 @@ class StaticStep:
     """``run``'s training step without host synchronisation; with ``capture`` (CUDA only)
     each static configuration is captured once as a CUDA graph and replayed."""
 
-    def __init__(self, run, capture: bool):
-        why = unsupported_reason(run) if capture else static_step_unsupported(run)
+    def __init__(self, run, capture: bool, compile_backend: str | None = None):
+        why = unsupported_reason(run) if capture else static_step_unsupported(
+            run, "--cuda-graph" if compile_backend is None else "--compile")
         if why is not None:
             raise ValueError(why)
         self.run, self.capture = run, capture
+        self.forward = (loss_and_terms if compile_backend is None
+                        else torch.compile(loss_and_terms, backend=compile_backend))
         self.stats = torch.zeros(len(STATS), device=run.device, dtype=torch.float64)
         self.graphs: dict[_Key, tuple] = {}
         self.captures = 0    # graphs captured so far (a plateau decay adds one)
@@ -145,8 +163,7 @@ class StaticStep:
         norm) and the window's sums: only device work, in the eager step's order."""
         run = self.run
         with run.autocast(cache_enabled=False), ops.assume_valid_inputs():
-            terms = run.model(b.y, b.u, b.mask, eps=b.eps)
-            loss = training_loss(terms, b.kl_w, b.aux_w, b.bwd_w, aux_on=aux_on)
+            loss, terms = self.forward(run.model, b.y, b.u, b.mask, b.eps, b.kl_w, b.aux_w, b.bwd_w, aux_on)
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.clip)
@@ -160,7 +177,7 @@ class StaticStep:
             del run.opt.found_inf
         if warmup:
             return
-        sums = torch.stack([loss.detach().double(), *(getattr(terms, k).detach().double().mean() for k in TERMS[1:]),
+        sums = torch.stack([loss.detach().double(), *(terms[k].detach().double().mean() for k in TERMS[1:]),
                             grad_norm.double(), torch.ones((), device=loss.device, dtype=torch.float64)])
         counts = torch.stack([~finite_loss, finite_loss & ~finite_norm]).double()
         self.stats.add_(torch.cat([torch.where(ok, sums, 0.0), counts]))

@@ -26,6 +26,8 @@ class TrainConfig:
     fp32_dot: str = "auto"               # the fused kernels' float32 products: auto (follow --tf32), ieee,
                                          # tf32, tf32x3 (three TF32 products: near-IEEE on the tensor cores)
     cuda_graph: bool = False             # replay each training step from a CUDA graph (one process, not float16)
+    compile: str = "none"                # torch.compile the step's forward and loss with this backend
+                                         # (inductor, aot_eager, ...; one process, not float16) or none
     # stopping
     epochs: int = 20
     max_steps: int | None = None
@@ -143,6 +145,15 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError(f"--fp32-dot must be one of {', '.join(FP32_DOT_CHOICES)}, got {cfg.fp32_dot!r}")
     if cfg.backend not in ("auto", "torch", "triton", "cuda"):
         raise ValueError(f"--backend must be auto, torch, triton or cuda, got {cfg.backend!r}")
+    if cfg.compile != "none":
+        if cfg.cuda_graph:
+            raise ValueError("--compile and --cuda-graph do not combine (a capture of the compiled "
+                             "step is untested): pick one")
+        import torch   # torch._dynamo (imported here) costs ~1.5 s: only when asked for
+        known = torch.compiler.list_backends(exclude_tags=())
+        if cfg.compile not in known:
+            raise ValueError(f"--compile must be none or a torch.compile backend ({', '.join(sorted(known))}), "
+                             f"got {cfg.compile!r}")
     if cfg.metrics_format not in ("jsonl", "csv"):
         raise ValueError(f"--metrics-format must be jsonl or csv, got {cfg.metrics_format!r}")
     if cfg.num_samples < 0:
