@@ -526,6 +526,40 @@ def _lstm_forward(x, weight_ih, weight_hh, bias, h0, c0, reverse, schedule, cfg)
     return out, gates, c_all
 
 
+def _lstm_backward(d_out, d_hT, d_cT, x, weight_ih, weight_hh, h0, c0, out, gates, c_all, reverse,
+                   schedule, cfg, need):
+    """The gradients of ``(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0)`` (None where
+    ``need`` says no); overwrites ``gates`` with d(loss)/d(pre-activations)."""
+    T, B, _ = x.shape
+    H = weight_hh.shape[1]
+    dc = d_cT.to(c_all.dtype, copy=True).contiguous()
+    grid = _grid(B, H, cfg)
+    kw = dict(ACC_DTYPE=acc_type(x.dtype), PRECISION=dot_precision(x), **cfg)
+    steps = _steps(T, reverse)
+    if schedule == "persistent":
+        sync = sync_buffer(grid[0], x)
+        _lstm_bwd_persistent_kernel[grid](
+            d_out, d_out.stride(0), d_out.stride(1), d_out.stride(2),
+            d_hT, d_hT.stride(0), d_hT.stride(1), weight_hh, gates, c_all, dc, sync, T, B, H,
+            REVERSE=reverse, MAX_POLLS=MAX_POLLS, **kw)
+        check_sync(sync, "LSTM backward")
+    else:
+        BH, B4H = B * H, B * 4 * H
+        for s in range(T - 1, -1, -1):
+            t = steps[s]
+            last = s == T - 1
+            t_next = t if last else steps[s + 1]
+            _lstm_bwd_step_kernel[grid](
+                d_out, t * d_out.stride(0), d_out.stride(1), d_out.stride(2),
+                d_hT, d_hT.stride(0), d_hT.stride(1),
+                gates, t_next * B4H, weight_hh,
+                gates, t * B4H, gates, t * B4H,
+                c_all, s * BH, c_all, (s + 1) * BH, dc, B, H,
+                HAS_DHX=last, HAS_NEXT=not last, **kw)
+    # `gates` now holds d(loss)/d(pre-activations), (T, B, 4H); the rest is GEMMs
+    return lstm_input_grads(need, gates, dc, x, weight_ih, weight_hh, out, h0, c0, reverse)
+
+
 class _LSTMFunction(torch.autograd.Function):
 
     @staticmethod
@@ -557,33 +591,8 @@ class _LSTMFunction(torch.autograd.Function):
             _, gates, _ = _lstm_forward(x, weight_ih, weight_hh, _bias(bias_ih, bias_hh), h0_in, c0,
                                         reverse, schedule, cfg)
         ctx.consumed = True
-
-        dc = d_cT.to(c_all.dtype, copy=True).contiguous()
-        grid = _grid(B, H, cfg)
-        kw = dict(ACC_DTYPE=acc_type(x.dtype), PRECISION=dot_precision(x), **cfg)
-        steps = _steps(T, reverse)
-        if schedule == "persistent":
-            sync = sync_buffer(grid[0], x)
-            _lstm_bwd_persistent_kernel[grid](
-                d_out, d_out.stride(0), d_out.stride(1), d_out.stride(2),
-                d_hT, d_hT.stride(0), d_hT.stride(1), weight_hh, gates, c_all, dc, sync, T, B, H,
-                REVERSE=reverse, MAX_POLLS=MAX_POLLS, **kw)
-            check_sync(sync, "LSTM backward")
-        else:
-            BH, B4H = B * H, B * 4 * H
-            for s in range(T - 1, -1, -1):
-                t = steps[s]
-                last = s == T - 1
-                t_next = t if last else steps[s + 1]
-                _lstm_bwd_step_kernel[grid](
-                    d_out, t * d_out.stride(0), d_out.stride(1), d_out.stride(2),
-                    d_hT, d_hT.stride(0), d_hT.stride(1),
-                    gates, t_next * B4H, weight_hh,
-                    gates, t * B4H, gates, t * B4H,
-                    c_all, s * BH, c_all, (s + 1) * BH, dc, B, H,
-                    HAS_DHX=last, HAS_NEXT=not last, **kw)
-        # `gates` now holds d(loss)/d(pre-activations), (T, B, 4H); the rest is GEMMs
-        grads = lstm_input_grads(ctx.needs_input_grad, gates, dc, x, weight_ih, weight_hh, out, h0, c0, reverse)
+        grads = _lstm_backward(d_out, d_hT, d_cT, x, weight_ih, weight_hh, h0, c0, out, gates, c_all,
+                               reverse, schedule, cfg, ctx.needs_input_grad)
         return (*grads, None, None)
 
 

@@ -662,6 +662,112 @@ def explain_schedule(gates_x: torch.Tensor, post_x: torch.Tensor, eps: torch.Ten
     return f"schedule {name}: {why}"
 
 
+def _chain_forward(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_gz, bias_gz,
+                   weight_iz, weight_hh, schedule):
+    """The chain's forward over T >= 1 steps and B >= 1: ``(h, c, z, mu, lv)`` (``c`` in the state
+    dtype), what its backward reads ``(s, acts, okmask, w_comb)``, the contiguous inputs the
+    backward needs ``(h0, c0, eps, weight_qh, weight_q2, weight_hh)`` and the launch
+    ``(schedule, cfg)``."""
+    T, B, four_h = gates_x.shape
+    H, M, Z = four_h // 4, weight_qh.shape[0], eps.shape[-1]
+    dtype, dev = gates_x.dtype, gates_x.device
+    state_dtype = torch.float32 if dtype in _HALF else dtype
+    gates_x, post_x, eps = gates_x.contiguous(), post_x.contiguous(), eps.contiguous()
+    weight_qh, weight_q2, bias_q2 = weight_qh.contiguous(), weight_q2.contiguous(), bias_q2.contiguous()
+    weight_hh = weight_hh.contiguous()
+    # g(z) folded into the gate projection (module docstring)
+    w_comb = (weight_iz.to(state_dtype) @ weight_gz.to(state_dtype)).to(dtype).contiguous()
+    b_comb = (weight_iz.to(state_dtype) @ bias_gz.to(state_dtype)).contiguous()
+
+    h0 = h0.contiguous()
+    c0 = c0.to(state_dtype).contiguous()
+    h = torch.empty(T, B, H, dtype=dtype, device=dev)
+    c = torch.empty(T, B, H, dtype=state_dtype, device=dev)
+    z = torch.empty(T, B, Z, dtype=dtype, device=dev)
+    mu = torch.empty(T, B, Z, dtype=dtype, device=dev)
+    lv = torch.empty(T, B, Z, dtype=dtype, device=dev)
+    s = torch.empty(T, B, M, dtype=dtype, device=dev)
+    acts = torch.empty(T, B, 4 * H, dtype=dtype, device=dev)
+    okmask = torch.empty(T, B, 2 * Z, dtype=torch.int8, device=dev)
+
+    schedule, cfg, _ = _pick_schedule(B, {"H": H, "M": M, "Z": Z}, dtype, gates_x, schedule)
+    common = {"ACC": acc_type(dtype), "PREC": dot_precision(gates_x)}
+    w_t = FWD_W_TRANSPOSED and common["PREC"] == "ieee"
+    # the forward's weights, transposed where it reads them so (the backward reads the originals)
+    f_hh, f_comb, f_qh, f_q2 = ((w.t().contiguous() for w in (weight_hh, w_comb, weight_qh, weight_q2))
+                                if w_t else (weight_hh, w_comb, weight_qh, weight_q2))
+    g1, c1 = _grid(B, M, cfg), _k(cfg, H)
+    g2, c2 = _grid(B, Z, cfg), _k(cfg, M)
+    g3, c3 = _grid(B, H, cfg), _k(cfg, max(H, Z))
+    if schedule == "persistent" and gates_x.is_cuda and dtype not in _HALF:
+        c3["BLOCK_K"] = min(c3["BLOCK_K"], PERSISTENT_FP32_GATE_BLOCK_K)
+    if schedule == "persistent":
+        grid = _grid(B, max(H, M, Z), cfg)
+        sync = sync_buffer(grid[0], gates_x)
+        _fwd_persistent[grid](
+            h0, c0, h, c, z, gates_x, b_comb, f_hh, f_comb, acts,
+            f_qh, post_x, s, f_q2, bias_q2, eps, mu, lv, okmask, sync, T, B, H, M, Z,
+            MAX_POLLS=MAX_POLLS, SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, PARAM_BOUND=PARAM_CLAMP,
+            BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K1=c1["BLOCK_K"],
+            BLOCK_K2=c2["BLOCK_K"], BLOCK_K3=c3["BLOCK_K"], W_T=w_t, **common,
+            **_launch_options(schedule, dtype, cfg))
+        check_sync(sync, "zforcing_chain forward")
+    for t in range(T if schedule == "stepwise" else 0):
+        _launch(_fwd_posterior_hidden, g1, h0, h, f_qh, post_x, s, t, B, H, M, W_T=w_t, **common, **c1)
+        _launch(_fwd_posterior_sample, g2, s, f_q2, bias_q2, eps, z, mu, lv, okmask, t, B, M, Z,
+                SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, PARAM_BOUND=PARAM_CLAMP, W_T=w_t, **common, **c2)
+        _launch(_fwd_lstm_step, g3, h0, c0, h, c, z, gates_x, b_comb, f_hh, f_comb, acts,
+                t, B, H, Z, W_T=w_t, **common, **c3, **_launch_options(schedule, dtype, cfg))
+
+    return ((h, c, z, mu, lv), (s, acts, okmask, w_comb), (h0, c0, eps, weight_qh, weight_q2, weight_hh),
+            (schedule, cfg))
+
+
+def _chain_backward(grad_h, grad_c, grad_z, grad_mu, grad_lv, h0, c0, h, c, z, mu, lv, s, acts, okmask,
+                    eps, weight_qh, weight_q2, weight_gz, bias_gz, weight_iz, weight_hh, w_comb, schedule,
+                    cfg, need):
+    """The gradients of the chain's 12 tensor inputs (None where ``need`` says no), from the
+    forward's saved tensors (``_chain_forward``: ``c0`` in the state dtype, all contiguous)."""
+    T, B, H = h.shape
+    M, Z = s.shape[-1], z.shape[-1]
+    dtype, state_dtype = h.dtype, c.dtype
+    dev = h.device
+    grad_h, grad_c, grad_z, grad_mu, grad_lv = (
+        g.to(dtype).contiguous() for g in (grad_h, grad_c, grad_z, grad_mu, grad_lv))
+
+    dgates = torch.empty(T, B, 4 * H, dtype=dtype, device=dev)
+    dparams = torch.empty(T, B, 2 * Z, dtype=dtype, device=dev)
+    ds = torch.empty(T, B, M, dtype=dtype, device=dev)
+    grad_eps = torch.empty(T, B, Z, dtype=dtype, device=dev)
+    dc = torch.zeros(B, H, dtype=state_dtype, device=dev)
+
+    common = {"ACC": acc_type(dtype), "PREC": dot_precision(grad_h)}
+    g1, c1 = _grid(B, H, cfg), _k(cfg, max(4 * H, M))
+    g2, c2 = _grid(B, Z, cfg), _k(cfg, 4 * H)
+    g3, c3 = _grid(B, M, cfg), _k(cfg, 2 * Z)
+    if schedule == "persistent":
+        grid = _grid(B, max(H, M, Z), cfg)
+        sync = sync_buffer(grid[0], grad_h)
+        _bwd_persistent[grid](
+            grad_h, grad_c, grad_z, grad_mu, grad_lv, dc, acts, c0, c, dgates, ds, weight_hh, weight_qh,
+            w_comb, mu, lv, eps, okmask, dparams, grad_eps, weight_q2, s, sync, T, B, H, M, Z,
+            MAX_POLLS=MAX_POLLS, SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP,
+            BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K1=c1["BLOCK_K"],
+            BLOCK_K2=c2["BLOCK_K"], BLOCK_K3=c3["BLOCK_K"], **common,
+            **_launch_options(schedule, dtype, cfg))
+        check_sync(sync, "zforcing_chain backward")
+    for t in range(T - 1 if schedule == "stepwise" else -1, -1, -1):
+        _launch(_bwd_lstm_cell, g1, grad_h, grad_c, dc, acts, c0, c, dgates, ds, weight_hh, weight_qh,
+                t, B, H, M, HAS_NEXT=t < T - 1, **common, **c1)
+        _launch(_bwd_posterior_sample, g2, grad_z, grad_mu, grad_lv, dgates, w_comb, mu, lv, eps,
+                okmask, dparams, grad_eps, t, B, H, Z, **common, **c2)
+        _launch(_bwd_posterior_hidden, g3, dparams, weight_q2, s, ds, t, B, M, Z,
+                SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, **common, **c3)
+
+    return chain_input_grads(need, dgates, ds, dparams, grad_eps, dc, h0, h, z, s, weight_qh, bias_gz,
+                             weight_gz, weight_iz, weight_hh, dtype)
+
+
 class ZForcingChainFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2,
@@ -670,8 +776,6 @@ class ZForcingChainFunction(torch.autograd.Function):
         H, M, Z = four_h // 4, weight_qh.shape[0], eps.shape[-1]
         dtype, dev = gates_x.dtype, gates_x.device
         state_dtype = torch.float32 if dtype in _HALF else dtype
-        ctx.dims = (T, B, H, M, Z)
-        ctx.dtypes = (dtype, state_dtype)
         if T == 0 or B == 0:
             e = lambda n: torch.zeros(T, B, n, dtype=dtype, device=dev)  # noqa: E731
             ctx.empty = True
@@ -679,54 +783,9 @@ class ZForcingChainFunction(torch.autograd.Function):
             return e(H), e(H), e(Z), e(Z), e(Z)
         ctx.empty = False
 
-        gates_x, post_x, eps = gates_x.contiguous(), post_x.contiguous(), eps.contiguous()
-        weight_qh, weight_q2, bias_q2 = weight_qh.contiguous(), weight_q2.contiguous(), bias_q2.contiguous()
-        weight_hh = weight_hh.contiguous()
-        # g(z) folded into the gate projection (module docstring)
-        w_comb = (weight_iz.to(state_dtype) @ weight_gz.to(state_dtype)).to(dtype).contiguous()
-        b_comb = (weight_iz.to(state_dtype) @ bias_gz.to(state_dtype)).contiguous()
-
-        h0 = h0.contiguous()
-        c0 = c0.to(state_dtype).contiguous()
-        h = torch.empty(T, B, H, dtype=dtype, device=dev)
-        c = torch.empty(T, B, H, dtype=state_dtype, device=dev)
-        z = torch.empty(T, B, Z, dtype=dtype, device=dev)
-        mu = torch.empty(T, B, Z, dtype=dtype, device=dev)
-        lv = torch.empty(T, B, Z, dtype=dtype, device=dev)
-        s = torch.empty(T, B, M, dtype=dtype, device=dev)
-        acts = torch.empty(T, B, 4 * H, dtype=dtype, device=dev)
-        okmask = torch.empty(T, B, 2 * Z, dtype=torch.int8, device=dev)
-
-        schedule, cfg, _ = _pick_schedule(B, {"H": H, "M": M, "Z": Z}, dtype, gates_x, schedule)
-        ctx.schedule, ctx.cfg = schedule, cfg
-        common = {"ACC": acc_type(dtype), "PREC": dot_precision(gates_x)}
-        w_t = FWD_W_TRANSPOSED and common["PREC"] == "ieee"
-        # the forward's weights, transposed where it reads them so (the backward reads the originals)
-        f_hh, f_comb, f_qh, f_q2 = ((w.t().contiguous() for w in (weight_hh, w_comb, weight_qh, weight_q2))
-                                    if w_t else (weight_hh, w_comb, weight_qh, weight_q2))
-        g1, c1 = _grid(B, M, cfg), _k(cfg, H)
-        g2, c2 = _grid(B, Z, cfg), _k(cfg, M)
-        g3, c3 = _grid(B, H, cfg), _k(cfg, max(H, Z))
-        if schedule == "persistent" and gates_x.is_cuda and dtype not in _HALF:
-            c3["BLOCK_K"] = min(c3["BLOCK_K"], PERSISTENT_FP32_GATE_BLOCK_K)
-        if schedule == "persistent":
-            grid = _grid(B, max(H, M, Z), cfg)
-            sync = sync_buffer(grid[0], gates_x)
-            _fwd_persistent[grid](
-                h0, c0, h, c, z, gates_x, b_comb, f_hh, f_comb, acts,
-                f_qh, post_x, s, f_q2, bias_q2, eps, mu, lv, okmask, sync, T, B, H, M, Z,
-                MAX_POLLS=MAX_POLLS, SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, PARAM_BOUND=PARAM_CLAMP,
-                BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K1=c1["BLOCK_K"],
-                BLOCK_K2=c2["BLOCK_K"], BLOCK_K3=c3["BLOCK_K"], W_T=w_t, **common,
-                **_launch_options(schedule, dtype, cfg))
-            check_sync(sync, "zforcing_chain forward")
-        for t in range(T if schedule == "stepwise" else 0):
-            _launch(_fwd_posterior_hidden, g1, h0, h, f_qh, post_x, s, t, B, H, M, W_T=w_t, **common, **c1)
-            _launch(_fwd_posterior_sample, g2, s, f_q2, bias_q2, eps, z, mu, lv, okmask, t, B, M, Z,
-                    SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, PARAM_BOUND=PARAM_CLAMP, W_T=w_t, **common, **c2)
-            _launch(_fwd_lstm_step, g3, h0, c0, h, c, z, gates_x, b_comb, f_hh, f_comb, acts,
-                    t, B, H, Z, W_T=w_t, **common, **c3, **_launch_options(schedule, dtype, cfg))
-
+        ((h, c, z, mu, lv), (s, acts, okmask, w_comb), (h0, c0, eps, weight_qh, weight_q2, weight_hh),
+         (ctx.schedule, ctx.cfg)) = _chain_forward(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2,
+                                                   weight_gz, bias_gz, weight_iz, weight_hh, schedule)
         ctx.save_for_backward(h0, c0, h, c, z, mu, lv, s, acts, okmask, eps, weight_qh, weight_q2,
                               weight_gz, bias_gz, weight_iz, weight_hh, w_comb)
         return h, (c if state_dtype == dtype else c.to(dtype)), z, mu, lv
@@ -734,8 +793,6 @@ class ZForcingChainFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_h, grad_c, grad_z, grad_mu, grad_lv):
-        T, B, H, M, Z = ctx.dims
-        dtype, state_dtype = ctx.dtypes
         need = ctx.needs_input_grad
         if ctx.empty:
             h0, c0 = ctx.saved_tensors
@@ -744,42 +801,9 @@ class ZForcingChainFunction(torch.autograd.Function):
                     torch.zeros_like(c0) if need[4] else None) + (None,) * 8
         (h0, c0, h, c, z, mu, lv, s, acts, okmask, eps, weight_qh, weight_q2,
          weight_gz, bias_gz, weight_iz, weight_hh, w_comb) = ctx.saved_tensors
-        dev = h.device
-        grad_h, grad_c, grad_z, grad_mu, grad_lv = (
-            g.to(dtype).contiguous() for g in (grad_h, grad_c, grad_z, grad_mu, grad_lv))
-
-        dgates = torch.empty(T, B, 4 * H, dtype=dtype, device=dev)
-        dparams = torch.empty(T, B, 2 * Z, dtype=dtype, device=dev)
-        ds = torch.empty(T, B, M, dtype=dtype, device=dev)
-        grad_eps = torch.empty(T, B, Z, dtype=dtype, device=dev)
-        dc = torch.zeros(B, H, dtype=state_dtype, device=dev)
-
-        schedule, cfg = ctx.schedule, ctx.cfg
-        common = {"ACC": acc_type(dtype), "PREC": dot_precision(grad_h)}
-        g1, c1 = _grid(B, H, cfg), _k(cfg, max(4 * H, M))
-        g2, c2 = _grid(B, Z, cfg), _k(cfg, 4 * H)
-        g3, c3 = _grid(B, M, cfg), _k(cfg, 2 * Z)
-        if schedule == "persistent":
-            grid = _grid(B, max(H, M, Z), cfg)
-            sync = sync_buffer(grid[0], grad_h)
-            _bwd_persistent[grid](
-                grad_h, grad_c, grad_z, grad_mu, grad_lv, dc, acts, c0, c, dgates, ds, weight_hh, weight_qh,
-                w_comb, mu, lv, eps, okmask, dparams, grad_eps, weight_q2, s, sync, T, B, H, M, Z,
-                MAX_POLLS=MAX_POLLS, SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP,
-                BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K1=c1["BLOCK_K"],
-                BLOCK_K2=c2["BLOCK_K"], BLOCK_K3=c3["BLOCK_K"], **common,
-                **_launch_options(schedule, dtype, cfg))
-            check_sync(sync, "zforcing_chain backward")
-        for t in range(T - 1 if schedule == "stepwise" else -1, -1, -1):
-            _launch(_bwd_lstm_cell, g1, grad_h, grad_c, dc, acts, c0, c, dgates, ds, weight_hh, weight_qh,
-                    t, B, H, M, HAS_NEXT=t < T - 1, **common, **c1)
-            _launch(_bwd_posterior_sample, g2, grad_z, grad_mu, grad_lv, dgates, w_comb, mu, lv, eps,
-                    okmask, dparams, grad_eps, t, B, H, Z, **common, **c2)
-            _launch(_bwd_posterior_hidden, g3, dparams, weight_q2, s, ds, t, B, M, Z,
-                    SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, **common, **c3)
-
-        grads = chain_input_grads(need, dgates, ds, dparams, grad_eps, dc, h0, h, z, s, weight_qh, bias_gz,
-                                  weight_gz, weight_iz, weight_hh, dtype)
+        grads = _chain_backward(grad_h, grad_c, grad_z, grad_mu, grad_lv, h0, c0, h, c, z, mu, lv, s, acts,
+                                okmask, eps, weight_qh, weight_q2, weight_gz, bias_gz, weight_iz, weight_hh,
+                                w_comb, ctx.schedule, ctx.cfg, need)
         return tuple(grads) + (None,)
 
 

@@ -545,6 +545,166 @@ def explain_schedule(gates_x: torch.Tensor, post_x: torch.Tensor, eps: torch.Ten
     return f"schedule {name}: {why}"
 
 
+def _chain_ln_forward(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_g1, bias_g1,
+                      weight_g2, bias_g2, weight_hh, schedule):
+    """The forward over T >= 1 steps and B >= 1: ``(h, c, z, mu, lv)`` (``c`` in the state dtype),
+    what the backward reads ``(s, u, acts, okmask)``, the contiguous inputs it needs ``(h0, c0,
+    eps, weight_qh, weight_q2, weight_g1, weight_g2, bias_g2, weight_hh)`` and the launch
+    ``(schedule, cfg)``."""
+    T, B, four_h = gates_x.shape
+    H, M, Z, G = four_h // 4, weight_qh.shape[0], eps.shape[-1], weight_g1.shape[0]
+    dtype, dev = gates_x.dtype, gates_x.device
+    state_dtype = torch.float32 if dtype in _HALF else dtype
+    gates_x, post_x, eps = gates_x.contiguous(), post_x.contiguous(), eps.contiguous()
+    weight_qh, weight_q2, bias_q2 = weight_qh.contiguous(), weight_q2.contiguous(), bias_q2.contiguous()
+    weight_g1, bias_g1 = weight_g1.contiguous(), bias_g1.contiguous()
+    weight_g2, bias_g2 = weight_g2.contiguous(), bias_g2.contiguous()
+    weight_hh = weight_hh.contiguous()
+    h0 = h0.contiguous()
+    c0 = c0.to(state_dtype).contiguous()
+    h = torch.empty(T, B, H, dtype=dtype, device=dev)
+    c = torch.empty(T, B, H, dtype=state_dtype, device=dev)
+    z = torch.empty(T, B, Z, dtype=dtype, device=dev)
+    mu = torch.empty(T, B, Z, dtype=dtype, device=dev)
+    lv = torch.empty(T, B, Z, dtype=dtype, device=dev)
+    s = torch.empty(T, B, M, dtype=dtype, device=dev)
+    u = torch.empty(T, B, G, dtype=dtype, device=dev)
+    acts = torch.empty(T, B, 4 * H, dtype=dtype, device=dev)
+    okmask = torch.empty(T, B, 2 * Z, dtype=torch.int8, device=dev)
+    hh = torch.empty(B, 4 * H, dtype=state_dtype, device=dev)
+
+    dims = {"H": H, "M": M, "Z": Z, "G": G}
+    schedule, cfg, _ = _pick_schedule(B, dims, dtype, gates_x, schedule)
+    nt = triton.cdiv(H, cfg["BLOCK_N"])
+    psum = torch.empty(B, nt, 2, dtype=state_dtype, device=dev)
+    common = {"ACC": acc_type(dtype), "PREC": dot_precision(gates_x)}
+    g1, c1 = _grid(B, M, cfg), _k(cfg, H)
+    g2, c2 = _grid(B, Z, cfg), _k(cfg, M)
+    g3, c3 = _grid(B, H, cfg), _k(cfg, H)
+    g4, c4 = _grid(B, G, cfg), _k(cfg, Z)
+    c5 = _k(cfg, G)
+    opts = _launch_options(schedule, dtype, cfg)
+    consts = dict(SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, GEN_BOUND=COND_CLAMP)
+    if schedule == "persistent":
+        grid = _grid(B, max(dims.values()), cfg)
+        sync = sync_buffer(grid[0], gates_x)
+        bk = {n: (PERSISTENT_FWD_BLOCK_K if gates_x.is_cuda else c["BLOCK_K"])
+              for n, c in (("BK_S", c1), ("BK_Z", c2), ("BK_H", c3), ("BK_U", c4), ("BK_G", c5))}
+        _fwd_ln_persistent[grid](
+            h0, c0, h, c, weight_qh, post_x, s, weight_q2, bias_q2, eps, z, mu, lv, okmask,
+            weight_hh, hh, psum, weight_g1, bias_g1, u, weight_g2, bias_g2, gates_x, acts, sync,
+            T, B, H, M, Z, G, nt, MAX_POLLS=MAX_POLLS, PARAM_BOUND=PARAM_CLAMP, EPS_LN=LN_EPS,
+            BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=_stat_chunk(nt),
+            **bk, **consts, **common, **opts)
+        check_sync(sync, "zforcing_chain_ln forward")
+    for t in range(T if schedule == "stepwise" else 0):
+        _launch(_fwd_posterior_hidden, g1, h0, h, weight_qh, post_x, s, t, B, H, M, **common, **c1)
+        _launch(_fwd_posterior_sample, g2, s, weight_q2, bias_q2, eps, z, mu, lv, okmask, t, B, M, Z,
+                SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, PARAM_BOUND=PARAM_CLAMP, **common, **c2)
+        _launch(_fwd_ln_proj, g3, h0, h, weight_hh, hh, psum, t, B, H, nt, **common, **c3, **opts)
+        _launch(_fwd_gen_hidden, g4, z, weight_g1, bias_g1, u, t, B, Z, G, **common, **c4)
+        _launch(_fwd_ln_cell, g3, c0, h, c, hh, psum, u, weight_g2, bias_g2, gates_x, acts,
+                t, B, H, G, nt, SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, GEN_BOUND=COND_CLAMP,
+                EPS_LN=LN_EPS, BLOCK_T=_stat_chunk(nt), **common, **c5, **opts)
+    return ((h, c, z, mu, lv), (s, u, acts, okmask),
+            (h0, c0, eps, weight_qh, weight_q2, weight_g1, weight_g2, bias_g2, weight_hh), (schedule, cfg))
+
+
+def _chain_ln_backward(grad_h, grad_c, grad_z, grad_mu, grad_lv, h0, c0, h, c, z, mu, lv, s, u, acts, okmask,
+                       eps, weight_qh, weight_q2, weight_g1, weight_g2, bias_g2, weight_hh, schedule, cfg, need):
+    """The gradients of the 13 tensor inputs (None where ``need`` says no), from the forward's
+    saved tensors (``_chain_ln_forward``: ``c0`` in the state dtype, all contiguous)."""
+    T, B, H = h.shape
+    M, Z, G = s.shape[-1], z.shape[-1], u.shape[-1]
+    dtype, state_dtype = h.dtype, c.dtype
+    dev = h.device
+    grad_h, grad_c, grad_z, grad_mu, grad_lv = (
+        g.to(dtype).contiguous() for g in (grad_h, grad_c, grad_z, grad_mu, grad_lv))
+    n_rows = T * B
+    # recomputed, batched over all steps: the layer norm of h_{t-1} W_hh^T and the gen
+    # MLP's output before its clamp
+    hprev = torch.cat([h0[None], h[:-1]])
+    hh = (hprev.to(state_dtype) @ weight_hh.to(state_dtype).t())
+    var, mean = torch.var_mean(hh, dim=-1, unbiased=False, keepdim=True)
+    rstd = torch.rsqrt(var + LN_EPS)
+    norm = ((hh - mean) * rstd).contiguous()
+    rstd = rstd.squeeze(-1).contiguous()
+    gen = (mlp_act(u.to(state_dtype)) @ weight_g2.to(state_dtype).t() + bias_g2.to(state_dtype)).contiguous()
+
+    dgates = torch.empty(T, B, 4 * H, dtype=dtype, device=dev)
+    dhh = torch.empty(T, B, 4 * H, dtype=dtype, device=dev)
+    dgen = torch.empty(T, B, 8 * H, dtype=dtype, device=dev)
+    du = torch.empty(T, B, G, dtype=dtype, device=dev)
+    dparams = torch.empty(T, B, 2 * Z, dtype=dtype, device=dev)
+    ds = torch.empty(T, B, M, dtype=dtype, device=dev)
+    grad_eps = torch.empty(T, B, Z, dtype=dtype, device=dev)
+    dn = torch.empty(B, 4 * H, dtype=state_dtype, device=dev)
+    dc = torch.zeros(B, H, dtype=state_dtype, device=dev)
+    nt = triton.cdiv(H, cfg["BLOCK_N"])
+    psum = torch.empty(B, nt, 2, dtype=state_dtype, device=dev)
+    common = {"ACC": acc_type(dtype), "PREC": dot_precision(grad_h)}
+    g1, c1 = _grid(B, H, cfg), _k(cfg, max(4 * H, M))
+    g2 = _grid(B, 4 * H, cfg)
+    g3, c3 = _grid(B, G, cfg), _k(cfg, 8 * H)
+    g4, c4 = _grid(B, Z, cfg), _k(cfg, G)
+    g5, c5 = _grid(B, M, cfg), _k(cfg, 2 * Z)
+    bt = _stat_chunk(nt)
+    # stepwise: 8 warps from 32 x 32 tiles on, as the forward's cell (4 spill: compile_check)
+    opts = _launch_options(schedule, dtype, cfg)
+    if schedule == "persistent":
+        grid = _grid(B, max(H, M, Z, G), cfg)
+        sync = sync_buffer(grid[0], grad_h)
+        _bwd_ln_persistent[grid](
+            grad_h, grad_c, grad_z, grad_mu, grad_lv, dc, acts, c0, c, dgates, dhh, ds, weight_hh, weight_qh,
+            gen, norm, rstd, dgen, dn, psum, weight_g2, u, du, weight_g1, mu, lv, eps, okmask, dparams,
+            grad_eps, weight_q2, s, sync, T, B, H, M, Z, G, nt,
+            MAX_POLLS=MAX_POLLS, SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, GEN_BOUND=COND_CLAMP,
+            BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=bt, BK_C=c1["BLOCK_K"],
+            BK_U=c3["BLOCK_K"], BK_Z=c4["BLOCK_K"], BK_S=c5["BLOCK_K"], **common, **opts)
+        check_sync(sync, "zforcing_chain_ln backward")
+    for t in range(T - 1 if schedule == "stepwise" else -1, -1, -1):
+        _launch(_bwd_ln_cell, g1, grad_h, grad_c, dc, acts, c0, c, dgates, dhh, ds, weight_hh, weight_qh,
+                gen, norm, dgen, dn, psum, t, B, H, M, nt, HAS_NEXT=t < T - 1, GEN_BOUND=COND_CLAMP,
+                **common, **c1, **opts)
+        _launch(_bwd_ln_norm, g2, dn, norm, rstd, psum, dhh, t, B, H, nt, ACC=common["ACC"],
+                BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=bt)
+        _launch(_bwd_posterior_hidden, g3, dgen, weight_g2, u, du, t, B, G, 4 * H,
+                SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, **common, **c3)
+        _launch(_bwd_ln_sample, g4, grad_z, grad_mu, grad_lv, du, weight_g1, mu, lv, eps, okmask,
+                dparams, grad_eps, t, B, G, Z, **common, **c4)
+        _launch(_bwd_posterior_hidden, g5, dparams, weight_q2, s, ds, t, B, M, Z,
+                SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, **common, **c5)
+
+    hp2 = hprev.reshape(n_rows, H)
+    dh2 = dhh.reshape(n_rows, 4 * H)
+    ds2 = ds.reshape(n_rows, M)
+    grads = [None] * 13
+    grads[0] = dgates if need[0] else None
+    grads[1] = ds if need[1] else None
+    grads[2] = grad_eps if need[2] else None
+    if need[3]:
+        grads[3] = dhh[0] @ weight_hh + ds[0] @ weight_qh
+    if need[4]:
+        grads[4] = dc.to(dtype)
+    if need[5]:
+        grads[5] = ds2.t() @ hp2
+    if need[6] or need[7]:
+        dp2 = dparams.reshape(n_rows, 2 * Z)
+        grads[6] = dp2.t() @ mlp_act(s.reshape(n_rows, M)) if need[6] else None
+        grads[7] = dp2.sum(0) if need[7] else None
+    if need[8] or need[9]:
+        du2 = du.reshape(n_rows, G)
+        grads[8] = du2.t() @ z.reshape(n_rows, Z) if need[8] else None
+        grads[9] = du2.sum(0) if need[9] else None
+    if need[10] or need[11]:
+        dgen2 = dgen.reshape(n_rows, 8 * H)
+        grads[10] = dgen2.t() @ mlp_act(u.reshape(n_rows, G)) if need[10] else None
+        grads[11] = dgen2.sum(0) if need[11] else None
+    if need[12]:
+        grads[12] = dh2.t() @ hp2
+    return grads
+
+
 class ZForcingChainLNFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2,
@@ -553,66 +713,16 @@ class ZForcingChainLNFunction(torch.autograd.Function):
         H, M, Z, G = four_h // 4, weight_qh.shape[0], eps.shape[-1], weight_g1.shape[0]
         dtype, dev = gates_x.dtype, gates_x.device
         state_dtype = torch.float32 if dtype in _HALF else dtype
-        ctx.dims = (T, B, H, M, Z, G)
-        ctx.dtypes = (dtype, state_dtype)
         if T == 0 or B == 0:
             e = lambda n: torch.zeros(T, B, n, dtype=dtype, device=dev)  # noqa: E731
             ctx.empty = True
             ctx.save_for_backward(h0, c0)
             return e(H), e(H), e(Z), e(Z), e(Z)
         ctx.empty = False
-        gates_x, post_x, eps = gates_x.contiguous(), post_x.contiguous(), eps.contiguous()
-        weight_qh, weight_q2, bias_q2 = weight_qh.contiguous(), weight_q2.contiguous(), bias_q2.contiguous()
-        weight_g1, bias_g1 = weight_g1.contiguous(), bias_g1.contiguous()
-        weight_g2, bias_g2 = weight_g2.contiguous(), bias_g2.contiguous()
-        weight_hh = weight_hh.contiguous()
-        h0 = h0.contiguous()
-        c0 = c0.to(state_dtype).contiguous()
-        h = torch.empty(T, B, H, dtype=dtype, device=dev)
-        c = torch.empty(T, B, H, dtype=state_dtype, device=dev)
-        z = torch.empty(T, B, Z, dtype=dtype, device=dev)
-        mu = torch.empty(T, B, Z, dtype=dtype, device=dev)
-        lv = torch.empty(T, B, Z, dtype=dtype, device=dev)
-        s = torch.empty(T, B, M, dtype=dtype, device=dev)
-        u = torch.empty(T, B, G, dtype=dtype, device=dev)
-        acts = torch.empty(T, B, 4 * H, dtype=dtype, device=dev)
-        okmask = torch.empty(T, B, 2 * Z, dtype=torch.int8, device=dev)
-        hh = torch.empty(B, 4 * H, dtype=state_dtype, device=dev)
-
-        dims = {"H": H, "M": M, "Z": Z, "G": G}
-        schedule, cfg, _ = _pick_schedule(B, dims, dtype, gates_x, schedule)
-        ctx.schedule, ctx.cfg = schedule, cfg
-        nt = triton.cdiv(H, cfg["BLOCK_N"])
-        psum = torch.empty(B, nt, 2, dtype=state_dtype, device=dev)
-        common = {"ACC": acc_type(dtype), "PREC": dot_precision(gates_x)}
-        g1, c1 = _grid(B, M, cfg), _k(cfg, H)
-        g2, c2 = _grid(B, Z, cfg), _k(cfg, M)
-        g3, c3 = _grid(B, H, cfg), _k(cfg, H)
-        g4, c4 = _grid(B, G, cfg), _k(cfg, Z)
-        c5 = _k(cfg, G)
-        opts = _launch_options(schedule, dtype, cfg)
-        consts = dict(SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, GEN_BOUND=COND_CLAMP)
-        if schedule == "persistent":
-            grid = _grid(B, max(dims.values()), cfg)
-            sync = sync_buffer(grid[0], gates_x)
-            bk = {n: (PERSISTENT_FWD_BLOCK_K if gates_x.is_cuda else c["BLOCK_K"])
-                  for n, c in (("BK_S", c1), ("BK_Z", c2), ("BK_H", c3), ("BK_U", c4), ("BK_G", c5))}
-            _fwd_ln_persistent[grid](
-                h0, c0, h, c, weight_qh, post_x, s, weight_q2, bias_q2, eps, z, mu, lv, okmask,
-                weight_hh, hh, psum, weight_g1, bias_g1, u, weight_g2, bias_g2, gates_x, acts, sync,
-                T, B, H, M, Z, G, nt, MAX_POLLS=MAX_POLLS, PARAM_BOUND=PARAM_CLAMP, EPS_LN=LN_EPS,
-                BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=_stat_chunk(nt),
-                **bk, **consts, **common, **opts)
-            check_sync(sync, "zforcing_chain_ln forward")
-        for t in range(T if schedule == "stepwise" else 0):
-            _launch(_fwd_posterior_hidden, g1, h0, h, weight_qh, post_x, s, t, B, H, M, **common, **c1)
-            _launch(_fwd_posterior_sample, g2, s, weight_q2, bias_q2, eps, z, mu, lv, okmask, t, B, M, Z,
-                    SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, PARAM_BOUND=PARAM_CLAMP, **common, **c2)
-            _launch(_fwd_ln_proj, g3, h0, h, weight_hh, hh, psum, t, B, H, nt, **common, **c3, **opts)
-            _launch(_fwd_gen_hidden, g4, z, weight_g1, bias_g1, u, t, B, Z, G, **common, **c4)
-            _launch(_fwd_ln_cell, g3, c0, h, c, hh, psum, u, weight_g2, bias_g2, gates_x, acts,
-                    t, B, H, G, nt, SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, GEN_BOUND=COND_CLAMP,
-                    EPS_LN=LN_EPS, BLOCK_T=_stat_chunk(nt), **common, **c5, **opts)
+        ((h, c, z, mu, lv), (s, u, acts, okmask),
+         (h0, c0, eps, weight_qh, weight_q2, weight_g1, weight_g2, bias_g2, weight_hh),
+         (ctx.schedule, ctx.cfg)) = _chain_ln_forward(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2,
+                                                      weight_g1, bias_g1, weight_g2, bias_g2, weight_hh, schedule)
         ctx.save_for_backward(h0, c0, h, c, z, mu, lv, s, u, acts, okmask, eps, weight_qh, weight_q2,
                               weight_g1, weight_g2, bias_g2, weight_hh)
         return h, (c if state_dtype == dtype else c.to(dtype)), z, mu, lv
@@ -620,8 +730,6 @@ class ZForcingChainLNFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_h, grad_c, grad_z, grad_mu, grad_lv):
-        T, B, H, M, Z, G = ctx.dims
-        dtype, state_dtype = ctx.dtypes
         need = ctx.needs_input_grad
         if ctx.empty:
             h0, c0 = ctx.saved_tensors
@@ -630,92 +738,9 @@ class ZForcingChainLNFunction(torch.autograd.Function):
                     torch.zeros_like(c0) if need[4] else None) + (None,) * 9
         (h0, c0, h, c, z, mu, lv, s, u, acts, okmask, eps, weight_qh, weight_q2,
          weight_g1, weight_g2, bias_g2, weight_hh) = ctx.saved_tensors
-        dev = h.device
-        grad_h, grad_c, grad_z, grad_mu, grad_lv = (
-            g.to(dtype).contiguous() for g in (grad_h, grad_c, grad_z, grad_mu, grad_lv))
-        n_rows = T * B
-        # recomputed, batched over all steps: the layer norm of h_{t-1} W_hh^T and the gen
-        # MLP's output before its clamp
-        hprev = torch.cat([h0[None], h[:-1]])
-        hh = (hprev.to(state_dtype) @ weight_hh.to(state_dtype).t())
-        var, mean = torch.var_mean(hh, dim=-1, unbiased=False, keepdim=True)
-        rstd = torch.rsqrt(var + LN_EPS)
-        norm = ((hh - mean) * rstd).contiguous()
-        rstd = rstd.squeeze(-1).contiguous()
-        gen = (mlp_act(u.to(state_dtype)) @ weight_g2.to(state_dtype).t() + bias_g2.to(state_dtype)).contiguous()
-
-        dgates = torch.empty(T, B, 4 * H, dtype=dtype, device=dev)
-        dhh = torch.empty(T, B, 4 * H, dtype=dtype, device=dev)
-        dgen = torch.empty(T, B, 8 * H, dtype=dtype, device=dev)
-        du = torch.empty(T, B, G, dtype=dtype, device=dev)
-        dparams = torch.empty(T, B, 2 * Z, dtype=dtype, device=dev)
-        ds = torch.empty(T, B, M, dtype=dtype, device=dev)
-        grad_eps = torch.empty(T, B, Z, dtype=dtype, device=dev)
-        dn = torch.empty(B, 4 * H, dtype=state_dtype, device=dev)
-        dc = torch.zeros(B, H, dtype=state_dtype, device=dev)
-        schedule, cfg = ctx.schedule, ctx.cfg
-        nt = triton.cdiv(H, cfg["BLOCK_N"])
-        psum = torch.empty(B, nt, 2, dtype=state_dtype, device=dev)
-        common = {"ACC": acc_type(dtype), "PREC": dot_precision(grad_h)}
-        g1, c1 = _grid(B, H, cfg), _k(cfg, max(4 * H, M))
-        g2 = _grid(B, 4 * H, cfg)
-        g3, c3 = _grid(B, G, cfg), _k(cfg, 8 * H)
-        g4, c4 = _grid(B, Z, cfg), _k(cfg, G)
-        g5, c5 = _grid(B, M, cfg), _k(cfg, 2 * Z)
-        bt = _stat_chunk(nt)
-        # stepwise: 8 warps from 32 x 32 tiles on, as the forward's cell (4 spill: compile_check)
-        opts = _launch_options(schedule, dtype, cfg)
-        if schedule == "persistent":
-            grid = _grid(B, max(H, M, Z, G), cfg)
-            sync = sync_buffer(grid[0], grad_h)
-            _bwd_ln_persistent[grid](
-                grad_h, grad_c, grad_z, grad_mu, grad_lv, dc, acts, c0, c, dgates, dhh, ds, weight_hh, weight_qh,
-                gen, norm, rstd, dgen, dn, psum, weight_g2, u, du, weight_g1, mu, lv, eps, okmask, dparams,
-                grad_eps, weight_q2, s, sync, T, B, H, M, Z, G, nt,
-                MAX_POLLS=MAX_POLLS, SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, GEN_BOUND=COND_CLAMP,
-                BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=bt, BK_C=c1["BLOCK_K"],
-                BK_U=c3["BLOCK_K"], BK_Z=c4["BLOCK_K"], BK_S=c5["BLOCK_K"], **common, **opts)
-            check_sync(sync, "zforcing_chain_ln backward")
-        for t in range(T - 1 if schedule == "stepwise" else -1, -1, -1):
-            _launch(_bwd_ln_cell, g1, grad_h, grad_c, dc, acts, c0, c, dgates, dhh, ds, weight_hh, weight_qh,
-                    gen, norm, dgen, dn, psum, t, B, H, M, nt, HAS_NEXT=t < T - 1, GEN_BOUND=COND_CLAMP,
-                    **common, **c1, **opts)
-            _launch(_bwd_ln_norm, g2, dn, norm, rstd, psum, dhh, t, B, H, nt, ACC=common["ACC"],
-                    BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=bt)
-            _launch(_bwd_posterior_hidden, g3, dgen, weight_g2, u, du, t, B, G, 4 * H,
-                    SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, **common, **c3)
-            _launch(_bwd_ln_sample, g4, grad_z, grad_mu, grad_lv, du, weight_g1, mu, lv, eps, okmask,
-                    dparams, grad_eps, t, B, G, Z, **common, **c4)
-            _launch(_bwd_posterior_hidden, g5, dparams, weight_q2, s, ds, t, B, M, Z,
-                    SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, **common, **c5)
-
-        hp2 = hprev.reshape(n_rows, H)
-        dh2 = dhh.reshape(n_rows, 4 * H)
-        ds2 = ds.reshape(n_rows, M)
-        grads = [None] * 13
-        grads[0] = dgates if need[0] else None
-        grads[1] = ds if need[1] else None
-        grads[2] = grad_eps if need[2] else None
-        if need[3]:
-            grads[3] = dhh[0] @ weight_hh + ds[0] @ weight_qh
-        if need[4]:
-            grads[4] = dc.to(dtype)
-        if need[5]:
-            grads[5] = ds2.t() @ hp2
-        if need[6] or need[7]:
-            dp2 = dparams.reshape(n_rows, 2 * Z)
-            grads[6] = dp2.t() @ mlp_act(s.reshape(n_rows, M)) if need[6] else None
-            grads[7] = dp2.sum(0) if need[7] else None
-        if need[8] or need[9]:
-            du2 = du.reshape(n_rows, G)
-            grads[8] = du2.t() @ z.reshape(n_rows, Z) if need[8] else None
-            grads[9] = du2.sum(0) if need[9] else None
-        if need[10] or need[11]:
-            dgen2 = dgen.reshape(n_rows, 8 * H)
-            grads[10] = dgen2.t() @ mlp_act(u.reshape(n_rows, G)) if need[10] else None
-            grads[11] = dgen2.sum(0) if need[11] else None
-        if need[12]:
-            grads[12] = dh2.t() @ hp2
+        grads = _chain_ln_backward(grad_h, grad_c, grad_z, grad_mu, grad_lv, h0, c0, h, c, z, mu, lv, s, u, acts,
+                                   okmask, eps, weight_qh, weight_q2, weight_g1, weight_g2, bias_g2, weight_hh,
+                                   ctx.schedule, ctx.cfg, need)
         return tuple(grads) + (None,)
 
 
