@@ -20,16 +20,16 @@ Providers:
   torch+compile  ``torch.compile(model)`` (default mode) of the reference; backward through
                  AOTAutograd, clipping and Adam eager. Skipped at T=784 unless ``--compile all``
                  (it unrolls the 784-step loops: minutes of compilation)
-  triton+compile ``torch.compile(model)`` (default mode) of the Triton step: every fused op runs
-                 as in eager between dynamo's graphs (opaque to it: a graph break each), the
-                 rest of the step (MLPs, heads, the batched projections) compiled; no loop to
-                 unroll, so T=784 too
+  triton+compile ``torch.compile(model)`` (default mode) of the Triton step: the recurrences
+                 traced as custom ops (no loop to unroll, so T=784 too), the small fused ops
+                 run as in eager between dynamo's graphs (opaque to it: a graph break each),
+                 the rest of the step (MLPs, heads, the batched projections) compiled
   auto+compile, cuda+compile
                  the same with ``backend="auto"`` (cuda: with ZF_AUTO_UNVERIFIED=1): under
-                 torch.compile "auto" keeps only the recurrences fused (Triton / CUDA; the
-                 backward LSTM and the chain: two opaque calls) and leaves the elementwise and
-                 likelihood ops to inductor as traced references (``ops.explain(...,
-                 compiling=True)``)
+                 torch.compile "auto" keeps only the recurrences fused and leaves the
+                 elementwise and likelihood ops to inductor as traced references
+                 (``ops.explain(..., compiling=True)``): auto+compile is one graph; cuda+compile
+                 breaks at the CUDA recurrences (opaque, no custom ops)
   triton         the Triton backend (``backend="triton"``), eager launches
   triton+graph   the Triton step captured in a CUDA graph, as torch+graph
   triton-stepwise, triton-stepwise+graph

@@ -383,9 +383,9 @@ run_stage ops-bf16 40 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --dtypes bfloat16 \
   --ops lstm,zforcing_chain,lstm_cell --providers cudnn,torch,triton,cuda
 
-# 14. torch.compile of the whole TIMIT step: ours (the fused ops run as in eager between
-# dynamo's graphs, the rest compiled: nothing to unroll; auto+compile / cuda+compile: only the
-# two recurrences fused, the small ops traced into inductor's graph), then the reference's
+# 14. torch.compile of the whole TIMIT step: ours (the Triton recurrences as custom ops, nothing
+# to unroll; triton+compile: the small fused ops between dynamo's graphs; auto+compile: one graph,
+# the small ops traced by inductor; cuda+compile: the CUDA recurrences opaque), then the reference's
 # (one graph, no break: it unrolls two 40-step loops; may not fit)
 run_stage train-compile 100 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results \

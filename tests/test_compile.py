@@ -1,12 +1,13 @@
-"""torch.compile over the ops and the model: a fused op ("triton"; "cuda" alike) is opaque to
-dynamo (``_dispatch._callable``: ``torch.compiler.disable``), so dynamo runs it as eager code does
-between its graphs, and the reference ("torch") stays traceable; under torch.compile "auto"
-keeps only the recurrences fused and traces the other ops' references (``compile_traced``). Before that, dynamo traced into
-the Triton launches, and in the interpreter failed (InterpreterError, a fake-tensor KeyError on
+"""torch.compile over the ops and the model: the Triton recurrences (lstm, zforcing_chain,
+zforcing_chain_ln) are traced through their torch.library custom ops (``*/triton_op.py``); any
+other fused op ("triton"; "cuda" alike) is opaque to dynamo (``_dispatch._callable``:
+``torch.compiler.disable``), so dynamo runs it as eager code does between its graphs; the
+reference ("torch") stays traceable; under torch.compile "auto" keeps only the recurrences fused
+and traces the other ops' references (``compile_traced``). Before that, dynamo traced into the
+Triton launches, and in the interpreter failed (InterpreterError, a fake-tensor KeyError on
 uint64). Compiled with ``backend="aot_eager"`` (dynamo + AOTAutograd, no code generation: seconds
 on the CPU; inductor also ran here, ~40 s per model). Outside torch.compile nothing is wrapped:
 wrapping imports torch._dynamo, ~1.5 s in every process."""
-import re
 import subprocess
 import sys
 
@@ -79,22 +80,77 @@ def test_fused_ops_under_torch_compile_give_the_eager_numbers(case):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
 
 
+def _kl(backend):
+    return lambda mu, logvar, mu_p, logvar_p: ops.gaussian_kl(mu, logvar, mu_p, logvar_p, backend=backend)
+
+
 def test_fused_op_is_a_graph_break_and_the_reference_is_traced():
-    args = CASES["lstm"][1]()
-    ops.lstm(*args[:3], backend="triton")       # the implementations loaded, as after a first step
-    ops.lstm(*args[:3], backend="torch")
+    """A fused op without a traced form (here the Triton gaussian_kl) is opaque: a graph break,
+    which fullgraph=True refuses; its reference is traced."""
+    args = _leaves(*[(T, B, D)] * 4)
+    _kl("triton")(*args)                        # the implementations loaded, as after a first step
     torch._dynamo.reset()
-    fused = torch._dynamo.explain(_lstm("triton"))(*args)
-    # the first trace breaks at creating the wrapper (dynamo skips torch.compiler.disable itself),
-    # later ones at calling it
+    fused = torch._dynamo.explain(_kl("triton"))(*args)
     assert any("disable" in str(r.reason) for r in fused.break_reasons), [str(r.reason)[:200] for r in fused.break_reasons]
     torch._dynamo.reset()
     with pytest.raises(Exception, match="disable"):
-        torch.compile(_lstm("triton"), backend="aot_eager", fullgraph=True)(*args)
+        torch.compile(_kl("triton"), backend="aot_eager", fullgraph=True)(*args)
     torch._dynamo.reset()
-    ref = torch._dynamo.explain(_lstm("torch"))(*args)
-    assert not any("disable" in str(r.reason) for r in ref.break_reasons)
-    assert ref.op_count > 0
+    ref = torch._dynamo.explain(_kl("torch"))(*args)
+    assert ref.graph_break_count == 0 and ref.op_count > 0
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_triton_lstm_is_traced_through_its_custom_ops(reverse):
+    """The Triton lstm has a traced form (torch.library custom ops, ``lstm/triton_op.py``):
+    fullgraph=True compiles a function calling it, with the eager kernels' numbers, forward and
+    every gradient, h0 / c0 given or not."""
+    x, wi, wh, bi, bh = _leaves((T, B, I), (4 * H, I), (4 * H, H), (4 * H,), (4 * H,))
+    h0, c0 = _leaves((B, H), (B, H), seed=1)
+    for states in ((), (h0, c0)):
+        def f(x, wi, wh, bi, bh, *states):
+            out, (h, c) = ops.lstm(x, wi, wh, bi, bh, *states, reverse=reverse, backend="triton")
+            return out, h, c
+        args = [x, wi, wh, bi, bh, *states]
+        want = _outputs_and_grads(f, args)
+        torch._dynamo.reset()
+        got = _outputs_and_grads(torch.compile(f, backend="aot_eager", fullgraph=True), args)
+        for w, g in zip(want[0] + want[1], got[0] + got[1]):
+            torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("ln", [False, True])
+@pytest.mark.parametrize("schedule", ["auto", "stepwise"])
+def test_triton_chains_are_traced_through_their_custom_ops(schedule, ln, monkeypatch):
+    """The Triton zforcing_chain's and zforcing_chain_ln's traced forms: fullgraph=True, the
+    eager kernels' numbers, forward and every gradient (12 and 13 inputs)."""
+    monkeypatch.setenv("ZF_CHAIN_SCHEDULE", schedule)
+    args = smooth_chain_inputs(T, B, H, 5, 3, 4, ln=ln)[0]
+    op = ops.zforcing_chain_ln if ln else ops.zforcing_chain
+    f = lambda *a: op(*a, backend="triton")  # noqa: E731
+    want = _outputs_and_grads(f, args)
+    torch._dynamo.reset()
+    got = _outputs_and_grads(torch.compile(f, backend="aot_eager", fullgraph=True), args)
+    assert len(got[1]) == (13 if ln else 12)
+    for w, g in zip(want[0] + want[1], got[0] + got[1]):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("ln", [False, True])
+def test_triton_chain_custom_ops_pass_opcheck(ln):
+    from zf_kernels.ops.recurrence import triton_op
+    args = smooth_chain_inputs(3, 2, 5, 4, 3, 4, ln=ln)[0]
+    torch.library.opcheck(triton_op.chain_ln_forward if ln else triton_op.chain_forward, (*args, "auto"))
+
+
+def test_triton_lstm_custom_ops_pass_opcheck():
+    """torch.library.opcheck: the schema, the fake (shape-only) versions against the real ops,
+    the autograd registration and AOTAutograd's handling."""
+    from zf_kernels.ops.lstm import triton_op
+    x, wi, wh, bi, bh = _leaves((3, 2, 5), (4 * 7, 5), (4 * 7, 7), (4 * 7,), (4 * 7,))
+    h0 = torch.randn(2, 7)
+    torch.library.opcheck(triton_op.lstm_forward, (x, wi, wh, bi, bh, h0, None, True, "auto"))
+    torch.library.opcheck(triton_op.lstm_forward, (x, wi, wh, None, None, None, None, False, "stepwise"))
 
 
 def test_compiled_model_trains_like_the_eager_one():
@@ -152,9 +208,9 @@ def test_auto_under_compile_traces_the_small_ops_and_keeps_the_recurrences_fused
         _dispatch.register("lstm", "triton", "zf_kernels.ops.lstm.triton:lstm", compile_traced=True)
 
 
-def _model_step(backend):
+def _model_step(backend, cond_ln=False):
     torch.manual_seed(0)
-    model = ZForcing(3, "gaussian", emb_dim=5, rnn_dim=7, z_dim=3, mlp_dim=6, backend=backend)
+    model = ZForcing(3, "gaussian", emb_dim=5, rnn_dim=7, z_dim=3, mlp_dim=6, cond_ln=cond_ln, backend=backend)
     y, eps = torch.randn(T, 2, 3), torch.randn(T, 2, 3)
 
     def loss_and_grads(fn):
@@ -166,27 +222,15 @@ def _model_step(backend):
     return (lambda y, eps: training_loss(model(y, eps=eps), 0.3, 0.5, 1.0)), loss_and_grads
 
 
-def _skipped_functions(graph_breaks):
-    """The functions dynamo skipped as torch.compiler.disable'd, from its graph-break counter;
-    any other kind of break is returned as itself."""
-    names = set()
-    for reason in graph_breaks:
-        m = re.search(r"Skip calling function `<function (\w+)", reason)
-        names.add(m.group(1) if m else reason[:300])
-    return names
-
-
-def test_compiled_auto_model_breaks_only_at_the_two_recurrences(as_on_cuda):
-    """ZForcing(backend="auto") under torch.compile, as on a GPU: the backward LSTM and the chain
-    are the only graph breaks (every other op traced), and the step gives the eager numbers
-    (eager "auto" runs every op on Triton here)."""
-    from torch._dynamo.utils import counters
+@pytest.mark.parametrize("cond_ln", [False, True])
+def test_compiled_auto_model_is_one_graph(as_on_cuda, cond_ln):
+    """ZForcing(backend="auto") under torch.compile, as on a GPU: its backward LSTM and its chain
+    through the Triton kernels' custom ops, every other op traced: fullgraph=True compiles the
+    step, which gives the eager numbers (eager "auto" runs every op on Triton here)."""
     torch._dynamo.reset()
-    step, loss_and_grads = _model_step("auto")
+    step, loss_and_grads = _model_step("auto", cond_ln)
     want = loss_and_grads(step)
-    counters.clear()
-    got = loss_and_grads(torch.compile(step, backend="aot_eager"))
-    assert _skipped_functions(counters["graph_break"]) == {"lstm", "zforcing_chain"}, dict(counters["graph_break"])
+    got = loss_and_grads(torch.compile(step, backend="aot_eager", fullgraph=True))
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 

@@ -32,6 +32,9 @@ _NOT_AUTO: dict[tuple[str, str], str] = {}
 _logged: set[tuple[str, str]] = set()
 # ops whose reference "auto" picks under torch.compile (see the module docstring)
 _COMPILE_TRACED: set[str] = set()
+# fused implementation's "module:attribute" -> that of the same function as torch.library custom
+# ops, which torch.compile traces (where it exists the fused op is no graph break)
+_TRACED_FORMS: dict[str, str] = {}
 COMPILE_TRACED_REASON = (
     "under torch.compile the reference is traced: inductor fuses it with the ops around it, where "
     "a fused kernel would be an opaque call (a graph break) each time; an explicit backend still "
@@ -43,16 +46,21 @@ class BackendUnavailableError(RuntimeError):
 
 
 def register(op: str, backend: str, target: str, *, not_auto: str | None = None,
-             compile_traced: bool = False) -> None:
+             compile_traced: bool = False, traced_form: str | None = None) -> None:
     """Register ``target`` as ``op``'s ``backend``; ``not_auto``: the reason "auto" skips it
     (e.g. a kernel not yet verified on a GPU), which ``explain`` reports; ``compile_traced``
-    (the "torch" reference only): "auto" picks it under torch.compile."""
+    (the "torch" reference only): "auto" picks it under torch.compile; ``traced_form`` (a fused
+    backend): the same function built from torch.library custom ops, called while dynamo traces."""
     if backend not in BACKENDS[1:]:
         raise ValueError(f"unknown backend {backend!r}")
     if compile_traced:
         if backend != "torch":
             raise ValueError("compile_traced applies to the reference (backend 'torch') only")
         _COMPILE_TRACED.add(op)
+    if traced_form is not None:
+        if backend == "torch":
+            raise ValueError("traced_form applies to a fused backend, not the reference")
+        _TRACED_FORMS[target] = traced_form
     if backend == "torch":
         # loaded now (the references are plain torch code the op's package imports anyway): a
         # first load inside a torch.compile trace would be a graph break (importlib)
@@ -85,6 +93,9 @@ def _load(target: str) -> Callable:
     if fn is None:
         module, attr = target.split(":")
         fn = _LOADED[target] = getattr(importlib.import_module(module), attr)
+        if target in _TRACED_FORMS:
+            # with it (eagerly, as a rule): a first import while dynamo traces is a graph break
+            _load(_TRACED_FORMS[target])
     return fn
 
 
@@ -204,12 +215,18 @@ def _callable(op: str, backend: str) -> Callable:
     autograd.Function (in Triton's interpreter that tracing fails; on a GPU it would be
     untested). Decided by the import, not by ``torch.compiler.is_compiling()``: dynamo runs a
     frame it gives up on (e.g. past its recompile limit) eagerly, where is_compiling() is False,
-    and a plain function returned there would be traced by the frame that calls it. The
-    reference ("torch") stays traceable. In a process without torch.compile the plain function:
-    wrapping it would import torch._dynamo (~1.5 s) in every process."""
+    and a plain function returned there would be traced by the frame that calls it. While dynamo
+    traces, an implementation registered with a ``traced_form`` (torch.library custom ops) is
+    called in that form instead: traced, no graph break. The reference ("torch") stays
+    traceable. In a process without torch.compile the plain function: wrapping it would import
+    torch._dynamo (~1.5 s) in every process."""
     target = _REGISTRY[op][backend]
-    if backend == "torch" or not (torch.compiler.is_compiling() or "torch._dynamo" in sys.modules):
+    compiling = torch.compiler.is_compiling()
+    if backend == "torch" or not (compiling or "torch._dynamo" in sys.modules):
         return _load(target)
+    if compiling and target in _TRACED_FORMS:
+        _load(target)
+        return _load(_TRACED_FORMS[target])
     fn = _OPAQUE.get(target)
     if fn is None:
         fn = _OPAQUE[target] = torch.compiler.disable(_load(target), recursive=True)

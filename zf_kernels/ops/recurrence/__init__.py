@@ -8,13 +8,15 @@ from .naive import ChainOutput, zforcing_chain_ln_ref, zforcing_chain_ref
 __all__ = ["zforcing_chain", "zforcing_chain_ln", "ChainOutput"]
 
 _dispatch.register("zforcing_chain", "torch", f"{__name__}.naive:zforcing_chain_ref")
-_dispatch.register("zforcing_chain", "triton", f"{__name__}.triton:zforcing_chain")
+_dispatch.register("zforcing_chain", "triton", f"{__name__}.triton:zforcing_chain",
+                   traced_form=f"{__name__}.triton_op:zforcing_chain")
 # The CUDA kernels have only run in their CPU emulation: "auto" takes them once a GPU run has
 # verified them (then drop not_auto).
 _dispatch.register("zforcing_chain", "cuda", f"{__name__}.cuda:zforcing_chain",
                    not_auto="the CUDA zforcing_chain has not been verified on a GPU yet; pass backend='cuda' to use it")
 _dispatch.register("zforcing_chain_ln", "torch", f"{__name__}.naive:zforcing_chain_ln_ref")
-_dispatch.register("zforcing_chain_ln", "triton", f"{__name__}.triton_ln:zforcing_chain_ln")
+_dispatch.register("zforcing_chain_ln", "triton", f"{__name__}.triton_ln:zforcing_chain_ln",
+                   traced_form=f"{__name__}.triton_op:zforcing_chain_ln")
 
 
 def _check_posterior_args(gates_x, post_x, eps, weight_qh, weight_q2, bias_q2, weight_hh):

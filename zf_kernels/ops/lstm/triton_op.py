@@ -1,0 +1,95 @@
+"""The Triton ``lstm`` as torch.library custom ops: the form torch.compile traces.
+
+Eagerly the Triton LSTM is an autograd.Function (``triton._LSTMFunction``) that dynamo cannot
+trace (``_dispatch._callable`` makes it opaque: a graph break). These two ops, forward and
+backward, run the same kernels (``triton._lstm_forward`` / ``triton._lstm_backward``) behind
+schemas dynamo and AOTAutograd understand, with fake (shape-only) versions for tracing, so a
+compiled model keeps its graph whole across ``ops.lstm``. One difference from the eager
+Function: the backward op writes the gate gradients into a copy of the saved gates (an op may
+not change its inputs unannounced), one (T, B, 4H) copy per backward.
+
+(No ``from __future__ import annotations`` here: custom_op reads the annotations as types.)
+"""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import triton as tl_lstm
+
+
+@torch.library.custom_op("zf_kernels::triton_lstm_forward", mutates_args=())
+def lstm_forward(x: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Optional[Tensor],
+                 bias_hh: Optional[Tensor], h0: Optional[Tensor], c0: Optional[Tensor], reverse: bool,
+                 schedule: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(out, h_T, c_T, gates, c_all)``: the LSTM's outputs and what its backward reads."""
+    T, B, _ = x.shape
+    H = weight_hh.shape[1]
+    weight_hh = weight_hh.contiguous()
+    schedule, cfg, _ = tl_lstm._pick_schedule(B, H, x, schedule)
+    h0_in = x.new_zeros(B, H) if h0 is None else h0
+    out, gates, c_all = tl_lstm._lstm_forward(x, weight_ih, weight_hh, tl_lstm._bias(bias_ih, bias_hh), h0_in,
+                                              c0, reverse, schedule, cfg)
+    return out, out[0 if reverse else T - 1].clone(), c_all[T].to(x.dtype, copy=True), gates, c_all
+
+
+@lstm_forward.register_fake
+def _(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, reverse, schedule):
+    T, B, _ = x.shape
+    H = weight_hh.shape[1]
+    return (x.new_empty(T, B, H), x.new_empty(B, H), x.new_empty(B, H), x.new_empty(T, B, 4 * H),
+            x.new_empty(T + 1, B, H, dtype=tl_lstm._acc_dtype(x.dtype)))
+
+
+@torch.library.custom_op("zf_kernels::triton_lstm_backward", mutates_args=())
+def lstm_backward(d_out: Tensor, d_hT: Tensor, d_cT: Tensor, x: Tensor, weight_ih: Tensor, weight_hh: Tensor,
+                  h0: Optional[Tensor], c0: Optional[Tensor], out: Tensor, gates: Tensor, c_all: Tensor,
+                  reverse: bool, schedule: str, need: list[bool]) -> list[Tensor]:
+    """The gradients of ``(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0)``, an empty
+    tensor where ``need`` says none (an op returns tensors only)."""
+    B, H = x.shape[1], weight_hh.shape[1]
+    weight_hh = weight_hh.contiguous()
+    schedule, cfg, _ = tl_lstm._pick_schedule(B, H, x, schedule)
+    grads = tl_lstm._lstm_backward(d_out.contiguous(), d_hT.contiguous(), d_cT, x, weight_ih, weight_hh,
+                                   h0, c0, out, gates.clone(), c_all, reverse, schedule, cfg, need)
+    return [x.new_empty(0) if g is None else g for g in grads]
+
+
+@lstm_backward.register_fake
+def _(d_out, d_hT, d_cT, x, weight_ih, weight_hh, h0, c0, out, gates, c_all, reverse, schedule, need):
+    like = (x, weight_ih, weight_hh, weight_hh.new_empty(weight_hh.shape[0]),
+            weight_hh.new_empty(weight_hh.shape[0]), h0, c0)
+    present = (True, True, True, True, True, h0 is not None, c0 is not None)
+    return [torch.empty_like(t) if n and p else x.new_empty(0) for t, n, p in zip(like, need, present)]
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight_ih, weight_hh, _, _, h0, c0, reverse, schedule = inputs
+    out, _, _, gates, c_all = output
+    ctx.mark_non_differentiable(gates, c_all)
+    ctx.save_for_backward(x, weight_ih, weight_hh, h0, c0, out, gates, c_all)
+    ctx.reverse, ctx.schedule = reverse, schedule
+
+
+def _backward(ctx, d_out, d_hT, d_cT, _d_gates, _d_c_all):
+    x, weight_ih, weight_hh, h0, c0, out, gates, c_all = ctx.saved_tensors
+    need = [bool(n) for n in ctx.needs_input_grad[:7]]
+    d_out = torch.zeros_like(out) if d_out is None else d_out
+    d_hT = torch.zeros_like(out[0]) if d_hT is None else d_hT
+    d_cT = torch.zeros_like(out[0]) if d_cT is None else d_cT
+    grads = lstm_backward(d_out, d_hT, d_cT, x, weight_ih, weight_hh, h0, c0, out, gates, c_all,
+                          ctx.reverse, ctx.schedule, need)
+    return (*(g if n else None for g, n in zip(grads, need)), None, None)
+
+
+lstm_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def lstm(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, c0=None, reverse=False,
+         schedule: str = "auto"):
+    """:func:`zf_kernels.ops.lstm.triton.lstm` through the custom ops."""
+    T, B, _ = x.shape
+    if T == 0:
+        return tl_lstm.lstm(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, reverse, schedule)
+    out, h_T, c_T, _, _ = lstm_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, bool(reverse), schedule)
+    return out, (h_T, c_T)
