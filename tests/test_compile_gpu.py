@@ -1,0 +1,38 @@
+"""torch.compile with inductor on a GPU (skipped without CUDA; the CPU side is
+tests/test_compile.py): a ZForcing(backend="auto") training step compiled with fullgraph=True --
+its backward LSTM and chain through the Triton kernels' custom ops, the other ops traced and
+fused by inductor -- gives the eager step's loss and gradients (eager "auto" runs every op on
+Triton), float32 with TF32 off on both sides."""
+import pytest
+import torch
+
+from zf_kernels import ZForcing, ops, training_loss
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+@pytest.mark.parametrize("cond_ln", [False, True])
+def test_gpu_compiled_auto_model_is_one_graph_with_the_eager_numbers(cond_ln, monkeypatch):
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    torch.manual_seed(0)
+    model = ZForcing(5, "gaussian", emb_dim=24, rnn_dim=40, z_dim=6, mlp_dim=20, cond_ln=cond_ln,
+                     backend="auto").cuda()
+    g = torch.Generator().manual_seed(1)
+    y, eps = torch.randn(7, 3, 5, generator=g).cuda(), torch.randn(7, 3, 6, generator=g).cuda()
+
+    def step(y, eps):
+        return training_loss(model(y, eps=eps), 0.3, 0.5, 1.0)
+
+    def loss_and_grads(fn):
+        model.zero_grad()
+        with ops.assume_valid_inputs():
+            loss = fn(y, eps)
+        loss.backward()
+        return [loss.detach()] + [p.grad.clone() for p in model.parameters()]
+
+    want = loss_and_grads(step)
+    torch._dynamo.reset()
+    got = loss_and_grads(torch.compile(step, fullgraph=True))
+    for (name, _), a, b in zip([("loss", None)] + list(model.named_parameters()), got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
