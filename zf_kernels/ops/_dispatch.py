@@ -4,10 +4,13 @@ Every op has a plain-PyTorch reference ("torch"); fused versions ("triton", "cud
 registered per op as importable ``module:attribute`` paths, imported lazily so the package
 works where Triton or the CUDA extension is missing. ``backend="auto"`` picks the fastest
 one usable for the given tensors and never fails where "torch" works; ``explain()`` says why
-it chose what it chose (the reason is also logged once per op and reason). Under
-torch.compile "auto" takes the reference of the ops registered ``compile_traced`` (elementwise
-and reduction ops, one GEMM): dynamo traces it and inductor fuses it with its neighbours, where
-a fused kernel is an opaque call, a graph break, at every call.
+it chose what it chose (the reason is also logged once per op and reason).
+
+Under torch.compile (``_callable``): a fused implementation registered with a ``traced_form``
+(the same kernels as torch.library custom ops: the Triton recurrences) is traced; any other is
+opaque to dynamo, a graph break at every call; "auto" takes the reference of the ops registered
+``compile_traced`` (elementwise and reduction ops, one GEMM), which dynamo traces and inductor
+fuses with its neighbours.
 """
 from __future__ import annotations
 
@@ -64,7 +67,6 @@ def register(op: str, backend: str, target: str, *, not_auto: str | None = None,
     if backend == "torch":
         # loaded now (the references are plain torch code the op's package imports anyway): a
         # first load inside a torch.compile trace would be a graph break (importlib)
-        _LOADED.pop(target, None)
         _load(target)
     _REGISTRY.setdefault(op, {})[backend] = target
     if not_auto:
@@ -225,7 +227,6 @@ def _callable(op: str, backend: str) -> Callable:
     if backend == "torch" or not (compiling or "torch._dynamo" in sys.modules):
         return _load(target)
     if compiling and target in _TRACED_FORMS:
-        _load(target)
         return _load(_TRACED_FORMS[target])
     fn = _OPAQUE.get(target)
     if fn is None:

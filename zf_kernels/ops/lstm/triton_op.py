@@ -50,7 +50,7 @@ def lstm_backward(d_out: Tensor, d_hT: Tensor, d_cT: Tensor, x: Tensor, weight_i
     B, H = x.shape[1], weight_hh.shape[1]
     weight_hh = weight_hh.contiguous()
     schedule, cfg, _ = tl_lstm._pick_schedule(B, H, x, schedule)
-    grads = tl_lstm._lstm_backward(d_out.contiguous(), d_hT.contiguous(), d_cT, x, weight_ih, weight_hh,
+    grads = tl_lstm._lstm_backward(d_out, d_hT, d_cT, x, weight_ih, weight_hh,
                                    h0, c0, out, gates.clone(), c_all, reverse, schedule, cfg, need)
     return [x.new_empty(0) if g is None else g for g in grads]
 
