@@ -284,3 +284,21 @@ def test_compiled_model_keeps_its_value_checks_and_their_switch():
         step(y)
     with ops.assume_valid_inputs():
         assert torch.isnan(step(y)).any()
+
+
+def test_a_compiled_step_can_be_the_process_first_call():
+    """The Triton implementations are imported with the package where they can run
+    (``_dispatch.preload_triton``): a fresh process whose first call is a compiled step with
+    fullgraph=True (as on a GPU; here "auto" told the tensors are CUDA ones) meets no import
+    inside the trace. Before, the first import of the Triton lstm broke the graph there."""
+    code = ("import torch\nfrom zf_kernels import ZForcing, ops, training_loss\n"
+            "from zf_kernels.ops import _dispatch\n"
+            "_dispatch._on_cuda = lambda tensors: True\n"
+            "m = ZForcing(3, emb_dim=5, rnn_dim=7, z_dim=3, mlp_dim=6)\n"
+            "f = torch.compile(lambda y: training_loss(m(y), 0.3, 0.5, 1.0), backend='aot_eager', fullgraph=True)\n"
+            "with ops.assume_valid_inputs():\n"
+            "    f(torch.randn(4, 2, 3)).backward()\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                         env={**__import__("os").environ, "TRITON_INTERPRET": "1"})
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]

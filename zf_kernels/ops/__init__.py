@@ -14,3 +14,8 @@ __all__ = [
     "leaky_clamp",
     "zforcing_chain", "zforcing_chain_ln", "ChainOutput",
 ]
+
+# after every registration above (see preload_triton)
+from ._dispatch import preload_triton  # noqa: E402
+
+preload_triton()

@@ -105,6 +105,22 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def preload_triton() -> None:
+    """Import the Triton implementations (with their traced forms) now, where they can run: a
+    CUDA build of torch, or TRITON_INTERPRET=1. Their first import inside a torch.compile trace
+    would be a graph break (with fullgraph=True an error), e.g. when a compiled step is the
+    process's first call. ~0.25 s (triton and the kernel modules; no kernel compiles); elsewhere,
+    or without triton, they stay lazy (the CUDA extension's always: importing it may build it)."""
+    if not (_interpreting() or torch.version.cuda is not None):
+        return
+    for impls in _REGISTRY.values():
+        if "triton" in impls:
+            try:
+                _load(impls["triton"])
+            except Exception:   # noqa: BLE001 - never fail the package import: the op's first
+                return          # call meets the same error where it matters ("auto" says why)
+
+
 def _why_not(op: str, backend: str, tensors) -> str | None:
     """None if ``backend`` can run ``op`` on ``tensors``, else the reason it cannot."""
     if backend == "torch":
