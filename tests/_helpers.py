@@ -143,3 +143,21 @@ def smooth_chain_inputs(T, B, H, M, Z, G, seed=0, device="cpu", ln=False):
     grads = [(torch.randn(T, B, n, generator=g, dtype=torch.float64) * (1 + i)).to(device)
              for i, n in enumerate((H, H, Z, Z, Z))]
     return args, grads
+
+
+def model_loss_and_grads(model, y, eps, weights=(0.3, 0.5, 1.0)):
+    """``(step, loss_and_grads)`` for comparing a compiled training step with the eager one:
+    ``step(y, eps)`` is the model's training loss; ``loss_and_grads(fn)`` runs ``fn`` (``step`` or
+    a compiled ``step``) on ``y, eps`` with the value checks off and returns ``[loss, *grads]``."""
+    from zf_kernels import ops, training_loss
+
+    def step(y, eps):
+        return training_loss(model(y, eps=eps), *weights)
+
+    def loss_and_grads(fn):
+        model.zero_grad()
+        with ops.assume_valid_inputs():
+            loss = fn(y, eps)
+        loss.backward()
+        return [loss.detach()] + [p.grad.clone() for p in model.parameters()]
+    return step, loss_and_grads

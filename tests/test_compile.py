@@ -8,13 +8,14 @@ Triton launches, and in the interpreter failed (InterpreterError, a fake-tensor 
 uint64). Compiled with ``backend="aot_eager"`` (dynamo + AOTAutograd, no code generation: seconds
 on the CPU; inductor also ran here, ~40 s per model). Outside torch.compile nothing is wrapped:
 wrapping imports torch._dynamo, ~1.5 s in every process."""
+import os
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from _helpers import flat_tensors, smooth_chain_inputs
+from _helpers import flat_tensors, model_loss_and_grads, smooth_chain_inputs
 from zf_kernels import ZForcing, ops, training_loss
 from zf_kernels.ops import _dispatch
 
@@ -174,16 +175,21 @@ def test_compiled_model_trains_like_the_eager_one():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
 
 
+def _run_fresh(code: str) -> str:
+    """``code`` in a new Python process with the Triton interpreter on; its last stdout line."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
 def test_eager_calls_do_not_import_dynamo():
     code = ("import sys, torch\nfrom zf_kernels import ops\n"
             "x = torch.randn(3, 2, 4)\n"
             "ops.lstm(x, torch.randn(20, 4), torch.randn(20, 5), backend='triton')\n"
             "ops.gaussian_kl(x, x, x, x, backend='triton')\n"
             "print('torch._dynamo' in sys.modules)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         env={**__import__("os").environ, "TRITON_INTERPRET": "1"})
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout
+    assert _run_fresh(code) == "False"
 
 
 @pytest.fixture
@@ -211,15 +217,7 @@ def test_auto_under_compile_traces_the_small_ops_and_keeps_the_recurrences_fused
 def _model_step(backend, cond_ln=False):
     torch.manual_seed(0)
     model = ZForcing(3, "gaussian", emb_dim=5, rnn_dim=7, z_dim=3, mlp_dim=6, cond_ln=cond_ln, backend=backend)
-    y, eps = torch.randn(T, 2, 3), torch.randn(T, 2, 3)
-
-    def loss_and_grads(fn):
-        model.zero_grad()
-        with ops.assume_valid_inputs():
-            loss = fn(y, eps)
-        loss.backward()
-        return [loss.detach()] + [p.grad.clone() for p in model.parameters()]
-    return (lambda y, eps: training_loss(model(y, eps=eps), 0.3, 0.5, 1.0)), loss_and_grads
+    return model_loss_and_grads(model, torch.randn(T, 2, 3), torch.randn(T, 2, 3))
 
 
 @pytest.mark.parametrize("cond_ln", [False, True])
@@ -299,6 +297,4 @@ def test_a_compiled_step_can_be_the_process_first_call():
             "with ops.assume_valid_inputs():\n"
             "    f(torch.randn(4, 2, 3)).backward()\n"
             "print('ok')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
-                         env={**__import__("os").environ, "TRITON_INTERPRET": "1"})
-    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+    assert _run_fresh(code) == "ok"

@@ -6,7 +6,8 @@ Triton), float32 with TF32 off on both sides."""
 import pytest
 import torch
 
-from zf_kernels import ZForcing, ops, training_loss
+from _helpers import model_loss_and_grads
+from zf_kernels import ZForcing
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -20,17 +21,7 @@ def test_gpu_compiled_auto_model_is_one_graph_with_the_eager_numbers(cond_ln, mo
                      backend="auto").cuda()
     g = torch.Generator().manual_seed(1)
     y, eps = torch.randn(7, 3, 5, generator=g).cuda(), torch.randn(7, 3, 6, generator=g).cuda()
-
-    def step(y, eps):
-        return training_loss(model(y, eps=eps), 0.3, 0.5, 1.0)
-
-    def loss_and_grads(fn):
-        model.zero_grad()
-        with ops.assume_valid_inputs():
-            loss = fn(y, eps)
-        loss.backward()
-        return [loss.detach()] + [p.grad.clone() for p in model.parameters()]
-
+    step, loss_and_grads = model_loss_and_grads(model, y, eps)
     want = loss_and_grads(step)
     torch._dynamo.reset()
     got = loss_and_grads(torch.compile(step, fullgraph=True))
