@@ -662,6 +662,13 @@ def explain_schedule(gates_x: torch.Tensor, post_x: torch.Tensor, eps: torch.Ten
     return f"schedule {name}: {why}"
 
 
+def _forward_buffers(T, B, H, M, Z, dtype, state_dtype, dev):
+    """What both chains' forwards write: ``h, c`` (state dtype), ``z, mu, lv``, the posterior's
+    pre-activation ``s``, the gate activations ``acts`` and the clamp mask ``okmask``."""
+    e = lambda n, dt=dtype: torch.empty(T, B, n, dtype=dt, device=dev)  # noqa: E731
+    return e(H), e(H, state_dtype), e(Z), e(Z), e(Z), e(M), e(4 * H), e(2 * Z, torch.int8)
+
+
 def _chain_forward(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_gz, bias_gz,
                    weight_iz, weight_hh, schedule):
     """The chain's forward over T >= 1 steps and B >= 1: ``(h, c, z, mu, lv)`` (``c`` in the state
@@ -681,14 +688,7 @@ def _chain_forward(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, 
 
     h0 = h0.contiguous()
     c0 = c0.to(state_dtype).contiguous()
-    h = torch.empty(T, B, H, dtype=dtype, device=dev)
-    c = torch.empty(T, B, H, dtype=state_dtype, device=dev)
-    z = torch.empty(T, B, Z, dtype=dtype, device=dev)
-    mu = torch.empty(T, B, Z, dtype=dtype, device=dev)
-    lv = torch.empty(T, B, Z, dtype=dtype, device=dev)
-    s = torch.empty(T, B, M, dtype=dtype, device=dev)
-    acts = torch.empty(T, B, 4 * H, dtype=dtype, device=dev)
-    okmask = torch.empty(T, B, 2 * Z, dtype=torch.int8, device=dev)
+    h, c, z, mu, lv, s, acts, okmask = _forward_buffers(T, B, H, M, Z, dtype, state_dtype, dev)
 
     schedule, cfg, _ = _pick_schedule(B, {"H": H, "M": M, "Z": Z}, dtype, gates_x, schedule)
     common = {"ACC": acc_type(dtype), "PREC": dot_precision(gates_x)}

@@ -78,7 +78,7 @@ from .._persistent import check_sync, sync_buffer
 from .._triton_common import acc_type, barrier_slots, dot_precision, grid_barrier, leaky_clamp, sigmoid, tanh, tile_dot
 from .naive import ACT_CLAMP, COND_CLAMP, LEAKY_SLOPE, LN_EPS, PARAM_CLAMP, ChainOutput, mlp_act
 from . import triton as _chain
-from .triton import (_HALF, _bwd_lstm_cell_tile, _bwd_posterior_hidden, _bwd_posterior_hidden_tile,
+from .triton import (_forward_buffers, _HALF, _bwd_lstm_cell_tile, _bwd_posterior_hidden, _bwd_posterior_hidden_tile,
                      _bwd_posterior_sample_tile, _config, _four_gate_dots, _fwd_posterior_hidden,
                      _fwd_posterior_hidden_tile,
                      _fwd_posterior_sample, _fwd_posterior_sample_tile, _grid, _k, _launch, _launch_options,
@@ -562,15 +562,8 @@ def _chain_ln_forward(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q
     weight_hh = weight_hh.contiguous()
     h0 = h0.contiguous()
     c0 = c0.to(state_dtype).contiguous()
-    h = torch.empty(T, B, H, dtype=dtype, device=dev)
-    c = torch.empty(T, B, H, dtype=state_dtype, device=dev)
-    z = torch.empty(T, B, Z, dtype=dtype, device=dev)
-    mu = torch.empty(T, B, Z, dtype=dtype, device=dev)
-    lv = torch.empty(T, B, Z, dtype=dtype, device=dev)
-    s = torch.empty(T, B, M, dtype=dtype, device=dev)
+    h, c, z, mu, lv, s, acts, okmask = _forward_buffers(T, B, H, M, Z, dtype, state_dtype, dev)
     u = torch.empty(T, B, G, dtype=dtype, device=dev)
-    acts = torch.empty(T, B, 4 * H, dtype=dtype, device=dev)
-    okmask = torch.empty(T, B, 2 * Z, dtype=torch.int8, device=dev)
     hh = torch.empty(B, 4 * H, dtype=state_dtype, device=dev)
 
     dims = {"H": H, "M": M, "Z": Z, "G": G}

@@ -87,14 +87,24 @@ def _input_grads(grads, need):
     return (*(g if n else None for g, n in zip(grads, need)), None)
 
 
-def _backward(ctx, grad_h, grad_c, grad_z, grad_mu, grad_lv, *_internal):
-    saved = ctx.saved_tensors
-    grads = _output_grads((grad_h, grad_c, grad_z, grad_mu, grad_lv), saved[9:14])   # h, c, z, mu, lv
-    need = [bool(n) for n in ctx.needs_input_grad[:12]]
-    return _input_grads(chain_backward(*grads, *saved, ctx.schedule, need), need)
+def _autograd_backward(backward_op, n_inputs):
+    """The autograd formula of a chain's forward op: its saved tensors hold the inputs the
+    backward reads (9) then the outputs h, c, z, mu, lv and the internals, in ``backward_op``'s order."""
+    def backward(ctx, grad_h, grad_c, grad_z, grad_mu, grad_lv, *_internal):
+        saved = ctx.saved_tensors
+        grads = _output_grads((grad_h, grad_c, grad_z, grad_mu, grad_lv), saved[9:14])
+        need = [bool(n) for n in ctx.needs_input_grad[:n_inputs]]
+        return _input_grads(backward_op(*grads, *saved, ctx.schedule, need), need)
+    return backward
 
 
-chain_forward.register_autograd(_backward, setup_context=_setup_context)
+def _chain_output(outputs) -> ChainOutput:
+    """The public outputs from a forward op's: ``c`` back in the inputs' dtype."""
+    h, c, z, mu, lv, *_ = outputs
+    return ChainOutput(h, c if c.dtype == h.dtype else c.to(h.dtype), z, mu, lv)
+
+
+chain_forward.register_autograd(_autograd_backward(chain_backward, 12), setup_context=_setup_context)
 
 
 def zforcing_chain(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_gz, bias_gz, weight_iz,
@@ -104,9 +114,8 @@ def zforcing_chain(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, 
     if T == 0 or B == 0:
         return tl_chain.zforcing_chain(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_gz,
                                        bias_gz, weight_iz, weight_hh, schedule)
-    h, c, z, mu, lv, *_ = chain_forward(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_gz,
-                                        bias_gz, weight_iz, weight_hh, schedule)
-    return ChainOutput(h, c if c.dtype == h.dtype else c.to(h.dtype), z, mu, lv)
+    return _chain_output(chain_forward(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_gz,
+                                       bias_gz, weight_iz, weight_hh, schedule))
 
 
 # ------------------------------------------------------------------------------- zforcing_chain_ln
@@ -169,14 +178,7 @@ def _setup_context_ln(ctx, inputs, output):
     ctx.schedule = schedule
 
 
-def _backward_ln(ctx, grad_h, grad_c, grad_z, grad_mu, grad_lv, *_internal):
-    saved = ctx.saved_tensors
-    grads = _output_grads((grad_h, grad_c, grad_z, grad_mu, grad_lv), saved[9:14])   # h, c, z, mu, lv
-    need = [bool(n) for n in ctx.needs_input_grad[:13]]
-    return _input_grads(chain_ln_backward(*grads, *saved, ctx.schedule, need), need)
-
-
-chain_ln_forward.register_autograd(_backward_ln, setup_context=_setup_context_ln)
+chain_ln_forward.register_autograd(_autograd_backward(chain_ln_backward, 13), setup_context=_setup_context_ln)
 
 
 def zforcing_chain_ln(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_g1, bias_g1, weight_g2,
@@ -186,6 +188,5 @@ def zforcing_chain_ln(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q
     if T == 0 or B == 0:
         return tl_chain_ln.zforcing_chain_ln(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_g1,
                                              bias_g1, weight_g2, bias_g2, weight_hh, schedule)
-    h, c, z, mu, lv, *_ = chain_ln_forward(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_g1,
-                                           bias_g1, weight_g2, bias_g2, weight_hh, schedule)
-    return ChainOutput(h, c if c.dtype == h.dtype else c.to(h.dtype), z, mu, lv)
+    return _chain_output(chain_ln_forward(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_g1,
+                                          bias_g1, weight_g2, bias_g2, weight_hh, schedule))
