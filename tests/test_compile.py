@@ -1,6 +1,6 @@
 """torch.compile over the ops and the model: the Triton recurrences (lstm, zforcing_chain,
-zforcing_chain_ln) are traced through their torch.library custom ops (``*/triton_op.py``); any
-other fused op ("triton"; "cuda" alike) is opaque to dynamo (``_dispatch._callable``:
+zforcing_chain_ln) are traced through their torch.library custom ops (``*/triton_op.py``; the CUDA
+recurrences' alike: tests/test_cuda_emulation_compile.py); any other fused op is opaque to dynamo (``_dispatch._callable``:
 ``torch.compiler.disable``), so dynamo runs it as eager code does between its graphs; the
 reference ("torch") stays traceable; under torch.compile "auto" keeps only the recurrences fused
 and traces the other ops' references (``compile_traced``). Before that, dynamo traced into the
@@ -298,3 +298,16 @@ def test_a_compiled_step_can_be_the_process_first_call():
             "    f(torch.randn(4, 2, 3)).backward()\n"
             "print('ok')\n")
     assert _run_fresh(code) == "ok"
+
+
+def test_an_implementation_not_loaded_yet_is_refused_inside_a_trace_with_the_reason(monkeypatch):
+    """Dynamo cannot trace an import (and the CUDA extension's first load may be a build): a fused
+    implementation met first inside a trace is unavailable there, with a reason saying what to do,
+    rather than dynamo's error about importlib (here the Triton lstm, as if not preloaded)."""
+    target = _dispatch._REGISTRY["lstm"]["triton"]
+    monkeypatch.delitem(_dispatch._LOADED, target)
+    x = torch.randn(T, B, I)
+    why = torch.compile(lambda x: _dispatch._why_not("lstm", "triton", (x,)), backend="eager", fullgraph=True)(x)
+    assert "not loaded yet" in why and "once eagerly before compiling" in why, why
+    assert target not in _dispatch._LOADED
+    assert _dispatch._why_not("lstm", "triton", (x,)) is None    # eagerly: loaded

@@ -7,10 +7,12 @@ one usable for the given tensors and never fails where "torch" works; ``explain(
 it chose what it chose (the reason is also logged once per op and reason).
 
 Under torch.compile (``_callable``): a fused implementation registered with a ``traced_form``
-(the same kernels as torch.library custom ops: the Triton recurrences) is traced; any other is
+(the same kernels as torch.library custom ops: the Triton and CUDA recurrences) is traced; any other is
 opaque to dynamo, a graph break at every call; "auto" takes the reference of the ops registered
 ``compile_traced`` (elementwise and reduction ops, one GEMM), which dynamo traces and inductor
-fuses with its neighbours.
+fuses with its neighbours. An implementation not imported yet when a trace first meets it is
+unavailable there (``_why_not``: dynamo refuses imports): the Triton ones are imported with the
+package where they can run (``preload_triton``), the CUDA extension's at their first eager call.
 """
 from __future__ import annotations
 
@@ -141,6 +143,11 @@ def _why_not(op: str, backend: str, tensors) -> str | None:
     if backend == "cuda":
         if devices != {"cuda"}:
             return f"the CUDA extension needs CUDA tensors (got {sorted(devices)})"
+    if target not in _LOADED and torch.compiler.is_compiling():
+        # dynamo refuses importlib (an error with fullgraph=True), and the CUDA extension's first
+        # load may be a build: not inside a trace (the Triton ones are loaded with the package)
+        return (f"the {backend} implementation of {op!r} is not loaded yet, and its first import cannot happen "
+                f"inside a torch.compile trace: call the op (or the model) once eagerly before compiling")
     try:
         fn = _load(target)
     except ImportError as exc:
@@ -223,7 +230,7 @@ def explain(op: str, *tensors, backend: str = "auto", compiling: bool | None = N
     return backend, _with_detail(op, backend, "requested", tensors)
 
 
-_OPAQUE: dict[str, Callable] = {}
+_OPAQUE: dict[Callable, Callable] = {}
 
 
 def _callable(op: str, backend: str) -> Callable:
@@ -244,10 +251,12 @@ def _callable(op: str, backend: str) -> Callable:
         return _load(target)
     if compiling and target in _TRACED_FORMS:
         return _load(_TRACED_FORMS[target])
-    fn = _OPAQUE.get(target)
-    if fn is None:
-        fn = _OPAQUE[target] = torch.compiler.disable(_load(target), recursive=True)
-    return fn
+    fn = _load(target)
+    # keyed by the function, not its name: a test that swaps an implementation gets a new wrapper
+    opaque = _OPAQUE.get(fn)
+    if opaque is None:
+        opaque = _OPAQUE[fn] = torch.compiler.disable(fn, recursive=True)
+    return opaque
 
 
 def resolve(op: str, backend: str, *tensors) -> Callable:
