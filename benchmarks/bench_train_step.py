@@ -28,8 +28,8 @@ Providers:
                  the same with ``backend="auto"`` (cuda: with ZF_AUTO_UNVERIFIED=1): under
                  torch.compile "auto" keeps only the recurrences fused and leaves the
                  elementwise and likelihood ops to inductor as traced references
-                 (``ops.explain(..., compiling=True)``): auto+compile is one graph; cuda+compile
-                 breaks at the CUDA recurrences (opaque, no custom ops)
+                 (``ops.explain(..., compiling=True)``): one graph each, the recurrences traced
+                 as custom ops (Triton's; cuda+compile: the CUDA extension's)
   triton         the Triton backend (``backend="triton"``), eager launches
   triton+graph   the Triton step captured in a CUDA graph, as torch+graph
   triton-stepwise, triton-stepwise+graph

@@ -253,3 +253,68 @@ class EmulatedChainKernels:
         self._call(self.backward_lib, "zf_chain_backward",
                    (grad_h, grad_c, grad_z, grad_mu, grad_lv, gates, c0, c, lv, eps, okmask, s,
                     w_qh, w_q2, w_comb, w_hh, dparams, ds, grad_eps, dc), dims, gates.dtype)
+
+
+# ------------------------------------------------------------ "cuda" as a backend of ``ops``
+LSTM_TARGET = "zf_kernels.ops.lstm.cuda:lstm"
+CHAIN_TARGET = "zf_kernels.ops.recurrence.cuda:zforcing_chain"
+
+
+def install_backend(monkeypatch, threads: int, tf32: int) -> list[str]:
+    """``ops`` as on a GPU whose "auto" may take the CUDA recurrences: CPU tensors count as CUDA
+    ones, the CUDA lstm / chain are the emulated kernels (3 hidden units per block, so test
+    shapes span several blocks), eagerly through the autograd Functions and under torch.compile
+    through the custom ops (``*/cuda_op.py``, their kernels factory patched); every other check
+    is the real one (Triton runs in the interpreter). Returns the list of kernel calls made, e.g.
+    "lstm forward"."""
+    from zf_kernels.ops import _dispatch
+    from zf_kernels.ops.lstm import cuda_op as lstm_op
+    from zf_kernels.ops.lstm._cuda_function import run_lstm
+    from zf_kernels.ops.recurrence import cuda_op as chain_op
+    from zf_kernels.ops.recurrence._cuda_function import run_chain
+    from zf_kernels.ops.recurrence.naive import ChainOutput
+
+    calls = []
+    lstm_kernels = EmulatedKernels(library(), threads=threads, units_per_block=3, tf32=tf32)
+    chain_kernels = EmulatedChainKernels(chain_library(), threads=threads, units_per_block=3, tf32=tf32)
+
+    class Recorded:
+        def __init__(self, name, kernels):
+            self.name, self.k = name, kernels
+
+        def forward(self, *a):
+            calls.append(f"{self.name} forward")
+            self.k.forward(*a)
+
+        def backward(self, *a):
+            calls.append(f"{self.name} backward")
+            self.k.backward(*a)
+
+    recorded_lstm, recorded_chain = Recorded("lstm", lstm_kernels), Recorded("chain", chain_kernels)
+
+    def lstm(*args):
+        return run_lstm(recorded_lstm, *args)
+
+    def chain(*args):
+        return ChainOutput(*run_chain(recorded_chain, *args))
+
+    real_why_not = _dispatch._why_not
+
+    def why_not(op, backend, tensors):
+        if backend == "cuda" and op in ("lstm", "zforcing_chain"):
+            return None
+        return real_why_not(op, backend, tensors)
+
+    monkeypatch.setattr(_dispatch, "_on_cuda", lambda tensors: True)
+    monkeypatch.setattr(_dispatch, "_why_not", why_not)
+    monkeypatch.setattr(_dispatch, "_with_detail", lambda op, backend, reason, tensors: reason)
+    monkeypatch.setitem(_dispatch._LOADED, LSTM_TARGET, lstm)
+    monkeypatch.setitem(_dispatch._LOADED, CHAIN_TARGET, chain)
+    # the traced forms as registered, their kernels the emulated ones
+    for target, traced in ((LSTM_TARGET, lstm_op.lstm), (CHAIN_TARGET, chain_op.zforcing_chain)):
+        if target in _dispatch._TRACED_FORMS:
+            monkeypatch.setitem(_dispatch._LOADED, _dispatch._TRACED_FORMS[target], traced)
+    monkeypatch.setattr(lstm_op, "kernels_factory", lambda units, threads, tf32: recorded_lstm)
+    monkeypatch.setattr(chain_op, "kernels_factory", lambda units, threads, tf32: recorded_chain)
+    monkeypatch.setenv(_dispatch.AUTO_UNVERIFIED_ENV, "1")
+    return calls

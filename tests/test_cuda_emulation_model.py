@@ -14,18 +14,12 @@ import torch
 
 import _cuda_emulation as emu
 from zf_kernels import ZForcing, ops, training_loss
-from zf_kernels.ops import _dispatch
-from zf_kernels.ops.lstm._cuda_function import run_lstm
-from zf_kernels.ops.recurrence._cuda_function import run_chain
-from zf_kernels.ops.recurrence.naive import ChainOutput
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the repository root: benchmarks/
 from benchmarks import bench_train_step  # noqa: E402
 
 pytestmark = pytest.mark.skipif(emu.compiler() is None, reason="no g++ to build the CPU emulation")
 
-LSTM_TARGET = "zf_kernels.ops.lstm.cuda:lstm"
-CHAIN_TARGET = "zf_kernels.ops.recurrence.cuda:zforcing_chain"
 
 
 @pytest.fixture
@@ -34,58 +28,19 @@ def emulated_cuda_backend(monkeypatch):
     ones, the CUDA lstm / chain are the emulated kernels (3 hidden units and 8 threads per block,
     so the test shapes span several blocks), every other check is the real one (Triton runs in
     the interpreter). Returns the list of kernel calls the step made."""
-    return _install(monkeypatch, threads=8, tf32=0)
+    return emu.install_backend(monkeypatch, threads=8, tf32=0)
 
 
 @pytest.fixture
 def emulated_3xtf32_backend(monkeypatch):
     """The same with the kernels' 3xTF32 tensor-core tiles (one warp per block)."""
-    return _install(monkeypatch, threads=32, tf32=3)
+    return emu.install_backend(monkeypatch, threads=32, tf32=3)
 
 
 @pytest.fixture
 def emulated_bf16_backend(monkeypatch):
     """The same with the kernels' bfloat16 storage and tiles (one warp per block)."""
-    return _install(monkeypatch, threads=32, tf32=0)
-
-
-def _install(monkeypatch, threads, tf32):
-    calls = []
-    lstm_kernels = emu.EmulatedKernels(emu.library(), threads=threads, units_per_block=3, tf32=tf32)
-    chain_kernels = emu.EmulatedChainKernels(emu.chain_library(), threads=threads, units_per_block=3, tf32=tf32)
-
-    class Recorded:
-        def __init__(self, name, kernels):
-            self.name, self.k = name, kernels
-
-        def forward(self, *a):
-            calls.append(f"{self.name} forward")
-            self.k.forward(*a)
-
-        def backward(self, *a):
-            calls.append(f"{self.name} backward")
-            self.k.backward(*a)
-
-    def lstm(*args):
-        return run_lstm(Recorded("lstm", lstm_kernels), *args)
-
-    def chain(*args):
-        return ChainOutput(*run_chain(Recorded("chain", chain_kernels), *args))
-
-    real_why_not = _dispatch._why_not
-
-    def why_not(op, backend, tensors):
-        if backend == "cuda" and op in ("lstm", "zforcing_chain"):
-            return None
-        return real_why_not(op, backend, tensors)
-
-    monkeypatch.setattr(_dispatch, "_on_cuda", lambda tensors: True)
-    monkeypatch.setattr(_dispatch, "_why_not", why_not)
-    monkeypatch.setattr(_dispatch, "_with_detail", lambda op, backend, reason, tensors: reason)
-    monkeypatch.setitem(_dispatch._LOADED, LSTM_TARGET, lstm)
-    monkeypatch.setitem(_dispatch._LOADED, CHAIN_TARGET, chain)
-    monkeypatch.setenv(_dispatch.AUTO_UNVERIFIED_ENV, "1")
-    return calls
+    return emu.install_backend(monkeypatch, threads=32, tf32=0)
 
 
 def _step(model, y, eps):

@@ -11,7 +11,7 @@ _dispatch.register("lstm", "torch", f"{__name__}.naive:lstm_ref")
 _dispatch.register("lstm", "triton", f"{__name__}.triton:lstm", traced_form=f"{__name__}.triton_op:lstm")
 # The CUDA kernels have only run in their CPU emulation: "auto" takes them once a GPU run has
 # verified them (then drop not_auto).
-_dispatch.register("lstm", "cuda", f"{__name__}.cuda:lstm",
+_dispatch.register("lstm", "cuda", f"{__name__}.cuda:lstm", traced_form=f"{__name__}.cuda_op:lstm",
                    not_auto="the CUDA lstm has not been verified on a GPU yet; pass backend='cuda' to use it")
 # one GEMM and elementwise gates, called once per time step: under torch.compile "auto" leaves it
 # to inductor rather than breaking the graph at every step (see _dispatch)

@@ -76,6 +76,18 @@ def _forward(kernels, x, weight_ih, weight_hh, bias, h0, c0, reverse):
     return out, gates, c_all
 
 
+def _backward(kernels, d_out, d_hT, d_cT, x, weight_ih, weight_hh, h0, c0, out, gates, c_all, reverse, need):
+    """The gradients of ``(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0)`` (None where
+    ``need`` says none); overwrites ``gates`` with dgates. ``d_*`` None: that output did not reach
+    the loss. Both front ends call it: the eager Function and the custom op (``cuda_op.py``)."""
+    B, H = x.shape[1], weight_hh.shape[1]
+    d_out = torch.zeros_like(out) if d_out is None else d_out.contiguous()
+    d_hT = x.new_zeros(B, H) if d_hT is None else d_hT.contiguous()
+    dc = c_all.new_zeros(B, H) if d_cT is None else d_cT.to(c_all.dtype, copy=True).contiguous()
+    kernels.backward(d_out, d_hT, weight_hh, gates, c_all, dc, reverse)
+    return lstm_input_grads(need, gates, dc, x, weight_ih, weight_hh, out, h0, c0, reverse)
+
+
 class _LSTMFunction(torch.autograd.Function):
 
     @staticmethod
@@ -96,18 +108,12 @@ class _LSTMFunction(torch.autograd.Function):
     def backward(ctx, d_out, d_hT, d_cT):
         x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, out, gates, c_all = ctx.saved_tensors
         reverse, kernels = ctx.reverse, ctx.kernels
-        B, H = x.shape[1], weight_hh.shape[1]
         if ctx.consumed:
             # a second backward through a retained graph: rebuild the pre-activations
             _, gates, _ = _forward(kernels, x, weight_ih, weight_hh, _bias(bias_ih, bias_hh), h0, c0, reverse)
         ctx.consumed = True
-        # an output that did not reach the loss has no gradient (None): zeros
-        d_out = torch.zeros_like(out) if d_out is None else d_out.contiguous()
-        d_hT = x.new_zeros(B, H) if d_hT is None else d_hT.contiguous()
-        dc = c_all.new_zeros(B, H) if d_cT is None else d_cT.to(c_all.dtype, copy=True).contiguous()
-        kernels.backward(d_out, d_hT, weight_hh, gates, c_all, dc, reverse)
-        grads = lstm_input_grads(ctx.needs_input_grad, gates, dc, x, weight_ih, weight_hh, out, h0, c0,
-                                 reverse)
+        grads = _backward(kernels, d_out, d_hT, d_cT, x, weight_ih, weight_hh, h0, c0, out, gates, c_all, reverse,
+                          ctx.needs_input_grad)
         return (*grads, None, None)
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from . import triton as tl_lstm
+from ._op_glue import autograd_backward, fake_grads, setup_context
 
 
 @torch.library.custom_op("zf_kernels::triton_lstm_forward", mutates_args=())
@@ -57,32 +58,10 @@ def lstm_backward(d_out: Tensor, d_hT: Tensor, d_cT: Tensor, x: Tensor, weight_i
 
 @lstm_backward.register_fake
 def _(d_out, d_hT, d_cT, x, weight_ih, weight_hh, h0, c0, out, gates, c_all, reverse, schedule, need):
-    like = (x, weight_ih, weight_hh, weight_hh.new_empty(weight_hh.shape[0]),
-            weight_hh.new_empty(weight_hh.shape[0]), h0, c0)
-    present = (True, True, True, True, True, h0 is not None, c0 is not None)
-    return [torch.empty_like(t) if n and p else x.new_empty(0) for t, n, p in zip(like, need, present)]
+    return fake_grads(x, weight_ih, weight_hh, h0, c0, need)
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight_ih, weight_hh, _, _, h0, c0, reverse, schedule = inputs
-    out, _, _, gates, c_all = output
-    ctx.mark_non_differentiable(gates, c_all)
-    ctx.save_for_backward(x, weight_ih, weight_hh, h0, c0, out, gates, c_all)
-    ctx.reverse, ctx.schedule = reverse, schedule
-
-
-def _backward(ctx, d_out, d_hT, d_cT, _d_gates, _d_c_all):
-    x, weight_ih, weight_hh, h0, c0, out, gates, c_all = ctx.saved_tensors
-    need = [bool(n) for n in ctx.needs_input_grad[:7]]
-    d_out = torch.zeros_like(out) if d_out is None else d_out
-    d_hT = torch.zeros_like(out[0]) if d_hT is None else d_hT
-    d_cT = torch.zeros_like(out[0]) if d_cT is None else d_cT
-    grads = lstm_backward(d_out, d_hT, d_cT, x, weight_ih, weight_hh, h0, c0, out, gates, c_all,
-                          ctx.reverse, ctx.schedule, need)
-    return (*(g if n else None for g, n in zip(grads, need)), None, None)
-
-
-lstm_forward.register_autograd(_backward, setup_context=_setup_context)
+lstm_forward.register_autograd(autograd_backward(lstm_backward), setup_context=setup_context)
 
 
 def lstm(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, c0=None, reverse=False,

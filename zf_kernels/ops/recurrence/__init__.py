@@ -13,6 +13,7 @@ _dispatch.register("zforcing_chain", "triton", f"{__name__}.triton:zforcing_chai
 # The CUDA kernels have only run in their CPU emulation: "auto" takes them once a GPU run has
 # verified them (then drop not_auto).
 _dispatch.register("zforcing_chain", "cuda", f"{__name__}.cuda:zforcing_chain",
+                   traced_form=f"{__name__}.cuda_op:zforcing_chain",
                    not_auto="the CUDA zforcing_chain has not been verified on a GPU yet; pass backend='cuda' to use it")
 _dispatch.register("zforcing_chain_ln", "torch", f"{__name__}.naive:zforcing_chain_ln_ref")
 _dispatch.register("zforcing_chain_ln", "triton", f"{__name__}.triton_ln:zforcing_chain_ln",

@@ -69,6 +69,28 @@ def _forward(kernels, gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q
     return gates, h, c, z, mu, lv, s, okmask
 
 
+def _backward(kernels, grad_h, grad_c, grad_z, grad_mu, grad_lv, h0, c0, eps, weight_qh, weight_q2, weight_gz,
+              bias_gz, weight_iz, weight_hh, w_comb, gates, h, c, z, lv, s, okmask, need):
+    """The gradients of the chain's 12 tensor inputs (None where ``need`` says none); overwrites
+    ``gates`` (the pre-activations) with dgates. ``grad_*`` None: that output did not reach the
+    loss. Both front ends call it: the eager Function and the custom op (``cuda_op.py``)."""
+    T, B, four_h = gates.shape
+    H, M, Z = four_h // 4, weight_qh.shape[0], eps.shape[-1]
+    state = c.dtype
+    outs = ((grad_h, H, gates.dtype), (grad_c, H, state), (grad_z, Z, gates.dtype), (grad_mu, Z, gates.dtype),
+            (grad_lv, Z, gates.dtype))
+    grad_h, grad_c, grad_z, grad_mu, grad_lv = (
+        gates.new_zeros(T, B, n, dtype=dt) if g is None else g.to(dt).contiguous() for g, n, dt in outs)
+    new = lambda *shape: torch.empty(*shape, dtype=gates.dtype, device=gates.device)  # noqa: E731
+    dparams, ds, grad_eps = new(T, B, 2 * Z), new(T, B, M), new(T, B, Z)
+    dc = torch.empty(B, H, dtype=state, device=gates.device)
+    kernels.backward(grad_h, grad_c, grad_z, grad_mu, grad_lv, gates, c0.to(state).contiguous(), c, lv, eps,
+                     okmask, s, weight_qh, weight_q2, w_comb, weight_hh, dparams, ds, grad_eps, dc)
+    # the backward kernel left dgates in place of the pre-activations
+    return chain_input_grads(need, gates, ds, dparams, grad_eps, dc, h0, h, z, s, weight_qh, bias_gz, weight_gz,
+                             weight_iz, weight_hh, gates.dtype)
+
+
 class _ChainFunction(torch.autograd.Function):
 
     @staticmethod
@@ -92,28 +114,15 @@ class _ChainFunction(torch.autograd.Function):
     def backward(ctx, grad_h, grad_c, grad_z, grad_mu, grad_lv):
         (gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_gz, bias_gz, weight_iz, weight_hh,
          w_comb, gates, h, c, z, lv, s, okmask) = ctx.saved_tensors
-        kernels, need = ctx.kernels, ctx.needs_input_grad
-        T, B, four_h = gates.shape
-        H, M, Z = four_h // 4, weight_qh.shape[0], eps.shape[-1]
+        kernels = ctx.kernels
         if ctx.consumed:
             # a second backward through a retained graph: rebuild the pre-activations
             gates = _forward(kernels, gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_gz,
                              bias_gz, weight_iz, weight_hh, w_comb)[0]
         ctx.consumed = True
-        # an output that did not reach the loss has no gradient (None): zeros
-        state = c.dtype
-        outs = ((grad_h, H, gates.dtype), (grad_c, H, state), (grad_z, Z, gates.dtype), (grad_mu, Z, gates.dtype),
-                (grad_lv, Z, gates.dtype))
-        grad_h, grad_c, grad_z, grad_mu, grad_lv = (
-            gates.new_zeros(T, B, n, dtype=dt) if g is None else g.to(dt).contiguous() for g, n, dt in outs)
-        new = lambda *shape: torch.empty(*shape, dtype=gates.dtype, device=gates.device)  # noqa: E731
-        dparams, ds, grad_eps = new(T, B, 2 * Z), new(T, B, M), new(T, B, Z)
-        dc = torch.empty(B, H, dtype=state, device=gates.device)
-        kernels.backward(grad_h, grad_c, grad_z, grad_mu, grad_lv, gates, c0.to(state).contiguous(), c, lv, eps,
-                         okmask, s, weight_qh, weight_q2, w_comb, weight_hh, dparams, ds, grad_eps, dc)
-        # the backward kernel left dgates in place of the pre-activations
-        grads = chain_input_grads(need, gates, ds, dparams, grad_eps, dc, h0, h, z, s, weight_qh, bias_gz,
-                                  weight_gz, weight_iz, weight_hh, gates.dtype)
+        grads = _backward(kernels, grad_h, grad_c, grad_z, grad_mu, grad_lv, h0, c0, eps, weight_qh, weight_q2,
+                          weight_gz, bias_gz, weight_iz, weight_hh, w_comb, gates, h, c, z, lv, s, okmask,
+                          ctx.needs_input_grad)
         return (*grads, None)
 
 

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from . import triton as tl_chain
 from . import triton_ln as tl_chain_ln
+from ._op_glue import autograd_backward, chain_output, fake_grads
 from .naive import ChainOutput
 
 
@@ -66,7 +67,7 @@ def _(grad_h, grad_c, grad_z, grad_mu, grad_lv, h0, c0, eps, weight_qh, weight_q
       weight_iz, weight_hh, h, c, z, mu, lv, s, acts, okmask, w_comb, schedule, need):
     like = (acts, s, eps, h0, c0, weight_qh, weight_q2, weight_q2.new_empty(weight_q2.shape[0]), weight_gz,
             bias_gz, weight_iz, weight_hh)
-    return [torch.empty_like(t, dtype=h.dtype) if n else h.new_empty(0) for t, n in zip(like, need)]
+    return fake_grads(like, need, h.dtype)
 
 
 def _setup_context(ctx, inputs, output):
@@ -75,36 +76,10 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(s, acts, okmask, w_comb)
     ctx.save_for_backward(h0, c0, eps, weight_qh, weight_q2, weight_gz, bias_gz, weight_iz, weight_hh,
                           h, c, z, mu, lv, s, acts, okmask, w_comb)
-    ctx.schedule = schedule
+    ctx.op_args = (schedule,)
 
 
-def _output_grads(grads, outputs):
-    """The five outputs' gradients, zeros for an output the loss did not use."""
-    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, outputs)]
-
-
-def _input_grads(grads, need):
-    return (*(g if n else None for g, n in zip(grads, need)), None)
-
-
-def _autograd_backward(backward_op, n_inputs):
-    """The autograd formula of a chain's forward op: its saved tensors hold the inputs the
-    backward reads (9) then the outputs h, c, z, mu, lv and the internals, in ``backward_op``'s order."""
-    def backward(ctx, grad_h, grad_c, grad_z, grad_mu, grad_lv, *_internal):
-        saved = ctx.saved_tensors
-        grads = _output_grads((grad_h, grad_c, grad_z, grad_mu, grad_lv), saved[9:14])
-        need = [bool(n) for n in ctx.needs_input_grad[:n_inputs]]
-        return _input_grads(backward_op(*grads, *saved, ctx.schedule, need), need)
-    return backward
-
-
-def _chain_output(outputs) -> ChainOutput:
-    """The public outputs from a forward op's: ``c`` back in the inputs' dtype."""
-    h, c, z, mu, lv, *_ = outputs
-    return ChainOutput(h, c if c.dtype == h.dtype else c.to(h.dtype), z, mu, lv)
-
-
-chain_forward.register_autograd(_autograd_backward(chain_backward, 12), setup_context=_setup_context)
+chain_forward.register_autograd(autograd_backward(chain_backward, 12), setup_context=_setup_context)
 
 
 def zforcing_chain(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_gz, bias_gz, weight_iz,
@@ -114,7 +89,7 @@ def zforcing_chain(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, 
     if T == 0 or B == 0:
         return tl_chain.zforcing_chain(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_gz,
                                        bias_gz, weight_iz, weight_hh, schedule)
-    return _chain_output(chain_forward(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_gz,
+    return chain_output(chain_forward(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_gz,
                                        bias_gz, weight_iz, weight_hh, schedule))
 
 
@@ -166,7 +141,7 @@ def _(grad_h, grad_c, grad_z, grad_mu, grad_lv, h0, c0, eps, weight_qh, weight_q
       weight_hh, h, c, z, mu, lv, s, u, acts, okmask, schedule, need):
     like = (acts, s, eps, h0, c0, weight_qh, weight_q2, weight_q2.new_empty(weight_q2.shape[0]), weight_g1,
             weight_g1.new_empty(weight_g1.shape[0]), weight_g2, bias_g2, weight_hh)
-    return [torch.empty_like(t, dtype=h.dtype) if n else h.new_empty(0) for t, n in zip(like, need)]
+    return fake_grads(like, need, h.dtype)
 
 
 def _setup_context_ln(ctx, inputs, output):
@@ -175,10 +150,10 @@ def _setup_context_ln(ctx, inputs, output):
     ctx.mark_non_differentiable(s, u, acts, okmask)
     ctx.save_for_backward(h0, c0, eps, weight_qh, weight_q2, weight_g1, weight_g2, bias_g2, weight_hh,
                           h, c, z, mu, lv, s, u, acts, okmask)
-    ctx.schedule = schedule
+    ctx.op_args = (schedule,)
 
 
-chain_ln_forward.register_autograd(_autograd_backward(chain_ln_backward, 13), setup_context=_setup_context_ln)
+chain_ln_forward.register_autograd(autograd_backward(chain_ln_backward, 13), setup_context=_setup_context_ln)
 
 
 def zforcing_chain_ln(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_g1, bias_g1, weight_g2,
@@ -188,5 +163,5 @@ def zforcing_chain_ln(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q
     if T == 0 or B == 0:
         return tl_chain_ln.zforcing_chain_ln(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_g1,
                                              bias_g1, weight_g2, bias_g2, weight_hh, schedule)
-    return _chain_output(chain_ln_forward(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_g1,
+    return chain_output(chain_ln_forward(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_g1,
                                           bias_g1, weight_g2, bias_g2, weight_hh, schedule))
