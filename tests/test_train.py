@@ -72,6 +72,23 @@ def test_cli_rejects_bad_flags(tmp_path, capsys):
         train_mod.main(["--preset", "nope"])
 
 
+def test_every_flag_says_what_it_does_and_what_the_presets_set(capsys):
+    """--help: each TrainConfig field has a text of its own, followed by its default and the
+    presets that change it (read from PRESETS, so the help cannot drift from them)."""
+    from zf_kernels.training.presets import PRESETS, config_fields
+    with pytest.raises(SystemExit):
+        train_mod.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    texts = [f.metadata.get("help", "") for f in config_fields()]
+    assert all(texts) and len(set(texts)) == len(texts)
+    for f in config_fields():
+        if f.name != "preset":
+            assert f"--{f.name.replace('_', '-')}" in text and " ".join(f.metadata["help"].split()) in text, f.name
+    assert "the auxiliary weight moves linearly to this (0: no auxiliary cost) (default: 0.0; presets: " \
+           f"synthetic {PRESETS['synthetic']['aux_end']}, seqmnist 1.0," in text
+    assert "--max-steps MAX_STEPS stop after this many training steps (unset: no limit) --" in text
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where CUDA is absent")
 def test_cli_backend_that_cannot_run_here_is_a_clean_error(tmp_path, capsys):
     """--backend cuda on a CPU: exit status 2 and the op's reason on one line, no traceback."""

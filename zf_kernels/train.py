@@ -612,6 +612,15 @@ def _train(cfg: TrainConfig, log, ctx) -> dict:
 
 
 # ------------------------------------------------------------------------ CLI
+def _flag_help(f, default) -> str:
+    """``--help`` of a TrainConfig field: what it does, its default and the presets that change it."""
+    parts = [] if default is None else [f"default: {default}"]   # None: the text says what unset means
+    by_preset = ", ".join(f"{name} {values[f.name]}" for name, values in PRESETS.items() if f.name in values)
+    if by_preset:
+        parts.append(f"presets: {by_preset}")
+    return f.metadata["help"] + (f" ({'; '.join(parts)})" if parts else "")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m zf_kernels.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -622,15 +631,13 @@ def build_parser() -> argparse.ArgumentParser:
         if f.name == "preset":
             continue
         flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
+        help_text = _flag_help(f, getattr(defaults, f.name))
         typ = f.type if isinstance(f.type, str) else f.type.__name__
         if "bool" in typ:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                           help=f"(default: {default}, or the preset's)")
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             cast = int if "int" in typ else float if "float" in typ else str
-            p.add_argument(flag, type=cast, default=None, metavar=f.name.upper(),
-                           help=f"(default: {default}, or the preset's)")
+            p.add_argument(flag, type=cast, default=None, metavar=f.name.upper(), help=help_text)
     return p
 
 

@@ -5,67 +5,78 @@ Every field of ``TrainConfig`` is a command-line flag of ``python -m zf_kernels.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from ..ops._precision import FP32_DOT_CHOICES
+
+
+def _opt(default, help: str):
+    """A field of :class:`TrainConfig` with its ``--help`` text (``build_parser`` adds the defaults)."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class TrainConfig:
     # what and where
-    preset: str = "synthetic"
-    model: str = "zforcing"              # a name in zf_kernels.train.MODELS
-    data: str | None = None              # file/folder of the data set (ignored by synthetic)
-    out: str | None = None               # default: runs/<preset>
-    seed: int = 1234
-    device: str = "auto"                 # auto | cpu | cuda | cuda:N
-    dtype: str = "float32"               # float32 | float64 | bfloat16 | float16 (mixed) | bfloat16-pure
-    backend: str = "auto"                # auto | torch | triton | cuda
-    threads: int | None = None           # CPU intra-op threads (torch.set_num_threads); None: torch's default
-    tf32: bool = False                   # float32 matmuls (torch's and the Triton kernels') may use TF32
-    fp32_dot: str = "auto"               # the fused kernels' float32 products: auto (follow --tf32), ieee,
-                                         # tf32, tf32x3 (three TF32 products: near-IEEE on the tensor cores)
-    cuda_graph: bool = False             # replay each training step from a CUDA graph (one process, not float16)
-    compile: str = "none"                # torch.compile the step's forward and loss with this backend
-                                         # (inductor, aot_eager, ...; one process, not float16) or none
+    preset: str = _opt("synthetic", "hyper-parameter defaults and data set")
+    model: str = _opt("zforcing", "the model: a name in zf_kernels.train.MODELS")
+    data: str | None = _opt(None, "the data: seqmnist a folder of the four MNIST IDX files (else downloaded "
+                                  "and cached); timit / blizzard an .npz in the authors' format or a folder of "
+                                  "WAV files; npz your own (N, T, D) or (N, T) .npz; ignored by synthetic")
+    out: str | None = _opt(None, "run directory: checkpoints, metrics, curves, samples (unset: runs/PRESET)")
+    seed: int = _opt(1234, "seeds the weights, the data splits, the batch order and the noise")
+    device: str = _opt("auto", "auto (cuda if available) | cpu | cuda | cuda:N")
+    dtype: str = _opt("float32", "float32 | float64 | bfloat16, float16 (mixed precision, float32 parameters) "
+                                 "| bfloat16-pure (the whole model and Adam state in bfloat16)")
+    backend: str = _opt("auto", "the fused ops' backend: auto | torch | triton | cuda (cuda: the two "
+                                "recurrences on the CUDA extension, the other ops auto)")
+    threads: int | None = _opt(None, "CPU intra-op threads (torch.set_num_threads); unset: torch's default")
+    tf32: bool = _opt(False, "float32 matmuls (torch's and the Triton kernels') may use TF32")
+    fp32_dot: str = _opt("auto", "the fused kernels' float32 products: auto (follow --tf32) | ieee | tf32 | "
+                                 "tf32x3 (three TF32 products: near-IEEE on the tensor cores)")
+    cuda_graph: bool = _opt(False, "replay each training step from a CUDA graph (one process, not float16)")
+    compile: str = _opt("none", "torch.compile the step's forward and loss with this backend (inductor, "
+                                "aot_eager, ...; one process, not float16), or none")
     # stopping
-    epochs: int = 20
-    max_steps: int | None = None
-    time_budget: float | None = None     # seconds of training (evaluation excluded)
-    resume: bool = False
+    epochs: int = _opt(20, "passes over the training set")
+    max_steps: int | None = _opt(None, "stop after this many training steps (unset: no limit)")
+    time_budget: float | None = _opt(None, "stop after this many seconds of training, evaluation excluded (unset: no limit)")
+    resume: bool = _opt(False, "continue from OUT/last.pt (exactly: weights, optimizer, schedules, data order)")
     # model
-    emb_dim: int = 32
-    rnn_dim: int = 64
-    z_dim: int = 8
-    mlp_dim: int = 32
-    cond_ln: bool = False
-    z_force: bool = True
+    emb_dim: int = _opt(32, "embedding width of the input frames / tokens")
+    rnn_dim: int = _opt(64, "width of the forward and backward LSTMs")
+    z_dim: int = _opt(8, "latent variables per step")
+    mlp_dim: int = _opt(32, "hidden width of the prior, posterior, auxiliary and output MLPs")
+    cond_ln: bool = _opt(False, "g(z) gives gain and bias of a layer-normalised recurrent projection "
+                                "instead of an input to the LSTM")
+    z_force: bool = _opt(True, "the auxiliary cost predicts b_t from z_t alone (its h input zeroed)")
     # optimisation
-    batch_size: int = 32
-    lr: float = 1e-3
-    adam_eps: float = 1e-5
-    clip: float = 100.0
-    lr_decay: float = 0.5                # plateau: multiply lr by this ...
-    lr_min: float = 1e-4                 # ... but never below this
-    patience: int = 1                    # valid evaluations without improvement before decaying
+    batch_size: int = _opt(32, "sequences per training step (over all processes)")
+    lr: float = _opt(1e-3, "Adam's learning rate")
+    adam_eps: float = _opt(1e-5, "Adam's epsilon")
+    clip: float = _opt(100.0, "gradient-norm clipping threshold")
+    lr_decay: float = _opt(0.5, "on a validation plateau multiply the learning rate by this ...")
+    lr_min: float = _opt(1e-4, "... but never below this")
+    patience: int = _opt(1, "validations without a new best before the learning rate decays")
     # loss weights and their schedules (per training step)
-    kl_start: float = 0.2
-    kl_step: float = 5e-5
-    aux_start: float = 0.0
-    aux_end: float = 0.0
-    aux_step: float = 5e-5
-    bwd: float = 0.0
+    kl_start: float = _opt(0.2, "KL weight at the first step (KL annealing)")
+    kl_step: float = _opt(5e-5, "the KL weight rises by this per step, up to 1")
+    aux_start: float = _opt(0.0, "weight of the auxiliary cost at the first step")
+    aux_end: float = _opt(0.0, "the auxiliary weight moves linearly to this (0: no auxiliary cost)")
+    aux_step: float = _opt(5e-5, "the auxiliary weight moves by this per step")
+    bwd: float = _opt(0.0, "weight of the backward network's reverse-prediction cost (counts only while the "
+                           "auxiliary weight is above 0)")
     # evaluation and reporting
-    eval_every: int | None = None        # also evaluate every N steps (besides each epoch's end)
-    iwae_k: int = 32                     # samples of the final importance-weighted bound
-    train_limit: int | None = None       # use only the first N training sequences
-    eval_limit: int | None = None        # ... and the first N valid/test sequences
-    eval_batch_size: int = 256
-    num_samples: int = 64                # sequences generated at the end
-    log_every: int = 10
-    checkpoint_every: int = 200          # steps between resumable checkpoints (last.pt)
-    metrics_format: str = "jsonl"        # jsonl | csv
-    progress: bool = True
+    eval_every: int | None = _opt(None, "also evaluate every N steps (besides each epoch's end; unset: only there)")
+    iwae_k: int = _opt(32, "samples of the final importance-weighted bound (IWAE)")
+    train_limit: int | None = _opt(None, "use only the first N training sequences (unset: all)")
+    eval_limit: int | None = _opt(None, "... and the first N validation and test sequences (unset: all)")
+    eval_batch_size: int = _opt(256, "sequences per evaluation batch")
+    num_samples: int = _opt(64, "sequences generated from the prior at the end (0: none)")
+    log_every: int = _opt(10, "steps between metric lines")
+    checkpoint_every: int = _opt(200, "steps between resumable checkpoints (last.pt)")
+    metrics_format: str = _opt("jsonl", "jsonl | csv")
+    progress: bool = _opt(True, "show a progress bar")
 
     def to_dict(self):
         return asdict(self)
