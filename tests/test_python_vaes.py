@@ -394,6 +394,14 @@ def test_train_script_registers_the_models_and_runs_the_cli(tmp_path, monkeypatc
     assert math.isfinite(results["test"]["iwae"])
     assert mod.main(["--model", "nope", "--out", str(tmp_path / "x")]) == 2
     assert "--model must be one of" in capsys.readouterr().err
+    # python/evaluate.py: the run's checkpoint, with the numbers of its results.json
+    spec = importlib.util.spec_from_file_location("python_vaes_evaluate", PYTHON_DIR / "evaluate.py")
+    evaluate_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evaluate_script)
+    assert evaluate_script.main([str(out)]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert {k: got[k] for k in ("neg_elbo", "iwae", "sequences")} == \
+        {k: results["test"][k] for k in ("neg_elbo", "iwae", "sequences")}
 
 
 @pytest.mark.parametrize("name", list(MODELS))

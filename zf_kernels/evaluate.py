@@ -1,7 +1,23 @@
-"""Evaluation of a trained model on a data split: the -ELBO and the importance-weighted bound."""
+"""Evaluation of a trained model on a data split: the -ELBO and the importance-weighted bound.
+
+From the command line, a checkpoint the trainer wrote (``best.pt`` / ``last.pt``, or its run
+directory) on a split of the data it was trained on::
+
+    python -m zf_kernels.evaluate runs/seqmnist --split test --iwae-k 1000
+
+The model, its data set and its precision come from the checkpoint's configuration; the flags
+override what may change at evaluation time. With the defaults (the run's seed, batch size and
+k) the numbers are those of the run's ``results.json``. Prints one JSON object (``--json PATH``
+also writes it).
+"""
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
 import math
+import sys
+from pathlib import Path
 
 import torch
 
@@ -54,3 +70,112 @@ def evaluate(model, split, *, batch_size: int = 256, iwae_k: int | None = None, 
     if not all(math.isfinite(v) for v in out.values()):
         out["non_finite"] = True
     return out
+
+
+# ------------------------------------------------------------------------ CLI
+SPLITS = ("test", "valid", "train")
+
+
+def find_checkpoint(path) -> Path:
+    """``path`` itself, or in a run directory its ``best.pt`` (else ``last.pt``)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"checkpoint: {path} is a directory without best.pt or last.pt")
+    return path
+
+
+def evaluate_checkpoint(path, *, split: str = "test", iwae_k: int | None = None, batch_size: int | None = None,
+                        limit: int | None = None, seed: int | None = None, data: str | None = None,
+                        device: str = "auto", backend: str = "auto", models: dict | None = None) -> dict:
+    """Load a trainer checkpoint and evaluate it on ``split`` of its data set (None: the run's
+    setting; ``iwae_k=0``: no IWAE). ``models`` maps ``--model`` names to factories (default:
+    zf_kernels.train.MODELS; python/train.py has the other VAEs)."""
+    from . import train as train_mod          # here: train imports this module
+    from .training.checkpoint import load_checkpoint
+    from .training.presets import TrainConfig, config_fields, validate
+
+    if split not in SPLITS:
+        raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    for name, value in (("--iwae-k", iwae_k), ("--batch-size", batch_size), ("--limit", limit)):
+        if value is not None and (value < 0 or (value == 0 and name != "--iwae-k")):
+            raise ValueError(f"{name} must be {'>= 0' if name == '--iwae-k' else '> 0'}, got {value}")
+    ckpt = find_checkpoint(path)
+    state = load_checkpoint(ckpt)
+    known = {f.name for f in config_fields()}
+    saved = {k: v for k, v in state["config"].items() if k in known}
+    overrides = dict(device=device, backend=backend, data=data or saved["data"])
+    if limit is not None:
+        overrides["train_limit" if split == "train" else "eval_limit"] = limit
+    cfg = dataclasses.replace(TrainConfig(**saved), **overrides)
+    validate(cfg)
+    models = train_mod.MODELS if models is None else models
+    if cfg.model not in models:
+        raise ValueError(f"checkpoint {ckpt} holds a {cfg.model!r} model; this command knows "
+                         f"{sorted(models)} (python/train.py registers the other VAEs)")
+    bundle = train_mod.load_data(cfg)
+    if bundle.meta != state["data_meta"]:
+        differ = sorted(k for k in set(bundle.meta) | set(state["data_meta"])
+                        if bundle.meta.get(k) != state["data_meta"].get(k))
+        raise ValueError(f"the data set differs from the one checkpoint {ckpt} was trained on "
+                         f"(its {', '.join(differ)}): pass --data with the run's data")
+    dev = train_mod.resolve_device(cfg.device)
+    dtype, amp_dtype = train_mod.PRECISIONS[cfg.dtype]
+    model = models[cfg.model](cfg, bundle).to(dev, dtype)
+    if state["model_config"] != model.config:
+        raise ValueError(f"checkpoint {ckpt} holds a model {state['model_config']}, its configuration "
+                         f"builds {model.config}")
+    model.load_state_dict(state["model"])
+    k = cfg.iwae_k if iwae_k is None else iwae_k
+    autocast = (torch.autocast(dev.type, dtype=amp_dtype) if amp_dtype is not None
+                else torch.autocast(dev.type, enabled=False))
+    with autocast:
+        result = evaluate(model, getattr(bundle, split), batch_size=batch_size or cfg.eval_batch_size,
+                          iwae_k=k or None, seed=cfg.seed if seed is None else seed)
+    return {"checkpoint": str(ckpt), "step": state["step"], "split": split, "data": bundle.name,
+            "iwae_k": k, "device": str(dev), "dtype": cfg.dtype, **result}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m zf_kernels.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="a checkpoint (best.pt, last.pt) or a run directory (its best.pt, "
+                                      "else last.pt)")
+    p.add_argument("--split", default="test", choices=SPLITS, help="the split to evaluate (default: test)")
+    p.add_argument("--iwae-k", type=int, default=None,
+                   help="samples of the importance-weighted bound; 0: none (default: the run's --iwae-k)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="sequences per batch (default: the run's --eval-batch-size)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="only the first N sequences of the split (default: the run's --eval-limit, or "
+                        "--train-limit for train)")
+    p.add_argument("--seed", type=int, default=None, help="seeds the posterior noise (default: the run's)")
+    p.add_argument("--data", default=None, help="where the run's data set is now (default: the run's --data)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    p.add_argument("--backend", default="auto", help="the fused ops' backend (default: auto)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the results to this file")
+    return p
+
+
+def main(argv=None, models: dict | None = None) -> int:
+    from .ops import BackendUnavailableError
+    from .training.checkpoint import CheckpointError
+    args = build_parser().parse_args(argv)
+    try:
+        results = evaluate_checkpoint(args.checkpoint, split=args.split, iwae_k=args.iwae_k,
+                                      batch_size=args.batch_size, limit=args.limit, seed=args.seed,
+                                      data=args.data, device=args.device, backend=args.backend, models=models)
+    except (ValueError, CheckpointError, FileNotFoundError, BackendUnavailableError) as exc:
+        print(f"zf_kernels.evaluate: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

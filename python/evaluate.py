@@ -1,0 +1,21 @@
+"""Evaluate a checkpoint that python/train.py wrote (VRNN, SRNN, STORN; Z-Forcing too), with the
+flags of ``python -m zf_kernels.evaluate``:
+
+    python python/evaluate.py runs/vrnn --split test --iwae-k 100
+"""
+from __future__ import annotations
+
+import sys
+
+from train import register   # python/train.py (this folder is on sys.path when run as a script)
+
+from zf_kernels import evaluate
+from zf_kernels import train as zf_train
+
+
+def main(argv=None) -> int:
+    return evaluate.main(argv, models=register(dict(zf_train.MODELS)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
