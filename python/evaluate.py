@@ -7,15 +7,9 @@ from __future__ import annotations
 
 import sys
 
-from train import register   # python/train.py (this folder is on sys.path when run as a script)
+from train import all_models   # python/train.py (this folder is on sys.path when run as a script)
 
 from zf_kernels import evaluate
-from zf_kernels import train as zf_train
-
-
-def main(argv=None) -> int:
-    return evaluate.main(argv, models=register(dict(zf_train.MODELS)))
-
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(evaluate.main(models=all_models()))

@@ -48,6 +48,12 @@ def register(models: dict | None = None) -> dict:
     return models
 
 
+def all_models() -> dict:
+    """The trainer's models and these, without changing ``zf_kernels.train.MODELS`` (for
+    python/evaluate.py and python/sample.py)."""
+    return register(dict(zf_train.MODELS))
+
+
 def main(argv=None) -> int:
     register()
     return zf_train.main(argv)

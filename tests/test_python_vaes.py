@@ -5,6 +5,7 @@ learning through zf_kernels' trainer; python/train.py's registration."""
 import importlib.util
 import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -394,14 +395,18 @@ def test_train_script_registers_the_models_and_runs_the_cli(tmp_path, monkeypatc
     assert math.isfinite(results["test"]["iwae"])
     assert mod.main(["--model", "nope", "--out", str(tmp_path / "x")]) == 2
     assert "--model must be one of" in capsys.readouterr().err
-    # python/evaluate.py: the run's checkpoint, with the numbers of its results.json
-    spec = importlib.util.spec_from_file_location("python_vaes_evaluate", PYTHON_DIR / "evaluate.py")
-    evaluate_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(evaluate_script)
-    assert evaluate_script.main([str(out)]) == 0
+    # what python/evaluate.py and python/sample.py run: the checkpoint commands with these models
+    from zf_kernels import evaluate, sample
+    assert evaluate.main([str(out)], models=mod.all_models()) == 0
     got = json.loads(capsys.readouterr().out)
     assert {k: got[k] for k in ("neg_elbo", "iwae", "sequences")} == \
         {k: results["test"][k] for k in ("neg_elbo", "iwae", "sequences")}
+    assert sample.main([str(out), "--num", "2", "--out", str(tmp_path / "s")], models=mod.all_models()) == 0
+    assert (tmp_path / "s" / "samples.npy").exists()
+    for script in ("evaluate.py", "sample.py"):      # the scripts themselves, in a fresh process
+        run = subprocess.run([sys.executable, str(PYTHON_DIR / script), str(out), "--help"], capture_output=True,
+                             text=True, timeout=120)
+        assert run.returncode == 0 and "checkpoint" in run.stdout, run.stderr[-2000:]
 
 
 @pytest.mark.parametrize("name", list(MODELS))

@@ -13,7 +13,6 @@ also writes it).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .data import iterate_batches
+from .trained import load_trained
 
 
 def _to(batch, device, dtype):
@@ -76,66 +76,24 @@ def evaluate(model, split, *, batch_size: int = 256, iwae_k: int | None = None, 
 SPLITS = ("test", "valid", "train")
 
 
-def find_checkpoint(path) -> Path:
-    """``path`` itself, or in a run directory its ``best.pt`` (else ``last.pt``)."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                return path / name
-        raise FileNotFoundError(f"checkpoint: {path} is a directory without best.pt or last.pt")
-    return path
-
-
 def evaluate_checkpoint(path, *, split: str = "test", iwae_k: int | None = None, batch_size: int | None = None,
                         limit: int | None = None, seed: int | None = None, data: str | None = None,
                         device: str = "auto", backend: str = "auto", models: dict | None = None) -> dict:
-    """Load a trainer checkpoint and evaluate it on ``split`` of its data set (None: the run's
-    setting; ``iwae_k=0``: no IWAE). ``models`` maps ``--model`` names to factories (default:
-    zf_kernels.train.MODELS; python/train.py has the other VAEs)."""
-    from . import train as train_mod          # here: train imports this module
-    from .training.checkpoint import load_checkpoint
-    from .training.presets import TrainConfig, config_fields, validate
-
+    """Load a trainer checkpoint (:func:`zf_kernels.trained.load_trained`) and evaluate it on
+    ``split`` of its data set (None: the run's setting; ``iwae_k=0``: no IWAE)."""
     if split not in SPLITS:
         raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     for name, value in (("--iwae-k", iwae_k), ("--batch-size", batch_size), ("--limit", limit)):
         if value is not None and (value < 0 or (value == 0 and name != "--iwae-k")):
             raise ValueError(f"{name} must be {'>= 0' if name == '--iwae-k' else '> 0'}, got {value}")
-    ckpt = find_checkpoint(path)
-    state = load_checkpoint(ckpt)
-    known = {f.name for f in config_fields()}
-    saved = {k: v for k, v in state["config"].items() if k in known}
-    overrides = dict(device=device, backend=backend, data=data or saved["data"])
-    if limit is not None:
-        overrides["train_limit" if split == "train" else "eval_limit"] = limit
-    cfg = dataclasses.replace(TrainConfig(**saved), **overrides)
-    validate(cfg)
-    models = train_mod.MODELS if models is None else models
-    if cfg.model not in models:
-        raise ValueError(f"checkpoint {ckpt} holds a {cfg.model!r} model; this command knows "
-                         f"{sorted(models)} (python/train.py registers the other VAEs)")
-    bundle = train_mod.load_data(cfg)
-    if bundle.meta != state["data_meta"]:
-        differ = sorted(k for k in set(bundle.meta) | set(state["data_meta"])
-                        if bundle.meta.get(k) != state["data_meta"].get(k))
-        raise ValueError(f"the data set differs from the one checkpoint {ckpt} was trained on "
-                         f"(its {', '.join(differ)}): pass --data with the run's data")
-    dev = train_mod.resolve_device(cfg.device)
-    dtype, amp_dtype = train_mod.PRECISIONS[cfg.dtype]
-    model = models[cfg.model](cfg, bundle).to(dev, dtype)
-    if state["model_config"] != model.config:
-        raise ValueError(f"checkpoint {ckpt} holds a model {state['model_config']}, its configuration "
-                         f"builds {model.config}")
-    model.load_state_dict(state["model"])
-    k = cfg.iwae_k if iwae_k is None else iwae_k
-    autocast = (torch.autocast(dev.type, dtype=amp_dtype) if amp_dtype is not None
-                else torch.autocast(dev.type, enabled=False))
-    with autocast:
-        result = evaluate(model, getattr(bundle, split), batch_size=batch_size or cfg.eval_batch_size,
-                          iwae_k=k or None, seed=cfg.seed if seed is None else seed)
-    return {"checkpoint": str(ckpt), "step": state["step"], "split": split, "data": bundle.name,
-            "iwae_k": k, "device": str(dev), "dtype": cfg.dtype, **result}
+    limits = {} if limit is None else {"train_limit" if split == "train" else "eval_limit": limit}
+    run = load_trained(path, data=data, device=device, backend=backend, models=models, **limits)
+    k = run.cfg.iwae_k if iwae_k is None else iwae_k
+    with run.autocast():
+        result = evaluate(run.model, getattr(run.data, split), batch_size=batch_size or run.cfg.eval_batch_size,
+                          iwae_k=k or None, seed=run.cfg.seed if seed is None else seed)
+    return {"checkpoint": str(run.checkpoint), "step": run.step, "split": split, "data": run.data.name,
+            "iwae_k": k, "device": str(run.device), "dtype": run.cfg.dtype, **result}
 
 
 def build_parser() -> argparse.ArgumentParser:

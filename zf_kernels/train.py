@@ -537,28 +537,7 @@ class Run:
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 2)
         with self.autocast():
             samples, means = model.sample(T, n, generator=gen)
-        meta = self.data.meta
-        if "image_shape" in meta:
-            h, w = meta["image_shape"]
-            imgs = means.float().permute(1, 0, 2).reshape(n, h, w).cpu().numpy()
-            path = self.out / "samples.png"
-            report.save_image_grid(imgs, path)
-            return [str(path)]
-        seqs = samples.float().permute(1, 0, *range(2, samples.dim())).cpu().numpy()
-        if "mean" in meta and "std" in meta:   # speech: undo the normalisation, write WAVs
-            paths = []
-            for i in range(min(n, 4)):
-                path = self.out / f"sample_{i}.wav"
-                report.write_wav(seqs[i] * meta["std"] + meta["mean"], path, meta.get("sample_rate", 16000))
-                paths.append(str(path))
-            return paths
-        if seqs.ndim == 2:   # token ids
-            path = self.out / "samples.txt"
-            path.write_text("\n".join(" ".join(map(str, s.astype(int))) for s in seqs))
-            return [str(path)]
-        path = self.out / "samples_plot.png"
-        report.plot_sequences(seqs, path)
-        return [str(path)]
+        return report.write_samples(samples, means, self.data.meta, self.out)
 
 
 def _precision_note(run) -> str:

@@ -161,3 +161,33 @@ def write_wav(frames: np.ndarray, path, sample_rate: int = 16000) -> None:
         w.setsampwidth(2)
         w.setframerate(sample_rate)
         w.writeframes(np.clip(np.round(x), -32768, 32767).astype("<i2").tobytes())
+
+
+def write_samples(samples, means, meta: dict, out_dir, max_wavs: int = 4) -> list[str]:
+    """Write generated sequences (``model.sample``'s ``(samples, means)``, time-major) as the data
+    set's kind of file in ``out_dir``: an image grid of the means for images (``samples.png``),
+    WAV files of the first ``max_wavs`` samples for normalised speech (``sample_<i>.wav``, the
+    normalisation undone), token ids for categorical data (``samples.txt``), a plot otherwise
+    (``samples_plot.png``). Returns the paths written."""
+    out_dir = Path(out_dir)
+    n = samples.shape[1]
+    if "image_shape" in meta:
+        h, w = meta["image_shape"]
+        path = out_dir / "samples.png"
+        save_image_grid(means.float().permute(1, 0, 2).reshape(n, h, w).cpu().numpy(), path)
+        return [str(path)]
+    seqs = samples.float().permute(1, 0, *range(2, samples.dim())).cpu().numpy()
+    if "mean" in meta and "std" in meta:   # speech: undo the normalisation
+        paths = []
+        for i in range(min(n, max_wavs)):
+            path = out_dir / f"sample_{i}.wav"
+            write_wav(seqs[i] * meta["std"] + meta["mean"], path, meta.get("sample_rate", 16000))
+            paths.append(str(path))
+        return paths
+    if seqs.ndim == 2:   # token ids
+        path = out_dir / "samples.txt"
+        path.write_text("\n".join(" ".join(map(str, s.astype(int))) for s in seqs))
+        return [str(path)]
+    path = out_dir / "samples_plot.png"
+    plot_sequences(seqs, path)
+    return [str(path)]

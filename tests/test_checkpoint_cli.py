@@ -1,17 +1,22 @@
-"""``python -m zf_kernels.evaluate``: a trainer checkpoint evaluated on a split of its data set,
-by default with the numbers of the run's results.json; clear errors for bad input."""
+"""The commands that start from a trainer checkpoint: ``python -m zf_kernels.evaluate`` (its
+bounds on a split of its data set, by default the numbers of the run's results.json) and
+``python -m zf_kernels.sample`` (sequences from its prior, by default the run's own samples);
+clear errors for bad input."""
 import dataclasses
 import json
 
+import numpy as np
 import pytest
+import torch
 
 from _helpers import quiet
 from zf_kernels import evaluate as evaluate_mod
+from zf_kernels import sample as sample_mod
 from zf_kernels import train as train_mod
 from zf_kernels.training.presets import make_config
 
 SMALL = dict(emb_dim=16, rnn_dim=24, z_dim=4, mlp_dim=16, batch_size=16, train_limit=96, eval_limit=24,
-             iwae_k=4, eval_batch_size=10, num_samples=0, progress=False, checkpoint_every=5, time_budget=None)
+             iwae_k=4, eval_batch_size=10, num_samples=3, progress=False, checkpoint_every=5, time_budget=None)
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +88,63 @@ def test_data_other_than_the_runs_is_refused(run_dir, capsys, monkeypatch):
 def test_a_model_this_command_does_not_know_is_named(run_dir):
     with pytest.raises(ValueError, match=r"holds a 'zforcing' model; this command knows \['vrnn'\]"):
         evaluate_mod.evaluate_checkpoint(run_dir, models={"vrnn": None})
+
+
+# ------------------------------------------------------------------------ python -m zf_kernels.sample
+def _sample(capsys, *argv):
+    rc = sample_mod.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out.split(), err
+
+
+def test_default_samples_are_the_runs_own(run_dir, capsys, tmp_path):
+    """The run's number of samples, its sequence length and its final samples' seed: the
+    sequences the trainer generated at the end (regenerated here with the same generator)."""
+    rc, paths, _ = _sample(capsys, run_dir, "--out", tmp_path / "s")
+    assert rc == 0 and paths == [str(tmp_path / "s" / "samples_plot.png"), str(tmp_path / "s" / "samples.npy")]
+    got = np.load(tmp_path / "s" / "samples.npy")
+    run = train_mod.Run(make_config("synthetic", out=str(tmp_path / "unused"), **SMALL), log=quiet)
+    run.model.load_state_dict(torch.load(run_dir / "best.pt", weights_only=False)["model"])
+    run.model.eval()
+    gen = torch.Generator().manual_seed(run.cfg.seed + 2)     # what Run.write_samples uses
+    want, _ = run.model.sample(run.data.train.y.shape[1], 3, generator=gen)
+    assert got.shape == (3, run.data.train.y.shape[1], run.data.input_dim)
+    np.testing.assert_array_equal(got, want.transpose(0, 1).numpy())
+
+
+def test_num_steps_seed_and_temperature_are_flags(run_dir, capsys, tmp_path):
+    def draw(name, *flags):
+        rc, _, err = _sample(capsys, run_dir, "--out", tmp_path / name, *flags)
+        assert rc == 0, err
+        return np.load(tmp_path / name / "samples.npy")
+    a = draw("a", "--num", "5", "--steps", "7", "--seed", "11")
+    assert a.shape[:2] == (5, 7)
+    np.testing.assert_array_equal(draw("b", "--num", "5", "--steps", "7", "--seed", "11"), a)
+    assert not np.array_equal(draw("c", "--num", "5", "--steps", "7", "--seed", "12"), a)
+    cold = draw("d", "--num", "5", "--steps", "7", "--seed", "11", "--temperature", "0.01")
+    assert cold.std(axis=0).mean() < a.std(axis=0).mean()     # less noise: closer to the means
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--num", "0"], "--num must be >= 1, got 0"),
+    (["--steps", "-2"], "--steps must be >= 1, got -2"),
+    (["--temperature", "0"], "--temperature must be > 0, got 0.0"),
+])
+def test_bad_sampling_flags_are_one_clear_line(run_dir, capsys, tmp_path, flags, message):
+    rc, _, err = _sample(capsys, run_dir, "--out", tmp_path, *flags)
+    assert rc == 2 and err.strip() == f"zf_kernels.sample: error: {message}", err
+
+
+@pytest.mark.parametrize("meta,dims,names", [
+    ({"image_shape": (2, 3)}, (6, 4, 1), ["samples.png"]),
+    ({"mean": 0.5, "std": 2.0, "sample_rate": 8000}, (3, 6, 5), [f"sample_{i}.wav" for i in range(4)]),
+    ({}, (5, 2), ["samples.txt"]),
+    ({}, (5, 2, 3), ["samples_plot.png"]),
+])
+def test_samples_are_written_as_the_data_sets_kind_of_file(tmp_path, meta, dims, names):
+    from zf_kernels.training.report import write_samples
+    samples = torch.randint(0, 9, dims) if len(dims) == 2 else torch.rand(dims)
+    paths = write_samples(samples, samples.float(), meta, tmp_path)
+    assert paths == [str(tmp_path / n) for n in names] and all((tmp_path / n).stat().st_size > 0 for n in names)
+    if names == ["samples.txt"]:
+        assert (tmp_path / "samples.txt").read_text().splitlines()[0] == " ".join(map(str, samples[:, 0].tolist()))
