@@ -230,18 +230,8 @@ def check_cuda_recurrences(model, y):
     else for this model's backward LSTM or chain (a dtype, a shape or a failed build)."""
     if not isinstance(model, ZForcing):
         raise Skip("the cuda providers put ZForcing's backward LSTM and chain on csrc/; not this model")
-    # one time step is enough for the choice (it depends on B, the widths, dtype and device)
-    B = y.shape[1]
-    r = lambda *shape: torch.zeros(*shape, dtype=y.dtype, device=y.device)  # noqa: E731
-    w = model.bwd_lstm
-    x, w_ih, _ = model._embedded_projection(y, w.weight_ih_l0)   # what the model passes ops.lstm
-    checks = {"lstm": (r(1, B, x.shape[-1]), w_ih, w.weight_hh_l0)}
-    if not model.cond_ln:
-        H, M, Z = model.rnn_dim, model.mlp_dim, model.z_dim
-        checks["zforcing_chain"] = (r(1, B, 4 * H), r(1, B, M), r(1, B, Z))
-    for op, tensors in checks.items():
-        backend, why = ops.explain(op, *tensors)
-        if backend != "cuda":
+    for op, (backend, why) in model.explain_backends(*y.shape[:2]).items():
+        if backend != "cuda" and ops.op_backend(op, "cuda") == "cuda":   # (no CUDA zforcing_chain_ln)
             raise ops.BackendUnavailableError(f"'auto' picks {backend} for {op}, not cuda: {why}")
 
 

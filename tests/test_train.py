@@ -61,6 +61,9 @@ def test_cli_smoke_run_writes_everything(tmp_path, capsys):
     assert rc == 0
     text = capsys.readouterr().out
     assert "done: 6 steps" in text and str(out) in text
+    # what the two recurrences run on, and why (ZForcing.explain_backends), before training
+    for op in ("lstm", "zforcing_chain"):
+        assert f"\n  {op}: torch (tensors are not on CUDA" in text, text[:2000]
     assert (out / "metrics.csv").exists() and (out / "last.pt").exists()
     assert json.loads((out / "results.json").read_text())["steps"] == 6
 

@@ -204,14 +204,32 @@ class ZForcing(BoundsMixin, nn.Module):
         R = 4H rows of W); at Sequential MNIST's D = 1 the projections shrink 512-fold (a quarter
         of the step's arithmetic), at TIMIT's D = 200 by 2.5x. The same function up to rounding,
         and the same parameters and gradients; a categorical model's lookup stays unfolded."""
-        if self.output_type == "categorical":
+        if not self._folds_embedding(x.numel() // self.input_dim, weight.shape[0]):
             return self._embed(x), weight, bias
-        w_e, b_e = self.emb.weight, self.emb.bias
-        (R, E), D = weight.shape, w_e.shape[1]
-        N = x.numel() // D
-        if R * E * D + N * R * D >= N * E * D + N * R * E:
-            return self.emb(x), weight, bias
-        return x, weight @ w_e, F.linear(b_e, weight, bias)
+        return x, weight @ self.emb.weight, F.linear(self.emb.bias, weight, bias)
+
+    def _folds_embedding(self, rows: int, proj_rows: int) -> bool:
+        """Whether :meth:`_embedded_projection` folds the embedding into a ``proj_rows``-row
+        projection of ``rows`` data rows (fewer multiply-adds; never for a lookup)."""
+        if self.output_type == "categorical":
+            return False
+        N, R, (E, D) = rows, proj_rows, self.emb.weight.shape
+        return R * E * D + N * R * D < N * E * D + N * R * E
+
+    def explain_backends(self, seq_len: int, batch_size: int,
+                         dtype: torch.dtype | None = None) -> dict[str, tuple[str, str]]:
+        """``{op: (backend, reason)}``: what :func:`ops.explain` says the model's two recurrences
+        (the backward network's ``lstm``, the chain: ``zforcing_chain``, or ``zforcing_chain_ln``
+        with cond_ln) run on for ``(seq_len, batch_size)`` batches in ``dtype`` (default: the
+        weights'; under autocast pass its dtype). Nothing is computed: the choice depends on the
+        batch size, the widths, the dtype and the device, so one-step stand-ins do."""
+        new = lambda *shape: self.fwd_weight_hh.new_zeros(*shape, dtype=dtype or self.fwd_weight_hh.dtype)  # noqa: E731
+        B, H = batch_size, self.rnn_dim
+        width = self.input_dim if self._folds_embedding(seq_len * B, 4 * H) else self.bwd_lstm.weight_ih_l0.shape[1]
+        chain = "zforcing_chain_ln" if self.cond_ln else "zforcing_chain"
+        tensors = {"lstm": (new(1, B, width), new(4 * H, width), new(4 * H, H)),
+                   chain: (new(1, B, 4 * H), new(1, B, self.mlp_dim), new(1, B, self.z_dim))}
+        return {op: ops.explain(op, *t, backend=self._be(op)) for op, t in tensors.items()}
 
     def backward_states(self, y, mask=None):
         """``b_t = LSTM_bwd(emb(y_t), b_{t+1})``; with a padding mask each sequence is read

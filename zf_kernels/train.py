@@ -575,6 +575,11 @@ def _train(cfg: TrainConfig, log, ctx) -> dict:
         f"T={run.data.train.y.shape[1]}), model {n_params:,} parameters, device {run.device}, "
         f"dtype {cfg.dtype}{_precision_note(run)}, backend {cfg.backend}"
         + (f", {ctx.world_size} processes (DDP)" if ctx.enabled else ""))
+    if hasattr(run.model, "explain_backends"):   # what the recurrences run on, and why (ops.explain)
+        per_rank = max(1, cfg.batch_size // ctx.world_size) if ctx.enabled else cfg.batch_size
+        choices = run.model.explain_backends(run.data.train.y.shape[1], per_rank, run.amp_dtype or run.dtype)
+        for op, (backend, why) in choices.items():
+            log(f"  {op}: {backend} ({why})")
     run.fit()
     results = run.finish()
     if not run.is_main:
