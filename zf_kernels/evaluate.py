@@ -36,7 +36,10 @@ def _to(batch, device, dtype):
 def evaluate(model, split, *, batch_size: int = 256, iwae_k: int | None = None, seed: int = 0,
              max_sequences: int | None = None) -> dict:
     """Mean per-sequence ``-ELBO``, ``nll``, ``kl`` (nats; and ``iwae`` with ``iwae_k`` samples),
-    plus ``neg_elbo_per_step`` (nats per valid step). Deterministic given ``seed``."""
+    plus ``neg_elbo_per_step`` (nats per valid step; ``iwae_per_step`` too). For a categorical
+    model (tokens) also ``perplexity``: exp of the bound per token, the IWAE one where computed
+    (the tighter: an upper bound on the true perplexity), else the -ELBO's. Deterministic given
+    ``seed``."""
     model_was_training = model.training
     model.eval()
     p = next(model.parameters())
@@ -66,6 +69,10 @@ def evaluate(model, split, *, batch_size: int = 256, iwae_k: int | None = None, 
         raise ValueError("cannot evaluate on an empty split")
     out = {k: v / n_seq for k, v in sums.items() if k != "iwae" or iwae_k}
     out["neg_elbo_per_step"] = sums["neg_elbo"] / n_steps
+    if iwae_k:
+        out["iwae_per_step"] = sums["iwae"] / n_steps
+    if getattr(model, "output_type", None) == "categorical":
+        out["perplexity"] = math.exp(min(out.get("iwae_per_step", out["neg_elbo_per_step"]), 700.0))
     out["sequences"] = n_seq
     if not all(math.isfinite(v) for v in out.values()):
         out["non_finite"] = True

@@ -587,7 +587,8 @@ def _train(cfg: TrainConfig, log, ctx) -> dict:
     t = results["test"]
     log(f"done: {results['steps']} steps in {results['train_seconds']} s of training; "
         f"test -ELBO {t['neg_elbo']:.3f} nats/sequence, IWAE(k={cfg.iwae_k}) {t['iwae']:.3f}, "
-        f"KL {t['kl']:.3f}; skipped batches {sum(results['skipped_batches'].values())}")
+        f"KL {t['kl']:.3f}" + (f", perplexity {t['perplexity']:.2f}" if "perplexity" in t else "")
+        + f"; skipped batches {sum(results['skipped_batches'].values())}")
     files = ["results.json", run.metrics.path.name, "curves.png"]
     files += [Path(p).name for p in results["samples"]]
     files += [n for n in ("best.pt", "last.pt") if (run.out / n).exists()]

@@ -22,7 +22,7 @@ import torch
 
 BINARIZE_MODES = ("none", "dynamic", "fixed")
 OUTPUT_TYPES = ("bernoulli", "gaussian", "categorical")
-DATASETS = ("seqmnist", "timit", "blizzard", "npz", "synthetic")
+DATASETS = ("seqmnist", "timit", "blizzard", "npz", "text", "synthetic")
 
 # Stream tags keep the permutation and the binarisation noise independent even when their
 # other seed components coincide.
@@ -173,10 +173,12 @@ def load_dataset(name: str, path: str | None = None, *, seed: int = 0, cache_dir
       (:func:`zf_kernels.data.npz.load_speech_npz`), or a folder of raw WAV / NIST SPHERE
       files, framed and split by :func:`zf_kernels.data.wav.load_wav_folder`.
     - ``"npz"``: ``path`` = any ``.npz`` understood by :func:`zf_kernels.data.npz.load_npz`.
+    - ``"text"``: ``path`` = a text file or a folder of train / valid / test ``.txt`` files, as word
+      sequences (:func:`zf_kernels.data.text.load_text`).
     - ``"synthetic"``: generated; ``seed`` seeds the generator (no other data set uses it).
     Extra keyword arguments go to the loader (e.g. ``train_limit``, ``normalize``, ``T``).
     """
-    from . import mnist, npz, synthetic, wav  # imported here: those modules import this one
+    from . import mnist, npz, synthetic, text, wav  # imported here: those modules import this one
 
     if name not in DATASETS:
         raise ValueError(f"name must be one of {DATASETS}, got {name!r}")
@@ -185,8 +187,11 @@ def load_dataset(name: str, path: str | None = None, *, seed: int = 0, cache_dir
     if name == "synthetic":
         return synthetic.make_synthetic(seed=seed, **kwargs)
     if path is None:
-        raise ValueError(f"path is required for the {name!r} data set "
-                         f"({'a .npz file' if name == 'npz' else 'a .npz file or a folder of WAV files'}), got None")
+        what = {"npz": "a .npz file", "text": "a text file or a folder of .txt files"}.get(
+            name, "a .npz file or a folder of WAV files")
+        raise ValueError(f"path is required for the {name!r} data set ({what}), got None")
+    if name == "text":
+        return text.load_text(path, **kwargs)
     if name == "npz":
         return npz.load_npz(path, **kwargs)
     if os.path.isdir(path):

@@ -22,7 +22,8 @@ class TrainConfig:
     model: str = _opt("zforcing", "the model: a name in zf_kernels.train.MODELS")
     data: str | None = _opt(None, "the data: seqmnist a folder of the four MNIST IDX files (else downloaded "
                                   "and cached); timit / blizzard an .npz in the authors' format or a folder of "
-                                  "WAV files; npz your own (N, T, D) or (N, T) .npz; ignored by synthetic")
+                                  "WAV files; npz your own (N, T, D) or (N, T) .npz; text a text file or a folder of "
+                                  "train/valid/test .txt files; ignored by synthetic")
     out: str | None = _opt(None, "run directory: checkpoints, metrics, curves, samples (unset: runs/PRESET)")
     seed: int = _opt(1234, "seeds the weights, the data splits, the batch order and the noise")
     device: str = _opt("auto", "auto (cuda if available) | cpu | cuda | cuda:N")
@@ -101,6 +102,10 @@ PRESETS: dict[str, dict] = {
     "blizzard": dict(emb_dim=1024, rnn_dim=2048, z_dim=256, mlp_dim=1024, batch_size=128,
                      lr=3e-4, epochs=100, aux_start=0.0, aux_end=0.0, bwd=0.0, z_force=False,
                      iwae_k=100),
+    # word-level language modelling on a text file or folder (the paper's IMDB experiment is
+    # of this kind): 40-word sequences, a 10,000-word vocabulary (zf_kernels.data.text)
+    "text": dict(emb_dim=128, rnn_dim=256, z_dim=32, mlp_dim=128, batch_size=32, lr=1e-3,
+                 epochs=50, aux_start=0.0, aux_end=1.0, bwd=1.0, z_force=True),
     # a generic (N, T, D) .npz of the user's own sequences, with a small default model
     "npz": dict(emb_dim=128, rnn_dim=256, z_dim=32, mlp_dim=128, batch_size=32, lr=1e-3,
                 epochs=50, aux_start=0.0, aux_end=1.0, bwd=1.0, z_force=True),
@@ -111,7 +116,7 @@ DTYPE_CHOICES = ("float32", "float64", "bfloat16", "float16", "bfloat16-pure")
 
 # data set loader name of each preset
 PRESET_DATA = {"synthetic": "synthetic", "seqmnist": "seqmnist", "timit": "timit",
-               "blizzard": "blizzard", "npz": "npz"}
+               "blizzard": "blizzard", "npz": "npz", "text": "text"}
 
 
 def config_fields():

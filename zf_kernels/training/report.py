@@ -163,11 +163,18 @@ def write_wav(frames: np.ndarray, path, sample_rate: int = 16000) -> None:
         w.writeframes(np.clip(np.round(x), -32768, 32767).astype("<i2").tobytes())
 
 
+def _until_eos(ids):
+    """A sampled word sequence up to its first end-of-line token (id 0, zf_kernels.data.text)."""
+    ids = list(ids)
+    return ids[: ids.index(0)] if 0 in ids else ids
+
+
 def write_samples(samples, means, meta: dict, out_dir, max_wavs: int = 4) -> list[str]:
     """Write generated sequences (``model.sample``'s ``(samples, means)``, time-major) as the data
     set's kind of file in ``out_dir``: an image grid of the means for images (``samples.png``),
     WAV files of the first ``max_wavs`` samples for normalised speech (``sample_<i>.wav``, the
-    normalisation undone), token ids for categorical data (``samples.txt``), a plot otherwise
+    normalisation undone), token ids for categorical data, as words where ``meta`` has a
+    ``vocab`` (``samples.txt``, one sample a line), a plot otherwise
     (``samples_plot.png``). Returns the paths written."""
     out_dir = Path(out_dir)
     n = samples.shape[1]
@@ -184,9 +191,14 @@ def write_samples(samples, means, meta: dict, out_dir, max_wavs: int = 4) -> lis
             write_wav(seqs[i] * meta["std"] + meta["mean"], path, meta.get("sample_rate", 16000))
             paths.append(str(path))
         return paths
-    if seqs.ndim == 2:   # token ids
+    if seqs.ndim == 2:   # token ids: as words where the data set has a vocabulary (up to <eos>, id 0)
         path = out_dir / "samples.txt"
-        path.write_text("\n".join(" ".join(map(str, s.astype(int))) for s in seqs))
+        vocab = meta.get("vocab")
+        if vocab is None:
+            lines = (" ".join(map(str, s.astype(int))) for s in seqs)
+        else:
+            lines = (" ".join(vocab[i] for i in _until_eos(s.astype(int))) for s in seqs)
+        path.write_text("\n".join(lines))
         return [str(path)]
     path = out_dir / "samples_plot.png"
     plot_sequences(seqs, path)
