@@ -79,3 +79,20 @@ def test_text_preset_trains_and_reports_perplexity_and_word_samples(tmp_path):
     got = evaluate_mod.evaluate_checkpoint(tmp_path / "run")           # the checkpoint command agrees
     assert got["perplexity"] == test["perplexity"] and got["data"] == "text"
     assert json.loads((tmp_path / "run" / "results.json").read_text())["test"]["perplexity"] == test["perplexity"]
+
+
+def test_seq_len_and_vocab_size_flags_reach_the_loaders(tmp_path):
+    """--seq-len cuts text (and synthetic, WAV-folder) sequences, --vocab-size sizes the text
+    vocabulary; both are refused where the data set's files fix them."""
+    (tmp_path / "t.txt").write_text("\n".join(f"a b c d e f g w{i % 9}" for i in range(60)) + "\n")
+    cfg = make_config("text", data=str(tmp_path / "t.txt"), seq_len=5, vocab_size=6, out=str(tmp_path / "r"))
+    data = train_mod.load_data(cfg)
+    assert data.train.y.shape[1] == 5 and data.input_dim == 6 and len(data.meta["vocab"]) == 6
+    assert train_mod.load_data(make_config("synthetic", seq_len=9, train_limit=4, eval_limit=2)).train.y.shape[1] == 9
+    with pytest.raises(ValueError, match="--seq-len applies to text, a folder of WAV files and synthetic data; "
+                                         "the 'seqmnist' data set's sequences are fixed by its files"):
+        train_mod.load_data(make_config("seqmnist", seq_len=9))
+    with pytest.raises(ValueError, match="--vocab-size applies to text data, not to the 'synthetic' data set"):
+        train_mod.load_data(make_config("synthetic", vocab_size=9))
+    with pytest.raises(ValueError, match="--seq-len must be > 0, got 0"):
+        make_config("text", seq_len=0)

@@ -81,8 +81,27 @@ def limit_split(split, n):
     return dataclasses.replace(split, y=split.y[:n], u=cut(split.u), mask=cut(split.mask))
 
 
+def data_options(cfg: TrainConfig) -> dict:
+    """The loader's keyword arguments from ``--seq-len`` / ``--vocab-size``, refused (ValueError)
+    where the data set's sequences are fixed by its files."""
+    name, opts = PRESET_DATA[cfg.preset], {}
+    if cfg.seq_len is not None:
+        if name == "synthetic":
+            opts["T"] = cfg.seq_len
+        elif name == "text" or (name in ("timit", "blizzard") and cfg.data and os.path.isdir(cfg.data)):
+            opts["seq_len"] = cfg.seq_len
+        else:
+            raise ValueError(f"--seq-len applies to text, a folder of WAV files and synthetic data; the {name!r} "
+                             f"data set's sequences are fixed by its files")
+    if cfg.vocab_size is not None:
+        if name != "text":
+            raise ValueError(f"--vocab-size applies to text data, not to the {name!r} data set")
+        opts["vocab_size"] = cfg.vocab_size
+    return opts
+
+
 def load_data(cfg: TrainConfig):
-    bundle = load_dataset(PRESET_DATA[cfg.preset], cfg.data, seed=cfg.seed)
+    bundle = load_dataset(PRESET_DATA[cfg.preset], cfg.data, seed=cfg.seed, **data_options(cfg))
     bundle = dataclasses.replace(
         bundle, train=limit_split(bundle.train, cfg.train_limit),
         valid=limit_split(bundle.valid, cfg.eval_limit), test=limit_split(bundle.test, cfg.eval_limit))

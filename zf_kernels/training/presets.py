@@ -24,6 +24,9 @@ class TrainConfig:
                                   "and cached); timit / blizzard an .npz in the authors' format or a folder of "
                                   "WAV files; npz your own (N, T, D) or (N, T) .npz; text a text file or a folder of "
                                   "train/valid/test .txt files; ignored by synthetic")
+    seq_len: int | None = _opt(None, "steps per sequence where the data are cut into sequences: words of text, "
+                                     "frames of a WAV folder, synthetic steps (unset: 40, 40, 32)")
+    vocab_size: int | None = _opt(None, "text: words in the vocabulary, <eos> and <unk> included (unset: 10000)")
     out: str | None = _opt(None, "run directory: checkpoints, metrics, curves, samples (unset: runs/PRESET)")
     seed: int = _opt(1234, "seeds the weights, the data splits, the batch order and the noise")
     device: str = _opt("auto", "auto (cuda if available) | cpu | cuda | cuda:N")
@@ -150,7 +153,8 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("emb_dim", "rnn_dim", "z_dim", "mlp_dim", "batch_size", "lr", "adam_eps", "clip",
                  "epochs", "iwae_k", "eval_batch_size", "log_every", "checkpoint_every", "patience"):
         positive(name)
-    for name in ("max_steps", "time_budget", "eval_every", "train_limit", "eval_limit", "threads"):
+    for name in ("max_steps", "time_budget", "eval_every", "train_limit", "eval_limit", "threads", "seq_len",
+                 "vocab_size"):
         positive(name, allow_none=True)
     if not 0 < cfg.lr_decay <= 1:
         raise ValueError(f"--lr-decay must be in (0, 1], got {cfg.lr_decay}")
