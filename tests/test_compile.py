@@ -1,4 +1,4 @@
-"""torch.compile over the ops and the model: the Triton recurrences (lstm, zforcing_chain,
+"""torch.compile over the ops and the model: the Triton recurrences (lstm, lstm_cell, zforcing_chain,
 zforcing_chain_ln) are traced through their torch.library custom ops (``*/triton_op.py``; the CUDA
 recurrences' alike: tests/test_cuda_emulation_compile.py); any other fused op is opaque to dynamo (``_dispatch._callable``:
 ``torch.compiler.disable``), so dynamo runs it as eager code does between its graphs; the
@@ -118,6 +118,31 @@ def test_triton_lstm_is_traced_through_its_custom_ops(reverse):
         got = _outputs_and_grads(torch.compile(f, backend="aot_eager", fullgraph=True), args)
         for w, g in zip(want[0] + want[1], got[0] + got[1]):
             torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_triton_lstm_cell_in_a_loop_is_traced_through_its_custom_ops(with_bias):
+    """A per-step loop of the Triton lstm_cell (as python/storn.py and sampling run it):
+    fullgraph=True compiles it (a graph break per step before), with the eager kernels' numbers
+    and every gradient."""
+    gx, h0, c0, w, b = _leaves((T, B, 4 * H), (B, H), (B, H), (4 * H, H), (4 * H,))
+
+    def f(gx, h, c, w, *bias):
+        outs = []
+        for g in gx.unbind(0):
+            h, c = ops.lstm_cell(g, h, c, w, *bias, backend="triton")
+            outs.append(h)
+        return torch.stack(outs), c
+
+    args = [gx, h0, c0, w, *([b] if with_bias else [])]
+    want = _outputs_and_grads(f, args)
+    torch._dynamo.reset()
+    got = _outputs_and_grads(torch.compile(f, backend="aot_eager", fullgraph=True), args)
+    assert len(got[1]) == len(args)
+    for w_, g in zip(want[0] + want[1], got[0] + got[1]):
+        torch.testing.assert_close(g, w_, rtol=0, atol=0)
+    from zf_kernels.ops.lstm import triton_op
+    torch.library.opcheck(triton_op.lstm_cell_forward, (gx[0], h0, c0, w, b if with_bias else None))
 
 
 @pytest.mark.parametrize("ln", [False, True])

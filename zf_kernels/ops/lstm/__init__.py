@@ -14,9 +14,11 @@ _dispatch.register("lstm", "triton", f"{__name__}.triton:lstm", traced_form=f"{_
 _dispatch.register("lstm", "cuda", f"{__name__}.cuda:lstm", traced_form=f"{__name__}.cuda_op:lstm",
                    not_auto="the CUDA lstm has not been verified on a GPU yet; pass backend='cuda' to use it")
 # one GEMM and elementwise gates, called once per time step: under torch.compile "auto" leaves it
-# to inductor rather than breaking the graph at every step (see _dispatch)
+# to inductor, which fuses the gates with the ops around them (see _dispatch); the Triton step's
+# custom ops (no graph break either) are for backend="triton". Which is faster on a GPU: unmeasured
 _dispatch.register("lstm_cell", "torch", f"{__name__}.naive:lstm_cell_ref", compile_traced=True)
-_dispatch.register("lstm_cell", "triton", f"{__name__}.triton:lstm_cell")
+_dispatch.register("lstm_cell", "triton", f"{__name__}.triton:lstm_cell",
+                   traced_form=f"{__name__}.triton_op:lstm_cell")
 
 
 def _check_weight_hh(weight_hh):

@@ -628,50 +628,58 @@ lstm.explain = _explain_dispatch
 # lstm_cell
 
 
+def _lstm_cell_forward(gates_x, h, c, weight_hh, bias):
+    """``(h_new, c_new, gates)``: one fused step and the gate pre-activations its backward reads.
+    Both front ends call it: the eager Function and the custom op (``triton_op.py``)."""
+    B, H = h.shape
+    gates_x, h, c, weight_hh = (t.contiguous() for t in (gates_x, h, c, weight_hh))
+    bias_c = None if bias is None else bias.contiguous()
+    gates = torch.empty_like(gates_x)
+    h_new = torch.empty_like(h)
+    c_new = torch.empty_like(c)
+    cfg = _config(B, H, h)
+    _lstm_fwd_step_kernel[_grid(B, H, cfg)](
+        gates_x, 0, h, 0, c, 0, weight_hh, bias_c if bias_c is not None else weight_hh,
+        gates, 0, h_new, 0, c_new, 0, B, H,
+        HAS_H=True, HAS_BIAS=bias_c is not None, STORE_GATES=True,
+        ACC_DTYPE=acc_type(h.dtype), PRECISION=dot_precision(h), **cfg)
+    return h_new, c_new, gates
+
+
+def _lstm_cell_backward(d_h, d_c, h, c, weight_hh, gates, c_new, need):
+    """The gradients of ``(gates_x, h, c, weight_hh, bias)`` (None where ``need`` says none)."""
+    B, H = h.shape
+    h, c, weight_hh = (t.contiguous() for t in (h, c, weight_hh))
+    dc = d_c.to(_acc_dtype(h.dtype), copy=True).contiguous()
+    dgates = torch.empty_like(gates)
+    cfg = _config(B, H, h)
+    _lstm_bwd_step_kernel[_grid(B, H, cfg)](
+        d_h, 0, d_h.stride(0), d_h.stride(1),
+        d_h, 0, 0, gates, 0, weight_hh,
+        gates, 0, dgates, 0, c, 0, c_new, 0, dc, B, H,
+        HAS_DHX=False, HAS_NEXT=False,
+        ACC_DTYPE=acc_type(h.dtype), PRECISION=dot_precision(h), **cfg)
+    grad_gx = dgates if need[0] else None
+    grad_h = torch.mm(dgates, weight_hh) if need[1] else None
+    grad_c = dc.to(c.dtype) if need[2] else None
+    grad_w = torch.mm(dgates.t(), h) if need[3] else None
+    grad_b = dgates.sum(0) if need[4] else None
+    return grad_gx, grad_h, grad_c, grad_w, grad_b
+
+
 class _LSTMCellFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gates_x, h, c, weight_hh, bias):
-        B, H = h.shape
-        gates_x = gates_x.contiguous()
-        h = h.contiguous()
-        c = c.contiguous()
-        weight_hh = weight_hh.contiguous()
-        bias_c = None if bias is None else bias.contiguous()
-        gates = torch.empty_like(gates_x)
-        h_new = torch.empty_like(h)
-        c_new = torch.empty_like(c)
-        cfg = _config(B, H, h)
-        _lstm_fwd_step_kernel[_grid(B, H, cfg)](
-            gates_x, 0, h, 0, c, 0, weight_hh, bias_c if bias_c is not None else weight_hh,
-            gates, 0, h_new, 0, c_new, 0, B, H,
-            HAS_H=True, HAS_BIAS=bias_c is not None, STORE_GATES=True,
-            ACC_DTYPE=acc_type(h.dtype), PRECISION=dot_precision(h), **cfg)
+        h_new, c_new, gates = _lstm_cell_forward(gates_x, h, c, weight_hh, bias)
         ctx.save_for_backward(h, c, weight_hh, gates, c_new)
-        ctx.has_bias = bias is not None
         return h_new, c_new
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_h, d_c):
         h, c, weight_hh, gates, c_new = ctx.saved_tensors
-        B, H = h.shape
-        dc = d_c.to(_acc_dtype(h.dtype), copy=True).contiguous()
-        dgates = torch.empty_like(gates)
-        cfg = _config(B, H, h)
-        _lstm_bwd_step_kernel[_grid(B, H, cfg)](
-            d_h, 0, d_h.stride(0), d_h.stride(1),
-            d_h, 0, 0, gates, 0, weight_hh,
-            gates, 0, dgates, 0, c, 0, c_new, 0, dc, B, H,
-            HAS_DHX=False, HAS_NEXT=False,
-            ACC_DTYPE=acc_type(h.dtype), PRECISION=dot_precision(h), **cfg)
-        need = ctx.needs_input_grad
-        grad_gx = dgates if need[0] else None
-        grad_h = torch.mm(dgates, weight_hh) if need[1] else None
-        grad_c = dc.to(c.dtype) if need[2] else None
-        grad_w = torch.mm(dgates.t(), h) if need[3] else None
-        grad_b = dgates.sum(0) if (ctx.has_bias and need[4]) else None
-        return grad_gx, grad_h, grad_c, grad_w, grad_b
+        return _lstm_cell_backward(d_h, d_c, h, c, weight_hh, gates, c_new, ctx.needs_input_grad)
 
 
 def lstm_cell(gates_x, h, c, weight_hh, bias=None):

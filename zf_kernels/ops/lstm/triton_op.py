@@ -1,8 +1,9 @@
-"""The Triton ``lstm`` as torch.library custom ops: the form torch.compile traces.
+"""The Triton ``lstm`` and ``lstm_cell`` as torch.library custom ops: the form torch.compile traces.
 
 Eagerly the Triton LSTM is an autograd.Function (``triton._LSTMFunction``) that dynamo cannot
 trace (``_dispatch._callable`` makes it opaque: a graph break). These two ops, forward and
-backward, run the same kernels (``triton._lstm_forward`` / ``triton._lstm_backward``) behind
+backward, run the same kernels (``triton._lstm_forward`` / ``triton._lstm_backward``; for the
+step, ``_lstm_cell_forward`` / ``_lstm_cell_backward``: a break per step before) behind
 schemas dynamo and AOTAutograd understand, with fake (shape-only) versions for tracing, so a
 compiled model keeps its graph whole across ``ops.lstm``. One difference from the eager
 Function: the backward op writes the gate gradients into a copy of the saved gates (an op may
@@ -72,3 +73,54 @@ def lstm(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, c0=None, 
         return tl_lstm.lstm(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, reverse, schedule)
     out, h_T, c_T, _, _ = lstm_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, bool(reverse), schedule)
     return out, (h_T, c_T)
+
+
+# ------------------------------------------------------------------------------------ lstm_cell
+@torch.library.custom_op("zf_kernels::triton_lstm_cell_forward", mutates_args=())
+def lstm_cell_forward(gates_x: Tensor, h: Tensor, c: Tensor, weight_hh: Tensor,
+                      bias: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """``(h_new, c_new, gates)``: the step and the gate pre-activations its backward reads."""
+    return tl_lstm._lstm_cell_forward(gates_x, h, c, weight_hh, bias)
+
+
+@lstm_cell_forward.register_fake
+def _(gates_x, h, c, weight_hh, bias):
+    return torch.empty_like(h), torch.empty_like(c), torch.empty_like(gates_x)
+
+
+@torch.library.custom_op("zf_kernels::triton_lstm_cell_backward", mutates_args=())
+def lstm_cell_backward(d_h: Tensor, d_c: Tensor, h: Tensor, c: Tensor, weight_hh: Tensor, gates: Tensor,
+                       c_new: Tensor, need: list[bool]) -> list[Tensor]:
+    """The gradients of ``(gates_x, h, c, weight_hh, bias)``, an empty tensor where ``need`` says none."""
+    grads = tl_lstm._lstm_cell_backward(d_h.contiguous(), d_c, h, c, weight_hh, gates, c_new, need)
+    return [h.new_empty(0) if g is None else g for g in grads]
+
+
+@lstm_cell_backward.register_fake
+def _(d_h, d_c, h, c, weight_hh, gates, c_new, need):
+    like = (gates, h, c, weight_hh, weight_hh.new_empty(weight_hh.shape[0]))
+    return [torch.empty_like(t) if n else h.new_empty(0) for t, n in zip(like, need)]
+
+
+def _cell_setup_context(ctx, inputs, output):
+    gates_x, h, c, weight_hh, bias = inputs
+    _, c_new, gates = output
+    ctx.mark_non_differentiable(gates)
+    ctx.save_for_backward(h, c, weight_hh, gates, c_new)
+
+
+def _cell_backward(ctx, d_h, d_c, _d_gates):
+    h, c, weight_hh, gates, c_new = ctx.saved_tensors
+    need = [bool(n) for n in ctx.needs_input_grad]
+    grads = lstm_cell_backward(torch.zeros_like(h) if d_h is None else d_h,
+                               torch.zeros_like(c_new) if d_c is None else d_c, h, c, weight_hh, gates, c_new, need)
+    return tuple(g if n else None for g, n in zip(grads, need))
+
+
+lstm_cell_forward.register_autograd(_cell_backward, setup_context=_cell_setup_context)
+
+
+def lstm_cell(gates_x, h, c, weight_hh, bias=None):
+    """:func:`zf_kernels.ops.lstm.triton.lstm_cell` through the custom ops."""
+    h_new, c_new, _ = lstm_cell_forward(gates_x, h, c, weight_hh, bias)
+    return h_new, c_new
