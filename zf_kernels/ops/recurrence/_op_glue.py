@@ -6,6 +6,20 @@ import torch
 from .naive import ChainOutput
 
 
+N_READ_INPUTS = 9      # the inputs a chain's backward op reads, saved first
+N_PUBLIC_OUTPUTS = 5   # h, c, z, mu, lv; a forward op's other outputs are internals
+
+
+def save_for_backward_op(ctx, read_inputs, output, op_args):
+    """A chain forward op's ``setup_context``: keep the inputs its backward op reads, then every
+    output (the public ones, then the internals, which get no gradient), and its non-tensor
+    arguments, in the order :func:`autograd_backward` passes them on."""
+    assert len(read_inputs) == N_READ_INPUTS
+    ctx.mark_non_differentiable(*output[N_PUBLIC_OUTPUTS:])
+    ctx.save_for_backward(*read_inputs, *output)
+    ctx.op_args = tuple(op_args)
+
+
 def _output_grads(grads, outputs):
     """The five outputs' gradients, zeros for an output the loss did not use (an op's arguments
     are tensors)."""
@@ -13,12 +27,13 @@ def _output_grads(grads, outputs):
 
 
 def autograd_backward(backward_op, n_inputs):
-    """The autograd formula of a chain's forward op. Its ``setup_context`` saved the inputs the
-    backward reads (9) then the outputs h, c, z, mu, lv and the internals, in ``backward_op``'s
-    order, and set ``ctx.op_args``, the non-tensor arguments ``backward_op`` takes before ``need``."""
+    """The autograd formula of a chain's forward op whose ``setup_context`` called
+    :func:`save_for_backward_op` (in ``backward_op``'s argument order; ``ctx.op_args``: the
+    non-tensor arguments ``backward_op`` takes before ``need``)."""
     def backward(ctx, grad_h, grad_c, grad_z, grad_mu, grad_lv, *_internal):
         saved = ctx.saved_tensors
-        grads = _output_grads((grad_h, grad_c, grad_z, grad_mu, grad_lv), saved[9:14])
+        grads = _output_grads((grad_h, grad_c, grad_z, grad_mu, grad_lv),
+                              saved[N_READ_INPUTS:N_READ_INPUTS + N_PUBLIC_OUTPUTS])
         need = [bool(n) for n in ctx.needs_input_grad[:n_inputs]]
         got = backward_op(*grads, *saved, *ctx.op_args, need)
         return (*(g if n else None for g, n in zip(got, need)), *[None] * len(ctx.op_args))

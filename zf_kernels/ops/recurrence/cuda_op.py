@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .._precision import state_dtype, tf32_passes
 from . import _cuda_function as glue
-from ._op_glue import autograd_backward, chain_output, fake_grads
+from ._op_glue import autograd_backward, chain_output, fake_grads, save_for_backward_op
 from .naive import ChainOutput
 
 
@@ -81,11 +81,8 @@ def _(grad_h, grad_c, grad_z, grad_mu, grad_lv, h0, c0, eps, weight_qh, weight_q
 
 def _setup_context(ctx, inputs, output):
     _, _, eps, h0, c0, weight_qh, weight_q2, _, weight_gz, bias_gz, weight_iz, weight_hh, units, threads = inputs
-    h, c, z, mu, lv, w_comb, gates, s, okmask = output
-    ctx.mark_non_differentiable(w_comb, gates, s, okmask)
-    ctx.save_for_backward(h0, c0, eps, weight_qh, weight_q2, weight_gz, bias_gz, weight_iz, weight_hh,
-                          h, c, z, mu, lv, w_comb, gates, s, okmask)
-    ctx.op_args = (units, threads)
+    save_for_backward_op(ctx, (h0, c0, eps, weight_qh, weight_q2, weight_gz, bias_gz, weight_iz, weight_hh), output,
+                         (units, threads))
 
 
 chain_forward.register_autograd(autograd_backward(chain_backward, 12), setup_context=_setup_context)

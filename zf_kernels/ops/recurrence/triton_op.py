@@ -15,7 +15,7 @@ from torch import Tensor
 
 from . import triton as tl_chain
 from . import triton_ln as tl_chain_ln
-from ._op_glue import autograd_backward, chain_output, fake_grads
+from ._op_glue import autograd_backward, chain_output, fake_grads, save_for_backward_op
 from .naive import ChainOutput
 
 
@@ -72,11 +72,8 @@ def _(grad_h, grad_c, grad_z, grad_mu, grad_lv, h0, c0, eps, weight_qh, weight_q
 
 def _setup_context(ctx, inputs, output):
     _, _, eps, h0, c0, weight_qh, weight_q2, _, weight_gz, bias_gz, weight_iz, weight_hh, schedule = inputs
-    h, c, z, mu, lv, s, acts, okmask, w_comb = output
-    ctx.mark_non_differentiable(s, acts, okmask, w_comb)
-    ctx.save_for_backward(h0, c0, eps, weight_qh, weight_q2, weight_gz, bias_gz, weight_iz, weight_hh,
-                          h, c, z, mu, lv, s, acts, okmask, w_comb)
-    ctx.op_args = (schedule,)
+    save_for_backward_op(ctx, (h0, c0, eps, weight_qh, weight_q2, weight_gz, bias_gz, weight_iz, weight_hh), output,
+                         (schedule,))
 
 
 chain_forward.register_autograd(autograd_backward(chain_backward, 12), setup_context=_setup_context)
@@ -146,11 +143,8 @@ def _(grad_h, grad_c, grad_z, grad_mu, grad_lv, h0, c0, eps, weight_qh, weight_q
 
 def _setup_context_ln(ctx, inputs, output):
     _, _, eps, h0, c0, weight_qh, weight_q2, _, weight_g1, _, weight_g2, bias_g2, weight_hh, schedule = inputs
-    h, c, z, mu, lv, s, u, acts, okmask = output
-    ctx.mark_non_differentiable(s, u, acts, okmask)
-    ctx.save_for_backward(h0, c0, eps, weight_qh, weight_q2, weight_g1, weight_g2, bias_g2, weight_hh,
-                          h, c, z, mu, lv, s, u, acts, okmask)
-    ctx.op_args = (schedule,)
+    save_for_backward_op(ctx, (h0, c0, eps, weight_qh, weight_q2, weight_g1, weight_g2, bias_g2, weight_hh), output,
+                         (schedule,))
 
 
 chain_ln_forward.register_autograd(autograd_backward(chain_ln_backward, 13), setup_context=_setup_context_ln)
