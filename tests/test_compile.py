@@ -1,7 +1,8 @@
-"""torch.compile over the ops and the model: the Triton recurrences (lstm, lstm_cell, zforcing_chain,
-zforcing_chain_ln) are traced through their torch.library custom ops (``*/triton_op.py``; the CUDA
-recurrences' alike: tests/test_cuda_emulation_compile.py); any other fused op is opaque to dynamo (``_dispatch._callable``:
-``torch.compiler.disable``), so dynamo runs it as eager code does between its graphs; the
+"""torch.compile over the ops and the model: the Triton recurrences (lstm, lstm_cell,
+zforcing_chain, zforcing_chain_ln), leaky_clamp and reparameterize are traced through their
+torch.library custom ops (``*/triton_op.py``; the CUDA recurrences' alike:
+tests/test_cuda_emulation_compile.py); any other fused op (the Triton likelihood ops) is opaque to
+dynamo (``_dispatch._callable``: ``torch.compiler.disable``), so dynamo runs it as eager code does between its graphs; the
 reference ("torch") stays traceable; under torch.compile "auto" keeps only the recurrences fused
 and traces the other ops' references (``compile_traced``). Before that, dynamo traced into the
 Triton launches, and in the interpreter failed (InterpreterError, a fake-tensor KeyError on
@@ -143,6 +144,34 @@ def test_triton_lstm_cell_in_a_loop_is_traced_through_its_custom_ops(with_bias):
         torch.testing.assert_close(g, w_, rtol=0, atol=0)
     from zf_kernels.ops.lstm import triton_op
     torch.library.opcheck(triton_op.lstm_cell_forward, (gx[0], h0, c0, w, b if with_bias else None))
+
+
+def test_triton_step_ops_of_a_sampling_loop_are_traced_through_their_custom_ops():
+    """The per-step ops of an SRNN / STORN-style loop on Triton: leaky_clamp, reparameterize and
+    lstm_cell (custom ops each): fullgraph=True compiles the loop, with the eager kernels' numbers
+    and every gradient; the two small ops pass opcheck."""
+    gx, h0, c0, w, w_z = _leaves((T, B, 4 * H), (B, H), (B, H), (4 * H, H), (2 * D, H))
+    eps = torch.randn(T, B, D)
+
+    def f(gx, h, c, w, w_z):
+        zs = []
+        for g, e in zip(gx.unbind(0), eps.unbind(0)):
+            mu, logvar = ops.leaky_clamp(h @ w_z.t(), 1.0, 8.0, backend="triton").chunk(2, -1)
+            zs.append(ops.reparameterize(mu, logvar, e, backend="triton"))
+            h, c = ops.lstm_cell(g + zs[-1].sum(-1, keepdim=True), h, c, w, backend="triton")
+        return torch.stack(zs), h
+
+    args = [gx, h0, c0, w, w_z]
+    want = _outputs_and_grads(f, args)
+    torch._dynamo.reset()
+    got = _outputs_and_grads(torch.compile(f, backend="aot_eager", fullgraph=True), args)
+    for w_, g in zip(want[0] + want[1], got[0] + got[1]):
+        torch.testing.assert_close(g, w_, rtol=0, atol=0)
+    from zf_kernels.ops.activations import triton_op as act_op
+    from zf_kernels.ops.distributions import triton_op as dist_op
+    x, mu, lv = _leaves((T, B, D), (T, B, D), (T, B, D))
+    torch.library.opcheck(act_op.leaky_clamp_forward, (x, 1 / 3, 3.0))
+    torch.library.opcheck(dist_op.reparameterize_forward, (mu, lv, torch.randn(T, B, D)))
 
 
 @pytest.mark.parametrize("ln", [False, True])

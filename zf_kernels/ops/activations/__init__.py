@@ -14,7 +14,8 @@ __all__ = ["leaky_clamp"]
 
 # elementwise: under torch.compile "auto" leaves it to inductor (see _dispatch)
 _dispatch.register("leaky_clamp", "torch", f"{__name__}.naive:leaky_clamp_ref", compile_traced=True)
-_dispatch.register("leaky_clamp", "triton", f"{__name__}.triton:leaky_clamp")
+_dispatch.register("leaky_clamp", "triton", f"{__name__}.triton:leaky_clamp",
+                   traced_form=f"{__name__}.triton_op:leaky_clamp")
 
 
 def leaky_clamp(x: torch.Tensor, slope: float, bound: float, backend: str = "auto") -> torch.Tensor:

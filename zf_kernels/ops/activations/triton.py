@@ -51,22 +51,32 @@ def _launch(kernel, numel, *args, slope, bound):
         kernel[(triton.cdiv(numel, _BLOCK),)](*args, numel, SLOPE=slope, BOUND=bound, BLOCK=_BLOCK, num_warps=4)
 
 
+def _leaky_clamp_forward(x, slope: float, bound: float):
+    """``y``; both front ends (the Function, the custom op in ``triton_op.py``) call it."""
+    xc = x.contiguous()
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _launch(_leaky_clamp_fwd_kernel, xc.numel(), xc, y, slope=slope, bound=bound)
+    return y
+
+
+def _leaky_clamp_backward(grad_y, x, slope: float, bound: float):
+    xc = x.contiguous()
+    dx = torch.empty(xc.shape, dtype=xc.dtype, device=xc.device)
+    _launch(_leaky_clamp_bwd_kernel, xc.numel(), grad_y.contiguous(), xc, dx, slope=slope, bound=bound)
+    return dx
+
+
 class TritonLeakyClampFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, slope, bound):
-        xc = x.contiguous()
-        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        _launch(_leaky_clamp_fwd_kernel, xc.numel(), xc, y, slope=slope, bound=bound)
-        ctx.save_for_backward(xc)
+        ctx.save_for_backward(x)
         ctx.slope, ctx.bound = slope, bound
-        return y
+        return _leaky_clamp_forward(x, slope, bound)
 
     @staticmethod
     def backward(ctx, grad_y):
-        (xc,) = ctx.saved_tensors
-        dx = torch.empty(xc.shape, dtype=xc.dtype, device=xc.device)
-        _launch(_leaky_clamp_bwd_kernel, xc.numel(), grad_y.contiguous(), xc, dx, slope=ctx.slope, bound=ctx.bound)
-        return dx, None, None
+        (x,) = ctx.saved_tensors
+        return _leaky_clamp_backward(grad_y, x, ctx.slope, ctx.bound), None, None
 
 
 def leaky_clamp(x, slope, bound):

@@ -178,35 +178,46 @@ def _rows_of(t: torch.Tensor):
     return (1, 1) if t.dim() == 0 else (math.prod(t.shape[:-1]), t.shape[-1])
 
 
+def _reparameterize_forward(mu, logvar, eps):
+    """``z``; both front ends (the Function, the custom op in ``triton_op.py``) call it."""
+    z = torch.empty(mu.shape, dtype=mu.dtype, device=mu.device)
+    n, d = _rows_of(mu)
+    if n * d:
+        grid, bn, bd, nw = _tiles(n, d)
+        args, idx = _strided(n, d, *(_as_rows(t, n, d) for t in (mu, logvar, eps)))
+        _reparam_fwd_kernel[grid](*args, z, n, d, IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
+    return z
+
+
+def _reparameterize_backward(grad_z, logvar, eps, need):
+    """The gradients of ``(mu, logvar, eps)``, None where ``need`` says none (``mu``'s is
+    ``grad_z`` itself)."""
+    need_mu, need_lv, need_eps = need[:3]
+    grad_mu = grad_z if need_mu else None
+    grad_lv = grad_eps = None
+    if need_lv or need_eps:
+        grad_lv = torch.empty(logvar.shape, dtype=logvar.dtype, device=logvar.device) if need_lv else None
+        grad_eps = torch.empty(eps.shape, dtype=eps.dtype, device=eps.device) if need_eps else None
+        n, d = _rows_of(logvar)
+        if n * d:
+            grid, bn, bd, nw = _tiles(n, d)
+            args, idx = _strided(n, d, *(_as_rows(t, n, d) for t in (grad_z, logvar, eps)))
+            _reparam_bwd_kernel[grid](
+                *args, grad_lv if need_lv else args[2], grad_eps if need_eps else args[4], n, d,
+                NEED_LV=bool(need_lv), NEED_EPS=bool(need_eps), IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
+    return grad_mu, grad_lv, grad_eps
+
+
 class TritonReparameterizeFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mu, logvar, eps):
-        z = torch.empty(mu.shape, dtype=mu.dtype, device=mu.device)
-        n, d = _rows_of(mu)
-        if n * d:
-            grid, bn, bd, nw = _tiles(n, d)
-            args, idx = _strided(n, d, *(_as_rows(t, n, d) for t in (mu, logvar, eps)))
-            _reparam_fwd_kernel[grid](*args, z, n, d, IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
         ctx.save_for_backward(logvar, eps)
-        return z
+        return _reparameterize_forward(mu, logvar, eps)
 
     @staticmethod
     def backward(ctx, grad_z):
         logvar, eps = ctx.saved_tensors
-        need_mu, need_lv, need_eps = ctx.needs_input_grad[:3]
-        grad_mu = grad_z if need_mu else None
-        grad_lv = grad_eps = None
-        if need_lv or need_eps:
-            grad_lv = torch.empty(logvar.shape, dtype=logvar.dtype, device=logvar.device) if need_lv else None
-            grad_eps = torch.empty(eps.shape, dtype=eps.dtype, device=eps.device) if need_eps else None
-            n, d = _rows_of(logvar)
-            if n * d:
-                grid, bn, bd, nw = _tiles(n, d)
-                args, idx = _strided(n, d, *(_as_rows(t, n, d) for t in (grad_z, logvar, eps)))
-                _reparam_bwd_kernel[grid](
-                    *args, grad_lv if need_lv else args[2], grad_eps if need_eps else args[4], n, d,
-                    NEED_LV=need_lv, NEED_EPS=need_eps, IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
-        return grad_mu, grad_lv, grad_eps
+        return _reparameterize_backward(grad_z, logvar, eps, ctx.needs_input_grad)
 
 
 def reparameterize(mu, logvar, eps):
