@@ -91,23 +91,32 @@ def _backward(kernels, grad_h, grad_c, grad_z, grad_mu, grad_lv, h0, c0, eps, we
                              weight_iz, weight_hh, gates.dtype)
 
 
+def _first_forward(kernels, *inputs):
+    """The chain's 12 inputs made contiguous where the kernels read them, the folded
+    ``W_comb = W_iz W_gz`` and :func:`_forward`'s buffers ``(gates, h, c, z, mu, lv, s, okmask)``.
+    Both front ends call it: the eager Function and the custom op (``cuda_op.py``)."""
+    c_ = lambda t: t.contiguous()  # noqa: E731
+    gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_gz, bias_gz, weight_iz, weight_hh = inputs
+    gates_x, post_x, eps, h0, c0 = map(c_, (gates_x, post_x, eps, h0, c0))
+    weight_qh, weight_q2, bias_q2, weight_hh = map(c_, (weight_qh, weight_q2, bias_q2, weight_hh))
+    inputs = (gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_gz, bias_gz, weight_iz, weight_hh)
+    # g(z) folded into the gate projection (recurrence/triton.py's docstring)
+    w_comb = (weight_iz @ weight_gz).contiguous()
+    return inputs, w_comb, _forward(kernels, *inputs, w_comb)
+
+
 class _ChainFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_gz, bias_gz,
                 weight_iz, weight_hh, kernels):
-        c_ = lambda t: t.contiguous()  # noqa: E731
-        gates_x, post_x, eps, h0, c0 = map(c_, (gates_x, post_x, eps, h0, c0))
-        weight_qh, weight_q2, bias_q2, weight_hh = map(c_, (weight_qh, weight_q2, bias_q2, weight_hh))
-        # g(z) folded into the gate projection (recurrence/triton.py's docstring)
-        w_comb = (weight_iz @ weight_gz).contiguous()
-        gates, h, c, z, mu, lv, s, okmask = _forward(kernels, gates_x, post_x, eps, h0, c0, weight_qh, weight_q2,
-                                                    bias_q2, weight_gz, bias_gz, weight_iz, weight_hh, w_comb)
-        ctx.save_for_backward(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_gz, bias_gz,
-                              weight_iz, weight_hh, w_comb, gates, h, c, z, lv, s, okmask)
+        inputs, w_comb, (gates, h, c, z, mu, lv, s, okmask) = _first_forward(
+            kernels, gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_gz, bias_gz, weight_iz,
+            weight_hh)
+        ctx.save_for_backward(*inputs, w_comb, gates, h, c, z, lv, s, okmask)
         ctx.kernels = kernels
         ctx.consumed = False   # the backward kernel overwrites `gates` with dgates
-        return h, c.to(gates_x.dtype), z, mu, lv
+        return h, c.to(h.dtype), z, mu, lv
 
     @staticmethod
     @torch.autograd.function.once_differentiable

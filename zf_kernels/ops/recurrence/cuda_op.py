@@ -37,12 +37,8 @@ def chain_forward(gates_x: Tensor, post_x: Tensor, eps: Tensor, h0: Tensor, c0: 
     """``(h, c, z, mu, lv, w_comb, gates, s, okmask)``: the outputs (``c`` in the state dtype) and
     what the backward reads (``gates``: the pre-activations)."""
     kernels = kernels_factory(units_per_block, threads, tf32_passes(gates_x))
-    c_ = lambda t: t.contiguous()  # noqa: E731
-    gates_x, post_x, eps, h0, c0 = map(c_, (gates_x, post_x, eps, h0, c0))
-    weight_qh, weight_q2, bias_q2, weight_hh = map(c_, (weight_qh, weight_q2, bias_q2, weight_hh))
-    w_comb = (weight_iz @ weight_gz).contiguous()   # g(z) folded into the gate projection
-    gates, h, c, z, mu, lv, s, okmask = glue._forward(kernels, gates_x, post_x, eps, h0, c0, weight_qh, weight_q2,
-                                                     bias_q2, weight_gz, bias_gz, weight_iz, weight_hh, w_comb)
+    _, w_comb, (gates, h, c, z, mu, lv, s, okmask) = glue._first_forward(
+        kernels, gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_gz, bias_gz, weight_iz, weight_hh)
     return h, c, z, mu, lv, w_comb, gates, s, okmask
 
 
