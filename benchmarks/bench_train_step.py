@@ -21,9 +21,9 @@ Providers:
                  AOTAutograd, clipping and Adam eager. Skipped at T=784 unless ``--compile all``
                  (it unrolls the 784-step loops: minutes of compilation)
   triton+compile ``torch.compile(model)`` (default mode) of the Triton step: the recurrences
-                 traced as custom ops (no loop to unroll, so T=784 too), leaky_clamp too, the
-                 likelihood ops run as in eager between dynamo's graphs (opaque to it: a graph
-                 break each), the rest of the step (MLPs, heads, the batched projections) compiled
+                 traced as custom ops (no loop to unroll, so T=784 too), the sampling and
+                 likelihood ops too (one graph), the rest of the step (MLPs, heads, the batched
+                 projections) compiled by inductor
   auto+compile, cuda+compile
                  the same with ``backend="auto"`` (cuda: with ZF_AUTO_UNVERIFIED=1): under
                  torch.compile "auto" keeps only the recurrences fused and leaves the

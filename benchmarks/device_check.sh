@@ -384,8 +384,8 @@ run_stage ops-bf16 40 "$LOG" \
   --ops lstm,zforcing_chain,lstm_cell --providers cudnn,torch,triton,cuda
 
 # 14. torch.compile of the whole TIMIT step: ours (the Triton recurrences as custom ops, nothing
-# to unroll; triton+compile: the likelihood ops between dynamo's graphs; auto+compile: one graph,
-# the small ops traced by inductor; cuda+compile: the same with the CUDA recurrences' custom ops), then the reference's
+# to unroll; triton+compile: every op fused, one graph; auto+compile: one graph, the small ops'
+# references fused by inductor; cuda+compile: the same with the CUDA recurrences' custom ops), then the reference's
 # (one graph, no break: it unrolls two 40-step loops; may not fit)
 run_stage train-compile 100 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results \

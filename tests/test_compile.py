@@ -1,14 +1,15 @@
-"""torch.compile over the ops and the model: the Triton recurrences (lstm, lstm_cell,
-zforcing_chain, zforcing_chain_ln), leaky_clamp and reparameterize are traced through their
-torch.library custom ops (``*/triton_op.py``; the CUDA recurrences' alike:
-tests/test_cuda_emulation_compile.py); any other fused op (the Triton likelihood ops) is opaque to
-dynamo (``_dispatch._callable``: ``torch.compiler.disable``), so dynamo runs it as eager code does between its graphs; the
-reference ("torch") stays traceable; under torch.compile "auto" keeps only the recurrences fused
-and traces the other ops' references (``compile_traced``). Before that, dynamo traced into the
-Triton launches, and in the interpreter failed (InterpreterError, a fake-tensor KeyError on
-uint64). Compiled with ``backend="aot_eager"`` (dynamo + AOTAutograd, no code generation: seconds
-on the CPU; inductor also ran here, ~40 s per model). Outside torch.compile nothing is wrapped:
-wrapping imports torch._dynamo, ~1.5 s in every process."""
+"""torch.compile over the ops and the model: every Triton op (the recurrences lstm, lstm_cell,
+zforcing_chain, zforcing_chain_ln; leaky_clamp; the sampling and likelihood ops) is traced
+through its torch.library custom ops (``*/triton_op.py``; the CUDA recurrences' alike:
+tests/test_cuda_emulation_compile.py); a fused op without such a form would be opaque to dynamo
+(``_dispatch._callable``: ``torch.compiler.disable``), run as eager code does between its graphs,
+and so is any fused op in a frame dynamo runs eagerly; the reference ("torch") stays traceable;
+under torch.compile "auto" keeps only the recurrences fused and traces the other ops' references
+(``compile_traced``). Before that, dynamo traced into the Triton launches, and in the interpreter
+failed (InterpreterError, a fake-tensor KeyError on uint64). Compiled with ``backend="aot_eager"``
+(dynamo + AOTAutograd, no code generation: seconds on the CPU; inductor also ran here, ~40 s per
+model). Outside torch.compile nothing is wrapped: wrapping imports torch._dynamo, ~1.5 s in every
+process."""
 import os
 import subprocess
 import sys
@@ -86,11 +87,15 @@ def _kl(backend):
     return lambda mu, logvar, mu_p, logvar_p: ops.gaussian_kl(mu, logvar, mu_p, logvar_p, backend=backend)
 
 
-def test_fused_op_is_a_graph_break_and_the_reference_is_traced():
-    """A fused op without a traced form (here the Triton gaussian_kl) is opaque: a graph break,
-    which fullgraph=True refuses; its reference is traced."""
+def test_fused_op_without_a_traced_form_is_a_graph_break_and_the_reference_is_traced(monkeypatch):
+    """A fused op without a traced form (here the Triton gaussian_kl with its form unregistered)
+    is opaque: a graph break, which fullgraph=True refuses; with its form it is none; its
+    reference is traced."""
     args = _leaves(*[(T, B, D)] * 4)
     _kl("triton")(*args)                        # the implementations loaded, as after a first step
+    torch._dynamo.reset()
+    assert torch._dynamo.explain(_kl("triton"))(*args).graph_break_count == 0
+    monkeypatch.delitem(_dispatch._TRACED_FORMS, "zf_kernels.ops.distributions.triton:gaussian_kl")
     torch._dynamo.reset()
     fused = torch._dynamo.explain(_kl("triton"))(*args)
     assert any("disable" in str(r.reason) for r in fused.break_reasons), [str(r.reason)[:200] for r in fused.break_reasons]
@@ -100,6 +105,49 @@ def test_fused_op_is_a_graph_break_and_the_reference_is_traced():
     torch._dynamo.reset()
     ref = torch._dynamo.explain(_kl("torch"))(*args)
     assert ref.graph_break_count == 0 and ref.op_count > 0
+
+
+def _likelihoods_with_mask_grad(backend):
+    """The four likelihood ops on one (T, B) mask that requires grad (its gradient needs the
+    unmasked row values the forward kernels then also write: a second output of the custom ops)."""
+    def f(x, mu, logvar, mu_p, logvar_p, logits, mask):
+        return (ops.gaussian_kl(mu, logvar, mu_p, logvar_p, mask, backend=backend),
+                ops.gaussian_nll(x, mu, logvar, None if mask is None else mask[:1], backend=backend),  # broadcast over T
+                ops.bernoulli_nll(torch.sigmoid(x).detach().round(), logits, mask, backend=backend),
+                ops.categorical_nll(x.detach().argmax(-1), logits, mask, backend=backend))
+    return f
+
+
+def test_triton_likelihood_ops_are_traced_through_their_custom_ops():
+    """gaussian_kl, gaussian_nll, bernoulli_nll and categorical_nll on Triton under fullgraph=True
+    (value checks off: categorical's range check reads the targets), with the eager kernels'
+    numbers, every gradient and the mask's; without a mask too; the custom ops pass opcheck
+    (masked or not, storing the row values or not)."""
+    args = _leaves((T, B, D), (T, B, D), (T, B, D), (T, B, D), (T, B, D), (T, B, D), (T, B))
+    args[-1] = (args[-1].detach() > 0).float().requires_grad_()
+    fused = _likelihoods_with_mask_grad("triton")
+    unmasked = (lambda *a: fused(*a[:-1], None), args[:-1] + [args[-1].detach()])
+    for f, f_args in ((fused, args), unmasked):
+        with ops.assume_valid_inputs():
+            want = _outputs_and_grads(f, f_args)
+            torch._dynamo.reset()
+            got = _outputs_and_grads(torch.compile(f, backend="aot_eager", fullgraph=True), f_args)
+        for w, g in zip(want[0] + want[1], got[0] + got[1]):
+            torch.testing.assert_close(g, w, rtol=0, atol=0)
+        if f is fused:
+            assert len(got[1]) == 7 and got[1][-1].abs().sum() > 0      # the mask got its gradient
+            ref = _outputs_and_grads(_likelihoods_with_mask_grad("torch"), args)
+            for g, r in zip(got[0] + got[1], ref[0] + ref[1]):
+                torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+    from zf_kernels.ops.distributions import triton_op as dist_op
+    x, mu, lv, logits = args[0], args[1], args[2], args[5]
+    mask = args[-1]
+    for m, store in ((None, False), (mask.detach(), False), (mask, True)):
+        torch.library.opcheck(dist_op.row_reduction_forward, ("gaussian_kl", [mu, lv, args[3], args[4]], m, store))
+        torch.library.opcheck(dist_op.row_reduction_forward, ("gaussian_nll", [x, mu, lv], m, store))
+        torch.library.opcheck(dist_op.row_reduction_forward,
+                              ("bernoulli_nll", [torch.sigmoid(x).detach().round(), logits], m, store))
+        torch.library.opcheck(dist_op.categorical_nll_forward, (x.detach().argmax(-1), logits, m, store))
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -287,13 +335,15 @@ def test_compiled_auto_model_is_one_graph(as_on_cuda, cond_ln):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_reference_model_compiles_into_one_graph():
+@pytest.mark.parametrize("backend,cond_ln", [("torch", False), ("triton", False), ("triton", True)])
+def test_model_compiles_into_one_graph(backend, cond_ln):
     """ZForcing(backend="torch") with its value checks off (``assume_valid_inputs``, as the
     trainer's and the benchmarks' compiled steps): no graph break, so fullgraph=True compiles it
     (its backward LSTM's weights are no nn.LSTM, which dynamo refuses; the checks' flag is read
-    without a ContextVar, which dynamo cannot trace)."""
+    without a ContextVar, which dynamo cannot trace); so does ZForcing(backend="triton"), every
+    op through its custom ops, with the eager kernels' numbers."""
     torch._dynamo.reset()
-    step, loss_and_grads = _model_step("torch")
+    step, loss_and_grads = _model_step(backend, cond_ln)
     want = loss_and_grads(step)
     got = loss_and_grads(torch.compile(step, backend="aot_eager", fullgraph=True))
     for a, b in zip(got, want):

@@ -2,7 +2,8 @@
 tests/test_compile.py): a ZForcing(backend="auto") training step compiled with fullgraph=True --
 its backward LSTM and chain through the Triton kernels' custom ops, the other ops traced and
 fused by inductor -- gives the eager step's loss and gradients (eager "auto" runs every op on
-Triton), float32 with TF32 off on both sides."""
+Triton), float32 with TF32 off on both sides; so does ZForcing(backend="triton"), every op a
+custom op in inductor's graph."""
 import pytest
 import torch
 
@@ -12,13 +13,15 @@ from zf_kernels import ZForcing
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
-@pytest.mark.parametrize("cond_ln", [False, True])
-def test_gpu_compiled_auto_model_is_one_graph_with_the_eager_numbers(cond_ln, monkeypatch):
+# backend="triton" once: each case is an inductor compilation of a whole step (tens of seconds in
+# the device check's test stage)
+@pytest.mark.parametrize("backend,cond_ln", [("auto", False), ("auto", True), ("triton", False)])
+def test_gpu_compiled_model_is_one_graph_with_the_eager_numbers(backend, cond_ln, monkeypatch):
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     torch.manual_seed(0)
     model = ZForcing(5, "gaussian", emb_dim=24, rnn_dim=40, z_dim=6, mlp_dim=20, cond_ln=cond_ln,
-                     backend="auto").cuda()
+                     backend=backend).cuda()
     g = torch.Generator().manual_seed(1)
     y, eps = torch.randn(7, 3, 5, generator=g).cuda(), torch.randn(7, 3, 6, generator=g).cuda()
     step, loss_and_grads = model_loss_and_grads(model, y, eps)

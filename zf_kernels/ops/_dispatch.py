@@ -7,10 +7,10 @@ one usable for the given tensors and never fails where "torch" works; ``explain(
 it chose what it chose (the reason is also logged once per op and reason).
 
 Under torch.compile (``_callable``): a fused implementation registered with a ``traced_form``
-(the same kernels as torch.library custom ops: the Triton and CUDA recurrences) is traced; any other is
-opaque to dynamo, a graph break at every call; "auto" takes the reference of the ops registered
-``compile_traced`` (elementwise and reduction ops, one GEMM), which dynamo traces and inductor
-fuses with its neighbours. An implementation not imported yet when a trace first meets it is
+(the same kernels as torch.library custom ops: every Triton op, the CUDA recurrences) is traced;
+any other would be opaque to dynamo, a graph break at every call; "auto" takes the reference of
+the ops registered ``compile_traced`` (elementwise and reduction ops, one GEMM), which dynamo
+traces and inductor fuses with its neighbours. An implementation not imported yet when a trace first meets it is
 unavailable there (``_why_not``: dynamo refuses imports): the Triton ones are imported with the
 package where they can run (``preload_triton``), the CUDA extension's at their first eager call.
 """
@@ -42,8 +42,8 @@ _COMPILE_TRACED: set[str] = set()
 _TRACED_FORMS: dict[str, str] = {}
 COMPILE_TRACED_REASON = (
     "under torch.compile the reference is traced: inductor fuses it with the ops around it, where "
-    "a fused kernel would be an opaque call (a graph break) each time; an explicit backend still "
-    "runs the fused kernel")
+    "a fused kernel would be a call of its own that inductor cannot fuse into; an explicit backend "
+    "still runs the fused kernel")
 
 
 class BackendUnavailableError(RuntimeError):

@@ -19,12 +19,11 @@ _OPS = {
     "bernoulli_nll": "bernoulli_nll_ref",
     "categorical_nll": "categorical_nll_ref",
 }
-# the Triton ops with a torch.library form (traced under torch.compile: triton_op.py)
-_TRACED = ("reparameterize",)
 for _op, _ref in _OPS.items():
     _dispatch.register(_op, "torch", f"{__name__}.naive:{_ref}", compile_traced=True)
+    # traced_form: the same kernels as torch.library custom ops, traced under torch.compile
     _dispatch.register(_op, "triton", f"{__name__}.triton:{_op}",
-                       traced_form=f"{__name__}.triton_op:{_op}" if _op in _TRACED else None)
+                       traced_form=f"{__name__}.triton_op:{_op}")
 
 
 def _same_shape(names, tensors):

@@ -9,7 +9,10 @@ last dim) with its own row stride: a slice of the last dim (the mu / logvar halv
 Linear output) or any input whose leading dims collapse into one stride is read in place;
 others (a strided last dim, leading dims that do not collapse) are copied once. The per-row
 upstream gradient and mask are vectors with their own stride (0 for the expanded gradient of
-a sum: no copy). Each op is one autograd Function with one forward and one backward kernel:
+a sum: no copy). Each op has one forward and one backward kernel, launched by plain functions
+(``_*_forward`` / ``_*_backward``) that two front ends share: the autograd Functions here (the
+three reductions of same-shaped inputs share one, ``TritonRowReductionFunction``) and the
+torch.library custom ops of ``triton_op.py``, which torch.compile traces:
 
 * ``reparameterize`` is elementwise, on the same row tiles as the reductions (its last dim
   as D, so the halves of one Linear output are read in place too).
@@ -366,45 +369,6 @@ def _kl_bwd_kernel(g_ptr, s_g, mask_ptr, s_mask, mq_ptr, s_mq, lq_ptr, s_lq, mp_
             tl.store(dlp_ptr + offs, dlp.to(dlp_ptr.dtype.element_ty), mask=ok)
 
 
-class TritonGaussianKLFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, mu_q, logvar_q, mu_p, logvar_p, mask):
-        lead, n, d = _rows(mu_q)
-        out = torch.empty(lead, dtype=mu_q.dtype, device=mu_q.device)
-        store_raw = mask is not None and ctx.needs_input_grad[4]
-        raw = torch.empty(n, dtype=_acc_torch_dtype(mu_q), device=mu_q.device) if store_raw else None
-        if n:
-            grid, bn, bd, nw = _tiles(n, d)
-            args, idx = _strided(n, d, *(_as_rows(t, n, d) for t in (mu_q, logvar_q, mu_p, logvar_p)),
-                                 _flat_mask(mask, lead, n))
-            _kl_fwd_kernel[grid](*args, out, raw if store_raw else out, n, d,
-                                 STORE_RAW=store_raw, IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
-        ctx.save_for_backward(mu_q, logvar_q, mu_p, logvar_p, mask, raw)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        mu_q, logvar_q, mu_p, logvar_p, mask, raw = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        lead, n, d = _rows(mu_q)
-        grads = [_grad_buf(need[i], t) for i, t in enumerate((mu_q, logvar_q, mu_p, logvar_p))]
-        if any(need[:4]) and n * d:
-            ins = [_as_rows(t, n, d) for t in (mu_q, logvar_q, mu_p, logvar_p)]
-            grid, bn, bd, nw = _tiles(n, d)
-            args, idx = _strided(n, d, _as_vector(grad_out, n), _flat_mask(mask, lead, n), *ins)
-            _kl_bwd_kernel[grid](
-                *args, *[gr if gr is not None else ins[i][0] for i, gr in enumerate(grads)], n, d,
-                NEED_MQ=need[0], NEED_LQ=need[1], NEED_MP=need[2], NEED_LP=need[3],
-                IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
-        grad_mask = _mask_grad(mask, grad_out, raw, lead) if raw is not None else None
-        return (*grads, grad_mask)
-
-
-def gaussian_kl(mu_q, logvar_q, mu_p, logvar_p, mask=None):
-    """KL(q || p) of diagonal Gaussians summed over the last dim (fused Triton)."""
-    return TritonGaussianKLFunction.apply(mu_q, logvar_q, mu_p, logvar_p, mask)
-
-
 # ----------------------------------------------------------------------------------------
 # gaussian_nll: 0.5 * sum(log(2 pi) + lv + ((x - mu) * exp(-lv / 2))^2)
 # ----------------------------------------------------------------------------------------
@@ -469,44 +433,6 @@ def _gnll_bwd_kernel(g_ptr, s_g, mask_ptr, s_mask, x_ptr, s_x, mu_ptr, s_mu, lv_
             tl.store(dlv_ptr + offs, dlv.to(dlv_ptr.dtype.element_ty), mask=ok)
 
 
-class TritonGaussianNLLFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, mu, logvar, mask):
-        lead, n, d = _rows(x)
-        out = torch.empty(lead, dtype=mu.dtype, device=mu.device)
-        store_raw = mask is not None and ctx.needs_input_grad[3]
-        raw = torch.empty(n, dtype=_acc_torch_dtype(mu), device=mu.device) if store_raw else None
-        if n:
-            grid, bn, bd, nw = _tiles(n, d)
-            args, idx = _strided(n, d, *(_as_rows(t, n, d) for t in (x, mu, logvar)), _flat_mask(mask, lead, n))
-            _gnll_fwd_kernel[grid](*args, out, raw if store_raw else out, n, d,
-                                   STORE_RAW=store_raw, IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
-        ctx.save_for_backward(x, mu, logvar, mask, raw)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, mu, logvar, mask, raw = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        lead, n, d = _rows(x)
-        grads = [_grad_buf(need[i], t) for i, t in enumerate((x, mu, logvar))]
-        if any(need[:3]) and n * d:
-            ins = [_as_rows(t, n, d) for t in (x, mu, logvar)]
-            grid, bn, bd, nw = _tiles(n, d)
-            args, idx = _strided(n, d, _as_vector(grad_out, n), _flat_mask(mask, lead, n), *ins)
-            _gnll_bwd_kernel[grid](
-                *args, *[gr if gr is not None else ins[i][0] for i, gr in enumerate(grads)], n, d,
-                NEED_X=need[0], NEED_MU=need[1], NEED_LV=need[2],
-                IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
-        grad_mask = _mask_grad(mask, grad_out, raw, lead) if raw is not None else None
-        return (*grads, grad_mask)
-
-
-def gaussian_nll(x, mu, logvar, mask=None):
-    """-log N(x; mu, exp(logvar)) summed over the last dim (fused Triton)."""
-    return TritonGaussianNLLFunction.apply(x, mu, logvar, mask)
-
-
 # ----------------------------------------------------------------------------------------
 # bernoulli_nll: sum((1 - x) * l + softplus(-l)), softplus in log space
 # ----------------------------------------------------------------------------------------
@@ -559,43 +485,6 @@ def _bnll_bwd_kernel(g_ptr, s_g, mask_ptr, s_mask, x_ptr, s_x, l_ptr, s_l, dx_pt
             tl.store(dl_ptr + offs, (g * (sigmoid(lg) - x)).to(dl_ptr.dtype.element_ty), mask=ok)
         if NEED_X:
             tl.store(dx_ptr + offs, (-(g * lg)).to(dx_ptr.dtype.element_ty), mask=ok)
-
-
-class TritonBernoulliNLLFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, logits, mask):
-        lead, n, d = _rows(logits)
-        out = torch.empty(lead, dtype=logits.dtype, device=logits.device)
-        store_raw = mask is not None and ctx.needs_input_grad[2]
-        raw = torch.empty(n, dtype=_acc_torch_dtype(logits), device=logits.device) if store_raw else None
-        if n:
-            grid, bn, bd, nw = _tiles(n, d)
-            args, idx = _strided(n, d, _as_rows(x, n, d), _as_rows(logits, n, d), _flat_mask(mask, lead, n))
-            _bnll_fwd_kernel[grid](*args, out, raw if store_raw else out, n, d,
-                                   STORE_RAW=store_raw, IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
-        ctx.save_for_backward(x, logits, mask, raw)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, logits, mask, raw = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        lead, n, d = _rows(logits)
-        grads = [_grad_buf(need[i], t) for i, t in enumerate((x, logits))]
-        if any(need[:2]) and n * d:
-            ins = [_as_rows(t, n, d) for t in (x, logits)]
-            grid, bn, bd, nw = _tiles(n, d)
-            args, idx = _strided(n, d, _as_vector(grad_out, n), _flat_mask(mask, lead, n), *ins)
-            _bnll_bwd_kernel[grid](
-                *args, *[gr if gr is not None else ins[i][0] for i, gr in enumerate(grads)], n, d,
-                NEED_X=need[0], NEED_L=need[1], IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
-        grad_mask = _mask_grad(mask, grad_out, raw, lead) if raw is not None else None
-        return (*grads, grad_mask)
-
-
-def bernoulli_nll(x, logits, mask=None):
-    """-log Bernoulli(x; sigmoid(logits)) summed over the last dim (fused Triton)."""
-    return TritonBernoulliNLLFunction.apply(x, logits, mask)
 
 
 # ----------------------------------------------------------------------------------------
@@ -657,42 +546,129 @@ def _cat_bwd_kernel(g_ptr, s_g, mask_ptr, s_mask, t_ptr, s_t, l_ptr, s_l, max_pt
         tl.store(dl_ptr + offs, (g[:, None] * (p - onehot)).to(dl_ptr.dtype.element_ty), mask=ok)
 
 
+def _categorical_nll_forward(targets, logits, mask, store_raw):
+    """``(out, stats, raw)``: the per-row statistics backward needs (the row max and
+    ``log(sum(exp(l - max)))``, one (2, N) tensor) and, with ``store_raw``, the unmasked row
+    values (else None); both front ends (the Function, the custom op in ``triton_op.py``) call it."""
+    lead, n, d = _rows(logits)
+    if n and not d:
+        raise ValueError("logits must have at least one class (its last dim is 0)")
+    out = torch.empty(lead, dtype=logits.dtype, device=logits.device)
+    stats = torch.empty(2, n, dtype=_acc_torch_dtype(logits), device=logits.device)
+    raw = torch.empty(n, dtype=stats.dtype, device=logits.device) if store_raw else None
+    if n:
+        grid, bn, bd, nw = _tiles(n, d)
+        args, idx = _strided(n, d, _as_vector(targets, n), _as_rows(logits, n, d), _flat_mask(mask, lead, n))
+        _cat_fwd_kernel[grid](*args, out, stats[0], stats[1], raw if store_raw else out, n, d,
+                              STORE_RAW=bool(store_raw), IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
+    return out, stats, raw
+
+
+def _categorical_nll_backward(grad_out, targets, logits, mask, stats):
+    """The gradient of ``logits`` (integer targets get none)."""
+    lead, n, d = _rows(logits)
+    grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+    if n * d:
+        grid, bn, bd, nw = _tiles(n, d)
+        args, idx = _strided(n, d, _as_vector(grad_out, n), _flat_mask(mask, lead, n),
+                             _as_vector(targets, n), _as_rows(logits, n, d))
+        _cat_bwd_kernel[grid](*args, stats[0], stats[1], grad_logits, n, d,
+                              IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
+    return grad_logits
+
+
 class TritonCategoricalNLLFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, targets, logits, mask):
-        lead, n, d = _rows(logits)
-        if n and not d:
-            raise ValueError("logits must have at least one class (its last dim is 0)")
-        out = torch.empty(lead, dtype=logits.dtype, device=logits.device)
-        # per-row statistics for backward: the row max and log(sum(exp(l - max)))
-        stats = torch.empty(2, n, dtype=_acc_torch_dtype(logits), device=logits.device)
-        store_raw = mask is not None and ctx.needs_input_grad[2]
-        raw = torch.empty(n, dtype=stats.dtype, device=logits.device) if store_raw else None
-        if n:
-            grid, bn, bd, nw = _tiles(n, d)
-            args, idx = _strided(n, d, _as_vector(targets, n), _as_rows(logits, n, d), _flat_mask(mask, lead, n))
-            _cat_fwd_kernel[grid](*args, out, stats[0], stats[1], raw if store_raw else out, n, d,
-                                  STORE_RAW=store_raw, IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
+        out, stats, raw = _categorical_nll_forward(targets, logits, mask, mask is not None and ctx.needs_input_grad[2])
         ctx.save_for_backward(targets, logits, mask, stats, raw)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         targets, logits, mask, stats, raw = ctx.saved_tensors
-        lead, n, d = _rows(logits)
-        grad_logits = None
-        if ctx.needs_input_grad[1]:
-            grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-            if n * d:
-                grid, bn, bd, nw = _tiles(n, d)
-                args, idx = _strided(n, d, _as_vector(grad_out, n), _flat_mask(mask, lead, n),
-                                     _as_vector(targets, n), _as_rows(logits, n, d))
-                _cat_bwd_kernel[grid](*args, stats[0], stats[1], grad_logits, n, d,
-                                      IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
-        grad_mask = _mask_grad(mask, grad_out, raw, lead) if raw is not None else None
+        grad_logits = _categorical_nll_backward(grad_out, targets, logits, mask, stats) if ctx.needs_input_grad[1] else None
+        grad_mask = _mask_grad(mask, grad_out, raw, logits.shape[:-1]) if raw is not None else None
         return None, grad_logits, grad_mask
 
 
 def categorical_nll(targets, logits, mask=None):
     """-log softmax(logits)[targets] (fused Triton; one pass, online log-sum-exp)."""
     return TritonCategoricalNLLFunction.apply(targets, logits, mask)
+
+
+# ----------------------------------------------------------------------------------------
+# the row reductions of same-shaped inputs (gaussian_kl, gaussian_nll, bernoulli_nll): one
+# forward and one backward body, one Function
+# ----------------------------------------------------------------------------------------
+
+# kind -> (forward kernel, backward kernel, the backward kernel's NEED_* flag per input)
+_ROW_REDUCTIONS = {
+    "gaussian_kl": (_kl_fwd_kernel, _kl_bwd_kernel, ("NEED_MQ", "NEED_LQ", "NEED_MP", "NEED_LP")),
+    "gaussian_nll": (_gnll_fwd_kernel, _gnll_bwd_kernel, ("NEED_X", "NEED_MU", "NEED_LV")),
+    "bernoulli_nll": (_bnll_fwd_kernel, _bnll_bwd_kernel, ("NEED_X", "NEED_L")),
+}
+
+
+def _row_reduction_forward(kind, inputs, mask, store_raw):
+    """``(out, raw)``: the masked per-row results (the inputs' dtype) and, with ``store_raw``, the
+    unmasked ones (accumulation dtype, for the mask's gradient; else None). ``inputs``: the op's
+    same-shaped tensors in its argument order; both front ends (the Function below, the custom
+    op in ``triton_op.py``) call it."""
+    forward_kernel = _ROW_REDUCTIONS[kind][0]
+    like = inputs[0]
+    lead, n, d = _rows(like)
+    out = torch.empty(lead, dtype=like.dtype, device=like.device)
+    raw = torch.empty(n, dtype=_acc_torch_dtype(like), device=like.device) if store_raw else None
+    if n:
+        grid, bn, bd, nw = _tiles(n, d)
+        args, idx = _strided(n, d, *(_as_rows(t, n, d) for t in inputs), _flat_mask(mask, lead, n))
+        forward_kernel[grid](*args, out, raw if store_raw else out, n, d,
+                             STORE_RAW=bool(store_raw), IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
+    return out, raw
+
+
+def _row_reduction_backward(kind, grad_out, inputs, mask, need):
+    """The gradients of ``inputs``, None where ``need`` says none (the mask's: ``_mask_grad``)."""
+    _, backward_kernel, flags = _ROW_REDUCTIONS[kind]
+    lead, n, d = _rows(inputs[0])
+    grads = [_grad_buf(nd, t) for nd, t in zip(need, inputs)]
+    if any(need) and n * d:
+        ins = [_as_rows(t, n, d) for t in inputs]
+        grid, bn, bd, nw = _tiles(n, d)
+        args, idx = _strided(n, d, _as_vector(grad_out, n), _flat_mask(mask, lead, n), *ins)
+        backward_kernel[grid](
+            *args, *[gr if gr is not None else ins[i][0] for i, gr in enumerate(grads)], n, d,
+            **{flag: bool(nd) for flag, nd in zip(flags, need)}, IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
+    return grads
+
+
+class TritonRowReductionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, kind, mask, *inputs):
+        out, raw = _row_reduction_forward(kind, inputs, mask, mask is not None and ctx.needs_input_grad[1])
+        ctx.kind = kind
+        ctx.save_for_backward(mask, raw, *inputs)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        mask, raw, *inputs = ctx.saved_tensors
+        grads = _row_reduction_backward(ctx.kind, grad_out, inputs, mask, ctx.needs_input_grad[2:])
+        grad_mask = _mask_grad(mask, grad_out, raw, inputs[0].shape[:-1]) if raw is not None else None
+        return (None, grad_mask, *grads)
+
+
+def gaussian_kl(mu_q, logvar_q, mu_p, logvar_p, mask=None):
+    """KL(q || p) of diagonal Gaussians summed over the last dim (fused Triton)."""
+    return TritonRowReductionFunction.apply("gaussian_kl", mask, mu_q, logvar_q, mu_p, logvar_p)
+
+
+def gaussian_nll(x, mu, logvar, mask=None):
+    """-log N(x; mu, exp(logvar)) summed over the last dim (fused Triton)."""
+    return TritonRowReductionFunction.apply("gaussian_nll", mask, x, mu, logvar)
+
+
+def bernoulli_nll(x, logits, mask=None):
+    """-log Bernoulli(x; sigmoid(logits)) summed over the last dim (fused Triton)."""
+    return TritonRowReductionFunction.apply("bernoulli_nll", mask, x, logits)
