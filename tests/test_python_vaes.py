@@ -237,13 +237,20 @@ def test_every_op_call_goes_through_zf_kernels_ops_with_the_models_backend(name,
     assert ("bernoulli_nll", "auto") in seen and {b for op, b in seen if op not in on_cuda} == {"auto"}, seen
 
 
+_TRITON_IN_INTERPRETER = pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None or torch.cuda.is_available(),
+    reason="the Triton backend in the interpreter (CPU tensors)")
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=_TRITON_IN_INTERPRETER)])
 @pytest.mark.parametrize("name", list(MODELS))
-def test_reference_model_compiles_into_one_graph(name):
+def test_model_compiles_into_one_graph(name, backend):
     """backend="torch" with the value checks off: torch.compile(fullgraph=True) traces the whole
     forward (their LSTM weights are ``LSTMWeights``, not nn.LSTM modules, which dynamo refuses),
-    and the compiled terms are the eager ones."""
+    and the compiled terms are the eager ones; backend="triton" too (every Triton op a
+    torch.library custom op: per-step cells, samples and likelihoods alike)."""
     from zf_kernels.ops import assume_valid_inputs
-    m = make(name, backend="torch")
+    m = make(name, backend=backend)
     y = data(m, 4, 2)
     eps = torch.randn(4, 2, Z, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     torch._dynamo.reset()

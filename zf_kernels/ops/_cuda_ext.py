@@ -119,7 +119,9 @@ def _jit_build():
         raise ImportError("nvcc not found (neither on PATH nor in $CUDA_HOME/bin)")
     srcs = sources()
     if not srcs:
-        raise ImportError(f"no sources in {CSRC}")
+        # a non-editable install (a wheel) carries the package, not csrc/: only setup.py's build
+        raise ImportError(f"no sources in {CSRC} (an installed wheel has no csrc/: install from a "
+                          f"checkout with `pip install -e .`, where nvcc and a CUDA torch exist)")
     arch = _arch()
     flags = NVCC_FLAGS + nvcc_defines()
     h = hashlib.sha256(f"{torch.__version__} {torch.version.cuda} sm_{arch} {flags}".encode())
