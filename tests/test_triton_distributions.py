@@ -1,6 +1,9 @@
 """Fused Triton sampling/likelihood ops (zf_kernels.ops.distributions.triton) against the
 plain-PyTorch reference (naive.py): values and gradients of every input, with and without
-masks, odd shapes, extreme values, gradcheck, and the public ``backend="triton"`` path.
+masks, odd shapes, extreme values, gradcheck, and the public ``backend="triton"`` path. The
+tests taking the ``front_end`` fixture run both forms of each op: the autograd Functions of
+triton.py (what eager code calls) and the torch.library custom ops of triton_op.py (what
+torch.compile traces), called eagerly.
 
 Runs on CUDA when available, else in the Triton interpreter (TRITON_INTERPRET=1, set in
 conftest.py and here, before the Triton module is imported), float16 and bfloat16 included
@@ -27,6 +30,7 @@ if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":
 import zf_kernels.ops as zops  # noqa: E402
 from zf_kernels.ops.distributions import naive  # noqa: E402
 from zf_kernels.ops.distributions import triton as tri  # noqa: E402
+from zf_kernels.ops.distributions import triton_op as tri_op  # noqa: E402
 # pytest puts tests/ on sys.path (as for _helpers.py)
 from test_ops_reference import assert_like_float64, gaussian_extreme_case  # noqa: E402
 
@@ -123,8 +127,20 @@ def _call(fn, op, args, mask):
     return fn(*args) if op == "reparameterize" else fn(*args, mask)
 
 
+# the module whose functions _fused returns: triton.py's (the Functions) unless the front_end
+# fixture says triton_op.py's (the custom ops)
+_FRONT_ENDS = {"function": tri, "custom_op": tri_op}
+_front_end = {"module": tri}
+
+
+@pytest.fixture(params=sorted(_FRONT_ENDS))
+def front_end(request, monkeypatch):
+    monkeypatch.setitem(_front_end, "module", _FRONT_ENDS[request.param])
+    return request.param
+
+
 def _fused(op):
-    return getattr(tri, op)
+    return getattr(_front_end["module"], op)
 
 
 def _ref(op):
@@ -176,7 +192,7 @@ CASES = [
     (op, shape, mask_kind) for op in OPS for shape, mask_kind in CASES
     if op != "reparameterize" or mask_kind is None  # reparameterize takes no mask
 ], ids=lambda c: str(c).replace(" ", ""))
-def test_matches_reference(op, shape, mask_kind, dtype):
+def test_matches_reference(op, shape, mask_kind, dtype, front_end):
     gen = torch.Generator().manual_seed(zlib.crc32(repr((op, shape, mask_kind)).encode()))
     args = _make(op, shape, dtype, gen)
     mask = _mask(mask_kind, shape[:-1], dtype, gen)
@@ -185,7 +201,7 @@ def test_matches_reference(op, shape, mask_kind, dtype):
 
 @pytest.mark.parametrize("mask_kind", ["full", "lead", "trail"])
 @pytest.mark.parametrize("op", REDUCING)
-def test_mask_gradient(op, mask_kind):
+def test_mask_gradient(op, mask_kind, front_end):
     """A mask that requires grad gets the reference's gradient (reduced to its own shape)."""
     gen = torch.Generator().manual_seed(1)
     dtype = torch.float32
@@ -195,7 +211,7 @@ def test_mask_gradient(op, mask_kind):
 
 
 @pytest.mark.parametrize("op", OPS)
-def test_single_input_requires_grad(op):
+def test_single_input_requires_grad(op, front_end):
     """Only the gradients asked for are computed; each alone is right."""
     gen = torch.Generator().manual_seed(2)
     dtype = torch.float32
@@ -210,7 +226,7 @@ def test_single_input_requires_grad(op):
 
 
 @pytest.mark.parametrize("op", OPS)
-def test_no_grad_inputs(op):
+def test_no_grad_inputs(op, front_end):
     gen = torch.Generator().manual_seed(3)
     args = [a.detach() for a in _make(op, (3, 6), torch.float32, gen)]
     mask = None if op == "reparameterize" else _mask("full", (3,), torch.float32, gen)
@@ -219,7 +235,7 @@ def test_no_grad_inputs(op):
 
 
 @pytest.mark.parametrize("op", OPS)
-def test_noncontiguous_inputs(op):
+def test_noncontiguous_inputs(op, front_end):
     """Strided views (leading dims transposed, every other row and column) and a
     transposed mask give the reference's answer."""
     gen = torch.Generator().manual_seed(4)
@@ -335,7 +351,7 @@ def test_leading_dims_that_do_not_collapse_are_copied(op, monkeypatch):
 
 @pytest.mark.parametrize("shape", [(0, 5), (2, 0, 7)], ids=str)
 @pytest.mark.parametrize("op", OPS)
-def test_empty_rows(op, shape):
+def test_empty_rows(op, shape, front_end):
     """No rows: empty outputs and gradients, no launch needed."""
     gen = torch.Generator().manual_seed(5)
     args = _make(op, shape, torch.float32, gen)
@@ -347,7 +363,7 @@ def test_empty_rows(op, shape):
 
 @pytest.mark.parametrize("shape", [(3, 0), (0,)], ids=str)
 @pytest.mark.parametrize("op", ["gaussian_kl", "gaussian_nll", "bernoulli_nll"])
-def test_empty_last_dim(op, shape):
+def test_empty_last_dim(op, shape, front_end):
     """D = 0: every row sums nothing -> zeros (written, not left as NaN)."""
     gen = torch.Generator().manual_seed(6)
     args = _make(op, shape, torch.float32, gen)
