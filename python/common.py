@@ -16,7 +16,8 @@ from zf_kernels import ops
 from zf_kernels.bounds import BoundsMixin
 from zf_kernels.model import MLP, OUTPUT_TYPES, LossTerms, mlp_act
 from zf_kernels.ops.recurrence.naive import PARAM_CLAMP
-from zf_kernels.sequences import check_batch, gather_time, has_padding, padded_flip_index, shift_inputs
+from zf_kernels.sequences import (check_batch, check_prefix, gather_time, has_padding, padded_flip_index,
+                                  shift_inputs)
 
 __all__ = ["MLP", "LossTerms", "SequenceVAE", "mlp_act", "reverse_lstm", "split_gaussian"]
 
@@ -121,6 +122,13 @@ class SequenceVAE(BoundsMixin, nn.Module):
             return torch.bernoulli(mean, generator=generator), mean
         mean = torch.softmax(params / max(temperature, 1e-6), -1)
         return torch.multinomial(mean, 1, generator=generator).squeeze(-1), mean
+
+    def check_prefix(self, prefix, steps: int, batch_size: int):
+        """A ``sample`` call's ``prefix``, checked and on this model's device and dtype: data
+        ``(K, batch_size, ...)`` (as ``y`` of ``forward``, K <= ``steps``) that the network reads
+        for its first K steps instead of its own samples, and that the first K samples are (a
+        completion of those sequences); ``z`` comes from the prior throughout."""
+        return check_prefix(prefix, steps, batch_size, self.input_dim, self.output_type, self._like)
 
     def prior_noise(self, batch_size: int, temperature: float, generator):
         p = self._like

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from common import MLP, SequenceVAE, reverse_lstm, split_gaussian
 from zf_kernels import LSTMWeights, ops
+from zf_kernels.sequences import forced_input
 
 
 class SRNN(SequenceVAE):
@@ -80,16 +81,18 @@ class SRNN(SequenceVAE):
         return nll, kl, dict(z=z, mu_q=mu_q, logvar_q=lv_q, mu_p=mu_p, logvar_p=lv_p, h=d)
 
     @torch.no_grad()
-    def sample(self, steps: int, batch_size: int, temperature: float = 1.0, generator=None):
-        """Generate from the prior -> ``(samples, means)``, each ``(steps, batch_size, ...)``."""
+    def sample(self, steps: int, batch_size: int, temperature: float = 1.0, generator=None, prefix=None):
+        """Generate from the prior -> ``(samples, means)``, each ``(steps, batch_size, ...)``;
+        ``prefix``: :meth:`common.SequenceVAE.check_prefix`."""
         if steps < 1 or batch_size < 1:
             raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
+        prefix = self.check_prefix(prefix, steps, batch_size)
         w = self.fwd_rnn
         u = self.start_input(batch_size)
         d = self._like.new_zeros(batch_size, self.rnn_dim)
         c, z = torch.zeros_like(d), self._like.new_zeros(batch_size, self.z_dim)
         samples, means = [], []
-        for _ in range(steps):
+        for t in range(steps):
             gates = F.linear(self.embed(u), w.weight_ih_l0, w.bias_ih_l0 + w.bias_hh_l0)
             d, c = ops.lstm_cell(gates, d, c, w.weight_hh_l0, backend=self._be("lstm_cell"))
             act = self._be("leaky_clamp")
@@ -97,5 +100,6 @@ class SRNN(SequenceVAE):
             z = ops.reparameterize(mu_p, lv_p, self.prior_noise(batch_size, temperature, generator),
                                    backend=self._be("reparameterize"))
             u, mean = self.head_sample(self.decoder(torch.cat([z, d], -1), act), temperature, generator)
+            u = forced_input(u, prefix, t)
             samples.append(u), means.append(mean)
         return torch.stack(samples, 0), torch.stack(means, 0)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from common import MLP, SequenceVAE, split_gaussian
 from zf_kernels import LSTMWeights, ops
+from zf_kernels.sequences import forced_input
 
 
 def _run(rnn: LSTMWeights, x, backend):
@@ -53,19 +54,22 @@ class STORN(SequenceVAE):
         return nll, kl, dict(z=z, mu_q=mu_q, logvar_q=lv_q, mu_p=mu_p, logvar_p=lv_p, h=h)
 
     @torch.no_grad()
-    def sample(self, steps: int, batch_size: int, temperature: float = 1.0, generator=None):
-        """Generate from the prior -> ``(samples, means)``, each ``(steps, batch_size, ...)``."""
+    def sample(self, steps: int, batch_size: int, temperature: float = 1.0, generator=None, prefix=None):
+        """Generate from the prior -> ``(samples, means)``, each ``(steps, batch_size, ...)``;
+        ``prefix``: :meth:`common.SequenceVAE.check_prefix`."""
         if steps < 1 or batch_size < 1:
             raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
+        prefix = self.check_prefix(prefix, steps, batch_size)
         w = self.gen_rnn
         u = self.start_input(batch_size)
         h = self._like.new_zeros(batch_size, self.rnn_dim)
         c = torch.zeros_like(h)
         samples, means = [], []
-        for _ in range(steps):
+        for t in range(steps):
             z = self.prior_noise(batch_size, temperature, generator)         # z_t ~ N(0, T^2 I)
             gates = F.linear(torch.cat([self.embed(u), z], -1), w.weight_ih_l0, w.bias_ih_l0 + w.bias_hh_l0)
             h, c = ops.lstm_cell(gates, h, c, w.weight_hh_l0, backend=self._be("lstm_cell"))
             u, mean = self.head_sample(self.out(h), temperature, generator)
+            u = forced_input(u, prefix, t)
             samples.append(u), means.append(mean)
         return torch.stack(samples, 0), torch.stack(means, 0)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from common import MLP, SequenceVAE, split_gaussian
 from zf_kernels import ops
+from zf_kernels.sequences import forced_input
 
 
 class VRNN(SequenceVAE):
@@ -69,15 +70,17 @@ class VRNN(SequenceVAE):
         return nll, kl, dict(z=z, mu_q=mu_q, logvar_q=lv_q, mu_p=mu_p, logvar_p=lv_p, h=d)
 
     @torch.no_grad()
-    def sample(self, steps: int, batch_size: int, temperature: float = 1.0, generator=None):
-        """Generate from the prior -> ``(samples, means)``, each ``(steps, batch_size, ...)``."""
+    def sample(self, steps: int, batch_size: int, temperature: float = 1.0, generator=None, prefix=None):
+        """Generate from the prior -> ``(samples, means)``, each ``(steps, batch_size, ...)``;
+        ``prefix``: :meth:`common.SequenceVAE.check_prefix`."""
         if steps < 1 or batch_size < 1:
             raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
+        prefix = self.check_prefix(prefix, steps, batch_size)
         u = self.start_input(batch_size)
         d = self._like.new_zeros(batch_size, self.rnn_dim)
         c, z = torch.zeros_like(d), self._like.new_zeros(batch_size, self.z_dim)
         samples, means = [], []
-        for _ in range(steps):
+        for t in range(steps):
             gates = self._input_gates(self.embed(u)) + self._z_gates(z)
             d, c = ops.lstm_cell(gates, d, c, self.rnn.weight_hh, backend=self._be("lstm_cell"))
             mu_p, lv_p = split_gaussian(self.prior(d, self._be("leaky_clamp")), self._be("leaky_clamp"))
@@ -85,5 +88,6 @@ class VRNN(SequenceVAE):
                                    backend=self._be("reparameterize"))
             params = self.decoder(torch.cat([self.phi_z(z), d], -1), self._be("leaky_clamp"))
             u, mean = self.head_sample(params, temperature, generator)
+            u = forced_input(u, prefix, t)
             samples.append(u), means.append(mean)
         return torch.stack(samples, 0), torch.stack(means, 0)

@@ -161,3 +161,27 @@ def model_loss_and_grads(model, y, eps, weights=(0.3, 0.5, 1.0)):
         loss.backward()
         return [loss.detach()] + [p.grad.clone() for p in model.parameters()]
     return step, loss_and_grads
+
+
+def check_sampling_with_prefix(model, steps=6, batch=3, K=3):
+    """``model.sample(..., prefix=...)``: fed its own first K samples it repeats its own run (the
+    same draws, the same inputs); fed another prefix, its first K samples are that prefix, its
+    first step's output (which reads only the start frame) is unchanged and the step after the
+    prefix is not (it reads the prefix)."""
+    import torch
+
+    def run(seed, prefix=None):
+        return model.sample(steps, batch, generator=torch.Generator().manual_seed(seed), prefix=prefix)
+
+    own, own_means = run(3)
+    again, again_means = run(3, prefix=own[:K])
+    assert torch.equal(again, own) and torch.equal(again_means, own_means)
+    other = run(5)[0][:K]
+    assert not torch.equal(other, own[:K])
+    got, means = run(3, prefix=other)
+    assert got.shape == own.shape and torch.equal(got[:K], other)
+    assert torch.equal(means[0], own_means[0])
+    assert not torch.allclose(means[K], own_means[K])
+    # the whole sequence given: nothing left to sample
+    full, _ = run(7, prefix=own)
+    assert torch.equal(full, own)

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _helpers import check_sampling_with_prefix
 from zf_kernels import ZForcing, training_loss
 
 LOG2PI = math.log(2 * math.pi)
@@ -256,6 +257,30 @@ def test_iwae_below_elbo_and_tightening_with_k():
     a = m.iwae_bound(y[:, :4], k=6, generator=torch.Generator().manual_seed(1), chunk=6)
     log_w = m.log_weights(y[:, :4], k=6, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(a, -(torch.logsumexp(log_w, 0) - math.log(6)))
+
+
+@pytest.mark.parametrize("output_type,cond_ln", [("gaussian", False), ("bernoulli", False),
+                                                ("categorical", False), ("gaussian", True)])
+def test_sampling_completes_a_prefix(output_type, cond_ln):
+    check_sampling_with_prefix(small_model(output_type=output_type, cond_ln=cond_ln))
+
+
+@pytest.mark.parametrize("prefix,match", [
+    (torch.zeros(3, 2, 3, dtype=torch.float64), "prefix must hold batch_size = 3 sequences"),
+    (torch.zeros(7, 3, 3, dtype=torch.float64), "prefix must have at most steps = 6 steps"),
+    (torch.zeros(2, 3, 4, dtype=torch.float64), r"prefix must have shape \(T, B, 3\)"),
+    (torch.full((2, 3, 3), float("nan"), dtype=torch.float64), "prefix contains NaN"),
+    (torch.zeros(2, 3, dtype=torch.long), "prefix must have 3 dimensions"),
+    (torch.zeros(0, 3, 3, dtype=torch.float64), "prefix must have at least one step"),
+])
+def test_sampling_refuses_a_bad_prefix_naming_it(prefix, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        small_model().sample(6, 3, prefix=prefix)
+
+
+def test_sampling_refuses_prefix_tokens_out_of_range():
+    with pytest.raises(ValueError, match=r"prefix token ids must lie in \[0, 2\]"):
+        small_model(output_type="categorical").sample(6, 3, prefix=torch.full((2, 3), 3))
 
 
 def test_sampling_is_reproducible_with_a_generator():

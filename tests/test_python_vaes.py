@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Bernoulli, Categorical, Normal, kl_divergence
 
+from _helpers import check_sampling_with_prefix
 from zf_kernels import training_loss
 from zf_kernels import train as train_mod
 from zf_kernels.ops import _dispatch
@@ -330,6 +331,14 @@ def test_sampling_shapes_and_reproducibility(name):
         json.dumps(m.config)
     with pytest.raises(ValueError, match="steps and batch_size"):
         m.sample(0, 2)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_sampling_completes_a_prefix(name):
+    for output_type, input_dim in OUTPUTS:
+        check_sampling_with_prefix(make(name, output_type, input_dim))
+    with pytest.raises(ValueError, match="prefix must hold batch_size = 2 sequences"):
+        make(name).sample(5, 2, prefix=torch.zeros(3, 4, D, dtype=torch.float64))
 
 
 def test_gaussian_output_draws_have_the_heads_spread_scaled_by_temperature():

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from . import ops
 from .bounds import BoundsMixin
-from .sequences import check_batch, gather_time, has_padding, padded_flip_index, shift_inputs
+from .sequences import (check_batch, check_prefix, forced_input, gather_time, has_padding, padded_flip_index,
+                        shift_inputs)
 from .ops.recurrence.naive import ACT_CLAMP, COND_CLAMP, LEAKY_SLOPE, LN_EPS, PARAM_CLAMP, ChainOutput
 
 OUTPUT_TYPES = ("gaussian", "bernoulli", "categorical")
@@ -335,11 +336,16 @@ class ZForcing(BoundsMixin, nn.Module):
 
     # --------------------------------------------------------------- sampling
     @torch.no_grad()
-    def sample(self, steps: int, batch_size: int, temperature: float = 1.0, generator=None):
+    def sample(self, steps: int, batch_size: int, temperature: float = 1.0, generator=None, prefix=None):
         """Generate from the prior. Returns ``(samples, means)``: ``samples`` as data (binary
-        pixels, frames, token ids) and ``means`` the output distribution's mean per step."""
+        pixels, frames, token ids) and ``means`` the output distribution's mean per step.
+        ``prefix``: data ``(K, batch_size, ...)`` (as ``y`` of ``forward``, K <= ``steps``) that
+        the network reads for its first K steps instead of its own samples, and that the first K
+        samples are (a completion of those sequences); ``z`` comes from the prior throughout. (The
+        posterior would need the sequence's future, which a completion does not have.)"""
         if steps < 1 or batch_size < 1:
             raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
+        prefix = check_prefix(prefix, steps, batch_size, self.input_dim, self.output_type, self.fwd_weight_hh)
         H = self.rnn_dim
         dtype, device = self.fwd_weight_hh.dtype, self.fwd_weight_hh.device
         h = torch.zeros(batch_size, H, device=device, dtype=dtype)
@@ -350,7 +356,7 @@ class ZForcing(BoundsMixin, nn.Module):
             u = torch.zeros(batch_size, self.input_dim, device=device, dtype=dtype)
         randn = lambda *s: torch.randn(*s, generator=generator, device=device, dtype=dtype)  # noqa: E731
         samples, means = [], []
-        for _ in range(steps):
+        for t in range(steps):
             mu_p, logvar_p = _split_gaussian(self.prior(h, self._be("leaky_clamp")), self._be("leaky_clamp"))
             z = mu_p + torch.exp(0.5 * logvar_p) * randn(batch_size, self.z_dim) * temperature
             gx = self._input_gates(u)
@@ -369,6 +375,7 @@ class ZForcing(BoundsMixin, nn.Module):
             else:
                 mean = torch.softmax(params / max(temperature, 1e-6), -1)
                 u = torch.multinomial(mean, 1, generator=generator).squeeze(-1)
+            u = forced_input(u, prefix, t)
             samples.append(u)
             means.append(mean)
         return torch.stack(samples, 0), torch.stack(means, 0)

@@ -11,16 +11,7 @@ def check_batch(y, u, mask, input_dim: int, output_type: str) -> None:
     """Validate targets ``y`` (``(T, B, D)`` floats, or ``(T, B)`` token ids for categorical
     data), optional inputs ``u`` of the same shape and a right-padded 0/1 ``mask (T, B)``.
     Inside ``ops.assume_valid_inputs()`` only shapes and dtypes are checked (no GPU sync)."""
-    if output_type == "categorical":
-        check_tensor("y", y, ndim=2, floating=False)
-        if y.dtype.is_floating_point or y.dtype == torch.bool:
-            raise TypeError(f"y must hold integer token ids for categorical output, got {y.dtype}")
-    else:
-        check_tensor("y", y, ndim=3)
-        if y.shape[-1] != input_dim:
-            raise ValueError(f"y must have shape (T, B, {input_dim}), got {tuple(y.shape)}")
-    if y.shape[0] < 1 or y.shape[1] < 1:
-        raise ValueError(f"y must have at least one step and one sequence, got shape {tuple(y.shape)}")
+    _check_sequences("y", y, input_dim, output_type)
     if u is not None and u.shape != y.shape:
         raise ValueError(f"u must have the shape of y {tuple(y.shape)}, got {tuple(u.shape)}")
     if mask is not None:
@@ -31,15 +22,34 @@ def check_batch(y, u, mask, input_dim: int, output_type: str) -> None:
         check_batch_values(y, u, mask, input_dim, output_type)
 
 
+def _check_sequences(name: str, y, input_dim: int, output_type: str) -> None:
+    """Shape and dtype of time-major data ``name``: ``(T, B, input_dim)`` floats, or ``(T, B)``
+    integer token ids for categorical data, with T, B >= 1."""
+    if output_type == "categorical":
+        check_tensor(name, y, ndim=2, floating=False)
+        if y.dtype.is_floating_point or y.dtype == torch.bool:
+            raise TypeError(f"{name} must hold integer token ids for categorical output, got {y.dtype}")
+    else:
+        check_tensor(name, y, ndim=3)
+        if y.shape[-1] != input_dim:
+            raise ValueError(f"{name} must have shape (T, B, {input_dim}), got {tuple(y.shape)}")
+    if y.shape[0] < 1 or y.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one step and one sequence, got shape {tuple(y.shape)}")
+
+
+def _check_sequence_values(name: str, y, input_dim: int, output_type: str) -> None:
+    if output_type == "categorical":
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= input_dim):
+            raise ValueError(f"{name} token ids must lie in [0, {input_dim - 1}], "
+                             f"got [{int(y.min())}, {int(y.max())}]")
+    elif not torch.isfinite(y).all():
+        raise ValueError(f"{name} contains NaN or Inf values")
+
+
 def check_batch_values(y, u, mask, input_dim: int, output_type: str) -> None:
     """The value half of ``check_batch`` (finite frames, token ids in range, a right-padded
     0/1 mask): each check reads the tensor back, so on a GPU each is a synchronisation."""
-    if output_type == "categorical":
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= input_dim):
-            raise ValueError(f"y token ids must lie in [0, {input_dim - 1}], "
-                             f"got [{int(y.min())}, {int(y.max())}]")
-    elif not torch.isfinite(y).all():
-        raise ValueError("y contains NaN or Inf values")
+    _check_sequence_values("y", y, input_dim, output_type)
     if u is not None and u.dtype.is_floating_point and not torch.isfinite(u).all():
         raise ValueError("u contains NaN or Inf values")
     if mask is not None:
@@ -48,6 +58,30 @@ def check_batch_values(y, u, mask, input_dim: int, output_type: str) -> None:
             raise ValueError("mask must hold only 0 and 1")
         if (m[1:] > m[:-1]).any():
             raise ValueError("mask must be right-padded: each column 1s then 0s")
+
+
+def check_prefix(prefix, steps: int, batch_size: int, input_dim: int, output_type: str, like: torch.Tensor):
+    """The ``prefix`` of a model's ``sample``: data (time-major, as ``y`` of ``forward``) for the
+    first ``K <= steps`` steps of ``batch_size`` sequences, which the model reads instead of its
+    own samples. Returned on ``like``'s device, in its dtype (token ids as int64); None stays None."""
+    if prefix is None:
+        return None
+    _check_sequences("prefix", prefix, input_dim, output_type)
+    K, B = prefix.shape[:2]
+    if B != batch_size:
+        raise ValueError(f"prefix must hold batch_size = {batch_size} sequences (its dim 1), got {B}")
+    if K > steps:
+        raise ValueError(f"prefix must have at most steps = {steps} steps (its dim 0), got {K}")
+    if value_checks_enabled():
+        _check_sequence_values("prefix", prefix, input_dim, output_type)
+    dtype = torch.long if output_type == "categorical" else like.dtype
+    return prefix.to(device=like.device, dtype=dtype)
+
+
+def forced_input(sample, prefix, t: int):
+    """What a sampling loop reads next after step ``t``: ``prefix[t]`` while the prefix lasts,
+    else its own ``sample``."""
+    return prefix[t] if prefix is not None and t < prefix.shape[0] else sample
 
 
 def has_padding(mask) -> bool:
