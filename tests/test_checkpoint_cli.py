@@ -1,6 +1,7 @@
 """The commands that start from a trainer checkpoint: ``python -m zf_kernels.evaluate`` (its
 bounds on a split of its data set, by default the numbers of the run's results.json) and
-``python -m zf_kernels.sample`` (sequences from its prior, by default the run's own samples);
+``python -m zf_kernels.sample`` (sequences from its prior, by default the run's own samples, or
+completions of the data's sequences with ``--prefix``);
 clear errors for bad input."""
 import dataclasses
 import json
@@ -131,6 +132,58 @@ def test_num_steps_seed_and_temperature_are_flags(run_dir, capsys, tmp_path):
     (["--temperature", "0"], "--temperature must be > 0, got 0.0"),
 ])
 def test_bad_sampling_flags_are_one_clear_line(run_dir, capsys, tmp_path, flags, message):
+    rc, _, err = _sample(capsys, run_dir, "--out", tmp_path, *flags)
+    assert rc == 2 and err.strip() == f"zf_kernels.sample: error: {message}", err
+
+
+def test_prefix_completes_the_splits_sequences(run_dir, capsys, tmp_path, monkeypatch):
+    """--prefix K: the test split's first --num sequences, their first K steps as given, the rest
+    the model's (model.sample with that prefix and the same generator); the pictures' means are
+    the given values over the prefix, the model's after it."""
+    written = {}
+    real_write = sample_mod.report.write_samples
+    monkeypatch.setattr(sample_mod.report, "write_samples",
+                        lambda samples, means, *a: written.update(means=means) or real_write(samples, means, *a))
+    rc, paths, err = _sample(capsys, run_dir, "--out", tmp_path / "c", "--prefix", 5, "--num", 4, "--steps", 12)
+    assert rc == 0, err
+    got = np.load(tmp_path / "c" / "samples.npy")
+    run = train_mod.Run(make_config("synthetic", out=str(tmp_path / "unused"), **SMALL), log=quiet)
+    run.model.load_state_dict(torch.load(run_dir / "best.pt", weights_only=False)["model"])
+    run.model.eval()
+    given = run.data.test.y[:4, :5]
+    assert got.shape == (4, 12, run.data.input_dim)
+    np.testing.assert_array_equal(got[:, :5], given.numpy())
+    gen = torch.Generator().manual_seed(run.cfg.seed + 2)
+    want, want_means = run.model.sample(12, 4, generator=gen, prefix=given.transpose(0, 1))
+    np.testing.assert_array_equal(got, want.transpose(0, 1).numpy())
+    assert torch.equal(written["means"][:5], given.transpose(0, 1)) and torch.equal(written["means"][5:], want_means[5:])
+    rc, _, err = _sample(capsys, run_dir, "--out", tmp_path / "v", "--prefix", 5, "--num", 4, "--split", "valid")
+    assert rc == 0, err
+    np.testing.assert_array_equal(np.load(tmp_path / "v" / "samples.npy")[:, :5], run.data.valid.y[:4, :5].numpy())
+
+
+def test_prefix_takes_sequences_long_enough_binarised_as_evaluated():
+    from zf_kernels.data import SequenceSplit
+    y = torch.rand(5, 6, 2)
+    mask = torch.ones(5, 6)
+    mask[0, 3:] = 0      # 3 steps: too short for a 4-step prefix
+    mask[2, 4:] = 0      # 4 steps: long enough
+    split = SequenceSplit(y=y, mask=mask, binarize="dynamic")
+    got = sample_mod._prefix_of(split, "test", 4, 3, 6, seed=0)
+    assert got.shape == (4, 3, 2) and set(got.unique().tolist()) <= {0.0, 1.0}
+    probs = SequenceSplit(y=y, mask=mask)
+    np.testing.assert_array_equal(sample_mod._prefix_of(probs, "test", 4, 3, 6, seed=0).numpy(),
+                                  y[[1, 2, 3], :4].transpose(0, 1).numpy())
+    with pytest.raises(ValueError, match=r"the test split has 4 sequence\(s\) of at least 4 steps; ask for --num <= 4"):
+        sample_mod._prefix_of(probs, "test", 4, 5, 6, seed=0)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--prefix", "0"], "--prefix must be >= 1, got 0"),
+    (["--prefix", "9", "--steps", "8"], "--prefix must be at most --steps (8), got 9"),
+    (["--prefix", "3", "--split", "dev"], "--split must be one of test, valid, train, got 'dev'"),
+])
+def test_bad_prefix_flags_are_one_clear_line(run_dir, capsys, tmp_path, flags, message):
     rc, _, err = _sample(capsys, run_dir, "--out", tmp_path, *flags)
     assert rc == 2 and err.strip() == f"zf_kernels.sample: error: {message}", err
 

@@ -2,6 +2,7 @@
 
     python -m zf_kernels.sample runs/seqmnist --num 64 --out samples/     # a digit grid
     python -m zf_kernels.sample runs/timit --num 4 --temperature 0.8       # WAV files
+    python -m zf_kernels.sample runs/seqmnist --prefix 392 --num 16        # complete test digits
 
 CHECKPOINT is a ``best.pt`` / ``last.pt`` the trainer wrote, or a run directory (its ``best.pt``,
 else ``last.pt``). The files are those the trainer writes at the end of a run, for the data set's
@@ -9,6 +10,12 @@ kind (an image grid of the means, WAV files with the normalisation undone, token
 plot), plus ``samples.npy``: the sampled sequences, batch-major ``(num, steps, ...)``. With the
 defaults (``--num``: the run's ``--num-samples``, ``--steps``: its training sequence length,
 ``--seed``: the one its final samples used) the samples are the run's own. Prints the paths.
+
+``--prefix K`` completes sequences of the data instead (``--split``, default test: its first
+``--num`` sequences at least K steps long, binarised as the evaluation binarises them): the model
+reads their first K steps and generates the rest (``model.sample(..., prefix=...)``); the files
+show the given K steps as they are (an image's given rows are the data's pixels) and the model's
+completion after them.
 """
 from __future__ import annotations
 
@@ -19,35 +26,67 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .data import SequenceSplit, iterate_batches
+from .evaluate import SPLITS
 from .trained import load_trained
 from .training import report
 
 
 def sample_checkpoint(path, *, out=None, num: int | None = None, steps: int | None = None,
                       temperature: float = 1.0, seed: int | None = None, data: str | None = None,
-                      device: str = "auto", backend: str = "auto", models: dict | None = None) -> list[str]:
-    """Sample from checkpoint ``path``'s prior and write the files into ``out`` (default: a
-    ``samples`` folder beside the checkpoint); returns their paths."""
-    for name, value in (("--num", num), ("--steps", steps)):
+                      device: str = "auto", backend: str = "auto", models: dict | None = None,
+                      prefix: int | None = None, split: str = "test") -> list[str]:
+    """Sample from checkpoint ``path``'s prior (with ``prefix``: complete the first ``num``
+    sequences of ``split`` given their first ``prefix`` steps) and write the files into ``out``
+    (default: a ``samples`` folder beside the checkpoint, ``completions`` with ``prefix``);
+    returns their paths."""
+    for name, value in (("--num", num), ("--steps", steps), ("--prefix", prefix)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     if not temperature > 0:
         raise ValueError(f"--temperature must be > 0, got {temperature}")
+    if split not in SPLITS:
+        raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     run = load_trained(path, data=data, device=device, backend=backend, models=models)
     num = num or run.cfg.num_samples or 16
     steps = steps or run.data.train.y.shape[1]
-    out = Path(out) if out is not None else run.checkpoint.parent / "samples"
+    given = None if prefix is None else _prefix_of(getattr(run.data, split), split, prefix, num, steps,
+                                                     run.cfg.seed if seed is None else seed)
+    out = Path(out) if out is not None else run.checkpoint.parent / ("samples" if given is None else "completions")
     out.mkdir(parents=True, exist_ok=True)
     # the trainer's final samples use seed + 2 (train.Run.write_samples)
     gen = torch.Generator(device=run.device).manual_seed(run.cfg.seed + 2 if seed is None else seed)
     with torch.no_grad(), run.autocast():
-        samples, means = run.model.sample(steps, num, temperature=temperature, generator=gen)
+        samples, means = run.model.sample(steps, num, temperature=temperature, generator=gen,
+                                          prefix=None if given is None else given.to(run.device))
+    if given is not None and means.shape == samples.shape:
+        # the pictures show the given steps as they are (means: the model's predictions there)
+        means = torch.cat([samples[:prefix].to(means.dtype), means[prefix:]], 0)
     paths = report.write_samples(samples, means, run.data.meta, out)
     array = samples.transpose(0, 1).cpu()
     if array.dtype in (torch.bfloat16, torch.float16):   # numpy has no bfloat16
         array = array.float()
     np.save(out / "samples.npy", array.numpy())
     return paths + [str(out / "samples.npy")]
+
+
+def _prefix_of(split: SequenceSplit, split_name: str, prefix: int, num: int, steps: int, seed: int):
+    """The first ``prefix`` steps of the first ``num`` sequences of ``split`` at least that long,
+    time-major, binarised where the split is binarised per epoch (as evaluation draws it)."""
+    if prefix > steps:
+        raise ValueError(f"--prefix must be at most --steps ({steps}), got {prefix}")
+    if prefix > split.y.shape[1]:
+        raise ValueError(f"--prefix must be at most the {split_name} split's length ({split.y.shape[1]} steps), "
+                         f"got {prefix}")
+    long_enough = (torch.ones(len(split), dtype=torch.bool) if split.mask is None
+                   else (split.mask[:, :prefix] != 0).all(1))
+    rows = long_enough.nonzero().flatten()[:num]
+    if len(rows) < num:
+        raise ValueError(f"the {split_name} split has {len(rows)} sequence(s) of at least {prefix} steps; "
+                         f"ask for --num <= {len(rows)} or a shorter --prefix")
+    chosen = SequenceSplit(y=split.y[rows, :prefix], binarize=split.binarize)
+    (batch,) = iterate_batches(chosen, num, shuffle=False, seed=seed, epoch=0)
+    return batch.y
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scales the prior's and the output's noise (default: 1)")
     p.add_argument("--seed", type=int, default=None,
                    help="seeds the noise (default: the seed of the run's own final samples)")
+    p.add_argument("--prefix", type=int, default=None,
+                   help="complete data sequences given their first PREFIX steps instead of sampling from "
+                        "scratch (default: from scratch)")
+    p.add_argument("--split", default="test", help=f"with --prefix: the split whose sequences are completed "
+                                                   f"({', '.join(SPLITS)}; default: test)")
     p.add_argument("--data", default=None, help="where the run's data set is now (default: the run's --data)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--backend", default="auto", help="the fused ops' backend (default: auto)")
@@ -76,7 +120,8 @@ def main(argv=None, models: dict | None = None) -> int:
     try:
         paths = sample_checkpoint(args.checkpoint, out=args.out, num=args.num, steps=args.steps,
                                   temperature=args.temperature, seed=args.seed, data=args.data,
-                                  device=args.device, backend=args.backend, models=models)
+                                  device=args.device, backend=args.backend, models=models,
+                                  prefix=args.prefix, split=args.split)
     except (ValueError, CheckpointError, FileNotFoundError, BackendUnavailableError) as exc:
         print(f"zf_kernels.sample: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
