@@ -198,8 +198,15 @@ inline void launch(int blocks, int threads, std::size_t smem, const std::functio
         try {
           kernel();
         } catch (...) {
-          std::lock_guard<std::mutex> lk(err_mu);
-          if (!err) err = std::current_exception();
+          {
+            std::lock_guard<std::mutex> lk(err_mu);
+            if (!err) err = std::current_exception();
+          }
+          // the rest of the grid runs on without this thread (where a GPU would abort the
+          // kernel): its barriers stop waiting for it, so a failing test fails, not hangs
+          block.bar.arrive_and_drop();
+          if (static_cast<std::size_t>(t / 32) < block.warp_bar.size()) block.warp_bar[t / 32]->arrive_and_drop();
+          if (grid != nullptr) grid->arrive_and_drop();
         }
       });
     }
@@ -312,6 +319,8 @@ inline zf_bf16 zf_bf16_from(float x) {
   return zf_bf16{static_cast<std::uint16_t>(u >> 16)};
 }
 inline unsigned zf_bf16x2(const zf_bf16* p) {
+  // the GPU's one 32-bit load faults on an address that is not 4-byte aligned: so does this
+  if (reinterpret_cast<std::uintptr_t>(p) % 4 != 0) throw std::logic_error("zf_bf16x2: address not 4-byte aligned");
   return static_cast<unsigned>(p[0].bits) | (static_cast<unsigned>(p[1].bits) << 16);
 }
 inline unsigned zf_bf16_bits(zf_bf16 x) { return x.bits; }
