@@ -182,6 +182,9 @@ def test_prefix_takes_sequences_long_enough_binarised_as_evaluated():
     (["--prefix", "0"], "--prefix must be >= 1, got 0"),
     (["--prefix", "9", "--steps", "8"], "--prefix must be at most --steps (8), got 9"),
     (["--prefix", "3", "--split", "dev"], "--split must be one of test, valid, train, got 'dev'"),
+    (["--prefix", "3", "--prompt", "a b"], "--prefix and --prompt do not combine (the data's sequences, or your text)"),
+    (["--prompt", "a b"], "--prompt needs a text run (a vocabulary); this run's data set is 'synthetic': "
+                          "use --prefix to complete its sequences"),
 ])
 def test_bad_prefix_flags_are_one_clear_line(run_dir, capsys, tmp_path, flags, message):
     rc, _, err = _sample(capsys, run_dir, "--out", tmp_path, *flags)

@@ -9,6 +9,7 @@ import torch
 
 from _helpers import quiet
 from zf_kernels import evaluate as evaluate_mod
+from zf_kernels import sample as sample_mod
 from zf_kernels import train as train_mod
 from zf_kernels.data import load_dataset, load_text
 from zf_kernels.training.presets import make_config
@@ -79,6 +80,16 @@ def test_text_preset_trains_and_reports_perplexity_and_word_samples(tmp_path):
     got = evaluate_mod.evaluate_checkpoint(tmp_path / "run")           # the checkpoint command agrees
     assert got["perplexity"] == test["perplexity"] and got["data"] == "text"
     assert json.loads((tmp_path / "run" / "results.json").read_text())["test"]["perplexity"] == test["perplexity"]
+    # the sampling command continues a prompt (an unknown word as <unk>), the same for every sequence
+    sample_mod.sample_checkpoint(tmp_path / "run", out=tmp_path / "p", prompt="the movie zzz", num=2, steps=8)
+    ids = np.load(tmp_path / "p" / "samples.npy")
+    vocab = train_mod.load_data(cfg).meta["vocab"]
+    assert ids.shape == (2, 8) and (ids[:, :3] == [vocab.index("the"), vocab.index("movie"), 1]).all()
+    assert all(line.startswith("the movie <unk>") for line in (tmp_path / "p" / "samples.txt").read_text().split("\n"))
+    with pytest.raises(ValueError, match=r"--prompt has 3 words: --steps \(3\) must be more"):
+        sample_mod.sample_checkpoint(tmp_path / "run", out=tmp_path / "q", prompt="the movie zzz", steps=3)
+    with pytest.raises(ValueError, match="--prompt holds no words"):
+        sample_mod.sample_checkpoint(tmp_path / "run", out=tmp_path / "q", prompt="  ")
 
 
 def test_seq_len_and_vocab_size_flags_reach_the_loaders(tmp_path):

@@ -3,6 +3,7 @@
     python -m zf_kernels.sample runs/seqmnist --num 64 --out samples/     # a digit grid
     python -m zf_kernels.sample runs/timit --num 4 --temperature 0.8       # WAV files
     python -m zf_kernels.sample runs/seqmnist --prefix 392 --num 16        # complete test digits
+    python -m zf_kernels.sample runs/imdb --prompt "the movie was" --num 5  # continue a text
 
 CHECKPOINT is a ``best.pt`` / ``last.pt`` the trainer wrote, or a run directory (its ``best.pt``,
 else ``last.pt``). The files are those the trainer writes at the end of a run, for the data set's
@@ -15,7 +16,8 @@ defaults (``--num``: the run's ``--num-samples``, ``--steps``: its training sequ
 ``--num`` sequences at least K steps long, binarised as the evaluation binarises them): the model
 reads their first K steps and generates the rest (``model.sample(..., prefix=...)``); the files
 show the given K steps as they are (an image's given rows are the data's pixels) and the model's
-completion after them.
+completion after them. ``--prompt TEXT`` (a text run) continues TEXT's words, the same prompt for
+every one of the ``--num`` sequences.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 
 from .data import SequenceSplit, iterate_batches
+from .data.text import encode_words
 from .evaluate import SPLITS
 from .trained import load_trained
 from .training import report
@@ -35,11 +38,13 @@ from .training import report
 def sample_checkpoint(path, *, out=None, num: int | None = None, steps: int | None = None,
                       temperature: float = 1.0, seed: int | None = None, data: str | None = None,
                       device: str = "auto", backend: str = "auto", models: dict | None = None,
-                      prefix: int | None = None, split: str = "test") -> list[str]:
+                      prefix: int | None = None, split: str = "test", prompt: str | None = None) -> list[str]:
     """Sample from checkpoint ``path``'s prior (with ``prefix``: complete the first ``num``
-    sequences of ``split`` given their first ``prefix`` steps) and write the files into ``out``
-    (default: a ``samples`` folder beside the checkpoint, ``completions`` with ``prefix``);
-    returns their paths."""
+    sequences of ``split`` given their first ``prefix`` steps; with ``prompt``: continue that
+    text) and write the files into ``out`` (default: a ``samples`` folder beside the checkpoint,
+    ``completions`` with a prefix or a prompt); returns their paths."""
+    if prefix is not None and prompt is not None:
+        raise ValueError("--prefix and --prompt do not combine (the data's sequences, or your text)")
     for name, value in (("--num", num), ("--steps", steps), ("--prefix", prefix)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
@@ -52,6 +57,9 @@ def sample_checkpoint(path, *, out=None, num: int | None = None, steps: int | No
     steps = steps or run.data.train.y.shape[1]
     given = None if prefix is None else _prefix_of(getattr(run.data, split), split, prefix, num, steps,
                                                      run.cfg.seed if seed is None else seed)
+    if prompt is not None:
+        given = _prompt_of(prompt, run.data.meta, run.data.name, num, steps)
+        prefix = given.shape[0]
     out = Path(out) if out is not None else run.checkpoint.parent / ("samples" if given is None else "completions")
     out.mkdir(parents=True, exist_ok=True)
     # the trainer's final samples use seed + 2 (train.Run.write_samples)
@@ -89,6 +97,20 @@ def _prefix_of(split: SequenceSplit, split_name: str, prefix: int, num: int, ste
     return batch.y
 
 
+def _prompt_of(prompt: str, meta: dict, data_name: str, num: int, steps: int):
+    """``prompt``'s token ids, time-major, for each of ``num`` sequences."""
+    vocab = meta.get("vocab")
+    if vocab is None:
+        raise ValueError(f"--prompt needs a text run (a vocabulary); this run's data set is {data_name!r}: "
+                         f"use --prefix to complete its sequences")
+    ids = encode_words(prompt, vocab)
+    if not ids:
+        raise ValueError("--prompt holds no words")
+    if len(ids) >= steps:
+        raise ValueError(f"--prompt has {len(ids)} words: --steps ({steps}) must be more, to leave some to generate")
+    return torch.tensor(ids, dtype=torch.long).unsqueeze(1).expand(len(ids), num).contiguous()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m zf_kernels.sample", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -105,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", type=int, default=None,
                    help="complete data sequences given their first PREFIX steps instead of sampling from "
                         "scratch (default: from scratch)")
+    p.add_argument("--prompt", default=None,
+                   help="with a text run: continue this text (its words, unknown ones as <unk>) instead of "
+                        "sampling from scratch")
     p.add_argument("--split", default="test", help=f"with --prefix: the split whose sequences are completed "
                                                    f"({', '.join(SPLITS)}; default: test)")
     p.add_argument("--data", default=None, help="where the run's data set is now (default: the run's --data)")
@@ -121,7 +146,7 @@ def main(argv=None, models: dict | None = None) -> int:
         paths = sample_checkpoint(args.checkpoint, out=args.out, num=args.num, steps=args.steps,
                                   temperature=args.temperature, seed=args.seed, data=args.data,
                                   device=args.device, backend=args.backend, models=models,
-                                  prefix=args.prefix, split=args.split)
+                                  prefix=args.prefix, split=args.split, prompt=args.prompt)
     except (ValueError, CheckpointError, FileNotFoundError, BackendUnavailableError) as exc:
         print(f"zf_kernels.sample: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

@@ -75,6 +75,13 @@ def build_vocab(lines: list[list[str]], vocab_size: int) -> list[str]:
     return [EOS, UNK, *words]
 
 
+def encode_words(text: str, vocab: list[str]) -> list[int]:
+    """The token ids of ``text``'s whitespace-separated words, as the loader reads a line (a word
+    outside ``vocab`` is ``<unk>``; no ``<eos>``: the line goes on)."""
+    ids = {w: i for i, w in enumerate(vocab)}
+    return [ids.get(w, ids[UNK]) for w in text.split()]
+
+
 def _sequences(lines, ids: dict[str, int], seq_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Tokens ``(N, seq_len)`` and masks: each line with its <eos>, cut into seq_len pieces."""
     rows, masks = [], []
