@@ -13,11 +13,11 @@ defaults (``--num``: the run's ``--num-samples``, ``--steps``: its training sequ
 ``--seed``: the one its final samples used) the samples are the run's own. Prints the paths.
 
 ``--prefix K`` completes sequences of the data instead (``--split``, default test: its first
-``--num`` sequences at least K steps long, binarised as the evaluation binarises them): the model
-reads their first K steps and generates the rest (``model.sample(..., prefix=...)``); the files
-show the given K steps as they are (an image's given rows are the data's pixels) and the model's
-completion after them. ``--prompt TEXT`` (a text run) continues TEXT's words, the same prompt for
-every one of the ``--num`` sequences.
+``--num`` sequences at least K steps long; where the split holds pixel intensities, one Bernoulli
+draw of them seeded by ``--seed``): the model reads their first K steps and generates the rest
+(``model.sample(..., prefix=...)``); the files show the given K steps as they are (an image's
+given rows are the data's pixels) and the model's completion after them. ``--prompt TEXT`` (a
+text run) continues TEXT's words, the same prompt for every one of the ``--num`` sequences.
 """
 from __future__ import annotations
 
@@ -59,7 +59,6 @@ def sample_checkpoint(path, *, out=None, num: int | None = None, steps: int | No
                                                      run.cfg.seed if seed is None else seed)
     if prompt is not None:
         given = _prompt_of(prompt, run.data.meta, run.data.name, num, steps)
-        prefix = given.shape[0]
     out = Path(out) if out is not None else run.checkpoint.parent / ("samples" if given is None else "completions")
     out.mkdir(parents=True, exist_ok=True)
     # the trainer's final samples use seed + 2 (train.Run.write_samples)
@@ -69,7 +68,8 @@ def sample_checkpoint(path, *, out=None, num: int | None = None, steps: int | No
                                           prefix=None if given is None else given.to(run.device))
     if given is not None and means.shape == samples.shape:
         # the pictures show the given steps as they are (means: the model's predictions there)
-        means = torch.cat([samples[:prefix].to(means.dtype), means[prefix:]], 0)
+        k = given.shape[0]
+        means = torch.cat([samples[:k].to(means.dtype), means[k:]], 0)
     paths = report.write_samples(samples, means, run.data.meta, out)
     array = samples.transpose(0, 1).cpu()
     if array.dtype in (torch.bfloat16, torch.float16):   # numpy has no bfloat16
@@ -80,7 +80,7 @@ def sample_checkpoint(path, *, out=None, num: int | None = None, steps: int | No
 
 def _prefix_of(split: SequenceSplit, split_name: str, prefix: int, num: int, steps: int, seed: int):
     """The first ``prefix`` steps of the first ``num`` sequences of ``split`` at least that long,
-    time-major, binarised where the split is binarised per epoch (as evaluation draws it)."""
+    time-major; a split binarised per epoch (intensities) gives one draw, seeded by ``seed``."""
     if prefix > steps:
         raise ValueError(f"--prefix must be at most --steps ({steps}), got {prefix}")
     if prefix > split.y.shape[1]:
