@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -419,6 +420,11 @@ def test_train_script_registers_the_models_and_runs_the_cli(tmp_path, monkeypatc
         {k: results["test"][k] for k in ("neg_elbo", "iwae", "sequences")}
     assert sample.main([str(out), "--num", "2", "--out", str(tmp_path / "s")], models=mod.all_models()) == 0
     assert (tmp_path / "s" / "samples.npy").exists()
+    assert sample.main([str(out), "--num", "2", "--prefix", "3", "--out", str(tmp_path / "c")],
+                       models=mod.all_models()) == 0                   # an SRNN completing test sequences
+    completed = np.load(tmp_path / "c" / "samples.npy")
+    test_y = train_mod.load_data(make_config("synthetic", train_limit=32, eval_limit=8)).test.y
+    np.testing.assert_array_equal(completed[:, :3], test_y[:2, :3].numpy())
     for script in ("evaluate.py", "sample.py"):      # the scripts themselves, in a fresh process
         run = subprocess.run([sys.executable, str(PYTHON_DIR / script), str(out), "--help"], capture_output=True,
                              text=True, timeout=120)
