@@ -119,7 +119,7 @@ def _row_reduction_setup_context(ctx, inputs, output):
     ctx.save_for_backward(mask, raw, *tensors)
 
 
-def _row_reduction_backward(ctx, grad_out, _grad_raw):
+def _row_reduction_autograd(ctx, grad_out, _grad_raw):
     mask, raw, *tensors = ctx.saved_tensors
     _, need_inputs, need_mask, _ = ctx.needs_input_grad     # a list input: one flag per tensor
     need = [bool(n) for n in need_inputs]
@@ -129,7 +129,7 @@ def _row_reduction_backward(ctx, grad_out, _grad_raw):
     return None, [g if n else None for g, n in zip(grads, need)], grad_mask, None
 
 
-row_reduction_forward.register_autograd(_row_reduction_backward, setup_context=_row_reduction_setup_context)
+row_reduction_forward.register_autograd(_row_reduction_autograd, setup_context=_row_reduction_setup_context)
 
 
 def _row_reduction(kind, mask, *inputs):
@@ -188,7 +188,7 @@ def _categorical_setup_context(ctx, inputs, output):
     ctx.save_for_backward(targets, logits, mask, stats, raw)
 
 
-def _categorical_backward(ctx, grad_out, _grad_stats, _grad_raw):
+def _categorical_autograd(ctx, grad_out, _grad_stats, _grad_raw):
     targets, logits, mask, stats, raw = ctx.saved_tensors
     _, need_logits, need_mask, _ = ctx.needs_input_grad
     grad_logits = categorical_nll_backward(grad_out, targets, logits, mask, stats) if need_logits else None
@@ -196,7 +196,7 @@ def _categorical_backward(ctx, grad_out, _grad_stats, _grad_raw):
     return None, grad_logits, grad_mask, None
 
 
-categorical_nll_forward.register_autograd(_categorical_backward, setup_context=_categorical_setup_context)
+categorical_nll_forward.register_autograd(_categorical_autograd, setup_context=_categorical_setup_context)
 
 
 def categorical_nll(targets, logits, mask=None):
