@@ -67,9 +67,9 @@ class TrainConfig:
     kl_step: float = _opt(5e-5, "the KL weight rises by this per step, up to 1")
     aux_start: float = _opt(0.0, "weight of the auxiliary cost at the first step")
     aux_end: float = _opt(0.0, "the auxiliary weight moves linearly to this (0: no auxiliary cost). The cost "
-                               "sums -log N(b_t) over rnn-dim x T elements (as the authors' code), each down to "
-                               "-3.1 nats at the logvar clamp: even 0.01 can outweigh the bound and inflate the "
-                               "KL (docs/results/2026-11-28_cpu)")
+                               "sums the Gaussian NLL of b_t over rnn_dim x T elements (as the authors' code), "
+                               "each as low as 3.1 nats below zero at the logvar clamp: even 0.01 can outweigh "
+                               "the bound and inflate the KL (see the README's CPU results)")
     aux_step: float = _opt(5e-5, "the auxiliary weight moves by this per step")
     bwd: float = _opt(0.0, "weight of the backward network's reverse-prediction cost (counts only while the "
                            "auxiliary weight is above 0)")
