@@ -87,7 +87,7 @@ def test_every_flag_says_what_it_does_and_what_the_presets_set(capsys):
     for f in config_fields():
         if f.name != "preset":
             assert f"--{f.name.replace('_', '-')}" in text and " ".join(f.metadata["help"].split()) in text, f.name
-    assert "the auxiliary weight moves linearly to this (0: no auxiliary cost) (default: 0.0; presets: " \
+    assert "inflate the KL (see the README's CPU results) (default: 0.0; presets: " \
            f"synthetic {PRESETS['synthetic']['aux_end']}, seqmnist 1.0," in text
     assert "--max-steps MAX_STEPS stop after this many training steps (unset: no limit) --" in text
 
