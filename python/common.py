@@ -124,10 +124,8 @@ class SequenceVAE(BoundsMixin, nn.Module):
         return torch.multinomial(mean, 1, generator=generator).squeeze(-1), mean
 
     def check_prefix(self, prefix, steps: int, batch_size: int):
-        """A ``sample`` call's ``prefix``, checked and on this model's device and dtype: data
-        ``(K, batch_size, ...)`` (as ``y`` of ``forward``, K <= ``steps``) that the network reads
-        for its first K steps instead of its own samples, and that the first K samples are (a
-        completion of those sequences); ``z`` comes from the prior throughout."""
+        """A ``sample`` call's ``prefix`` (:func:`zf_kernels.sequences.check_prefix`) on this
+        model's device and dtype; ``z`` comes from the prior throughout."""
         return check_prefix(prefix, steps, batch_size, self.input_dim, self.output_type, self._like)
 
     def prior_noise(self, batch_size: int, temperature: float, generator):

@@ -339,10 +339,8 @@ class ZForcing(BoundsMixin, nn.Module):
     def sample(self, steps: int, batch_size: int, temperature: float = 1.0, generator=None, prefix=None):
         """Generate from the prior. Returns ``(samples, means)``: ``samples`` as data (binary
         pixels, frames, token ids) and ``means`` the output distribution's mean per step.
-        ``prefix``: data ``(K, batch_size, ...)`` (as ``y`` of ``forward``, K <= ``steps``) that
-        the network reads for its first K steps instead of its own samples, and that the first K
-        samples are (a completion of those sequences); ``z`` comes from the prior throughout. (The
-        posterior would need the sequence's future, which a completion does not have.)"""
+        ``prefix``: the first K steps to complete (:func:`zf_kernels.sequences.check_prefix`); ``z``
+        comes from the prior throughout (the posterior would need the sequence's future)."""
         if steps < 1 or batch_size < 1:
             raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
         prefix = check_prefix(prefix, steps, batch_size, self.input_dim, self.output_type, self.fwd_weight_hh)
