@@ -48,7 +48,10 @@ def authors_style_terms(m: ZForcing, y, eps):
         h_aux = h * 0 if m.z_force else h
         ap = torch.clamp(m.aux.fc2(act(m.aux.fc1(torch.cat([h_aux, z], -1)))), -8, 8)
         ma, la = ap.chunk(2, -1)
-        aux = aux + gauss_nll(b[t].detach(), ma.tanh(), la)
+        if m.aux_cost == "l2":   # the authors' use_l2 variant
+            aux = aux + ((b[t].detach() - ma.tanh()) ** 2).sum(-1)
+        else:
+            aux = aux + gauss_nll(b[t].detach(), ma.tanh(), la)
         inp = torch.cat([m.gen(z), m.emb(u[t])], -1)
         g = inp @ m.fwd_weight_ih.t() + m.fwd_bias_ih + h @ m.fwd_weight_hh.t() + m.fwd_bias_hh
         i, f, gg, o = g.chunk(4, -1)
@@ -68,9 +71,9 @@ def small_model(**kw):
     return ZForcing(**args).double()
 
 
-@pytest.mark.parametrize("z_force", [False, True])
-def test_matches_authors_style_loop_values_and_grads(z_force):
-    m = small_model(z_force=z_force)
+@pytest.mark.parametrize("z_force, aux_cost", [(False, "gaussian"), (True, "gaussian"), (False, "l2"), (True, "l2")])
+def test_matches_authors_style_loop_values_and_grads(z_force, aux_cost):
+    m = small_model(z_force=z_force, aux_cost=aux_cost)
     T, B = 6, 3
     y = torch.randn(T, B, 3, dtype=torch.float64)
     eps = torch.randn(T, B, 4, dtype=torch.float64)
@@ -171,8 +174,9 @@ def test_hand_checkable_terms_with_zero_weights():
     torch.testing.assert_close(loss, (terms.nll + 0.5 * terms.kl).mean())
 
 
-def test_mask_equals_truncated_sequences():
-    m = small_model()
+@pytest.mark.parametrize("aux_cost", ["gaussian", "l2"])
+def test_mask_equals_truncated_sequences(aux_cost):
+    m = small_model(aux_cost=aux_cost)
     T, B = 7, 3
     y = torch.randn(T, B, 3, dtype=torch.float64)
     eps = torch.randn(T, B, 4, dtype=torch.float64)
@@ -189,11 +193,12 @@ def test_mask_equals_truncated_sequences():
             torch.testing.assert_close(getattr(terms, k)[j], getattr(alone, k)[0], msg=f"{k} seq {j}")
 
 
-def test_aux_target_is_detached_and_z_force_ignores_h():
+@pytest.mark.parametrize("aux_cost", ["gaussian", "l2"])
+def test_aux_target_is_detached_and_z_force_ignores_h(aux_cost):
     """b_t enters the aux cost only as a detached target (it still reaches the backward LSTM
     through the posterior's input, as in the authors' code): with the posterior blind to b,
     the aux cost gives the backward LSTM no gradient at all."""
-    m = small_model(z_force=True)
+    m = small_model(z_force=True, aux_cost=aux_cost)
     with torch.no_grad():
         m.posterior.fc1.weight[:, m.rnn_dim:] = 0
     y = torch.randn(5, 2, 3, dtype=torch.float64)
@@ -205,6 +210,28 @@ def test_aux_target_is_detached_and_z_force_ignores_h():
     m.z_force = False
     g_aux_w = torch.autograd.grad(m(y).aux.sum(), m.aux.fc1.weight)[0]
     assert torch.any(g_aux_w[:, :m.rnn_dim] != 0)
+
+
+def test_aux_cost_by_hand_with_a_silent_aux_network():
+    """With the aux network's output zeroed (tanh(mu_a) = 0, logvar_a = 0) the two costs are
+    hand-checkable from the backward states b: "gaussian" sum 0.5 (log 2 pi + b^2), "l2" sum b^2
+    (0 where b = 0: bounded below by 0, unlike the Gaussian's); masked steps count nothing. The
+    model config records aux_cost only when it is not the default (older checkpoints lack it)."""
+    T, B = 6, 3
+    y = torch.randn(T, B, 3, dtype=torch.float64)
+    mask = torch.ones(T, B, dtype=torch.float64)
+    mask[4:, 1] = 0
+    for aux_cost in ("gaussian", "l2"):
+        m = small_model(aux_cost=aux_cost)
+        with torch.no_grad():
+            m.aux.fc2.weight.zero_()
+            m.aux.fc2.bias.zero_()
+        b = m.backward_states(y, mask)
+        per_step = (b ** 2).sum(-1) if aux_cost == "l2" else (0.5 * (LOG2PI + b ** 2)).sum(-1)
+        torch.testing.assert_close(m(y, mask=mask).aux, (per_step * mask).sum(0))
+    assert "aux_cost" not in small_model().config and small_model(aux_cost="l2").config["aux_cost"] == "l2"
+    with pytest.raises(ValueError, match="aux_cost must be one of .'gaussian', 'l2'., got 'l1'"):
+        small_model(aux_cost="l1")
 
 
 @pytest.mark.parametrize("kw", [dict(output_type="bernoulli"), dict(output_type="categorical", input_dim=9),

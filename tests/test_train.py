@@ -171,6 +171,17 @@ def test_fp32_dot_flag_sets_the_kernels_rule(tmp_path, monkeypatch):
     assert train_mod.main(["--fp32-dot", "fast", "--max-steps", "1"]) == 2
 
 
+def test_aux_cost_flag_reaches_the_model_and_its_checkpoint(tmp_path):
+    """--aux-cost l2 builds the model with the L2 auxiliary cost, and the run's checkpoint loads
+    back as such; a bad value names the flag."""
+    from zf_kernels.trained import load_trained
+    train_mod.train(cfg_for(tmp_path, max_steps=2, epochs=1, aux_cost="l2"), log=quiet)
+    trained = load_trained(tmp_path / "run")
+    assert trained.model.aux_cost == "l2" and trained.model.config["aux_cost"] == "l2"
+    with pytest.raises(ValueError, match="--aux-cost must be one of gaussian, l2, got 'l1'"):
+        cfg_for(tmp_path, "bad", aux_cost="l1")
+
+
 def test_tf32_flag_sets_torch_switches_the_kernels_follow(tmp_path):
     from zf_kernels.ops._precision import dot_precision
     # saved and restored by hand: torch.backends' flag objects are not plain attributes

@@ -23,6 +23,10 @@ from .sequences import (check_batch, check_prefix, forced_input, gather_time, ha
 from .ops.recurrence.naive import ACT_CLAMP, COND_CLAMP, LEAKY_SLOPE, LN_EPS, PARAM_CLAMP, ChainOutput
 
 OUTPUT_TYPES = ("gaussian", "bernoulli", "categorical")
+# the auxiliary cost: "gaussian" -log N(sg(b_t); tanh(mu_a), exp(logvar_a)) (the paper's, and the
+# default), "l2" sum_d (sg(b_t) - tanh(mu_a))^2 (the authors' code's use_l2 variant: bounded below
+# by 0, where the Gaussian's sum over rnn_dim elements can reach -3.1 nats each)
+AUX_COSTS = ("gaussian", "l2")
 # cond_ln: the gain and bias that g(z) gives the recurrent projection are clamped to
 # [-COND_CLAMP, COND_CLAMP] (defined beside the chain's reference, which applies it too).
 
@@ -74,7 +78,7 @@ class LossTerms:
     """Per-sequence terms, each ``(B,)``, summed over the (masked) time steps."""
     nll: torch.Tensor       # -sum_t log p(y_t | h_t)
     kl: torch.Tensor        # sum_t KL(q_t || p_t)
-    aux: torch.Tensor       # -sum_t log p_xi(sg(b_t) | z_t)
+    aux: torch.Tensor       # -sum_t log p_xi(sg(b_t) | z_t) (aux_cost="l2": sum_t |sg(b_t) - tanh(mu_a)|^2)
     bwd_nll: torch.Tensor   # -sum_t log p_bwd(u_t | b_t)
 
     @property
@@ -113,6 +117,8 @@ class ZForcing(BoundsMixin, nn.Module):
         cond_ln: condition the forward LSTM on z through a gain and bias of its layer-normalised
             recurrent projection instead of feeding g(z) as input.
         z_force: zero the h input of the auxiliary network, so b_t must be predicted from z_t.
+        aux_cost: "gaussian" (the paper's ``-log p_xi(b_t | z_t)``) or "l2" (the authors' code's
+            variant ``sum_d (b_t - tanh(mu_a))^2``, bounded below by 0; ``logvar_a`` unused).
         backend: backend of every fused op ("auto", "torch", "triton", "cuda"). "cuda" runs the
             recurrences the CUDA extension implements (``lstm``, ``zforcing_chain``) there (and
             raises where it cannot) and every other op as "auto" (``ops.op_backend``).
@@ -125,7 +131,7 @@ class ZForcing(BoundsMixin, nn.Module):
 
     def __init__(self, input_dim: int, output_type: str = "gaussian", emb_dim: int = 512,
                  rnn_dim: int = 1024, z_dim: int = 256, mlp_dim: int = 512, cond_ln: bool = False,
-                 z_force: bool = False, backend: str = "auto"):
+                 z_force: bool = False, aux_cost: str = "gaussian", backend: str = "auto"):
         super().__init__()
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
@@ -135,9 +141,14 @@ class ZForcing(BoundsMixin, nn.Module):
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if backend not in ops.BACKENDS:
             raise ValueError(f"backend must be one of {ops.BACKENDS}, got {backend!r}")
+        if aux_cost not in AUX_COSTS:
+            raise ValueError(f"aux_cost must be one of {AUX_COSTS}, got {aux_cost!r}")
         self.config = dict(input_dim=input_dim, output_type=output_type, emb_dim=emb_dim,
                            rnn_dim=rnn_dim, z_dim=z_dim, mlp_dim=mlp_dim, cond_ln=cond_ln,
                            z_force=z_force)
+        if aux_cost != "gaussian":   # only then: the checkpoints of earlier versions lack the key
+            self.config["aux_cost"] = aux_cost
+        self.aux_cost = aux_cost
         self.input_dim, self.output_type = input_dim, output_type
         self.rnn_dim, self.z_dim, self.mlp_dim = rnn_dim, z_dim, mlp_dim
         self.cond_ln, self.z_force, self.backend = cond_ln, z_force, backend
@@ -325,7 +336,7 @@ class ZForcing(BoundsMixin, nn.Module):
         else:
             a = self.aux.fc1(torch.cat([h_prev, chain.z], -1))
         mu_a, logvar_a = _split_gaussian(self.aux.fc2(mlp_act(a, self._be("leaky_clamp"))), self._be("leaky_clamp"))
-        aux = ops.gaussian_nll(b.detach(), torch.tanh(mu_a), logvar_a, mask, backend=self._be("gaussian_nll")).sum(0)
+        aux = self._aux_cost(b.detach(), torch.tanh(mu_a), logvar_a, mask)
 
         nll = self._head_nll(y, self.out(chain.h), mask).sum(0)
         terms = LossTerms(nll=nll, kl=kl, aux=aux, bwd_nll=bwd_nll)
@@ -333,6 +344,15 @@ class ZForcing(BoundsMixin, nn.Module):
             return terms
         return terms, dict(z=chain.z, mu_q=chain.mu_q, logvar_q=chain.logvar_q, mu_p=mu_p,
                            logvar_p=logvar_p, h=chain.h)
+
+    def _aux_cost(self, b, mean_a, logvar_a, mask):
+        """The auxiliary cost per sequence ``(B,)`` of the (detached) backward states ``b``."""
+        if self.aux_cost == "gaussian":
+            return ops.gaussian_nll(b, mean_a, logvar_a, mask, backend=self._be("gaussian_nll")).sum(0)
+        # "l2": accumulated in float32 at least, as the likelihood ops under autocast
+        diff = (b - mean_a).to(torch.promote_types(b.dtype, torch.float32))
+        sq = diff.square().sum(-1)
+        return (sq if mask is None else sq * mask).sum(0)
 
     # --------------------------------------------------------------- sampling
     @torch.no_grad()

@@ -114,7 +114,7 @@ def load_data(cfg: TrainConfig):
 def build_zforcing(cfg: TrainConfig, bundle) -> ZForcing:
     return ZForcing(bundle.input_dim, bundle.output_type, emb_dim=cfg.emb_dim, rnn_dim=cfg.rnn_dim,
                     z_dim=cfg.z_dim, mlp_dim=cfg.mlp_dim, cond_ln=cfg.cond_ln, z_force=cfg.z_force,
-                    backend=cfg.backend)
+                    aux_cost=cfg.aux_cost, backend=cfg.backend)
 
 
 def _accepts_eps(model) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+from ..model import AUX_COSTS
 from ..ops._precision import FP32_DOT_CHOICES
 
 
@@ -54,6 +55,9 @@ class TrainConfig:
     cond_ln: bool = _opt(False, "g(z) gives gain and bias of a layer-normalised recurrent projection "
                                 "instead of an input to the LSTM")
     z_force: bool = _opt(True, "the auxiliary cost predicts b_t from z_t alone (its h input zeroed)")
+    aux_cost: str = _opt("gaussian", "the auxiliary cost: gaussian (the paper's -log p(b_t | z_t)) | l2 (the "
+                                     "authors' code's variant: squared error of tanh(mu) against b_t, never "
+                                     "below 0)")
     # optimisation
     batch_size: int = _opt(32, "sequences per training step (over all processes)")
     lr: float = _opt(1e-3, "Adam's learning rate")
@@ -177,6 +181,8 @@ def validate(cfg: TrainConfig) -> None:
             raise ValueError(f"--compile must be none or a torch.compile backend "
                              f"({', '.join(torch.compiler.list_backends())}, or a debug one such as "
                              f"aot_eager), got {cfg.compile!r}")
+    if cfg.aux_cost not in AUX_COSTS:
+        raise ValueError(f"--aux-cost must be one of {', '.join(AUX_COSTS)}, got {cfg.aux_cost!r}")
     if cfg.metrics_format not in ("jsonl", "csv"):
         raise ValueError(f"--metrics-format must be jsonl or csv, got {cfg.metrics_format!r}")
     if cfg.num_samples < 0:
