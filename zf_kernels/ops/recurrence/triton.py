@@ -639,18 +639,20 @@ def _persistent_config(B: int, dims: dict, dtype: torch.dtype, ref: torch.Tensor
                   f"that can be resident at once, even at {PERSISTENT_TILES[-1]} tiles")
 
 
-def _pick_schedule(B: int, dims: dict, dtype: torch.dtype, ref: torch.Tensor, schedule: str):
-    """``(schedule, block config, reason)`` of ``zforcing_chain``."""
+def _pick_schedule(B: int, dims: dict, dtype: torch.dtype, ref: torch.Tensor, schedule: str,
+                   launches: int = 3, barriers: int = 3):
+    """``(schedule, block config, reason)`` of ``zforcing_chain`` (and of ``zforcing_chain_ln``,
+    whose step takes ``launches`` stepwise launches or ``barriers`` grid barriers)."""
     schedule, forced = _persistent.requested_schedule(schedule, SCHEDULE_ENV)
     if schedule == "stepwise":
-        return "stepwise", _config(B, dims, dtype, ref.device), "requested: 3 launches per step" + forced
+        return "stepwise", _config(B, dims, dtype, ref.device), f"requested: {launches} launches per step{forced}"
     cfg, why = _persistent_config(B, dims, dtype, ref)
     if cfg is not None:
-        return "persistent", cfg, f"one launch per direction, 3 grid barriers per step ({why}){forced}"
+        return "persistent", cfg, f"one launch per direction, {barriers} grid barriers per step ({why}){forced}"
     if schedule == "persistent":
         raise ValueError(f"schedule='persistent' cannot run here{forced}: {why}")
     return ("stepwise", _config(B, dims, dtype, ref.device),
-            f"3 launches per step, since the persistent kernel cannot: {why}")
+            f"{launches} launches per step, since the persistent kernel cannot: {why}")
 
 
 def explain_schedule(gates_x: torch.Tensor, post_x: torch.Tensor, eps: torch.Tensor,
@@ -768,37 +770,44 @@ def _chain_backward(grad_h, grad_c, grad_z, grad_mu, grad_lv, h0, c0, h, c, z, m
                              weight_gz, weight_iz, weight_hh, dtype)
 
 
+def _empty_chain_forward(ctx, gates_x, eps, h0, c0):
+    """Either chain's Function at T == 0 or B == 0: zero-sized outputs, nothing launched; the
+    backward (:func:`_empty_chain_backward`) gives ``h0`` and ``c0`` zero gradients."""
+    T, B, four_h = gates_x.shape
+    e = lambda n: gates_x.new_zeros(T, B, n)  # noqa: E731
+    ctx.save_for_backward(h0, c0)
+    return e(four_h // 4), e(four_h // 4), e(eps.shape[-1]), e(eps.shape[-1]), e(eps.shape[-1])
+
+
+def _empty_chain_backward(ctx):
+    """The gradients of :func:`_empty_chain_forward`'s Function: zeros for ``h0`` and ``c0``
+    (inputs 3 and 4) where needed, None for the rest (the trailing ``schedule`` included)."""
+    need = ctx.needs_input_grad
+    h0, c0 = ctx.saved_tensors
+    return ((None, None, None, torch.zeros_like(h0) if need[3] else None, torch.zeros_like(c0) if need[4] else None)
+            + (None,) * (len(need) - 5))
+
+
 class ZForcingChainFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2,
                 weight_gz, bias_gz, weight_iz, weight_hh, schedule="auto"):
-        T, B, four_h = gates_x.shape
-        H, M, Z = four_h // 4, weight_qh.shape[0], eps.shape[-1]
-        dtype, dev = gates_x.dtype, gates_x.device
-        state_dtype = torch.float32 if dtype in _HALF else dtype
-        if T == 0 or B == 0:
-            e = lambda n: torch.zeros(T, B, n, dtype=dtype, device=dev)  # noqa: E731
-            ctx.empty = True
-            ctx.save_for_backward(h0, c0)
-            return e(H), e(H), e(Z), e(Z), e(Z)
-        ctx.empty = False
-
+        ctx.empty = gates_x.shape[0] == 0 or gates_x.shape[1] == 0
+        if ctx.empty:
+            return _empty_chain_forward(ctx, gates_x, eps, h0, c0)
         ((h, c, z, mu, lv), (s, acts, okmask, w_comb), (h0, c0, eps, weight_qh, weight_q2, weight_hh),
          (ctx.schedule, ctx.cfg)) = _chain_forward(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2,
                                                    weight_gz, bias_gz, weight_iz, weight_hh, schedule)
         ctx.save_for_backward(h0, c0, h, c, z, mu, lv, s, acts, okmask, eps, weight_qh, weight_q2,
                               weight_gz, bias_gz, weight_iz, weight_hh, w_comb)
-        return h, (c if state_dtype == dtype else c.to(dtype)), z, mu, lv
+        return h, c.to(h.dtype), z, mu, lv
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_h, grad_c, grad_z, grad_mu, grad_lv):
         need = ctx.needs_input_grad
         if ctx.empty:
-            h0, c0 = ctx.saved_tensors
-            return (None, None, None,
-                    torch.zeros_like(h0) if need[3] else None,
-                    torch.zeros_like(c0) if need[4] else None) + (None,) * 8
+            return _empty_chain_backward(ctx)
         (h0, c0, h, c, z, mu, lv, s, acts, okmask, eps, weight_qh, weight_q2,
          weight_gz, bias_gz, weight_iz, weight_hh, w_comb) = ctx.saved_tensors
         grads = _chain_backward(grad_h, grad_c, grad_z, grad_mu, grad_lv, h0, c0, h, c, z, mu, lv, s, acts,

@@ -78,11 +78,10 @@ from .._persistent import check_sync, sync_buffer
 from .._triton_common import acc_type, barrier_slots, dot_precision, grid_barrier, leaky_clamp, sigmoid, tanh, tile_dot
 from .naive import ACT_CLAMP, COND_CLAMP, LEAKY_SLOPE, LN_EPS, PARAM_CLAMP, ChainOutput, mlp_act
 from . import triton as _chain
-from .triton import (_forward_buffers, _HALF, _bwd_lstm_cell_tile, _bwd_posterior_hidden, _bwd_posterior_hidden_tile,
-                     _bwd_posterior_sample_tile, _config, _four_gate_dots, _fwd_posterior_hidden,
-                     _fwd_posterior_hidden_tile,
-                     _fwd_posterior_sample, _fwd_posterior_sample_tile, _grid, _k, _launch, _launch_options,
-                     _pow2, SCHEDULE_ENV)
+from .triton import (_empty_chain_backward, _empty_chain_forward, _forward_buffers, _HALF, _bwd_lstm_cell_tile,
+                     _bwd_posterior_hidden, _bwd_posterior_hidden_tile, _bwd_posterior_sample_tile, _four_gate_dots,
+                     _fwd_posterior_hidden, _fwd_posterior_hidden_tile, _fwd_posterior_sample,
+                     _fwd_posterior_sample_tile, _grid, _k, _launch, _launch_options, _pow2)
 
 __all__ = ["zforcing_chain_ln", "ZForcingChainLNFunction", "explain_schedule"]
 
@@ -523,16 +522,7 @@ def _pick_schedule(B: int, dims: dict, dtype: torch.dtype, ref: torch.Tensor, sc
     """``(schedule, block config, reason)`` of ``zforcing_chain_ln``: the plain chain's rule
     (``triton._persistent_config``: persistent where its grid can be resident, the same
     ``ZF_CHAIN_SCHEDULE`` override and block-size override)."""
-    schedule, forced = _persistent.requested_schedule(schedule, SCHEDULE_ENV)
-    if schedule == "stepwise":
-        return "stepwise", _config(B, dims, dtype, ref.device), "requested: 5 launches per step" + forced
-    cfg, why = _chain._persistent_config(B, dims, dtype, ref)
-    if cfg is not None:
-        return "persistent", cfg, f"one launch per direction, 4 grid barriers per step ({why}){forced}"
-    if schedule == "persistent":
-        raise ValueError(f"schedule='persistent' cannot run here{forced}: {why}")
-    return ("stepwise", _config(B, dims, dtype, ref.device),
-            f"5 launches per step, since the persistent kernel cannot: {why}")
+    return _chain._pick_schedule(B, dims, dtype, ref, schedule, launches=5, barriers=4)
 
 
 def explain_schedule(gates_x: torch.Tensor, post_x: torch.Tensor, eps: torch.Tensor, G: int,
@@ -702,33 +692,23 @@ class ZForcingChainLNFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2,
                 weight_g1, bias_g1, weight_g2, bias_g2, weight_hh, schedule="auto"):
-        T, B, four_h = gates_x.shape
-        H, M, Z, G = four_h // 4, weight_qh.shape[0], eps.shape[-1], weight_g1.shape[0]
-        dtype, dev = gates_x.dtype, gates_x.device
-        state_dtype = torch.float32 if dtype in _HALF else dtype
-        if T == 0 or B == 0:
-            e = lambda n: torch.zeros(T, B, n, dtype=dtype, device=dev)  # noqa: E731
-            ctx.empty = True
-            ctx.save_for_backward(h0, c0)
-            return e(H), e(H), e(Z), e(Z), e(Z)
-        ctx.empty = False
+        ctx.empty = gates_x.shape[0] == 0 or gates_x.shape[1] == 0
+        if ctx.empty:
+            return _empty_chain_forward(ctx, gates_x, eps, h0, c0)
         ((h, c, z, mu, lv), (s, u, acts, okmask),
          (h0, c0, eps, weight_qh, weight_q2, weight_g1, weight_g2, bias_g2, weight_hh),
          (ctx.schedule, ctx.cfg)) = _chain_ln_forward(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2,
                                                       weight_g1, bias_g1, weight_g2, bias_g2, weight_hh, schedule)
         ctx.save_for_backward(h0, c0, h, c, z, mu, lv, s, u, acts, okmask, eps, weight_qh, weight_q2,
                               weight_g1, weight_g2, bias_g2, weight_hh)
-        return h, (c if state_dtype == dtype else c.to(dtype)), z, mu, lv
+        return h, c.to(h.dtype), z, mu, lv
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_h, grad_c, grad_z, grad_mu, grad_lv):
         need = ctx.needs_input_grad
         if ctx.empty:
-            h0, c0 = ctx.saved_tensors
-            return (None, None, None,
-                    torch.zeros_like(h0) if need[3] else None,
-                    torch.zeros_like(c0) if need[4] else None) + (None,) * 9
+            return _empty_chain_backward(ctx)
         (h0, c0, h, c, z, mu, lv, s, u, acts, okmask, eps, weight_qh, weight_q2,
          weight_g1, weight_g2, bias_g2, weight_hh) = ctx.saved_tensors
         grads = _chain_ln_backward(grad_h, grad_c, grad_z, grad_mu, grad_lv, h0, c0, h, c, z, mu, lv, s, u, acts,
