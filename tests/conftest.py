@@ -3,6 +3,7 @@
 # module imports a zf_kernels Triton module. setdefault keeps an explicit choice.
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
@@ -17,3 +18,23 @@ BF16_DOT_REPAIRED = _interpreter_bf16.install()
 # The models under test are tiny: one intra-op thread is faster than two (and, on a busy
 # 2-core machine, OpenMP threads spinning against each other slowed steps by 100x).
 torch.set_num_threads(1)
+
+
+@pytest.fixture
+def nan_empty(monkeypatch):
+    """torch.empty / torch.empty_like return NaN-filled (floating) or 77-filled (integer)
+    tensors: a buffer a kernel never writes shows in the results. The kernel tests use it
+    (``pytestmark = pytest.mark.usefixtures("nan_empty")`` or as an argument)."""
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+
+    def fill(t):
+        with torch.no_grad():
+            if t.is_floating_point():
+                t.fill_(float("nan"))
+            elif t.dtype != torch.bool:
+                t.fill_(77)
+        return t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: fill(real_empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: fill(real_empty_like(*a, **k)))
+    assert torch.empty(3).isnan().all()

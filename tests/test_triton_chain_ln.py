@@ -228,23 +228,6 @@ F32_RATIO = 12.0
 SMALL_BLOCKS = {"BLOCK_B": 16, "BLOCK_N": 16, "BLOCK_K": 16}
 
 
-@pytest.fixture
-def nan_empty(monkeypatch):
-    """torch.empty / torch.empty_like return NaN-filled (float) or junk-filled (int) tensors."""
-    real_empty, real_empty_like = torch.empty, torch.empty_like
-
-    def fill(t):
-        if t.is_floating_point():
-            t.fill_(float("nan"))
-        elif t.dtype != torch.bool:
-            t.fill_(77)
-        return t
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: fill(real_empty(*a, **k)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: fill(real_empty_like(*a, **k)))
-    assert torch.empty(3).isnan().all()
-
-
 def run_errors(fn, shape, dtype, seed=0, check_clamps=True, scale=1.0, metric=None, smooth=False):
     """{tensor name: error of fn in dtype against the float64 reference}: all 5 outputs and
     the gradients of all 13 inputs from one backward call with random, non-uniform output

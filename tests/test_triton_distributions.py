@@ -41,7 +41,8 @@ if not CUDA and type(tri._kl_fwd_kernel.fn).__name__ != "InterpretedFunction":
 
 DEVICE = "cuda" if CUDA else "cpu"
 # the interpreter itself triggers this numpy deprecation when a loop bound is a kernel argument
-pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning"),
+              pytest.mark.usefixtures("nan_empty")]   # nan_empty: conftest.py
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
@@ -63,21 +64,6 @@ GRAD_TOL = {
 
 OPS = ["reparameterize", "gaussian_kl", "gaussian_nll", "bernoulli_nll", "categorical_nll"]
 REDUCING = OPS[1:]
-
-
-@pytest.fixture(autouse=True)
-def nan_empty(monkeypatch):
-    """torch.empty / torch.empty_like return NaN-filled floating tensors."""
-    real_empty, real_empty_like = torch.empty, torch.empty_like
-
-    def _fill(t):
-        if t.is_floating_point():
-            with torch.no_grad():
-                t.fill_(float("nan"))
-        return t
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: _fill(real_empty(*a, **k)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: _fill(real_empty_like(*a, **k)))
 
 
 # ---------------------------------------------------------------------------------------

@@ -19,17 +19,7 @@ DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 SETTINGS = [(1 / 3, 3.0), (1.0, 8.0), (0.0, 2.5)]
 
 
-@pytest.fixture(autouse=True)
-def nan_empty(monkeypatch):
-    """torch.empty returns NaN-filled floating tensors: an element a kernel skips shows."""
-    real_empty = torch.empty
-
-    def empty(*a, **k):
-        t = real_empty(*a, **k)
-        if t.is_floating_point():
-            t.fill_(float("nan"))
-        return t
-    monkeypatch.setattr(torch, "empty", empty)
+pytestmark = pytest.mark.usefixtures("nan_empty")   # conftest.py
 
 
 def _inputs(shape, dtype, slope, bound, seed=0):

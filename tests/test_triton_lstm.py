@@ -3,7 +3,6 @@ references, weights copied) and the naive reference: values and every gradient, 
 NaN-prefilled buffers, float64 gradcheck, the public API. On a CPU the kernels run under
 TRITON_INTERPRET=1 (float64 / float32 / float16 / bfloat16, the interpreter's bf16 arithmetic
 repaired by tests/_interpreter_bf16.py); the large shapes run only on a GPU."""
-import math
 import os
 
 import pytest
@@ -24,7 +23,8 @@ from zf_kernels.ops.lstm import triton as lt  # noqa: E402
 
 DEVICE = "cuda" if _ON_GPU else "cpu"
 # triton 3.6's interpreter converts a 1-element array to int (numpy DeprecationWarning): noise
-pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning"),
+              pytest.mark.usefixtures("nan_empty")]   # nan_empty: conftest.py
 if not _ON_GPU and type(lt._lstm_fwd_step_kernel).__name__ != "InterpretedFunction":
     pytest.fail("zf_kernels.ops.lstm.triton was imported before TRITON_INTERPRET=1 was set; "
                 "set it in the environment (or a conftest.py) to run these tests on a CPU", pytrace=False)
@@ -36,20 +36,6 @@ TOL = {
 }
 # half precision: relative error of the whole tensor, ||a - b|| / ||b||
 HALF_REL = {torch.bfloat16: 2e-2, torch.float16: 5e-3}
-
-
-@pytest.fixture(autouse=True)
-def nan_empty(monkeypatch):
-    """torch.empty / empty_like return NaN-filled tensors: a buffer a kernel never writes fails."""
-    empty, empty_like = torch.empty, torch.empty_like
-
-    def _nan(t):
-        if t.is_floating_point():
-            t.fill_(math.nan)
-        return t
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: _nan(empty(*a, **k)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: _nan(empty_like(*a, **k)))
 
 
 def _close(a, b, dtype, name):
