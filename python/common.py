@@ -16,7 +16,7 @@ from zf_kernels import ops
 from zf_kernels.bounds import BoundsMixin
 from zf_kernels.model import MLP, OUTPUT_TYPES, LossTerms, mlp_act
 from zf_kernels.ops.recurrence.naive import PARAM_CLAMP
-from zf_kernels.sequences import (check_batch, check_prefix, gather_time, has_padding, padded_flip_index,
+from zf_kernels.sequences import (check_batch, check_sample_args, gather_time, has_padding, padded_flip_index,
                                   shift_inputs)
 
 __all__ = ["MLP", "LossTerms", "SequenceVAE", "mlp_act", "reverse_lstm", "split_gaussian"]
@@ -123,10 +123,10 @@ class SequenceVAE(BoundsMixin, nn.Module):
         mean = torch.softmax(params / max(temperature, 1e-6), -1)
         return torch.multinomial(mean, 1, generator=generator).squeeze(-1), mean
 
-    def check_prefix(self, prefix, steps: int, batch_size: int):
-        """A ``sample`` call's ``prefix`` (:func:`zf_kernels.sequences.check_prefix`) on this
-        model's device and dtype; ``z`` comes from the prior throughout."""
-        return check_prefix(prefix, steps, batch_size, self.input_dim, self.output_type, self._like)
+    def check_sample_args(self, steps: int, batch_size: int, prefix):
+        """A ``sample`` call's arguments (:func:`zf_kernels.sequences.check_sample_args`): its
+        ``prefix`` on this model's device and dtype; ``z`` comes from the prior throughout."""
+        return check_sample_args(steps, batch_size, prefix, self.input_dim, self.output_type, self._like)
 
     def prior_noise(self, batch_size: int, temperature: float, generator):
         p = self._like

@@ -83,10 +83,8 @@ class SRNN(SequenceVAE):
     @torch.no_grad()
     def sample(self, steps: int, batch_size: int, temperature: float = 1.0, generator=None, prefix=None):
         """Generate from the prior -> ``(samples, means)``, each ``(steps, batch_size, ...)``;
-        ``prefix``: :meth:`common.SequenceVAE.check_prefix`."""
-        if steps < 1 or batch_size < 1:
-            raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
-        prefix = self.check_prefix(prefix, steps, batch_size)
+        ``prefix``: :meth:`common.SequenceVAE.check_sample_args`."""
+        prefix = self.check_sample_args(steps, batch_size, prefix)
         w = self.fwd_rnn
         u = self.start_input(batch_size)
         d = self._like.new_zeros(batch_size, self.rnn_dim)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from . import ops
 from .bounds import BoundsMixin
-from .sequences import (check_batch, check_prefix, forced_input, gather_time, has_padding, padded_flip_index,
+from .sequences import (check_batch, check_sample_args, forced_input, gather_time, has_padding, padded_flip_index,
                         shift_inputs)
 from .ops.recurrence.naive import ACT_CLAMP, COND_CLAMP, LEAKY_SLOPE, LN_EPS, PARAM_CLAMP, ChainOutput
 
@@ -359,11 +359,9 @@ class ZForcing(BoundsMixin, nn.Module):
     def sample(self, steps: int, batch_size: int, temperature: float = 1.0, generator=None, prefix=None):
         """Generate from the prior. Returns ``(samples, means)``: ``samples`` as data (binary
         pixels, frames, token ids) and ``means`` the output distribution's mean per step.
-        ``prefix``: the first K steps to complete (:func:`zf_kernels.sequences.check_prefix`); ``z``
+        ``prefix``: the first K steps to complete (:func:`zf_kernels.sequences.check_sample_args`); ``z``
         comes from the prior throughout (the posterior would need the sequence's future)."""
-        if steps < 1 or batch_size < 1:
-            raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
-        prefix = check_prefix(prefix, steps, batch_size, self.input_dim, self.output_type, self.fwd_weight_hh)
+        prefix = check_sample_args(steps, batch_size, prefix, self.input_dim, self.output_type, self.fwd_weight_hh)
         H = self.rnn_dim
         dtype, device = self.fwd_weight_hh.dtype, self.fwd_weight_hh.device
         h = torch.zeros(batch_size, H, device=device, dtype=dtype)

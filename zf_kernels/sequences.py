@@ -60,10 +60,13 @@ def check_batch_values(y, u, mask, input_dim: int, output_type: str) -> None:
             raise ValueError("mask must be right-padded: each column 1s then 0s")
 
 
-def check_prefix(prefix, steps: int, batch_size: int, input_dim: int, output_type: str, like: torch.Tensor):
-    """The ``prefix`` of a model's ``sample``: data (time-major, as ``y`` of ``forward``) for the
-    first ``K <= steps`` steps of ``batch_size`` sequences, which the model reads instead of its
-    own samples. Returned on ``like``'s device, in its dtype (token ids as int64); None stays None."""
+def check_sample_args(steps: int, batch_size: int, prefix, input_dim: int, output_type: str, like: torch.Tensor):
+    """The arguments of a model's ``sample``: ``steps`` and ``batch_size`` >= 1, and the
+    ``prefix``: data (time-major, as ``y`` of ``forward``) for the first ``K <= steps`` steps of
+    ``batch_size`` sequences, which the model reads instead of its own samples. Returns the
+    prefix on ``like``'s device, in its dtype (token ids as int64); None stays None."""
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
     if prefix is None:
         return None
     _check_sequences("prefix", prefix, input_dim, output_type)
