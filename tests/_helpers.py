@@ -1,5 +1,5 @@
-"""Small helpers shared by the trainer tests (imported as a plain module: pytest puts this
-folder on sys.path)."""
+"""Small helpers shared by several test modules: the trainer's, the kernels' error measures, the
+CUDA kernels' NaN-filled buffers (imported as a plain module: pytest puts this folder on sys.path)."""
 import json
 from pathlib import Path
 
@@ -185,3 +185,40 @@ def check_sampling_with_prefix(model, steps=6, batch=3, K=3):
     # the whole sequence given: nothing left to sample
     full, _ = run(7, prefix=own)
     assert torch.equal(full, own)
+
+
+class NaNFilledLSTMKernels:
+    """CUDA LSTM kernels (the extension's or their CPU emulation's, ``forward`` / ``backward``)
+    with every buffer the forward writes (out, c_1..c_T) pre-filled with NaN, so an element a
+    block failed to write, or read before another block wrote it, shows. ``backward_kernels``:
+    another set for the backward (default: the same)."""
+
+    def __init__(self, kernels, backward_kernels=None):
+        self.k, self.kb = kernels, backward_kernels or kernels
+
+    def forward(self, gates, h0, w_hh, out, c_all, reverse):
+        out.fill_(float("nan"))
+        c_all[1:].fill_(float("nan"))
+        self.k.forward(gates, h0, w_hh, out, c_all, reverse)
+
+    def backward(self, *args):
+        self.kb.backward(*args)
+
+
+class NaNFilledChainKernels:
+    """The same for the CUDA chain's kernels: the forward's outputs (arguments 10-15) NaN, its
+    uint8 clamp mask (16) 77, the backward's outputs (16-19) NaN."""
+
+    def __init__(self, kernels):
+        self.k = kernels
+
+    def forward(self, *a):
+        for t in a[10:16]:
+            t.fill_(float("nan"))
+        a[16].fill_(77)
+        self.k.forward(*a)
+
+    def backward(self, *a):
+        for t in a[16:20]:
+            t.fill_(float("nan"))
+        self.k.backward(*a)

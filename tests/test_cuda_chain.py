@@ -10,7 +10,7 @@ tests/test_cuda_emulation_chain.py.)"""
 import pytest
 import torch
 
-from _helpers import assert_no_worse_than_eager, cuda_graph_replays_match_eager, smooth_chain_inputs
+from _helpers import assert_no_worse_than_eager, cuda_graph_replays_match_eager, NaNFilledChainKernels, smooth_chain_inputs
 from _tf32_reference import zforcing_chain_tf32_ref
 from zf_kernels import ops
 
@@ -57,24 +57,6 @@ def _inputs(T, B, H, M, Z, G, dtype, seed=0, scale=1.0):
     return args, grads
 
 
-class _NaNFilled:
-    """The extension's kernels with every buffer they write pre-filled with NaN (mask: 77)."""
-
-    def __init__(self, kernels):
-        self.k = kernels
-
-    def forward(self, *a):
-        for t in a[10:16]:
-            t.fill_(float("nan"))
-        a[16].fill_(77)
-        self.k.forward(*a)
-
-    def backward(self, *a):
-        for t in a[16:20]:
-            t.fill_(float("nan"))
-        self.k.backward(*a)
-
-
 def _outputs_and_grads(fn, args, grads):
     out = fn(*args)
     got = torch.autograd.grad(tuple(out), args, grads)
@@ -95,7 +77,7 @@ def _compare(cuda_chain, shape, dtype, tol, units_per_block=0, seed=0, scale=1.0
     that on; the norm sees such a local move as what it is, the max would not."""
     from zf_kernels.ops.recurrence._cuda_function import run_chain
     args, grads = _inputs(*shape, dtype, seed=seed, scale=scale)
-    kernels = _NaNFilled(cuda_chain._ExtensionKernels(units_per_block, tf32=tf32))
+    kernels = NaNFilledChainKernels(cuda_chain._ExtensionKernels(units_per_block, tf32=tf32))
     got = _outputs_and_grads(lambda *a: run_chain(kernels, *a), args, grads)
     args64 = [a.detach().double().requires_grad_() for a in args]
     ref_fn = zforcing_chain_tf32_ref if tf32 == 1 else lambda *a: ops.zforcing_chain(*a, backend="torch")

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import _cuda_emulation as emu
+from _helpers import NaNFilledLSTMKernels
 from zf_kernels import ops
 from zf_kernels.ops.lstm._cuda_function import run_lstm
 
@@ -47,22 +48,6 @@ def _inputs(T, B, I, H, biases, states, dtype, seed=0):
              torch.randn(B, H, generator=g, dtype=torch.float64).to(dtype),
              torch.randn(B, H, generator=g, dtype=torch.float64).to(dtype)]
     return args, grads
-
-
-class _NaNFilled:
-    """Pre-fills every buffer the kernels write (out, c_1..c_T) with NaN, so an element a block
-    failed to write, or read before another block wrote it, shows."""
-
-    def __init__(self, kernels, backward_kernels=None):
-        self.k, self.kb = kernels, backward_kernels or kernels
-
-    def forward(self, gates, h0, w_hh, out, c_all, reverse):
-        out.fill_(float("nan"))
-        c_all[1:].fill_(float("nan"))
-        self.k.forward(gates, h0, w_hh, out, c_all, reverse)
-
-    def backward(self, *args):
-        self.kb.backward(*args)
 
 
 def _kernels(lib, dtype, B, H, units, threads, chunked, backward_lib=None):
@@ -118,7 +103,7 @@ def _reference(args, grads, reverse):
 def test_cuda_emulated_lstm_matches_torch(case, reverse, dtype):
     T, B, I, H, units, threads, chunked, biases, states = CASES[case]
     args, grads = _inputs(T, B, I, H, biases, states, dtype)
-    kernels = _NaNFilled(_kernels(emu.library(), dtype, B, H, units, threads, chunked))
+    kernels = NaNFilledLSTMKernels(_kernels(emu.library(), dtype, B, H, units, threads, chunked))
     got_out, got_grad = _run(kernels, args, grads, reverse)
     ref_out, ref_grad = _reference(args, grads, reverse)
     names = ["out", "h_T", "c_T"] + [n for n, a in zip(["x", "weight_ih", "weight_hh", "bias_ih", "bias_hh",
@@ -151,7 +136,7 @@ def test_cuda_emulation_without_grid_sync_fails(direction):
         kernels = _kernels(broken, dtype, B, H, units, threads, chunked)
     else:
         kernels = _kernels(good, dtype, B, H, units, threads, chunked, backward_lib=broken)
-    got_out, got_grad = _run(_NaNFilled(kernels), args, grads, False)
+    got_out, got_grad = _run(NaNFilledLSTMKernels(kernels), args, grads, False)
     ref_out, ref_grad = _reference(args, grads, False)
     got, ref = (got_out, ref_out) if direction == "forward" else (got_grad, ref_grad)
     if direction == "backward":   # the forward was the good one

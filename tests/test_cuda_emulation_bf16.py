@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import _cuda_emulation as emu
-from _helpers import assert_no_worse_than_eager, smooth_chain_inputs
+from _helpers import assert_no_worse_than_eager, NaNFilledChainKernels, smooth_chain_inputs
 from test_cuda_emulation import _Directions
 from zf_kernels import ops
 from zf_kernels.ops.lstm._cuda_function import run_lstm
@@ -239,7 +239,7 @@ def test_bf16_chain_no_worse_than_the_eager_reference_in_bf16(case):
     args = [a.detach().bfloat16().requires_grad_() for a in args]
     grads = [g.bfloat16() for g in grads]
     lib = emu.chain_library()
-    kernels = emu_chain._NaNFilled(emu_chain._Directions(*(
+    kernels = NaNFilledChainKernels(emu_chain._Directions(*(
         emu.EmulatedChainKernels(lib, threads, units, lim) for lim in _chain_limits(lib, shape, units, threads, squeezed))))
 
     def run(fn, a, g):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import _cuda_emulation as emu
-from _helpers import errors_vs_float64, rel_err
+from _helpers import errors_vs_float64, NaNFilledChainKernels, rel_err
 from zf_kernels import ops
 from zf_kernels.ops.recurrence._cuda_function import run_chain
 from zf_kernels.ops.recurrence.naive import ACT_CLAMP, LEAKY_SLOPE, PARAM_CLAMP, mlp_act, zforcing_chain_ref
@@ -68,25 +68,6 @@ def clamp_activity(args, h):
             "p_below": frac(p < -PARAM_CLAMP), "p_inside": frac(p.abs() < PARAM_CLAMP)}
 
 
-class _NaNFilled:
-    """Pre-fills every buffer the kernels write with NaN (the uint8 mask with 77), so an element
-    a block failed to write, or read before another block wrote it, shows."""
-
-    def __init__(self, kernels):
-        self.k = kernels
-
-    def forward(self, *a):
-        for t in a[10:16]:
-            t.fill_(float("nan"))
-        a[16].fill_(77)
-        self.k.forward(*a)
-
-    def backward(self, *a):
-        for t in a[16:20]:
-            t.fill_(float("nan"))
-        self.k.backward(*a)
-
-
 def _kernels(lib, dtype, shape, units, threads, squeezed, backward_lib=None):
     T, B, H, M, Z, G = shape
     es = torch.tensor([], dtype=dtype).element_size()
@@ -133,7 +114,7 @@ def _errors(kernels, shape, dtype, seed=0, check_clamps=True):
 @pytest.mark.parametrize("case", list(CASES))
 def test_cuda_emulated_chain_matches_torch(case, dtype):
     shape, units, threads, squeezed, check_clamps = CASES[case]
-    kernels = _NaNFilled(_kernels(emu.chain_library(), dtype, shape, units, threads, squeezed))
+    kernels = NaNFilledChainKernels(_kernels(emu.chain_library(), dtype, shape, units, threads, squeezed))
     errs = _errors(kernels, shape, dtype, check_clamps=check_clamps)
     bad = {k: v for k, v in errs.items() if not v < TOL[dtype]}
     assert not bad, f"{case}: {bad}"
@@ -174,7 +155,7 @@ def test_cuda_emulated_chain_without_grid_sync_fails(direction):
     else:
         kernels = _kernels(good, torch.float64, shape, units, threads, squeezed, backward_lib=broken)
     try:
-        errs = _errors(_NaNFilled(kernels), shape, torch.float64, check_clamps=False)
+        errs = _errors(NaNFilledChainKernels(kernels), shape, torch.float64, check_clamps=False)
     except AssertionError as exc:      # non-finite (NaN-prefilled, never written) values
         assert "non-finite" in str(exc)
         return

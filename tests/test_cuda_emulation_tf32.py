@@ -14,8 +14,9 @@ import torch
 
 import _cuda_emulation as emu
 import test_cuda_emulation_chain as emu_chain
+from _helpers import NaNFilledChainKernels, NaNFilledLSTMKernels
 from _tf32_reference import lstm_tf32_ref, to_tf32, zforcing_chain_tf32_ref
-from test_cuda_emulation import _Directions, _NaNFilled
+from test_cuda_emulation import _Directions
 from zf_kernels import ops
 from zf_kernels.ops.lstm._cuda_function import run_lstm
 from zf_kernels.ops.recurrence._cuda_function import run_chain
@@ -65,7 +66,7 @@ def _errors(case, reverse, tf32=True):
     lib = emu.library()
     args, grads = _inputs(T, B, I, H)
     limits = _limits(lib, B, H, units, threads, chunked)
-    kernels = _NaNFilled(_Directions(*(emu.EmulatedKernels(lib, threads, units, lim, tf32=tf32) for lim in limits)))
+    kernels = NaNFilledLSTMKernels(_Directions(*(emu.EmulatedKernels(lib, threads, units, lim, tf32=tf32) for lim in limits)))
     out, (h, c) = run_lstm(kernels, *args, reverse=reverse)
     got = [out, h, c, *torch.autograd.grad([out, h, c], args, grads)]
     args64 = [a.detach().double().requires_grad_() for a in args]
@@ -141,7 +142,7 @@ def _chain_errors(case, tf32=True):
     shape, units, threads, squeezed = CHAIN_CASES[case]
     lib = emu.chain_library()
     args, grads = _chain_inputs(*shape)
-    kernels = emu_chain._NaNFilled(emu_chain._Directions(*(
+    kernels = NaNFilledChainKernels(emu_chain._Directions(*(
         emu.EmulatedChainKernels(lib, threads, units, lim, tf32=tf32)
         for lim in _chain_limits(lib, shape, units, threads, squeezed))))
     outs = run_chain(kernels, *args)

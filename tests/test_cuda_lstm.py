@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from _helpers import cuda_graph_replays_match_eager
+from _helpers import cuda_graph_replays_match_eager, NaNFilledLSTMKernels
 from _tf32_reference import lstm_tf32_ref
 from zf_kernels import ops
 
@@ -46,21 +46,6 @@ def _inputs(T, B, I, H, dtype, seed=0, biases=True, states=True):
     return args, grads
 
 
-class _NaNFilled:
-    """The extension's kernels with every buffer they write pre-filled with NaN."""
-
-    def __init__(self, kernels):
-        self.k = kernels
-
-    def forward(self, gates, h0, w_hh, out, c_all, reverse):
-        out.fill_(float("nan"))
-        c_all[1:].fill_(float("nan"))
-        self.k.forward(gates, h0, w_hh, out, c_all, reverse)
-
-    def backward(self, *args):
-        self.k.backward(*args)
-
-
 def _outputs_and_grads(fn, args, grads):
     out, (h, c) = fn(*args)
     leaves = [a for a in args if a is not None]
@@ -71,7 +56,7 @@ def _outputs_and_grads(fn, args, grads):
 def _compare(cuda_lstm, T, B, I, H, dtype, reverse, tol, units_per_block=0, tf32=False, **kw):
     from zf_kernels.ops.lstm._cuda_function import run_lstm
     args, grads = _inputs(T, B, I, H, dtype, **kw)
-    kernels = _NaNFilled(cuda_lstm._ExtensionKernels(units_per_block, tf32=tf32))
+    kernels = NaNFilledLSTMKernels(cuda_lstm._ExtensionKernels(units_per_block, tf32=tf32))
     saved = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False   # torch's GEMMs of the glue in IEEE, as the reference's
     try:
