@@ -76,6 +76,7 @@ from torch.autograd.function import once_differentiable
 from .. import _persistent
 from .._persistent import check_sync, sync_buffer
 from .._triton_common import acc_type, barrier_slots, dot_precision, grid_barrier, leaky_clamp, sigmoid, tanh, tile_dot
+from ._grads import posterior_and_state_grads
 from .naive import ACT_CLAMP, COND_CLAMP, LEAKY_SLOPE, LN_EPS, PARAM_CLAMP, ChainOutput, mlp_act
 from . import triton as _chain
 from .triton import (_empty_chain_backward, _empty_chain_forward, _forward_buffers, _HALF, _bwd_lstm_cell_tile,
@@ -658,23 +659,8 @@ def _chain_ln_backward(grad_h, grad_c, grad_z, grad_mu, grad_lv, h0, c0, h, c, z
         _launch(_bwd_posterior_hidden, g5, dparams, weight_q2, s, ds, t, B, M, Z,
                 SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, **common, **c5)
 
-    hp2 = hprev.reshape(n_rows, H)
-    dh2 = dhh.reshape(n_rows, 4 * H)
-    ds2 = ds.reshape(n_rows, M)
-    grads = [None] * 13
-    grads[0] = dgates if need[0] else None
-    grads[1] = ds if need[1] else None
-    grads[2] = grad_eps if need[2] else None
-    if need[3]:
-        grads[3] = dhh[0] @ weight_hh + ds[0] @ weight_qh
-    if need[4]:
-        grads[4] = dc.to(dtype)
-    if need[5]:
-        grads[5] = ds2.t() @ hp2
-    if need[6] or need[7]:
-        dp2 = dparams.reshape(n_rows, 2 * Z)
-        grads[6] = dp2.t() @ mlp_act(s.reshape(n_rows, M)) if need[6] else None
-        grads[7] = dp2.sum(0) if need[7] else None
+    grads = posterior_and_state_grads(need, dgates, dhh, ds, dparams, grad_eps, dc, hprev, s, weight_qh, weight_hh,
+                                      dtype) + [None] * 5
     if need[8] or need[9]:
         du2 = du.reshape(n_rows, G)
         grads[8] = du2.t() @ z.reshape(n_rows, Z) if need[8] else None
@@ -684,7 +670,7 @@ def _chain_ln_backward(grad_h, grad_c, grad_z, grad_mu, grad_lv, h0, c0, h, c, z
         grads[10] = dgen2.t() @ mlp_act(u.reshape(n_rows, G)) if need[10] else None
         grads[11] = dgen2.sum(0) if need[11] else None
     if need[12]:
-        grads[12] = dh2.t() @ hp2
+        grads[12] = dhh.reshape(n_rows, 4 * H).t() @ hprev.reshape(n_rows, H)
     return grads
 
 
