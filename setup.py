@@ -1,13 +1,29 @@
 """Build script: the pure-Python package always; the CUDA extension in csrc/ only where a
 CUDA build of torch and nvcc are both present (set ZF_KERNELS_SKIP_CUDA_BUILD=1 to skip it,
-ZF_KERNELS_FORCE_CUDA_BUILD=1 to demand it)."""
+ZF_KERNELS_FORCE_CUDA_BUILD=1 to demand it). Every build of the package (a wheel) also carries
+csrc/'s sources as zf_kernels/_csrc, so that a wheel built without CUDA can still JIT-build the
+extension on a GPU machine (zf_kernels.ops._cuda_ext)."""
 import os
 import shutil
 from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).parent
+CSRC_SUFFIXES = (".cu", ".cpp", ".h", ".cuh")   # _cuda_ext.SOURCE_SUFFIXES
+
+
+class BuildPyWithSources(build_py):
+    """build_py, plus csrc/'s sources copied into the built package as zf_kernels/_csrc."""
+
+    def run(self):
+        super().run()
+        dest = Path(self.build_lib) / "zf_kernels" / "_csrc"
+        dest.mkdir(parents=True, exist_ok=True)
+        for src in sorted((ROOT / "csrc").glob("*")):
+            if src.suffix in CSRC_SUFFIXES:
+                shutil.copy2(src, dest / src.name)
 
 
 def _cuda_extensions():
@@ -48,4 +64,4 @@ def _cuda_extensions():
 
 
 ext_modules, cmdclass = _cuda_extensions()
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+setup(ext_modules=ext_modules, cmdclass={"build_py": BuildPyWithSources, **cmdclass})

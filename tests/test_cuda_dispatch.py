@@ -2,6 +2,11 @@
 it before a GPU run has verified it (and says so), an explicit request on CPU tensors or an
 unsupported dtype is refused with the reason, and the extension loader turns every failure
 into an ImportError carrying the reason."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -157,6 +162,27 @@ def test_cuda_extension_loader_explains_why_it_cannot_load(monkeypatch):
 def test_cuda_sources_are_what_setup_builds():
     names = sorted(p.name for p in _cuda_ext.sources())
     assert names == ["bindings.cpp", "chain_kernels.cu", "lstm_kernels.cu"]
+    assert _cuda_ext.CSRC == _cuda_ext.CHECKOUT_CSRC   # in a checkout: csrc/ itself
+
+
+def test_a_built_package_carries_the_cuda_sources_for_the_jit_build(tmp_path):
+    """setup.py's build_py (what a wheel holds) copies csrc/'s sources into zf_kernels/_csrc, and
+    the package imported from there JIT-builds from that copy: a wheel built without CUDA can
+    still build the extension on a GPU machine."""
+    pytest.importorskip("setuptools")
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, ZF_KERNELS_SKIP_CUDA_BUILD="1")
+    subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path)], cwd=root,
+                   env=env, check=True, capture_output=True)
+    packaged = tmp_path / "zf_kernels" / "_csrc"
+    wanted = sorted(p.name for p in (root / "csrc").iterdir() if p.suffix in _cuda_ext.SOURCE_SUFFIXES)
+    assert sorted(p.name for p in packaged.iterdir()) == wanted and "zf_persistent.h" in wanted
+    assert all((packaged / n).read_bytes() == (root / "csrc" / n).read_bytes() for n in wanted)
+    probe = ("import zf_kernels.ops._cuda_ext as e; "
+             "print(e.CSRC); print(' '.join(p.name for p in e.sources()))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(tmp_path)),
+                         check=True, capture_output=True, text=True).stdout.split("\n")
+    assert Path(out[0]) == packaged and out[1] == "bindings.cpp chain_kernels.cu lstm_kernels.cu"
 
 
 def test_cuda_bench_provider_records_a_row_where_it_cannot_run(tmp_path):

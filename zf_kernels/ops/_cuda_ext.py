@@ -30,7 +30,12 @@ from pathlib import Path
 
 import torch
 
-CSRC = Path(__file__).resolve().parent.parent.parent / "csrc"
+# where the JIT build reads csrc/: the checkout's (an editable install), else the copy a wheel
+# carries as package data (setup.py's build_py puts csrc/'s sources into zf_kernels/_csrc)
+CHECKOUT_CSRC = Path(__file__).resolve().parent.parent.parent / "csrc"
+PACKAGED_CSRC = Path(__file__).resolve().parent.parent / "_csrc"
+SOURCE_SUFFIXES = (".cu", ".cpp", ".h", ".cuh")   # what the build reads
+CSRC = CHECKOUT_CSRC if any(CHECKOUT_CSRC.glob("*.c*")) else PACKAGED_CSRC
 NVCC_FLAGS = ["-O3", "-lineinfo"]   # no --use_fast_math: the kernels keep IEEE expf / tanhf
 
 _cached = None   # the module, or the ImportError of the first attempt
@@ -119,14 +124,14 @@ def _jit_build():
         raise ImportError("nvcc not found (neither on PATH nor in $CUDA_HOME/bin)")
     srcs = sources()
     if not srcs:
-        # a non-editable install (a wheel) carries the package, not csrc/: only setup.py's build
-        raise ImportError(f"no sources in {CSRC} (an installed wheel has no csrc/: install from a "
-                          f"checkout with `pip install -e .`, where nvcc and a CUDA torch exist)")
+        raise ImportError(f"no CUDA sources in {CHECKOUT_CSRC} or {PACKAGED_CSRC} (this install carries "
+                          f"neither csrc/ nor its packaged copy: reinstall from a checkout or a wheel "
+                          f"built by setup.py)")
     arch = _arch()
     flags = NVCC_FLAGS + nvcc_defines()
     h = hashlib.sha256(f"{torch.__version__} {torch.version.cuda} sm_{arch} {flags}".encode())
     for p in sorted(CSRC.glob("*")):
-        if p.suffix in (".cu", ".cpp", ".h", ".cuh"):   # what the build reads
+        if p.suffix in SOURCE_SUFFIXES:
             h.update(p.name.encode())
             h.update(p.read_bytes())
     tag = h.hexdigest()[:12]
