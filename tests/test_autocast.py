@@ -184,10 +184,11 @@ def test_outside_autocast_the_ops_are_unchanged():
 
 
 # -------------------------------------------------------------------------- model
-@pytest.mark.parametrize("cond_ln", [False, True])
-def test_model_under_autocast_keeps_float32_parameters_and_gradients(cond_ln):
+@pytest.mark.parametrize("cond_ln, aux_cost", [(False, "gaussian"), (True, "gaussian"), (False, "l2")])
+def test_model_under_autocast_keeps_float32_parameters_and_gradients(cond_ln, aux_cost):
     torch.manual_seed(0)
-    m = ZForcing(3, emb_dim=8, rnn_dim=H, z_dim=Z, mlp_dim=M, cond_ln=cond_ln, z_force=True, backend="torch")
+    m = ZForcing(3, emb_dim=8, rnn_dim=H, z_dim=Z, mlp_dim=M, cond_ln=cond_ln, z_force=True, backend="torch",
+                 aux_cost=aux_cost)
     y = torch.randn(T, B, 3)
     eps = torch.randn(T, B, Z)
     ref = m(y, eps=eps)

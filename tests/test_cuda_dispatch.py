@@ -172,15 +172,17 @@ def test_a_built_package_carries_the_cuda_sources_for_the_jit_build(tmp_path):
     pytest.importorskip("setuptools")
     root = Path(__file__).resolve().parent.parent
     env = dict(os.environ, ZF_KERNELS_SKIP_CUDA_BUILD="1")
-    subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path)], cwd=root,
-                   env=env, check=True, capture_output=True)
-    packaged = tmp_path / "zf_kernels" / "_csrc"
+    # egg_info's metadata into tmp_path too: the test writes nothing into the checkout
+    lib = tmp_path / "lib"
+    subprocess.run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path), "build_py",
+                    "--build-lib", str(lib)], cwd=root, env=env, check=True, capture_output=True)
+    packaged = lib / "zf_kernels" / "_csrc"
     wanted = sorted(p.name for p in (root / "csrc").iterdir() if p.suffix in _cuda_ext.SOURCE_SUFFIXES)
     assert sorted(p.name for p in packaged.iterdir()) == wanted and "zf_persistent.h" in wanted
     assert all((packaged / n).read_bytes() == (root / "csrc" / n).read_bytes() for n in wanted)
     probe = ("import zf_kernels.ops._cuda_ext as e; "
              "print(e.CSRC); print(' '.join(p.name for p in e.sources()))")
-    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(tmp_path)),
+    out = subprocess.run([sys.executable, "-c", probe], cwd=lib, env=dict(os.environ, PYTHONPATH=str(lib)),
                          check=True, capture_output=True, text=True).stdout.split("\n")
     assert Path(out[0]) == packaged and out[1] == "bindings.cpp chain_kernels.cu lstm_kernels.cu"
 

@@ -230,6 +230,10 @@ def test_aux_cost_by_hand_with_a_silent_aux_network():
         per_step = (b ** 2).sum(-1) if aux_cost == "l2" else (0.5 * (LOG2PI + b ** 2)).sum(-1)
         torch.testing.assert_close(m(y, mask=mask).aux, (per_step * mask).sum(0))
     assert "aux_cost" not in small_model().config and small_model(aux_cost="l2").config["aux_cost"] == "l2"
+    # a bfloat16 model (no autocast): every term in bfloat16, the L2 cost's too (accumulated in float32)
+    m16 = small_model(aux_cost="l2").bfloat16()
+    terms = m16(y.bfloat16(), mask=mask.bfloat16())
+    assert {t.dtype for t in (terms.nll, terms.kl, terms.aux, terms.bwd_nll)} == {torch.bfloat16}
     with pytest.raises(ValueError, match="aux_cost must be one of .'gaussian', 'l2'., got 'l1'"):
         small_model(aux_cost="l1")
 

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import ops
+from .ops import _autocast
 from .bounds import BoundsMixin
 from .sequences import (check_batch, check_sample_args, forced_input, gather_time, has_padding, padded_flip_index,
                         shift_inputs)
@@ -101,6 +102,18 @@ def training_loss(terms: LossTerms, kl_weight, aux_weight, bwd_weight, aux_on: b
     return loss.mean()
 
 
+@_autocast.float32
+def _squared_error(x, mean, mask=None):
+    """``sum_d (x - mean)^2`` over the last dim, times ``mask``: the "l2" auxiliary cost per step.
+    Like the likelihood ops: accumulated in float32 at least, returned in ``mean``'s dtype, in
+    float32 under autocast."""
+    acc = torch.promote_types(torch.promote_types(x.dtype, mean.dtype), torch.float32)
+    sq = (x.to(acc) - mean.to(acc)).square().sum(-1)
+    if mask is not None:
+        sq = sq * mask.to(acc)
+    return sq.to(mean.dtype)
+
+
 def _split_gaussian(params, backend="auto"):
     """[mu, logvar] clamped to [-8, 8] (``ops.leaky_clamp`` with slope 1: a plain clamp)."""
     mu, logvar = ops.leaky_clamp(params, 1.0, PARAM_CLAMP, backend=backend).chunk(2, dim=-1)
@@ -117,11 +130,11 @@ class ZForcing(BoundsMixin, nn.Module):
         cond_ln: condition the forward LSTM on z through a gain and bias of its layer-normalised
             recurrent projection instead of feeding g(z) as input.
         z_force: zero the h input of the auxiliary network, so b_t must be predicted from z_t.
-        aux_cost: "gaussian" (the paper's ``-log p_xi(b_t | z_t)``) or "l2" (the authors' code's
-            variant ``sum_d (b_t - tanh(mu_a))^2``, bounded below by 0; ``logvar_a`` unused).
         backend: backend of every fused op ("auto", "torch", "triton", "cuda"). "cuda" runs the
             recurrences the CUDA extension implements (``lstm``, ``zforcing_chain``) there (and
             raises where it cannot) and every other op as "auto" (``ops.op_backend``).
+        aux_cost: "gaussian" (the paper's ``-log p_xi(b_t | z_t)``) or "l2" (the authors' code's
+            variant ``sum_d (b_t - tanh(mu_a))^2``, bounded below by 0; ``logvar_a`` unused).
 
     Mixed precision: keep the parameters float32 and call the model under
     ``torch.autocast(device_type, dtype)``; the fused ops follow torch's autocast policy
@@ -131,7 +144,7 @@ class ZForcing(BoundsMixin, nn.Module):
 
     def __init__(self, input_dim: int, output_type: str = "gaussian", emb_dim: int = 512,
                  rnn_dim: int = 1024, z_dim: int = 256, mlp_dim: int = 512, cond_ln: bool = False,
-                 z_force: bool = False, aux_cost: str = "gaussian", backend: str = "auto"):
+                 z_force: bool = False, backend: str = "auto", aux_cost: str = "gaussian"):
         super().__init__()
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
@@ -349,10 +362,7 @@ class ZForcing(BoundsMixin, nn.Module):
         """The auxiliary cost per sequence ``(B,)`` of the (detached) backward states ``b``."""
         if self.aux_cost == "gaussian":
             return ops.gaussian_nll(b, mean_a, logvar_a, mask, backend=self._be("gaussian_nll")).sum(0)
-        # "l2": accumulated in float32 at least, as the likelihood ops under autocast
-        diff = (b - mean_a).to(torch.promote_types(b.dtype, torch.float32))
-        sq = diff.square().sum(-1)
-        return (sq if mask is None else sq * mask).sum(0)
+        return _squared_error(b, mean_a, mask).sum(0)
 
     # --------------------------------------------------------------- sampling
     @torch.no_grad()
