@@ -35,7 +35,14 @@ import torch
 CHECKOUT_CSRC = Path(__file__).resolve().parent.parent.parent / "csrc"
 PACKAGED_CSRC = Path(__file__).resolve().parent.parent / "_csrc"
 SOURCE_SUFFIXES = (".cu", ".cpp", ".h", ".cuh")   # what the build reads
-CSRC = CHECKOUT_CSRC if any(CHECKOUT_CSRC.glob("*.c*")) else PACKAGED_CSRC
+
+
+def _compiled_sources(folder: Path) -> list[Path]:
+    """What setup.py compiles in ``folder``: *.c* (the .cu kernels and the .cpp bindings)."""
+    return sorted(folder.glob("*.c*"))
+
+
+CSRC = CHECKOUT_CSRC if _compiled_sources(CHECKOUT_CSRC) else PACKAGED_CSRC
 NVCC_FLAGS = ["-O3", "-lineinfo"]   # no --use_fast_math: the kernels keep IEEE expf / tanhf
 
 _cached = None   # the module, or the ImportError of the first attempt
@@ -44,8 +51,8 @@ DISABLE_ENV = "ZF_KERNELS_NO_CUDA_EXT"
 
 
 def sources() -> list[Path]:
-    """What setup.py compiles: csrc/*.c* (the .cu kernels and the .cpp bindings)."""
-    return sorted(CSRC.glob("*.c*"))
+    """What the build compiles, from ``CSRC``."""
+    return _compiled_sources(CSRC)
 
 
 def nvcc_defines() -> list[str]:
