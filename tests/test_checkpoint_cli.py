@@ -54,8 +54,29 @@ def test_split_limit_k_and_seed_are_flags(run_dir, capsys):
     assert rc == 0 and other_seed["neg_elbo"] != train["neg_elbo"]   # the noise follows --seed
 
 
+def test_window_is_a_flag_and_follows_the_runs_eval_window(run_dir, capsys, tmp_path):
+    """--window N scores the split in N-step windows (``evaluate(window=N)``); by default the
+    run's --eval-window (this run: unset, whole sequences), and --window 0 asks for whole
+    sequences; a run trained with --eval-window reports it in results.json, evaluated that way."""
+    rc, whole, _ = _evaluate(capsys, run_dir, "--iwae-k", "0")
+    rc0, zero, _ = _evaluate(capsys, run_dir, "--iwae-k", "0", "--window", "0")
+    rc5, five, _ = _evaluate(capsys, run_dir, "--iwae-k", "0", "--window", "5")
+    assert rc == rc0 == rc5 == 0 and whole["window"] is None and zero == whole
+    assert five["window"] == 5 and five["sequences"] == whole["sequences"]
+    assert five["neg_elbo"] != pytest.approx(whole["neg_elbo"], rel=1e-6)   # synthetic T = 32 > 5
+    out = tmp_path / "windowed"
+    train_mod.train(make_config("synthetic", out=str(out), max_steps=2, eval_window=5, **SMALL), log=quiet)
+    results = json.loads((out / "results.json").read_text())
+    assert results["eval_window"] == 5
+    rc, got, _ = _evaluate(capsys, out)
+    assert rc == 0 and got["window"] == 5 and got["neg_elbo"] == results["test"]["neg_elbo"]
+    rc, got0, _ = _evaluate(capsys, out, "--window", "0")
+    assert rc == 0 and got0["window"] is None and got0["neg_elbo"] != got["neg_elbo"]
+
+
 @pytest.mark.parametrize("argv,message", [
     (["{missing}"], "does not exist"),
+    (["{run}", "--window", "-1"], "--window must be >= 0, got -1"),
     (["{empty_dir}"], "without best.pt or last.pt"),
     (["{corrupt}"], "unreadable (truncated or corrupt)"),
     (["{run}", "--iwae-k", "-1"], "--iwae-k must be >= 0, got -1"),

@@ -223,14 +223,16 @@ def test_framing_overlap_and_padded_tails(tmp_path):
     b = load_wav_folder(tmp_path, frame_size=D, seq_len=L, normalize=False)
     assert b.output_type == "gaussian" and b.input_dim == D
     for split, attr, n_files in (("TRAIN", "train", 4), ("TEST", "test", 3), ("VALID", "valid", 1)):
-        us, xs, ms = [], [], []
+        us, xs, ms, recs = [], [], [], []
         for i in range(n_files):
             u, x, m = _expected_sequences(waves[split, i], D, L, keep_tail=attr != "train")
             us += u
             xs += x
             ms += m
+            recs += [i] * len(x)   # the file's place in the split (sorted paths: f0, f1, ...)
         s = getattr(b, attr)
         assert tuple(s.y.shape) == (len(xs), L, D) and s.u.shape == s.y.shape
+        assert s.recording.tolist() == recs
         np.testing.assert_array_equal(s.y.numpy(), np.stack(xs))
         np.testing.assert_array_equal(s.u.numpy(), np.stack(us))
         if all(m.all() for m in ms):

@@ -75,6 +75,15 @@ def test_cli_rejects_bad_flags(tmp_path, capsys):
         train_mod.main(["--preset", "nope"])
 
 
+def test_eval_window_flag_and_the_timit_presets_protocol(tmp_path, capsys):
+    """--eval-window: the timit preset scores in the authors' 40-step windows, 0 asks for whole
+    sequences, a negative count is refused by name."""
+    assert make_config("timit").eval_window == 40 and make_config("synthetic").eval_window is None
+    assert make_config("timit", eval_window=0).eval_window == 0
+    assert train_mod.main(["--eval-window", "-2", "--out", str(tmp_path)]) == 2
+    assert "--eval-window must be >= 0 (0: whole sequences), got -2" in capsys.readouterr().err
+
+
 def test_every_flag_says_what_it_does_and_what_the_presets_set(capsys):
     """--help: each TrainConfig field has a text of its own, followed by its default and the
     presets that change it (read from PRESETS, so the help cannot drift from them)."""

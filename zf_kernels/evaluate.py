@@ -8,7 +8,8 @@ directory) on a split of the data it was trained on::
 The model, its data set and its precision come from the checkpoint's configuration; the flags
 override what may change at evaluation time. With the defaults (the run's seed, batch size and
 k) the numbers are those of the run's ``results.json``. Prints one JSON object (``--json PATH``
-also writes it).
+also writes it). ``--window 40`` scores in the authors' TIMIT protocol (40-step windows, each
+from zero states, summed per sequence; the ``timit`` preset's default, ``--eval-window``).
 """
 from __future__ import annotations
 
@@ -32,37 +33,77 @@ def _to(batch, device, dtype):
     return mv(batch.y), mv(batch.u), mv(batch.mask)
 
 
+def _windows(y, u, mask, window):
+    """``(y, u, mask)`` of each ``window``-step slice of a time-major batch (the whole batch when
+    ``window`` is None or covers it); slices past every sequence's end (all padding) are left out."""
+    T = y.shape[0]
+    if window is None or window >= T:
+        yield y, u, mask
+        return
+    for t0 in range(0, T, window):
+        m = None if mask is None else mask[t0:t0 + window]
+        if m is not None and not bool(m.any()):
+            return   # right-padded: every later slice is padding too
+        yield y[t0:t0 + window], u[t0:t0 + window], m
+
+
+def check_window(window, name: str = "window"):
+    """``window`` as an int >= 1, or None; ValueError naming ``name`` otherwise."""
+    if window is None:
+        return None
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"{name} must be an integer >= 1 (steps per scored window) or None, got {window!r}")
+    return window
+
+
 @torch.no_grad()
 def evaluate(model, split, *, batch_size: int = 256, iwae_k: int | None = None, seed: int = 0,
-             max_sequences: int | None = None) -> dict:
+             max_sequences: int | None = None, window: int | None = None) -> dict:
     """Mean per-sequence ``-ELBO``, ``nll``, ``kl`` (nats; and ``iwae`` with ``iwae_k`` samples),
     plus ``neg_elbo_per_step`` (nats per valid step; ``iwae_per_step`` too). For a categorical
     model (tokens) also ``perplexity``: exp of the bound per token, the IWAE one where computed
     (the tighter: an upper bound on the true perplexity), else the -ELBO's. Deterministic given
-    ``seed``."""
+    ``seed``.
+
+    ``window``: score each sequence in slices of ``window`` steps, each from zero states (the
+    backward network sees only its slice's future), and sum the slices: the protocol of the
+    authors' ``eval_timit.py`` (40-step windows over whole test utterances), whose numbers
+    are a bound of that windowed model, not of the whole-sequence one. A slice's first input is
+    the frame before it (the split's ``u``, else the model's ``shift_inputs`` of the whole
+    sequence). Where the split knows the recording each sequence was cut from
+    (``split.recording``, WAV folders) the result also holds ``recordings`` and the bounds per
+    recording (``neg_elbo_per_recording``, ``iwae_per_recording``): the unit of the published
+    speech results (a ``max_sequences`` limit may cut the last recording short)."""
+    window = check_window(window)
     model_was_training = model.training
     model.eval()
     p = next(model.parameters())
     gen = torch.Generator(device=p.device).manual_seed(seed)
     sums = {"neg_elbo": 0.0, "nll": 0.0, "kl": 0.0, "iwae": 0.0}
     n_seq, n_steps = 0, 0
+    recordings = set()
     try:
         for batch in iterate_batches(split, batch_size, shuffle=False, seed=seed, epoch=0):
             y, u, mask = _to(batch, p.device, p.dtype)
             if max_sequences is not None and n_seq >= max_sequences:
                 break
-            terms = model(y, u, mask, generator=gen)
-            sums["neg_elbo"] += float(terms.neg_elbo.double().sum())
-            sums["nll"] += float(terms.nll.double().sum())
-            sums["kl"] += float(terms.kl.double().sum())
-            if iwae_k:
-                # samples at once: keep k * B * T * rnn_dim (one activation tensor) <= ~5e7
-                width = y.shape[0] * y.shape[1] * getattr(model, "rnn_dim", 256)
-                chunk = max(1, min(iwae_k, int(5e7 // width)))
-                sums["iwae"] += float(model.iwae_bound(y, u, mask, k=iwae_k, generator=gen,
-                                                       chunk=chunk).double().sum())
+            if window is not None and u is None:
+                u = model.shift_inputs(y)   # of the whole sequence: a slice starts from the frame before it
+            for y_w, u_w, mask_w in _windows(y, u, mask, window):
+                terms = model(y_w, u_w, mask_w, generator=gen)
+                sums["neg_elbo"] += float(terms.neg_elbo.double().sum())
+                sums["nll"] += float(terms.nll.double().sum())
+                sums["kl"] += float(terms.kl.double().sum())
+                if iwae_k:
+                    # samples at once: keep k * B * T * rnn_dim (one activation tensor) <= ~5e7
+                    width = y_w.shape[0] * y_w.shape[1] * getattr(model, "rnn_dim", 256)
+                    chunk = max(1, min(iwae_k, int(5e7 // width)))
+                    sums["iwae"] += float(model.iwae_bound(y_w, u_w, mask_w, k=iwae_k, generator=gen,
+                                                           chunk=chunk).double().sum())
             n_seq += y.shape[1]
             n_steps += int(mask.sum()) if mask is not None else y.shape[0] * y.shape[1]
+            if split.recording is not None:
+                recordings.update(split.recording[batch.index].tolist())
     finally:
         model.train(model_was_training)
     if n_seq == 0:
@@ -71,6 +112,10 @@ def evaluate(model, split, *, batch_size: int = 256, iwae_k: int | None = None, 
     out["neg_elbo_per_step"] = sums["neg_elbo"] / n_steps
     if iwae_k:
         out["iwae_per_step"] = sums["iwae"] / n_steps
+    if recordings:
+        out["recordings"] = len(recordings)
+        for k in ("neg_elbo", "iwae") if iwae_k else ("neg_elbo",):
+            out[f"{k}_per_recording"] = sums[k] / len(recordings)
     if getattr(model, "output_type", None) == "categorical":
         out["perplexity"] = math.exp(min(out.get("iwae_per_step", out["neg_elbo_per_step"]), 700.0))
     out["sequences"] = n_seq
@@ -85,22 +130,27 @@ SPLITS = ("test", "valid", "train")
 
 def evaluate_checkpoint(path, *, split: str = "test", iwae_k: int | None = None, batch_size: int | None = None,
                         limit: int | None = None, seed: int | None = None, data: str | None = None,
-                        device: str = "auto", backend: str = "auto", models: dict | None = None) -> dict:
+                        device: str = "auto", backend: str = "auto", models: dict | None = None,
+                        window: int | None = None) -> dict:
     """Load a trainer checkpoint (:func:`zf_kernels.trained.load_trained`) and evaluate it on
-    ``split`` of its data set (None: the run's setting; ``iwae_k=0``: no IWAE)."""
+    ``split`` of its data set (None: the run's setting; ``iwae_k=0``: no IWAE; ``window=0``:
+    whole sequences)."""
     if split not in SPLITS:
         raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-    for name, value in (("--iwae-k", iwae_k), ("--batch-size", batch_size), ("--limit", limit)):
-        if value is not None and (value < 0 or (value == 0 and name != "--iwae-k")):
-            raise ValueError(f"{name} must be {'>= 0' if name == '--iwae-k' else '> 0'}, got {value}")
+    for name, value in (("--iwae-k", iwae_k), ("--batch-size", batch_size), ("--limit", limit),
+                        ("--window", window)):
+        zero_ok = name in ("--iwae-k", "--window")
+        if value is not None and (value < 0 or (value == 0 and not zero_ok)):
+            raise ValueError(f"{name} must be {'>= 0' if zero_ok else '> 0'}, got {value}")
     limits = {} if limit is None else {"train_limit" if split == "train" else "eval_limit": limit}
     run = load_trained(path, data=data, device=device, backend=backend, models=models, **limits)
     k = run.cfg.iwae_k if iwae_k is None else iwae_k
+    window = (run.cfg.eval_window if window is None else window) or None
     with run.autocast():
         result = evaluate(run.model, getattr(run.data, split), batch_size=batch_size or run.cfg.eval_batch_size,
-                          iwae_k=k or None, seed=run.cfg.seed if seed is None else seed)
+                          iwae_k=k or None, seed=run.cfg.seed if seed is None else seed, window=window)
     return {"checkpoint": str(run.checkpoint), "step": run.step, "split": split, "data": run.data.name,
-            "iwae_k": k, "device": str(run.device), "dtype": run.cfg.dtype, **result}
+            "iwae_k": k, "window": window, "device": str(run.device), "dtype": run.cfg.dtype, **result}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only the first N sequences of the split (default: the run's --eval-limit, or "
                         "--train-limit for train)")
     p.add_argument("--seed", type=int, default=None, help="seeds the posterior noise (default: the run's)")
+    p.add_argument("--window", type=int, default=None, metavar="N",
+                   help="score each sequence in N-step windows, each from zero states, summed per sequence "
+                        "(the authors' TIMIT protocol: 40); 0: whole sequences (default: the run's --eval-window)")
     p.add_argument("--data", default=None, help="where the run's data set is now (default: the run's --data)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--backend", default="auto", help="the fused ops' backend (default: auto)")
@@ -131,7 +184,8 @@ def main(argv=None, models: dict | None = None) -> int:
     try:
         results = evaluate_checkpoint(args.checkpoint, split=args.split, iwae_k=args.iwae_k,
                                       batch_size=args.batch_size, limit=args.limit, seed=args.seed,
-                                      data=args.data, device=args.device, backend=args.backend, models=models)
+                                      data=args.data, device=args.device, backend=args.backend, models=models,
+                                      window=args.window)
     except (ValueError, CheckpointError, FileNotFoundError, BackendUnavailableError) as exc:
         print(f"zf_kernels.evaluate: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

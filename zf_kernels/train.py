@@ -78,7 +78,8 @@ def limit_split(split, n):
     if n is None or n >= len(split):
         return split
     cut = lambda x: None if x is None else x[:n]  # noqa: E731
-    return dataclasses.replace(split, y=split.y[:n], u=cut(split.u), mask=cut(split.mask))
+    return dataclasses.replace(split, y=split.y[:n], u=cut(split.u), mask=cut(split.mask),
+                               recording=cut(split.recording))
 
 
 def data_options(cfg: TrainConfig) -> dict:
@@ -446,7 +447,7 @@ class Run:
         if self.is_main:
             with self.autocast():
                 res = evaluate(self.model, self.data.valid, batch_size=self.cfg.eval_batch_size,
-                               seed=self.cfg.seed)
+                               seed=self.cfg.seed, window=self.cfg.eval_window or None)
         res = self.dist.broadcast_object(res)
         best, decayed = self.plateau.update(res["neg_elbo"], self.opt)
         if self.is_main:
@@ -528,7 +529,7 @@ class Run:
         if best.exists():   # evaluate a copy: the run itself (and last.pt) keeps training weights
             model = copy.deepcopy(self.model)
             model.load_state_dict(load_checkpoint(best, map_location=self.device)["model"])
-        kw = dict(batch_size=cfg.eval_batch_size, seed=cfg.seed)
+        kw = dict(batch_size=cfg.eval_batch_size, seed=cfg.seed, window=cfg.eval_window or None)
         with self.autocast():
             valid = evaluate(model, self.data.valid, **kw)
             test = evaluate(model, self.data.test, iwae_k=cfg.iwae_k, **kw)
@@ -537,7 +538,7 @@ class Run:
                    "skipped_batches": self.skipped, "model": self.model.config,
                    "parameters": sum(p.numel() for p in self.model.parameters()),
                    "checkpoint": str(best if best.exists() else self.out / "last.pt"),
-                   "valid": valid, "test": test, "iwae_k": cfg.iwae_k,
+                   "valid": valid, "test": test, "iwae_k": cfg.iwae_k, "eval_window": cfg.eval_window or None,
                    "device": str(self.device), "dtype": cfg.dtype}
         if self.dist.enabled:
             results |= {"world_size": self.dist.world_size, "rank_param_digests": self.rank_digests}

@@ -40,11 +40,15 @@ class SequenceSplit:
     ``mask``: (N, T) float32 right-padded prefix masks (1s then 0s), None = all valid.
     ``binarize``: "none"; "dynamic" (``y`` holds intensities in [0, 1], resampled as
     Bernoulli every epoch by :func:`iterate_batches`); "fixed" (already binarised once).
+    ``recording``: (N,) int64, the recording (file) each sequence was cut from, where a loader
+    cuts recordings into sequences (WAV folders); evaluation then also reports bounds per
+    recording, the unit of the published speech results. None: each sequence stands alone.
     """
     y: torch.Tensor
     u: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     binarize: str = "none"
+    recording: torch.Tensor | None = None
 
     def __post_init__(self):
         y = self.y
@@ -68,6 +72,9 @@ class SequenceSplit:
                              f"got {self.mask.dtype} {tuple(self.mask.shape)}")
         if self.binarize not in BINARIZE_MODES:
             raise ValueError(f"binarize must be one of {BINARIZE_MODES}, got {self.binarize!r}")
+        if self.recording is not None and (self.recording.shape != y.shape[:1] or self.recording.dtype != torch.int64):
+            raise ValueError(f"recording must be int64 of shape ({y.shape[0]},), "
+                             f"got {self.recording.dtype} {tuple(self.recording.shape)}")
         if self.binarize == "dynamic" and y.dtype != torch.float32:
             raise ValueError("binarize='dynamic' needs float intensities in y, got tokens")
 

@@ -23,7 +23,11 @@ consecutive frames ``f_0..f_L`` with input ``u = f_0..f_{L-1}`` and target ``x =
 so every frame but a file's first is a target exactly once. A file's tail too short for a whole
 sequence is dropped in train (training batches stay full) and kept in valid / test as one
 right-padded, masked sequence, so evaluation covers all the audio. Files of fewer than two
-frames carry no target and are skipped (counted in ``meta["skipped_files"]``).
+frames carry no target and are skipped (counted in ``meta["skipped_files"]``). Each split's
+``recording`` says which file each sequence came from: evaluation sums a file's sequences
+into a bound per recording (the unit of the published TIMIT and Blizzard log-likelihoods);
+with ``seq_len`` 40 its sequences are the windows of the authors' ``eval_timit.py``, each
+scored from zero states.
 
 **Normalisation** as :func:`zf_kernels.data.npz.load_speech_npz`: one global mean / std of the
 valid training targets, applied to ``u`` and ``x`` of every split (padding stays 0), stored
@@ -298,14 +302,16 @@ def _frame_counts(n_frames: int, seq_len: int, keep_tail: bool) -> tuple[int, in
 
 
 def _build_split(files: list[Path], lengths: list[int], frame_size: int, seq_len: int, keep_tail: bool):
-    """u, x (N, L, D) float32 and the mask (N, L) (None when no sequence is padded) of one
-    split; ``lengths`` are the files' frame counts from the first pass."""
+    """u, x (N, L, D) float32, the mask (N, L) (None when no sequence is padded) and the
+    recording (N,) int64 (the file's index in ``files``) of one split; ``lengths`` are the
+    files' frame counts from the first pass."""
     counts = [_frame_counts(n, seq_len, keep_tail) if n >= 2 else (0, 0) for n in lengths]
     n_seq = sum(full + (tail > 0) for full, tail in counts)
     L, D = seq_len, frame_size
     u = np.zeros((n_seq, L, D), np.float32)
     x = np.zeros((n_seq, L, D), np.float32)
     mask = np.ones((n_seq, L), np.float32)
+    recording = np.repeat(np.arange(len(files), dtype=np.int64), [full + (tail > 0) for full, tail in counts])
     i = 0
     for path, n_frames, (full, tail) in zip(files, lengths, counts):
         if full == 0 and tail == 0:
@@ -324,7 +330,7 @@ def _build_split(files: list[Path], lengths: list[int], frame_size: int, seq_len
             mask[i, tail:] = 0
             i += 1
     assert i == n_seq
-    return u, x, (mask if (mask == 0).any() else None)
+    return u, x, (mask if (mask == 0).any() else None), recording
 
 
 def load_wav_folder(path: str | os.PathLike, *, name: str = "timit", frame_size: int = 200, seq_len: int = 40,
@@ -361,13 +367,13 @@ def load_wav_folder(path: str | os.PathLike, *, name: str = "timit", frame_size:
 
     built = {}
     for s in SPLITS:
-        u, x, mask = _build_split(files[s], lengths[s], frame_size, seq_len, keep_tail=(s != "train"))
+        u, x, mask, recording = _build_split(files[s], lengths[s], frame_size, seq_len, keep_tail=(s != "train"))
         if len(x) == 0:
             need = (seq_len + 1 if s == "train" else 2) * frame_size
             raise ValueError(f"path {root}: no {s} sequence: each of the {len(files[s])} {s} file(s) is shorter "
                              f"than {need} samples ({'seq_len + 1' if s == 'train' else 'two'} frames of "
                              f"{frame_size}); give longer files or a smaller seq_len / frame_size")
-        built[s] = (u, x, mask)
+        built[s] = (u, x, mask, recording)
 
     mean, std = 0.0, 1.0
     if normalize:
@@ -379,8 +385,9 @@ def load_wav_folder(path: str | os.PathLike, *, name: str = "timit", frame_size:
                    [b[2] for k in (0, 1) for b in built.values()], mean, std)
 
     def split(s):
-        u, x, m = built[s]
-        return SequenceSplit(torch.from_numpy(x), torch.from_numpy(u), None if m is None else torch.from_numpy(m))
+        u, x, m, recording = built[s]
+        return SequenceSplit(torch.from_numpy(x), torch.from_numpy(u), None if m is None else torch.from_numpy(m),
+                             recording=torch.from_numpy(recording))
 
     meta = {"frame_size": frame_size, "seq_len": seq_len, "sample_rate": int(rate), "mean": mean, "std": std,
             "normalized": bool(normalize), "source": "wav",

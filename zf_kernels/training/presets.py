@@ -83,6 +83,9 @@ class TrainConfig:
     train_limit: int | None = _opt(None, "use only the first N training sequences (unset: all)")
     eval_limit: int | None = _opt(None, "... and the first N validation and test sequences (unset: all)")
     eval_batch_size: int = _opt(256, "sequences per evaluation batch")
+    eval_window: int | None = _opt(None, "score evaluation sequences in windows of N steps, each from zero "
+                                         "states, summed per sequence (the authors' TIMIT protocol, over whole "
+                                         "test utterances; unset or 0: whole sequences)")
     num_samples: int = _opt(64, "sequences generated from the prior at the end (0: none)")
     log_every: int = _opt(10, "steps between metric lines")
     checkpoint_every: int = _opt(200, "steps between resumable checkpoints (last.pt)")
@@ -107,7 +110,8 @@ PRESETS: dict[str, dict] = {
                      eval_batch_size=128, iwae_k=100),
     # the authors' TIMIT settings (train_timit.py): 200-sample frames, 40 steps
     "timit": dict(emb_dim=512, rnn_dim=1024, z_dim=256, mlp_dim=512, batch_size=32, lr=1e-3,
-                  epochs=100, aux_start=0.0, aux_end=0.0, bwd=0.0, z_force=False, iwae_k=100),
+                  epochs=100, aux_start=0.0, aux_end=0.0, bwd=0.0, z_force=False, iwae_k=100,
+                  eval_window=40),
     # the authors' Blizzard settings
     "blizzard": dict(emb_dim=1024, rnn_dim=2048, z_dim=256, mlp_dim=1024, batch_size=128,
                      lr=3e-4, epochs=100, aux_start=0.0, aux_end=0.0, bwd=0.0, z_force=False,
@@ -163,6 +167,8 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("max_steps", "time_budget", "eval_every", "train_limit", "eval_limit", "threads", "seq_len",
                  "vocab_size"):
         positive(name, allow_none=True)
+    if cfg.eval_window is not None and cfg.eval_window < 0:
+        raise ValueError(f"--eval-window must be >= 0 (0: whole sequences), got {cfg.eval_window}")
     if not 0 < cfg.lr_decay <= 1:
         raise ValueError(f"--lr-decay must be in (0, 1], got {cfg.lr_decay}")
     if cfg.dtype not in DTYPE_CHOICES:
