@@ -6,7 +6,6 @@ kernels' own rounding cannot meet (as the chain's DESIGN-shape bound could not, 
 the same comparisons must fail. The DESIGN shapes themselves take ~50 s each here and are left
 to the GPU run."""
 import pytest
-import torch
 
 import _cuda_emulation as emu
 import test_cuda_chain as gpu_chain
