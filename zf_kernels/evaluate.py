@@ -73,7 +73,7 @@ def evaluate(model, split, *, batch_size: int = 256, iwae_k: int | None = None, 
     sequence). Where the split knows the recording each sequence was cut from
     (``split.recording``, WAV folders) the result also holds ``recordings`` and the bounds per
     recording (``neg_elbo_per_recording``, ``iwae_per_recording``): the unit of the published
-    speech results (a ``max_sequences`` limit may cut the last recording short)."""
+    TIMIT result (a ``max_sequences`` limit may cut the last recording short)."""
     window = check_window(window)
     model_was_training = model.training
     model.eval()

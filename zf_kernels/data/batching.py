@@ -42,7 +42,7 @@ class SequenceSplit:
     Bernoulli every epoch by :func:`iterate_batches`); "fixed" (already binarised once).
     ``recording``: (N,) int64, the recording (file) each sequence was cut from, where a loader
     cuts recordings into sequences (WAV folders); evaluation then also reports bounds per
-    recording, the unit of the published speech results. None: each sequence stands alone.
+    recording (the unit of the published TIMIT result). None: each sequence stands alone.
     """
     y: torch.Tensor
     u: torch.Tensor | None = None

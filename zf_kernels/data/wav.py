@@ -25,7 +25,8 @@ sequence is dropped in train (training batches stay full) and kept in valid / te
 right-padded, masked sequence, so evaluation covers all the audio. Files of fewer than two
 frames carry no target and are skipped (counted in ``meta["skipped_files"]``). Each split's
 ``recording`` says which file each sequence came from: evaluation sums a file's sequences
-into a bound per recording (the unit of the published TIMIT and Blizzard log-likelihoods);
+into a bound per recording (the unit of the published TIMIT log-likelihood; the authors'
+Blizzard results are per 8,000-sample sequence, 40 frames of 200: per sequence here);
 with ``seq_len`` 40 its sequences are the windows of the authors' ``eval_timit.py``, each
 scored from zero states.
 
