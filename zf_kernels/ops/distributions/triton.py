@@ -99,6 +99,18 @@ def _upstream_grad(g_ptr, g_stride, mask_ptr, m_stride, row_i, row_ok, HAS_MASK:
 
 
 @triton.jit
+def _store_row_values(val, rows, row_ok, row_i, out_ptr, raw_ptr, mask_ptr, s_mask,
+                      STORE_RAW: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr):
+    """A reduction's per-row results: unmasked into ``raw`` when backward needs them for the
+    mask's gradient, then times the mask (a vector with its own stride) into ``out``."""
+    if STORE_RAW:
+        tl.store(raw_ptr + rows, val, mask=row_ok)
+    if HAS_MASK:
+        val = val * tl.load(mask_ptr + row_i * s_mask, mask=row_ok, other=0.0).to(ACC)
+    tl.store(out_ptr + rows, val.to(out_ptr.dtype.element_ty), mask=row_ok)
+
+
+@triton.jit
 def _scaled_square_grads(g, d, s):
     """``(g r, g r^2)`` for the scaled residual ``r = d s`` (``s = exp(-lv / 2)``), as the
     reference's ``_ScaledSquare`` backward: ``g r = (g d) s`` is exactly 0 where ``g`` is (for
@@ -322,11 +334,7 @@ def _kl_fwd_kernel(mq_ptr, s_mq, lq_ptr, s_lq, mp_ptr, s_mp, lp_ptr, s_lp, mask_
         # halved per element, as the reference: a row sum in (max, 2 max) must not overflow
         acc += tl.where(ok, 0.5 * kl, 0.0)
     val = tl.sum(acc, axis=1)
-    if STORE_RAW:
-        tl.store(raw_ptr + rows, val, mask=row_ok)
-    if HAS_MASK:
-        val = val * tl.load(mask_ptr + row_i * s_mask, mask=row_ok, other=0.0).to(ACC)
-    tl.store(out_ptr + rows, val.to(out_ptr.dtype.element_ty), mask=row_ok)
+    _store_row_values(val, rows, row_ok, row_i, out_ptr, raw_ptr, mask_ptr, s_mask, STORE_RAW, HAS_MASK, ACC)
 
 
 @triton.heuristics({"HAS_MASK": lambda a: a["mask_ptr"] is not None,
@@ -394,11 +402,7 @@ def _gnll_fwd_kernel(x_ptr, s_x, mu_ptr, s_mu, lv_ptr, s_lv, mask_ptr, s_mask, o
         nll = 1.8378770664093453 + lv + r * r
         acc += tl.where(ok, 0.5 * nll, 0.0)  # halved per element (as in gaussian_kl)
     val = tl.sum(acc, axis=1)
-    if STORE_RAW:
-        tl.store(raw_ptr + rows, val, mask=row_ok)
-    if HAS_MASK:
-        val = val * tl.load(mask_ptr + row_i * s_mask, mask=row_ok, other=0.0).to(ACC)
-    tl.store(out_ptr + rows, val.to(out_ptr.dtype.element_ty), mask=row_ok)
+    _store_row_values(val, rows, row_ok, row_i, out_ptr, raw_ptr, mask_ptr, s_mask, STORE_RAW, HAS_MASK, ACC)
 
 
 @triton.heuristics({"HAS_MASK": lambda a: a["mask_ptr"] is not None,
@@ -456,11 +460,7 @@ def _bnll_fwd_kernel(x_ptr, s_x, l_ptr, s_l, mask_ptr, s_mask, out_ptr, raw_ptr,
         nll = (1.0 - x) * lg - tl.minimum(lg, 0.0) + _log1p(tl.exp(-tl.abs(lg)))
         acc += tl.where(ok, nll, 0.0)
     val = tl.sum(acc, axis=1)
-    if STORE_RAW:
-        tl.store(raw_ptr + rows, val, mask=row_ok)
-    if HAS_MASK:
-        val = val * tl.load(mask_ptr + row_i * s_mask, mask=row_ok, other=0.0).to(ACC)
-    tl.store(out_ptr + rows, val.to(out_ptr.dtype.element_ty), mask=row_ok)
+    _store_row_values(val, rows, row_ok, row_i, out_ptr, raw_ptr, mask_ptr, s_mask, STORE_RAW, HAS_MASK, ACC)
 
 
 @triton.heuristics({"HAS_MASK": lambda a: a["mask_ptr"] is not None,
@@ -517,11 +517,7 @@ def _cat_fwd_kernel(t_ptr, s_t, l_ptr, s_l, mask_ptr, s_mask, out_ptr, max_ptr, 
     val = (m_ref - l_t) + log_s
     tl.store(max_ptr + rows, m_ref, mask=row_ok)
     tl.store(lsum_ptr + rows, log_s, mask=row_ok)
-    if STORE_RAW:
-        tl.store(raw_ptr + rows, val, mask=row_ok)
-    if HAS_MASK:
-        val = val * tl.load(mask_ptr + row_i * s_mask, mask=row_ok, other=0.0).to(ACC)
-    tl.store(out_ptr + rows, val.to(out_ptr.dtype.element_ty), mask=row_ok)
+    _store_row_values(val, rows, row_ok, row_i, out_ptr, raw_ptr, mask_ptr, s_mask, STORE_RAW, HAS_MASK, ACC)
 
 
 @triton.heuristics({"HAS_MASK": lambda a: a["mask_ptr"] is not None,
