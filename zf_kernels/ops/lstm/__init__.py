@@ -7,7 +7,8 @@ from .naive import lstm_cell_ref, lstm_ref
 
 __all__ = ["lstm", "lstm_cell"]
 
-_dispatch.register("lstm", "torch", f"{__name__}.naive:lstm_ref")
+# "torch": torch's own LSTM op where it is known to agree with lstm_ref, else lstm_ref (native.py)
+_dispatch.register("lstm", "torch", f"{__name__}.native:lstm")
 _dispatch.register("lstm", "triton", f"{__name__}.triton:lstm", traced_form=f"{__name__}.triton_op:lstm")
 # The CUDA kernels have only run in their CPU emulation: "auto" takes them once a GPU run has
 # verified them (then drop not_auto).

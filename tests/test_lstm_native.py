@@ -1,0 +1,136 @@
+"""The "torch" backend of ``ops.lstm`` (zf_kernels/ops/lstm/native.py): torch's own LSTM op
+(ATen on the CPU, cuDNN on CUDA) must give ``lstm_ref``'s values and gradients, and fall back to
+``lstm_ref`` wherever it is not known to."""
+import warnings
+
+import pytest
+import torch
+
+from zf_kernels import ops
+from zf_kernels.ops.lstm import native
+from zf_kernels.ops.lstm.naive import lstm_ref
+
+# (T, B, I, H): odd sizes, T=1, B=1, H not a power of two
+SHAPES = [(1, 1, 1, 1), (5, 3, 7, 6), (9, 1, 4, 13), (3, 6, 2, 5)]
+# bias_ih, bias_hh given or not: both, neither, and each alone (the op takes both or neither)
+BIASES = ["both", "none", "ih", "hh"]
+TOL = {torch.float32: dict(rtol=2e-5, atol=2e-6), torch.float64: dict(rtol=1e-12, atol=1e-13)}
+
+
+def _inputs(T, B, I, H, dtype, biases, states, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=0.5):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(device, dtype).requires_grad_()
+    x, w_ih, w_hh = rnd(T, B, I, scale=1.0), rnd(4 * H, I), rnd(4 * H, H)
+    b_ih = rnd(4 * H) if biases in ("both", "ih") else None
+    b_hh = rnd(4 * H) if biases in ("both", "hh") else None
+    h0, c0 = (rnd(B, H), rnd(B, H)) if states else (None, None)
+    return x, w_ih, w_hh, b_ih, b_hh, h0, c0
+
+
+def _outputs_and_grads(fn, args, reverse, seed=1):
+    out, (h, c) = fn(*args, reverse)
+    # grad_output != 1 everywhere: random weights on every output
+    g = torch.Generator().manual_seed(seed)
+    ws = [torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.device, t.dtype) for t in (out, h, c)]
+    loss = sum((t * w).sum() for t, w in zip((out, h, c), ws))
+    leaves = [a for a in args if a is not None]
+    grads = torch.autograd.grad(loss, leaves)
+    return [out, h, c, *grads]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("biases", BIASES)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_native_lstm_matches_the_reference(dtype, shape, biases, reverse):
+    states = biases != "none"   # with and without given h0 / c0
+    args = _inputs(*shape, dtype, biases, states)
+    assert native.why_reference(args[0]) is None
+    got = _outputs_and_grads(native.lstm, args, reverse)
+    want = _outputs_and_grads(lstm_ref, args, reverse)
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert a.dtype == b.dtype and a.shape == b.shape, i
+        torch.testing.assert_close(a, b, **TOL[dtype], msg=lambda m: f"output/grad {i}: {m}")
+
+
+def test_backend_torch_runs_the_native_op_and_gradcheck_passes():
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = _inputs(4, 2, 3, 5, torch.float64, "both", True)
+    assert ops.explain("lstm", x, w_ih, w_hh, backend="torch")[1] == "requested; torch's own LSTM op (ATen's loop)"
+
+    def f(*a):
+        out, (h, c) = ops.lstm(*a, reverse=True, backend="torch")
+        return out, h, c
+    assert torch.autograd.gradcheck(f, (x, w_ih, w_hh, b_ih, b_hh, h0, c0))
+
+
+@pytest.fixture
+def reference_calls(monkeypatch):
+    """How often native.lstm fell back to lstm_ref."""
+    calls = []
+
+    def spy(*a):
+        calls.append(a[0].dtype)
+        return lstm_ref(*a)
+    monkeypatch.setattr(native, "lstm_ref", spy)
+    return calls
+
+
+@pytest.mark.parametrize("case,why", [
+    ("bfloat16", "in float32 and float64 only, not torch.bfloat16"),
+    ("float16", "in float32 and float64 only, not torch.float16"),
+    ("T=0", "an empty sequence or batch"),
+    ("B=0", "an empty sequence or batch"),
+    ("compiling", "under torch.compile the reference loop is traced"),
+])
+def test_where_it_is_not_known_to_agree_the_reference_runs(case, why, reference_calls, monkeypatch):
+    T, B, dtype = 3, 2, torch.float32
+    if case in ("bfloat16", "float16"):
+        dtype = getattr(torch, case)
+    T = 0 if case == "T=0" else T
+    B = 0 if case == "B=0" else B
+    if case == "compiling":
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = _inputs(T, B, 3, 4, dtype, "both", False)
+    assert why in native.why_reference(x)
+    assert why in native.explain(x)
+    out, (h, c) = native.lstm(x, w_ih, w_hh, b_ih, b_hh, None, None, False)
+    assert len(reference_calls) == 1 and out.shape == (T, B, 4) and h.shape == c.shape == (B, 4)
+
+
+def test_cuda_tensors_wait_for_the_gpu_tests(monkeypatch):
+    """Until CUDNN_VERIFIED, CUDA tensors run lstm_ref (the reason says so)."""
+    monkeypatch.setattr(native, "CUDNN_VERIFIED", False)
+    # what why_reference reads of a CUDA tensor (no GPU here)
+    fake = type("CudaLike", (), {"dtype": torch.float32, "shape": (2, 1, 3), "device": torch.device("cuda")})()
+    assert "cuDNN's LSTM has not passed the GPU tests yet" in native.why_reference(fake)
+    monkeypatch.setattr(native, "CUDNN_VERIFIED", True)
+    assert native.why_reference(fake) is None
+
+
+# ------------------------------------------------------------------------ GPU: cuDNN
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES + [(40, 32, 512, 1024)])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gpu_cudnn_lstm_matches_the_reference(dtype, shape, reverse, monkeypatch):
+    """cuDNN's LSTM against lstm_ref on the GPU, IEEE float32 (matmul TF32 off: cuDNN's own
+    TF32 default must not leak in) and float64; the flag restored, no weight-layout warning."""
+    monkeypatch.setattr(native, "CUDNN_VERIFIED", True)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    args = _inputs(*shape, dtype, "both", True, device="cuda")
+    assert native.why_reference(args[0]) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = _outputs_and_grads(native.lstm, args, reverse)
+    assert torch.backends.cudnn.allow_tf32 is True
+    want = _outputs_and_grads(lstm_ref, args, reverse)
+    tol = TOL[dtype] if shape[0] < 40 else dict(rtol=1e-4, atol=1e-4)   # T=40, H=1024: longer sums
+    for i, (a, b) in enumerate(zip(got, want)):
+        torch.testing.assert_close(a, b, **tol, msg=lambda m: f"output/grad {i}: {m}")
