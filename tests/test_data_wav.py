@@ -2,6 +2,7 @@
 files written here byte by byte (plus one by the stdlib ``wave`` module as an independent
 writer), their framing into (u, x) sequences, the split rules, the normalisation, every error,
 and one end-to-end trainer run on a generated folder."""
+import json
 import re
 import struct
 import wave
@@ -444,7 +445,7 @@ def test_load_dataset_names_a_single_audio_file_instead_of_reading_it_as_npz(tmp
         load_dataset("timit", str(f))
 
 
-def test_trainer_runs_on_a_generated_wav_folder(tmp_path):
+def test_trainer_runs_on_a_generated_wav_folder(tmp_path, capsys):
     rng = np.random.default_rng(1)
     folder = tmp_path / "timit"
     t = np.arange(16400) / 8000
@@ -462,3 +463,13 @@ def test_trainer_runs_on_a_generated_wav_folder(tmp_path):
     with wave.open(str(samples[0])) as w:   # 40 frames of 200 samples at the folder's rate
         assert w.getframerate() == 8000 and w.getnframes() == 40 * 200
     assert torch.isfinite(torch.from_numpy(read_audio(samples[0])[0])).all()
+    # each test file: 82 frames -> 81 targets = 2 sequences + a 1-step tail; --eval-limit 4 keeps
+    # file 0's three and file 1's first: bounds per recording share the sums between 2 files
+    test = json.loads((out / "results.json").read_text())["test"]
+    assert test["sequences"] == 4 and test["recordings"] == 2
+    assert test["neg_elbo_per_recording"] == pytest.approx(test["neg_elbo"] * 4 / 2)
+    assert test["iwae_per_recording"] == pytest.approx(test["iwae"] * 4 / 2)
+    done = [line for line in capsys.readouterr().out.splitlines() if line.startswith("done:")]
+    assert f"per recording (2): -ELBO {test['neg_elbo_per_recording']:.3f}" in done[0]
+    assert "scored in 40-step windows" in done[0]   # the timit preset's protocol
+

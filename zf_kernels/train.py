@@ -608,6 +608,9 @@ def _train(cfg: TrainConfig, log, ctx) -> dict:
     log(f"done: {results['steps']} steps in {results['train_seconds']} s of training; "
         f"test -ELBO {t['neg_elbo']:.3f} nats/sequence, IWAE(k={cfg.iwae_k}) {t['iwae']:.3f}, "
         f"KL {t['kl']:.3f}" + (f", perplexity {t['perplexity']:.2f}" if "perplexity" in t else "")
+        + (f"; per recording ({t['recordings']}): -ELBO {t['neg_elbo_per_recording']:.3f}, IWAE "
+           f"{t['iwae_per_recording']:.3f}" if "recordings" in t else "")
+        + (f"; scored in {cfg.eval_window}-step windows" if cfg.eval_window else "")
         + f"; skipped batches {sum(results['skipped_batches'].values())}")
     files = ["results.json", run.metrics.path.name, "curves.png"]
     files += [Path(p).name for p in results["samples"]]
