@@ -241,6 +241,10 @@ TESTS_K="triton or gpu"
 [[ -n "${FALLBACK:-}" ]] && TESTS_K="(triton or gpu) and not persistent"
 XDIST=()
 "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 12)
+# work stealing where this xdist has it (>= 3.2): the default hands out chunks in collection
+# order, and the three test_compile_gpu cases (a whole-step inductor compilation each, never run
+# on a GPU yet) would likely share one worker, one after another
+"$PY" -c "from xdist.scheduler import WorkStealingScheduling" 2>/dev/null && XDIST+=(--dist worksteal)
 run_stage tests 150 "$OUT/tests.log" \
   "$PY" -m pytest -v ${XDIST[@]+"${XDIST[@]}"} --maxfail=20 tests -m "not slow" -k "$TESTS_K" --ignore-glob='tests/test_cuda_*.py' \
   -p no:cacheprovider -p no:benchmark -rfE --tb=short

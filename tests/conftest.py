@@ -38,3 +38,18 @@ def nan_empty(monkeypatch):
     monkeypatch.setattr(torch, "empty", lambda *a, **k: fill(real_empty(*a, **k)))
     monkeypatch.setattr(torch, "empty_like", lambda *a, **k: fill(real_empty_like(*a, **k)))
     assert torch.empty(3).isnan().all()
+
+
+@pytest.fixture
+def tf32_flags():
+    """``set(matmul=..., cudnn=...)``: torch's two TF32 switches for one test, both restored
+    afterwards. Not through monkeypatch.setattr: the matmul switch is a property of a module
+    object (``torch.backends.cuda.matmul``), which pytest 9.2's undo deletes instead of
+    restoring (an error at teardown)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+    def set_(*, matmul: bool, cudnn: bool):
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32 = cudnn
+    yield set_
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -168,7 +168,10 @@ def test_compile_step_rows_compile_the_step_not_the_loop(tmp_path):
 def test_triton_compile_rows_compile_the_step_with_the_fused_ops_in_it(tmp_path):
     """triton+compile: torch.compile of the Triton step (the interpreter's here, inductor's C++
     for the rest: ~18 s), its first loss that of the reference; every fused op is a custom op in
-    the graph: one graph, no break."""
+    the graph: one graph, no break. (On a GPU machine the CPU tensors cannot take Triton: the
+    device check's train-compile stage measures the row there.)"""
+    if os.environ.get("TRITON_INTERPRET") != "1" or torch.cuda.is_available():
+        pytest.skip("needs TRITON_INTERPRET=1 on a CPU-only machine")
     argv = ["--smoke", "--device", "cpu", "--out", str(tmp_path), "--name", "c", "--fresh", "--quiet",
             "--providers", "triton+compile", "--cases", "timit"]
     assert bench_train_step.main(argv) == 0

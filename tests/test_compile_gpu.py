@@ -16,9 +16,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 # backend="triton" once: each case is an inductor compilation of a whole step (tens of seconds in
 # the device check's test stage)
 @pytest.mark.parametrize("backend,cond_ln", [("auto", False), ("auto", True), ("triton", False)])
-def test_gpu_compiled_model_is_one_graph_with_the_eager_numbers(backend, cond_ln, monkeypatch):
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+def test_gpu_compiled_model_is_one_graph_with_the_eager_numbers(backend, cond_ln, tf32_flags):
+    tf32_flags(matmul=False, cudnn=False)
     torch.manual_seed(0)
     model = ZForcing(5, "gaussian", emb_dim=24, rnn_dim=40, z_dim=6, mlp_dim=20, cond_ln=cond_ln,
                      backend=backend).cuda()

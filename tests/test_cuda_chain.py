@@ -243,7 +243,10 @@ def test_cuda_chain_tf32_follows_torchs_matmul_switch(cuda_chain, monkeypatch):
 
 
 def test_cuda_chain_through_the_public_op(cuda_chain):
-    args, grads = _inputs(4, 3, 24, 10, 6, 8, torch.float32)
+    """Elementwise closeness at rtol 1e-3: on well-conditioned inputs (scale 0.25), away from the
+    clamps' kinks, where the GPU's contracted FMAs may flip an element's side (the clamp-heavy
+    inputs are the random-shape tests', bounded by norm against eager's own error)."""
+    args, grads = _inputs(4, 3, 24, 10, 6, 8, torch.float32, scale=0.25)
     got = _outputs_and_grads(lambda *a: ops.zforcing_chain(*a, backend="cuda"), args, grads)
     ref = _outputs_and_grads(lambda *a: ops.zforcing_chain(*a, backend="torch"), args, grads)
     for a, b in zip(got, ref):

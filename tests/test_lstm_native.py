@@ -118,12 +118,11 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", SHAPES + [(40, 32, 512, 1024)])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_gpu_cudnn_lstm_matches_the_reference(dtype, shape, reverse, monkeypatch):
+def test_gpu_cudnn_lstm_matches_the_reference(dtype, shape, reverse, monkeypatch, tf32_flags):
     """cuDNN's LSTM against lstm_ref on the GPU, IEEE float32 (matmul TF32 off: cuDNN's own
     TF32 default must not leak in) and float64; the flag restored, no weight-layout warning."""
     monkeypatch.setattr(native, "CUDNN_VERIFIED", True)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    tf32_flags(matmul=False, cudnn=True)
     args = _inputs(*shape, dtype, "both", True, device="cuda")
     assert native.why_reference(args[0]) is None
     with warnings.catch_warnings(record=True) as caught:

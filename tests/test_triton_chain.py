@@ -405,8 +405,13 @@ def test_gpu_timit_size(schedule, nan_empty):
     well-conditioned inputs (scale 0.25, as the model's initialisation). On make_inputs' default
     scale the 40-step chain is chaotic: eager fp32 torch is itself off by 1.9 in h (measured on
     the CPU), and so was the kernel on an H200, identically in both schedules. At scale 0.25
-    eager fp32 is off by <= 3e-6; a wrong barrier or a stale row gives errors of order 1."""
-    for shape in ((40, 32, 1024, 512, 256, 512), (6, 33, 1024, 512, 256, 512)):
+    eager fp32 is off by <= 3e-6; a wrong barrier or a stale row gives errors of order 1. The
+    2 x 64 grid needs 128 SMs resident at once: not on a 114-SM H100 PCIe, where B 33 runs
+    stepwise only."""
+    shapes = [(40, 32, 1024, 512, 256, 512)]
+    if schedule == "stepwise" or torch.cuda.get_device_properties(0).multi_processor_count >= 128:
+        shapes.append((6, 33, 1024, 512, 256, 512))
+    for shape in shapes:
         def fn(*a):
             return chain_triton.zforcing_chain(*a, schedule=schedule)
         errs = run_errors(fn, shape, torch.float32, seed=9, check_clamps=False, scale=0.25)

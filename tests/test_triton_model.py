@@ -48,9 +48,12 @@ def test_triton_backend_matches_torch_backend(output_type, mask, cond_ln):
 def test_explain_backends_names_what_a_step_runs(output_type, cond_ln, backend, monkeypatch):
     """ZForcing.explain_backends (printed by the trainer at the start of a run) against the
     backends a training step really resolves for its two recurrences, with "auto" deciding as
-    on a GPU (the interpreter's Triton kernels count as usable)."""
+    on a GPU (on the CPU, where the interpreter's Triton kernels count as usable, its tensors
+    pass for CUDA ones; on a GPU machine, where Triton refuses CPU tensors, they are CUDA ones)."""
     from zf_kernels.ops import _dispatch
-    monkeypatch.setattr(_dispatch, "_on_cuda", lambda tensors: True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        monkeypatch.setattr(_dispatch, "_on_cuda", lambda tensors: True)
     resolved = {}
     real_callable = _dispatch._callable
 
@@ -59,12 +62,13 @@ def test_explain_backends_names_what_a_step_runs(output_type, cond_ln, backend, 
         return real_callable(op, chosen)
     monkeypatch.setattr(_dispatch, "_callable", recording)
     T, B, D = 4, 3, (7 if output_type == "categorical" else 2)
-    model = ZForcing(D, output_type, emb_dim=9, rnn_dim=6, z_dim=3, mlp_dim=5, cond_ln=cond_ln, backend=backend)
+    model = ZForcing(D, output_type, emb_dim=9, rnn_dim=6, z_dim=3, mlp_dim=5, cond_ln=cond_ln,
+                     backend=backend).to(device)
     y = torch.randint(0, D, (T, B)) if output_type == "categorical" else (torch.rand(T, B, D) > 0.5).float()
     explained = model.explain_backends(T, B)
     chain = "zforcing_chain_ln" if cond_ln else "zforcing_chain"
     assert set(explained) == {"lstm", chain}
-    training_loss(model(y, eps=torch.randn(T, B, 3)), 1.0, 1.0, 1.0).backward()
+    training_loss(model(y.to(device), eps=torch.randn(T, B, 3, device=device)), 1.0, 1.0, 1.0).backward()
     for op, (chosen, why) in explained.items():
         assert resolved[op] == chosen, (op, chosen, why)
         assert chosen == ("torch" if backend == "torch" else "triton") and why
