@@ -4,8 +4,8 @@ computes, else the reference.
 ``lstm_ref`` (naive.py) is the reference: a Python loop that launches each op of a step once
 per time step, and whose backward replays them one by one. ``torch._VF.lstm``, the op behind
 ``nn.LSTM``, runs the same recurrence in C++ (ATen's loop on the CPU): the same numbers up to
-rounding, without the interpreter's cost per step (on 2 CPU cores, T=32, B=32, H=64, forward +
-backward: 1.6 ms against 5.6 ms; the synthetic preset's training step spends that difference).
+rounding, without the interpreter's cost per step (measured once, 2026-11-28, on a 2-core CPU at
+T=32, B=32, H=64, forward + backward: 1.6 ms against 5.6 ms; not a benchmark of record).
 
 Taken where it is known to agree with ``lstm_ref`` (``tests/test_lstm_native.py``): eagerly (while
 dynamo traces, ``lstm_ref``, whose ops inductor fuses; dynamo does not trace torch's RNN ops), on
