@@ -308,8 +308,12 @@ def run(args) -> int:
                                                 or (p == "triton-stepwise" and c.op in SCHEDULED))]
     compile_plan = [(c, p) for c in all_cases for p in ("compile", "compile-step")
                     if p in providers and (p == "compile" or c.op in SCHEDULED)]
+    # compile-step rows after the cheapest compiles, the T40 ones (every recurrence's first
+    # torch.compile row) before the T784 ones
+    def compile_order(cp):
+        return (cp[0].compile_rank, False) if cp[1] == "compile" else (1.5, cp[0].long)
     for dt in dtypes:
-        for c, p in sorted(compile_plan, key=lambda cp: cp[0].compile_rank if cp[1] == "compile" else 1.5):
+        for c, p in sorted(compile_plan, key=compile_order):
             plan.append((c, dt, p))
 
     ref_cache: dict = {}

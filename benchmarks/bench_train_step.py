@@ -14,9 +14,9 @@ Providers:
   torch+graph    the whole reference step captured once in a CUDA graph (static inputs, warm-up
                  on a side stream, ``Adam(capturable=True)``) and replayed
   cudnn, cudnn+graph
-                 the same reference with its backward LSTM on ``nn.LSTM`` (cuDNN on a GPU,
-                 which may use TF32 under torch's defaults) instead of the reference's Python
-                 loop: the strongest eager baseline (ZForcing only)
+                 the same reference with its backward LSTM on torch's LSTM op (what
+                 ``nn.LSTM`` runs: cuDNN on a GPU, which may use TF32 under torch's defaults)
+                 instead of the reference's Python loop: the strongest eager baseline (ZForcing only)
   torch+compile  ``torch.compile(model)`` (default mode) of the reference; backward through
                  AOTAutograd, clipping and Adam eager. Skipped at T=784 unless ``--compile all``
                  (it unrolls the 784-step loops: minutes of compilation)
@@ -65,6 +65,7 @@ import copy
 import importlib.util
 import inspect
 import sys
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the repository root
@@ -77,6 +78,7 @@ from zf_kernels import ZForcing, ops, training_loss  # noqa: E402
 from zf_kernels.sequences import check_batch  # noqa: E402
 from zf_kernels.model import LossTerms  # noqa: E402
 from zf_kernels.ops._dispatch import AUTO_UNVERIFIED_ENV  # noqa: E402
+from zf_kernels.ops.lstm import native as native_lstm  # noqa: E402
 
 PROVIDERS = ("torch", "torch+graph", "cudnn", "cudnn+graph", "triton", "triton+graph", "triton-stepwise", "triton-stepwise+graph",
              "cuda", "cuda+graph", "torch+compile", "triton+compile", "auto+compile", "cuda+compile")   # run in this order
@@ -199,27 +201,28 @@ def prepare(master, provider, device, dtype, args):
 
 
 def use_cudnn_backward_lstm(model):
-    """Run ``model``'s backward network through ``nn.LSTM`` (cuDNN on a GPU): the same weights,
-    input projection (the embedding folded into it where the model folds it:
-    ``ZForcing._embedded_projection``) and numbers as ``ops.lstm(..., reverse=True)`` up to
-    cuDNN's rounding. The weights reach nn.LSTM through ``torch.func.functional_call`` of a
-    module on the meta device (the folded input weight is computed every step, so it is no
-    parameter of any module); cuDNN then copies them into its flat buffer each call."""
+    """Run ``model``'s backward network through torch's LSTM op (``torch._VF.lstm``, what
+    ``nn.LSTM`` calls: cuDNN on a GPU): the same weights, input projection (the embedding folded
+    into it where the model folds it: ``ZForcing._embedded_projection``) and numbers as
+    ``ops.lstm(..., reverse=True)`` up to cuDNN's rounding. Called directly, not through an
+    ``nn.LSTM`` module: the folded input weight is computed every step (no parameter of any
+    module), and a module's ``flatten_parameters`` would ``set_()`` the model's own W_hh and
+    b_hh onto a new buffer each call (under a CUDA graph, a replay would then read a stale one).
+    cuDNN copies the weights into its flat buffer each call (its warning about that silenced)."""
     if not isinstance(model, ZForcing):
-        raise Skip("the cudnn provider swaps ZForcing's backward LSTM for nn.LSTM; not this model")
+        raise Skip("the cudnn provider swaps ZForcing's backward LSTM for cuDNN's; not this model")
     lstm = model.bwd_lstm      # nn.LSTM's parameters (zf_kernels.model.LSTMWeights)
-    shells = {}
 
     def backward_states(y, mask=None):
         if mask is not None:
             raise ValueError("the cudnn provider handles unpadded batches only")
         x, w_ih, b_ih = model._embedded_projection(y, lstm.weight_ih_l0, lstm.bias_ih_l0)
-        key = (x.shape[-1], x.dtype)
-        if key not in shells:
-            shells[key] = torch.nn.LSTM(x.shape[-1], lstm.hidden_size, device="meta", dtype=x.dtype)
-        weights = {"weight_ih_l0": w_ih, "weight_hh_l0": lstm.weight_hh_l0, "bias_ih_l0": b_ih,
-                   "bias_hh_l0": lstm.bias_hh_l0}
-        out, _ = torch.func.functional_call(shells[key], weights, (x.flip(0),))
+        zeros = x.new_zeros(1, x.shape[1], lstm.hidden_size)
+        weights = [w_ih, lstm.weight_hh_l0, b_ih, lstm.bias_hh_l0]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=native_lstm._FLAT_WEIGHTS_WARNING)
+            out, _, _ = torch._VF.lstm(x.flip(0), (zeros, zeros), weights, True, 1, 0.0, torch.is_grad_enabled(),
+                                       False, False)
         return out.flip(0)
     model.backward_states = backward_states
 

@@ -36,11 +36,19 @@ def load_rows(path: Path):
 
 
 def latest(rows):
-    """The last row per (suite, case, dtype, mode, provider): a rerun supersedes earlier rows."""
+    """The last row per (suite, case, dtype, mode, provider): a rerun supersedes earlier rows,
+    except that a row that did not succeed (skipped, cut off, failed) never hides an earlier one
+    that did (a later stage repeating a measurement on a short budget, e.g. ops-cuda's cudnn rows)."""
     out = {}
     for r in rows:
-        out[(r.get("suite"), r.get("case"), r.get("dtype"), r.get("mode"), r.get("provider"))] = r
+        key = (r.get("suite"), r.get("case"), r.get("dtype"), r.get("mode"), r.get("provider"))
+        if key not in out or _ok(r) or not _ok(out[key]):
+            out[key] = r
     return list(out.values())
+
+
+def _ok(r):
+    return r.get("status") == "ok" and bool(r.get("ms"))
 
 
 def _providers(rows):

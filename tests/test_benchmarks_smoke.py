@@ -64,7 +64,7 @@ def test_train_rows(results):
             assert r["status"] == "unavailable" and "'auto' picks torch for lstm, not cuda" in r["note"], r
         elif r["provider"] == "torch":
             assert r["status"] == "ok" and r["ms"] > 0 and r["rel_err"] == 0.0, r
-        elif r["provider"] == "cudnn":             # nn.LSTM for the backward network: same loss
+        elif r["provider"] == "cudnn":             # torch's LSTM op for the backward network: same loss
             assert r["status"] == "ok" and r["ms"] > 0 and r["rel_err"] < 1e-5, r
         else:                                   # CUDA graphs: a row saying why not, no crash
             assert r["status"] == "skipped" and "CUDA" in r["note"], r
@@ -149,6 +149,21 @@ def test_ops_coverage_names_what_each_case_lacks():
     assert f"- {lstm}: no cuDNN" in lines and f"- {kl}: no triton" in lines, lines
     rows += [row(lstm, "cudnn"), row(kl, "triton")]
     assert summarize.ops_coverage(rows)[-1] == "- complete"
+
+
+def test_a_row_that_did_not_succeed_never_hides_an_earlier_good_one():
+    """plot.latest (the rows summarize.py and the chart read): the last row per measurement, but a
+    later skipped / cut-off / failed repeat (ops-cuda's cudnn rows on a short budget) leaves the
+    earlier successful one in place; a later success replaces it."""
+    from benchmarks import plot, summarize
+    row = dict(suite="ops", case="lstm T784 B32 I64 H512", dtype="float32", mode="fwd+bwd", provider="cudnn")
+    first, repeat = dict(row, status="ok", ms=35.0), dict(row, status="skipped", ms=None)
+    assert plot.latest([first, repeat]) == [first]
+    assert plot.latest([repeat, first]) == [first]
+    better = dict(row, status="ok", ms=34.0)
+    assert plot.latest([first, repeat, better]) == [better]
+    assert plot.latest([repeat, dict(row, status="incomplete")]) == [dict(row, status="incomplete")]
+    assert summarize._get(plot.latest([first, repeat]), "ops", row["case"], "fwd+bwd", "cudnn", "float32") == first
 
 
 def test_compile_step_rows_compile_the_step_not_the_loop(tmp_path):
