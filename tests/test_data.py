@@ -331,6 +331,30 @@ def test_speech_npz_round_trip_and_global_normalisation(tmp_path):
     assert torch.all(bundle.test.y[1, 3:] == 0)  # padded steps carry nothing
 
 
+def test_speech_npz_inputs_must_be_the_targets_one_step_behind(tmp_path):
+    """As the authors' loader asserts: u[:, t] == x[:, t - 1] on valid steps after the first.
+    Swapped keys or unshifted inputs are refused naming the split, sequence and step; padded
+    test steps may hold anything; T = 1 has nothing to compare."""
+    arrays = _speech_arrays(D=4)
+    arrays["x_test"][1, 5] = 99.0        # padding of sequence 1 (3 valid steps): ignored
+    np.savez(tmp_path / "ok.npz", **arrays)
+    load_speech_npz(tmp_path / "ok.npz")
+    swapped = dict(arrays, u_valid=arrays["x_valid"], x_valid=arrays["u_valid"])
+    np.savez(tmp_path / "swapped.npz", **swapped)
+    with pytest.raises(ValueError, match=r"u_valid must be x_valid one step behind .* 18 frame\(s\) differ, "
+                                         r"the first at sequence 0, step 1"):
+        load_speech_npz(tmp_path / "swapped.npz")
+    arrays["u_train"] = arrays["u_train"].copy()   # (a view of the same waveform as x_train)
+    arrays["u_train"][4, 6, 2] += 1e-6   # one value of one frame
+    np.savez(tmp_path / "one.npz", **arrays)
+    with pytest.raises(ValueError, match=r"u_train .* 1 frame\(s\) differ, the first at sequence 4, step 6"):
+        load_speech_npz(tmp_path / "one.npz")
+    short = _speech_arrays(D=3, T=1)
+    short["mask_test"] = short["mask_test"][:, :1]
+    np.savez(tmp_path / "short.npz", **short)
+    assert load_speech_npz(tmp_path / "short.npz").test.y.shape[1] == 1
+
+
 def test_speech_npz_missing_key_is_named(tmp_path):
     arrays = _speech_arrays(D=4)
     del arrays["x_valid"]

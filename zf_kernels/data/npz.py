@@ -4,7 +4,8 @@ Two layouts, told apart by their keys:
 
 - **Speech** (the authors' preprocessed TIMIT / Blizzard): ``u_train, x_train, u_valid,
   x_valid, u_test, x_test``, each (N, T, D) float (D = 200 raw samples per frame), ``u`` the
-  input and ``x`` the target one step ahead; optional ``mask_train``, ``mask_valid``,
+  input and ``x`` the target one step ahead (checked: ``u[:, t] == x[:, t - 1]`` on valid steps
+  after the first); optional ``mask_train``, ``mask_valid``,
   ``mask_test`` (N, T). Output type "gaussian". By default (as the authors) the data are
   normalised with one global mean and std of the training targets (valid frames only),
   stored in ``meta`` as ``mean`` / ``std``; ``normalize=False`` keeps the raw values
@@ -89,6 +90,22 @@ def _check_mask(mask: np.ndarray, key: str, shape, path) -> np.ndarray:
     return m
 
 
+def _check_shifted(u: np.ndarray, x: np.ndarray, mask, split: str, path) -> None:
+    """``u`` must be ``x`` one step behind on every valid step after the first (``u[:, t] ==
+    x[:, t - 1]``, exactly, as the authors' loader asserts): a file whose inputs are not the
+    previous targets (swapped keys, no shift) would train a different task without a word."""
+    # (N, T - 1) frames that differ, 256 sequences at a time (a TIMIT-sized split at once would
+    # hold a boolean copy of it)
+    bad = np.concatenate([~(u[i:i + 256, 1:] == x[i:i + 256, :-1]).all(axis=2) for i in range(0, len(u), 256)])
+    if mask is not None:
+        bad &= mask[:, 1:] > 0
+    if bad.any():
+        row, t = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"path {path}: u_{split} must be x_{split} one step behind (u[:, t] == x[:, t - 1] "
+                         f"for t >= 1, as in the authors' files), but {int(bad.sum())} frame(s) differ, the first "
+                         f"at sequence {row}, step {t + 1} (keys swapped, or not shifted?)")
+
+
 def _check_sizes(arr: np.ndarray, key: str, path) -> None:
     """Every dim of a data array (N sequences, T steps, D features) must be >= 1."""
     if arr.ndim and min(arr.shape) < 1:
@@ -152,6 +169,7 @@ def load_speech_npz(path: str | os.PathLike, *, name: str = "timit", normalize: 
         dim = x.shape[2]
         mask_key = f"mask_{s}"
         masks[s] = _check_mask(data[mask_key], mask_key, x.shape[:2], path) if mask_key in data else None
+        _check_shifted(u, x, masks[s], s, path)
         ys[s], us[s] = x, u
     mean, std = 0.0, 1.0
     if normalize:
