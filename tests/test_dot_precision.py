@@ -16,17 +16,11 @@ class _CudaLike:
 
 
 @pytest.fixture
-def tf32(monkeypatch):
-    """Set torch's float32-matmul TF32 switch for one test (restored afterwards). Not through
-    monkeypatch.setattr: the switch is a property of a module object's __getattr__, which
-    pytest 9's undo deletes instead of restoring."""
-    saved = torch.backends.cuda.matmul.allow_tf32
+def tf32(monkeypatch, tf32_flags):
+    """Set torch's float32-matmul TF32 switch for one test (restored afterwards: conftest's
+    tf32_flags), with no ZF_FP32_DOT override."""
     monkeypatch.delenv(FP32_DOT_ENV, raising=False)
-
-    def set_(on):
-        torch.backends.cuda.matmul.allow_tf32 = on
-    yield set_
-    torch.backends.cuda.matmul.allow_tf32 = saved
+    return lambda on: tf32_flags(matmul=on, cudnn=torch.backends.cudnn.allow_tf32)
 
 
 def test_float32_follows_torch_tf32_switch_by_default(tf32):
