@@ -58,6 +58,9 @@ def test_native_lstm_matches_the_reference(dtype, shape, biases, reverse):
 def test_backend_torch_runs_the_native_op_and_gradcheck_passes():
     x, w_ih, w_hh, b_ih, b_hh, h0, c0 = _inputs(4, 2, 3, 5, torch.float64, "both", True)
     assert ops.explain("lstm", x, w_ih, w_hh, backend="torch")[1] == "requested; torch's own LSTM op (ATen's loop)"
+    # "auto" on the CPU says the same of what its "torch" runs
+    assert ops.explain("lstm", x, w_ih, w_hh) == (
+        "torch", "tensors are not on CUDA: the fused kernels only pay off on a GPU; torch's own LSTM op (ATen's loop)")
 
     def f(*a):
         out, (h, c) = ops.lstm(*a, reverse=True, backend="torch")

@@ -176,12 +176,15 @@ def _auto_takes_unverified() -> bool:
 
 def _auto_choice(op: str, tensors, detail: bool = True, compiling: bool | None = None) -> tuple[str, str]:
     reasons, skipped = [], []
+
+    def reference(reason):   # with what the "torch" implementation runs, where it says (lstm)
+        return "torch", _with_detail(op, "torch", reason, tensors) if detail else reason
     if not _on_cuda(tensors):
-        return "torch", "tensors are not on CUDA: the fused kernels only pay off on a GPU"
+        return reference("tensors are not on CUDA: the fused kernels only pay off on a GPU")
     if compiling is None:
         compiling = torch.compiler.is_compiling()
     if compiling and op in _COMPILE_TRACED:
-        return "torch", COMPILE_TRACED_REASON
+        return reference(COMPILE_TRACED_REASON)
     for candidate in ("cuda", "triton"):
         gate = _NOT_AUTO.get((op, candidate)) if candidate in _REGISTRY.get(op, {}) else None
         if gate is not None and not _auto_takes_unverified():
@@ -196,7 +199,7 @@ def _auto_choice(op: str, tensors, detail: bool = True, compiling: bool | None =
             # the candidates tried before it and why they could not run (none silently passed over)
             return candidate, "; ".join([reason] + reasons + skipped)
         reasons.append(f"{candidate}: {why}")
-    return "torch", "; ".join(["falling back to torch"] + reasons + skipped)
+    return reference("; ".join(["falling back to torch"] + reasons + skipped))
 
 
 def _with_detail(op: str, backend: str, reason: str, tensors) -> str:
