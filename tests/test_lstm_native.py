@@ -57,15 +57,50 @@ def test_native_lstm_matches_the_reference(dtype, shape, biases, reverse):
 
 def test_backend_torch_runs_the_native_op_and_gradcheck_passes():
     x, w_ih, w_hh, b_ih, b_hh, h0, c0 = _inputs(4, 2, 3, 5, torch.float64, "both", True)
-    assert ops.explain("lstm", x, w_ih, w_hh, backend="torch")[1] == "requested; torch's own LSTM op (ATen's loop)"
+    assert ops.explain("lstm", x, w_ih, w_hh, backend="torch")[1] == "requested; torch's own LSTM op (C++, on the CPU)"
     # "auto" on the CPU says the same of what its "torch" runs
     assert ops.explain("lstm", x, w_ih, w_hh) == (
-        "torch", "tensors are not on CUDA: the fused kernels only pay off on a GPU; torch's own LSTM op (ATen's loop)")
+        "torch", "tensors are not on CUDA: the fused kernels only pay off on a GPU; torch's own LSTM op (C++, on the CPU)")
 
     def f(*a):
         out, (h, c) = ops.lstm(*a, reverse=True, backend="torch")
         return out, h, c
     assert torch.autograd.gradcheck(f, (x, w_ih, w_hh, b_ih, b_hh, h0, c0))
+
+
+def test_explain_under_torch_compile_names_no_native_op():
+    """What "auto" picks under torch.compile is the traced reference: no word of the native op."""
+    x, w_ih, w_hh, *_ = _inputs(3, 2, 3, 4, torch.float32, "none", False)
+    backend, why = ops.explain("lstm", x, w_ih, w_hh, compiling=True)
+    assert backend == "torch" and "LSTM op" not in why and "lstm_ref" not in why
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_functorch_transforms_and_forward_ad_take_the_reference(dtype, reference_calls):
+    """torch's LSTM op has no vmap batching rule (and oneDNN's float32 one no forward derivative):
+    under vmap, jvp and forward-mode AD the "torch" backend is lstm_ref, as before."""
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = (a.detach() for a in _inputs(4, 2, 3, 5, dtype, "both", True))
+
+    def out(x_, w=w_ih):
+        return ops.lstm(x_, w, w_hh, b_ih, b_hh, h0, c0, backend="torch")[0]
+    xs = torch.stack([x, 2 * x])
+    batched = torch.func.vmap(out)(xs)
+    assert reference_calls, "vmap did not take lstm_ref"
+    for i in range(2):
+        torch.testing.assert_close(batched[i], lstm_ref(xs[i], w_ih, w_hh, b_ih, b_hh, h0, c0)[0], **TOL[dtype])
+    reference_calls.clear()
+    tangent = torch.randn_like(w_ih)
+    _, jvp = torch.func.jvp(lambda w: out(x, w), (w_ih,), (tangent,))
+    assert reference_calls
+    eps = 1e-6 if dtype == torch.float64 else 1e-2
+    fd = (out(x, w_ih + eps * tangent) - out(x, w_ih - eps * tangent)) / (2 * eps)
+    torch.testing.assert_close(jvp, fd, rtol=1e-3, atol=1e-3 if dtype == torch.float32 else 1e-8)
+    reference_calls.clear()
+    import torch.autograd.forward_ad as fwAD
+    with fwAD.dual_level():
+        dual = out(x, fwAD.make_dual(w_ih, tangent))
+        torch.testing.assert_close(fwAD.unpack_dual(dual).tangent, jvp, **TOL[dtype])
+    assert reference_calls
 
 
 @pytest.fixture
@@ -102,14 +137,32 @@ def test_where_it_is_not_known_to_agree_the_reference_runs(case, why, reference_
     assert len(reference_calls) == 1 and out.shape == (T, B, 4) and h.shape == c.shape == (B, 4)
 
 
-def test_cuda_tensors_wait_for_the_gpu_tests(monkeypatch):
+def test_cuda_tensors_wait_for_the_gpu_tests(monkeypatch, tf32_flags):
     """Until CUDNN_VERIFIED, CUDA tensors run lstm_ref (the reason says so)."""
+    tf32_flags(matmul=False, cudnn=False)
     monkeypatch.setattr(native, "CUDNN_VERIFIED", False)
     # what why_reference reads of a CUDA tensor (no GPU here)
     fake = type("CudaLike", (), {"dtype": torch.float32, "shape": (2, 1, 3), "device": torch.device("cuda")})()
     assert "cuDNN's LSTM has not passed the GPU tests yet" in native.why_reference(fake)
     monkeypatch.setattr(native, "CUDNN_VERIFIED", True)
     assert native.why_reference(fake) is None
+
+
+@pytest.mark.parametrize("cudnn,matmul", [(True, False), (False, True)])
+def test_cudnn_float32_only_where_its_tf32_switch_is_the_matmuls(cudnn, matmul, monkeypatch, tf32_flags):
+    """cuDNN reads its TF32 switch in the forward and again in the backward pass: float32 takes
+    cuDNN only where that switch equals the reference's matmul switch, else lstm_ref, saying why;
+    float64 never rounds to TF32."""
+    monkeypatch.setattr(native, "CUDNN_VERIFIED", True)
+    tf32_flags(matmul=matmul, cudnn=cudnn)
+
+    def cuda_like(dtype):
+        return type("CudaLike", (), {"dtype": dtype, "shape": (2, 1, 3), "device": torch.device("cuda")})()
+    why = native.why_reference(cuda_like(torch.float32))
+    assert f"torch.backends.cudnn.allow_tf32={cudnn}, torch.backends.cuda.matmul.allow_tf32={matmul}" in why
+    assert native.why_reference(cuda_like(torch.float64)) is None
+    tf32_flags(matmul=cudnn, cudnn=cudnn)
+    assert native.why_reference(cuda_like(torch.float32)) is None
 
 
 # ------------------------------------------------------------------------ GPU: cuDNN
@@ -122,17 +175,16 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.mark.parametrize("shape", SHAPES + [(40, 32, 512, 1024)])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_gpu_cudnn_lstm_matches_the_reference(dtype, shape, reverse, monkeypatch, tf32_flags):
-    """cuDNN's LSTM against lstm_ref on the GPU, IEEE float32 (matmul TF32 off: cuDNN's own
-    TF32 default must not leak in) and float64; the flag restored, no weight-layout warning."""
+    """cuDNN's LSTM against lstm_ref on the GPU, IEEE float32 (both TF32 switches off: cuDNN's
+    forward and backward) and float64; no weight-layout warning."""
     monkeypatch.setattr(native, "CUDNN_VERIFIED", True)
-    tf32_flags(matmul=False, cudnn=True)
+    tf32_flags(matmul=False, cudnn=False)
     args = _inputs(*shape, dtype, "both", True, device="cuda")
-    assert native.why_reference(args[0]) is None
+    assert native.why_reference(*args) is None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         got = _outputs_and_grads(native.lstm, args, reverse)
     assert not [w for w in caught if native._FLAT_WEIGHTS_WARNING in str(w.message)]
-    assert torch.backends.cudnn.allow_tf32 is True
     want = _outputs_and_grads(lstm_ref, args, reverse)
     tol = TOL[dtype] if shape[0] < 40 else dict(rtol=1e-4, atol=1e-4)   # T=40, H=1024: longer sums
     for i, (a, b) in enumerate(zip(got, want)):

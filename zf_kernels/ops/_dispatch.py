@@ -176,13 +176,15 @@ def _auto_takes_unverified() -> bool:
 
 def _auto_choice(op: str, tensors, detail: bool = True, compiling: bool | None = None) -> tuple[str, str]:
     reasons, skipped = [], []
-
-    def reference(reason):   # with what the "torch" implementation runs, where it says (lstm)
-        return "torch", _with_detail(op, "torch", reason, tensors) if detail else reason
-    if not _on_cuda(tensors):
-        return reference("tensors are not on CUDA: the fused kernels only pay off on a GPU")
     if compiling is None:
         compiling = torch.compiler.is_compiling()
+
+    def reference(reason):
+        # with what the "torch" implementation runs, where it says (lstm: torch's own op or the
+        # loop); not for a trace, which always takes the traceable reference
+        return "torch", _with_detail(op, "torch", reason, tensors) if detail and not compiling else reason
+    if not _on_cuda(tensors):
+        return reference("tensors are not on CUDA: the fused kernels only pay off on a GPU")
     if compiling and op in _COMPILE_TRACED:
         return reference(COMPILE_TRACED_REASON)
     for candidate in ("cuda", "triton"):
