@@ -43,9 +43,9 @@ def _get(rows, suite, case, mode, provider, dtype="float32"):
 
 def _latest(rows):
     """Of the rows of one measurement (a second device call may repeat a stage the first one
-    cut short), the last that succeeded, else the last one; None if there are none."""
-    ok = [r for r in rows if r.get("status") == "ok" and r.get("ms")]
-    return (ok or rows or [None])[-1]
+    cut short), the last that succeeded, else the last one (``plot.latest``'s rule); None if
+    there are none."""
+    return (latest(rows) or [None])[0]
 
 
 def _ms(r):
