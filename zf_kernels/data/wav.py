@@ -307,12 +307,13 @@ def _build_split(files: list[Path], lengths: list[int], frame_size: int, seq_len
     recording (N,) int64 (the file's index in ``files``) of one split; ``lengths`` are the
     files' frame counts from the first pass."""
     counts = [_frame_counts(n, seq_len, keep_tail) if n >= 2 else (0, 0) for n in lengths]
-    n_seq = sum(full + (tail > 0) for full, tail in counts)
+    per_file = [full + (tail > 0) for full, tail in counts]
+    n_seq = sum(per_file)
     L, D = seq_len, frame_size
     u = np.zeros((n_seq, L, D), np.float32)
     x = np.zeros((n_seq, L, D), np.float32)
     mask = np.ones((n_seq, L), np.float32)
-    recording = np.repeat(np.arange(len(files), dtype=np.int64), [full + (tail > 0) for full, tail in counts])
+    recording = np.repeat(np.arange(len(files), dtype=np.int64), per_file)
     i = 0
     for path, n_frames, (full, tail) in zip(files, lengths, counts):
         if full == 0 and tail == 0:
