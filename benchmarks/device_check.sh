@@ -30,7 +30,7 @@
 # The files (in the archive):
 #   stages.txt     one "name status" line per stage (ok, failed, timed-out, skipped, not-selected):
 #                  commit it as <gpu>_<date>_stages.txt for a second call's ZF_STAGES=rest
-#   persistent_smoke.log  persistent vs stepwise vs float64 lstm / zforcing_chain, benchmark shapes
+#   persistent_smoke.log  persistent vs stepwise vs float64 lstm / zforcing_chain / zforcing_chain_ln, benchmark shapes
 #   tests.log      pytest -k "triton or gpu" on the GPU (--maxfail=20, 12 xdist workers where
 #                  pytest-xdist is installed), the CUDA extension's tests aside
 #   cuda_tests.log the background JIT build of zf_kernels._C, then tests/test_cuda_{lstm,chain}.py
@@ -207,7 +207,7 @@ if [[ -z "$DRY" ]] && [[ ",$WANT," == *",variant-"* ]]; then
   VARIANT_PID=$!
 fi
 
-# 0. the persistent kernels (lstm, zforcing_chain) against stepwise + float64 first: for one
+# 0. the persistent kernels (lstm, zforcing_chain, zforcing_chain_ln) against stepwise + float64 first: for one
 # that fails (or hangs until its barrier gives up) the benchmarks below run it stepwise
 # (ZF_LSTM_SCHEDULE / ZF_CHAIN_SCHEDULE=stepwise, printed on the smoke test's last line)
 SMOKE_LOG="$OUT/persistent_smoke.log"

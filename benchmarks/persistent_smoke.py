@@ -1,10 +1,11 @@
 """GPU smoke test of the persistent Triton kernels, run first by device_check.sh.
 
-Runs ``lstm`` and ``zforcing_chain`` with schedule="persistent" and "stepwise" at the
-benchmark shapes, forward + backward, against a float64 reference. Prints one line per case
-and, last, the environment variables the benchmarks should run with: ``ZF_LSTM_SCHEDULE=stepwise``
-and/or ``ZF_CHAIN_SCHEDULE=stepwise`` for a persistent kernel that failed (so one broken kernel
-does not cost the GPU session's other numbers). Exit status 0 if every case agreed, else 1.
+Runs ``lstm``, ``zforcing_chain`` and ``zforcing_chain_ln`` with schedule="persistent" and
+"stepwise" at the benchmark shapes, forward + backward, against a float64 reference. Prints one
+line per case and, last, the environment variables the benchmarks should run with:
+``ZF_LSTM_SCHEDULE=stepwise`` and/or ``ZF_CHAIN_SCHEDULE=stepwise`` (both chains follow it) for a
+persistent kernel that failed (so one broken kernel does not cost the GPU session's other
+numbers). Exit status 0 if every case agreed, else 1.
 
     python benchmarks/persistent_smoke.py           # GPU
     TRITON_INTERPRET=1 python benchmarks/persistent_smoke.py --tiny   # CPU check of the script
@@ -23,11 +24,14 @@ from zf_kernels.ops.lstm import naive as lstm_naive  # noqa: E402
 from zf_kernels.ops.lstm import triton as lstm_triton  # noqa: E402
 from zf_kernels.ops.recurrence import naive as chain_naive  # noqa: E402
 from zf_kernels.ops.recurrence import triton as chain_triton  # noqa: E402
+from zf_kernels.ops.recurrence import triton_ln as chain_ln_triton  # noqa: E402
 
 # (T, B, I, H, reverse)
 LSTM_CASES = [(40, 32, 512, 1024, True), (784, 32, 64, 512, False), (9, 40, 33, 600, True)]
 # (T, B, H, M, Z, G): TIMIT sizes, SeqMNIST sizes (fewer steps), an odd one
 CHAIN_CASES = [(40, 32, 1024, 512, 256, 512), (100, 32, 1024, 512, 128, 512), (7, 5, 37, 19, 18, 21)]
+# the cond_ln chain: its benchmark shape (TIMIT) and an odd one
+CHAIN_LN_CASES = [(40, 32, 1024, 512, 256, 512), (7, 5, 37, 19, 18, 21)]
 # --tiny: a CPU check of this script itself, under TRITON_INTERPRET=1 (tests/test_benchmarks_smoke.py)
 TINY_LSTM = [(3, 2, 5, 7, True), (4, 70, 3, 5, False)]
 TINY_CHAIN = [(3, 2, 5, 6, 3, 4)]
@@ -79,6 +83,23 @@ def _chain_case(shape, device, g):
     return args, grads, fn, lambda: chain_triton.explain_schedule(*args[:3])
 
 
+def _chain_ln_case(shape, device, g):
+    T, B, H, M, Z, G = shape
+    shapes = [(T, B, 4 * H), (T, B, M), (T, B, Z), (B, H), (B, H), (M, H), (2 * Z, M), (2 * Z,),
+              (G, Z), (G,), (8 * H, G), (8 * H,), (4 * H, H)]
+    scales = [1.0, 1.0, 1.0, 0.5, 1.0, H ** -0.5, M ** -0.5, 0.5, Z ** -0.5, 0.5, G ** -0.5, 0.5, H ** -0.5]
+    args = [(s * torch.randn(*sh, device=device, generator=g)).requires_grad_() for sh, s in zip(shapes, scales)]
+    grads = [torch.randn(T, B, n, device=device, generator=g) for n in (H, H, Z, Z, Z)]
+
+    def fn(schedule):
+        def call(*a):
+            if schedule == "reference":
+                return tuple(chain_naive.zforcing_chain_ln_ref(*a))
+            return tuple(chain_ln_triton.zforcing_chain_ln(*a, schedule=schedule))
+        return call
+    return args, grads, fn, lambda: chain_ln_triton.explain_schedule(*args[:3], G)
+
+
 def check(op, make, shape, device) -> bool:
     g = torch.Generator(device=device).manual_seed(0)
     args, grads, fn, explain = make(shape, device, g)
@@ -112,7 +133,8 @@ def main(argv=None) -> int:
         return 1
     env = []
     ops = (("lstm", _lstm_case, TINY_LSTM if tiny else LSTM_CASES, "ZF_LSTM_SCHEDULE"),
-           ("zforcing_chain", _chain_case, TINY_CHAIN if tiny else CHAIN_CASES, "ZF_CHAIN_SCHEDULE"))
+           ("zforcing_chain", _chain_case, TINY_CHAIN if tiny else CHAIN_CASES, "ZF_CHAIN_SCHEDULE"),
+           ("zforcing_chain_ln", _chain_ln_case, TINY_CHAIN if tiny else CHAIN_LN_CASES, "ZF_CHAIN_SCHEDULE"))
     for i, (op, make, cases, var) in enumerate(ops):
         if all(check(op, make, shape, device) for shape in cases):
             continue
@@ -123,7 +145,7 @@ def main(argv=None) -> int:
             env += [f"{v}=stepwise" for *_, v in ops[i + 1:]]
             print(f"stopping after {op}: later persistent kernels unchecked, run stepwise", flush=True)
             break
-    print("ENV " + " ".join(env))
+    print("ENV " + " ".join(dict.fromkeys(env)))   # each variable once
     return 0 if not env else 1
 
 

@@ -308,8 +308,9 @@ def test_persistent_smoke_script_runs_and_agrees_on_cpu():
                        capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.strip().splitlines()
-    assert len(lines) == 4 and lines[-1] == "ENV", r.stdout
-    assert all(line.endswith(": ok") and "schedule persistent" in line for line in lines[:3]), r.stdout
+    assert len(lines) == 5 and lines[-1] == "ENV", r.stdout   # 2 lstm, 1 chain, 1 cond_ln chain
+    assert all(line.endswith(": ok") and "schedule persistent" in line for line in lines[:4]), r.stdout
+    assert lines[3].startswith("zforcing_chain_ln "), r.stdout
 
 
 class _FakeCudaTensor:
@@ -336,6 +337,9 @@ def test_persistent_smoke_shapes_get_persistent_grids_on_a_gpu(monkeypatch, sms)
         assert cfg is not None, (B, H, why)
     for T, B, H, M, Z, G in persistent_smoke.CHAIN_CASES:
         cfg, why = ct._persistent_config(B, {"H": H, "M": M, "Z": Z}, torch.float32, ref)
+        assert cfg is not None, (B, H, why)
+    for T, B, H, M, Z, G in persistent_smoke.CHAIN_LN_CASES:   # its stages' widths include G
+        cfg, why = ct._persistent_config(B, {"H": H, "M": M, "Z": Z, "G": G}, torch.float32, ref)
         assert cfg is not None, (B, H, why)
     # and a shape that cannot fit says why
     cfg, why = lt._persistent_config(128, 4096, ref)
