@@ -33,18 +33,30 @@ def _to(batch, device, dtype):
     return mv(batch.y), mv(batch.u), mv(batch.mask)
 
 
-def _windows(y, u, mask, window):
-    """``(y, u, mask)`` of each ``window``-step slice of a time-major batch (the whole batch when
-    ``window`` is None or covers it); slices past every sequence's end (all padding) are left out."""
-    T = y.shape[0]
+def _windows_as_batch(y, u, mask, window):
+    """A time-major batch's ``window``-step slices side by side, as one batch of independent
+    sequences ``(window, n_windows * B, ...)`` (the last slice padded and masked), slices past
+    their sequence's end left out: one model call scores them all, each from zero states. The
+    batch as it is when ``window`` is None or covers it."""
+    T, B = y.shape[:2]
     if window is None or window >= T:
-        yield y, u, mask
-        return
-    for t0 in range(0, T, window):
-        m = None if mask is None else mask[t0:t0 + window]
-        if m is not None and not bool(m.any()):
-            return   # right-padded: every later slice is padding too
-        yield y[t0:t0 + window], u[t0:t0 + window], m
+        return y, u, mask
+    n = -(-T // window)
+    pad = n * window - T
+    if mask is None and pad:
+        mask = y.new_ones(T, B, dtype=torch.float32)   # the model casts it to its dtype
+
+    def side_by_side(x):   # (T, B, ...) -> (window, n * B, ...): column w * B + b is slice w of sequence b
+        x = torch.cat([x, x.new_zeros(pad, *x.shape[1:])]) if pad else x
+        return x.reshape(n, window, *x.shape[1:]).transpose(0, 1).reshape(window, n * B, *x.shape[2:])
+    y, u = side_by_side(y), side_by_side(u)
+    if mask is None:
+        return y, u, None
+    mask = side_by_side(mask)
+    keep = mask.any(0)            # slices with a valid step
+    if not bool(keep.all()):
+        y, u, mask = y[:, keep], u[:, keep], mask[:, keep]
+    return y, u, mask
 
 
 def check_window(window, name: str = "window"):
@@ -66,7 +78,8 @@ def evaluate(model, split, *, batch_size: int = 256, iwae_k: int | None = None, 
     ``seed``.
 
     ``window``: score each sequence in slices of ``window`` steps, each from zero states (the
-    backward network sees only its slice's future), and sum the slices: the protocol of the
+    backward network sees only its slice's future; a batch's slices go through the model side
+    by side, as one batch), and sum the slices: the protocol of the
     authors' ``eval_timit.py`` (40-step windows over whole test utterances), whose numbers
     are a bound of that windowed model, not of the whole-sequence one. A slice's first input is
     the frame before it (the split's ``u``, else the model's ``shift_inputs`` of the whole
@@ -89,17 +102,18 @@ def evaluate(model, split, *, batch_size: int = 256, iwae_k: int | None = None, 
                 break
             if window is not None and u is None:
                 u = model.shift_inputs(y)   # of the whole sequence: a slice starts from the frame before it
-            for y_w, u_w, mask_w in _windows(y, u, mask, window):
-                terms = model(y_w, u_w, mask_w, generator=gen)
-                sums["neg_elbo"] += float(terms.neg_elbo.double().sum())
-                sums["nll"] += float(terms.nll.double().sum())
-                sums["kl"] += float(terms.kl.double().sum())
-                if iwae_k:
-                    # samples at once: keep k * B * T * rnn_dim (one activation tensor) <= ~5e7
-                    width = y_w.shape[0] * y_w.shape[1] * getattr(model, "rnn_dim", 256)
-                    chunk = max(1, min(iwae_k, int(5e7 // width)))
-                    sums["iwae"] += float(model.iwae_bound(y_w, u_w, mask_w, k=iwae_k, generator=gen,
-                                                           chunk=chunk).double().sum())
+            # per-sequence sums over the windows: summed over the sequences anyway
+            y_w, u_w, mask_w = _windows_as_batch(y, u, mask, window)
+            terms = model(y_w, u_w, mask_w, generator=gen)
+            sums["neg_elbo"] += float(terms.neg_elbo.double().sum())
+            sums["nll"] += float(terms.nll.double().sum())
+            sums["kl"] += float(terms.kl.double().sum())
+            if iwae_k:
+                # samples at once: keep k * B * T * rnn_dim (one activation tensor) <= ~5e7
+                width = y_w.shape[0] * y_w.shape[1] * getattr(model, "rnn_dim", 256)
+                chunk = max(1, min(iwae_k, int(5e7 // width)))
+                sums["iwae"] += float(model.iwae_bound(y_w, u_w, mask_w, k=iwae_k, generator=gen,
+                                                       chunk=chunk).double().sum())
             n_seq += y.shape[1]
             n_steps += int(mask.sum()) if mask is not None else y.shape[0] * y.shape[1]
             if split.recording is not None:
