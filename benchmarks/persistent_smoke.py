@@ -66,38 +66,31 @@ def _lstm_case(shape, device, g):
     return args, grads, fn, lambda: lstm_triton.explain_schedule(args[0], args[2])
 
 
-def _chain_case(shape, device, g):
+def _chain_case(shape, device, g, ln=False):
+    """zforcing_chain's arguments, or with ``ln`` zforcing_chain_ln's (g(z) an MLP Z -> G -> 8H)."""
     T, B, H, M, Z, G = shape
-    shapes = [(T, B, 4 * H), (T, B, M), (T, B, Z), (B, H), (B, H), (M, H), (2 * Z, M), (2 * Z,),
-              (G, Z), (G,), (4 * H, G), (4 * H, H)]
-    scales = [1.0, 1.0, 1.0, 0.5, 1.0, H ** -0.5, M ** -0.5, 0.5, Z ** -0.5, 0.5, G ** -0.5, H ** -0.5]
+    gen = [(G, Z), (G,), (8 * H, G), (8 * H,)] if ln else [(G, Z), (G,), (4 * H, G)]
+    gen_scales = [Z ** -0.5, 0.5, G ** -0.5, 0.5] if ln else [Z ** -0.5, 0.5, G ** -0.5]
+    shapes = [(T, B, 4 * H), (T, B, M), (T, B, Z), (B, H), (B, H), (M, H), (2 * Z, M), (2 * Z,), *gen, (4 * H, H)]
+    scales = [1.0, 1.0, 1.0, 0.5, 1.0, H ** -0.5, M ** -0.5, 0.5, *gen_scales, H ** -0.5]
     args = [(s * torch.randn(*sh, device=device, generator=g)).requires_grad_() for sh, s in zip(shapes, scales)]
     grads = [torch.randn(T, B, n, device=device, generator=g) for n in (H, H, Z, Z, Z)]
+    ref = chain_naive.zforcing_chain_ln_ref if ln else chain_naive.zforcing_chain_ref
+    fused = chain_ln_triton.zforcing_chain_ln if ln else chain_triton.zforcing_chain
 
     def fn(schedule):
         def call(*a):
             if schedule == "reference":
-                return tuple(chain_naive.zforcing_chain_ref(*a))
-            return tuple(chain_triton.zforcing_chain(*a, schedule=schedule))
+                return tuple(ref(*a))
+            return tuple(fused(*a, schedule=schedule))
         return call
+    if ln:
+        return args, grads, fn, lambda: chain_ln_triton.explain_schedule(*args[:3], G)
     return args, grads, fn, lambda: chain_triton.explain_schedule(*args[:3])
 
 
 def _chain_ln_case(shape, device, g):
-    T, B, H, M, Z, G = shape
-    shapes = [(T, B, 4 * H), (T, B, M), (T, B, Z), (B, H), (B, H), (M, H), (2 * Z, M), (2 * Z,),
-              (G, Z), (G,), (8 * H, G), (8 * H,), (4 * H, H)]
-    scales = [1.0, 1.0, 1.0, 0.5, 1.0, H ** -0.5, M ** -0.5, 0.5, Z ** -0.5, 0.5, G ** -0.5, 0.5, H ** -0.5]
-    args = [(s * torch.randn(*sh, device=device, generator=g)).requires_grad_() for sh, s in zip(shapes, scales)]
-    grads = [torch.randn(T, B, n, device=device, generator=g) for n in (H, H, Z, Z, Z)]
-
-    def fn(schedule):
-        def call(*a):
-            if schedule == "reference":
-                return tuple(chain_naive.zforcing_chain_ln_ref(*a))
-            return tuple(chain_ln_triton.zforcing_chain_ln(*a, schedule=schedule))
-        return call
-    return args, grads, fn, lambda: chain_ln_triton.explain_schedule(*args[:3], G)
+    return _chain_case(shape, device, g, ln=True)
 
 
 def check(op, make, shape, device) -> bool:
