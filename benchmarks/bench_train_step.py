@@ -65,7 +65,6 @@ import copy
 import importlib.util
 import inspect
 import sys
-import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the repository root
@@ -217,13 +216,8 @@ def use_cudnn_backward_lstm(model):
         if mask is not None:
             raise ValueError("the cudnn provider handles unpadded batches only")
         x, w_ih, b_ih = model._embedded_projection(y, lstm.weight_ih_l0, lstm.bias_ih_l0)
-        zeros = x.new_zeros(1, x.shape[1], lstm.hidden_size)
-        weights = [w_ih, lstm.weight_hh_l0, b_ih, lstm.bias_hh_l0]
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=native_lstm._FLAT_WEIGHTS_WARNING)
-            out, _, _ = torch._VF.lstm(x.flip(0), (zeros, zeros), weights, True, 1, 0.0, torch.is_grad_enabled(),
-                                       False, False)
-        return out.flip(0)
+        out, _ = native_lstm.torch_lstm(x, w_ih, lstm.weight_hh_l0, b_ih, lstm.bias_hh_l0, reverse=True)
+        return out
     model.backward_states = backward_states
 
 

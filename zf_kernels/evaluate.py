@@ -159,7 +159,7 @@ def evaluate_checkpoint(path, *, split: str = "test", iwae_k: int | None = None,
     limits = {} if limit is None else {"train_limit" if split == "train" else "eval_limit": limit}
     run = load_trained(path, data=data, device=device, backend=backend, models=models, **limits)
     k = run.cfg.iwae_k if iwae_k is None else iwae_k
-    window = (run.cfg.eval_window if window is None else window) or None
+    window = run.cfg.scoring_window if window is None else (window or None)
     with run.autocast():
         result = evaluate(run.model, getattr(run.data, split), batch_size=batch_size or run.cfg.eval_batch_size,
                           iwae_k=k or None, seed=run.cfg.seed if seed is None else seed, window=window)

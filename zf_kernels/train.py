@@ -447,7 +447,7 @@ class Run:
         if self.is_main:
             with self.autocast():
                 res = evaluate(self.model, self.data.valid, batch_size=self.cfg.eval_batch_size,
-                               seed=self.cfg.seed, window=self.cfg.eval_window or None)
+                               seed=self.cfg.seed, window=self.cfg.scoring_window)
         res = self.dist.broadcast_object(res)
         best, decayed = self.plateau.update(res["neg_elbo"], self.opt)
         if self.is_main:
@@ -529,7 +529,7 @@ class Run:
         if best.exists():   # evaluate a copy: the run itself (and last.pt) keeps training weights
             model = copy.deepcopy(self.model)
             model.load_state_dict(load_checkpoint(best, map_location=self.device)["model"])
-        kw = dict(batch_size=cfg.eval_batch_size, seed=cfg.seed, window=cfg.eval_window or None)
+        kw = dict(batch_size=cfg.eval_batch_size, seed=cfg.seed, window=cfg.scoring_window)
         with self.autocast():
             valid = evaluate(model, self.data.valid, **kw)
             test = evaluate(model, self.data.test, iwae_k=cfg.iwae_k, **kw)
@@ -538,7 +538,7 @@ class Run:
                    "skipped_batches": self.skipped, "model": self.model.config,
                    "parameters": sum(p.numel() for p in self.model.parameters()),
                    "checkpoint": str(best if best.exists() else self.out / "last.pt"),
-                   "valid": valid, "test": test, "iwae_k": cfg.iwae_k, "eval_window": cfg.eval_window or None,
+                   "valid": valid, "test": test, "iwae_k": cfg.iwae_k, "eval_window": cfg.scoring_window,
                    "device": str(self.device), "dtype": cfg.dtype}
         if self.dist.enabled:
             results |= {"world_size": self.dist.world_size, "rank_param_digests": self.rank_digests}
@@ -610,7 +610,7 @@ def _train(cfg: TrainConfig, log, ctx) -> dict:
         f"KL {t['kl']:.3f}" + (f", perplexity {t['perplexity']:.2f}" if "perplexity" in t else "")
         + (f"; per recording ({t['recordings']}): -ELBO {t['neg_elbo_per_recording']:.3f}, IWAE "
            f"{t['iwae_per_recording']:.3f}" if "recordings" in t else "")
-        + (f"; scored in {cfg.eval_window}-step windows" if cfg.eval_window else "")
+        + (f"; scored in {cfg.scoring_window}-step windows" if cfg.scoring_window else "")
         + f"; skipped batches {sum(results['skipped_batches'].values())}")
     files = ["results.json", run.metrics.path.name, "curves.png"]
     files += [Path(p).name for p in results["samples"]]

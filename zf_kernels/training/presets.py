@@ -95,6 +95,11 @@ class TrainConfig:
     def to_dict(self):
         return asdict(self)
 
+    @property
+    def scoring_window(self) -> int | None:
+        """``eval_window`` as ``evaluate``'s ``window``: None (whole sequences) for unset or 0."""
+        return self.eval_window or None
+
 
 PRESETS: dict[str, dict] = {
     # a small model on the built-in synthetic data: the CPU default, a few minutes. A weak

@@ -31,7 +31,8 @@ from .naive import lstm_ref
 CUDNN_VERIFIED = False
 _NATIVE_DTYPES = (torch.float32, torch.float64)
 # cuDNN copies weights that are not one flat buffer (ours never are: they are separate
-# parameters, or the embedding-folded input weight computed each step) and warns about it
+# parameters, or the embedding-folded input weight computed each step) and warns about it (the
+# CPU op does not)
 _FLAT_WEIGHTS_WARNING = "RNN module weights are not part of single contiguous chunk of memory"
 
 
@@ -85,6 +86,12 @@ def lstm(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, c0=None, 
     ``why_reference`` allows it."""
     if why_reference(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0) is not None:
         return lstm_ref(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, reverse)
+    return torch_lstm(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, reverse)
+
+
+def torch_lstm(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, c0=None, reverse=False):
+    """torch's LSTM op (what ``nn.LSTM`` runs) with ``lstm_ref``'s signature, wherever it runs:
+    ``lstm`` calls it where it is known to agree; the benchmarks' cudnn providers always."""
     B, H = x.shape[1], weight_hh.shape[1]
     h = x.new_zeros(B, H) if h0 is None else h0
     c = x.new_zeros(B, H) if c0 is None else c0
@@ -97,8 +104,11 @@ def lstm(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, c0=None, 
     # train=True where a backward may follow: cuDNN keeps its reserve for it only then
     args = (xs, (h.unsqueeze(0), c.unsqueeze(0)), weights, has_biases, 1, 0.0, torch.is_grad_enabled(),
             False, False)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_FLAT_WEIGHTS_WARNING)
+    if x.device.type == "cuda":
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_FLAT_WEIGHTS_WARNING)
+            out, h_n, c_n = torch._VF.lstm(*args)
+    else:
         out, h_n, c_n = torch._VF.lstm(*args)
     return (out.flip(0) if reverse else out), (h_n[0], c_n[0])
 
