@@ -265,7 +265,11 @@ def _cuobjdump() -> str:
     return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
 
 
-def compile_one(spec: Spec, arch: int) -> dict:
+def _sass_path(folder: Path, label: str) -> Path:
+    return folder / (re.sub(r"[^A-Za-z0-9_.-]+", "_", label) + ".sass")
+
+
+def compile_one(spec: Spec, arch: int, sass_dir: Path | None = None) -> dict:
     k = spec.kernel
     src = ASTSource(fn=k, signature=spec.signature(),
                     constexprs={(k.arg_names.index(n),): v for n, v in spec.constexprs.items()})
@@ -281,6 +285,11 @@ def compile_one(spec: Spec, arch: int) -> dict:
     try:
         usage = subprocess.run([_cuobjdump(), "--dump-resource-usage", f.name], capture_output=True,
                                text=True, timeout=60).stdout
+        if sass_dir is not None:
+            sass = subprocess.run([_cuobjdump(), "-sass", f.name], capture_output=True, text=True,
+                                  timeout=60, check=True).stdout
+            # the temporary file's name is the only line that differs between two equal builds
+            _sass_path(sass_dir, spec.label).write_text(sass.replace(f.name, "<cubin>"))
     finally:
         os.unlink(f.name)
     m = re.search(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)", usage)
@@ -314,6 +323,9 @@ def main(argv=None) -> int:
                     help="the persistent kernels' float32 K pipeline depth (PERSISTENT_FP32_STAGES; default the modules')")
     ap.add_argument("--fp32-block-k", type=int, default=None,
                     help="the persistent kernels' float32 K chunk (PERSISTENT_FP32_BLOCK_K; default the modules')")
+    ap.add_argument("--sass", type=Path, metavar="DIR",
+                    help="also write each kernel's machine code (cuobjdump -sass) to DIR/<label>.sass: "
+                         "`diff -r` two such folders to show that a refactor changed no instruction")
     ap.add_argument("--fwd-wt", action="store_true",
                     help="also the LSTM's and the chain's IEEE forwards reading transposed weights (FWD_W_TRANSPOSED)")
     args = ap.parse_args(argv)
@@ -328,10 +340,12 @@ def main(argv=None) -> int:
     specs = [s for s in lstm_specs() + chain_specs() + chain_ln_specs() + distribution_specs() + activation_specs()
              if args.only in s.label]
     rows = []
+    if args.sass is not None:
+        args.sass.mkdir(parents=True, exist_ok=True)
     print(f"# triton {triton.__version__}, target sm_{args.arch}")
     print(f"{'kernel':44} {'warps':>5} {'regs':>5} {'stack':>5} {'shared':>7}  status")
     for spec in specs:
-        r = compile_one(spec, args.arch)
+        r = compile_one(spec, args.arch, args.sass)
         rows.append(r)
         if "regs" in r:
             status = ("ok" if r["ok"] else "FAIL") + (f" ({r['problems']})" if r["problems"] else "")
