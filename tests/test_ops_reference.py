@@ -128,6 +128,13 @@ def test_masks_multiply_per_position_and_broadcast():
     bool_mask = torch.rand(4, 3) > 0.5
     torch.testing.assert_close(ops.gaussian_nll(mq, mp, lp, mask=bool_mask),
                                ops.gaussian_nll(mq, mp, lp) * bool_mask)
+    # the two discrete likelihoods: a bool mask over (T, B) and a float one broadcast over B
+    x = torch.bernoulli(torch.full((4, 3, 5), 0.5, dtype=mq.dtype))
+    torch.testing.assert_close(ops.bernoulli_nll(x, mq, mask=bool_mask), ops.bernoulli_nll(x, mq) * bool_mask)
+    targets = torch.randint(0, 5, (4, 3))
+    torch.testing.assert_close(ops.categorical_nll(targets, mq, mask=mask),
+                               ops.categorical_nll(targets, mq) * mask)
+    assert bool_mask.any() and not bool_mask.all() and (ops.categorical_nll(targets, mq) > 0).all()
 
 
 def test_half_precision_inputs_are_computed_in_float32():

@@ -119,9 +119,13 @@ def test_kl_and_aux_schedules():
         seen.append((round(w.kl, 6), round(w.aux, 6)))
         w.advance()
     assert seen == [(0.2, 0.0), (0.5, 0.2), (0.8, 0.4), (1.0, 0.5), (1.0, 0.5)]
-    down = LossWeights(kl=1.0, aux=1.0, kl_step=0.0, aux_step=0.4, aux_end=0.0)
-    down.advance(), down.advance(), down.advance()
-    assert down.aux == 0.0
+    # aux_start above aux_end: the weight falls by aux_step a step and stops at aux_end
+    down = LossWeights(kl=1.0, aux=1.0, kl_step=0.0, aux_step=0.4, aux_end=0.1)
+    falling = []
+    for _ in range(4):
+        falling.append(round(down.aux, 6))
+        down.advance()
+    assert falling == [1.0, 0.6, 0.2, 0.1] and down.aux == 0.1
 
 
 def test_plateau_halving_fires_and_respects_the_floor():
