@@ -57,22 +57,49 @@ c10::ScalarType state_dtype(const torch::Tensor& gates) {
   return gates.scalar_type() == torch::kBFloat16 ? torch::kFloat32 : gates.scalar_type();
 }
 
-// a bfloat16 tensor's elements as the 16-bit patterns the C ABI takes
-unsigned short* bf16_bits(const torch::Tensor& t) {
-  return reinterpret_cast<unsigned short*>(t.data_ptr<at::BFloat16>());
-}
-
-// a tensor's data as the C ABI's element type (unsigned short: bfloat16 bits)
+// a tensor's data as the C ABI's element type (unsigned short: a bfloat16 tensor's 16-bit patterns)
 template <typename S>
 S* ptr(const torch::Tensor& t) { return t.data_ptr<S>(); }
 template <>
-unsigned short* ptr<unsigned short>(const torch::Tensor& t) { return bf16_bits(t); }
+unsigned short* ptr<unsigned short>(const torch::Tensor& t) {
+  return reinterpret_cast<unsigned short*>(t.data_ptr<at::BFloat16>());
+}
+
+// The C ABI's element types of one dtype: s(t) for the storage, a(t) for the cell states
+// (float32 under bfloat16 storage, state_dtype)
+template <typename S, typename A>
+struct AbiPtrs {
+  S* s(const torch::Tensor& t) const { return ptr<S>(t); }
+  A* a(const torch::Tensor& t) const { return ptr<A>(t); }
+};
 
 // ZF_DOES_NOT_FIT -> ValueError (the shape is the problem), anything else -> RuntimeError
 void raise_for(int rc, const char* err) {
   if (rc == ZF_OK) return;
   if (rc == ZF_DOES_NOT_FIT) throw pybind11::value_error(err);
   throw std::runtime_error(err);
+}
+
+// One launch through the C ABI, what the four entries below share: on the tensors' device (the
+// launch and the plan's device queries; the caller passes its stream), the entry of gates' dtype
+// (f32, f64 or bf16; any other dtype is an error naming `op`) called as call(fn, AbiPtrs<S, A>{},
+// err), its return code raised as raise_for does.
+template <typename F32, typename F64, typename BF16, typename Call>
+void launch_for_dtype(const torch::Tensor& gates, const char* op, F32 f32, F64 f64, BF16 bf16, Call call) {
+  const c10::DeviceGuard device_guard(gates.device());
+  char err[kErrLen] = {0};
+  const c10::ScalarType dtype = gates.scalar_type();
+  int rc;
+  if (dtype == torch::kFloat32) {
+    rc = call(f32, AbiPtrs<float, float>{}, err);
+  } else if (dtype == torch::kFloat64) {
+    rc = call(f64, AbiPtrs<double, double>{}, err);
+  } else {
+    TORCH_CHECK(dtype == torch::kBFloat16, "zf_kernels._C: the CUDA ", op,
+                " supports float32, float64 and bfloat16, got ", dtype);
+    rc = call(bf16, AbiPtrs<unsigned short, float>{}, err);
+  }
+  raise_for(rc, err);
 }
 
 void lstm_forward(torch::Tensor gates, torch::Tensor h0, torch::Tensor w_hh, torch::Tensor out,
@@ -85,28 +112,12 @@ void lstm_forward(torch::Tensor gates, torch::Tensor h0, torch::Tensor w_hh, tor
   check(w_hh, "w_hh", gates, {4 * H, H});
   check(out, "out", gates, {T, B, H});
   check(c_all, "c_all", gates, {T + 1, B, H}, state_dtype(gates));
-  // the launch and the plan's device queries on the tensors' device (the caller passes its stream)
-  const c10::DeviceGuard device_guard(gates.device());
-  ZfLstmLaunch cfg = launch_config<ZfLstmLaunch>(units_per_block, threads, tf32);
-  char err[kErrLen] = {0};
-  void* s = reinterpret_cast<void*>(stream);
-  int rc;
-  if (gates.scalar_type() == torch::kFloat32) {
-    rc = zf_lstm_forward_f32(gates.data_ptr<float>(), h0.data_ptr<float>(), w_hh.data_ptr<float>(),
-                             out.data_ptr<float>(), c_all.data_ptr<float>(), T, B, H, reverse, &cfg,
-                             s, err, kErrLen);
-  } else if (gates.scalar_type() == torch::kFloat64) {
-    rc = zf_lstm_forward_f64(gates.data_ptr<double>(), h0.data_ptr<double>(),
-                             w_hh.data_ptr<double>(), out.data_ptr<double>(),
-                             c_all.data_ptr<double>(), T, B, H, reverse, &cfg, s, err, kErrLen);
-  } else if (gates.scalar_type() == torch::kBFloat16) {
-    rc = zf_lstm_forward_bf16(bf16_bits(gates), bf16_bits(h0), bf16_bits(w_hh), bf16_bits(out),
-                              c_all.data_ptr<float>(), T, B, H, reverse, &cfg, s, err, kErrLen);
-  } else {
-    TORCH_CHECK(false, "zf_kernels._C: the CUDA lstm supports float32, float64 and bfloat16, got ",
-                gates.scalar_type());
-  }
-  raise_for(rc, err);
+  const ZfLstmLaunch cfg = launch_config<ZfLstmLaunch>(units_per_block, threads, tf32);
+  launch_for_dtype(gates, "lstm", zf_lstm_forward_f32, zf_lstm_forward_f64, zf_lstm_forward_bf16,
+                 [&](auto fn, auto p, char* err) {
+                   return fn(p.s(gates), p.s(h0), p.s(w_hh), p.s(out), p.a(c_all), T, B, H, reverse, &cfg,
+                             reinterpret_cast<void*>(stream), err, kErrLen);
+                 });
 }
 
 void lstm_backward(torch::Tensor d_out, torch::Tensor d_hT, torch::Tensor w_hh,
@@ -120,31 +131,12 @@ void lstm_backward(torch::Tensor d_out, torch::Tensor d_hT, torch::Tensor w_hh,
   check(w_hh, "w_hh", gates, {4 * H, H});
   check(c_all, "c_all", gates, {T + 1, B, H}, state_dtype(gates));
   check(dc, "dc", gates, {B, H}, state_dtype(gates));
-  // the launch and the plan's device queries on the tensors' device (the caller passes its stream)
-  const c10::DeviceGuard device_guard(gates.device());
-  ZfLstmLaunch cfg = launch_config<ZfLstmLaunch>(units_per_block, threads, tf32);
-  char err[kErrLen] = {0};
-  void* s = reinterpret_cast<void*>(stream);
-  int rc;
-  if (gates.scalar_type() == torch::kFloat32) {
-    rc = zf_lstm_backward_f32(d_out.data_ptr<float>(), d_hT.data_ptr<float>(),
-                              w_hh.data_ptr<float>(), gates.data_ptr<float>(),
-                              c_all.data_ptr<float>(), dc.data_ptr<float>(), T, B, H, reverse, &cfg,
-                              s, err, kErrLen);
-  } else if (gates.scalar_type() == torch::kFloat64) {
-    rc = zf_lstm_backward_f64(d_out.data_ptr<double>(), d_hT.data_ptr<double>(),
-                              w_hh.data_ptr<double>(), gates.data_ptr<double>(),
-                              c_all.data_ptr<double>(), dc.data_ptr<double>(), T, B, H, reverse,
-                              &cfg, s, err, kErrLen);
-  } else if (gates.scalar_type() == torch::kBFloat16) {
-    rc = zf_lstm_backward_bf16(bf16_bits(d_out), bf16_bits(d_hT), bf16_bits(w_hh), bf16_bits(gates),
-                               c_all.data_ptr<float>(), dc.data_ptr<float>(), T, B, H, reverse, &cfg, s,
-                               err, kErrLen);
-  } else {
-    TORCH_CHECK(false, "zf_kernels._C: the CUDA lstm supports float32, float64 and bfloat16, got ",
-                gates.scalar_type());
-  }
-  raise_for(rc, err);
+  const ZfLstmLaunch cfg = launch_config<ZfLstmLaunch>(units_per_block, threads, tf32);
+  launch_for_dtype(gates, "lstm", zf_lstm_backward_f32, zf_lstm_backward_f64, zf_lstm_backward_bf16,
+                 [&](auto fn, auto p, char* err) {
+                   return fn(p.s(d_out), p.s(d_hT), p.s(w_hh), p.s(gates), p.a(c_all), p.a(dc), T, B, H, reverse,
+                             &cfg, reinterpret_cast<void*>(stream), err, kErrLen);
+                 });
 }
 
 // how one direction would run on the current device (raises ValueError where it cannot)
@@ -198,29 +190,14 @@ void chain_forward(torch::Tensor gates, torch::Tensor post_x, torch::Tensor eps,
   check(lv, "lv", gates, {T, B, Z});
   check(s, "s", gates, {T, B, M});
   check_mask(okmask, gates, {T, B, 2 * Z});
-  // the launch and the plan's device queries on the tensors' device (the caller passes its stream)
-  const c10::DeviceGuard device_guard(gates.device());
-  ZfChainLaunch cfg = launch_config<ZfChainLaunch>(units_per_block, threads, tf32);
-  char err[kErrLen] = {0};
-  void* st = reinterpret_cast<void*>(stream);
-  unsigned char* ok = okmask.data_ptr<uint8_t>();
-  int rc;
-#define ZF_FWD(S, A, FN)                                                                                  \
-  rc = FN(ptr<S>(gates), ptr<S>(post_x), ptr<S>(eps), ptr<S>(h0), ptr<A>(c0), ptr<S>(w_qh), ptr<S>(w_q2),   \
-          ptr<S>(b_q2), ptr<S>(w_comb), ptr<S>(w_hh), ptr<S>(h), ptr<A>(c), ptr<S>(z), ptr<S>(mu), ptr<S>(lv), \
-          ptr<S>(s), ok, T, B, H, M, Z, &cfg, st, err, kErrLen)
-  if (gates.scalar_type() == torch::kFloat32) {
-    ZF_FWD(float, float, zf_chain_forward_f32);
-  } else if (gates.scalar_type() == torch::kFloat64) {
-    ZF_FWD(double, double, zf_chain_forward_f64);
-  } else if (gates.scalar_type() == torch::kBFloat16) {
-    ZF_FWD(unsigned short, float, zf_chain_forward_bf16);
-  } else {
-    TORCH_CHECK(false, "zf_kernels._C: the CUDA zforcing_chain supports float32, float64 and bfloat16, got ",
-                gates.scalar_type());
-  }
-#undef ZF_FWD
-  raise_for(rc, err);
+  const ZfChainLaunch cfg = launch_config<ZfChainLaunch>(units_per_block, threads, tf32);
+  launch_for_dtype(gates, "zforcing_chain", zf_chain_forward_f32, zf_chain_forward_f64, zf_chain_forward_bf16,
+                 [&](auto fn, auto p, char* err) {
+                   return fn(p.s(gates), p.s(post_x), p.s(eps), p.s(h0), p.a(c0), p.s(w_qh), p.s(w_q2), p.s(b_q2),
+                             p.s(w_comb), p.s(w_hh), p.s(h), p.a(c), p.s(z), p.s(mu), p.s(lv), p.s(s),
+                             okmask.data_ptr<uint8_t>(), T, B, H, M, Z, &cfg, reinterpret_cast<void*>(stream), err,
+                             kErrLen);
+                 });
 }
 
 void chain_backward(torch::Tensor grad_h, torch::Tensor grad_c, torch::Tensor grad_z,
@@ -252,30 +229,14 @@ void chain_backward(torch::Tensor grad_h, torch::Tensor grad_c, torch::Tensor gr
   check(ds, "ds", gates, {T, B, M});
   check(grad_eps, "grad_eps", gates, {T, B, Z});
   check(dc, "dc", gates, {B, H}, state_dtype(gates));
-  // the launch and the plan's device queries on the tensors' device (the caller passes its stream)
-  const c10::DeviceGuard device_guard(gates.device());
-  ZfChainLaunch cfg = launch_config<ZfChainLaunch>(units_per_block, threads, tf32);
-  char err[kErrLen] = {0};
-  void* st = reinterpret_cast<void*>(stream);
-  const unsigned char* ok = okmask.data_ptr<uint8_t>();
-  int rc;
-#define ZF_BWD(S, A, FN)                                                                                   \
-  rc = FN(ptr<S>(grad_h), ptr<A>(grad_c), ptr<S>(grad_z), ptr<S>(grad_mu), ptr<S>(grad_lv), ptr<S>(gates),   \
-          ptr<A>(c0), ptr<A>(c), ptr<S>(lv), ptr<S>(eps), ok, ptr<S>(s), ptr<S>(w_qh), ptr<S>(w_q2),          \
-          ptr<S>(w_comb), ptr<S>(w_hh), ptr<S>(dparams), ptr<S>(ds), ptr<S>(grad_eps), ptr<A>(dc), T, B, H, M, \
-          Z, &cfg, st, err, kErrLen)
-  if (gates.scalar_type() == torch::kFloat32) {
-    ZF_BWD(float, float, zf_chain_backward_f32);
-  } else if (gates.scalar_type() == torch::kFloat64) {
-    ZF_BWD(double, double, zf_chain_backward_f64);
-  } else if (gates.scalar_type() == torch::kBFloat16) {
-    ZF_BWD(unsigned short, float, zf_chain_backward_bf16);
-  } else {
-    TORCH_CHECK(false, "zf_kernels._C: the CUDA zforcing_chain supports float32, float64 and bfloat16, got ",
-                gates.scalar_type());
-  }
-#undef ZF_BWD
-  raise_for(rc, err);
+  const ZfChainLaunch cfg = launch_config<ZfChainLaunch>(units_per_block, threads, tf32);
+  launch_for_dtype(gates, "zforcing_chain", zf_chain_backward_f32, zf_chain_backward_f64, zf_chain_backward_bf16,
+                 [&](auto fn, auto p, char* err) {
+                   return fn(p.s(grad_h), p.a(grad_c), p.s(grad_z), p.s(grad_mu), p.s(grad_lv), p.s(gates),
+                             p.a(c0), p.a(c), p.s(lv), p.s(eps), okmask.data_ptr<uint8_t>(), p.s(s), p.s(w_qh),
+                             p.s(w_q2), p.s(w_comb), p.s(w_hh), p.s(dparams), p.s(ds), p.s(grad_eps), p.a(dc), T, B,
+                             H, M, Z, &cfg, reinterpret_cast<void*>(stream), err, kErrLen);
+                 });
 }
 
 pybind11::dict chain_plan(bool backward, int64_t B, int64_t H, int64_t M, int64_t Z, int64_t elem_size,

@@ -635,74 +635,72 @@ int resolve_and_plan(int backward, int B, int H, int M, int Z, int es, const ZfC
   return plan_with(backward, B, H, M, Z, es, L.threads, L.units, L.smem_limit, L.num_sms, L.tf32, p, err, errlen);
 }
 
-template <typename T>
-int launch(void (*kernel)(ChainParams<T>), ChainParams<T>& P, const char* dir, int device_sms, void* stream,
-           char* err, int errlen) {
-  char what[64], shape[128];
-  std::snprintf(what, sizeof what, "the CUDA zforcing_chain %s", dir);
-  std::snprintf(shape, sizeof shape, "B=%d, H=%d, M=%d, Z=%d in %s", P.B, P.H, P.M, P.Z,
-                dtype_name(sizeof(T)));
-  return cooperative_launch(kernel, P, P.plan.blocks, P.plan.threads, P.plan.smem_bytes, P.plan.units_per_block,
-                            device_sms, stream, "zforcing_chain", what, shape, err, errlen);
+// One direction (backward 0 / 1), forward's and backward's shared frame: the plan first (a shape
+// that cannot run is an error whatever T), nothing to run for T <= 0, else `kernel` as one
+// cooperative launch on the plan's ChainParams with its tensors set by set_tensors(P).
+template <typename F, typename SetTensors>
+int run(int backward, void (*kernel)(ChainParams<F>), int T, int B, int H, int M, int Z, const ZfChainLaunch* cfg,
+        void* stream, char* err, int errlen, SetTensors set_tensors) {
+  ZfChainPlan plan;
+  int sms = 0;
+  const int rc = resolve_and_plan(backward, B, H, M, Z, sizeof(F), cfg, &plan, &sms, err, errlen);
+  if (rc != ZF_OK) return rc;
+  if (T <= 0) return ZF_OK;
+  ChainParams<F> P = params_for<F>(plan, T, B, H, M, Z);
+  set_tensors(P);
+  char shape[128];
+  std::snprintf(shape, sizeof shape, "B=%d, H=%d, M=%d, Z=%d in %s", B, H, M, Z, dtype_name(sizeof(F)));
+  return cooperative_launch(kernel, P, sms, stream, "zforcing_chain", backward ? "backward" : "forward", shape, err,
+                            errlen);
 }
 
 template <typename F>
 int forward(ZF_CHAIN_FWD_ARGS(F, zf_acc_t<F>)) {
-  ZfChainPlan plan;
-  int sms = 0;
-  int rc = resolve_and_plan(0, B, H, M, Z, sizeof(F), cfg, &plan, &sms, err, errlen);
-  if (rc != ZF_OK) return rc;
-  if (T <= 0) return ZF_OK;
-  ChainParams<F> P = params_for<F>(plan, T, B, H, M, Z);
-  P.gates = gates;
-  P.post_x = post_x;
-  P.eps = eps;
-  P.h0 = h0;
-  P.c0 = c0;
-  P.w_qh = w_qh;
-  P.w_q2 = w_q2;
-  P.b_q2 = b_q2;
-  P.w_comb = w_comb;
-  P.w_hh = w_hh;
-  P.h = h;
-  P.c = c;
-  P.z = z;
-  P.mu = mu;
-  P.lv = lv;
-  P.s = s;
-  P.okmask = okmask;
-  return launch<F>(chain_fwd_kernel<F>, P, "forward", sms, stream, err, errlen);
+  return run<F>(0, chain_fwd_kernel<F>, T, B, H, M, Z, cfg, stream, err, errlen, [&](ChainParams<F>& P) {
+    P.gates = gates;
+    P.post_x = post_x;
+    P.eps = eps;
+    P.h0 = h0;
+    P.c0 = c0;
+    P.w_qh = w_qh;
+    P.w_q2 = w_q2;
+    P.b_q2 = b_q2;
+    P.w_comb = w_comb;
+    P.w_hh = w_hh;
+    P.h = h;
+    P.c = c;
+    P.z = z;
+    P.mu = mu;
+    P.lv = lv;
+    P.s = s;
+    P.okmask = okmask;
+  });
 }
 
 template <typename F>
 int backward(ZF_CHAIN_BWD_ARGS(F, zf_acc_t<F>)) {
-  ZfChainPlan plan;
-  int sms = 0;
-  int rc = resolve_and_plan(1, B, H, M, Z, sizeof(F), cfg, &plan, &sms, err, errlen);
-  if (rc != ZF_OK) return rc;
-  if (T <= 0) return ZF_OK;
-  ChainParams<F> P = params_for<F>(plan, T, B, H, M, Z);
-  P.grad_h = grad_h;
-  P.grad_c = grad_c;
-  P.grad_z = grad_z;
-  P.grad_mu = grad_mu;
-  P.grad_lv = grad_lv;
-  P.gates = gates;
-  P.c0 = c0;
-  P.c_saved = c;
-  P.lv_saved = lv;
-  P.eps = eps;
-  P.ok_saved = okmask;
-  P.s_saved = s;
-  P.w_qh = w_qh;
-  P.w_q2 = w_q2;
-  P.w_comb = w_comb;
-  P.w_hh = w_hh;
-  P.dparams = dparams;
-  P.ds = ds;
-  P.grad_eps = grad_eps;
-  P.dc = dc;
-  return launch<F>(chain_bwd_kernel<F>, P, "backward", sms, stream, err, errlen);
+  return run<F>(1, chain_bwd_kernel<F>, T, B, H, M, Z, cfg, stream, err, errlen, [&](ChainParams<F>& P) {
+    P.grad_h = grad_h;
+    P.grad_c = grad_c;
+    P.grad_z = grad_z;
+    P.grad_mu = grad_mu;
+    P.grad_lv = grad_lv;
+    P.gates = gates;
+    P.c0 = c0;
+    P.c_saved = c;
+    P.lv_saved = lv;
+    P.eps = eps;
+    P.ok_saved = okmask;
+    P.s_saved = s;
+    P.w_qh = w_qh;
+    P.w_q2 = w_q2;
+    P.w_comb = w_comb;
+    P.w_hh = w_hh;
+    P.dparams = dparams;
+    P.ds = ds;
+    P.grad_eps = grad_eps;
+    P.dc = dc;
+  });
 }
 
 }  // namespace

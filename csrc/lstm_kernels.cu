@@ -408,50 +408,47 @@ int resolve_and_plan(int backward, int B, int H, int es, const ZfLstmLaunch* cfg
   return plan_with(backward, B, H, es, L.threads, L.units, L.smem_limit, L.num_sms, L.tf32, p, err, errlen);
 }
 
-template <typename S>
-int launch(void (*kernel)(Params<S>), Params<S>& P, const char* dir, int device_sms, void* stream, char* err,
-           int errlen) {
-  char what[64], shape[96];
-  std::snprintf(what, sizeof what, "the CUDA lstm %s", dir);
-  std::snprintf(shape, sizeof shape, "B=%d, H=%d in %s", P.B, P.H,
-                dtype_name(sizeof(S)));
-  return cooperative_launch(kernel, P, P.plan.blocks, P.plan.threads, P.plan.smem_bytes, P.plan.units_per_block,
-                            device_sms, stream, "lstm", what, shape, err, errlen);
+// One direction (backward 0 / 1), forward's and backward's shared frame: the plan first (a shape
+// that cannot run is an error whatever T), nothing to run for T <= 0, else `kernel` as one
+// cooperative launch on the plan's Params with its tensors set by set_tensors(P).
+template <typename S, typename SetTensors>
+int run(int backward, void (*kernel)(Params<S>), int T_, int B, int H, int reverse, const ZfLstmLaunch* cfg,
+        void* stream, char* err, int errlen, SetTensors set_tensors) {
+  ZfLstmPlan plan;
+  int sms = 0;
+  const int rc = resolve_and_plan(backward, B, H, sizeof(S), cfg, &plan, &sms, err, errlen);
+  if (rc != ZF_OK) return rc;
+  if (T_ <= 0) return ZF_OK;
+  Params<S> P = params_for<S>(plan, T_, B, H, reverse);
+  set_tensors(P);
+  char shape[96];
+  std::snprintf(shape, sizeof shape, "B=%d, H=%d in %s", B, H, dtype_name(sizeof(S)));
+  return cooperative_launch(kernel, P, sms, stream, "lstm", backward ? "backward" : "forward", shape, err, errlen);
 }
 
 template <typename S>
 int forward(S* gates, const S* h0, const S* w, S* out, zf_acc_t<S>* c_all, int T_, int B, int H, int reverse,
             const ZfLstmLaunch* cfg, void* stream, char* err, int errlen) {
-  ZfLstmPlan plan;
-  int sms = 0;
-  int rc = resolve_and_plan(0, B, H, sizeof(S), cfg, &plan, &sms, err, errlen);
-  if (rc != ZF_OK) return rc;
-  if (T_ <= 0) return ZF_OK;
-  Params<S> P = params_for<S>(plan, T_, B, H, reverse);
-  P.gates = gates;
-  P.h0 = h0;
-  P.w = w;
-  P.out = out;
-  P.c_all = c_all;
-  return launch<S>(lstm_fwd_kernel<S>, P, "forward", sms, stream, err, errlen);
+  return run<S>(0, lstm_fwd_kernel<S>, T_, B, H, reverse, cfg, stream, err, errlen, [&](Params<S>& P) {
+    P.gates = gates;
+    P.h0 = h0;
+    P.w = w;
+    P.out = out;
+    P.c_all = c_all;
+  });
 }
 
 template <typename S>
 int backward(const S* d_out, const S* d_hT, const S* w, S* gates, const zf_acc_t<S>* c_all, zf_acc_t<S>* dc,
              int T_, int B, int H, int reverse, const ZfLstmLaunch* cfg, void* stream, char* err, int errlen) {
-  ZfLstmPlan plan;
-  int sms = 0;
-  int rc = resolve_and_plan(1, B, H, sizeof(S), cfg, &plan, &sms, err, errlen);
-  if (rc != ZF_OK) return rc;
-  if (T_ <= 0) return ZF_OK;
-  Params<S> P = params_for<S>(plan, T_, B, H, reverse);
-  P.gates = gates;
-  P.d_out = d_out;
-  P.d_hT = d_hT;
-  P.w = w;
-  P.c_saved = c_all;
-  P.dc = dc;
-  return launch<S>(lstm_bwd_kernel<S>, P, "backward", sms, stream, err, errlen);
+  return run<S>(1, lstm_bwd_kernel<S>, T_, B, H, reverse, cfg, stream, err, errlen, [&](Params<S>& P) {
+    P.gates = gates;
+    P.d_out = d_out;
+    P.d_hT = d_hT;
+    P.w = w;
+    P.c_saved = c_all;
+    P.dc = dc;
+  });
 }
 
 }  // namespace

@@ -499,14 +499,15 @@ auto with_kernel_facts(const void* kernel, int device, F f) {
   return f(kernel_facts(kernel, device));
 }
 
-// `kernel(params)` as one cooperative grid of `blocks` x `threads` with `smem` bytes of dynamic
-// shared memory; ZF_DOES_NOT_FIT when the blocks cannot all be resident at once (the grid
-// syncs would wait forever), the message naming `what` ("the CUDA lstm forward") and `shape`.
+// `kernel(params)` as one cooperative grid of params.plan's blocks x threads with its smem_bytes of
+// dynamic shared memory (ZfLstmPlan, ZfChainPlan: the same fields); ZF_DOES_NOT_FIT when the
+// blocks cannot all be resident at once (the grid syncs would wait forever), the message naming
+// "the CUDA <op> <dir>" ("the CUDA lstm forward") and `shape`.
 template <typename P>
-int cooperative_launch(void (*kernel)(P), P& params, int blocks, int threads, long long smem_bytes, int units,
-                       int device_sms, void* stream, const char* op, const char* what, const char* shape,
-                       char* err, int errlen) {
-  const int smem = static_cast<int>(smem_bytes);
+int cooperative_launch(void (*kernel)(P), P& params, int device_sms, void* stream, const char* op, const char* dir,
+                       const char* shape, char* err, int errlen) {
+  const int blocks = params.plan.blocks, threads = params.plan.threads, units = params.plan.units_per_block;
+  const int smem = static_cast<int>(params.plan.smem_bytes);
   const void* fn = reinterpret_cast<const void*>(kernel);
   int device = 0;
   ZF_CUDA_TRY(cudaGetDevice(&device), "cudaGetDevice");
@@ -525,7 +526,8 @@ int cooperative_launch(void (*kernel)(P), P& params, int blocks, int threads, lo
     with_kernel_facts(fn, device, [&](KernelFacts& k) { return k.blocks_per_sm[{threads, smem}] = per_sm; });
   }
   if (static_cast<long long>(per_sm) * device_sms < blocks) {
-    char msg[640];
+    char what[64], msg[640];
+    std::snprintf(what, sizeof what, "the CUDA %s %s", op, dir);
     std::snprintf(msg, sizeof msg,
                   "%s cannot run %s: its %d blocks (%d hidden units, %d threads and %d bytes of shared "
                   "memory each) must all be resident at once for the grid sync, but the device holds %d "
@@ -555,10 +557,11 @@ int resolve_launch(const Cfg* cfg, int, const char*, Launch* L, char*, int) {
 }
 
 template <typename P>
-int cooperative_launch(void (*kernel)(P), P& params, int blocks, int threads, long long smem_bytes, int,
-                       int, void*, const char*, const char*, const char*, char* err, int errlen) {
+int cooperative_launch(void (*kernel)(P), P& params, int, void*, const char*, const char*, const char*, char* err,
+                       int errlen) {
   try {
-    zf_emu::launch(blocks, threads, static_cast<size_t>(smem_bytes), [&] { kernel(params); });
+    zf_emu::launch(params.plan.blocks, params.plan.threads, static_cast<size_t>(params.plan.smem_bytes),
+                   [&] { kernel(params); });
   } catch (const std::exception& e) {
     set_err(err, errlen, e.what());
     return ZF_CUDA_ERROR;
