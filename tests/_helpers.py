@@ -145,6 +145,41 @@ def smooth_chain_inputs(T, B, H, M, Z, G, seed=0, device="cpu", ln=False):
     return args, grads
 
 
+def put_on_clamp_ends(args, ln=False):
+    """Chain inputs (ops.zforcing_chain's or zforcing_chain_ln's argument order, float leaves)
+    changed in place so that elements sit exactly on the ends of both clamps' closed intervals,
+    where torch.clamp passes the gradient (a kernel testing ``>`` for ``>=`` differs only there,
+    which random inputs never hit): h0 = 0, so step 0's posterior pre-activation is post_x[0]
+    exactly, with one column at -9 and one at 3 (LeakyReLU(1/3) clamped to [-3, 3] at -3 and 3);
+    four rows of weight_q2 zeroed, so that mu and logvar entries are their biases, set to -8 and
+    8 at every step. ``ln`` (zforcing_chain_ln's 13 arguments): likewise the gen MLP's hidden
+    pre-activation (two rows of weight_g1 zeroed, their biases -9 and 3) and its clamp to [-3, 3]
+    (a gain row and a bias row of weight_g2 zeroed, their biases -3 and 3). Needs M, Z, G >= 2."""
+    import torch
+    from zf_kernels.ops.recurrence.naive import ACT_CLAMP, COND_CLAMP, LEAKY_SLOPE, PARAM_CLAMP
+    post_x, h0, w_q2, b_q2 = args[1], args[3], args[6], args[7]
+    M, Z = post_x.shape[-1], w_q2.shape[0] // 2
+    assert M >= 2 and Z >= 2, (M, Z)
+    act_ends = (-ACT_CLAMP / LEAKY_SLOPE, ACT_CLAMP)
+
+    def rows_at(weight, bias, rows_and_ends):   # those outputs are their biases, exactly
+        for row, end in rows_and_ends:
+            weight[row].zero_()
+            bias[row] = end
+
+    with torch.no_grad():
+        h0.zero_()
+        post_x[0, :, 0], post_x[0, :, 1] = act_ends
+        rows_at(w_q2, b_q2, ((0, -PARAM_CLAMP), (1, PARAM_CLAMP), (Z, PARAM_CLAMP), (Z + 1, -PARAM_CLAMP)))
+        if ln:
+            w_g1, b_g1, w_g2, b_g2 = args[8:12]
+            four_h = w_g2.shape[0] // 2      # rows [0, 4H): gain, [4H, 8H): bias
+            assert w_g1.shape[0] >= 2, w_g1.shape
+            rows_at(w_g1, b_g1, zip((0, 1), act_ends))
+            rows_at(w_g2, b_g2, ((0, -COND_CLAMP), (four_h + 1, COND_CLAMP)))
+    return args
+
+
 def model_loss_and_grads(model, y, eps, weights=(0.3, 0.5, 1.0)):
     """``(step, loss_and_grads)`` for comparing a compiled training step with the eager one:
     ``step(y, eps)`` is the model's training loss; ``loss_and_grads(fn)`` runs ``fn`` (``step`` or

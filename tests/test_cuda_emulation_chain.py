@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import _cuda_emulation as emu
-from _helpers import errors_vs_float64, NaNFilledChainKernels, rel_err
+from _helpers import errors_vs_float64, NaNFilledChainKernels, put_on_clamp_ends, rel_err
 from zf_kernels import ops
 from zf_kernels.ops.recurrence._cuda_function import run_chain
 from zf_kernels.ops.recurrence.naive import ACT_CLAMP, LEAKY_SLOPE, PARAM_CLAMP, mlp_act, zforcing_chain_ref
@@ -118,6 +118,19 @@ def test_cuda_emulated_chain_matches_torch(case, dtype):
     errs = _errors(kernels, shape, dtype, check_clamps=check_clamps)
     bad = {k: v for k, v in errs.items() if not v < TOL[dtype]}
     assert not bad, f"{case}: {bad}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_cuda_emulated_chain_clamps_pass_the_gradient_at_their_ends(dtype):
+    """Pre-activations exactly at -9 and 3 and parameters exactly at -8 and 8 (put_on_clamp_ends):
+    torch.clamp's closed intervals pass the gradient there; an open interval in a kernel shows."""
+    shape, units, threads, squeezed, _ = CASES["T4 B3 H13 M7 Z5 G6 5 blocks"]
+    kernels = NaNFilledChainKernels(_kernels(emu.chain_library(), dtype, shape, units, threads, squeezed))
+    args64 = put_on_clamp_ends(make_inputs(*shape))
+    errs = errors_vs_float64(functools.partial(run_chain, kernels), zforcing_chain_ref, args64, OUT_NAMES, NAMES,
+                             dtype, 0)
+    bad = {k: v for k, v in errs.items() if not v < TOL[dtype]}
+    assert not bad, bad
 
 
 def test_cuda_emulated_chain_second_backward_through_retained_graph():

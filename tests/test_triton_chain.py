@@ -16,7 +16,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 import zf_kernels.ops as ops  # noqa: E402
-from _helpers import errors_vs_float64, norm_rel_err, rel_err, smooth_chain_inputs  # noqa: E402
+from _helpers import errors_vs_float64, norm_rel_err, put_on_clamp_ends, rel_err, smooth_chain_inputs  # noqa: E402
 from zf_kernels.ops.recurrence import triton as chain_triton  # noqa: E402
 from zf_kernels.ops.recurrence.naive import (  # noqa: E402
     ACT_CLAMP, LEAKY_SLOPE, PARAM_CLAMP, mlp_act, zforcing_chain_ref)
@@ -125,6 +125,17 @@ def test_matches_reference(shape, blocks, check_clamps, dtype, nan_empty, monkey
     if blocks == "small":
         monkeypatch.setattr(chain_triton, "_BLOCK_OVERRIDE", SMALL_BLOCKS)
     compare(shape, dtype, check_clamps=check_clamps)
+
+
+@pytest.mark.parametrize("schedule", ["persistent", "stepwise"])
+def test_clamps_pass_the_gradient_at_their_ends(schedule, nan_empty):
+    """Pre-activations exactly at -9 and 3, parameters exactly at -8 and 8 (put_on_clamp_ends):
+    torch.clamp's closed intervals pass the gradient there; an open interval in a kernel shows."""
+    args64 = put_on_clamp_ends(make_inputs(4, 3, 20, 19, 3, 21))
+    errs = errors_vs_float64(lambda *a: chain_triton.zforcing_chain(*a, schedule=schedule), zforcing_chain_ref,
+                             args64, OUT_NAMES, NAMES, torch.float64, 0)
+    bad = {k: f"{v:.2e}" for k, v in errs.items() if not v <= TOL[torch.float64]}
+    assert not bad, f"{schedule}: errors above {TOL[torch.float64]}: {bad}"
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 3, 5, 1, 7), (4, 3, 20, 19, 3, 21), (3, 70, 5, 6, 3, 4)],

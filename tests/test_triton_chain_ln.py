@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import zf_kernels.ops as ops
-from _helpers import errors_vs_float64, norm_rel_err, rel_err, smooth_chain_inputs
+from _helpers import errors_vs_float64, norm_rel_err, put_on_clamp_ends, rel_err, smooth_chain_inputs
 from zf_kernels.ops.recurrence.naive import zforcing_chain_ln_ref
 
 try:
@@ -406,6 +406,20 @@ def test_triton_schedules_match_reference(shape, schedule, nan_empty):
             fn=lambda *a: triton_ln.zforcing_chain_ln(*a, schedule=schedule))
     args = make_inputs(*shape)
     assert triton_ln.explain_schedule(*args[:3], shape[-1], schedule).startswith(f"schedule {schedule}")
+
+
+@needs_triton
+@pytest.mark.parametrize("schedule", ["persistent", "stepwise"])
+def test_triton_clamps_pass_the_gradient_at_their_ends(schedule, nan_empty):
+    """The posterior's and the gen MLP's activations exactly at -9 and 3, the parameters at -8
+    and 8, the gain and bias at -3 and 3 (put_on_clamp_ends): torch.clamp's closed intervals
+    pass the gradient there; an open interval in a kernel shows."""
+    args64 = put_on_clamp_ends([a.detach().to(DEVICE).requires_grad_() for a in make_inputs(4, 3, 20, 19, 3, 21)],
+                               ln=True)
+    errs = errors_vs_float64(lambda *a: triton_ln.zforcing_chain_ln(*a, schedule=schedule), zforcing_chain_ln_ref,
+                             args64, OUT_NAMES, NAMES, torch.float64, 0)
+    bad = {k: f"{v:.2e}" for k, v in errs.items() if not v <= TOL[torch.float64]}
+    assert not bad, f"{schedule}: errors above {TOL[torch.float64]}: {bad}"
 
 
 @needs_triton
