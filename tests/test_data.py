@@ -336,7 +336,11 @@ def test_speech_npz_inputs_must_be_the_targets_one_step_behind(tmp_path):
     Swapped keys or unshifted inputs are refused naming the split, sequence and step; padded
     test steps may hold anything; T = 1 has nothing to compare."""
     arrays = _speech_arrays(D=4)
-    arrays["x_test"][1, 5] = 99.0        # padding of sequence 1 (3 valid steps): ignored
+    # padding of sequence 1 (3 valid steps) not one step behind: ignored (u and x are views of one
+    # waveform, so only a copy can differ)
+    arrays["u_test"] = arrays["u_test"].copy()
+    arrays["u_test"][1, 5] = 99.0
+    assert arrays["u_test"][1, 5, 0] != arrays["x_test"][1, 4, 0]
     np.savez(tmp_path / "ok.npz", **arrays)
     load_speech_npz(tmp_path / "ok.npz")
     swapped = dict(arrays, u_valid=arrays["x_valid"], x_valid=arrays["u_valid"])

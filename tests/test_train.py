@@ -170,6 +170,43 @@ def test_non_finite_batches_are_skipped_and_counted(tmp_path, monkeypatch):
     assert all(torch.isfinite(v).all() for v in params.values())
 
 
+def test_non_finite_gradients_of_a_finite_loss_are_skipped_and_counted(tmp_path, monkeypatch):
+    """A finite loss whose gradient is NaN (sqrt at 0: an infinite slope times 0) skips the
+    update and counts it; the parameters stay finite."""
+    real = train_mod.training_loss
+    calls = {"n": 0}
+
+    def sometimes_nan_grad(*a, **k):
+        calls["n"] += 1
+        loss = real(*a, **k)
+        if calls["n"] in (3, 4, 6):
+            loss = loss + torch.sqrt(a[0].nll.sum() * 0.0)
+        return loss
+
+    monkeypatch.setattr(train_mod, "training_loss", sometimes_nan_grad)
+    results = train_mod.train(cfg_for(tmp_path, max_steps=8, epochs=10), log=quiet)
+    assert results["skipped_batches"] == {"non_finite_loss": 0, "non_finite_grad": 3}
+    params = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    assert all(torch.isfinite(v).all() for v in params.values())
+
+
+def test_gradients_are_clipped_to_the_clip_flag(tmp_path, monkeypatch):
+    """--clip is the max norm of every update's gradient (clip_grad_norm_, measured after it)."""
+    real_clip, seen = torch.nn.utils.clip_grad_norm_, []
+
+    def spy(parameters, max_norm, *a, **k):
+        parameters = list(parameters)
+        before = real_clip(parameters, max_norm, *a, **k)
+        after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in parameters if p.grad is not None]))
+        seen.append((max_norm, float(before), float(after)))
+        return before
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    train_mod.train(cfg_for(tmp_path, max_steps=4, epochs=10, clip=0.05), log=quiet)
+    assert len(seen) == 4 and all(m == 0.05 for m, _, _ in seen)
+    assert all(b > 0.05 and a <= 0.05 * (1 + 1e-5) for _, b, a in seen), seen
+
+
 def test_fp32_dot_flag_sets_the_kernels_rule(tmp_path, monkeypatch):
     """--fp32-dot: the fused kernels' float32 products for the whole process (ZF_FP32_DOT, which the
     Triton and CUDA kernels read); "auto" leaves the environment alone; a bad value names the flag."""
