@@ -1,0 +1,211 @@
+"""Do the tests have teeth? Each mutant below breaks one rule of the code (a sign, a bound, a
+closed interval, a mask, a detach) by replacing one exact snippet; the tests named beside it
+must then fail. A mutant that survives is a rule no test guards (a test that cannot fail).
+
+    python tests/mutation_check.py            # every mutant (tens of minutes on 2 cores)
+    python tests/mutation_check.py --list     # names only
+    python tests/mutation_check.py NAME ...   # some
+
+Each mutant runs in a scratch copy of the working tree (files git tracks or does not ignore),
+so the checkout is never touched, after one run of their tests on the unchanged copy (which
+must pass, else a kill means nothing); exit status 1 if any mutant survives or its snippet is not
+found exactly once. tests/test_mutation_check.py (in CI) checks only the snippets, so that a
+change of the code that moves them shows at once. Written 2026-11-28 after a first round found
+eight surviving mutants (a categorical mask, a falling aux schedule, the gradient clip, a
+non-finite gradient, padded .npz steps, four open clamp intervals): each got a test."""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+REFERENCE_TESTS = ("tests/test_ops_reference.py", "tests/test_model.py", "tests/test_lstm_native.py",
+                   "tests/test_properties.py")
+TRAIN_TESTS = ("tests/test_train.py",)
+DATA_TESTS = ("tests/test_data.py",)
+CHAIN_TESTS = ("tests/test_triton_chain.py",)
+CHAIN_LN_TESTS = ("tests/test_triton_chain_ln.py",)
+EMULATION_TESTS = ("tests/test_cuda_emulation.py", "tests/test_cuda_emulation_chain.py")
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str        # relative to the repository root
+    old: str         # must occur exactly once in the file
+    new: str
+    tests: tuple     # pytest paths (with -k selections where given) that must fail
+
+
+MUTANTS = (
+    # the plain-PyTorch references
+    Mutant("kl_sign", "zf_kernels/ops/distributions/naive.py", "0.5 * (lp - lq + _Exp", "0.5 * (lq - lp + _Exp",
+           REFERENCE_TESTS),
+    Mutant("gaussian_nll_without_log_2pi", "zf_kernels/ops/distributions/naive.py", "0.5 * (LOG_2PI + lv +",
+           "0.5 * (lv +", REFERENCE_TESTS),
+    Mutant("scaled_square_grad", "zf_kernels/ops/distributions/naive.py", "return 2.0 * gr * s, -g_q",
+           "return 1.9 * gr * s, -g_q", REFERENCE_TESTS),
+    Mutant("reparameterize_scale", "zf_kernels/ops/distributions/naive.py", "torch.exp(0.5 * lv) * e",
+           "torch.exp(0.49 * lv) * e", REFERENCE_TESTS),
+    Mutant("categorical_ignores_mask", "zf_kernels/ops/distributions/naive.py",
+           "    return _finish(nll, mask, logits.dtype)", "    return _finish(nll, None, logits.dtype)",
+           REFERENCE_TESTS),
+    Mutant("lstm_gate_order", "zf_kernels/ops/lstm/naive.py", "    i, f, g, o = gates.chunk(4, dim=-1)",
+           "    f, i, g, o = gates.chunk(4, dim=-1)", REFERENCE_TESTS),
+    Mutant("lstm_drops_bias_hh", "zf_kernels/ops/lstm/naive.py",
+           "bias = bias_hh if bias is None else bias + bias_hh", "bias = bias_hh if bias is None else bias",
+           REFERENCE_TESTS),
+    Mutant("chain_without_param_clamp", "zf_kernels/ops/recurrence/naive.py",
+           "params = torch.clamp(torch.addmm(bias_q2, a, weight_q2.t()), -PARAM_CLAMP, PARAM_CLAMP)",
+           "params = torch.addmm(bias_q2, a, weight_q2.t())", REFERENCE_TESTS),
+    Mutant("chain_ln_gain_without_one", "zf_kernels/ops/recurrence/naive.py",
+           "h, c = _lstm_cell(gx_t + n * (1.0 + gain) + bias, c)", "h, c = _lstm_cell(gx_t + n * gain + bias, c)",
+           CHAIN_LN_TESTS),
+    # the model and its bounds
+    Mutant("aux_cost_trains_the_backward_lstm", "zf_kernels/model.py", "aux = self._aux_cost(b.detach(),",
+           "aux = self._aux_cost(b,", ("tests/test_model.py",)),
+    Mutant("aux_mean_without_tanh", "zf_kernels/model.py", "self._aux_cost(b.detach(), torch.tanh(mu_a),",
+           "self._aux_cost(b.detach(), mu_a,", ("tests/test_model.py",)),
+    Mutant("prior_reads_h_t", "zf_kernels/model.py",
+           "h_prev = torch.cat([h0.unsqueeze(0).to(chain.h.dtype), chain.h[:-1]], 0)", "h_prev = chain.h",
+           ("tests/test_model.py",)),
+    Mutant("bwd_cost_always_on", "zf_kernels/model.py", "        aux_on = aux_weight > 0", "        aux_on = True",
+           ("tests/test_model.py",)),
+    Mutant("iwae_wrong_normaliser", "zf_kernels/bounds.py", "- math.log(k)).to(logw.dtype)",
+           "- math.log(k + 1)).to(logw.dtype)", ("tests/test_model.py",)),
+    # the trainer's schedules and update
+    Mutant("kl_weight_past_one", "zf_kernels/training/schedules.py", "self.kl = min(self.kl + self.kl_step, 1.0)",
+           "self.kl = min(self.kl + self.kl_step, 1.1)", TRAIN_TESTS),
+    Mutant("aux_falls_twice_as_fast", "zf_kernels/training/schedules.py",
+           "self.aux = max(self.aux - self.aux_step, self.aux_end)",
+           "self.aux = max(self.aux - 2 * self.aux_step, self.aux_end)", TRAIN_TESTS),
+    Mutant("plateau_patience_off_by_one", "zf_kernels/training/schedules.py", "if self.bad < self.patience:",
+           "if self.bad <= self.patience:", TRAIN_TESTS),
+    Mutant("plateau_below_lr_min", "zf_kernels/training/schedules.py",
+           'new = max(group["lr"] * self.decay, self.lr_min)', 'new = group["lr"] * self.decay', TRAIN_TESTS),
+    Mutant("no_gradient_clip", "zf_kernels/train.py",
+           "grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)",
+           "grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1e9)", TRAIN_TESTS),
+    Mutant("non_finite_gradient_applied", "zf_kernels/train.py",
+           '        if not torch.isfinite(grad_norm):\n            self.skipped["non_finite_grad"] += 1',
+           '        if False:\n            self.skipped["non_finite_grad"] += 1', TRAIN_TESTS),
+    # data
+    Mutant("npz_shift_checks_padding", "zf_kernels/data/npz.py", "        bad &= mask[:, 1:] > 0",
+           "        bad &= mask[:, 1:] >= 0", DATA_TESTS),
+    Mutant("npz_shift_unchecked", "zf_kernels/data/npz.py", "    if bad.any():\n        row, t",
+           "    if False:\n        row, t", DATA_TESTS),
+    # Triton kernels: the clamps' closed intervals (the tests' put_on_clamp_ends)
+    Mutant("triton_leaky_clamp_grad_open_low", "zf_kernels/ops/_triton_common.py",
+           "return tl.where((y >= -bound) & (y <= bound), g, zero)",
+           "return tl.where((y > -bound) & (y <= bound), g, zero)", CHAIN_TESTS),
+    Mutant("triton_chain_mu_clamp_open", "zf_kernels/ops/recurrence/triton.py",
+           "ok_mu = (p_mu >= -PARAM_BOUND)", "ok_mu = (p_mu > -PARAM_BOUND)", CHAIN_TESTS),
+    Mutant("triton_chain_ln_gain_clamp_open", "zf_kernels/ops/recurrence/triton_ln.py",
+           "ok_g = (gain_pre >= -GEN_BOUND)", "ok_g = (gain_pre > -GEN_BOUND)", CHAIN_LN_TESTS),
+    # csrc/ in its CPU emulation
+    Mutant("cuda_lstm_forget_gate_grad", "csrc/lstm_kernels.cu",
+           "z[H] = zf_narrow<S>(dc * c_prev * f * (A(1) - f));", "z[H] = zf_narrow<S>(dc * c_prev * f);",
+           EMULATION_TESTS),
+    Mutant("cuda_lstm_cell_grad_skips_f", "csrc/lstm_kernels.cu", "      dcs[e] = dc * f;", "      dcs[e] = dc;",
+           EMULATION_TESTS),
+    Mutant("cuda_chain_grad_eps", "csrc/chain_kernels.cu", "P.grad_eps[o] = zf_narrow<T>(dz * sd);",
+           "P.grad_eps[o] = zf_narrow<T>(dz);", EMULATION_TESTS),
+    Mutant("cuda_chain_mu_clamp_open", "csrc/chain_kernels.cu", "ok[0] = (pm >= A(-8) && pm <= A(8)) ? 1 : 0;",
+           "ok[0] = (pm > A(-8) && pm <= A(8)) ? 1 : 0;", EMULATION_TESTS),
+    Mutant("cuda_leaky_clamp_grad_open", "csrc/chain_kernels.cu", "  if (!(y >= T(-3) && y <= T(3))) return T(0);",
+           "  if (!(y > T(-3) && y <= T(3))) return T(0);", EMULATION_TESTS),
+)
+
+
+def snippet_problems(root: Path = ROOT) -> list[str]:
+    """Mutants whose snippet does not occur exactly once (the code moved: update the mutant)."""
+    problems = []
+    for m in MUTANTS:
+        n = (root / m.path).read_text().count(m.old)
+        if n != 1:
+            problems.append(f"{m.name}: its snippet occurs {n} times in {m.path}")
+    return problems
+
+
+def _scratch_copy(dest: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
+                           capture_output=True, text=True).stdout.split("\0")
+    for f in filter(None, files):
+        src = ROOT / f
+        if src.is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / f)
+
+
+def _pytest(work: Path, tests) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                          cwd=work, capture_output=True, text=True)
+
+
+def run(mutants, baseline: bool = True, log=print) -> list[str] | None:
+    """Each mutant in a scratch copy; returns the names of those that survived, or None when
+    ``baseline`` (the mutants' tests on the unchanged copy) fails: a kill would mean nothing."""
+    survivors = []
+    with tempfile.TemporaryDirectory(prefix="zf_mutants_") as tmp:
+        work = Path(tmp)
+        _scratch_copy(work)
+        if baseline:
+            tests = sorted({t for m in mutants for t in m.tests})
+            proc = _pytest(work, tests)
+            log(f"baseline: {proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]}")
+            if proc.returncode != 0:
+                return None
+        for m in mutants:
+            path = work / m.path
+            original = path.read_text()
+            path.write_text(original.replace(m.old, m.new))
+            t0 = time.time()
+            try:
+                proc = _pytest(work, m.tests)
+            finally:
+                path.write_text(original)
+            failed = [line for line in proc.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+            if proc.returncode == 1 and failed:
+                log(f"killed    {m.name:40} {time.time() - t0:5.0f} s  {failed[0][:110]}")
+            else:
+                survivors.append(m.name)
+                log(f"SURVIVED  {m.name:40} {time.time() - t0:5.0f} s  (pytest exit {proc.returncode})")
+    return survivors
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("names", nargs="*", help="mutants to run (default: all)")
+    ap.add_argument("--list", action="store_true", help="print the mutants' names and exit")
+    ap.add_argument("--no-baseline", action="store_true",
+                    help="skip the first run of the mutants' tests on the unchanged code (it must pass)")
+    args = ap.parse_args(argv)
+    if args.list:
+        print("\n".join(f"{m.name:40} {m.path}" for m in MUTANTS))
+        return 0
+    unknown = set(args.names) - {m.name for m in MUTANTS}
+    if unknown:
+        ap.error(f"unknown mutants: {', '.join(sorted(unknown))} (see --list)")
+    problems = snippet_problems()
+    for p in problems:
+        print(p)
+    chosen = [m for m in MUTANTS if (not args.names or m.name in args.names) and m.name not in
+              {p.split(":")[0] for p in problems}]
+    survivors = run(chosen, baseline=not args.no_baseline)
+    if survivors is None:
+        print("the tests fail on the unchanged code: fix that first")
+        return 1
+    print(f"{len(chosen) - len(survivors)} of {len(chosen)} mutants killed"
+          + (f"; survived: {', '.join(survivors)}" if survivors else ""))
+    return 1 if survivors or problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
