@@ -422,6 +422,21 @@ def test_extreme_values(op, dtype):
     assert all(torch.isfinite(g).all() for g in grads)  # d/d(-inf logit) included: 0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_categorical_row_whose_first_slice_is_all_minus_inf(dtype):
+    """The online log-sum-exp over slices of the class dim (BLOCK_D <= 1024 wide): a row whose
+    first slice holds only -inf logits (banned classes) and its target in a later one is finite,
+    as log_softmax gives it; inf - inf in the first slice's running sum would make it NaN."""
+    gen = torch.Generator().manual_seed(11)
+    n, d = 3, tri._MAX_BLOCK_D + 5
+    logits = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    logits[1, :tri._MAX_BLOCK_D] = float("-inf")
+    targets = torch.tensor([0, d - 2, d - 1])
+    args = [targets.to(DEVICE), logits.to(device=DEVICE, dtype=dtype).requires_grad_()]
+    out = _compare("categorical_nll", args, None, dtype, gen)
+    assert torch.isfinite(out).all()
+
+
 @pytest.mark.parametrize("op", ["gaussian_nll", "gaussian_kl"])
 def test_gaussian_at_float32_limits_match_float64(op):
     """Residuals up to 1e37 and logvars up to +-170 in float32 (``(x - mu)^2`` and
