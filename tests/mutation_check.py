@@ -11,8 +11,9 @@ so the checkout is never touched, after one run of their tests on the unchanged 
 must pass, else a kill means nothing); exit status 1 if any mutant survives or its snippet is not
 found exactly once. tests/test_mutation_check.py (in CI) checks only the snippets, so that a
 change of the code that moves them shows at once. Written 2026-11-28 after a first round found
-eight surviving mutants (a categorical mask, a falling aux schedule, the gradient clip, a
-non-finite gradient, padded .npz steps, four open clamp intervals): each got a test."""
+nine surviving mutants (a categorical mask, a falling aux schedule, the gradient clip, a
+non-finite gradient, padded .npz steps, four open clamp intervals, the Triton log-sum-exp's
+inf - inf guard): each got a test."""
 from __future__ import annotations
 
 import argparse
@@ -33,6 +34,8 @@ DATA_TESTS = ("tests/test_data.py",)
 CHAIN_TESTS = ("tests/test_triton_chain.py",)
 CHAIN_LN_TESTS = ("tests/test_triton_chain_ln.py",)
 EMULATION_TESTS = ("tests/test_cuda_emulation.py", "tests/test_cuda_emulation_chain.py")
+LSTM_TESTS = ("tests/test_triton_lstm.py",)
+DISTRIBUTION_TESTS = ("tests/test_triton_distributions.py",)
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,25 @@ MUTANTS = (
            "ok_mu = (p_mu >= -PARAM_BOUND)", "ok_mu = (p_mu > -PARAM_BOUND)", CHAIN_TESTS),
     Mutant("triton_chain_ln_gain_clamp_open", "zf_kernels/ops/recurrence/triton_ln.py",
            "ok_g = (gain_pre >= -GEN_BOUND)", "ok_g = (gain_pre > -GEN_BOUND)", CHAIN_LN_TESTS),
+    # Triton kernels: gradients and numerics
+    Mutant("triton_lstm_forget_gate_grad", "zf_kernels/ops/lstm/triton.py",
+           "tl.store(dgp + H, (dc * c_prev * f * (1.0 - f)).to(dty), mask=m2)",
+           "tl.store(dgp + H, (dc * c_prev * f).to(dty), mask=m2)", LSTM_TESTS),
+    Mutant("triton_lstm_cell_grad_without_tanh_slope", "zf_kernels/ops/lstm/triton.py",
+           "    dc = dc + dh * o * (1.0 - tc * tc)", "    dc = dc + dh * o", LSTM_TESTS),
+    Mutant("triton_chain_forget_gate_grad", "zf_kernels/ops/recurrence/triton.py",
+           "tl.store(dp + H, (d_f * f * (1.0 - f)).to(ty), mask=m2)", "tl.store(dp + H, (d_f * f).to(ty), mask=m2)",
+           CHAIN_TESTS),
+    Mutant("triton_chain_cell_grad_skips_f", "zf_kernels/ops/recurrence/triton.py",
+           "tl.store(DC + st, (dc * f).to(DC.dtype.element_ty), mask=m2)",
+           "tl.store(DC + st, (dc).to(DC.dtype.element_ty), mask=m2)", CHAIN_TESTS),
+    Mutant("triton_kl_constant", "zf_kernels/ops/distributions/triton.py",
+           "kl = lp - lq + tl.exp(lq - lp) + r * r - 1.0", "kl = lp - lq + tl.exp(lq - lp) + r * r - 0.99",
+           DISTRIBUTION_TESTS),
+    Mutant("triton_log1p_small_argument", "zf_kernels/ops/distributions/triton.py",
+           "return tl.where(small, e, tl.log(u)", "return tl.where(small, 0.0 * e, tl.log(u)", DISTRIBUTION_TESTS),
+    Mutant("triton_logsumexp_inf_minus_inf", "zf_kernels/ops/distributions/triton.py",
+           'm_ref = tl.where(m_new == float("-inf"), 0.0, m_new)', "m_ref = m_new", DISTRIBUTION_TESTS),
     # csrc/ in its CPU emulation
     Mutant("cuda_lstm_forget_gate_grad", "csrc/lstm_kernels.cu",
            "z[H] = zf_narrow<S>(dc * c_prev * f * (A(1) - f));", "z[H] = zf_narrow<S>(dc * c_prev * f);",
@@ -121,6 +143,8 @@ MUTANTS = (
            "ok[0] = (pm > A(-8) && pm <= A(8)) ? 1 : 0;", EMULATION_TESTS),
     Mutant("cuda_leaky_clamp_grad_open", "csrc/chain_kernels.cu", "  if (!(y >= T(-3) && y <= T(3))) return T(0);",
            "  if (!(y > T(-3) && y <= T(3))) return T(0);", EMULATION_TESTS),
+    Mutant("cuda_3xtf32_drops_a_term", "csrc/zf_persistent.h", "    zf_mma_tf32(acc, a_small, b_big);\n", "",
+           ("tests/test_cuda_emulation_tf32.py",)),
 )
 
 
