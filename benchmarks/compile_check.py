@@ -325,7 +325,10 @@ def main(argv=None) -> int:
                     help="the persistent kernels' float32 K chunk (PERSISTENT_FP32_BLOCK_K; default the modules')")
     ap.add_argument("--sass", type=Path, metavar="DIR",
                     help="also write each kernel's machine code (cuobjdump -sass) to DIR/<label>.sass: "
-                         "`diff -r` two such folders to show that a refactor changed no instruction")
+                         "`diff -r` two such folders, each compiled with an empty TRITON_CACHE_DIR, to show "
+                         "that a refactor changed no instruction (triton 3.6 compiles the chain_ln 'bwd ln "
+                         "norm' kernels to one of two versions at random: its thread-locality pass visits "
+                         "their two in-loop reductions in pointer order)")
     ap.add_argument("--fwd-wt", action="store_true",
                     help="also the LSTM's and the chain's IEEE forwards reading transposed weights (FWD_W_TRANSPOSED)")
     args = ap.parse_args(argv)

@@ -1,6 +1,7 @@
-"""Small Triton device functions shared by the fused kernels (gate nonlinearities, the
-model's clamped LeakyReLU, the tiled product with one weight matrix, the grid barrier of the
-persistent kernels), and the one rule for ``tl.dot``'s input precision. Import only where Triton is installed."""
+"""Small Triton device functions shared by the fused kernels (a tile's rows and columns, gate
+nonlinearities and the four gate accumulators / stores, the model's clamped LeakyReLU, the tiled
+product with one weight matrix, the grid barrier of the persistent kernels), and the one rule for
+``tl.dot``'s input precision. Import only where Triton is installed."""
 import torch
 import triton
 import triton.language as tl
@@ -13,6 +14,15 @@ def acc_type(dtype: torch.dtype):
     """The accumulation type of the kernels for inputs of ``dtype``: float64 for float64, else
     float32 (half precision loads are upcast, results rounded once to the input dtype)."""
     return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+@triton.jit
+def tile_block(pid_b, pid_n, B, N, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The batch rows ``rb`` and columns ``rn`` of tile ``(pid_b, pid_n)`` of a (B, N) output and
+    their in-range flags ``mb``, ``mn``: the prologue of the tiled kernels."""
+    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    return rb, rn, rb < B, rn < N
 
 
 @triton.jit
@@ -34,6 +44,24 @@ def tile_dot(acc, X, ldx, rb, mb, W, ldw, rn, mn, K, W_ROWS_ARE_N: tl.constexpr,
             w = tl.load(W + kk[:, None] * ldw + rn[None, :], mask=mk[:, None] & mn[None, :], other=0.0)
         acc = tl.dot(x, w, acc, input_precision=PREC, out_dtype=ACC)
     return acc
+
+
+@triton.jit
+def gate_zeros(BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr):
+    """Four zero (BLOCK_B, BLOCK_N) accumulators, one per LSTM gate (i, f, g, o)."""
+    return (tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC), tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC),
+            tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC), tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC))
+
+
+@triton.jit
+def store_gates(P, i, f, g, o, H, mask):
+    """Stores the four gate tiles of a tile's units: i at ``P``, f at ``P + H``, g at ``P + 2H``,
+    o at ``P + 3H`` (``P``: the gate-i columns of rows of a (.., 4H) tensor), in P's dtype."""
+    ty = P.dtype.element_ty
+    tl.store(P, i.to(ty), mask=mask)
+    tl.store(P + H, f.to(ty), mask=mask)
+    tl.store(P + 2 * H, g.to(ty), mask=mask)
+    tl.store(P + 3 * H, o.to(ty), mask=mask)
 
 
 @triton.jit

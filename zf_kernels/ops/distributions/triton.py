@@ -89,6 +89,12 @@ def _tile(ptr, row_offs, c, ok, ACC: tl.constexpr):
 
 
 @triton.jit
+def _store_tile(ptr, offs, val, ok):
+    """A tile of a gradient (a new contiguous tensor) at ``offs``, in its dtype; nothing outside ``ok``."""
+    tl.store(ptr + offs, val.to(ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
 def _upstream_grad(g_ptr, g_stride, mask_ptr, m_stride, row_i, row_ok, HAS_MASK: tl.constexpr, ACC: tl.constexpr):
     """The per-row upstream gradient, times the mask when there is one (each a vector with its
     own stride: 0 where it was broadcast, e.g. the gradient of a sum)."""
@@ -182,10 +188,10 @@ def _reparam_bwd_kernel(g_ptr, s_g, lv_ptr, s_lv, eps_ptr, s_eps, dlv_ptr, deps_
         lv = _tile(lv_ptr, lv_rows, c, ok, ACC)
         g_std = g * tl.exp(0.5 * lv)
         if NEED_EPS:
-            tl.store(deps_ptr + offs, g_std.to(deps_ptr.dtype.element_ty), mask=ok)
+            _store_tile(deps_ptr, offs, g_std, ok)
         if NEED_LV:
             eps = _tile(eps_ptr, eps_rows, c, ok, ACC)
-            tl.store(dlv_ptr + offs, (0.5 * g_std * eps).to(dlv_ptr.dtype.element_ty), mask=ok)
+            _store_tile(dlv_ptr, offs, 0.5 * g_std * eps, ok)
 
 
 def _rows_of(t: torch.Tensor):
@@ -351,8 +357,7 @@ def _kl_bwd_kernel(g_ptr, s_g, mask_ptr, s_mask, mq_ptr, s_mq, lq_ptr, s_lq, mp_
     lq_rows = row_i * s_lq
     mp_rows = row_i * s_mp
     lp_rows = row_i * s_lp
-    g = _upstream_grad(g_ptr, s_g, mask_ptr, s_mask, row_i, row_ok, HAS_MASK, ACC)
-    g = g[:, None]
+    g = _upstream_grad(g_ptr, s_g, mask_ptr, s_mask, row_i, row_ok, HAS_MASK, ACC)[:, None]
     for d0 in range(0, D, BLOCK_D):
         cols, ok, c = _slice(d0, D, row_ok, BLOCK_D)
         offs = (row_i * D)[:, None] + c   # the gradients: new contiguous tensors
@@ -366,15 +371,15 @@ def _kl_bwd_kernel(g_ptr, s_g, mask_ptr, s_mask, mq_ptr, s_mq, lq_ptr, s_lq, mp_
         g_ratio = _g_times_exp(g, lq - lp)
         dmu = gr * s  # g (mq - mp) exp(-lp)  (terms a flag leaves unused are dead code)
         if NEED_MQ:
-            tl.store(dmq_ptr + offs, dmu.to(dmq_ptr.dtype.element_ty), mask=ok)
+            _store_tile(dmq_ptr, offs, dmu, ok)
         if NEED_MP:
-            tl.store(dmp_ptr + offs, (-dmu).to(dmp_ptr.dtype.element_ty), mask=ok)
+            _store_tile(dmp_ptr, offs, -dmu, ok)
         if NEED_LQ:
             dlq = 0.5 * (g_ratio - g)
-            tl.store(dlq_ptr + offs, dlq.to(dlq_ptr.dtype.element_ty), mask=ok)
+            _store_tile(dlq_ptr, offs, dlq, ok)
         if NEED_LP:
             dlp = 0.5 * (g - g_ratio - g_q)
-            tl.store(dlp_ptr + offs, dlp.to(dlp_ptr.dtype.element_ty), mask=ok)
+            _store_tile(dlp_ptr, offs, dlp, ok)
 
 
 # ----------------------------------------------------------------------------------------
@@ -417,8 +422,7 @@ def _gnll_bwd_kernel(g_ptr, s_g, mask_ptr, s_mask, x_ptr, s_x, mu_ptr, s_mu, lv_
     x_rows = row_i * s_x
     mu_rows = row_i * s_mu
     lv_rows = row_i * s_lv
-    g = _upstream_grad(g_ptr, s_g, mask_ptr, s_mask, row_i, row_ok, HAS_MASK, ACC)
-    g = g[:, None]
+    g = _upstream_grad(g_ptr, s_g, mask_ptr, s_mask, row_i, row_ok, HAS_MASK, ACC)[:, None]
     for d0 in range(0, D, BLOCK_D):
         cols, ok, c = _slice(d0, D, row_ok, BLOCK_D)
         offs = (row_i * D)[:, None] + c   # the gradients: new contiguous tensors
@@ -429,12 +433,12 @@ def _gnll_bwd_kernel(g_ptr, s_g, mask_ptr, s_mask, x_ptr, s_x, mu_ptr, s_mu, lv_
         gr, g_q = _scaled_square_grads(g, x - mu, s)
         dx = gr * s  # g (x - mu) exp(-lv)  (terms a flag leaves unused are dead code)
         if NEED_X:
-            tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=ok)
+            _store_tile(dx_ptr, offs, dx, ok)
         if NEED_MU:
-            tl.store(dmu_ptr + offs, (-dx).to(dmu_ptr.dtype.element_ty), mask=ok)
+            _store_tile(dmu_ptr, offs, -dx, ok)
         if NEED_LV:
             dlv = 0.5 * (g - g_q)
-            tl.store(dlv_ptr + offs, dlv.to(dlv_ptr.dtype.element_ty), mask=ok)
+            _store_tile(dlv_ptr, offs, dlv, ok)
 
 
 # ----------------------------------------------------------------------------------------
@@ -474,17 +478,16 @@ def _bnll_bwd_kernel(g_ptr, s_g, mask_ptr, s_mask, x_ptr, s_x, l_ptr, s_l, dx_pt
     # each input's row offsets, at its own row stride
     l_rows = row_i * s_l
     x_rows = row_i * s_x
-    g = _upstream_grad(g_ptr, s_g, mask_ptr, s_mask, row_i, row_ok, HAS_MASK, ACC)
-    g = g[:, None]
+    g = _upstream_grad(g_ptr, s_g, mask_ptr, s_mask, row_i, row_ok, HAS_MASK, ACC)[:, None]
     for d0 in range(0, D, BLOCK_D):
         cols, ok, c = _slice(d0, D, row_ok, BLOCK_D)
         offs = (row_i * D)[:, None] + c   # the gradients: new contiguous tensors
         lg = _tile(l_ptr, l_rows, c, ok, ACC)
         if NEED_L:
             x = _tile(x_ptr, x_rows, c, ok, ACC)
-            tl.store(dl_ptr + offs, (g * (sigmoid(lg) - x)).to(dl_ptr.dtype.element_ty), mask=ok)
+            _store_tile(dl_ptr, offs, g * (sigmoid(lg) - x), ok)
         if NEED_X:
-            tl.store(dx_ptr + offs, (-(g * lg)).to(dx_ptr.dtype.element_ty), mask=ok)
+            _store_tile(dx_ptr, offs, -(g * lg), ok)
 
 
 # ----------------------------------------------------------------------------------------

@@ -79,7 +79,8 @@ import triton.language as tl
 
 from .. import _persistent
 from .._persistent import MAX_POLLS, SCHEDULES, check_sync, num_sms, sync_buffer
-from .._triton_common import acc_type, barrier_slots, dot_precision, grid_barrier, sigmoid, tanh, tile_dot
+from .._triton_common import (acc_type, barrier_slots, dot_precision, gate_zeros, grid_barrier, sigmoid, store_gates,
+                              tanh, tile_dot)
 from ._grads import lstm_input_grads
 
 __all__ = ["lstm", "lstm_cell", "explain_schedule", "SCHEDULES"]
@@ -111,10 +112,7 @@ def _gate_preacts(gx_ptr, h_ptr, w_ptr, bias_ptr, rb, rj, mb, mj, H,
     cache modifier for h (".cg", L2 only, where other programs wrote h in the same launch).
     ``w_ptr``: W_hh (4H, H) row-major, or with ``W_T`` its transpose (H, 4H) row-major, whose
     (K, BLOCK_H) tiles are contiguous along the hidden units (FWD_W_TRANSPOSED)."""
-    acc_i = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
-    acc_f = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
-    acc_g = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
-    acc_o = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
+    acc_i, acc_f, acc_g, acc_o = gate_zeros(BLOCK_B, BLOCK_H, ACC_DTYPE)
     if HAS_H:
         # gates[:, gH + j] += sum_k h[:, k] * W_hh[gH + j, k]: W tile loaded transposed (K, BLOCK_H)
         for k0 in range(0, H, BLOCK_K):
@@ -160,12 +158,7 @@ def _cell_forward(z_i, z_f, z_g, z_o, c_prev, g_ptr, ho_ptr, rb, rj, mb, mj, H,
     m2 = mb[:, None] & mj[None, :]
     tl.store(ho_ptr + rb[:, None] * H + rj[None, :], h_new.to(ho_ptr.dtype.element_ty), mask=m2)
     if STORE_GATES:
-        gp = g_ptr + rb[:, None] * (4 * H) + rj[None, :]
-        gty = g_ptr.dtype.element_ty
-        tl.store(gp, z_i.to(gty), mask=m2)
-        tl.store(gp + H, z_f.to(gty), mask=m2)
-        tl.store(gp + 2 * H, z_g.to(gty), mask=m2)
-        tl.store(gp + 3 * H, z_o.to(gty), mask=m2)
+        store_gates(g_ptr + rb[:, None] * (4 * H) + rj[None, :], z_i, z_f, z_g, z_o, H, m2)
     return c_new
 
 

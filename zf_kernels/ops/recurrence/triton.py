@@ -105,8 +105,8 @@ from torch.autograd.function import once_differentiable
 
 from .. import _persistent
 from .._persistent import MAX_POLLS, check_sync, num_sms, sync_buffer
-from .._triton_common import (acc_type, barrier_slots, dot_precision, grid_barrier, leaky_clamp, leaky_clamp_grad,
-                              sigmoid, tanh, tile_dot)
+from .._triton_common import (acc_type, barrier_slots, dot_precision, gate_zeros, grid_barrier, leaky_clamp,
+                              leaky_clamp_grad, sigmoid, store_gates, tanh, tile_block, tile_dot)
 from ._grads import chain_input_grads
 from .naive import ACT_CLAMP, LEAKY_SLOPE, PARAM_CLAMP, ChainOutput
 
@@ -115,6 +115,19 @@ __all__ = ["zforcing_chain", "ZForcingChainFunction", "explain_schedule"]
 # Tests set this to e.g. {"BLOCK_B": 16, "BLOCK_N": 16, "BLOCK_K": 16} to force every
 # dimension of small problems onto several blocks.
 _BLOCK_OVERRIDE: dict | None = None
+
+
+# --------------------------------------------------------------------------- jit helpers
+
+@triton.jit
+def _prev_rows(X0, X_OUT, t, t64, B, H):
+    """The rows of step t-1 of a (T, B, H) output (h or c), read by step t: ``X0`` (the initial
+    state) at t = 0."""
+    if t == 0:
+        prev = X0
+    else:
+        prev = X_OUT + (t64 - 1) * B * H
+    return prev
 
 
 # --------------------------------------------------------------------------- forward kernels
@@ -154,15 +167,9 @@ def _fwd_posterior_hidden_tile(
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     W_T: tl.constexpr = False,   # W_QH is W_qh^T (H, M) (FWD_W_TRANSPOSED)
 ):
-    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mb = rb < B
-    mn = rn < M
+    rb, rn, mb, mn = tile_block(pid_b, pid_n, B, M, BLOCK_B, BLOCK_N)
     t64 = tl.cast(t, tl.int64)
-    if t == 0:
-        hprev = H0
-    else:
-        hprev = H_OUT + (t64 - 1) * B * H
+    hprev = _prev_rows(H0, H_OUT, t, t64, B, H)
     acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
     if W_T:
         acc = tile_dot(acc, hprev, H, rb, mb, W_QH, M, rn, mn, H, False, CACHE, ACC, PREC, BLOCK_K)
@@ -194,11 +201,8 @@ def _fwd_posterior_sample_tile(
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     W_T: tl.constexpr = False,   # W_Q2 is W_q2^T (M, 2Z) (FWD_W_TRANSPOSED)
 ):
-    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    rz = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rb, rz, mb, mz = tile_block(pid_b, pid_n, B, Z, BLOCK_B, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
-    mb = rb < B
-    mz = rz < Z
     t64 = tl.cast(t, tl.int64)
     s_t = S + t64 * B * M
     acc_mu = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
@@ -262,21 +266,11 @@ def _fwd_lstm_step_tile(
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     W_T: tl.constexpr = False,   # W_HH / W_COMB are W_hh^T (H, 4H) / W_comb^T (Z, 4H)
 ):
-    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    rh = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mb = rb < B
-    mh = rh < H
+    rb, rh, mb, mh = tile_block(pid_b, pid_n, B, H, BLOCK_B, BLOCK_N)
     t64 = tl.cast(t, tl.int64)
-    if t == 0:
-        hprev = H0
-        cprev = C0
-    else:
-        hprev = H_OUT + (t64 - 1) * B * H
-        cprev = C_OUT + (t64 - 1) * B * H
-    acc_i = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
-    acc_f = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
-    acc_g = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
-    acc_o = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
+    hprev = _prev_rows(H0, H_OUT, t, t64, B, H)
+    cprev = _prev_rows(C0, C_OUT, t, t64, B, H)
+    acc_i, acc_f, acc_g, acc_o = gate_zeros(BLOCK_B, BLOCK_N, ACC)
     # h_{t-1} @ W_hh^T, the four gate column blocks of this program
     acc_i, acc_f, acc_g, acc_o = _four_gate_dots(acc_i, acc_f, acc_g, acc_o, hprev, W_HH, H, rb, rh, mb, mh, H,
                                                  CACHE, ACC, PREC, BLOCK_K, W_T)
@@ -300,12 +294,7 @@ def _fwd_lstm_step_tile(
     h = o * tanh(c)
     tl.store(C_OUT + t64 * B * H + st, c.to(C_OUT.dtype.element_ty), mask=m2)
     tl.store(H_OUT + t64 * B * H + st, h.to(H_OUT.dtype.element_ty), mask=m2)
-    ap = ACTS + t64 * B * 4 * H + rb[:, None] * (4 * H) + rh[None, :]
-    ty = ACTS.dtype.element_ty
-    tl.store(ap, i.to(ty), mask=m2)
-    tl.store(ap + H, f.to(ty), mask=m2)
-    tl.store(ap + 2 * H, g.to(ty), mask=m2)
-    tl.store(ap + 3 * H, o.to(ty), mask=m2)
+    store_gates(ACTS + t64 * B * 4 * H + rb[:, None] * (4 * H) + rh[None, :], i, f, g, o, H, m2)
 
 
 @triton.jit(do_not_specialize=["t"])
@@ -328,10 +317,7 @@ def _bwd_lstm_cell_tile(
     HAS_NEXT, CACHE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    rh = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mb = rb < B
-    mh = rh < H
+    rb, rh, mb, mh = tile_block(pid_b, pid_n, B, H, BLOCK_B, BLOCK_N)
     m2 = mb[:, None] & mh[None, :]
     t64 = tl.cast(t, tl.int64)
     st = rb[:, None] * H + rh[None, :]
@@ -388,10 +374,7 @@ def _bwd_posterior_sample_tile(
     CACHE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    rz = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mb = rb < B
-    mz = rz < Z
+    rb, rz, mb, mz = tile_block(pid_b, pid_n, B, Z, BLOCK_B, BLOCK_N)
     m2 = mb[:, None] & mz[None, :]
     t64 = tl.cast(t, tl.int64)
     off = t64 * B * Z + rb[:, None] * Z + rz[None, :]
@@ -431,10 +414,7 @@ def _bwd_posterior_hidden_tile(
     CACHE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, SLOPE: tl.constexpr, ACT_BOUND: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    rm = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mb = rb < B
-    mm = rm < M
+    rb, rm, mb, mm = tile_block(pid_b, pid_n, B, M, BLOCK_B, BLOCK_N)
     m2 = mb[:, None] & mm[None, :]
     t64 = tl.cast(t, tl.int64)
     acc = tile_dot(tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC), DPARAMS + t64 * B * 2 * Z, 2 * Z, rb, mb,

@@ -75,14 +75,15 @@ from torch.autograd.function import once_differentiable
 
 from .. import _persistent
 from .._persistent import check_sync, sync_buffer
-from .._triton_common import acc_type, barrier_slots, dot_precision, grid_barrier, leaky_clamp, sigmoid, tanh, tile_dot
+from .._triton_common import (acc_type, barrier_slots, dot_precision, gate_zeros, grid_barrier, leaky_clamp, sigmoid,
+                              tanh, tile_block, tile_dot)
 from ._grads import posterior_and_state_grads
 from .naive import ACT_CLAMP, COND_CLAMP, LEAKY_SLOPE, LN_EPS, PARAM_CLAMP, ChainOutput, mlp_act
 from . import triton as _chain
 from .triton import (_empty_chain_backward, _empty_chain_forward, _forward_buffers, _HALF, _bwd_lstm_cell_tile,
                      _bwd_posterior_hidden, _bwd_posterior_hidden_tile, _bwd_posterior_sample_tile, _four_gate_dots,
                      _fwd_posterior_hidden, _fwd_posterior_hidden_tile, _fwd_posterior_sample,
-                     _fwd_posterior_sample_tile, _grid, _k, _launch, _launch_options, _pow2)
+                     _fwd_posterior_sample_tile, _grid, _k, _launch, _launch_options, _pow2, _prev_rows)
 
 __all__ = ["zforcing_chain_ln", "ZForcingChainLNFunction", "explain_schedule"]
 
@@ -127,6 +128,14 @@ def _row_stats(PSUM, rb, mb, H, NT, CACHE: tl.constexpr, EPS_LN: tl.constexpr, A
     return mean, rstd
 
 
+@triton.jit
+def _store_psum(PSUM, rb, mb, pid_n, NT, a, b):
+    """This tile's two partial sums ``a``, ``b`` (per row) into PSUM (B, NT, 2) at tile ``pid_n``."""
+    pp = PSUM + rb * (NT * 2) + pid_n * 2
+    tl.store(pp, a.to(PSUM.dtype.element_ty), mask=mb)
+    tl.store(pp + 1, b.to(PSUM.dtype.element_ty), mask=mb)
+
+
 # --------------------------------------------------------------------------- forward kernels
 
 @triton.jit
@@ -136,19 +145,10 @@ def _fwd_ln_proj_tile(
     CACHE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    rh = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mb = rb < B
-    mh = rh < H
+    rb, rh, mb, mh = tile_block(pid_b, pid_n, B, H, BLOCK_B, BLOCK_N)
     t64 = tl.cast(t, tl.int64)
-    if t == 0:
-        hprev = H0
-    else:
-        hprev = H_OUT + (t64 - 1) * B * H
-    acc_i = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
-    acc_f = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
-    acc_g = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
-    acc_o = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
+    hprev = _prev_rows(H0, H_OUT, t, t64, B, H)
+    acc_i, acc_f, acc_g, acc_o = gate_zeros(BLOCK_B, BLOCK_N, ACC)
     acc_i, acc_f, acc_g, acc_o = _four_gate_dots(acc_i, acc_f, acc_g, acc_o, hprev, W_HH, H, rb, rh, mb, mh, H,
                                                  CACHE, ACC, PREC, BLOCK_K)
     m2 = mb[:, None] & mh[None, :]
@@ -168,9 +168,7 @@ def _fwd_ln_proj_tile(
     dg = tl.where(m2, acc_g - tmean[:, None], 0.0)
     do = tl.where(m2, acc_o - tmean[:, None], 0.0)
     tm2 = tl.sum(di * di + df * df + dg * dg + do * do, axis=1)
-    pp = PSUM + rb * (NT * 2) + pid_n * 2
-    tl.store(pp, tsum.to(PSUM.dtype.element_ty), mask=mb)
-    tl.store(pp + 1, tm2.to(PSUM.dtype.element_ty), mask=mb)
+    _store_psum(PSUM, rb, mb, pid_n, NT, tsum, tm2)
 
 
 @triton.jit(do_not_specialize=["t"])
@@ -190,10 +188,7 @@ def _fwd_gen_hidden_tile(
     CACHE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mb = rb < B
-    mn = rn < G
+    rb, rn, mb, mn = tile_block(pid_b, pid_n, B, G, BLOCK_B, BLOCK_N)
     t64 = tl.cast(t, tl.int64)
     acc = tile_dot(tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC), Z_IN + t64 * B * Z, Z, rb, mb, W_G1, Z, rn, mn, Z, True,
                    CACHE, ACC, PREC, BLOCK_K)
@@ -273,10 +268,7 @@ def _fwd_ln_cell_tile(
     f = sigmoid(_ln_gate_pre(1, u_t, W_G2, B_G2, HH, GATES_X, mean, rstd, rb, mb, rh, mh, t64, B, H, G, CACHE,
                              ACC, PREC, SLOPE, ACT_BOUND, GEN_BOUND, BLOCK_B, BLOCK_N, BLOCK_K))
     tl.store(ap + H, f.to(ty), mask=m2)
-    if t == 0:
-        cprev = C0
-    else:
-        cprev = C_OUT + (t64 - 1) * B * H
+    cprev = _prev_rows(C0, C_OUT, t, t64, B, H)
     st = rb[:, None] * H + rh[None, :]
     c = f * tl.load(cprev + st, mask=m2, other=0.0).to(ACC) + ig
     tl.store(C_OUT + t64 * B * H + st, c.to(C_OUT.dtype.element_ty), mask=m2)
@@ -311,10 +303,7 @@ def _bwd_ln_gates_tile(
     """From this tile's dgates_t (written by the cell backward of the same program): dgen
     (gain and bias columns of the tile's units), dn -> DN scratch, and the tile's partial
     sums of dn and dn * n per row."""
-    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    rh = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mb = rb < B
-    mh = rh < H
+    rb, rh, mb, mh = tile_block(pid_b, pid_n, B, H, BLOCK_B, BLOCK_N)
     m2 = mb[:, None] & mh[None, :]
     t64 = tl.cast(t, tl.int64)
     col = rb[:, None] * (4 * H) + rh[None, :]
@@ -338,9 +327,7 @@ def _bwd_ln_gates_tile(
         tl.store(DN + col + k * H, dn.to(DN.dtype.element_ty), mask=m2)
         s_dn += tl.sum(tl.where(m2, dn, 0.0), axis=1)
         s_dnn += tl.sum(tl.where(m2, dn * n, 0.0), axis=1)
-    pp = PSUM + rb * (NT * 2) + pid_n * 2
-    tl.store(pp, s_dn.to(PSUM.dtype.element_ty), mask=mb)
-    tl.store(pp + 1, s_dnn.to(PSUM.dtype.element_ty), mask=mb)
+    _store_psum(PSUM, rb, mb, pid_n, NT, s_dn, s_dnn)
 
 
 @triton.jit(do_not_specialize=["t"])
@@ -368,10 +355,7 @@ def _bwd_ln_norm_tile(
     BLOCK_T: tl.constexpr,
 ):
     """dhh = rstd (dn - mean(dn) - n mean(dn n)) for columns pid_n * BLOCK_N.. of all 4H."""
-    rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mb = rb < B
-    mn = rn < 4 * H
+    rb, rn, mb, mn = tile_block(pid_b, pid_n, B, 4 * H, BLOCK_B, BLOCK_N)
     m2 = mb[:, None] & mn[None, :]
     t64 = tl.cast(t, tl.int64)
     rt0 = tl.arange(0, BLOCK_T)
