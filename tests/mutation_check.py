@@ -10,10 +10,10 @@ Each mutant runs in a scratch copy of the working tree (files git tracks or does
 so the checkout is never touched, after one run of their tests on the unchanged copy (which
 must pass, else a kill means nothing); exit status 1 if any mutant survives or its snippet is not
 found exactly once. tests/test_mutation_check.py (in CI) checks only the snippets, so that a
-change of the code that moves them shows at once. Written 2026-11-28 after a first round found
-nine surviving mutants (a categorical mask, a falling aux schedule, the gradient clip, a
-non-finite gradient, padded .npz steps, four open clamp intervals, the Triton log-sum-exp's
-inf - inf guard): each got a test."""
+change of the code that moves them shows at once. Written 2026-11-28 after a first round of ~60
+mutants found ten surviving (a falling aux schedule, the gradient clip, a non-finite gradient,
+padded .npz steps, five open clamp intervals in the Triton and CUDA chains, the Triton
+log-sum-exp's inf - inf guard): each got a test."""
 from __future__ import annotations
 
 import argparse
