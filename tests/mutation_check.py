@@ -83,6 +83,18 @@ MUTANTS = (
            ("tests/test_model.py",)),
     Mutant("iwae_wrong_normaliser", "zf_kernels/bounds.py", "- math.log(k)).to(logw.dtype)",
            "- math.log(k + 1)).to(logw.dtype)", ("tests/test_model.py",)),
+    # sequences and evaluation
+    Mutant("flip_ignores_lengths", "zf_kernels/sequences.py",
+           "    return torch.where(t < lengths, lengths - 1 - t, t)", "    return torch.where(t < lengths, T - 1 - t, t)",
+           ("tests/test_model.py",)),
+    Mutant("first_input_is_the_first_target", "zf_kernels/sequences.py", "    return torch.cat([start, y[:-1]], 0)",
+           "    return torch.cat([y[:1], y[:-1]], 0)", ("tests/test_model.py",)),
+    Mutant("per_recording_wrong_count", "zf_kernels/evaluate.py",
+           '            out[f"{k}_per_recording"] = sums[k] / len(recordings)',
+           '            out[f"{k}_per_recording"] = sums[k] / max(1, len(recordings) - 1)', ("tests/test_evaluate.py",)),
+    Mutant("windows_drop_partly_padded_slices", "zf_kernels/evaluate.py",
+           "    keep = mask.any(0)            # slices with a valid step",
+           "    keep = mask.all(0)            # slices with a valid step", ("tests/test_evaluate.py",)),
     # the trainer's schedules and update
     Mutant("kl_weight_past_one", "zf_kernels/training/schedules.py", "self.kl = min(self.kl + self.kl_step, 1.0)",
            "self.kl = min(self.kl + self.kl_step, 1.1)", TRAIN_TESTS),
