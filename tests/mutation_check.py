@@ -13,7 +13,7 @@ found exactly once. tests/test_mutation_check.py (in CI) checks only the snippet
 change of the code that moves them shows at once. Written 2026-11-28 after a first round of ~60
 mutants found ten surviving (a falling aux schedule, the gradient clip, a non-finite gradient,
 padded .npz steps, five open clamp intervals in the Triton and CUDA chains, the Triton
-log-sum-exp's inf - inf guard): each got a test."""
+log-sum-exp's inf - inf guard), and a second two (the sampler's scales): each got a test."""
 from __future__ import annotations
 
 import argparse
@@ -95,6 +95,18 @@ MUTANTS = (
     Mutant("windows_drop_partly_padded_slices", "zf_kernels/evaluate.py",
            "    keep = mask.any(0)            # slices with a valid step",
            "    keep = mask.all(0)            # slices with a valid step", ("tests/test_evaluate.py",)),
+    # sampling, binarisation, resume
+    Mutant("sample_z_ignores_temperature", "zf_kernels/model.py",
+           "            z = mu_p + torch.exp(0.5 * logvar_p) * randn(batch_size, self.z_dim) * temperature",
+           "            z = mu_p + torch.exp(0.5 * logvar_p) * randn(batch_size, self.z_dim)", ("tests/test_model.py",)),
+    Mutant("sample_frame_scale", "zf_kernels/model.py",
+           "                mean, u = mu, mu + torch.exp(0.5 * logvar) * randn(*mu.shape) * temperature",
+           "                mean, u = mu, mu + torch.exp(logvar) * randn(*mu.shape) * temperature", ("tests/test_model.py",)),
+    Mutant("binarize_ignores_intensity", "zf_kernels/data/batching.py",
+           "    return (rng.random(intensities.shape) < intensities).astype(np.float32)",
+           "    return (rng.random(intensities.shape) < 0.5).astype(np.float32)", DATA_TESTS),
+    Mutant("resume_draws_new_noise", "zf_kernels/train.py", '        self.eps_gen.set_state(state["eps_generator"])',
+           "        pass", TRAIN_TESTS),
     # the trainer's schedules and update
     Mutant("kl_weight_past_one", "zf_kernels/training/schedules.py", "self.kl = min(self.kl + self.kl_step, 1.0)",
            "self.kl = min(self.kl + self.kl_step, 1.1)", TRAIN_TESTS),
