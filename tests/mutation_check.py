@@ -172,14 +172,19 @@ MUTANTS = (
 )
 
 
+def _moved(root: Path = ROOT) -> dict:
+    """{mutant: how often its snippet occurs} for those whose snippet is not there exactly once."""
+    counts = {m: (root / m.path).read_text().count(m.old) for m in MUTANTS}
+    return {m: n for m, n in counts.items() if n != 1}
+
+
+def _problem(m: Mutant, n: int) -> str:
+    return f"{m.name}: its snippet occurs {n} times in {m.path}"
+
+
 def snippet_problems(root: Path = ROOT) -> list[str]:
     """Mutants whose snippet does not occur exactly once (the code moved: update the mutant)."""
-    problems = []
-    for m in MUTANTS:
-        n = (root / m.path).read_text().count(m.old)
-        if n != 1:
-            problems.append(f"{m.name}: its snippet occurs {n} times in {m.path}")
-    return problems
+    return [_problem(m, n) for m, n in _moved(root).items()]
 
 
 def _scratch_copy(dest: Path) -> None:
@@ -241,18 +246,17 @@ def main(argv=None) -> int:
     unknown = set(args.names) - {m.name for m in MUTANTS}
     if unknown:
         ap.error(f"unknown mutants: {', '.join(sorted(unknown))} (see --list)")
-    problems = snippet_problems()
-    for p in problems:
-        print(p)
-    chosen = [m for m in MUTANTS if (not args.names or m.name in args.names) and m.name not in
-              {p.split(":")[0] for p in problems}]
+    moved = _moved()
+    for m, n in moved.items():
+        print(_problem(m, n))
+    chosen = [m for m in MUTANTS if (not args.names or m.name in args.names) and m not in moved]
     survivors = run(chosen, baseline=not args.no_baseline)
     if survivors is None:
         print("the tests fail on the unchanged code: fix that first")
         return 1
     print(f"{len(chosen) - len(survivors)} of {len(chosen)} mutants killed"
           + (f"; survived: {', '.join(survivors)}" if survivors else ""))
-    return 1 if survivors or problems else 0
+    return 1 if survivors or moved else 0
 
 
 if __name__ == "__main__":

@@ -100,9 +100,12 @@ class _Directions:
         self.bwd.backward(*a)
 
 
-def _errors(kernels, shape, dtype, seed=0, check_clamps=True):
-    """{name: error} of the emulated kernels in dtype against the float64 reference."""
+def _errors(kernels, shape, dtype, seed=0, check_clamps=True, prepare=None):
+    """{name: error} of the emulated kernels in dtype against the float64 reference; ``prepare``
+    edits the float64 inputs in place first (e.g. _helpers.put_on_clamp_ends)."""
     args64 = make_inputs(*shape, seed=seed)
+    if prepare is not None:
+        prepare(args64)
     ref = functools.partial(ops.zforcing_chain, backend="torch")
     if check_clamps:
         act = clamp_activity(args64, ref(*args64).h)
@@ -126,9 +129,7 @@ def test_cuda_emulated_chain_clamps_pass_the_gradient_at_their_ends(dtype):
     torch.clamp's closed intervals pass the gradient there; an open interval in a kernel shows."""
     shape, units, threads, squeezed, _ = CASES["T4 B3 H13 M7 Z5 G6 5 blocks"]
     kernels = NaNFilledChainKernels(_kernels(emu.chain_library(), dtype, shape, units, threads, squeezed))
-    args64 = put_on_clamp_ends(make_inputs(*shape))
-    errs = errors_vs_float64(functools.partial(run_chain, kernels), zforcing_chain_ref, args64, OUT_NAMES, NAMES,
-                             dtype, 0)
+    errs = _errors(kernels, shape, dtype, check_clamps=False, prepare=put_on_clamp_ends)
     bad = {k: v for k, v in errs.items() if not v < TOL[dtype]}
     assert not bad, bad
 

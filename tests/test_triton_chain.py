@@ -74,12 +74,15 @@ def clamp_activity(args, h):
             "p_outside": frac(p.abs() > PARAM_CLAMP), "p_inside": frac(p.abs() < PARAM_CLAMP)}
 
 
-def run_errors(fn, shape, dtype, seed=0, check_clamps=True, scale=1.0, metric=None, smooth=False):
+def run_errors(fn, shape, dtype, seed=0, check_clamps=True, scale=1.0, metric=None, smooth=False, prepare=None):
     """{tensor name: error of fn in dtype against the float64 reference}: all 5 outputs and
     the gradients of all 12 inputs from one backward call with random, non-uniform output
-    gradients. ``smooth``: inputs away from every kink (_helpers.smooth_chain_inputs)."""
+    gradients. ``smooth``: inputs away from every kink (_helpers.smooth_chain_inputs);
+    ``prepare``: edits the float64 inputs in place first (e.g. _helpers.put_on_clamp_ends)."""
     args64 = (smooth_chain_inputs(*shape, seed=seed, device=DEVICE)[0] if smooth
               else make_inputs(*shape, seed=seed, scale=scale))
+    if prepare is not None:
+        prepare(args64)
     if check_clamps:
         act = clamp_activity(args64, zforcing_chain_ref(*args64).h)
         assert all(v > 0 for v in act.values()), f"inputs do not exercise both sides of the clamps: {act}"
@@ -131,9 +134,8 @@ def test_matches_reference(shape, blocks, check_clamps, dtype, nan_empty, monkey
 def test_clamps_pass_the_gradient_at_their_ends(schedule, nan_empty):
     """Pre-activations exactly at -9 and 3, parameters exactly at -8 and 8 (put_on_clamp_ends):
     torch.clamp's closed intervals pass the gradient there; an open interval in a kernel shows."""
-    args64 = put_on_clamp_ends(make_inputs(4, 3, 20, 19, 3, 21))
-    errs = errors_vs_float64(lambda *a: chain_triton.zforcing_chain(*a, schedule=schedule), zforcing_chain_ref,
-                             args64, OUT_NAMES, NAMES, torch.float64, 0)
+    errs = run_errors(lambda *a: chain_triton.zforcing_chain(*a, schedule=schedule), (4, 3, 20, 19, 3, 21),
+                      torch.float64, check_clamps=False, prepare=put_on_clamp_ends)
     bad = {k: f"{v:.2e}" for k, v in errs.items() if not v <= TOL[torch.float64]}
     assert not bad, f"{schedule}: errors above {TOL[torch.float64]}: {bad}"
 

@@ -228,12 +228,15 @@ F32_RATIO = 12.0
 SMALL_BLOCKS = {"BLOCK_B": 16, "BLOCK_N": 16, "BLOCK_K": 16}
 
 
-def run_errors(fn, shape, dtype, seed=0, check_clamps=True, scale=1.0, metric=None, smooth=False):
+def run_errors(fn, shape, dtype, seed=0, check_clamps=True, scale=1.0, metric=None, smooth=False, prepare=None):
     """{tensor name: error of fn in dtype against the float64 reference}: all 5 outputs and
     the gradients of all 13 inputs from one backward call with random, non-uniform output
-    gradients. ``smooth``: inputs away from every kink (_helpers.smooth_chain_inputs)."""
+    gradients. ``smooth``: inputs away from every kink (_helpers.smooth_chain_inputs);
+    ``prepare``: edits the float64 inputs in place first (e.g. _helpers.put_on_clamp_ends)."""
     args64 = (smooth_chain_inputs(*shape, seed=seed, device=DEVICE, ln=True)[0] if smooth else
               [a.detach().to(DEVICE).requires_grad_() for a in make_inputs(*shape, seed=seed, scale=scale)])
+    if prepare is not None:
+        prepare(args64)
     if check_clamps:
         p_out, gb_out = clamp_activity([a.cpu() for a in args64])
         assert 0 < p_out < 1 and 0 < gb_out < 1, f"inputs do not exercise the clamps: {p_out}, {gb_out}"
@@ -241,14 +244,15 @@ def run_errors(fn, shape, dtype, seed=0, check_clamps=True, scale=1.0, metric=No
 
 
 def compare(shape, dtype, seed=0, check_clamps=True, tol=None, fn=None, ratio=None, scale=1.0, metric=None,
-            smooth=False):
+            smooth=False, prepare=None):
     """Errors (``metric``, default rel_err) of the Triton op within ``tol`` (default TOL[dtype]),
     or, with ``ratio``, within max(tol, ratio * the error of the torch reference run in ``dtype``).
     ``smooth``: inputs away from every kink (for 16-bit comparisons with eager: near one, rounding
     flips an element's gradient by chance, in either; on scale-0.3 inputs float16 at test_gpu's
     shape went over its bound on 4 of 40 seeds in the interpreter)."""
     tol = TOL[dtype] if tol is None else tol
-    errs = run_errors(fn or triton_ln.zforcing_chain_ln, shape, dtype, seed, check_clamps, scale, metric, smooth)
+    errs = run_errors(fn or triton_ln.zforcing_chain_ln, shape, dtype, seed, check_clamps, scale, metric, smooth,
+                      prepare)
     bound = {k: tol for k in errs}
     if ratio is not None:
         torch_errs = run_errors(zforcing_chain_ln_ref, shape, dtype, seed, check_clamps=False, scale=scale,
@@ -414,12 +418,9 @@ def test_triton_clamps_pass_the_gradient_at_their_ends(schedule, nan_empty):
     """The posterior's and the gen MLP's activations exactly at -9 and 3, the parameters at -8
     and 8, the gain and bias at -3 and 3 (put_on_clamp_ends): torch.clamp's closed intervals
     pass the gradient there; an open interval in a kernel shows."""
-    args64 = put_on_clamp_ends([a.detach().to(DEVICE).requires_grad_() for a in make_inputs(4, 3, 20, 19, 3, 21)],
-                               ln=True)
-    errs = errors_vs_float64(lambda *a: triton_ln.zforcing_chain_ln(*a, schedule=schedule), zforcing_chain_ln_ref,
-                             args64, OUT_NAMES, NAMES, torch.float64, 0)
-    bad = {k: f"{v:.2e}" for k, v in errs.items() if not v <= TOL[torch.float64]}
-    assert not bad, f"{schedule}: errors above {TOL[torch.float64]}: {bad}"
+    compare((4, 3, 20, 19, 3, 21), torch.float64, check_clamps=False,
+            fn=lambda *a: triton_ln.zforcing_chain_ln(*a, schedule=schedule),
+            prepare=lambda args: put_on_clamp_ends(args, ln=True))
 
 
 @needs_triton
