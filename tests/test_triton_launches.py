@@ -44,19 +44,25 @@ class _AtenOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.fixture
-def triton_launches(monkeypatch):
-    """Counter of Triton kernel launches by kernel name (the interpreter's launch entry)."""
+def _record_launches(monkeypatch, record):
+    """Call ``record(kernel name, launch keywords)`` at every Triton launch (the interpreter's
+    launch entry, which sees the keywords a GPU launch compiles with before it drops them)."""
     from triton.runtime import interpreter
-    count = collections.Counter()
     run = interpreter.InterpretedFunction.run
 
-    def counted(self, *args, grid, warmup, **kwargs):
+    def recorded(self, *args, grid, warmup, **kwargs):
         if not warmup:
-            count[self.fn.__name__] += 1
+            record(self.fn.__name__, kwargs)
         return run(self, *args, grid=grid, warmup=warmup, **kwargs)
 
-    monkeypatch.setattr(interpreter.InterpretedFunction, "run", counted)
+    monkeypatch.setattr(interpreter.InterpretedFunction, "run", recorded)
+
+
+@pytest.fixture
+def triton_launches(monkeypatch):
+    """Counter of Triton kernel launches by kernel name."""
+    count = collections.Counter()
+    _record_launches(monkeypatch, lambda name, kwargs: count.update([name]))
     return count
 
 
@@ -105,3 +111,29 @@ def test_the_counter_sees_the_eager_reference_loop(triton_launches):
     long, long_ops = _step(LONG, False, "torch", triton_launches)
     assert short == long == {}
     assert sum(long_ops.values()) > sum(short_ops.values()) + (LONG - SHORT) * 10, (sum(short_ops.values()), sum(long_ops.values()))
+
+
+def test_every_launch_pins_the_compile_options(monkeypatch):
+    """Every kernel launch passes LAUNCH_OPTIONS (FMA contraction on), so the kernels compile the
+    same whatever Triton's default (triton 3.10 turns FP fusion off unless asked): the model's
+    step on both schedules, with and without cond_ln, and each op the step does not launch."""
+    from zf_kernels import ops
+    from zf_kernels.ops._triton_common import LAUNCH_OPTIONS
+    options = collections.defaultdict(set)
+    _record_launches(monkeypatch, lambda name, kwargs: options[name].add(
+        tuple((k, kwargs.get(k)) for k in sorted(LAUNCH_OPTIONS))))
+    for schedule in ("persistent", "stepwise"):
+        monkeypatch.setenv("ZF_LSTM_SCHEDULE", schedule)
+        monkeypatch.setenv("ZF_CHAIN_SCHEDULE", schedule)
+        for cond_ln in (False, True):
+            _step(3, cond_ln, "triton", collections.Counter())
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, requires_grad=True)
+    w, h, c = torch.randn(20, 5, requires_grad=True), torch.randn(3, 5), torch.randn(3, 5)
+    ops.lstm_cell(torch.randn(3, 20), h, c, w, backend="triton")[0].sum().backward()
+    ops.reparameterize(x, x, x, backend="triton").sum().backward()
+    ops.bernoulli_nll(torch.rand(2, 3, 5).round(), x, backend="triton").sum().backward()
+    ops.categorical_nll(torch.randint(0, 5, (2, 3)), x, backend="triton").sum().backward()
+    assert len(options) >= 30, sorted(options)       # the kernels above, each seen
+    expected = {tuple(sorted(LAUNCH_OPTIONS.items()))}
+    assert {name: seen for name, seen in options.items() if seen != expected} == {}

@@ -9,6 +9,12 @@ import triton.language as tl
 # the one float32 precision rule, shared with the CUDA extension's kernels (no Triton there)
 from ._precision import FP32_DOT_CHOICES, FP32_DOT_ENV, dot_precision  # noqa: F401
 
+# Compile options every launch passes, so that the kernels do not change with Triton's defaults:
+# FMA contraction on. It is the default of triton 3.6 (on the GPU machine) and 3.9, but 3.9 warns
+# that 3.10 turns it off unless asked; the kernels' GPU tolerances and register budgets were
+# measured with it, and csrc/ compiles with nvcc's default --fmad=true.
+LAUNCH_OPTIONS = {"enable_fp_fusion": True}
+
 
 def acc_type(dtype: torch.dtype):
     """The accumulation type of the kernels for inputs of ``dtype``: float64 for float64, else

@@ -48,7 +48,8 @@ def _leaky_clamp_bwd_kernel(g_ptr, x_ptr, dx_ptr, numel, SLOPE: tl.constexpr, BO
 
 def _launch(kernel, numel, *args, slope, bound):
     if numel:
-        kernel[(triton.cdiv(numel, _BLOCK),)](*args, numel, SLOPE=slope, BOUND=bound, BLOCK=_BLOCK, num_warps=4)
+        kernel[(triton.cdiv(numel, _BLOCK),)](*args, numel, SLOPE=slope, BOUND=bound, BLOCK=_BLOCK, num_warps=4,
+                                              **common.LAUNCH_OPTIONS)
 
 
 def _leaky_clamp_forward(x, slope: float, bound: float):

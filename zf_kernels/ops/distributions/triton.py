@@ -53,7 +53,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_common import acc_type, sigmoid
+from .._triton_common import LAUNCH_OPTIONS, acc_type, sigmoid
 
 _MAX_BLOCK_D = 1024   # widest slice of the last dim one program loads at a time
 _TILE = 4096          # max BLOCK_N * BLOCK_D of the row kernels
@@ -206,7 +206,8 @@ def _reparameterize_forward(mu, logvar, eps):
     if n * d:
         grid, bn, bd, nw = _tiles(n, d)
         args, idx = _strided(n, d, *(_as_rows(t, n, d) for t in (mu, logvar, eps)))
-        _reparam_fwd_kernel[grid](*args, z, n, d, IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
+        _reparam_fwd_kernel[grid](*args, z, n, d, IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw,
+                                  **LAUNCH_OPTIONS)
     return z
 
 
@@ -225,7 +226,8 @@ def _reparameterize_backward(grad_z, logvar, eps, need):
             args, idx = _strided(n, d, *(_as_rows(t, n, d) for t in (grad_z, logvar, eps)))
             _reparam_bwd_kernel[grid](
                 *args, grad_lv if need_lv else args[2], grad_eps if need_eps else args[4], n, d,
-                NEED_LV=bool(need_lv), NEED_EPS=bool(need_eps), IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
+                NEED_LV=bool(need_lv), NEED_EPS=bool(need_eps), IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw,
+                **LAUNCH_OPTIONS)
     return grad_mu, grad_lv, grad_eps
 
 
@@ -559,7 +561,8 @@ def _categorical_nll_forward(targets, logits, mask, store_raw):
         grid, bn, bd, nw = _tiles(n, d)
         args, idx = _strided(n, d, _as_vector(targets, n), _as_rows(logits, n, d), _flat_mask(mask, lead, n))
         _cat_fwd_kernel[grid](*args, out, stats[0], stats[1], raw if store_raw else out, n, d,
-                              STORE_RAW=bool(store_raw), IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
+                              STORE_RAW=bool(store_raw), IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw,
+                              **LAUNCH_OPTIONS)
     return out, stats, raw
 
 
@@ -572,7 +575,7 @@ def _categorical_nll_backward(grad_out, targets, logits, mask, stats):
         args, idx = _strided(n, d, _as_vector(grad_out, n), _flat_mask(mask, lead, n),
                              _as_vector(targets, n), _as_rows(logits, n, d))
         _cat_bwd_kernel[grid](*args, stats[0], stats[1], grad_logits, n, d,
-                              IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
+                              IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw, **LAUNCH_OPTIONS)
     return grad_logits
 
 
@@ -623,7 +626,8 @@ def _row_reduction_forward(kind, inputs, mask, store_raw):
         grid, bn, bd, nw = _tiles(n, d)
         args, idx = _strided(n, d, *(_as_rows(t, n, d) for t in inputs), _flat_mask(mask, lead, n))
         forward_kernel[grid](*args, out, raw if store_raw else out, n, d,
-                             STORE_RAW=bool(store_raw), IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
+                             STORE_RAW=bool(store_raw), IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw,
+                             **LAUNCH_OPTIONS)
     return out, raw
 
 
@@ -638,7 +642,8 @@ def _row_reduction_backward(kind, grad_out, inputs, mask, need):
         args, idx = _strided(n, d, _as_vector(grad_out, n), _flat_mask(mask, lead, n), *ins)
         backward_kernel[grid](
             *args, *[gr if gr is not None else ins[i][0] for i, gr in enumerate(grads)], n, d,
-            **{flag: bool(nd) for flag, nd in zip(flags, need)}, IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw)
+            **{flag: bool(nd) for flag, nd in zip(flags, need)}, IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw,
+            **LAUNCH_OPTIONS)
     return grads
 
 

@@ -79,8 +79,8 @@ import triton.language as tl
 
 from .. import _persistent
 from .._persistent import MAX_POLLS, SCHEDULES, check_sync, num_sms, sync_buffer
-from .._triton_common import (acc_type, barrier_slots, dot_precision, gate_zeros, grid_barrier, sigmoid, store_gates,
-                              tanh, tile_dot)
+from .._triton_common import (LAUNCH_OPTIONS, acc_type, barrier_slots, dot_precision, gate_zeros, grid_barrier,
+                             sigmoid, store_gates, tanh, tile_dot)
 from ._grads import lstm_input_grads
 
 __all__ = ["lstm", "lstm_cell", "explain_schedule", "SCHEDULES"]
@@ -505,7 +505,7 @@ def _lstm_forward(x, weight_ih, weight_hh, bias, h0, c0, reverse, schedule, cfg)
     if schedule == "persistent":
         sync = sync_buffer(grid[0], x)
         _lstm_fwd_persistent_kernel[grid](gates, h0, w_fwd, out, c_all, sync, T, B, H,
-                                          REVERSE=reverse, MAX_POLLS=MAX_POLLS, **kw)
+                                          REVERSE=reverse, MAX_POLLS=MAX_POLLS, **kw, **LAUNCH_OPTIONS)
         check_sync(sync, "LSTM forward")
         return out, gates, c_all
     steps = _steps(T, reverse)
@@ -515,7 +515,7 @@ def _lstm_forward(x, weight_ih, weight_hh, bias, h0, c0, reverse, schedule, cfg)
         _lstm_fwd_step_kernel[grid](
             gates, t * B4H, h_src, h_off, c_all, s * BH, w_fwd, w_fwd,
             gates, t * B4H, out, t * BH, c_all, (s + 1) * BH, B, H,
-            HAS_H=True, HAS_BIAS=False, STORE_GATES=True, **kw)
+            HAS_H=True, HAS_BIAS=False, STORE_GATES=True, **kw, **LAUNCH_OPTIONS)
     return out, gates, c_all
 
 
@@ -534,7 +534,7 @@ def _lstm_backward(d_out, d_hT, d_cT, x, weight_ih, weight_hh, h0, c0, out, gate
         _lstm_bwd_persistent_kernel[grid](
             d_out, d_out.stride(0), d_out.stride(1), d_out.stride(2),
             d_hT, d_hT.stride(0), d_hT.stride(1), weight_hh, gates, c_all, dc, sync, T, B, H,
-            REVERSE=reverse, MAX_POLLS=MAX_POLLS, **kw)
+            REVERSE=reverse, MAX_POLLS=MAX_POLLS, **kw, **LAUNCH_OPTIONS)
         check_sync(sync, "LSTM backward")
     else:
         BH, B4H = B * H, B * 4 * H
@@ -548,7 +548,7 @@ def _lstm_backward(d_out, d_hT, d_cT, x, weight_ih, weight_hh, h0, c0, out, gate
                 gates, t_next * B4H, weight_hh,
                 gates, t * B4H, gates, t * B4H,
                 c_all, s * BH, c_all, (s + 1) * BH, dc, B, H,
-                HAS_DHX=last, HAS_NEXT=not last, **kw)
+                HAS_DHX=last, HAS_NEXT=not last, **kw, **LAUNCH_OPTIONS)
     # `gates` now holds d(loss)/d(pre-activations), (T, B, 4H); the rest is GEMMs
     return lstm_input_grads(need, gates, dc, x, weight_ih, weight_hh, out, h0, c0, reverse)
 
@@ -635,7 +635,7 @@ def _lstm_cell_forward(gates_x, h, c, weight_hh, bias):
         gates_x, 0, h, 0, c, 0, weight_hh, bias_c if bias_c is not None else weight_hh,
         gates, 0, h_new, 0, c_new, 0, B, H,
         HAS_H=True, HAS_BIAS=bias_c is not None, STORE_GATES=True,
-        ACC_DTYPE=acc_type(h.dtype), PRECISION=dot_precision(h), **cfg)
+        ACC_DTYPE=acc_type(h.dtype), PRECISION=dot_precision(h), **cfg, **LAUNCH_OPTIONS)
     return h_new, c_new, gates
 
 
@@ -651,7 +651,7 @@ def _lstm_cell_backward(d_h, d_c, h, c, weight_hh, gates, c_new, need):
         d_h, 0, 0, gates, 0, weight_hh,
         gates, 0, dgates, 0, c, 0, c_new, 0, dc, B, H,
         HAS_DHX=False, HAS_NEXT=False,
-        ACC_DTYPE=acc_type(h.dtype), PRECISION=dot_precision(h), **cfg)
+        ACC_DTYPE=acc_type(h.dtype), PRECISION=dot_precision(h), **cfg, **LAUNCH_OPTIONS)
     grad_gx = dgates if need[0] else None
     grad_h = torch.mm(dgates, weight_hh) if need[1] else None
     grad_c = dc.to(c.dtype) if need[2] else None

@@ -105,8 +105,8 @@ from torch.autograd.function import once_differentiable
 
 from .. import _persistent
 from .._persistent import MAX_POLLS, check_sync, num_sms, sync_buffer
-from .._triton_common import (acc_type, barrier_slots, dot_precision, gate_zeros, grid_barrier, leaky_clamp,
-                              leaky_clamp_grad, sigmoid, store_gates, tanh, tile_block, tile_dot)
+from .._triton_common import (LAUNCH_OPTIONS, acc_type, barrier_slots, dot_precision, gate_zeros, grid_barrier,
+                             leaky_clamp, leaky_clamp_grad, sigmoid, store_gates, tanh, tile_block, tile_dot)
 from ._grads import chain_input_grads
 from .naive import ACT_CLAMP, LEAKY_SLOPE, PARAM_CLAMP, ChainOutput
 
@@ -555,7 +555,7 @@ def _grid(B: int, N: int, cfg: dict):
 
 def _launch(kernel, grid, *args, **kw):
     if grid[0] > 0 and grid[1] > 0:
-        kernel[grid](*args, **kw)
+        kernel[grid](*args, **kw, **LAUNCH_OPTIONS)
 
 
 # what schedule="auto" means process-wide, if set (e.g. stepwise, to rule the persistent kernels out)
@@ -692,7 +692,7 @@ def _chain_forward(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, 
             MAX_POLLS=MAX_POLLS, SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, PARAM_BOUND=PARAM_CLAMP,
             BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K1=c1["BLOCK_K"],
             BLOCK_K2=c2["BLOCK_K"], BLOCK_K3=c3["BLOCK_K"], W_T=w_t, **common,
-            **_launch_options(schedule, dtype, cfg))
+            **_launch_options(schedule, dtype, cfg), **LAUNCH_OPTIONS)
         check_sync(sync, "zforcing_chain forward")
     for t in range(T if schedule == "stepwise" else 0):
         _launch(_fwd_posterior_hidden, g1, h0, h, f_qh, post_x, s, t, B, H, M, W_T=w_t, **common, **c1)
@@ -736,7 +736,7 @@ def _chain_backward(grad_h, grad_c, grad_z, grad_mu, grad_lv, h0, c0, h, c, z, m
             MAX_POLLS=MAX_POLLS, SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP,
             BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K1=c1["BLOCK_K"],
             BLOCK_K2=c2["BLOCK_K"], BLOCK_K3=c3["BLOCK_K"], **common,
-            **_launch_options(schedule, dtype, cfg))
+            **_launch_options(schedule, dtype, cfg), **LAUNCH_OPTIONS)
         check_sync(sync, "zforcing_chain backward")
     for t in range(T - 1 if schedule == "stepwise" else -1, -1, -1):
         _launch(_bwd_lstm_cell, g1, grad_h, grad_c, dc, acts, c0, c, dgates, ds, weight_hh, weight_qh,

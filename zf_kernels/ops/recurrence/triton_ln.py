@@ -75,8 +75,8 @@ from torch.autograd.function import once_differentiable
 
 from .. import _persistent
 from .._persistent import check_sync, sync_buffer
-from .._triton_common import (acc_type, barrier_slots, dot_precision, gate_zeros, grid_barrier, leaky_clamp, sigmoid,
-                              tanh, tile_block, tile_dot)
+from .._triton_common import (LAUNCH_OPTIONS, acc_type, barrier_slots, dot_precision, gate_zeros, grid_barrier,
+                             leaky_clamp, sigmoid, tanh, tile_block, tile_dot)
 from ._grads import posterior_and_state_grads
 from .naive import ACT_CLAMP, COND_CLAMP, LEAKY_SLOPE, LN_EPS, PARAM_CLAMP, ChainOutput, mlp_act
 from . import triton as _chain
@@ -563,7 +563,7 @@ def _chain_ln_forward(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q
             weight_hh, hh, psum, weight_g1, bias_g1, u, weight_g2, bias_g2, gates_x, acts, sync,
             T, B, H, M, Z, G, nt, MAX_POLLS=MAX_POLLS, PARAM_BOUND=PARAM_CLAMP, EPS_LN=LN_EPS,
             BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=_stat_chunk(nt),
-            **bk, **consts, **common, **opts)
+            **bk, **consts, **common, **opts, **LAUNCH_OPTIONS)
         check_sync(sync, "zforcing_chain_ln forward")
     for t in range(T if schedule == "stepwise" else 0):
         _launch(_fwd_posterior_hidden, g1, h0, h, weight_qh, post_x, s, t, B, H, M, **common, **c1)
@@ -628,7 +628,7 @@ def _chain_ln_backward(grad_h, grad_c, grad_z, grad_mu, grad_lv, h0, c0, h, c, z
             grad_eps, weight_q2, s, sync, T, B, H, M, Z, G, nt,
             MAX_POLLS=MAX_POLLS, SLOPE=LEAKY_SLOPE, ACT_BOUND=ACT_CLAMP, GEN_BOUND=COND_CLAMP,
             BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], BLOCK_T=bt, BK_C=c1["BLOCK_K"],
-            BK_U=c3["BLOCK_K"], BK_Z=c4["BLOCK_K"], BK_S=c5["BLOCK_K"], **common, **opts)
+            BK_U=c3["BLOCK_K"], BK_Z=c4["BLOCK_K"], BK_S=c5["BLOCK_K"], **common, **opts, **LAUNCH_OPTIONS)
         check_sync(sync, "zforcing_chain_ln backward")
     for t in range(T - 1 if schedule == "stepwise" else -1, -1, -1):
         _launch(_bwd_ln_cell, g1, grad_h, grad_c, dc, acts, c0, c, dgates, dhh, ds, weight_hh, weight_qh,
