@@ -156,6 +156,7 @@ def test_torchrun_cli_two_processes_train_like_one(runs):
     # only rank 0 logs and writes: one "done" line, nothing in rank 1's directory, no
     # duplicated records
     assert runs["proc"].stdout.count("done: 12 steps") == 1, runs["proc"].stdout
+    assert runs["proc"].stdout.count("zf_kernels.train: model 'zforcing'") == 1, runs["proc"].stdout
     assert list((runs["root"] / "rank1").iterdir()) == [], "rank 1 wrote files"
     assert {p.name for p in two.iterdir()} == EXPECTED_FILES
     rec = read_metrics(two)
@@ -225,6 +226,26 @@ def test_distributed_helpers_without_a_process_group(monkeypatch):
     with torch.no_grad():
         b.weight[0, 0] += 1e-7
     assert distributed.param_digest(a) != distributed.param_digest(b)
+
+
+def test_a_rank_checks_the_split_and_seeds_its_own_noise_without_a_process_group(tmp_path):
+    """What a Run of rank r of 2 settles before any collective: every global batch, the last
+    one of a training split shorter than --batch-size included, must give each rank a sequence;
+    a model whose forward takes no eps draws from a generator of its own per rank and step."""
+    two = lambda r: distributed.DistContext(rank=r, world_size=2)  # noqa: E731
+    with pytest.raises(ValueError, match=r"with 2 processes .* must be >= 2, got a batch of 1"):
+        train_mod.Run(cfg(tmp_path / "a", batch_size=1), log=quiet, dist_ctx=two(0))
+    with pytest.raises(ValueError, match=r"the training split, 1 sequences\) must be >= 2, got a batch of 1"):
+        train_mod.Run(cfg(tmp_path / "b", train_limit=1), log=quiet, dist_ctx=two(0))
+    ranks = [train_mod.Run(cfg(tmp_path / "c", train_limit=8), log=quiet, dist_ctx=two(r)) for r in (0, 1)]
+
+    def noise(run, step):
+        run.accepts_eps, run.step = False, step
+        return torch.randn(5, generator=run._noise(4, 7, run.dist.shard(7))["generator"])
+
+    first = noise(ranks[0], 3)
+    assert torch.equal(first, noise(ranks[0], 3))
+    assert not torch.equal(first, noise(ranks[1], 3)) and not torch.equal(first, noise(ranks[0], 4))
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--driver"]:
