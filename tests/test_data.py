@@ -125,6 +125,7 @@ def test_read_idx_reads_plain_and_gzipped_files(tmp_path):
     (lambda b: b"\x00\x00\x08\x04" + b[4:], "wrong magic"),
     (lambda b: b[:-1], "truncated"),
     (lambda b: b[:6], "truncated"),
+    (lambda b: b[:12], "truncated, 12 bytes is shorter than the 16-byte header"),
     (lambda b: b + b"\x00", "wrong size"),
     (lambda b: b[:4] + (6).to_bytes(4, "big") + b[8:], "expected 5"),
     (lambda b: b[:8] + (27).to_bytes(4, "big") + b[12:], "27x28"),
@@ -145,6 +146,9 @@ def test_read_idx_checks_standard_counts_and_kind_from_the_file_name(tmp_path):
     labels_path = tmp_path / "foo-labels-idx1-ubyte"
     labels_path.write_bytes(_idx_bytes(_images(2)))  # images where labels are due
     with pytest.raises(ValueError, match="magic"):
+        read_idx(labels_path)
+    labels_path.write_bytes(_idx_bytes(np.array([3, 9, 10, 0], np.uint8)))   # classes are 0..9
+    with pytest.raises(ValueError, match="label 10 out of range 0..9"):
         read_idx(labels_path)
 
 
@@ -442,9 +446,12 @@ def test_synthetic_is_deterministic_in_its_seed():
     assert a.train.y.shape == (50, 16, 3) and a.train.mask is None
     assert torch.equal(a.train.y, b.train.y) and torch.equal(a.test.y, b.test.y)
     assert not torch.equal(a.train.y, c.train.y)
+    # the splits are consecutive runs of one stream of sequences: disjoint, none repeated
+    y, _ = switching_sequences(70, 16, 3, np.random.Generator(np.random.PCG64(5)))
+    np.testing.assert_array_equal(torch.cat([a.train.y, a.valid.y, a.test.y]).numpy(), y)
     v = make_synthetic(50, 10, 10, T=16, D=3, seed=5, variable_length=True)
     lengths = v.train.mask.sum(1)
-    assert lengths.min() >= 8 and lengths.max() <= 16 and lengths.unique().numel() > 1
+    assert lengths.min() >= 8 and lengths.max() == 16 and lengths.unique().numel() > 1   # T // 2 .. T
     assert torch.equal(v.train.mask, v.train.mask.cummin(1).values)  # prefix masks
     assert torch.all(v.train.y[v.train.mask == 0] == 0)
 

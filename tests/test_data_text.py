@@ -37,6 +37,20 @@ def test_a_folder_gives_its_splits_the_vocabulary_and_masked_sequences(tmp_path)
     assert data.train.mask[1].tolist() == [1, 1, 0] and data.train.y.dtype == torch.int64
 
 
+def test_vocabulary_ties_go_by_word_and_literal_special_tokens_are_the_specials(tmp_path):
+    """Words of one count in alphabetical order (not as first met), whatever vocab_size cuts; a
+    text that already holds ``<unk>`` / ``<eos>`` (as Penn Treebank's does) gets them once, at
+    ids 1 and 0, however often they occur."""
+    (tmp_path / "train.txt").write_text("zeta <unk> beta <unk> <eos>\nalpha <unk> zeta\n")
+    (tmp_path / "valid.txt").write_text("alpha\n")
+    (tmp_path / "test.txt").write_text("<unk> beta\n")
+    data = load_text(tmp_path, seq_len=8, vocab_size=5)
+    assert data.meta["vocab"] == ["<eos>", "<unk>", "zeta", "alpha", "beta"]
+    assert load_text(tmp_path, seq_len=8, vocab_size=4).meta["vocab"] == ["<eos>", "<unk>", "zeta", "alpha"]
+    assert data.test.y.tolist() == [[1, 4, 0, 0, 0, 0, 0, 0]] and data.input_dim == 5
+    assert data.train.y[0, :6].tolist() == [2, 1, 4, 1, 0, 0]
+
+
 def test_one_file_holds_out_valid_and_test_from_its_end(tmp_path):
     lines = [f"a{i % 7} b{i % 3}" for i in range(39)] + ["only_in_test b0"]
     (tmp_path / "all.txt").write_text("\n".join(lines) + "\n")
@@ -54,6 +68,8 @@ def test_one_file_holds_out_valid_and_test_from_its_end(tmp_path):
     (lambda p: (p / "t.txt").write_text("\n \n") and p / "t.txt", {}, ValueError, "the train text has no words"),
     (lambda p: (p / "t.txt").write_bytes(b"ok\n\xff\xfe bad\n") and p / "t.txt", {}, ValueError, "not UTF-8"),
     (lambda p: (p / "t.txt").write_text("one line\n") and p / "t.txt", {}, ValueError, "too few to hold out"),
+    (lambda p: (p / "t.txt").write_text("one\ntwo\n") and p / "t.txt", {}, ValueError,
+     "1 training lines are too few to hold out a valid split"),
     (lambda p: (p / "t.txt").write_text("a\n" * 50) and p / "t.txt", {"seq_len": 0}, ValueError,
      "seq_len must be an int >= 1"),
     (lambda p: (p / "t.txt").write_text("a\n" * 50) and p / "t.txt", {"vocab_size": 2}, ValueError,

@@ -156,6 +156,7 @@ ERROR_CASES = [
     ("pcm12", riff_bytes(_pcm16(), bits=12, block_align=2), r"unsupported bit depth 12 for PCM"),
     ("float16", riff_bytes(_pcm16(), code=3, bits=16), r"unsupported bit depth 16 for IEEE float"),
     ("bad_align", riff_bytes(_pcm16(), block_align=4), r"block align 4.*expected 2"),
+    ("rate0", riff_bytes(_pcm16(), rate=0), r"1 channels at 0 Hz \(expected >= 1 channel and a positive rate\)"),
     ("zero", riff_bytes(b""), r"zero samples"),
     ("nan", riff_bytes(np.array([0.0, np.nan], "<f4").tobytes(), code=3, bits=32), r"non-finite sample nan at index 1"),
     ("inf64", riff_bytes(np.array([np.inf], "<f8").tobytes(), code=3, bits=64), r"non-finite sample inf at index 0"),
@@ -288,6 +289,19 @@ def test_timit_layout_train_test_folders_with_valid_held_out(tmp_path):
     assert _ids(b.valid, 4) == [21] and _ids(b.test, 4) == [30, 31]
     assert 21 not in _ids(b.train, 4) and len(_ids(b.train, 4)) == 20
     assert b.meta["split_source"]["valid"].startswith("last 1 ")
+
+
+def test_hidden_files_and_folders_are_skipped(tmp_path):
+    """A copy made on a Mac holds AppleDouble ``._X.wav`` files beside the audio (not audio), and
+    a folder may hold hidden ones (``.cache/``): neither is read."""
+    for i in range(3):
+        write_pcm16(tmp_path / "TRAIN" / f"S{i}.WAV", _ramp(i + 1, 40))
+        (tmp_path / "TRAIN" / f"._S{i}.WAV").write_bytes(b"\0\5\x16\7" + b"Mac OS X" * 8)
+    write_pcm16(tmp_path / "TRAIN" / ".cache" / "x.wav", _ramp(9, 40))
+    write_pcm16(tmp_path / "TEST" / "t.wav", _ramp(5, 40))
+    b = load_wav_folder(tmp_path, frame_size=4, seq_len=2, normalize=False)
+    assert b.meta["files"] == {"train": 2, "valid": 1, "test": 1}
+    assert sorted(_ids(b.train, 4) + _ids(b.valid, 4)) == [1, 2, 3]
 
 
 def test_a_converted_twin_is_read_once(tmp_path):
