@@ -93,6 +93,19 @@ def test_bad_input_is_one_clear_line(run_dir, capsys, tmp_path, argv, message):
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("dtype", ["float64", "bfloat16"])
+def test_a_run_is_evaluated_in_its_own_precision(tmp_path, dtype):
+    """The checkpoint's --dtype: float64 parameters (not float32 copies of them), and bfloat16
+    mixed precision (float32 parameters, forward passes under bfloat16 autocast), so that the
+    command gives exactly the numbers of the run's results.json."""
+    out = tmp_path / dtype
+    small = SMALL | dict(train_limit=32, eval_limit=8, iwae_k=2, num_samples=0)
+    train_mod.train(make_config("synthetic", out=str(out), max_steps=2, dtype=dtype, **small), log=quiet)
+    want = json.loads((out / "results.json").read_text())["test"]
+    got = evaluate_mod.evaluate_checkpoint(out)
+    assert got["dtype"] == dtype and (got["neg_elbo"], got["iwae"]) == (want["neg_elbo"], want["iwae"])
+
+
 def test_data_other_than_the_runs_is_refused(run_dir, capsys, monkeypatch):
     """A data set whose description (here the synthetic generator's seed; for speech the
     normalisation) differs from the one the run trained on: refused, naming what differs."""
@@ -202,6 +215,7 @@ def test_prefix_takes_sequences_long_enough_binarised_as_evaluated():
 @pytest.mark.parametrize("flags,message", [
     (["--prefix", "0"], "--prefix must be >= 1, got 0"),
     (["--prefix", "9", "--steps", "8"], "--prefix must be at most --steps (8), got 9"),
+    (["--prefix", "40", "--steps", "50"], "--prefix must be at most the test split's length (32 steps), got 40"),
     (["--prefix", "3", "--split", "dev"], "--split must be one of test, valid, train, got 'dev'"),
     (["--prefix", "3", "--prompt", "a b"], "--prefix and --prompt do not combine (the data's sequences, or your text)"),
     (["--prompt", "a b"], "--prompt needs a text run (a vocabulary); this run's data set is 'synthetic': "

@@ -347,6 +347,39 @@ def test_sampling_draws_as_written_one_step_by_hand(temperature):
         torch.testing.assert_close(got[0], om + (0.5 * ol).exp() * randn(B, 3) * temperature)
 
 
+@pytest.mark.parametrize("output_type,temperature", [("bernoulli", 1.0), ("categorical", 1.0), ("categorical", 0.5)])
+def test_sampling_discrete_outputs_one_step_by_hand(output_type, temperature):
+    """Step 1 of ``sample`` by hand for the discrete heads, with the generator's draws in order:
+    z from the prior at h_0 = 0 (as above), the start input (zeros; for token ids the extra
+    start token ``input_dim``, as ``shift_inputs`` gives the forward pass), the mean
+    sigmoid(logits) or softmax(logits / T), then one Bernoulli or categorical draw from it."""
+    m = small_model(output_type=output_type)
+    B = 64
+    got, means = m.sample(1, B, temperature=temperature, generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    h = c = torch.zeros(B, m.rnn_dim, dtype=torch.float64)
+    mp, lp = torch.clamp(m.prior.fc2(act(m.prior.fc1(h))), -8, 8).chunk(2, -1)
+    z = mp + (0.5 * lp).exp() * torch.randn(B, m.z_dim, generator=g, dtype=torch.float64) * temperature
+    if output_type == "categorical":
+        e = m.emb(torch.full((B,), 3))
+        assert torch.equal(m.shift_inputs(torch.zeros(2, B, dtype=torch.long))[0], torch.full((B,), 3))
+    else:
+        e = m.emb(torch.zeros(B, 3, dtype=torch.float64))
+    gates = torch.cat([m.gen(z), e], -1) @ m.fwd_weight_ih.t() + m.fwd_bias_ih + m.fwd_bias_hh
+    i, f, gg, o = gates.chunk(4, -1)
+    c = f.sigmoid() * c + i.sigmoid() * gg.tanh()
+    logits = m.out(o.sigmoid() * c.tanh())
+    with torch.no_grad():
+        if output_type == "bernoulli":
+            mean = logits.sigmoid()
+            draw = torch.bernoulli(mean, generator=g)
+        else:
+            mean = torch.softmax(logits / temperature, -1)
+            draw = torch.multinomial(mean, 1, generator=g).squeeze(-1)
+        torch.testing.assert_close(means[0], mean)
+    assert torch.equal(got[0], draw) and draw.unique().numel() > 1
+
+
 @pytest.mark.parametrize("make,match", [
     (lambda m: m(torch.full((3, 2, 3), float("nan"), dtype=torch.float64)), "NaN"),
     (lambda m: m(torch.zeros(3, 2, 4, dtype=torch.float64)), "y must have shape"),

@@ -154,9 +154,12 @@ def ref_storn(m, y, eps):
 
 
 def ref_generate(m, name, steps, B):
-    """Generation at temperature 0 (z_t = prior mean, y_t = output mean), step by step."""
+    """Generation at temperature 0 (z_t = prior mean, y_t = output mean; token ids: the likeliest
+    token, from the start token ``input_dim``), step by step -> (samples, means)."""
     zeros = lambda n: torch.zeros(B, n, dtype=torch.float64)  # noqa: E731
-    u, z, h, c, means = zeros(m.input_dim), zeros(Z), zeros(H), zeros(H), []
+    tokens = m.output_type == "categorical"
+    u = torch.full((B,), m.input_dim) if tokens else zeros(m.input_dim)
+    z, h, c, samples, means = zeros(Z), zeros(H), zeros(H), [], []
     for _ in range(steps):
         if name == "vrnn":
             r = m.rnn
@@ -171,9 +174,14 @@ def ref_generate(m, name, steps, B):
         else:
             h, c = cell(torch.cat([embed(m, u), zeros(Z)], -1), h, c, *lstm_params(m.gen_rnn))
             params = lin(m.out, h)
-        u = normal(params).mean
-        means.append(u)
-    return torch.stack(means)
+        if tokens:   # softmax(logits / 0): all mass on the likeliest token
+            u = params.argmax(-1)
+            means.append(F.one_hot(u, m.input_dim).double())
+        else:
+            u = normal(params).mean
+            means.append(u)
+        samples.append(u)
+    return torch.stack(samples), torch.stack(means)
 
 
 REFERENCES = {"vrnn": ref_vrnn, "srnn": ref_srnn, "srnn-resq": ref_srnn, "storn": ref_storn}
@@ -305,14 +313,15 @@ def test_iwae_bound_is_below_the_elbo_and_log_weights_average_to_it(name):
     torch.testing.assert_close(m.iwae_bound(y[:, :4], k=6, generator=g(), chunk=6), expected)
 
 
+@pytest.mark.parametrize("output_type,input_dim", [("gaussian", D), ("categorical", 9)])
 @pytest.mark.parametrize("name", list(MODELS))
-def test_generation_follows_the_prior_and_feeds_back_its_outputs(name):
-    m = make(name)
+def test_generation_follows_the_prior_and_feeds_back_its_outputs(name, output_type, input_dim):
+    m = make(name, output_type, input_dim)
     with torch.no_grad():
         samples, means = m.sample(6, 3, temperature=0.0)
-        expected = ref_generate(m, name, 6, 3)
-    torch.testing.assert_close(means, expected)
-    torch.testing.assert_close(samples, expected)   # gaussian at temperature 0: the mean
+        want_samples, want_means = ref_generate(m, name, 6, 3)
+    torch.testing.assert_close(means, want_means)
+    torch.testing.assert_close(samples, want_samples)   # at temperature 0: the mean, or the likeliest token
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -350,6 +359,22 @@ def test_gaussian_output_draws_have_the_heads_spread_scaled_by_temperature():
         s, mean = m.head_sample(params, temperature, torch.Generator().manual_seed(0))
         assert torch.all(mean == 1.0)
         assert abs(float(s.mean()) - 1.0) < 0.03 and abs(float(s.std()) - std) < 0.03 * std
+
+
+def test_bernoulli_and_categorical_draws_follow_the_heads_probabilities():
+    """Draws, not the likeliest value: pixels at p = 0.3 are 1 three times in ten; tokens come
+    at softmax(logits / T)'s frequencies."""
+    n = 20000
+    s, mean = make("storn", "bernoulli").head_sample(torch.full((n, D), math.log(0.3 / 0.7), dtype=torch.float64),
+                                                     1.0, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(mean, torch.full((n, D), 0.3, dtype=torch.float64))
+    assert abs(float(s.mean()) - 0.3) < 0.01 and set(s.unique().tolist()) == {0.0, 1.0}
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)).expand(n, 3)
+    for temperature in (1.0, 0.5):
+        s, mean = make("storn", "categorical", 3).head_sample(logits, temperature, torch.Generator().manual_seed(1))
+        p = torch.softmax(logits[0] / temperature, -1)
+        torch.testing.assert_close(mean[0], p)
+        torch.testing.assert_close(torch.bincount(s, minlength=3).double() / n, p, rtol=0, atol=0.015)
 
 
 def test_bad_arguments_get_clear_errors():
