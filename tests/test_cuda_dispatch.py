@@ -78,6 +78,16 @@ def test_auto_takes_the_unverified_cuda_backend_only_when_asked_and_says_so(monk
         ops.explain("lstm", *_lstm_args())
 
 
+def test_triton_interpreter_refuses_cuda_tensors(monkeypatch):
+    """TRITON_INTERPRET=1 runs Triton kernels on the CPU: CUDA tensors (simulated) then cannot
+    go to them, and the reason says so."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(torch.Tensor, "device", property(lambda self: torch.device("cuda", 0)))
+    x = torch.zeros(2, 3)
+    assert _dispatch._why_not("gaussian_nll", "triton", (x, x, x)) == "TRITON_INTERPRET=1 is set but the tensors are on CUDA"
+
+
 def test_model_level_cuda_backend_maps_ops_without_cuda_kernels_to_auto():
     """ops.op_backend: what ZForcing(backend="cuda") passes to each op: "cuda" to the two
     recurrences that have CUDA kernels, "auto" to the rest; any other backend unchanged."""

@@ -158,6 +158,12 @@ def test_half_precision_inputs_are_computed_in_float32():
     (lambda: ops.lstm_cell(torch.zeros(2, 12), torch.zeros(2, 3), torch.zeros(2, 4), torch.zeros(12, 3)), "c"),
     (lambda: ops.gaussian_kl(*[torch.zeros(2)] * 4, backend="fastest"), "backend"),
     (lambda: ops.gaussian_kl(*[torch.zeros(2, dtype=torch.int32)] * 4), "mu_q"),
+    # a mask that broadcasts, but to more than the leading shape (2,): it would widen the result
+    (lambda: ops.gaussian_nll(*[torch.zeros(2, 3)] * 3, mask=torch.ones(4, 2)),
+     r"mask must broadcast to the leading shape \(2,\).*got \(4, 2\)"),
+    (lambda: ops.gaussian_kl(*[torch.zeros(2, 3)] * 2, torch.zeros(2, 3, device="meta"), torch.zeros(2, 3)),
+     "mu_p is on meta but mu_q is on cpu"),
+    (lambda: ops.explain("gaussian_nll", *[torch.zeros(2, 3)] * 3, backend="fastest"), "backend must be one of"),
 ])
 def test_bad_input_names_the_argument(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
