@@ -13,7 +13,14 @@ found exactly once. tests/test_mutation_check.py (in CI) checks only the snippet
 change of the code that moves them shows at once. Written 2026-11-28 after a first round of ~60
 mutants found ten surviving (a falling aux schedule, the gradient clip, a non-finite gradient,
 padded .npz steps, five open clamp intervals in the Triton and CUDA chains, the Triton
-log-sum-exp's inf - inf guard), and a second two (the sampler's scales): each got a test."""
+log-sum-exp's inf - inf guard), a second two (the sampler's scales), and a third (36 mutants over
+DDP, the WAV / text / synthetic / MNIST loaders, discrete sampling, checkpoint loading, the ops'
+checks and python/) 24: rank 1 logging, the per-rank batch check and noise seed, WAV rate 0 and
+hidden files, the text vocabulary's ties and literal specials and its holdout, synthetic full
+lengths and disjoint splits, MNIST label 10 and short image headers, categorical start token and
+temperature and Bernoulli draws (model and python/), a prefix past the split, a checkpoint's
+dtype and autocast, wider or other-device masks and tensors, explain's backend check, the
+interpreter on CUDA tensors: each got a test."""
 from __future__ import annotations
 
 import argparse
@@ -36,6 +43,14 @@ CHAIN_LN_TESTS = ("tests/test_triton_chain_ln.py",)
 EMULATION_TESTS = ("tests/test_cuda_emulation.py", "tests/test_cuda_emulation_chain.py")
 LSTM_TESTS = ("tests/test_triton_lstm.py",)
 DISTRIBUTION_TESTS = ("tests/test_triton_distributions.py",)
+DISTRIBUTED_TESTS = ("tests/test_distributed.py",)
+DISTRIBUTED_UNIT_TESTS = ("tests/test_distributed.py::test_distributed_helpers_without_a_process_group",
+                          "tests/test_distributed.py::test_a_rank_checks_the_split_and_seeds_its_own_noise_without_a_"
+                          "process_group")
+WAV_TESTS = ("tests/test_data_wav.py",)
+TEXT_TESTS = ("tests/test_data_text.py",)
+OPS_TESTS = ("tests/test_ops_reference.py", "tests/test_cuda_dispatch.py")
+PYTHON_VAE_TESTS = ("tests/test_python_vaes.py",)
 
 
 @dataclass(frozen=True)
@@ -169,6 +184,107 @@ MUTANTS = (
            "  if (!(y > T(-3) && y <= T(3))) return T(0);", EMULATION_TESTS),
     Mutant("cuda_3xtf32_drops_a_term", "csrc/zf_persistent.h", "    zf_mma_tf32(acc, a_small, b_big);\n", "",
            ("tests/test_cuda_emulation_tf32.py",)),
+    # ---- third round: data parallelism, the loaders, sampling, checkpoints, the ops' checks, python/
+    # DDP (one torchrun launch per mutant: ~30 s each; the helpers' own test alone where it suffices)
+    Mutant("ddp_loss_not_scaled_by_rank_share", "zf_kernels/train.py",
+           "if not self._update(loss * (self.dist.world_size * n_rank / B)):", "if not self._update(loss):",
+           DISTRIBUTED_TESTS),
+    Mutant("ddp_every_rank_takes_the_first_noise", "zf_kernels/train.py",
+           'return {"eps": eps[:, part].contiguous()}',
+           'return {"eps": eps[:, :part.stop - part.start].contiguous()}', DISTRIBUTED_TESTS),
+    Mutant("ddp_skip_needs_two_ranks", "zf_kernels/train.py", "        if stats[0] > 0:",
+           "        if stats[0] > 1:", DISTRIBUTED_TESTS),
+    Mutant("ddp_window_by_rank_batch", "zf_kernels/train.py", "            self.window[k] += v / B",
+           "            self.window[k] += v / n_rank", DISTRIBUTED_TESTS),
+    Mutant("ddp_every_rank_logs", "zf_kernels/train.py",
+           "self.log = log if self.is_main else (lambda *a, **k: None)", "self.log = log", DISTRIBUTED_TESTS),
+    Mutant("ddp_batch_check_ignores_a_short_split", "zf_kernels/train.py",
+           "smallest = self.cfg.batch_size if self.drop_last else len(self.data.train)",
+           "smallest = self.cfg.batch_size", DISTRIBUTED_UNIT_TESTS),
+    Mutant("ddp_noise_generator_same_on_every_rank", "zf_kernels/train.py",
+           "seeded_generator(2, self.cfg.seed, self.step, self.dist.rank)",
+           "seeded_generator(2, self.cfg.seed, self.step)", DISTRIBUTED_UNIT_TESTS),
+    Mutant("ddp_shard_ignores_the_remainder", "zf_kernels/training/distributed.py",
+           "        lo = r * base + min(r, extra)", "        lo = r * base", DISTRIBUTED_UNIT_TESTS),
+    # WAV folders
+    Mutant("wav_zero_sample_rate_accepted", "zf_kernels/data/wav.py",
+           "    if channels < 1 or rate < 1:\n        raise ValueError(f\"path {path}: {channels} channels at {rate} Hz "
+           "(expected >= 1 channel and a positive rate)\")\n    if bits % 8",
+           "    if channels < 1:\n        raise ValueError(f\"path {path}: {channels} channels at {rate} Hz "
+           "(expected >= 1 channel and a positive rate)\")\n    if bits % 8", WAV_TESTS),
+    Mutant("wav_hidden_files_read", "zf_kernels/data/wav.py",
+           'if f.lower().endswith(AUDIO_SUFFIX) and not f.startswith(".")}', "if f.lower().endswith(AUDIO_SUFFIX)}",
+           WAV_TESTS),
+    Mutant("wav_targets_not_shifted", "zf_kernels/data/wav.py",
+           "x[i:i + full] = frames[1:full * L + 1].reshape(full, L, D)",
+           "x[i:i + full] = frames[:full * L].reshape(full, L, D)", WAV_TESTS),
+    Mutant("wav_stats_from_every_split", "zf_kernels/data/wav.py",
+           'mean, std = _global_stats([built["train"][1]], [built["train"][2]])',
+           "mean, std = _global_stats([b[1] for b in built.values()], [b[2] for b in built.values()])", WAV_TESTS),
+    # text
+    Mutant("text_vocab_counts_the_special_tokens", "zf_kernels/data/text.py",
+           "    counts.pop(EOS, None), counts.pop(UNK, None)\n", "", TEXT_TESTS),
+    Mutant("text_vocab_ties_by_first_occurrence", "zf_kernels/data/text.py",
+           "key=lambda w: (-counts[w], w)", "key=lambda w: -counts[w]", TEXT_TESTS),
+    Mutant("text_holdout_leaves_train_empty", "zf_kernels/data/text.py", "            if len(train) <= n:",
+           "            if len(train) < n:", TEXT_TESTS),
+    Mutant("text_unknown_word_is_eos", "zf_kernels/data/text.py", "tokens = [ids.get(w, 1) for w in line] + [0]",
+           "tokens = [ids.get(w, 0) for w in line] + [0]", TEXT_TESTS),
+    # synthetic data and MNIST IDX files
+    Mutant("synthetic_never_full_length", "zf_kernels/data/synthetic.py",
+           "lengths = rng.integers(max(2, T // 2), T + 1, size=n)", "lengths = rng.integers(max(2, T // 2), T, size=n)",
+           DATA_TESTS),
+    Mutant("synthetic_test_overlaps_valid", "zf_kernels/data/synthetic.py", '"test": (n_train + n_valid, n)}',
+           '"test": (n_train, n_train + n_test)}', DATA_TESTS),
+    Mutant("synthetic_switch_may_keep_the_mode", "zf_kernels/data/synthetic.py",
+           "shift = rng.integers(1, n_modes, size=(n, T))", "shift = rng.integers(0, n_modes, size=(n, T))", DATA_TESTS),
+    Mutant("mnist_label_ten_accepted", "zf_kernels/data/mnist.py", "if count and arr.max() > 9:",
+           "if count and arr.max() > 10:", DATA_TESTS),
+    Mutant("mnist_image_header_unchecked", "zf_kernels/data/mnist.py",
+           "    if len(data) < header:\n", "    if False:\n", DATA_TESTS),
+    # sampling Bernoulli and categorical outputs; the sampling command
+    Mutant("sample_categorical_start_token_zero", "zf_kernels/model.py",
+           "u = torch.full((batch_size,), self.input_dim, device=device, dtype=torch.long)",
+           "u = torch.full((batch_size,), 0, device=device, dtype=torch.long)", ("tests/test_model.py",)),
+    Mutant("sample_categorical_ignores_temperature", "zf_kernels/model.py",
+           "mean = torch.softmax(params / max(temperature, 1e-6), -1)", "mean = torch.softmax(params, -1)",
+           ("tests/test_model.py",)),
+    Mutant("sample_bernoulli_greedy", "zf_kernels/model.py", "u = torch.bernoulli(mean, generator=generator)",
+           "u = (mean > 0.5).to(mean.dtype)", ("tests/test_model.py",)),
+    Mutant("sample_prefix_beyond_the_split", "zf_kernels/sample.py", "    if prefix > split.y.shape[1]:",
+           "    if False:", ("tests/test_checkpoint_cli.py",)),
+    Mutant("sample_prefix_needs_whole_sequences", "zf_kernels/sample.py",
+           "(split.mask[:, :prefix] != 0).all(1))", "(split.mask != 0).all(1))", ("tests/test_checkpoint_cli.py",)),
+    # checkpoints loaded back
+    Mutant("trained_ignores_the_runs_dtype", "zf_kernels/trained.py",
+           "model = models[cfg.model](cfg, bundle).to(dev, dtype)", "model = models[cfg.model](cfg, bundle).to(dev)",
+           ("tests/test_checkpoint_cli.py",)),
+    Mutant("trained_without_the_runs_autocast", "zf_kernels/trained.py",
+           'return Trained(model, cfg, bundle, ckpt, state["step"], dev, amp_dtype)',
+           'return Trained(model, cfg, bundle, ckpt, state["step"], dev, None)', ("tests/test_checkpoint_cli.py",)),
+    Mutant("evaluate_limit_cuts_valid_for_train", "zf_kernels/evaluate.py",
+           '{"train_limit" if split == "train" else "eval_limit": limit}', '{"eval_limit": limit}',
+           ("tests/test_checkpoint_cli.py",)),
+    # the ops' argument checks and "auto"
+    Mutant("check_mask_accepts_a_wider_mask", "zf_kernels/ops/_checks.py", "    if shape != torch.Size(lead_shape):",
+           "    if shape is None:", OPS_TESTS),
+    Mutant("check_same_ignores_devices", "zf_kernels/ops/_checks.py", "        if t.device != t0.device:",
+           "        if False:", OPS_TESTS),
+    Mutant("explain_accepts_an_unknown_backend", "zf_kernels/ops/_dispatch.py",
+           '    if backend not in BACKENDS:\n        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")\n'
+           '    if compiling', '    if compiling',
+           OPS_TESTS),
+    Mutant("triton_interpreter_takes_cuda_tensors", "zf_kernels/ops/_dispatch.py",
+           "        if devices == {\"cuda\"} and _interpreting():", "        if False:", OPS_TESTS),
+    # python/: the example VAEs' output head and start input
+    Mutant("vae_categorical_start_token_zero", "python/common.py",
+           "return torch.full((batch_size,), self.input_dim, device=p.device, dtype=torch.long)",
+           "return torch.full((batch_size,), 0, device=p.device, dtype=torch.long)", PYTHON_VAE_TESTS),
+    Mutant("vae_categorical_ignores_temperature", "python/common.py",
+           "mean = torch.softmax(params / max(temperature, 1e-6), -1)", "mean = torch.softmax(params, -1)",
+           PYTHON_VAE_TESTS),
+    Mutant("vae_bernoulli_greedy", "python/common.py", "return torch.bernoulli(mean, generator=generator), mean",
+           "return (mean > 0.5).to(mean.dtype), mean", PYTHON_VAE_TESTS),
 )
 
 
