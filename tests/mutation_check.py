@@ -20,7 +20,11 @@ hidden files, the text vocabulary's ties and literal specials and its holdout, s
 lengths and disjoint splits, MNIST label 10 and short image headers, categorical start token and
 temperature and Bernoulli draws (model and python/), a prefix past the split, a checkpoint's
 dtype and autocast, wider or other-device masks and tensors, explain's backend check, the
-interpreter on CUDA tensors: each got a test."""
+interpreter on CUDA tensors: each got a test; a fourth (eight over the kernels' launch options,
+grid barriers and the precisions kept wider than 16-bit inputs) one: the categorical
+log-sum-exp kept in bfloat16 for the backward (a vocabulary of thousands shows it).
+A barrier one arrival short in the chain was dropped: the threaded interpreter hung on it
+rather than fail (hence --timeout)."""
 from __future__ import annotations
 
 import argparse
@@ -285,6 +289,31 @@ MUTANTS = (
            PYTHON_VAE_TESTS),
     Mutant("vae_bernoulli_greedy", "python/common.py", "return torch.bernoulli(mean, generator=generator), mean",
            "return (mean > 0.5).to(mean.dtype), mean", PYTHON_VAE_TESTS),
+    # ---- fourth round: the kernels' launch options, grid barriers, precisions kept wider than the input
+    Mutant("launch_without_pinned_options", "zf_kernels/ops/activations/triton.py",
+           "num_warps=4,\n                                              **common.LAUNCH_OPTIONS)", "num_warps=4)",
+           ("tests/test_triton_launches.py",)),
+    Mutant("triton_lstm_forward_without_barrier", "zf_kernels/ops/lstm/triton.py",
+           "ok = grid_barrier(counter, (s + 1) * n_h, ok, flag, MAX_POLLS)", "ok = ok",
+           ("tests/test_triton_lstm.py::test_lstm_persistent_multi_program_grid",)),
+    Mutant("barrier_timeout_unchecked", "zf_kernels/ops/_persistent.py", "torch._assert_async(sync[-1] == 0,",
+           "torch._assert_async(sync[-1] >= 0,", ("tests/test_triton_lstm.py",)),
+    Mutant("triton_chain_ln_unbiased_variance", "zf_kernels/ops/recurrence/triton_ln.py",
+           "rstd = 1.0 / tl.sqrt(m2sum / total + EPS_LN)", "rstd = 1.0 / tl.sqrt(m2sum / (total - 1) + EPS_LN)",
+           CHAIN_LN_TESTS),
+    Mutant("triton_lstm_cell_state_in_input_dtype", "zf_kernels/ops/lstm/triton.py",
+           "c_all = torch.empty((T + 1, B, H), dtype=acc, device=x.device)",
+           "c_all = torch.empty((T + 1, B, H), dtype=x.dtype, device=x.device)", LSTM_TESTS),
+    Mutant("triton_categorical_stats_in_input_dtype", "zf_kernels/ops/distributions/triton.py",
+           "stats = torch.empty(2, n, dtype=_acc_torch_dtype(logits), device=logits.device)",
+           "stats = torch.empty(2, n, dtype=logits.dtype, device=logits.device)",
+           ("tests/test_triton_distributions.py::test_categorical_bfloat16_large_vocabulary_gradient_to_a_rounding",)),
+    Mutant("cuda_cell_state_in_bfloat16", "zf_kernels/ops/_precision.py",
+           "return torch.float32 if dtype == torch.bfloat16 else dtype", "return dtype",
+           ("tests/test_cuda_emulation_bf16.py",)),
+    Mutant("dot_precision_ignores_torch_tf32_switch", "zf_kernels/ops/_precision.py",
+           'return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"', 'return "tf32"',
+           ("tests/test_dot_precision.py",)),
 )
 
 
@@ -313,14 +342,21 @@ def _scratch_copy(dest: Path) -> None:
             shutil.copy2(src, dest / f)
 
 
-def _pytest(work: Path, tests) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
-                          cwd=work, capture_output=True, text=True)
+def _pytest(work: Path, tests, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """The tests in ``work``; a run past ``timeout`` seconds comes back with returncode None."""
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    try:
+        return subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        return subprocess.CompletedProcess(cmd, None, out, "")
 
 
-def run(mutants, baseline: bool = True, log=print) -> list[str] | None:
+def run(mutants, baseline: bool = True, log=print, timeout: float = 600.0) -> list[str] | None:
     """Each mutant in a scratch copy; returns the names of those that survived, or None when
-    ``baseline`` (the mutants' tests on the unchanged copy) fails: a kill would mean nothing."""
+    ``baseline`` (the mutants' tests on the unchanged copy) fails: a kill would mean nothing.
+    A mutant whose tests run past ``timeout`` seconds survives: a hang is not a failing test
+    (a barrier one arrival short kept the interpreter's threads polling for half an hour)."""
     survivors = []
     with tempfile.TemporaryDirectory(prefix="zf_mutants_") as tmp:
         work = Path(tmp)
@@ -337,7 +373,7 @@ def run(mutants, baseline: bool = True, log=print) -> list[str] | None:
             path.write_text(original.replace(m.old, m.new))
             t0 = time.time()
             try:
-                proc = _pytest(work, m.tests)
+                proc = _pytest(work, m.tests, timeout)
             finally:
                 path.write_text(original)
             failed = [line for line in proc.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
@@ -345,7 +381,8 @@ def run(mutants, baseline: bool = True, log=print) -> list[str] | None:
                 log(f"killed    {m.name:40} {time.time() - t0:5.0f} s  {failed[0][:110]}")
             else:
                 survivors.append(m.name)
-                log(f"SURVIVED  {m.name:40} {time.time() - t0:5.0f} s  (pytest exit {proc.returncode})")
+                why = "timed out" if proc.returncode is None else f"pytest exit {proc.returncode}"
+                log(f"SURVIVED  {m.name:40} {time.time() - t0:5.0f} s  ({why})")
     return survivors
 
 
@@ -353,6 +390,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("names", nargs="*", help="mutants to run (default: all)")
     ap.add_argument("--list", action="store_true", help="print the mutants' names and exit")
+    ap.add_argument("--timeout", type=float, default=600.0,
+                    help="seconds a mutant's tests may run; past that it survives (default 600)")
     ap.add_argument("--no-baseline", action="store_true",
                     help="skip the first run of the mutants' tests on the unchanged code (it must pass)")
     args = ap.parse_args(argv)
@@ -366,7 +405,8 @@ def main(argv=None) -> int:
     for m, n in moved.items():
         print(_problem(m, n))
     chosen = [m for m in MUTANTS if (not args.names or m.name in args.names) and m not in moved]
-    survivors = run(chosen, baseline=not args.no_baseline)
+    survivors = run(chosen, baseline=not args.no_baseline, timeout=args.timeout,
+                    log=lambda line: print(line, flush=True))
     if survivors is None:
         print("the tests fail on the unchanged code: fix that first")
         return 1
