@@ -20,7 +20,7 @@ hidden files, the text vocabulary's ties and literal specials and its holdout, s
 lengths and disjoint splits, MNIST label 10 and short image headers, categorical start token and
 temperature and Bernoulli draws (model and python/), a prefix past the split, a checkpoint's
 dtype and autocast, wider or other-device masks and tensors, explain's backend check, the
-interpreter on CUDA tensors: each got a test; a fourth (eight over the kernels' launch options,
+interpreter on CUDA tensors: each got a test; a fourth (nine over the kernels' launch options,
 grid barriers and the precisions kept wider than 16-bit inputs) one: the categorical
 log-sum-exp kept in bfloat16 for the backward (a vocabulary of thousands shows it).
 A barrier one arrival short in the chain was dropped: the threaded interpreter hung on it
@@ -293,6 +293,8 @@ MUTANTS = (
     Mutant("launch_without_pinned_options", "zf_kernels/ops/activations/triton.py",
            "num_warps=4,\n                                              **common.LAUNCH_OPTIONS)", "num_warps=4)",
            ("tests/test_triton_launches.py",)),
+    Mutant("launch_misspelt_option", "zf_kernels/ops/activations/triton.py", "BLOCK=_BLOCK, num_warps=4,",
+           "BLOCK=_BLOCK, num_warp=4,", ("tests/test_triton_launches.py",)),
     Mutant("triton_lstm_forward_without_barrier", "zf_kernels/ops/lstm/triton.py",
            "ok = grid_barrier(counter, (s + 1) * n_h, ok, flag, MAX_POLLS)", "ok = ok",
            ("tests/test_triton_lstm.py::test_lstm_persistent_multi_program_grid",)),

@@ -45,14 +45,15 @@ class _AtenOps(TorchDispatchMode):
 
 
 def _record_launches(monkeypatch, record):
-    """Call ``record(kernel name, launch keywords)`` at every Triton launch (the interpreter's
-    launch entry, which sees the keywords a GPU launch compiles with before it drops them)."""
+    """Call ``record(kernel's Python function, launch keywords)`` at every Triton launch (the interpreter's
+    launch entry, which sees the keywords a GPU launch compiles with before it drops them; the
+    keywords include the constexpr arguments)."""
     from triton.runtime import interpreter
     run = interpreter.InterpretedFunction.run
 
     def recorded(self, *args, grid, warmup, **kwargs):
         if not warmup:
-            record(self.fn.__name__, kwargs)
+            record(self.fn, kwargs)
         return run(self, *args, grid=grid, warmup=warmup, **kwargs)
 
     monkeypatch.setattr(interpreter.InterpretedFunction, "run", recorded)
@@ -62,7 +63,7 @@ def _record_launches(monkeypatch, record):
 def triton_launches(monkeypatch):
     """Counter of Triton kernel launches by kernel name."""
     count = collections.Counter()
-    _record_launches(monkeypatch, lambda name, kwargs: count.update([name]))
+    _record_launches(monkeypatch, lambda fn, kwargs: count.update([fn.__name__]))
     return count
 
 
@@ -115,13 +116,22 @@ def test_the_counter_sees_the_eager_reference_loop(triton_launches):
 
 def test_every_launch_pins_the_compile_options(monkeypatch):
     """Every kernel launch passes LAUNCH_OPTIONS (FMA contraction on), so the kernels compile the
-    same whatever Triton's default (triton 3.10 turns FP fusion off unless asked): the model's
-    step on both schedules, with and without cond_ln, and each op the step does not launch."""
+    same whatever Triton's default (triton 3.10 turns FP fusion off unless asked), and every
+    keyword it passes is a kernel argument or an option of the GPU compiler: the interpreter
+    drops the others silently, so a misspelt ``num_warp=8`` would show only on a GPU (as an error)
+    or never (a misspelt option of the kernel's own). The model's step on both schedules, with
+    and without cond_ln, and each op the step does not launch."""
+    import inspect
+    from triton.backends.nvidia.compiler import CUDAOptions
     from zf_kernels import ops
     from zf_kernels.ops._triton_common import LAUNCH_OPTIONS
-    options = collections.defaultdict(set)
-    _record_launches(monkeypatch, lambda name, kwargs: options[name].add(
-        tuple((k, kwargs.get(k)) for k in sorted(LAUNCH_OPTIONS))))
+    options, unknown = collections.defaultdict(set), collections.defaultdict(set)
+
+    def record(fn, kwargs):
+        options[fn.__name__].add(tuple((k, kwargs.get(k)) for k in sorted(LAUNCH_OPTIONS)))
+        unknown[fn.__name__] |= set(kwargs) - set(inspect.signature(fn).parameters) \
+            - set(CUDAOptions.__dataclass_fields__)
+    _record_launches(monkeypatch, record)
     for schedule in ("persistent", "stepwise"):
         monkeypatch.setenv("ZF_LSTM_SCHEDULE", schedule)
         monkeypatch.setenv("ZF_CHAIN_SCHEDULE", schedule)
@@ -137,3 +147,4 @@ def test_every_launch_pins_the_compile_options(monkeypatch):
     assert len(options) >= 30, sorted(options)       # the kernels above, each seen
     expected = {tuple(sorted(LAUNCH_OPTIONS.items()))}
     assert {name: seen for name, seen in options.items() if seen != expected} == {}
+    assert {name: keys for name, keys in unknown.items() if keys} == {}
