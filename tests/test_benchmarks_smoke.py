@@ -496,3 +496,74 @@ def test_tests_summary_counts_what_finished_in_a_log_cut_off(tmp_path):
     text = "\n".join(summarize.tests_summary(whole))
     assert "1 failed, 3 passed, 1 skipped in 9.1s" in text and "FAILED tests/test_b.py::test_z" in text
     assert "finished before that" not in text
+
+
+def test_summary_verdicts():
+    """summarize.targets: the fastest successful float32-mode row of ours against each target
+    ("met" only at or under it), bfloat16 rows on a line of their own, a wrong result (status
+    mismatch) never counted, the strongest baseline of any float32 mode (tf32 too) and the speedup
+    as baseline / ours; tf32x3 LSTM rows against cuDNN's IEEE float32 row."""
+    from benchmarks import summarize
+    T40, TIMIT, MNIST = summarize.LSTM_T40, summarize.TIMIT, summarize.MNIST
+
+    def row(case, provider, ms, dtype="float32", status="ok", suite="train", mode="step"):
+        return dict(suite=suite, case=case, mode=mode, provider=provider, dtype=dtype, ms=ms, status=status)
+    rows = [row(TIMIT, "triton", 2.5), row(TIMIT, "triton+graph", 1.8), row(TIMIT, "cuda", 1.0, "bfloat16"),
+            row(TIMIT, "triton", 0.5, "tf32", status="mismatch"), row(TIMIT, "torch", 87.0),
+            row(TIMIT, "torch+graph", 9.0, "tf32"), row(TIMIT, "cudnn+graph", 10.0),
+            row(TIMIT, "torch+graph", 4.0, status="error"),
+            row(MNIST, "triton", 45.0), row(MNIST, "torch", 1531.0),
+            row(T40, "triton", 2.0, "tf32x3", suite="ops", mode="fwd+bwd"),
+            row(T40, "cudnn", 3.5, suite="ops", mode="fwd+bwd")]
+    lines = summarize.targets(rows, "NVIDIA H200")
+    assert f"| train step {TIMIT} <= 2 ms | 1.800 ms | 0.90x the target (triton+graph, float32) - met |" in lines
+    assert f"| train step {TIMIT} <= 2 ms, bfloat16 model | 1.000 ms | 0.50x (cuda) |" in lines
+    assert (f"| train step {TIMIT} vs the strongest baseline | 1.800 / 9.000 ms (torch+graph, tf32) | "
+            "5.00x its speed - faster |") in lines
+    assert f"| train step {MNIST} <= 40 ms | 45.000 ms | 1.12x the target (triton, float32) |" in lines
+    assert (f"| ops.lstm fwd+bwd {T40[5:]} tf32x3 >= cuDNN | triton 2.000 / cuDNN 3.500 ms | "
+            "1.75x cuDNN's speed (need >= 1, aim 2) - met |") in lines, lines
+
+
+def test_bench_median_quantiles_and_rel_err():
+    """common: a timing is the median of the repetitions (an outlier moves neither it nor p20)
+    with linearly interpolated p20 / p80; rel_err is the worst output's, and outputs of the wrong
+    shape are NaN, never broadcast into agreement."""
+    t = common._summary([100.0, 1.0, 3.0, 2.0], "x")
+    assert (t.ms, t.p20, t.p80, t.n) == (2.5, pytest.approx(1.6), pytest.approx(41.8), 4)
+    ref = torch.ones(4)
+    assert common.rel_err([ref * 1.5, ref], [ref, ref]) == pytest.approx(0.5)
+    assert common.rel_err([ref, ref * 1.5], [ref, ref]) == pytest.approx(0.5)
+    assert math.isnan(common.rel_err([torch.ones(4, 1)], [ref]))
+
+
+def test_unpack_device_run_refuses_an_archive_without_results(tmp_path):
+    """Every benchmark stage failed: the archive has logs but no results.json; say so."""
+    from benchmarks import unpack_device_run as unpack
+    (tmp_path / "bench.log").write_text("log")
+    with tarfile.open(tmp_path / unpack.ARCHIVE, "w:gz") as tar:
+        tar.add(tmp_path / "bench.log", arcname="bench.log")
+    with pytest.raises(SystemExit, match="no results.json"):
+        unpack.unpack(tmp_path, tmp_path / "results")
+    assert not (tmp_path / "results").exists()
+
+
+def test_plot_draws_successful_rows_with_their_spread(tmp_path, monkeypatch):
+    """plot.py: a bar per successful row, its error bar from p20 to p80; a failed row (a wrong
+    result has a time too) gets no bar."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.axes
+
+    from benchmarks import plot
+    row = dict(suite="ops", case="c", dtype="float32", mode="fwd+bwd")
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"rows": [dict(row, provider="torch", status="ok", ms=2.0, ms_p20=1.5, ms_p80=3.0),
+                                         dict(row, provider="triton", status="mismatch", ms=0.5)]}))
+    bars, real = [], matplotlib.axes.Axes.bar
+
+    def spy(self, x, height, *a, **k):
+        bars.append((k.get("label"), list(height), [list(e) for e in k["yerr"]]))
+        return real(self, x, height, *a, **k)
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", spy)
+    plot.plot(path)
+    assert bars == [("torch", [2.0], [[0.5], [1.0]])]
