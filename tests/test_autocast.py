@@ -152,6 +152,22 @@ def test_likelihoods_take_the_widest_type():
     assert out.dtype == F64
 
 
+def test_keyword_tensors_are_cast_and_count_like_positional_ones():
+    """Tensors passed by keyword: cast like positional ones (lstm's float32 h0 / c0 beside a
+    bfloat16 input), counted for the widest type (a float64 mask), and an op called with keywords
+    only still follows the policy."""
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = _lstm_args()
+    with autocast():
+        out, (h, c) = ops.lstm(x.to(BF16), w_ih, w_hh, b_ih, b_hh, h0=h0, c0=c0, backend="torch")
+    assert out.dtype == h.dtype == c.dtype == BF16
+    gauss = _gauss(4)
+    with autocast():
+        wide = ops.gaussian_kl(*gauss, mask=MASK.double(), backend="torch")
+        named = ops.gaussian_kl(**dict(zip(("mu_q", "logvar_q", "mu_p", "logvar_p"), gauss)), backend="torch")
+    assert wide.dtype == F64
+    assert named.dtype == F32 and torch.equal(named, ops.gaussian_kl(*(a.float() for a in gauss), backend="torch"))
+
+
 def test_ops_run_with_autocast_disabled_inside(monkeypatch):
     """The reference backend must not be re-autocast piecemeal: the implementation the op
     dispatches to sees autocast off (and inputs of one dtype)."""
