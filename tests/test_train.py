@@ -1,7 +1,9 @@
 """The trainer: learning on synthetic data, exact resume, the CLI, schedules, plateau
 halving, checkpoints, skipping non-finite batches."""
+import csv
 import json
 import os
+import types
 
 import pytest
 import torch
@@ -66,6 +68,10 @@ def test_cli_smoke_run_writes_everything(tmp_path, capsys):
         assert f"\n  {op}: torch (tensors are not on CUDA" in text, text[:2000]
     assert (out / "metrics.csv").exists() and (out / "last.pt").exists()
     assert json.loads((out / "results.json").read_text())["steps"] == 6
+    with open(out / "metrics.csv", newline="") as f:     # --metrics-format csv: a CSV table, not JSON lines
+        rows = list(csv.DictReader(f))
+    assert [r["kind"] for r in rows] == ["valid", "valid", "test"], rows   # 2-step epochs: no 10-step log line
+    assert {"step", "neg_elbo", "nll", "kl", "lr", "new_best"} <= set(rows[0]) and rows[0]["step"] == "2"
 
 
 def test_cli_rejects_bad_flags(tmp_path, capsys):
@@ -73,6 +79,25 @@ def test_cli_rejects_bad_flags(tmp_path, capsys):
     assert "--lr must be > 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         train_mod.main(["--preset", "nope"])
+    # zero is not a size, a rate or a count; a decay of 0 would zero the learning rate, 1 keeps it
+    for flag in ("batch_size", "lr", "clip", "checkpoint_every", "max_steps", "time_budget"):
+        with pytest.raises(ValueError, match=f"--{flag.replace('_', '-')} must be > 0, got 0"):
+            make_config("synthetic", **{flag: 0})
+    with pytest.raises(ValueError, match=r"--lr-decay must be in \(0, 1\], got 0"):
+        make_config("synthetic", lr_decay=0)
+    assert make_config("synthetic", lr_decay=1).lr_decay == 1
+    with pytest.raises(ValueError, match="--num-samples must be >= 0, got -1"):
+        make_config("synthetic", num_samples=-1)
+
+
+def test_presets_carry_the_authors_settings():
+    """The README: timit and blizzard carry the authors' settings (Adam eps 1e-5, clip 100, the KL
+    weight from 0.2 up by 5e-5 per step), with their model sizes, batch and learning rate."""
+    for name, sizes in (("timit", (512, 1024, 256, 512, 32, 1e-3)), ("blizzard", (1024, 2048, 256, 1024, 128, 3e-4))):
+        cfg = make_config(name)
+        assert (cfg.emb_dim, cfg.rnn_dim, cfg.z_dim, cfg.mlp_dim, cfg.batch_size, cfg.lr) == sizes, name
+        assert (cfg.adam_eps, cfg.clip, cfg.kl_start, cfg.kl_step) == (1e-5, 100.0, 0.2, 5e-5), name
+        assert (cfg.aux_end, cfg.bwd, cfg.z_force) == (0.0, 0.0, False), name
 
 
 def test_eval_window_flag_and_the_timit_presets_protocol(tmp_path, capsys):
@@ -247,3 +272,70 @@ def test_tf32_flag_sets_torch_switches_the_kernels_follow(tmp_path):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
     # the Triton kernels' float32 dots follow the matmul switch (CUDA tensors only)
     assert dot_precision(torch.zeros(1)) == "ieee" and dot_precision(torch.zeros(1, dtype=torch.float64)) == "ieee"
+
+
+def test_time_budget_counts_training_seconds(tmp_path, monkeypatch):
+    """--time-budget stops after that many seconds of training steps (a fake clock: 0.5 s a step)."""
+    clock = iter(0.5 * i for i in range(10 ** 6))
+    monkeypatch.setattr(train_mod, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    results = train_mod.train(cfg_for(tmp_path, epochs=2, time_budget=2.0, iwae_k=1, num_samples=0), log=quiet)
+    assert results["steps"] == 4 and results["train_seconds"] == 2.0
+
+
+def test_checkpoint_and_evaluation_cadences(tmp_path, monkeypatch):
+    """last.pt every --checkpoint-every steps (an epoch's last batch saves after its validation),
+    at each epoch end and at the end; a validation every --eval-every steps, counted over the run
+    (not within the epoch), and at each epoch end."""
+    saves, real_save = [], train_mod.Run.save
+
+    def spy(self, name="last.pt"):
+        saves.append((name, self.step))
+        return real_save(self, name)
+    monkeypatch.setattr(train_mod.Run, "save", spy)
+    # 160 sequences in batches of 16: 10 steps an epoch
+    train_mod.train(cfg_for(tmp_path, max_steps=14, epochs=50, checkpoint_every=3, eval_every=4, iwae_k=1,
+                            num_samples=0), log=quiet)
+    assert [s for n, s in saves if n == "last.pt"] == [3, 6, 9, 10, 12, 14]
+    assert [r["step"] for r in read_metrics(tmp_path / "run") if r["kind"] == "valid"] == [4, 8, 10, 12]
+
+
+def test_best_checkpoint_is_the_lowest_validation_bound_and_the_final_evaluation_uses_it(tmp_path, monkeypatch):
+    """best.pt is written at each new lowest validation -ELBO (not the nll, not every validation),
+    and the final evaluation scores its weights, not the last ones."""
+    real, script, final = train_mod.evaluate, iter([5.0, 3.0, 2.0, 4.0]), []
+
+    def scripted(model, split, **kw):
+        res = real(model, split, **kw)
+        bound = next(script, None)
+        if bound is None:       # finish: the weights it scores
+            final.append({k: v.clone() for k, v in model.state_dict().items()})
+        else:
+            res["neg_elbo"] = bound
+        return res
+    monkeypatch.setattr(train_mod, "evaluate", scripted)
+    results = train_mod.train(cfg_for(tmp_path, max_steps=9, epochs=50, eval_every=2, iwae_k=1, num_samples=0),
+                              log=quiet)
+    valid = [(r["step"], r["new_best"]) for r in read_metrics(tmp_path / "run") if r["kind"] == "valid"]
+    assert valid == [(2, True), (4, True), (6, True), (8, False)]
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert best["step"] == 6 and last["step"] == 9 and results["checkpoint"].endswith("best.pt")
+    assert len(final) == 2 and all(torch.equal(w[k], best["model"][k]) for w in final for k in w)
+    assert not all(torch.equal(last["model"][k], best["model"][k]) for k in last["model"])
+
+
+def test_logged_terms_average_the_updates_of_the_window(tmp_path, monkeypatch):
+    """A metrics line averages the steps of its window that updated the weights: a skipped
+    (non-finite) batch is counted in "skipped", not averaged in as a zero."""
+    real, losses = train_mod.training_loss, []
+
+    def second_is_nan(*a, **k):
+        loss = real(*a, **k)
+        losses.append(float("nan") if len(losses) == 1 else float(loss))
+        return loss * float("nan") if len(losses) == 2 else loss
+    monkeypatch.setattr(train_mod, "training_loss", second_is_nan)
+    train_mod.train(cfg_for(tmp_path, max_steps=5, epochs=10, iwae_k=1, num_samples=0), log=quiet)
+    (rec,) = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
+    finite = [v for v in losses if v == v]
+    assert rec["step"] == 5 and rec["skipped"] == 1 and len(finite) == 4
+    assert rec["loss"] == pytest.approx(sum(finite) / 4, rel=1e-12)
