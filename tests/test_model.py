@@ -290,6 +290,23 @@ def test_iwae_below_elbo_and_tightening_with_k():
     torch.testing.assert_close(a, -(torch.logsumexp(log_w, 0) - math.log(6)))
 
 
+def test_iwae_chunks_draw_exactly_k_samples_and_log_weights_keep_each_sequences_own():
+    """k = 5 in chunks of 2: chunks of 2, 2 and 1 samples (not 2, 2, 2 over log 5); log_weights'
+    column b holds sequence b's k samples (the batch repeats each sequence k times in a row)."""
+    m = small_model()
+    y = torch.randn(5, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(1)
+    logw = torch.cat([m.log_weights(y, k=n, generator=gen) for n in (2, 2, 1)])
+    expected = -(torch.logsumexp(logw, 0) - math.log(5))
+    torch.testing.assert_close(m.iwae_bound(y, k=5, chunk=2, generator=torch.Generator().manual_seed(1)), expected)
+    # sequence 0 beside two others or beside copies of itself: the same noise, the same weights
+    other = torch.cat([y[:, :1], y[:, :1] * 5, y[:, :1] - 3], 1)
+    same = y[:, :1].expand(-1, 3, -1)
+    lw = {n: m.log_weights(x, k=3, generator=torch.Generator().manual_seed(2)) for n, x in (("o", other), ("s", same))}
+    torch.testing.assert_close(lw["o"][:, 0], lw["s"][:, 0])
+    assert not torch.allclose(lw["o"][:, 1], lw["s"][:, 1])
+
+
 @pytest.mark.parametrize("output_type,cond_ln", [("gaussian", False), ("bernoulli", False),
                                                 ("categorical", False), ("gaussian", True)])
 def test_sampling_completes_a_prefix(output_type, cond_ln):
