@@ -24,7 +24,13 @@ interpreter on CUDA tensors: each got a test; a fourth (nine over the kernels' l
 grid barriers and the precisions kept wider than 16-bit inputs) one: the categorical
 log-sum-exp kept in bfloat16 for the backward (a vocabulary of thousands shows it).
 A barrier one arrival short in the chain was dropped: the threaded interpreter hung on it
-rather than fail (hence --timeout)."""
+rather than fail (hence --timeout). A fifth (40 over the benchmark summary, timing and unpacking,
+autocast, python/'s models, the trainer's flags, IWAE) 29: summarize.targets' every verdict (a
+target met, the fastest row, bfloat16 or wrong-result rows counted, the strongest baseline, the
+speedup's direction, tf32x3 against cuDNN), the median, rel_err, an archive without results.json,
+the chart's bars, keyword tensors under autocast, the time budget, the checkpoint and evaluation
+cadences, best.pt and the final evaluation on it, metrics windows, CSV metrics, zero flag values,
+a preset's rate, IWAE chunks and the log-weights' columns: each got a test."""
 from __future__ import annotations
 
 import argparse
@@ -55,6 +61,20 @@ WAV_TESTS = ("tests/test_data_wav.py",)
 TEXT_TESTS = ("tests/test_data_text.py",)
 OPS_TESTS = ("tests/test_ops_reference.py", "tests/test_cuda_dispatch.py")
 PYTHON_VAE_TESTS = ("tests/test_python_vaes.py",)
+BENCH = "tests/test_benchmarks_smoke.py::"
+SUMMARY_TESTS = (BENCH + "test_summary_verdicts",)
+BENCH_COMMON_TESTS = (BENCH + "test_bench_median_quantiles_and_rel_err",)
+UNPACK_TESTS = (BENCH + "test_unpack_device_run_refuses_an_archive_without_results",)
+PLOT_TESTS = (BENCH + "test_plot_draws_successful_rows_with_their_spread",)
+AUTOCAST_TESTS = ("tests/test_autocast.py::test_keyword_tensors_are_cast_and_count_like_positional_ones",)
+PYTHON_VAE_REF_TESTS = ("tests/test_python_vaes.py::test_matches_plain_per_step_model_values_log_weights_and_grads",)
+TRAIN = "tests/test_train.py::"
+CADENCE_TESTS = (TRAIN + "test_checkpoint_and_evaluation_cadences",)
+BEST_CHECKPOINT_TESTS = (TRAIN + "test_best_checkpoint_is_the_lowest_validation_bound_and_the_final_evaluation_"
+                         "uses_it",)
+IWAE_TESTS = ("tests/test_model.py::test_iwae_chunks_draw_exactly_k_samples_and_log_weights_keep_each_sequences_"
+              "own",)
+PYTHON_VAE_PAD_TESTS = ("tests/test_python_vaes.py::test_padded_batch_equals_the_truncated_sequences",)
 
 
 @dataclass(frozen=True)
@@ -316,6 +336,119 @@ MUTANTS = (
     Mutant("dot_precision_ignores_torch_tf32_switch", "zf_kernels/ops/_precision.py",
            'return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"', 'return "tf32"',
            ("tests/test_dot_precision.py",)),
+    # ---- fifth round: the benchmark verdicts, autocast's casts, python/'s bounds, the trainer's flags, IWAE
+    # benchmarks/: what a summary claims (a target met, the strongest baseline, every op measured)
+    Mutant("summary_target_met_when_slower", "benchmarks/summarize.py",
+           '(" - met" if b["ms"] <= limit else "")', '(" - met" if b["ms"] >= limit else "")', SUMMARY_TESTS),
+    Mutant("summary_best_is_the_slowest", "benchmarks/summarize.py",
+           'return min(found, key=lambda r: r["ms"]) if found else None',
+           'return max(found, key=lambda r: r["ms"]) if found else None', SUMMARY_TESTS),
+    Mutant("summary_speedup_inverted", "benchmarks/summarize.py", 'sp = base["ms"] / b["ms"]',
+           'sp = b["ms"] / base["ms"]', SUMMARY_TESTS),
+    Mutant("summary_bfloat16_meets_the_float32_target", "benchmarks/summarize.py",
+           'OURS_TRAIN, ("float32", "tf32", "tf32x3"))', 'OURS_TRAIN, ("float32", "tf32", "tf32x3", "bfloat16"))',
+           SUMMARY_TESTS),
+    Mutant("summary_baseline_without_its_tf32_rows", "benchmarks/summarize.py", 'BASELINE_TRAIN, ("float32", "tf32"))',
+           'BASELINE_TRAIN, ("float32",))', SUMMARY_TESTS),
+    Mutant("summary_counts_a_failed_row", "benchmarks/summarize.py",
+           'return r if r is not None and r.get("status") == "ok" and r.get("ms") else None',
+           'return r if r is not None and r.get("ms") else None', SUMMARY_TESTS),
+    Mutant("summary_tf32x3_lstm_against_a_missing_cudnn_row", "benchmarks/summarize.py",
+           '"float32" if dt == "tf32x3" else dt', "dt", SUMMARY_TESTS),
+    Mutant("summary_lstm_speedup_inverted", "benchmarks/summarize.py", 'sp = c["ms"] / t["ms"]',
+           'sp = t["ms"] / c["ms"]', SUMMARY_TESTS),
+    Mutant("ops_coverage_counts_failed_rows", "benchmarks/summarize.py",
+           'for r in ops_rows if r.get("status") == "ok" and r.get("ms")}', 'for r in ops_rows if r.get("ms")}',
+           (BENCH + "test_ops_coverage_names_what_each_case_lacks",)),
+    Mutant("bench_median_is_the_mean", "benchmarks/common.py", "return Timing(_quantile(times, 0.5),",
+           "return Timing(sum(times) / len(times),", BENCH_COMMON_TESTS),
+    Mutant("bench_rel_err_of_the_last_output_only", "benchmarks/common.py", "        worst = max(worst, e)",
+           "        worst = e", BENCH_COMMON_TESTS),
+    Mutant("bench_rel_err_broadcasts_shapes", "benchmarks/common.py",
+           "        if a64.shape != b64.shape:\n            return float(\"nan\")\n", "", BENCH_COMMON_TESTS),
+    Mutant("unpack_without_results_json", "benchmarks/unpack_device_run.py",
+           '        if "results.json" not in files:', "        if False:", UNPACK_TESTS),
+    Mutant("plot_draws_a_failed_row", "benchmarks/plot.py",
+           '                if r.get("status") == "ok" and r.get("ms"):',
+           '                if r.get("ms"):', PLOT_TESTS),
+    Mutant("plot_error_bars_swapped", "benchmarks/plot.py",
+           'lo, hi = r.get("ms_p20") or r["ms"], r.get("ms_p80") or r["ms"]',
+           'lo, hi = r.get("ms_p80") or r["ms"], r.get("ms_p20") or r["ms"]', PLOT_TESTS),
+    # ops under autocast: keyword tensors, the widest type
+    Mutant("autocast_keyword_tensors_not_cast", "zf_kernels/ops/_autocast.py",
+           "kwargs = {k: _cast(v, dtype) for k, v in kwargs.items()}", "kwargs = dict(kwargs)", AUTOCAST_TESTS),
+    Mutant("autocast_widest_ignores_keyword_tensors", "zf_kernels/ops/_autocast.py",
+           "floating = [a.dtype for a in itertools.chain(args, kwargs.values())", "floating = [a.dtype for a in args",
+           AUTOCAST_TESTS),
+    Mutant("autocast_region_from_positional_tensors_only", "zf_kernels/ops/_autocast.py",
+           "    for a in itertools.chain(args, kwargs.values()):\n        if isinstance(a, torch.Tensor):\n"
+           "            device_type",
+           "    for a in args:\n        if isinstance(a, torch.Tensor):\n            device_type",
+           AUTOCAST_TESTS),
+    Mutant("autocast_casts_float64_down", "zf_kernels/ops/_autocast.py",
+           "isinstance(a, torch.Tensor) and a.dtype in _CASTABLE",
+           "isinstance(a, torch.Tensor) and a.is_floating_point()",
+           ("tests/test_autocast.py::test_recurrences_leave_float64_alone",)),
+    # python/: the example VAEs' posteriors, priors and masks
+    Mutant("srnn_posterior_reads_the_inputs", "python/srnn.py", "reverse_lstm(torch.cat([d, self.embed(y)], -1)",
+           "reverse_lstm(torch.cat([d, self.embed(u)], -1)", PYTHON_VAE_REF_TESTS),
+    Mutant("srnn_prior_reads_z_t", "python/srnn.py", "z_prev = torch.cat([torch.zeros_like(z[:1]), z[:-1]], 0)",
+           "z_prev = z", PYTHON_VAE_REF_TESTS),
+    Mutant("srnn_resq_without_the_prior_mean", "python/srnn.py", "                mu_q = mu_p + mu_q",
+           "                mu_q = mu_q", PYTHON_VAE_REF_TESTS),
+    Mutant("storn_prior_logvar_one", "python/storn.py",
+           "mu_p, lv_p = torch.zeros_like(mu_q), torch.zeros_like(lv_q)",
+           "mu_p, lv_p = torch.zeros_like(mu_q), torch.ones_like(lv_q)", PYTHON_VAE_REF_TESTS),
+    Mutant("vrnn_kl_ignores_the_mask", "python/vrnn.py",
+           "kl = ops.gaussian_kl(mu_q, lv_q, mu_p, lv_p, mask, backend",
+           "kl = ops.gaussian_kl(mu_q, lv_q, mu_p, lv_p, None, backend", PYTHON_VAE_PAD_TESTS),
+    Mutant("vae_reverse_lstm_output_left_flipped", "python/common.py", "    return gather_time(out, flip)",
+           "    return out", PYTHON_VAE_PAD_TESTS),
+    # the trainer: stopping, cadences, the best checkpoint, metrics, flag checks, presets
+    Mutant("time_budget_read_as_minutes", "zf_kernels/train.py", "self.train_seconds >= cfg.time_budget)",
+           "self.train_seconds >= cfg.time_budget * 60)",
+           (TRAIN + "test_time_budget_counts_training_seconds",)),
+    Mutant("checkpoint_cadence_of_the_log_flag", "zf_kernels/train.py",
+           "if self.step % cfg.checkpoint_every == 0 and self.next_batch < n_batches:",
+           "if self.step % cfg.log_every == 0 and self.next_batch < n_batches:", CADENCE_TESTS),
+    Mutant("eval_every_counts_batches_of_the_epoch", "zf_kernels/train.py",
+           "if cfg.eval_every and self.step % cfg.eval_every == 0:",
+           "if cfg.eval_every and self.next_batch % cfg.eval_every == 0:", CADENCE_TESTS),
+    Mutant("best_checkpoint_at_every_validation", "zf_kernels/train.py",
+           '        if best:\n            self.save("best.pt")', '        if True:\n            self.save("best.pt")',
+           BEST_CHECKPOINT_TESTS),
+    Mutant("best_by_the_nll", "zf_kernels/train.py", 'self.plateau.update(res["neg_elbo"], self.opt)',
+           'self.plateau.update(res["nll"], self.opt)', BEST_CHECKPOINT_TESTS),
+    Mutant("final_evaluation_of_the_last_weights", "zf_kernels/train.py",
+           '            model.load_state_dict(load_checkpoint(best, map_location=self.device)["model"])\n', "",
+           BEST_CHECKPOINT_TESTS),
+    Mutant("metrics_window_divided_by_log_every", "zf_kernels/train.py",
+           'w, n = self.window, max(self.window["n"], 1)', "w, n = self.window, self.cfg.log_every",
+           (TRAIN + "test_logged_terms_average_the_updates_of_the_window",)),
+    Mutant("csv_metrics_written_as_json_lines", "zf_kernels/train.py",
+           'report.MetricsLog(self.out / f"metrics.{ext}", cfg.metrics_format)',
+           'report.MetricsLog(self.out / f"metrics.{ext}", "jsonl")',
+           (TRAIN + "test_cli_smoke_run_writes_everything",)),
+    Mutant("validate_accepts_zero", "zf_kernels/training/presets.py", "        if v is None or v <= 0:",
+           "        if v is None or v < 0:", (TRAIN + "test_cli_rejects_bad_flags",)),
+    Mutant("validate_accepts_lr_decay_zero", "zf_kernels/training/presets.py", "if not 0 < cfg.lr_decay <= 1:",
+           "if not 0 <= cfg.lr_decay <= 1:", (TRAIN + "test_cli_rejects_bad_flags",)),
+    Mutant("blizzard_preset_learning_rate", "zf_kernels/training/presets.py", "lr=3e-4, epochs=100",
+           "lr=1e-3, epochs=100",
+           (TRAIN + "test_presets_carry_the_authors_settings",)),
+    # IWAE and the evaluation's normalisation
+    Mutant("iwae_last_chunk_full_size", "zf_kernels/bounds.py",
+           "self.log_weights(y, u, mask, min(chunk, k - i), generator)",
+           "self.log_weights(y, u, mask, chunk, generator)", IWAE_TESTS),
+    Mutant("log_weights_samples_grouped_wrongly", "zf_kernels/bounds.py",
+           "return (-terms.nll + log_pz - log_qz).view(B, k).t()",
+           "return (-terms.nll + log_pz - log_qz).view(k, B)", IWAE_TESTS),
+    Mutant("log_weights_ignore_the_mask", "zf_kernels/bounds.py",
+           'm = None if mask is None else rep(mask).to(lat["z"].dtype)',
+           "m = None", PYTHON_VAE_PAD_TESTS),
+    Mutant("evaluate_counts_padded_steps", "zf_kernels/evaluate.py",
+           "n_steps += int(mask.sum()) if mask is not None else y.shape[0] * y.shape[1]",
+           "n_steps += y.shape[0] * y.shape[1]", ("tests/test_evaluate.py",)),
 )
 
 
