@@ -331,7 +331,7 @@ def test_logged_terms_average_the_updates_of_the_window(tmp_path, monkeypatch):
 
     def second_is_nan(*a, **k):
         loss = real(*a, **k)
-        losses.append(float("nan") if len(losses) == 1 else float(loss))
+        losses.append(float("nan") if len(losses) == 1 else float(loss.detach()))
         return loss * float("nan") if len(losses) == 2 else loss
     monkeypatch.setattr(train_mod, "training_loss", second_is_nan)
     train_mod.train(cfg_for(tmp_path, max_steps=5, epochs=10, iwae_k=1, num_samples=0), log=quiet)
