@@ -304,16 +304,17 @@ def compile_one(spec: Spec, arch: int, sass_dir: Path | None = None, strict_spil
         return row
     regs, stack, _static_smem, local = map(int, m.groups())
     shared = int(ck.metadata.shared)
-    problems = []
+    problems, hard = [], False         # hard: the row fails
     if stack or local:
         problems.append(f"spills (stack {stack} B, local {local} B per thread)")
+        hard |= strict_spills
     if regs * 32 * spec.num_warps > REGS_PER_SM:
         problems.append(f"{regs} regs x {32 * spec.num_warps} threads > 64K: "
                         + ("cannot be resident" if spec.persistent else "no second program per SM"))
+        hard |= spec.persistent
     if shared > SMEM_PER_SM:
         problems.append(f"shared memory {shared} B > {SMEM_PER_SM} B")
-    hard = [p for p in problems if ("spills" in p and strict_spills) or "shared" in p
-            or (spec.persistent and "spills" not in p)]
+        hard = True
     row.update(ok=not hard, regs=regs, stack=stack, local=local, shared=shared,
                problems="; ".join(problems))
     return row
