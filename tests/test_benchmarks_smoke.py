@@ -206,7 +206,8 @@ def test_step_flops_split_the_timit_step():
     assert f["lstm"] == pytest.approx(2 * 2 * T * B * 4 * H * D + 3 * 2 * T * B * 4 * H * H, rel=0.01)
     assert f["lstm"] + f["zforcing_chain"] + f["rest"] == f["step"] > f["fwd"] > 0
     assert 0 < f["rest"] < f["step"] / 2
-    assert "| **whole step** | 129.9 |" in "\n".join(step_flops.table("timit", f))
+    # the README's floor: 1.94 ms at the IEEE float32 peak, the first column
+    assert "| **whole step** | 129.9 | 1.94 ms |" in "\n".join(step_flops.table("timit", f))
     # the floor summarize.py's targets table quotes
     from benchmarks import summarize
     ieee = step_flops.PEAK_TFLOPS["IEEE float32"] * 1e12
@@ -567,3 +568,165 @@ def test_plot_draws_successful_rows_with_their_spread(tmp_path, monkeypatch):
     monkeypatch.setattr(matplotlib.axes.Axes, "bar", spy)
     plot.plot(path)
     assert bars == [("torch", [2.0], [[0.5], [1.0]])]
+
+
+def test_design_cases_are_the_shapes_their_labels_and_the_presets_name():
+    """The benchmarks' cases are the shapes their labels (and the README's targets) name: each
+    label's T / B / I / H / M / Z / G and AxBxC sizes are the case's own, the step benchmarks'
+    TIMIT and SeqMNIST models are the presets' (the authors' sizes), and exactly the 784-step
+    cases are 'long' (torch.compile would unroll their loops: skipped unless --compile all)."""
+    from zf_kernels.training.presets import PRESETS
+
+    def label_dims(label):
+        return {m[1]: int(m[2]) for m in re.finditer(r"\b([TBIHMZG])(\d+)\b", label)}
+    data = {"timit": (200, "gaussian"), "seqmnist": (1, "bernoulli")}
+    for name, case in bench_train_step.CASES.items():
+        preset, model = PRESETS[name], case["model"]
+        assert label_dims(case["label"]) == {"T": case["T"], "B": case["B"]} and case["B"] == preset["batch_size"]
+        assert {k: model[k] for k in ("emb_dim", "rnn_dim", "z_dim", "mlp_dim", "z_force")} == {
+            k: preset[k] for k in ("emb_dim", "rnn_dim", "z_dim", "mlp_dim", "z_force")}, name
+        assert (model["input_dim"], model["output_type"]) == data[name] and case["long"] == (case["T"] == 784)
+    assert (bench_train_step.CASES["timit"]["T"], bench_train_step.CASES["seqmnist"]["T"]) == (40, 784)
+    for name in ("timit", "seqmnist"):
+        case, preset = bench_trainer.CASES[name], PRESETS[name]
+        assert label_dims(case["label"]) == {"T": case["T"], "B": case["size"]["batch_size"]}
+        assert case["size"] == {k: preset[k] for k in case["size"]}, name
+        assert (case["D"], case["output"], case["T"], case["long"]) == (*data[name], bench_train_step.CASES[name]["T"],
+                                                                        case["T"] == 784)
+    for c in bench_ops.cases(smoke=False):
+        if "T" in c.dims:
+            assert label_dims(c.label) == c.dims and c.long == (c.dims["T"] == 784), c
+        elif "shape" in c.dims:
+            assert c.label == "x".join(map(str, c.dims["shape"])) and not c.long, c
+        else:
+            assert label_dims(c.label) == c.dims and not c.long, c
+    labels = [f"{c.op} {c.label}" for c in bench_ops.cases(smoke=False)]
+    from benchmarks import summarize
+    assert summarize.LSTM_T40 in labels and summarize.LSTM_T784 in labels
+    # the backward LSTM of the TIMIT model: input the embedding, hidden the recurrent width
+    timit = PRESETS["timit"]
+    assert summarize.LSTM_T40 == f"lstm T40 B{timit['batch_size']} I{timit['emb_dim']} H{timit['rnn_dim']}"
+
+
+def test_a_provider_computing_something_else_is_caught(tmp_path, monkeypatch):
+    """The check before the timing: a provider whose numbers are not the reference's shows it.
+    bench_train_step: a cuDNN step from other weights has a first loss off the torch provider's,
+    whether that provider ran before it or not (then one untimed reference forward);
+    bench_ops: an op with the right outputs but wrong gradients is a 'mismatch' in fwd+bwd."""
+    def perturbed(model):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1.25)
+    monkeypatch.setattr(bench_train_step, "use_cudnn_backward_lstm", perturbed)
+    base = ["--smoke", "--device", "cpu", "--out", str(tmp_path), "--quiet", "--cases", "timit", "--fresh"]
+    assert bench_train_step.main(base + ["--name", "both", "--providers", "torch,cudnn"]) == 0
+    assert bench_train_step.main(base + ["--name", "alone", "--providers", "cudnn"]) == 0
+    rows = {(name, r["provider"]): r for name in ("both", "alone") for r in _rows(tmp_path / f"{name}.json")}
+    assert rows["both", "torch"]["rel_err"] == 0.0
+    assert rows["both", "cudnn"]["rel_err"] > 1e-3 and rows["alone", "cudnn"]["rel_err"] > 1e-3, rows
+    assert rows["both", "cudnn"]["rel_err"] == pytest.approx(rows["alone", "cudnn"]["rel_err"], rel=1e-5)
+
+    class DoubledGradient(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return 2 * g
+    real_caller = bench_ops.caller
+
+    def wrong_gradient(op, provider, inp):
+        call = real_caller(op, provider, inp)
+        return lambda: DoubledGradient.apply(call())
+    monkeypatch.setattr(bench_ops, "caller", wrong_gradient)
+    assert bench_ops.main(base[:-3] + ["--fresh", "--name", "ops", "--providers", "torch", "--ops", "leaky_clamp"]) == 0
+    modes = {r["mode"]: r for r in _rows(tmp_path / "ops.json")}
+    assert modes["fwd"]["status"] == "ok" and modes["fwd"]["rel_err"] < 1e-6, modes
+    assert modes["fwd+bwd"]["status"] == "mismatch" and modes["fwd+bwd"]["rel_err"] == pytest.approx(1.0), modes
+
+
+def test_float32_modes_set_and_restore_the_tf32_switches(monkeypatch):
+    """benchmarks/common.py's float32 modes: "float32" is IEEE everywhere (cuDNN too, whose default
+    allows TF32), "tf32" allows TF32 for torch and cuDNN, "tf32x3" keeps them IEEE and sets
+    ZF_FP32_DOT for our kernels; each restores what was set before (a tf32 row's switch must
+    not leak into the next float32 row); 16-bit dtypes change nothing."""
+    import os
+    monkeypatch.delenv("ZF_FP32_DOT", raising=False)
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+
+    def state():
+        return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, os.environ.get("ZF_FP32_DOT")
+    try:
+        for before in ((True, True), (False, False)):
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+            for name, want in (("float32", (False, False, None)), ("tf32", (True, True, None)),
+                               ("tf32x3", (False, False, "tf32x3")), ("bfloat16", (*before, None))):
+                with common.matmul_precision(name):
+                    assert state() == want, (name, before)
+                assert state() == (*before, None), (name, before)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_trainer_row_loss_is_the_timed_steps_mean(tmp_path, monkeypatch):
+    """bench_trainer's rel_err compares each provider's mean training loss over its timed steps
+    (the metrics window flushed after the warm-up): the row's loss is the mean of the timed steps'
+    losses, not of the warm-up's too."""
+    from zf_kernels import train as train_mod
+    losses, real_step = [], train_mod.Run.train_step
+
+    def step(self, batch):
+        before = self.window["loss"]
+        out = real_step(self, batch)
+        losses.append(self.window["loss"] - before)
+        return out
+    monkeypatch.setattr(train_mod.Run, "train_step", step)
+    assert bench_trainer.main(["--smoke", "--device", "cpu", "--out", str(tmp_path), "--name", "t", "--fresh",
+                               "--quiet", "--providers", "torch", "--cases", "timit", "--steps", "2",
+                               "--warmup-steps", "2"]) == 0
+    (row,) = _rows(tmp_path / "t.json")
+    assert len(losses) == 4 and len(set(losses)) == 4, losses
+    assert float(row["note"].rsplit("mean loss ", 1)[1]) == pytest.approx(sum(losses[2:]) / 2, rel=1e-5), (row, losses)
+
+
+def test_device_check_stage_selection_and_budgets(tmp_path):
+    """device_check.sh's own arithmetic with a stand-in interpreter that only records its
+    arguments and environment (~1 s): ZF_STAGES runs the stages named, whole names only
+    (train-cuda is not train); each gets min(its limit, time left) and passes 20 s less (half,
+    at 40 s or less) to the benchmark as ZF_BUDGET_S; ZF_STAGES=rest runs what the first call
+    skipped or cut short, but not a cuda-tests that hung (the extension switched off instead)."""
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash")
+    fake, log = tmp_path / "python", tmp_path / "calls.log"
+    fake.write_text('#!/bin/sh\necho "budget=${ZF_BUDGET_S:-} noext=${ZF_KERNELS_NO_CUDA_EXT:-} $*" >>"$FAKE_LOG"\n')
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZF_")}
+    env.update(ZF_DRY_RUN="1", PYTHON=str(fake), FAKE_LOG=str(log), ZF_CHECK_SECONDS="100")
+
+    def run(out, **extra):
+        r = subprocess.run([bash, str(REPO / "benchmarks" / "device_check.sh")], capture_output=True, text=True,
+                           env=dict(env, OUT=str(out), **extra), cwd=REPO, timeout=120)
+        with tarfile.open(out / "device_check_files.tar.gz") as tar:
+            stages = tar.extractfile("./stages.txt").read().decode()
+        ran = [line.split()[0] for line in stages.splitlines() if not line.endswith(("not-selected", "not-needed"))]
+        calls = [line.split() for line in log.read_text().splitlines() if " benchmarks/" in line or " -m pytest" in line]
+        log.unlink()
+        return r, ran, calls
+
+    r, ran, calls = run(tmp_path / "first", ZF_STAGES="train-cuda,ops-cuda,tests")
+    assert ran == ["tests", "ops-cuda", "train-cuda"], (ran, r.stdout[-2000:])
+    assert [c[2] for c in calls] == ["-m", "benchmarks/bench_ops.py", "benchmarks/bench_train_step.py"], calls
+    budgets = [int(c[0].removeprefix("budget=")) for c in calls]
+    assert 75 <= budgets[0] <= 80 and budgets[1:] == [20, 25], budgets   # 100 s left - 20; 40 / 2; 45 - 20
+    assert all(c[1] == "noext=" for c in calls)
+    seed = tmp_path / "seed"
+    (tmp_path / "seed_stages.txt").write_text("tests ok\ncuda-tests timed-out\nops-cuda timed-out\n"
+                                              "train-cuda skipped\nops failed\n")
+    r, ran, calls = run(tmp_path / "second", ZF_STAGES="rest", ZF_SEED_RESULTS=str(seed))
+    assert ran == ["ops-cuda", "train-cuda"], (ran, r.stdout[-2000:])
+    assert "ZF_STAGES=rest: ops-cuda,train-cuda" in r.stdout and all(c[1] == "noext=1" for c in calls), calls
+    r, ran, calls = run(tmp_path / "late", ZF_STAGES="train-cuda", ZF_CHECK_SECONDS="20")
+    assert ran == ["train-cuda"] and calls == [], (ran, calls)   # under 25 s left: skipped
+    assert "train-cuda: skipped (time budget used up)" in r.stdout
