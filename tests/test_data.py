@@ -71,6 +71,14 @@ def test_start_batch_resumes_exactly_including_dynamic_noise():
     assert list(iterate_batches(split, 5, shuffle=True, seed=7, epoch=4, start_batch=5)) == []
 
 
+def test_dynamic_binarisation_draws_new_noise_for_each_batch():
+    """Batch k's pixels come from a generator seeded by (seed, epoch, k): two batches of the same
+    intensities get different pixels (one stream per epoch would give each batch the same draws)."""
+    split = SequenceSplit(torch.full((8, 50, 1), 0.5), binarize="dynamic")
+    a, b = iterate_batches(split, 4, shuffle=False, seed=0, epoch=0)
+    assert not torch.equal(a.y, b.y)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(batch_size=0), "batch_size"),
     (dict(batch_size=4, start_batch=4), "start_batch"),

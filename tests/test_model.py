@@ -400,6 +400,8 @@ def test_sampling_discrete_outputs_one_step_by_hand(output_type, temperature):
 @pytest.mark.parametrize("make,match", [
     (lambda m: m(torch.full((3, 2, 3), float("nan"), dtype=torch.float64)), "NaN"),
     (lambda m: m(torch.zeros(3, 2, 4, dtype=torch.float64)), "y must have shape"),
+    (lambda m: m(torch.zeros(3, 2, 3, dtype=torch.float64), torch.full((3, 2, 3), float("inf"), dtype=torch.float64)),
+     "u contains NaN or Inf"),
     (lambda m: m(torch.zeros(3, 2, 3, dtype=torch.float64), mask=torch.tensor([[0, 1], [1, 1], [1, 1]])), "right-padded"),
     (lambda m: m(torch.zeros(3, 2, 3, dtype=torch.float64), mask=torch.ones(3, 3)), "mask must have shape"),
     (lambda m: m(torch.zeros(3, 2, 3, dtype=torch.float64), eps=torch.zeros(3, 2, 5)), "eps"),
