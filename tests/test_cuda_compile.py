@@ -205,6 +205,52 @@ def test_jit_build_defines_come_from_the_environment_and_are_checked(monkeypatch
             _cuda_ext.nvcc_defines()
 
 
+def test_jit_build_gets_a_build_of_its_own_per_variant_and_source(tmp_path, monkeypatch):
+    """The JIT build's folder (its hash) changes with $ZF_KERNELS_NVCC_DEFINES, which nvcc gets,
+    and with any file of csrc/ the build reads, headers too (zf_persistent.h holds most of the
+    kernels' code): a variant or an edit never reuses another build. With defines set, a prebuilt
+    zf_kernels._C (the default build) is not used. The compiler stubbed (~0 s, no nvcc needed)."""
+    import sys
+    import types
+
+    import torch
+    from torch.utils import cpp_extension
+
+    from zf_kernels.ops import _cuda_ext
+    csrc = tmp_path / "csrc"
+    csrc.mkdir()
+    for name in ("bindings.cpp", "kernels.cu", "zf_persistent.h"):
+        (csrc / name).write_text(f"// {name}\n")
+    builds = []
+    monkeypatch.setattr(cpp_extension, "load", lambda **kw: builds.append(kw) or kw["build_directory"])
+    monkeypatch.setattr(torch.version, "cuda", torch.version.cuda or "12.8")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(_cuda_ext, "_nvcc", lambda: "/opt/cuda/bin/nvcc")
+    monkeypatch.setattr(_cuda_ext, "_arch", lambda: "90a")
+    monkeypatch.setattr(_cuda_ext, "nvcc_library_dirs", lambda nvcc: [])
+    monkeypatch.setattr(_cuda_ext, "CSRC", csrc)
+    monkeypatch.setenv("ZF_KERNELS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(_cuda_ext.DEFINES_ENV, raising=False)
+    default = _cuda_ext._jit_build()
+    assert _cuda_ext._jit_build() == default and default.startswith(str(tmp_path / "cache"))   # unchanged: reused
+    assert sorted(builds[-1]["sources"]) == [str(csrc / "bindings.cpp"), str(csrc / "kernels.cu")]
+    monkeypatch.setenv(_cuda_ext.DEFINES_ENV, "-DZF_STAGE_BATCH=1")
+    variant = _cuda_ext._jit_build()
+    assert variant != default and "-DZF_STAGE_BATCH=1" in builds[-1]["extra_cuda_cflags"]
+    monkeypatch.delenv(_cuda_ext.DEFINES_ENV)
+    (csrc / "zf_persistent.h").write_text("// edited\n")
+    assert _cuda_ext._jit_build() not in (default, variant)
+    # load(): the prebuilt module, unless defines ask for a build of their own
+    prebuilt = types.ModuleType("zf_kernels._C")
+    monkeypatch.setitem(sys.modules, "zf_kernels._C", prebuilt)
+    monkeypatch.setattr(_cuda_ext, "_jit_build", lambda: "jit build")
+    monkeypatch.setattr(_cuda_ext, "_cached", None)
+    assert _cuda_ext.load() is prebuilt
+    monkeypatch.setattr(_cuda_ext, "_cached", None)
+    monkeypatch.setenv(_cuda_ext.DEFINES_ENV, "-DZF_TIMING_SKIP_GRID_SYNC")
+    assert _cuda_ext.load() == "jit build"
+
+
 def test_the_extension_can_be_switched_off(monkeypatch):
     """ZF_KERNELS_NO_CUDA_EXT=1 (device_check.sh sets it after the extension's tests hung): loading
     fails with the reason, even where a module was loaded before."""

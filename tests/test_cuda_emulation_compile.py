@@ -84,6 +84,22 @@ def test_cuda_custom_ops_pass_opcheck(calls):
     torch.library.opcheck(chain_op.chain_forward, (*args, 0, 0))
 
 
+def test_cuda_custom_ops_fake_outputs_in_bfloat16(monkeypatch):
+    """The fake (shape-only) versions of the forward ops against the real ones with bfloat16
+    inputs, where the state dtype differs from the input's: the LSTM's c_all and the chain's c in
+    float32, as the kernels store them (a bfloat16 fake would mistype the traced graph)."""
+    from zf_kernels.ops.lstm import cuda_op as lstm_op
+    from zf_kernels.ops.recurrence import cuda_op as chain_op
+    emu.install_backend(monkeypatch, threads=32, tf32=0)      # bfloat16 tiles: whole warps
+    x, wi, wh, bi, bh = (t.to(torch.bfloat16) for t in _leaves((3, 2, 5), (4 * 7, 5), (4 * 7, 7), (4 * 7,), (4 * 7,)))
+    assert lstm_op.lstm_forward(x, wi, wh, bi, bh, None, None, False, 0, 0)[4].dtype == torch.float32
+    torch.library.opcheck(lstm_op.lstm_forward, (x, wi, wh, bi, bh, None, None, False, 0, 0),
+                          test_utils="test_faketensor")
+    args = [a.detach().to(torch.bfloat16) for a in smooth_chain_inputs(3, 2, 5, 4, 3, 4)[0]]
+    assert chain_op.chain_forward(*args, 0, 0)[1].dtype == torch.float32
+    torch.library.opcheck(chain_op.chain_forward, (*args, 0, 0), test_utils="test_faketensor")
+
+
 def test_compiled_cuda_model_is_one_graph_with_the_eager_numbers(calls):
     """ZForcing(backend="cuda") (``--backend cuda``: both recurrences on the CUDA kernels, the
     other ops "auto", which under compile traces their references): fullgraph=True compiles its
