@@ -30,7 +30,14 @@ target met, the fastest row, bfloat16 or wrong-result rows counted, the stronges
 speedup's direction, tf32x3 against cuDNN), the median, rel_err, an archive without results.json,
 the chart's bars, keyword tensors under autocast, the time budget, the checkpoint and evaluation
 cadences, best.pt and the final evaluation on it, metrics windows, CSV metrics, zero flag values,
-a preset's rate, IWAE chunks and the log-weights' columns: each got a test."""
+a preset's rate, IWAE chunks and the log-weights' columns: each got a test. A sixth (30 over
+step_flops.py, the benchmarks' cases, correctness checks and float32 modes, device_check.sh's
+stages and budgets, batching, the inputs' check, the CUDA build and its ops' fakes) 23:
+the floor's unit, the design shapes, a provider's own loss as its reference, fwd+bwd errors without
+the gradients, mismatches timed as ok, TF32 in float32 rows or left on, the trainer benchmark's
+warm-up loss, device_check's time left, budget margin, whole stage names, a hung cuda-tests rerun, one
+binarisation stream per epoch, a non-finite u, the JIT build's hash and defines, a prebuilt module
+for a variant, bfloat16 fakes' state dtype: each got a test."""
 from __future__ import annotations
 
 import argparse
@@ -75,6 +82,14 @@ BEST_CHECKPOINT_TESTS = (TRAIN + "test_best_checkpoint_is_the_lowest_validation_
 IWAE_TESTS = ("tests/test_model.py::test_iwae_chunks_draw_exactly_k_samples_and_log_weights_keep_each_sequences_"
               "own",)
 PYTHON_VAE_PAD_TESTS = ("tests/test_python_vaes.py::test_padded_batch_equals_the_truncated_sequences",)
+STEP_FLOPS_TESTS = (BENCH + "test_step_flops_split_the_timit_step",)
+BENCH_CASE_TESTS = (BENCH + "test_design_cases_are_the_shapes_their_labels_and_the_presets_name",)
+BENCH_CHECK_TESTS = (BENCH + "test_a_provider_computing_something_else_is_caught",)
+BENCH_PRECISION_TESTS = (BENCH + "test_float32_modes_set_and_restore_the_tf32_switches",)
+BENCH_TRAINER_LOSS_TESTS = (BENCH + "test_trainer_row_loss_is_the_timed_steps_mean",)
+DEVICE_CHECK_TESTS = (BENCH + "test_device_check_stage_selection_and_budgets",)
+JIT_BUILD_TESTS = ("tests/test_cuda_compile.py::test_jit_build_gets_a_build_of_its_own_per_variant_and_source",)
+CUDA_OPCHECK_TESTS = ("tests/test_cuda_emulation_compile.py::test_cuda_custom_ops_fake_outputs_in_bfloat16",)
 
 
 @dataclass(frozen=True)
@@ -449,6 +464,89 @@ MUTANTS = (
     Mutant("evaluate_counts_padded_steps", "zf_kernels/evaluate.py",
            "n_steps += int(mask.sum()) if mask is not None else y.shape[0] * y.shape[1]",
            "n_steps += y.shape[0] * y.shape[1]", ("tests/test_evaluate.py",)),
+    # ---- sixth round: the FLOP count, the benchmarks' cases and correctness checks, device_check.sh's
+    # stage selection and budgets, batching, the CUDA extension's build and its ops' fake kernels
+    # benchmarks/step_flops.py: the README's "129.9 GFLOP ... 1.94 ms at an H200's FP32 peak"
+    Mutant("step_flops_step_is_the_forward", "benchmarks/step_flops.py",
+           'out = {"step": counter.get_total_flops(), "fwd": fwd}', 'out = {"step": fwd, "fwd": fwd}', STEP_FLOPS_TESTS),
+    Mutant("step_flops_recurrence_forward_only", "benchmarks/step_flops.py",
+           "        torch.autograd.backward(flat, [torch.ones_like(t) for t in flat])\n", "", STEP_FLOPS_TESTS),
+    Mutant("step_flops_floor_in_microseconds", "benchmarks/step_flops.py",
+           'f"{flops[part] / (t * 1e12) * 1e3:.2f} ms"', 'f"{flops[part] / (t * 1e12) * 1e6:.2f} ms"',
+           STEP_FLOPS_TESTS),
+    # the benchmarks' design cases: the shapes the README's targets name
+    Mutant("bench_seqmnist_case_t748", "benchmarks/bench_train_step.py", "T=784, B=32, long=True,",
+           "T=748, B=32, long=True,", BENCH_CASE_TESTS),
+    Mutant("bench_trainer_timit_z_dim", "benchmarks/bench_trainer.py",
+           "size=dict(emb_dim=512, rnn_dim=1024, z_dim=256, mlp_dim=512, batch_size=32), long=False),",
+           "size=dict(emb_dim=512, rnn_dim=1024, z_dim=128, mlp_dim=512, batch_size=32), long=False),",
+           BENCH_CASE_TESTS),
+    Mutant("bench_ops_lstm_t40_input_width", "benchmarks/bench_ops.py", "dict(T=40, B=32, I=512, H=1024)",
+           "dict(T=40, B=32, I=256, H=1024)", BENCH_CASE_TESTS),
+    Mutant("bench_ops_long_case_compiled", "benchmarks/bench_ops.py",
+           'Case("lstm", "T784 B32 I64 H512", dict(T=784, B=32, I=64, H=512), long=True)',
+           'Case("lstm", "T784 B32 I64 H512", dict(T=784, B=32, I=64, H=512))', BENCH_CASE_TESTS),
+    # the correctness checks before timing: the providers compute the reference's numbers
+    Mutant("bench_step_each_provider_its_own_reference", "benchmarks/bench_train_step.py",
+           '        if provider == "torch":\n            ref["loss0"] = loss0',
+           '        if True:\n            ref["loss0"] = loss0', BENCH_CHECK_TESTS),
+    Mutant("bench_step_cudnn_lstm_forward_in_time", "benchmarks/bench_train_step.py",
+           "lstm.bias_hh_l0, reverse=True)", "lstm.bias_hh_l0, reverse=False)", (BENCH + "test_train_rows",)),
+    Mutant("bench_step_cuda_rows_of_what_auto_picks", "benchmarks/bench_train_step.py",
+           '        if provider.startswith("cuda"):\n            check_cuda_recurrences(model, y)\n', "",
+           (BENCH + "test_train_rows",)),
+    Mutant("bench_ops_fwd_bwd_error_without_gradients", "benchmarks/bench_ops.py",
+           '+ ([rel_err(got_grad, ref[1])] if mode == "fwd+bwd" else [])', "+ []", BENCH_CHECK_TESTS),
+    Mutant("bench_ops_wrong_result_timed_as_ok", "benchmarks/bench_ops.py",
+           'status, why = common.accuracy_status(row["dtype"], err)', 'status, why = "ok", ""', BENCH_CHECK_TESTS),
+    Mutant("bench_ops_cudnn_states_not_squeezed", "benchmarks/bench_ops.py", "            h, c = h[0], c[0]\n", "            pass\n",
+           (BENCH + "test_ops_rows",)),
+    Mutant("bench_float32_rows_allow_tf32", "benchmarks/common.py", '_FP32_MODES = {"float32": (False, None),',
+           '_FP32_MODES = {"float32": (True, None),', BENCH_PRECISION_TESTS),
+    Mutant("bench_tf32_mode_left_on", "benchmarks/common.py",
+           "        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved\n", "",
+           BENCH_PRECISION_TESTS),
+    Mutant("bench_trainer_loss_of_the_warmup_steps_too", "benchmarks/bench_trainer.py",
+           "                if i == n_warm - 1:\n                    run.flush_window()", "                pass",
+           BENCH_TRAINER_LOSS_TESTS),
+    # benchmarks/device_check.sh: which stages run, and for how long
+    Mutant("device_check_stage_ignores_time_left", "benchmarks/device_check.sh", "  lim=$(( max < l ? max : l ))",
+           "  lim=$max", DEVICE_CHECK_TESTS),
+    Mutant("device_check_budget_without_margin", "benchmarks/device_check.sh",
+           "ZF_BUDGET_S=$(( lim > 40 ? lim - 20 : lim / 2 ))", "ZF_BUDGET_S=$lim", DEVICE_CHECK_TESTS),
+    Mutant("device_check_stage_names_as_substrings", "benchmarks/device_check.sh",
+           'if [[ ",$WANT," != *",$name,"* ]]; then', 'if [[ "$WANT" != *"$name"* ]]; then', DEVICE_CHECK_TESTS),
+    Mutant("device_check_rest_reruns_hung_cuda_tests", "benchmarks/device_check.sh",
+           "      WANT=$(echo \",$WANT,\" | sed 's/,cuda-tests,/,/; s/^,//; s/,$//')\n", "", DEVICE_CHECK_TESTS),
+    Mutant("device_check_rest_without_timed_out_stages", "benchmarks/device_check.sh",
+           '$2 == "skipped" || $2 == "timed-out" {', '$2 == "skipped" {', DEVICE_CHECK_TESTS),
+    # batching: the dynamic binarisation's noise per batch
+    Mutant("binarize_same_noise_every_batch", "zf_kernels/data/batching.py",
+           "seeded_generator(_BINARIZE_STREAM, seed, epoch, k)", "seeded_generator(_BINARIZE_STREAM, seed, epoch)",
+           DATA_TESTS),
+    # sequences: a prefix as long as the samples; inputs' values
+    Mutant("prefix_of_all_steps_refused", "zf_kernels/sequences.py", "    if K > steps:", "    if K >= steps:",
+           ("tests/test_model.py",)),
+    Mutant("inputs_values_unchecked", "zf_kernels/sequences.py",
+           "if u is not None and u.dtype.is_floating_point and not torch.isfinite(u).all():", "if False:",
+           ("tests/test_model.py",)),
+    # the CUDA extension's JIT build: a variant or an edit of csrc/ gets a build of its own
+    Mutant("jit_build_hash_without_the_defines", "zf_kernels/ops/_cuda_ext.py",
+           'f"{torch.__version__} {torch.version.cuda} sm_{arch} {flags}"',
+           'f"{torch.__version__} {torch.version.cuda} sm_{arch}"', JIT_BUILD_TESTS),
+    Mutant("jit_build_hash_without_the_headers", "zf_kernels/ops/_cuda_ext.py",
+           '    for p in sorted(CSRC.glob("*")):', "    for p in sources():", JIT_BUILD_TESTS),
+    Mutant("jit_build_defines_not_compiled", "zf_kernels/ops/_cuda_ext.py", "extra_cuda_cflags=flags + [",
+           "extra_cuda_cflags=NVCC_FLAGS + [", JIT_BUILD_TESTS),
+    Mutant("prebuilt_module_serves_a_variant", "zf_kernels/ops/_cuda_ext.py",
+           '                raise ImportError(f"${DEFINES_ENV} asks for a build of its own")\n',
+           "                pass\n",
+           JIT_BUILD_TESTS),
+    # the CUDA ops' fake (shape-only) kernels: the cell states in float32 for bfloat16 inputs
+    Mutant("cuda_lstm_fake_cell_states_in_input_dtype", "zf_kernels/ops/lstm/cuda_op.py",
+           "x.new_empty(T + 1, B, H, dtype=state_dtype(x.dtype)))", "x.new_empty(T + 1, B, H))", CUDA_OPCHECK_TESTS),
+    Mutant("cuda_chain_fake_c_in_input_dtype", "zf_kernels/ops/recurrence/cuda_op.py",
+           "e(T, B, H, dtype=state_dtype(gates_x.dtype))", "e(T, B, H)", CUDA_OPCHECK_TESTS),
 )
 
 
