@@ -231,15 +231,15 @@ def distribution_specs() -> list[Spec]:
     dt_mod = dist_triton
     specs = []
     for dt_name, dt in (("float32", "fp32"), ("bfloat16", "bf16")):
-        _, bn, bd, nw = dt_mod._tiles(1280, 256)    # z of the TIMIT model: T B rows of 256
+        _, bn, bd, opts = dt_mod._tiles(1280, 256)    # z of the TIMIT model: T B rows of 256
         ew = dict(ACC=tl.float32, IDX=tl.int32, BLOCK_N=bn, BLOCK_D=bd)
         specs.append(Spec(f"reparameterize fwd {dt_name} N{bn} D{bd}", dt_mod._reparam_fwd_kernel.fn, dt, ew,
-                          options=dict(num_warps=nw)))
+                          options=opts))
         specs.append(Spec(f"reparameterize bwd {dt_name} N{bn} D{bd}", dt_mod._reparam_bwd_kernel.fn, dt,
-                          dict(ew, NEED_LV=True, NEED_EPS=True), options=dict(num_warps=nw)))
+                          dict(ew, NEED_LV=True, NEED_EPS=True), options=opts))
         acc_ptrs = {"raw_ptr": "fp32", "max_ptr": "fp32", "lsum_ptr": "fp32", "t_ptr": "i64"}
         for op, n, d in (("kl", 1280, 256), ("gnll", 1280, 200), ("bnll", 25088, 1), ("cat", 1280, 10000)):
-            _, bn, bd, nw = dt_mod._tiles(n, d)
+            _, bn, bd, opts = dt_mod._tiles(n, d)
             # int32 offsets: what _strided picks below 2^31 elements (the int64 variant, for
             # bigger tensors, is not checked here)
             tile = dict(ACC=tl.float32, HAS_MASK=True, BLOCK_N=bn, BLOCK_D=bd, IDX=tl.int32)
@@ -248,9 +248,9 @@ def distribution_specs() -> list[Spec]:
             fwd = getattr(dt_mod, f"_{op}_fwd_kernel").fn
             bwd = getattr(dt_mod, f"_{op}_bwd_kernel").fn
             specs.append(Spec(f"{op} fwd {dt_name} N{bn} D{bd}", fwd, dt, dict(tile, STORE_RAW=True), acc_ptrs,
-                              dict(num_warps=nw)))
+                              opts))
             specs.append(Spec(f"{op} bwd {dt_name} N{bn} D{bd}", bwd, dt, dict(tile, **{k: True for k in need}),
-                              acc_ptrs, dict(num_warps=nw)))
+                              acc_ptrs, opts))
     return specs
 
 

@@ -204,10 +204,9 @@ def _reparameterize_forward(mu, logvar, eps):
     z = torch.empty(mu.shape, dtype=mu.dtype, device=mu.device)
     n, d = _rows_of(mu)
     if n * d:
-        grid, bn, bd, nw = _tiles(n, d)
+        grid, bn, bd, opts = _tiles(n, d)
         args, idx = _strided(n, d, *(_as_rows(t, n, d) for t in (mu, logvar, eps)))
-        _reparam_fwd_kernel[grid](*args, z, n, d, IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw,
-                                  **LAUNCH_OPTIONS)
+        _reparam_fwd_kernel[grid](*args, z, n, d, IDX=idx, BLOCK_N=bn, BLOCK_D=bd, **opts)
     return z
 
 
@@ -222,12 +221,11 @@ def _reparameterize_backward(grad_z, logvar, eps, need):
         grad_eps = torch.empty(eps.shape, dtype=eps.dtype, device=eps.device) if need_eps else None
         n, d = _rows_of(logvar)
         if n * d:
-            grid, bn, bd, nw = _tiles(n, d)
+            grid, bn, bd, opts = _tiles(n, d)
             args, idx = _strided(n, d, *(_as_rows(t, n, d) for t in (grad_z, logvar, eps)))
             _reparam_bwd_kernel[grid](
                 *args, grad_lv if need_lv else args[2], grad_eps if need_eps else args[4], n, d,
-                NEED_LV=bool(need_lv), NEED_EPS=bool(need_eps), IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw,
-                **LAUNCH_OPTIONS)
+                NEED_LV=bool(need_lv), NEED_EPS=bool(need_eps), IDX=idx, BLOCK_N=bn, BLOCK_D=bd, **opts)
     return grad_mu, grad_lv, grad_eps
 
 
@@ -259,11 +257,11 @@ def _rows(x: torch.Tensor):
 
 
 def _tiles(n: int, d: int):
-    """(grid, BLOCK_N, BLOCK_D, num_warps) of the row kernels."""
+    """(grid, BLOCK_N, BLOCK_D, launch options: num_warps and LAUNCH_OPTIONS) of the row kernels."""
     block_d = min(triton.next_power_of_2(max(d, 1)), _MAX_BLOCK_D)
     block_n = max(1, min(_TILE // block_d, _MAX_BLOCK_N, triton.next_power_of_2(max(n, 1))))
     num_warps = 8 if block_n * block_d >= 4096 else 4
-    return (triton.cdiv(n, block_n),), block_n, block_d, num_warps
+    return (triton.cdiv(n, block_n),), block_n, block_d, dict(num_warps=num_warps, **LAUNCH_OPTIONS)
 
 
 def _as_rows(t, n, d):
@@ -558,11 +556,10 @@ def _categorical_nll_forward(targets, logits, mask, store_raw):
     stats = torch.empty(2, n, dtype=_acc_torch_dtype(logits), device=logits.device)
     raw = torch.empty(n, dtype=stats.dtype, device=logits.device) if store_raw else None
     if n:
-        grid, bn, bd, nw = _tiles(n, d)
+        grid, bn, bd, opts = _tiles(n, d)
         args, idx = _strided(n, d, _as_vector(targets, n), _as_rows(logits, n, d), _flat_mask(mask, lead, n))
         _cat_fwd_kernel[grid](*args, out, stats[0], stats[1], raw if store_raw else out, n, d,
-                              STORE_RAW=bool(store_raw), IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw,
-                              **LAUNCH_OPTIONS)
+                              STORE_RAW=bool(store_raw), IDX=idx, BLOCK_N=bn, BLOCK_D=bd, **opts)
     return out, stats, raw
 
 
@@ -571,11 +568,11 @@ def _categorical_nll_backward(grad_out, targets, logits, mask, stats):
     lead, n, d = _rows(logits)
     grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
     if n * d:
-        grid, bn, bd, nw = _tiles(n, d)
+        grid, bn, bd, opts = _tiles(n, d)
         args, idx = _strided(n, d, _as_vector(grad_out, n), _flat_mask(mask, lead, n),
                              _as_vector(targets, n), _as_rows(logits, n, d))
         _cat_bwd_kernel[grid](*args, stats[0], stats[1], grad_logits, n, d,
-                              IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw, **LAUNCH_OPTIONS)
+                              IDX=idx, BLOCK_N=bn, BLOCK_D=bd, **opts)
     return grad_logits
 
 
@@ -623,11 +620,10 @@ def _row_reduction_forward(kind, inputs, mask, store_raw):
     out = torch.empty(lead, dtype=like.dtype, device=like.device)
     raw = torch.empty(n, dtype=_acc_torch_dtype(like), device=like.device) if store_raw else None
     if n:
-        grid, bn, bd, nw = _tiles(n, d)
+        grid, bn, bd, opts = _tiles(n, d)
         args, idx = _strided(n, d, *(_as_rows(t, n, d) for t in inputs), _flat_mask(mask, lead, n))
         forward_kernel[grid](*args, out, raw if store_raw else out, n, d,
-                             STORE_RAW=bool(store_raw), IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw,
-                             **LAUNCH_OPTIONS)
+                             STORE_RAW=bool(store_raw), IDX=idx, BLOCK_N=bn, BLOCK_D=bd, **opts)
     return out, raw
 
 
@@ -638,12 +634,11 @@ def _row_reduction_backward(kind, grad_out, inputs, mask, need):
     grads = [_grad_buf(nd, t) for nd, t in zip(need, inputs)]
     if any(need) and n * d:
         ins = [_as_rows(t, n, d) for t in inputs]
-        grid, bn, bd, nw = _tiles(n, d)
+        grid, bn, bd, opts = _tiles(n, d)
         args, idx = _strided(n, d, _as_vector(grad_out, n), _flat_mask(mask, lead, n), *ins)
         backward_kernel[grid](
             *args, *[gr if gr is not None else ins[i][0] for i, gr in enumerate(grads)], n, d,
-            **{flag: bool(nd) for flag, nd in zip(flags, need)}, IDX=idx, BLOCK_N=bn, BLOCK_D=bd, num_warps=nw,
-            **LAUNCH_OPTIONS)
+            **{flag: bool(nd) for flag, nd in zip(flags, need)}, IDX=idx, BLOCK_N=bn, BLOCK_D=bd, **opts)
     return grads
 
 
