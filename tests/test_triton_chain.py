@@ -256,6 +256,36 @@ def test_bfloat16_no_worse_than_torch(seed, nan_empty, monkeypatch):
     compare_to_torch((4, 17, 37, 19, 18, 21), torch.bfloat16, 1e-3, seed=seed, metric=norm_rel_err)
 
 
+@pytest.mark.parametrize("schedule", ["persistent", "stepwise"])
+def test_bfloat16_cell_state_and_its_gradient_carried_in_float32(schedule, nan_empty):
+    """bfloat16 inputs: c and the backward's carried dc are kept in float32 between steps. With
+    the recurrent weights zero and the forget gate at ~1, c grows by i g = 0.003 a step from
+    c0 = 1, and dc by grad_c = 0.003 a step back from 1: increments below half a bfloat16 step at
+    1 (2^-8), which a bfloat16 state (or dc) would round away every step (c and grad c0 stuck at
+    1.0 instead of ~1.02). Both must be within one output rounding of the float64 reference on
+    the same (rounded) inputs."""
+    T, B, H, M, Z, G = 8, 2, 3, 2, 2, 2
+    z = lambda *s: torch.zeros(*s, dtype=torch.float64)  # noqa: E731
+    gates_x = z(T, B, 4 * H)
+    gates_x[..., H:2 * H] = 12.0                          # f = sigmoid(12) ~ 1 - 6e-6
+    gates_x[..., 2 * H:3 * H] = 0.006                     # i g = 0.5 tanh(0.006) ~ 0.003
+    args64 = [gates_x, torch.full((T, B, M), 0.5, dtype=torch.float64), z(T, B, Z), z(B, H),
+              torch.ones(B, H, dtype=torch.float64), z(M, H), z(2 * Z, M), z(2 * Z), z(G, Z), z(G), z(4 * H, G),
+              z(4 * H, H)]
+    args = [a.to(device=DEVICE, dtype=torch.bfloat16).requires_grad_() for a in args64]
+    ref_args = [a.detach().double().requires_grad_() for a in args]
+    grad_c = torch.full((T, B, H), 0.003, dtype=torch.float64, device=DEVICE)
+    grad_c[-1] = 1.0
+    got = chain_triton.zforcing_chain(*args, schedule=schedule)
+    ref = zforcing_chain_ref(*ref_args)
+    got_gc0, = torch.autograd.grad(got.c, args[4], grad_c.to(torch.bfloat16))
+    ref_gc0, = torch.autograd.grad(ref.c, ref_args[4], grad_c)
+    assert ref.c[-1].min() > 1.02 and ref_gc0.min() > 1.02     # what a bfloat16 state would lose
+    half_step = 2.0 ** -8                                       # half a bfloat16 step in [1, 2)
+    assert (got.c.double() - ref.c.detach()).abs().max() <= 1.01 * half_step
+    assert (got_gc0.double() - ref_gc0).abs().max() <= 1.01 * half_step
+
+
 def test_gradcheck_float64():
     # small weights keep every pre-activation away from the clamps; fast_mode checks a
     # random projection of the full Jacobian (the slow mode takes minutes in the interpreter)

@@ -10,6 +10,7 @@ conftest.py and here, before the Triton module is imported), float16 and bfloat1
 (the interpreter's bf16 rounding repaired for the tests: tests/_interpreter_bf16.py). Every output buffer the module allocates with torch.empty/empty_like is NaN-filled,
 so a value a kernel forgets to write cannot pass.
 """
+import math
 import os
 import zlib
 
@@ -447,6 +448,31 @@ def test_categorical_16bit_logits_far_from_zero(dtype):
     targets = torch.randint(0, 7, (5,), generator=gen)
     args = [targets.to(DEVICE), logits.to(device=DEVICE, dtype=dtype).requires_grad_()]
     _compare("categorical_nll", args, None, dtype, gen)
+
+
+def test_categorical_float32_logits_far_from_zero():
+    """float32 logits near 1e5 (float32's step there is 2^-7) with several classes sharing the
+    probability: the backward's softmax is exp((l - max) - log_sum), never exp(l - (max +
+    log_sum)), whose sum rounds to that step (softmaxes off by ~0.4%)."""
+    gen = torch.Generator().manual_seed(13)
+    logits = torch.randn(5, 7, generator=gen, dtype=torch.float64) * 2.0 + 1e5
+    targets = torch.randint(0, 7, (5,), generator=gen)
+    args = [targets.to(DEVICE), logits.to(device=DEVICE, dtype=torch.float32).requires_grad_()]
+    _compare("categorical_nll", args, None, torch.float32, gen)
+
+
+def test_gaussian_kl_zero_gradient_times_infinite_ratio_is_nan_like_the_reference():
+    """A zero upstream gradient gives the exp(lq - lp) term a zero gradient only where lq - lp <
+    inf (float32 overflow of a finite exponent, where 0 * exp would be 0 * inf): at lq - lp = +inf
+    the gradient stays 0 * inf = NaN, as torch's exp and the reference's ``_Exp`` give it, not 0."""
+    lq = torch.tensor([[0.5, math.inf], [0.25, -1.0]], device=DEVICE, requires_grad=True)
+    rest = [torch.tensor([[0.1, 0.2], [0.3, 0.4]], device=DEVICE, requires_grad=True) for _ in range(3)]
+    g = torch.tensor([0.0, 1.5], device=DEVICE)           # row 0 (with the inf) gets a zero gradient
+    got = torch.autograd.grad(tri.gaussian_kl(rest[0], lq, rest[1], rest[2]), [lq, rest[2]], g)
+    want = torch.autograd.grad(naive.gaussian_kl_ref(rest[0], lq, rest[1], rest[2]), [lq, rest[2]], g)
+    assert want[0][0, 1].isnan() and want[1][0, 1].isnan()
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=0.0, equal_nan=True)
 
 
 def test_categorical_bfloat16_large_vocabulary_gradient_to_a_rounding():

@@ -366,6 +366,32 @@ def test_lstm_low_precision(T, B, I, H, reverse, dtype):
         assert _rel(a, b) < tol, f"{n}: relative error {_rel(a, b):.2e} >= {tol:.0e} ({dtype})"
 
 
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_lstm_bfloat16_carried_cell_gradient_in_float32(schedule):
+    """bfloat16: the backward's dc is carried in float32 between steps (the stepwise schedule keeps
+    it in a buffer between launches, the persistent one in registers). With the weights zero,
+    f ~ o ~ 1 and c = 0, dc grows by d_out[t] = 0.003 a step back from d_cT = 1: increments
+    below half a bfloat16 step at 1 (2^-8), which a bfloat16 dc would round away every step
+    (grad c0 stuck at 1.0 instead of ~1.024). Within one output rounding of float64 on the same
+    (rounded) inputs."""
+    T, B, I, H = 8, 2, 2, 3
+    bias = torch.zeros(4 * H, dtype=torch.float64)
+    bias[H:2 * H] = bias[3 * H:] = 12.0                      # f = o = sigmoid(12) ~ 1; i g = 0
+    inputs = [torch.zeros(T, B, I, dtype=torch.float64), torch.zeros(4 * H, I, dtype=torch.float64),
+              torch.zeros(4 * H, H, dtype=torch.float64), bias, None, torch.zeros(B, H, dtype=torch.float64),
+              torch.zeros(B, H, dtype=torch.float64)]
+    low = [None if t is None else t.to(DEVICE, torch.bfloat16).requires_grad_() for t in inputs]
+    ref_in = [None if t is None else t.detach().double().requires_grad_() for t in low]
+    d_out = torch.full((T, B, H), 0.003, dtype=torch.float64, device=DEVICE)
+    d_c = torch.ones(B, H, dtype=torch.float64, device=DEVICE)
+    out, (h, c) = lt.lstm(*low, schedule=schedule)
+    got, = torch.autograd.grad([out, c], low[6], [d_out.to(torch.bfloat16), d_c.to(torch.bfloat16)])
+    rout, (rh, rc) = naive.lstm_ref(*ref_in)
+    want, = torch.autograd.grad([rout, rc], ref_in[6], [d_out, d_c])
+    assert want.min() > 1.02                                  # what a bfloat16 dc would lose
+    assert (got.double() - want).abs().max() <= 1.01 * 2.0 ** -8   # half a bfloat16 step in [1, 2)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not _ON_GPU, reason="needs a CUDA device")
 @pytest.mark.parametrize("schedule", SCHEDULES)
