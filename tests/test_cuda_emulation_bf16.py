@@ -255,6 +255,33 @@ def test_bf16_chain_no_worse_than_the_eager_reference_in_bf16(case):
     assert_no_worse_than_eager(names, got, eager, exact)
 
 
+def test_bf16_chain_rounds_ties_to_even():
+    """The emulator's float32 -> bfloat16 rounding (zf_bf16_from, as the GPU's
+    __float2bfloat16_rn) is to nearest, ties to even, as torch's: with W_q2 = 0 the posterior's mu
+    is its bias and logvar 0, so z = mu + eps exactly in float32, here halfway between two
+    bfloat16 numbers (1 + 2^-8 and its like). Random inputs never hit a tie; a rounding of ties
+    away from zero passes every other bf16 test while the kernels' every store rounds unlike a GPU."""
+    import test_cuda_emulation_chain as emu_chain
+    from zf_kernels.ops.recurrence._cuda_function import run_chain
+
+    T, B, H, M, Z, G = 1, 2, 5, 3, 3, 3
+    mu = torch.tensor([1.0, 1.0 + 2 ** -7, -1.0], dtype=torch.float64)
+    eps = torch.tensor([2 ** -8, 2 ** -8, -2 ** -8], dtype=torch.float64)
+    zeros = lambda *s: torch.zeros(*s, dtype=torch.float64)  # noqa: E731
+    args = [zeros(T, B, 4 * H), zeros(T, B, M), eps.expand(T, B, Z).clone(), zeros(B, H), zeros(B, H), zeros(M, H),
+            zeros(2 * Z, M), torch.cat([mu, zeros(Z)]), zeros(G, Z), zeros(G), zeros(4 * H, G), zeros(4 * H, H)]
+    args = [a.bfloat16() for a in args]
+    lib = emu.chain_library()
+    kernels = emu_chain._Directions(emu.EmulatedChainKernels(lib, 64, 3, 0), emu.EmulatedChainKernels(lib, 64, 3, 0))
+    with torch.no_grad():
+        z = run_chain(kernels, *args)[2]
+        eager = ops.zforcing_chain(*args, backend="torch")[2]
+    want = (mu + eps).to(torch.bfloat16)           # float64 -> bfloat16: nearest, ties to even
+    assert want.tolist() == [1.0, 1.0 + 2 ** -6, -1.0]
+    assert torch.equal(eager, want.expand(T, B, Z))
+    assert torch.equal(z, want.expand(T, B, Z)), z
+
+
 @pytest.mark.parametrize("sms", [132, 114])
 def test_bf16_chain_plan_keeps_every_slice_resident_and_stages_in_few_chunks(sms):
     """The TIMIT chain (B=32, H=1024, M=512, Z=256) in bfloat16: all four weight slices resident

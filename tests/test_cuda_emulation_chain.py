@@ -134,6 +134,23 @@ def test_cuda_emulated_chain_clamps_pass_the_gradient_at_their_ends(dtype):
     assert not bad, bad
 
 
+def test_cuda_emulated_chain_leaky_kink_at_zero_passes_the_slope():
+    """A posterior pre-activation exactly 0 (h0 = 0 and post_x[0, :, 2] = 0, on top of
+    put_on_clamp_ends): LeakyReLU's gradient there is the slope, 1/3, as torch's leaky_relu gives
+    it (``x > 0`` passes g, ``x <= 0`` g / 3); a kernel testing ``x >= 0`` passes g, three times
+    too much, for that column of grad post_x."""
+    shape, units, threads, squeezed, _ = CASES["T4 B3 H13 M7 Z5 G6 5 blocks"]
+    kernels = NaNFilledChainKernels(_kernels(emu.chain_library(), torch.float64, shape, units, threads, squeezed))
+
+    def prepare(args):
+        put_on_clamp_ends(args)
+        with torch.no_grad():
+            args[1][0, :, 2] = 0.0
+    errs = _errors(kernels, shape, torch.float64, check_clamps=False, prepare=prepare)
+    bad = {k: v for k, v in errs.items() if not v < TOL[torch.float64]}
+    assert not bad, bad
+
+
 def test_cuda_emulated_chain_second_backward_through_retained_graph():
     """The backward kernel overwrites the saved pre-activations: a second backward rebuilds them."""
     shape, units, threads, squeezed, _ = CASES["T4 B3 H13 M7 Z5 G6 5 blocks"]

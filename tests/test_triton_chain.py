@@ -140,6 +140,22 @@ def test_clamps_pass_the_gradient_at_their_ends(schedule, nan_empty):
     assert not bad, f"{schedule}: errors above {TOL[torch.float64]}: {bad}"
 
 
+@pytest.mark.parametrize("schedule", ["persistent", "stepwise"])
+def test_leaky_kink_at_zero_passes_the_slope(schedule, nan_empty):
+    """A posterior pre-activation exactly 0 (put_on_clamp_ends' h0 = 0, and post_x[0, :, 2] = 0):
+    LeakyReLU's gradient there is the slope, as torch's leaky_relu gives it (``x > 0`` passes g,
+    ``x <= 0`` g * slope); ``x >= 0`` would pass g, three times too much, for that column of
+    grad post_x. Random inputs never hit 0."""
+    def prepare(args):
+        put_on_clamp_ends(args)
+        with torch.no_grad():
+            args[1][0, :, 2] = 0.0
+    errs = run_errors(lambda *a: chain_triton.zforcing_chain(*a, schedule=schedule), (4, 3, 20, 19, 3, 21),
+                      torch.float64, check_clamps=False, prepare=prepare)
+    bad = {k: f"{v:.2e}" for k, v in errs.items() if not v <= TOL[torch.float64]}
+    assert not bad, f"{schedule}: errors above {TOL[torch.float64]}: {bad}"
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 3, 5, 1, 7), (4, 3, 20, 19, 3, 21), (3, 70, 5, 6, 3, 4)],
                          ids=["T1-B1", "T4-B3", "T3-B70-two-batch-blocks"])
 @pytest.mark.parametrize("schedule", ["persistent", "stepwise"])
