@@ -237,6 +237,36 @@ def test_persistent_multi_program_grid(shape, monkeypatch):
     assert not bad, f"errors above {TOL[torch.float64]}: {bad}"
 
 
+@pytest.mark.skipif(DEVICE == "cuda", reason="CPU emulation of a resident grid (the GPU tests run real ones)")
+def test_persistent_barriers_hold_back_programs_ahead_of_a_slow_one(nan_empty, monkeypatch):
+    """test_persistent_multi_program_grid's 2 x 3 grid (H-widest) with column program 0 of each
+    batch block slowed down (10 ms before each of its stores): every barrier must hold the others
+    back until it has written its part of the rows they read next (z_t forward: program 2 has no
+    tile in the posterior stages and reaches the gate stage at once; dparams_t backward). A
+    barrier that let them through reads the NaN-filled buffers (nan_empty). In that test the
+    threads interleave as they happen to, and such a barrier passed it on one of two runs."""
+    import time
+
+    import triton.runtime.interpreter as interp
+    from _concurrent_grid import concurrent_programs
+    cfg = {"BLOCK_B": 16, "BLOCK_N": 16, "BLOCK_K": 16}
+    monkeypatch.setattr(chain_triton, "_persistent_config", lambda B, dims, dtype, ref: (cfg, "forced grid"))
+    real_store = interp.InterpreterBuilder.create_masked_store
+
+    def slow_store(self, *a, **k):
+        if self.grid_idx[1] == 0:
+            time.sleep(0.01)
+        return real_store(self, *a, **k)
+    monkeypatch.setattr(interp.InterpreterBuilder, "create_masked_store", slow_store)
+
+    def fn(*a):
+        return chain_triton.zforcing_chain(*a, schedule="persistent")
+    with concurrent_programs(monkeypatch):
+        errs = run_errors(fn, (2, 20, 37, 19, 18, 21), torch.float64, check_clamps=False)
+    bad = {k: f"{v:.2e}" for k, v in errs.items() if not v <= TOL[torch.float64]}
+    assert not bad, f"errors above {TOL[torch.float64]}: {bad}"
+
+
 @pytest.mark.skipif(DEVICE == "cuda", reason="relies on the interpreter running programs one after another")
 @pytest.mark.parametrize("direction", ["forward", "backward"])
 def test_persistent_barrier_timeout_raises_instead_of_hanging(direction, monkeypatch):
