@@ -37,7 +37,17 @@ the floor's unit, the design shapes, a provider's own loss as its reference, fwd
 the gradients, mismatches timed as ok, TF32 in float32 rows or left on, the trainer benchmark's
 warm-up loss, device_check's time left, budget margin, whole stage names, a hung cuda-tests rerun, one
 binarisation stream per epoch, a non-finite u, the JIT build's hash and defines, a prebuilt module
-for a variant, bfloat16 fakes' state dtype: each got a test."""
+for a variant, bfloat16 fakes' state dtype: each got a test. A seventh (35 over the kernels
+themselves: tile masks, bfloat16 states, persistent barriers and the reverse time index,
+backward terms, TF32 passes, the distributions' masks and stable forms, the emulator's rounding)
+9: the Triton chain's bfloat16 c and carried dc, the stepwise Triton LSTM's carried dc, the
+categorical softmax as exp(l - (max + log_sum)) at float32 logits near 1e5, a zero gradient
+times an infinite KL ratio (0, not NaN), LeakyReLU's gradient at exactly 0 in the Triton and the
+CUDA chains, the emulator's bfloat16 ties rounded away from zero, a forward chain barrier that
+did not wait (killed on one run, not the next: the concurrent threads' interleaving; a slowed
+program makes it certain): each got a test. A column mask one past D in the distribution
+kernels was dropped: its out-of-bounds stores crashed pytest (SIGABRT) rather than fail a test;
+a padding-column sum replaced it."""
 from __future__ import annotations
 
 import argparse
@@ -90,6 +100,15 @@ BENCH_TRAINER_LOSS_TESTS = (BENCH + "test_trainer_row_loss_is_the_timed_steps_me
 DEVICE_CHECK_TESTS = (BENCH + "test_device_check_stage_selection_and_budgets",)
 JIT_BUILD_TESTS = ("tests/test_cuda_compile.py::test_jit_build_gets_a_build_of_its_own_per_variant_and_source",)
 CUDA_OPCHECK_TESTS = ("tests/test_cuda_emulation_compile.py::test_cuda_custom_ops_fake_outputs_in_bfloat16",)
+CHAIN = "tests/test_triton_chain.py::"
+CHAIN_BARRIER_TESTS = (CHAIN + "test_persistent_barriers_hold_back_programs_ahead_of_a_slow_one",
+                       CHAIN + "test_persistent_multi_program_grid")
+CHAIN_HALF_TESTS = (CHAIN + "test_bfloat16_cell_state_and_its_gradient_carried_in_float32",
+                    CHAIN + "test_float16_no_worse_than_torch", CHAIN + "test_bfloat16_no_worse_than_torch")
+LSTM = "tests/test_triton_lstm.py::"
+DIST = "tests/test_triton_distributions.py::"
+EMU_CHAIN_TESTS = ("tests/test_cuda_emulation_chain.py::test_cuda_emulated_chain_matches_torch",)
+EMU_LSTM_TESTS = ("tests/test_cuda_emulation.py::test_cuda_emulated_lstm_matches_torch",)
 
 
 @dataclass(frozen=True)
@@ -547,6 +566,113 @@ MUTANTS = (
            "x.new_empty(T + 1, B, H, dtype=state_dtype(x.dtype)))", "x.new_empty(T + 1, B, H))", CUDA_OPCHECK_TESTS),
     Mutant("cuda_chain_fake_c_in_input_dtype", "zf_kernels/ops/recurrence/cuda_op.py",
            "e(T, B, H, dtype=state_dtype(gates_x.dtype))", "e(T, B, H)", CUDA_OPCHECK_TESTS),
+    # ---- seventh round: the kernels themselves (tile masks, bfloat16 state, persistent schedules,
+    # backward terms, TF32 passes, the distributions' masks and stable forms, the emulator's rounding)
+    # the Triton chain (zf_kernels/ops/recurrence/triton.py)
+    Mutant("triton_chain_bwd_drops_carried_dc", "zf_kernels/ops/recurrence/triton.py",
+           "        + tl.load(DC + st, mask=m2, other=0.0).to(ACC)\n", "        + 0.0\n",
+           (CHAIN + "test_schedules_match_reference",)),
+    Mutant("triton_chain_lv_grad_under_the_mu_mask", "zf_kernels/ops/recurrence/triton.py",
+           "tl.where(ok_lv, d_lv, 0.0)", "tl.where(ok_mu, d_lv, 0.0)", (CHAIN + "test_matches_reference",)),
+    Mutant("triton_chain_gate_k_mask_closed", "zf_kernels/ops/recurrence/triton.py", "        mk = kk < KD\n",
+           "        mk = kk <= KD\n", (CHAIN + "test_matches_reference",)),
+    Mutant("triton_chain_fwd_barrier_does_not_wait", "zf_kernels/ops/recurrence/triton.py",
+           "ok = grid_barrier(counter, (3 * t + 2) * n_prog, ok, flag, MAX_POLLS)",
+           "ok = grid_barrier(counter, (3 * t + 1) * n_prog, ok, flag, MAX_POLLS)",
+           CHAIN_BARRIER_TESTS),
+    Mutant("triton_chain_bwd_barrier_does_not_wait", "zf_kernels/ops/recurrence/triton.py",
+           "ok = grid_barrier(counter, (3 * r + 2) * n_prog, ok, flag, MAX_POLLS)",
+           "ok = grid_barrier(counter, (3 * r + 1) * n_prog, ok, flag, MAX_POLLS)",
+           CHAIN_BARRIER_TESTS),
+    Mutant("triton_chain_cell_state_in_input_dtype", "zf_kernels/ops/recurrence/triton.py",
+           "    state_dtype = torch.float32 if dtype in _HALF else dtype\n    gates_x, post_x, eps",
+           "    state_dtype = dtype\n    gates_x, post_x, eps", CHAIN_HALF_TESTS),
+    Mutant("triton_chain_carried_dc_in_input_dtype", "zf_kernels/ops/recurrence/triton.py",
+           "dc = torch.zeros(B, H, dtype=state_dtype, device=dev)", "dc = torch.zeros(B, H, dtype=dtype, device=dev)",
+           CHAIN_HALF_TESTS),
+    Mutant("triton_chain_leaky_grad_one_at_zero", "zf_kernels/ops/_triton_common.py",
+           "g = tl.where(x > 0, zero + 1.0, zero + slope)", "g = tl.where(x >= 0, zero + 1.0, zero + slope)",
+           (CHAIN + "test_leaky_kink_at_zero_passes_the_slope",)),
+    # the Triton LSTM (zf_kernels/ops/lstm/triton.py)
+    Mutant("triton_lstm_bwd_persistent_reverse_reads_the_wrong_step", "zf_kernels/ops/lstm/triton.py",
+           "        t_next = t\n    tl.store(dc_ptr + row, dc, mask=m2)",
+           "        t_next = s\n    tl.store(dc_ptr + row, dc, mask=m2)",
+           (LSTM + "test_lstm_matches_nn_lstm_and_naive",)),
+    Mutant("triton_lstm_gate_k_mask_closed", "zf_kernels/ops/lstm/triton.py", "            mk = rk < H\n",
+           "            mk = rk <= H\n", (LSTM + "test_lstm_matches_nn_lstm_and_naive",)),
+    Mutant("triton_lstm_unit_mask_closed", "zf_kernels/ops/lstm/triton.py", "    return rb, rj, rb < B, rj < H",
+           "    return rb, rj, rb < B, rj <= H", (LSTM + "test_lstm_matches_nn_lstm_and_naive",)),
+    Mutant("triton_lstm_cell_bias_grad_of_row_0", "zf_kernels/ops/lstm/triton.py",
+           "grad_b = dgates.sum(0) if need[4] else None", "grad_b = dgates[0] if need[4] else None",
+           (LSTM + "test_lstm_cell_matches_nn_lstm_cell_and_naive",)),
+    Mutant("triton_lstm_carried_dc_in_input_dtype", "zf_kernels/ops/lstm/triton.py",
+           "dc = d_cT.to(c_all.dtype, copy=True).contiguous()", "dc = d_cT.to(x.dtype, copy=True).contiguous()",
+           (LSTM + "test_lstm_bfloat16_carried_cell_gradient_in_float32", LSTM + "test_lstm_low_precision")),
+    Mutant("triton_lstm_stepwise_dh_T_at_the_first_step", "zf_kernels/ops/lstm/triton.py",
+           "HAS_DHX=last, HAS_NEXT=not last", "HAS_DHX=s == 0, HAS_NEXT=not last",
+           (LSTM + "test_lstm_matches_nn_lstm_and_naive",)),
+    # the distribution kernels (zf_kernels/ops/distributions/triton.py)
+    Mutant("triton_logsumexp_without_the_max", "zf_kernels/ops/distributions/triton.py",
+           "m_new = tl.maximum(m, tl.max(lg, axis=1))", "m_new = m", DISTRIBUTION_TESTS),
+    Mutant("triton_bernoulli_softplus_overflows", "zf_kernels/ops/distributions/triton.py",
+           "nll = (1.0 - x) * lg - tl.minimum(lg, 0.0) + _log1p(tl.exp(-tl.abs(lg)))",
+           "nll = (1.0 - x) * lg + _log1p(tl.exp(-lg))", DISTRIBUTION_TESTS),
+    Mutant("triton_mask_grad_from_masked_values", "zf_kernels/ops/distributions/triton.py",
+           "    if STORE_RAW:\n        tl.store(raw_ptr + rows, val, mask=row_ok)\n    if HAS_MASK:\n"
+           "        val = val * tl.load(mask_ptr + row_i * s_mask, mask=row_ok, other=0.0).to(ACC)\n",
+           "    if HAS_MASK:\n        val = val * tl.load(mask_ptr + row_i * s_mask, mask=row_ok, other=0.0).to(ACC)\n"
+           "    if STORE_RAW:\n        tl.store(raw_ptr + rows, val, mask=row_ok)\n", (DIST + "test_mask_gradient",)),
+    Mutant("triton_gaussian_nll_sums_padding_columns", "zf_kernels/ops/distributions/triton.py",
+           "acc += tl.where(ok, 0.5 * nll, 0.0)", "acc += 0.5 * nll", (DIST + "test_matches_reference",)),
+    Mutant("triton_categorical_grad_adds_max_and_log_sum", "zf_kernels/ops/distributions/triton.py",
+           "p = tl.exp((lg - m[:, None]) - log_s[:, None])", "p = tl.exp(lg - (m[:, None] + log_s[:, None]))",
+           (DIST + "test_categorical_float32_logits_far_from_zero",
+            DIST + "test_categorical_16bit_logits_far_from_zero", DIST + "test_extreme_values")),
+    Mutant("triton_g_times_exp_zero_times_overflow", "zf_kernels/ops/distributions/triton.py",
+           'tl.where((g == 0.0) & (a < float("inf")), 0.0, g * tl.exp(a))', "tl.where(g == 0.0, 0.0, g * tl.exp(a))",
+           (DIST + "test_gaussian_kl_zero_gradient_times_infinite_ratio_is_nan_like_the_reference",
+            DIST + "test_extreme_values")),
+    Mutant("triton_scaled_square_grad_zero_times_overflow", "zf_kernels/ops/distributions/triton.py",
+           "return gr, tl.where(gr == 0.0, gr, gr * (d * s))", "return gr, gr * (d * s)", DISTRIBUTION_TESTS),
+    # the Triton leaky clamp (zf_kernels/ops/activations/triton.py)
+    Mutant("triton_leaky_clamp_grad_one_at_zero", "zf_kernels/ops/activations/triton.py",
+           "tl.where(x > 0, g, g * SLOPE)", "tl.where(x >= 0, g, g * SLOPE)", ("tests/test_triton_leaky_clamp.py",)),
+    # csrc/chain_kernels.cu (CPU emulation)
+    Mutant("cuda_chain_bwd_drops_carried_dc", "csrc/chain_kernels.cu", "A dc = x.grad_c + dcs[ce];",
+           "A dc = x.grad_c;", EMU_CHAIN_TESTS),
+    Mutant("cuda_chain_bwd_drops_the_w_hh_term", "csrc/chain_kernels.cu",
+           "if (!last) dh += pre[b * U + u] + tile_sum(part, b, u, mqh, p);",
+           "if (!last) dh += tile_sum(part, b, u, mqh, p);", EMU_CHAIN_TESTS),
+    Mutant("cuda_chain_lv_clamp_open_high", "csrc/chain_kernels.cu", "ok[Z] = (pl >= A(-8) && pl <= A(8)) ? 1 : 0;",
+           "ok[Z] = (pl >= A(-8) && pl < A(8)) ? 1 : 0;",
+           ("tests/test_cuda_emulation_chain.py::test_cuda_emulated_chain_clamps_pass_the_gradient_at_their_ends",)),
+    Mutant("cuda_leaky_clamp_grad_one_at_zero", "csrc/chain_kernels.cu", "return x > T(0) ? g : g * T(1.0 / 3.0);",
+           "return x >= T(0) ? g : g * T(1.0 / 3.0);",
+           ("tests/test_cuda_emulation_chain.py::test_cuda_emulated_chain_leaky_kink_at_zero_passes_the_slope",)),
+    Mutant("cuda_chain_bwd_blocks_without_latents_skip_w_hh", "csrc/chain_kernels.cu",
+           "if (nz > 0 || (nu > 0 && t > 0)) {", "if (nz > 0) {", EMU_CHAIN_TESTS),
+    # csrc/lstm_kernels.cu (CPU emulation)
+    Mutant("cuda_lstm_fwd_reverse_reads_the_wrong_h", "csrc/lstm_kernels.cu", "(P.reverse ? t + 1 : t - 1) * BH",
+           "(t - 1) * BH", EMU_LSTM_TESTS),
+    Mutant("cuda_lstm_bwd_drops_dh_T", "csrc/lstm_kernels.cu",
+           "return last ? zf_widen(d_out) + zf_widen(d_hT) : zf_widen(d_out);", "return zf_widen(d_out);",
+           EMU_LSTM_TESTS),
+    Mutant("cuda_lstm_bwd_dc_not_written_back", "csrc/lstm_kernels.cu",
+           "    if (j < H) P.dc[static_cast<size_t>(b) * H + j] = dcs[e];",
+           "    if (j < 0) P.dc[static_cast<size_t>(b) * H + j] = dcs[e];",
+           EMU_LSTM_TESTS),
+    # csrc/zf_persistent.h: the tensor-core tiles (CPU emulation)
+    Mutant("cuda_mma_drops_the_odd_k_step", "csrc/zf_persistent.h", "  if (s < ksteps) step(d[0], s);\n", "",
+           ("tests/test_cuda_emulation_tf32.py", "tests/test_cuda_emulation_bf16.py")),
+    Mutant("cuda_tf32_weight_k_mask_closed", "csrc/zf_persistent.h", "k + t + 4 < kw ? w[(k + 4) * wk] : 0.f",
+           "k + t + 4 <= kw ? w[(k + 4) * wk] : 0.f", ("tests/test_cuda_emulation_tf32.py",)),
+    Mutant("cuda_3xtf32_runs_one_pass", "csrc/zf_persistent.h", "*mma = es == 4 ? tf32 : es == 2 ? 1 : 0;",
+           "*mma = es == 4 ? (tf32 ? 1 : 0) : es == 2 ? 1 : 0;", ("tests/test_cuda_emulation_tf32.py",)),
+    # csrc/zf_device.h: the emulator's own rounding (what the emulation tests trust)
+    Mutant("emulated_bf16_rounds_ties_up", "csrc/zf_device.h", "u += 0x7FFFu + ((u >> 16) & 1u);", "u += 0x8000u;",
+           ("tests/test_cuda_emulation_bf16.py::test_bf16_chain_rounds_ties_to_even",)),
+    Mutant("emulated_tf32_truncates", "csrc/zf_device.h", "u = (u + 0x1000u) & ~0x1FFFu;", "u = u & ~0x1FFFu;",
+           ("tests/test_cuda_emulation_tf32.py",)),
 )
 
 
