@@ -191,6 +191,21 @@ def test_ops_run_with_autocast_disabled_inside(monkeypatch):
     assert seen == [("lstm_cell", False, {BF16}), ("gaussian_kl", False, {F32})]
 
 
+def test_cpu_and_cuda_tensors_never_ask_whether_autocast_is_available(monkeypatch):
+    """torch.compile cannot trace torch.amp.is_autocast_available before torch 2.13 (under
+    fullgraph=True every fused op then fails to compile: seen with torch 2.11, the GPU
+    machine's), and CI's torch traces it: so the policy must not ask it for CPU or CUDA
+    tensors, which always have autocast. Other device types still ask it."""
+    asked = []
+    monkeypatch.setattr(torch.amp, "is_autocast_available", lambda device_type: asked.append(device_type))
+    with autocast():
+        assert ops.gaussian_kl(*_gauss(4), backend="torch").dtype == F32
+    assert asked == []
+    meta = [torch.zeros(2, 3, device="meta") for _ in range(4)]
+    assert ops.gaussian_kl(*meta, backend="torch").shape == (2,)   # not available: no autocast asked
+    assert asked == ["meta"]
+
+
 def test_outside_autocast_the_ops_are_unchanged():
     args = [a.detach() for a in _lstm_args()]
     out, _ = ops.lstm(*args, backend="torch")

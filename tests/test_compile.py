@@ -98,7 +98,10 @@ def test_fused_op_without_a_traced_form_is_a_graph_break_and_the_reference_is_tr
     monkeypatch.delitem(_dispatch._TRACED_FORMS, "zf_kernels.ops.distributions.triton:gaussian_kl")
     torch._dynamo.reset()
     fused = torch._dynamo.explain(_kl("triton"))(*args)
-    assert any("disable" in str(r.reason) for r in fused.break_reasons), [str(r.reason)[:200] for r in fused.break_reasons]
+    # nothing of it traced (whether dynamo reports the skipped call as a break reason depends
+    # on what it traced before it in the frame: torch 2.11 reports none, nor does 2.13 since
+    # the autocast check no longer asks torch.amp.is_autocast_available on the CPU)
+    assert fused.op_count == 0, (fused.op_count, [str(r.reason)[:200] for r in fused.break_reasons])
     torch._dynamo.reset()
     with pytest.raises(Exception, match="disable"):
         torch.compile(_kl("triton"), backend="aot_eager", fullgraph=True)(*args)

@@ -32,6 +32,10 @@ import torch
 __all__ = ["lower_precision", "float32"]
 
 _CASTABLE = (torch.float16, torch.bfloat16, torch.float32)
+# device types with autocast in every torch build; only others are asked
+# torch.amp.is_autocast_available, which torch.compile cannot trace before torch 2.13 (a graph
+# break, an error under fullgraph=True: seen with torch 2.11, the GPU machine's)
+_AUTOCAST_DEVICE_TYPES = frozenset({"cpu", "cuda"})
 
 
 def _autocast_dtype(args, kwargs):
@@ -40,7 +44,8 @@ def _autocast_dtype(args, kwargs):
     for a in itertools.chain(args, kwargs.values()):
         if isinstance(a, torch.Tensor):
             device_type = a.device.type
-            if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+            available = device_type in _AUTOCAST_DEVICE_TYPES or torch.amp.is_autocast_available(device_type)
+            if available and torch.is_autocast_enabled(device_type):
                 return device_type, torch.get_autocast_dtype(device_type)
             return None
     return None
