@@ -17,6 +17,7 @@ import contextlib
 import inspect
 import sys
 import threading
+import time
 
 import triton.runtime.interpreter as interp
 
@@ -81,3 +82,17 @@ def concurrent_programs(monkeypatch):
         yield
     finally:
         sys.setswitchinterval(old)
+
+
+def slow_down_stores(monkeypatch, column: int = 0, seconds: float = 0.01):
+    """Programs ``(*, column)`` of the grid (axis 1) sleep ``seconds`` before each of their
+    stores (under ``concurrent_programs``): a grid barrier that lets the other programs through
+    before these have written what the others read next is then caught on every run, not only
+    when the threads happen to interleave so."""
+    real_store = interp.InterpreterBuilder.create_masked_store
+
+    def slow_store(self, *a, **k):
+        if self.grid_idx[1] == column:
+            time.sleep(seconds)
+        return real_store(self, *a, **k)
+    monkeypatch.setattr(interp.InterpreterBuilder, "create_masked_store", slow_store)

@@ -45,9 +45,11 @@ categorical softmax as exp(l - (max + log_sum)) at float32 logits near 1e5, a ze
 times an infinite KL ratio (0, not NaN), LeakyReLU's gradient at exactly 0 in the Triton and the
 CUDA chains, the emulator's bfloat16 ties rounded away from zero, a forward chain barrier that
 did not wait (killed on one run, not the next: the concurrent threads' interleaving; a slowed
-program makes it certain): each got a test. A column mask one past D in the distribution
-kernels was dropped: its out-of-bounds stores crashed pytest (SIGABRT) rather than fail a test;
-a padding-column sum replaced it."""
+program makes it certain): each got a test. The LSTM's forward and backward barriers that did not
+wait were added after it, killed with round 4's barrier-less LSTM forward by a slowed program
+(test_lstm_persistent_multi_program_grid killed all three too, but only as its threads interleave).
+A column mask one past D in the distribution kernels was dropped: its out-of-bounds stores
+crashed pytest (SIGABRT) rather than fail a test; a padding-column sum replaced it."""
 from __future__ import annotations
 
 import argparse
@@ -106,6 +108,8 @@ CHAIN_BARRIER_TESTS = (CHAIN + "test_persistent_barriers_hold_back_programs_ahea
 CHAIN_HALF_TESTS = (CHAIN + "test_bfloat16_cell_state_and_its_gradient_carried_in_float32",
                     CHAIN + "test_float16_no_worse_than_torch", CHAIN + "test_bfloat16_no_worse_than_torch")
 LSTM = "tests/test_triton_lstm.py::"
+LSTM_BARRIER_TESTS = (LSTM + "test_lstm_persistent_barriers_hold_back_programs_ahead_of_a_slow_one",
+                      LSTM + "test_lstm_persistent_multi_program_grid")
 DIST = "tests/test_triton_distributions.py::"
 EMU_CHAIN_TESTS = ("tests/test_cuda_emulation_chain.py::test_cuda_emulated_chain_matches_torch",)
 EMU_LSTM_TESTS = ("tests/test_cuda_emulation.py::test_cuda_emulated_lstm_matches_torch",)
@@ -350,8 +354,7 @@ MUTANTS = (
     Mutant("launch_misspelt_option", "zf_kernels/ops/activations/triton.py", "BLOCK=_BLOCK, num_warps=4,",
            "BLOCK=_BLOCK, num_warp=4,", ("tests/test_triton_launches.py",)),
     Mutant("triton_lstm_forward_without_barrier", "zf_kernels/ops/lstm/triton.py",
-           "ok = grid_barrier(counter, (s + 1) * n_h, ok, flag, MAX_POLLS)", "ok = ok",
-           ("tests/test_triton_lstm.py::test_lstm_persistent_multi_program_grid",)),
+           "ok = grid_barrier(counter, (s + 1) * n_h, ok, flag, MAX_POLLS)", "ok = ok", LSTM_BARRIER_TESTS),
     Mutant("barrier_timeout_unchecked", "zf_kernels/ops/_persistent.py", "torch._assert_async(sync[-1] == 0,",
            "torch._assert_async(sync[-1] >= 0,", ("tests/test_triton_lstm.py",)),
     Mutant("triton_chain_ln_unbiased_variance", "zf_kernels/ops/recurrence/triton_ln.py",
@@ -598,6 +601,12 @@ MUTANTS = (
            "        t_next = t\n    tl.store(dc_ptr + row, dc, mask=m2)",
            "        t_next = s\n    tl.store(dc_ptr + row, dc, mask=m2)",
            (LSTM + "test_lstm_matches_nn_lstm_and_naive",)),
+    Mutant("triton_lstm_fwd_barrier_does_not_wait", "zf_kernels/ops/lstm/triton.py",
+           "ok = grid_barrier(counter, (s + 1) * n_h, ok, flag, MAX_POLLS)",
+           "ok = grid_barrier(counter, s * n_h, ok, flag, MAX_POLLS)", LSTM_BARRIER_TESTS),
+    Mutant("triton_lstm_bwd_barrier_does_not_wait", "zf_kernels/ops/lstm/triton.py",
+           "ok = grid_barrier(counter, (r + 1) * n_h, ok, flag, MAX_POLLS)",
+           "ok = grid_barrier(counter, r * n_h, ok, flag, MAX_POLLS)", LSTM_BARRIER_TESTS),
     Mutant("triton_lstm_gate_k_mask_closed", "zf_kernels/ops/lstm/triton.py", "            mk = rk < H\n",
            "            mk = rk <= H\n", (LSTM + "test_lstm_matches_nn_lstm_and_naive",)),
     Mutant("triton_lstm_unit_mask_closed", "zf_kernels/ops/lstm/triton.py", "    return rb, rj, rb < B, rj < H",

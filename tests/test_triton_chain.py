@@ -245,19 +245,10 @@ def test_persistent_barriers_hold_back_programs_ahead_of_a_slow_one(nan_empty, m
     tile in the posterior stages and reaches the gate stage at once; dparams_t backward). A
     barrier that let them through reads the NaN-filled buffers (nan_empty). In that test the
     threads interleave as they happen to, and such a barrier passed it on one of two runs."""
-    import time
-
-    import triton.runtime.interpreter as interp
-    from _concurrent_grid import concurrent_programs
+    from _concurrent_grid import concurrent_programs, slow_down_stores
     cfg = {"BLOCK_B": 16, "BLOCK_N": 16, "BLOCK_K": 16}
     monkeypatch.setattr(chain_triton, "_persistent_config", lambda B, dims, dtype, ref: (cfg, "forced grid"))
-    real_store = interp.InterpreterBuilder.create_masked_store
-
-    def slow_store(self, *a, **k):
-        if self.grid_idx[1] == 0:
-            time.sleep(0.01)
-        return real_store(self, *a, **k)
-    monkeypatch.setattr(interp.InterpreterBuilder, "create_masked_store", slow_store)
+    slow_down_stores(monkeypatch, column=0, seconds=0.01)
 
     def fn(*a):
         return chain_triton.zforcing_chain(*a, schedule="persistent")

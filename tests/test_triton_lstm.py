@@ -435,6 +435,25 @@ def test_lstm_persistent_multi_program_grid(monkeypatch, reverse, state):
     """A persistent grid of 2 batch blocks x 3 hidden blocks, its programs run concurrently
     (tests/_concurrent_grid.py): the barrier, the partitioning and the data each program reads
     from the others, on the CPU. Without the barrier this fails (errors ~0.5)."""
+    _check_concurrent_2x3_grid(monkeypatch, reverse, state)
+
+
+@pytest.mark.skipif(_ON_GPU, reason="CPU emulation of a resident grid (the GPU tests run real ones)")
+def test_lstm_persistent_barriers_hold_back_programs_ahead_of_a_slow_one(monkeypatch):
+    """test_lstm_persistent_multi_program_grid's 2 x 3 grid with hidden program 0 of each batch
+    block slowed down (10 ms before each of its stores): each step's barrier must hold programs
+    1 and 2 back until program 0 has written its columns of h_t (forward) or dgates_t (backward),
+    which they read at the next step. A barrier that let them through a step early reads the
+    NaN-filled h_t or the pre-activations not yet overwritten. Unslowed, such a barrier passes
+    or fails as the threads happen to interleave."""
+    from _concurrent_grid import slow_down_stores
+    slow_down_stores(monkeypatch, column=0, seconds=0.01)
+    _check_concurrent_2x3_grid(monkeypatch, reverse=True, state=True)
+
+
+def _check_concurrent_2x3_grid(monkeypatch, reverse, state):
+    """The persistent LSTM on a 2 x 3 grid whose programs run concurrently (T=4, B=20, H=37,
+    float64; values and every gradient) against the naive reference."""
     from _concurrent_grid import concurrent_programs
     cfg = dict(BLOCK_B=16, BLOCK_H=16, BLOCK_K=16, num_warps=4)
     monkeypatch.setattr(lt, "_persistent_config", lambda B, H, ref: (cfg, "forced 2 x 3 grid"))
