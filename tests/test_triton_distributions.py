@@ -485,7 +485,7 @@ def test_categorical_bfloat16_large_vocabulary_gradient_to_a_rounding():
     rather than float32 it would shift the softmaxes by up to 1.6% (measured: 1.6%, median
     0.8%). Bound: the float64 gradient of the same bfloat16 logits rounded once to bfloat16, i.e.
     within half a bfloat16 ulp of it, plus 4e-6 relative for the float32 arithmetic before that
-    rounding (ex2.approx / lg2.approx and the summation order on a GPU: ~1e-6). Not the
+    rounding (exp as ex2.approx and the summation order on a GPU: ~1e-6). Not the
     bfloat16 reference's bits: its float32 softmax and the kernel's differ in the last bits on a
     GPU, and an element that close to a bfloat16 rounding midpoint (here the closest is 5.5e-7
     relative away) then rounds a whole ulp apart in the two."""
