@@ -49,7 +49,18 @@ program makes it certain): each got a test. The LSTM's forward and backward barr
 wait were added after it, killed with round 4's barrier-less LSTM forward by a slowed program
 (test_lstm_persistent_multi_program_grid killed all three too, but only as its threads interleave).
 A column mask one past D in the distribution kernels was dropped: its out-of-bounds stores
-crashed pytest (SIGABRT) rather than fail a test; a padding-column sum replaced it."""
+crashed pytest (SIGABRT) rather than fail a test; a padding-column sum replaced it. An eighth (55
+over bad input and dispatch: the ops' shape, dtype, device and mask checks, "auto" and explain, the
+.npz and IDX files' checks, checkpoints' version and model configuration, the commands' flags) 36:
+ndim and min_ndim checks (a deep unpacking error matched "x"), shapes compared by size, a mask on
+another device or not a tensor, an implementation's unsupported() hook, explain's unknown op, the
+LSTM's weight_hh rows, biases, gates_x width and h batch (broadcast), the chain's gates_x, eps steps,
+weight_iz and weight_g2 rows, state batch and mixed dtypes, bool, negative and misshapen categorical
+targets, bernoulli's mask, NaN in .npz reported as float32 overflow, float32 overflow itself, tokens
+equal to vocab_size or negative, speech frame sizes, negative Bernoulli values, a wrong IDX magic
+where the name demands no kind, 28x27 images, images without their labels, limit 0, another format
+version, another model configuration, a prompt filling all steps, a bool dimension in python/'s VAEs
+(explain's compiling check only named the wrong tests: test_compile kills it): each got a test."""
 from __future__ import annotations
 
 import argparse
@@ -113,6 +124,16 @@ LSTM_BARRIER_TESTS = (LSTM + "test_lstm_persistent_barriers_hold_back_programs_a
 DIST = "tests/test_triton_distributions.py::"
 EMU_CHAIN_TESTS = ("tests/test_cuda_emulation_chain.py::test_cuda_emulated_chain_matches_torch",)
 EMU_LSTM_TESTS = ("tests/test_cuda_emulation.py::test_cuda_emulated_lstm_matches_torch",)
+OPS_REF = "tests/test_ops_reference.py::"
+OPS_ARG_TESTS = (OPS_REF + "test_bad_input_names_the_argument", OPS_REF + "test_explicit_unavailable_backend_raises_with_"
+                 "reason", OPS_REF + "test_auto_on_cpu_picks_torch_and_says_why", OPS_REF + "test_an_implementations_"
+                 "unsupported_hook_is_asked", "tests/test_cuda_dispatch.py")
+CLI = "tests/test_checkpoint_cli.py::"
+CLI_CHECK_TESTS = (CLI + "test_bad_input_is_one_clear_line", CLI + "test_data_other_than_the_runs_is_refused",
+                   CLI + "test_a_model_this_command_does_not_know_is_named", CLI + "test_bad_sampling_flags_are_one_"
+                   "clear_line", CLI + "test_bad_prefix_flags_are_one_clear_line",
+                   CLI + "test_a_checkpoint_whose_model_config_differs_is_refused",
+                   CLI + "test_a_prompt_must_leave_steps_to_generate")
 
 
 @dataclass(frozen=True)
@@ -682,6 +703,137 @@ MUTANTS = (
            ("tests/test_cuda_emulation_bf16.py::test_bf16_chain_rounds_ties_to_even",)),
     Mutant("emulated_tf32_truncates", "csrc/zf_device.h", "u = (u + 0x1000u) & ~0x1FFFu;", "u = u & ~0x1FFFu;",
            ("tests/test_cuda_emulation_tf32.py",)),
+    # round 8: bad input and dispatch: the ops' argument checks, "auto" and explain, the data
+    # loaders' file checks, checkpoints and the commands' flags
+    Mutant("check_tensor_any_ndim", "zf_kernels/ops/_checks.py", "    if ndim is not None and t.dim() != ndim:",
+           "    if False:", OPS_ARG_TESTS),
+    Mutant("check_tensor_min_ndim_off_by_one", "zf_kernels/ops/_checks.py", "t.dim() < min_ndim:",
+           "t.dim() < min_ndim - 1:", OPS_ARG_TESTS),
+    Mutant("check_tensor_accepts_integers", "zf_kernels/ops/_checks.py",
+           "    if floating and t.dtype not in FLOAT_DTYPES:", "    if False:", OPS_ARG_TESTS),
+    Mutant("check_shape_compares_sizes_only", "zf_kernels/ops/_checks.py", "    if tuple(t.shape) != tuple(shape):",
+           "    if t.numel() != torch.Size(shape).numel():", OPS_ARG_TESTS),
+    Mutant("check_same_ignores_dtypes", "zf_kernels/ops/_checks.py", "        if dtype and t.dtype != t0.dtype:",
+           "        if False:", OPS_ARG_TESTS),
+    Mutant("check_shape_message_unnamed", "zf_kernels/ops/_checks.py",
+           'raise ValueError(f"{name} must have shape {tuple(shape)}', 'raise ValueError(f"must have shape {tuple(shape)}',
+           OPS_ARG_TESTS),
+    Mutant("check_mask_on_another_device", "zf_kernels/ops/_checks.py", "    if mask.device != ref.device:",
+           "    if False:", OPS_ARG_TESTS),
+    Mutant("check_mask_not_a_tensor", "zf_kernels/ops/_checks.py",
+           "    if not isinstance(mask, torch.Tensor):\n        raise TypeError(f\"{name} must be a torch.Tensor or None",
+           "    if False:\n        raise TypeError(f\"{name} must be a torch.Tensor or None", OPS_ARG_TESTS),
+    Mutant("auto_sends_cpu_tensors_to_triton", "zf_kernels/ops/_dispatch.py",
+           "    if not _on_cuda(tensors):\n        return reference(", "    if False:\n        return reference(",
+           OPS_ARG_TESTS),
+    Mutant("triton_takes_cpu_tensors_outside_the_interpreter", "zf_kernels/ops/_dispatch.py",
+           '        if devices != {"cuda"} and not _interpreting():', "        if False:", OPS_ARG_TESTS),
+    Mutant("unsupported_hook_ignored", "zf_kernels/ops/_dispatch.py",
+           "    return unsupported(*tensors) if unsupported is not None else None", "    return None", OPS_ARG_TESTS),
+    Mutant("auto_ignores_the_unverified_gate", "zf_kernels/ops/_dispatch.py",
+           "        if gate is not None and not _auto_takes_unverified():", "        if False:", OPS_ARG_TESTS),
+    Mutant("auto_unverified_env_any_value", "zf_kernels/ops/_dispatch.py", '    if value not in ("0", "1", ""):',
+           "    if False:", OPS_ARG_TESTS),
+    Mutant("explain_requested_without_asking", "zf_kernels/ops/_dispatch.py",
+           "    why = _why_not(op, backend, tensors)\n    if why is not None:\n        return backend, why\n",
+           "", OPS_ARG_TESTS),
+    Mutant("auto_fallback_drops_the_reasons", "zf_kernels/ops/_dispatch.py",
+           '        reasons.append(f"{candidate}: {why}")', "        pass", OPS_ARG_TESTS),
+    Mutant("explain_compiling_not_a_bool", "zf_kernels/ops/_dispatch.py",
+           "    if compiling is not None and not isinstance(compiling, bool):", "    if False:",
+           ("tests/test_compile.py::test_auto_under_compile_traces_the_small_ops_and_keeps_the_recurrences_fused",)),
+    Mutant("explain_unknown_op", "zf_kernels/ops/_dispatch.py",
+           '    if op not in _REGISTRY:\n        raise ValueError(f"unknown op {op!r}; known ops: {sorted(_REGISTRY)}")\n'
+           "    if backend not in BACKENDS:", "    if backend not in BACKENDS:", OPS_ARG_TESTS),
+    Mutant("lstm_weight_hh_rows_any_multiple", "zf_kernels/ops/lstm/__init__.py", "    if four_h != 4 * H:",
+           "    if four_h % H:", OPS_ARG_TESTS),
+    Mutant("lstm_bias_shape_unchecked", "zf_kernels/ops/lstm/__init__.py",
+           "            check_shape(name, b, (4 * H,))\n    for name, s", "            pass\n    for name, s",
+           OPS_ARG_TESTS),
+    Mutant("lstm_weight_ih_input_size_unchecked", "zf_kernels/ops/lstm/__init__.py",
+           'check_shape("weight_ih", weight_ih, (4 * H, I))', 'check_shape("weight_ih", weight_ih, (4 * H, weight_ih.shape[1]))',
+           OPS_ARG_TESTS),
+    Mutant("lstm_cell_gates_x_width_unchecked", "zf_kernels/ops/lstm/__init__.py",
+           'check_shape("gates_x", gates_x, (B, 4 * H))', 'check_shape("gates_x", gates_x, (B, gates_x.shape[1]))',
+           OPS_ARG_TESTS),
+    Mutant("lstm_cell_h_batch_broadcasts", "zf_kernels/ops/lstm/__init__.py", '    check_shape("h", h, (B, H))',
+           '    check_shape("h", h, (h.shape[0], H))', OPS_ARG_TESTS),
+    Mutant("chain_gates_x_width_unchecked", "zf_kernels/ops/recurrence/__init__.py",
+           "    if four_h != 4 * H:\n        raise ValueError(f\"gates_x", "    if False:\n        raise ValueError(f\"gates_x",
+           OPS_ARG_TESTS),
+    Mutant("chain_eps_steps_unchecked", "zf_kernels/ops/recurrence/__init__.py",
+           'check_shape("eps", eps, (T, B, Z))', 'check_shape("eps", eps, (eps.shape[0], B, Z))', OPS_ARG_TESTS),
+    Mutant("chain_weight_iz_rows_unchecked", "zf_kernels/ops/recurrence/__init__.py",
+           'check_shape("weight_iz", weight_iz, (4 * H, G))', 'check_shape("weight_iz", weight_iz, (weight_iz.shape[0], G))',
+           OPS_ARG_TESTS),
+    Mutant("chain_ln_weight_g2_rows_unchecked", "zf_kernels/ops/recurrence/__init__.py",
+           'check_shape("weight_g2", weight_g2, (8 * H, G))', 'check_shape("weight_g2", weight_g2, (weight_g2.shape[0], G))',
+           OPS_ARG_TESTS),
+    Mutant("chain_states_batch_broadcasts", "zf_kernels/ops/recurrence/__init__.py",
+           "        check_shape(name, s, (B, H))", "        check_shape(name, s, (s.shape[0], H))", OPS_ARG_TESTS),
+    Mutant("chain_mixed_dtypes_accepted", "zf_kernels/ops/recurrence/__init__.py",
+           '    check_same(list(zip(names, args)))\n    return _dispatch.resolve("zforcing_chain", backend',
+           '    return _dispatch.resolve("zforcing_chain", backend', OPS_ARG_TESTS),
+    Mutant("distribution_shapes_broadcast", "zf_kernels/ops/distributions/__init__.py",
+           "        check_shape(name, t, tensors[0].shape)", "        torch.broadcast_shapes(t.shape, tensors[0].shape)",
+           OPS_ARG_TESTS),
+    Mutant("categorical_bool_targets_accepted", "zf_kernels/ops/distributions/__init__.py",
+           "if targets.dtype.is_floating_point or targets.dtype == torch.bool or targets.is_complex():",
+           "if targets.dtype.is_floating_point or targets.is_complex():", OPS_ARG_TESTS),
+    Mutant("categorical_negative_targets_accepted", "zf_kernels/ops/distributions/__init__.py",
+           "(int(targets.min()) < 0 or", "(int(targets.min()) < -1 or", OPS_ARG_TESTS),
+    Mutant("categorical_targets_shape_unchecked", "zf_kernels/ops/distributions/__init__.py",
+           '    check_shape("targets", targets, logits.shape[:-1])', "    pass", OPS_ARG_TESTS),
+    Mutant("bernoulli_mask_unchecked", "zf_kernels/ops/distributions/__init__.py",
+           '    mask = check_mask(mask, x.shape[:-1], x)\n    return _dispatch.resolve("bernoulli_nll"',
+           '    return _dispatch.resolve("bernoulli_nll"', OPS_ARG_TESTS),
+    Mutant("npz_nan_reported_as_float32_overflow", "zf_kernels/data/npz.py",
+           "    _check_finite(arr, key, path)\n    with np.errstate", "    with np.errstate", DATA_TESTS),
+    Mutant("npz_float32_overflow_unchecked", "zf_kernels/data/npz.py",
+           "    if out.size and not np.isfinite(out).all():", "    if False:", DATA_TESTS),
+    Mutant("npz_mask_fractions_accepted", "zf_kernels/data/npz.py", "    not_binary = ~((m == 0) | (m == 1))",
+           "    not_binary = m < 0", DATA_TESTS),
+    Mutant("npz_mask_rows_only_compared", "zf_kernels/data/npz.py", "    if mask.shape != tuple(shape):",
+           "    if mask.shape[0] != shape[0]:", DATA_TESTS),
+    Mutant("npz_token_equal_to_vocab_size", "zf_kernels/data/npz.py", "    if largest >= input_dim:",
+           "    if largest > input_dim:", DATA_TESTS),
+    Mutant("npz_negative_token_accepted", "zf_kernels/data/npz.py", "            if v.min() < 0:",
+           "            if v.min() < -1:", DATA_TESTS),
+    Mutant("npz_speech_frame_sizes_unchecked", "zf_kernels/data/npz.py",
+           "        if dim is not None and x.shape[2] != dim:", "        if False:", DATA_TESTS),
+    Mutant("npz_bernoulli_negative_values", "zf_kernels/data/npz.py", "(v.min() < 0 or v.max() > 1)",
+           "(v.min() < -1 or v.max() > 1)", DATA_TESTS),
+    Mutant("mnist_magic_unchecked", "zf_kernels/data/mnist.py", "    if magic not in (IMAGE_MAGIC, LABEL_MAGIC):",
+           "    if False:", DATA_TESTS),
+    Mutant("mnist_one_byte_short_accepted", "zf_kernels/data/mnist.py", "    if len(data) < size:",
+           "    if len(data) < size - 1:", DATA_TESTS),
+    Mutant("mnist_image_columns_unchecked", "zf_kernels/data/mnist.py", "        if (rows, cols) != (ROWS, COLS):",
+           "        if rows != ROWS:", DATA_TESTS),
+    Mutant("mnist_images_without_their_labels", "zf_kernels/data/mnist.py", "        if len(images) != len(labels):",
+           "        if False:", DATA_TESTS),
+    Mutant("mnist_limit_zero_accepted", "zf_kernels/data/mnist.py", "not isinstance(limit, int) or limit < 1:",
+           "not isinstance(limit, int) or limit < 0:", DATA_TESTS),
+    Mutant("checkpoint_format_version_ignored", "zf_kernels/training/checkpoint.py",
+           'state.get("format_version") != FORMAT_VERSION', '"format_version" not in state',
+           ("tests/test_faults.py::test_a_checkpoint_of_another_format_version_is_refused",)),
+    Mutant("checkpoint_crc_unchecked", "zf_kernels/training/checkpoint.py", "    if bad is not None:", "    if False:",
+           ("tests/test_faults.py::test_corruption_or_truncation_is_a_checkpoint_error_never_a_silent_change",)),
+    Mutant("trained_ignores_the_data_description", "zf_kernels/trained.py", '    if bundle.meta != state["data_meta"]:',
+           "    if False:", CLI_CHECK_TESTS),
+    Mutant("trained_ignores_the_model_config", "zf_kernels/trained.py",
+           '    if state["model_config"] != model.config:', "    if False:", CLI_CHECK_TESTS),
+    Mutant("evaluate_limit_zero_accepted", "zf_kernels/evaluate.py", "(value == 0 and not zero_ok)",
+           "(value == 0 and False)", CLI_CHECK_TESTS),
+    Mutant("check_window_takes_a_bool", "zf_kernels/evaluate.py",
+           "    if isinstance(window, bool) or not isinstance(window, int) or window < 1:",
+           "    if not isinstance(window, int) or window < 1:", ("tests/test_evaluate.py::test_bad_window_is_refused_by_name",)),
+    Mutant("sample_temperature_zero_accepted", "zf_kernels/sample.py", "    if not temperature > 0:",
+           "    if temperature < 0:", CLI_CHECK_TESTS),
+    Mutant("sample_prompt_fills_all_steps", "zf_kernels/sample.py", "    if len(ids) >= steps:",
+           "    if len(ids) > steps:", CLI_CHECK_TESTS),
+    Mutant("vae_dims_take_a_bool", "python/common.py",
+           "            if isinstance(v, bool) or not isinstance(v, int) or v < 1:",
+           "            if not isinstance(v, int) or v < 1:", ("tests/test_python_vaes.py::test_bad_arguments_get_clear_errors",)),
 )
 
 

@@ -125,6 +125,17 @@ def test_a_model_this_command_does_not_know_is_named(run_dir):
         evaluate_mod.evaluate_checkpoint(run_dir, models={"vrnn": None})
 
 
+def test_a_checkpoint_whose_model_config_differs_is_refused(run_dir, tmp_path):
+    """The saved model configuration must be the one the run's TrainConfig builds, even where
+    the weights would load (here a key no parameter depends on)."""
+    from zf_kernels.training.checkpoint import load_checkpoint, save_checkpoint
+    state = load_checkpoint(run_dir / "best.pt")
+    state["model_config"] = {**state["model_config"], "note": "another model"}
+    save_checkpoint({k: v for k, v in state.items() if k != "format_version"}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"other.pt holds a model .*'note': 'another model'.*its configuration builds"):
+        evaluate_mod.evaluate_checkpoint(tmp_path / "other.pt")
+
+
 # ------------------------------------------------------------------------ python -m zf_kernels.sample
 def _sample(capsys, *argv):
     rc = sample_mod.main([str(a) for a in argv])
@@ -224,6 +235,13 @@ def test_prefix_takes_sequences_long_enough_binarised_as_evaluated():
 def test_bad_prefix_flags_are_one_clear_line(run_dir, capsys, tmp_path, flags, message):
     rc, _, err = _sample(capsys, run_dir, "--out", tmp_path, *flags)
     assert rc == 2 and err.strip() == f"zf_kernels.sample: error: {message}", err
+
+
+def test_a_prompt_must_leave_steps_to_generate():
+    vocab = ["<eos>", "<unk>", "a", "b"]
+    assert sample_mod._prompt_of("a b", {"vocab": vocab}, "text", 2, 3).tolist() == [[2, 2], [3, 3]]
+    with pytest.raises(ValueError, match=r"--prompt has 3 words: --steps \(3\) must be more"):
+        sample_mod._prompt_of("a b a", {"vocab": vocab}, "text", 2, 3)
 
 
 @pytest.mark.parametrize("meta,dims,names", [

@@ -137,6 +137,7 @@ def test_read_idx_reads_plain_and_gzipped_files(tmp_path):
     (lambda b: b + b"\x00", "wrong size"),
     (lambda b: b[:4] + (6).to_bytes(4, "big") + b[8:], "expected 5"),
     (lambda b: b[:8] + (27).to_bytes(4, "big") + b[12:], "27x28"),
+    (lambda b: b[:12] + (27).to_bytes(4, "big") + b[16:], "28x27"),
 ])
 def test_read_idx_rejects_bad_files_naming_them(tmp_path, corrupt, match):
     path = tmp_path / "x-images-idx3-ubyte"
@@ -158,6 +159,21 @@ def test_read_idx_checks_standard_counts_and_kind_from_the_file_name(tmp_path):
     labels_path.write_bytes(_idx_bytes(np.array([3, 9, 10, 0], np.uint8)))   # classes are 0..9
     with pytest.raises(ValueError, match="label 10 out of range 0..9"):
         read_idx(labels_path)
+    # a name that demands no kind: the magic number alone must be one of the two
+    other = tmp_path / "digits.bin"
+    other.write_bytes(b"\x00\x00\x08\x04" + _idx_bytes(_images(2))[4:])
+    with pytest.raises(ValueError, match="wrong magic number 0x00000804"):
+        read_idx(other)
+
+
+def test_mnist_images_and_labels_must_agree_in_number(tmp_path, small_mnist_counts, monkeypatch):
+    _write_mnist_folder(tmp_path / "m")
+    monkeypatch.setitem(mnist.STANDARD_COUNTS, "train-labels-idx1-ubyte", 29)
+    (tmp_path / "m" / "train-labels-idx1-ubyte").write_bytes(_idx_bytes(_labels(29)))
+    with pytest.raises(ValueError, match="train has 30 images but 29 labels"):
+        load_dataset("seqmnist", str(tmp_path / "m"), n_valid=10)
+    with pytest.raises(ValueError, match="train_limit must be a positive integer or None, got 0"):
+        mnist.mnist_bundle(_images(30), _images(6), n_valid=10, train_limit=0)
 
 
 # ---------------------------------------------------------------- MNIST splits and binarisation
@@ -383,8 +399,34 @@ def test_speech_npz_non_finite_frame_names_key_and_index(tmp_path):
     arrays = _speech_arrays(D=4)
     arrays["u_test"][2, 3, 1] = np.nan
     np.savez(tmp_path / "a.npz", **arrays)
-    with pytest.raises(ValueError, match=r"'u_test'.*\(2, 3, 1\)"):
+    with pytest.raises(ValueError, match=r"'u_test' has a non-finite value \(nan\) at index \(2, 3, 1\)"):
         load_speech_npz(tmp_path / "a.npz")
+
+
+def test_npz_values_beyond_float32_frame_sizes_and_tokens_are_refused(tmp_path):
+    x = np.zeros((20, 4, 1))
+    x[3, 2, 0] = 1e39        # finite in float64, inf in float32
+    np.savez(tmp_path / "big.npz", x=x)
+    with pytest.raises(ValueError, match=r"'x' has a value outside the float32 range \(1e\+39\) at index \(3, 2, 0\)"):
+        load_npz(tmp_path / "big.npz")
+    arrays = _speech_arrays(D=4)
+    wider = _speech_arrays(D=5)
+    arrays.update(u_valid=wider["u_valid"], x_valid=wider["x_valid"])
+    np.savez(tmp_path / "frames.npz", **arrays)
+    with pytest.raises(ValueError, match="x_valid has frame size 5, x_train has 4"):
+        load_speech_npz(tmp_path / "frames.npz")
+    tokens = np.random.default_rng(0).integers(0, 5, size=(20, 8))
+    tokens[0, 0] = 4
+    np.savez(tmp_path / "vocab.npz", x=tokens, vocab_size=np.array(4))
+    with pytest.raises(ValueError, match="token 4 is out of range for vocab_size 4"):
+        load_npz(tmp_path / "vocab.npz")
+    tokens[1, 1] = -1
+    np.savez(tmp_path / "negative.npz", x=tokens)
+    with pytest.raises(ValueError, match="'x' has a negative token -1"):
+        load_npz(tmp_path / "negative.npz")
+    np.savez(tmp_path / "probs.npz", x=np.full((20, 4, 1), -0.5, np.float32))
+    with pytest.raises(ValueError, match=r"\[0, 1\] for output_type='bernoulli', found values in \[-0.5"):
+        load_npz(tmp_path / "probs.npz", output_type="bernoulli")
 
 
 def test_corrupt_and_missing_npz_files(tmp_path):
@@ -441,7 +483,7 @@ def test_generic_npz_rejects_bad_masks(tmp_path, row, match):
     with pytest.raises(ValueError, match=f"'mask'.*{match}"):
         load_npz(tmp_path / "m.npz")
     np.savez(tmp_path / "s.npz", x=np.zeros((20, 4, 1), np.float32), mask=mask[:, :3])
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match=r"'mask' must have shape \(20, 4\) \(N, T\), got \(20, 3\)"):
         load_npz(tmp_path / "s.npz")
 
 

@@ -190,6 +190,16 @@ def test_corruption_or_truncation_is_a_checkpoint_error_never_a_silent_change(tm
     assert outcome["CheckpointError"] >= len(cases) + 0.8 * len(flips)
 
 
+def test_a_checkpoint_of_another_format_version_is_refused(tmp_path):
+    path = tmp_path / "v2.pt"
+    torch.save({"format_version": 2, "step": 1}, path)
+    with pytest.raises(CheckpointError, match="v2.pt is not a zf_kernels checkpoint of format version 1"):
+        load_checkpoint(path)
+    torch.save({"step": 1}, path)
+    with pytest.raises(CheckpointError, match="not a zf_kernels checkpoint"):
+        load_checkpoint(path)
+
+
 def test_cli_resume_from_a_corrupt_checkpoint_exits_2_with_one_line(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()

@@ -153,7 +153,7 @@ def test_half_precision_inputs_are_computed_in_float32():
     (lambda: ops.categorical_nll(torch.zeros(2), torch.zeros(2, 5)), "targets"),
     (lambda: ops.bernoulli_nll(torch.zeros(2, 3), [1, 2]), "logits"),
     (lambda: ops.lstm(torch.zeros(3, 2, 4), torch.zeros(12, 5), torch.zeros(12, 3)), "weight_ih"),
-    (lambda: ops.lstm(torch.zeros(3, 2), torch.zeros(12, 4), torch.zeros(12, 3)), "x"),
+    (lambda: ops.lstm(torch.zeros(3, 2), torch.zeros(12, 4), torch.zeros(12, 3)), r"x must have 3 dimensions"),
     (lambda: ops.lstm(torch.zeros(3, 2, 4), torch.zeros(12, 4), torch.zeros(12, 3), h0=torch.zeros(3, 3)), "h0"),
     (lambda: ops.lstm_cell(torch.zeros(2, 12), torch.zeros(2, 3), torch.zeros(2, 4), torch.zeros(12, 3)), "c"),
     (lambda: ops.gaussian_kl(*[torch.zeros(2)] * 4, backend="fastest"), "backend"),
@@ -164,10 +164,76 @@ def test_half_precision_inputs_are_computed_in_float32():
     (lambda: ops.gaussian_kl(*[torch.zeros(2, 3)] * 2, torch.zeros(2, 3, device="meta"), torch.zeros(2, 3)),
      "mu_p is on meta but mu_q is on cpu"),
     (lambda: ops.explain("gaussian_nll", *[torch.zeros(2, 3)] * 3, backend="fastest"), "backend must be one of"),
+    # each check on its own: a rule some other check or a deep error would not report in its stead
+    (lambda: ops.lstm_cell(torch.zeros(2, 12, 1), torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(12, 3)),
+     r"gates_x must have 2 dimensions, got shape \(2, 12, 1\)"),
+    (lambda: ops.gaussian_nll(*[torch.tensor(0.0)] * 3), r"x must have at least 1 dimension\(s\), got shape \(\)"),
+    # as many elements, another shape
+    (lambda: ops.gaussian_kl(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(3, 2), torch.zeros(2, 3)),
+     r"mu_p must have shape \(2, 3\), got \(3, 2\)"),
+    (lambda: ops.gaussian_kl(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 1), torch.zeros(2, 3)),
+     r"mu_p must have shape \(2, 3\), got \(2, 1\)"),
+    (lambda: ops.gaussian_nll(*[torch.zeros(2, 3)] * 3, mask=[1.0, 0.0]), "mask must be a torch.Tensor or None, got list"),
+    (lambda: ops.gaussian_nll(*[torch.zeros(2, 3)] * 3, mask=torch.ones(2, device="meta")),
+     "mask is on meta but the data is on cpu"),
+    (lambda: ops.bernoulli_nll(*[torch.zeros(2, 3)] * 2, mask=torch.ones(4, 2)),
+     r"mask must broadcast to the leading shape \(2,\)"),
+    (lambda: ops.explain("gaussian_nl", torch.zeros(2, 3)), "unknown op 'gaussian_nl'"),
+    (lambda: ops.lstm(torch.zeros(3, 2, 4), torch.zeros(8, 4), torch.zeros(8, 4)),
+     r"weight_hh must have shape \(4H, H\), got \(8, 4\)"),
+    (lambda: ops.lstm(torch.zeros(3, 2, 4), torch.zeros(12, 4), torch.zeros(12, 3), bias_hh=torch.zeros(1)),
+     r"bias_hh must have shape \(12,\), got \(1,\)"),
+    (lambda: ops.lstm_cell(torch.zeros(2, 16), torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(12, 3)),
+     r"gates_x must have shape \(2, 12\), got \(2, 16\)"),
+    (lambda: ops.lstm_cell(torch.zeros(2, 12), torch.zeros(1, 3), torch.zeros(2, 3), torch.zeros(12, 3)),
+     r"h must have shape \(2, 3\), got \(1, 3\)"),
+    (lambda: _chain(gates_x=torch.zeros(3, 2, 24)), "gates_x must have last dim 4H = 20"),
+    (lambda: _chain(eps=torch.zeros(4, 2, 3)), r"eps must have shape \(3, 2, 3\), got \(4, 2, 3\)"),
+    (lambda: _chain(weight_iz=torch.zeros(24, 6)), r"weight_iz must have shape \(20, 6\), got \(24, 6\)"),
+    (lambda: _chain(h0=torch.zeros(1, 5)), r"h0 must have shape \(2, 5\), got \(1, 5\)"),
+    (lambda: _chain(eps=torch.zeros(3, 2, 3, dtype=torch.float64)), "eps has dtype torch.float64 but gates_x"),
+    (lambda: _chain(ln=True, weight_g2=torch.zeros(20, 6)), r"weight_g2 must have shape \(40, 6\), got \(20, 6\)"),
+    (lambda: ops.categorical_nll(torch.tensor([True, False]), torch.zeros(2, 5)), "targets must be an integer tensor"),
+    (lambda: ops.categorical_nll(torch.tensor([-1, 0]), torch.zeros(2, 5)), r"targets must lie in \[0, 4\]"),
+    (lambda: ops.categorical_nll(torch.tensor([0]), torch.zeros(2, 5)), r"targets must have shape \(2,\), got \(1,\)"),
 ])
 def test_bad_input_names_the_argument(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+def _chain(ln=False, **changes):
+    """``zforcing_chain`` (``ln``: ``zforcing_chain_ln``) on zeros of the right shapes (T, B, H, M, Z, G
+    = 3, 2, 5, 4, 3, 6) but for ``changes``."""
+    T, B, H, M, Z, G = 3, 2, 5, 4, 3, 6
+    shapes = dict(gates_x=(T, B, 4 * H), post_x=(T, B, M), eps=(T, B, Z), h0=(B, H), c0=(B, H), weight_qh=(M, H),
+                  weight_q2=(2 * Z, M), bias_q2=(2 * Z,))
+    if ln:
+        shapes.update(weight_g1=(G, Z), bias_g1=(G,), weight_g2=(8 * H, G), bias_g2=(8 * H,))
+    else:
+        shapes.update(weight_gz=(G, Z), bias_gz=(G,), weight_iz=(4 * H, G))
+    shapes.update(weight_hh=(4 * H, H))
+    args = {k: changes.get(k, torch.zeros(v)) for k, v in shapes.items()}
+    return (ops.zforcing_chain_ln if ln else ops.zforcing_chain)(**args)
+
+
+def test_an_implementations_unsupported_hook_is_asked(monkeypatch):
+    """An implementation's ``unsupported(*tensors)`` (e.g. a dtype it lacks): an explicit request
+    is refused with its reason, explain() gives that reason and "auto" falls back to torch."""
+    from zf_kernels.ops import _dispatch
+
+    def fake(x, mu, logvar, mask):
+        raise AssertionError("an unsupported implementation ran")
+    fake.unsupported = lambda *tensors: "no float64 kernel in this test"
+    monkeypatch.setitem(_dispatch._LOADED, _dispatch._REGISTRY["gaussian_nll"]["triton"], fake)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x = torch.zeros(2, 3, dtype=torch.float64)
+    assert ops.explain("gaussian_nll", x, x, x, backend="triton") == ("triton", "no float64 kernel in this test")
+    with pytest.raises(ops.BackendUnavailableError, match="no float64 kernel in this test"):
+        ops.gaussian_nll(x, x, x, backend="triton")
+    monkeypatch.setattr(_dispatch, "_on_cuda", lambda tensors: True)
+    backend, reason = ops.explain("gaussian_nll", x, x, x)
+    assert backend == "torch" and "triton: no float64 kernel in this test" in reason
 
 
 def test_explicit_unavailable_backend_raises_with_reason(monkeypatch):

@@ -382,6 +382,8 @@ def test_bad_arguments_get_clear_errors():
         VRNN(3, "poisson")
     with pytest.raises(ValueError, match="z_dim"):
         SRNN(3, "gaussian", z_dim=0)
+    with pytest.raises(ValueError, match="rnn_dim must be a positive int, got True"):
+        SRNN(3, "gaussian", rnn_dim=True)
     m = make("storn")
     with pytest.raises(ValueError, match="eps must have shape"):
         m(torch.randn(4, 2, D, dtype=torch.float64), eps=torch.randn(4, 2, Z + 1, dtype=torch.float64))
