@@ -180,6 +180,17 @@ def put_on_clamp_ends(args, ln=False):
     return args
 
 
+
+def put_on_leaky_kink(args):
+    """put_on_clamp_ends (so h0 = 0), and post_x[0, :, 2] = 0: that column of step 0's posterior
+    pre-activation is exactly LeakyReLU's kink, where torch's gradient is the slope (``x > 0``
+    passes g, ``x <= 0`` g * slope; a kernel testing ``x >= 0`` differs only there). Needs M >= 3."""
+    import torch
+    put_on_clamp_ends(args)
+    with torch.no_grad():
+        args[1][0, :, 2] = 0.0
+    return args
+
 def model_loss_and_grads(model, y, eps, weights=(0.3, 0.5, 1.0)):
     """``(step, loss_and_grads)`` for comparing a compiled training step with the eager one:
     ``step(y, eps)`` is the model's training loss; ``loss_and_grads(fn)`` runs ``fn`` (``step`` or

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import _cuda_emulation as emu
-from _helpers import errors_vs_float64, NaNFilledChainKernels, put_on_clamp_ends, rel_err
+from _helpers import errors_vs_float64, NaNFilledChainKernels, put_on_clamp_ends, put_on_leaky_kink, rel_err
 from zf_kernels import ops
 from zf_kernels.ops.recurrence._cuda_function import run_chain
 from zf_kernels.ops.recurrence.naive import ACT_CLAMP, LEAKY_SLOPE, PARAM_CLAMP, mlp_act, zforcing_chain_ref
@@ -142,11 +142,7 @@ def test_cuda_emulated_chain_leaky_kink_at_zero_passes_the_slope():
     shape, units, threads, squeezed, _ = CASES["T4 B3 H13 M7 Z5 G6 5 blocks"]
     kernels = NaNFilledChainKernels(_kernels(emu.chain_library(), torch.float64, shape, units, threads, squeezed))
 
-    def prepare(args):
-        put_on_clamp_ends(args)
-        with torch.no_grad():
-            args[1][0, :, 2] = 0.0
-    errs = _errors(kernels, shape, torch.float64, check_clamps=False, prepare=prepare)
+    errs = _errors(kernels, shape, torch.float64, check_clamps=False, prepare=put_on_leaky_kink)
     bad = {k: v for k, v in errs.items() if not v < TOL[torch.float64]}
     assert not bad, bad
 

@@ -16,7 +16,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 import zf_kernels.ops as ops  # noqa: E402
-from _helpers import errors_vs_float64, norm_rel_err, put_on_clamp_ends, rel_err, smooth_chain_inputs  # noqa: E402
+from _helpers import errors_vs_float64, norm_rel_err, put_on_clamp_ends, put_on_leaky_kink, rel_err, smooth_chain_inputs  # noqa: E402
 from zf_kernels.ops.recurrence import triton as chain_triton  # noqa: E402
 from zf_kernels.ops.recurrence.naive import (  # noqa: E402
     ACT_CLAMP, LEAKY_SLOPE, PARAM_CLAMP, mlp_act, zforcing_chain_ref)
@@ -146,12 +146,8 @@ def test_leaky_kink_at_zero_passes_the_slope(schedule, nan_empty):
     LeakyReLU's gradient there is the slope, as torch's leaky_relu gives it (``x > 0`` passes g,
     ``x <= 0`` g * slope); ``x >= 0`` would pass g, three times too much, for that column of
     grad post_x. Random inputs never hit 0."""
-    def prepare(args):
-        put_on_clamp_ends(args)
-        with torch.no_grad():
-            args[1][0, :, 2] = 0.0
     errs = run_errors(lambda *a: chain_triton.zforcing_chain(*a, schedule=schedule), (4, 3, 20, 19, 3, 21),
-                      torch.float64, check_clamps=False, prepare=prepare)
+                      torch.float64, check_clamps=False, prepare=put_on_leaky_kink)
     bad = {k: f"{v:.2e}" for k, v in errs.items() if not v <= TOL[torch.float64]}
     assert not bad, f"{schedule}: errors above {TOL[torch.float64]}: {bad}"
 
