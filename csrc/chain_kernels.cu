@@ -363,7 +363,7 @@ ZF_GLOBAL void chain_fwd_kernel(ChainParams<T> P) {
         P.lv[o] = zf_narrow<T>(lv);
         P.z[o] = zf_narrow<T>(mu + zf_exp(A(0.5) * lv) * zf_widen(x.eps));
         unsigned char* ok = P.okmask + 2 * (t * BZ + static_cast<size_t>(b) * Z) + zz;
-        ok[0] = (pm >= A(-8) && pm <= A(8)) ? 1 : 0;  // torch.clamp's closed interval
+        ok[0] = (pm >= A(-8) && pm <= A(8)) ? 1 : 0;  // the closed interval (clamp_ref's)
         ok[Z] = (pl >= A(-8) && pl <= A(8)) ? 1 : 0;
       }
     }

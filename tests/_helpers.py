@@ -148,7 +148,8 @@ def smooth_chain_inputs(T, B, H, M, Z, G, seed=0, device="cpu", ln=False):
 def put_on_clamp_ends(args, ln=False):
     """Chain inputs (ops.zforcing_chain's or zforcing_chain_ln's argument order, float leaves)
     changed in place so that elements sit exactly on the ends of both clamps' closed intervals,
-    where torch.clamp passes the gradient (a kernel testing ``>`` for ``>=`` differs only there,
+    where zf_kernels' clamps pass the gradient (``ops.activations.naive.clamp_ref``; torch.clamp
+    did up to torch 2.13) (a kernel testing ``>`` for ``>=`` differs only there,
     which random inputs never hit): h0 = 0, so step 0's posterior pre-activation is post_x[0]
     exactly, with one column at -9 and one at 3 (LeakyReLU(1/3) clamped to [-3, 3] at -3 and 3);
     four rows of weight_q2 zeroed, so that mu and logvar entries are their biases, set to -8 and

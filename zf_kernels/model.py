@@ -21,6 +21,7 @@ from .ops import _autocast
 from .bounds import BoundsMixin
 from .sequences import (check_batch, check_sample_args, forced_input, gather_time, has_padding, padded_flip_index,
                         shift_inputs)
+from .ops.activations.naive import clamp_ref
 from .ops.recurrence.naive import ACT_CLAMP, COND_CLAMP, LEAKY_SLOPE, LN_EPS, PARAM_CLAMP, ChainOutput
 
 OUTPUT_TYPES = ("gaussian", "bernoulli", "categorical")
@@ -293,7 +294,7 @@ class ZForcing(BoundsMixin, nn.Module):
             backend=self._be("zforcing_chain_ln"))
 
     def _cond_ln_cell(self, gates_x, h, c, z):
-        gain, bias = torch.clamp(self.gen(z), -COND_CLAMP, COND_CLAMP).chunk(2, dim=-1)
+        gain, bias = clamp_ref(self.gen(z), COND_CLAMP).chunk(2, dim=-1)
         hh = F.layer_norm(F.linear(h, self.fwd_weight_hh), (4 * self.rnn_dim,), eps=LN_EPS)
         gates = gates_x + hh * (1.0 + gain) + bias
         i, f, g, o = gates.chunk(4, dim=-1)

@@ -104,8 +104,8 @@ def leaky_clamp(x, slope: tl.constexpr, bound: tl.constexpr):
 
 @triton.jit
 def leaky_clamp_grad(x, slope: tl.constexpr, bound: tl.constexpr):
-    """d/dx of leaky_clamp at x, matching autograd of torch.clamp(F.leaky_relu(x)):
-    the clamp passes the gradient on its closed interval, leaky_relu uses slope at x <= 0."""
+    """d/dx of leaky_clamp at x, as autograd of ``activations.naive.leaky_clamp_ref``: the
+    clamp passes the gradient on its closed interval, leaky_relu uses slope at x <= 0."""
     y = tl.where(x >= 0, x, x * slope)
     # (x * 0.0 + c) gives c in x's dtype: a bare literal in tl.where would be fp32
     zero = x * 0.0

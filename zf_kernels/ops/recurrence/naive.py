@@ -10,6 +10,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from ..activations.naive import clamp_ref, leaky_clamp_ref
+
 # MLP hidden nonlinearity of the model: LeakyReLU(1/3) clamped to [-3, 3].
 LEAKY_SLOPE = 1.0 / 3.0
 ACT_CLAMP = 3.0
@@ -30,7 +32,7 @@ class ChainOutput(NamedTuple):
 
 
 def mlp_act(x):
-    return torch.clamp(F.leaky_relu(x, LEAKY_SLOPE), -ACT_CLAMP, ACT_CLAMP)
+    return leaky_clamp_ref(x, LEAKY_SLOPE, ACT_CLAMP)
 
 
 def zforcing_chain_ref(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2,
@@ -79,7 +81,7 @@ def chain_loop_ref(step, gates_x, post_x, eps, h0, c0, *weights) -> ChainOutput:
 def _posterior_sample(h, px_t, eps_t, weight_qh, weight_q2, bias_q2):
     """The posterior MLP's h half plus the sample (shared by both chains)."""
     a = mlp_act(torch.addmm(px_t, h, weight_qh.t()))
-    params = torch.clamp(torch.addmm(bias_q2, a, weight_q2.t()), -PARAM_CLAMP, PARAM_CLAMP)
+    params = clamp_ref(torch.addmm(bias_q2, a, weight_q2.t()), PARAM_CLAMP)
     mu, lv = params.chunk(2, dim=-1)
     return mu + torch.exp(0.5 * lv) * eps_t, mu, lv
 
@@ -114,7 +116,7 @@ def zforcing_chain_ln_step_ref(h, c, gx_t, px_t, eps_t, weight_qh, weight_q2, bi
     """One step of ``zforcing_chain_ln_ref``: ``(h_t, c_t, z_t, mu_t, logvar_t)``."""
     z, mu, lv = _posterior_sample(h, px_t, eps_t, weight_qh, weight_q2, bias_q2)
     gen = torch.addmm(bias_g2, mlp_act(torch.addmm(bias_g1, z, weight_g1.t())), weight_g2.t())
-    gain, bias = torch.clamp(gen, -COND_CLAMP, COND_CLAMP).chunk(2, dim=-1)
+    gain, bias = clamp_ref(gen, COND_CLAMP).chunk(2, dim=-1)
     n = F.layer_norm(h @ weight_hh.t(), (weight_hh.shape[0],), eps=LN_EPS)
     h, c = _lstm_cell(gx_t + n * (1.0 + gain) + bias, c)
     return h, c, z, mu, lv

@@ -226,7 +226,7 @@ def _fwd_posterior_sample_tile(
     p_mu = acc_mu + tl.load(B_Q2 + rz, mask=mz, other=0.0).to(ACC)[None, :]
     p_lv = acc_lv + tl.load(B_Q2 + Z + rz, mask=mz, other=0.0).to(ACC)[None, :]
     m2 = mb[:, None] & mz[None, :]
-    # torch.clamp's autograd passes the gradient on the closed interval
+    # the gradient passes on the closed interval (zf_kernels' convention: naive.clamp_ref)
     ok_mu = (p_mu >= -PARAM_BOUND) & (p_mu <= PARAM_BOUND)
     ok_lv = (p_lv >= -PARAM_BOUND) & (p_lv <= PARAM_BOUND)
     # NaN stays NaN, as in torch.clamp (by default tl.minimum / tl.maximum return the other

@@ -39,7 +39,7 @@ Backward, reverse loop, per step t (5 launches):
         dh_t += dhh_{t+1} @ W_hh + ds_{t+1} @ W_qh -> dgates_t (saved buffer = grad gates_x);
         then, in the same program on its own tile: dn = dgates (1 + gain), d gain =
         dgates * n, d bias = dgates, times the [-3, 3] clamp masks (closed interval, as
-        torch.clamp's autograd) -> dgen (T, B, 8H); dn -> a (B, 4H) scratch and the
+        naive.clamp_ref) -> dgen (T, B, 8H); dn -> a (B, 4H) scratch and the
         per-(row, tile) partial sums of dn and dn * n.
   KB2 ``_bwd_ln_norm`` (4H-blocks; in the persistent kernel each program takes every
         n-th of them): dhh = rstd (dn - mean(dn) - n mean(dn n)) with the row means reduced
