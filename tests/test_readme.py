@@ -24,3 +24,22 @@ def test_console_scripts_name_the_cli_mains():
         assert module == f"zf_kernels.{name.removeprefix('zf-')}" and attr == "main", name
         main = getattr(importlib.import_module(module), attr)
         assert list(inspect.signature(main).parameters)[0] == "argv", name
+
+
+def test_an_older_torch_is_refused_by_name_and_pyproject_asks_for_the_same():
+    """zf_kernels.MIN_TORCH, the oldest torch the suite has passed under: below it the import
+    says so (torch 2.4's custom_op otherwise failed deep inside torch.library); pyproject's
+    dependency names the same floor."""
+    import subprocess
+    import sys
+    import tomllib
+
+    import zf_kernels
+    deps = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert f"torch>={zf_kernels.MIN_TORCH}" in deps
+    probe = ("import torch; from torch.torch_version import TorchVersion; "
+             "torch.__version__ = TorchVersion({!r}); import zf_kernels")
+    older = subprocess.run([sys.executable, "-c", probe.format("2.7.1")], capture_output=True, text=True)
+    assert older.returncode != 0 and "zf_kernels needs torch >= 2.8, found torch 2.7.1" in older.stderr, older.stderr
+    dev_build = subprocess.run([sys.executable, "-c", probe.format("2.8.0a0+git1234")], capture_output=True, text=True)
+    assert dev_build.returncode == 0, dev_build.stderr

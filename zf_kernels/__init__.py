@@ -1,6 +1,20 @@
 """zf_kernels: fused kernels and a complete trainer for Z-Forcing stochastic RNNs."""
 __version__ = "0.1.0"
 
+# The oldest torch the whole test suite has passed under (2.8.0, 2026-11-28; 2.4.1 failed at
+# import: its torch.library.custom_op rejects the fused ops' schemas); pyproject.toml asks for
+# the same. Said here, by name, rather than as an error from deep inside torch.library.
+MIN_TORCH = "2.8"
+
+
+def _check_torch_version():
+    import torch
+    if torch.__version__ < MIN_TORCH + ".0a0":   # TorchVersion compares as a version
+        raise ImportError(f"zf_kernels needs torch >= {MIN_TORCH}, found torch {torch.__version__}")
+
+
+_check_torch_version()
+
 from . import ops  # noqa: E402
 from .model import LossTerms, LSTMWeights, ZForcing, training_loss  # noqa: E402
 
