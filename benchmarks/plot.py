@@ -103,7 +103,8 @@ def plot(path: Path, out: Path | None = None) -> Path:
         suite, mode, dtype = key
         ax.set_title(f"{suite}: {mode}, {dtype}  (x = failed / skipped)", fontsize=9)
         ax.grid(axis="y", which="both", alpha=0.3)
-        ax.legend(fontsize=7, ncol=len(provs), loc="upper left")
+        if ax.get_legend_handles_labels()[0]:   # a panel whose rows all failed has no bars
+            ax.legend(fontsize=7, ncol=len(provs), loc="upper left")
     fig.suptitle(f"zf_kernels benchmarks on {env.get('gpu', '?')}, {str(env.get('date', ''))[:10]}, "
                  f"torch {env.get('torch', '?')}, triton {env.get('triton', '?')}", fontsize=10)
     fig.tight_layout()
