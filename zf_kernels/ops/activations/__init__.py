@@ -21,6 +21,10 @@ _dispatch.register("leaky_clamp", "triton", f"{__name__}.triton:leaky_clamp",
 def leaky_clamp(x: torch.Tensor, slope: float, bound: float, backend: str = "auto") -> torch.Tensor:
     """``clamp(leaky_relu(x, slope), -bound, bound)``, elementwise, any shape, in ``x``'s dtype.
 
+    Gradient, in every backend and whatever torch's version: ``slope`` at x <= 0, passed where
+    the leaky value lies in [-bound, bound] (the bounds included; torch.clamp's own rule gives 0
+    there from torch 2.14 on), 0 outside and at NaN (``naive.clamp_ref``).
+
     >>> leaky_clamp(torch.tensor([-12.0, -1.5, 0.5, 9.0]), 1 / 3, 3.0)
     tensor([-3.0000, -0.5000,  0.5000,  3.0000])
     """
