@@ -1,9 +1,9 @@
 """zf_kernels: fused kernels and a complete trainer for Z-Forcing stochastic RNNs."""
 __version__ = "0.1.0"
 
-# The oldest torch the whole test suite has passed under (2.8.0, 2026-11-28; 2.4.1 failed at
-# import: its torch.library.custom_op rejects the fused ops' schemas); pyproject.toml asks for
-# the same. Said here, by name, rather than as an error from deep inside torch.library.
+# The oldest torch the whole test suite has passed under (2.8.0, 2026-11-28; under 2.4.1 the
+# Triton ops' torch.library.custom_op registrations fail on their list[bool] schemas);
+# pyproject.toml asks for the same. Said here, by name, not from deep inside torch.library.
 MIN_TORCH = "2.8"
 
 
