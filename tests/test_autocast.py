@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from _helpers import flat_tensors, quiet, read_metrics, without_timing
+from _helpers import assert_no_worse_than_eager, flat_tensors, quiet, read_metrics, without_timing
 from zf_kernels import ZForcing, ops, training_loss
 from zf_kernels import train as train_mod
 from zf_kernels.ops import _dispatch
@@ -241,30 +241,38 @@ def test_model_under_autocast_keeps_float32_parameters_and_gradients(cond_ln, au
 @pytest.mark.parametrize("cond_ln", [False, True])
 def test_model_under_autocast_triton_backend_matches_torch_backend(cond_ln):
     """The fused chain, LSTM and likelihood kernels in bf16 under autocast give the torch
-    backend's bf16 numbers up to bf16 rounding, values and parameter gradients. On the CPU in
-    the interpreter; where the interpreter is off (a GPU machine), on the GPU under CUDA autocast."""
+    backend's bf16 numbers up to bf16 rounding: the values close to them, each parameter's
+    gradient no farther from the float32 run's (no autocast) than the torch backend's bf16
+    gradient is, by norm, + 0.1. Not ours vs theirs directly: bf16 rounding moves single
+    elements across the MLPs' kinks (LeakyReLU at 0, the clamps), and one such element decides
+    that difference (over 24 input draws, 3-4 in the interpreter broke a 5% bound that the
+    draw below met with a 2-4x margin; the no-worse-than form kept below 0.05 of its slack). On
+    the CPU in the interpreter; where the interpreter is off (a GPU machine), on the GPU under
+    CUDA autocast, with the same (CPU-drawn) inputs."""
     device = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("the Triton backend needs TRITON_INTERPRET=1 or a CUDA device")
     torch.manual_seed(0)
     m = ZForcing(3, emb_dim=8, rnn_dim=H, z_dim=Z, mlp_dim=M, cond_ln=cond_ln, z_force=True,
                  backend="torch").to(device)
-    y, eps = torch.randn(T, B, 3, device=device), torch.randn(T, B, Z, device=device)
+    y, eps = torch.randn(T, B, 3).to(device), torch.randn(T, B, Z).to(device)
     results = {}
-    for backend in ("torch", "triton"):
+    for backend, amp in (("torch", False), ("torch", True), ("triton", True)):
         m.backend = backend
         m.zero_grad()
-        with torch.autocast(device, dtype=BF16):
+        with torch.autocast(device, dtype=BF16, enabled=amp):
             terms = m(y, eps=eps)
             training_loss(terms, 0.5, 1.0, 1.0).backward()
-        results[backend] = (terms, {n: p.grad.clone() for n, p in m.named_parameters()})
-    (t_ref, g_ref), (t_tri, g_tri) = results["torch"], results["triton"]
+        results[backend, amp] = (terms, {n: p.grad.clone() for n, p in m.named_parameters()})
+    (_, g_f32), (t_ref, g_ref), (t_tri, g_tri) = (results[k] for k in (("torch", False), ("torch", True),
+                                                                        ("triton", True)))
     for k in ("nll", "kl", "aux", "bwd_nll"):
         a, b = getattr(t_tri, k), getattr(t_ref, k)
         assert a.dtype == F32, k
         assert (a - b).norm() <= 3e-2 * b.norm() + 1e-3 * b.numel() ** 0.5, (k, a, b)
-    for n, g in g_ref.items():
-        assert (g_tri[n] - g).norm() <= 5e-2 * g.norm() + 1e-4, n
+    names = list(g_f32)
+    assert_no_worse_than_eager(names, [g_tri[n] for n in names], [g_ref[n] for n in names],
+                               [g_f32[n] for n in names], slack=0.1, label="bf16 autocast, gradient of ")
 
 
 # ------------------------------------------------------------------------ trainer

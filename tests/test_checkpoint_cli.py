@@ -82,7 +82,8 @@ def test_window_is_a_flag_and_follows_the_runs_eval_window(run_dir, capsys, tmp_
     (["{run}", "--iwae-k", "-1"], "--iwae-k must be >= 0, got -1"),
     (["{run}", "--limit", "0"], "--limit must be > 0, got 0"),
     (["{run}", "--backend", "cuda-ish"], "--backend must be auto, torch, triton or cuda"),
-])
+], ids=["missing", "window", "empty-dir", "corrupt", "iwae-k", "limit", "backend"])   # no message in the ids:
+# "triton" in one would put this module (its fixture trains a run) in the GPU stage's -k "triton or gpu"
 def test_bad_input_is_one_clear_line(run_dir, capsys, tmp_path, argv, message):
     (tmp_path / "empty").mkdir()
     corrupt = tmp_path / "corrupt.pt"

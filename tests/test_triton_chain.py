@@ -16,7 +16,8 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 import zf_kernels.ops as ops  # noqa: E402
-from _helpers import errors_vs_float64, norm_rel_err, put_on_clamp_ends, put_on_leaky_kink, rel_err, smooth_chain_inputs  # noqa: E402
+from _helpers import (errors_vs_float64, norm_rel_err, put_on_clamp_ends, put_on_leaky_kink, rel_err,  # noqa: E402
+                      skip_if_schedule_forced, smooth_chain_inputs)
 from zf_kernels.ops.recurrence import triton as chain_triton  # noqa: E402
 from zf_kernels.ops.recurrence.naive import (  # noqa: E402
     ACT_CLAMP, LEAKY_SLOPE, PARAM_CLAMP, mlp_act, zforcing_chain_ref)
@@ -200,6 +201,7 @@ def test_persistent_wide_k_chunks(block_k, monkeypatch):
 
 
 def test_schedule_choice_and_override(monkeypatch):
+    skip_if_schedule_forced("ZF_CHAIN_SCHEDULE")
     args = make_inputs(3, 2, 4, 5, 2, 6, dtype=torch.float32)
     assert chain_triton.explain_schedule(*args[:3]).startswith("schedule persistent")
     monkeypatch.setattr(chain_triton, "_BLOCK_OVERRIDE", SMALL_BLOCKS)
@@ -334,6 +336,7 @@ def test_gradcheck_float64():
 def test_public_api(nan_empty):
     """ops.zforcing_chain(..., backend="triton"): non-contiguous inputs, an expanded
     (stride-0) output gradient, outputs that only partly carry gradient."""
+    skip_if_schedule_forced("ZF_CHAIN_SCHEDULE")
     T, B, H, M, Z, G = 3, 5, 6, 7, 4, 9
     args = make_inputs(T, B, H, M, Z, G, dtype=torch.float64, seed=5)
     gx_bt = args[0].detach().transpose(0, 1).contiguous().requires_grad_()

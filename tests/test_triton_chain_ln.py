@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import zf_kernels.ops as ops
-from _helpers import errors_vs_float64, norm_rel_err, put_on_clamp_ends, rel_err, smooth_chain_inputs
+from _helpers import errors_vs_float64, norm_rel_err, put_on_clamp_ends, rel_err, skip_if_schedule_forced, smooth_chain_inputs
 from zf_kernels.ops.recurrence.naive import zforcing_chain_ln_ref
 
 try:
@@ -335,6 +335,7 @@ def test_triton_gradcheck_float64():
 
 @needs_triton
 def test_triton_public_api_schedule_and_zero_steps(nan_empty, monkeypatch):
+    skip_if_schedule_forced("ZF_CHAIN_SCHEDULE")
     args = [a.detach().to(DEVICE).requires_grad_() for a in make_inputs(3, 5, 6, 7, 4, 9, seed=5)]
     gx = args[0].detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()
     assert not gx.is_contiguous()
@@ -426,6 +427,7 @@ def test_triton_clamps_pass_the_gradient_at_their_ends(schedule, nan_empty, min_
 
 @needs_triton
 def test_triton_schedule_choice_and_override(monkeypatch):
+    skip_if_schedule_forced("ZF_CHAIN_SCHEDULE")
     args = make_inputs(3, 2, 4, 5, 2, 6, dtype=torch.float32)
     assert triton_ln.explain_schedule(*args[:3], 6).startswith("schedule persistent")
     monkeypatch.setattr(chain_triton, "_BLOCK_OVERRIDE", SMALL_BLOCKS)

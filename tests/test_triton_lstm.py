@@ -15,6 +15,7 @@ if not _ON_GPU:
 
 pytest.importorskip("triton")
 
+from _helpers import skip_if_schedule_forced  # noqa: E402
 from torch.func import functional_call  # noqa: E402
 
 from zf_kernels import ops  # noqa: E402
@@ -221,6 +222,7 @@ def test_lstm_zero_length():
 
 
 def test_lstm_schedule_choice_is_explained():
+    skip_if_schedule_forced("ZF_LSTM_SCHEDULE")
     inputs, _ = _make(3, 3, 5, 20, "both", True, torch.float32, seed=9)
     x, w_hh = inputs[0], inputs[2]
     backend, why = ops.explain("lstm", x, inputs[1], w_hh, backend="triton")
