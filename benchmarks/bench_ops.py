@@ -322,6 +322,8 @@ def run(args) -> int:
                     provider=provider)
         if provider.startswith("compile") and args.compile == "none":
             continue
+        if provider == "compile" and case.op in SCHEDULED and args.compile == "step":
+            continue   # the recurrences' unrolled loops: left to another run (device_check's ops-compile-loops)
         if budget.exhausted():
             for m in modes:
                 res.add(**base, mode=m, status="skipped", note="time budget (--budget-s) used up")
@@ -419,9 +421,10 @@ def main(argv=None) -> int:
     p.add_argument("--dtypes", default=None, help="comma-separated: float32, bfloat16, float16 "
                    "(default float32,bfloat16; float32 with --smoke)")
     p.add_argument("--modes", default=None, help="fwd, fwd+bwd (default both)")
-    p.add_argument("--compile", choices=("none", "short", "all"), default="short",
-                   help="torch.compile providers: skip both, skip the unrolled 784-step loops (default; "
-                   "compile-step runs at any T), or all")
+    p.add_argument("--compile", choices=("none", "step", "short", "all"), default="short",
+                   help="torch.compile providers: skip both; step: the recurrences only as compiled steps "
+                        "(compile-step; no row for their unrolled loops); short: skip the unrolled 784-step loops "
+                        "(default; compile-step runs at any T); or all")
     p.add_argument("--no-check", dest="check", action="store_false",
                    help="skip the float64 reference run behind the rel_err column")
     return run(p.parse_args(argv))

@@ -79,8 +79,7 @@ def free_memory(device: torch.device, collect: bool = False) -> None:
     collector (~0.3 s with torch loaded, so only where cycles are likely: models, compile)."""
     if collect:
         gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    if device.type == "cuda" and cuda_healthy(device):   # a broken context: the next row's check says so
         torch.cuda.empty_cache()
 
 
@@ -443,15 +442,22 @@ def format_row(r: dict) -> str:
 
 # --------------------------------------------------------------------------- CLI
 class Budget:
-    """A soft time limit: rows that would start after it are recorded as skipped."""
+    """A soft time limit: rows that would start after it are recorded as skipped. It ends
+    ``seconds`` after it is made, or at ``$ZF_BUDGET_END`` (epoch seconds) if that is sooner:
+    device_check.sh sets both per stage, the end counted from the stage's start, so that the
+    seconds a script spends importing and setting up before its Budget come off the budget
+    rather than out of the stage's hard limit."""
 
     def __init__(self, seconds: float | None):
         self.t0, self.seconds = time.perf_counter(), seconds
+        end = os.environ.get("ZF_BUDGET_END")
+        self.end = float(end) if end and seconds is not None else None
 
     def left(self) -> float:
         if self.seconds is None:
             return math.inf
-        return self.seconds - (time.perf_counter() - self.t0)
+        left = self.seconds - (time.perf_counter() - self.t0)
+        return left if self.end is None else min(left, self.end - time.time())
 
     def exhausted(self) -> bool:
         return self.left() <= 0

@@ -18,7 +18,7 @@
 # stages: ZF_STAGES=train,ops (names, in running order: tests train ops ops-small ops-compile cuda-tests
 # cuda-sanitize ops-cuda ops-cuda-tf32 train-cuda train-cuda-bf16 variants-default variant-batch1
 # variant-no-staging variant-no-products variant-no-sync tune kernels ops-tf32x3 train-tf32x3 train-tf32 ops-tf32
-# other-models trainer train-bf16 ops-bf16 train-compile; the persistent smoke test runs with
+# other-models trainer train-bf16 ops-bf16 train-compile ops-compile-loops; the persistent smoke test runs with
 # tests). The first ones are what issue 3 needs (GPU tests, training step, the ops table with
 # torch.compile), then the first GPU run of csrc/; the experiments (variants, tune, kernels, ...)
 # come after. The device tool's machine goes back 30 s after a call: plan on one call.
@@ -84,7 +84,7 @@ DRY="${ZF_DRY_RUN:-}"
 # a rerun can pick stages, e.g. ZF_STAGES=train,ops bash benchmarks/device_check.sh; ZF_STAGES=rest
 # (with ZF_SEED_RESULTS): the stages the seeded call skipped or cut short, read from its
 # <seed>_stages.txt (that call's $OUT/stages.txt: one "name status" line per stage)
-ALL_STAGES="tests,train,ops,ops-small,ops-compile,cuda-tests,cuda-sanitize,ops-cuda,ops-cuda-tf32,train-cuda,train-cuda-bf16,variants-default,variant-batch1,variant-no-staging,variant-no-products,variant-no-sync,tune,kernels,ops-tf32x3,train-tf32x3,train-tf32,ops-tf32,other-models,trainer,train-bf16,ops-bf16,train-compile"
+ALL_STAGES="tests,train,ops,ops-small,ops-compile,cuda-tests,cuda-sanitize,ops-cuda,ops-cuda-tf32,train-cuda,train-cuda-bf16,variants-default,variant-batch1,variant-no-staging,variant-no-products,variant-no-sync,tune,kernels,ops-tf32x3,train-tf32x3,train-tf32,ops-tf32,other-models,trainer,train-bf16,ops-bf16,train-compile,ops-compile-loops"
 WANT="${ZF_STAGES:-$ALL_STAGES}"
 if [[ "$WANT" == "rest" ]]; then
   SEED_STAGES="${ZF_SEED_RESULTS:-}_stages.txt"
@@ -138,7 +138,10 @@ run_stage() {
   fi
   echo "== $name (limit ${lim}s): ${cmd[*]}" | tee -a "$LOG"
   t0=$SECONDS
-  ZF_BUDGET_S=$(( lim > 40 ? lim - 20 : lim / 2 )) timeout -k 5 "$lim" "${cmd[@]}" >>"$log" 2>&1
+  # the soft budget, also as an end time (ZF_BUDGET_END, benchmarks/common.py Budget): a script's
+  # imports and setup then come off its budget, not out of the 20 s left for its last row
+  local budget=$(( lim > 40 ? lim - 20 : lim / 2 ))
+  ZF_BUDGET_S=$budget ZF_BUDGET_END=$(( $(date +%s) + budget )) timeout -k 5 "$lim" "${cmd[@]}" >>"$log" 2>&1
   rc=$?
   msg="$name: rc=$rc ($(( SECONDS - t0 ))s)"
   local status=ok
@@ -189,7 +192,7 @@ if [[ -z "$DRY" && "${ZF_KERNELS_NO_CUDA_EXT:-}" != 1 ]]; then
   BUILD_PID=$!
 fi
 # Variants of csrc/ for the variant-* stages, built one after another in the background once the
-# default build (which cuda-tests waits for) is done, each with ZF_KERNELS_NVCC_DEFINES (its own
+# default build (which cuda-tests waits for) and the stages up to ops-compile are done, each with ZF_KERNELS_NVCC_DEFINES (its own
 # JIT build): batch1, one staging load in flight per thread (how csrc/ staged up to commit
 # cd0da82); and three timing variants, each leaving one part of every time step out (wrong
 # results, zf_persistent.h): the default build's time minus theirs is that part's time.
@@ -197,7 +200,8 @@ VARIANTS=("batch1:-DZF_STAGE_BATCH=1" "no-staging:-DZF_TIMING_SKIP_STAGING"
           "no-products:-DZF_TIMING_SKIP_PRODUCTS" "no-sync:-DZF_TIMING_SKIP_GRID_SYNC")
 VARIANT_PID=""
 if [[ -z "$DRY" ]] && [[ ",$WANT," == *",variant-"* ]]; then
-  ( while [[ -n "$BUILD_PID" ]] && kill -0 "$BUILD_PID" 2>/dev/null; do sleep 2; done
+  ( while [[ ! -e "$OUT/.variants_may_build" ]] \
+          || { [[ -n "$BUILD_PID" ]] && kill -0 "$BUILD_PID" 2>/dev/null; }; do sleep 2; done
     for v in "${VARIANTS[@]}"; do
       [[ ",$WANT," == *",variant-${v%%:*},"* ]] || continue
       t0=$SECONDS
@@ -267,21 +271,27 @@ run_stage ops 100 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --dtypes float32 \
   --ops lstm,zforcing_chain,lstm_cell,zforcing_chain_ln --providers cudnn,torch,triton,triton-stepwise
 
-# 4. the sampling / likelihood ops and leaky_clamp, fp32 (issue 3's table) then bf16: eager
-# reference, Triton (2026-11-27: none got a float32 Triton row in that run's ops budget; 22 float32
-# rows with a cold Triton cache: ~30-40 s, hence 75 s)
+# 4. the sampling / likelihood ops and leaky_clamp, fp32 fwd+bwd (issue 3's table; bf16 in
+# ops-bf16): eager reference, Triton (2026-11-27: none got a float32 Triton row in that run's ops
+# budget; 11 cases x 2 rows with a cold Triton cache and inputs of up to 3 x 26 M values drawn on
+# the CPU: ~45-50 s estimated, hence 75 s)
 run_stage ops-small 75 "$LOG" \
-  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --dtypes float32,bfloat16 \
+  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --dtypes float32 --modes fwd+bwd \
   --ops reparameterize,gaussian_kl,gaussian_nll,bernoulli_nll,categorical_nll,leaky_clamp --providers torch,triton
 
-# 4b. torch.compile of the op references, fp32: what issue 3's ops table lacks (on 2026-11-27 six
-# small ops got a row in ~15 s), so before csrc/'s stages. Cheap compilations first: the small
-# ops, then the recurrences' compiled steps in a Python loop at T40 and T784 (compile-step,
-# seconds each: with them every case has a torch.compile row), then the unrolled 40-step loops
-# (on a 2-core CPU the chain's took 78 s forward + 80 s backward, the LSTM's 35 s: likely cut
-# off here); the unrolled 784-step loops skipped
+# 4b. torch.compile of the op references, fp32 fwd+bwd: what issue 3's ops table lacks (on
+# 2026-11-27 six small ops got a row in ~15 s), so before csrc/'s stages. Cheap compilations
+# first: the small ops, then the recurrences' compiled steps in a Python loop at T40 and T784
+# (compile-step, seconds each: with them every case has a torch.compile row; 17 rows, ~75-85 s
+# estimated). The unrolled 40-step loops (on a 2-core CPU the chain's took 78 s forward + 80 s
+# backward) come last of all (ops-compile-loops): here they would start in whatever budget is left
+# and run past the stage's limit
 run_stage ops-compile 100 "$LOG" \
-  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --providers compile,compile-step --dtypes float32
+  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --providers compile,compile-step --dtypes float32 \
+  --modes fwd+bwd --compile step
+# the csrc/ variants' builds (below) start now, not beside the stages above: nvcc on the CPU slows
+# their Triton and inductor compilations and the launch-bound eager timings
+touch "$OUT/.variants_may_build"
 
 # 5. the CUDA extension (csrc/, never run on a GPU before): its GPU tests (lstm, zforcing_chain)
 # once the background build is done, then backend="cuda" against cuDNN, then the whole training
@@ -384,13 +394,14 @@ run_stage trainer 40 "$LOG" \
   --providers torch,torch+cuda-graph,triton,triton+cuda-graph --steps 20 --warmup-steps 5
 
 # 13. bfloat16 (the whole model cast): the step where the tensor cores carry the recurrence
-# (cudnn+graph and cuda+graph ran in train-cuda-bf16), then the recurrences alone
+# (cudnn+graph and cuda+graph ran in train-cuda-bf16), then the recurrences and the small ops alone
 run_stage train-bf16 40 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results --dtype bfloat16 --cases timit \
   --providers torch+graph,triton+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
-run_stage ops-bf16 40 "$LOG" \
+run_stage ops-bf16 60 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --dtypes bfloat16 \
-  --ops lstm,zforcing_chain,lstm_cell --providers cudnn,torch,triton,cuda
+  --ops lstm,zforcing_chain,lstm_cell,reparameterize,gaussian_kl,gaussian_nll,bernoulli_nll,categorical_nll,leaky_clamp \
+  --providers cudnn,torch,triton,cuda
 
 # 14. torch.compile of the whole TIMIT step: ours (the Triton recurrences as custom ops, nothing
 # to unroll; triton+compile: every op fused, one graph; auto+compile: one graph, the small ops'
@@ -400,7 +411,13 @@ run_stage train-compile 100 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results \
   --providers triton+compile,auto+compile,cuda+compile,torch+compile --cases timit --warmup-ms 50 --rep-ms 200
 
-# 15. report: chart + summary (outside the budget above: ~20 s)
+# 15. torch.compile of the recurrences' references with their 40-step loops unrolled (ops-compile
+# timed their compiled steps): the other way to compile them, minutes of compilation each
+run_stage ops-compile-loops 100 "$LOG" \
+  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --providers compile --dtypes float32 \
+  --modes fwd+bwd --ops lstm,zforcing_chain,zforcing_chain_ln
+
+# 16. report: chart + summary (outside the budget above: ~20 s)
 if [[ -f "$OUT/results.json" ]]; then
   timeout 25 "$PY" benchmarks/plot.py "$OUT/results.json" >>"$LOG" 2>&1 || echo "plot failed (see bench.log)"
   AB_ARGS=()

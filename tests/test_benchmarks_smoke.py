@@ -9,6 +9,7 @@ import shutil
 import tarfile
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -221,6 +222,29 @@ def test_budget_and_unavailable_rows(tmp_path):
     assert bench_ops.main(argv) == 0
     rows = _rows(tmp_path / "b.json")
     assert rows and all(r["status"] == "skipped" and "budget" in r["note"] for r in rows)
+
+
+def test_budget_ends_at_zf_budget_end_if_sooner(monkeypatch):
+    """device_check.sh passes each stage's budget also as an end time (ZF_BUDGET_END): a script's
+    imports and setup come off its budget; without a budget the end time means nothing."""
+    monkeypatch.delenv("ZF_BUDGET_END", raising=False)
+    assert not common.Budget(100).exhausted() and common.Budget(0).exhausted()
+    monkeypatch.setenv("ZF_BUDGET_END", str(time.time() - 1))
+    assert common.Budget(100).exhausted() and common.Budget(None).left() == float("inf")
+    monkeypatch.setenv("ZF_BUDGET_END", str(time.time() + 50))
+    assert 40 < common.Budget(100).left() <= 50 and common.Budget(10).left() <= 10
+
+
+def test_compile_step_plans_no_unrolled_loop(tmp_path):
+    """--compile step (device_check's ops-compile): the recurrences get compile-step rows only, the
+    other ops compile rows; their unrolled loops wait for ops-compile-loops (plain --compile short)."""
+    argv = ["--smoke", "--device", "cpu", "--out", str(tmp_path), "--quiet", "--budget-s", "0",
+            "--providers", "compile,compile-step", "--ops", "lstm,lstm_cell,reparameterize", "--dtypes", "float32"]
+    assert bench_ops.main(argv + ["--name", "step", "--compile", "step"]) == 0
+    planned = {(r["op"], r["provider"]) for r in _rows(tmp_path / "step.json")}
+    assert planned == {("lstm", "compile-step"), ("lstm_cell", "compile"), ("reparameterize", "compile")}, planned
+    assert bench_ops.main(argv + ["--name", "short"]) == 0
+    assert ("lstm", "compile") in {(r["op"], r["provider"]) for r in _rows(tmp_path / "short.json")}
 
 
 def test_refuses_cpu_timings_in_results_dir():
@@ -700,7 +724,8 @@ def test_device_check_stage_selection_and_budgets(tmp_path):
     if bash is None:
         pytest.skip("no bash")
     fake, log = tmp_path / "python", tmp_path / "calls.log"
-    fake.write_text('#!/bin/sh\necho "budget=${ZF_BUDGET_S:-} noext=${ZF_KERNELS_NO_CUDA_EXT:-} $*" >>"$FAKE_LOG"\n')
+    fake.write_text('#!/bin/sh\necho "budget=${ZF_BUDGET_S:-} noext=${ZF_KERNELS_NO_CUDA_EXT:-} '
+                    'end=${ZF_BUDGET_END:-} $*" >>"$FAKE_LOG"\n')
     fake.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZF_")}
     env.update(ZF_DRY_RUN="1", PYTHON=str(fake), FAKE_LOG=str(log), ZF_CHECK_SECONDS="100")
@@ -715,11 +740,15 @@ def test_device_check_stage_selection_and_budgets(tmp_path):
         log.unlink()
         return r, ran, calls
 
+    t0 = time.time()
     r, ran, calls = run(tmp_path / "first", ZF_STAGES="train-cuda,ops-cuda,tests")
     assert ran == ["tests", "ops-cuda", "train-cuda"], (ran, r.stdout[-2000:])
-    assert [c[2] for c in calls] == ["-m", "benchmarks/bench_ops.py", "benchmarks/bench_train_step.py"], calls
+    assert [c[3] for c in calls] == ["-m", "benchmarks/bench_ops.py", "benchmarks/bench_train_step.py"], calls
     budgets = [int(c[0].removeprefix("budget=")) for c in calls]
     assert 75 <= budgets[0] <= 80 and budgets[1:] == [20, 25], budgets   # 100 s left - 20; 40 / 2; 45 - 20
+    # the same budgets as end times, counted from each stage's start (before the script's imports)
+    ends = [int(c[2].removeprefix("end=")) for c in calls]
+    assert all(-1 <= end - budget - t0 <= 10 for end, budget in zip(ends, budgets)), (ends, budgets, t0)
     assert all(c[1] == "noext=" for c in calls)
     seed = tmp_path / "seed"
     (tmp_path / "seed_stages.txt").write_text("tests ok\ncuda-tests timed-out\nops-cuda timed-out\n"
