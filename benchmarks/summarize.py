@@ -218,16 +218,22 @@ def tune_table(rows) -> list[str]:
 # each kind, any provider of the kind (cuDNN only for the lstm cases)
 COVERAGE = {"eager": ("torch",), "torch.compile": ("compile", "compile-step"),
             "triton": ("triton", "triton-stepwise")}
+# every op of the table (bench_ops.OPS; a test keeps them equal): one that no stage wrote a row of
+# (a stage skipped or crashed before its first row) is missing too, not absent from the check
+COVERAGE_OPS = ("lstm", "lstm_cell", "zforcing_chain", "zforcing_chain_ln", "reparameterize", "gaussian_kl",
+                "gaussian_nll", "bernoulli_nll", "categorical_nll", "leaky_clamp")
 
 
-def ops_coverage(rows) -> list[str]:
-    """Which float32 fwd+bwd op cases still lack an ok eager / torch.compile / Triton (/ cuDNN) row."""
+def ops_coverage(rows, ops=COVERAGE_OPS) -> list[str]:
+    """Which float32 fwd+bwd op cases still lack an ok eager / torch.compile / Triton (/ cuDNN)
+    row, and which of ``ops`` have no such row at all."""
     ops_rows = [r for r in rows if r.get("suite") == "ops" and r.get("mode") == "fwd+bwd"
                 and r.get("dtype") == "float32"]
     if not ops_rows:
         return []
     ok = {(r["case"], r["provider"]) for r in ops_rows if r.get("status") == "ok" and r.get("ms")}
-    missing = []
+    seen = {r["case"].split()[0] for r in ops_rows}
+    missing = [f"- {op}: no float32 fwd+bwd row at all" for op in ops if op not in seen]
     for case in dict.fromkeys(r["case"] for r in ops_rows):
         kinds = dict(COVERAGE, **({"cuDNN": ("cudnn",)} if case.startswith("lstm ") else {}))
         lacks = [k for k, provs in kinds.items() if not any((case, p) in ok for p in provs)]

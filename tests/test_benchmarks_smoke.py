@@ -146,10 +146,14 @@ def test_ops_coverage_names_what_each_case_lacks():
     rows = [row(lstm, "torch"), row(lstm, "compile", status="skipped"), row(lstm, "compile-step"),
             row(lstm, "triton-stepwise"), row(lstm, "cudnn", status="error"),
             row(kl, "torch"), row(kl, "compile"), row(kl, "triton", dtype="bfloat16"), row(kl, "triton", mode="fwd")]
-    lines = summarize.ops_coverage(rows)
+    lines = summarize.ops_coverage(rows, ops=("lstm", "gaussian_kl"))
     assert f"- {lstm}: no cuDNN" in lines and f"- {kl}: no triton" in lines, lines
     rows += [row(lstm, "cudnn"), row(kl, "triton")]
-    assert summarize.ops_coverage(rows)[-1] == "- complete"
+    assert summarize.ops_coverage(rows, ops=("lstm", "gaussian_kl"))[-1] == "- complete"
+    # an op no stage wrote a row of is missing, not left out: by default every op of bench_ops
+    assert summarize.COVERAGE_OPS == bench_ops.OPS
+    lines = summarize.ops_coverage(rows)
+    assert "- leaky_clamp: no float32 fwd+bwd row at all" in lines and len(lines) == 3 + len(bench_ops.OPS) - 2, lines
 
 
 def test_a_row_that_did_not_succeed_never_hides_an_earlier_good_one():
