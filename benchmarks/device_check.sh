@@ -15,7 +15,7 @@
 # ZF_SEED_RESULTS=benchmarks/results/<gpu>_<date> ZF_STAGES=rest (the first call's results.json,
 # .csv and stages.txt committed as <gpu>_<date>.json, .csv, _stages.txt first; "rest" = the stages
 # it skipped or cut short). A rerun can choose
-# stages: ZF_STAGES=train,ops (names, in running order: tests train ops ops-small ops-compile cuda-tests
+# stages: ZF_STAGES=train,ops (names, in running order: tests train ops ops-small ops-compile ops-stepwise cuda-tests
 # cuda-sanitize ops-cuda ops-cuda-tf32 train-cuda train-cuda-bf16 variants-default variant-batch1
 # variant-no-staging variant-no-products variant-no-sync tune kernels ops-tf32x3 train-tf32x3 train-tf32 ops-tf32
 # other-models trainer train-bf16 ops-bf16 train-compile ops-compile-loops; the persistent smoke test runs with
@@ -84,7 +84,7 @@ DRY="${ZF_DRY_RUN:-}"
 # a rerun can pick stages, e.g. ZF_STAGES=train,ops bash benchmarks/device_check.sh; ZF_STAGES=rest
 # (with ZF_SEED_RESULTS): the stages the seeded call skipped or cut short, read from its
 # <seed>_stages.txt (that call's $OUT/stages.txt: one "name status" line per stage)
-ALL_STAGES="tests,train,ops,ops-small,ops-compile,cuda-tests,cuda-sanitize,ops-cuda,ops-cuda-tf32,train-cuda,train-cuda-bf16,variants-default,variant-batch1,variant-no-staging,variant-no-products,variant-no-sync,tune,kernels,ops-tf32x3,train-tf32x3,train-tf32,ops-tf32,other-models,trainer,train-bf16,ops-bf16,train-compile,ops-compile-loops"
+ALL_STAGES="tests,train,ops,ops-small,ops-compile,ops-stepwise,cuda-tests,cuda-sanitize,ops-cuda,ops-cuda-tf32,train-cuda,train-cuda-bf16,variants-default,variant-batch1,variant-no-staging,variant-no-products,variant-no-sync,tune,kernels,ops-tf32x3,train-tf32x3,train-tf32,ops-tf32,other-models,trainer,train-bf16,ops-bf16,train-compile,ops-compile-loops"
 WANT="${ZF_STAGES:-$ALL_STAGES}"
 if [[ "$WANT" == "rest" ]]; then
   SEED_STAGES="${ZF_SEED_RESULTS:-}_stages.txt"
@@ -266,11 +266,12 @@ run_stage train 110 "$LOG" \
   "$PY" benchmarks/bench_train_step.py --out "$OUT" --name results \
   --providers torch,torch+graph,cudnn,cudnn+graph,triton,triton+graph --warmup-ms 50 --rep-ms 200 --min-reps 5
 
-# 3. the recurrences, fwd and fwd+bwd, fp32: cuDNN, eager reference, Triton persistent / stepwise
-# (stepwise last; 2026-11-27: 65 s were not enough for chain_ln's Triton rows, needed by issue 3)
+# 3. the recurrences, fwd and fwd+bwd, fp32: cuDNN, eager reference, Triton (its default
+# schedule; 2026-11-27: 65 s were not enough for chain_ln's Triton rows, needed by issue 3; the
+# stepwise rows wait for ops-stepwise, after the rest of issue 3's table)
 run_stage ops 100 "$LOG" \
   "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --dtypes float32 \
-  --ops lstm,zforcing_chain,lstm_cell,zforcing_chain_ln --providers cudnn,torch,triton,triton-stepwise
+  --ops lstm,zforcing_chain,lstm_cell,zforcing_chain_ln --providers cudnn,torch,triton
 
 # 4. the sampling / likelihood ops and leaky_clamp, fp32 fwd+bwd (issue 3's table; bf16 in
 # ops-bf16): eager reference, Triton (2026-11-27: none got a float32 Triton row in that run's ops
@@ -293,6 +294,12 @@ run_stage ops-compile 100 "$LOG" \
 # the csrc/ variants' builds (below) start now, not beside the stages above: nvcc on the CPU slows
 # their Triton and inductor compilations and the launch-bound eager timings
 touch "$OUT/.variants_may_build"
+
+# 4c. the recurrences' stepwise Triton schedule against the persistent one (ops' rows), fp32: on
+# 2026-11-27 stepwise was 5-12% faster; which one "auto" should pick
+run_stage ops-stepwise 45 "$LOG" \
+  "$PY" benchmarks/bench_ops.py --out "$OUT" --name results --dtypes float32 \
+  --ops lstm,zforcing_chain,zforcing_chain_ln --providers triton-stepwise
 
 # 5. the CUDA extension (csrc/, never run on a GPU before): its GPU tests (lstm, zforcing_chain)
 # once the background build is done, then backend="cuda" against cuDNN, then the whole training
