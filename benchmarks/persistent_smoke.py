@@ -36,6 +36,12 @@ CHAIN_LN_CASES = [(40, 32, 1024, 512, 256, 512), (7, 5, 37, 19, 18, 21)]
 TINY_LSTM = [(3, 2, 5, 7, True), (4, 70, 3, 5, False)]
 TINY_CHAIN = [(3, 2, 5, 6, 3, 4)]
 TOL = 2e-3   # max relative error vs float64 (fp32 kernels; a broken barrier gives ~1)
+# zforcing_chain_ln's: its layer norms make the TIMIT case kink-sensitive, one element that float32
+# rounding moves across a clamp sets the error: eager float32 torch against float64 on the CPU
+# (2026-11-28, 16 input draws) mostly ~2e-5, but 5.9e-4, 1.1e-3, 1.9e-3 and 5.2e-3 on four of
+# them, a kernel's own rounding alike (the plain chain's stayed <= 5.4e-5 in 24 draws). A false
+# alarm here would run every chain benchmark stepwise and drop the persistent GPU tests
+TOL_LN = 2e-2
 
 
 def _rel(a, ref):
@@ -93,7 +99,7 @@ def _chain_ln_case(shape, device, g):
     return _chain_case(shape, device, g, ln=True)
 
 
-def check(op, make, shape, device) -> bool:
+def check(op, make, shape, device, tol=TOL) -> bool:
     g = torch.Generator(device=device).manual_seed(0)
     args, grads, fn, explain = make(shape, device, g)
     t0 = time.perf_counter()
@@ -111,7 +117,7 @@ def check(op, make, shape, device) -> bool:
     worst_step = max(_rel(a, r) for a, r in zip(step, ref))
     vs_step = max(_rel(a, s.double()) for a, s in zip(per, step))
     # a long chain can amplify float32 rounding: then the stepwise schedule is off as much
-    good = (worst < TOL or worst <= 2 * worst_step) and all(bool(torch.isfinite(a).all()) for a in per)
+    good = (worst < tol or worst <= 2 * worst_step) and all(bool(torch.isfinite(a).all()) for a in per)
     print(f"{op} {shape}: {explain()}; max rel err vs float64 {worst:.2e} (stepwise {worst_step:.2e}), "
           f"vs stepwise {vs_step:.2e}, {time.perf_counter() - t0:.1f}s incl. compile: "
           f"{'ok' if good else 'MISMATCH'}", flush=True)
@@ -125,17 +131,18 @@ def main(argv=None) -> int:
         print("persistent_smoke: no CUDA device")
         return 1
     env = []
-    ops = (("lstm", _lstm_case, TINY_LSTM if tiny else LSTM_CASES, "ZF_LSTM_SCHEDULE"),
-           ("zforcing_chain", _chain_case, TINY_CHAIN if tiny else CHAIN_CASES, "ZF_CHAIN_SCHEDULE"),
-           ("zforcing_chain_ln", _chain_ln_case, TINY_CHAIN if tiny else CHAIN_LN_CASES, "ZF_CHAIN_SCHEDULE"))
-    for i, (op, make, cases, var) in enumerate(ops):
-        if all(check(op, make, shape, device) for shape in cases):
+    ops = (("lstm", _lstm_case, TINY_LSTM if tiny else LSTM_CASES, "ZF_LSTM_SCHEDULE", TOL),
+           ("zforcing_chain", _chain_case, TINY_CHAIN if tiny else CHAIN_CASES, "ZF_CHAIN_SCHEDULE", TOL),
+           ("zforcing_chain_ln", _chain_ln_case, TINY_CHAIN if tiny else CHAIN_LN_CASES, "ZF_CHAIN_SCHEDULE",
+            TOL_LN))
+    for i, (op, make, cases, var, tol) in enumerate(ops):
+        if all(check(op, make, shape, device, tol) for shape in cases):
             continue
         env.append(f"{var}=stepwise")
         if device == "cuda":
             # a device-side assert leaves the CUDA context unusable: the ops not yet checked
             # are not trusted either
-            env += [f"{v}=stepwise" for *_, v in ops[i + 1:]]
+            env += [f"{v}=stepwise" for *_, v, _ in ops[i + 1:]]
             print(f"stopping after {op}: later persistent kernels unchecked, run stepwise", flush=True)
             break
     print("ENV " + " ".join(dict.fromkeys(env)))   # each variable once
