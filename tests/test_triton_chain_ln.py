@@ -390,11 +390,14 @@ def test_gpu(dtype, schedule, nan_empty):
 @pytest.mark.parametrize("schedule", ["persistent", "stepwise"])
 def test_gpu_timit_size(schedule, nan_empty):
     """The TIMIT model's cond_ln chain (H 1024, M 512, Z 256, G 512, B 32, T 40; a 1 x 64
-    persistent grid), fp32 against the float64 reference on well-conditioned inputs (scale
-    0.25): as the plain chain's TIMIT test, the default scale is chaotic over 40 steps (eager
-    fp32 off by 6 on the CPU); at 0.25 eager fp32 is off by <= 3e-5."""
+    persistent grid), fp32 against the float64 reference on inputs away from every kink
+    (compare's ``smooth``): at the default scale the chain is chaotic over 40 steps (eager fp32
+    off by 6 on the CPU), and at scale 0.25 near a kink one element that rounding moves across it
+    decides the error (eager fp32 off by 3.1e-2 and 1.6e-2 on 2 of 6 seeds, a GPU's rounding
+    may pick any); on smooth inputs eager fp32 was off by <= 1e-5 on 16 of 16 seeds (CPU,
+    2026-11-28). The clamps themselves: the small-shape tests."""
     compare((40, 32, 1024, 512, 256, 512), torch.float32, seed=9, check_clamps=False, tol=3e-4,
-            scale=0.25, fn=lambda *a: triton_ln.zforcing_chain_ln(*a, schedule=schedule))
+            smooth=True, fn=lambda *a: triton_ln.zforcing_chain_ln(*a, schedule=schedule))
 
 
 # (T, B, H, M, Z, G)
