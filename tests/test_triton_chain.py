@@ -90,8 +90,8 @@ def run_errors(fn, shape, dtype, seed=0, check_clamps=True, scale=1.0, metric=No
     return errors_vs_float64(fn, zforcing_chain_ref, args64, OUT_NAMES, NAMES, dtype, seed, metric)
 
 
-def compare(shape, dtype, seed=0, check_clamps=True):
-    errs = run_errors(chain_triton.zforcing_chain, shape, dtype, seed, check_clamps)
+def compare(shape, dtype, seed=0, check_clamps=True, metric=None):
+    errs = run_errors(chain_triton.zforcing_chain, shape, dtype, seed, check_clamps, metric=metric)
     bad = {k: f"{v:.2e}" for k, v in errs.items() if not v <= TOL[dtype]}
     assert not bad, f"errors above {TOL[dtype]}: {bad}"
 
@@ -461,9 +461,11 @@ def test_zero_steps():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["f32", "f16", "bf16"])
 def test_gpu(dtype, schedule, nan_empty, monkeypatch):
     """GPU block sizes (several programs per dim; "auto" is the persistent grid) against the
-    float64 reference: fp32 with the fixed bound on the clamp-heavy inputs, 16-bit no worse
-    than eager torch in the same dtype on inputs away from the kinks (compare_to_torch), in
-    ||.||-relative error. At scale 1 the 5-step chain amplifies 16-bit rounding to errors of
+    float64 reference, in ||.||-relative error: fp32 within the fixed bound on the clamp-heavy
+    inputs (eager fp32 torch: <= 1.9e-4 over 64 seeds, 1.8e-5 at seed 7; max-relative, as on the
+    CPU, it was over 3e-4 on 1 of 64, 8e-5 at seed 7: one element near a kink; CPU, 2026-11-28),
+    16-bit no worse than eager torch in the same dtype on inputs away from the kinks
+    (compare_to_torch). At scale 1 the 5-step chain amplifies 16-bit rounding to errors of
     0.2 .. 0.8 in eager torch itself (H200 run of 2026-11-27, reproduced on the CPU), so a ratio to
     it measures noise; and near a kink (LeakyReLU at 0, the clamps) the one element rounding moves
     across it sets a gradient's error (at scale 0.3 this comparison failed 1 of 40 seeds in the
@@ -472,7 +474,7 @@ def test_gpu(dtype, schedule, nan_empty, monkeypatch):
         monkeypatch.setenv("ZF_CHAIN_SCHEDULE", "stepwise")
     shape = (5, 40, 80, 48, 40, 56)
     if dtype == torch.float32:
-        compare(shape, dtype, seed=7)
+        compare(shape, dtype, seed=7, metric=norm_rel_err)
     else:
         compare_to_torch(shape, dtype, GPU_FLOOR[dtype], seed=7, metric=norm_rel_err)
 

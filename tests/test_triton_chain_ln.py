@@ -370,7 +370,11 @@ def test_triton_public_api_schedule_and_zero_steps(nan_empty, monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["f32", "f16", "bf16"])
 def test_gpu(dtype, schedule, nan_empty):
     """GPU block sizes (several programs per dim; "auto" is the persistent grid) against the
-    float64 reference. fp32 as on the CPU; 16-bit on inputs away from the kinks (compare's
+    float64 reference. fp32 on inputs away from the kinks with elements on both clamps' ends
+    (put_on_clamp_ends) within a fixed 1e-4: at scale 1 this shape is chaotic (eager fp32 off
+    float64 by 1e-3 .. 1.7e-1 over 48 seeds, so a bound of 12 x eager's error let errors of 1e-2
+    pass), here eager fp32 is off by <= 1.8e-6 over 32 seeds and the interpreter's kernels by
+    7.7e-7 at seed 7 (CPU, 2026-11-28). 16-bit on inputs away from the kinks (compare's
     ``smooth``) within max(1e-2, 1.5 x eager torch's error in that dtype), errors ||.||-relative:
     at scale 1 eager torch is itself off by up to 5 in bf16 and overflows to inf in float16's
     backward (H200 run of 2026-11-27, reproduced on the CPU), and near a kink the one element
@@ -379,7 +383,8 @@ def test_gpu(dtype, schedule, nan_empty):
     16-bit dtype)."""
     fn = lambda *a: triton_ln.zforcing_chain_ln(*a, schedule=schedule)  # noqa: E731
     if dtype == torch.float32:
-        compare((5, 40, 80, 48, 40, 56), dtype, seed=7, fn=fn, ratio=F32_RATIO)
+        compare((5, 40, 80, 48, 40, 56), dtype, seed=7, fn=fn, check_clamps=False, tol=1e-4, smooth=True,
+                prepare=lambda args: put_on_clamp_ends(args, ln=True))
     else:
         compare((5, 40, 80, 48, 40, 56), dtype, seed=7, fn=fn, check_clamps=False, tol=1e-2,
                 ratio=1.5, smooth=True, metric=norm_rel_err)
