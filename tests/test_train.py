@@ -299,6 +299,18 @@ def test_checkpoint_and_evaluation_cadences(tmp_path, monkeypatch):
     assert [r["step"] for r in read_metrics(tmp_path / "run") if r["kind"] == "valid"] == [4, 8, 10, 12]
 
 
+def test_an_epoch_end_on_the_eval_grid_validates_once(tmp_path):
+    """With --eval-every dividing the epoch (10 steps), the epoch-end validation and the
+    periodic one fall on the same step: one validation there, not two (the second scored the
+    same weights, did not improve on the first and halved the learning rate)."""
+    train_mod.train(cfg_for(tmp_path, max_steps=20, epochs=50, eval_every=5, iwae_k=1, num_samples=0,
+                            patience=1), log=quiet)
+    valid = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "valid"]
+    assert [r["step"] for r in valid] == [5, 10, 15, 20]
+    lrs = [r["lr"] for r in valid]
+    assert all(b == a or not r["new_best"] for a, b, r in zip(lrs, lrs[1:], valid[1:])), valid
+
+
 def test_best_checkpoint_is_the_lowest_validation_bound_and_the_final_evaluation_uses_it(tmp_path, monkeypatch):
     """best.pt is written at each new lowest validation -ELBO (not the nll, not every validation),
     and the final evaluation scores its weights, not the last ones."""

@@ -221,6 +221,7 @@ class Run:
         self.plateau = PlateauHalving(cfg.lr_decay, cfg.lr_min, cfg.patience)
         self.eps_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
         self.step = self.epoch = self.next_batch = 0
+        self.validated_step = None   # the step of the last validation: at most one per step
         self.skipped = {"non_finite_loss": 0, "non_finite_grad": 0}
         self.train_seconds = 0.0
         self.window = {k: 0.0 for k in TERMS} | {"n": 0, "grad_norm": 0.0}
@@ -449,6 +450,7 @@ class Run:
                 res = evaluate(self.model, self.data.valid, batch_size=self.cfg.eval_batch_size,
                                seed=self.cfg.seed, window=self.cfg.scoring_window)
         res = self.dist.broadcast_object(res)
+        self.validated_step = self.step
         best, decayed = self.plateau.update(res["neg_elbo"], self.opt)
         if self.is_main:
             self.metrics.write({"kind": "valid", "step": self.step, "epoch": self.epoch, **res,
@@ -504,7 +506,10 @@ class Run:
                         break
                 else:   # the epoch ran to its end
                     self.epoch, self.next_batch = self.epoch + 1, 0
-                    self.validate()
+                    # unless --eval-every just validated this step: the same weights scored
+                    # twice would count as a validation that did not improve (a halved rate)
+                    if self.validated_step != self.step:
+                        self.validate()
                     self.save()
         finally:
             bar.close()
