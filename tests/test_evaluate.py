@@ -132,6 +132,21 @@ def test_bounds_per_recording_count_each_recording_once():
     assert first["sequences"] == 4 and first["recordings"] == 3   # rows 0-3: recordings 0, 1, 2
 
 
+def test_a_sequence_limit_cuts_the_last_batch():
+    """max_sequences=5 in batches of 4 scores rows 0-4, exactly as a split of those 5 rows
+    would (it scored the whole second batch, 8 rows, before)."""
+    y = torch.randn(6, 7, 3, generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(6, 7)
+    mask[3:, 5:] = 0   # rows 3-5 are 5 steps long
+    model = _model(ZForcing, "gaussian")
+    cut = evaluate(model, SequenceSplit(y, mask=mask), batch_size=4, iwae_k=2, max_sequences=5)
+    five = evaluate(model, SequenceSplit(y[:5], mask=mask[:5]), batch_size=4, iwae_k=2)
+    assert cut["sequences"] == 5 and cut == five
+    for bad in (0, -1, 2.5, True, "5"):
+        with pytest.raises(ValueError, match="max_sequences must be an integer >= 1"):
+            evaluate(model, SequenceSplit(y, mask=mask), max_sequences=bad)
+
+
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True, "40"])
 def test_bad_window_is_refused_by_name(bad):
     with pytest.raises(ValueError, match=r"window must be an integer >= 1"):

@@ -88,6 +88,9 @@ def evaluate(model, split, *, batch_size: int = 256, iwae_k: int | None = None, 
     recording (``neg_elbo_per_recording``, ``iwae_per_recording``): the unit of the published
     TIMIT result (a ``max_sequences`` limit may cut the last recording short)."""
     window = check_window(window)
+    if max_sequences is not None and (isinstance(max_sequences, bool) or not isinstance(max_sequences, int)
+                                      or max_sequences < 1):
+        raise ValueError(f"max_sequences must be an integer >= 1 or None, got {max_sequences!r}")
     model_was_training = model.training
     model.eval()
     p = next(model.parameters())
@@ -98,8 +101,14 @@ def evaluate(model, split, *, batch_size: int = 256, iwae_k: int | None = None, 
     try:
         for batch in iterate_batches(split, batch_size, shuffle=False, seed=seed, epoch=0):
             y, u, mask = _to(batch, p.device, p.dtype)
-            if max_sequences is not None and n_seq >= max_sequences:
-                break
+            index = batch.index
+            if max_sequences is not None:
+                if n_seq >= max_sequences:
+                    break
+                keep = max_sequences - n_seq   # the last batch cut to the limit
+                y, index = y[:, :keep], index[:keep]
+                u = None if u is None else u[:, :keep]
+                mask = None if mask is None else mask[:, :keep]
             if window is not None and u is None:
                 u = model.shift_inputs(y)   # of the whole sequence: a slice starts from the frame before it
             # per-sequence sums over the windows: summed over the sequences anyway
@@ -117,7 +126,7 @@ def evaluate(model, split, *, batch_size: int = 256, iwae_k: int | None = None, 
             n_seq += y.shape[1]
             n_steps += int(mask.sum()) if mask is not None else y.shape[0] * y.shape[1]
             if split.recording is not None:
-                recordings.update(split.recording[batch.index].tolist())
+                recordings.update(split.recording[index].tolist())
     finally:
         model.train(model_was_training)
     if n_seq == 0:
