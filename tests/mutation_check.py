@@ -105,6 +105,7 @@ BEST_CHECKPOINT_TESTS = (TRAIN + "test_best_checkpoint_is_the_lowest_validation_
 IWAE_TESTS = ("tests/test_model.py::test_iwae_chunks_draw_exactly_k_samples_and_log_weights_keep_each_sequences_"
               "own",)
 PYTHON_VAE_PAD_TESTS = ("tests/test_python_vaes.py::test_padded_batch_equals_the_truncated_sequences",)
+PYTHON_VAE_GEN_TESTS = ("tests/test_python_vaes.py::test_generation_draws_z_from_the_prior_with_its_spread",)
 STEP_FLOPS_TESTS = (BENCH + "test_step_flops_split_the_timit_step",)
 BENCH_CASE_TESTS = (BENCH + "test_design_cases_are_the_shapes_their_labels_and_the_presets_name",)
 BENCH_CHECK_TESTS = (BENCH + "test_a_provider_computing_something_else_is_caught",)
@@ -482,6 +483,15 @@ MUTANTS = (
     Mutant("storn_prior_logvar_one", "python/storn.py",
            "mu_p, lv_p = torch.zeros_like(mu_q), torch.zeros_like(lv_q)",
            "mu_p, lv_p = torch.zeros_like(mu_q), torch.ones_like(lv_q)", PYTHON_VAE_REF_TESTS),
+    Mutant("vrnn_generation_widens_the_prior", "python/vrnn.py",
+           "z = ops.reparameterize(mu_p, lv_p, self.prior_noise", "z = ops.reparameterize(mu_p, lv_p + 3.0, self.prior_noise",
+           PYTHON_VAE_GEN_TESTS),
+    Mutant("srnn_generation_inverts_the_prior_logvar", "python/srnn.py",
+           "z = ops.reparameterize(mu_p, lv_p, self.prior_noise", "z = ops.reparameterize(mu_p, -lv_p, self.prior_noise",
+           PYTHON_VAE_GEN_TESTS),
+    Mutant("storn_generation_shrinks_the_prior", "python/storn.py",
+           "z = self.prior_noise(batch_size, temperature, generator)", "z = 0.1 * self.prior_noise(batch_size, temperature, generator)",
+           PYTHON_VAE_GEN_TESTS),
     Mutant("vrnn_kl_ignores_the_mask", "python/vrnn.py",
            "kl = ops.gaussian_kl(mu_q, lv_q, mu_p, lv_p, mask, backend",
            "kl = ops.gaussian_kl(mu_q, lv_q, mu_p, lv_p, None, backend", PYTHON_VAE_PAD_TESTS),

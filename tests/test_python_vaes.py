@@ -153,26 +153,29 @@ def ref_storn(m, y, eps):
     return acc
 
 
-def ref_generate(m, name, steps, B):
-    """Generation at temperature 0 (z_t = prior mean, y_t = output mean; token ids: the likeliest
-    token, from the start token ``input_dim``), step by step -> (samples, means)."""
+def ref_generate(m, name, steps, B, prior_noise=None):
+    """Generation with y_t = the output mean (token ids: the likeliest token, from the start
+    token ``input_dim``) and z_t = the prior mean, or with ``prior_noise`` (steps, B, Z) the
+    prior's draw mean + std * prior_noise[t], step by step -> (samples, means)."""
     zeros = lambda n: torch.zeros(B, n, dtype=torch.float64)  # noqa: E731
+    noise = torch.zeros(steps, B, Z, dtype=torch.float64) if prior_noise is None else prior_noise
+    draw = lambda prior, t: prior.mean + prior.stddev * noise[t]  # noqa: E731
     tokens = m.output_type == "categorical"
     u = torch.full((B,), m.input_dim) if tokens else zeros(m.input_dim)
     z, h, c, samples, means = zeros(Z), zeros(H), zeros(H), [], []
-    for _ in range(steps):
+    for t in range(steps):
         if name == "vrnn":
             r = m.rnn
             h, c = cell(torch.cat([embed(m, u), lin(m.phi_z, z)], -1), h, c,
                         r.weight_ih, r.weight_hh, r.bias_ih, r.bias_hh)
-            z = normal(mlp(m.prior, h)).mean
+            z = draw(normal(mlp(m.prior, h)), t)
             params = mlp(m.decoder, torch.cat([lin(m.phi_z, z), h], -1))
         elif name.startswith("srnn"):
             h, c = cell(embed(m, u), h, c, *lstm_params(m.fwd_rnn))
-            z = normal(mlp(m.prior, torch.cat([z, h], -1))).mean
+            z = draw(normal(mlp(m.prior, torch.cat([z, h], -1))), t)
             params = mlp(m.decoder, torch.cat([z, h], -1))
-        else:
-            h, c = cell(torch.cat([embed(m, u), zeros(Z)], -1), h, c, *lstm_params(m.gen_rnn))
+        else:   # STORN's prior is N(0, I)
+            h, c = cell(torch.cat([embed(m, u), noise[t]], -1), h, c, *lstm_params(m.gen_rnn))
             params = lin(m.out, h)
         if tokens:   # softmax(logits / 0): all mass on the likeliest token
             u = params.argmax(-1)
@@ -322,6 +325,29 @@ def test_generation_follows_the_prior_and_feeds_back_its_outputs(name, output_ty
         want_samples, want_means = ref_generate(m, name, 6, 3)
     torch.testing.assert_close(means, want_means)
     torch.testing.assert_close(samples, want_samples)   # at temperature 0: the mean, or the likeliest token
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_generation_draws_z_from_the_prior_with_its_spread(name, temperature):
+    """z_t = prior mean + prior std * temperature * noise (the model's own noise draws,
+    recorded), the outputs at their means: the prior's variance in generation, which the
+    temperature-0 test cannot see."""
+    m = make(name)
+    drawn, real_noise, real_head = [], m.prior_noise, m.head_sample
+
+    def recorded_noise(batch_size, temp, generator):
+        drawn.append(real_noise(batch_size, temp, generator))
+        return drawn[-1]
+    m.prior_noise = recorded_noise
+    m.head_sample = lambda params, temp=1.0, generator=None: real_head(params, 0.0, generator)
+    with torch.no_grad():
+        samples, means = m.sample(6, 3, temperature=temperature, generator=torch.Generator().manual_seed(2))
+        noise = torch.stack(drawn)
+        want_samples, want_means = ref_generate(m, name, 6, 3, prior_noise=noise)
+    assert noise.shape == (6, 3, Z) and noise.std() == pytest.approx(temperature, rel=0.3)
+    torch.testing.assert_close(means, want_means)
+    torch.testing.assert_close(samples, want_samples)
 
 
 @pytest.mark.parametrize("name", list(MODELS))

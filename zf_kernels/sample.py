@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None,
                    help="steps per sequence (default: the run's training sequence length)")
     p.add_argument("--temperature", type=float, default=1.0,
-                   help="scales the prior's and the output's noise (default: 1)")
+                   help="scales the prior's noise, a Gaussian output's noise and a categorical output's "
+                        "logits (divided by it); binary pixels are drawn as they are (default: 1)")
     p.add_argument("--seed", type=int, default=None,
                    help="seeds the noise (default: the seed of the run's own final samples)")
     p.add_argument("--prefix", type=int, default=None,
