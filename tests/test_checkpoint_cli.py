@@ -82,7 +82,8 @@ def test_window_is_a_flag_and_follows_the_runs_eval_window(run_dir, capsys, tmp_
     (["{run}", "--iwae-k", "-1"], "--iwae-k must be >= 0, got -1"),
     (["{run}", "--limit", "0"], "--limit must be > 0, got 0"),
     (["{run}", "--backend", "cuda-ish"], "--backend must be auto, torch, triton or cuda"),
-], ids=["missing", "window", "empty-dir", "corrupt", "iwae-k", "limit", "backend"])   # no message in the ids:
+    (["{run}", "--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+], ids=["missing", "window", "empty-dir", "corrupt", "iwae-k", "limit", "backend", "device"])   # no message in the ids:
 # "triton" in one would put this module (its fixture trains a run) in the GPU stage's -k "triton or gpu"
 def test_bad_input_is_one_clear_line(run_dir, capsys, tmp_path, argv, message):
     (tmp_path / "empty").mkdir()
@@ -180,6 +181,14 @@ def test_num_steps_seed_and_temperature_are_flags(run_dir, capsys, tmp_path):
 def test_bad_sampling_flags_are_one_clear_line(run_dir, capsys, tmp_path, flags, message):
     rc, _, err = _sample(capsys, run_dir, "--out", tmp_path, *flags)
     assert rc == 2 and err.strip() == f"zf_kernels.sample: error: {message}", err
+
+
+def test_an_output_path_that_is_a_file_is_one_clear_line(run_dir, capsys, tmp_path):
+    (tmp_path / "file").write_text("")
+    rc, _, err = _sample(capsys, run_dir, "--out", tmp_path / "file")
+    assert rc == 2 and err.strip() == f"zf_kernels.sample: error: --out {tmp_path / 'file'} exists and is not a directory"
+    assert train_mod.main(["--out", str(tmp_path / "file"), "--max-steps", "1"]) == 2
+    assert f"--out {tmp_path / 'file'} exists and is not a directory" in capsys.readouterr().err
 
 
 def test_prefix_completes_the_splits_sequences(run_dir, capsys, tmp_path, monkeypatch):

@@ -305,6 +305,10 @@ def test_iwae_chunks_draw_exactly_k_samples_and_log_weights_keep_each_sequences_
     lw = {n: m.log_weights(x, k=3, generator=torch.Generator().manual_seed(2)) for n, x in (("o", other), ("s", same))}
     torch.testing.assert_close(lw["o"][:, 0], lw["s"][:, 0])
     assert not torch.allclose(lw["o"][:, 1], lw["s"][:, 1])
+    # k = 0 said "range() arg 3 must not be zero"
+    for kw, name in (({"k": 0}, "k"), ({"k": 2.0}, "k"), ({"k": 4, "chunk": 0}, "chunk"), ({"k": 4, "chunk": -1}, "chunk")):
+        with pytest.raises(ValueError, match=f"{name} must be a positive int, got {kw[name]!r}"):
+            m.iwae_bound(y, **kw)
 
 
 @pytest.mark.parametrize("output_type,cond_ln", [("gaussian", False), ("bernoulli", False),

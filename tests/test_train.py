@@ -76,13 +76,30 @@ def test_cli_smoke_run_writes_everything(tmp_path, capsys):
 
 def test_cli_rejects_bad_flags(tmp_path, capsys):
     assert train_mod.main(["--lr", "-1", "--out", str(tmp_path)]) == 2
-    assert "--lr must be > 0" in capsys.readouterr().err
+    assert "--lr must be a finite number > 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         train_mod.main(["--preset", "nope"])
+    for device in ("gpu", "meta", "cuda:x"):   # torch.device's own error was a traceback
+        assert train_mod.main(["--device", device, "--out", str(tmp_path)]) == 2
+        assert f"--device must be auto, cpu, cuda or cuda:N, got {device!r}" in capsys.readouterr().err
     # zero is not a size, a rate or a count; a decay of 0 would zero the learning rate, 1 keeps it
     for flag in ("batch_size", "lr", "clip", "checkpoint_every", "max_steps", "time_budget"):
-        with pytest.raises(ValueError, match=f"--{flag.replace('_', '-')} must be > 0, got 0"):
+        with pytest.raises(ValueError, match=f"--{flag.replace('_', '-')} must be a finite number > 0, got 0"):
             make_config("synthetic", **{flag: 0})
+    # NaN passes a "<= 0" test: each float flag refuses it and infinities by name
+    for flag, v in (("lr", "nan"), ("lr", "inf"), ("clip", "nan"), ("time_budget", "nan"), ("adam_eps", "inf")):
+        with pytest.raises(ValueError, match=f"--{flag.replace('_', '-')} must be a finite number > 0, got {v}"):
+            make_config("synthetic", **{flag: float(v)})
+    for flag, v in (("kl_start", -1.0), ("kl_step", -1.0), ("bwd", -1.0), ("aux_end", float("nan")),
+                    ("aux_step", float("inf")), ("lr_min", -1e-4)):
+        with pytest.raises(ValueError, match=f"--{flag.replace('_', '-')} must be a finite number >= 0, got {v}"):
+            make_config("synthetic", **{flag: v})
+    with pytest.raises(ValueError, match=r"--lr-decay must be in \(0, 1\], got nan"):
+        make_config("synthetic", lr_decay=float("nan"))
+    # a learning rate under --lr-min: the plateau rule would have raised it to --lr-min
+    with pytest.raises(ValueError, match=r"--lr-min \(0.0001\) must be <= --lr \(1e-05\)"):
+        make_config("synthetic", lr=1e-5)
+    assert make_config("synthetic", lr=1e-5, lr_min=1e-6).lr == 1e-5
     with pytest.raises(ValueError, match=r"--lr-decay must be in \(0, 1\], got 0"):
         make_config("synthetic", lr_decay=0)
     assert make_config("synthetic", lr_decay=1).lr_decay == 1
@@ -161,6 +178,9 @@ def test_plateau_halving_fires_and_respects_the_floor():
     assert rule.update(9.0, opt) == (True, False)
     assert rule.update(9.5, opt) == (False, True) and opt.param_groups[0]["lr"] == 3e-4
     assert rule.update(9.5, opt) == (False, False) and opt.param_groups[0]["lr"] == 3e-4
+    # a rate already under the floor stays where it is (max(lr * decay, lr_min) raised it)
+    opt.param_groups[0]["lr"] = 1e-5
+    assert rule.update(9.5, opt) == (False, False) and opt.param_groups[0]["lr"] == 1e-5
 
 
 def test_corrupt_or_foreign_checkpoint_gives_a_clear_error(tmp_path):

@@ -44,6 +44,9 @@ class BoundsMixin:
         """Importance-weighted bound with ``k`` samples, as a negative log-likelihood per
         sequence (nats): ``-log mean_k w_k`` >= -log p(y); never above the -ELBO in expectation.
         ``chunk`` bounds how many samples run at once (memory)."""
+        for name, v in (("k", k), ("chunk", chunk)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
         chunk = chunk or k
         logw = torch.cat([self.log_weights(y, u, mask, min(chunk, k - i), generator)
                           for i in range(0, k, chunk)], 0)

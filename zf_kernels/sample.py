@@ -60,7 +60,7 @@ def sample_checkpoint(path, *, out=None, num: int | None = None, steps: int | No
     if prompt is not None:
         given = _prompt_of(prompt, run.data.meta, run.data.name, num, steps)
     out = Path(out) if out is not None else run.checkpoint.parent / ("samples" if given is None else "completions")
-    out.mkdir(parents=True, exist_ok=True)
+    report.output_dir(out)
     # the trainer's final samples use seed + 2 (train.Run.write_samples)
     gen = torch.Generator(device=run.device).manual_seed(run.cfg.seed + 2 if seed is None else seed)
     with torch.no_grad(), run.autocast():

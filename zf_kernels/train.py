@@ -187,7 +187,7 @@ class Run:
         self.log = log if self.is_main else (lambda *a, **k: None)
         self.out = Path(cfg.out or f"runs/{cfg.preset}")
         if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
+            report.output_dir(self.out)
         self.device = distributed.resolve_device(cfg.device, self.dist)
         # self.dtype: parameters, optimizer state, data batches and noise; self.amp_dtype:
         # the autocast dtype of the forward passes (None: no autocast)

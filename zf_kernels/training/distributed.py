@@ -121,7 +121,12 @@ def resolve_device(name: str, ctx: DistContext) -> torch.device:
     ``cuda:LOCAL_RANK`` (each process its own GPU)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):   # mps, meta, ...: nothing here runs there
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine")
     if dev.type == "cuda" and ctx.enabled:

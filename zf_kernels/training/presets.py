@@ -5,6 +5,7 @@ Every field of ``TrainConfig`` is a command-line flag of ``python -m zf_kernels.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 from ..model import AUX_COSTS
@@ -160,21 +161,31 @@ def make_config(preset: str, **overrides) -> TrainConfig:
 
 
 def validate(cfg: TrainConfig) -> None:
+    def flag(name):
+        return "--" + name.replace("_", "-")
+
     def positive(name, allow_none=False):
         v = getattr(cfg, name)
         if v is None and allow_none:
             return
-        if v is None or v <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {v}")
+        if v is None or not 0 < v < math.inf:   # NaN and inf too
+            raise ValueError(f"{flag(name)} must be a finite number > 0, got {v}")
     for name in ("emb_dim", "rnn_dim", "z_dim", "mlp_dim", "batch_size", "lr", "adam_eps", "clip",
                  "epochs", "iwae_k", "eval_batch_size", "log_every", "checkpoint_every", "patience"):
         positive(name)
     for name in ("max_steps", "time_budget", "eval_every", "train_limit", "eval_limit", "threads", "seq_len",
                  "vocab_size"):
         positive(name, allow_none=True)
+    for name in ("lr_min", "kl_start", "kl_step", "aux_start", "aux_end", "aux_step", "bwd"):
+        v = getattr(cfg, name)
+        if not 0 <= v < math.inf:
+            raise ValueError(f"{flag(name)} must be a finite number >= 0, got {v}")
+    if cfg.lr_min > cfg.lr:
+        raise ValueError(f"--lr-min ({cfg.lr_min:g}) must be <= --lr ({cfg.lr:g}): the plateau rule "
+                         f"decays the learning rate down to --lr-min, never up to it")
     if cfg.eval_window is not None and cfg.eval_window < 0:
         raise ValueError(f"--eval-window must be >= 0 (0: whole sequences), got {cfg.eval_window}")
-    if not 0 < cfg.lr_decay <= 1:
+    if not 0 < cfg.lr_decay <= 1:   # NaN too
         raise ValueError(f"--lr-decay must be in (0, 1], got {cfg.lr_decay}")
     if cfg.dtype not in DTYPE_CHOICES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)} (bfloat16 and float16: "

@@ -15,6 +15,19 @@ import numpy as np
 TERMS = ("loss", "nll", "kl", "aux", "bwd_nll")
 
 
+def output_dir(path, flag: str = "--out") -> Path:
+    """``path`` as a directory, created if missing; a ValueError naming ``flag`` where a file or
+    something unwritable is in the way (mkdir's own error was a traceback)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path} exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"{flag} {path}: cannot create the directory ({exc.strerror})") from exc
+    return path
+
+
 class MetricsLog:
     """Append-only JSONL or CSV log of dict records, each with a ``step``.
 

@@ -52,7 +52,7 @@ class PlateauHalving:
         self.bad = 0
         decayed = False
         for group in optimizer.param_groups:
-            new = max(group["lr"] * self.decay, self.lr_min)
+            new = max(group["lr"] * self.decay, min(self.lr_min, group["lr"]))   # never up
             decayed |= new < group["lr"]
             group["lr"] = new
         return False, decayed
