@@ -1,6 +1,7 @@
 """The trainer: learning on synthetic data, exact resume, the CLI, schedules, plateau
 halving, checkpoints, skipping non-finite batches."""
 import csv
+import dataclasses
 import json
 import os
 import types
@@ -53,6 +54,33 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     ma = [r for r in read_metrics(tmp_path / "full") if r["kind"] != "test"]
     mb = [r for r in read_metrics(tmp_path / "part") if r["kind"] != "test"]
     assert without_timing(ma) == without_timing(mb)
+
+
+def test_cli_resume_continues_the_run_as_configured_and_refuses_other_settings(tmp_path, capsys):
+    """--out DIR --resume alone continues the run with its own settings (the README's command);
+    a flag that would change what the run is (learning rate, schedules, data) is refused by
+    name, and config.json keeps saying what ran; a flag of how it runs or when it stops applies."""
+    out = tmp_path / "cli"
+    first = ["--out", str(out), "--no-progress", "--train-limit", "64", "--eval-limit", "16", "--iwae-k", "2",
+             "--rnn-dim", "16", "--z-dim", "3", "--num-samples", "0", "--kl-step", "0.01", "--seed", "3"]
+    assert train_mod.main(first + ["--max-steps", "3"]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    for flags, named in ((["--lr", "0.05"], "--lr 0.05 (the checkpoint's run: 0.001)"),
+                         (["--kl-step", "0.1"], "--kl-step 0.1 (the checkpoint's run: 0.01)"),
+                         (["--preset", "seqmnist"], "--preset seqmnist (the checkpoint's run: synthetic)")):
+        capsys.readouterr()
+        assert train_mod.main(["--out", str(out), "--resume", "--max-steps", "6"] + flags) == 2, flags
+        err = capsys.readouterr().err
+        assert named in err and "Traceback" not in err, err
+        assert json.loads((out / "config.json").read_text()) == saved
+    assert train_mod.main(["--out", str(out), "--resume", "--max-steps", "6", "--no-progress"]) == 0
+    assert load_checkpoint(out / "last.pt")["step"] == 6
+    now = json.loads((out / "config.json").read_text())
+    assert {k for k in now if now[k] != saved[k]} == {"max_steps", "resume"} and now["rnn_dim"] == 16
+    # the Python API alike: a configuration that differs from the checkpoint's is refused
+    with pytest.raises(CheckpointError, match=r"--kl-step 0.5 \(the checkpoint's run: 0.01\)"):
+        train_mod.train(dataclasses.replace(make_config("synthetic", **{k: v for k, v in now.items() if k != "preset"}),
+                                            kl_step=0.5, max_steps=9), log=quiet)
 
 
 def test_cli_smoke_run_writes_everything(tmp_path, capsys):

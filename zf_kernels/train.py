@@ -52,7 +52,7 @@ from .training import distributed, report
 from .training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .training.graph_step import StaticStep
 from .training.report import TERMS
-from .training.presets import PRESET_DATA, PRESETS, TrainConfig, config_fields, make_config
+from .training.presets import PRESET_DATA, PRESETS, TrainConfig, config_fields, make_config, resume_conflicts
 from .training.schedules import LossWeights, PlateauHalving
 
 # --dtype -> (dtype of the parameters, gradients and Adam state; autocast dtype or None).
@@ -281,6 +281,12 @@ class Run:
                                   f"({type(exc).__name__}: {exc})") from None
 
     def _load_state_dict(self, state, path):
+        conflicts = resume_conflicts(state["config"], self.cfg)
+        if conflicts:
+            raise CheckpointError(
+                f"--resume: checkpoint {path} was written by a run with other settings: {'; '.join(conflicts)}. "
+                f"A resumed run keeps its own settings (the command line fills in the flags it does not "
+                f"give): drop these flags or give the run's values, or start a new run in another --out")
         if state["model_config"] != self.model.config:
             raise CheckpointError(f"checkpoint {path} holds a model {state['model_config']}, "
                                   f"but this run builds {self.model.config}; use the same size flags")
@@ -587,13 +593,13 @@ def train(cfg: TrainConfig, log=print) -> dict:
 def _train(cfg: TrainConfig, log, ctx) -> dict:
     run = Run(cfg, log, ctx)
     log = run.log
-    if run.is_main:
-        with open(run.out / "config.json", "w") as f:
-            json.dump(cfg.to_dict(), f, indent=2)
     if cfg.resume:
         run.try_resume()
     elif run.is_main:
         run.metrics.path.unlink(missing_ok=True)
+    if run.is_main:   # after a resume's checks: what this run really uses
+        with open(run.out / "config.json", "w") as f:
+            json.dump(cfg.to_dict(), f, indent=2)
     n_params = sum(p.numel() for p in run.model.parameters())
     log(f"zf_kernels.train: model {cfg.model!r}, preset {cfg.preset!r}, data {run.data.name!r} "
         f"({len(run.data.train)} train / {len(run.data.valid)} valid / {len(run.data.test)} test sequences, "
@@ -637,8 +643,9 @@ def _flag_help(f, default) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m zf_kernels.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="synthetic", choices=sorted(PRESETS),
-                   help="hyper-parameter defaults and data set (default: synthetic)")
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="hyper-parameter defaults and data set (default: synthetic; with --resume, the "
+                        "run's own settings are the defaults)")
     defaults = TrainConfig()
     for f in config_fields():
         if f.name == "preset":
@@ -654,11 +661,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _resumed_config(out) -> dict | None:
+    """The configuration saved in ``out/last.pt`` (None when there is none yet: --resume then
+    starts a new run). Fields this version does not know are left out."""
+    path = Path(out) / "last.pt"
+    if not path.exists():
+        return None
+    config = load_checkpoint(path, map_location="cpu").get("config")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"checkpoint {path} holds no run configuration: not a training checkpoint")
+    known = {f.name for f in config_fields()}
+    return {k: v for k, v in config.items() if k in known}
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k != "preset"}
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    preset = given.pop("preset", None)
     try:
-        cfg = make_config(args.preset, **overrides)
+        saved = _resumed_config(given.get("out") or f"runs/{preset or 'synthetic'}") if given.get("resume") else None
+        if saved is not None:   # continue the run as it was configured, except where a flag says otherwise
+            preset = preset or saved["preset"]
+            given = {k: v for k, v in saved.items() if k != "preset"} | given
+        cfg = make_config(preset or "synthetic", **given)
         train(cfg)
     except (ValueError, CheckpointError, FileNotFoundError, ops.BackendUnavailableError) as exc:
         # ops.BackendUnavailableError: --backend names one that cannot run here (e.g. cuda on a CPU)

@@ -143,6 +143,24 @@ def config_fields():
     return fields(TrainConfig)
 
 
+# What --resume may change: how the run executes, when it stops and what its final report
+# computes. Every other field defines the run (model, data, optimisation, schedules, validation)
+# and must equal the checkpoint's: a resumed run that silently kept the checkpoint's learning
+# rate and schedules while config.json said otherwise would misreport itself.
+RESUME_MAY_CHANGE = frozenset({
+    "out", "resume", "device", "backend", "threads", "tf32", "fp32_dot", "cuda_graph", "compile",
+    "epochs", "max_steps", "time_budget", "progress", "log_every", "checkpoint_every", "eval_every",
+    "iwae_k", "eval_batch_size", "num_samples"})
+
+
+def resume_conflicts(saved: dict, cfg: TrainConfig) -> list[str]:
+    """``--flag value (the checkpoint's run: value)`` for each field of ``cfg`` outside
+    RESUME_MAY_CHANGE that differs from ``saved`` (a checkpoint's configuration)."""
+    now = cfg.to_dict()
+    return [f"--{k.replace('_', '-')} {now[k]} (the checkpoint's run: {saved[k]})"
+            for k in now if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != now[k]]
+
+
 def make_config(preset: str, **overrides) -> TrainConfig:
     """The preset's defaults, then ``overrides`` (None means "keep the preset's value")."""
     if preset not in PRESETS:
