@@ -245,7 +245,11 @@ def caller(op: str, provider: str, inp: Inputs) -> Callable:
               "zforcing_chain_ln": chain_ln_triton.zforcing_chain_ln}[op]
         return lambda: fn(*args, schedule="stepwise")
     pub = getattr(ops, op)
-    return lambda: pub(*args, backend=provider)
+
+    def call():   # the value checks (host syncs: categorical / bernoulli ranges) off, as in trusted steps
+        with ops.assume_valid_inputs():
+            return pub(*args, backend=provider)
+    return call
 
 
 def reference(case: Case, inp: Inputs):

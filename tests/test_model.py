@@ -411,6 +411,9 @@ def test_sampling_discrete_outputs_one_step_by_hand(output_type, temperature):
     (lambda m: m(torch.zeros(3, 2, 3, dtype=torch.float64), eps=torch.zeros(3, 2, 5)), "eps"),
     (lambda m: ZForcing(3, "poisson"), "output_type"),
     (lambda m: ZForcing(0), "input_dim"),
+    # a Bernoulli likelihood of 2 is above 1: a negative NLL, not an error, before
+    (lambda m: ZForcing(3, "bernoulli", emb_dim=4, rnn_dim=6, z_dim=2, mlp_dim=4)(torch.full((3, 2, 3), 2.0)),
+     r"y must lie in \[0, 1\] for Bernoulli output, got values in \[2, 2\]"),
 ])
 def test_bad_input(make, match):
     with pytest.raises((ValueError, TypeError), match=match):

@@ -95,10 +95,15 @@ class _Summary:
 
 # ================================================================ tensors
 @st.composite
-def values(draw, shape, dtype):
-    """A tensor of ``shape`` and ``dtype`` with random values, maybe one NaN / Inf / 1e30."""
+def values(draw, shape, dtype, unit=False):
+    """A tensor of ``shape`` and ``dtype`` with random values (``unit``: in [0, 1], some exactly
+    0 or 1), maybe one NaN / Inf / 1e30."""
     g = torch.Generator().manual_seed(draw(st.integers(0, 2 ** 31 - 1)))
-    v = torch.randn(shape, generator=g, dtype=torch.float64) * draw(st.sampled_from([0.1, 1.0, 4.0]))
+    if unit:
+        v = torch.rand(shape, generator=g, dtype=torch.float64)
+        v = torch.where(v < 0.2, 0.0, torch.where(v > 0.8, 1.0, v))
+    else:
+        v = torch.randn(shape, generator=g, dtype=torch.float64) * draw(st.sampled_from([0.1, 1.0, 4.0]))
     if v.numel():
         kind = draw(st.sampled_from(["none"] * 6 + list(SPECIAL)))
         if kind != "none":
@@ -125,7 +130,7 @@ def relayout(t: torch.Tensor, layout: str, dim: int) -> torch.Tensor:
 
 
 @st.composite
-def argument(draw, shape, dtype, *, mutate=0.08, allow_none=False):
+def argument(draw, shape, dtype, *, mutate=0.08, allow_none=False, unit=False):
     """``(value, problems)`` for one tensor argument: mostly ``shape`` / ``dtype``; sometimes a
     wrong type, another dtype or another shape (recorded as problems: "type", "dtype",
     "ndim_or_shape"), None where optional."""
@@ -149,7 +154,7 @@ def argument(draw, shape, dtype, *, mutate=0.08, allow_none=False):
         else:
             shape = []
         problems.add("shape")
-    t = draw(values(tuple(shape), dtype))
+    t = draw(values(tuple(shape), dtype, unit))
     t = relayout(t, draw(st.sampled_from(["contiguous"] * 3 + ["strided", "transposed", "expanded"])),
                  draw(st.integers(0, 3)))
     if chance(draw, 50 * mutate):
@@ -340,9 +345,15 @@ def _run_dist_case(data, op, backend_strategy):
     ndim = data.draw(st.integers(1, 3), label="ndim")
     shape = tuple(data.draw(st.lists(st.integers(0, 4), min_size=ndim, max_size=ndim), label="shape"))
     dtype = data.draw(st.sampled_from(FLOATS), label="dtype")
-    drawn = [data.draw(argument(shape, dtype), label=n) for n in names]
+    # Bernoulli data: mostly in [0, 1]; outside it (or NaN) x is refused by name
+    unit = op == "bernoulli_nll" and not chance(data.draw, 8)
+    drawn = [data.draw(argument(shape, dtype, unit=unit and n == "x"), label=n) for n in names]
     args, probs = [a for a, _ in drawn], [p for _, p in drawn]
     problems = _same_shape_problems(names, args, probs)
+    x = args[0]
+    if op == "bernoulli_nll" and isinstance(x, torch.Tensor) and x.dtype.is_floating_point and x.numel() \
+            and not bool(((x >= 0) & (x <= 1)).all()):
+        problems.append((ValueError, {"x"}))
     mask = None
     if has_mask:
         mask = data.draw(mask_argument(shape[:-1]), label="mask")
@@ -670,7 +681,10 @@ def _triton_usable(op, args):
 @given(data=st.data())
 def test_triton_distribution_ops_on_bad_input(op, data):
     x = torch.linspace(-1, 1, 12).view(3, 4)
-    why = _triton_usable(op, [x + i for i in range(len(DIST[op][0]))])
+    args = [x + i for i in range(len(DIST[op][0]))]
+    if op == "bernoulli_nll":
+        args[0] = (x + 1) / 2   # Bernoulli data lie in [0, 1]
+    why = _triton_usable(op, args)
     if why:
         pytest.skip(f"triton backend of {op} not usable here: {why}")
     CASES[f"{op} [triton]"][_run_dist_case(data, op, st.just(("triton", [])))] += 1

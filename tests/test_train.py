@@ -107,6 +107,12 @@ def test_cli_rejects_bad_flags(tmp_path, capsys):
     assert "--lr must be a finite number > 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         train_mod.main(["--preset", "nope"])
+    # the data flags by their names (the loaders' own errors named "path" and "T")
+    for flags, message in ((["--preset", "npz"], "--data is required with --preset npz"),
+                           (["--preset", "npz", "--data", str(tmp_path)], f"--data: path {tmp_path} does not exist or is not a file"),
+                           (["--seq-len", "1"], "--seq-len must be >= 2 for synthetic data, got 1")):
+        assert train_mod.main(flags + ["--out", str(tmp_path / "d")]) == 2
+        assert message in capsys.readouterr().err, flags
     for device in ("gpu", "meta", "cuda:x"):   # torch.device's own error was a traceback
         assert train_mod.main(["--device", device, "--out", str(tmp_path)]) == 2
         assert f"--device must be auto, cpu, cuda or cuda:N, got {device!r}" in capsys.readouterr().err

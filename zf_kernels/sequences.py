@@ -44,6 +44,9 @@ def _check_sequence_values(name: str, y, input_dim: int, output_type: str) -> No
                              f"got [{int(y.min())}, {int(y.max())}]")
     elif not torch.isfinite(y).all():
         raise ValueError(f"{name} contains NaN or Inf values")
+    elif output_type == "bernoulli" and y.numel() and ((y < 0) | (y > 1)).any():
+        raise ValueError(f"{name} must lie in [0, 1] for Bernoulli output, got values in "
+                         f"[{float(y.min()):g}, {float(y.max()):g}]")
 
 
 def check_batch_values(y, u, mask, input_dim: int, output_type: str) -> None:

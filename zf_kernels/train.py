@@ -88,6 +88,8 @@ def data_options(cfg: TrainConfig) -> dict:
     name, opts = PRESET_DATA[cfg.preset], {}
     if cfg.seq_len is not None:
         if name == "synthetic":
+            if cfg.seq_len < 2:   # the generator's own error named its argument T
+                raise ValueError(f"--seq-len must be >= 2 for synthetic data, got {cfg.seq_len}")
             opts["T"] = cfg.seq_len
         elif name == "text" or (name in ("timit", "blizzard") and cfg.data and os.path.isdir(cfg.data)):
             opts["seq_len"] = cfg.seq_len
@@ -102,7 +104,13 @@ def data_options(cfg: TrainConfig) -> dict:
 
 
 def load_data(cfg: TrainConfig):
-    bundle = load_dataset(PRESET_DATA[cfg.preset], cfg.data, seed=cfg.seed, **data_options(cfg))
+    name = PRESET_DATA[cfg.preset]
+    if cfg.data is None and name not in ("seqmnist", "synthetic"):
+        raise ValueError(f"--data is required with --preset {cfg.preset} (the data set's file or folder)")
+    try:
+        bundle = load_dataset(name, cfg.data, seed=cfg.seed, **data_options(cfg))
+    except FileNotFoundError as exc:   # the loaders name their argument, "path"
+        raise FileNotFoundError(f"--data: {exc}") from None
     bundle = dataclasses.replace(
         bundle, train=limit_split(bundle.train, cfg.train_limit),
         valid=limit_split(bundle.valid, cfg.eval_limit), test=limit_split(bundle.test, cfg.eval_limit))

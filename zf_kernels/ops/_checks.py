@@ -54,9 +54,10 @@ def check_tensor(name: str, t, *, ndim: int | None = None, min_ndim: int | None 
     return t
 
 
-def check_shape(name: str, t: torch.Tensor, shape) -> None:
+def check_shape(name: str, t: torch.Tensor, shape, where: str = "") -> None:
+    """``where``: where the expected sizes come from, so that a wrong *other* argument shows."""
     if tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+        raise ValueError(f"{name} must have shape {tuple(shape)}{where}, got {tuple(t.shape)}")
 
 
 def check_same(names_and_tensors, *, dtype: bool = True) -> None:

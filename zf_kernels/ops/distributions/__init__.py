@@ -65,6 +65,11 @@ def gaussian_nll(x, mu, logvar, mask=None, backend: str = "auto"):
 def bernoulli_nll(x, logits, mask=None, backend: str = "auto"):
     """-log Bernoulli(x; sigmoid(logits)) summed over the last dim; ``x`` in [0, 1]."""
     _same_shape(("x", "logits"), (x, logits))
+    if value_checks_enabled() and x.numel():   # outside [0, 1] the "likelihood" can be > 1: a negative NLL
+        lo, hi = torch.aminmax(x.detach())
+        lo, hi = lo.item(), hi.item()
+        if not (0 <= lo and hi <= 1):
+            raise ValueError(f"x must lie in [0, 1] (Bernoulli data), got values in [{lo:g}, {hi:g}]")
     mask = check_mask(mask, x.shape[:-1], x)
     return _dispatch.resolve("bernoulli_nll", backend, x, logits)(x, logits, mask)
 

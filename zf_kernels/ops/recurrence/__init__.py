@@ -38,10 +38,11 @@ def _check_posterior_args(gates_x, post_x, eps, weight_qh, weight_q2, bias_q2, w
     check_tensor("eps", eps, ndim=3)
     Z = eps.shape[-1]
     check_shape("eps", eps, (T, B, Z))
+    where = f" (Z = {Z}: eps's last dim; M = {M}: weight_qh's rows)"
     check_tensor("weight_q2", weight_q2, ndim=2)
-    check_shape("weight_q2", weight_q2, (2 * Z, M))
+    check_shape("weight_q2", weight_q2, (2 * Z, M), where)
     check_tensor("bias_q2", bias_q2, ndim=1)
-    check_shape("bias_q2", bias_q2, (2 * Z,))
+    check_shape("bias_q2", bias_q2, (2 * Z,), where)
     return T, B, H, M, Z
 
 
