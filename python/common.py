@@ -146,7 +146,7 @@ class SequenceVAE(BoundsMixin, nn.Module):
         Returns ``LossTerms`` (``aux`` and ``bwd_nll`` are zeros: these models have no such
         costs); with ``return_latents`` also the per-step ``z, mu_q, logvar_q, mu_p, logvar_p``.
         """
-        check_batch(y, u, mask, self.input_dim, self.output_type)
+        check_batch(y, u, mask, self.input_dim, self.output_type, like=self._like)
         T, B = y.shape[:2]
         p = self._like
         if u is None:

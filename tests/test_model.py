@@ -409,6 +409,10 @@ def test_sampling_discrete_outputs_one_step_by_hand(output_type, temperature):
     (lambda m: m(torch.zeros(3, 2, 3, dtype=torch.float64), mask=torch.tensor([[0, 1], [1, 1], [1, 1]])), "right-padded"),
     (lambda m: m(torch.zeros(3, 2, 3, dtype=torch.float64), mask=torch.ones(3, 3)), "mask must have shape"),
     (lambda m: m(torch.zeros(3, 2, 3, dtype=torch.float64), eps=torch.zeros(3, 2, 5)), "eps"),
+    # the first kernel's check named its own arguments ("weight_ih ... but x ...")
+    (lambda m: m(torch.zeros(3, 2, 3)), r"y has dtype torch.float32 but the model's parameters have torch.float64"),
+    (lambda m: m(torch.zeros(3, 2, 3, dtype=torch.float64), torch.zeros(3, 2, 3)), r"u has dtype torch.float32"),
+    (lambda m: m(torch.zeros(3, 2, 3, dtype=torch.float64, device="meta")), "y is on meta but the model is on cpu"),
     (lambda m: ZForcing(3, "poisson"), "output_type"),
     (lambda m: ZForcing(0), "input_dim"),
     # a Bernoulli likelihood of 2 is above 1: a negative NLL, not an error, before

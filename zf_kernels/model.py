@@ -212,7 +212,7 @@ class ZForcing(BoundsMixin, nn.Module):
         return self.fwd_weight_ih if self.cond_ln else self.fwd_weight_ih[:, self.mlp_dim:]
 
     def _check_batch(self, y, u, mask):
-        check_batch(y, u, mask, self.input_dim, self.output_type)
+        check_batch(y, u, mask, self.input_dim, self.output_type, like=self.fwd_weight_hh)
 
     def shift_inputs(self, y):
         """``u_t = y_{t-1}``, with a zero frame (or the start token) at t = 1."""

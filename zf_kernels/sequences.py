@@ -7,13 +7,23 @@ import torch
 from .ops._checks import check_tensor, value_checks_enabled
 
 
-def check_batch(y, u, mask, input_dim: int, output_type: str) -> None:
+def check_batch(y, u, mask, input_dim: int, output_type: str, like=None) -> None:
     """Validate targets ``y`` (``(T, B, D)`` floats, or ``(T, B)`` token ids for categorical
-    data), optional inputs ``u`` of the same shape and a right-padded 0/1 ``mask (T, B)``.
+    data), optional inputs ``u`` of the same shape and a right-padded 0/1 ``mask (T, B)``;
+    ``like`` (a parameter of the model): floating data in its dtype, everything on its device.
     Inside ``ops.assume_valid_inputs()`` only shapes and dtypes are checked (no GPU sync)."""
     _check_sequences("y", y, input_dim, output_type)
     if u is not None and u.shape != y.shape:
         raise ValueError(f"u must have the shape of y {tuple(y.shape)}, got {tuple(u.shape)}")
+    if like is not None:   # else the first kernel's check named its own arguments (weight_ih, x)
+        for name, t in (("y", y), ("u", u), ("mask", mask)):
+            if t is None:
+                continue
+            if t.device != like.device:
+                raise ValueError(f"{name} is on {t.device} but the model is on {like.device}: move one of them")
+            if name != "mask" and t.dtype.is_floating_point and t.dtype != like.dtype:
+                raise TypeError(f"{name} has dtype {t.dtype} but the model's parameters have {like.dtype}: "
+                                f"cast the data ({name}.to({like.dtype})) or the model (model.to({t.dtype}))")
     if mask is not None:
         check_tensor("mask", mask, ndim=2, floating=False)
         if tuple(mask.shape) != tuple(y.shape[:2]):
