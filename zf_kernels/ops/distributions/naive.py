@@ -38,12 +38,18 @@ class _ScaledSquare(torch.autograd.Function):
     ``dq/dd = 2 r s`` as ``2 ((g d) s) s`` and ``dq/dlv = -r ** 2`` as ``-(g r) r``, with
     ``r = d s``, ``s = exp(-lv / 2)``; a zero ``g r`` gives a zero gradient even where ``r``
     overflowed (the true product ``0 * r ** 2`` is 0). The backward is made of differentiable
-    ops, so double backward works."""
+    ops, so double backward works; vmap too (generated rule). Forward-mode AD: the subclass
+    with a ``jvp`` (_ScaledSquareJvp), which torch.compile cannot trace (_stable picks)."""
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, d, lv):
-        ctx.save_for_backward(d, lv)
+    def forward(d, lv):
         return (d * torch.exp(-0.5 * lv)) ** 2
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+        ctx.save_for_forward(*inputs)
 
     @staticmethod
     def backward(ctx, g):
@@ -56,17 +62,47 @@ class _ScaledSquare(torch.autograd.Function):
 
 class _Exp(torch.autograd.Function):
     """``exp(a)`` whose gradient is 0 where the upstream gradient is 0 and ``a < inf``
-    (float32 overflows exp(a) for a > 88.7, but ``0 * exp(a)`` is 0 there)."""
+    (float32 overflows exp(a) for a > 88.7, but ``0 * exp(a)`` is 0 there); vmap alike, and
+    forward-mode AD in _ExpJvp."""
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, a):
-        ctx.save_for_backward(a)
+    def forward(a):
         return torch.exp(a)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+        ctx.save_for_forward(*inputs)
 
     @staticmethod
     def backward(ctx, g):
         (a,) = ctx.saved_tensors
         return torch.where((g == 0) & (a < math.inf), torch.zeros_like(g), g * torch.exp(a))
+
+
+class _ScaledSquareJvp(_ScaledSquare):
+    @staticmethod
+    def jvp(ctx, d_t, lv_t):
+        d, lv = ctx.saved_tensors
+        s = torch.exp(-0.5 * lv)
+        r = d * s
+        return 2.0 * (d_t * r) * s - (lv_t * r) * r
+
+
+class _ExpJvp(_Exp):
+    @staticmethod
+    def jvp(ctx, a_t):
+        (a,) = ctx.saved_tensors
+        return torch.where((a_t == 0) & (a < math.inf), torch.zeros_like(a_t), a_t * torch.exp(a))
+
+
+def _stable():
+    """``(exp, scaled_square)``: with ``jvp`` (forward-mode AD) in eager mode; without it while
+    dynamo traces, which refuses autograd.Functions that define one (a graph break each)."""
+    if torch.compiler.is_compiling():
+        return _Exp.apply, _ScaledSquare.apply
+    return _ExpJvp.apply, _ScaledSquareJvp.apply
 
 
 def gaussian_kl_ref(mu_q, logvar_q, mu_p, logvar_p, mask=None):
@@ -75,7 +111,8 @@ def gaussian_kl_ref(mu_q, logvar_q, mu_p, logvar_p, mask=None):
     The quadratic term ``(mu_q - mu_p)^2 e^-logvar_p`` is ``((mu_q - mu_p) e^(-logvar_p/2))^2``
     (``_ScaledSquare``), finite wherever the result is."""
     mq, lq, mp, lp = _up(mu_q, logvar_q, mu_p, logvar_p)
-    kl = 0.5 * (lp - lq + _Exp.apply(lq - lp) + _ScaledSquare.apply(mq - mp, lp) - 1.0)
+    exp, scaled_square = _stable()
+    kl = 0.5 * (lp - lq + exp(lq - lp) + scaled_square(mq - mp, lp) - 1.0)
     return _finish(kl.sum(-1), mask, mu_q.dtype)
 
 
@@ -85,7 +122,7 @@ def gaussian_nll_ref(x, mu, logvar, mask=None):
     The quadratic term ``(x - mu)^2 e^-logvar`` is ``((x - mu) e^(-logvar/2))^2``
     (``_ScaledSquare``), finite wherever the result is."""
     x_, m, lv = _up(x, mu, logvar)
-    nll = 0.5 * (LOG_2PI + lv + _ScaledSquare.apply(x_ - m, lv))
+    nll = 0.5 * (LOG_2PI + lv + _stable()[1](x_ - m, lv))
     return _finish(nll.sum(-1), mask, mu.dtype)
 
 
