@@ -137,6 +137,16 @@ def test_where_it_is_not_known_to_agree_the_reference_runs(case, why, reference_
     assert len(reference_calls) == 1 and out.shape == (T, B, 4) and h.shape == c.shape == (B, 4)
 
 
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_hidden_size_zero_runs_the_reference(backend, reference_calls):
+    """oneDNN refuses an LSTM of hidden size 0 ("could not create a primitive descriptor"):
+    the reference runs, as the Triton backend's empty output does."""
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = _inputs(3, 2, 3, 0, torch.float32, "both", False)
+    assert "hidden size 0" in native.why_reference(x, w_ih, w_hh)
+    out, (h, c) = ops.lstm(x, w_ih, w_hh, b_ih, b_hh, backend=backend)
+    assert len(reference_calls) == 1 and out.shape == (3, 2, 0) and h.shape == c.shape == (2, 0)
+
+
 def test_cuda_tensors_wait_for_the_gpu_tests(monkeypatch, tf32_flags):
     """Until CUDNN_VERIFIED, CUDA tensors run lstm_ref (the reason says so)."""
     tf32_flags(matmul=False, cudnn=False)

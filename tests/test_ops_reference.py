@@ -262,6 +262,9 @@ def test_auto_on_cpu_picks_torch_and_says_why():
     x = torch.zeros(2, 3)
     backend, reason = ops.explain("gaussian_nll", x, x, x)
     assert backend == "torch" and "not on CUDA" in reason
+    # without tensors there is nothing to decide on (it said "triton is available" here)
+    assert ops.explain("lstm") == ("torch", "no tensors given: 'auto' decides on the op's tensors "
+                                            "(their device, dtype and sizes)")
     torch.testing.assert_close(ops.gaussian_nll(x, x, x, backend="auto"), ops.gaussian_nll(x, x, x, backend="torch"))
 
 

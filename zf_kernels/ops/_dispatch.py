@@ -159,7 +159,9 @@ def _why_not(op: str, backend: str, tensors) -> str | None:
 
 
 def _on_cuda(tensors) -> bool:
-    return all(t.device.type == "cuda" for t in tensors if isinstance(t, torch.Tensor))
+    """Every tensor on CUDA, and at least one (explain("lstm") without tensors was "on CUDA")."""
+    tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
+    return bool(tensors) and all(t.device.type == "cuda" for t in tensors)
 
 
 # "1": "auto" also tries the implementations registered with ``not_auto`` (not yet verified on
@@ -183,6 +185,8 @@ def _auto_choice(op: str, tensors, detail: bool = True, compiling: bool | None =
         # with what the "torch" implementation runs, where it says (lstm: torch's own op or the
         # loop); not for a trace, which always takes the traceable reference
         return "torch", _with_detail(op, "torch", reason, tensors) if detail and not compiling else reason
+    if not any(isinstance(t, torch.Tensor) for t in tensors):
+        return "torch", "no tensors given: 'auto' decides on the op's tensors (their device, dtype and sizes)"
     if not _on_cuda(tensors):
         return reference("tensors are not on CUDA: the fused kernels only pay off on a GPU")
     if compiling and op in _COMPILE_TRACED:
@@ -220,7 +224,8 @@ def _with_detail(op: str, backend: str, reason: str, tensors) -> str:
 def explain(op: str, *tensors, backend: str = "auto", compiling: bool | None = None) -> tuple[str, str]:
     """Return ``(backend, reason)``: what ``backend`` resolves to for ``op`` on ``tensors``;
     ``compiling``: what "auto" picks under torch.compile (True) or eagerly (False); by default
-    whichever is the case where ``explain`` runs."""
+    whichever is the case where ``explain`` runs. The choice reads the tensors' devices, dtypes
+    and sizes; it does not check them as the op does (a call may still refuse them)."""
     if op not in _REGISTRY:
         raise ValueError(f"unknown op {op!r}; known ops: {sorted(_REGISTRY)}")
     if backend not in BACKENDS:

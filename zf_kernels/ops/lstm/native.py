@@ -70,6 +70,8 @@ def why_reference(x, *tensors) -> str | None:
         return f"torch's LSTM op is checked against the reference in float32 and float64 only, not {x.dtype}"
     if x.shape[0] == 0 or x.shape[1] == 0:
         return "an empty sequence or batch"
+    if tensors and tensors[0] is not None and tensors[0].shape[0] == 0:   # weight_ih (4H, I)
+        return "hidden size 0 (oneDNN's LSTM refuses it)"
     if x.device.type == "cuda":
         if not CUDNN_VERIFIED:
             return "cuDNN's LSTM has not passed the GPU tests yet (zf_kernels.ops.lstm.native.CUDNN_VERIFIED)"
