@@ -41,6 +41,15 @@ def value_checks_enabled() -> bool:
     return _VALUE_CHECKS.get()
 
 
+def values_readable(*tensors) -> bool:
+    """Whether an op may check these tensors' values: value checks on, and no tensor inside a
+    functorch transform (vmap and grad cannot read a value back: ``.item()`` raises there)."""
+    if not value_checks_enabled():
+        return False
+    return not any(isinstance(t, torch.Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(t)
+                   for t in tensors)
+
+
 def check_tensor(name: str, t, *, ndim: int | None = None, min_ndim: int | None = None,
                  floating: bool = True) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):

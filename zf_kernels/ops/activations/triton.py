@@ -75,6 +75,7 @@ class TritonLeakyClampFunction(torch.autograd.Function):
         return _leaky_clamp_forward(x, slope, bound)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable   # the kernels' backward is not differentiable
     def backward(ctx, grad_y):
         (x,) = ctx.saved_tensors
         return _leaky_clamp_backward(grad_y, x, ctx.slope, ctx.bound), None, None

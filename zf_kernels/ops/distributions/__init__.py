@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from .. import _autocast, _dispatch
-from .._checks import check_mask, check_same, check_shape, check_tensor, value_checks_enabled
+from .._checks import check_mask, check_same, check_shape, check_tensor, values_readable
 from .naive import (bernoulli_nll_ref, categorical_nll_ref, gaussian_kl_ref, gaussian_nll_ref,
                     reparameterize_ref)
 
@@ -65,7 +65,7 @@ def gaussian_nll(x, mu, logvar, mask=None, backend: str = "auto"):
 def bernoulli_nll(x, logits, mask=None, backend: str = "auto"):
     """-log Bernoulli(x; sigmoid(logits)) summed over the last dim; ``x`` in [0, 1]."""
     _same_shape(("x", "logits"), (x, logits))
-    if value_checks_enabled() and x.numel():   # outside [0, 1] the "likelihood" can be > 1: a negative NLL
+    if values_readable(x) and x.numel():   # outside [0, 1] the "likelihood" can be > 1: a negative NLL
         lo, hi = torch.aminmax(x.detach())
         lo, hi = lo.item(), hi.item()
         if not (0 <= lo and hi <= 1):
@@ -84,7 +84,7 @@ def categorical_nll(targets, logits, mask=None, backend: str = "auto"):
     check_shape("targets", targets, logits.shape[:-1])
     check_same([("logits", logits), ("targets", targets)], dtype=False)
     n_classes = logits.shape[-1]
-    if value_checks_enabled() and targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= n_classes):
+    if values_readable(targets) and targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= n_classes):
         raise ValueError(f"targets must lie in [0, {n_classes - 1}] (logits has {n_classes} classes), "
                          f"got values in [{int(targets.min())}, {int(targets.max())}]")
     mask = check_mask(mask, logits.shape[:-1], logits)

@@ -236,6 +236,7 @@ class TritonReparameterizeFunction(torch.autograd.Function):
         return _reparameterize_forward(mu, logvar, eps)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable   # the kernels' backward is not differentiable
     def backward(ctx, grad_z):
         logvar, eps = ctx.saved_tensors
         return _reparameterize_backward(grad_z, logvar, eps, ctx.needs_input_grad)
@@ -584,6 +585,7 @@ class TritonCategoricalNLLFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable   # the kernels' backward is not differentiable
     def backward(ctx, grad_out):
         targets, logits, mask, stats, raw = ctx.saved_tensors
         grad_logits = _categorical_nll_backward(grad_out, targets, logits, mask, stats) if ctx.needs_input_grad[1] else None
@@ -651,6 +653,7 @@ class TritonRowReductionFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable   # the kernels' backward is not differentiable
     def backward(ctx, grad_out):
         mask, raw, *inputs = ctx.saved_tensors
         grads = _row_reduction_backward(ctx.kind, grad_out, inputs, mask, ctx.needs_input_grad[2:])
