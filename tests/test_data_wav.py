@@ -291,6 +291,27 @@ def test_timit_layout_train_test_folders_with_valid_held_out(tmp_path):
     assert b.meta["split_source"]["valid"].startswith("last 1 ")
 
 
+def test_timit_speaker_folders_are_held_out_whole_and_spread(tmp_path):
+    """TIMIT's TRAIN/DR*/SPEAKER/ layout: the valid (and test) files held out are whole speaker
+    folders spread over the dialect regions (it took the last 5% of the sorted files: a speaker
+    on both sides, one region only). 4 regions x 8 speakers x 2 files: 5% is 3 files, so 2
+    speakers (4 files) each."""
+    for dr in range(4):
+        for spk in range(8):
+            for sent in range(2):
+                i = (dr * 8 + spk) * 2 + sent
+                write_pcm16(tmp_path / "TRAIN" / f"DR{dr}" / f"S{spk}" / f"X{sent}.WAV", _ramp(i + 1, 40))
+    b = load_wav_folder(tmp_path, frame_size=4, seq_len=2, normalize=False)
+    assert b.meta["files"] == {"train": 56, "valid": 4, "test": 4}
+    speaker = lambda i: (i - 1) // 2  # noqa: E731   file id -> speaker (0 .. 31)
+    spk = {s: {speaker(i) for i in _ids(getattr(b, s), 4)} for s in ("train", "valid", "test")}
+    assert len(spk["valid"]) == len(spk["test"]) == 2 and len(spk["train"]) == 28
+    assert not (spk["train"] & spk["valid"]) and not (spk["train"] & spk["test"]) and not (spk["valid"] & spk["test"])
+    for s in ("valid", "test"):   # two speakers from two regions, each with both its files
+        assert len({x // 8 for x in spk[s]}) == 2 and len(_ids(getattr(b, s), 4)) == 4, spk
+    assert b.meta["split_source"]["valid"] == "2 of the 32 train folders, spread over them"
+
+
 def test_hidden_files_and_folders_are_skipped(tmp_path):
     """A copy made on a Mac holds AppleDouble ``._X.wav`` files beside the audio (not audio), and
     a folder may hold hidden ones (``.cache/``): neither is read."""

@@ -280,19 +280,42 @@ def _split_files(root: Path) -> tuple[dict[str, list[Path]], dict[str, str]]:
                              f"{sorted(p.name for p in folders.values())}, e.g. {outside[0]}; "
                              f"move them into a split folder")
     missing = [s for s in ("valid", "test") if s not in split]
-    if missing:   # held out from the end of the sorted train files: test last, valid before it
-        train = split["train"]
-        k = max(1, round(HOLDOUT_FRACTION * len(train)))
-        need = 1 + len(missing)
-        if len(train) - k * len(missing) < 1:
-            raise ValueError(f"path {root}: {len(train)} training file(s), too few to hold out "
-                             f"{' and '.join(missing)}; need at least {need} files "
-                             f"(or give {' and '.join(missing)} folder(s))")
-        for s in reversed(missing):   # "test" first off the end, then "valid"
-            split[s], train = train[-k:], train[:-k]
-            source[s] = f"last {k} of the train files"
-        split["train"] = train
+    if missing:
+        _hold_out(root, split, source, missing)
     return split, source
+
+
+def _hold_out(root, split, source, missing):
+    """Hold ``missing`` splits (valid, test) out of ``split["train"]``, ~HOLDOUT_FRACTION of its
+    files each. Where the files sit in folders small beside that share (TIMIT's TRAIN/DR*/SPEAKER/:
+    10 files a speaker, 231 to hold out) whole folders go, evenly spread over the sorted folders:
+    no speaker on both sides, every dialect region in each split. Else (a flat folder, or a few
+    big ones) the last files of the sorted list: test last, valid before it."""
+    train = split["train"]
+    k = max(1, round(HOLDOUT_FRACTION * len(train)))
+    if len(train) - k * len(missing) < 1:
+        raise ValueError(f"path {root}: {len(train)} training file(s), too few to hold out "
+                         f"{' and '.join(missing)}; need at least {1 + len(missing)} files "
+                         f"(or give {' and '.join(missing)} folder(s))")
+    groups: dict = {}
+    for p in train:
+        groups.setdefault(p.parent, []).append(p)
+    folders = sorted(groups)
+    per_split = max(1, round(k * len(folders) / len(train)))   # k files in folders of the mean size
+    if len(train) / len(folders) <= k and len(folders) - per_split * len(missing) >= 1:
+        stride = len(folders) / per_split
+        taken = set()
+        for j, s in enumerate(missing):   # split j of n takes the folders at (i + (j+1)/(n+1)) * stride
+            picks = [folders[int((i + (j + 1) / (len(missing) + 1)) * stride)] for i in range(per_split)]
+            split[s] = [p for f in picks for p in groups[f]]
+            taken.update(picks)
+            source[s] = f"{per_split} of the {len(folders)} train folders, spread over them"
+        split["train"] = [p for p in train if p.parent not in taken]
+        return
+    for s in reversed(missing):   # "test" first off the end, then "valid"
+        split[s], train = train[-k:], train[:-k]
+        source[s] = f"last {k} of the train files"
+    split["train"] = train
 
 
 def _frame_counts(n_frames: int, seq_len: int, keep_tail: bool) -> tuple[int, int]:
