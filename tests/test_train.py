@@ -98,7 +98,8 @@ def test_cli_smoke_run_writes_everything(tmp_path, capsys):
     assert json.loads((out / "results.json").read_text())["steps"] == 6
     with open(out / "metrics.csv", newline="") as f:     # --metrics-format csv: a CSV table, not JSON lines
         rows = list(csv.DictReader(f))
-    assert [r["kind"] for r in rows] == ["valid", "valid", "test"], rows   # 2-step epochs: no 10-step log line
+    # 2-step epochs: no 10-step log line; the 3rd epoch ends with the step budget and is validated too
+    assert [r["kind"] for r in rows] == ["valid", "valid", "valid", "test"], rows
     assert {"step", "neg_elbo", "nll", "kl", "lr", "new_best"} <= set(rows[0]) and rows[0]["step"] == "2"
 
 
@@ -405,3 +406,64 @@ def test_logged_terms_average_the_updates_of_the_window(tmp_path, monkeypatch):
     finite = [v for v in losses if v == v]
     assert rec["step"] == 5 and rec["skipped"] == 1 and len(finite) == 4
     assert rec["loss"] == pytest.approx(sum(finite) / 4, rel=1e-12)
+
+
+def test_a_window_of_skipped_steps_has_no_averages_and_weights_are_the_steps_own(tmp_path, monkeypatch):
+    """Every step of the first window skipped: its line has no averages (None; it logged a
+    measured-looking 0.0); the kl / aux weights of a line are those its last step used (the
+    next step's before: kl_start + 5 * kl_step at step 5)."""
+    real = train_mod.training_loss
+    calls = []
+
+    def first_five_nan(*a, **k):
+        calls.append(1)
+        loss = real(*a, **k)
+        return loss * float("nan") if len(calls) <= 5 else loss
+    monkeypatch.setattr(train_mod, "training_loss", first_five_nan)
+    train_mod.train(cfg_for(tmp_path, max_steps=10, epochs=10, iwae_k=1, num_samples=0, kl_start=0.2, kl_step=0.01,
+                            aux_start=0.0, aux_end=1.0, aux_step=0.1), log=quiet)
+    first, second = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
+    assert first["skipped"] == 5 and all(first[k] is None for k in ("loss", "nll", "kl", "grad_norm")), first
+    assert second["loss"] is not None and second["grad_norm"] > 0
+    assert first["kl_weight"] == pytest.approx(0.24) and first["aux_weight"] == pytest.approx(0.4)
+    assert second["kl_weight"] == pytest.approx(0.29) and second["aux_weight"] == pytest.approx(0.9)
+
+
+def test_a_new_run_in_an_old_runs_folder_does_not_use_its_checkpoints(tmp_path):
+    """Without --resume the earlier run's best.pt / last.pt go: a new run that stops before its
+    first validation is evaluated on its own weights, not the old best.pt."""
+    train_mod.train(cfg_for(tmp_path, max_steps=12, epochs=10, iwae_k=1, num_samples=0), log=quiet)
+    assert (tmp_path / "run" / "best.pt").exists()
+    results = train_mod.train(cfg_for(tmp_path, max_steps=2, epochs=10, iwae_k=1, num_samples=0, rnn_dim=20),
+                              log=quiet)
+    assert results["checkpoint"].endswith("last.pt") and not (tmp_path / "run" / "best.pt").exists()
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 2
+
+
+def test_a_stop_at_an_epochs_end_validates_it_and_resumes_exactly(tmp_path):
+    """--max-steps on an epoch's last batch (10-step epochs) ends that epoch: its validation and
+    a checkpoint at the next epoch's start (it skipped both); stopping there and resuming, with
+    --eval-every on the same step, reproduces the uninterrupted run (no second validation)."""
+    kw = dict(epochs=50, eval_every=10, patience=1, iwae_k=1, num_samples=0)
+    train_mod.train(cfg_for(tmp_path, "full", max_steps=30, **kw), log=quiet)
+    train_mod.train(cfg_for(tmp_path, "part", max_steps=10, **kw), log=quiet)
+    state = load_checkpoint(tmp_path / "part" / "last.pt")
+    assert (state["epoch"], state["next_batch"], state["validated_step"]) == (1, 0, 10)
+    train_mod.train(cfg_for(tmp_path, "part", max_steps=30, resume=True, **kw), log=quiet)
+    ma = [r for r in read_metrics(tmp_path / "full") if r["kind"] != "test"]
+    mb = [r for r in read_metrics(tmp_path / "part") if r["kind"] != "test"]
+    assert without_timing(ma) == without_timing(mb)
+    assert [r["step"] for r in ma if r["kind"] == "valid"] == [10, 20, 30]
+
+
+def test_resumed_configuration_comes_from_rank_0(tmp_path):
+    """Under torchrun only rank 0 reads last.pt: another rank builds the resumed configuration
+    from the broadcast one, with no file of its own (it read its own copy, or the defaults)."""
+    saved = make_config("synthetic", rnn_dim=12, lr=5e-4, out=str(tmp_path / "elsewhere")).to_dict()
+    rank1 = types.SimpleNamespace(is_main=False, broadcast_object=lambda payload: ("ok", saved))
+    flags = {"resume": True, "max_steps": 9, "out": str(tmp_path / "missing")}
+    cfg = train_mod._resumed_config(make_config("synthetic", **flags), flags, rank1)
+    assert (cfg.rnn_dim, cfg.lr, cfg.max_steps, cfg.out) == (12, 5e-4, 9, str(tmp_path / "missing"))
+    failing = types.SimpleNamespace(is_main=False, broadcast_object=lambda payload: ("error", "rank 0 says no"))
+    with pytest.raises(CheckpointError, match="rank 0 says no"):
+        train_mod._resumed_config(make_config("synthetic", **flags), flags, failing)

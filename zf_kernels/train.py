@@ -277,6 +277,7 @@ class Run:
                     weights=self.weights.state_dict(), plateau=self.plateau.state_dict(),
                     eps_generator=self.eps_gen.get_state(), skipped=dict(self.skipped),
                     train_seconds=self.train_seconds, window=dict(self.window),
+                    validated_step=self.validated_step,
                     data_meta=self.data.meta, world_size=self.dist.world_size)
 
     def load_state_dict(self, state, path):
@@ -309,6 +310,7 @@ class Run:
         self.eps_gen.set_state(state["eps_generator"])
         self.skipped, self.train_seconds = state["skipped"], state["train_seconds"]
         self.window = state["window"]
+        self.validated_step = state.get("validated_step")   # absent from checkpoints before 2026-11-28
         if self.static_step is not None:
             self.static_step.load_window()
 
@@ -332,6 +334,14 @@ class Run:
             raise CheckpointError(value)
         return value
 
+    def remove_earlier_run(self):
+        """A new run in an --out that holds another's files: its metrics and checkpoints go (a
+        stale best.pt was the final evaluation's weights when the new run stopped before its
+        first validation)."""
+        if self.is_main:
+            for path in (self.metrics.path, self.out / "best.pt", self.out / "last.pt"):
+                path.unlink(missing_ok=True)
+
     def try_resume(self):
         path = self.out / "last.pt"
         if self.is_main:   # temp files of checkpoint / metrics writes that a kill interrupted
@@ -341,8 +351,7 @@ class Run:
         state = self._read_last(path)
         if state is None:
             self.log(f"--resume: no checkpoint at {path}, starting a new run")
-            if self.is_main:
-                self.metrics.path.unlink(missing_ok=True)
+            self.remove_earlier_run()
             return
         self.load_state_dict(state, path)
         if self.is_main:
@@ -441,16 +450,18 @@ class Run:
     def flush_window(self, bar=None):
         if self.static_step is not None:
             self.static_step.store_window()
-        w, n = self.window, max(self.window["n"], 1)
+        w, n = self.window, self.window["n"]
         rec = {"kind": "train", "step": self.step, "epoch": self.epoch}
-        rec |= {k: w[k] / n for k in TERMS} | {"grad_norm": w["grad_norm"] / n}
-        rec |= {"kl_weight": self.weights.kl, "aux_weight": self.weights.aux,
+        # a window whose every step was skipped has no averages (None, not a measured 0)
+        rec |= {k: w[k] / n if n else None for k in TERMS + ("grad_norm",)}
+        kl_w, aux_w = self.weights.last_used()
+        rec |= {"kl_weight": kl_w, "aux_weight": aux_w,
                 "lr": self.opt.param_groups[0]["lr"], "skipped": sum(self.skipped.values()),
                 "train_seconds": round(self.train_seconds, 3)}
         if self.is_main:
             self.metrics.write(rec)
         if bar is not None:
-            bar.set_postfix({k: f"{rec[k]:.2f}" for k in TERMS} | {"kl_w": f"{self.weights.kl:.3f}"})
+            bar.set_postfix({k: f"{rec[k]:.2f}" if n else "-" for k in TERMS} | {"kl_w": f"{kl_w:.3f}"})
         self.window = {k: 0.0 for k in TERMS} | {"n": 0, "grad_norm": 0.0}
         if self.static_step is not None:
             self.static_step.load_window()
@@ -518,7 +529,7 @@ class Run:
                         self.save()
                     if self.out_of_budget():
                         break
-                else:   # the epoch ran to its end
+                if self.next_batch >= n_batches:   # the epoch ran to its end (the budget may end with it)
                     self.epoch, self.next_batch = self.epoch + 1, 0
                     # unless --eval-every just validated this step: the same weights scored
                     # twice would count as a validation that did not improve (a halved rate)
@@ -587,15 +598,48 @@ def _precision_note(run) -> str:
             f"state, {name} autocast" + (", loss scaling" if run.scaler is not None else "") + ")")
 
 
-def train(cfg: TrainConfig, log=print) -> dict:
+def train(cfg: TrainConfig, log=print, resume_flags: dict | None = None) -> dict:
     """Run (or resume) training as configured; returns the final results dict (on ranks
     other than 0 of a multi-process run: a short summary). Under torchrun (``WORLD_SIZE > 1``)
-    it initialises the process group from the environment and destroys it at the end."""
+    it initialises the process group from the environment and destroys it at the end.
+    ``resume_flags`` (the command line's, with ``cfg.resume``): the configuration becomes the
+    one saved in ``last.pt`` with these flags over it."""
     ctx, _ = distributed.setup(cfg.device)
     try:
+        if resume_flags is not None:
+            cfg = _resumed_config(cfg, resume_flags, ctx)
         return _train(cfg, log, ctx)
     finally:
         ctx.close()
+
+
+# machine-specific: never taken from a checkpoint written elsewhere (and the process group is
+# already set up for this one)
+_NOT_RESUMED = ("preset", "device")
+
+
+def _resumed_config(cfg: TrainConfig, flags: dict, ctx) -> TrainConfig:
+    """``cfg`` for --resume: the configuration saved in ``last.pt`` (read by rank 0 and
+    broadcast, so the ranks need no shared file system) with the command line's ``flags`` over
+    it; ``cfg`` itself where there is no checkpoint yet (a new run)."""
+    path = Path(cfg.out or f"runs/{cfg.preset}") / "last.pt"
+    payload = None
+    if ctx.is_main:
+        try:
+            payload = ("ok", load_checkpoint(path, map_location="cpu").get("config") if path.exists() else None)
+        except CheckpointError as exc:
+            payload = ("error", str(exc))
+    kind, saved = ctx.broadcast_object(payload)
+    if kind == "error":
+        raise CheckpointError(saved)
+    if saved is None:
+        return cfg
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"checkpoint {path} holds no run configuration: not a training checkpoint")
+    known = {f.name for f in config_fields()}
+    merged = {k: v for k, v in saved.items() if k in known and k not in _NOT_RESUMED}
+    merged |= {k: v for k, v in flags.items() if k != "preset"}
+    return make_config(flags.get("preset") or saved.get("preset", cfg.preset), **merged)
 
 
 def _train(cfg: TrainConfig, log, ctx) -> dict:
@@ -603,8 +647,8 @@ def _train(cfg: TrainConfig, log, ctx) -> dict:
     log = run.log
     if cfg.resume:
         run.try_resume()
-    elif run.is_main:
-        run.metrics.path.unlink(missing_ok=True)
+    else:
+        run.remove_earlier_run()
     if run.is_main:   # after a resume's checks: what this run really uses
         with open(run.out / "config.json", "w") as f:
             json.dump(cfg.to_dict(), f, indent=2)
@@ -669,30 +713,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _resumed_config(out) -> dict | None:
-    """The configuration saved in ``out/last.pt`` (None when there is none yet: --resume then
-    starts a new run). Fields this version does not know are left out."""
-    path = Path(out) / "last.pt"
-    if not path.exists():
-        return None
-    config = load_checkpoint(path, map_location="cpu").get("config")
-    if not isinstance(config, dict):
-        raise CheckpointError(f"checkpoint {path} holds no run configuration: not a training checkpoint")
-    known = {f.name for f in config_fields()}
-    return {k: v for k, v in config.items() if k in known}
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     given = {k: v for k, v in vars(args).items() if v is not None}
-    preset = given.pop("preset", None)
     try:
-        saved = _resumed_config(given.get("out") or f"runs/{preset or 'synthetic'}") if given.get("resume") else None
-        if saved is not None:   # continue the run as it was configured, except where a flag says otherwise
-            preset = preset or saved["preset"]
-            given = {k: v for k, v in saved.items() if k != "preset"} | given
-        cfg = make_config(preset or "synthetic", **given)
-        train(cfg)
+        cfg = make_config(given.get("preset") or "synthetic", **{k: v for k, v in given.items() if k != "preset"})
+        # --resume: the run's own settings fill in the flags not given (train reads them)
+        train(cfg, resume_flags=given if cfg.resume else None)
     except (ValueError, CheckpointError, FileNotFoundError, ops.BackendUnavailableError) as exc:
         # ops.BackendUnavailableError: --backend names one that cannot run here (e.g. cuda on a CPU)
         message = " ".join(str(exc).split())   # one line, whatever the exception holds

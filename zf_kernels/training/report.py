@@ -109,7 +109,7 @@ def plot_curves(records: list[dict], path) -> None:
     train = [r for r in records if r.get("kind") == "train"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for key in ("loss", "nll", "kl", "aux", "bwd_nll"):
-        pts = [(r["step"], r[key]) for r in train if key in r]
+        pts = [(r["step"], r[key]) for r in train if r.get(key) is not None]   # None: a window of skipped steps
         if pts:
             axes[0].plot(*zip(*pts), label=key)
     axes[0].set(title="training terms (per sequence)", xlabel="step", yscale="symlog")

@@ -12,6 +12,12 @@ class LossWeights:
     kl_step: float
     aux_step: float
     aux_end: float
+    previous: tuple | None = None   # (kl, aux) of the last step taken; None before the first
+
+    def last_used(self) -> tuple:
+        """``(kl, aux)`` the last step used (what a metrics line reports), or the first step's
+        weights before any step."""
+        return tuple(self.previous) if self.previous is not None else (self.kl, self.aux)
 
     @classmethod
     def from_config(cls, cfg):
@@ -20,6 +26,7 @@ class LossWeights:
 
     def advance(self):
         # KL weight rises linearly to 1; the aux weight moves linearly towards aux_end
+        self.previous = (self.kl, self.aux)
         self.kl = min(self.kl + self.kl_step, 1.0)
         if self.aux <= self.aux_end:
             self.aux = min(self.aux + self.aux_step, self.aux_end)
