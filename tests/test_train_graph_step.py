@@ -11,6 +11,7 @@ import torch
 
 from _helpers import quiet, read_metrics, without_timing
 from zf_kernels import train as train_mod
+from zf_kernels.model import LossTerms, training_loss
 from zf_kernels.data.synthetic import make_synthetic
 from zf_kernels.training import graph_step
 from zf_kernels.training.checkpoint import load_checkpoint
@@ -180,6 +181,26 @@ def test_gpu_cuda_graph_recaptures_after_a_learning_rate_change(tmp_path):
     assert run.static_step.captures == 3
     for (name, p), q in zip(run.model.named_parameters(), eager.model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_gpu_device_scalar_loss_weights_round_like_python_floats(dtype):
+    """The CUDA graph step reads the loss weights from float64 device scalars; a CUDA kernel
+    casts such a scalar to the terms' dtype before multiplying (a Python float's product is
+    computed in float32): training_loss must give the eager step's loss bit for bit in every
+    dtype. One-sequence terms over 200 steps of the KL schedule: with the weight cast to
+    bfloat16 first, about a quarter of the losses differ (emulated on the CPU)."""
+    g = torch.Generator().manual_seed(0)
+    zero = torch.zeros(1, device="cuda", dtype=dtype)
+    for i in range(200):
+        kl, aux = 0.2 + i * 5e-5, 0.01 + i * 5e-5
+        t = torch.randn(2, generator=g).mul(300).to("cuda", dtype)
+        terms = LossTerms(nll=zero, kl=t[:1], aux=t[1:], bwd_nll=zero)
+        eager = training_loss(terms, kl, aux, 1.0)
+        on_device = [torch.tensor(w, device="cuda", dtype=torch.float64) for w in (kl, aux, 1.0)]
+        assert torch.equal(training_loss(terms, *on_device, aux_on=True), eager), (dtype, i)
 
 
 def test_compiled_step_trains_like_the_eager_run(tmp_path):

@@ -97,10 +97,20 @@ def training_loss(terms: LossTerms, kl_weight, aux_weight, bwd_weight, aux_on: b
     """
     if aux_on is None:
         aux_on = aux_weight > 0
-    loss = terms.nll + kl_weight * terms.kl
+    loss = terms.nll + _weighted(kl_weight, terms.kl)
     if aux_on:
-        loss = loss + aux_weight * terms.aux + bwd_weight * terms.bwd_nll
+        loss = loss + _weighted(aux_weight, terms.aux) + _weighted(bwd_weight, terms.bwd_nll)
     return loss.mean()
+
+
+def _weighted(weight, term):
+    """``weight * term`` with a tensor weight rounded as a Python float is: a float's product
+    with 16-bit terms is computed in float32 and rounded once, but a CUDA kernel casts a 0-dim
+    device tensor to the terms' dtype first (the KL weight 0.2 + k * 5e-5 in bfloat16 moves in
+    steps of ~1e-3), so a CUDA graph's bfloat16-pure step drifted from the eager one."""
+    if isinstance(weight, torch.Tensor) and term.dtype in (torch.bfloat16, torch.float16):
+        return (weight.to(torch.float32) * term.to(torch.float32)).to(term.dtype)
+    return weight * term
 
 
 @_autocast.float32
