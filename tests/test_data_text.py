@@ -121,5 +121,5 @@ def test_seq_len_and_vocab_size_flags_reach_the_loaders(tmp_path):
         train_mod.load_data(make_config("seqmnist", seq_len=9))
     with pytest.raises(ValueError, match="--vocab-size applies to text data, not to the 'synthetic' data set"):
         train_mod.load_data(make_config("synthetic", vocab_size=9))
-    with pytest.raises(ValueError, match="--seq-len must be > 0, got 0"):
+    with pytest.raises(ValueError, match="--seq-len must be a finite number > 0, got 0"):
         make_config("text", seq_len=0)

@@ -635,7 +635,7 @@ def _resumed_config(cfg: TrainConfig, flags: dict, ctx) -> TrainConfig:
     if saved is None:
         return cfg
     if not isinstance(saved, dict):
-        raise CheckpointError(f"checkpoint {path} holds no run configuration: not a training checkpoint")
+        raise CheckpointError(f"checkpoint {path} does not hold a complete training state (no run configuration)")
     known = {f.name for f in config_fields()}
     merged = {k: v for k, v in saved.items() if k in known and k not in _NOT_RESUMED}
     merged |= {k: v for k, v in flags.items() if k != "preset"}
