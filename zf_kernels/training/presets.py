@@ -46,7 +46,8 @@ class TrainConfig:
     # stopping
     epochs: int = _opt(20, "passes over the training set")
     max_steps: int | None = _opt(None, "stop after this many training steps (unset: no limit)")
-    time_budget: float | None = _opt(None, "stop after this many seconds of training, evaluation excluded (unset: no limit)")
+    time_budget: float | None = _opt(None, "stop after this many seconds of training steps (their first compilation or CUDA-graph "
+                                                    "capture included; evaluation, checkpoints and metrics excluded; unset: no limit)")
     resume: bool = _opt(False, "continue from OUT/last.pt (exactly: weights, optimizer, schedules, data order)")
     # model
     emb_dim: int = _opt(32, "embedding width of the input frames / tokens")
