@@ -174,21 +174,38 @@ def test_jit_build_links_the_cuda_runtime_nvcc_itself_uses(tmp_path):
     assert _cuda_ext.nvcc_library_dirs(str(fake)) == []
 
 
-def test_jit_build_clears_only_a_stale_lock(tmp_path):
-    """torch's build lock left by a killed build makes every later build in that folder wait
-    forever (seen on the H200 after a timed-out build); one older than STALE_LOCK_SECONDS goes,
-    a fresh one (a build running now) stays."""
-    import os
-    import time
+def test_jit_build_lock_clears_a_dead_builds_lock_and_waits_for_a_live_one(tmp_path):
+    """torch's build lock (a plain file) left by a killed build made every later build in that
+    folder wait forever (seen on the H200 after a timed-out build, within one session). Under
+    _cuda_ext.build_lock (an flock the OS releases when its holder dies) such a file is a dead
+    build's and goes; while a live process holds build_lock, others wait and its file stays."""
+    import signal
+    import subprocess
+    import sys
 
     from zf_kernels.ops import _cuda_ext
-    assert not _cuda_ext.clear_stale_lock(tmp_path)            # no lock: nothing to do
     lock = tmp_path / "lock"
-    lock.touch()
-    assert not _cuda_ext.clear_stale_lock(tmp_path) and lock.exists()
-    old = time.time() - _cuda_ext.STALE_LOCK_SECONDS - 5
-    os.utime(lock, (old, old))
-    assert _cuda_ext.clear_stale_lock(tmp_path) and not lock.exists()
+    lock.touch()                                   # a killed build's
+    with _cuda_ext.build_lock(tmp_path, timeout=5):
+        assert not lock.exists()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from zf_kernels.ops import _cuda_ext\n"
+         f"with _cuda_ext.build_lock(Path({str(tmp_path)!r})):\n"
+         "    (Path(sys.argv[1]) / 'lock').touch(); print('held', flush=True); time.sleep(120)", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(TimeoutError, match="another process has been building"):
+            with _cuda_ext.build_lock(tmp_path, timeout=1):
+                pass
+        assert lock.exists()                       # a live build's lock stays
+        holder.send_signal(signal.SIGKILL)         # killed mid-build: its torch lock is left behind
+        holder.wait(timeout=30)
+        assert lock.exists()
+        with _cuda_ext.build_lock(tmp_path, timeout=5):
+            assert not lock.exists()
+    finally:
+        holder.kill()
 
 
 def test_jit_build_defines_come_from_the_environment_and_are_checked(monkeypatch):

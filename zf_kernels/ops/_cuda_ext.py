@@ -18,6 +18,7 @@ variant of the kernels against the default build.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import os
@@ -103,22 +104,31 @@ def _arch() -> str:
     return f"{major}{minor}" + ("a" if (major, minor) == (9, 0) else "")
 
 
-STALE_LOCK_SECONDS = 600   # a build takes about a minute; a lock this old lost its process
-
-
-def clear_stale_lock(build_dir: Path) -> bool:
-    """Remove torch's build lock in ``build_dir`` if it is older than STALE_LOCK_SECONDS (a build
-    killed mid-way leaves it, and every later build in that folder waits on it forever, as
-    seen on a GPU machine after a timeout). Returns whether it removed one."""
-    lock = build_dir / "lock"
-    try:
-        age = time.time() - lock.stat().st_mtime
-    except FileNotFoundError:
-        return False
-    if age < STALE_LOCK_SECONDS:
-        return False
-    lock.unlink(missing_ok=True)
-    return True
+@contextlib.contextmanager
+def build_lock(build_dir: Path, timeout: float | None = None):
+    """Hold ``build_dir``'s build lock: an flock, which the OS releases when its holder exits,
+    killed or not. Under it any lock file of torch's in ``build_dir`` is a dead build's (a live
+    builder would hold this lock) and goes: torch's FileBaton is a plain file that a build killed
+    mid-way leaves behind, on which every later build waited forever (seen on the H200 after a
+    timed-out build; removing only locks older than 10 minutes did not help within a session).
+    ``timeout``: seconds to wait for a live builder (None: as long as it builds)."""
+    import fcntl
+    with open(build_dir / "zf_build.lock", "w") as f:
+        start = time.monotonic()
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if timeout is not None and time.monotonic() - start > timeout:
+                    raise TimeoutError(f"another process has been building in {build_dir} for "
+                                       f"over {timeout:g} s") from None
+                time.sleep(0.5)
+        try:
+            (build_dir / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _jit_build():
@@ -145,14 +155,14 @@ def _jit_build():
     cache = Path(os.environ.get("ZF_KERNELS_CACHE", Path.home() / ".cache" / "zf_kernels"))
     build_dir = cache / "torch_ext" / tag
     build_dir.mkdir(parents=True, exist_ok=True)
-    clear_stale_lock(build_dir)
     from torch.utils.cpp_extension import load
     try:
-        return load(name=f"zf_kernels_C_{tag}", sources=[str(p) for p in srcs],
-                    extra_cflags=["-O3"], extra_include_paths=[str(CSRC)],
-                    extra_cuda_cflags=flags + [f"-gencode=arch=compute_{arch},code=sm_{arch}"],
-                    extra_ldflags=[f"-L{d}" for d in nvcc_library_dirs(nvcc)],
-                    build_directory=str(build_dir), verbose=os.environ.get("ZF_KERNELS_VERBOSE_BUILD") == "1")
+        with build_lock(build_dir):
+            return load(name=f"zf_kernels_C_{tag}", sources=[str(p) for p in srcs],
+                        extra_cflags=["-O3"], extra_include_paths=[str(CSRC)],
+                        extra_cuda_cflags=flags + [f"-gencode=arch=compute_{arch},code=sm_{arch}"],
+                        extra_ldflags=[f"-L{d}" for d in nvcc_library_dirs(nvcc)],
+                        build_directory=str(build_dir), verbose=os.environ.get("ZF_KERNELS_VERBOSE_BUILD") == "1")
     except Exception as exc:  # noqa: BLE001 - compiler errors come in many types
         msg = " ".join(str(exc).split())[-1500:]
         raise ImportError(f"the JIT build of csrc/ failed ({type(exc).__name__}: {msg}); "
