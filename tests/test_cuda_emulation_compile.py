@@ -71,6 +71,32 @@ def test_cuda_chain_is_traced_through_its_custom_ops(calls):
                       ["chain backward", "chain forward"])
 
 
+def test_inductor_takes_the_backward_ops_gradients_as_the_kernels_write_them(calls, monkeypatch):
+    """The backward ops' fake versions give contiguous gradients, as the kernels write them:
+    they kept a non-contiguous input's strides (empty_like), and inductor's generated code
+    asserted on the real gradient of a transposed x (opcheck does not compare strides)."""
+    from torch._inductor import config as inductor_config
+
+    from zf_kernels.ops.lstm import _op_glue as lstm_glue
+    from zf_kernels.ops.recurrence import _op_glue as chain_glue
+    monkeypatch.setattr(inductor_config, "force_disable_caches", True)   # a cached graph hides the fakes
+    xb, wi, wh = _leaves((B, T, I), (4 * H, I), (4 * H, H))
+    x_t = xb.detach().transpose(0, 1)
+    assert all(g.is_contiguous() for g in lstm_glue.fake_grads(x_t, wi, wh, None, None, [True] * 7)[:3])
+    assert all(g.is_contiguous() for g in chain_glue.fake_grads([x_t, wi.t()], [True, True], torch.float64))
+
+    def f(backend):
+        def run(xb, wi, wh):
+            out, (h, c) = ops.lstm(xb.transpose(0, 1) * 2.0, wi, wh, backend=backend)
+            return out, h
+        return run
+    want = _outputs_and_grads(f("cuda"), [xb, wi, wh])
+    torch._dynamo.reset()
+    got = _outputs_and_grads(torch.compile(f("cuda"), backend="inductor", fullgraph=True), [xb, wi, wh])
+    for w, g in zip(want[0] + want[1], got[0] + got[1]):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
 def test_cuda_custom_ops_pass_opcheck(calls):
     """torch.library.opcheck: schema, fake versions against the real ops, autograd registration,
     AOTAutograd."""

@@ -35,8 +35,10 @@ def autograd_backward(backward_op):
 
 
 def fake_grads(x, weight_ih, weight_hh, h0, c0, need):
-    """A backward op's outputs on fake tensors: each needed gradient shaped like its input, an
-    empty tensor for the others (and for an absent h0 / c0)."""
+    """A backward op's outputs on fake tensors: each needed gradient shaped like its input and
+    contiguous, as the kernels write them whatever the input's strides (empty_like kept a
+    transposed x's strides: inductor asserted on the real gradient's), an empty tensor for the
+    others (and for an absent h0 / c0)."""
     bias = weight_hh.new_empty(weight_hh.shape[0])
     like = (x, weight_ih, weight_hh, bias, bias, h0, c0)
-    return [torch.empty_like(t) if n and t is not None else x.new_empty(0) for t, n in zip(like, need)]
+    return [x.new_empty(t.shape, dtype=t.dtype) if n and t is not None else x.new_empty(0) for t, n in zip(like, need)]

@@ -42,8 +42,9 @@ def autograd_backward(backward_op, n_inputs):
 
 def fake_grads(like, need, dtype):
     """A backward op's outputs on fake tensors: each needed gradient shaped like its input in
-    ``like`` (in ``dtype``), an empty tensor for the others."""
-    return [torch.empty_like(t, dtype=dtype) if n else t.new_empty(0, dtype=dtype) for t, n in zip(like, need)]
+    ``like`` (in ``dtype``) and contiguous, as the kernels write them (empty_like kept a
+    non-contiguous input's strides), an empty tensor for the others."""
+    return [t.new_empty(t.shape, dtype=dtype) if n else t.new_empty(0, dtype=dtype) for t, n in zip(like, need)]
 
 
 def chain_output(outputs) -> ChainOutput:
