@@ -216,3 +216,36 @@ def test_cuda_bench_provider_records_a_row_where_it_cannot_run(tmp_path):
     assert len([r for r in cuda_rows if r["op"] == "zforcing_chain"]) == 2, rows
     assert all(r["status"] == "unavailable" and "CUDA tensors" in r["note"] for r in cuda_rows), cuda_rows
     assert any(r["provider"] == "torch" and r["status"] == "ok" for r in rows)
+
+
+def test_an_lstm_backward_that_cannot_run_is_refused_before_the_forward():
+    """The CUDA LSTM's backward pads its W slice to whole tiles and may not fit where the forward
+    does (a review found B=32, H=1072-1184 in float32 on 132 SMs): with gradients needed, the
+    kernels' check_backward runs first, so the planner's error comes before a whole forward (it
+    came from loss.backward()); without gradients the forward alone runs."""
+    from zf_kernels.ops.lstm._cuda_function import run_lstm
+
+    class RefusingBackward:
+        def __init__(self):
+            self.calls = []
+
+        def forward(self, gates, h0, w_hh, out, c_all, reverse):
+            self.calls.append("forward")
+            out.zero_()
+            c_all.zero_()
+
+        def backward(self, *a):
+            self.calls.append("backward")
+
+        def check_backward(self, x, w_hh):
+            self.calls.append("check")
+            raise ValueError("the CUDA lstm backward cannot run on B=2, H=9: needs 9216 B of shared memory")
+
+    k = RefusingBackward()
+    x, wi, wh = torch.randn(3, 2, 4), torch.randn(36, 4), torch.randn(36, 9)
+    with pytest.raises(ValueError, match="backward cannot run"):
+        run_lstm(k, x, wi.requires_grad_(), wh)
+    assert k.calls == ["check"]
+    with torch.no_grad():
+        out, _ = run_lstm(k, x, wi, wh)
+    assert k.calls == ["check", "forward"] and out.shape == (3, 2, 9)

@@ -40,6 +40,10 @@ class RecurrenceKernels(Protocol):
 
     def backward(self, d_out, d_hT, w_hh, gates, c_all, dc, reverse: bool) -> None: ...
 
+    # optional: ``check_backward(x, w_hh)`` raises ValueError where the backward cannot run on
+    # these sizes (its W slice padded to whole tiles needs more shared memory than the
+    # forward's), so that the refusal comes before a whole forward, not in loss.backward()
+
 
 def why_unsupported(x, *rest) -> str | None:
     """Why the CUDA LSTM cannot run on ``x`` (dtype, device), or None."""
@@ -127,6 +131,10 @@ def run_lstm(kernels: RecurrenceKernels, x, weight_ih, weight_hh, bias_ih=None, 
         h = x.new_zeros(B, H) if h0 is None else h0
         c = x.new_zeros(B, H) if c0 is None else c0
         return x.new_zeros(T, B, H), (h, c)
+    check_backward = getattr(kernels, "check_backward", None)
+    if check_backward is not None and torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0)):
+        check_backward(x, weight_hh)
     out, h_T, c_T = _LSTMFunction.apply(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, bool(reverse),
                                         kernels)
     return out, (h_T, c_T)

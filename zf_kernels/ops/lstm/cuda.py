@@ -47,6 +47,12 @@ class _ExtensionKernels:
             _C.lstm_backward(d_out, d_hT, w_hh, gates, c_all, dc, reverse, self.units_per_block, self.threads,
                              self.tf32, torch.cuda.current_stream().cuda_stream)
 
+    def check_backward(self, x, w_hh):
+        """ValueError (the planner's) where the backward cannot run on these sizes."""
+        with torch.cuda.device(x.device):
+            _C.lstm_plan(True, x.shape[1], w_hh.shape[1], x.element_size(), self.units_per_block, self.threads,
+                         self.tf32)
+
 
 def lstm(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, c0=None, reverse=False, *,
          units_per_block: int = 0, threads: int = 0):
