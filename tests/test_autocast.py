@@ -228,7 +228,8 @@ def test_model_under_autocast_keeps_float32_parameters_and_gradients(cond_ln, au
         loss = training_loss(terms, 0.5, 1.0, 1.0)
     for k in ("nll", "kl", "aux", "bwd_nll"):
         assert getattr(terms, k).dtype == F32, k
-        torch.testing.assert_close(getattr(terms, k), getattr(ref, k), rtol=0.05, atol=0.5)
+        # KL terms here are ~0.5-0.8 and bf16 moves them by <= 0.012: atol 0.5 let a zero KL pass
+        torch.testing.assert_close(getattr(terms, k), getattr(ref, k), rtol=0.05, atol=0.05)
     assert lat["mu_q"].dtype == lat["mu_p"].dtype == BF16
     if not cond_ln:   # the fused chain ran in bf16
         assert lat["h"].dtype == lat["z"].dtype == BF16

@@ -70,13 +70,17 @@ def test_windows_are_the_sequences_cut_into_pieces(output_type, window, padded):
     if not padded:
         mask = torch.ones_like(mask)
     model = _model(NoiseFree, output_type)
-    whole = evaluate(model, SequenceSplit(y, mask=mask if padded else None), batch_size=3, window=window)
+    whole = evaluate(model, SequenceSplit(y, mask=mask if padded else None), batch_size=3, window=window, iwae_k=2)
     cut = _cut(model, y, mask, window)
-    pieces = evaluate(model, cut, batch_size=4)
+    pieces = evaluate(model, cut, batch_size=4, iwae_k=2)
     assert pieces["recordings"] == y.shape[0] == whole["sequences"]
     assert pieces["sequences"] == len(cut) > y.shape[0]
     torch.testing.assert_close(pieces["neg_elbo_per_recording"], whole["neg_elbo"], rtol=1e-12, atol=1e-9)
     torch.testing.assert_close(pieces["neg_elbo_per_step"], whole["neg_elbo_per_step"], rtol=1e-12, atol=1e-9)
+    # the IWAE bound in windows too (noise-free model: the same weights either way)
+    torch.testing.assert_close(pieces["iwae_per_recording"], whole["iwae"], rtol=1e-12, atol=1e-9)
+    for out in (whole, pieces):   # the bound is its two terms, each summed per sequence
+        assert out["neg_elbo"] == pytest.approx(out["nll"] + out["kl"], rel=1e-12)
 
 
 def test_token_windows_start_from_the_token_before_them():

@@ -308,3 +308,18 @@ def test_rare_huge_frames_are_skipped_counted_and_leave_parameters_finite(tmp_pa
     params = load_checkpoint(out / "last.pt")["model"]
     assert all(torch.isfinite(v).all() for v in params.values())
     assert all(math.isfinite(results["test"][k]) for k in ("neg_elbo", "nll", "kl", "iwae"))
+
+
+def test_a_checkpoint_keeps_its_crc_when_torchs_is_switched_off(tmp_path):
+    """A user who turned torch.save's CRC-32 off (torch.serialization.set_crc32_options) still
+    gets checkpoints with it, that load back (without it, this loader refused them as failing
+    their CRC check), and finds the option as they left it."""
+    if not hasattr(torch.serialization, "set_crc32_options"):
+        pytest.skip("this torch has no CRC-32 switch")
+    torch.serialization.set_crc32_options(False)
+    try:
+        save_checkpoint({"w": torch.arange(6.0)}, tmp_path / "c.pt")
+        assert torch.serialization.get_crc32_options() is False
+        assert torch.equal(load_checkpoint(tmp_path / "c.pt")["w"], torch.arange(6.0))
+    finally:
+        torch.serialization.set_crc32_options(True)

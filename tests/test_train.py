@@ -54,6 +54,9 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     ma = [r for r in read_metrics(tmp_path / "full") if r["kind"] != "test"]
     mb = [r for r in read_metrics(tmp_path / "part") if r["kind"] != "test"]
     assert without_timing(ma) == without_timing(mb)
+    # the interrupted run's final test line goes: one test line, the resumed run's, at its end
+    tests = {d: [r["step"] for r in read_metrics(tmp_path / d) if r["kind"] == "test"] for d in ("full", "part")}
+    assert tests == {"full": [25], "part": [25]}
 
 
 def test_cli_resume_continues_the_run_as_configured_and_refuses_other_settings(tmp_path, capsys):

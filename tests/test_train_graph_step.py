@@ -18,10 +18,11 @@ from zf_kernels.training.checkpoint import load_checkpoint
 from zf_kernels.training.presets import make_config
 
 # aux_step 0.2 from 0: the first step runs without the aux terms, later ones with them (two
-# static configurations); log / checkpoint grids (5 / 7) off each other and off max_steps
+# static configurations); log / checkpoint grids (5 / 7) off each other and off max_steps; a bwd
+# weight of 0.5, not 1 (the static step's buffer filled with 1 passed as the flag's value)
 SMALL = dict(emb_dim=16, rnn_dim=24, z_dim=4, mlp_dim=16, batch_size=16, train_limit=96,
              eval_limit=32, iwae_k=4, num_samples=2, progress=False, log_every=5, checkpoint_every=7,
-             time_budget=None, aux_start=0.0, aux_end=0.6, aux_step=0.2, bwd=1.0, epochs=50)
+             time_budget=None, aux_start=0.0, aux_end=0.6, aux_step=0.2, bwd=0.5, epochs=50)
 
 
 def cfg_for(tmp_path, name, **kw):
@@ -108,6 +109,24 @@ def test_static_step_skips_and_counts_non_finite_steps_like_the_eager_step(tmp_p
     monkeypatch.setattr(train_mod, "StaticStep", lambda run, capture, **kw: graph_step.StaticStep(run, capture=False, **kw))
     static = train_mod.train(cfg_for(tmp_path, "static", max_steps=8, cuda_graph=True), log=quiet)
     assert eager["skipped_batches"] == static["skipped_batches"] == {"non_finite_loss": 2, "non_finite_grad": 0}
+    assert_same_runs(tmp_path / "eager", tmp_path / "static")
+
+
+def test_static_step_skips_a_finite_loss_with_a_non_finite_gradient_like_the_eager_step(tmp_path, monkeypatch):
+    """A finite loss whose gradient is NaN (sqrt at 0): the static step's on-device skip needs
+    the gradient norm's check too, not only the loss's (the NaN update was applied)."""
+    def sometimes_nan_grad(real, calls, *a, **k):
+        calls["n"] += 1
+        loss = real(*a, **k)
+        return loss + torch.sqrt(a[0].nll.sum() * 0.0) if calls["n"] in (3, 4) else loss
+
+    real = train_mod.training_loss
+    monkeypatch.setattr(train_mod, "training_loss", functools.partial(sometimes_nan_grad, real, {"n": 0}))
+    eager = train_mod.train(cfg_for(tmp_path, "eager", max_steps=6), log=quiet)
+    monkeypatch.setattr(graph_step, "training_loss", functools.partial(sometimes_nan_grad, real, {"n": 0}))
+    monkeypatch.setattr(train_mod, "StaticStep", lambda run, capture, **kw: graph_step.StaticStep(run, capture=False, **kw))
+    static = train_mod.train(cfg_for(tmp_path, "static", max_steps=6, cuda_graph=True), log=quiet)
+    assert eager["skipped_batches"] == static["skipped_batches"] == {"non_finite_loss": 0, "non_finite_grad": 2}
     assert_same_runs(tmp_path / "eager", tmp_path / "static")
 
 
