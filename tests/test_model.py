@@ -343,29 +343,32 @@ def test_sampling_is_reproducible_with_a_generator():
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.6])
-def test_sampling_draws_as_written_one_step_by_hand(temperature):
-    """Step 1 of ``sample`` by hand (authors-style, with the generator's first two normal draws
-    eps_1, eps_2): z = mu_p + exp(logvar_p / 2) eps_1 T from the prior at h_0 = 0, then the frame
-    mu + exp(logvar / 2) eps_2 T from the output at h_1; exact, so a wrong scale or temperature
-    in either draw shows (reproducibility alone cannot)."""
+def test_sampling_draws_as_written_step_by_hand(temperature):
+    """Three steps of ``sample`` by hand (authors-style, with the generator's normal draws in
+    order, two per step): z = mu_p + exp(logvar_p / 2) eps T from the prior at h_{t-1}, then the
+    frame mu + exp(logvar / 2) eps' T from the output at h_t, fed back as the next input, h and
+    c carried; exact, so a wrong scale or temperature in either draw, or a state not carried
+    (step 1 alone passed with c dropped), shows (reproducibility alone cannot)."""
     m = small_model()
-    B = 4
-    got, means = m.sample(1, B, temperature=temperature, generator=torch.Generator().manual_seed(5))
+    B, steps = 4, 3
+    got, means = m.sample(steps, B, temperature=temperature, generator=torch.Generator().manual_seed(5))
     g = torch.Generator().manual_seed(5)
     randn = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
     h = c = torch.zeros(B, m.rnn_dim, dtype=torch.float64)
-    mp, lp = torch.clamp(m.prior.fc2(act(m.prior.fc1(h))), -8, 8).chunk(2, -1)
-    z = mp + (0.5 * lp).exp() * randn(B, m.z_dim) * temperature
     u = torch.zeros(B, 3, dtype=torch.float64)
-    gates = (torch.cat([m.gen(z), m.emb(u)], -1) @ m.fwd_weight_ih.t() + m.fwd_bias_ih + h @ m.fwd_weight_hh.t()
-             + m.fwd_bias_hh)
-    i, f, gg, o = gates.chunk(4, -1)
-    c = f.sigmoid() * c + i.sigmoid() * gg.tanh()
-    h = o.sigmoid() * c.tanh()
-    om, ol = torch.clamp(m.out(h), -8, 8).chunk(2, -1)
-    with torch.no_grad():
-        torch.testing.assert_close(means[0], om)
-        torch.testing.assert_close(got[0], om + (0.5 * ol).exp() * randn(B, 3) * temperature)
+    for t in range(steps):
+        mp, lp = torch.clamp(m.prior.fc2(act(m.prior.fc1(h))), -8, 8).chunk(2, -1)
+        z = mp + (0.5 * lp).exp() * randn(B, m.z_dim) * temperature
+        gates = (torch.cat([m.gen(z), m.emb(u)], -1) @ m.fwd_weight_ih.t() + m.fwd_bias_ih + h @ m.fwd_weight_hh.t()
+                 + m.fwd_bias_hh)
+        i, f, gg, o = gates.chunk(4, -1)
+        c = f.sigmoid() * c + i.sigmoid() * gg.tanh()
+        h = o.sigmoid() * c.tanh()
+        om, ol = torch.clamp(m.out(h), -8, 8).chunk(2, -1)
+        u = om + (0.5 * ol).exp() * randn(B, 3) * temperature
+        with torch.no_grad():
+            torch.testing.assert_close(means[t], om)
+            torch.testing.assert_close(got[t], u)
 
 
 @pytest.mark.parametrize("output_type,temperature", [("bernoulli", 1.0), ("categorical", 1.0), ("categorical", 0.5)])
