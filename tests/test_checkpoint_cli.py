@@ -256,14 +256,25 @@ def test_a_prompt_must_leave_steps_to_generate():
 
 @pytest.mark.parametrize("meta,dims,names", [
     ({"image_shape": (2, 3)}, (6, 4, 1), ["samples.png"]),
-    ({"mean": 0.5, "std": 2.0, "sample_rate": 8000}, (3, 6, 5), [f"sample_{i}.wav" for i in range(4)]),
+    ({"mean": 0.1, "std": 0.3, "sample_rate": 8000}, (3, 6, 5), [f"sample_{i}.wav" for i in range(4)]),
     ({}, (5, 2), ["samples.txt"]),
     ({}, (5, 2, 3), ["samples_plot.png"]),
 ])
 def test_samples_are_written_as_the_data_sets_kind_of_file(tmp_path, meta, dims, names):
     from zf_kernels.training.report import write_samples
     samples = torch.randint(0, 9, dims) if len(dims) == 2 else torch.rand(dims)
-    paths = write_samples(samples, samples.float(), meta, tmp_path)
+    means = samples.float() if len(dims) == 2 else 1 - samples   # images show the means, not the draws
+    paths = write_samples(samples, means, meta, tmp_path)
     assert paths == [str(tmp_path / n) for n in names] and all((tmp_path / n).stat().st_size > 0 for n in names)
+    if names == ["samples.png"]:   # tile 0 (1-pixel border) holds sequence 0's means as a 2 x 3 image
+        import matplotlib.image
+        tile = matplotlib.image.imread(tmp_path / "samples.png")[1:3, 1:4, 0]
+        np.testing.assert_allclose(tile, means[:, 0, 0].reshape(2, 3).numpy(), atol=1 / 255)
+    if "mean" in meta:   # the speech normalisation undone: frames * std + mean, 16-bit
+        from zf_kernels.data.wav import read_audio
+        audio, rate = read_audio(tmp_path / "sample_1.wav")
+        want = samples[:, 1].reshape(-1).numpy() * meta["std"] + meta["mean"]
+        assert rate == 8000
+        np.testing.assert_allclose(audio, want, atol=2 / 32768)
     if names == ["samples.txt"]:
         assert (tmp_path / "samples.txt").read_text().splitlines()[0] == " ".join(map(str, samples[:, 0].tolist()))
