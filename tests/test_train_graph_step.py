@@ -4,7 +4,6 @@ On the CPU the step runs without capture (the same function a graph records): it
 the eager trainer's run bit for bit: parameters, Adam state, logged metrics, skip counts,
 checkpoints and resume. On a GPU the captured graph is compared with the eager trainer.
 """
-import functools
 
 import pytest
 import torch
@@ -96,38 +95,40 @@ def test_static_step_on_padded_batches(tmp_path, monkeypatch):
     assert_same_runs(tmp_path / "eager", tmp_path / "static")
 
 
-def test_static_step_skips_and_counts_non_finite_steps_like_the_eager_step(tmp_path, monkeypatch):
-    def sometimes_nan(real, calls, *a, **k):
-        calls["n"] += 1
-        loss = real(*a, **k)
-        return loss * float("nan") if calls["n"] in (2, 5) else loss
-
+def _eager_and_static_runs(tmp_path, monkeypatch, broken_loss, max_steps):
+    """The eager run and the (uncaptured) static run with ``broken_loss(loss, terms, n)`` in
+    place of the loss of the n-th step (counted in each run), compared step for step."""
     real = train_mod.training_loss
-    monkeypatch.setattr(train_mod, "training_loss", functools.partial(sometimes_nan, real, {"n": 0}))
-    eager = train_mod.train(cfg_for(tmp_path, "eager", max_steps=8), log=quiet)
-    monkeypatch.setattr(graph_step, "training_loss", functools.partial(sometimes_nan, real, {"n": 0}))
+
+    def counted():
+        calls = {"n": 0}
+
+        def loss_fn(*a, **k):
+            calls["n"] += 1
+            return broken_loss(real(*a, **k), a[0], calls["n"])
+        return loss_fn
+    monkeypatch.setattr(train_mod, "training_loss", counted())
+    eager = train_mod.train(cfg_for(tmp_path, "eager", max_steps=max_steps), log=quiet)
+    monkeypatch.setattr(graph_step, "training_loss", counted())
     monkeypatch.setattr(train_mod, "StaticStep", lambda run, capture, **kw: graph_step.StaticStep(run, capture=False, **kw))
-    static = train_mod.train(cfg_for(tmp_path, "static", max_steps=8, cuda_graph=True), log=quiet)
-    assert eager["skipped_batches"] == static["skipped_batches"] == {"non_finite_loss": 2, "non_finite_grad": 0}
+    static = train_mod.train(cfg_for(tmp_path, "static", max_steps=max_steps, cuda_graph=True), log=quiet)
     assert_same_runs(tmp_path / "eager", tmp_path / "static")
+    return eager["skipped_batches"], static["skipped_batches"]
+
+
+def test_static_step_skips_and_counts_non_finite_steps_like_the_eager_step(tmp_path, monkeypatch):
+    eager, static = _eager_and_static_runs(
+        tmp_path, monkeypatch, lambda loss, terms, n: loss * float("nan") if n in (2, 5) else loss, 8)
+    assert eager == static == {"non_finite_loss": 2, "non_finite_grad": 0}
 
 
 def test_static_step_skips_a_finite_loss_with_a_non_finite_gradient_like_the_eager_step(tmp_path, monkeypatch):
     """A finite loss whose gradient is NaN (sqrt at 0): the static step's on-device skip needs
     the gradient norm's check too, not only the loss's (the NaN update was applied)."""
-    def sometimes_nan_grad(real, calls, *a, **k):
-        calls["n"] += 1
-        loss = real(*a, **k)
-        return loss + torch.sqrt(a[0].nll.sum() * 0.0) if calls["n"] in (3, 4) else loss
-
-    real = train_mod.training_loss
-    monkeypatch.setattr(train_mod, "training_loss", functools.partial(sometimes_nan_grad, real, {"n": 0}))
-    eager = train_mod.train(cfg_for(tmp_path, "eager", max_steps=6), log=quiet)
-    monkeypatch.setattr(graph_step, "training_loss", functools.partial(sometimes_nan_grad, real, {"n": 0}))
-    monkeypatch.setattr(train_mod, "StaticStep", lambda run, capture, **kw: graph_step.StaticStep(run, capture=False, **kw))
-    static = train_mod.train(cfg_for(tmp_path, "static", max_steps=6, cuda_graph=True), log=quiet)
-    assert eager["skipped_batches"] == static["skipped_batches"] == {"non_finite_loss": 0, "non_finite_grad": 2}
-    assert_same_runs(tmp_path / "eager", tmp_path / "static")
+    eager, static = _eager_and_static_runs(
+        tmp_path, monkeypatch,
+        lambda loss, terms, n: loss + torch.sqrt(terms.nll.sum() * 0.0) if n in (3, 4) else loss, 6)
+    assert eager == static == {"non_finite_loss": 0, "non_finite_grad": 2}
 
 
 def test_resume_across_eager_and_static_steps(tmp_path, uncaptured):
