@@ -66,8 +66,7 @@ def bernoulli_nll(x, logits, mask=None, backend: str = "auto"):
     """-log Bernoulli(x; sigmoid(logits)) summed over the last dim; ``x`` in [0, 1]."""
     _same_shape(("x", "logits"), (x, logits))
     if values_readable(x) and x.numel():   # outside [0, 1] the "likelihood" can be > 1: a negative NLL
-        lo, hi = torch.aminmax(x.detach())
-        lo, hi = lo.item(), hi.item()
+        lo, hi = torch.stack(torch.aminmax(x.detach())).tolist()   # one host sync, not two
         if not (0 <= lo and hi <= 1):
             raise ValueError(f"x must lie in [0, 1] (Bernoulli data), got values in [{lo:g}, {hi:g}]")
     mask = check_mask(mask, x.shape[:-1], x)
