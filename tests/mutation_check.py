@@ -920,6 +920,12 @@ MUTANTS = (
     Mutant("vae_dims_take_a_bool", "python/common.py",
            "            if isinstance(v, bool) or not isinstance(v, int) or v < 1:",
            "            if not isinstance(v, int) or v < 1:", ("tests/test_python_vaes.py::test_bad_arguments_get_clear_errors",)),
+    # session 23: double backward through a fused backward
+    Mutant("fused_backward_ignores_saved_inputs", "zf_kernels/ops/_autograd.py",
+           "            if not torch.is_grad_enabled():",
+           "            if not torch.is_grad_enabled() or not any(isinstance(g, torch.Tensor) and g.requires_grad "
+           "for g in grads):",
+           ("tests/test_double_backward.py",)),
 )
 
 

@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._autograd import fused_backward
 from .. import _triton_common as common   # its leaky_clamp (the chains' own) and acc_type
 
 _BLOCK = 1024   # elements per program
@@ -75,7 +76,7 @@ class TritonLeakyClampFunction(torch.autograd.Function):
         return _leaky_clamp_forward(x, slope, bound)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable   # the kernels' backward is not differentiable
+    @fused_backward("leaky_clamp", "triton")
     def backward(ctx, grad_y):
         (x,) = ctx.saved_tensors
         return _leaky_clamp_backward(grad_y, x, ctx.slope, ctx.bound), None, None

@@ -53,6 +53,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._autograd import fused_backward
 from .._triton_common import LAUNCH_OPTIONS, acc_type, sigmoid
 
 _MAX_BLOCK_D = 1024   # widest slice of the last dim one program loads at a time
@@ -236,7 +237,7 @@ class TritonReparameterizeFunction(torch.autograd.Function):
         return _reparameterize_forward(mu, logvar, eps)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable   # the kernels' backward is not differentiable
+    @fused_backward("reparameterize", "triton")
     def backward(ctx, grad_z):
         logvar, eps = ctx.saved_tensors
         return _reparameterize_backward(grad_z, logvar, eps, ctx.needs_input_grad)
@@ -585,7 +586,7 @@ class TritonCategoricalNLLFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable   # the kernels' backward is not differentiable
+    @fused_backward("categorical_nll", "triton")
     def backward(ctx, grad_out):
         targets, logits, mask, stats, raw = ctx.saved_tensors
         grad_logits = _categorical_nll_backward(grad_out, targets, logits, mask, stats) if ctx.needs_input_grad[1] else None
@@ -653,7 +654,7 @@ class TritonRowReductionFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable   # the kernels' backward is not differentiable
+    @fused_backward(lambda ctx: ctx.kind, "triton")
     def backward(ctx, grad_out):
         mask, raw, *inputs = ctx.saved_tensors
         grads = _row_reduction_backward(ctx.kind, grad_out, inputs, mask, ctx.needs_input_grad[2:])

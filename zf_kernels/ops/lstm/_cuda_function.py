@@ -27,6 +27,7 @@ from typing import Protocol
 
 import torch
 
+from .._autograd import fused_backward
 from .._precision import state_dtype
 from ._grads import lstm_input_grads
 
@@ -108,7 +109,7 @@ class _LSTMFunction(torch.autograd.Function):
         return out, h_T, c_T
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @fused_backward("lstm", "cuda")
     def backward(ctx, d_out, d_hT, d_cT):
         x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, out, gates, c_all = ctx.saved_tensors
         reverse, kernels = ctx.reverse, ctx.kernels

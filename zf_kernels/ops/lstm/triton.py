@@ -77,6 +77,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._autograd import fused_backward
 from .. import _persistent
 from .._persistent import MAX_POLLS, SCHEDULES, check_sync, num_sms, sync_buffer
 from .._triton_common import (LAUNCH_OPTIONS, acc_type, barrier_slots, dot_precision, gate_zeros, grid_barrier,
@@ -572,7 +573,7 @@ class _LSTMFunction(torch.autograd.Function):
         return out, h_T, c_T
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @fused_backward("lstm", "triton")
     def backward(ctx, d_out, d_hT, d_cT):
         x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, out, gates, c_all = ctx.saved_tensors
         reverse, schedule, cfg = ctx.reverse, ctx.schedule, ctx.cfg
@@ -669,7 +670,7 @@ class _LSTMCellFunction(torch.autograd.Function):
         return h_new, c_new
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @fused_backward("lstm_cell", "triton")
     def backward(ctx, d_h, d_c):
         h, c, weight_hh, gates, c_new = ctx.saved_tensors
         return _lstm_cell_backward(d_h, d_c, h, c, weight_hh, gates, c_new, ctx.needs_input_grad)

@@ -27,6 +27,7 @@ from typing import Protocol
 
 import torch
 
+from .._autograd import fused_backward
 from .._precision import state_dtype
 from ._grads import chain_input_grads
 
@@ -119,7 +120,7 @@ class _ChainFunction(torch.autograd.Function):
         return h, c.to(h.dtype), z, mu, lv
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @fused_backward("zforcing_chain", "cuda")
     def backward(ctx, grad_h, grad_c, grad_z, grad_mu, grad_lv):
         (gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2, weight_gz, bias_gz, weight_iz, weight_hh,
          w_comb, gates, h, c, z, lv, s, okmask) = ctx.saved_tensors

@@ -101,8 +101,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.autograd.function import once_differentiable
 
+from .._autograd import fused_backward
 from .. import _persistent
 from .._persistent import MAX_POLLS, check_sync, num_sms, sync_buffer
 from .._triton_common import (LAUNCH_OPTIONS, acc_type, barrier_slots, dot_precision, gate_zeros, grid_barrier,
@@ -783,7 +783,7 @@ class ZForcingChainFunction(torch.autograd.Function):
         return h, c.to(h.dtype), z, mu, lv
 
     @staticmethod
-    @once_differentiable
+    @fused_backward("zforcing_chain", "triton")
     def backward(ctx, grad_h, grad_c, grad_z, grad_mu, grad_lv):
         need = ctx.needs_input_grad
         if ctx.empty:
