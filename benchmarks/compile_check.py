@@ -18,7 +18,10 @@ of each cubin with the bundled ``cuobjdump``. Checks (exit status 1 if one fails
   tf32x3 (``SPILLS_REPORTED``) spills are reported, not failed;
 - a persistent kernel fits one program per SM (its programs wait for each other at grid
   barriers, so all of them must be resident): registers x threads <= 64 K and shared
-  memory <= 227 KB.
+  memory <= 227 KB;
+- no pointer offset inside a kernel's loop over the T time steps comes from a 32-bit product of
+  the step (``step_offsets_in_32_bits``, read from Triton's IR): at long sequences such an
+  offset (e.g. ``(s + 1) * B * H`` into the cell states) passes 2**31 and wraps.
 
 It must run without ``TRITON_INTERPRET=1`` (the kernels must be real ``JITFunction``s); the test
 suite runs it in a subprocess. No GPU and no CUDA torch are needed.
@@ -46,6 +49,7 @@ import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from benchmarks.ttir_offsets import step_offsets_in_32_bits  # noqa: E402
 from zf_kernels.ops._triton_common import LAUNCH_OPTIONS  # noqa: E402
 from zf_kernels.ops.activations import triton as act_triton  # noqa: E402
 from zf_kernels.ops.distributions import triton as dist_triton  # noqa: E402
@@ -356,6 +360,11 @@ def compile_one(spec: Spec, arch: int, sass_dir: Path | None = None, strict_spil
         hard |= spec.persistent
     if shared > SMEM_PER_SM:
         problems.append(f"shared memory {shared} B > {SMEM_PER_SM} B")
+        hard = True
+    wrapping = step_offsets_in_32_bits(ck.asm["ttir"])
+    if wrapping:
+        problems.append(f"{len(wrapping)} pointer offsets from 32-bit products of the time step, e.g. "
+                        f"{wrapping[0][:160]}")
         hard = True
     row.update(ok=not hard, regs=regs, stack=stack, local=local, shared=shared,
                problems="; ".join(problems))

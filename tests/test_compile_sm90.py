@@ -55,3 +55,40 @@ def test_kernels_compile_for_sm90_without_spills(tmp_path):
         assert r["ok"], r
         if r["persistent"]:
             assert r["regs"] * 32 * r["num_warps"] <= 64 * 1024, r
+
+
+def _step_offsets(ttir):
+    sys.path.insert(0, str(REPO))
+    try:
+        from benchmarks.ttir_offsets import step_offsets_in_32_bits
+    finally:
+        sys.path.pop(0)
+    return step_offsets_in_32_bits(ttir)
+
+
+# Triton IR as the persistent LSTM forward had it before its cell-state offsets went to 64 bits:
+# (s + 1) * B * H wrapped at (T + 1) B H >= 2**31 (T = 32768 at B = 64, H = 1024)
+_LOOP = ("    %t_prev:3 = scf.for %s = %c0_i32 to %T step %c1_i32 iter_args(%c_26 = %c_25, %ok_27 = %ok, "
+         "%t_prev_28 = %c0_i32) -> (tensor<16x16xf32>, i1, i32)  : i32 {\n")
+_WRAPPING = _LOOP + """      %14 = arith.addi %s, %c1_i32 : i32 loc(#loc133)
+      %15 = arith.muli %14, %BH : i32 loc(#loc134)
+      %16 = tt.addptr %c_ptr, %15 : !tt.ptr<f32>, i32 loc(#loc135)
+"""
+
+
+def test_step_offsets_in_32_bits_flags_a_wrapping_product_only():
+    assert _step_offsets(_WRAPPING) == ["%16 = tt.addptr %c_ptr, %15 : !tt.ptr<f32>, i32"]
+    widened = _WRAPPING.replace("%15 = arith.muli %14, %BH : i32", "%15w = arith.extsi %14 : i32 to i64\n"
+                                "      %15 = arith.muli %15w, %BH64 : i64").replace(", i32 loc(#loc135)",
+                                                                                     ", i64 loc(#loc135)")
+    assert _step_offsets(widened) == []
+    # the loop-carried step (t_prev) counts; a product of sizes alone does not; nor a compare
+    carried = _LOOP + "      %a = arith.muli %t_prev_28, %BH : i32\n      %p = tt.addptr %out_ptr, %a : !tt.ptr<f32>, i32\n"
+    assert len(_step_offsets(carried)) == 1
+    sizes = _LOOP + "      %a = arith.muli %H, %c4_i32 : i32\n      %p = tt.addptr %g_ptr, %a : !tt.ptr<f32>, i32\n"
+    assert _step_offsets(sizes) == []
+    # a name a nested region defined from the step and another region reuses for a size
+    reused = _LOOP + ("      %16 = arith.cmpi sgt, %s, %c0_i32 : i32\n      %16 = arith.muli %H, %c4_i32 : i32\n"
+                      "      %x = tt.splat %16 : i32 -> tensor<32x1xi32>\n      %y = arith.muli %rb, %x : tensor<32x1xi32>\n"
+                      "      %p = tt.addptr %g, %y : tensor<32x1x!tt.ptr<f32>>, tensor<32x1xi32>\n")
+    assert _step_offsets(reused) == []

@@ -228,6 +228,14 @@ def _lstm_fwd_step_kernel(
     tl.store(co_ptr + co_off + row, c_new.to(co_ptr.dtype.element_ty), mask=m2)
 
 
+@triton.jit
+def _strided(rb, rj, stride_b, stride_h):
+    """Offsets of a (B, H) tile of a gradient with any strides, in 64 bits: a batch-first or
+    otherwise permuted grad of ``out`` has a batch stride of T H, and (B - 1) T H passes 2**31
+    at long sequences (32-bit products wrapped there)."""
+    return tl.cast(rb, tl.int64)[:, None] * stride_b + tl.cast(rj, tl.int64)[None, :] * stride_h
+
+
 @triton.jit(do_not_specialize=["dh_off", "dgn_off", "g_off", "dg_off", "cp_off", "cn_off"])
 def _lstm_bwd_step_kernel(
     dh_ptr, dh_off, s_dh_b, s_dh_h,   # (B, H) grad of h_t from above (any strides, e.g. expanded)
@@ -246,10 +254,10 @@ def _lstm_bwd_step_kernel(
 ):
     rb, rj, mb, mj = _tile(B, H, BLOCK_B, BLOCK_H)
     m2 = mb[:, None] & mj[None, :]
-    dh = tl.load(dh_ptr + dh_off + rb[:, None] * s_dh_b + rj[None, :] * s_dh_h,
+    dh = tl.load(dh_ptr + dh_off + _strided(rb, rj, s_dh_b, s_dh_h),
                  mask=m2, other=0.0).to(ACC_DTYPE)
     if HAS_DHX:
-        dh += tl.load(dhx_ptr + rb[:, None] * s_dhx_b + rj[None, :] * s_dhx_h,
+        dh += tl.load(dhx_ptr + _strided(rb, rj, s_dhx_b, s_dhx_h),
                       mask=m2, other=0.0).to(ACC_DTYPE)
     if HAS_NEXT:
         dh += _recurrent_dh(dgn_ptr + dgn_off, w_ptr, rb, rj, mb, mj, H, "",
@@ -302,7 +310,7 @@ def _lstm_fwd_persistent_kernel(
                                            W_T)
         c = _cell_forward(z_i, z_f, z_g, z_o, c, gates_ptr + t64 * (4 * BH), out_ptr + t64 * BH,
                           rb, rj, mb, mj, H, True)
-        tl.store(c_ptr + (s + 1) * BH + row, c, mask=m2)
+        tl.store(c_ptr + tl.cast(s + 1, tl.int64) * BH + row, c, mask=m2)   # 64-bit: (T+1) B H >= 2**31 at long T
         if s + 1 < T:   # the last step's h is read by nobody in this launch
             ok = grid_barrier(counter, (s + 1) * n_h, ok, flag, MAX_POLLS)
         t_prev = t
@@ -328,20 +336,21 @@ def _lstm_bwd_persistent_kernel(
     counter, flag, n_h = barrier_slots(sync_ptr)
     BH = B * H
     dc = tl.load(dc_ptr + row, mask=m2, other=0.0)
-    dh = tl.load(dhx_ptr + rb[:, None] * s_dhx_b + rj[None, :] * s_dhx_h, mask=m2, other=0.0).to(ACC_DTYPE)
+    dh = tl.load(dhx_ptr + _strided(rb, rj, s_dhx_b, s_dhx_h), mask=m2, other=0.0).to(ACC_DTYPE)
     ok = tl.program_id(0) >= 0
     t_next = 0
     for r in range(T):
         s = T - 1 - r
         t = (T - 1 - s) if REVERSE else s
         t64 = tl.cast(t, tl.int64)
-        dh += tl.load(dh_ptr + t64 * s_dh_t + rb[:, None] * s_dh_b + rj[None, :] * s_dh_h,
+        dh += tl.load(dh_ptr + t64 * s_dh_t + _strided(rb, rj, s_dh_b, s_dh_h),
                       mask=m2, other=0.0).to(ACC_DTYPE)
         if r > 0:
             dh += _recurrent_dh(gates_ptr + tl.cast(t_next, tl.int64) * (4 * BH), w_ptr, rb, rj, mb, mj, H, ".cg",
                                 ACC_DTYPE, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
-        c_prev = tl.load(c_ptr + s * BH + row, mask=m2, other=0.0)
-        c_new = tl.load(c_ptr + (s + 1) * BH + row, mask=m2, other=0.0)
+        s64 = tl.cast(s, tl.int64)
+        c_prev = tl.load(c_ptr + s64 * BH + row, mask=m2, other=0.0)
+        c_new = tl.load(c_ptr + (s64 + 1) * BH + row, mask=m2, other=0.0)
         gp = gates_ptr + t64 * (4 * BH)
         dc = _cell_backward(gp, gp, c_prev, c_new, dh, dc, rb, rj, mb, mj, H, ACC_DTYPE)
         dh = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC_DTYPE)
