@@ -42,6 +42,7 @@ SMALL_BLOCKS = {"BLOCK_B": 16, "BLOCK_N": 16, "BLOCK_K": 16}
 NAMES = ("gates_x", "post_x", "eps", "h0", "c0", "weight_qh", "weight_q2", "bias_q2",
          "weight_gz", "bias_gz", "weight_iz", "weight_hh")
 OUT_NAMES = ("h", "c", "z", "mu_q", "logvar_q")
+NAMES_LN = NAMES[:8] + ("weight_g1", "bias_g1", "weight_g2", "bias_g2", "weight_hh")
 
 
 def make_inputs(T, B, H, M, Z, G, dtype=torch.float64, seed=0, scale=1.0, device=DEVICE):
@@ -500,3 +501,36 @@ def test_gpu_timit_size(schedule, nan_empty):
         errs = run_errors(fn, shape, torch.float32, seed=9, check_clamps=False, scale=0.25)
         bad = {k: f"{v:.2e}" for k, v in errs.items() if not v <= 1e-4}
         assert not bad, f"{shape} {schedule}: errors above 1e-4: {bad}"
+
+
+@pytest.mark.parametrize("ln", [False, True], ids=["chain", "chain_ln"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+def test_infinite_mlp_preactivation_has_zero_gradient(ln, dtype, nan_empty):
+    """An MLP pre-activation at +-inf (in float16, any past 65504) is clamped to a finite
+    activation whose gradient is 0, as in the reference (README: 0 outside the clamp and at
+    NaN, in every backend). The kernels built their zero as x * 0.0, NaN at inf, and the
+    posterior's gradient came back as acc * slope there (post_x's -1.4 where the reference
+    gives 0; W_qh's off by 1.3)."""
+    skip_if_schedule_forced("ZF_CHAIN_SCHEDULE", "ZF_CHAIN_LN_SCHEDULE")
+    args, _ = smooth_chain_inputs(T=3, B=2, H=5, M=6, Z=3, G=4, device=DEVICE, ln=ln)
+    args = [a.detach() for a in args]
+    args[1][0, 0, 0], args[1][1, 1, 2] = float("inf"), float("-inf")    # post_x: the posterior's s
+    if ln:
+        args[9][1] = float("inf")                                        # bias_g1: the gain MLP's u
+    op = ops.zforcing_chain_ln if ln else ops.zforcing_chain
+    w = [torch.linspace(-1, 2, n, dtype=torch.float64, device=DEVICE) for n in (5, 5, 3, 3, 3)]
+
+    def grads(backend, dt):
+        leaves = [a.to(dt).requires_grad_() for a in args]
+        out = op(*leaves, backend=backend)
+        loss = sum((o.to(torch.float64) * wi).sum() for o, wi in zip(out, w))
+        return torch.autograd.grad(loss, leaves)
+
+    ours, ref = grads("triton", dtype), grads("torch", torch.float64)
+    names = NAMES_LN if ln else NAMES
+    assert ours[1][0, 0, 0] == 0 and ours[1][1, 1, 2] == 0
+    if ln:
+        assert ours[9][1] == 0 and (ours[8][1] == 0).all()
+    for name, a, b in zip(names, ours, ref):
+        assert torch.isfinite(a).all(), name
+        assert norm_rel_err(a.to(torch.float64), b) <= (1e-5 if dtype == torch.float32 else 1e-2), name

@@ -15,8 +15,9 @@ from zf_kernels.ops.activations.naive import leaky_clamp_ref
 triton = pytest.importorskip("triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
-# (slope, bound): the MLP activation, the parameter clamp, a ReLU-like clamp
-SETTINGS = [(1 / 3, 3.0), (1.0, 8.0), (0.0, 2.5)]
+# (slope, bound): the MLP activation, the parameter clamp, a ReLU-like clamp, and a bound that
+# float32 cannot hold (a float32 constant in the kernel clamped float64 to 0.1 + 1.5e-9)
+SETTINGS = [(1 / 3, 3.0), (1.0, 8.0), (0.0, 2.5), (0.25, 0.1)]
 
 
 pytestmark = pytest.mark.usefixtures("nan_empty")   # conftest.py

@@ -94,11 +94,20 @@ def tanh(x):
 
 
 @triton.jit
+def bound_like(x, bound: tl.constexpr):
+    """``bound`` in x's dtype: a float constexpr in tl.minimum / tl.maximum or a comparison is
+    a float32 constant, so a float64 clamp to 0.1 clamped to float32's 0.1 (off by 1.5e-9) and
+    passed the gradient past the bound; a sum with a tensor takes the tensor's dtype."""
+    return tl.zeros_like(x) + bound
+
+
+@triton.jit
 def leaky_clamp(x, slope: tl.constexpr, bound: tl.constexpr):
     """clamp(leaky_relu(x, slope), -bound, bound); NaN stays NaN, as in torch.clamp (a GPU's
     min / max return the non-NaN operand by default; the interpreter propagates either way)."""
     y = tl.where(x >= 0, x, x * slope)
-    return tl.minimum(tl.maximum(y, -bound, propagate_nan=tl.PropagateNan.ALL), bound,
+    hi = bound_like(y, bound)
+    return tl.minimum(tl.maximum(y, -hi, propagate_nan=tl.PropagateNan.ALL), hi,
                       propagate_nan=tl.PropagateNan.ALL)
 
 
@@ -107,10 +116,12 @@ def leaky_clamp_grad(x, slope: tl.constexpr, bound: tl.constexpr):
     """d/dx of leaky_clamp at x, as autograd of ``activations.naive.leaky_clamp_ref``: the
     clamp passes the gradient on its closed interval, leaky_relu uses slope at x <= 0."""
     y = tl.where(x >= 0, x, x * slope)
-    # (x * 0.0 + c) gives c in x's dtype: a bare literal in tl.where would be fp32
-    zero = x * 0.0
+    # (zero + c) gives c in x's dtype: a bare literal in tl.where would be fp32; not x * 0.0,
+    # which is NaN at x = +-inf (a float16 pre-activation past 65504), where the gradient is 0
+    zero = tl.zeros_like(x)
     g = tl.where(x > 0, zero + 1.0, zero + slope)
-    return tl.where((y >= -bound) & (y <= bound), g, zero)
+    hi = bound_like(y, bound)
+    return tl.where((y >= -hi) & (y <= hi), g, zero)
 
 
 @triton.jit
@@ -121,8 +132,12 @@ def grid_barrier(counter_ptr, target, ok, flag_ptr, MAX_POLLS: tl.constexpr):
     SM). The counter only grows: barrier k of a group of n programs waits for k * n arrivals,
     so it never needs resetting inside the launch. Every thread's earlier stores are made
     visible before the arrival (CTA barrier, then a release at GPU scope, as in a cooperative-
-    groups grid sync), and the acquire poll + CTA barrier order the loads that follow; loads of
-    data other programs wrote should still bypass L1 (``cache_modifier=".cg"``).
+    groups grid sync), and the acquire poll + CTA barrier order the loads that follow. That
+    acquire is what makes other programs' data visible: on sm_90 it compiles to a strong GPU-scope
+    load and ``CCTL.IVALL``, which invalidates the SM's L1 at every barrier. The loads' ``.cg``
+    (bypass L1) is a hint only: Triton turns small pipelined loads into ``cp.async.ca`` despite
+    it (16-bit tiles under 16 bytes, e.g. the bfloat16 LSTM at B <= 16). Never weaken the poll
+    to a relaxed or volatile load.
 
     A barrier that sees no progress for ``MAX_POLLS`` polls (the grid was not co-resident)
     sets ``*flag_ptr`` and returns false instead of hanging; with ``ok`` false it does not wait

@@ -42,13 +42,17 @@ def _leaky_clamp_bwd_kernel(g_ptr, x_ptr, dx_ptr, numel, SLOPE: tl.constexpr, BO
     # torch's two backward steps: the clamp passes g on its closed interval (0 elsewhere and
     # for NaN, whatever g), then leaky_relu scales it by SLOPE where x <= 0
     y = tl.where(x >= 0, x, x * SLOPE)
-    inside = (y >= -BOUND) & (y <= BOUND)
+    hi = common.bound_like(y, BOUND)
+    inside = (y >= -hi) & (y <= hi)
     dx = tl.where(inside, tl.where(x > 0, g, g * SLOPE), 0.0)
     tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=ok)
 
 
-def _launch(kernel, numel, *args, slope, bound):
+def _launch(kernel, numel, *args, slope, bound, dtype):
     if numel:
+        # torch clamps to the bound in x's dtype (a bfloat16 tensor's gradient passes at
+        # bfloat16(0.1) > 0.1): so do the kernels, which take it in their float32 / float64
+        bound = torch.tensor(bound, dtype=dtype).item()
         kernel[(triton.cdiv(numel, _BLOCK),)](*args, numel, SLOPE=slope, BOUND=bound, BLOCK=_BLOCK, num_warps=4,
                                               **common.LAUNCH_OPTIONS)
 
@@ -57,14 +61,15 @@ def _leaky_clamp_forward(x, slope: float, bound: float):
     """``y``; both front ends (the Function, the custom op in ``triton_op.py``) call it."""
     xc = x.contiguous()
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    _launch(_leaky_clamp_fwd_kernel, xc.numel(), xc, y, slope=slope, bound=bound)
+    _launch(_leaky_clamp_fwd_kernel, xc.numel(), xc, y, slope=slope, bound=bound, dtype=x.dtype)
     return y
 
 
 def _leaky_clamp_backward(grad_y, x, slope: float, bound: float):
     xc = x.contiguous()
     dx = torch.empty(xc.shape, dtype=xc.dtype, device=xc.device)
-    _launch(_leaky_clamp_bwd_kernel, xc.numel(), grad_y.contiguous(), xc, dx, slope=slope, bound=bound)
+    _launch(_leaky_clamp_bwd_kernel, xc.numel(), grad_y.contiguous(), xc, dx, slope=slope, bound=bound,
+            dtype=x.dtype)
     return dx
 
 

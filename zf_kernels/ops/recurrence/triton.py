@@ -443,7 +443,8 @@ def _bwd_posterior_hidden(
 # three stages (when the stage has that many tiles) for batch block pb, and meets the other
 # programs of its batch block at a grid barrier after each stage: the next stage reads whole
 # rows (s_t, z_t, h_t; backward dgates_t, dparams_t, ds_t) that every program helped write.
-# Loads of those rows bypass L1 (".cg"). Three barriers per step, no launch.
+# Loads of those rows ask to bypass L1 (".cg"; visibility rests on the barrier's acquire:
+# grid_barrier). Three barriers per step, no launch.
 
 @triton.jit(do_not_specialize=["T"])
 def _fwd_persistent(

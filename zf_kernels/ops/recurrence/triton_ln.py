@@ -401,7 +401,8 @@ def _bwd_ln_sample(
 # One launch per direction. Program (pb, pn) runs column tile pn of each stage (when the stage
 # has that many tiles) for batch block pb and meets the other programs of its batch block at a
 # grid barrier after each phase; the layer norm's row statistics only mix tiles of the same
-# rows, i.e. programs of one batch block. Loads of rows other programs wrote bypass L1 (".cg").
+# rows, i.e. programs of one batch block. Loads of rows other programs wrote ask to bypass L1
+# (".cg"; visibility rests on the barrier's acquire: grid_barrier).
 
 @triton.jit(do_not_specialize=["T"])
 def _fwd_ln_persistent(
