@@ -225,6 +225,27 @@ def test_triton_step_ops_of_a_sampling_loop_are_traced_through_their_custom_ops(
     torch.library.opcheck(dist_op.reparameterize_forward, (mu, lv, torch.randn(T, B, D)))
 
 
+def test_triton_step_custom_ops_pass_opcheck_on_transposed_inputs():
+    """The fakes of lstm_cell's and reparameterize's custom ops give the real outputs' strides
+    when an input is a transposed view: the kernels' outputs and gradients are contiguous, where
+    an empty_like fake kept the view's strides (inductor then asserted on the real output:
+    torch.compile of an lstm_cell step on a transposed h failed)."""
+    from zf_kernels.ops.distributions import triton_op as dist_op
+    from zf_kernels.ops.lstm import triton_op
+    gx_t, h_t, c, w_t, b = _leaves((4 * H, B), (H, B), (B, H), (H, 4 * H), (4 * H,))
+    gx, h, w = gx_t.t(), h_t.t(), w_t.t()
+    for args in ((gx, h, c, w, b), (gx.contiguous(), h.contiguous(), c.t().contiguous().t(), w, None)):
+        torch.library.opcheck(triton_op.lstm_cell_forward, args)
+    h, c, w = (t.detach() for t in (h, c, w))      # the backward ops have no autograd of their own
+    h_new, c_new, gates = triton_op.lstm_cell_forward(gx.detach(), h, c, w, b.detach())
+    d_h = torch.randn(H, B).t()
+    torch.library.opcheck(triton_op.lstm_cell_backward, (d_h, torch.randn(B, H), h, c, w, gates, c_new, [True] * 5))
+    mu, lv = _leaves((D, B), (D, B))
+    torch.library.opcheck(dist_op.reparameterize_backward,
+                          (torch.randn(D, B).t(), lv.detach().t(), torch.randn(B, D), [True, True, True]))
+    torch.library.opcheck(dist_op.reparameterize_forward, (mu.t(), lv.t(), torch.randn(D, B).t()))
+
+
 @pytest.mark.parametrize("ln", [False, True])
 @pytest.mark.parametrize("schedule", ["auto", "stepwise"])
 def test_triton_chains_are_traced_through_their_custom_ops(schedule, ln, monkeypatch):

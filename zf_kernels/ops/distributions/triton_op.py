@@ -36,8 +36,10 @@ def _(mu, logvar, eps):
 def reparameterize_backward(grad_z: Tensor, logvar: Tensor, eps: Tensor, need: list[bool]) -> list[Tensor]:
     """The gradients of ``(mu, logvar, eps)``, an empty tensor where ``need`` says none."""
     grads = tl_dist._reparameterize_backward(grad_z, logvar, eps, need)
-    # mu's gradient is grad_z itself eagerly; an op may not return an input: a copy
-    return [grad_z.new_empty(0) if g is None else (g.clone() if g is grad_z else g) for g in grads]
+    # mu's gradient is grad_z itself eagerly; an op may not return an input: a copy, contiguous
+    # as the fake says (a plain clone kept a transposed grad_z's strides)
+    return [grad_z.new_empty(0) if g is None else (g.clone(memory_format=torch.contiguous_format) if g is grad_z
+                                                   else g) for g in grads]
 
 
 @reparameterize_backward.register_fake

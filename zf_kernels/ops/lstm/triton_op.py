@@ -83,9 +83,15 @@ def lstm_cell_forward(gates_x: Tensor, h: Tensor, c: Tensor, weight_hh: Tensor,
     return tl_lstm._lstm_cell_forward(gates_x, h, c, weight_hh, bias)
 
 
+def _contiguous_empty(t):
+    # the kernels' outputs and gradients are contiguous whatever the inputs' strides: an
+    # empty_like fake kept a transposed input's, and inductor asserted on the real tensor's
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device)
+
+
 @lstm_cell_forward.register_fake
 def _(gates_x, h, c, weight_hh, bias):
-    return torch.empty_like(h), torch.empty_like(c), torch.empty_like(gates_x)
+    return _contiguous_empty(h), _contiguous_empty(c), _contiguous_empty(gates_x)
 
 
 @torch.library.custom_op("zf_kernels::triton_lstm_cell_backward", mutates_args=())
@@ -99,7 +105,7 @@ def lstm_cell_backward(d_h: Tensor, d_c: Tensor, h: Tensor, c: Tensor, weight_hh
 @lstm_cell_backward.register_fake
 def _(d_h, d_c, h, c, weight_hh, gates, c_new, need):
     like = (gates, h, c, weight_hh, weight_hh.new_empty(weight_hh.shape[0]))
-    return [torch.empty_like(t) if n else h.new_empty(0) for t, n in zip(like, need)]
+    return [_contiguous_empty(t) if n else h.new_empty(0) for t, n in zip(like, need)]
 
 
 def _cell_setup_context(ctx, inputs, output):
