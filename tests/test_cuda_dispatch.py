@@ -249,3 +249,48 @@ def test_an_lstm_backward_that_cannot_run_is_refused_before_the_forward():
     with torch.no_grad():
         out, _ = run_lstm(k, x, wi, wh)
     assert k.calls == ["check", "forward"] and out.shape == (3, 2, 9)
+
+
+class _OnSecondGpu(torch.Tensor):
+    """A CPU tensor that says it lives on cuda:1 (the guard reads only the device)."""
+    @property
+    def device(self):
+        return torch.device("cuda:1")
+
+
+def test_triton_calls_run_with_the_tensors_device_current(monkeypatch):
+    """Triton launches on the current CUDA device, not the tensors': a call on cuda:1 tensors
+    while cuda:0 is current runs under torch.cuda.device(cuda:1); on the current device, with
+    the CUDA extension (which guards itself) and on the CPU, the function itself."""
+    entered = []
+
+    class Guard:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            entered.append(self.device)
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", Guard)
+    on_gpu1 = torch.zeros(2).as_subclass(_OnSecondGpu)
+    fn = lambda *a: "ran"  # noqa: E731
+    guarded = _dispatch.on_tensors_device(fn, "triton", (None, on_gpu1))
+    assert guarded is not fn and guarded(1) == "ran" and entered == [torch.device("cuda:1")]
+    assert _dispatch.on_tensors_device(fn, "cuda", (on_gpu1,)) is fn
+    assert _dispatch.on_tensors_device(fn, "triton", (torch.zeros(2),)) is fn
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert _dispatch.on_tensors_device(fn, "triton", (on_gpu1,)) is fn
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_gpu_triton_op_on_the_second_device_matches_the_reference():
+    torch.cuda.set_device(0)
+    x = torch.randn(5, 3, 4, device="cuda:1")
+    w_ih, w_hh = torch.randn(32, 4, device="cuda:1"), torch.randn(32, 8, device="cuda:1") * 0.3
+    out, _ = ops.lstm(x, w_ih, w_hh, backend="triton")
+    ref, _ = ops.lstm(x.double(), w_ih.double(), w_hh.double(), backend="torch")
+    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-5)

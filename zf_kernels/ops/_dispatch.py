@@ -277,7 +277,7 @@ def resolve(op: str, backend: str, *tensors) -> Callable:
         why = _why_not(op, backend, tensors)
         if why is not None:
             raise BackendUnavailableError(f"backend={backend!r} cannot run {op}: {why}")
-        return _callable(op, backend)
+        return on_tensors_device(_callable(op, backend), backend, tensors)
     if op not in _REGISTRY:
         raise ValueError(f"unknown op {op!r}; known ops: {sorted(_REGISTRY)}")
     # the per-call path skips the implementation's detail (e.g. the LSTM's schedule): it is
@@ -288,4 +288,23 @@ def resolve(op: str, backend: str, *tensors) -> Callable:
     if (op, reason) not in _logged and not torch.compiler.is_compiling():
         _logged.add((op, reason))
         log.info("zf_kernels.ops.%s: backend='auto' -> %s (%s)", op, chosen, _auto_choice(op, tensors)[1])
-    return _callable(op, chosen)
+    return on_tensors_device(_callable(op, chosen), chosen, tensors)
+
+
+def on_tensors_device(fn: Callable, backend: str, tensors) -> Callable:
+    """``fn``, run with the tensors' CUDA device current where it is not: Triton launches its
+    kernels on the current device, not on the tensors' (``ops.lstm`` on ``cuda:1`` tensors with
+    ``cuda:0`` current ran its kernels on GPU 0 against GPU 1's memory). The CUDA extension
+    guards its own launches; autograd runs a backward with its device current; a compiled graph
+    has inductor's guard."""
+    if backend != "triton" or torch.compiler.is_compiling():
+        return fn
+    device = next((t.device for t in tensors if isinstance(t, torch.Tensor)), None)
+    if device is None or device.type != "cuda" or device.index is None \
+            or device.index == torch.cuda.current_device():
+        return fn
+
+    def on_device(*args, **kwargs):
+        with torch.cuda.device(device):
+            return fn(*args, **kwargs)
+    return on_device
