@@ -323,3 +323,15 @@ def test_a_checkpoint_keeps_its_crc_when_torchs_is_switched_off(tmp_path):
         assert torch.equal(load_checkpoint(tmp_path / "c.pt")["w"], torch.arange(6.0))
     finally:
         torch.serialization.set_crc32_options(True)
+
+
+def test_checkpoints_and_metrics_are_readable_by_others_like_the_runs_other_files(tmp_path):
+    """Both are written through a temporary file (mkstemp: mode 0600) renamed into place:
+    checkpoints came out -rw------- beside -rw-r--r-- pictures and results."""
+    import stat
+    save_checkpoint({"step": 1}, tmp_path / "last.pt")
+    log = MetricsLog(tmp_path / "m.jsonl")
+    log.write({"step": 1})
+    log.truncate_after(1)
+    for name in ("last.pt", "m.jsonl"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name

@@ -70,7 +70,9 @@ def test_cli_resume_continues_the_run_as_configured_and_refuses_other_settings(t
     saved = json.loads((out / "config.json").read_text())
     for flags, named in ((["--lr", "0.05"], "--lr 0.05 (the checkpoint's run: 0.001)"),
                          (["--kl-step", "0.1"], "--kl-step 0.1 (the checkpoint's run: 0.01)"),
-                         (["--preset", "seqmnist"], "--preset seqmnist (the checkpoint's run: synthetic)")):
+                         (["--preset", "seqmnist"], "--preset seqmnist (the checkpoint's run: synthetic)"),
+                         # validation's noise is drawn per batch: the size changes what the plateau rule sees
+                         (["--eval-batch-size", "5"], "--eval-batch-size 5 (the checkpoint's run: ")):
         capsys.readouterr()
         assert train_mod.main(["--out", str(out), "--resume", "--max-steps", "6"] + flags) == 2, flags
         err = capsys.readouterr().err
@@ -143,6 +145,11 @@ def test_cli_rejects_bad_flags(tmp_path, capsys):
     assert make_config("synthetic", lr_decay=1).lr_decay == 1
     with pytest.raises(ValueError, match="--num-samples must be >= 0, got -1"):
         make_config("synthetic", num_samples=-1)
+    # numpy's "expected non-negative integer" and torch's "Overflow when unpacking long long"
+    # (after training, at the samples' seed + 2) named no flag
+    for seed in (-1, 2 ** 64 - 2):
+        assert train_mod.main(["--seed", str(seed), "--out", str(tmp_path / "s")]) == 2
+        assert f"--seed must be an integer in [0, 2**63), got {seed}" in capsys.readouterr().err
 
 
 def test_presets_carry_the_authors_settings():
@@ -470,3 +477,67 @@ def test_resumed_configuration_comes_from_rank_0(tmp_path):
     failing = types.SimpleNamespace(is_main=False, broadcast_object=lambda payload: ("error", "rank 0 says no"))
     with pytest.raises(CheckpointError, match="rank 0 says no"):
         train_mod._resumed_config(make_config("synthetic", **flags), flags, failing)
+
+
+def _npz_run(tmp_path, scale, out="npzrun", **flags):
+    import numpy as np
+    x = np.random.default_rng(0).normal(size=(48, 6, 2)).astype(np.float32) * scale
+    np.savez(tmp_path / "g.npz", x=x)
+    cfg = make_config("npz", data=str(tmp_path / "g.npz"), out=str(tmp_path / out),
+                      **(SMALL | dict(train_limit=None, eval_limit=None, num_samples=0) | flags))
+    return cfg
+
+
+def test_resume_and_evaluate_refuse_other_data_with_the_same_description(tmp_path):
+    """A generic .npz has no description (meta) to compare: the checkpoint records a fingerprint
+    of the data (train.load_data), and resuming or evaluating on a rewritten file is refused,
+    naming it (a resumed run trained on, and its results.json scored, the new file before)."""
+    from zf_kernels import evaluate as evaluate_mod
+    train_mod.train(_npz_run(tmp_path, 1.0, max_steps=2), log=quiet)
+    assert len(load_checkpoint(tmp_path / "npzrun" / "last.pt")["data_meta"]["fingerprint"]) == 16
+    evaluate_mod.evaluate_checkpoint(tmp_path / "npzrun")          # the same data: accepted
+    resumed = dataclasses.replace(_npz_run(tmp_path, 100.0, max_steps=4), resume=True)
+    with pytest.raises(CheckpointError, match=r"the data set differs .* \(its fingerprint\)"):
+        train_mod.train(resumed, log=quiet)
+    with pytest.raises(ValueError, match=r"the data set differs .* \(its fingerprint\)"):
+        evaluate_mod.evaluate_checkpoint(tmp_path / "npzrun")
+    # a checkpoint from before fingerprints (none in its data_meta) still loads
+    _npz_run(tmp_path, 1.0)
+    state = load_checkpoint(tmp_path / "npzrun" / "last.pt")
+    del state["data_meta"]["fingerprint"]
+    save_checkpoint(state, tmp_path / "npzrun" / "last.pt")
+    evaluate_mod.evaluate_checkpoint(tmp_path / "npzrun" / "last.pt")
+
+
+def test_resume_reads_the_noise_generator_whatever_the_checkpoint_was_loaded_onto(tmp_path, monkeypatch):
+    """On a GPU the checkpoint is loaded onto the run's device, which moved the posterior noise
+    generator's byte state there, and set_state takes CPU bytes only: every single-process
+    resume on CUDA failed ("does not hold a complete training state"). Here the load onto the
+    stand-in for a CUDA tensor (_OnTheGpu) plays the load onto the GPU. A state of another kind of generator (a CUDA run's, 16 bytes)
+    is refused naming --device."""
+    from zf_kernels.training import checkpoint as ckpt_mod
+    real_load = ckpt_mod.load_checkpoint
+    train_mod.train(cfg_for(tmp_path, max_steps=3, epochs=50), log=quiet)
+
+    def load_moving_the_generator(path, map_location=None):
+        state = real_load(path, map_location=map_location)
+        state["eps_generator"] = _OnTheGpu(state["eps_generator"])
+        return state
+    monkeypatch.setattr(train_mod, "load_checkpoint", load_moving_the_generator)
+    train_mod.train(cfg_for(tmp_path, max_steps=5, epochs=50, resume=True), log=quiet)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 5
+    monkeypatch.setattr(train_mod, "load_checkpoint", real_load)
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    state["eps_generator"] = torch.zeros(16, dtype=torch.uint8)
+    save_checkpoint(state, tmp_path / "run" / "last.pt")
+    with pytest.raises(CheckpointError, match=r"written on another kind of device than --device cpu"):
+        train_mod.train(cfg_for(tmp_path, max_steps=7, epochs=50, resume=True), log=quiet)
+
+
+class _OnTheGpu:
+    """A generator state as a load onto a GPU leaves it: set_state refuses it, .cpu() gives it."""
+    def __init__(self, state):
+        self._state = state
+
+    def cpu(self):
+        return self._state

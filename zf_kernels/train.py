@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 
 from .data import iterate_batches, load_dataset, num_batches, seeded_generator
+from .data.batching import fingerprint, meta_differences
 from . import ops
 from .evaluate import evaluate
 from .model import ZForcing, training_loss
@@ -112,7 +113,8 @@ def load_data(cfg: TrainConfig):
     except FileNotFoundError as exc:   # the loaders name their argument, "path"
         raise FileNotFoundError(f"--data: {exc}") from None
     bundle = dataclasses.replace(
-        bundle, train=limit_split(bundle.train, cfg.train_limit),
+        bundle, meta={**bundle.meta, "fingerprint": fingerprint(bundle)},   # of the whole data set
+        train=limit_split(bundle.train, cfg.train_limit),
         valid=limit_split(bundle.valid, cfg.eval_limit), test=limit_split(bundle.test, cfg.eval_limit))
     for name in ("train", "valid", "test"):
         if len(getattr(bundle, name)) == 0:
@@ -299,6 +301,17 @@ class Run:
         if state["model_config"] != self.model.config:
             raise CheckpointError(f"checkpoint {path} holds a model {state['model_config']}, "
                                   f"but this run builds {self.model.config}; use the same size flags")
+        differ = meta_differences(self.data.meta, state["data_meta"])
+        if differ:
+            raise CheckpointError(f"--resume: the data set differs from the one checkpoint {path} was "
+                                  f"trained on (its {', '.join(differ)}): pass --data with the run's data")
+        saved_noise = state["eps_generator"].cpu()   # a torch.load onto a GPU moved it there
+        if saved_noise.numel() != self.eps_gen.get_state().numel():
+            raise CheckpointError(
+                f"--resume: checkpoint {path} was written on another kind of device than --device "
+                f"{self.device} (the posterior noise generator's state has {saved_noise.numel()} bytes, this "
+                f"device's {self.eps_gen.get_state().numel()}): resume on the device type the run used "
+                f"(CPU or CUDA)")
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])   # with its (possibly decayed) lr
         _configure_adam(self.opt, capturable=self.cfg.cuda_graph)
@@ -307,7 +320,7 @@ class Run:
         self.step, self.epoch, self.next_batch = state["step"], state["epoch"], state["next_batch"]
         self.weights = LossWeights(**state["weights"])
         self.plateau = PlateauHalving(**state["plateau"])
-        self.eps_gen.set_state(state["eps_generator"])
+        self.eps_gen.set_state(saved_noise)
         self.skipped, self.train_seconds = state["skipped"], state["train_seconds"]
         self.window = state["window"]
         self.validated_step = state.get("validated_step")   # absent from checkpoints before 2026-11-28

@@ -49,6 +49,7 @@ def load_trained(path, *, data: str | None = None, device: str = "auto", backend
     from . import train as train_mod          # here: train imports evaluate, which imports this module
     from .training.checkpoint import load_checkpoint
     from .training.presets import TrainConfig, config_fields, validate
+    from .data.batching import meta_differences
 
     ckpt = find_checkpoint(path)
     state = load_checkpoint(ckpt)
@@ -62,9 +63,8 @@ def load_trained(path, *, data: str | None = None, device: str = "auto", backend
         raise ValueError(f"checkpoint {ckpt} holds a {cfg.model!r} model; this command knows "
                          f"{sorted(models)} (python/train.py registers the other VAEs)")
     bundle = train_mod.load_data(cfg)
-    if bundle.meta != state["data_meta"]:
-        differ = sorted(k for k in set(bundle.meta) | set(state["data_meta"])
-                        if bundle.meta.get(k) != state["data_meta"].get(k))
+    differ = meta_differences(bundle.meta, state["data_meta"])
+    if differ:
         raise ValueError(f"the data set differs from the one checkpoint {ckpt} was trained on "
                          f"(its {', '.join(differ)}): pass --data with the run's data")
     dev = train_mod.resolve_device(cfg.device)

@@ -12,6 +12,7 @@ All errors about data are ``ValueError`` and name the argument, key or file at f
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -108,6 +109,30 @@ class DataBundle:
     def __post_init__(self):
         if self.output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {self.output_type!r}")
+
+
+def fingerprint(bundle: DataBundle) -> str:
+    """A SHA-256 of every split's tensors (shapes, dtypes and bytes): checkpoints record it so
+    that resuming, evaluating or sampling on other data is refused, for the loaders whose ``meta``
+    cannot tell (a generic ``.npz`` has none, MNIST only its image shape). ~0.15 s for MNIST."""
+    h = hashlib.sha256()
+    for name in ("train", "valid", "test"):
+        split = getattr(bundle, name)
+        for key in ("y", "u", "mask", "recording"):
+            value = getattr(split, key)
+            h.update(f"{name}.{key}:{None if value is None else (value.dtype, tuple(value.shape))};".encode())
+            if value is not None:
+                h.update(memoryview(value.detach().cpu().contiguous().numpy()).cast("B"))
+    return h.hexdigest()[:16]
+
+
+def meta_differences(current: dict, saved: dict) -> list[str]:
+    """The ``meta`` keys whose values differ between a loaded data set and a checkpoint's
+    ``data_meta``; a ``fingerprint`` only where the checkpoint has one (written since 2026-11-28)."""
+    keys = set(current) | set(saved)
+    if "fingerprint" not in saved:
+        keys.discard("fingerprint")
+    return sorted(k for k in keys if current.get(k) != saved.get(k))
 
 
 def seeded_generator(*keys: int) -> torch.Generator:

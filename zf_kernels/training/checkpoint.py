@@ -53,6 +53,7 @@ def save_checkpoint(state: dict, path) -> None:
         delay = float(os.environ.get(_SAVE_DELAY_ENV, "0") or 0)
         if delay > 0:
             time.sleep(delay)
+        os.chmod(tmp, 0o644)   # mkstemp creates 0600; a checkpoint is ordinary output, as the metrics
         os.replace(tmp, path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:

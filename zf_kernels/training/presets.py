@@ -147,11 +147,13 @@ def config_fields():
 # What --resume may change: how the run executes, when it stops and what its final report
 # computes. Every other field defines the run (model, data, optimisation, schedules, validation)
 # and must equal the checkpoint's: a resumed run that silently kept the checkpoint's learning
-# rate and schedules while config.json said otherwise would misreport itself.
+# rate and schedules while config.json said otherwise would misreport itself. Not
+# eval_batch_size: validation draws its noise per batch, so the batch size changes the numbers
+# the plateau rule and best.pt decide on. eval_every may change; it moves when they decide.
 RESUME_MAY_CHANGE = frozenset({
     "out", "resume", "device", "backend", "threads", "tf32", "fp32_dot", "cuda_graph", "compile",
     "epochs", "max_steps", "time_budget", "progress", "log_every", "checkpoint_every", "eval_every",
-    "iwae_k", "eval_batch_size", "num_samples"})
+    "iwae_k", "num_samples"})
 
 
 def resume_conflicts(saved: dict, cfg: TrainConfig) -> list[str]:
@@ -202,6 +204,9 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.lr_min > cfg.lr:
         raise ValueError(f"--lr-min ({cfg.lr_min:g}) must be <= --lr ({cfg.lr:g}): the plateau rule "
                          f"decays the learning rate down to --lr-min, never up to it")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2 ** 63:
+        # the run seeds generators with seed + 1 and seed + 2 (torch takes < 2**64, numpy >= 0)
+        raise ValueError(f"--seed must be an integer in [0, 2**63), got {cfg.seed!r}")
     if cfg.eval_window is not None and cfg.eval_window < 0:
         raise ValueError(f"--eval-window must be >= 0 (0: whole sequences), got {cfg.eval_window}")
     if not 0 < cfg.lr_decay <= 1:   # NaN too
