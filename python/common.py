@@ -123,10 +123,11 @@ class SequenceVAE(BoundsMixin, nn.Module):
         mean = torch.softmax(params / max(temperature, 1e-6), -1)
         return torch.multinomial(mean, 1, generator=generator).squeeze(-1), mean
 
-    def check_sample_args(self, steps: int, batch_size: int, prefix):
+    def check_sample_args(self, steps: int, batch_size: int, prefix, temperature: float = 1.0):
         """A ``sample`` call's arguments (:func:`zf_kernels.sequences.check_sample_args`): its
         ``prefix`` on this model's device and dtype; ``z`` comes from the prior throughout."""
-        return check_sample_args(steps, batch_size, prefix, self.input_dim, self.output_type, self._like)
+        return check_sample_args(steps, batch_size, prefix, self.input_dim, self.output_type, self._like,
+                                 temperature)
 
     def prior_noise(self, batch_size: int, temperature: float, generator):
         p = self._like

@@ -84,7 +84,7 @@ class SRNN(SequenceVAE):
     def sample(self, steps: int, batch_size: int, temperature: float = 1.0, generator=None, prefix=None):
         """Generate from the prior -> ``(samples, means)``, each ``(steps, batch_size, ...)``;
         ``prefix``: :meth:`common.SequenceVAE.check_sample_args`."""
-        prefix = self.check_sample_args(steps, batch_size, prefix)
+        prefix = self.check_sample_args(steps, batch_size, prefix, temperature)
         w = self.fwd_rnn
         u = self.start_input(batch_size)
         d = self._like.new_zeros(batch_size, self.rnn_dim)

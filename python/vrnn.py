@@ -73,7 +73,7 @@ class VRNN(SequenceVAE):
     def sample(self, steps: int, batch_size: int, temperature: float = 1.0, generator=None, prefix=None):
         """Generate from the prior -> ``(samples, means)``, each ``(steps, batch_size, ...)``;
         ``prefix``: :meth:`common.SequenceVAE.check_sample_args`."""
-        prefix = self.check_sample_args(steps, batch_size, prefix)
+        prefix = self.check_sample_args(steps, batch_size, prefix, temperature)
         u = self.start_input(batch_size)
         d = self._like.new_zeros(batch_size, self.rnn_dim)
         c, z = torch.zeros_like(d), self._like.new_zeros(batch_size, self.z_dim)

@@ -166,3 +166,14 @@ def test_recording_must_name_one_recording_per_sequence():
         SequenceSplit(y, recording=torch.zeros(3, dtype=torch.int64))
     with pytest.raises(ValueError, match=r"recording must be int64"):
         SequenceSplit(y, recording=torch.zeros(4))
+
+
+def test_a_bfloat16_model_counts_every_step():
+    """The per-step bounds divide by the number of valid steps: counted on the mask, which is in
+    the model's dtype, so a bfloat16 sum rounded it (here 4,397 steps, 4,384 in bfloat16)."""
+    torch.manual_seed(0)
+    model = ZForcing(2, "gaussian", emb_dim=4, rnn_dim=4, z_dim=2, mlp_dim=4).to(torch.bfloat16)
+    lengths = torch.tensor([97] + [100] * 43)
+    mask = (torch.arange(100)[None] < lengths[:, None]).float()
+    out = evaluate(model, SequenceSplit(torch.randn(44, 100, 2), mask=mask), batch_size=44)
+    assert int(lengths.sum()) == 4397 and out["neg_elbo"] * 44 / out["neg_elbo_per_step"] == pytest.approx(4397, abs=0.5)

@@ -290,6 +290,23 @@ def test_iwae_below_elbo_and_tightening_with_k():
     torch.testing.assert_close(a, -(torch.logsumexp(log_w, 0) - math.log(6)))
 
 
+def test_bfloat16_log_weights_keep_the_nats_the_samples_differ_by():
+    """With the posterior equal to the prior (both N(0, I)) and an output head that ignores h,
+    every sample of a sequence has the same weight: log p(z) = log q(z) exactly. In a bfloat16
+    model each log-density was summed in bfloat16 (~ -4,500 nats, held to +-16), so the weights
+    of one sequence spread by tens of nats and IWAE fell below -log p(y) as k grew."""
+    torch.manual_seed(0)
+    m = ZForcing(3, "gaussian", emb_dim=8, rnn_dim=8, z_dim=32, mlp_dim=8).to(torch.bfloat16)
+    with torch.no_grad():
+        for layer in (m.prior.fc2, m.posterior.fc2, m.out):
+            layer.weight.zero_()
+            layer.bias.zero_()
+    y = torch.randn(100, 4, 3).to(torch.bfloat16)
+    lw = m.log_weights(y, k=16, generator=torch.Generator().manual_seed(1))
+    assert lw.dtype == torch.float32
+    assert (lw - lw[:1]).abs().max() == 0, (lw.max(0).values - lw.min(0).values)
+
+
 def test_iwae_chunks_draw_exactly_k_samples_and_log_weights_keep_each_sequences_own():
     """k = 5 in chunks of 2: chunks of 2, 2 and 1 samples (not 2, 2, 2 over log 5); log_weights'
     column b holds sequence b's k samples (the batch repeats each sequence k times in a row)."""
@@ -328,6 +345,14 @@ def test_sampling_completes_a_prefix(output_type, cond_ln):
 def test_sampling_refuses_a_bad_prefix_naming_it(prefix, match):
     with pytest.raises((ValueError, TypeError), match=match):
         small_model().sample(6, 3, prefix=prefix)
+
+
+@pytest.mark.parametrize("temperature", [-1.0, -1e-9, float("nan"), float("inf"), "1"])
+def test_sampling_refuses_a_temperature_that_is_negative_or_not_finite(temperature):
+    """-1 flipped the noise's sign (a Gaussian model then sampled as at 1), NaN failed inside
+    torch.multinomial: the CLI checked, the Python API did not."""
+    with pytest.raises(ValueError, match=f"temperature must be a finite number >= 0, got {temperature!r}"):
+        small_model(output_type="categorical").sample(6, 3, temperature=temperature)
 
 
 def test_sampling_refuses_prefix_tokens_out_of_range():

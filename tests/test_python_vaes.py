@@ -417,6 +417,9 @@ def test_bad_arguments_get_clear_errors():
         m(torch.randn(4, 2, D + 1, dtype=torch.float64))
     with pytest.raises(ValueError, match="right-padded"):
         m(torch.randn(3, 1, D, dtype=torch.float64), mask=torch.tensor([[0.0], [1.0], [1.0]]))
+    for name in ("vrnn", "srnn", "storn"):
+        with pytest.raises(ValueError, match="temperature must be a finite number >= 0, got -1.0"):
+            make(name).sample(4, 2, temperature=-1.0)
 
 
 def load_train_script():

@@ -33,11 +33,17 @@ class BoundsMixin:
         B = y.shape[1]
         rep = lambda x: None if x is None else x.repeat_interleave(k, dim=1)  # noqa: E731
         terms, lat = self(rep(y), rep(u), rep(mask), generator=generator, return_latents=True)
-        m = None if mask is None else rep(mask).to(lat["z"].dtype)
+        # at least float32: in a 16-bit model each log-density, summed over T x z_dim terms
+        # (thousands of nats), rounded to +-16 nats in bfloat16, independently per sample, where
+        # the weights differ by a few: logsumexp picked the upward errors and the "bound" fell
+        # below -log p(y), the further the larger k (28 nats at k = 1024 on a test model)
+        wide = torch.promote_types(lat["z"].dtype, torch.float32)
+        z, mu_p, lv_p, mu_q, lv_q = (lat[n].to(wide) for n in ("z", "mu_p", "logvar_p", "mu_q", "logvar_q"))
+        m = None if mask is None else rep(mask).to(wide)
         be = self._be("gaussian_nll")
-        log_pz = -ops.gaussian_nll(lat["z"], lat["mu_p"], lat["logvar_p"], m, backend=be).sum(0)
-        log_qz = -ops.gaussian_nll(lat["z"], lat["mu_q"], lat["logvar_q"], m, backend=be).sum(0)
-        return (-terms.nll + log_pz - log_qz).view(B, k).t()
+        log_pz = -ops.gaussian_nll(z, mu_p, lv_p, m, backend=be).sum(0)
+        log_qz = -ops.gaussian_nll(z, mu_q, lv_q, m, backend=be).sum(0)
+        return (-terms.nll.to(wide) + log_pz - log_qz).view(B, k).t()
 
     @torch.no_grad()
     def iwae_bound(self, y, u=None, mask=None, k: int = 16, generator=None, chunk: int | None = None):

@@ -124,7 +124,9 @@ def evaluate(model, split, *, batch_size: int = 256, iwae_k: int | None = None, 
                 sums["iwae"] += float(model.iwae_bound(y_w, u_w, mask_w, k=iwae_k, generator=gen,
                                                        chunk=chunk).double().sum())
             n_seq += y.shape[1]
-            n_steps += int(mask.sum()) if mask is not None else y.shape[0] * y.shape[1]
+            # counted, not summed: the mask is in the model's dtype, and a bfloat16 sum of a
+            # batch's 6,130 steps came back as 6,144
+            n_steps += int((mask != 0).sum()) if mask is not None else y.shape[0] * y.shape[1]
             if split.recording is not None:
                 recordings.update(split.recording[index].tolist())
     finally:

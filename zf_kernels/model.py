@@ -382,7 +382,8 @@ class ZForcing(BoundsMixin, nn.Module):
         pixels, frames, token ids) and ``means`` the output distribution's mean per step.
         ``prefix``: the first K steps to complete (:func:`zf_kernels.sequences.check_sample_args`); ``z``
         comes from the prior throughout (the posterior would need the sequence's future)."""
-        prefix = check_sample_args(steps, batch_size, prefix, self.input_dim, self.output_type, self.fwd_weight_hh)
+        prefix = check_sample_args(steps, batch_size, prefix, self.input_dim, self.output_type, self.fwd_weight_hh,
+                                   temperature)
         H = self.rnn_dim
         dtype, device = self.fwd_weight_hh.dtype, self.fwd_weight_hh.device
         h = torch.zeros(batch_size, H, device=device, dtype=dtype)

@@ -2,6 +2,8 @@
 shifting targets into inputs, and reversing right-padded sequences in place."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .ops._checks import check_tensor, value_checks_enabled
@@ -73,13 +75,18 @@ def check_batch_values(y, u, mask, input_dim: int, output_type: str) -> None:
             raise ValueError("mask must be right-padded: each column 1s then 0s")
 
 
-def check_sample_args(steps: int, batch_size: int, prefix, input_dim: int, output_type: str, like: torch.Tensor):
-    """The arguments of a model's ``sample``: ``steps`` and ``batch_size`` >= 1, and the
-    ``prefix``: data (time-major, as ``y`` of ``forward``) for the first ``K <= steps`` steps of
-    ``batch_size`` sequences, which the model reads instead of its own samples. Returns the
-    prefix on ``like``'s device, in its dtype (token ids as int64); None stays None."""
+def check_sample_args(steps: int, batch_size: int, prefix, input_dim: int, output_type: str, like: torch.Tensor,
+                      temperature: float = 1.0):
+    """The arguments of a model's ``sample``: ``steps`` and ``batch_size`` >= 1, a finite
+    ``temperature`` >= 0 (0: the means, and the most likely token), and the ``prefix``: data (time-major, as ``y`` of ``forward``) for the
+    first ``K <= steps`` steps of ``batch_size`` sequences, which the model reads instead of its
+    own samples. Returns the prefix on ``like``'s device, in its dtype (token ids as int64); None
+    stays None."""
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
+    # -1 flipped the noise's sign (a Gaussian model sampled as at 1), NaN failed in multinomial
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
     if prefix is None:
         return None
     _check_sequences("prefix", prefix, input_dim, output_type)
