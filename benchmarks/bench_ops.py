@@ -39,7 +39,7 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the repository root
 from benchmarks import common  # noqa: E402
-from benchmarks.common import Budget, DTYPES, Results, classify_error, free_memory, rel_err  # noqa: E402
+from benchmarks.common import Budget, DTYPES, Results, classify_error, free_memory  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -376,8 +376,7 @@ def run_provider(case, dtype, provider, modes, base, res, device, timing, ref_ca
             row = rows[mode]
             err = None
             if ref is not None:
-                errs = [rel_err(got_out, ref[0])] + ([rel_err(got_grad, ref[1])] if mode == "fwd+bwd" else [])
-                err = math.nan if any(math.isnan(e) for e in errs) else max(errs)
+                err = common.case_rel_err(got_out, ref[0], *((got_grad, ref[1]) if mode == "fwd+bwd" else ()))
             fn = call if mode == "fwd" else fwd_bwd(case, inp, provider, call)
             t = common.time_fn(fn, device, grad_to_none=inp.leaves, **timing)
             peak, extra = common.peak_memory(fn, device, grad_to_none=inp.leaves)

@@ -338,8 +338,11 @@ def run_provider(res, base, master, loss_fn, provider, cfg, device, dtype, timin
         err = abs(loss0 - ref["loss0"]) / max(abs(ref["loss0"]), 1e-30)
         n_params = sum(p.numel() for p in model.parameters())
         note.append(f"{n_params / 1e6:.1f} M params; loss0 {loss0:.6g}")
+        # a step whose first loss is off the reference's is a wrong result, not a speed (the
+        # targets table skips it): e.g. a provider running other weights or another model
+        status, why = common.accuracy_status(base["dtype"], err)
         res.end(row, ms=t.ms, ms_p20=t.p20, ms_p80=t.p80, n=t.n, method=t.method, peak_mb=peak,
-                extra_mb=extra, rel_err=err, note="; ".join(n for n in note if n))
+                extra_mb=extra, rel_err=err, status=status, note="; ".join(n for n in [why] + note if n))
     except Skip as exc:
         res.end(row, status="skipped", note=str(exc))
     except Exception as exc:  # noqa: BLE001 - one failure is one row

@@ -121,8 +121,9 @@ def run_provider(res, base, case, provider, device, args, data, ref):
         note = (f"{n_time} timed steps after {n_warm} (captures: "
                 f"{run.static_step.captures if run.static_step else 0}; first step {warm[0] / 1e3:.1f} s); "
                 f"mean loss {loss:.6g}")
+        status, why = common.accuracy_status(base["dtype"], err)   # a wrong mean loss: not a speed
         res.end(row, ms=statistics.median(times), ms_p20=q[0], ms_p80=q[3], n=len(times), method="wall+sync",
-                peak_mb=peak, rel_err=err, note=note)
+                peak_mb=peak, rel_err=err, status=status, note="; ".join(n for n in (why, note) if n))
     except Exception as exc:  # noqa: BLE001 - one failure is one row
         status, note = classify_error(exc)
         res.end(row, status=status, note=note)

@@ -251,6 +251,14 @@ def accuracy_status(dtype_name: str, err) -> tuple[str, str]:
     return "mismatch", f"rel_err {err:.1e} > {bound:g} for {dtype_name}: a wrong result, not a speed"
 
 
+def case_rel_err(got_out, ref_out, got_grad=None, ref_grad=None) -> float:
+    """A row's ``rel_err``: the worse of the outputs' and (where given) the gradients'
+    :func:`rel_err`, each over whole tensors; NaN if either is (``max`` keeps a NaN only in first
+    place: max([1e-4, nan]) is 1e-4, which a row would report as ok)."""
+    errors = [rel_err(got_out, ref_out)] + ([] if ref_grad is None else [rel_err(got_grad, ref_grad)])
+    return math.nan if any(math.isnan(e) for e in errors) else max(errors)
+
+
 def rel_err(got, ref) -> float:
     """max over pairs of ||a - b|| / ||b|| in float64 (NaN if anything is NaN)."""
     worst = 0.0

@@ -149,6 +149,12 @@ def test_ops_coverage_names_what_each_case_lacks():
     lines = summarize.ops_coverage(rows, ops=("lstm", "gaussian_kl"))
     assert f"- {lstm}: no cuDNN" in lines and f"- {kl}: no triton" in lines, lines
     rows += [row(lstm, "cudnn"), row(kl, "triton")]
+    # the cases no stage reached (a killed stage writes no row for them) are named too
+    others = [f"{c.op} {c.label}" for c in bench_ops.cases(False) if c.op in ("lstm", "gaussian_kl")
+              and f"{c.op} {c.label}" not in (lstm, kl)]
+    assert others and summarize.ops_coverage(rows, ops=("lstm", "gaussian_kl"))[3:] == [
+        f"- {case}: no eager, torch.compile, triton" + (", cuDNN" if case.startswith("lstm") else "") for case in others]
+    rows += [row(case, p) for case in others for p in ("torch", "compile", "triton", "cudnn")]
     assert summarize.ops_coverage(rows, ops=("lstm", "gaussian_kl"))[-1] == "- complete"
     # an op no stage wrote a row of is missing, not left out: by default every op of bench_ops
     assert summarize.COVERAGE_OPS == bench_ops.OPS
@@ -424,6 +430,33 @@ def test_rows_with_a_wrong_result_are_marked_mismatch():
     assert status == "mismatch" and "rel_err 5.0e-01 > 0.01 for float32" in why
     assert common.accuracy_status("bfloat16", 0.2)[0] == "ok"
     assert common.accuracy_status("bfloat16", math.nan)[0] == "mismatch"
+    # a row's error is over whole tensors: tune_tiles compared a bias gradient element by element
+    # (1.0 here, where an error of 1e-6 on the smallest of four elements is 2.7e-7 of the tensor)
+    ref = [torch.tensor([1.0, 2.0, 3.0, 1e-6], dtype=torch.float64)]
+    got = [ref[0] + torch.tensor([0, 0, 0, 1e-6], dtype=torch.float64)]
+    assert common.case_rel_err(ref, ref, got, ref) == pytest.approx(2.67e-7, rel=1e-2)
+    assert math.isnan(common.case_rel_err(ref, ref, [ref[0] * math.nan], ref))     # NaN after a number
+    assert common.case_rel_err(got, ref) == pytest.approx(2.67e-7, rel=1e-2)
+
+
+def test_training_step_rows_with_a_wrong_loss_are_marked_mismatch(tmp_path, monkeypatch):
+    """bench_train_step and bench_trainer hold each provider's loss to the reference's like the
+    ops rows (a provider computing something else was an ok row, and the targets counted it)."""
+    seen = []
+
+    def wrong_for_cudnn(dtype_name, err):
+        seen.append(dtype_name)
+        return ("mismatch", "stand-in verdict") if len(seen) == 2 else ("ok", "")
+    monkeypatch.setattr(common, "accuracy_status", wrong_for_cudnn)
+    base = ["--smoke", "--device", "cpu", "--out", str(tmp_path), "--name", "m", "--quiet"]
+    assert bench_train_step.main(base + ["--fresh", "--providers", "torch,cudnn", "--cases", "timit"]) == 0
+    rows = _rows(tmp_path / "m.json")
+    assert [(r["provider"], r["status"]) for r in rows] == [("torch", "ok"), ("cudnn", "mismatch")], rows
+    assert "stand-in verdict" in rows[1]["note"] and seen == ["float32", "float32"]
+    seen.clear()
+    assert bench_trainer.main(base + ["--fresh", "--providers", "torch", "--cases", "timit", "--steps", "1",
+                                      "--warmup-steps", "1"]) == 0
+    assert seen == ["float32"]
 
 
 def test_targets_compare_the_bfloat16_lstm_with_cudnn_in_bfloat16():
