@@ -14,7 +14,7 @@
 # one runs anyway. Installs nothing. A second call on the warm machine continues the first:
 # ZF_SEED_RESULTS=benchmarks/results/<gpu>_<date> ZF_STAGES=rest (the first call's results.json,
 # .csv and stages.txt committed as <gpu>_<date>.json, .csv, _stages.txt first; "rest" = the stages
-# it skipped or cut short). A rerun can choose
+# it skipped, cut short, left out or never reached; its persistent-smoke verdict stands). A rerun can choose
 # stages: ZF_STAGES=train,ops (names, in running order: tests train ops ops-small ops-compile ops-stepwise cuda-tests
 # cuda-sanitize ops-cuda ops-cuda-tf32 train-cuda train-cuda-bf16 variants-default variant-batch1
 # variant-no-staging variant-no-products variant-no-sync tune kernels ops-tf32x3 train-tf32x3 train-tf32 ops-tf32
@@ -82,17 +82,23 @@ TOTAL="${ZF_CHECK_SECONDS:-530}"
 DRY="${ZF_DRY_RUN:-}"
 [[ "$DRY" == "0" ]] && DRY=""
 # a rerun can pick stages, e.g. ZF_STAGES=train,ops bash benchmarks/device_check.sh; ZF_STAGES=rest
-# (with ZF_SEED_RESULTS): the stages the seeded call skipped or cut short, read from its
+# (with ZF_SEED_RESULTS): the stages the seeded call skipped, cut short, left out or never reached, read from its
 # <seed>_stages.txt (that call's $OUT/stages.txt: one "name status" line per stage)
 ALL_STAGES="tests,train,ops,ops-small,ops-compile,ops-stepwise,cuda-tests,cuda-sanitize,ops-cuda,ops-cuda-tf32,train-cuda,train-cuda-bf16,variants-default,variant-batch1,variant-no-staging,variant-no-products,variant-no-sync,tune,kernels,ops-tf32x3,train-tf32x3,train-tf32,ops-tf32,other-models,trainer,train-bf16,ops-bf16,train-compile,ops-compile-loops"
 WANT="${ZF_STAGES:-$ALL_STAGES}"
+SMOKE_SEED=""   # ZF_STAGES=rest: the seeded call's persistent-smoke line, whose verdict stands
 if [[ "$WANT" == "rest" ]]; then
   SEED_STAGES="${ZF_SEED_RESULTS:-}_stages.txt"
   if [[ -z "${ZF_SEED_RESULTS:-}" || ! -f "$SEED_STAGES" ]]; then
     echo "ZF_STAGES=rest needs ZF_SEED_RESULTS=<path> with <path>_stages.txt; running every stage"
     WANT="$ALL_STAGES"
   else
-    WANT=$(awk '$2 == "skipped" || $2 == "timed-out" {printf "%s%s", sep, $1; sep=","}' "$SEED_STAGES")
+    # what the seeded call skipped, cut short, left out or never reached (a call killed mid-stage
+    # wrote no line for it or the stages after it)
+    WANT=$(awk -v all="$ALL_STAGES" 'BEGIN { n = split(all, s, ",") } { st[$1] = $2 }
+      END { for (i = 1; i <= n; i++) if (!(s[i] in st) || st[s[i]] ~ /^(skipped|timed-out|not-selected)$/) {
+              printf "%s%s", sep, s[i]; sep = "," } }' "$SEED_STAGES")
+    SMOKE_SEED=$(grep '^persistent-smoke ' "$SEED_STAGES" | tail -n 1)
     if grep -q "^cuda-tests timed-out$" "$SEED_STAGES"; then  # a hang: not again (see cuda-tests below)
       export ZF_KERNELS_NO_CUDA_EXT=1
       WANT=$(echo ",$WANT," | sed 's/,cuda-tests,/,/; s/^,//; s/,$//')
@@ -101,6 +107,13 @@ if [[ "$WANT" == "rest" ]]; then
     echo "ZF_STAGES=rest: ${WANT:-nothing left} (from $SEED_STAGES)"
   fi
 fi
+# a misspelt name would run nothing and say nothing
+for name in ${WANT//,/ }; do
+  if [[ ",$ALL_STAGES," != *",$name,"* ]]; then
+    echo "ZF_STAGES: unknown stage '$name' (the stages: $ALL_STAGES; or rest)" >&2
+    exit 2
+  fi
+done
 : >"$OUT/stages.txt"
 START=$SECONDS
 STAGES=()
@@ -214,8 +227,19 @@ fi
 # 0. the persistent kernels (lstm, zforcing_chain, zforcing_chain_ln) against stepwise + float64 first: for one
 # that fails (or hangs until its barrier gives up) the benchmarks below run it stepwise
 # (ZF_LSTM_SCHEDULE / ZF_CHAIN_SCHEDULE=stepwise, printed on the smoke test's last line)
+# Its verdict goes to stages.txt ("persistent-smoke ok" / "persistent-smoke failed ENV..."): a
+# second call (ZF_STAGES=rest) takes the fallback from there instead of running the test again;
+# a call with ZF_STAGES runs the test even without the tests stage (a broken persistent kernel
+# would otherwise hang or assert in every benchmark stage).
 SMOKE_LOG="$OUT/persistent_smoke.log"
-if [[ -z "$DRY" ]] && [[ ",$WANT," == *",tests,"* ]]; then
+if [[ -n "$SMOKE_SEED" ]]; then
+  echo "$SMOKE_SEED" >>"$OUT/stages.txt"
+  read -r _ verdict FALLBACK <<<"$SMOKE_SEED"
+  if [[ "$verdict" == "failed" ]]; then
+    for kv in $FALLBACK; do export "$kv"; done
+    STAGES+=("persistent-smoke: failed in the seeded call -> benchmarks run with $FALLBACK")
+  fi
+elif [[ -z "$DRY" ]] && [[ ",$WANT," == *",tests,"* || -n "${ZF_STAGES:-}" ]]; then
   echo "== persistent-smoke (limit 75s)" | tee -a "$LOG"
   timeout -k 5 75 "$PY" benchmarks/persistent_smoke.py >"$SMOKE_LOG" 2>&1
   rc=$?
@@ -226,8 +250,10 @@ if [[ -z "$DRY" ]] && [[ ",$WANT," == *",tests,"* ]]; then
     for kv in $FALLBACK; do export "$kv"; done
     FAILED=1
     STAGES+=("persistent-smoke: rc=$rc -> benchmarks run with $FALLBACK")
+    echo "persistent-smoke failed $FALLBACK" >>"$OUT/stages.txt"
   else
     STAGES+=("persistent-smoke: rc=0 (persistent lstm and zforcing_chain agree with stepwise and float64)")
+    echo "persistent-smoke ok" >>"$OUT/stages.txt"
   fi
 fi
 pack_files   # the environment and the smoke test, before the first stage

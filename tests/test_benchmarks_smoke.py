@@ -311,7 +311,8 @@ def test_device_check_dry_run_parses_every_stage(tmp_path):
     # a second call continues with what the first skipped or cut short (ZF_STAGES=rest)
     for ext in ("json", "csv"):
         shutil.copy(tmp_path / f"results.{ext}", tmp_path / f"seed.{ext}")
-    (tmp_path / "seed_stages.txt").write_text("tests ok\ntune skipped\nkernels timed-out\nops failed\n")
+    verdicts = {"tune": "skipped", "kernels": "timed-out", "ops": "failed"}
+    (tmp_path / "seed_stages.txt").write_text("".join(f"{s} {verdicts.get(s, 'ok')}\n" for s in status))
     out2 = tmp_path / "second"
     env.update(ZF_STAGES="rest", ZF_SEED_RESULTS=str(tmp_path / "seed"), OUT=str(out2))
     r = subprocess.run([bash, str(REPO / "benchmarks" / "device_check.sh")], capture_output=True, text=True,
@@ -762,7 +763,7 @@ def test_device_check_stage_selection_and_budgets(tmp_path):
         pytest.skip("no bash")
     fake, log = tmp_path / "python", tmp_path / "calls.log"
     fake.write_text('#!/bin/sh\necho "budget=${ZF_BUDGET_S:-} noext=${ZF_KERNELS_NO_CUDA_EXT:-} '
-                    'end=${ZF_BUDGET_END:-} $*" >>"$FAKE_LOG"\n')
+                    'end=${ZF_BUDGET_END:-} sched=${ZF_LSTM_SCHEDULE:-} $*" >>"$FAKE_LOG"\n')
     fake.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZF_")}
     env.update(ZF_DRY_RUN="1", PYTHON=str(fake), FAKE_LOG=str(log), ZF_CHECK_SECONDS="100")
@@ -780,7 +781,7 @@ def test_device_check_stage_selection_and_budgets(tmp_path):
     t0 = time.time()
     r, ran, calls = run(tmp_path / "first", ZF_STAGES="train-cuda,ops-cuda,tests")
     assert ran == ["tests", "ops-cuda", "train-cuda"], (ran, r.stdout[-2000:])
-    assert [c[3] for c in calls] == ["-m", "benchmarks/bench_ops.py", "benchmarks/bench_train_step.py"], calls
+    assert [c[4] for c in calls] == ["-m", "benchmarks/bench_ops.py", "benchmarks/bench_train_step.py"], calls
     budgets = [int(c[0].removeprefix("budget=")) for c in calls]
     assert 75 <= budgets[0] <= 80 and budgets[1:] == [20, 25], budgets   # 100 s left - 20; 40 / 2; 45 - 20
     # the same budgets as end times, counted from each stage's start (before the script's imports)
@@ -788,11 +789,25 @@ def test_device_check_stage_selection_and_budgets(tmp_path):
     assert all(-1 <= end - budget - t0 <= 10 for end, budget in zip(ends, budgets)), (ends, budgets, t0)
     assert all(c[1] == "noext=" for c in calls)
     seed = tmp_path / "seed"
-    (tmp_path / "seed_stages.txt").write_text("tests ok\ncuda-tests timed-out\nops-cuda timed-out\n"
-                                              "train-cuda skipped\nops failed\n")
+    all_stages = re.search(r'^ALL_STAGES="([^"]+)"', (REPO / "benchmarks" / "device_check.sh").read_text(),
+                           re.M).group(1).split(",")
+    verdicts = {"cuda-tests": "timed-out", "ops-cuda": "timed-out", "train-cuda": "skipped", "ops": "failed"}
+    (tmp_path / "seed_stages.txt").write_text("".join(f"{s} {verdicts.get(s, 'ok')}\n" for s in all_stages)
+                                              + "persistent-smoke failed ZF_LSTM_SCHEDULE=stepwise\n")
     r, ran, calls = run(tmp_path / "second", ZF_STAGES="rest", ZF_SEED_RESULTS=str(seed))
-    assert ran == ["ops-cuda", "train-cuda"], (ran, r.stdout[-2000:])
+    assert ran == ["persistent-smoke", "ops-cuda", "train-cuda"], (ran, r.stdout[-2000:])
     assert "ZF_STAGES=rest: ops-cuda,train-cuda" in r.stdout and all(c[1] == "noext=1" for c in calls), calls
+    # the first call's persistent-smoke failure holds for the second's benchmarks
+    assert all(c[3] == "sched=stepwise" for c in calls), calls
+    # a first call killed during train-tf32: that stage and every later one have no line, and rerun
+    cut = all_stages.index("train-tf32")
+    (tmp_path / "seed_stages.txt").write_text("".join(f"{s} ok\n" for s in all_stages[:cut]))
+    r, ran, calls = run(tmp_path / "killed", ZF_STAGES="rest", ZF_SEED_RESULTS=str(seed))
+    assert ran == all_stages[cut:] and all(c[3] == "sched=" for c in calls), (ran, r.stdout[-2000:])
+    # a misspelt stage name: refused before anything runs (it ran nothing and said nothing)
+    r = subprocess.run([bash, str(REPO / "benchmarks" / "device_check.sh")], capture_output=True, text=True,
+                       env=dict(env, OUT=str(tmp_path / "typo"), ZF_STAGES="train,opps"), cwd=REPO, timeout=120)
+    assert r.returncode == 2 and "ZF_STAGES: unknown stage 'opps'" in r.stderr and not log.exists(), r.stderr
     r, ran, calls = run(tmp_path / "late", ZF_STAGES="train-cuda", ZF_CHECK_SECONDS="20")
     assert ran == ["train-cuda"] and calls == [], (ran, calls)   # under 25 s left: skipped
     assert "train-cuda: skipped (time budget used up)" in r.stdout
