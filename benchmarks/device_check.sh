@@ -261,7 +261,7 @@ pack_files   # the environment and the smoke test, before the first stage
 # 1. the GPU tests (Triton kernels compiled for the card, half precision, GPU-only cases), in 14
 # processes where pytest-xdist is installed (on an H200 on 2026-11-27: one process got through 15%
 # of the 449 cases then in 140 s with a cold Triton cache, ~930 s of compilation in all; then 12
-# processes ran all of them in 52 s with that 15% cached). The set has grown to 848 cases since
+# processes ran all of them in 52 s with that 15% cached). The set has grown to 914 cases since
 # (most re-run the same kernels through the custom-op front end) plus three whole-step inductor
 # compilations (test_compile_gpu): if the compilations grew with it, ~130-170 s cold on 14
 # processes, so 220 s (a run cut off here leaves issue 3 without its GPU tests; the stages after

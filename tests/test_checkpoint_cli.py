@@ -43,6 +43,12 @@ def test_defaults_give_the_numbers_of_the_runs_results(run_dir, capsys, tmp_path
     for key in ("neg_elbo", "nll", "kl", "iwae", "neg_elbo_per_step", "sequences"):
         assert got[key] == want[key], key
     assert json.loads((tmp_path / "r.json").read_text()) == got
+    # valid as the run scored it, without IWAE (whose draws had moved the later batches' noise)
+    rc, valid, _ = _evaluate(capsys, run_dir, "--split", "valid")
+    want = json.loads((run_dir / "results.json").read_text())["valid"]
+    assert rc == 0 and valid["iwae_k"] == 0 and "iwae" not in valid
+    for key in ("neg_elbo", "nll", "kl", "neg_elbo_per_step", "sequences"):
+        assert valid[key] == want[key], key
 
 
 def test_split_limit_k_and_seed_are_flags(run_dir, capsys):

