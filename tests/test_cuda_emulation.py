@@ -185,3 +185,22 @@ def test_emulation_fails_a_kernel_that_writes_outside_its_shared_memory():
     assert fn(1000, 3, 8, err, 512) == 1
     assert b"block 0 wrote 3 bytes outside its 1000 bytes of dynamic shared memory" in err.value
     assert fn(4, -2, 8, err, 512) == 1 and b"wrote 6 bytes outside" in err.value   # before its start
+
+
+@pytest.mark.parametrize("T,B", [(0, 3), (4, 0)])
+def test_cuda_lstm_glue_with_no_steps_or_sequences_gives_the_references_gradients(T, B):
+    """Nothing to launch: the glue returns the reference's outputs, connected to the inputs
+    (fresh zeros had no grad_fn: a backward through out and h_T failed where lstm_ref's runs)."""
+    class NoKernels:
+        def forward(self, *a):
+            raise AssertionError("no launch for an empty input")
+        backward = forward
+    x, w_ih, w_hh, h0 = (torch.randn(*s, dtype=torch.float64, requires_grad=True)
+                         for s in ((T, B, 3), (8, 3), (8, 2), (B, 2)))
+    out, (h, c) = run_lstm(NoKernels(), x, w_ih, w_hh, h0=h0)
+    assert out.shape == (T, B, 2) and h.shape == c.shape == (B, 2)
+    grads = torch.autograd.grad(out.sum() + h.sum() + c.sum(), (x, w_ih, w_hh, h0), allow_unused=True)
+    ref_out, (ref_h, ref_c) = ops.lstm(x, w_ih, w_hh, h0=h0, backend="torch")
+    want = torch.autograd.grad(ref_out.sum() + ref_h.sum() + ref_c.sum(), (x, w_ih, w_hh, h0), allow_unused=True)
+    for g, w in zip(grads, want):
+        assert (g is None) == (w is None) and (g is None or torch.equal(g, w))

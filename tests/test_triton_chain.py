@@ -447,13 +447,23 @@ def test_tanh_keeps_tiny_values(nan_empty):
         assert ((y[fin].double() - exp[fin]).abs() <= rtol * exp[fin].abs()).all(), dtype
 
 
-def test_zero_steps():
-    args = make_inputs(0, 3, 4, 5, 2, 6, dtype=torch.float32)
-    out = ops.zforcing_chain(*args, backend="triton")
-    assert [tuple(o.shape) for o in out] == [(0, 3, 4), (0, 3, 4), (0, 3, 2), (0, 3, 2), (0, 3, 2)]
-    sum(o.sum() for o in out).backward()
-    assert args[3].grad is not None and (args[3].grad == 0).all()
-    assert args[4].grad is not None and (args[4].grad == 0).all()
+@pytest.mark.parametrize("ln", [False, True], ids=["chain", "chain_ln"])
+@pytest.mark.parametrize("T,B", [(0, 3), (3, 0)])
+def test_zero_steps_or_sequences(T, B, ln):
+    """T == 0 or B == 0: zero-sized outputs and, as the reference gives, a zero gradient for
+    every input (the weights' were None: autograd.grad called them unused at B == 0)."""
+    if ln:
+        args, _ = smooth_chain_inputs(T, B, 4, 5, 2, 6, device=DEVICE, ln=True)
+    else:
+        args = make_inputs(T, B, 4, 5, 2, 6, dtype=torch.float32)
+    op = ops.zforcing_chain_ln if ln else ops.zforcing_chain
+    out = op(*args, backend="triton")
+    assert [tuple(o.shape) for o in out] == [(T, B, 4), (T, B, 4), (T, B, 2), (T, B, 2), (T, B, 2)]
+    grads = torch.autograd.grad(sum(o.sum() for o in out), args)
+    ref_loss = sum(o.sum() for o in op(*args, backend="torch"))     # at T == 0 not connected to anything
+    want = torch.autograd.grad(ref_loss, args, allow_unused=True) if ref_loss.requires_grad else [None] * len(args)
+    for g, w, a in zip(grads, want, args):
+        assert g.shape == a.shape and (g == 0).all() and (w is None or (w == 0).all())
 
 
 @pytest.mark.gpu

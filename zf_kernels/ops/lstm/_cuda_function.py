@@ -127,11 +127,11 @@ def run_lstm(kernels: RecurrenceKernels, x, weight_ih, weight_hh, bias_ih=None, 
     """``(out, (h_T, c_T))`` of the LSTM with the recurrence run by ``kernels``; same contract
     as :func:`zf_kernels.ops.lstm.naive.lstm_ref` (arguments checked by ``ops.lstm``)."""
     T, B, _ = x.shape
-    H = weight_hh.shape[1]
     if T == 0 or B == 0:
-        h = x.new_zeros(B, H) if h0 is None else h0
-        c = x.new_zeros(B, H) if c0 is None else c0
-        return x.new_zeros(T, B, H), (h, c)
+        # nothing to launch: the reference, whose outputs stay connected to the inputs (fresh zeros
+        # had no grad_fn, and a backward through them failed where the reference's runs)
+        from .naive import lstm_ref
+        return lstm_ref(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, reverse)
     check_backward = getattr(kernels, "check_backward", None)
     if check_backward is not None and torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0)):

@@ -751,22 +751,24 @@ def _chain_backward(grad_h, grad_c, grad_z, grad_mu, grad_lv, h0, c0, h, c, z, m
                              weight_gz, weight_iz, weight_hh, dtype)
 
 
-def _empty_chain_forward(ctx, gates_x, eps, h0, c0):
+def _empty_chain_forward(ctx, inputs):
     """Either chain's Function at T == 0 or B == 0: zero-sized outputs, nothing launched; the
-    backward (:func:`_empty_chain_backward`) gives ``h0`` and ``c0`` zero gradients."""
+    backward (:func:`_empty_chain_backward`) gives every input that needs one a zero gradient,
+    as the reference does (the weights' were None: at B == 0 a weight read by nothing else had no
+    gradient, and autograd.grad called it unused)."""
+    gates_x, eps = inputs[0], inputs[2]
     T, B, four_h = gates_x.shape
     e = lambda n: gates_x.new_zeros(T, B, n)  # noqa: E731
-    ctx.save_for_backward(h0, c0)
+    ctx.save_for_backward(*inputs)     # every tensor input of the Function, in order
     return e(four_h // 4), e(four_h // 4), e(eps.shape[-1]), e(eps.shape[-1]), e(eps.shape[-1])
 
 
 def _empty_chain_backward(ctx):
-    """The gradients of :func:`_empty_chain_forward`'s Function: zeros for ``h0`` and ``c0``
-    (inputs 3 and 4) where needed, None for the rest (the trailing ``schedule`` included)."""
-    need = ctx.needs_input_grad
-    h0, c0 = ctx.saved_tensors
-    return ((None, None, None, torch.zeros_like(h0) if need[3] else None, torch.zeros_like(c0) if need[4] else None)
-            + (None,) * (len(need) - 5))
+    """The gradients of :func:`_empty_chain_forward`'s Function: zeros where needed, None for
+    the rest (the trailing ``schedule`` included)."""
+    saved = ctx.saved_tensors
+    return tuple(torch.zeros_like(saved[i]) if i < len(saved) and need else None
+                 for i, need in enumerate(ctx.needs_input_grad))
 
 
 class ZForcingChainFunction(torch.autograd.Function):
@@ -775,7 +777,8 @@ class ZForcingChainFunction(torch.autograd.Function):
                 weight_gz, bias_gz, weight_iz, weight_hh, schedule="auto"):
         ctx.empty = gates_x.shape[0] == 0 or gates_x.shape[1] == 0
         if ctx.empty:
-            return _empty_chain_forward(ctx, gates_x, eps, h0, c0)
+            return _empty_chain_forward(ctx, (gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2,
+                                              weight_gz, bias_gz, weight_iz, weight_hh))
         ((h, c, z, mu, lv), (s, acts, okmask, w_comb), (h0, c0, eps, weight_qh, weight_q2, weight_hh),
          (ctx.schedule, ctx.cfg)) = _chain_forward(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2,
                                                    weight_gz, bias_gz, weight_iz, weight_hh, schedule)

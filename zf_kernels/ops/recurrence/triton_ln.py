@@ -665,7 +665,8 @@ class ZForcingChainLNFunction(torch.autograd.Function):
                 weight_g1, bias_g1, weight_g2, bias_g2, weight_hh, schedule="auto"):
         ctx.empty = gates_x.shape[0] == 0 or gates_x.shape[1] == 0
         if ctx.empty:
-            return _empty_chain_forward(ctx, gates_x, eps, h0, c0)
+            return _empty_chain_forward(ctx, (gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2,
+                                              weight_g1, bias_g1, weight_g2, bias_g2, weight_hh))
         ((h, c, z, mu, lv), (s, u, acts, okmask),
          (h0, c0, eps, weight_qh, weight_q2, weight_g1, weight_g2, bias_g2, weight_hh),
          (ctx.schedule, ctx.cfg)) = _chain_ln_forward(gates_x, post_x, eps, h0, c0, weight_qh, weight_q2, bias_q2,
