@@ -195,6 +195,10 @@ def test_half_precision_inputs_are_computed_in_float32():
      r"x must lie in \[0, 1\] \(Bernoulli data\), got values in \[-0.5, 1\]"),
     (lambda: ops.lstm(torch.zeros(3, 2, 4), torch.zeros(8, 4), torch.zeros(8, 4)),
      r"weight_hh must have shape \(4H, H\), got \(8, 4\)"),
+    (lambda: ops.lstm(torch.zeros(3, 2, 4), torch.zeros(12, 4), torch.zeros(12, 3), reverse="no"),
+     "reverse must be a bool, got 'no'"),            # bool("no") read x backwards
+    (lambda: ops.gaussian_nll(*[torch.zeros(2, 3)] * 3, mask=torch.ones(2, dtype=torch.complex64)),
+     "mask must be a real .* tensor, got torch.complex64"),
     (lambda: ops.lstm(torch.zeros(3, 2, 4), torch.zeros(12, 4), torch.zeros(12, 3), bias_hh=torch.zeros(1)),
      r"bias_hh must have shape \(12,\), got \(1,\)"),
     (lambda: ops.lstm_cell(torch.zeros(2, 16), torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(12, 3)),

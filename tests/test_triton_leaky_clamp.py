@@ -6,6 +6,7 @@ odd and empty shapes, non-contiguous inputs; float64 gradcheck; argument errors.
 Triton runs in the interpreter on the CPU (TRITON_INTERPRET=1, set by conftest.py)."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -104,6 +105,11 @@ def test_gradcheck_float64():
     (dict(bound=math.nan), ValueError, "bound"), (dict(x=[1.0]), TypeError, "x"),
     (dict(x=torch.ones(3, dtype=torch.int64)), TypeError, "x"),
     (dict(backend="cuda-ish"), ValueError, "backend"),
+    # a numpy float32 is in range but not a Python number: the message says which
+    (dict(slope=np.float32(0.25)), ValueError, r"slope must be a Python int or float in \[0, 1\], got .* \(float32\)"),
+    # over float16's range: torch.clamp's own error named no argument
+    (dict(x=torch.ones(3, dtype=torch.float16), bound=1e5), ValueError,
+     r"bound must be at most the largest torch.float16 value \(65504\) for x of that dtype, got 100000.0"),
 ])
 def test_bad_arguments_name_the_argument(kwargs, exc, match):
     args = dict(x=torch.ones(3), slope=1 / 3, bound=3.0)

@@ -88,6 +88,8 @@ def check_mask(mask, lead_shape, ref: torch.Tensor, name: str = "mask"):
         raise TypeError(f"{name} must be a torch.Tensor or None, got {type(mask).__name__}")
     if mask.device != ref.device:
         raise ValueError(f"{name} is on {mask.device} but the data is on {ref.device}")
+    if mask.is_complex():    # cast to a real dtype below, its imaginary part silently dropped
+        raise TypeError(f"{name} must be a real (bool, integer or floating) tensor, got {mask.dtype}")
     try:
         shape = torch.broadcast_shapes(mask.shape, tuple(lead_shape))
     except RuntimeError:

@@ -30,8 +30,12 @@ def leaky_clamp(x: torch.Tensor, slope: float, bound: float, backend: str = "aut
     """
     check_tensor("x", x)
     if isinstance(slope, bool) or not isinstance(slope, (int, float)) or not 0 <= slope <= 1:
-        raise ValueError(f"slope must be a number in [0, 1], got {slope!r}")
+        raise ValueError(f"slope must be a Python int or float in [0, 1], got {slope!r} ({type(slope).__name__})")
     # comparisons, not math.isfinite: dynamo traces them (isfinite of a float was a graph break)
     if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not 0 < bound < math.inf:
-        raise ValueError(f"bound must be a finite number > 0, got {bound!r}")
+        raise ValueError(f"bound must be a finite Python int or float > 0, got {bound!r} ({type(bound).__name__})")
+    if x.is_floating_point() and bound > torch.finfo(x.dtype).max:
+        # torch.clamp failed deep inside ("cannot be converted to type c10::Half without overflow")
+        raise ValueError(f"bound must be at most the largest {x.dtype} value ({torch.finfo(x.dtype).max:g}) "
+                         f"for x of that dtype, got {bound!r}")
     return _dispatch.resolve("leaky_clamp", backend, x)(x, slope, bound)

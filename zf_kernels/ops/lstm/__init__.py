@@ -59,6 +59,8 @@ def lstm(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, c0=None, 
             check_shape(name, s, (B, H))
     check_same([("x", x), ("weight_ih", weight_ih), ("weight_hh", weight_hh), ("bias_ih", bias_ih),
                 ("bias_hh", bias_hh), ("h0", h0), ("c0", c0)])
+    if not isinstance(reverse, (bool, int)) or reverse not in (0, 1):    # bool("no") was True
+        raise TypeError(f"reverse must be a bool, got {reverse!r}")
     fn = _dispatch.resolve("lstm", backend, x, weight_ih, weight_hh)
     return fn(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, bool(reverse))
 
