@@ -811,3 +811,22 @@ def test_device_check_stage_selection_and_budgets(tmp_path):
     r, ran, calls = run(tmp_path / "late", ZF_STAGES="train-cuda", ZF_CHECK_SECONDS="20")
     assert ran == ["train-cuda"] and calls == [], (ran, calls)   # under 25 s left: skipped
     assert "train-cuda: skipped (time budget used up)" in r.stdout
+
+
+def test_trainer_benchmark_trains_the_models_of_the_step_benchmark(tmp_path):
+    """bench_trainer's rows are the trainer's overhead over bench_train_step's only if both train
+    the same model: the trainer's TIMIT case had z_force on (3% less matrix work per step)."""
+    from zf_kernels import ZForcing
+    for smoke in (False, True):
+        trainer_cases = bench_trainer.SMOKE_CASES if smoke else bench_trainer.CASES
+        step_cases = bench_train_step.SMOKE_CASES if smoke else bench_train_step.CASES
+        for name in ("timit", "seqmnist"):
+            case = trainer_cases[name]
+            if smoke:   # a whole Run only at the small sizes
+                run = bench_trainer.build_run(case, "torch", torch.device("cpu"),
+                                              bench_trainer.make_data(case, 1), tmp_path / f"{name}")
+                config = run.model.config
+            else:
+                size = {k: v for k, v in case["size"].items() if k != "batch_size"}
+                config = ZForcing(case["D"], case["output"], **size).config
+            assert config == ZForcing(**step_cases[name]["model"]).config, (name, smoke)
